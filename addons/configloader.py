@@ -1,0 +1,97 @@
+"""ConfigLoader: loads `holdgate_config`, reloads it on change, keeps the last good one."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from pathlib import Path
+
+from mitmproxy import ctx, exceptions
+
+from holdgate.config import GatewayConfig, load_config
+from holdgate.configfile import ConfigError, parse_size
+
+logger = logging.getLogger("holdgate")
+
+RELOAD_INTERVAL = 1.0
+
+
+class ConfigLoader:
+    """Owns the config; other addons read `loader.current` at the moment they decide."""
+
+    def __init__(self) -> None:
+        self.current: GatewayConfig | None = None
+        self.max_body = 4 * 1024 * 1024
+        self._mtime: tuple[float, int] | None = None
+        self._watcher: asyncio.Task[None] | None = None
+
+    def load(self, loader) -> None:  # type: ignore[no-untyped-def]
+        loader.add_option(
+            "holdgate_config",
+            str,
+            "policies/default.yaml",
+            "Holdgate config file: identity, upstreams, rules, masking. Reloaded when it changes.",
+        )
+        loader.add_option(
+            "holdgate_max_body",
+            str,
+            "4m",
+            "Largest MCP request/response body Holdgate decides on (e.g. 512k, 4m); "
+            "larger ones are refused.",
+        )
+
+    def configure(self, updated: set[str]) -> None:
+        if "holdgate_max_body" in updated:
+            size = parse_size(ctx.options.holdgate_max_body)
+            if size is None or size <= 0:
+                raise exceptions.OptionsError(
+                    f"holdgate_max_body: {ctx.options.holdgate_max_body!r} is not a size; "
+                    "use a number of bytes or e.g. 512k, 4m"
+                )
+            self.max_body = size
+        if "holdgate_config" in updated:
+            path = ctx.options.holdgate_config
+            try:
+                self.current = load_config(path)
+            except ConfigError as exc:
+                self.current = None
+                raise exceptions.OptionsError(f"holdgate_config: {exc}") from None
+            self._mtime = _stamp(path)
+            logger.info("holdgate: loaded %s (sha256 %s)", path, self.current.digest[:12])
+
+    def running(self) -> None:
+        self._watcher = asyncio.get_running_loop().create_task(self._watch())
+
+    def done(self) -> None:
+        if self._watcher:
+            self._watcher.cancel()
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(RELOAD_INTERVAL)
+            await self.reload_if_changed()
+
+    async def reload_if_changed(self) -> None:
+        """Re-read the file off the event loop; a bad version is logged and ignored."""
+        path = ctx.options.holdgate_config
+        stamp = await asyncio.to_thread(_stamp, path)
+        if stamp == self._mtime:
+            return
+        self._mtime = stamp
+        try:
+            fresh = await asyncio.to_thread(load_config, path)
+        except ConfigError as exc:
+            logger.error("holdgate: reload rejected, keeping the last good config: %s", exc)
+            return
+        if self.current is None or fresh.digest != self.current.digest:
+            self.current = fresh
+            logger.warning("holdgate: reloaded %s (sha256 %s)", path, fresh.digest[:12])
+
+
+def _stamp(path: str) -> tuple[float, int] | None:
+    try:
+        st = os.stat(Path(path))
+    except OSError:
+        return None
+    return (st.st_mtime, st.st_size)

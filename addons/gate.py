@@ -1,0 +1,50 @@
+"""Gate: the last request hook. Nothing reaches an upstream unless every stage cleared it.
+
+It also swaps the caller's credentials for the upstream's at the last moment, and
+masks the injected values in the flow once the request has left, so neither a held
+flow nor a saved one shows them.
+"""
+
+from __future__ import annotations
+
+from mitmproxy import http
+
+from holdgate.config import Upstream
+from holdgate.jsonrpc import INTERNAL_ERROR
+from holdgate.proxy import fail_closed, is_mcp, objects, refuse, state
+
+INJECTED_MARK = "[injected by holdgate]"
+
+
+class Gate:
+    @fail_closed
+    def request(self, flow: http.HTTPFlow) -> None:
+        st = state(flow)
+        if flow.response is not None:
+            return
+        if not is_mcp(flow) or not st.get("cleared") or "identity" not in st:
+            missing = "no upstream" if not is_mcp(flow) else "no identity or decision"
+            refuse(
+                flow,
+                502,
+                INTERNAL_ERROR,
+                f"internal error in the gateway: the request was not cleared ({missing}); "
+                "it was not forwarded",
+                kind="internal-error",
+            )
+            return
+        upstream: Upstream = objects(flow).extra["upstream"]
+        for name, value in upstream.inject_headers:
+            flow.request.headers[name] = value
+        st["injected"] = [name for name, _ in upstream.inject_headers]
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        self._redact_injected(flow)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        self._redact_injected(flow)
+
+    def _redact_injected(self, flow: http.HTTPFlow) -> None:
+        for name in state(flow).get("injected", ()):
+            if name in flow.request.headers:
+                flow.request.headers[name] = INJECTED_MARK

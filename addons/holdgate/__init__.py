@@ -1,0 +1,1 @@
+"""Holdgate: an MCP security gateway built as mitmproxy addons."""

@@ -1,0 +1,190 @@
+"""The gateway config file (`holdgate_config`): parsed, validated and compiled in one go.
+
+Every section parser reports mistakes through `ConfigError` with file, line and key.
+Secrets (`${env:…}`, `${file:…}`) are resolved here, at load, so a missing one stops
+the gateway at start rather than failing a request later.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from typing import Literal
+from urllib.parse import urlsplit
+
+from holdgate.configfile import ConfigError, Node, load_yaml_file, parse_yaml
+from holdgate.identity import IdentityConfig, parse_identity
+from holdgate.masking import MaskingPolicy, parse_masking
+from holdgate.rules import Action, Policy, parse_rules
+
+TOP_KEYS = {
+    "version",
+    "identity",
+    "upstreams",
+    "rules",
+    "masking",
+    "detectors",
+    "approvals",
+    "audit",
+    "hash_key",
+    "server_requests",
+}
+UPSTREAM_KEYS = {"name", "prefix", "host", "url", "inject"}
+INJECT_KEYS = {"headers", "pass_cookies"}
+CREDENTIAL_HEADERS = ("authorization", "x-api-key", "proxy-authorization")
+
+
+@dataclass(frozen=True)
+class Upstream:
+    name: str
+    url: str | None = None
+    prefix: str | None = None
+    host: str | None = None
+    inject_headers: tuple[tuple[str, str], ...] = ()
+    pass_cookies: bool = False
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        return tuple(value for _, value in self.inject_headers)
+
+
+@dataclass(frozen=True)
+class ApprovalsConfig:
+    webhook: str | None = None
+    public_url: str | None = None
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    file: str
+    digest: str
+    identity: IdentityConfig | None
+    upstreams: tuple[Upstream, ...]
+    policy: Policy
+    masking: MaskingPolicy
+    audit: Literal["required", "best_effort"] = "required"
+    server_requests: Action = "allow"
+    approvals: ApprovalsConfig = field(default_factory=ApprovalsConfig)
+    hash_key: bytes | None = None
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Values that must never be written anywhere (injected credentials, keys)."""
+        return tuple(s for up in self.upstreams for s in up.secrets if s)
+
+
+def load_config(path: str | os.PathLike[str]) -> GatewayConfig:
+    doc, raw = load_yaml_file(path)
+    return build_config(doc.root, str(path), hashlib.sha256(raw).hexdigest())
+
+
+def parse_config_text(text: str, file: str = "<config>") -> GatewayConfig:
+    doc = parse_yaml(text, file)
+    return build_config(doc.root, file, hashlib.sha256(text.encode()).hexdigest())
+
+
+def build_config(root: Node, file: str, digest: str) -> GatewayConfig:
+    if root.missing:
+        raise ConfigError("the file is empty; start with `version: 1`", file=file)
+    root.mapping(TOP_KEYS, required={"version"})
+    if root.child("version").value != 1:
+        raise root.child("version").error("only `version: 1` is supported")
+    upstreams = _parse_upstreams(root.child("upstreams"))
+    policy = parse_rules(root.child("rules"))
+    known = {u.name for u in upstreams}
+    for i, rule in enumerate(policy.rules):
+        for name in rule.upstreams:
+            if name not in known:
+                raise (
+                    root.child("rules")
+                    .child(i)
+                    .child("match")
+                    .child("upstream")
+                    .error(
+                        f"no upstream named {name!r}; known: {', '.join(sorted(known)) or 'none'}"
+                    )
+                )
+    hash_key_node = root.child("hash_key")
+    hash_key = hash_key_node.secret().encode() if not hash_key_node.missing else None
+    masking = parse_masking(root.child("masking"), root.child("detectors"), hash_key=hash_key)
+    return GatewayConfig(
+        file=file,
+        digest=digest,
+        identity=parse_identity(root.child("identity")),
+        upstreams=upstreams,
+        policy=policy,
+        masking=masking,
+        audit=root.child("audit").choice(("required", "best_effort"), default="required"),  # type: ignore[arg-type]
+        server_requests=root.child("server_requests").choice(("allow", "deny"), default="allow"),  # type: ignore[arg-type]
+        approvals=_parse_approvals(root.child("approvals")),
+        hash_key=hash_key,
+    )
+
+
+def _parse_upstreams(node: Node) -> tuple[Upstream, ...]:
+    if node.missing:
+        raise node.error("missing `upstreams`: list at least one MCP server to protect")
+    out: list[Upstream] = []
+    catch_all = 0
+    for item in node.elements():
+        item.mapping(UPSTREAM_KEYS, required={"name"})
+        name = item.child("name").string()
+        if any(u.name == name for u in out):
+            raise item.child("name").error(f"upstream {name!r} is defined twice")
+        url = item.child("url").optional_string()
+        if url is not None:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise item.child("url").error("expected an http:// or https:// URL with a host")
+        prefix = item.child("prefix").optional_string()
+        if prefix is not None and (not prefix.startswith("/") or prefix.endswith("/")):
+            raise item.child("prefix").error("a prefix starts with '/' and has no trailing '/'")
+        if prefix is not None and url is None:
+            raise item.child("prefix").error("a prefix (reverse mode) needs the upstream's `url`")
+        host = item.child("host").optional_string()
+        if prefix is None and host is None:
+            catch_all += 1
+            if catch_all > 1:
+                raise item.error("only one upstream may have neither `prefix` nor `host`")
+        inject = item.child("inject")
+        headers: list[tuple[str, str]] = []
+        pass_cookies = False
+        if not inject.missing:
+            inject.mapping(INJECT_KEYS)
+            for header, value in inject.child("headers").items() if inject.has("headers") else ():
+                headers.append((header, value.secret()))
+            pass_cookies = inject.child("pass_cookies").boolean(default=False)
+        out.append(Upstream(name, url, prefix, host, tuple(headers), pass_cookies))
+    if not out:
+        raise node.error("`upstreams` is empty: list at least one MCP server to protect")
+    return tuple(out)
+
+
+def _parse_approvals(node: Node) -> ApprovalsConfig:
+    if node.missing:
+        return ApprovalsConfig()
+    node.mapping({"webhook", "public_url"})
+    return ApprovalsConfig(
+        webhook=node.child("webhook").optional_string(),
+        public_url=node.child("public_url").optional_string(),
+    )
+
+
+def route(upstreams: tuple[Upstream, ...], host: str, path: str) -> tuple[Upstream, str] | None:
+    """Pick the upstream for a request: by path prefix, then by host, then the catch-all.
+
+    `path` excludes the query string. Returns the upstream and the path to send it
+    (prefix removed).
+    """
+    for up in upstreams:
+        if up.prefix and (path == up.prefix or path.startswith(up.prefix + "/")):
+            rest = path[len(up.prefix) :] or "/"
+            return up, rest
+    for up in upstreams:
+        if up.host and up.host.lower() == host.lower() and not up.prefix:
+            return up, path
+    for up in upstreams:
+        if not up.prefix and not up.host:
+            return up, path
+    return None

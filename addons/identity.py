@@ -1,0 +1,121 @@
+"""Identity: who is calling, proven before any decision; the caller's credentials stop here.
+
+Also serves the RFC 9728 protected-resource metadata that OAuth-capable MCP clients
+read after a 401 to find where to sign in.
+"""
+
+from __future__ import annotations
+
+from holdgate.identity import ANONYMOUS, Authenticator, authorization_servers
+from mitmproxy import http
+
+from configloader import ConfigLoader
+from holdgate.config import CREDENTIAL_HEADERS, GatewayConfig, Upstream
+from holdgate.proxy import fail_closed, header_lists, is_mcp, json_response, objects, refuse, state
+
+WELL_KNOWN = "/.well-known/oauth-protected-resource"
+UNAUTHORIZED = -32001
+
+
+class Identity:
+    def __init__(self, loader: ConfigLoader) -> None:
+        self.loader = loader
+        self._authenticator: Authenticator | None = None
+        self._built_for: str | None = None
+
+    def authenticator(self, config: GatewayConfig) -> Authenticator | None:
+        """One authenticator per config version, so JWKS caches survive between requests."""
+        if config.identity is None:
+            return None
+        if self._built_for != config.digest:
+            self._authenticator = Authenticator(config.identity)
+            self._built_for = config.digest
+        return self._authenticator
+
+    @fail_closed
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if state(flow).get("local") != "resource-metadata":
+            return
+        config = self.loader.current
+        if config is None:
+            raise RuntimeError("no config loaded")
+        path = flow.request.path.partition("?")[0]
+        prefix = path.split(WELL_KNOWN, 1)[1]
+        servers = authorization_servers(config.identity) if config.identity else []
+        flow.response = json_response(
+            200,
+            {
+                "resource": front_url(flow) + prefix,
+                "authorization_servers": servers,
+                "bearer_methods_supported": ["header"],
+                "resource_name": "Holdgate MCP gateway",
+            },
+        )
+        state(flow)["served"] = "resource-metadata"
+
+    @fail_closed
+    async def request(self, flow: http.HTTPFlow) -> None:
+        if not is_mcp(flow):
+            return
+        config = self.loader.current
+        if config is None:
+            raise RuntimeError("no config loaded")
+        st = state(flow)
+        upstream: Upstream = objects(flow).extra["upstream"]
+        authenticator = self.authenticator(config)
+        if authenticator is None:
+            identity = ANONYMOUS
+        else:
+            client_ip = flow.client_conn.peername[0] if flow.client_conn.peername else ""
+            outcome = await authenticator.authenticate(
+                header_lists(flow.request.headers), client_ip
+            )
+            for name in outcome.spoofed_headers:
+                flow.request.headers.pop(name, None)
+            if outcome.spoofed_headers:
+                st["spoofing"] = {"headers": list(outcome.spoofed_headers), "from": client_ip}
+            if outcome.identity is None:
+                self._unauthorized(flow, upstream, outcome.error or "no credentials")
+                return
+            identity = outcome.identity
+            for name in trusted_header_names(config):
+                flow.request.headers.pop(name, None)
+        strip_credentials(flow.request, upstream)
+        st["identity"] = identity.to_json()
+        objects(flow).extra["identity"] = identity
+
+    def _unauthorized(self, flow: http.HTTPFlow, upstream: Upstream, error: str) -> None:
+        metadata = front_url(flow) + WELL_KNOWN + (upstream.prefix or "")
+        challenge = (
+            f'Bearer resource_metadata="{metadata}", error="invalid_token", '
+            f'error_description="{error}"'
+        )
+        refuse(
+            flow,
+            401,
+            UNAUTHORIZED,
+            f"unauthorized: {error}",
+            kind="unauthenticated",
+            headers={"WWW-Authenticate": challenge},
+        )
+        state(flow)["auth_error"] = error
+
+
+def strip_credentials(request: http.Request, upstream: Upstream) -> None:
+    """The upstream must never see the caller's token; it gets the gateway's own instead."""
+    for name in CREDENTIAL_HEADERS:
+        request.headers.pop(name, None)
+    if not upstream.pass_cookies:
+        request.headers.pop("cookie", None)
+
+
+def trusted_header_names(config: GatewayConfig) -> tuple[str, ...]:
+    trusted = config.identity.trusted_header if config.identity else None
+    if trusted is None:
+        return ()
+    return tuple(n for n in (trusted.user_header, trusted.groups_header) if n)
+
+
+def front_url(flow: http.HTTPFlow) -> str:
+    """The gateway's own address as the client used it."""
+    return state(flow).get("front") or f"{flow.request.scheme}://{flow.request.pretty_host}"

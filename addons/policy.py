@@ -1,0 +1,118 @@
+"""Policy: parses the MCP request body once and decides every JSON-RPC message in it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mitmproxy import http
+
+from configloader import ConfigLoader
+from holdgate.jsonrpc import (
+    POLICY_DENIED,
+    RATE_LIMITED,
+    Body,
+    BodyError,
+    Message,
+    check_routing_headers,
+    dumps,
+    error_object,
+    parse_body,
+)
+from holdgate.proxy import fail_closed, is_mcp, objects, refuse, state
+from holdgate.rules import Decision, RateLimiter
+
+CLIENT_RESPONSE = Decision("allow", "client-response", "answers to server requests are passed")
+
+
+class Policy:
+    def __init__(self, loader: ConfigLoader) -> None:
+        self.loader = loader
+        self.limiter = RateLimiter()
+
+    @fail_closed
+    def request(self, flow: http.HTTPFlow) -> None:
+        if not is_mcp(flow):
+            return
+        st = state(flow)
+        method = flow.request.method
+        if method in ("GET", "DELETE"):
+            # Opening the server's event stream or ending a session carries no call;
+            # messages arriving on the stream are decided as they pass.
+            st["cleared"] = True
+            return
+        if method != "POST":
+            refuse(flow, 405, -32600, f"HTTP {method} is not part of MCP", kind="malformed")
+            return
+        config = self.loader.current
+        if config is None:
+            raise RuntimeError("no config loaded")
+        try:
+            body = parse_body(
+                flow.request.get_content(strict=True) or b"", max_bytes=self.loader.max_body
+            )
+            check_routing_headers(body, {k.lower(): v for k, v in flow.request.headers.items()})
+        except BodyError as exc:
+            refuse(flow, exc.status, exc.code, f"refused: {exc.message}", kind="malformed")
+            return
+        except ValueError as exc:  # unknown Content-Encoding or undecodable body
+            refuse(flow, 400, -32600, f"refused: cannot decode the body ({exc})", kind="malformed")
+            return
+        objects(flow).body = body
+        identity = objects(flow).extra["identity"]
+        upstream = st["upstream"]
+        records: list[dict[str, Any]] = []
+        forwarded: list[Message] = []
+        errors: list[dict[str, Any]] = []
+        for message in body.messages:
+            decision = self.decide(config.policy, identity, upstream, message)
+            records.append({**message.summary(), "decision": decision.to_json()})
+            if decision.action == "deny":
+                if message.kind == "request":
+                    code = RATE_LIMITED if decision.rule.endswith("(rate limit)") else POLICY_DENIED
+                    errors.append(error_object(message.id, code, _denial_text(decision)))
+                continue
+            forwarded.append(message)
+        st["messages"] = records
+        # Messages waiting for a human are cleared by the Approval addon, or never.
+        st["cleared"] = not any(r["decision"]["action"] == "approve" for r in records)
+        self._apply(flow, body, forwarded, errors)
+
+    def decide(self, policy: Any, identity: Any, upstream: str, message: Message) -> Decision:
+        if message.kind == "response":
+            return CLIENT_RESPONSE
+        decision = policy.evaluate(identity, upstream, message)
+        if decision.action == "allow" and decision.limit is not None:
+            if not self.limiter.allow(decision.rule, identity.user, decision.limit):
+                count, per = decision.limit
+                return Decision(
+                    "deny",
+                    f"{decision.rule} (rate limit)",
+                    f"rate limit of {count} per {int(per)}s reached for {identity.user}",
+                )
+        return decision
+
+    def _apply(
+        self, flow: http.HTTPFlow, body: Body, forwarded: list[Message], errors: list[dict]
+    ) -> None:
+        st = state(flow)
+        if not forwarded:
+            # Nothing left to send: answer for the upstream, keeping the client's session.
+            st["refused"] = {"status": 200, "kind": "denied"}
+            st["cleared"] = True
+            if not errors:
+                flow.response = http.Response.make(202, b"")
+            else:
+                payload = errors if body.is_batch else errors[0]
+                flow.response = http.Response.make(
+                    200, dumps(payload), {"Content-Type": "application/json"}
+                )
+            return
+        objects(flow).pending_errors = errors
+        # The upstream gets exactly the messages decided on, re-serialised from what we parsed.
+        payload = [m.raw for m in forwarded] if body.is_batch else forwarded[0].raw
+        flow.request.content = dumps(payload)
+        flow.request.headers["accept-encoding"] = "identity"
+
+
+def _denial_text(decision: Decision) -> str:
+    return f"denied by rule {decision.rule!r}: {decision.reason}"

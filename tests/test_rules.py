@@ -1,0 +1,270 @@
+"""Matcher tests, named like OPA policy tests: literal input, expected decision."""
+
+import json
+from dataclasses import dataclass
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from holdgate.configfile import ConfigError, parse_yaml
+from holdgate.jsonrpc import parse_body
+from holdgate.rules import Policy, RateLimiter, parse_rules
+
+RULES = """
+rules:
+  - name: support reads customers
+    match:
+      upstream: crm
+      groups: [support]
+      method: tools/call
+      tool: ["get_*", "search_*"]
+    action: allow
+  - name: destructive SQL needs a DBA
+    match:
+      tool: run_sql
+      args:
+        "$.query": {regex: "(?i)\\\\b(drop|delete)\\\\b"}
+    action: approve
+    approvers: [dba]
+    timeout: 10m
+    grant: 15m
+  - name: no shell
+    match: {tool: ["exec_*", "shell*"]}
+    action: deny
+    reason: shell access is not granted through the gateway
+  - name: reads by region
+    match:
+      tool: report
+      args:
+        "$.filters[*].region": {in: [eu, us]}
+        "$.dry_run": {equals: true}
+    action: allow
+  - name: bob only
+    match: {users: [bob], tool: whoami}
+    action: allow
+  - name: everyone may list and initialize
+    match: {method: [initialize, "notifications/*", tools/list, ping]}
+    action: allow
+"""
+
+
+@dataclass(frozen=True)
+class Caller:
+    user: str
+    groups: tuple[str, ...] = ()
+    method: str = "api_key"
+
+
+ANON = Caller("anonymous", (), "anonymous")
+
+
+def policy(text: str = RULES) -> Policy:
+    return parse_rules(parse_yaml(text, "t.yaml").root.child("rules"))
+
+
+def msg(method: str, **params):
+    raw = {"jsonrpc": "2.0", "id": 1, "method": method, "params": params}
+    return parse_body(json.dumps(raw).encode(), max_bytes=1 << 20).messages[0]
+
+
+def call(tool: str, **args):
+    return msg("tools/call", name=tool, arguments=args)
+
+
+@pytest.mark.parametrize(
+    ("name", "caller", "upstream", "message", "action", "rule"),
+    [
+        (
+            "support_reads_customer_allowed",
+            Caller("alice", ("support",)),
+            "crm",
+            call("get_customer", id=1),
+            "allow",
+            "support reads customers",
+        ),
+        (
+            "support_on_other_upstream_denied",
+            Caller("alice", ("support",)),
+            "hr",
+            call("get_customer", id=1),
+            "deny",
+            "default-deny",
+        ),
+        (
+            "engineer_reads_customer_denied",
+            Caller("bob", ("eng",)),
+            "crm",
+            call("get_customer"),
+            "deny",
+            "default-deny",
+        ),
+        (
+            "drop_table_needs_approval",
+            Caller("alice", ("support",)),
+            "crm",
+            call("run_sql", query="DROP TABLE x"),
+            "approve",
+            "destructive SQL needs a DBA",
+        ),
+        (
+            "select_is_default_denied",
+            Caller("alice", ("support",)),
+            "crm",
+            call("run_sql", query="select 1"),
+            "deny",
+            "default-deny",
+        ),
+        (
+            "shell_denied_with_reason",
+            Caller("dana", ("dba",)),
+            "crm",
+            call("exec_shell", command="ls"),
+            "deny",
+            "no shell",
+        ),
+        (
+            "case_variant_is_not_the_rule_but_still_denied",
+            Caller("alice", ("support",)),
+            "crm",
+            call("Get_customer"),
+            "deny",
+            "default-deny",
+        ),
+        (
+            "region_in_list_allowed",
+            ANON,
+            "crm",
+            call("report", filters=[{"region": "apac"}, {"region": "eu"}], dry_run=True),
+            "allow",
+            "reads by region",
+        ),
+        (
+            "region_not_in_list_denied",
+            ANON,
+            "crm",
+            call("report", filters=[{"region": "apac"}], dry_run=True),
+            "deny",
+            "default-deny",
+        ),
+        (
+            "equals_true_is_not_one",
+            ANON,
+            "crm",
+            call("report", filters=[{"region": "eu"}], dry_run=1),
+            "deny",
+            "default-deny",
+        ),
+        (
+            "anonymous_never_matches_users",
+            Caller("bob", (), "anonymous"),
+            "crm",
+            call("whoami"),
+            "deny",
+            "default-deny",
+        ),
+        ("bob_matches_users", Caller("bob"), "crm", call("whoami"), "allow", "bob only"),
+        (
+            "notification_glob",
+            ANON,
+            "crm",
+            msg("notifications/initialized"),
+            "allow",
+            "everyone may list and initialize",
+        ),
+    ],
+)
+def test_decisions(name, caller, upstream, message, action, rule):
+    decision = policy().evaluate(caller, upstream, message)
+    assert (decision.action, decision.rule) == (action, rule), name
+
+
+def test_approve_rule_carries_approvers_timeout_and_grant():
+    decision = policy().evaluate(ANON, "crm", call("run_sql", query="delete from t"))
+    assert decision.approvers == ("dba",)
+    assert (decision.timeout, decision.grant) == (600.0, 900.0)
+
+
+def test_explain_lists_every_rule_considered_and_why():
+    decision, trace = policy().explain(Caller("bob", ("eng",)), "crm", call("get_customer"))
+    assert decision.rule == "default-deny"
+    assert len(trace) == 6
+    first_rule, checks = trace[0]
+    assert first_rule.name == "support reads customers"
+    assert [(c.key, c.held) for c in checks] == [
+        ("upstream", True),
+        ("groups", False),
+        ("method", True),
+        ("tool", True),
+    ]
+
+
+def test_discovery_filter():
+    p = policy()
+    alice = Caller("alice", ("support",))
+    assert p.may_use(alice, "crm", "tools/call", "get_customer")
+    assert p.may_use(alice, "crm", "tools/call", "run_sql")  # may be approved
+    assert not p.may_use(alice, "crm", "tools/call", "exec_shell")
+    assert not p.may_use(Caller("bob", ("eng",)), "crm", "tools/call", "get_customer")
+
+
+@pytest.mark.parametrize(
+    ("text", "where", "fragment"),
+    [
+        (
+            "rules:\n  - name: a\n    match: {tol: x}\n    action: allow\n",
+            "t.yaml:3:13",
+            "did you mean 'tool'",
+        ),
+        (
+            "rules:\n  - name: a\n    match: {}\n    action: permit\n",
+            "t.yaml:4:5",
+            "one of allow, deny, approve",
+        ),
+        ("rules:\n  - name: a\n    match: {}\n    action: approve\n", "t.yaml:4:5", "approvers"),
+        (
+            "rules:\n  - name: a\n    match: {args: {'$[': {exists: true}}}\n    action: allow\n",
+            "t.yaml:3",
+            "invalid JSONPath",
+        ),
+        (
+            "rules:\n  - name: a\n    match: {args: {'$.q': {regex: '('}}}\n    action: allow\n",
+            "t.yaml:3",
+            "invalid regular expression",
+        ),
+        (
+            "rules:\n  - name: a\n    match: {}\n    action: allow\n    limit: lots\n",
+            "t.yaml:5:5",
+            "30/min",
+        ),
+        (
+            "rules:\n  - name: a\n    match: {}\n    action: allow\n  - name: a\n    match: {}\n"
+            "    action: deny\n",
+            "t.yaml:5:5",
+            "used twice",
+        ),
+        ("rules:\n  - name: a\n    action: allow\n", "t.yaml:2:5", "match"),
+    ],
+)
+def test_config_errors_name_file_line_and_key(text, where, fragment):
+    with pytest.raises(ConfigError, match=fragment) as info:
+        policy(text)
+    assert str(info.value).startswith(where)
+
+
+def test_rate_limiter_window():
+    now = [0.0]
+    limiter = RateLimiter(clock=lambda: now[0])
+    assert [limiter.allow("r", "u", (2, 60.0)) for _ in range(3)] == [True, True, False]
+    assert limiter.allow("r", "other", (2, 60.0))
+    now[0] = 61.0
+    assert limiter.allow("r", "u", (2, 60.0))
+
+
+@given(st.dictionaries(st.sampled_from(["query", "a", "b", "c"]), st.text(max_size=8)))
+def test_decision_never_depends_on_key_order(args):
+    args = {**args, "query": "drop table t"}
+    forward = call("run_sql", **args)
+    backward = call("run_sql", **dict(reversed(list(args.items()))))
+    p = policy()
+    assert p.evaluate(ANON, "crm", forward) == p.evaluate(ANON, "crm", backward)
