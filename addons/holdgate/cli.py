@@ -1,1 +1,155 @@
-def main() -> None: ...
+"""The `holdgate` command: a thin click layer over the library.
+
+Exit status: 0 on success, 1 when a check fails, 2 on usage errors.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from holdgate.config import load_config
+from holdgate.configfile import ConfigError
+from holdgate.identity import api_key_hash, generate_api_key
+from holdgate.policytest import (
+    build_message,
+    caller_for,
+    format_explanation,
+    parse_args_json,
+    run_tests,
+)
+
+DB_OPTION = click.option(
+    "--db",
+    default="holdgate.sqlite3",
+    show_default=True,
+    type=click.Path(dir_okay=False),
+    help="Audit store (the gateway's holdgate_db).",
+)
+
+
+class CheckFailed(click.ClickException):
+    """A check ran and found a problem: exit status 1."""
+
+    exit_code = 1
+
+
+def _load(path: str):  # type: ignore[no-untyped-def]
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        raise CheckFailed(str(exc)) from None
+
+
+@click.group()
+@click.version_option(package_name="holdgate")
+def main() -> None:
+    """Holdgate: the MCP security gateway's command line."""
+
+
+@main.group()
+def policy() -> None:
+    """Write, check, explain and test policies."""
+
+
+@policy.command("check")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+def policy_check(file: str) -> None:
+    """Validate a config file; errors name the file, line, column and key."""
+    config = _load(file)
+    click.echo(
+        f"{file}: ok ({len(config.policy.rules)} rules, {len(config.upstreams)} upstreams, "
+        f"sha256 {config.digest[:12]})"
+    )
+
+
+@policy.command("explain")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--user", help="The caller's user name (omit for anonymous).")
+@click.option("--groups", default="", help="Comma-separated groups of the caller.")
+@click.option("--upstream", help="Upstream name (default: the first in the file).")
+@click.option("--method", default="tools/call", show_default=True, help="JSON-RPC method.")
+@click.option("--tool", help="Tool name (tools/call).")
+@click.option("--resource", help="Resource URI (resources/read).")
+@click.option("--prompt", help="Prompt name (prompts/get).")
+@click.option("--args", "args_json", help="Tool arguments as a JSON object.")
+def policy_explain(
+    file: str,
+    user: str | None,
+    groups: str,
+    upstream: str | None,
+    method: str,
+    tool: str | None,
+    resource: str | None,
+    prompt: str | None,
+    args_json: str | None,
+) -> None:
+    """Show every rule considered, why it did or did not match, and the decision."""
+    config = _load(file)
+    try:
+        args = parse_args_json(args_json)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--args") from None
+    target = tool or resource or prompt
+    caller = caller_for(user, tuple(g.strip() for g in groups.split(",") if g.strip()))
+    upstream_name = upstream or config.upstreams[0].name
+    if upstream_name not in {u.name for u in config.upstreams}:
+        raise click.BadParameter(f"no upstream named {upstream_name!r}", param_hint="--upstream")
+    try:
+        message = build_message(method, target, args)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    decision, trace = config.policy.explain(caller, upstream_name, message)
+    click.echo(f"request: {caller.user} {list(caller.groups)} -> {upstream_name} {method} {target}")
+    click.echo(format_explanation(decision, trace))
+
+
+@policy.command("test")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.argument("tests", type=click.Path(exists=True, dir_okay=False))
+def policy_test(file: str, tests: str) -> None:
+    """Run policy unit tests: each case's request and the decision it expects."""
+    config = _load(file)
+    try:
+        results = run_tests(config, tests)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    failed = [r for r in results if not r.passed]
+    for r in results:
+        click.echo(f"{'PASS' if r.passed else 'FAIL'} {r.name}")
+        if not r.passed:
+            want = ", ".join(f"{k} {v!r}" for k, v in r.expected.items())
+            click.echo(f"     {tests}:{r.line}: expected {want}")
+            click.echo(f"     got action {r.got.action!r}, rule {r.got.rule!r} ({r.got.reason})")
+    click.echo(f"{len(results) - len(failed)} passed, {len(failed)} failed")
+    if failed:
+        sys.exit(1)
+
+
+@main.group()
+def keys() -> None:
+    """API keys for service identities (the config stores only their SHA-256)."""
+
+
+@keys.command("new")
+@click.option("--name", required=True, help="The identity's name, e.g. ci-bot.")
+@click.option("--groups", default="", help="Comma-separated groups.")
+def keys_new(name: str, groups: str) -> None:
+    """Make a random API key and print the config entry that accepts it."""
+    key, digest = generate_api_key()
+    group_list = [g.strip() for g in groups.split(",") if g.strip()]
+    click.echo(f"API key (give it to the client, it is not stored anywhere): {key}")
+    click.echo("config entry for identity.api_keys:")
+    click.echo(f"  - name: {name}\n    sha256: {digest}\n    groups: {json.dumps(group_list)}")
+
+
+@keys.command("hash")
+@click.argument("key", required=False)
+def keys_hash(key: str | None) -> None:
+    """Print the SHA-256 of an existing key (read from stdin when not given)."""
+    value = key if key is not None else sys.stdin.readline().strip()
+    if not value:
+        raise click.UsageError("give the key as an argument or on stdin")
+    click.echo(api_key_hash(value))

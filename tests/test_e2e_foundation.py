@@ -1,0 +1,204 @@
+"""The foundation through a real mitmdump and the demo server, with the official MCP client."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from mcp import MCPError
+
+from conftest import start_demo, stop
+from mcpclient import connect, raw_post
+
+pytestmark = pytest.mark.anyio
+
+OPEN_CONFIG = """
+version: 1
+upstreams:
+  - name: demo
+    url: {url}
+rules:
+  - name: shell is not for agents
+    match: {{tool: ["exec_*"]}}
+    action: deny
+    reason: shell access is not granted through the gateway
+  - name: lookups
+    match: {{method: tools/call, tool: ["get_*", "search_*", "slow_echo", "stream_report"]}}
+    action: allow
+  - name: listing
+    match: {{method: [initialize, "notifications/*", ping, tools/list, server/discover]}}
+    action: allow
+"""
+
+MODERN = {
+    "MCP-Protocol-Version": "2026-07-28",
+}
+META = {
+    "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+    "io.modelcontextprotocol/clientCapabilities": {},
+}
+
+
+def tools_call(name: str, args: dict, msg_id: int | str = 1) -> dict:
+    params = {"name": name, "arguments": args, "_meta": META}
+    return {"jsonrpc": "2.0", "id": msg_id, "method": "tools/call", "params": params}
+
+
+def upstream_calls(demo) -> list[dict]:
+    """Every JSON-RPC message the upstream received, batches flattened."""
+    out = []
+    for body in demo.received_bodies():
+        out.extend(body if isinstance(body, list) else [body])
+    return out
+
+
+@pytest.fixture
+def gateway(demo, gateway_factory):
+    return gateway_factory(OPEN_CONFIG.format(url=demo.url), demo.url)
+
+
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_initialize_list_and_allowed_call(gateway, demo, mode):
+    async with connect(gateway.url + "/mcp", mode=mode) as client:
+        tools = await client.list_tools()
+        assert "get_customer" in {t.name for t in tools.tools}
+        result = await client.call_tool("get_customer", {"customer_id": 1})
+        assert not result.is_error
+        assert "@" in result.content[0].text  # the upstream's real record came back
+    assert any(m.get("params", {}).get("name") == "get_customer" for m in upstream_calls(demo))
+
+
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_denied_call_is_a_jsonrpc_error_naming_the_rule(gateway, demo, mode):
+    async with connect(gateway.url + "/mcp", mode=mode) as client:
+        with pytest.raises(MCPError) as info:
+            await client.call_tool("exec_shell", {"command": "id"})
+        assert info.value.code == -32003
+        assert "shell is not for agents" in info.value.message
+        # the session survives the refusal
+        assert not (await client.call_tool("get_customer", {"customer_id": 2})).is_error
+    assert not any(m.get("params", {}).get("name") == "exec_shell" for m in upstream_calls(demo))
+
+
+async def test_default_deny_for_unlisted_tool(gateway):
+    async with connect(gateway.url + "/mcp") as client:
+        with pytest.raises(MCPError) as info:
+            await client.call_tool("run_sql", {"query": "select 1"})
+    assert info.value.code == -32003
+    assert "default-deny" in info.value.message
+
+
+def test_batch_with_one_denied_message_never_reaches_the_upstream(tmp_path, gateway_factory):
+    demo = start_demo(tmp_path, "--stateless", "--json-response")
+    try:
+        gw = gateway_factory(OPEN_CONFIG.format(url=demo.url), demo.url)
+        batch = [
+            {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+             "params": {"name": "get_customer", "arguments": {"customer_id": 1}}},
+            {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+             "params": {"name": "exec_shell", "arguments": {"command": "rm -rf /"}}},
+        ]
+        response = raw_post(gw.url + "/mcp", batch)
+        names = [m["params"]["name"] for m in upstream_calls(demo) if m.get("method")]
+        assert "exec_shell" not in names
+        assert names == ["get_customer"]
+        assert response.status == 200
+        answers = response.json()
+        answers = answers if isinstance(answers, list) else [answers]
+        denied = [a for a in answers if a.get("id") == 2]
+        assert denied and denied[0]["error"]["code"] == -32003
+    finally:
+        stop(demo.proc)
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        (b"{not json", 400, -32700),
+        (b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get_customer",'
+         b'"name":"exec_shell","arguments":{}}}', 400, -32700),
+        (b'{"jsonrpc":"2.0","id":1}', 400, -32600),
+        (b"[]", 400, -32600),
+    ],
+)
+def test_malformed_bodies_are_refused_and_not_forwarded(gateway, demo, body, status, code):
+    response = raw_post(gateway.url + "/mcp", body)
+    assert response.status == status
+    assert response.json()["error"]["code"] == code
+    assert demo.requests() == []
+
+
+def test_oversized_body_is_413(demo, gateway_factory):
+    gw = gateway_factory(
+        OPEN_CONFIG.format(url=demo.url), demo.url, options={"holdgate_max_body": "1k"}
+    )
+    big = tools_call("get_customer", {"pad": "x" * 4096})
+    response = raw_post(gw.url + "/mcp", big)
+    assert response.status == 413
+    assert response.json()["error"]["code"] == -32600
+    assert demo.requests() == []
+
+
+def test_unknown_content_encoding_is_refused(gateway, demo):
+    response = raw_post(
+        gateway.url + "/mcp", tools_call("get_customer", {}), {"Content-Encoding": "x-weird"}
+    )
+    assert response.status == 400
+    assert demo.requests() == []
+
+
+def test_mcp_name_header_that_disagrees_with_body_is_refused(gateway, demo):
+    headers = {**MODERN, "Mcp-Method": "tools/call", "Mcp-Name": "get_customer"}
+    response = raw_post(gateway.url + "/mcp", tools_call("exec_shell", {"command": "id"}), headers)
+    assert response.status == 400
+    assert "Mcp-Name" in response.json()["error"]["message"]
+    assert demo.requests() == []
+
+
+def test_no_upstream_is_404(demo, gateway_factory):
+    config = OPEN_CONFIG.format(url=demo.url).replace(
+        "    url: {}".format(demo.url), "    url: {}\n    prefix: /crm".format(demo.url)
+    )
+    gw = gateway_factory(config, demo.url)
+    response = raw_post(gw.url + "/other/mcp", tools_call("get_customer", {}))
+    assert response.status == 404
+    assert response.json()["error"]["code"] == -32600
+    ok = raw_post(gw.url + "/crm/mcp", tools_call("get_customer", {"customer_id": 1}),
+                  {**MODERN, "Mcp-Method": "tools/call", "Mcp-Name": "get_customer"})
+    assert ok.status == 200, ok.body
+
+
+async def test_sse_response_streams_through_intact(gateway, demo):
+    """stream_report answers as an event stream of several events; all arrive, in order."""
+    seen = []
+
+    async def on_log(params):
+        seen.append(params.data)
+
+    async with connect(gateway.url + "/mcp", mode="legacy", logging_callback=on_log) as client:
+        result = await client.call_tool("stream_report", {"count": 4})
+    assert not result.is_error
+    assert len(seen) >= 4
+
+
+def test_bad_config_stops_the_gateway_at_start(tmp_path, demo):
+    from conftest import start_gateway
+
+    with pytest.raises(RuntimeError, match=r"holdgate\.yaml:\d+:\d+: rules\[0\]\.match\.tol"):
+        start_gateway(
+            tmp_path,
+            "version: 1\nupstreams: [{name: d, url: 'http://127.0.0.1:1'}]\n"
+            "rules:\n  - name: x\n    match: {tol: y}\n    action: allow\n",
+            demo.url,
+        )
+
+
+def test_raw_json_of_denied_single_call(gateway, demo):
+    headers = {**MODERN, "Mcp-Method": "tools/call", "Mcp-Name": "exec_shell"}
+    response = raw_post(gateway.url + "/mcp", tools_call("exec_shell", {"command": "id"}, 7), headers)
+    assert response.status == 200
+    body = response.json()
+    assert body["id"] == 7
+    assert body["error"]["code"] == -32003
+    assert json.dumps(body).count("shell is not for agents") == 1
+    assert demo.requests() == []
