@@ -1,4 +1,4 @@
-"""Client helpers for e2e tests: the official MCP SDK client, and raw HTTP for what it won't send."""
+"""Client helpers for e2e tests: the official MCP SDK client, and raw HTTP for odd bodies."""
 
 from __future__ import annotations
 

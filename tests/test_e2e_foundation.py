@@ -93,10 +93,18 @@ def test_batch_with_one_denied_message_never_reaches_the_upstream(tmp_path, gate
     try:
         gw = gateway_factory(OPEN_CONFIG.format(url=demo.url), demo.url)
         batch = [
-            {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
-             "params": {"name": "get_customer", "arguments": {"customer_id": 1}}},
-            {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
-             "params": {"name": "exec_shell", "arguments": {"command": "rm -rf /"}}},
+            {
+                "jsonrpc": "2.0",
+                "id": 1,
+                "method": "tools/call",
+                "params": {"name": "get_customer", "arguments": {"customer_id": 1}},
+            },
+            {
+                "jsonrpc": "2.0",
+                "id": 2,
+                "method": "tools/call",
+                "params": {"name": "exec_shell", "arguments": {"command": "rm -rf /"}},
+            },
         ]
         response = raw_post(gw.url + "/mcp", batch)
         names = [m["params"]["name"] for m in upstream_calls(demo) if m.get("method")]
@@ -115,8 +123,12 @@ def test_batch_with_one_denied_message_never_reaches_the_upstream(tmp_path, gate
     ("body", "status", "code"),
     [
         (b"{not json", 400, -32700),
-        (b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get_customer",'
-         b'"name":"exec_shell","arguments":{}}}', 400, -32700),
+        (
+            b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get_customer",'
+            b'"name":"exec_shell","arguments":{}}}',
+            400,
+            -32700,
+        ),
         (b'{"jsonrpc":"2.0","id":1}', 400, -32600),
         (b"[]", 400, -32600),
     ],
@@ -157,14 +169,17 @@ def test_mcp_name_header_that_disagrees_with_body_is_refused(gateway, demo):
 
 def test_no_upstream_is_404(demo, gateway_factory):
     config = OPEN_CONFIG.format(url=demo.url).replace(
-        "    url: {}".format(demo.url), "    url: {}\n    prefix: /crm".format(demo.url)
+        f"    url: {demo.url}", f"    url: {demo.url}\n    prefix: /crm"
     )
     gw = gateway_factory(config, demo.url)
     response = raw_post(gw.url + "/other/mcp", tools_call("get_customer", {}))
     assert response.status == 404
     assert response.json()["error"]["code"] == -32600
-    ok = raw_post(gw.url + "/crm/mcp", tools_call("get_customer", {"customer_id": 1}),
-                  {**MODERN, "Mcp-Method": "tools/call", "Mcp-Name": "get_customer"})
+    ok = raw_post(
+        gw.url + "/crm/mcp",
+        tools_call("get_customer", {"customer_id": 1}),
+        {**MODERN, "Mcp-Method": "tools/call", "Mcp-Name": "get_customer"},
+    )
     assert ok.status == 200, ok.body
 
 
@@ -195,7 +210,9 @@ def test_bad_config_stops_the_gateway_at_start(tmp_path, demo):
 
 def test_raw_json_of_denied_single_call(gateway, demo):
     headers = {**MODERN, "Mcp-Method": "tools/call", "Mcp-Name": "exec_shell"}
-    response = raw_post(gateway.url + "/mcp", tools_call("exec_shell", {"command": "id"}, 7), headers)
+    response = raw_post(
+        gateway.url + "/mcp", tools_call("exec_shell", {"command": "id"}, 7), headers
+    )
     assert response.status == 200
     body = response.json()
     assert body["id"] == 7
