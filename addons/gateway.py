@@ -1,8 +1,9 @@
 """Holdgate entry point: `mitmdump -s addons/gateway.py`.
 
 The addons run in this order for every flow (see ../README.md):
-ConfigLoader -> Router -> Identity -> Policy -> Approval -> Gate (request side),
-Streams with Policy, Masking and Recorder stages (response side).
+ConfigLoader -> Router -> Identity -> Policy -> Approval -> Gate -> Recorder (request
+side: the recorder refuses when the audit store cannot be written); Streams runs each
+response message through the Policy, Masking and Recorder stages.
 
 If the bundle cannot even be imported, mitmproxy would go on as a plain proxy and
 forward everything unchecked; so a failed import installs `Refuser` instead, which
@@ -21,7 +22,9 @@ try:
     from configloader import ConfigLoader
     from gate import Gate
     from identity import Identity
+    from masking import Masking
     from policy import Policy
+    from recorder import Recorder
     from router import Router
     from streams import Streams
 except ImportError as import_error:  # pragma: no cover - exercised by a subprocess test
@@ -53,11 +56,13 @@ except ImportError as import_error:  # pragma: no cover - exercised by a subproc
 else:
     loader = ConfigLoader()
     policy = Policy(loader)
+    recorder = Recorder(loader)
     addons = [
         loader,
         Router(loader),
         Identity(loader),
         policy,
         Gate(),
-        Streams(loader, stages=[]),
+        Streams(loader, stages=[policy, Masking(loader), recorder]),
+        recorder,
     ]

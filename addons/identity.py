@@ -74,12 +74,13 @@ class Identity:
                 flow.request.headers.pop(name, None)
             if outcome.spoofed_headers:
                 st["spoofing"] = {"headers": list(outcome.spoofed_headers), "from": client_ip}
+            for name in trusted_header_names(config):
+                flow.request.headers.pop(name, None)
             if outcome.identity is None:
+                strip_credentials(flow.request, upstream)
                 self._unauthorized(flow, upstream, outcome.error or "no credentials")
                 return
             identity = outcome.identity
-            for name in trusted_header_names(config):
-                flow.request.headers.pop(name, None)
         strip_credentials(flow.request, upstream)
         st["identity"] = identity.to_json()
         objects(flow).extra["identity"] = identity

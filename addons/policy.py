@@ -18,16 +18,31 @@ from holdgate.jsonrpc import (
     error_object,
     parse_body,
 )
-from holdgate.proxy import fail_closed, is_mcp, objects, refuse, state
+from holdgate.proxy import (
+    Correlator,
+    MessageContext,
+    fail_closed,
+    is_mcp,
+    objects,
+    refuse,
+    session_key,
+    state,
+)
 from holdgate.rules import Decision, RateLimiter
 
 CLIENT_RESPONSE = Decision("allow", "client-response", "answers to server requests are passed")
+LISTINGS = {
+    "tools/list": ("tools", "tools/call", "name"),
+    "resources/list": ("resources", "resources/read", "uri"),
+    "prompts/list": ("prompts", "prompts/get", "name"),
+}
 
 
 class Policy:
     def __init__(self, loader: ConfigLoader) -> None:
         self.loader = loader
         self.limiter = RateLimiter()
+        self.correlator = Correlator()
 
     @fail_closed
     def request(self, flow: http.HTTPFlow) -> None:
@@ -73,6 +88,11 @@ class Policy:
                 continue
             forwarded.append(message)
         st["messages"] = records
+        session = session_key(flow)
+        if session is not None:
+            for message in forwarded:
+                if message.kind == "request" and message.method:
+                    self.correlator.remember(session, message.id, message.method, message.target)
         # Messages waiting for a human are cleared by the Approval addon, or never.
         st["cleared"] = not any(r["decision"]["action"] == "approve" for r in records)
         self._apply(flow, body, forwarded, errors)
@@ -116,3 +136,49 @@ class Policy:
 
 def _denial_text(decision: Decision) -> str:
     return f"denied by rule {decision.rule!r}: {decision.reason}"
+
+    def answered_request(self, flow: http.HTTPFlow, msg_id: Any) -> tuple[str, str | None] | None:
+        """The (method, target) of the request a response message answers."""
+        body = objects(flow).body
+        if body is not None:
+            for message in body.messages:
+                if message.kind == "request" and message.id == msg_id and message.method:
+                    return message.method, message.target
+        session = session_key(flow)
+        return self.correlator.pop(session, msg_id) if session is not None else None
+
+    def on_message(self, flow: http.HTTPFlow, message: Any, context: MessageContext) -> Any:
+        """Response side: filter discovery listings; decide server-to-client requests."""
+        if not isinstance(message, dict):
+            return message
+        config = self.loader.current
+        if config is None:
+            raise RuntimeError("no config loaded")
+        identity = objects(flow).extra.get("identity")
+        if "method" in message and "id" in message:
+            if config.server_requests == "deny":
+                context.dropped = "server requests are denied by the config (server_requests)"
+                return None
+            return message
+        result = message.get("result")
+        if "id" not in message or not isinstance(result, dict) or identity is None:
+            return message
+        answered = context.answers = self.answered_request(flow, message["id"])
+        if answered is None or answered[0] not in LISTINGS:
+            return message
+        key, use_method, name_key = LISTINGS[answered[0]]
+        items = result.get(key)
+        if not isinstance(items, list):
+            return message
+        upstream = state(flow)["upstream"]
+        kept = [
+            item
+            for item in items
+            if isinstance(item, dict)
+            and isinstance(item.get(name_key), str)
+            and config.policy.may_use(identity, upstream, use_method, item[name_key])
+        ]
+        hidden = len(items) - len(kept)
+        if hidden:
+            state(flow)["hidden"] = state(flow).get("hidden", 0) + hidden
+        return {**message, "result": {**result, key: kept}}

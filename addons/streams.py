@@ -12,13 +12,14 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from typing import Any, Protocol
+from urllib.parse import parse_qs, urlsplit
 
-from holdgate.sse import SSEDecoder, SSEEvent, encode_event
 from mitmproxy import http
 
 from configloader import ConfigLoader
 from holdgate.jsonrpc import INTERNAL_ERROR, BodyError, dumps, error_object, loads_strict
-from holdgate.proxy import fail_closed, is_mcp, objects, refuse, state
+from holdgate.proxy import MessageContext, fail_closed, is_mcp, objects, refuse, state
+from holdgate.sse import SSEDecoder, SSEEvent, encode_event
 
 logger = logging.getLogger("holdgate")
 
@@ -28,7 +29,7 @@ KNOWN_ENCODINGS = {"", "identity", "gzip", "deflate", "br", "zstd"}
 class ResponseStage(Protocol):
     """An addon that sees each response message; returns it (maybe changed) or None to drop it."""
 
-    def on_message(self, flow: http.HTTPFlow, message: Any, transport: str) -> Any: ...
+    def on_message(self, flow: http.HTTPFlow, message: Any, context: MessageContext) -> Any: ...
 
 
 class Streams:
@@ -37,10 +38,15 @@ class Streams:
         self.stages = tuple(stages)
 
     def run_stages(self, flow: http.HTTPFlow, message: Any, transport: str) -> Any:
-        for stage in self.stages:
-            message = stage.on_message(flow, message, transport)
+        """Each stage sees the previous one's output; a dropped message still reaches the last
+        stage (the recorder) so the drop is on record."""
+        context = MessageContext(transport)
+        for stage in self.stages[:-1]:
+            message = stage.on_message(flow, message, context)
             if message is None:
-                return None
+                break
+        if self.stages:
+            self.stages[-1].on_message(flow, message, context)
         return message
 
     @fail_closed
@@ -127,7 +133,9 @@ class SSEPass:
             out = [self._encode_pending()] if self.pending else []
             events = self.decoder.feed(chunk) if chunk else self.decoder.close()
             out.extend(self.process(event) for event in events)
-            return b"".join(out)
+            data = b"".join(out)
+            objects(self.flow).keep_for_recording(data)
+            return data
         except Exception as exc:  # noqa: BLE001 - a failing stream is cut, never passed raw
             return self._cut(exc)
 
@@ -146,6 +154,11 @@ class SSEPass:
             message: Any = loads_strict(event.data.encode("utf-8"))
         except BodyError:
             message = event.data  # e.g. the legacy transport's `endpoint` event
+            if event.event == "endpoint":
+                # Answers to POSTs on that endpoint arrive on this stream: same session.
+                found = parse_qs(urlsplit(event.data).query).get("session_id")
+                if found:
+                    objects(self.flow).extra["session_key"] = found[0]
         result = self.streams.run_stages(self.flow, message, "sse")
         if result is None:
             return encode_event(SSEEvent(data=None, event=None, id=event.id, comments=("dropped",)))

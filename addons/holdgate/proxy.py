@@ -13,6 +13,7 @@ import json
 import logging
 import weakref
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from mitmproxy import http
@@ -22,6 +23,7 @@ from holdgate.jsonrpc import INTERNAL_ERROR, Body, error_object
 logger = logging.getLogger("holdgate")
 
 STATE_KEY = "holdgate"
+RECORDED_STREAM_BYTES = 1024 * 1024
 
 
 def state(flow: http.HTTPFlow) -> dict[str, Any]:
@@ -41,6 +43,15 @@ class FlowObjects:
         self.body: Body | None = None
         self.pending_errors: list[dict[str, Any]] = []
         self.extra: dict[str, Any] = {}
+        self.streamed = bytearray()
+        self.streamed_truncated = False
+
+    def keep_for_recording(self, data: bytes) -> None:
+        """Keep the first RECORDED_STREAM_BYTES of a stream as the client got it."""
+        room = RECORDED_STREAM_BYTES - len(self.streamed)
+        if len(data) > room:
+            self.streamed_truncated = True
+        self.streamed += data[: max(room, 0)]
 
 
 _objects: weakref.WeakKeyDictionary[http.HTTPFlow, FlowObjects] = weakref.WeakKeyDictionary()
@@ -144,3 +155,41 @@ def header_lists(headers: http.Headers) -> dict[str, list[str]]:
         if key not in out:
             out[key] = headers.get_all(name)
     return out
+
+
+@dataclass
+class MessageContext:
+    """What the response stages learn about one message as it passes them."""
+
+    transport: str  # "json" or "sse"
+    answers: tuple[str, str | None] | None = None  # (method, target) of the request answered
+    findings: dict[str, int] = field(default_factory=dict)
+    exemptions: tuple[str, ...] = ()
+    dropped: str | None = None
+
+
+def session_key(flow: http.HTTPFlow) -> str | None:
+    """The MCP session a flow belongs to: Mcp-Session-Id, or the legacy transport's query id."""
+    found = flow.request.headers.get("mcp-session-id") or flow.request.query.get("session_id")
+    if found is None:
+        found = objects(flow).extra.get("session_key")
+    return found
+
+
+class Correlator:
+    """Which request a response answers, across flows (legacy SSE answers on another flow).
+
+    Bounded: the oldest entries go first once `limit` is reached.
+    """
+
+    def __init__(self, limit: int = 50_000) -> None:
+        self.limit = limit
+        self._requests: dict[tuple[str, str], tuple[str, str | None]] = {}
+
+    def remember(self, session: str, msg_id: Any, method: str, target: str | None) -> None:
+        if len(self._requests) >= self.limit:
+            self._requests.pop(next(iter(self._requests)))
+        self._requests[(session, json.dumps(msg_id))] = (method, target)
+
+    def pop(self, session: str, msg_id: Any) -> tuple[str, str | None] | None:
+        return self._requests.pop((session, json.dumps(msg_id)), None)

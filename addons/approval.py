@@ -1,0 +1,386 @@
+"""Approval: hold a call that a rule says needs a human, until someone decides or time runs out.
+
+Decisions come from the CLI (through the store, polled off the event loop), the HTTP
+approvals API on `holdgate_admin`, or mitmweb (resume approves, kill denies). Every
+decision is recorded with who made it; a held request that was edited while waiting is
+refused, never forwarded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from mitmproxy import connection, ctx, exceptions, http
+
+from configloader import ConfigLoader
+from holdgate import store
+from holdgate.adminhttp import AdminRequest, AdminResponse, parse_listen, serve
+from holdgate.approvals import Grants, argument_changes, request_digest
+from holdgate.identity import Authenticator
+from holdgate.jsonrpc import APPROVAL_REFUSED, BodyError, dumps, error_object, parse_body
+from holdgate.masking import mask_json
+from holdgate.proxy import fail_closed, is_mcp, objects, refuse, state
+from recorder import Recorder, args_digest, now_iso
+
+logger = logging.getLogger("holdgate")
+
+POLL_INTERVAL = 0.25
+MITMWEB = "mitmweb operator"
+WEBHOOK_ATTEMPTS = 4
+
+
+@dataclass
+class Hold:
+    """One held message: the flow waits on `decided` until a decision is set."""
+
+    approval_id: str
+    flow: http.HTTPFlow
+    requester: str
+    approvers: tuple[str, ...]
+    expires_at: float
+    decided: asyncio.Event = field(default_factory=asyncio.Event)
+    state: str = "pending"
+    decider: str | None = None
+    reason: str | None = None
+    client_gone: bool = False
+
+    def decide(self, new_state: str, decider: str | None, reason: str | None) -> None:
+        if not self.decided.is_set():
+            self.state, self.decider, self.reason = new_state, decider, reason
+            self.decided.set()
+
+
+class Approval:
+    def __init__(self, loader: ConfigLoader, recorder: Recorder) -> None:
+        self.loader = loader
+        self.recorder = recorder
+        self.holds: dict[str, Hold] = {}
+        self.grants = Grants()
+        self.last_approved: dict[tuple[str, str, str], Any] = {}
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._server: asyncio.Server | None = None
+        self._authenticator: tuple[str, Authenticator] | None = None
+
+    def load(self, loader) -> None:  # type: ignore[no-untyped-def]
+        loader.add_option(
+            "holdgate_admin",
+            str,
+            "127.0.0.1:8181",
+            "Listen address (HOST:PORT) of Holdgate's approvals API; empty disables it.",
+        )
+
+    def configure(self, updated: set[str]) -> None:
+        if "holdgate_admin" in updated:
+            try:
+                parse_listen(ctx.options.holdgate_admin)
+            except ValueError as exc:
+                raise exceptions.OptionsError(f"holdgate_admin: {exc}") from None
+
+    async def running(self) -> None:
+        db = ctx.options.holdgate_db
+        closed = await asyncio.to_thread(store.expire_pending, db, "gateway restarted")
+        if closed:
+            logger.warning("holdgate: %d approval(s) pending at the last shutdown closed as expired",
+                           closed)
+        self._tasks.append(asyncio.create_task(self._poll_store()))
+        listen = parse_listen(ctx.options.holdgate_admin)
+        if listen is not None:
+            self._server = await serve(listen[0], listen[1], self.handle_admin)
+            logger.info("holdgate: approvals API on http://%s:%d/approvals", *listen)
+
+    def done(self) -> None:
+        for hold in list(self.holds.values()):
+            hold.decide("expired", None, "the gateway shut down")
+            self._record_state(hold, "expired", None, "the gateway shut down")
+        for task in self._tasks:
+            task.cancel()
+        if self._server is not None:
+            self._server.close()
+
+    # --- the hold -----------------------------------------------------------------------
+
+    @fail_closed
+    async def request(self, flow: http.HTTPFlow) -> None:
+        st = state(flow)
+        if not is_mcp(flow) or st.get("cleared") or "messages" not in st:
+            return
+        config = self.loader.current
+        if config is None:
+            raise RuntimeError("no config loaded")
+        body = objects(flow).body
+        identity = objects(flow).extra["identity"]
+        if body is None:
+            raise RuntimeError("approval without a parsed body")
+        refused: list[tuple[int, str]] = []
+        for index, summary in enumerate(st["messages"]):
+            decision = summary["decision"]
+            if decision["action"] != "approve":
+                continue
+            message = body.messages[index]
+            rule = next(r for r in config.policy.rules if r.name == decision["rule"])
+            digest_args = args_digest(self.recorder.key(config), message.arguments or {})
+            grant_key = (identity.user, st["upstream"], message.target or "", digest_args or "")
+            grant = self.grants.find(grant_key)
+            if grant is not None:
+                summary["approval_id"] = grant.approval_id
+                summary["granted_by"] = "grant window"
+                await asyncio.to_thread(
+                    store.append_approval_state, ctx.options.holdgate_db, grant.approval_id,
+                    "grant_used", identity.user, f"identical call within the grant ({flow.id})",
+                )
+                continue
+            outcome = await self._hold(flow, message, rule, identity, digest_args, config)
+            summary["approval_id"] = outcome.approval_id
+            summary["approval"] = {"state": outcome.state, "decider": outcome.decider}
+            if outcome.state == "approved":
+                self.grants.add(grant_key, outcome.approval_id, rule.grant)
+                continue
+            who = f" by {outcome.decider}" if outcome.decider else ""
+            why = f": {outcome.reason}" if outcome.reason else ""
+            refused.append((index, f"approval {outcome.state}{who}{why} "
+                                   f"(rule {rule.name!r}, approval {outcome.approval_id})"))
+        self._release(flow, refused)
+
+    async def _hold(
+        self, flow: http.HTTPFlow, message: Any, rule: Any, identity: Any, digest_args: str | None,
+        config: Any,
+    ) -> Hold:
+        st = state(flow)
+        approval_id = uuid.uuid4().hex[:12]
+        effect = config.masking.profiles_for(st["upstream"], None, ())
+        masked_args = mask_json(message.arguments or {}, effect).value
+        changes_key = (identity.user, st["upstream"], message.target or "")
+        previous = self.last_approved.get(changes_key)
+        hold = Hold(approval_id, flow, identity.user, rule.approvers, time.time() + rule.timeout)
+        row = {
+            "approval_id": approval_id,
+            "state": "pending",
+            "requester": identity.user,
+            "upstream": st["upstream"],
+            "tool": message.target,
+            "method": message.method,
+            "args_masked": json.dumps(masked_args, ensure_ascii=False),
+            "args_digest": digest_args,
+            "request_digest": self._digest(st, identity, message),
+            "rule": rule.name,
+            "approvers": json.dumps(list(rule.approvers)),
+            "created": now_iso(),
+            "expires": now_iso(hold.expires_at),
+            "changes": json.dumps(argument_changes(previous, masked_args))
+            if previous is not None else None,
+            "flow_id": flow.id,
+        }
+        await asyncio.to_thread(store.create_approval, ctx.options.holdgate_db, row)
+        self.holds[approval_id] = hold
+        st["held"] = approval_id
+        if config.approvals.webhook:
+            self._tasks.append(asyncio.create_task(self._notify(config, row)))
+        flow.intercept()
+        try:
+            await self._wait(hold)
+        finally:
+            self.holds.pop(approval_id, None)
+            st.pop("held", None)
+        if hold.state == "approved":
+            self.last_approved[changes_key] = masked_args
+        return hold
+
+    @staticmethod
+    def _digest(st: dict[str, Any], identity: Any, message: Any) -> str:
+        return request_digest(st["upstream"], identity.user, message.method or "",
+                              message.target, message.arguments or {})
+
+    async def _wait(self, hold: Hold) -> None:
+        flow = hold.flow
+        while not hold.decided.is_set():
+            if flow.killed or flow.error is not None:
+                # mitmweb's Kill does not wake wait_for_resume (mitmproxy #8045): look instead.
+                await self._decide_locally(hold, "denied", MITMWEB, "flow killed in mitmweb")
+            elif not flow.intercepted:
+                await self._decide_locally(hold, "approved", MITMWEB, "flow resumed in mitmweb")
+            elif hold.client_gone:
+                await self._decide_locally(hold, "cancelled", None, "the client disconnected")
+            elif time.time() >= hold.expires_at:
+                await self._decide_locally(hold, "expired", None, "nobody decided in time")
+            else:
+                try:
+                    await asyncio.wait_for(hold.decided.wait(), POLL_INTERVAL)
+                except TimeoutError:
+                    pass
+
+    async def _decide_locally(
+        self, hold: Hold, new_state: str, decider: str | None, reason: str
+    ) -> None:
+        """Record a decision the gateway itself observed; a decision already stored wins."""
+        ok = await asyncio.to_thread(
+            store.append_approval_state, ctx.options.holdgate_db, hold.approval_id, new_state,
+            decider, reason,
+        )
+        if ok:
+            hold.decide(new_state, decider, reason)
+            return
+        current = await asyncio.to_thread(store.approval, ctx.options.holdgate_db,
+                                          hold.approval_id)
+        latest = (current or {}).get("state", "expired")
+        hold.decide(latest, (current or {}).get("decider"), (current or {}).get("reason"))
+
+    def _release(self, flow: http.HTTPFlow, refused: list[tuple[int, str]]) -> None:
+        st = state(flow)
+        body = objects(flow).body
+        if body is None:
+            raise RuntimeError("approval without a parsed body")
+        if flow.killed:
+            return
+        if flow.intercepted:
+            flow.resume()
+        # The request about to leave must be the one that was approved.
+        current = parse_body(flow.request.get_content(strict=True) or b"", max_bytes=1 << 30)
+        sent = [m for i, m in enumerate(body.messages)
+                if st["messages"][i]["decision"]["action"] != "deny"]
+        if [m.raw for m in current.messages] != [m.raw for m in sent]:
+            refuse(flow, 409, -32600, "the held request was changed before release; refused",
+                   kind="tampered")
+            return
+        if not refused:
+            st["cleared"] = True
+            return
+        errors = [error_object(body.messages[i].id, APPROVAL_REFUSED, text) for i, text in refused
+                  if body.messages[i].kind == "request"]
+        gone = {i for i, _ in refused}
+        remaining = [m for i, m in enumerate(body.messages)
+                     if i not in gone and st["messages"][i]["decision"]["action"] != "deny"]
+        if not remaining:
+            objects(flow).pending_errors.extend(errors)
+            pending = objects(flow).pending_errors
+            payload = pending if body.is_batch else pending[0]
+            flow.response = http.Response.make(200, dumps(payload),
+                                               {"Content-Type": "application/json"})
+            st["refused"] = {"status": 200, "kind": "approval-refused"}
+            return
+        objects(flow).pending_errors.extend(errors)
+        flow.request.content = dumps([m.raw for m in remaining])
+        st["cleared"] = True
+
+    def client_disconnected(self, client: connection.Client) -> None:
+        for hold in self.holds.values():
+            if hold.flow.client_conn.id == client.id:
+                hold.client_gone = True
+
+    # --- signals from outside -----------------------------------------------------------
+
+    async def _poll_store(self) -> None:
+        """Notice decisions the CLI wrote to the store, promptly and off the event loop."""
+        while True:
+            await asyncio.sleep(POLL_INTERVAL)
+            if not self.holds:
+                continue
+            ids = list(self.holds)
+            try:
+                states = await asyncio.to_thread(store.approval_states, ctx.options.holdgate_db,
+                                                 ids)
+            except store.StoreError as exc:
+                logger.error("holdgate: cannot read approvals: %s", exc)
+                continue
+            for approval_id, row in states.items():
+                hold = self.holds.get(approval_id)
+                if hold is not None and row["state"] != "pending":
+                    hold.decide(row["state"], row.get("decider"), row.get("reason"))
+
+    def _record_state(self, hold: Hold, new_state: str, decider: str | None, reason: str) -> None:
+        try:
+            store.append_approval_state(ctx.options.holdgate_db, hold.approval_id, new_state,
+                                        decider, reason)
+        except store.StoreError as exc:
+            logger.error("holdgate: cannot record approval %s: %s", hold.approval_id, exc)
+
+    async def _notify(self, config: Any, row: dict[str, Any]) -> None:
+        """POST a notice to the webhook, retrying with backoff; never blocks the hold."""
+        base = config.approvals.public_url or f"http://{ctx.options.holdgate_admin}"
+        notice = {
+            "type": "approval_requested",
+            "approval_id": row["approval_id"],
+            "requester": row["requester"],
+            "upstream": row["upstream"],
+            "tool": row["tool"],
+            "rule": row["rule"],
+            "approvers": json.loads(row["approvers"]),
+            "arguments": json.loads(row["args_masked"]),
+            "expires": row["expires"],
+            "link": f"{base}/approvals/{row['approval_id']}",
+        }
+        data = json.dumps(notice).encode()
+        for attempt in range(WEBHOOK_ATTEMPTS):
+            try:
+                await asyncio.to_thread(_post_json, config.approvals.webhook, data)
+                return
+            except OSError as exc:
+                logger.warning("holdgate: webhook attempt %d failed: %s", attempt + 1, exc)
+                await asyncio.sleep(0.5 * 2**attempt)
+        logger.error("holdgate: webhook gave up on approval %s", row["approval_id"])
+
+    async def handle_admin(self, request: AdminRequest) -> AdminResponse:
+        config = self.loader.current
+        if config is None:
+            return AdminResponse(500, {"error": "no config loaded"})
+        parts = [p for p in request.path.partition("?")[0].split("/") if p]
+        if not parts or parts[0] != "approvals" or len(parts) > 3:
+            return AdminResponse(404, {"error": "see GET /approvals"})
+        approver = await self._authenticate(config, request)
+        if approver is None:
+            return AdminResponse(401, {"error": "authenticate like an MCP client (JWT or API key)"})
+        db = ctx.options.holdgate_db
+        if len(parts) == 1 and request.method == "GET":
+            return AdminResponse(200, await asyncio.to_thread(store.pending_approvals, db))
+        found = await asyncio.to_thread(store.approval, db, parts[1])
+        if found is None:
+            return AdminResponse(404, {"error": f"no approval {parts[1]!r}"})
+        if len(parts) == 2 and request.method == "GET":
+            return AdminResponse(200, found)
+        if len(parts) != 3 or request.method != "POST" or parts[2] not in ("approve", "deny"):
+            return AdminResponse(404, {"error": "POST /approvals/ID/approve or /deny"})
+        try:
+            reason = request.json().get("reason")
+        except (json.JSONDecodeError, AttributeError):
+            return AdminResponse(400, {"error": "the body must be a JSON object"})
+        new_state = "approved" if parts[2] == "approve" else "denied"
+        problem = None
+        if approver.user == found.get("requester"):
+            problem = "requesters cannot decide their own request (separation of duties)"
+        elif not set(approver.groups) & set(json.loads(found.get("approvers") or "[]")):
+            problem = f"{approver.user} is not in the approver groups {found.get('approvers')}"
+        if problem is not None:
+            await asyncio.to_thread(
+                store.append_approval_state, db, parts[1], "refused_attempt", approver.user,
+                f"{new_state} refused: {problem}",
+            )
+            return AdminResponse(403, {"error": problem})
+        ok = await asyncio.to_thread(store.append_approval_state, db, parts[1], new_state,
+                                     approver.user, reason)
+        if not ok:
+            return AdminResponse(409, {"error": "this approval is no longer pending"})
+        hold = self.holds.get(parts[1])
+        if hold is not None:
+            hold.decide(new_state, approver.user, reason)
+        return AdminResponse(200, {"approval_id": parts[1], "state": new_state,
+                                   "decider": approver.user})
+
+    async def _authenticate(self, config: Any, request: AdminRequest) -> Any:
+        if config.identity is None:
+            return None
+        if self._authenticator is None or self._authenticator[0] != config.digest:
+            self._authenticator = (config.digest, Authenticator(config.identity))
+        outcome = await self._authenticator[1].authenticate(request.headers, request.client_ip)
+        return outcome.identity
+
+
+def _post_json(url: str, data: bytes) -> None:
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=5) as response:
+        response.read()

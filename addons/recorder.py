@@ -1,0 +1,313 @@
+"""Recorder: every JSON-RPC message, both directions, into the audit store; each session
+into a masked flow file.
+
+Hooks only enqueue; a writer thread does the I/O. With `audit: required` (the default)
+new MCP requests are refused while the store cannot be written: nothing is served
+unrecorded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import os
+import secrets
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from mitmproxy import ctx, http
+
+from configloader import ConfigLoader
+from holdgate.config import CREDENTIAL_HEADERS, GatewayConfig
+from holdgate.jsonrpc import INTERNAL_ERROR
+from holdgate.masking import mask_json
+from holdgate.proxy import MessageContext, fail_closed, is_mcp, objects, refuse, session_key, state
+from holdgate.recordings import RecordingWriter
+from holdgate.store import AuditWriter
+
+logger = logging.getLogger("holdgate")
+
+
+def now_iso(timestamp: float | None = None) -> str:
+    moment = datetime.now(UTC) if timestamp is None else datetime.fromtimestamp(timestamp, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def canonical(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def args_digest(key: bytes, value: Any) -> str | None:
+    """Keyed digest of raw arguments: identical calls correlate, values stay unknown."""
+    if value is None:
+        return None
+    return hmac.new(key, canonical(value), hashlib.sha256).hexdigest()
+
+
+def load_or_create_key(db_path: str) -> bytes:
+    """The digest key when the config has no `hash_key`: random, kept beside the store."""
+    path = Path(db_path + ".key")
+    try:
+        return bytes.fromhex(path.read_text().strip())
+    except (OSError, ValueError):
+        key = secrets.token_bytes(32)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(key.hex())
+        return key
+
+
+class Recorder:
+    def __init__(self, loader: ConfigLoader) -> None:
+        self.loader = loader
+        self.writer: AuditWriter | None = None
+        self.recordings: RecordingWriter | None = None
+        self.digest_key = b""
+        self.sessions_seen: dict[str, None] = {}
+
+    def load(self, loader) -> None:  # type: ignore[no-untyped-def]
+        loader.add_option("holdgate_db", str, "holdgate.sqlite3", "Holdgate's SQLite audit store.")
+        loader.add_option(
+            "holdgate_recordings",
+            str,
+            "recordings",
+            "Folder of masked flow files, one .mitm per MCP session (mitmweb -r to replay).",
+        )
+
+    def configure(self, updated: set[str]) -> None:
+        if "holdgate_db" in updated:
+            if self.writer is not None:
+                self.writer.close()
+            self.writer = AuditWriter(ctx.options.holdgate_db)
+            self.digest_key = load_or_create_key(ctx.options.holdgate_db)
+        if "holdgate_recordings" in updated:
+            if self.recordings is not None:
+                self.recordings.close()
+            self.recordings = RecordingWriter(ctx.options.holdgate_recordings)
+
+    def done(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        if self.recordings is not None:
+            self.recordings.close()
+
+    def key(self, config: GatewayConfig) -> bytes:
+        return config.hash_key or self.digest_key
+
+    @fail_closed
+    def request(self, flow: http.HTTPFlow) -> None:
+        """Refuse new MCP requests while the record cannot be kept (audit: required)."""
+        if not is_mcp(flow):
+            return
+        config = self.loader.current
+        writer = self.writer
+        if config is None or writer is None:
+            raise RuntimeError("recorder not configured")
+        if config.audit == "required" and not writer.healthy:
+            refuse(
+                flow,
+                503,
+                INTERNAL_ERROR,
+                "the audit store cannot be written, so nothing is served unrecorded; "
+                "the operator must fix the store (see the gateway log)",
+                kind="audit-unavailable",
+            )
+            state(flow)["audit_error"] = writer.last_error
+
+    def on_message(self, flow: http.HTTPFlow, message: Any, context: MessageContext) -> Any:
+        """Response side: one event row per message, masked as the client saw it."""
+        config = self.loader.current
+        if config is None:
+            raise RuntimeError("no config loaded")
+        method = message.get("method") if isinstance(message, dict) else None
+        if isinstance(message, dict) and method is not None:
+            direction = "server_request" if "id" in message else "server_notification"
+        else:
+            direction = "response"
+        stored = message
+        if context.exemptions and message is not None:
+            # An exempt caller saw cleartext; the record never keeps it.
+            effect = config.masking.profiles_for(state(flow)["upstream"], None, ())
+            stored = mask_json(message, effect).value
+        answers = context.answers
+        row = self._row(flow, config)
+        row.update(
+            direction=direction,
+            method=method or (answers[0] if answers else None),
+            target=answers[1] if answers else None,
+            jsonrpc_id=_id(message),
+            decision="dropped" if context.dropped else "pass",
+            reason=context.dropped,
+            status=_error_code(message),
+            masked=json.dumps(context.findings) if context.findings else None,
+            extra=json.dumps(
+                {"transport": context.transport, "exempted": list(context.exemptions)}
+                if context.exemptions
+                else {"transport": context.transport}
+            ),
+            args_masked=_truncate(json.dumps(stored, ensure_ascii=False)),
+        )
+        self._submit(flow, config, "events", row)
+        return message
+
+    @fail_closed
+    def response(self, flow: http.HTTPFlow) -> None:
+        self._finish(flow)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        if is_mcp(flow) or "refused" in state(flow):
+            self._finish(flow)
+
+    def _finish(self, flow: http.HTTPFlow) -> None:
+        """Request-side rows (decisions, refusals) and the session's flow file."""
+        config = self.loader.current
+        if config is None or "recorded" in state(flow):
+            return
+        st = state(flow)
+        st["recorded"] = True
+        if "upstream" not in st and "refused" not in st:
+            return
+        self._note_session(flow, config)
+        latency = None
+        if flow.response is not None and flow.response.timestamp_end:
+            latency = round((flow.response.timestamp_end - flow.request.timestamp_start) * 1000, 2)
+        status = flow.response.status_code if flow.response is not None else None
+        body = objects(flow).body
+        messages = st.get("messages") or [None]
+        effect = config.masking.profiles_for(st.get("upstream", ""), None, ())
+        for index, summary in enumerate(messages):
+            parsed = body.messages[index] if body is not None and summary is not None else None
+            row = self._row(flow, config)
+            decision = (summary or {}).get("decision") or {}
+            arguments = parsed.arguments if parsed is not None else None
+            refused = st.get("refused", {})
+            row.update(
+                direction="request"
+                if summary is None or summary["kind"] != "notification"
+                else "notification",
+                method=(summary or {}).get("method") or f"HTTP {flow.request.method}",
+                target=(summary or {}).get("target"),
+                jsonrpc_id=json.dumps((summary or {}).get("id")),
+                decision=decision.get("action") or refused.get("kind") or "pass",
+                rule=decision.get("rule"),
+                reason=decision.get("reason") or refused.get("message"),
+                approval_id=(summary or {}).get("approval_id"),
+                status=status,
+                latency_ms=latency,
+                args_digest=args_digest(self.key(config), arguments),
+                args_masked=(
+                    _truncate(json.dumps(mask_json(arguments, effect).value, ensure_ascii=False))
+                    if arguments is not None
+                    else None
+                ),
+                masked=json.dumps(st["masked"]) if st.get("masked") and index == 0 else None,
+                extra=json.dumps(_extra(st)),
+            )
+            self._submit(flow, config, "events", row)
+        self._write_recording(flow, config)
+
+    def _row(self, flow: http.HTTPFlow, config: GatewayConfig) -> dict[str, Any]:
+        st = state(flow)
+        identity = st.get("identity") or {}
+        return {
+            "ts": now_iso(),
+            "flow_id": flow.id,
+            "session_id": session_key(flow),
+            "user": identity.get("user"),
+            "groups": json.dumps(identity.get("groups", [])),
+            "auth_method": identity.get("method"),
+            "upstream": st.get("upstream"),
+            "config_hash": config.digest,
+            "client_addr": st.get("client_addr"),
+        }
+
+    def _note_session(self, flow: http.HTTPFlow, config: GatewayConfig) -> None:
+        session = session_key(flow) or (
+            flow.response.headers.get("mcp-session-id") if flow.response is not None else None
+        )
+        if session is None or session in self.sessions_seen:
+            return
+        if len(self.sessions_seen) > 100_000:
+            self.sessions_seen.pop(next(iter(self.sessions_seen)))
+        self.sessions_seen[session] = None
+        st = state(flow)
+        identity = st.get("identity") or {}
+        self._submit(
+            flow,
+            config,
+            "sessions",
+            {
+                "session_id": session,
+                "user": identity.get("user"),
+                "upstream": st.get("upstream"),
+                "client_addr": st.get("client_addr"),
+                "protocol_version": flow.request.headers.get("mcp-protocol-version"),
+                "first_seen": now_iso(),
+            },
+        )
+
+    def _submit(self, flow: http.HTTPFlow, config: GatewayConfig, table: str, row: dict) -> None:
+        writer = self.writer
+        if writer is None or not writer.submit(table, row):
+            if config.audit == "required":
+                raise RuntimeError("the audit store queue is full or failing")
+            state(flow)["audit_lost"] = True
+
+    def _write_recording(self, flow: http.HTTPFlow, config: GatewayConfig) -> None:
+        if self.recordings is None:
+            return
+        snapshot = flow.copy()
+        for name in CREDENTIAL_HEADERS + ("cookie",):
+            snapshot.request.headers.pop(name, None)
+        for name in state(flow).get("injected", ()):
+            if name in snapshot.request.headers:
+                snapshot.request.headers[name] = "[injected by holdgate]"
+        extras = objects(flow)
+        if snapshot.response is not None and snapshot.response.stream:
+            snapshot.response.stream = False
+            snapshot.response.content = bytes(extras.streamed)
+        decision = _flow_comment(state(flow))
+        snapshot.comment = decision
+        snapshot.marked = ":no_entry:" if "refused" in state(flow) else ":white_check_mark:"
+        name = session_key(flow) or f"stateless-{time.strftime('%Y%m%d')}"
+        self.recordings.submit(name, snapshot)
+
+
+def _flow_comment(st: dict[str, Any]) -> str:
+    parts = []
+    for message in st.get("messages", []):
+        d = message.get("decision", {})
+        parts.append(
+            f"{message.get('method')} {message.get('target') or ''}: "
+            f"{d.get('action')} by {d.get('rule')!r}"
+        )
+    if "refused" in st:
+        parts.append(f"refused ({st['refused'].get('kind')}): {st['refused'].get('message')}")
+    if st.get("masked"):
+        parts.append("masked: " + ", ".join(f"{k}={v}" for k, v in st["masked"].items()))
+    return "holdgate: " + "; ".join(parts)
+
+
+def _extra(st: dict[str, Any]) -> dict[str, Any]:
+    keys = ("spoofing", "auth_error", "error", "stream_cut", "hidden", "exempted", "audit_error")
+    return {k: st[k] for k in keys if k in st}
+
+
+def _id(message: Any) -> str | None:
+    return json.dumps(message.get("id")) if isinstance(message, dict) and "id" in message else None
+
+
+def _error_code(message: Any) -> int | None:
+    if isinstance(message, dict) and isinstance(message.get("error"), dict):
+        code = message["error"].get("code")
+        return code if isinstance(code, int) else None
+    return None
+
+
+def _truncate(text: str, limit: int = 65_536) -> str:
+    return text if len(text) <= limit else text[:limit] + "…[truncated]"
