@@ -130,11 +130,12 @@ class Recorder:
         else:
             direction = "response"
         stored = message
+        answers = context.answers
         if context.exemptions and message is not None:
             # An exempt caller saw cleartext; the record never keeps it.
-            effect = config.masking.profiles_for(state(flow)["upstream"], None, ())
+            tool = answers[1] if answers and answers[0] == "tools/call" else None
+            effect = config.masking.profiles_for(state(flow)["upstream"], tool, ())
             stored = mask_json(message, effect).value
-        answers = context.answers
         row = self._row(flow, config)
         row.update(
             direction=direction,
@@ -179,9 +180,10 @@ class Recorder:
         status = flow.response.status_code if flow.response is not None else None
         body = objects(flow).body
         messages = st.get("messages") or [None]
-        effect = config.masking.profiles_for(st.get("upstream", ""), None, ())
         for index, summary in enumerate(messages):
             parsed = body.messages[index] if body is not None and summary is not None else None
+            tool = parsed.tool if parsed is not None else None
+            effect = config.masking.profiles_for(st.get("upstream", ""), tool, ())
             row = self._row(flow, config)
             decision = (summary or {}).get("decision") or {}
             arguments = parsed.arguments if parsed is not None else None

@@ -1,0 +1,673 @@
+"""Detectors of sensitive values in text: a pattern to find candidates, a check to reject them.
+
+Masking runs on every response, so detectors are built for throughput: every pattern is
+compiled once, starts with a literal or a narrow character class (so the regex engine
+skips ahead in C), and detectors whose keyword or prefix is absent are not run at all.
+Callers hand all the strings of a document to `detect` at once; they are joined with
+NUL into one `Haystack` and each detector scans it in a single pass. Built-in patterns
+never match NUL and treat it as a boundary, so a joined scan finds exactly what scanning
+each string alone would. Custom (config) patterns are user regexes with no such promise,
+so they run string by string. Digits and capitals are also scanned on a "shape" of the
+blob (every digit '0', every capital 'A'), where patterns begin with literals like "000"
+that the engine skips to quickly instead of trying a match at every digit.
+
+False positives are kept low by validating every candidate: Luhn and card-brand prefixes
+for cards, mod-97 and the per-country length for IBANs, the SSA's invalid ranges for US
+SSNs, a decodable `{"alg": …}` header for JWTs, mixed case for AWS secret keys.
+
+Built-in detectors (`BUILTIN_DETECTORS`), with an example each:
+
+| name             | finds                                | example                           |
+|------------------|--------------------------------------|-----------------------------------|
+| `email`          | e-mail addresses                     | `jane.doe@example.com`            |
+| `phone`          | `+` international, North American    | `+44 20 7946 0958`                |
+| `credit_card`    | 13-19 digits, Luhn and brand checked | `4111 1111 1111 1111`             |
+| `iban`           | IBANs, mod-97 and length checked     | `DE89 3704 0044 0532 0130 00`     |
+| `us_ssn`         | US SSNs in issuable ranges           | `123-45-6789`                     |
+| `aws_access_key` | AWS access key ids                   | `AKIAIOSFODNN7EXAMPLE`            |
+| `aws_secret_key` | 40 chars near aws/secret (or key)    | `aws_secret: wJalrXUtnFEMI/K7…`   |
+| `github_token`   | GitHub tokens                        | `ghp_…, github_pat_…`             |
+| `slack_token`    | Slack tokens                         | `xoxb-1234567890-…`               |
+| `stripe_key`     | Stripe secret/restricted keys        | `sk_live_…, rk_live_…`            |
+| `openai_key`     | OpenAI-style keys                    | `sk-proj-…, sk-…`                 |
+| `anthropic_key`  | Anthropic keys                       | `sk-ant-api03-…`                  |
+| `jwt`            | JWS/JWE, header has "alg"            | `eyJhbGciOiJIUzI1NiJ9.eyJ….sig`   |
+| `private_key`    | PEM private keys, BEGIN to END       | `-----BEGIN RSA PRIVATE KEY-----` |
+| `generic_secret` | value after password/secret/token    | `password=hunter2`                |
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from bisect import bisect_right
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from itertools import accumulate, count
+from operator import add
+from typing import Any, Literal, NamedTuple
+
+Kind = Literal["email", "phone", "card", "iban", "ssn", "secret"]
+"""What a value is, which decides how the `partial` strategy shows it."""
+
+Span = tuple[int, int]
+Accept = Callable[[str], int]
+"""Length of the valid value at the start of a candidate; 0 rejects the candidate."""
+
+SEPARATOR = "\x00"
+NEAR_WINDOW = 100  # how far before an AWS secret key its keyword may be
+
+
+class Haystack:
+    """The strings of one document joined by NUL, so each detector scans them in one pass."""
+
+    __slots__ = (
+        "texts", "blob", "shared", "_keys", "_key_source", "_latin", "_lowered", "_shape", "_starts"
+    )  # fmt: skip
+
+    def __init__(
+        self, texts: Sequence[str], keys: Callable[[], Sequence[str]] | None = None
+    ) -> None:
+        self.texts = texts
+        self._key_source = keys  # computed only if a detector asks
+        self._keys: Sequence[str] | None = None
+        self.blob = texts[0] if len(texts) == 1 else SEPARATOR.join(texts)
+        self.shared: dict[ShapeScan, dict[str, list[Span]]] = {}
+        self._latin: bytes | None = None
+        self._lowered: bytes | None = None
+        self._shape: bytes | None = None
+        self._starts: list[int] | None = None
+
+    @property
+    def keys(self) -> Sequence[str]:
+        """The JSON key each text sits under (its nearest), for keyword-near checks."""
+        if self._keys is None:
+            self._keys = self._key_source() if self._key_source else ()
+        return self._keys
+
+    def _latin1(self) -> bytes:
+        """One byte per character (others become '?'), so offsets match `blob`."""
+        if self._latin is None:
+            self._latin = self.blob.encode("latin-1", "replace")
+        return self._latin
+
+    @property
+    def lowered(self) -> bytes:
+        """The blob with ASCII letters lower-cased, for case-insensitive keyword search."""
+        if self._lowered is None:
+            self._lowered = self._latin1().lower()
+        return self._lowered
+
+    @property
+    def shape(self) -> bytes:
+        """The blob with every digit turned into '0' and capital into 'A'.
+
+        Patterns over the shape start with literals ("000", "AA00"), which the regex
+        engine finds fast, where a leading [0-9] would make it try every digit.
+        """
+        if self._shape is None:
+            self._shape = self._latin1().translate(_SHAPE)
+        return self._shape
+
+    def has_any(self, needles: Sequence[bytes]) -> bool:
+        lowered = self.lowered
+        return any(needle in lowered for needle in needles)
+
+    def start(self, index: int) -> int:
+        return self.offsets()[index] if index else 0
+
+    def locate(self, position: int) -> tuple[int, int]:
+        """The text a blob position falls in, and the position inside that text."""
+        starts = self.offsets()
+        index = bisect_right(starts, position) - 1
+        return index, position - starts[index]
+
+    def offsets(self) -> list[int]:
+        """Where each text starts in the blob."""
+        if self._starts is None:
+            lengths = accumulate(map(len, self.texts[:-1]), initial=0)
+            self._starts = list(map(add, lengths, count()))  # + one separator per text
+        return self._starts
+
+
+_SHAPE = bytes.maketrans(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ", b"0" * 10 + b"A" * 26)
+
+
+class ShapeScan:
+    """Regexes over a haystack's shape, run once per haystack and shared by detectors.
+
+    Each match's last closed group is named after the detector it is a candidate for,
+    and the whole match is the candidate; detectors validate it against the real text.
+    """
+
+    def __init__(self, *patterns: bytes) -> None:
+        self.patterns = tuple(re.compile(p) for p in patterns)
+
+    def spans(self, hay: Haystack, group: str) -> list[Span]:
+        found = hay.shared.get(self)
+        if found is None:
+            found = {}
+            for pattern in self.patterns:
+                for match in _overlapping(pattern, hay.shape):
+                    found.setdefault(match.lastgroup or "", []).append(match.span())
+            hay.shared[self] = found
+        return found.get(group, [])
+
+
+class Detector:
+    """A named kind of sensitive value; `spans` yields where it occurs in a haystack's blob."""
+
+    name: str
+    kind: Kind
+
+    def spans(self, hay: Haystack) -> Iterator[Span]:
+        raise NotImplementedError
+
+    def find(self, text: str) -> list[str]:
+        """The values found in one string (for tests, explanations and policy checks)."""
+        return [text[start:end] for start, end in self.spans(Haystack([text]))]
+
+
+@dataclass(frozen=True, eq=False)
+class PatternDetector(Detector):
+    """Regexes whose matches (or a group of them) are candidates, then validated.
+
+    `needles` are lower-case ASCII strings of which one must occur somewhere (any case)
+    for the patterns to run at all; `shared` adds the candidates a `ShapeScan` found for
+    this detector's name; `per_text` runs the patterns on each string alone, for user
+    regexes that might match across the NUL separator.
+    """
+
+    name: str
+    kind: Kind
+    patterns: tuple[re.Pattern[str], ...] = ()
+    accept: Accept | None = None
+    value_groups: tuple[int, ...] = ()
+    needles: tuple[bytes, ...] = ()
+    shared: ShapeScan | None = None
+    per_text: bool = False
+
+    def spans(self, hay: Haystack) -> Iterator[Span]:
+        if self.needles and not hay.has_any(self.needles):
+            return
+        if self.per_text:
+            for index, text in enumerate(hay.texts):
+                base = hay.start(index)
+                yield from ((base + s, base + e) for s, e in self._candidates(text))
+        else:
+            yield from self._candidates(hay.blob)
+            if self.shared is not None:
+                yield from self._accepted(hay.blob, self.shared.spans(hay, self.name))
+
+    def _candidates(self, text: str) -> Iterator[Span]:
+        groups = self.value_groups
+        for pattern in self.patterns:
+            matches = _overlapping(pattern, text)
+            spans = (_value_span(m, groups) for m in matches) if groups else map(_span, matches)
+            yield from self._accepted(text, spans)
+
+    def _accepted(self, text: str, spans: Iterable[Span]) -> Iterator[Span]:
+        accept = self.accept
+        for start, end in spans:
+            if accept is not None:
+                end = start + accept(text[start:end])
+            if end > start:
+                yield start, end
+
+
+def _span(match: re.Match[str]) -> Span:
+    return match.span()
+
+
+def _overlapping[T: (str, bytes)](pattern: re.Pattern[T], text: T) -> Iterator[re.Match[T]]:
+    """Every match, also those starting inside an earlier one.
+
+    Greedy candidates are validated afterwards; "7946 0958 4111 1111 1111" first yields
+    a 16-digit candidate that fails Luhn, and the card after it must still be found.
+    """
+    match = pattern.search(text)
+    while match is not None:
+        yield match
+        match = pattern.search(text, match.start() + 1)
+
+
+def _value_span(match: re.Match[str], groups: tuple[int, ...]) -> Span:
+    for group in groups:
+        if match.start(group) >= 0:
+            return match.span(group)
+    return match.span()
+
+
+@dataclass(frozen=True, eq=False)
+class KeywordValueDetector(Detector):
+    """`name=value` secrets: the pattern is tried only where one of its keywords occurs.
+
+    The pattern must begin with the keyword, so it is matched at each keyword found in
+    the lower-cased blob (a fast substring search) instead of being scanned for.
+    """
+
+    name: str
+    kind: Kind
+    pattern: re.Pattern[str]
+    keywords: tuple[bytes, ...]
+    value_groups: tuple[int, ...]
+    accept: Accept
+
+    def spans(self, hay: Haystack) -> Iterator[Span]:
+        lowered = hay.lowered
+        starts: set[int] = set()
+        for keyword in self.keywords:
+            at = lowered.find(keyword)
+            while at >= 0:
+                starts.add(at)
+                at = lowered.find(keyword, at + 1)
+        for at in sorted(starts):
+            match = self.pattern.match(hay.blob, at)
+            if match is None:
+                continue
+            start, end = _value_span(match, self.value_groups)
+            length = self.accept(hay.blob[start:end])
+            if length:
+                yield start, start + length
+
+
+@dataclass(frozen=True, eq=False)
+class NearKeywordDetector(Detector):
+    """Values only sensitive in context: a keyword shortly before them or in their JSON key.
+
+    Only strings whose key or text holds a keyword are scanned.
+    """
+
+    name: str
+    kind: Kind
+    pattern: re.Pattern[str]
+    keywords: tuple[bytes, ...]
+    accept: Accept
+
+    def spans(self, hay: Haystack) -> Iterator[Span]:
+        keyed = self._keyed_texts(hay)
+        if not keyed and not hay.has_any(self.keywords):
+            return
+        lowered = hay.lowered
+        candidates = set(keyed)
+        for keyword in self.keywords:
+            at = lowered.find(keyword)
+            while at >= 0:
+                candidates.add(hay.locate(at)[0])
+                at = lowered.find(keyword, at + 1)
+        for index in sorted(candidates):
+            text = hay.texts[index]
+            base = hay.start(index)
+            for match in self.pattern.finditer(text):
+                start, end = match.span()
+                if not self.accept(match.group()):
+                    continue
+                if index in keyed or self._keyword_before(lowered, base, start):
+                    yield base + start, base + end
+
+    def _keyed_texts(self, hay: Haystack) -> set[int]:
+        if not hay.keys:
+            return set()
+        keyed = {
+            key
+            for key in set(hay.keys)
+            if any(k in key.lower().encode("latin-1", "replace") for k in self.keywords)
+        }
+        return {index for index, key in enumerate(hay.keys) if key in keyed} if keyed else set()
+
+    def _keyword_before(self, lowered: bytes, base: int, start: int) -> bool:
+        window = lowered[base + max(0, start - NEAR_WINDOW) : base + start]
+        return any(keyword in window for keyword in self.keywords)
+
+
+# --- validators ------------------------------------------------------------------------
+
+
+_DOUBLED = str.maketrans("0123456789", "0246813579")  # digit -> digit sum of twice it
+
+
+def luhn_valid(digits: str) -> bool:
+    """The Luhn checksum over a string of ASCII digits."""
+    doubled = digits[-2::-2].translate(_DOUBLED)
+    return (sum(map(int, digits[-1::-2])) + sum(map(int, doubled))) % 10 == 0
+
+
+def mod97_valid(text: str) -> bool:
+    """The ISO 7064 mod-97 check IBANs use: first four characters moved to the end."""
+    compact = "".join(c for c in text.upper() if c.isascii() and c.isalnum())
+    if len(compact) < 5:
+        return False
+    rearranged = compact[4:] + compact[:4]
+    return int("".join(str(int(c, 36)) for c in rearranged)) % 97 == 1
+
+
+def _whole(check: Callable[[str], bool]) -> Accept:
+    return lambda value: len(value) if check(value) else 0
+
+
+def _digits(text: str) -> str:
+    return "".join(c for c in text if "0" <= c <= "9")
+
+
+_CARD_BRAND = re.compile(r"4|5[0-5]|2[2-7]|3[04-9]|6")
+
+
+def _card_length(candidate: str) -> int:
+    """Accept a card number; a 19-digit grouped form may be a 16-digit card plus more."""
+    digits = candidate.replace(" ", "").replace("-", "")
+    if 13 <= len(digits) <= 19 and _CARD_BRAND.match(digits) and luhn_valid(digits):
+        return len(candidate)
+    if len(digits) == 19 and not candidate.isdigit():
+        return len(candidate) - 4 if luhn_valid(digits[:16]) and _CARD_BRAND.match(digits) else 0
+    return 0
+
+
+def _phone_length(candidate: str) -> int:
+    """International: 8 to 15 digits (E.164), cut where the greedy pattern ran into the
+    next number. North American: area code and exchange start with 2-9."""
+    if candidate[0] != "+":
+        digits = _digits(candidate)
+        return len(candidate) if digits[0] >= "2" and digits[3] >= "2" else 0
+    if 8 <= sum(map(str.isdigit, candidate)) <= 15:
+        return len(candidate)
+    best = total = 0
+    for run in _DIGIT_RUN.finditer(candidate):
+        total += run.end() - run.start()
+        if total > 15:
+            break
+        best = run.end() if total >= 8 else 0
+    return best
+
+
+_DIGIT_RUN = re.compile(r"[0-9]+")
+
+
+def _ssn_length(candidate: str) -> int:
+    area, group, serial = candidate[:3], candidate[4:6], candidate[7:]
+    if area in ("000", "666") or area[0] == "9" or group == "00" or serial == "0000":
+        return 0
+    return len(candidate)
+
+
+IBAN_LENGTHS = {
+    "AD": 24, "AE": 23, "AL": 28, "AT": 20, "AZ": 28, "BA": 20, "BE": 16, "BG": 22,
+    "BH": 22, "BI": 27, "BR": 29, "BY": 28, "CH": 21, "CR": 22, "CY": 28, "CZ": 24,
+    "DE": 22, "DJ": 27, "DK": 18, "DO": 28, "EE": 20, "EG": 29, "ES": 24, "FI": 18,
+    "FK": 18, "FO": 18, "FR": 27, "GB": 22, "GE": 22, "GI": 23, "GL": 18, "GR": 27,
+    "GT": 28, "HN": 28, "HR": 21, "HU": 28, "IE": 22, "IL": 23, "IQ": 23, "IS": 26,
+    "IT": 27, "JO": 30, "KW": 30, "KZ": 20, "LB": 28, "LC": 32, "LI": 21, "LT": 20,
+    "LU": 20, "LV": 21, "LY": 25, "MC": 27, "MD": 24, "ME": 22, "MK": 19, "MN": 20,
+    "MR": 27, "MT": 31, "MU": 30, "NI": 28, "NL": 18, "NO": 15, "OM": 23, "PK": 24,
+    "PL": 28, "PS": 29, "PT": 25, "QA": 29, "RO": 24, "RS": 22, "RU": 33, "SA": 24,
+    "SC": 31, "SD": 18, "SE": 24, "SI": 19, "SK": 24, "SM": 27, "SO": 23, "ST": 25,
+    "SV": 28, "TL": 23, "TN": 24, "TR": 26, "UA": 29, "VA": 22, "VG": 24, "XK": 20,
+    "YE": 30,
+}  # fmt: skip
+
+
+def _iban_length(candidate: str) -> int:
+    """Accept the IBAN at the start of a candidate, cut at its country's length.
+
+    The pattern is greedy, so "ES91 2100 0418 4502 0005 1332 BIC" reaches into the
+    next word; the country length says where the IBAN really ends.
+    """
+    expected = IBAN_LENGTHS.get(candidate[:2])
+    if expected is None:
+        return 0
+    seen = 0
+    for end, char in enumerate(candidate, 1):
+        if char != " ":
+            seen += 1
+        if seen == expected:
+            if end < len(candidate) and candidate[end] != " ":
+                return 0
+            return end if mod97_valid(candidate[:end]) else 0
+    return 0
+
+
+def _mixed_case(value: str) -> bool:
+    """Generated keys mix both cases and digits; slugs and words do not."""
+    return not value.isupper() and not value.islower() and any(c.isdigit() for c in value)
+
+
+def _aws_secret_shape(value: str) -> bool:
+    """Random base64 has both cases and a digit or / or +; hex digests and words do not."""
+    has_other = any(c.isdigit() or c in "/+" for c in value)
+    return has_other and value != value.upper() and value != value.lower()
+
+
+def _jwt_header_has_alg(token: str) -> bool:
+    header = token.split(".", 1)[0]
+    try:
+        decoded = json.loads(base64.urlsafe_b64decode(header + "=" * (-len(header) % 4)))
+    except (binascii.Error, ValueError):
+        return False
+    return isinstance(decoded, dict) and isinstance(decoded.get("alg"), str)
+
+
+_NUMBER = re.compile(r"[+-]?[0-9]+(?:\.[0-9]+)?")
+_PLACEHOLDERS = frozenset({"true", "false", "null", "none", "undefined", "redacted", "changeme"})
+
+
+def _secret_value_length(value: str) -> int:
+    """Accept a secret's value unless it is a placeholder, a number or already masked."""
+    stripped = value.strip()
+    if len(stripped) < 3 or stripped.lower() in _PLACEHOLDERS:
+        return 0
+    if stripped.startswith(("[REDACTED", "<", "${", "{{")) or set(stripped) <= {"*", "x", "X"}:
+        return 0
+    if _NUMBER.fullmatch(stripped):  # counts and sizes ("token_count=512") are not secrets
+        return 0
+    return len(value.rstrip())
+
+
+def _luhn_text(value: str) -> bool:
+    digits = _digits(value)
+    return len(digits) >= 2 and luhn_valid(digits)
+
+
+VALIDATORS: dict[str, Callable[[str], bool] | None] = {
+    "luhn": _luhn_text,
+    "mod97": mod97_valid,
+    "none": None,
+}
+
+
+# --- built-in detectors ----------------------------------------------------------------
+# Patterns start with a literal or narrow class, followed by a lookbehind for the
+# boundary before it: a leading lookbehind would make the engine try every position.
+
+_W = "A-Za-z0-9_"
+
+
+@dataclass(frozen=True, eq=False)
+class EmailDetector(Detector):
+    """E-mail addresses, found from each '@' outwards (a scan for the local part is slow)."""
+
+    name: str = "email"
+    kind: Kind = "email"
+
+    _DOMAIN = re.compile(
+        r"@((?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63})"
+        r"(?![A-Za-z0-9-]|\.[A-Za-z0-9])"
+    )
+    _LOCAL = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._%+-")
+
+    def spans(self, hay: Haystack) -> Iterator[Span]:
+        blob, local = hay.blob, self._LOCAL
+        for match in self._DOMAIN.finditer(blob):
+            at = start = match.start()
+            floor = max(0, at - 64)  # a local part has at most 64 characters
+            while start > floor and blob[start - 1] in local:
+                start -= 1
+            while start < at and blob[start] == ".":
+                start += 1
+            if start == at or blob[at - 1] == "." or ".." in blob[start:at]:
+                continue
+            yield start, match.end()
+
+
+def _pattern(name: str, kind: Kind, *patterns: str, **options: Any) -> PatternDetector:
+    return PatternDetector(name, kind, tuple(re.compile(p) for p in patterns), **options)
+
+
+# Over the shape: "0" is any digit, "A" any capital. A number starts at 3 digits not
+# inside a word, number or dotted sequence; card numbers and SSNs not after a dash;
+# "415 555 0132" not after "+1 " (the international form covers those).
+_NUMBERS = ShapeScan(
+    rb"000(?<![A0a-z_.]000)(?:(?<!-000)(?:"
+    rb"(?P<credit_card>0{10,16}|0(?P<sep>[ -])0000(?P=sep)0000(?P=sep)0{1,4}(?:(?P=sep)000)?"
+    rb"|0(?P<amex>[ -])000000(?P=amex)00000)(?![A0a-z_]|[-.]0)"
+    rb"|(?P<us_ssn>(?P<ssn>[- ])00(?P=ssn)0000)(?![A0a-z_]|-0))"
+    rb"|(?<!\+0[ .-]000)(?P<phone>[-. ]000[-. ]0000)(?![A0a-z_]|[-.]0))",
+    rb"\(000\)(?<![A0a-z_.(]\(000\))(?P<phone> ?000[-. ]0000)(?![A0a-z_]|[-.]0)",
+)
+_IBANS = ShapeScan(
+    rb"(?P<iban>AA00(?<![A0a-z_]AA00)(?: ?[A0]{4}){2,7}(?: ?[A0]{1,3})?)(?![A0a-z_])"
+)
+
+# The pattern starts with one of these; it is tried wherever one occurs (any case).
+_GENERIC_KEYWORDS = tuple(
+    word.encode() for word in "pass pwd secret api access private token credential".split()
+)
+_GENERIC_SECRET = re.compile(
+    r"(?i:passw(?:or)?d|passphrase|pwd|secret|api[_-]?key|access[_-]?key|private[_-]?key"
+    r"|token|credential)"
+    r"(?:s?(?=[^A-Za-z])|[_.-][A-Za-z0-9_.-]*|[A-Z][A-Za-z0-9_.-]*)"  # not "secretary"
+    r"""\\?["']?[ \t]*[:=][ \t]*"""
+    r"""(?:\\?"([^"\\\x00\n]{1,256})|'([^'\x00\n]{1,256})'|([^\s"'\\<>,;&(){}\[\]\x00]{1,256}))"""
+)
+
+BUILTIN_DETECTORS: dict[str, Detector] = {
+    d.name: d
+    for d in (
+        EmailDetector(),
+        _pattern(
+            "phone",
+            "phone",
+            rf"\+(?<![{_W}+]\+)[1-9](?:[ .-]?(?:\([0-9]{{1,4}}\)|[0-9]{{1,6}})){{2,7}}(?![0-9])",
+            accept=_phone_length,
+            shared=_NUMBERS,
+        ),
+        PatternDetector("credit_card", "card", accept=_card_length, shared=_NUMBERS),
+        PatternDetector("iban", "iban", accept=_iban_length, shared=_IBANS),
+        PatternDetector("us_ssn", "ssn", accept=_ssn_length, shared=_NUMBERS),
+        _pattern(
+            "aws_access_key", "secret", rf"A(?:KIA|SIA)(?<![{_W}]....)[A-Z0-9]{{16}}(?![{_W}])"
+        ),
+        NearKeywordDetector(
+            "aws_secret_key",
+            "secret",
+            re.compile(r"[A-Za-z0-9/+](?<![A-Za-z0-9/+=].)[A-Za-z0-9/+]{39}(?![A-Za-z0-9/+=])"),
+            (b"aws", b"secret"),
+            _whole(_aws_secret_shape),
+        ),
+        _pattern(
+            "github_token",
+            "secret",
+            rf"gh[pousr]_(?<![{_W}]gh._)[A-Za-z0-9]{{36,251}}(?![{_W}])",
+            rf"github_pat_(?<![{_W}]github_pat_)[{_W}]{{22,244}}(?![{_W}])",
+        ),
+        _pattern(
+            "slack_token", "secret", rf"xox[abprs]-(?<![{_W}]xox.-)[A-Za-z0-9-]{{10,250}}(?![{_W}])"
+        ),
+        _pattern(
+            "stripe_key",
+            "secret",
+            rf"[rs](?<![{_W}][rs])k_(?:live|test)_[A-Za-z0-9]{{10,247}}(?![{_W}])",
+            needles=(b"k_live_", b"k_test_"),
+        ),
+        _pattern(
+            "openai_key",
+            "secret",
+            rf"sk-(?<![{_W}-]sk-)(?!ant-)(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{{20,250}}(?![{_W}-])",
+            accept=_whole(_mixed_case),
+        ),
+        _pattern(
+            "anthropic_key",
+            "secret",
+            rf"sk-ant-(?<![{_W}-]sk-ant-)[A-Za-z0-9_-]{{20,250}}(?![{_W}-])",
+        ),
+        _pattern(
+            "jwt",
+            "secret",
+            r"eyJ(?<![A-Za-z0-9_-]eyJ)[A-Za-z0-9_-]{2,}(?:\.[A-Za-z0-9_-]*){2}"
+            r"(?:(?:\.[A-Za-z0-9_-]*){2})?(?![A-Za-z0-9_-])",
+            accept=_whole(_jwt_header_has_alg),
+        ),
+        _pattern(
+            "private_key",
+            "secret",
+            r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----"
+            r"(?:[^\x00]*?-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----|[^\x00]*)",
+        ),
+        KeywordValueDetector(
+            "generic_secret",
+            "secret",
+            _GENERIC_SECRET,
+            _GENERIC_KEYWORDS,
+            (1, 2, 3),
+            _secret_value_length,
+        ),
+    )
+}
+
+
+def custom_detector(name: str, regex: str, validator: str = "none") -> PatternDetector:
+    """A detector from config: the whole match is the value, or its group named `value`.
+
+    Raises re.error for a bad regex and ValueError for one that matches the empty string
+    (it would mask nothing yet find everything) or an unknown validator.
+    """
+    pattern = re.compile(regex)
+    if pattern.fullmatch("") is not None:
+        raise ValueError("the regex matches the empty string")
+    if validator not in VALIDATORS:
+        raise ValueError(f"unknown validator {validator!r}; use one of {', '.join(VALIDATORS)}")
+    check = VALIDATORS[validator]
+    group = pattern.groupindex.get("value")
+    return PatternDetector(
+        name,
+        "secret",
+        (pattern,),
+        accept=None if check is None else _whole(check),
+        value_groups=(group,) if group else (),
+        per_text=True,
+    )
+
+
+class Hit(NamedTuple):
+    """One detected value: which text, where in it, and by which detector."""
+
+    index: int
+    start: int
+    end: int
+    detector: Detector
+
+
+def detect(hay: Haystack, detectors: Sequence[Detector]) -> list[Hit]:
+    """Every value the detectors find in the haystack, in text coordinates (may overlap)."""
+    hits: list[Hit] = []
+    starts: list[int] = []
+    for detector in detectors:
+        for start, end in detector.spans(hay):
+            starts = starts or hay.offsets()
+            index = bisect_right(starts, start) - 1
+            base = starts[index]
+            hits.append(Hit(index, start - base, end - base, detector))
+    return hits
+
+
+def resolve(
+    names: Sequence[str], custom: Mapping[str, Detector] | None = None
+) -> tuple[Detector, ...]:
+    """Detectors by name (built-in or custom); KeyError names the unknown one and the valid ones."""
+    known = {**BUILTIN_DETECTORS, **(custom or {})}
+    out: list[Detector] = []
+    for name in names:
+        if name not in known:
+            raise KeyError(f"unknown detector {name!r}; valid: {', '.join(sorted(known))}")
+        out.append(known[name])
+    return tuple(out)

@@ -1,0 +1,169 @@
+"""Micro-benchmark of masking throughput on a realistic MCP tool result (not a test).
+
+The body is a tools/call result whose `content[0].text` is JSON text of customer records
+(e-mails, phones, cards, IBANs, SSNs, dates, ids, free-text notes) and `content[1].text`
+is plain prose, roughly 70/30 by size. Reports MB/s of body text for `mask_json` on the
+parsed message (embedded JSON parsed, masked and re-serialised inside), and end to end
+with the outer `json.loads` / `json.dumps` the addon does.
+
+    .venv/bin/python scripts/bench_masking.py [--sizes 1,10] [--repeat 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "addons"))
+
+from holdgate.detectors import BUILTIN_DETECTORS, Detector  # noqa: E402
+from holdgate.masking import (  # noqa: E402
+    FieldRule,
+    MaskingPolicy,
+    Profile,
+    ProfilesInEffect,
+    mask_json,
+)
+
+FIRST = ["Jane", "John", "Ana", "Luis", "Mei", "Omar", "Sara", "Tom", "Ivy", "Noah", "Zoë"]
+LAST = ["Doe", "Smith", "García", "Chen", "Okafor", "Müller", "Rossi", "Nguyen", "Khan"]
+WORDS = (
+    "the customer called about an invoice and asked for a refund of the last payment we "
+    "agreed to follow up next week after checking the account history status pending "
+    "shipment delayed due to weather version 1.2.3.4 deployed on 2024-01-15 order number "
+    "100234 ticket SUP-4411 escalated priority high"
+).split()
+
+
+def card(rng: random.Random) -> str:
+    digits = [4] + [rng.randint(0, 9) for _ in range(14)]
+    total = 0
+    for position, digit in enumerate(reversed(digits)):
+        if position % 2 == 0:
+            digit *= 2
+            digit = digit - 9 if digit > 9 else digit
+        total += digit
+    number = "".join(map(str, digits)) + str((10 - total % 10) % 10)
+    return " ".join(number[i : i + 4] for i in range(0, 16, 4))
+
+
+def record(rng: random.Random, i: int) -> dict[str, Any]:
+    first, last = rng.choice(FIRST), rng.choice(LAST)
+    out: dict[str, Any] = {
+        "id": 10000 + i,
+        "customer_id": f"CUS-{i:06d}",
+        "name": f"{first} {last}",
+        "email": f"{first.lower()}.{i}@example.com",
+        "phone": f"+1 415 555 {i % 10000:04d}",
+        "address": {"street": f"{rng.randint(1, 999)} Market St", "city": "San Francisco"},
+        "created_at": "2024-01-15T10:22:31Z",
+        "status": rng.choice(["active", "churned", "trial"]),
+        "balance": round(rng.random() * 10000, 2),
+        "tags": ["vip", "newsletter"][: rng.randint(0, 2)],
+        "notes": " ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 25))),
+    }
+    if i % 5 == 0:
+        out["card"] = card(rng)
+    if i % 7 == 0:
+        out["iban"] = "DE89 3704 0044 0532 0130 00"
+    if i % 11 == 0:
+        out["ssn"] = "123-45-6789"
+    return out
+
+
+def prose(rng: random.Random, size: int) -> str:
+    lines: list[str] = []
+    total = 0
+    while total < size:
+        line = " ".join(rng.choice(WORDS) for _ in range(rng.randint(8, 30))).capitalize()
+        if rng.random() < 0.05:
+            line += ", contact ops@example.org"
+        lines.append(line + ".")
+        total += len(line) + 2
+    return "\n".join(lines)
+
+
+def tool_result(size: int, seed: int = 7) -> str:
+    rng = random.Random(seed)
+    records: list[dict[str, Any]] = []
+    target = int(size * 0.7)
+    length = 0
+    while length < target:
+        batch = [record(rng, len(records) + j) for j in range(100)]
+        records.extend(batch)
+        length += len(json.dumps(batch, ensure_ascii=False))
+    content = [
+        {"type": "text", "text": json.dumps(records, ensure_ascii=False)},
+        {"type": "text", "text": prose(rng, int(size * 0.3))},
+    ]
+    message = {"jsonrpc": "2.0", "id": 7, "result": {"content": content, "isError": False}}
+    return json.dumps(message, ensure_ascii=False)
+
+
+def effects() -> dict[str, ProfilesInEffect]:
+    def detectors(*names: str) -> tuple[Detector, ...]:
+        return tuple(BUILTIN_DETECTORS[name] for name in names)
+
+    design = MaskingPolicy(
+        (
+            Profile(
+                "pii", detectors("email", "phone", "credit_card", "iban", "us_ssn"), (), "partial"
+            ),
+            Profile(
+                "secrets",
+                detectors("aws_access_key", "github_token", "jwt", "private_key", "generic_secret"),
+                (FieldRule.parse("$..password"), FieldRule.parse("$..api_key")),
+            ),
+        )
+    )
+    every = MaskingPolicy((Profile("all", tuple(BUILTIN_DETECTORS.values())),))
+    return {
+        "design example profiles": design.profiles_for("crm", "search", ()),
+        "all 15 built-in detectors": every.profiles_for("crm", "search", ()),
+    }
+
+
+def best_of(repeat: int, run: Callable[[], object]) -> float:
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def measure(body: str, effect: ProfilesInEffect, repeat: int) -> tuple[float, float, int]:
+    """Seconds for mask_json alone and with the outer loads/dumps; values masked."""
+    message = json.loads(body)
+    masked = best_of(repeat, lambda: mask_json(message, effect))
+    total = best_of(
+        repeat, lambda: json.dumps(mask_json(json.loads(body), effect).value, ensure_ascii=False)
+    )
+    return masked, total, sum(mask_json(message, effect).findings.values())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--sizes", default="1,10", help="body sizes in MB, comma-separated")
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    for size_mb in (float(s) for s in args.sizes.split(",")):
+        body = tool_result(int(size_mb * 1_000_000))
+        megabytes = len(body.encode()) / 1_000_000
+        print(f"body {megabytes:.2f} MB")
+        for label, effect in effects().items():
+            masked, total, found = measure(body, effect, args.repeat)
+            print(
+                f"  {label:26} mask_json {megabytes / masked:6.1f} MB/s"
+                f"   with loads+dumps {megabytes / total:6.1f} MB/s   ({found} values masked)"
+            )
+
+
+if __name__ == "__main__":
+    main()
