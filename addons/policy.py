@@ -133,10 +133,6 @@ class Policy:
         flow.request.content = dumps(payload)
         flow.request.headers["accept-encoding"] = "identity"
 
-
-def _denial_text(decision: Decision) -> str:
-    return f"denied by rule {decision.rule!r}: {decision.reason}"
-
     def answered_request(self, flow: http.HTTPFlow, msg_id: Any) -> tuple[str, str | None] | None:
         """The (method, target) of the request a response message answers."""
         body = objects(flow).body
@@ -182,3 +178,7 @@ def _denial_text(decision: Decision) -> str:
         if hidden:
             state(flow)["hidden"] = state(flow).get("hidden", 0) + hidden
         return {**message, "result": {**result, key: kept}}
+
+
+def _denial_text(decision: Decision) -> str:
+    return f"denied by rule {decision.rule!r}: {decision.reason}"

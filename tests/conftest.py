@@ -117,6 +117,7 @@ def start_gateway(
     options: dict[str, str] | None = None,
     env: dict[str, str] | None = None,
     mode: str | None = None,
+    extra_scripts: list[str] | None = None,
 ) -> Gateway:
     port = free_port()
     config = tmp / "holdgate.yaml"
@@ -132,6 +133,8 @@ def start_gateway(
         **(options or {}),
     }
     cmd = [MITMDUMP, "-q", "-s", str(ROOT / "addons" / "gateway.py")]
+    for script in extra_scripts or []:
+        cmd += ["-s", script]
     cmd += ["--mode", mode or f"reverse:{upstream_url}", "--listen-host", "127.0.0.1"]
     cmd += ["--listen-port", str(port), "--set", "termlog_verbosity=info"]
     for key, value in opts.items():

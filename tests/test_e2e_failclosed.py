@@ -1,0 +1,88 @@
+"""Fail closed: a fault injected into any hook refuses the flow; nothing passes unchecked."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import ROOT
+from mcpclient import raw_post
+
+CONFIG = """
+version: 1
+upstreams:
+  - name: demo
+    url: {url}
+rules:
+  - name: lookups
+    match: {{method: tools/call, tool: ["get_*"]}}
+    action: allow
+  - name: sql needs a dba
+    match: {{tool: run_sql}}
+    action: approve
+    approvers: [dba]
+    timeout: 5s
+"""
+HEADERS = {"MCP-Protocol-Version": "2026-07-28", "Mcp-Method": "tools/call"}
+META = {
+    "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+    "io.modelcontextprotocol/clientCapabilities": {},
+}
+
+
+def start_faulty(gateway_factory, demo, fault):
+    return gateway_factory(
+        CONFIG.format(url=demo.url),
+        demo.url,
+        env={"HOLDGATE_FAULT": fault},
+        extra_scripts=[str(ROOT / "tests" / "fault_injection.py")],
+    )
+
+
+def call(tool: str) -> dict:
+    return {
+        "jsonrpc": "2.0",
+        "id": 5,
+        "method": "tools/call",
+        "params": {"name": tool, "arguments": {"customer_id": 1, "query": "x"}, "_meta": META},
+    }
+
+
+@pytest.mark.parametrize(
+    ("fault", "hook", "tool"),
+    [
+        ("router:route", "Router.requestheaders", "get_customer"),
+        ("identity:strip_credentials", "Identity.request", "get_customer"),
+        ("policy:parse_body", "Policy.request", "get_customer"),
+        ("approval:request_digest", "Approval.request", "run_sql"),
+        ("gate:objects", "Gate.request", "get_customer"),
+        ("recorder:is_mcp", "Recorder.request", "get_customer"),
+    ],
+)
+def test_fault_in_a_request_hook_refuses_and_forwards_nothing(
+    gateway_factory, demo, fault, hook, tool
+):
+    gw = start_faulty(gateway_factory, demo, fault)
+    response = raw_post(gw.url + "/mcp", call(tool), {**HEADERS, "Mcp-Name": tool})
+    assert response.status == 502, response.body
+    error = response.json()["error"]
+    assert error["code"] == -32603
+    assert hook in error["message"]
+    assert demo.requests() == []
+
+
+@pytest.mark.parametrize(
+    ("fault", "hook"),
+    [
+        ("streams:loads_strict", "Streams.response"),
+        ("masking:mask_json", "Streams.response"),
+    ],
+)
+def test_fault_in_a_response_hook_withholds_the_upstream_answer(gateway_factory, demo, fault, hook):
+    gw = start_faulty(gateway_factory, demo, fault)
+    response = raw_post(
+        gw.url + "/mcp", call("get_customer"), {**HEADERS, "Mcp-Name": "get_customer"}
+    )
+    assert response.status == 502, response.body
+    assert hook in response.json()["error"]["message"]
+    assert b"@" not in response.body  # no customer e-mail slipped through
+    assert len(demo.requests()) == 1  # it did reach the upstream; the answer was withheld
