@@ -17,14 +17,14 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from holdgate.identity import Authenticator
 from mitmproxy import connection, ctx, exceptions, http
 
 from configloader import ConfigLoader
 from holdgate import store
 from holdgate.adminhttp import AdminRequest, AdminResponse, parse_listen, serve
 from holdgate.approvals import Grants, argument_changes, request_digest
-from holdgate.identity import Authenticator
-from holdgate.jsonrpc import APPROVAL_REFUSED, BodyError, dumps, error_object, parse_body
+from holdgate.jsonrpc import APPROVAL_REFUSED, dumps, error_object, parse_body
 from holdgate.masking import mask_json
 from holdgate.proxy import fail_closed, is_mcp, objects, refuse, state
 from recorder import Recorder, args_digest, now_iso
@@ -83,12 +83,15 @@ class Approval:
             except ValueError as exc:
                 raise exceptions.OptionsError(f"holdgate_admin: {exc}") from None
 
-    async def running(self) -> None:
+    def running(self) -> None:
+        # Never await here: later addons' running hooks (TLS set-up) wait for ours.
+        self._tasks.append(asyncio.create_task(self._start()))
+
+    async def _start(self) -> None:
         db = ctx.options.holdgate_db
         closed = await asyncio.to_thread(store.expire_pending, db, "gateway restarted")
         if closed:
-            logger.warning("holdgate: %d approval(s) pending at the last shutdown closed as expired",
-                           closed)
+            logger.warning("holdgate: %d approval(s) pending at shutdown closed as expired", closed)
         self._tasks.append(asyncio.create_task(self._poll_store()))
         listen = parse_listen(ctx.options.holdgate_admin)
         if listen is not None:
@@ -132,8 +135,12 @@ class Approval:
                 summary["approval_id"] = grant.approval_id
                 summary["granted_by"] = "grant window"
                 await asyncio.to_thread(
-                    store.append_approval_state, ctx.options.holdgate_db, grant.approval_id,
-                    "grant_used", identity.user, f"identical call within the grant ({flow.id})",
+                    store.append_approval_state,
+                    ctx.options.holdgate_db,
+                    grant.approval_id,
+                    "grant_used",
+                    identity.user,
+                    f"identical call within the grant ({flow.id})",
                 )
                 continue
             outcome = await self._hold(flow, message, rule, identity, digest_args, config)
@@ -144,12 +151,22 @@ class Approval:
                 continue
             who = f" by {outcome.decider}" if outcome.decider else ""
             why = f": {outcome.reason}" if outcome.reason else ""
-            refused.append((index, f"approval {outcome.state}{who}{why} "
-                                   f"(rule {rule.name!r}, approval {outcome.approval_id})"))
+            refused.append(
+                (
+                    index,
+                    f"approval {outcome.state}{who}{why} "
+                    f"(rule {rule.name!r}, approval {outcome.approval_id})",
+                )
+            )
         self._release(flow, refused)
 
     async def _hold(
-        self, flow: http.HTTPFlow, message: Any, rule: Any, identity: Any, digest_args: str | None,
+        self,
+        flow: http.HTTPFlow,
+        message: Any,
+        rule: Any,
+        identity: Any,
+        digest_args: str | None,
         config: Any,
     ) -> Hold:
         st = state(flow)
@@ -174,7 +191,8 @@ class Approval:
             "created": now_iso(),
             "expires": now_iso(hold.expires_at),
             "changes": json.dumps(argument_changes(previous, masked_args))
-            if previous is not None else None,
+            if previous is not None
+            else None,
             "flow_id": flow.id,
         }
         await asyncio.to_thread(store.create_approval, ctx.options.holdgate_db, row)
@@ -194,8 +212,13 @@ class Approval:
 
     @staticmethod
     def _digest(st: dict[str, Any], identity: Any, message: Any) -> str:
-        return request_digest(st["upstream"], identity.user, message.method or "",
-                              message.target, message.arguments or {})
+        return request_digest(
+            st["upstream"],
+            identity.user,
+            message.method or "",
+            message.target,
+            message.arguments or {},
+        )
 
     async def _wait(self, hold: Hold) -> None:
         flow = hold.flow
@@ -220,14 +243,17 @@ class Approval:
     ) -> None:
         """Record a decision the gateway itself observed; a decision already stored wins."""
         ok = await asyncio.to_thread(
-            store.append_approval_state, ctx.options.holdgate_db, hold.approval_id, new_state,
-            decider, reason,
+            store.append_approval_state,
+            ctx.options.holdgate_db,
+            hold.approval_id,
+            new_state,
+            decider,
+            reason,
         )
         if ok:
             hold.decide(new_state, decider, reason)
             return
-        current = await asyncio.to_thread(store.approval, ctx.options.holdgate_db,
-                                          hold.approval_id)
+        current = await asyncio.to_thread(store.approval, ctx.options.holdgate_db, hold.approval_id)
         latest = (current or {}).get("state", "expired")
         hold.decide(latest, (current or {}).get("decider"), (current or {}).get("reason"))
 
@@ -242,26 +268,41 @@ class Approval:
             flow.resume()
         # The request about to leave must be the one that was approved.
         current = parse_body(flow.request.get_content(strict=True) or b"", max_bytes=1 << 30)
-        sent = [m for i, m in enumerate(body.messages)
-                if st["messages"][i]["decision"]["action"] != "deny"]
+        sent = [
+            m
+            for i, m in enumerate(body.messages)
+            if st["messages"][i]["decision"]["action"] != "deny"
+        ]
         if [m.raw for m in current.messages] != [m.raw for m in sent]:
-            refuse(flow, 409, -32600, "the held request was changed before release; refused",
-                   kind="tampered")
+            refuse(
+                flow,
+                409,
+                -32600,
+                "the held request was changed before release; refused",
+                kind="tampered",
+            )
             return
         if not refused:
             st["cleared"] = True
             return
-        errors = [error_object(body.messages[i].id, APPROVAL_REFUSED, text) for i, text in refused
-                  if body.messages[i].kind == "request"]
+        errors = [
+            error_object(body.messages[i].id, APPROVAL_REFUSED, text)
+            for i, text in refused
+            if body.messages[i].kind == "request"
+        ]
         gone = {i for i, _ in refused}
-        remaining = [m for i, m in enumerate(body.messages)
-                     if i not in gone and st["messages"][i]["decision"]["action"] != "deny"]
+        remaining = [
+            m
+            for i, m in enumerate(body.messages)
+            if i not in gone and st["messages"][i]["decision"]["action"] != "deny"
+        ]
         if not remaining:
             objects(flow).pending_errors.extend(errors)
             pending = objects(flow).pending_errors
             payload = pending if body.is_batch else pending[0]
-            flow.response = http.Response.make(200, dumps(payload),
-                                               {"Content-Type": "application/json"})
+            flow.response = http.Response.make(
+                200, dumps(payload), {"Content-Type": "application/json"}
+            )
             st["refused"] = {"status": 200, "kind": "approval-refused"}
             return
         objects(flow).pending_errors.extend(errors)
@@ -283,8 +324,9 @@ class Approval:
                 continue
             ids = list(self.holds)
             try:
-                states = await asyncio.to_thread(store.approval_states, ctx.options.holdgate_db,
-                                                 ids)
+                states = await asyncio.to_thread(
+                    store.approval_states, ctx.options.holdgate_db, ids
+                )
             except store.StoreError as exc:
                 logger.error("holdgate: cannot read approvals: %s", exc)
                 continue
@@ -295,8 +337,9 @@ class Approval:
 
     def _record_state(self, hold: Hold, new_state: str, decider: str | None, reason: str) -> None:
         try:
-            store.append_approval_state(ctx.options.holdgate_db, hold.approval_id, new_state,
-                                        decider, reason)
+            store.append_approval_state(
+                ctx.options.holdgate_db, hold.approval_id, new_state, decider, reason
+            )
         except store.StoreError as exc:
             logger.error("holdgate: cannot record approval %s: %s", hold.approval_id, exc)
 
@@ -357,19 +400,25 @@ class Approval:
             problem = f"{approver.user} is not in the approver groups {found.get('approvers')}"
         if problem is not None:
             await asyncio.to_thread(
-                store.append_approval_state, db, parts[1], "refused_attempt", approver.user,
+                store.append_approval_state,
+                db,
+                parts[1],
+                "refused_attempt",
+                approver.user,
                 f"{new_state} refused: {problem}",
             )
             return AdminResponse(403, {"error": problem})
-        ok = await asyncio.to_thread(store.append_approval_state, db, parts[1], new_state,
-                                     approver.user, reason)
+        ok = await asyncio.to_thread(
+            store.append_approval_state, db, parts[1], new_state, approver.user, reason
+        )
         if not ok:
             return AdminResponse(409, {"error": "this approval is no longer pending"})
         hold = self.holds.get(parts[1])
         if hold is not None:
             hold.decide(new_state, approver.user, reason)
-        return AdminResponse(200, {"approval_id": parts[1], "state": new_state,
-                                   "decider": approver.user})
+        return AdminResponse(
+            200, {"approval_id": parts[1], "state": new_state, "decider": approver.user}
+        )
 
     async def _authenticate(self, config: Any, request: AdminRequest) -> Any:
         if config.identity is None:

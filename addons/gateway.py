@@ -19,6 +19,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 try:
+    from approval import Approval
     from configloader import ConfigLoader
     from gate import Gate
     from identity import Identity
@@ -62,6 +63,7 @@ else:
         Router(loader),
         Identity(loader),
         policy,
+        Approval(loader, recorder),
         Gate(),
         Streams(loader, stages=[policy, Masking(loader), recorder]),
         recorder,

@@ -1,0 +1,110 @@
+"""Masking through the real gateway: what the client gets and what the record keeps."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import pytest
+
+from conftest import stop
+from mcpclient import connect
+
+pytestmark = pytest.mark.anyio
+
+CONFIG = """
+version: 1
+identity:
+  api_keys:
+    - name: alice
+      sha256: 9f7ed98529468ebc54d06a6b8442ca7f7379f470af51ab44b9d9910bb74d0a1c
+      groups: [support]
+    - name: carol
+      sha256: a4daa9961472866ad80f918a49582a773c72ccadb634d7fef495335ecf23655c
+      groups: [compliance, support]
+upstreams:
+  - name: demo
+    url: {url}
+rules:
+  - name: support
+    match: {{groups: [support]}}
+    action: allow
+masking:
+  - name: pii
+    detectors: [email, phone, credit_card, iban, us_ssn]
+    strategy: partial
+    exempt_groups: [compliance]
+  - name: secrets
+    detectors: [aws_access_key, stripe_key, generic_secret]
+    paths: ["$..password", "$..api_key"]
+    strategy: redact
+"""
+ALICE = {"X-API-Key": "demo-alice-support"}
+CAROL = {"X-API-Key": "demo-carol-compliance"}
+
+
+def customer_one(tmp_path) -> dict:
+    """The cleartext record, read from the demo server's own database."""
+    db = sqlite3.connect(tmp_path / "demo.sqlite3")
+    db.row_factory = sqlite3.Row
+    return dict(db.execute("select * from customers where id = 1").fetchone())
+
+
+@pytest.fixture
+def gateway(demo, gateway_factory):
+    return gateway_factory(CONFIG.format(url=demo.url), demo.url)
+
+
+@pytest.mark.parametrize("mode", ["auto", "legacy"])  # JSON responses, and SSE responses
+async def test_customer_lookup_arrives_masked(gateway, tmp_path, mode):
+    clear = customer_one(tmp_path)
+    async with connect(gateway.url + "/mcp", ALICE, mode=mode) as client:
+        result = await client.call_tool("get_customer", {"customer_id": 1})
+    seen = json.dumps(result.model_dump(mode="json"))
+    for field in ("email", "phone", "card_number", "iban", "ssn"):
+        assert clear[field] not in seen, field
+    assert clear["email"].split("@")[1] in seen  # partial keeps the domain
+    assert clear["card_number"][-4:] in seen  # and the last four digits
+
+
+async def test_compliance_sees_cleartext_but_the_record_does_not(gateway, tmp_path):
+    clear = customer_one(tmp_path)
+    async with connect(gateway.url + "/mcp", CAROL) as client:
+        result = await client.call_tool("get_customer", {"customer_id": 1})
+    seen = json.dumps(result.model_dump(mode="json"))
+    assert clear["email"] in seen
+    stored = _store_text(gateway)
+    assert clear["email"] not in stored
+    assert "exempt for group compliance" in stored
+
+
+async def test_secrets_in_config_tool_are_redacted(gateway):
+    async with connect(gateway.url + "/mcp", ALICE) as client:
+        result = await client.call_tool("get_service_config", {"service": "billing"})
+    text = result.content[0].text
+    assert "AKIAIOSFODNN7EXAMPLE" not in text
+    assert "sk_live_" not in text
+    assert "[REDACTED:aws_access_key]" in text
+
+
+async def test_record_lists_what_was_masked_never_the_values(gateway, tmp_path):
+    clear = customer_one(tmp_path)
+    async with connect(gateway.url + "/mcp", ALICE) as client:
+        await client.call_tool("get_customer", {"customer_id": 1})
+    stored = _store_text(gateway)
+    for field in ("email", "phone", "card_number", "iban"):
+        assert clear[field] not in stored
+    assert '"email": 1' in stored or '"email":1' in stored
+    recordings = b"".join(p.read_bytes() for p in gateway.recordings.glob("*.mitm"))
+    assert recordings, "no flow file was written"
+    assert clear["email"].encode() not in recordings
+    assert b"demo-alice-support" not in recordings
+
+
+def _store_text(gateway) -> str:
+    """Everything the audit store holds, after the gateway stopped (its writer flushed)."""
+    stop(gateway.proc)
+    db = sqlite3.connect(gateway.db)
+    rows = db.execute("select * from events").fetchall()
+    assert rows, "no events were recorded"
+    return json.dumps(rows)
