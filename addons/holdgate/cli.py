@@ -10,6 +10,7 @@ import sys
 
 import click
 
+from holdgate.cli_approvals import approvals
 from holdgate.config import load_config
 from holdgate.configfile import ConfigError
 from holdgate.identity import api_key_hash, generate_api_key
@@ -153,3 +154,6 @@ def keys_hash(key: str | None) -> None:
     if not value:
         raise click.UsageError("give the key as an argument or on stdin")
     click.echo(api_key_hash(value))
+
+
+main.add_command(approvals)

@@ -334,11 +334,7 @@ def _opened(ref: StoreRef, *, create: bool) -> Iterator[Database]:
 
 
 def _name(ref: StoreRef) -> str:
-    return (
-        ref.conn.execute("PRAGMA database_list").fetchone()[2]
-        if isinstance(ref, Database)
-        else os.fspath(ref)
-    )
+    return "audit store" if isinstance(ref, Database) else os.fspath(ref)
 
 
 @contextmanager
@@ -380,7 +376,12 @@ def chain_hash(prev_hash: str, table: str, content: Row) -> str:
 def _coerce(kind: type, value: Any) -> Any:
     """The exact Python value SQLite will store and read back, so hashes verify."""
     if kind is str:
-        return value if isinstance(value, str) else _canonical(value)
+        text = value if isinstance(value, str) else _canonical(value)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # lone surrogates (from JSON "\ud800") SQLite cannot take
+            text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+        return text
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError("not a finite number")
     if kind is int and isinstance(value, int | float) and value == int(value):
@@ -801,6 +802,15 @@ def export_rows(
 # --- the gateway's writer -----------------------------------------------------------------
 
 _Item = tuple[str, Row] | threading.Event | None
+# Errors that come from the rows, not the store: such a batch is dropped, not retried.
+_BAD_DATA = (
+    sqlite3.DataError,
+    sqlite3.IntegrityError,
+    sqlite3.InterfaceError,
+    sqlite3.ProgrammingError,
+    ValueError,
+    OverflowError,
+)
 
 
 class AuditWriter:
@@ -932,7 +942,13 @@ class AuditWriter:
                 return
 
     def _write(self, batch: list[tuple[str, Row]]) -> bool:
-        """One attempt: append the batch (or, with nothing to write, a probe write)."""
+        """One attempt: append the batch (with nothing in hand while failing: a probe write).
+
+        False while the store cannot be written; a batch the store refuses for its
+        content is dropped (counted lost) rather than retried for ever.
+        """
+        if not batch and self.healthy and self._db is not None:
+            return True
         try:
             if self._db is None:
                 self._db = self._open()
@@ -941,6 +957,10 @@ class AuditWriter:
                     _chain(self._db.conn, batch)
                 else:
                     self._db.conn.execute("UPDATE chain_head SET seq = seq WHERE id = 1")
+        except _BAD_DATA as exc:
+            self._count_lost(len(batch))
+            self.last_error = f"{len(batch)} rows dropped: {type(exc).__name__}: {exc}"
+            logger.error("holdgate: audit rows could not be stored: %s", self.last_error)
         except Exception as exc:  # whatever it is, the record is not being kept
             self._disconnect()
             error = f"{type(exc).__name__}: {exc}"

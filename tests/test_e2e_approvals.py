@@ -1,0 +1,246 @@
+"""Approvals through a real mitmdump: hold, decide from another process or the API, resume."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import anyio
+import pytest
+from mcp import MCPError
+
+from conftest import free_port
+from holdgate import store
+from mcpclient import connect
+
+pytestmark = pytest.mark.anyio
+
+HOLDGATE = str(Path(sys.executable).parent / "holdgate")
+
+CONFIG = """
+version: 1
+identity:
+  api_keys:
+    - name: alice
+      sha256: 9f7ed98529468ebc54d06a6b8442ca7f7379f470af51ab44b9d9910bb74d0a1c
+      groups: [support, dba]
+    - name: dana
+      sha256: 24a6f867760b7075697f1fc3719b00526da3019ab07e79aa0c9e33d0b3765d55
+      groups: [dba, engineering]
+    - name: bob
+      sha256: c79b365e7bdaabeaa1dfeee32462b9b88cc53883b7152c905882571b65d78c2b
+      groups: [engineering]
+upstreams:
+  - name: demo
+    url: {url}
+rules:
+  - name: destructive SQL needs a DBA
+    match:
+      tool: run_sql
+      args:
+        "$.query": {{regex: "(?i)\\\\b(drop|delete|update|insert)\\\\b"}}
+    action: approve
+    approvers: [dba]
+    timeout: {timeout}
+    grant: {grant}
+  - name: reads
+    match: {{tool: ["run_sql", "get_*"]}}
+    action: allow
+"""
+ALICE = {"X-API-Key": "demo-alice-support"}
+DANA = {"X-API-Key": "demo-dana-dba"}
+BOB = {"X-API-Key": "demo-bob-engineer"}
+DELETE = {"query": "DELETE FROM orders WHERE id = 1"}
+
+
+def start(gateway_factory, demo, timeout="20s", grant="0s", admin=False):
+    options = {"holdgate_admin": f"127.0.0.1:{free_port()}"} if admin else {}
+    return gateway_factory(
+        CONFIG.format(url=demo.url, timeout=timeout, grant=grant), demo.url, options=options
+    )
+
+
+async def wait_for_pending(db: Path) -> dict:
+    with anyio.fail_after(15):
+        while True:
+            if db.exists():
+                pending = store.pending_approvals(db)
+                if pending:
+                    return pending[0]
+            await anyio.sleep(0.1)
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([HOLDGATE, *args], capture_output=True, text=True, timeout=30)
+
+
+def sql_calls(demo) -> list[str]:
+    return [
+        b["params"]["arguments"]["query"]
+        for b in demo.received_bodies()
+        if isinstance(b, dict) and b.get("params", {}).get("name") == "run_sql"
+    ]
+
+
+async def test_held_call_completes_after_cli_approval(demo, gateway_factory):
+    gw = start(gateway_factory, demo)
+    async with connect(gw.url + "/mcp", ALICE) as client:
+        async with anyio.create_task_group() as tg:
+            results = []
+
+            async def call():
+                results.append(await client.call_tool("run_sql", DELETE))
+
+            tg.start_soon(call)
+            pending = await wait_for_pending(gw.db)
+            assert sql_calls(demo) == []  # held: the upstream has not seen it
+            assert pending["requester"] == "alice"
+            listed = cli("approvals", "list", "--db", str(gw.db))
+            assert pending["approval_id"] in listed.stdout
+            selfish = cli(
+                "approvals", "approve", pending["approval_id"], "--as", "alice", "--db", str(gw.db)
+            )
+            assert selfish.returncode == 1
+            assert "separation of duties" in selfish.stderr
+            done = cli(
+                "approvals",
+                "approve",
+                pending["approval_id"],
+                "--as",
+                "dana",
+                "--reason",
+                "ticket 42",
+                "--db",
+                str(gw.db),
+            )
+            assert done.returncode == 0, done.stderr
+    assert not results[0].is_error
+    assert sql_calls(demo) == [DELETE["query"]]
+    record = store.approval(gw.db, pending["approval_id"])
+    assert (record["state"], record["decider"], record["reason"]) == (
+        "approved",
+        "dana",
+        "ticket 42",
+    )
+    assert [h["state"] for h in record["history"]] == ["pending", "refused_attempt", "approved"]
+
+
+async def test_denied_by_cli_is_32004_naming_who(demo, gateway_factory):
+    gw = start(gateway_factory, demo)
+    async with connect(gw.url + "/mcp", ALICE) as client:
+        async with anyio.create_task_group() as tg:
+            errors = []
+
+            async def call():
+                try:
+                    await client.call_tool("run_sql", DELETE)
+                except MCPError as exc:
+                    errors.append(exc)
+
+            tg.start_soon(call)
+            pending = await wait_for_pending(gw.db)
+            done = cli(
+                "approvals",
+                "deny",
+                pending["approval_id"],
+                "--as",
+                "dana",
+                "--reason",
+                "not today",
+                "--db",
+                str(gw.db),
+            )
+            assert done.returncode == 0, done.stderr
+    assert errors[0].code == -32004
+    assert "denied by dana" in errors[0].message and "not today" in errors[0].message
+    assert sql_calls(demo) == []
+
+
+async def test_timeout_is_32004_expired(demo, gateway_factory):
+    gw = start(gateway_factory, demo, timeout="1s")
+    async with connect(gw.url + "/mcp", ALICE) as client:
+        with pytest.raises(MCPError) as info:
+            await client.call_tool("run_sql", DELETE)
+    assert info.value.code == -32004
+    assert "expired" in info.value.message
+    assert sql_calls(demo) == []
+    late = cli("approvals", "approve", _only_approval(gw.db), "--as", "dana", "--db", str(gw.db))
+    assert late.returncode == 1
+
+
+def _only_approval(db: Path) -> str:
+    database = store.open_db(db, create=False)
+    try:
+        return next(database.query("SELECT approval_id FROM v_approvals"))["approval_id"]
+    finally:
+        database.close()
+
+
+async def test_grant_window_lets_identical_calls_pass(demo, gateway_factory):
+    gw = start(gateway_factory, demo, grant="10m")
+    async with connect(gw.url + "/mcp", ALICE) as client:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(client.call_tool, "run_sql", DELETE)
+            pending = await wait_for_pending(gw.db)
+            cli("approvals", "approve", pending["approval_id"], "--as", "dana", "--db", str(gw.db))
+        again = await client.call_tool("run_sql", DELETE)
+        assert not again.is_error
+    assert sql_calls(demo) == [DELETE["query"], DELETE["query"]]
+    history = store.approval(gw.db, pending["approval_id"])["history"]
+    assert [h["state"] for h in history] == ["pending", "approved", "grant_used"]
+
+
+def api(gw_admin: str, path: str, headers: dict, body: dict | None = None):
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(
+        f"http://{gw_admin}{path}",
+        data=data,
+        headers=headers,
+        method="POST" if data is not None else "GET",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+async def test_http_api_enforces_groups_and_separation_of_duties(demo, gateway_factory):
+    gw = start(gateway_factory, demo, admin=True)
+    admin = gw_admin_address(gw)
+    async with connect(gw.url + "/mcp", ALICE) as client:
+        async with anyio.create_task_group() as tg:
+            results = []
+
+            async def call():
+                results.append(await client.call_tool("run_sql", DELETE))
+
+            tg.start_soon(call)
+            pending = await wait_for_pending(gw.db)
+            path = f"/approvals/{pending['approval_id']}"
+            assert api(admin, path, {})[0] == 401
+            status, listing = api(admin, "/approvals", DANA)
+            assert status == 200 and listing[0]["approval_id"] == pending["approval_id"]
+            assert api(admin, path + "/approve", ALICE, {})[0] == 403  # the requester
+            assert api(admin, path + "/approve", BOB, {})[0] == 403  # not a DBA
+            status, body = api(admin, path + "/approve", DANA, {"reason": "ok"})
+            assert status == 200, body
+    assert not results[0].is_error
+    history = store.approval(gw.db, pending["approval_id"])["history"]
+    assert [h["state"] for h in history] == [
+        "pending",
+        "refused_attempt",
+        "refused_attempt",
+        "approved",
+    ]
+
+
+def gw_admin_address(gw) -> str:
+    for arg in gw.proc.args:
+        if str(arg).startswith("holdgate_admin="):
+            return str(arg).split("=", 1)[1]
+    raise AssertionError("no admin address")
