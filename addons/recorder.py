@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from mitmproxy import ctx, http
+from mitmproxy import ctx, exceptions, http
 
 from configloader import ConfigLoader
 from holdgate.config import CREDENTIAL_HEADERS, GatewayConfig
@@ -27,7 +27,7 @@ from holdgate.jsonrpc import INTERNAL_ERROR
 from holdgate.masking import mask_json
 from holdgate.proxy import MessageContext, fail_closed, is_mcp, objects, refuse, session_key, state
 from holdgate.recordings import RecordingWriter
-from holdgate.store import AuditWriter
+from holdgate.store import AuditWriter, StoreError
 
 logger = logging.getLogger("holdgate")
 
@@ -83,7 +83,13 @@ class Recorder:
         if "holdgate_db" in updated:
             if self.writer is not None:
                 self.writer.close()
-            self.writer = AuditWriter(ctx.options.holdgate_db)
+            try:
+                self.writer = AuditWriter(ctx.options.holdgate_db)
+            except StoreError as exc:
+                raise exceptions.OptionsError(
+                    f"holdgate_db: cannot open the audit store ({exc}); check the path and "
+                    "its permissions"
+                ) from None
             self.digest_key = load_or_create_key(ctx.options.holdgate_db)
         if "holdgate_recordings" in updated:
             if self.recordings is not None:
