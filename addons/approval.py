@@ -24,9 +24,16 @@ from configloader import ConfigLoader
 from holdgate import store
 from holdgate.adminhttp import AdminRequest, AdminResponse, parse_listen, serve
 from holdgate.approvals import Grants, argument_changes, request_digest
-from holdgate.jsonrpc import APPROVAL_REFUSED, dumps, error_object, parse_body
+from holdgate.jsonrpc import (
+    APPROVAL_REFUSED,
+    BodyError,
+    check_routing_headers,
+    dumps,
+    error_object,
+)
 from holdgate.masking import mask_json
 from holdgate.proxy import fail_closed, is_mcp, objects, refuse, state
+from policy import Policy
 from recorder import Recorder, args_digest, now_iso
 
 logger = logging.getLogger("holdgate")
@@ -58,8 +65,9 @@ class Hold:
 
 
 class Approval:
-    def __init__(self, loader: ConfigLoader, recorder: Recorder) -> None:
+    def __init__(self, loader: ConfigLoader, policy: Policy, recorder: Recorder) -> None:
         self.loader = loader
+        self.policy = policy
         self.recorder = recorder
         self.holds: dict[str, Hold] = {}
         self.grants = Grants()
@@ -266,14 +274,15 @@ class Approval:
             return
         if flow.intercepted:
             flow.resume()
-        # The request about to leave must be the one that was approved.
-        current = parse_body(flow.request.get_content(strict=True) or b"", max_bytes=1 << 30)
-        sent = [
-            m
-            for i, m in enumerate(body.messages)
-            if st["messages"][i]["decision"]["action"] != "deny"
-        ]
-        if [m.raw for m in current.messages] != [m.raw for m in sent]:
+        # The request about to leave must be the one that was approved: same target, same
+        # bytes, and routing headers that still agree with them (mitmweb can edit all three).
+        decided_url, decided_body = objects(flow).extra["decided_request"]
+        try:
+            check_routing_headers(body, {k.lower(): v for k, v in flow.request.headers.items()})
+            unchanged = (flow.request.url, flow.request.content) == (decided_url, decided_body)
+        except BodyError:
+            unchanged = False
+        if not unchanged:
             refuse(
                 flow,
                 409,
@@ -296,7 +305,10 @@ class Approval:
             for i, m in enumerate(body.messages)
             if i not in gone and st["messages"][i]["decision"]["action"] != "deny"
         ]
-        if not remaining:
+        placeholders = self.policy.legacy_placeholders(flow, errors)
+        if placeholders:
+            errors = []
+        if not remaining and not placeholders:
             objects(flow).pending_errors.extend(errors)
             pending = objects(flow).pending_errors
             payload = pending if body.is_batch else pending[0]
@@ -306,7 +318,8 @@ class Approval:
             st["refused"] = {"status": 200, "kind": "approval-refused"}
             return
         objects(flow).pending_errors.extend(errors)
-        flow.request.content = dumps([m.raw for m in remaining])
+        outgoing = [m.raw for m in remaining] + placeholders
+        flow.request.content = dumps(outgoing if body.is_batch else outgoing[0])
         st["cleared"] = True
 
     def client_disconnected(self, client: connection.Client) -> None:

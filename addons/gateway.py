@@ -63,7 +63,7 @@ else:
         Router(loader),
         Identity(loader),
         policy,
-        Approval(loader, recorder),
+        Approval(loader, policy, recorder),
         Gate(),
         Streams(loader, stages=[policy, Masking(loader), recorder]),
         recorder,

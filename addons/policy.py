@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from mitmproxy import http
@@ -31,6 +32,7 @@ from holdgate.proxy import (
 from holdgate.rules import Decision, RateLimiter
 
 CLIENT_RESPONSE = Decision("allow", "client-response", "answers to server requests are passed")
+PLACEHOLDER = "holdgate/refused"
 LISTINGS = {
     "tools/list": ("tools", "tools/call", "name"),
     "resources/list": ("resources", "resources/read", "uri"),
@@ -43,6 +45,7 @@ class Policy:
         self.loader = loader
         self.limiter = RateLimiter()
         self.correlator = Correlator()
+        self.substituted: dict[tuple[str, str], dict[str, Any]] = {}
 
     @fail_closed
     def request(self, flow: http.HTTPFlow) -> None:
@@ -115,7 +118,12 @@ class Policy:
         self, flow: http.HTTPFlow, body: Body, forwarded: list[Message], errors: list[dict]
     ) -> None:
         st = state(flow)
-        if not forwarded:
+        outgoing = [m.raw for m in forwarded]
+        placeholders = self.legacy_placeholders(flow, errors)
+        if placeholders:
+            outgoing += placeholders
+            errors = []
+        if not outgoing:
             # Nothing left to send: answer for the upstream, keeping the client's session.
             st["refused"] = {"status": 200, "kind": "denied"}
             st["cleared"] = True
@@ -129,9 +137,26 @@ class Policy:
             return
         objects(flow).pending_errors = errors
         # The upstream gets exactly the messages decided on, re-serialised from what we parsed.
-        payload = [m.raw for m in forwarded] if body.is_batch else forwarded[0].raw
-        flow.request.content = dumps(payload)
+        flow.request.content = dumps(outgoing if body.is_batch else outgoing[0])
         flow.request.headers["accept-encoding"] = "identity"
+        objects(flow).extra["decided_request"] = (flow.request.url, flow.request.content)
+
+    def legacy_placeholders(self, flow: http.HTTPFlow, errors: list[dict]) -> list[dict]:
+        """On the legacy HTTP+SSE transport answers travel on the GET stream, where the
+        gateway can only speak when the upstream does. So a refused request is replaced by
+        an empty placeholder call with the same id (the refused call itself never leaves);
+        the upstream's "method not found" answer is swapped for the refusal on the stream.
+        """
+        session = flow.request.query.get("session_id")
+        if session is None or "mcp-session-id" in flow.request.headers or not errors:
+            return []
+        placeholders = []
+        for error in errors:
+            if len(self.substituted) >= self.correlator.limit:
+                self.substituted.pop(next(iter(self.substituted)))
+            self.substituted[(session, json.dumps(error["id"]))] = error
+            placeholders.append({"jsonrpc": "2.0", "id": error["id"], "method": PLACEHOLDER})
+        return placeholders
 
     def answered_request(self, flow: http.HTTPFlow, msg_id: Any) -> tuple[str, str | None] | None:
         """The (method, target) of the request a response message answers."""
@@ -151,6 +176,11 @@ class Policy:
         if config is None:
             raise RuntimeError("no config loaded")
         identity = objects(flow).extra.get("identity")
+        session = session_key(flow)
+        if "method" not in message and session is not None:
+            refusal = self.substituted.pop((session, json.dumps(message.get("id"))), None)
+            if refusal is not None:
+                return refusal
         if "method" in message and "id" in message:
             if config.server_requests == "deny":
                 context.dropped = "server requests are denied by the config (server_requests)"

@@ -225,3 +225,27 @@ def test_raw_json_of_denied_single_call(gateway, demo):
     assert body["error"]["code"] == -32003
     assert json.dumps(body).count("shell is not for agents") == 1
     assert demo.requests() == []
+
+
+async def test_legacy_sse_transport_is_decided_and_answered_on_the_stream(
+    tmp_path, gateway_factory
+):
+    """HTTP+SSE (2024-11-05): GET /sse stream, POSTs to /messages/, answers on the stream."""
+    from mcp import Client
+    from mcp.client.sse import sse_client
+
+    legacy = start_demo(tmp_path, "--transport", "sse")
+    try:
+        gw = gateway_factory(OPEN_CONFIG.format(url=legacy.url), legacy.url)
+        async with Client(sse_client(gw.url + "/sse"), mode="legacy", cache=None) as client:
+            tools = await client.list_tools()
+            assert "get_customer" in {t.name for t in tools.tools}
+            result = await client.call_tool("get_customer", {"customer_id": 1})
+            assert "@" in result.content[0].text
+            with pytest.raises(MCPError) as info:
+                await client.call_tool("exec_shell", {"command": "id"})
+            assert info.value.code == -32003
+        posted = [b for b in legacy.received_bodies() if isinstance(b, dict)]
+        assert "exec_shell" not in json.dumps(posted)
+    finally:
+        stop(legacy.proc)
