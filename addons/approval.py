@@ -285,9 +285,10 @@ class Approval:
         if not unchanged:
             refuse(
                 flow,
-                409,
-                -32600,
-                "the held request was changed before release; refused",
+                200,
+                APPROVAL_REFUSED,
+                "approval void: the held request was changed before release; not forwarded",
+                msg_id=None if body.is_batch else body.messages[0].id,
                 kind="tampered",
             )
             return
