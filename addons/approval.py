@@ -17,13 +17,13 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from holdgate.identity import Authenticator
 from mitmproxy import connection, ctx, exceptions, http
 
 from configloader import ConfigLoader
 from holdgate import store
 from holdgate.adminhttp import AdminRequest, AdminResponse, parse_listen, serve
 from holdgate.approvals import Grants, argument_changes, request_digest
+from holdgate.identity import Authenticator
 from holdgate.jsonrpc import (
     APPROVAL_REFUSED,
     BodyError,
@@ -231,7 +231,7 @@ class Approval:
     async def _wait(self, hold: Hold) -> None:
         flow = hold.flow
         while not hold.decided.is_set():
-            if flow.killed or flow.error is not None:
+            if flow.error is not None:
                 # mitmweb's Kill does not wake wait_for_resume (mitmproxy #8045): look instead.
                 await self._decide_locally(hold, "denied", MITMWEB, "flow killed in mitmweb")
             elif not flow.intercepted:
@@ -270,8 +270,11 @@ class Approval:
         body = objects(flow).body
         if body is None:
             raise RuntimeError("approval without a parsed body")
-        if flow.killed:
-            return
+        if flow.error is not None:
+            # Killed in mitmweb: that is a denial, answered like any other (-32004) so the
+            # client's session survives; the flow is revived only to carry that answer.
+            flow.error = None
+            flow.live = True
         if flow.intercepted:
             flow.resume()
         # The request about to leave must be the one that was approved: same target, same

@@ -82,7 +82,8 @@ class Streams:
             refuse(flow, 502, -32600, "upstream response is over holdgate_max_body")
             return
         ctype = flow.response.headers.get("content-type", "")
-        if not content.strip():
+        if not content.strip() or flow.response.status_code == 202:
+            # "Accepted" (the legacy transport's answers travel on the event stream).
             if pending:
                 flow.response.status_code = 200
                 flow.response.headers["content-type"] = "application/json"

@@ -50,6 +50,9 @@ rules:
   - name: reads
     match: {{tool: ["run_sql", "get_*"]}}
     action: allow
+  - name: listing
+    match: {{method: [initialize, "notifications/*", ping, tools/list, server/discover]}}
+    action: allow
 """
 ALICE = {"X-API-Key": "demo-alice-support"}
 DANA = {"X-API-Key": "demo-dana-dba"}

@@ -94,7 +94,13 @@ async def test_record_lists_what_was_masked_never_the_values(gateway, tmp_path):
     stored = _store_text(gateway)
     for field in ("email", "phone", "card_number", "iban"):
         assert clear[field] not in stored
-    assert '"email": 1' in stored or '"email":1' in stored
+    findings = [
+        json.loads(m)
+        for (m,) in sqlite3.connect(gateway.db).execute(
+            "select masked from events where masked is not null"
+        )
+    ]
+    assert any(f.get("email", 0) >= 1 and f.get("credit_card", 0) >= 1 for f in findings)
     recordings = b"".join(p.read_bytes() for p in gateway.recordings.glob("*.mitm"))
     assert recordings, "no flow file was written"
     assert clear["email"].encode() not in recordings

@@ -101,6 +101,8 @@ def refuse_internal(flow: http.HTTPFlow, where: str, exc: BaseException) -> None
     message = f"internal error in the gateway ({where}); the {withheld}"
     refuse(flow, 502, INTERNAL_ERROR, message, kind="internal-error")
     state(flow)["error"] = {"where": where, "type": type(exc).__name__}
+    if flow.intercepted:
+        flow.resume()  # a held flow must not wait for ever on a refusal
 
 
 Hook = Callable[..., Any]
