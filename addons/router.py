@@ -26,7 +26,7 @@ class Router:
             return
         st = state(flow)
         st["config_hash"] = config.digest
-        st["front"] = f"{flow.request.scheme}://{flow.request.host_header or flow.request.host}"
+        st["front"] = front_url(flow)
         path, _, query = flow.request.path.partition("?")
         if WELL_KNOWN in path:
             st["local"] = "resource-metadata"
@@ -66,3 +66,18 @@ class Router:
             flow.request.host_header = target.netloc
             base = target.path.rstrip("/")
             flow.request.path = base + rest + (f"?{query}" if query else "")
+
+
+def front_url(flow: http.HTTPFlow) -> str:
+    """The gateway's own base URL as the client addressed it (for RFC 9728 metadata).
+
+    In reverse mode mitmproxy has already pointed the request at the upstream, so the
+    address is the socket the client connected to; as a regular proxy, the client thinks
+    it talks to the upstream host itself.
+    """
+    if flow.client_conn.proxy_mode.type_name == "reverse" and flow.client_conn.sockname:
+        host, port = flow.client_conn.sockname[:2]
+        scheme = "https" if flow.client_conn.tls_established else "http"
+        host = f"[{host}]" if ":" in host else host
+        return f"{scheme}://{host}:{port}"
+    return f"{flow.request.scheme}://{flow.request.host_header or flow.request.host}"

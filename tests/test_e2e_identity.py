@@ -1,0 +1,300 @@
+"""Identity through a real mitmdump: real keys, a JWKS served on loopback, signed tokens."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from conftest import free_port
+from mcpclient import connect, raw_post
+
+pytestmark = pytest.mark.anyio
+
+ISSUER = "https://idp.test/realms/acme"
+UPSTREAM_TOKEN = "upstream-secret-7d1f0c"
+
+
+class JWKSServer:
+    """Serves whatever JWKS the test sets, on 127.0.0.1, counting fetches."""
+
+    def __init__(self) -> None:
+        self.keys: list[dict] = []
+        self.fetches = 0
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                outer.fetches += 1
+                body = json.dumps({"keys": outer.keys}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/jwks"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def jwk(private_key, kid: str) -> dict:
+    public = private_key.public_key()
+    alg = "RS256" if isinstance(private_key, rsa.RSAPrivateKey) else "ES256"
+    algo = jwt.algorithms.RSAAlgorithm if alg == "RS256" else jwt.algorithms.ECAlgorithm
+    data = json.loads(algo.to_jwk(public))
+    return {**data, "kid": kid, "use": "sig", "alg": alg}
+
+
+def token(private_key, kid: str, **overrides) -> str:
+    now = int(time.time())
+    claims = {
+        "iss": ISSUER,
+        "aud": "holdgate",
+        "sub": "u-123",
+        "preferred_username": "erin",
+        "realm_access": {"roles": ["support", "offline_access"]},
+        "iat": now,
+        "exp": now + 300,
+        **overrides,
+    }
+    alg = "RS256" if isinstance(private_key, rsa.RSAPrivateKey) else "ES256"
+    return jwt.encode(claims, private_key, algorithm=alg, headers={"kid": kid})
+
+
+CONFIG = """
+version: 1
+identity:
+  oidc:
+    - issuer: {issuer}
+      audience: holdgate
+      jwks_uri: {jwks}
+      algorithms: [RS256, ES256]
+      user_claim: preferred_username
+      groups_claim: realm_access.roles
+      leeway: 5s
+      jwks_min_refresh: 0s
+  api_keys:
+    - name: ci-bot
+      sha256: 9f7ed98529468ebc54d06a6b8442ca7f7379f470af51ab44b9d9910bb74d0a1c
+      groups: [support]
+  trusted_header:
+    from: [{trusted}]
+    user: X-Forwarded-User
+    groups: X-Forwarded-Groups
+upstreams:
+  - name: demo
+    url: {url}
+    inject:
+      headers:
+        Authorization: "Bearer ${{env:UPSTREAM_TOKEN}}"
+rules:
+  - name: support reads
+    match: {{groups: [support]}}
+    action: allow
+"""
+
+
+@pytest.fixture
+def keys():
+    return {
+        "rsa": rsa.generate_private_key(public_exponent=65537, key_size=2048),
+        "ec": ec.generate_private_key(ec.SECP256R1()),
+        "rotated": rsa.generate_private_key(public_exponent=65537, key_size=2048),
+    }
+
+
+@pytest.fixture
+def jwks(keys):
+    server = JWKSServer()
+    server.keys = [jwk(keys["rsa"], "k1"), jwk(keys["ec"], "k2")]
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def setup(tmp_path, jwks, gateway_factory):
+    from conftest import start_demo, stop
+
+    demo = start_demo(tmp_path, "--expect-token", UPSTREAM_TOKEN)
+    gw = gateway_factory(
+        CONFIG.format(issuer=ISSUER, jwks=jwks.url, url=demo.url, trusted="127.0.0.1/32"),
+        demo.url,
+        env={"UPSTREAM_TOKEN": UPSTREAM_TOKEN},
+    )
+    yield gw, demo
+    stop(demo.proc)
+
+
+def tools_list(gw, headers):
+    body = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "tools/list",
+        "params": {
+            "_meta": {
+                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                "io.modelcontextprotocol/clientCapabilities": {},
+            }
+        },
+    }
+    return raw_post(
+        gw.url + "/mcp",
+        body,
+        {"MCP-Protocol-Version": "2026-07-28", "Mcp-Method": "tools/list", **headers},
+    )
+
+
+@pytest.mark.parametrize("kind", ["rsa", "ec"])
+async def test_valid_token_through_the_official_client(setup, keys, kind):
+    gw, demo = setup
+    kid = "k1" if kind == "rsa" else "k2"
+    bearer = token(keys[kind], kid)
+    async with connect(gw.url + "/mcp", {"Authorization": f"Bearer {bearer}"}) as client:
+        result = await client.call_tool("get_customer", {"customer_id": 1})
+    assert not result.is_error
+    seen = demo.requests()
+    assert seen and all(
+        r["headers"].get("authorization") == f"Bearer {UPSTREAM_TOKEN}" for r in seen
+    )
+    assert bearer not in json.dumps(seen)
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        (lambda k: token(k["rsa"], "k1", exp=int(time.time()) - 60), "token expired"),
+        (lambda k: token(k["rsa"], "k1", nbf=int(time.time()) + 600), "not yet valid"),
+        (lambda k: token(k["rsa"], "k1", iss="https://evil.test/"), "unknown issuer"),
+        (lambda k: token(k["rsa"], "k1", aud="someone-else"), "wrong audience"),
+        (lambda k: token(k["rsa"], "k1")[:-6] + "AAAAAA", "bad signature"),
+        (
+            lambda k: jwt.encode(
+                {"iss": ISSUER, "aud": "holdgate", "sub": "x", "exp": int(time.time()) + 60},
+                None,
+                algorithm="none",
+            ),
+            "algorithm not allowed",
+        ),
+        (lambda k: _hs256_with_public_key(k["rsa"]), "algorithm not allowed"),
+        (lambda k: token(k["rsa"], "nope"), "unknown signing key"),
+    ],
+)
+def test_bad_tokens_get_401_with_resource_metadata(setup, keys, make, reason):
+    gw, demo = setup
+    bad = make(keys)
+    response = tools_list(gw, {"Authorization": f"Bearer {bad}"})
+    assert response.status == 401
+    challenge = response.headers.get("www-authenticate") or response.headers.get("WWW-Authenticate")
+    assert f'resource_metadata="{gw.url}/.well-known/oauth-protected-resource"' in challenge
+    assert reason in response.json()["error"]["message"]
+    assert bad not in response.body.decode()
+    assert demo.requests() == []
+
+
+def _hs256_with_public_key(private_key) -> str:
+    pem = private_key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    claims = {
+        "iss": ISSUER,
+        "aud": "holdgate",
+        "preferred_username": "mallory",
+        "exp": int(time.time()) + 60,
+    }
+    header = jwt.utils.base64url_encode(json.dumps({"alg": "HS256", "kid": "k1"}).encode())
+    payload = jwt.utils.base64url_encode(json.dumps(claims).encode())
+    import hashlib
+    import hmac
+
+    signature = hmac.new(pem, header + b"." + payload, hashlib.sha256).digest()
+    return (header + b"." + payload + b"." + jwt.utils.base64url_encode(signature)).decode()
+
+
+def test_key_rotation_is_accepted_after_refetch(setup, keys, jwks):
+    gw, demo = setup
+    rotated = token(keys["rotated"], "k3")
+    assert tools_list(gw, {"Authorization": f"Bearer {rotated}"}).status == 401
+    jwks.keys = [jwk(keys["rotated"], "k3")]
+    before = jwks.fetches
+    response = tools_list(gw, {"Authorization": f"Bearer {rotated}"})
+    assert response.status == 200, response.body
+    assert jwks.fetches == before + 1
+
+
+def test_protected_resource_metadata_is_served(setup):
+    gw, _ = setup
+    import urllib.request
+
+    with urllib.request.urlopen(gw.url + "/.well-known/oauth-protected-resource") as r:
+        doc = json.loads(r.read())
+    assert doc["authorization_servers"] == [ISSUER]
+    assert doc["resource"] == gw.url
+
+
+def test_api_key_right_and_wrong(setup):
+    gw, demo = setup
+    assert tools_list(gw, {"X-API-Key": "demo-alice-support"}).status == 200
+    wrong = tools_list(gw, {"X-API-Key": "guess"})
+    assert wrong.status == 401 and "unknown API key" in wrong.json()["error"]["message"]
+    both = tools_list(gw, {"X-API-Key": "demo-alice-support", "Authorization": "Bearer other"})
+    assert both.status == 401
+    assert all("demo-alice-support" not in json.dumps(r) for r in demo.requests())
+
+
+def test_trusted_header_from_allowed_address(setup):
+    gw, demo = setup
+    ok = tools_list(gw, {"X-Forwarded-User": "frank", "X-Forwarded-Groups": "support,ops"})
+    assert ok.status == 200
+    assert all("x-forwarded-user" not in r["headers"] for r in demo.requests())
+
+
+def test_trusted_header_from_elsewhere_is_stripped_and_recorded(tmp_path, jwks, gateway_factory):
+    from conftest import start_demo, stop
+
+    demo = start_demo(tmp_path, "--expect-token", UPSTREAM_TOKEN)
+    try:
+        gw = gateway_factory(
+            CONFIG.format(issuer=ISSUER, jwks=jwks.url, url=demo.url, trusted="10.9.9.9/32"),
+            demo.url,
+            env={"UPSTREAM_TOKEN": UPSTREAM_TOKEN},
+        )
+        spoof = tools_list(gw, {"X-Forwarded-User": "root", "X-Forwarded-Groups": "support"})
+        assert spoof.status == 401
+        with_key = tools_list(gw, {"X-Forwarded-User": "root", "X-API-Key": "demo-alice-support"})
+        assert with_key.status == 200
+        assert all("x-forwarded-user" not in r["headers"] for r in demo.requests())
+        from conftest import stop as stop_gw
+
+        stop_gw(gw.proc)
+        import sqlite3
+
+        extras = [e for (e,) in sqlite3.connect(gw.db).execute("select extra from events")]
+        assert any("spoofing" in (e or "") for e in extras)
+    finally:
+        stop(demo.proc)
+
+
+async def test_no_credentials_is_401_for_the_official_client(setup):
+    gw, _ = setup
+    with pytest.raises(Exception) as info:  # noqa: B017 - the SDK raises its own HTTP error
+        async with connect(gw.url + "/mcp") as client:
+            await client.list_tools()
+    assert "no credentials" in repr(info.value)
