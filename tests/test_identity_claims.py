@@ -1,0 +1,113 @@
+"""Pure identity logic: claim mapping, config validation, API keys, trusted addresses."""
+
+import asyncio
+
+import pytest
+
+from holdgate.configfile import ConfigError, parse_yaml
+from holdgate.identity import (
+    Authenticator,
+    AuthError,
+    api_key_hash,
+    claim,
+    generate_api_key,
+    group_list,
+    parse_identity,
+)
+
+
+@pytest.mark.parametrize(
+    ("claims", "path", "expected"),
+    [
+        ({"sub": "u1"}, "sub", "u1"),
+        ({"realm_access": {"roles": ["a", "b"]}}, "realm_access.roles", ["a", "b"]),
+        (
+            {"resource_access": {"holdgate": {"roles": ["x"]}}},
+            "resource_access.holdgate.roles",
+            ["x"],
+        ),
+        ({"https://example.com/groups": ["g"]}, "https://example.com/groups", ["g"]),
+        ({"realm_access": "flat"}, "realm_access.roles", None),
+        ({}, "groups", None),
+    ],
+)
+def test_claim_paths(claims, path, expected):
+    assert claim(claims, path) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "groups"),
+    [
+        (["a", "b"], ("a", "b")),
+        ("a b", ("a", "b")),
+        ("a,b, c", ("a", "b", "c")),
+        ("", ()),
+        (None, ()),
+    ],
+)
+def test_group_list_forms(value, groups):
+    assert group_list(value) == groups
+
+
+def test_group_list_refuses_other_shapes():
+    with pytest.raises(AuthError):
+        group_list([1, 2])
+
+
+def identity_config(text: str):
+    return parse_identity(parse_yaml(text, "id.yaml").root.child("identity"))
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        (
+            "identity:\n  oidc:\n    - issuer: x\n      audience: a\n      jwks_uri: http://k\n"
+            "      algorithms: [HS256]\n",
+            "only asymmetric",
+        ),
+        (
+            "identity:\n  oidc:\n    - issuer: x\n      audience: a\n      algorithms: [none]\n"
+            "      jwks_uri: http://k\n",
+            "only asymmetric",
+        ),
+        ("identity:\n  oidc:\n    - issuer: x\n      audience: a\n", "exactly one of jwks_uri"),
+        ("identity:\n  api_keys:\n    - name: k\n      sha256: abc\n", "64 hex digits"),
+        ("identity:\n  trusted_header:\n    from: [not-an-ip]\n    user: X-U\n", "CIDR"),
+        ("identity:\n  api_kees: []\n", "did you mean 'api_keys'"),
+        ("identity: {}\n", "at least one"),
+    ],
+)
+def test_identity_config_errors(text, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        identity_config(text)
+
+
+def test_api_keys_are_compared_by_hash():
+    key, digest = generate_api_key()
+    assert key.startswith("hg_") and digest == api_key_hash(key)
+    config = identity_config(
+        f"identity:\n  api_keys:\n    - name: bot\n      sha256: {digest}\n      groups: [ci]\n"
+    )
+    auth = Authenticator(config)
+    ok = asyncio.run(auth.authenticate({"x-api-key": [key]}, "127.0.0.1"))
+    assert (ok.identity.user, ok.identity.groups, ok.identity.method) == ("bot", ("ci",), "api_key")
+    bearer = asyncio.run(auth.authenticate({"authorization": [f"Bearer {key}"]}, "127.0.0.1"))
+    assert bearer.identity is not None
+    bad = asyncio.run(auth.authenticate({"x-api-key": [key + "x"]}, "127.0.0.1"))
+    assert bad.identity is None and bad.error == "unknown API key" and key not in bad.error
+    twice = asyncio.run(auth.authenticate({"authorization": ["Bearer a", "Bearer b"]}, "1.2.3.4"))
+    assert twice.error == "multiple credentials"
+
+
+def test_trusted_header_only_from_listed_networks():
+    config = identity_config(
+        "identity:\n  trusted_header:\n    from: [10.0.0.0/8]\n    user: X-User\n"
+        "    groups: X-Groups\n"
+    )
+    auth = Authenticator(config)
+    headers = {"x-user": ["ann"], "x-groups": ["a, b"]}
+    inside = asyncio.run(auth.authenticate(headers, "::ffff:10.1.2.3"))
+    assert inside.identity.user == "ann" and inside.identity.groups == ("a", "b")
+    outside = asyncio.run(auth.authenticate(headers, "192.168.1.1"))
+    assert outside.identity is None and set(outside.spoofed_headers) == {"x-user", "x-groups"}
