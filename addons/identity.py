@@ -6,11 +6,11 @@ read after a 401 to find where to sign in.
 
 from __future__ import annotations
 
-from holdgate.identity import ANONYMOUS, Authenticator, authorization_servers
 from mitmproxy import http
 
 from configloader import ConfigLoader
 from holdgate.config import CREDENTIAL_HEADERS, GatewayConfig, Upstream
+from holdgate.identity import ANONYMOUS, Authenticator, authorization_servers
 from holdgate.proxy import fail_closed, header_lists, is_mcp, json_response, objects, refuse, state
 
 WELL_KNOWN = "/.well-known/oauth-protected-resource"
