@@ -247,3 +247,82 @@ def gw_admin_address(gw) -> str:
         if str(arg).startswith("holdgate_admin="):
             return str(arg).split("=", 1)[1]
     raise AssertionError("no admin address")
+
+
+async def test_shutdown_closes_held_requests_as_expired(demo, gateway_factory):
+    from conftest import stop
+
+    gw = start(gateway_factory, demo)
+    found: list[dict] = []
+    with pytest.raises(BaseException):  # noqa: B017 - the client loses its connection
+        async with connect(gw.url + "/mcp", ALICE) as client:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(client.call_tool, "run_sql", DELETE)
+                found.append(await wait_for_pending(gw.db))
+                await anyio.to_thread.run_sync(stop, gw.proc)
+    pending = found[0]
+    record = store.approval(gw.db, pending["approval_id"])
+    assert record["state"] == "expired"
+    assert "shut down" in record["reason"]
+    assert sql_calls(demo) == []
+
+
+async def test_client_disconnect_cancels_the_hold(demo, gateway_factory):
+    gw = start(gateway_factory, demo)
+    with anyio.move_on_after(20):
+        async with connect(gw.url + "/mcp", ALICE) as client:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(client.call_tool, "run_sql", DELETE)
+                pending = await wait_for_pending(gw.db)
+                tg.cancel_scope.cancel()
+    with anyio.fail_after(10):
+        while store.approval(gw.db, pending["approval_id"])["state"] == "pending":
+            await anyio.sleep(0.1)
+    assert store.approval(gw.db, pending["approval_id"])["state"] == "cancelled"
+    assert sql_calls(demo) == []
+
+
+async def test_webhook_is_told_of_each_request(demo, gateway_factory):
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    notices: list[dict] = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            notices.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        config = CONFIG.format(url=demo.url, timeout="20s", grant="0s") + (
+            f"approvals:\n  webhook: http://127.0.0.1:{server.server_address[1]}/hook\n"
+        )
+        gw = gateway_factory(config, demo.url)
+        async with connect(gw.url + "/mcp", ALICE) as client:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(client.call_tool, "run_sql", DELETE)
+                pending = await wait_for_pending(gw.db)
+                with anyio.fail_after(10):
+                    while not notices:
+                        await anyio.sleep(0.1)
+                cli(
+                    "approvals",
+                    "approve",
+                    pending["approval_id"],
+                    "--as",
+                    "dana",
+                    "--db",
+                    str(gw.db),
+                )
+        assert notices[0]["approval_id"] == pending["approval_id"]
+        assert notices[0]["requester"] == "alice" and notices[0]["tool"] == "run_sql"
+        assert notices[0]["link"].endswith(f"/approvals/{pending['approval_id']}")
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -1,0 +1,75 @@
+"""Policy through the real gateway: discovery filtering, rate limits, batches."""
+
+from __future__ import annotations
+
+import pytest
+from mcp import MCPError
+
+from mcpclient import connect
+
+pytestmark = pytest.mark.anyio
+
+CONFIG = """
+version: 1
+identity:
+  api_keys:
+    - name: alice
+      sha256: 9f7ed98529468ebc54d06a6b8442ca7f7379f470af51ab44b9d9910bb74d0a1c
+      groups: [support]
+    - name: bob
+      sha256: c79b365e7bdaabeaa1dfeee32462b9b88cc53883b7152c905882571b65d78c2b
+      groups: [engineering]
+upstreams:
+  - name: demo
+    url: {url}
+rules:
+  - name: listing
+    match: {{method: [initialize, "notifications/*", ping, tools/list, resources/list,
+                      prompts/list, server/discover]}}
+    action: allow
+  - name: no shell
+    match: {{tool: "exec_*"}}
+    action: deny
+  - name: support reads customers
+    match: {{groups: [support], tool: ["get_customer", "search_*"]}}
+    action: allow
+    limit: 3/min
+  - name: engineers echo
+    match: {{groups: [engineering], tool: slow_echo}}
+    action: allow
+  - name: support prompts
+    match: {{groups: [support], method: prompts/get}}
+    action: allow
+"""
+
+
+@pytest.fixture
+def gateway(demo, gateway_factory):
+    return gateway_factory(CONFIG.format(url=demo.url), demo.url)
+
+
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_tools_list_shows_only_what_the_caller_may_use(gateway, mode):
+    async with connect(
+        gateway.url + "/mcp", {"X-API-Key": "demo-alice-support"}, mode=mode
+    ) as client:
+        alice = {t.name for t in (await client.list_tools()).tools}
+        prompts = {p.name for p in (await client.list_prompts()).prompts}
+    async with connect(
+        gateway.url + "/mcp", {"X-API-Key": "demo-bob-engineer"}, mode=mode
+    ) as client:
+        bob = {t.name for t in (await client.list_tools()).tools}
+        bob_prompts = {p.name for p in (await client.list_prompts()).prompts}
+    assert alice == {"get_customer", "search_customers"}
+    assert bob == {"slow_echo"}
+    assert prompts == {"summarize_customer"} and bob_prompts == set()
+
+
+async def test_rate_limit_is_32005_per_identity(gateway):
+    async with connect(gateway.url + "/mcp", {"X-API-Key": "demo-alice-support"}) as client:
+        for _ in range(3):
+            assert not (await client.call_tool("get_customer", {"customer_id": 1})).is_error
+        with pytest.raises(MCPError) as info:
+            await client.call_tool("get_customer", {"customer_id": 1})
+    assert info.value.code == -32005
+    assert "rate limit" in info.value.message
