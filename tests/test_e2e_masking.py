@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 
+import anyio
 import pytest
 
 from conftest import stop
@@ -114,3 +115,24 @@ def _store_text(gateway) -> str:
     rows = db.execute("select * from events").fetchall()
     assert rows, "no events were recorded"
     return json.dumps(rows)
+
+
+async def test_oversized_sse_event_cuts_the_stream_and_nothing_unmasked_passes(
+    demo, gateway_factory, tmp_path
+):
+    gw = gateway_factory(CONFIG.format(url=demo.url), demo.url, options={"holdgate_max_body": "2k"})
+    received: list[str] = []
+
+    async def on_message(message) -> None:
+        received.append(repr(message))
+
+    with pytest.raises(BaseException):  # noqa: B017 - the call fails, however the SDK says it
+        async with connect(
+            gw.url + "/mcp", ALICE, mode="legacy", message_handler=on_message
+        ) as client:
+            with anyio.fail_after(20):
+                result = await client.call_tool("search_customers", {"query": "", "limit": 20})
+                received.append(repr(result))
+    clear = customer_one(tmp_path)
+    assert clear["email"] not in "".join(received)
+    assert "cut this stream" in gw.log_text() or "event stream cut" in gw.log_text()
