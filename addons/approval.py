@@ -32,8 +32,8 @@ from holdgate.jsonrpc import (
     error_object,
 )
 from holdgate.masking import mask_json
-from holdgate.proxy import fail_closed, is_mcp, objects, refuse, state
-from policy import Policy
+from holdgate.proxy import fail_closed, header_lists, is_mcp, objects, refuse, state
+from policy import Policy, single_valued
 from recorder import Recorder, args_digest, now_iso
 
 logger = logging.getLogger("holdgate")
@@ -281,7 +281,7 @@ class Approval:
         # bytes, and routing headers that still agree with them (mitmweb can edit all three).
         decided_url, decided_body = objects(flow).extra["decided_request"]
         try:
-            check_routing_headers(body, {k.lower(): v for k, v in flow.request.headers.items()})
+            check_routing_headers(body, single_valued(header_lists(flow.request.headers)))
             unchanged = (flow.request.url, flow.request.content) == (decided_url, decided_body)
         except BodyError:
             unchanged = False

@@ -23,6 +23,7 @@ from holdgate.proxy import (
     Correlator,
     MessageContext,
     fail_closed,
+    header_lists,
     is_mcp,
     objects,
     refuse,
@@ -68,7 +69,7 @@ class Policy:
             body = parse_body(
                 flow.request.get_content(strict=True) or b"", max_bytes=self.loader.max_body
             )
-            check_routing_headers(body, {k.lower(): v for k, v in flow.request.headers.items()})
+            check_routing_headers(body, single_valued(header_lists(flow.request.headers)))
         except BodyError as exc:
             refuse(flow, exc.status, exc.code, f"refused: {exc.message}", kind="malformed")
             return
@@ -86,7 +87,7 @@ class Policy:
             records.append({**message.summary(), "decision": decision.to_json()})
             if decision.action == "deny":
                 if message.kind == "request":
-                    code = RATE_LIMITED if decision.rule.endswith("(rate limit)") else POLICY_DENIED
+                    code = RATE_LIMITED if decision.rate_limited else POLICY_DENIED
                     errors.append(error_object(message.id, code, _denial_text(decision)))
                 continue
             forwarded.append(message)
@@ -109,8 +110,9 @@ class Policy:
                 count, per = decision.limit
                 return Decision(
                     "deny",
-                    f"{decision.rule} (rate limit)",
+                    decision.rule,
                     f"rate limit of {count} per {int(per)}s reached for {identity.user}",
+                    rate_limited=True,
                 )
         return decision
 
@@ -208,6 +210,14 @@ class Policy:
         if hidden:
             state(flow)["hidden"] = state(flow).get("hidden", 0) + hidden
         return {**message, "result": {**result, key: kept}}
+
+
+def single_valued(headers: dict[str, list[str]]) -> dict[str, str]:
+    """Routing headers sent twice are ambiguous: an upstream may read either one."""
+    for name, values in headers.items():
+        if name.startswith("mcp-") and len(values) > 1:
+            raise BodyError(f"the {name} header is sent {len(values)} times")
+    return {name: values[0] for name, values in headers.items()}
 
 
 def _denial_text(decision: Decision) -> str:

@@ -249,3 +249,26 @@ async def test_legacy_sse_transport_is_decided_and_answered_on_the_stream(
         assert "exec_shell" not in json.dumps(posted)
     finally:
         stop(legacy.proc)
+
+
+def test_routing_header_sent_twice_is_refused(gateway, demo):
+    import http.client
+
+    body = json.dumps(tools_call("get_customer", {"customer_id": 1}))
+    conn = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=10)
+    conn.putrequest("POST", "/mcp")
+    for name, value in [
+        ("Content-Type", "application/json"),
+        ("Accept", "application/json, text/event-stream"),
+        ("MCP-Protocol-Version", "2026-07-28"),
+        ("Mcp-Method", "tools/call"),
+        ("Mcp-Name", "get_customer"),
+        ("Mcp-Name", "exec_shell"),
+        ("Content-Length", str(len(body))),
+    ]:
+        conn.putheader(name, value)
+    conn.endheaders(body.encode())
+    response = conn.getresponse()
+    assert response.status == 400
+    assert "sent 2 times" in json.loads(response.read())["error"]["message"]
+    assert demo.requests() == []

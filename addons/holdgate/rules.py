@@ -132,9 +132,13 @@ class Decision:
     timeout: float = 0.0
     grant: float = 0.0
     limit: tuple[int, float] | None = None
+    rate_limited: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        return {"action": self.action, "rule": self.rule, "reason": self.reason}
+        out: dict[str, Any] = {"action": self.action, "rule": self.rule, "reason": self.reason}
+        if self.rate_limited:
+            out["rate_limited"] = True
+        return out
 
 
 @dataclass(frozen=True)
