@@ -262,7 +262,9 @@ class Recorder:
     def _submit(self, flow: http.HTTPFlow, config: GatewayConfig, table: str, row: dict) -> None:
         writer = self.writer
         if writer is None or not writer.submit(table, row):
-            if config.audit == "required":
+            # A response that cannot be recorded is withheld; a refusal was never served,
+            # so losing its row (counted by the writer) must not turn it into another error.
+            if config.audit == "required" and "refused" not in state(flow):
                 raise RuntimeError("the audit store queue is full or failing")
             state(flow)["audit_lost"] = True
 

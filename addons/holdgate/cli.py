@@ -11,6 +11,7 @@ import sys
 import click
 
 from holdgate.cli_approvals import approvals
+from holdgate.cli_records import COMMANDS as RECORD_COMMANDS
 from holdgate.config import load_config
 from holdgate.configfile import ConfigError
 from holdgate.identity import api_key_hash, generate_api_key
@@ -157,3 +158,5 @@ def keys_hash(key: str | None) -> None:
 
 
 main.add_command(approvals)
+for command in RECORD_COMMANDS:
+    main.add_command(command)
