@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Sequence
 from typing import Any
 
-from mitmproxy import http
+from mitmproxy import command, flow, http
 
 from configloader import ConfigLoader
 from holdgate.jsonrpc import (
@@ -19,6 +21,7 @@ from holdgate.jsonrpc import (
     error_object,
     parse_body,
 )
+from holdgate.policytest import format_explanation
 from holdgate.proxy import (
     Correlator,
     MessageContext,
@@ -31,6 +34,8 @@ from holdgate.proxy import (
     state,
 )
 from holdgate.rules import Decision, RateLimiter
+
+logger = logging.getLogger("holdgate")
 
 CLIENT_RESPONSE = Decision("allow", "client-response", "answers to server requests are passed")
 PLACEHOLDER = "holdgate/refused"
@@ -97,9 +102,46 @@ class Policy:
             for message in forwarded:
                 if message.kind == "request" and message.method:
                     self.correlator.remember(session, message.id, message.method, message.target)
+        flow.comment = "holdgate: " + "; ".join(
+            f"{r['method']} {r['target'] or ''}: {r['decision']['action']} by "
+            f"{r['decision']['rule']!r}"
+            for r in records
+        )
+        flow.marked = (
+            ":no_entry:"
+            if any(r["decision"]["action"] == "deny" for r in records)
+            else (
+                ":hourglass:"
+                if any(r["decision"]["action"] == "approve" for r in records)
+                else ":white_check_mark:"
+            )
+        )
         # Messages waiting for a human are cleared by the Approval addon, or never.
         st["cleared"] = not any(r["decision"]["action"] == "approve" for r in records)
         self._apply(flow, body, forwarded, errors)
+
+    @command.command("holdgate.explain")
+    def explain(self, flows: Sequence[flow.Flow]) -> None:
+        """Log, for each selected flow, every rule considered and why, and the decision."""
+        config = self.loader.current
+        if config is None:
+            raise RuntimeError("no config loaded")
+        for selected in flows:
+            body = objects(selected).body if isinstance(selected, http.HTTPFlow) else None
+            identity = objects(selected).extra.get("identity")
+            upstream = selected.metadata.get("holdgate", {}).get("upstream")
+            if body is None or identity is None or upstream is None:
+                logger.warning("holdgate.explain: flow %s carries no decided MCP body", selected.id)
+                continue
+            for message in body.messages:
+                decision, trace = config.policy.explain(identity, upstream, message)
+                logger.warning(
+                    "holdgate.explain %s %s %s:\n%s",
+                    selected.id,
+                    message.method,
+                    message.target or "",
+                    format_explanation(decision, trace),
+                )
 
     def decide(self, policy: Any, identity: Any, upstream: str, message: Message) -> Decision:
         if message.kind == "response":
