@@ -1,6 +1,6 @@
 """Try the demo gateway with the official MCP client: list, call, and see what is refused.
 
-    .venv/bin/python scripts/demo_client.py --key demo-alice-support
+.venv/bin/python scripts/demo_client.py --key demo-alice-support
 """
 
 from __future__ import annotations

@@ -268,3 +268,42 @@ def test_decision_never_depends_on_key_order(args):
     backward = call("run_sql", **dict(reversed(list(args.items()))))
     p = policy()
     assert p.evaluate(ANON, "crm", forward) == p.evaluate(ANON, "crm", backward)
+
+
+def linear(p: Policy, caller, upstream, message):
+    """First match over every rule, without the tool index."""
+    from holdgate.rules import decision_for, rule_checks
+
+    for rule in p.rules:
+        if all(c.held for c in rule_checks(rule, caller, upstream, message, lazy=True)):
+            return decision_for(rule)
+    return None
+
+
+TOOLS = ["a", "b", "c", "a*", "?", "*"]
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["allow", "deny"]),
+            st.lists(st.sampled_from(TOOLS), max_size=2),
+            st.booleans(),
+        ),
+        max_size=8,
+    ),
+    st.sampled_from(["a", "b", "c", "ab", "zz"]),
+    st.sampled_from(["tools/call", "ping"]),
+)
+def test_tool_index_decides_exactly_like_first_match(specs, tool, method):
+    text = "rules:\n" + "".join(
+        f"  - name: r{i}\n    match: {{{'tool: ' + json.dumps(tools) + ', ' if tools else ''}"
+        f"{'groups: [g]' if grouped else 'upstream: [crm]'}}}\n    action: {action}\n"
+        for i, (action, tools, grouped) in enumerate(specs)
+    )
+    p = policy(text)
+    message = call(tool) if method == "tools/call" else msg("ping")
+    caller = Caller("u", ("g",))
+    expected = linear(p, caller, "crm", message)
+    got = p.evaluate(caller, "crm", message)
+    assert got.rule == (expected.rule if expected else "default-deny")

@@ -12,7 +12,7 @@ import re
 import time
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from jsonpath_ng import JSONPath
@@ -141,12 +141,49 @@ class Decision:
         return out
 
 
+def literal_tools(rule: Rule) -> tuple[str, ...] | None:
+    """The exact tool names a rule is limited to, when its tool globs have no wildcard."""
+    if rule.tools is None or any(c in p for p in rule.tools.patterns for c in "*?"):
+        return None
+    return rule.tools.patterns
+
+
 @dataclass(frozen=True)
 class Policy:
     rules: tuple[Rule, ...]
+    # Rules limited to literal tool names are indexed by name, so a thousand per-tool rules
+    # cost about what ten do; first-match order is kept by merging indices in order.
+    _generic: tuple[Rule, ...] = field(init=False, repr=False, compare=False)
+    _by_tool: dict[str, tuple[Rule, ...]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        generic: list[int] = []
+        specific: dict[str, list[int]] = {}
+        for index, rule in enumerate(self.rules):
+            names = literal_tools(rule)
+            if names is None:
+                generic.append(index)
+            else:
+                for name in names:
+                    specific.setdefault(name, []).append(index)
+        object.__setattr__(self, "_generic", tuple(self.rules[i] for i in generic))
+        object.__setattr__(
+            self,
+            "_by_tool",
+            {
+                name: tuple(self.rules[i] for i in sorted(set(generic) | set(indices)))
+                for name, indices in specific.items()
+            },
+        )
+
+    def candidates(self, message: Message) -> tuple[Rule, ...]:
+        """The rules that could match, in order (others have a literal tool that differs)."""
+        if message.method == "tools/call" and message.target is not None:
+            return self._by_tool.get(message.target, self._generic)
+        return self._generic
 
     def evaluate(self, caller: Caller, upstream: str, message: Message) -> Decision:
-        for rule in self.rules:
+        for rule in self.candidates(message):
             if all(check.held for check in rule_checks(rule, caller, upstream, message, lazy=True)):
                 return decision_for(rule)
         return Decision("deny", DEFAULT_DENY, "no rule allows this")
