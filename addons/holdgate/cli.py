@@ -12,6 +12,7 @@ import click
 
 from holdgate.cli_approvals import approvals
 from holdgate.cli_records import COMMANDS as RECORD_COMMANDS
+from holdgate.cli_records import CheckFailed
 from holdgate.config import load_config
 from holdgate.configfile import ConfigError
 from holdgate.identity import api_key_hash, generate_api_key
@@ -22,20 +23,6 @@ from holdgate.policytest import (
     parse_args_json,
     run_tests,
 )
-
-DB_OPTION = click.option(
-    "--db",
-    default="holdgate.sqlite3",
-    show_default=True,
-    type=click.Path(dir_okay=False),
-    help="Audit store (the gateway's holdgate_db).",
-)
-
-
-class CheckFailed(click.ClickException):
-    """A check ran and found a problem: exit status 1."""
-
-    exit_code = 1
 
 
 def _load(path: str):  # type: ignore[no-untyped-def]

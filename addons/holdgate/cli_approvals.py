@@ -14,22 +14,7 @@ from typing import Any
 import click
 
 from holdgate import store
-
-
-def _db_option(func: Any) -> Any:
-    return click.option(
-        "--db",
-        default="holdgate.sqlite3",
-        show_default=True,
-        type=click.Path(dir_okay=False),
-        help="Audit store (the gateway's holdgate_db).",
-    )(func)
-
-
-class CheckFailed(click.ClickException):
-    """A check ran and found a problem: exit status 1."""
-
-    exit_code = 1
+from holdgate.cli_records import CheckFailed, db_option, read
 
 
 def _expired(row: dict[str, Any]) -> bool:
@@ -55,11 +40,11 @@ def approvals() -> None:
 
 
 @approvals.command("list")
-@_db_option
+@db_option
 @click.option("--all", "show_all", is_flag=True, help="Include decided approvals.")
 def approvals_list(db: str, show_all: bool) -> None:
     """Approvals waiting for a decision (oldest first)."""
-    rows = _read(lambda: all_approvals(db) if show_all else store.pending_approvals(db))
+    rows = read(lambda: all_approvals(db) if show_all else store.pending_approvals(db))
     if not rows:
         click.echo("no approvals waiting" if not show_all else "no approvals")
     for row in rows:
@@ -67,11 +52,11 @@ def approvals_list(db: str, show_all: bool) -> None:
 
 
 @approvals.command("show")
-@_db_option
+@db_option
 @click.argument("approval_id")
 def approvals_show(db: str, approval_id: str) -> None:
     """One approval: the (masked) arguments, what changed since the last one, its history."""
-    row = _read(lambda: store.approval(db, approval_id))
+    row = read(lambda: store.approval(db, approval_id))
     if row is None:
         raise CheckFailed(f"no approval {approval_id!r}; see `holdgate approvals list --all`")
     click.echo(_line(row))
@@ -86,7 +71,7 @@ def approvals_show(db: str, approval_id: str) -> None:
 
 
 def _decide(db: str, approval_id: str, new_state: str, user: str, reason: str | None) -> None:
-    row = _read(lambda: store.approval(db, approval_id))
+    row = read(lambda: store.approval(db, approval_id))
     if row is None:
         raise CheckFailed(f"no approval {approval_id!r}; see `holdgate approvals list`")
     problem = None
@@ -109,7 +94,7 @@ def _decide(db: str, approval_id: str, new_state: str, user: str, reason: str | 
 
 
 @approvals.command("approve")
-@_db_option
+@db_option
 @click.argument("approval_id")
 @click.option("--as", "user", required=True, help="Who decides (the host operator's word).")
 @click.option("--reason", help="Why; kept in the record.")
@@ -119,7 +104,7 @@ def approvals_approve(db: str, approval_id: str, user: str, reason: str | None) 
 
 
 @approvals.command("deny")
-@_db_option
+@db_option
 @click.argument("approval_id")
 @click.option("--as", "user", required=True, help="Who decides (the host operator's word).")
 @click.option("--reason", help="Why; the client is told.")
@@ -129,7 +114,7 @@ def approvals_deny(db: str, approval_id: str, user: str, reason: str | None) -> 
 
 
 @approvals.command("watch")
-@_db_option
+@db_option
 @click.option("--interval", default=0.5, show_default=True, help="Seconds between looks.")
 @click.option("--count", default=0, help="Stop after this many new requests (0: never).")
 def approvals_watch(db: str, interval: float, count: int) -> None:
@@ -137,7 +122,7 @@ def approvals_watch(db: str, interval: float, count: int) -> None:
     seen: set[str] = set()
     shown = 0
     while True:
-        for row in _read(lambda: store.pending_approvals(db), missing_ok=True) or []:
+        for row in _pending_or_none(db):
             if row["approval_id"] not in seen:
                 seen.add(row["approval_id"])
                 click.echo(_line(row), nl=True)
@@ -155,14 +140,9 @@ def all_approvals(path: str) -> list[dict[str, Any]]:
         database.close()
 
 
-def _read(fetch: Any, missing_ok: bool = False) -> Any:
+def _pending_or_none(db: str) -> list[dict[str, Any]]:
+    """`watch` may start before the gateway has created the store."""
     try:
-        return fetch()
+        return store.pending_approvals(db)
     except store.StoreNotFound:
-        if missing_ok:
-            return None
-        raise CheckFailed(
-            "no audit store there; pass --db with the gateway's holdgate_db"
-        ) from None
-    except store.StoreError as exc:
-        raise CheckFailed(str(exc)) from None
+        return []
