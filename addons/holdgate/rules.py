@@ -20,7 +20,7 @@ from jsonpath_ng.exceptions import JsonPathLexerError, JsonPathParserError
 from jsonpath_ng.ext import parse as parse_jsonpath
 
 from holdgate.configfile import Node
-from holdgate.jsonrpc import Message
+from holdgate.jsonrpc import NAME_PARAM, Message
 
 Action = Literal["allow", "deny", "approve"]
 ACTIONS: tuple[Action, ...] = ("allow", "deny", "approve")
@@ -220,7 +220,7 @@ class Policy:
 
 
 def _probe_message(method: str, target: str) -> Message:
-    key = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}[method]
+    key = NAME_PARAM[method]
     raw = {"jsonrpc": "2.0", "id": 0, "method": method, "params": {key: target}}
     return Message(raw, "request", method, 0, target, {})
 
