@@ -1,11 +1,18 @@
-"""ConfigLoader: loads `holdgate_config`, reloads it on change, keeps the last good one."""
+"""ConfigLoader: loads `holdgate_config`, reloads it on change, keeps the last good one.
+
+Every load, reload and rejected reload is announced to `listeners` (the Recorder writes
+them to the store's `config_versions`), so the record says which policy was in force.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from mitmproxy import ctx, exceptions
 
@@ -25,6 +32,17 @@ class ConfigLoader:
         self.max_body = 4 * 1024 * 1024
         self._mtime: tuple[float, int] | None = None
         self._watcher: asyncio.Task[None] | None = None
+        self.listeners: list[Callable[[dict[str, Any]], None]] = []
+
+    def _announce(self, outcome: str, config: GatewayConfig | None, detail: str) -> None:
+        path = ctx.options.holdgate_config
+        if config is not None:
+            event = {"config_hash": config.digest, "content": config.redacted_text()}
+        else:
+            event = {"config_hash": _file_digest(path)}
+        event.update(source=path, outcome=outcome, detail=detail)
+        for listener in self.listeners:
+            listener(event)
 
     def load(self, loader) -> None:  # type: ignore[no-untyped-def]
         loader.add_option(
@@ -59,6 +77,7 @@ class ConfigLoader:
                 raise exceptions.OptionsError(f"holdgate_config: {exc}") from None
             self._mtime = _stamp(path)
             logger.info("holdgate: loaded %s (sha256 %s)", path, self.current.digest[:12])
+            self._announce("loaded", self.current, "loaded at start")
 
     def running(self) -> None:
         self._watcher = asyncio.get_running_loop().create_task(self._watch())
@@ -83,10 +102,20 @@ class ConfigLoader:
             fresh = await asyncio.to_thread(load_config, path)
         except ConfigError as exc:
             logger.error("holdgate: reload rejected, keeping the last good config: %s", exc)
+            self._announce("rejected", None, str(exc))
             return
         if self.current is None or fresh.digest != self.current.digest:
+            previous = self.current.digest if self.current is not None else None
             self.current = fresh
             logger.warning("holdgate: reloaded %s (sha256 %s)", path, fresh.digest[:12])
+            self._announce("reloaded", fresh, f"replaces sha256 {previous}")
+
+
+def _file_digest(path: str) -> str | None:
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return None
 
 
 def _stamp(path: str) -> tuple[float, int] | None:

@@ -3,7 +3,7 @@
 The addons run in this order for every flow (see ../README.md):
 ConfigLoader -> Router -> Identity -> Policy -> Approval -> Gate -> Recorder (request
 side: the recorder refuses when the audit store cannot be written); Streams runs each
-response message through the Policy, Masking and Recorder stages.
+response message through the Policy, ToolPinning, Masking and Recorder stages.
 
 If the bundle cannot even be imported, mitmproxy would go on as a plain proxy and
 forward everything unchecked; so a failed import installs `Refuser` instead, which
@@ -24,6 +24,7 @@ try:
     from gate import Gate
     from identity import Identity
     from masking import Masking
+    from pinning import ToolPinning
     from policy import Policy
     from recorder import Recorder
     from router import Router
@@ -56,8 +57,9 @@ except ImportError as import_error:  # pragma: no cover - exercised by a subproc
     addons = [Refuser(f"{type(import_error).__name__}: {import_error}")]
 else:
     loader = ConfigLoader()
-    policy = Policy(loader)
     recorder = Recorder(loader)
+    pins = ToolPinning(loader, recorder)
+    policy = Policy(loader, pins)
     addons = [
         loader,
         Router(loader),
@@ -65,6 +67,7 @@ else:
         policy,
         Approval(loader, policy, recorder),
         Gate(),
-        Streams(loader, stages=[policy, Masking(loader), recorder]),
+        Streams(loader, stages=[policy, pins, Masking(loader), recorder]),
         recorder,
+        pins,  # after the recorder, which opens (or creates) the store the pins are read from
     ]

@@ -34,6 +34,7 @@ from holdgate.proxy import (
     state,
 )
 from holdgate.rules import Decision, RateLimiter
+from pinning import ToolPinning
 
 logger = logging.getLogger("holdgate")
 
@@ -47,8 +48,9 @@ LISTINGS = {
 
 
 class Policy:
-    def __init__(self, loader: ConfigLoader) -> None:
+    def __init__(self, loader: ConfigLoader, pins: ToolPinning | None = None) -> None:
         self.loader = loader
+        self.pins = pins
         self.limiter = RateLimiter()
         self.correlator = Correlator()
         self.substituted: dict[tuple[str, str], dict[str, Any]] = {}
@@ -147,6 +149,8 @@ class Policy:
         if message.kind == "response":
             return CLIENT_RESPONSE
         decision = policy.evaluate(identity, upstream, message)
+        if self.pins is not None:
+            decision = self.pins.review(identity.user, upstream, message, decision)
         if decision.action == "allow" and decision.limit is not None:
             if not self.limiter.allow(decision.rule, identity.user, decision.limit):
                 count, per = decision.limit

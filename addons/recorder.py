@@ -69,6 +69,16 @@ class Recorder:
         self.recordings: RecordingWriter | None = None
         self.digest_key = b""
         self.sessions_seen: dict[str, None] = {}
+        self.unwritten_versions: list[dict[str, Any]] = []
+        loader.listeners.append(self.note_config_version)
+
+    def note_config_version(self, event: dict[str, Any]) -> None:
+        """A config loaded, reloaded or rejected: a `config_versions` row."""
+        row = {"ts": now_iso(), **event}
+        if self.writer is None:  # the first load happens before the store is opened
+            self.unwritten_versions.append(row)
+        elif not self.writer.submit("config_versions", row):
+            logger.error("holdgate: could not record config version %s", event["config_hash"])
 
     def load(self, loader) -> None:  # type: ignore[no-untyped-def]
         loader.add_option("holdgate_db", str, "holdgate.sqlite3", "Holdgate's SQLite audit store.")
@@ -91,6 +101,9 @@ class Recorder:
                     "its permissions"
                 ) from None
             self.digest_key = load_or_create_key(ctx.options.holdgate_db)
+            for row in self.unwritten_versions:
+                self.writer.submit("config_versions", row)
+            self.unwritten_versions.clear()
         if "holdgate_recordings" in updated:
             if self.recordings is not None:
                 self.recordings.close()
@@ -159,7 +172,7 @@ class Recorder:
             ),
             args_masked=_truncate(json.dumps(stored, ensure_ascii=False)),
         )
-        self._submit(flow, config, "events", row)
+        self.submit(flow, config, "events", row)
         return message
 
     @fail_closed
@@ -216,7 +229,7 @@ class Recorder:
                 masked=json.dumps(st["masked"]) if st.get("masked") and index == 0 else None,
                 extra=json.dumps(_extra(st)),
             )
-            self._submit(flow, config, "events", row)
+            self.submit(flow, config, "events", row)
         self._write_recording(flow, config)
 
     def _row(self, flow: http.HTTPFlow, config: GatewayConfig) -> dict[str, Any]:
@@ -245,7 +258,7 @@ class Recorder:
         self.sessions_seen[session] = None
         st = state(flow)
         identity = st.get("identity") or {}
-        self._submit(
+        self.submit(
             flow,
             config,
             "sessions",
@@ -259,7 +272,7 @@ class Recorder:
             },
         )
 
-    def _submit(self, flow: http.HTTPFlow, config: GatewayConfig, table: str, row: dict) -> None:
+    def submit(self, flow: http.HTTPFlow, config: GatewayConfig, table: str, row: dict) -> None:
         writer = self.writer
         if writer is None or not writer.submit(table, row):
             # A response that cannot be recorded is withheld; a refusal was never served,

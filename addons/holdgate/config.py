@@ -30,9 +30,19 @@ TOP_KEYS = {
     "hash_key",
     "server_requests",
 }
-UPSTREAM_KEYS = {"name", "prefix", "host", "url", "inject"}
+UPSTREAM_KEYS = {"name", "prefix", "host", "url", "inject", "on_tool_change"}
+TOOL_CHANGE_KEYS = {"action", "approvers", "timeout"}
 INJECT_KEYS = {"headers", "pass_cookies"}
 CREDENTIAL_HEADERS = ("authorization", "x-api-key", "proxy-authorization")
+
+
+@dataclass(frozen=True)
+class ToolChangePolicy:
+    """What applies to calls of a tool whose listed definition changed since it was pinned."""
+
+    action: Literal["deny", "approve", "alert"] = "deny"
+    approvers: tuple[str, ...] = ()
+    timeout: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -43,6 +53,7 @@ class Upstream:
     host: str | None = None
     inject_headers: tuple[tuple[str, str], ...] = ()
     pass_cookies: bool = False
+    on_tool_change: ToolChangePolicy = field(default_factory=ToolChangePolicy)
 
     @property
     def secrets(self) -> tuple[str, ...]:
@@ -67,24 +78,35 @@ class GatewayConfig:
     server_requests: Action = "allow"
     approvals: ApprovalsConfig = field(default_factory=ApprovalsConfig)
     hash_key: bytes | None = None
+    text: str = field(default="", repr=False)
 
     @property
     def secrets(self) -> tuple[str, ...]:
         """Values that must never be written anywhere (injected credentials, keys)."""
         return tuple(s for up in self.upstreams for s in up.secrets if s)
 
+    def redacted_text(self) -> str:
+        """The file as written, with any secret written into it literally blanked out."""
+        text = self.text
+        literal = [*self.secrets, self.hash_key.decode() if self.hash_key else ""]
+        for secret in sorted((s for s in literal if s), key=len, reverse=True):
+            text = text.replace(secret, "[secret]")
+        return text
+
 
 def load_config(path: str | os.PathLike[str]) -> GatewayConfig:
     doc, raw = load_yaml_file(path)
-    return build_config(doc.root, str(path), hashlib.sha256(raw).hexdigest())
+    return build_config(
+        doc.root, str(path), hashlib.sha256(raw).hexdigest(), raw.decode("utf-8", "replace")
+    )
 
 
 def parse_config_text(text: str, file: str = "<config>") -> GatewayConfig:
     doc = parse_yaml(text, file)
-    return build_config(doc.root, file, hashlib.sha256(text.encode()).hexdigest())
+    return build_config(doc.root, file, hashlib.sha256(text.encode()).hexdigest(), text)
 
 
-def build_config(root: Node, file: str, digest: str) -> GatewayConfig:
+def build_config(root: Node, file: str, digest: str, text: str = "") -> GatewayConfig:
     if root.missing:
         raise ConfigError("the file is empty; start with `version: 1`", file=file)
     root.mapping(TOP_KEYS, required={"version"})
@@ -119,6 +141,7 @@ def build_config(root: Node, file: str, digest: str) -> GatewayConfig:
         server_requests=root.child("server_requests").choice(("allow", "deny"), default="allow"),  # type: ignore[arg-type]
         approvals=_parse_approvals(root.child("approvals")),
         hash_key=hash_key,
+        text=text,
     )
 
 
@@ -155,10 +178,48 @@ def _parse_upstreams(node: Node) -> tuple[Upstream, ...]:
             for header, value in inject.child("headers").items() if inject.has("headers") else ():
                 headers.append((header, value.secret()))
             pass_cookies = inject.child("pass_cookies").boolean(default=False)
-        out.append(Upstream(name, url, prefix, host, tuple(headers), pass_cookies))
+        out.append(
+            Upstream(
+                name,
+                url,
+                prefix,
+                host,
+                tuple(headers),
+                pass_cookies,
+                _parse_tool_change(item.child("on_tool_change")),
+            )
+        )
     if not out:
         raise node.error("`upstreams` is empty: list at least one MCP server to protect")
     return tuple(out)
+
+
+def _parse_tool_change(node: Node) -> ToolChangePolicy:
+    """`on_tool_change: deny | alert`, or a mapping `{action: approve, approvers: [...]}`."""
+    if node.missing:
+        return ToolChangePolicy()
+    if not isinstance(node.value, dict):
+        action = node.choice(("deny", "approve", "alert"))
+        if action == "approve":
+            raise node.error(
+                "`approve` needs approvers: write "
+                "`on_tool_change: {action: approve, approvers: [group, ...]}`"
+            )
+        return ToolChangePolicy(action)  # type: ignore[arg-type]
+    node.mapping(TOOL_CHANGE_KEYS, required={"action"})
+    action = node.child("action").choice(("deny", "approve", "alert"))
+    approvers = node.child("approvers").strings()
+    if action == "approve" and not approvers:
+        raise node.child("action").error("`approve` needs `approvers: [group, ...]`")
+    if action != "approve":
+        for key in ("approvers", "timeout"):
+            if node.has(key):
+                raise node.child(key).error(f"`{key}` only applies to `action: approve`")
+    return ToolChangePolicy(
+        action,  # type: ignore[arg-type]
+        approvers,
+        node.child("timeout").duration(default=600.0),
+    )
 
 
 def _parse_approvals(node: Node) -> ApprovalsConfig:

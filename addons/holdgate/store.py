@@ -731,6 +731,12 @@ def approval_states(db: StoreRef, approval_ids: Iterable[str]) -> dict[str, Row]
         }
 
 
+def tool_pin_rows(db: StoreRef, after: int = 0) -> list[Row]:
+    """`tool_pins` rows after seq `after`, in store order (folded by `pins.PinBook`)."""
+    with _opened(db, create=False) as d:
+        return list(d.query("SELECT * FROM tool_pins WHERE seq > ? ORDER BY seq", [after]))
+
+
 # --- reading for the CLI ------------------------------------------------------------------
 
 # The export feed's fields, in order. Stable: fields are only ever added at the end.
