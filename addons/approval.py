@@ -33,6 +33,7 @@ from holdgate.jsonrpc import (
 )
 from holdgate.masking import mask_json
 from holdgate.proxy import fail_closed, header_lists, is_mcp, objects, refuse, state
+from holdgate.rules import Decision
 from policy import Policy, single_valued
 from recorder import Recorder, args_digest, now_iso
 
@@ -130,12 +131,12 @@ class Approval:
         if body is None:
             raise RuntimeError("approval without a parsed body")
         refused: list[tuple[int, str]] = []
+        decisions: list[Decision] = objects(flow).extra["decisions"]
         for index, summary in enumerate(st["messages"]):
-            decision = summary["decision"]
-            if decision["action"] != "approve":
+            decision = decisions[index]
+            if decision.action != "approve":
                 continue
             message = body.messages[index]
-            rule = next(r for r in config.policy.rules if r.name == decision["rule"])
             digest_args = args_digest(self.recorder.key(config), message.arguments or {})
             grant_key = (identity.user, st["upstream"], message.target or "", digest_args or "")
             grant = self.grants.find(grant_key)
@@ -151,11 +152,11 @@ class Approval:
                     f"identical call within the grant ({flow.id})",
                 )
                 continue
-            outcome = await self._hold(flow, message, rule, identity, digest_args, config)
+            outcome = await self._hold(flow, message, decision, identity, digest_args, config)
             summary["approval_id"] = outcome.approval_id
             summary["approval"] = {"state": outcome.state, "decider": outcome.decider}
             if outcome.state == "approved":
-                self.grants.add(grant_key, outcome.approval_id, rule.grant)
+                self.grants.add(grant_key, outcome.approval_id, decision.grant)
                 continue
             who = f" by {outcome.decider}" if outcome.decider else ""
             why = f": {outcome.reason}" if outcome.reason else ""
@@ -163,7 +164,7 @@ class Approval:
                 (
                     index,
                     f"approval {outcome.state}{who}{why} "
-                    f"(rule {rule.name!r}, approval {outcome.approval_id})",
+                    f"(rule {decision.rule!r}, approval {outcome.approval_id})",
                 )
             )
         self._release(flow, refused)
@@ -172,7 +173,7 @@ class Approval:
         self,
         flow: http.HTTPFlow,
         message: Any,
-        rule: Any,
+        decision: Decision,
         identity: Any,
         digest_args: str | None,
         config: Any,
@@ -183,7 +184,9 @@ class Approval:
         masked_args = mask_json(message.arguments or {}, effect).value
         changes_key = (identity.user, st["upstream"], message.target or "")
         previous = self.last_approved.get(changes_key)
-        hold = Hold(approval_id, flow, identity.user, rule.approvers, time.time() + rule.timeout)
+        hold = Hold(
+            approval_id, flow, identity.user, decision.approvers, time.time() + decision.timeout
+        )
         row = {
             "approval_id": approval_id,
             "state": "pending",
@@ -194,8 +197,8 @@ class Approval:
             "args_masked": json.dumps(masked_args, ensure_ascii=False),
             "args_digest": digest_args,
             "request_digest": self._digest(st, identity, message),
-            "rule": rule.name,
-            "approvers": json.dumps(list(rule.approvers)),
+            "rule": decision.rule,
+            "approvers": json.dumps(list(decision.approvers)),
             "created": now_iso(),
             "expires": now_iso(hold.expires_at),
             "changes": json.dumps(argument_changes(previous, masked_args))

@@ -108,8 +108,8 @@ class ToolPinning:
                 continue
             row = self.book.observe(upstream, tool, now)
             if row is not None:
-                if row["event"] != "first-seen":
-                    logger.warning(
+                if row["event"] != "first-seen":  # an alert for whoever watches the log
+                    logger.error(
                         "holdgate: tool %r on %s: %s (on_tool_change: %s)",
                         row["tool"],
                         upstream,

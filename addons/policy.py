@@ -89,8 +89,10 @@ class Policy:
         records: list[dict[str, Any]] = []
         forwarded: list[Message] = []
         errors: list[dict[str, Any]] = []
+        decisions: list[Decision] = []
         for message in body.messages:
             decision = self.decide(config.policy, identity, upstream, message)
+            decisions.append(decision)
             records.append({**message.summary(), "decision": decision.to_json()})
             if decision.action == "deny":
                 if message.kind == "request":
@@ -99,6 +101,7 @@ class Policy:
                 continue
             forwarded.append(message)
         st["messages"] = records
+        objects(flow).extra["decisions"] = decisions  # approvers and timeouts, for Approval
         session = session_key(flow)
         if session is not None:
             for message in forwarded:

@@ -76,8 +76,11 @@ class DemoServer:
         return [json.loads(r["body"]) for r in self.requests() if r.get("body")]
 
 
-def start_demo(tmp: Path, *args: str, env: dict[str, str] | None = None) -> DemoServer:
-    port = free_port()
+def start_demo(
+    tmp: Path, *args: str, env: dict[str, str] | None = None, port: int | None = None
+) -> DemoServer:
+    """The demo server on a free port, or on `port` again (a restarted upstream)."""
+    port = port or free_port()
     log = tmp / f"upstream-{port}.jsonl"
     out = tmp / f"upstream-{port}.out"
     cmd = [sys.executable, str(ROOT / "scripts" / "demo_server.py"), "--host", "127.0.0.1"]

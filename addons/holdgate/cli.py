@@ -13,6 +13,7 @@ import click
 from holdgate.cli_approvals import approvals
 from holdgate.cli_records import COMMANDS as RECORD_COMMANDS
 from holdgate.cli_records import CheckFailed
+from holdgate.cli_tools import tools
 from holdgate.config import load_config
 from holdgate.configfile import ConfigError
 from holdgate.identity import api_key_hash, generate_api_key
@@ -145,5 +146,6 @@ def keys_hash(key: str | None) -> None:
 
 
 main.add_command(approvals)
+main.add_command(tools)
 for command in RECORD_COMMANDS:
     main.add_command(command)
