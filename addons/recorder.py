@@ -206,6 +206,12 @@ class Recorder:
             row = self._row(flow, config)
             decision = (summary or {}).get("decision") or {}
             arguments = parsed.arguments if parsed is not None else None
+            masked_args = mask_json(arguments, effect) if arguments is not None else None
+            extra = _extra(st)
+            if decision.get("rate_limited"):
+                extra["rate_limited"] = True
+            if masked_args is not None and masked_args.findings:
+                extra["args_findings"] = masked_args.findings  # replay must know
             refused = st.get("refused", {})
             row.update(
                 direction="request"
@@ -222,12 +228,12 @@ class Recorder:
                 latency_ms=latency,
                 args_digest=args_digest(self.key(config), arguments),
                 args_masked=(
-                    _truncate(json.dumps(mask_json(arguments, effect).value, ensure_ascii=False))
-                    if arguments is not None
+                    _truncate(json.dumps(masked_args.value, ensure_ascii=False))
+                    if masked_args is not None
                     else None
                 ),
                 masked=json.dumps(st["masked"]) if st.get("masked") and index == 0 else None,
-                extra=json.dumps(_extra(st)),
+                extra=json.dumps(extra),
             )
             self.submit(flow, config, "events", row)
         self._write_recording(flow, config)

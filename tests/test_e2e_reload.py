@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 
 from mcpclient import raw_post
@@ -11,6 +12,8 @@ version: 1
 upstreams:
   - name: demo
     url: {url}
+    inject:
+      headers: {{Authorization: "Bearer literal-upstream-secret"}}
 rules:
   - name: reads
     match: {{tool: [{tools}]}}
@@ -61,3 +64,20 @@ def test_good_reload_takes_effect_and_bad_reload_keeps_the_last_good(demo, gatew
     assert "unknown key 'tol'; did you mean 'tool'?" in gw.log_text()
     assert decision(gw) == "allowed"  # the last good config is still in force
     assert gw.proc.poll() is None
+    versions = wait_for(lambda: len(config_versions(gw.db)) == 3)
+    rows = config_versions(gw.db)
+    assert versions, rows
+    assert [r["outcome"] for r in rows] == ["loaded", "reloaded", "rejected"]
+    assert rows[1]["detail"] == f"replaces sha256 {rows[0]['config_hash']}"
+    assert "unknown key 'tol'" in rows[2]["detail"] and rows[2]["content"] is None
+    assert all(r["source"] == str(gw.config) for r in rows)
+    assert "get_customer" in rows[1]["content"]
+    assert "[secret]" in rows[0]["content"]
+    for part in gw.db.parent.glob(gw.db.name + "*"):  # the store and its WAL
+        assert b"literal-upstream-secret" not in part.read_bytes(), part
+
+
+def config_versions(db) -> list[dict]:
+    with sqlite3.connect(db) as conn:
+        conn.row_factory = sqlite3.Row
+        return [dict(r) for r in conn.execute("SELECT * FROM config_versions ORDER BY seq")]

@@ -10,9 +10,10 @@ import sys
 
 import click
 
+from holdgate import store
 from holdgate.cli_approvals import approvals
 from holdgate.cli_records import COMMANDS as RECORD_COMMANDS
-from holdgate.cli_records import CheckFailed
+from holdgate.cli_records import CheckFailed, db_option, read, since_option
 from holdgate.cli_tools import tools
 from holdgate.config import load_config
 from holdgate.configfile import ConfigError
@@ -24,6 +25,7 @@ from holdgate.policytest import (
     parse_args_json,
     run_tests,
 )
+from holdgate.replay import format_report, replay
 
 
 def _load(path: str):  # type: ignore[no-untyped-def]
@@ -115,6 +117,38 @@ def policy_test(file: str, tests: str) -> None:
             click.echo(f"     got action {r.got.action!r}, rule {r.got.rule!r} ({r.got.reason})")
     click.echo(f"{len(results) - len(failed)} passed, {len(failed)} failed")
     if failed:
+        sys.exit(1)
+
+
+@policy.command("replay")
+@click.argument("candidate", type=click.Path(exists=True, dir_okay=False))
+@db_option
+@since_option
+@click.option("--until", help="ISO time, exclusive.")
+@click.option("--all", "show_all", is_flag=True, help="List every changed message.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+@click.option("--fail-on-change", is_flag=True, help="Exit 1 when any decision would change.")
+def policy_replay(
+    candidate: str,
+    db: str,
+    since: str | None,
+    until: str | None,
+    show_all: bool,
+    fmt: str,
+    fail_on_change: bool,
+) -> None:
+    """Decide the recorded traffic with CANDIDATE and report every decision that would change,
+    grouped by rule: try a rule change on real traffic before it goes live."""
+    config = _load(candidate)
+    rows = read(lambda: list(store.export_rows(db, since, until, None, None)))
+    report = replay(config, rows)
+    if fmt == "json":
+        click.echo(json.dumps({"candidate": candidate, **report.to_json()}, indent=2))
+    else:
+        click.echo(f"candidate {candidate} (sha256 {config.digest[:12]}) on {db}")
+        for line in format_report(report, None if show_all else 5):
+            click.echo(line)
+    if fail_on_change and report.changed:
         sys.exit(1)
 
 

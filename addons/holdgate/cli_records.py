@@ -8,7 +8,9 @@ from __future__ import annotations
 import csv
 import json
 import sys
+import time
 from collections.abc import Callable, Iterable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,28 @@ def db_option(func: Callable[..., Any]) -> Callable[..., Any]:
         show_default=True,
         type=click.Path(dir_okay=False),
         help="Audit store (the gateway's holdgate_db).",
+    )(func)
+
+
+def _since(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """An ISO time as given, or a duration back from now (`7d`, `12h`)."""
+    if value is None:
+        return None
+    seconds = parse_duration(value)
+    if seconds is not None:
+        return store.iso(time.time() - seconds)
+    try:
+        datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is neither an ISO time (2026-11-01T00:00:00Z) nor a duration (7d)"
+        ) from None
+    return value
+
+
+def since_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--since", callback=_since, help="ISO time, or a duration back from now (7d, 12h)."
     )(func)
 
 
