@@ -4,6 +4,8 @@ import json
 import logging
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from mitmproxy.test import taddons, tflow
 
 from configloader import ConfigLoader
@@ -63,3 +65,33 @@ def test_explain_command_logs_every_rule(addon, caplog):
     assert "skip  rule 'no shell'" in text
     assert "MATCH rule 'support reads'" in text
     assert "decision: allow by 'support reads'" in text
+
+
+def decided_batch(policy, tools):
+    flow = tflow.tflow()
+    flow.request.method = "POST"
+    flow.request.content = json.dumps(
+        [
+            {"jsonrpc": "2.0", "id": i, "method": "tools/call", "params": {"name": tool}}
+            for i, tool in enumerate(tools)
+        ]
+    ).encode()
+    state(flow)["upstream"] = "crm"
+    objects(flow).extra["identity"] = Identity("alice", ("support",), "api_key")
+    policy.request(flow)
+    return flow
+
+
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture], max_examples=60)
+@given(
+    st.lists(st.sampled_from(["exec_shell", "get_customer", "other", "Get_x"]), min_size=1),
+    st.randoms(use_true_random=False),
+)
+def test_a_batch_is_decided_as_its_messages_alone_in_any_order(addon, tools, rng):
+    alone = [state(decided_flow(addon, tool))["messages"][0]["decision"] for tool in tools]
+    batch = state(decided_batch(addon, tools))["messages"]
+    assert [m["decision"] for m in batch] == alone
+    order = list(range(len(tools)))
+    rng.shuffle(order)
+    shuffled = state(decided_batch(addon, [tools[i] for i in order]))["messages"]
+    assert [shuffled[order.index(i)]["decision"] for i in range(len(tools))] == alone
