@@ -94,6 +94,21 @@ class Streams:
                 refuse(
                     flow, 502, -32600, f"upstream answered an MCP call with {ctype or 'no type'}"
                 )
+                return
+            # An error page (a proxy's 502, a stack trace) can carry data too: masked as text.
+            try:
+                text = flow.response.get_text(strict=True) or ""
+            except ValueError:
+                refuse(
+                    flow,
+                    502,
+                    -32600,
+                    f"upstream sent a {ctype or 'untyped'} body that is not "
+                    "text, so it cannot be checked for sensitive data",
+                )
+                return
+            masked = self.run_stages(flow, text, "text")
+            flow.response.text = masked if isinstance(masked, str) else ""
             return
         try:
             value = loads_strict(content)

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import anyio
 import pytest
 
-from conftest import stop
-from mcpclient import connect
+from conftest import free_port, stop
+from mcpclient import connect, raw_post
 
 pytestmark = pytest.mark.anyio
 
@@ -136,3 +139,48 @@ async def test_oversized_sse_event_cuts_the_stream_and_nothing_unmasked_passes(
     clear = customer_one(tmp_path)
     assert clear["email"] not in "".join(received)
     assert "cut this stream" in gw.log_text() or "event stream cut" in gw.log_text()
+
+
+class ErrorPage(BaseHTTPRequestHandler):
+    """An upstream whose failure page leaks data: a 500 in text/plain."""
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        body = b"lookup failed for ada@example.com (card 4111 1111 1111 1111)\n"
+        self.send_response(500)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_non_json_error_page_is_masked_as_text(gateway_factory):
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), ErrorPage)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        gw = gateway_factory(CONFIG.format(url=url), url)
+        call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "x"}}
+        answer = raw_post(gw.url + "/mcp", call, ALICE)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert answer.status == 500
+    text = answer.body.decode()
+    assert "lookup failed for" in text
+    assert "ada@example.com" not in text and "4111 1111 1111 1111" not in text
+    assert "1111" in text  # partial: the last four digits stay
+    deadline = time.monotonic() + 10
+    rows: list = []
+    while time.monotonic() < deadline and not rows:
+        with sqlite3.connect(gw.db) as db:
+            rows = db.execute(
+                "SELECT masked, args_masked FROM events WHERE direction = "
+                "'response' AND masked IS NOT NULL"
+            ).fetchall()
+        time.sleep(0.1)
+    assert rows and json.loads(rows[0][0]) == {"email": 1, "credit_card": 1}
+    assert "ada@example.com" not in rows[0][1]

@@ -163,7 +163,7 @@ def header_lists(headers: http.Headers) -> dict[str, list[str]]:
 class MessageContext:
     """What the response stages learn about one message as it passes them."""
 
-    transport: str  # "json" or "sse"
+    transport: str  # "json", "sse", or "text" (a non-JSON error body)
     answers: tuple[str, str | None] | None = None  # (method, target) of the request answered
     findings: dict[str, int] = field(default_factory=dict)
     exemptions: tuple[str, ...] = ()
