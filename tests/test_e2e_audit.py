@@ -113,6 +113,24 @@ async def test_a_session_is_recorded_in_order_and_replayable(session):
     assert ok.exit_code == 0 and "hash chain intact" in ok.output
     shown = runner.invoke(main, ["sessions", "show", session_id, "--db", str(gw.db)])
     assert "exec_shell  deny by 'no shell'" in shown.output
+    denial = next(line for line in shown.output.splitlines() if "exec_shell  deny" in line)
+    seq = denial.split()[0].lstrip("#")
+    explained = runner.invoke(
+        main,
+        ["policy", "explain", str(gw.config), "--event", seq, "--db", str(gw.db)],
+        env={"UPSTREAM_TOKEN": UPSTREAM_TOKEN},
+    )
+    assert explained.exit_code == 0, explained.output
+    assert "recorded: deny by 'no shell'" in explained.output
+    assert "MATCH rule 'no shell'" in explained.output
+    assert "decision: deny by 'no shell'" in explained.output
+    assert "note: recorded under" not in explained.output  # the same config decided it
+    missing = runner.invoke(
+        main,
+        ["policy", "explain", str(gw.config), "--event", "999999", "--db", str(gw.db)],
+        env={"UPSTREAM_TOKEN": UPSTREAM_TOKEN},
+    )
+    assert missing.exit_code == 1 and "no event with seq 999999" in missing.output
     exported = runner.invoke(main, ["export", "--db", str(gw.db), "--user", "alice"])
     lines = [json.loads(line) for line in exported.output.splitlines()]
     assert {line["user"] for line in lines} == {"alice"}

@@ -15,7 +15,7 @@ from holdgate.cli_approvals import approvals
 from holdgate.cli_records import COMMANDS as RECORD_COMMANDS
 from holdgate.cli_records import CheckFailed, db_option, read, since_option
 from holdgate.cli_tools import tools
-from holdgate.config import load_config
+from holdgate.config import GatewayConfig, load_config
 from holdgate.configfile import ConfigError
 from holdgate.identity import api_key_hash, generate_api_key
 from holdgate.policytest import (
@@ -25,7 +25,7 @@ from holdgate.policytest import (
     parse_args_json,
     run_tests,
 )
-from holdgate.replay import format_report, replay
+from holdgate.replay import NotReplayable, format_report, rebuild, replay
 
 
 def _load(path: str):  # type: ignore[no-untyped-def]
@@ -67,6 +67,10 @@ def policy_check(file: str) -> None:
 @click.option("--resource", help="Resource URI (resources/read).")
 @click.option("--prompt", help="Prompt name (prompts/get).")
 @click.option("--args", "args_json", help="Tool arguments as a JSON object.")
+@click.option(
+    "--event", type=int, help="Explain this recorded event (its seq) instead: needs --db."
+)
+@db_option
 def policy_explain(
     file: str,
     user: str | None,
@@ -77,9 +81,14 @@ def policy_explain(
     resource: str | None,
     prompt: str | None,
     args_json: str | None,
+    event: int | None,
+    db: str,
 ) -> None:
     """Show every rule considered, why it did or did not match, and the decision."""
     config = _load(file)
+    if event is not None:
+        _explain_recorded(config, db, event)
+        return
     try:
         args = parse_args_json(args_json)
     except ValueError as exc:
@@ -95,6 +104,30 @@ def policy_explain(
         raise click.BadParameter(str(exc)) from None
     decision, trace = config.policy.explain(caller, upstream_name, message)
     click.echo(f"request: {caller.user} {list(caller.groups)} -> {upstream_name} {method} {target}")
+    click.echo(format_explanation(decision, trace))
+
+
+def _explain_recorded(config: GatewayConfig, db: str, seq: int) -> None:
+    """A recorded decision, explained by FILE's rules, and whether FILE is what decided it."""
+    row = read(lambda: store.event_row(db, seq))
+    if row is None:
+        raise CheckFailed(f"no event with seq {seq} in {db}; see `holdgate sessions show`")
+    try:
+        caller, message = rebuild(row)
+    except NotReplayable as exc:
+        raise CheckFailed(f"event {seq} cannot be explained: {exc}") from None
+    upstream = row.get("upstream") or ""
+    decision, trace = config.policy.explain(caller, upstream, message)
+    click.echo(
+        f"event {seq} at {row['ts']}: {caller.user} {list(caller.groups)} -> {upstream} "
+        f"{row['method']} {row.get('target') or ''}".rstrip()
+    )
+    click.echo(f"recorded: {row['decision']} by {row['rule']!r} ({row['reason']})")
+    if row.get("config_hash") != config.digest:
+        click.echo(
+            f"note: recorded under config sha256 {str(row.get('config_hash'))[:12]}, this file "
+            f"is {config.digest[:12]} (the config_versions table keeps each version)"
+        )
     click.echo(format_explanation(decision, trace))
 
 

@@ -116,7 +116,8 @@ def timeline_line(row: dict[str, Any]) -> str:
         counts = json.loads(row["masked"])
         masked = " masked " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items()))
     return (
-        f"{row['ts']}  {row.get('user') or '-':<10} {row['direction']:<13} {what or '-'}  "
+        f"#{row['seq']:<6} {row['ts']}  {row.get('user') or '-':<10} {row['direction']:<13} "
+        f"{what or '-'}  "
         f"{row.get('decision') or '-'}{rule}{approval}{status}{masked}"
     )
 

@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from holdgate.config import GatewayConfig
+from holdgate.jsonrpc import Message
 from holdgate.pins import TOOL_CHANGED
-from holdgate.policytest import build_message, caller_for
+from holdgate.policytest import ProbeCaller, build_message, caller_for
 from holdgate.rules import Decision
 
 # Recorded decisions the policy made; refusals before it (malformed, unauthenticated) and
@@ -111,6 +112,23 @@ class ReplayReport:
         }
 
 
+class NotReplayable(Exception):
+    """A recorded row that cannot be turned back into the request it was."""
+
+
+def rebuild(row: dict[str, Any]) -> tuple[ProbeCaller, Message]:
+    """The caller and message of a recorded `events` row (arguments as recorded: masked)."""
+    args = _json(row.get("args_masked")) if row.get("args_masked") else None
+    if row.get("args_masked") and not isinstance(args, dict):
+        raise NotReplayable("arguments not recorded in full (too large)")
+    try:
+        message = build_message(row["method"], row.get("target"), args)
+    except ValueError:
+        raise NotReplayable("not a message the policy decides") from None
+    groups = tuple(_json(row.get("groups")) or ())
+    return caller_for(row.get("user"), groups), message
+
+
 def replay(candidate: GatewayConfig, rows: Iterable[dict[str, Any]]) -> ReplayReport:
     """Decide recorded `events` rows again with `candidate`'s policy."""
     report = ReplayReport()
@@ -126,17 +144,11 @@ def replay(candidate: GatewayConfig, rows: Iterable[dict[str, Any]]) -> ReplayRe
         if extra.get("rate_limited"):
             report.skip("refused by a rate limit, which depends on timing")
             continue
-        args = _json(row.get("args_masked")) if row.get("args_masked") else None
-        if row.get("args_masked") and not isinstance(args, dict):
-            report.skip("arguments not recorded in full (too large)")
-            continue
         try:
-            message = build_message(row["method"], row.get("target"), args)
-        except ValueError:
-            report.skip("not a message the policy decides")
+            caller, message = rebuild(row)
+        except NotReplayable as exc:
+            report.skip(str(exc))
             continue
-        groups = tuple(_json(row.get("groups")) or ())
-        caller = caller_for(row.get("user"), groups)
         decision = candidate.policy.evaluate(caller, row.get("upstream") or "", message)
         report.considered += 1
         item = Replayed(

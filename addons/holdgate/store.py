@@ -770,6 +770,12 @@ EXPORT_FIELDS = (
 )
 
 
+def event_row(db: StoreRef, seq: int) -> Row | None:
+    """One recorded event by its seq (as `sessions show` and `export` print it)."""
+    with _opened(db, create=False) as d:
+        return next(iter(d.query("SELECT * FROM events WHERE seq = ?", [seq])), None)
+
+
 def list_sessions(db: StoreRef, since: str | None = None) -> list[Row]:
     """Sessions (v_sessions) active at or after `since` (ISO time), oldest first."""
     with _opened(db, create=False) as d:
