@@ -10,7 +10,6 @@ from typing import Any
 from mitmproxy import command, flow, http
 
 from configloader import ConfigLoader
-from holdgate.identity import Identity
 from holdgate.jsonrpc import (
     POLICY_DENIED,
     RATE_LIMITED,
@@ -133,9 +132,8 @@ class Policy:
         if config is None:
             raise RuntimeError("no config loaded")
         for selected in flows:
-            if not isinstance(selected, http.HTTPFlow):
-                continue
-            body, identity = _decided_parts(selected)
+            body = objects(selected).body if isinstance(selected, http.HTTPFlow) else None
+            identity = objects(selected).extra.get("identity")
             upstream = selected.metadata.get("holdgate", {}).get("upstream")
             if body is None or identity is None or upstream is None:
                 logger.warning("holdgate.explain: flow %s carries no decided MCP body", selected.id)
@@ -261,22 +259,6 @@ class Policy:
         if hidden:
             state(flow)["hidden"] = state(flow).get("hidden", 0) + hidden
         return {**message, "result": {**result, key: kept}}
-
-
-def _decided_parts(flow: http.HTTPFlow) -> tuple[Body | None, Any]:
-    """The parsed body and caller of a live flow, or of one loaded from a recording
-    (`mitmweb -r`), rebuilt from its request and the identity it was saved with."""
-    body = objects(flow).body
-    identity = objects(flow).extra.get("identity")
-    if body is None and flow.request.raw_content:
-        try:
-            body = parse_body(flow.request.get_content(strict=True) or b"", max_bytes=1 << 26)
-        except (BodyError, ValueError):
-            body = None
-    recorded = state(flow).get("identity")
-    if identity is None and isinstance(recorded, dict) and recorded.get("user"):
-        identity = Identity(recorded["user"], tuple(recorded.get("groups", ())), "recorded")
-    return body, identity
 
 
 def single_valued(headers: dict[str, list[str]]) -> dict[str, str]:
