@@ -34,13 +34,13 @@ class ConfigLoader:
         self._watcher: asyncio.Task[None] | None = None
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
 
-    def _announce(self, outcome: str, config: GatewayConfig | None, detail: str) -> None:
-        path = ctx.options.holdgate_config
-        if config is not None:
+    def _announce(self, outcome: str, config: GatewayConfig | str | None, detail: str) -> None:
+        """`config`: the loaded config, or the digest of a rejected file."""
+        if isinstance(config, GatewayConfig):
             event = {"config_hash": config.digest, "content": config.redacted_text()}
         else:
-            event = {"config_hash": _file_digest(path)}
-        event.update(source=path, outcome=outcome, detail=detail)
+            event = {"config_hash": config}
+        event.update(source=ctx.options.holdgate_config, outcome=outcome, detail=detail)
         for listener in self.listeners:
             listener(event)
 
@@ -102,7 +102,7 @@ class ConfigLoader:
             fresh = await asyncio.to_thread(load_config, path)
         except ConfigError as exc:
             logger.error("holdgate: reload rejected, keeping the last good config: %s", exc)
-            self._announce("rejected", None, str(exc))
+            self._announce("rejected", await asyncio.to_thread(_file_digest, path), str(exc))
             return
         if self.current is None or fresh.digest != self.current.digest:
             previous = self.current.digest if self.current is not None else None
