@@ -112,6 +112,11 @@ class Recorder:
     def done(self) -> None:
         if self.writer is not None:
             self.writer.close()
+            logger.info(
+                "holdgate: audit writer closed: max queue depth %d, %d rows lost",
+                self.writer.max_queue_depth_seen,
+                self.writer.lost,
+            )
         if self.recordings is not None:
             self.recordings.close()
 

@@ -1,72 +1,65 @@
 """Benchmark: what the gateway costs on top of plain mitmproxy.
 
-    .venv/bin/python scripts/bench.py [--quick] [--scenario NAME ...]
+    .venv/bin/python scripts/bench.py [--quick] [--scenario NAME ...]     (or: make bench)
 
-Scenarios (all on loopback, processes started and stopped here):
-  proxy     tools/call through: direct, plain mitmdump, mitmdump + gateway (API-key
-            identity, ~50 rules, masking and recorder on), at concurrency 1, 16, 64,
-            interleaved round by round; requests/s, p50/p99 and proxy CPU per request
-  masking   in-process mask_json MB/s on 1 MB and 10 MB tool results
-  policy    decision time for 10, 100 and 1,000 tool-name and argument rules
-Prints a table and writes bench-results/<time>.json for comparison across commits.
+Scenarios (all on loopback; every process is started and stopped here):
+  proxy    tools/call through: direct to the upstream, plain mitmdump, and mitmdump + gateway
+           (JWT identity, ~50 rules, masking and recorder on), at concurrency 1, 16 and 64,
+           interleaved round by round; requests/s, p50/p99, proxy CPU per request
+  sse      one tools/call answered by a 100 MB stream of 100k SSE events (paced): gateway
+           RSS growth and per-event latency, against plain mitmdump (streaming) and direct
+  audit    sustained calls at concurrency 16: rows/s the audit store keeps up with, and the
+           writer's deepest queue (bounded, 10,000)
+  holds    normal traffic at concurrency 16 with and without 200 held approvals open
+  masking  in-process mask_json MB/s on 1 MB and 10 MB tool results
+  policy   decision time for 10, 100 and 1,000 tool-name and argument rules
+The upstream is scripts/bench_upstream.py in its own process. Prints tables and writes
+bench-results/<time>.json so runs can be compared across commits.
 """
 
 from __future__ import annotations
 
 import argparse
-import http.client
+import asyncio
 import json
 import os
 import platform
+import re
 import signal
 import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 sys.path.insert(0, str(ROOT / "addons"))
 
+import bench_masking  # noqa: E402
 from holdgate.configfile import parse_yaml  # noqa: E402
-from holdgate.jsonrpc import parse_body  # noqa: E402
-from holdgate.masking import mask_json, parse_masking  # noqa: E402
+from holdgate.jsonrpc import dumps, parse_body  # noqa: E402
+from holdgate.masking import mask_json  # noqa: E402
 from holdgate.rules import parse_rules  # noqa: E402
+from holdgate.sse import SSEDecoder, encode_event  # noqa: E402
 
-RESULT = {
+ISSUER = "https://bench.invalid/realm"
+CALL = {
     "jsonrpc": "2.0",
     "id": 1,
-    "result": {
-        "content": [
-            {"type": "text", "text": '{"name": "Ada", "email": "ada@example.com", "plan": "pro"}'}
-        ]
-    },
+    "method": "tools/call",
+    "params": {"name": "get_customer", "arguments": {"customer_id": 1}},
 }
-API_KEY = "bench-key-1"
-
-
-class FastUpstream(BaseHTTPRequestHandler):
-    """A raw JSON-RPC responder that does almost nothing, so the proxies' cost shows."""
-
-    protocol_version = "HTTP/1.1"
-
-    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-        self.rfile.read(int(self.headers.get("Content-Length", "0")))
-        body = json.dumps(RESULT).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
 
 
 def free_port() -> int:
@@ -75,9 +68,60 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def gateway_config(upstream: str) -> str:
-    import hashlib
+def wait_for_port(port: int, proc: subprocess.Popen, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode}: {proc.args}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"port {port} not ready after {seconds}s: {proc.args}")
 
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
+@contextmanager
+def upstream(*args: str) -> Iterator[str]:
+    port = free_port()
+    script = ROOT / "scripts" / "bench_upstream.py"
+    proc = subprocess.Popen([sys.executable, str(script), "--port", str(port), *args])
+    try:
+        wait_for_port(port, proc)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop(proc)
+
+
+class Signer:
+    """An RSA key served to the gateway as a JWKS file, and a token it signs."""
+
+    def __init__(self, tmp: Path) -> None:
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        public = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
+        self.jwks = tmp / "jwks.json"
+        self.jwks.write_text(json.dumps({"keys": [{**public, "kid": "bench", "use": "sig"}]}))
+        claims = {
+            "iss": ISSUER,
+            "aud": "holdgate",
+            "sub": "bench-user",
+            "groups": ["bench"],
+            "exp": int(time.time()) + 3600,
+        }
+        self.token = jwt.encode(claims, key, algorithm="RS256", headers={"kid": "bench"})
+
+
+def gateway_config(upstream_url: str, jwks: Path, extra_rules: str = "") -> str:
     rules = "\n".join(
         f"  - name: rule {i}\n    match: {{groups: [team{i}], tool: [tool_{i}_*]}}\n"
         "    action: allow"
@@ -85,20 +129,23 @@ def gateway_config(upstream: str) -> str:
     )
     return f"""version: 1
 identity:
-  api_keys:
-    - name: bench
-      sha256: {hashlib.sha256(API_KEY.encode()).hexdigest()}
-      groups: [bench]
+  oidc:
+    - issuer: {ISSUER}
+      audience: holdgate
+      jwks_file: {jwks}
+      algorithms: [RS256]
+      groups_claim: groups
 upstreams:
   - name: fast
-    url: {upstream}
+    url: {upstream_url}
 rules:
 {rules}
+{extra_rules}
   - name: no shell
     match: {{tool: "exec_*"}}
     action: deny
   - name: bench calls
-    match: {{groups: [bench], tool: get_customer}}
+    match: {{groups: [bench], tool: [get_customer, stream_tool]}}
     action: allow
 masking:
   - name: pii
@@ -110,73 +157,123 @@ masking:
 """
 
 
-def start_proxy(tmp: Path, upstream: str, with_gateway: bool) -> tuple[subprocess.Popen, int]:
-    port = free_port()
-    cmd = [str(BIN / "mitmdump"), "-q", "--mode", f"reverse:{upstream}"]
-    cmd += ["--listen-host", "127.0.0.1", "--listen-port", str(port)]
-    if with_gateway:
-        config = tmp / "bench.yaml"
-        config.write_text(gateway_config(upstream))
-        cmd += ["-s", str(ROOT / "addons" / "gateway.py"), "--set", f"holdgate_config={config}"]
-        cmd += ["--set", f"holdgate_db={tmp / 'bench.sqlite3'}", "--set", "holdgate_admin="]
-        cmd += ["--set", f"holdgate_recordings={tmp / 'rec'}"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return proc, port
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("proxy did not start")
+class Proxy:
+    """A mitmdump in reverse mode: plain, or with the gateway and a config."""
+
+    def __init__(self, tmp: Path, upstream_url: str, config: str | None, *options: str) -> None:
+        self.port = free_port()
+        self.db = tmp / f"audit-{self.port}.sqlite3"
+        self.log = tmp / f"mitmdump-{self.port}.log"
+        cmd = [str(BIN / "mitmdump"), "--mode", f"reverse:{upstream_url}"]
+        cmd += ["--listen-host", "127.0.0.1", "--listen-port", str(self.port)]
+        cmd += ["--set", "termlog_verbosity=info", "--set", "flow_detail=0"]
+        if config is not None:
+            path = tmp / f"gateway-{self.port}.yaml"
+            path.write_text(config)
+            cmd += ["-s", str(ROOT / "addons" / "gateway.py"), "--set", f"holdgate_config={path}"]
+            cmd += ["--set", f"holdgate_db={self.db}", "--set", "holdgate_admin="]
+            cmd += ["--set", f"holdgate_recordings={tmp / f'rec-{self.port}'}"]
+        for option in options:
+            cmd += ["--set", option]
+        with self.log.open("wb") as sink:
+            self.proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, cwd=tmp)
+        wait_for_port(self.port, self.proc)
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+    def stop(self) -> str:
+        stop(self.proc)
+        return self.log.read_text(errors="replace")
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+# --- the load generator: asyncio, raw HTTP/1.1 keep-alive (cheap next to threads) ---------
 
 
-def drive(port: int, concurrency: int, count: int, budget: float) -> dict:
-    """POST tools/call with keep-alive connections; bounded by count and by time."""
-    body = json.dumps(
-        {
-            "jsonrpc": "2.0",
-            "id": 1,
-            "method": "tools/call",
-            "params": {"name": "get_customer", "arguments": {"customer_id": 1}},
-        }
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    headers = dict(
+        (k.strip().lower(), v.strip())
+        for k, _, v in (line.partition(b":") for line in head.split(b"\r\n")[1:] if line)
     )
-    headers = {
-        "Content-Type": "application/json",
-        "Accept": "application/json",
-        "X-API-Key": API_KEY,
-        "MCP-Protocol-Version": "2025-06-18",
-    }
-    per_worker = max(1, count // concurrency)
-    deadline = time.monotonic() + budget
+    if b"content-length" in headers:
+        return status, await reader.readexactly(int(headers[b"content-length"]))
+    if headers.get(b"transfer-encoding", b"").lower() == b"chunked":
+        parts = []
+        async for part in chunks(reader):
+            parts.append(part)
+        return status, b"".join(parts)
+    return status, await reader.read()
 
-    def worker(_: int) -> list[float]:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        out = []
-        for _ in range(per_worker):
-            if time.monotonic() > deadline:
-                break
-            start = time.perf_counter()
-            conn.request("POST", "/mcp", body, headers)
-            response = conn.getresponse()
-            response.read()
-            if response.status != 200:
-                raise RuntimeError(f"status {response.status}")
-            out.append(time.perf_counter() - start)
-        conn.close()
-        return out
+
+async def chunks(reader: asyncio.StreamReader):  # type: ignore[no-untyped-def]
+    while True:
+        size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+        if size == 0:
+            await reader.readuntil(b"\r\n")
+            return
+        yield await reader.readexactly(size)
+        await reader.readexactly(2)
+
+
+def request_bytes(body: dict, headers: dict[str, str]) -> bytes:
+    data = json.dumps(body).encode()
+    lines = [
+        "POST /mcp HTTP/1.1",
+        "Host: 127.0.0.1",
+        "Content-Type: application/json",
+        "Accept: application/json, text/event-stream",
+        "MCP-Protocol-Version: 2025-06-18",
+        f"Content-Length: {len(data)}",
+        *(f"{k}: {v}" for k, v in headers.items()),
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + data
+
+
+async def drive_async(
+    port: int, concurrency: int, count: int, budget: float, headers: dict[str, str]
+) -> dict:
+    """`count` tools/call over `concurrency` keep-alive connections, within `budget` s."""
+    payload = request_bytes(CALL, headers)
+    per_connection = max(1, count // concurrency)
+    deadline = time.monotonic() + budget
+    latencies: list[float] = []
+
+    async def connection() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            for _ in range(per_connection):
+                if time.monotonic() > deadline:
+                    return
+                began = time.perf_counter()
+                writer.write(payload)
+                status, body = await read_response(reader)
+                if status != 200 or b'"error"' in body:
+                    raise RuntimeError(f"HTTP {status}: {body[:300]!r}")
+                latencies.append(time.perf_counter() - began)
+        finally:
+            writer.close()
 
     began = time.perf_counter()
-    with ThreadPoolExecutor(concurrency) as pool:
-        latencies = [x for part in pool.map(worker, range(concurrency)) for x in part]
+    await asyncio.wait_for(asyncio.gather(*(connection() for _ in range(concurrency))), budget + 30)
     elapsed = time.perf_counter() - began
-    latencies.sort()
+    return summarise(latencies, elapsed)
+
+
+def drive(port: int, concurrency: int, count: int, budget: float, headers: dict) -> dict:
+    return asyncio.run(drive_async(port, concurrency, count, budget, headers))
+
+
+def summarise(latencies: list[float], elapsed: float) -> dict:
+    latencies = sorted(latencies)
     return {
         "requests": len(latencies),
         "rps": len(latencies) / elapsed,
@@ -185,91 +282,354 @@ def drive(port: int, concurrency: int, count: int, budget: float) -> dict:
     }
 
 
+def table(title: str, rows: list[list[object]], head: list[str]) -> None:
+    print(f"\n== {title}")
+    cells = [[_cell(c) for c in row] for row in [head, *rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(head))]
+    for row in cells:
+        print("  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)))
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 10 else f"{value:.0f}"
+    return str(value)
+
+
+def median_runs(runs: list[dict]) -> dict:
+    return {k: statistics.median(r[k] for r in runs) for k in runs[0] if runs[0][k] is not None}
+
+
+# --- scenarios ------------------------------------------------------------------------------
+
+
 def scenario_proxy(quick: bool) -> dict:
-    server = ThreadingHTTPServer(("127.0.0.1", free_port()), FastUpstream)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    upstream = f"http://127.0.0.1:{server.server_address[1]}"
-    results: dict = {}
-    with tempfile.TemporaryDirectory() as tmp_name:
+    with tempfile.TemporaryDirectory() as tmp_name, upstream() as up:
         tmp = Path(tmp_name)
-        plain, plain_port = start_proxy(tmp, upstream, with_gateway=False)
-        gateway, gateway_port = start_proxy(tmp, upstream, with_gateway=True)
-        targets = {
-            "direct": (None, server.server_address[1]),
-            "mitmdump": (plain, plain_port),
-            "gateway": (gateway, gateway_port),
-        }
+        signer = Signer(tmp)
+        auth = {"Authorization": f"Bearer {signer.token}"}
+        plain = Proxy(tmp, up, None)
+        gateway = Proxy(tmp, up, gateway_config(up, signer.jwks))
+        up_port = int(up.rsplit(":", 1)[1])
+        targets = {"direct": (None, up_port), "mitmdump": (plain, plain.port)}
+        targets["gateway"] = (gateway, gateway.port)
+        runs: dict[str, dict[str, list[dict]]] = {}
         try:
             for concurrency in (1, 16, 64):
-                count = (200 if quick else 2000) * (1 if concurrency == 1 else 2)
-                rounds = 1 if quick else 3
-                for _proc, port in targets.values():
-                    drive(port, concurrency, 50, 5)  # warm-up
-                for _ in range(rounds):  # interleaved to cancel machine noise
-                    for name, (proc, port) in targets.items():
-                        before = cpu_seconds(proc.pid) if proc else 0.0
-                        run = drive(port, concurrency, count, 60)
+                count = (300 if quick else 3000) * (1 if concurrency == 1 else 2)
+                for _, port in targets.values():
+                    drive(port, concurrency, 2 * concurrency, 10, auth)  # warm-up
+                for _ in range(1 if quick else 3):  # interleaved to cancel machine noise
+                    for name, (proxy, port) in targets.items():
+                        before = proxy.cpu_seconds() if proxy else 0.0
+                        run = drive(port, concurrency, count, 60, auth)
                         run["cpu_ms_per_request"] = (
-                            1000 * (cpu_seconds(proc.pid) - before) / run["requests"]
-                            if proc
+                            1000 * (proxy.cpu_seconds() - before) / run["requests"]
+                            if proxy
                             else None
                         )
-                        results.setdefault(f"c{concurrency}", {}).setdefault(name, []).append(run)
+                        runs.setdefault(f"c{concurrency}", {}).setdefault(name, []).append(run)
         finally:
-            for proc in (plain, gateway):
-                proc.send_signal(signal.SIGINT)
-                proc.wait(timeout=15)
-            server.shutdown()
-    summary = {}
-    for level, by_target in results.items():
-        summary[level] = {
-            name: {
-                k: statistics.median([r[k] for r in runs]) if runs[0][k] is not None else None
-                for k in runs[0]
-            }
-            for name, runs in by_target.items()
-        }
-        summary[level]["ratio_rps_gateway_vs_mitmdump"] = (
-            summary[level]["gateway"]["rps"] / summary[level]["mitmdump"]["rps"]
+            plain.stop()
+            gateway.stop()
+    summary: dict = {}
+    rows = []
+    for level, by_target in runs.items():
+        summary[level] = {name: median_runs(r) for name, r in by_target.items()}
+        gw, plain_run = summary[level]["gateway"], summary[level]["mitmdump"]
+        summary[level]["ratio_rps_gateway_vs_mitmdump"] = gw["rps"] / plain_run["rps"]
+        summary[level]["added_p50_ms"] = gw["p50_ms"] - plain_run["p50_ms"]
+        for name, result in summary[level].items():
+            if isinstance(result, dict):
+                rows.append(
+                    [
+                        level,
+                        name,
+                        result["rps"],
+                        result["p50_ms"],
+                        result["p99_ms"],
+                        result.get("cpu_ms_per_request", "-"),
+                    ]
+                )
+        rows.append(
+            [
+                level,
+                "gateway/mitmdump",
+                f"{summary[level]['ratio_rps_gateway_vs_mitmdump']:.0%}",
+                f"+{summary[level]['added_p50_ms']:.2f}",
+                "",
+                "",
+            ]
         )
-        summary[level]["added_p50_ms"] = (
-            summary[level]["gateway"]["p50_ms"] - summary[level]["mitmdump"]["p50_ms"]
-        )
+    table("proxy: tools/call", rows, ["level", "target", "req/s", "p50 ms", "p99 ms", "cpu ms/req"])
     return summary
 
 
-def tool_result(size: int) -> dict:
-    record = {
-        "id": 1,
-        "name": "Ada Lovelace",
-        "email": "ada@example.com",
-        "phone": "+44 20 7946 0958",
-        "card": "4111 1111 1111 1111",
-        "note": "customer since 2019, prefers e-mail contact; " * 2,
+SENT = re.compile(rb'"sent_ns":\s*(\d+)')
+
+
+async def read_stream(port: int, headers: dict[str, str]) -> dict:
+    """One stream_tool call; per-event latency from the upstream's timestamps."""
+    call = {**CALL, "params": {"name": "stream_tool", "arguments": {}}}
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 22)
+    writer.write(request_bytes(call, headers))
+    head = await reader.readuntil(b"\r\n\r\n")
+    if b" 200 " not in head.split(b"\r\n")[0]:
+        raise RuntimeError(f"stream refused: {head!r} {await reader.read(500)!r}")
+    latencies: list[float] = []
+    pending = b""
+    received = 0
+    began = time.perf_counter()
+    async for part in chunks(reader):
+        now = time.time_ns()
+        received += len(part)
+        pending += part
+        *events, pending = pending.split(b"\n\n")
+        for event in events:
+            found = SENT.search(event)
+            if found:
+                latencies.append((now - int(found.group(1))) / 1e6)
+    writer.close()
+    elapsed = time.perf_counter() - began
+    latencies.sort()
+    return {
+        "events": len(latencies),
+        "mb": received / 1e6,
+        "seconds": elapsed,
+        "p50_ms": statistics.median(latencies),
+        "p99_ms": latencies[int(len(latencies) * 0.99)],
+        "max_ms": latencies[-1],
     }
-    records = []
-    while len(json.dumps(records)) < size:
-        records.append(record)
-    return {"content": [{"type": "text", "text": json.dumps(records)}]}
+
+
+def scenario_sse(quick: bool) -> dict:
+    events = 20_000 if quick else 100_000
+    stream_args = ("--sse-events", str(events), "--sse-bytes", "1000", "--sse-rate", "10000")
+    results: dict = {}
+    with tempfile.TemporaryDirectory() as tmp_name, upstream(*stream_args) as up:
+        tmp = Path(tmp_name)
+        signer = Signer(tmp)
+        auth = {"Authorization": f"Bearer {signer.token}"}
+        up_port = int(up.rsplit(":", 1)[1])
+        results["direct"] = asyncio.run(read_stream(up_port, auth))
+        plain = Proxy(tmp, up, None, "stream_large_bodies=1")
+        try:
+            results["mitmdump"] = asyncio.run(read_stream(plain.port, auth))
+        finally:
+            plain.stop()
+        gateway = Proxy(tmp, up, gateway_config(up, signer.jwks))
+        try:
+            drive(gateway.port, 1, 5, 10, auth)  # warm-up: imports, JWKS, store
+            baseline = gateway.rss_mb()
+            peak = [baseline]
+            done = threading.Event()
+
+            def sample() -> None:
+                while not done.wait(0.02):
+                    peak[0] = max(peak[0], gateway.rss_mb())
+
+            sampler = threading.Thread(target=sample)
+            sampler.start()
+            try:
+                results["gateway"] = asyncio.run(read_stream(gateway.port, auth))
+            finally:
+                done.set()
+                sampler.join()
+            results["gateway"]["rss_before_mb"] = baseline
+            results["gateway"]["rss_growth_mb"] = peak[0] - baseline
+        finally:
+            gateway.stop()
+    for name in ("mitmdump", "gateway"):
+        for key in ("p50_ms", "p99_ms"):
+            results[name][f"added_{key}"] = results[name][key] - results["direct"][key]
+    rows = [
+        [
+            name,
+            r["events"],
+            r["mb"],
+            r["seconds"],
+            r["p50_ms"],
+            r["p99_ms"],
+            r.get("added_p99_ms", "-"),
+            r.get("rss_growth_mb", "-"),
+        ]
+        for name, r in results.items()
+    ]
+    table(
+        f"sse: {events} events, ~1 KB each, paced at 10k/s",
+        rows,
+        ["target", "events", "MB", "s", "p50 ms", "p99 ms", "added p99", "RSS growth MB"],
+    )
+    return results
+
+
+def count_rows(db: Path) -> int:
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
+        return int(conn.execute("SELECT count(*) FROM events").fetchone()[0])
+
+
+def scenario_audit(quick: bool) -> dict:
+    seconds = 5 if quick else 20
+    with tempfile.TemporaryDirectory() as tmp_name, upstream() as up:
+        tmp = Path(tmp_name)
+        signer = Signer(tmp)
+        auth = {"Authorization": f"Bearer {signer.token}"}
+        gateway = Proxy(tmp, up, gateway_config(up, signer.jwks))
+        try:
+            drive(gateway.port, 4, 40, 10, auth)
+            time.sleep(1)
+            before = count_rows(gateway.db)
+            run = drive(gateway.port, 16, 10**7, seconds, auth)
+            during = count_rows(gateway.db) - before
+        finally:
+            log = gateway.stop()
+        total = count_rows(gateway.db) - before
+    depth = re.search(r"max queue depth (\d+)", log)
+    lost = re.search(r"(\d+) rows lost", log)
+    elapsed = run["requests"] / run["rps"]
+    result = {
+        "seconds": elapsed,
+        "calls": run["requests"],
+        "rows_produced_per_s": total / elapsed,
+        "rows_written_during_load_per_s": during / elapsed,
+        "rows_total": total,
+        "max_queue_depth": int(depth.group(1)) if depth else None,
+        "queue_bound": 10_000,
+        "rows_lost": int(lost.group(1)) if lost else None,
+    }
+    table(
+        "audit: sustained calls at concurrency 16 (2 rows per call)",
+        [
+            [
+                result[k]
+                for k in (
+                    "calls",
+                    "rows_produced_per_s",
+                    "rows_written_during_load_per_s",
+                    "max_queue_depth",
+                    "rows_lost",
+                )
+            ]
+        ],
+        ["calls", "rows/s produced", "rows/s written", "max queue", "lost"],
+    )
+    return result
+
+
+HELD_RULE = """  - name: held for ops
+    match: {tool: held_tool}
+    action: approve
+    approvers: [ops]
+    timeout: 30m
+"""
+
+
+def pending(db: Path) -> int:
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
+        return int(
+            conn.execute("SELECT count(*) FROM v_approvals WHERE state = 'pending'").fetchone()[0]
+        )
+
+
+def wait_until(check, seconds: float) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def scenario_holds(quick: bool) -> dict:
+    holds = 200
+    count = 1000 if quick else 4000
+    with tempfile.TemporaryDirectory() as tmp_name, upstream() as up:
+        tmp = Path(tmp_name)
+        signer = Signer(tmp)
+        auth = {"Authorization": f"Bearer {signer.token}"}
+        gateway = Proxy(tmp, up, gateway_config(up, signer.jwks, HELD_RULE))
+        runs: dict[str, list[dict]] = {"no holds": [], f"{holds} holds": []}
+        held_call = request_bytes({**CALL, "params": {"name": "held_tool"}}, auth)
+        try:
+            drive(gateway.port, 16, 160, 10, auth)
+
+            async def measure_with_holds() -> dict:
+                conns = [
+                    await asyncio.open_connection("127.0.0.1", gateway.port) for _ in range(holds)
+                ]
+                try:
+                    for _, writer in conns:
+                        writer.write(held_call)
+                    ok = await asyncio.to_thread(
+                        wait_until, lambda: pending(gateway.db) >= holds, 60
+                    )
+                    if not ok:
+                        raise RuntimeError(f"only {pending(gateway.db)} of {holds} holds pending")
+                    return await drive_async(gateway.port, 16, count, 60, auth)
+                finally:
+                    for _, writer in conns:  # the client goes away: each hold is cancelled
+                        writer.close()
+
+            for _ in range(1 if quick else 3):  # interleaved
+                runs["no holds"].append(drive(gateway.port, 16, count, 60, auth))
+                runs[f"{holds} holds"].append(asyncio.run(measure_with_holds()))
+                if not wait_until(lambda: pending(gateway.db) == 0, 60):
+                    raise RuntimeError("held requests were not cancelled")
+        finally:
+            gateway.stop()
+    summary = {name: median_runs(r) for name, r in runs.items()}
+    base, held = summary["no holds"], summary[f"{holds} holds"]
+    summary["p50_change"] = held["p50_ms"] / base["p50_ms"] - 1
+    table(
+        "holds: normal tools/call at concurrency 16",
+        [[n, r["rps"], r["p50_ms"], r["p99_ms"]] for n, r in summary.items() if isinstance(r, dict)]
+        + [["p50 change", "", f"{summary['p50_change']:+.1%}", ""]],
+        ["condition", "req/s", "p50 ms", "p99 ms"],
+    )
+    return summary
 
 
 def scenario_masking(quick: bool) -> dict:
-    doc = parse_yaml(
-        "masking:\n  - name: pii\n    detectors: [email, phone, credit_card, iban, us_ssn]\n"
-        "    strategy: partial\n  - name: secrets\n    detectors: [aws_access_key, github_token,"
-        " jwt, private_key, generic_secret]\n    strategy: redact\n",
-        "bench",
-    )
-    policy = parse_masking(doc.root.child("masking"), doc.root.child("detectors"))
-    effect = policy.profiles_for("x", "t", ())
-    out = {}
+    """The realistic PII-dense tool result of bench_masking.py, as JSON and as one SSE event."""
+    out: dict = {}
+    rows = []
     for mb in (1, 10):
-        value = tool_result(mb * 1_000_000)
-        size = len(json.dumps(value))
-        start = time.perf_counter()
-        mask_json(value, effect)
-        out[f"{mb}MB_json_MBps"] = size / 1e6 / (time.perf_counter() - start)
+        body = bench_masking.tool_result(mb * 1_000_000)
+        wire = b"event: message\ndata: " + body.encode() + b"\n\n"
+        for label, effect in bench_masking.effects().items():
+            json_s = best_of(1 if quick else 3, lambda b=body, e=effect: mask_body(b, e))
+            sse_s = best_of(1 if quick else 3, lambda w=wire, e=effect: mask_event(w, e))
+            key = f"{mb}MB {label}"
+            out[key] = {"json_MBps": len(body) / 1e6 / json_s, "sse_MBps": len(wire) / 1e6 / sse_s}
+            rows.append([f"{mb} MB", label, out[key]["json_MBps"], out[key]["sse_MBps"]])
+    table(
+        "masking: one core, loads + mask + dumps",
+        rows,
+        ["body", "profiles", "JSON MB/s", "SSE MB/s"],
+    )
     return out
+
+
+def mask_body(body: str, effect) -> bytes:  # type: ignore[no-untyped-def]
+    return dumps(mask_json(json.loads(body), effect).value)
+
+
+def mask_event(wire: bytes, effect) -> bytes:  # type: ignore[no-untyped-def]
+    decoder = SSEDecoder(max_event_bytes=len(wire) + 1)
+    out = b""
+    for event in decoder.feed(wire):
+        masked = mask_json(json.loads(event.data), effect).value
+        out += encode_event(replace(event, data=dumps(masked).decode()))
+    return out
+
+
+def best_of(repeat: int, run) -> float:  # type: ignore[no-untyped-def]
+    times = []
+    for _ in range(repeat):
+        began = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - began)
+    return min(times)
 
 
 def scenario_policy(quick: bool) -> dict:
@@ -308,10 +668,25 @@ def scenario_policy(quick: bool) -> dict:
             for _ in range(repeats):
                 policy.evaluate(Caller(), "up", call)
             out[f"{kind}_rules_{n}_us"] = 1e6 * (time.perf_counter() - start) / repeats
+    table(
+        "policy: one decision that no rule matches (the worst case)",
+        [
+            [kind] + [out[f"{kind}_rules_{n}_us"] for n in (10, 100, 1000)]
+            for kind in ("tool", "args")
+        ],
+        ["rules on", "10 (µs)", "100 (µs)", "1,000 (µs)"],
+    )
     return out
 
 
-SCENARIOS = {"proxy": scenario_proxy, "masking": scenario_masking, "policy": scenario_policy}
+SCENARIOS = {
+    "proxy": scenario_proxy,
+    "sse": scenario_sse,
+    "audit": scenario_audit,
+    "holds": scenario_holds,
+    "masking": scenario_masking,
+    "policy": scenario_policy,
+}
 
 
 def main() -> None:
@@ -331,8 +706,6 @@ def main() -> None:
     }
     for name in args.scenario or list(SCENARIOS):
         report[name] = SCENARIOS[name](args.quick)
-        print(f"== {name}")
-        print(json.dumps(report[name], indent=2, default=lambda v: round(v, 3)))
     folder = ROOT / "bench-results"
     folder.mkdir(exist_ok=True)
     path = folder / f"{report['when'].replace(':', '')}.json"
