@@ -22,11 +22,11 @@ from typing import Any
 from mitmproxy import ctx, exceptions, http
 
 from configloader import ConfigLoader
-from holdgate.config import CREDENTIAL_HEADERS, GatewayConfig
+from holdgate.config import GatewayConfig
 from holdgate.jsonrpc import INTERNAL_ERROR
 from holdgate.masking import mask_json
 from holdgate.proxy import MessageContext, fail_closed, is_mcp, objects, refuse, session_key, state
-from holdgate.recordings import RecordingWriter
+from holdgate.recordings import RecordingWriter, Redaction
 from holdgate.store import AuditWriter, StoreError
 
 logger = logging.getLogger("holdgate")
@@ -293,23 +293,20 @@ class Recorder:
             state(flow)["audit_lost"] = True
 
     def _write_recording(self, flow: http.HTTPFlow, config: GatewayConfig) -> None:
+        """Only a state snapshot is taken here; the masked copy is built off the loop."""
         if self.recordings is None:
             return
-        snapshot = flow.copy()
-        for name in CREDENTIAL_HEADERS + ("cookie",):
-            snapshot.request.headers.pop(name, None)
-        for name in state(flow).get("injected", ()):
-            if name in snapshot.request.headers:
-                snapshot.request.headers[name] = "[injected by holdgate]"
+        st = state(flow)
         extras = objects(flow)
-        if snapshot.response is not None and snapshot.response.stream:
-            snapshot.response.stream = False
-            snapshot.response.content = bytes(extras.streamed)
-        decision = _flow_comment(state(flow))
-        snapshot.comment = decision
-        snapshot.marked = ":no_entry:" if "refused" in state(flow) else ":white_check_mark:"
+        streamed = flow.response is not None and bool(flow.response.stream)
+        redaction = Redaction(
+            injected=tuple(st.get("injected", ())),
+            streamed=bytes(extras.streamed) if streamed else None,
+            comment=_flow_comment(st),
+            marked=":no_entry:" if "refused" in st else ":white_check_mark:",
+        )
         name = session_key(flow) or f"stateless-{time.strftime('%Y%m%d')}"
-        self.recordings.submit(name, snapshot)
+        self.recordings.submit(name, flow.get_state(), redaction)
 
 
 def _flow_comment(st: dict[str, Any]) -> str:

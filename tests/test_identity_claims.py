@@ -1,11 +1,16 @@
 """Pure identity logic: claim mapping, config validation, API keys, trusted addresses."""
 
 import asyncio
+import json
+import time
 
+import jwt
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from holdgate.configfile import ConfigError, parse_yaml
 from holdgate.identity import (
+    VERIFIED_TTL,
     Authenticator,
     AuthError,
     api_key_hash,
@@ -111,3 +116,77 @@ def test_trusted_header_only_from_listed_networks():
     assert inside.identity.user == "ann" and inside.identity.groups == ("a", "b")
     outside = asyncio.run(auth.authenticate(headers, "192.168.1.1"))
     assert outside.identity is None and set(outside.spoofed_headers) == {"x-user", "x-groups"}
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+EXPIRES = int(time.time()) + 3600
+
+
+def signed(key, **claims) -> str:
+    base = {"iss": "https://idp.test", "aud": "holdgate", "sub": "ann", "exp": EXPIRES}
+    return jwt.encode({**base, **claims}, key, algorithm="RS256", headers={"kid": "k1"})
+
+
+@pytest.fixture
+def issuer():
+    """An RSA key, a JWKS fetch that counts its calls, and a verifier with fake clocks."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
+    jwks = {"keys": [{**public, "kid": "k1"}]}
+    fetched = []
+
+    async def fetch(url: str) -> bytes:
+        fetched.append(url)
+        return json.dumps(jwks).encode()
+
+    config = identity_config(
+        "identity:\n  oidc:\n    - issuer: https://idp.test\n      audience: holdgate\n"
+        "      jwks_uri: https://idp.test/jwks\n      algorithms: [RS256]\n"
+    )
+    monotonic, wall = Clock(1000.0), Clock(time.time())
+    auth = Authenticator(config, fetch, clock=monotonic, wall_clock=wall)
+    return key, auth, monotonic, wall, jwks
+
+
+def check(auth, token: str):
+    return asyncio.run(auth.authenticate({"authorization": [f"Bearer {token}"]}, "127.0.0.1"))
+
+
+def test_a_verified_token_is_reused_but_expiry_still_applies(issuer, monkeypatch):
+    key, auth, monotonic, wall, _ = issuer
+    token = signed(key)
+    verifications = []
+    real = auth._verify_jwt
+
+    async def counted(value):
+        verifications.append(value)
+        return await real(value)
+
+    monkeypatch.setattr(auth, "_verify_jwt", counted)
+    assert check(auth, token).identity.user == "ann"
+    assert check(auth, token).identity.user == "ann"
+    assert len(verifications) == 1
+    wall.now = EXPIRES + 3600  # past exp and leeway: verified again (pyjwt decides)
+    check(auth, token)
+    assert len(verifications) == 2
+
+
+def test_the_reuse_window_is_bounded_and_a_rotated_out_key_ends_it(issuer):
+    key, auth, monotonic, _, jwks = issuer
+    token = signed(key)
+    assert check(auth, token).identity is not None
+    entry = next(iter(auth._verified.values()))
+    monotonic.now += VERIFIED_TTL + 1  # the window is over: verified again, a new entry
+    assert check(auth, token).identity is not None
+    assert next(iter(auth._verified.values())) is not entry
+    auth._caches["https://idp.test"].keys.clear()  # the key was rotated out
+    jwks["keys"] = []
+    refused = check(auth, token)
+    assert refused.identity is None and "key" in refused.error

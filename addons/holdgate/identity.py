@@ -15,6 +15,7 @@ import json
 import secrets
 import time
 import urllib.request
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -296,16 +297,35 @@ class _KeyCache:
     refreshing: asyncio.Future[None] | None = None
 
 
+# A token verified once is taken again without the signature check for a short while:
+# RSA verification and JWT parsing are most of an authenticated call's cost. Expiry and
+# not-before are still checked on every use, and the signing key must still be known.
+VERIFIED_TTL = 60.0
+VERIFIED_MAX = 10_000
+
+
+@dataclass(frozen=True)
+class _Verified:
+    identity: Identity
+    issuer: str
+    not_before: float  # wall clock, leeway applied
+    expires: float
+    cached_at: float  # self._clock
+
+
 class Authenticator:
     def __init__(
         self,
         config: IdentityConfig,
         fetch: Fetch | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
         self._fetch = fetch or fetch_url
         self._clock = clock
+        self._wall_clock = wall_clock
+        self._verified: OrderedDict[bytes, _Verified] = OrderedDict()
         self._caches: dict[str, _KeyCache] = {}
         for issuer in config.oidc:
             cache = _KeyCache()
@@ -367,6 +387,36 @@ class Authenticator:
         return Identity(found.name, found.groups, "api_key", name=found.name)
 
     async def _jwt(self, token: str) -> Identity:
+        digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+        hit = self._verified.get(digest)
+        if hit is not None:
+            if self._still_valid(hit):
+                return hit.identity
+            del self._verified[digest]
+        identity, claims, leeway = await self._verify_jwt(token)
+        if isinstance(claims.get("exp"), int | float):
+            nbf = claims.get("nbf")
+            self._verified[digest] = _Verified(
+                identity,
+                identity.issuer or "",
+                (nbf - leeway) if isinstance(nbf, int | float) else float("-inf"),
+                claims["exp"] + leeway,
+                self._clock(),
+            )
+            if len(self._verified) > VERIFIED_MAX:
+                self._verified.popitem(last=False)
+        return identity
+
+    def _still_valid(self, hit: _Verified) -> bool:
+        now = self._wall_clock()
+        keys = self._caches[hit.issuer].keys if hit.issuer in self._caches else {}
+        return (
+            self._clock() - hit.cached_at < VERIFIED_TTL
+            and hit.not_before <= now < hit.expires
+            and (hit.identity.key_id in keys if hit.identity.key_id is not None else bool(keys))
+        )
+
+    async def _verify_jwt(self, token: str) -> tuple[Identity, dict[str, Any], float]:
         try:
             header = jwt.get_unverified_header(token)
             unverified = jwt.decode(token, options={"verify_signature": False})
@@ -410,7 +460,8 @@ class Authenticator:
         if not isinstance(user, str) or not user:
             raise AuthError(f"token has no {issuer.user_claim} claim")
         groups = group_list(claim(claims, issuer.groups_claim)) if issuer.groups_claim else ()
-        return Identity(user, groups, "oidc", issuer=issuer.issuer, key_id=kid)
+        identity = Identity(user, groups, "oidc", issuer=issuer.issuer, key_id=kid)
+        return identity, claims, issuer.leeway
 
     async def _key(self, issuer: OidcIssuer, kid: str | None) -> PyJWK:
         cache = self._caches[issuer.issuer]
