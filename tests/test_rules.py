@@ -307,3 +307,33 @@ def test_tool_index_decides_exactly_like_first_match(specs, tool, method):
     expected = linear(p, caller, "crm", message)
     got = p.evaluate(caller, "crm", message)
     assert got.rule == (expected.rule if expected else "default-deny")
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["", "upstream: [crm], ", "upstream: [crm, hr], "]),
+            st.sampled_from(["", "users: [ann], ", "users: [bob, ann], "]),
+            st.sampled_from(["", "groups: [g], ", "groups: [x, y], "]),
+            st.sampled_from(["tool: a", "tool: 'a*'", "method: ping"]),
+        ),
+        min_size=1,
+        max_size=8,
+    ),
+    st.sampled_from(["ann", "bob", "cy"]),
+    st.lists(st.sampled_from(["g", "x", "z"]), max_size=2),
+    st.sampled_from(["crm", "hr", "ops"]),
+    st.sampled_from(["a", "ab", "ping"]),
+)
+def test_identity_prefilter_decides_exactly_like_every_check(specs, user, groups, upstream, name):
+    text = "rules:\n" + "".join(
+        f"  - name: r{i}\n    match: {{{u}{us}{g}{t}}}\n    action: allow\n"
+        for i, (u, us, g, t) in enumerate(specs)
+    )
+    p = policy(text)
+    message = msg("ping") if name == "ping" else call(name)
+    caller = Caller(user, tuple(groups))
+    expected = linear(p, caller, upstream, message)
+    assert p.evaluate(caller, upstream, message).rule == (
+        expected.rule if expected else "default-deny"
+    )

@@ -172,10 +172,13 @@ class MessageContext:
 
 def session_key(flow: http.HTTPFlow) -> str | None:
     """The MCP session a flow belongs to: Mcp-Session-Id, or the legacy transport's query id."""
-    found = flow.request.headers.get("mcp-session-id") or flow.request.query.get("session_id")
-    if found is None:
-        found = objects(flow).extra.get("session_key")
-    return found
+    found = flow.request.headers.get("mcp-session-id")
+    if found:
+        return found
+    extra = objects(flow).extra
+    if "query_session" not in extra:  # parsing the query is costly; it does not change
+        extra["query_session"] = flow.request.query.get("session_id")
+    return extra["query_session"] or extra.get("session_key")
 
 
 class Correlator:
