@@ -142,18 +142,23 @@ class SSEPass:
         self.cut = False
         self.pending = list(objects(flow).pending_errors)
 
-    def __call__(self, chunk: bytes) -> bytes:
+    def __call__(self, chunk: bytes) -> list[bytes]:
+        """The bytes to send for one upstream chunk: none while an event is incomplete.
+
+        Never an empty bytes: mitmproxy would write it as a zero-length chunk, which ends
+        a chunked response for the client in the middle of the stream.
+        """
         if self.cut:
-            return b""
+            return []
         try:
             out = [self._encode_pending()] if self.pending else []
             events = self.decoder.feed(chunk) if chunk else self.decoder.close()
             out.extend(self.process(event) for event in events)
             data = b"".join(out)
             objects(self.flow).keep_for_recording(data)
-            return data
+            return [data] if data else []
         except Exception as exc:  # noqa: BLE001 - a failing stream is cut, never passed raw
-            return self._cut(exc)
+            return [self._cut(exc)]
 
     def _encode_pending(self) -> bytes:
         data = b"".join(

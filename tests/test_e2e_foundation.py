@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from mcp import MCPError
@@ -272,3 +275,53 @@ def test_routing_header_sent_twice_is_refused(gateway, demo):
     assert response.status == 400
     assert "sent 2 times" in json.loads(response.read())["error"]["message"]
     assert demo.requests() == []
+
+
+class SplitEvents(BaseHTTPRequestHandler):
+    """An upstream whose events arrive torn across network writes, as on a slow link."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        progress = {
+            "jsonrpc": "2.0",
+            "method": "notifications/progress",
+            "params": {"progressToken": 1, "progress": 1, "message": "x" * 3000},
+        }
+        result = {"jsonrpc": "2.0", "id": 1, "result": {"content": [], "isError": False}}
+        stream = b"".join(
+            b"event: message\ndata: " + json.dumps(m).encode() + b"\n\n" for m in (progress, result)
+        )
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        for start in range(0, len(stream), 700):  # no piece holds a whole event
+            piece = stream[start : start + 700]
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            self.wfile.flush()
+            time.sleep(0.02)
+        self.wfile.write(b"0\r\n\r\n")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_events_torn_across_network_chunks_arrive_whole(gateway_factory):
+    """A chunk holding no complete event must send nothing, not an empty HTTP chunk (which
+    would end the response for the client mid-stream)."""
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), SplitEvents)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        gw = gateway_factory(OPEN_CONFIG.format(url=url), url)
+        answer = raw_post(gw.url + "/mcp", tools_call("get_customer", {}), MODERN)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert answer.status == 200
+    events = [e for e in answer.body.decode().split("\n\n") if e.strip()]
+    messages = [json.loads(e.split("data: ", 1)[1]) for e in events]
+    assert [m.get("method") or m.get("id") for m in messages] == ["notifications/progress", 1]
+    assert messages[0]["params"]["message"] == "x" * 3000
