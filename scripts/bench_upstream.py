@@ -59,6 +59,8 @@ async def stream(writer: asyncio.StreamWriter, events: int, size: int, rate: flo
         }
         writer.write(chunk(b"data: " + json.dumps(note).encode() + b"\n\n"))
         if index % burst == burst - 1:
+            if writer.is_closing():  # the client went away
+                return
             await writer.drain()
             ahead = started + (index + 1) / rate - time.monotonic()
             if ahead > 0:
