@@ -326,7 +326,12 @@ def _flow_comment(st: dict[str, Any]) -> str:
 
 def _extra(st: dict[str, Any]) -> dict[str, Any]:
     keys = ("spoofing", "auth_error", "error", "stream_cut", "hidden", "exempted", "audit_error")
-    return {k: st[k] for k in keys if k in st}
+    extra = {k: st[k] for k in keys if k in st}
+    if "refused" in st:  # what the client got, when it is not what the rule decided
+        extra["refused"] = {
+            k: v for k, v in st["refused"].items() if k in ("kind", "code", "message")
+        }
+    return extra
 
 
 def _id(message: Any) -> str | None:

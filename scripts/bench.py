@@ -6,6 +6,8 @@ Scenarios (all on loopback; every process is started and stopped here):
   proxy    tools/call through: direct to the upstream, plain mitmdump, and mitmdump + gateway
            (JWT identity, ~50 rules, masking and recorder on), at concurrency 1, 16 and 64,
            interleaved round by round; requests/s, p50/p99, proxy CPU per request
+  mix      the same three ways at concurrency 16 to the demo server (official MCP SDK), cycling
+           tools/list, get_customer (PII, masked), search_customers and a SQL read
   sse      one tools/call answered by a 100 MB stream of 100k SSE events (2,500/s): gateway
            RSS growth and per-event latency, against plain mitmdump (streaming) and direct
   audit    sustained calls at concurrency 16: rows/s the audit store keeps up with, and the
@@ -225,11 +227,11 @@ async def chunks(reader: asyncio.StreamReader):  # type: ignore[no-untyped-def]
         await reader.readexactly(2)
 
 
-def request_bytes(body: dict, headers: dict[str, str]) -> bytes:
+def request_bytes(body: dict, headers: dict[str, str], port: int = 80) -> bytes:
     data = json.dumps(body).encode()
     lines = [
         "POST /mcp HTTP/1.1",
-        "Host: 127.0.0.1",
+        f"Host: 127.0.0.1:{port}",
         "Content-Type: application/json",
         "Accept: application/json, text/event-stream",
         "MCP-Protocol-Version: 2025-06-18",
@@ -240,22 +242,28 @@ def request_bytes(body: dict, headers: dict[str, str]) -> bytes:
 
 
 async def drive_async(
-    port: int, concurrency: int, count: int, budget: float, headers: dict[str, str]
+    port: int,
+    concurrency: int,
+    count: int,
+    budget: float,
+    headers: dict[str, str],
+    messages: tuple[dict, ...] = (CALL,),
 ) -> dict:
-    """`count` tools/call over `concurrency` keep-alive connections, within `budget` s."""
-    payload = request_bytes(CALL, headers)
+    """`count` requests over `concurrency` keep-alive connections, within `budget` s,
+    cycling through `messages`."""
+    payloads = [request_bytes(message, headers, port) for message in messages]
     per_connection = max(1, count // concurrency)
     deadline = time.monotonic() + budget
     latencies: list[float] = []
 
-    async def connection() -> None:
+    async def connection(offset: int) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         try:
-            for _ in range(per_connection):
+            for i in range(per_connection):
                 if time.monotonic() > deadline:
                     return
                 began = time.perf_counter()
-                writer.write(payload)
+                writer.write(payloads[(offset + i) % len(payloads)])
                 status, body = await read_response(reader)
                 if status != 200 or b'"error"' in body:
                     raise RuntimeError(f"HTTP {status}: {body[:300]!r}")
@@ -264,13 +272,20 @@ async def drive_async(
             writer.close()
 
     began = time.perf_counter()
-    await asyncio.wait_for(asyncio.gather(*(connection() for _ in range(concurrency))), budget + 30)
+    await asyncio.wait_for(asyncio.gather(*map(connection, range(concurrency))), budget + 30)
     elapsed = time.perf_counter() - began
     return summarise(latencies, elapsed)
 
 
-def drive(port: int, concurrency: int, count: int, budget: float, headers: dict) -> dict:
-    return asyncio.run(drive_async(port, concurrency, count, budget, headers))
+def drive(
+    port: int,
+    concurrency: int,
+    count: int,
+    budget: float,
+    headers: dict,
+    messages: tuple[dict, ...] = (CALL,),
+) -> dict:
+    return asyncio.run(drive_async(port, concurrency, count, budget, headers, messages))
 
 
 def summarise(latencies: list[float], elapsed: float) -> dict:
@@ -308,31 +323,101 @@ def scenario_proxy(quick: bool) -> dict:
     with tempfile.TemporaryDirectory() as tmp_name, upstream() as up:
         tmp = Path(tmp_name)
         signer = Signer(tmp)
-        auth = {"Authorization": f"Bearer {signer.token}"}
-        plain = Proxy(tmp, up, None)
-        gateway = Proxy(tmp, up, gateway_config(up, signer.jwks))
-        up_port = int(up.rsplit(":", 1)[1])
-        targets = {"direct": (None, up_port), "mitmdump": (plain, plain.port)}
-        targets["gateway"] = (gateway, gateway.port)
-        runs: dict[str, dict[str, list[dict]]] = {}
-        try:
-            for concurrency in (1, 16, 64):
-                count = (300 if quick else 3000) * (1 if concurrency == 1 else 2)
-                for _, port in targets.values():
-                    drive(port, concurrency, 2 * concurrency, 10, auth)  # warm-up
-                for _ in range(1 if quick else 3):  # interleaved to cancel machine noise
-                    for name, (proxy, port) in targets.items():
-                        before = proxy.cpu_seconds() if proxy else 0.0
-                        run = drive(port, concurrency, count, 60, auth)
-                        run["cpu_ms_per_request"] = (
-                            1000 * (proxy.cpu_seconds() - before) / run["requests"]
-                            if proxy
-                            else None
-                        )
-                        runs.setdefault(f"c{concurrency}", {}).setdefault(name, []).append(run)
-        finally:
-            plain.stop()
-            gateway.stop()
+        runs = compare_proxies(
+            tmp, up, gateway_config(up, signer.jwks), signer, (1, 16, 64), quick, (CALL,)
+        )
+    return summarise_comparison("proxy: tools/call to the minimal upstream", runs)
+
+
+def mcp_call(tool: str, **arguments: object) -> dict:
+    return {**CALL, "params": {"name": tool, "arguments": arguments}}
+
+
+# A realistic mix for the demo server: discovery, PII-heavy records (masked), searches and
+# SQL reads checked by an argument rule.
+DEMO_MIX = (
+    {"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+    mcp_call("get_customer", customer_id=3),
+    mcp_call("search_customers", query="example.org", limit=5),
+    mcp_call("run_sql", query="SELECT id, name, country FROM customers LIMIT 5"),
+    mcp_call("get_customer", customer_id=7),
+)
+
+DEMO_RULES = """  - name: no SQL writes
+    match:
+      tool: run_sql
+      args: {"$.query": {regex: "(?i)\\b(insert|update|delete|drop|alter)\\b"}}
+    action: deny
+  - name: discovery
+    match: {method: [tools/list, initialize, "notifications/*"]}
+    action: allow
+  - name: demo reads
+    match: {groups: [bench], tool: [search_customers, run_sql]}
+    action: allow
+"""
+
+
+@contextmanager
+def demo_server(tmp: Path) -> Iterator[str]:
+    port = free_port()
+    cmd = [sys.executable, str(ROOT / "scripts" / "demo_server.py"), "--host", "127.0.0.1"]
+    cmd += ["--port", str(port), "--json-response", "--stateless", "--db", str(tmp / "demo.db")]
+    with (tmp / "demo.log").open("wb") as sink:
+        proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(port, proc)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop(proc)
+
+
+def scenario_mix(quick: bool) -> dict:
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        with demo_server(tmp) as up:
+            signer = Signer(tmp)
+            config = gateway_config(up, signer.jwks, DEMO_RULES)
+            runs = compare_proxies(tmp, up, config, signer, (16,), quick, DEMO_MIX)
+    return summarise_comparison("mix: the demo server (MCP SDK), 5-message mix", runs)
+
+
+def compare_proxies(
+    tmp: Path,
+    up: str,
+    config: str,
+    signer: Signer,
+    levels: tuple[int, ...],
+    quick: bool,
+    messages: tuple[dict, ...],
+) -> dict[str, dict[str, list[dict]]]:
+    """Direct, plain mitmdump and gateway, interleaved round by round at each level."""
+    auth = {"Authorization": f"Bearer {signer.token}"}
+    plain = Proxy(tmp, up, None)
+    gateway = Proxy(tmp, up, config)
+    up_port = int(up.rsplit(":", 1)[1])
+    targets = {"direct": (None, up_port), "mitmdump": (plain, plain.port)}
+    targets["gateway"] = (gateway, gateway.port)
+    runs: dict[str, dict[str, list[dict]]] = {}
+    try:
+        for concurrency in levels:
+            count = (300 if quick else 3000) * (1 if concurrency == 1 else 2)
+            for _, port in targets.values():
+                drive(port, concurrency, 2 * concurrency, 10, auth, messages)  # warm-up
+            for _ in range(1 if quick else 3):  # interleaved to cancel machine noise
+                for name, (proxy, port) in targets.items():
+                    before = proxy.cpu_seconds() if proxy else 0.0
+                    run = drive(port, concurrency, count, 60, auth, messages)
+                    run["cpu_ms_per_request"] = (
+                        1000 * (proxy.cpu_seconds() - before) / run["requests"] if proxy else None
+                    )
+                    runs.setdefault(f"c{concurrency}", {}).setdefault(name, []).append(run)
+    finally:
+        plain.stop()
+        gateway.stop()
+    return runs
+
+
+def summarise_comparison(title: str, runs: dict[str, dict[str, list[dict]]]) -> dict:
     summary: dict = {}
     rows = []
     for level, by_target in runs.items():
@@ -342,27 +427,12 @@ def scenario_proxy(quick: bool) -> dict:
         summary[level]["added_p50_ms"] = gw["p50_ms"] - plain_run["p50_ms"]
         for name, result in summary[level].items():
             if isinstance(result, dict):
-                rows.append(
-                    [
-                        level,
-                        name,
-                        result["rps"],
-                        result["p50_ms"],
-                        result["p99_ms"],
-                        result.get("cpu_ms_per_request", "-"),
-                    ]
-                )
-        rows.append(
-            [
-                level,
-                "gateway/mitmdump",
-                f"{summary[level]['ratio_rps_gateway_vs_mitmdump']:.0%}",
-                f"+{summary[level]['added_p50_ms']:.2f}",
-                "",
-                "",
-            ]
-        )
-    table("proxy: tools/call", rows, ["level", "target", "req/s", "p50 ms", "p99 ms", "cpu ms/req"])
+                cpu = result.get("cpu_ms_per_request", "-")
+                rows.append([level, name, result["rps"], result["p50_ms"], result["p99_ms"], cpu])
+        ratio = f"{summary[level]['ratio_rps_gateway_vs_mitmdump']:.0%}"
+        rows.append([level, "gateway/mitmdump", ratio, f"+{summary[level]['added_p50_ms']:.2f}"])
+        rows[-1] += ["", ""]
+    table(title, rows, ["level", "target", "req/s", "p50 ms", "p99 ms", "cpu ms/req"])
     return summary
 
 
@@ -725,6 +795,7 @@ def scenario_policy(quick: bool) -> dict:
 
 SCENARIOS = {
     "proxy": scenario_proxy,
+    "mix": scenario_mix,
     "sse": scenario_sse,
     "audit": scenario_audit,
     "holds": scenario_holds,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import http.cookiejar
+import json
+import sqlite3
 import textwrap
 import urllib.request
 from pathlib import Path
@@ -13,6 +15,7 @@ from mcp import MCPError
 
 from conftest import BIN, ROOT, free_port, stop, wait_for_port
 from holdgate import store
+from holdgate.cli_records import timeline_line
 from mcpclient import connect
 from test_e2e_approvals import ALICE, CONFIG, DELETE, sql_calls, wait_for_pending
 
@@ -30,16 +33,24 @@ class MitmwebAPI:
         self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.jar))
         self.opener.open(f"{self.base}/?token={WEB_PASSWORD}", timeout=10).read()
 
+    def get(self, path: str) -> bytes:
+        with self.opener.open(self.base + path, timeout=10) as response:
+            return response.read()
+
     def post(self, path: str) -> int:
+        return self.send("POST", path, b"")
+
+    def put(self, path: str, update: dict) -> int:
+        return self.send("PUT", path, json.dumps(update).encode())
+
+    def send(self, method: str, path: str, data: bytes) -> int:
         # Tornado's XSRF check wants the same token in a cookie and a header; the UI's
         # JavaScript does exactly this.
         xsrf = "holdgate-test-xsrf"
-        request = urllib.request.Request(
-            self.base + path,
-            data=b"",
-            method="POST",
-            headers={"X-XSRFToken": xsrf, "Cookie": f"_mitmproxy_xsrf={xsrf}; {self._auth()}"},
-        )
+        headers = {"X-XSRFToken": xsrf, "Cookie": f"_mitmproxy_xsrf={xsrf}; {self._auth()}"}
+        headers["Content-Type"] = "application/json"
+        url = self.base + path
+        request = urllib.request.Request(url, data=data, method=method, headers=headers)
         with urllib.request.urlopen(request, timeout=10) as response:
             return response.status
 
@@ -97,3 +108,40 @@ async def test_mitmweb_buttons_decide_held_flows(mitmweb, demo, action):
         assert record["state"] == "denied"
         assert isinstance(outcome[0], MCPError) and outcome[0].code == -32004
         assert sql_calls(demo) == []
+
+
+async def test_held_flow_edited_in_mitmweb_is_void_and_never_forwarded(mitmweb, demo, tmp_path):
+    url, api, db = mitmweb
+    async with connect(url + "/mcp", ALICE) as client:
+        async with anyio.create_task_group() as tg:
+            outcome: list = []
+
+            async def call():
+                try:
+                    outcome.append(await client.call_tool("run_sql", DELETE))
+                except MCPError as exc:
+                    outcome.append(exc)
+
+            tg.start_soon(call)
+            pending = await wait_for_pending(Path(db))
+            flow_path = f"/flows/{pending['flow_id']}"
+            held = json.loads(api.get(flow_path + "/request/content.data"))
+            held["params"]["arguments"]["query"] = "DELETE FROM orders"  # every order, now
+            assert api.put(flow_path, {"request": {"content": json.dumps(held)}}) == 200
+            assert api.post(flow_path + "/resume") == 200
+        assert isinstance(outcome[0], MCPError) and outcome[0].code == -32004
+        assert "approval void" in outcome[0].error.message
+        assert not (await client.call_tool("get_customer", {"customer_id": 1})).is_error
+    assert sql_calls(demo) == []
+    assert store.approval(db, pending["approval_id"])["state"] == "approved"
+    with sqlite3.connect(db) as conn:
+        query = "SELECT * FROM events WHERE approval_id = ? AND direction = 'request'"
+        conn.row_factory = sqlite3.Row
+        row = dict(conn.execute(query, [pending["approval_id"]]).fetchone())
+    assert json.loads(row["extra"])["refused"]["kind"] == "tampered"
+    assert "approve by 'destructive SQL needs a DBA'" in timeline_line(row)
+    assert timeline_line(row).endswith("[200] refused: tampered")
+    recorded = b"".join(p.read_bytes() for p in (tmp_path / "rec").glob("*.mitm"))
+    assert recorded, "no flow file was written"
+    # mitmweb keeps a backup of an edited flow: the caller's key must not ride along in it
+    assert ALICE["X-API-Key"].encode() not in recorded

@@ -111,6 +111,8 @@ def timeline_line(row: dict[str, Any]) -> str:
     rule = f" by {row['rule']!r}" if row.get("rule") else ""
     approval = f" approval {row['approval_id']}" if row.get("approval_id") else ""
     status = f" [{row['status']}]" if row.get("status") is not None else ""
+    refused = json.loads(row.get("extra") or "{}").get("refused", {}).get("kind")
+    status += f" refused: {refused}" if refused not in (None, "denied") else ""
     masked = ""
     if row.get("masked"):
         counts = json.loads(row["masked"])

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mitmproxy import http, io
+from mitmproxy.io import tnetstring
+from mitmproxy.net import encoding
 
 from holdgate.config import CREDENTIAL_HEADERS
 
@@ -39,21 +40,48 @@ class Redaction:
     marked: str
 
 
-def masked_copy(flow_state: dict[str, Any], redaction: Redaction) -> http.HTTPFlow:
-    """The flow to record, from a state snapshot taken when the flow ended."""
-    snapshot = http.HTTPFlow.from_state(flow_state)
-    snapshot.live = False
-    for name in CREDENTIAL_HEADERS + ("cookie",):
-        snapshot.request.headers.pop(name, None)
-    for name in redaction.injected:
-        if name in snapshot.request.headers:
-            snapshot.request.headers[name] = "[injected by holdgate]"
-    if snapshot.response is not None and redaction.streamed is not None:
-        snapshot.response.stream = False
-        snapshot.response.content = redaction.streamed
-    snapshot.comment = redaction.comment
-    snapshot.marked = redaction.marked
-    return snapshot
+_DROPPED = frozenset(name.encode() for name in (*CREDENTIAL_HEADERS, "cookie"))
+_INJECTED_MARKER = b"[injected by holdgate]"
+HeaderFields = tuple[tuple[bytes, bytes], ...]
+
+
+def recorded_state(flow_state: dict[str, Any], redaction: Redaction) -> dict[str, Any]:
+    """The state of the flow to record, from a snapshot taken when the flow ended.
+
+    Edits the serialized state directly (rebuilding a flow object costs more than the rest
+    of the recording). mitmweb's backup of an edited flow is dropped: it is the flow as it
+    was before the edit, which the record must not carry around unredacted.
+    """
+    recorded = {**flow_state, "backup": None}
+    recorded["comment"] = redaction.comment
+    recorded["marked"] = redaction.marked
+    injected = frozenset(name.lower().encode() for name in redaction.injected)
+    request = dict(flow_state["request"])
+    request["headers"] = tuple(
+        (name, _INJECTED_MARKER if name.lower() in injected else value)
+        for name, value in request["headers"]
+        if name.lower() not in _DROPPED
+    )
+    recorded["request"] = request
+    response = flow_state.get("response")
+    if response is not None and redaction.streamed is not None:
+        recorded["response"] = _with_body(response, redaction.streamed)
+    return recorded
+
+
+def _with_body(message: dict[str, Any], body: bytes) -> dict[str, Any]:
+    """A message state carrying `body` as `Message.content = body` would store it."""
+    headers: list[tuple[bytes, bytes]] = list(message["headers"])
+    encodings = [value for name, value in headers if name.lower() == b"content-encoding"]
+    try:
+        raw = encoding.encode(body, encodings[0].decode("latin-1")) if encodings else body
+    except ValueError:  # an encoding we cannot apply: store the body as it is, unlabelled
+        headers = [(n, v) for n, v in headers if n.lower() != b"content-encoding"]
+        raw = body
+    if not any(name.lower() == b"transfer-encoding" for name, _ in headers):
+        headers = [(n, v) for n, v in headers if n.lower() != b"content-length"]
+        headers.append((b"content-length", str(len(raw)).encode()))
+    return {**message, "headers": tuple(headers), "content": raw}
 
 
 class RecordingWriter:
@@ -91,6 +119,16 @@ class RecordingWriter:
         self._queue.put(None)
         self._thread.join(timeout=10)
 
+    def _append(self, name: str, recorded: dict[str, Any]) -> None:
+        path = self.folder / f"{name}.mitm"
+        try:
+            fo = path.open("ab")
+        except FileNotFoundError:  # the folder is made on first use (and again if removed)
+            self.folder.mkdir(parents=True, exist_ok=True)
+            fo = path.open("ab")
+        with fo:
+            tnetstring.dump(recorded, fo)
+
     def _run(self) -> None:
         while (item := self._queue.get()) is not None:
             if len(item) == 2:
@@ -98,10 +136,7 @@ class RecordingWriter:
                 continue
             name, flow_state, redaction = item
             try:
-                snapshot = masked_copy(flow_state, redaction)
-                self.folder.mkdir(parents=True, exist_ok=True)
-                with (self.folder / f"{name}.mitm").open("ab") as fo:
-                    io.FlowWriter(fo).add(snapshot)
+                self._append(name, recorded_state(flow_state, redaction))
                 self.healthy = True
             except OSError as exc:
                 self.healthy = False

@@ -1,0 +1,107 @@
+"""The recorded copy of a flow: credentials out, the stream as the client got it."""
+
+from __future__ import annotations
+
+import gzip
+import io
+
+from mitmproxy import io as mitmio
+from mitmproxy.test import tflow
+
+from holdgate.recordings import RecordingWriter, Redaction, recorded_state
+
+
+def redaction(streamed: bytes | None = None, injected: tuple[str, ...] = ()) -> Redaction:
+    return Redaction(injected=injected, streamed=streamed, comment="holdgate: x", marked=":m:")
+
+
+def read_back(state: dict) -> list:
+    buffer = io.BytesIO()
+    mitmio.tnetstring.dump(state, buffer)
+    buffer.seek(0)
+    return list(mitmio.FlowReader(buffer).stream())
+
+
+def flow_with_credentials():
+    flow = tflow.tflow(resp=True)
+    flow.request.headers["Authorization"] = "Bearer caller-token"
+    flow.request.headers["X-Api-Key"] = "caller-key"
+    flow.request.headers["Cookie"] = "session=caller-cookie"
+    flow.request.headers["X-Upstream-Token"] = "injected-secret"
+    return flow
+
+
+def test_caller_credentials_are_dropped_and_injected_ones_marked() -> None:
+    flow = flow_with_credentials()
+    state = recorded_state(flow.get_state(), redaction(injected=("x-upstream-token",)))
+    (copy,) = read_back(state)
+    assert "authorization" not in copy.request.headers
+    assert "x-api-key" not in copy.request.headers
+    assert "cookie" not in copy.request.headers
+    assert copy.request.headers["x-upstream-token"] == "[injected by holdgate]"
+    assert (copy.comment, copy.marked, copy.id) == ("holdgate: x", ":m:", flow.id)
+    raw = mitmio.tnetstring.dumps(state)
+    for secret in (b"caller-token", b"caller-key", b"caller-cookie", b"injected-secret"):
+        assert secret not in raw
+    # the live flow is untouched
+    assert flow.request.headers["authorization"] == "Bearer caller-token"
+
+
+def test_a_backup_left_by_an_edit_is_not_recorded() -> None:
+    flow = flow_with_credentials()
+    flow.backup()
+    flow.request.content = b'{"edited": true}'
+    state = flow.get_state()
+    assert state["backup"] is not None
+    recorded = recorded_state(state, redaction())
+    assert recorded["backup"] is None
+    assert b"caller-token" not in mitmio.tnetstring.dumps(recorded)
+    (copy,) = read_back(recorded)
+    assert not copy.modified()
+
+
+def test_a_streamed_body_is_recorded_as_sent_with_its_length() -> None:
+    flow = tflow.tflow(resp=True)
+    flow.response.headers["content-length"] = "999"
+    (copy,) = read_back(recorded_state(flow.get_state(), redaction(streamed=b"data: masked\n\n")))
+    assert copy.response.content == b"data: masked\n\n"
+    assert copy.response.headers["content-length"] == str(len(b"data: masked\n\n"))
+
+
+def test_a_streamed_body_is_stored_in_the_response_content_encoding() -> None:
+    flow = tflow.tflow(resp=True)
+    flow.response.headers["content-encoding"] = "gzip"
+    (copy,) = read_back(recorded_state(flow.get_state(), redaction(streamed=b"masked body")))
+    assert gzip.decompress(copy.response.raw_content) == b"masked body"
+    assert copy.response.content == b"masked body"
+
+
+def test_an_unknown_content_encoding_is_dropped_rather_than_mislabelled() -> None:
+    flow = tflow.tflow(resp=True)
+    flow.response.headers["content-encoding"] = "x-unknown"
+    flow.response.headers["transfer-encoding"] = "chunked"
+    (copy,) = read_back(recorded_state(flow.get_state(), redaction(streamed=b"masked body")))
+    assert "content-encoding" not in copy.response.headers
+    assert copy.response.headers["content-length"] == "7"  # chunked: left as it was
+    assert copy.response.raw_content == b"masked body"
+
+
+def test_writer_appends_per_session_and_recreates_a_removed_folder(tmp_path) -> None:
+    folder = tmp_path / "rec"
+    writer = RecordingWriter(folder)
+    try:
+        for session in ("s1", "s1", "../s2"):
+            assert writer.submit(session, tflow.tflow(resp=True).get_state(), redaction())
+        assert writer.flush()
+        assert sorted(p.name for p in folder.iterdir()) == [".._s2.mitm", "s1.mitm"]
+        with (folder / "s1.mitm").open("rb") as fh:
+            assert len(list(mitmio.FlowReader(fh).stream())) == 2
+        for path in folder.iterdir():
+            path.unlink()
+        folder.rmdir()
+        assert writer.submit("s1", tflow.tflow(resp=True).get_state(), redaction())
+        assert writer.flush()
+        assert (folder / "s1.mitm").exists()
+        assert writer.healthy and writer.lost == 0
+    finally:
+        writer.close()
