@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 from mitmproxy import io as mitmio
 from mitmproxy.test import tflow
 
 from holdgate.recordings import RecordingWriter, Redaction, recorded_state
+
+ADDONS = Path(__file__).resolve().parent.parent / "addons"
 
 
 def redaction(streamed: bytes | None = None, injected: tuple[str, ...] = ()) -> Redaction:
@@ -105,3 +112,61 @@ def test_writer_appends_per_session_and_recreates_a_removed_folder(tmp_path) -> 
         assert writer.healthy and writer.lost == 0
     finally:
         writer.close()
+
+
+def test_a_folder_that_cannot_be_written_is_reported_and_counted(tmp_path) -> None:
+    blocker = tmp_path / "rec"
+    blocker.write_text("a file where the folder should be")
+    writer = RecordingWriter(blocker)
+    try:
+        assert writer.submit("s1", tflow.tflow(resp=True).get_state(), redaction())
+        assert writer.flush()
+        assert not writer.healthy
+        assert writer.lost == 1
+        assert "s1" in (writer.last_error or "") and "NotADirectoryError" in writer.last_error
+        blocker.unlink()  # the operator fixes it: the next flow is written
+        assert writer.submit("s1", tflow.tflow(resp=True).get_state(), redaction())
+        assert writer.flush()
+        assert writer.healthy and (blocker / "s1.mitm").exists()
+    finally:
+        writer.close()
+
+
+def test_the_writer_process_stops_on_close_and_refuses_afterwards(tmp_path) -> None:
+    writer = RecordingWriter(tmp_path / "rec")
+    process = writer._process
+    assert process.poll() is None
+    writer.close()
+    assert process.returncode == 0
+    assert not writer.submit("s1", tflow.tflow(resp=True).get_state(), redaction())
+    assert writer.lost == 1 and not writer.flush()
+
+
+def test_the_writer_process_ends_when_the_gateway_dies_without_closing(tmp_path) -> None:
+    script = (
+        "import os, sys\n"
+        "from holdgate.recordings import RecordingWriter\n"
+        f"writer = RecordingWriter({str(tmp_path / 'rec')!r})\n"
+        "print(writer._process.pid, flush=True)\n"
+        "os._exit(0)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(ADDONS)},
+    )
+    child = int(done.stdout.split()[0])
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and running(child):
+        time.sleep(0.1)
+    assert not running(child)
+
+
+def running(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in status

@@ -7,13 +7,21 @@ ones replaced by a marker.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
+import pickle
 import queue
 import re
+import signal
+import struct
+import subprocess
+import sys
 import threading
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, TextIO
 
 from mitmproxy.io import tnetstring
 from mitmproxy.net import encoding
@@ -85,25 +93,48 @@ def _with_body(message: dict[str, Any], body: bytes) -> dict[str, Any]:
 
 
 class RecordingWriter:
-    """A daemon thread appending masked flow copies to per-session files; hooks only
-    enqueue a state snapshot."""
+    """Appends masked flow copies to per-session files from a child process.
+
+    Hooks only enqueue a state snapshot. Serializing a flow (mitmproxy's tnetstring is
+    pure Python) costs more than the rest of the gateway's work on a request, and in a
+    thread it would hold the GIL the event loop needs, so the files are written by a
+    process of its own (`python -m holdgate.recordings FOLDER`), fed pickled snapshots on
+    its stdin by a feeder thread. It answers on stdout: `healthy`, `lost` and `last_error`
+    follow its answers, and each failure is logged. It ends when its stdin closes, so it
+    never outlives the gateway.
+    """
 
     def __init__(self, folder: str | Path, queue_size: int = 10_000) -> None:
         self.folder = Path(folder)
-        self._queue: queue.Queue[
-            tuple[str, dict[str, Any], Redaction] | tuple[str, threading.Event] | None
-        ] = queue.Queue(queue_size)
         self.healthy = True
         self.last_error: str | None = None
         self.lost = 0
-        self._thread = threading.Thread(target=self._run, name="holdgate-recordings", daemon=True)
-        self._thread.start()
+        self._queue: queue.Queue[_Item] = queue.Queue(queue_size)
+        self._lock = threading.Lock()  # lost and healthy change on the loop and in threads
+        self._flushes: dict[int, threading.Event] = {}
+        self._next_flush = itertools.count(1)
+        self._closed = False
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "holdgate.recordings", str(self.folder)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join([_PACKAGE_ROOT, *_pythonpath()])},
+        )
+        self._feeder = threading.Thread(target=self._feed, name="holdgate-recordings", daemon=True)
+        self._reader = threading.Thread(
+            target=self._read_replies, name="holdgate-recordings-replies", daemon=True
+        )
+        self._feeder.start()
+        self._reader.start()
 
     def submit(self, session_key: str, flow_state: dict[str, Any], redaction: Redaction) -> bool:
+        if self._closed or self._process.poll() is not None:
+            self._note_lost("the recordings process is not running")
+            return False
         try:
             self._queue.put_nowait((recording_name(session_key), flow_state, redaction))
         except queue.Full:
-            self.lost += 1
+            self._note_lost("the recordings queue is full")
             return False
         return True
 
@@ -111,39 +142,115 @@ class RecordingWriter:
         return self.folder / f"{recording_name(session_key)}.mitm"
 
     def flush(self, timeout: float = 10.0) -> bool:
-        done = threading.Event()
-        self._queue.put(("", done))
-        return done.wait(timeout)
-
-    def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join(timeout=10)
-
-    def _append(self, name: str, recorded: dict[str, Any]) -> None:
-        path = self.folder / f"{name}.mitm"
+        """Wait until every flow submitted so far is written (or failed)."""
+        if self._closed:
+            return False
+        token = next(self._next_flush)
+        done = self._flushes[token] = threading.Event()
         try:
-            fo = path.open("ab")
-        except FileNotFoundError:  # the folder is made on first use (and again if removed)
-            self.folder.mkdir(parents=True, exist_ok=True)
-            fo = path.open("ab")
-        with fo:
-            tnetstring.dump(recorded, fo)
+            self._queue.put(token, timeout=timeout)
+            return done.wait(timeout)
+        except queue.Full:
+            return False
+        finally:
+            self._flushes.pop(token, None)
 
-    def _run(self) -> None:
-        while (item := self._queue.get()) is not None:
-            if len(item) == 2:
-                item[1].set()
-                continue
-            name, flow_state, redaction = item
-            try:
-                self._append(name, recorded_state(flow_state, redaction))
-                self.healthy = True
-            except OSError as exc:
-                self.healthy = False
-                self.lost += 1
-                self.last_error = f"{type(exc).__name__}: {exc.strerror or exc}"
-                logger.error("holdgate: cannot write recording %s: %s", name, self.last_error)
-            except Exception as exc:  # noqa: BLE001 - one bad flow must not stop the writer
-                self.lost += 1
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                logger.error("holdgate: cannot record a flow of %s: %s", name, self.last_error)
+    def close(self, timeout: float = 10.0) -> None:
+        """Write what is queued, then stop the process."""
+        if self._closed:
+            return
+        self._closed = True
+        with suppress(queue.Full):
+            self._queue.put(None, timeout=timeout)
+        self._feeder.join(timeout)
+        try:
+            self._process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            logger.error("holdgate: the recordings process did not finish in %ss", timeout)
+            self._process.kill()
+            self._process.wait(5)
+        self._reader.join(timeout)
+
+    def _note_lost(self, reason: str) -> None:
+        with self._lock:
+            self.lost += 1
+            if self.healthy or reason != self.last_error:
+                logger.error("holdgate: a flow recording was lost: %s", reason)
+            self.healthy = False
+            self.last_error = reason
+
+    def _feed(self) -> None:
+        pipe = self._process.stdin
+        assert pipe is not None
+        with pipe:
+            while (item := self._queue.get()) is not None:
+                frame = pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)
+                try:
+                    pipe.write(_FRAME.pack(len(frame)) + frame)
+                    pipe.flush()
+                except (BrokenPipeError, ValueError):
+                    self._note_lost("the recordings process is not running")
+
+    def _read_replies(self) -> None:
+        stdout = self._process.stdout
+        assert stdout is not None
+        with stdout:
+            for line in stdout:
+                kind, _, detail = line.decode("utf-8", "replace").rstrip("\n").partition(" ")
+                if kind == "flushed":
+                    if event := self._flushes.get(int(detail)):
+                        event.set()
+                elif kind == "lost":
+                    self._note_lost(f"cannot write {detail}")
+                elif kind == "ok":
+                    with self._lock:
+                        self.healthy = True
+
+
+_Item = tuple[str, dict[str, Any], Redaction] | int | None
+_FRAME = struct.Struct(">I")
+_PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
+
+
+def _pythonpath() -> list[str]:
+    return [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+
+
+def serve(folder: Path, frames: BinaryIO, replies: TextIO) -> None:
+    """The recordings process: write each flow that arrives until its input ends."""
+    healthy = True
+    while header := frames.read(_FRAME.size):
+        item = pickle.loads(frames.read(_FRAME.unpack(header)[0]))
+        if isinstance(item, int):
+            print("flushed", item, file=replies, flush=True)
+            continue
+        name, flow_state, redaction = item
+        try:
+            _append(folder, name, recorded_state(flow_state, redaction))
+        except OSError as exc:
+            healthy = False
+            print("lost", f"{name}: {type(exc).__name__}: {exc.strerror or exc}", file=replies)
+            replies.flush()
+        except Exception as exc:  # noqa: BLE001 - one bad flow must not stop the writer
+            healthy = False
+            print("lost", f"{name}: {type(exc).__name__}: {exc}", file=replies, flush=True)
+        else:
+            if not healthy:
+                healthy = True
+                print("ok", file=replies, flush=True)
+
+
+def _append(folder: Path, name: str, recorded: dict[str, Any]) -> None:
+    path = folder / f"{name}.mitm"
+    try:
+        fo = path.open("ab")
+    except FileNotFoundError:  # the folder is made on first use (and again if removed)
+        folder.mkdir(parents=True, exist_ok=True)
+        fo = path.open("ab")
+    with fo:
+        tnetstring.dump(recorded, fo)
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the gateway, which drains us
+    serve(Path(sys.argv[1]), sys.stdin.buffer, sys.stdout)
