@@ -40,6 +40,7 @@ from recorder import Recorder, args_digest, now_iso
 logger = logging.getLogger("holdgate")
 
 POLL_INTERVAL = 0.25
+UNRECORDED = "unrecorded"  # a hold that ended with a decision the store would not take
 MITMWEB = "mitmweb operator"
 WEBHOOK_ATTEMPTS = 4
 
@@ -58,6 +59,7 @@ class Hold:
     decider: str | None = None
     reason: str | None = None
     client_gone: bool = False
+    settling: bool = False  # a decision seen on the flow is being recorded
 
     def decide(self, new_state: str, decider: str | None, reason: str | None) -> None:
         if not self.decided.is_set():
@@ -101,7 +103,7 @@ class Approval:
         closed = await asyncio.to_thread(store.expire_pending, db, "gateway restarted")
         if closed:
             logger.warning("holdgate: %d approval(s) pending at shutdown closed as expired", closed)
-        self._tasks.append(asyncio.create_task(self._poll_store()))
+        self._tasks.append(asyncio.create_task(self._watch()))
         listen = parse_listen(ctx.options.holdgate_admin)
         if listen is not None:
             self._server = await serve(listen[0], listen[1], self.handle_admin)
@@ -213,10 +215,12 @@ class Approval:
             self._tasks.append(asyncio.create_task(self._notify(config, row)))
         flow.intercept()
         try:
-            await self._wait(hold)
+            await hold.decided.wait()  # set by the watcher, the API, mitmweb or shutdown
         finally:
             self.holds.pop(approval_id, None)
             st.pop("held", None)
+        if hold.state == UNRECORDED:
+            raise RuntimeError(f"approval {approval_id}: {hold.reason}")
         if hold.state == "approved":
             self.last_approved[changes_key] = masked_args
         return hold
@@ -231,23 +235,26 @@ class Approval:
             message.arguments or {},
         )
 
-    async def _wait(self, hold: Hold) -> None:
+    @staticmethod
+    def _observed(hold: Hold) -> tuple[str, str | None, str] | None:
+        """A decision the gateway can see on the flow itself, if there is one yet."""
         flow = hold.flow
-        while not hold.decided.is_set():
-            if flow.error is not None:
-                # mitmweb's Kill does not wake wait_for_resume (mitmproxy #8045): look instead.
-                await self._decide_locally(hold, "denied", MITMWEB, "flow killed in mitmweb")
-            elif not flow.intercepted:
-                await self._decide_locally(hold, "approved", MITMWEB, "flow resumed in mitmweb")
-            elif hold.client_gone:
-                await self._decide_locally(hold, "cancelled", None, "the client disconnected")
-            elif time.time() >= hold.expires_at:
-                await self._decide_locally(hold, "expired", None, "nobody decided in time")
-            else:
-                try:
-                    await asyncio.wait_for(hold.decided.wait(), POLL_INTERVAL)
-                except TimeoutError:
-                    pass
+        if flow.error is not None:
+            # mitmweb's Kill does not wake wait_for_resume (mitmproxy #8045): look instead.
+            return "denied", MITMWEB, "flow killed in mitmweb"
+        if not flow.intercepted:
+            return "approved", MITMWEB, "flow resumed in mitmweb"
+        if hold.client_gone:
+            return "cancelled", None, "the client disconnected"
+        if time.time() >= hold.expires_at:
+            return "expired", None, "nobody decided in time"
+        return None
+
+    async def _settle(self, hold: Hold, observed: tuple[str, str | None, str]) -> None:
+        try:
+            await self._decide_locally(hold, *observed)
+        except Exception as exc:  # the decision cannot be recorded: the hold must still end
+            hold.decide(UNRECORDED, None, f"{observed[0]}, not recorded: {exc}")
 
     async def _decide_locally(
         self, hold: Hold, new_state: str, decider: str | None, reason: str
@@ -336,24 +343,42 @@ class Approval:
 
     # --- signals from outside -----------------------------------------------------------
 
-    async def _poll_store(self) -> None:
-        """Notice decisions the CLI wrote to the store, promptly and off the event loop."""
+    async def _watch(self) -> None:
+        """One sweep over every hold each POLL_INTERVAL (not a timer per hold, so hundreds
+        of holds cost the loop a few wake-ups a second)."""
+        settling: set[asyncio.Task[None]] = set()
         while True:
             await asyncio.sleep(POLL_INTERVAL)
-            if not self.holds:
-                continue
-            ids = list(self.holds)
             try:
-                states = await asyncio.to_thread(
-                    store.approval_states, ctx.options.holdgate_db, ids
-                )
-            except store.StoreError as exc:
-                logger.error("holdgate: cannot read approvals: %s", exc)
+                await self._sweep(settling)
+            except Exception as exc:  # noqa: BLE001 - the watcher must outlive any one sweep
+                logger.error("holdgate: approvals sweep failed: %s: %s", type(exc).__name__, exc)
+
+    async def _sweep(self, settling: set[asyncio.Task[None]]) -> None:
+        """Decisions seen on the flows, then decisions the CLI wrote to the store (read off
+        the event loop)."""
+        for hold in list(self.holds.values()):
+            if hold.decided.is_set() or hold.settling:
                 continue
-            for approval_id, row in states.items():
-                hold = self.holds.get(approval_id)
-                if hold is not None and row["state"] != "pending":
-                    hold.decide(row["state"], row.get("decider"), row.get("reason"))
+            if observed := self._observed(hold):
+                hold.settling = True
+                task = asyncio.create_task(self._settle(hold, observed))
+                settling.add(task)
+                task.add_done_callback(settling.discard)
+        pending = [i for i, h in self.holds.items() if not h.settling]
+        if not pending:
+            return
+        try:
+            states = await asyncio.to_thread(
+                store.approval_states, ctx.options.holdgate_db, pending
+            )
+        except store.StoreError as exc:
+            logger.error("holdgate: cannot read approvals: %s", exc)
+            return
+        for approval_id, row in states.items():
+            hold = self.holds.get(approval_id)
+            if hold is not None and row["state"] != "pending":
+                hold.decide(row["state"], row.get("decider"), row.get("reason"))
 
     def _record_state(self, hold: Hold, new_state: str, decider: str | None, reason: str) -> None:
         try:

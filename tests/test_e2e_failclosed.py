@@ -54,6 +54,8 @@ def call(tool: str) -> dict:
         ("identity:strip_credentials", "Identity.request", "get_customer"),
         ("policy:parse_body", "Policy.request", "get_customer"),
         ("approval:request_digest", "Approval.request", "run_sql"),
+        # the hold expires, but the store will not take the decision: refused, not released
+        ("holdgate.store:append_approval_state", "Approval.request", "run_sql"),
         ("gate:objects", "Gate.request", "get_customer"),
         ("recorder:is_mcp", "Recorder.request", "get_customer"),
     ],
