@@ -15,7 +15,6 @@ import logging
 import os
 import secrets
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +27,9 @@ from holdgate.masking import mask_json
 from holdgate.proxy import MessageContext, fail_closed, is_mcp, objects, refuse, session_key, state
 from holdgate.recordings import RecordingWriter, Redaction
 from holdgate.store import AuditWriter, StoreError
+from holdgate.store import iso as now_iso
 
 logger = logging.getLogger("holdgate")
-
-
-def now_iso(timestamp: float | None = None) -> str:
-    moment = datetime.now(UTC) if timestamp is None else datetime.fromtimestamp(timestamp, UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def canonical(value: Any) -> bytes:

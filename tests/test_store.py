@@ -13,10 +13,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from holdgate import store
 
@@ -706,3 +709,10 @@ def test_export_rows(path: Path) -> None:
     assert len(list(store.export_rows(db))) == 4  # a Database works too, and stays open
     assert db.execute("SELECT count(*) FROM events").fetchone()[0] == 4
     db.close()
+
+
+@given(st.floats(min_value=0, max_value=4e9) | st.integers(0, 4 * 10**9).map(lambda n: n / 1000))
+def test_iso_formats_like_datetime(timestamp: float) -> None:
+    expected = datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")
+    assert store.iso(timestamp) == expected.replace("+00:00", "Z")
+    assert store.iso(timestamp + 1.0)[:19] != store.iso(timestamp)[:19]  # the cache moves on

@@ -43,7 +43,6 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlite_utils import Database
@@ -354,16 +353,33 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
 # --- rows and the chain -------------------------------------------------------------------
 
 
+_last_second: tuple[int, str] = (0, "1970-01-01T00:00:00")
+
+
 def iso(timestamp: float | None = None) -> str:
-    """ISO-8601 UTC with milliseconds, e.g. 2025-01-31T12:00:00.000Z (the store's time format)."""
-    moment = datetime.now(UTC) if timestamp is None else datetime.fromtimestamp(timestamp, UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """ISO-8601 UTC with milliseconds, e.g. 2025-01-31T12:00:00.000Z (the store's time format).
+
+    Every row takes one, so the formatted second is reused until the clock moves on.
+    """
+    global _last_second
+    fraction, whole = math.modf(time.time() if timestamp is None else timestamp)
+    second, micros = int(whole), round(fraction * 1_000_000)  # as datetime rounds
+    if micros >= 1_000_000:
+        second, micros = second + 1, micros - 1_000_000
+    cached, text = _last_second
+    if cached != second:
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _last_second = (second, text)
+    return f"{text}.{micros // 1000:03d}Z"
+
+
+_CANONICAL = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+)
 
 
 def _canonical(value: Any) -> str:
-    return json.dumps(
-        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    )
+    return _CANONICAL.encode(value)
 
 
 def chain_hash(prev_hash: str, table: str, content: Row) -> str:
