@@ -39,6 +39,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import jwt
@@ -489,11 +490,11 @@ async def read_stream(port: int, headers: dict[str, str]) -> dict:
     }
 
 
-def scenario_sse(quick: bool) -> dict:
+def scenario_sse(quick: bool, rate: int = SSE_RATE) -> dict:
     events = 10_000 if quick else 100_000
     # Paced below what one gateway core sustains with masking and a row per event (about
     # 4-5k events/s here), so latency shows the per-event cost, not a growing backlog.
-    stream_args = ("--sse-events", str(events), "--sse-bytes", "1000", "--sse-rate", str(SSE_RATE))
+    stream_args = ("--sse-events", str(events), "--sse-bytes", "1000", "--sse-rate", str(rate))
     results: dict = {}
     with tempfile.TemporaryDirectory() as tmp_name, upstream(*stream_args) as up:
         tmp = Path(tmp_name)
@@ -545,10 +546,11 @@ def scenario_sse(quick: bool) -> dict:
         for name, r in results.items()
     ]
     table(
-        f"sse: {events} events, ~1 KB each, paced at {SSE_RATE}/s",
+        f"sse: {events} events, ~1 KB each, paced at {rate}/s",
         rows,
         ["target", "events", "MB", "s", "p50 ms", "p99 ms", "added p99", "RSS growth MB"],
     )
+    results["rate_per_s"] = rate
     return results
 
 
@@ -825,7 +827,14 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true", help="small counts: a smoke run")
     parser.add_argument("--scenario", action="append", choices=sorted(SCENARIOS))
+    parser.add_argument(
+        "--sse-rate",
+        type=int,
+        default=SSE_RATE,
+        help=f"events/s of the sse scenario's stream (default {SSE_RATE})",
+    )
     args = parser.parse_args()
+    scenarios = {**SCENARIOS, "sse": partial(scenario_sse, rate=args.sse_rate)}
     report = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {
@@ -835,7 +844,7 @@ def main() -> None:
         },
     }
     for name in args.scenario or list(SCENARIOS):
-        report[name] = SCENARIOS[name](args.quick)
+        report[name] = scenarios[name](args.quick)
     folder = ROOT / "bench-results"
     folder.mkdir(exist_ok=True)
     path = folder / f"{report['when'].replace(':', '')}.json"
