@@ -141,7 +141,14 @@ async def test_held_flow_edited_in_mitmweb_is_void_and_never_forwarded(mitmweb, 
     assert json.loads(row["extra"])["refused"]["kind"] == "tampered"
     assert "approve by 'destructive SQL needs a DBA'" in timeline_line(row)
     assert timeline_line(row).endswith("[200] refused: tampered")
-    recorded = b"".join(p.read_bytes() for p in (tmp_path / "rec").glob("*.mitm"))
-    assert recorded, "no flow file was written"
+    recorded = await recorded_flow(tmp_path / "rec", pending["flow_id"])
     # mitmweb keeps a backup of an edited flow: the caller's key must not ride along in it
     assert ALICE["X-API-Key"].encode() not in recorded
+
+
+async def recorded_flow(folder: Path, flow_id: str) -> bytes:
+    """The flow files once they hold `flow_id` (they are written after the flow ends)."""
+    with anyio.fail_after(15):
+        while flow_id.encode() not in (found := b"".join(map(Path.read_bytes, folder.glob("*")))):
+            await anyio.sleep(0.1)
+    return found
