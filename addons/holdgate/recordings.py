@@ -50,7 +50,6 @@ class Redaction:
 
 _DROPPED = frozenset(name.encode() for name in (*CREDENTIAL_HEADERS, "cookie"))
 _INJECTED_MARKER = b"[injected by holdgate]"
-HeaderFields = tuple[tuple[bytes, bytes], ...]
 
 
 def recorded_state(flow_state: dict[str, Any], redaction: Redaction) -> dict[str, Any]:
