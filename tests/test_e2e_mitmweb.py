@@ -7,7 +7,9 @@ import json
 import sqlite3
 import textwrap
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -80,57 +82,60 @@ def mitmweb(tmp_path, demo):
     stop(proc)
 
 
+async def held_delete(client, db: Path, act: Callable[[str], None]) -> tuple[Any, dict]:
+    """Call the held DELETE and let `act` work on its flow in mitmweb (given the flow's API
+    path) while it waits; returns what the call got and the approval that held it."""
+    outcome: list = []
+    async with anyio.create_task_group() as tg:
+
+        async def call():
+            try:
+                outcome.append(await client.call_tool("run_sql", DELETE))
+            except MCPError as exc:
+                outcome.append(exc)
+
+        tg.start_soon(call)
+        pending = await wait_for_pending(db)
+        act(f"/flows/{pending['flow_id']}")
+    return outcome[0], pending
+
+
 @pytest.mark.parametrize("action", ["resume", "kill"])
 async def test_mitmweb_buttons_decide_held_flows(mitmweb, demo, action):
     url, api, db = mitmweb
+
+    def press(flow_path: str) -> None:
+        assert api.post(f"{flow_path}/{action}") == 200
+
     async with connect(url + "/mcp", ALICE) as client:
-        async with anyio.create_task_group() as tg:
-            outcome: list = []
-
-            async def call():
-                try:
-                    outcome.append(await client.call_tool("run_sql", DELETE))
-                except MCPError as exc:
-                    outcome.append(exc)
-
-            tg.start_soon(call)
-            pending = await wait_for_pending(Path(db))
-            assert api.post(f"/flows/{pending['flow_id']}/{action}") == 200
+        outcome, pending = await held_delete(client, db, press)
         # the session survives either way
         assert not (await client.call_tool("get_customer", {"customer_id": 1})).is_error
     record = store.approval(db, pending["approval_id"])
     assert record["decider"] == "mitmweb operator"
     if action == "resume":
         assert record["state"] == "approved"
-        assert not outcome[0].is_error
+        assert not outcome.is_error
         assert sql_calls(demo) == [DELETE["query"]]
     else:
         assert record["state"] == "denied"
-        assert isinstance(outcome[0], MCPError) and outcome[0].code == -32004
+        assert isinstance(outcome, MCPError) and outcome.code == -32004
         assert sql_calls(demo) == []
 
 
 async def test_held_flow_edited_in_mitmweb_is_void_and_never_forwarded(mitmweb, demo, tmp_path):
     url, api, db = mitmweb
+
+    def edit_then_resume(flow_path: str) -> None:
+        held = json.loads(api.get(flow_path + "/request/content.data"))
+        held["params"]["arguments"]["query"] = "DELETE FROM orders"  # every order, now
+        assert api.put(flow_path, {"request": {"content": json.dumps(held)}}) == 200
+        assert api.post(flow_path + "/resume") == 200
+
     async with connect(url + "/mcp", ALICE) as client:
-        async with anyio.create_task_group() as tg:
-            outcome: list = []
-
-            async def call():
-                try:
-                    outcome.append(await client.call_tool("run_sql", DELETE))
-                except MCPError as exc:
-                    outcome.append(exc)
-
-            tg.start_soon(call)
-            pending = await wait_for_pending(Path(db))
-            flow_path = f"/flows/{pending['flow_id']}"
-            held = json.loads(api.get(flow_path + "/request/content.data"))
-            held["params"]["arguments"]["query"] = "DELETE FROM orders"  # every order, now
-            assert api.put(flow_path, {"request": {"content": json.dumps(held)}}) == 200
-            assert api.post(flow_path + "/resume") == 200
-        assert isinstance(outcome[0], MCPError) and outcome[0].code == -32004
-        assert "approval void" in outcome[0].error.message
+        outcome, pending = await held_delete(client, db, edit_then_resume)
+        assert isinstance(outcome, MCPError) and outcome.code == -32004
+        assert "approval void" in outcome.error.message
         assert not (await client.call_tool("get_customer", {"customer_id": 1})).is_error
     assert sql_calls(demo) == []
     assert store.approval(db, pending["approval_id"])["state"] == "approved"
