@@ -716,3 +716,39 @@ def test_iso_formats_like_datetime(timestamp: float) -> None:
     expected = datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")
     assert store.iso(timestamp) == expected.replace("+00:00", "Z")
     assert store.iso(timestamp + 1.0)[:19] != store.iso(timestamp)[:19]  # the cache moves on
+
+
+def test_writer_commits_rows_that_arrive_within_the_linger_together(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    commits: list[int] = []
+    real = store._transaction
+
+    @contextmanager
+    def counted(conn: sqlite3.Connection) -> Iterator[None]:
+        with real(conn):
+            yield
+        commits.append(conn.execute("SELECT count(*) FROM events").fetchone()[0])
+
+    writer = store.AuditWriter(path, linger=0.5)  # opened (and migrated) uncounted
+    monkeypatch.setattr(store, "_transaction", counted)
+    try:
+        assert writer.submit("events", event(1))
+        time.sleep(0.05)  # a second row, well inside the first one's linger
+        assert writer.submit("events", event(2))
+        deadline = time.monotonic() + 10
+        while not commits and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert commits == [2]  # one synced commit for both
+    finally:
+        writer.close()
+
+
+def test_flush_does_not_wait_out_the_linger(path: Path) -> None:
+    writer = store.AuditWriter(path, linger=3600)
+    try:
+        assert writer.submit("events", event(1))
+        assert writer.flush(10)  # would time out if the writer waited the hour
+        assert [r["flow_id"] for r in store.session_events(path, "s1")] == ["flow-1"]
+    finally:
+        writer.close()
