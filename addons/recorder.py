@@ -81,7 +81,8 @@ class Recorder:
             "holdgate_recordings",
             str,
             "recordings",
-            "Folder of masked flow files, one .mitm per MCP session (mitmweb -r to replay).",
+            "Folder of masked flow files, one .mitm per MCP session (mitmweb -r to replay); "
+            "empty writes none (the audit store still records every message).",
         )
 
     def configure(self, updated: set[str]) -> None:
@@ -102,7 +103,10 @@ class Recorder:
         if "holdgate_recordings" in updated:
             if self.recordings is not None:
                 self.recordings.close()
-            self.recordings = RecordingWriter(ctx.options.holdgate_recordings)
+            folder = ctx.options.holdgate_recordings
+            self.recordings = RecordingWriter(folder) if folder else None
+            if not folder:
+                logger.warning("holdgate: holdgate_recordings is empty: no flow files written")
 
     def done(self) -> None:
         if self.writer is not None:

@@ -174,3 +174,25 @@ async def test_unwritable_store_refuses_new_calls(session, tmp_path):
     finally:
         holder.rollback()
         holder.close()
+
+
+async def test_empty_recordings_option_writes_no_flow_files_but_keeps_the_record(
+    tmp_path, gateway_factory
+):
+    demo = start_demo(tmp_path, "--expect-token", UPSTREAM_TOKEN)
+    try:
+        gw = gateway_factory(
+            CONFIG.format(url=demo.url),
+            demo.url,
+            env={"UPSTREAM_TOKEN": UPSTREAM_TOKEN},
+            options={"holdgate_recordings": ""},
+        )
+        async with connect(gw.url + "/mcp", ALICE) as client:
+            assert not (await client.call_tool("get_customer", {"customer_id": 1})).is_error
+        stop(gw.proc)
+    finally:
+        stop(demo.proc)
+    assert not list(tmp_path.rglob("*.mitm"))  # not in the gateway's working folder either
+    with sqlite3.connect(gw.db) as conn:
+        targets = [t for (t,) in conn.execute("SELECT target FROM events")]
+    assert targets.count("get_customer") == 2  # the request and its response
