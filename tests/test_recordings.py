@@ -170,3 +170,18 @@ def running(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return "\nState:\tZ" not in status
+
+
+def test_a_flow_that_cannot_be_handed_over_is_lost_alone(tmp_path) -> None:
+    writer = RecordingWriter(tmp_path / "rec")
+    try:
+        odd = tflow.tflow(resp=True).get_state()
+        odd["metadata"] = {"other-addon": lambda: None}  # not picklable
+        assert writer.submit("s1", odd, redaction())
+        assert writer.submit("s1", tflow.tflow(resp=True).get_state(), redaction())
+        assert writer.flush()
+        assert writer.lost == 1 and "cannot hand a flow over" in (writer.last_error or "")
+        with (tmp_path / "rec" / "s1.mitm").open("rb") as fh:
+            assert len(list(mitmio.FlowReader(fh).stream())) == 1
+    finally:
+        writer.close()

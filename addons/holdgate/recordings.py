@@ -142,7 +142,7 @@ class RecordingWriter:
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until every flow submitted so far is written (or failed)."""
-        if self._closed:
+        if self._closed or self._process.poll() is not None:
             return False
         token = next(self._next_flush)
         done = self._flushes[token] = threading.Event()
@@ -183,7 +183,11 @@ class RecordingWriter:
         assert pipe is not None
         with pipe:
             while (item := self._queue.get()) is not None:
-                frame = pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)
+                try:
+                    frame = pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)
+                except Exception as exc:  # noqa: BLE001 - one odd flow must not stop the feeder
+                    self._note_lost(f"cannot hand a flow over: {type(exc).__name__}: {exc}")
+                    continue
                 try:
                     pipe.write(_FRAME.pack(len(frame)) + frame)
                     pipe.flush()
@@ -226,13 +230,10 @@ def serve(folder: Path, frames: BinaryIO, replies: TextIO) -> None:
         name, flow_state, redaction = item
         try:
             _append(folder, name, recorded_state(flow_state, redaction))
-        except OSError as exc:
-            healthy = False
-            print("lost", f"{name}: {type(exc).__name__}: {exc.strerror or exc}", file=replies)
-            replies.flush()
         except Exception as exc:  # noqa: BLE001 - one bad flow must not stop the writer
             healthy = False
-            print("lost", f"{name}: {type(exc).__name__}: {exc}", file=replies, flush=True)
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            print("lost", f"{name}: {type(exc).__name__}: {why}", file=replies, flush=True)
         else:
             if not healthy:
                 healthy = True
