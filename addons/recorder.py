@@ -22,7 +22,7 @@ from mitmproxy import ctx, exceptions, http
 
 from configloader import ConfigLoader
 from holdgate.config import GatewayConfig
-from holdgate.jsonrpc import INTERNAL_ERROR
+from holdgate.jsonrpc import INTERNAL_ERROR, dumps
 from holdgate.masking import mask_json
 from holdgate.proxy import MessageContext, fail_closed, is_mcp, objects, refuse, session_key, state
 from holdgate.recordings import RecordingWriter, Redaction
@@ -203,6 +203,7 @@ class Recorder:
         status = flow.response.status_code if flow.response is not None else None
         body = objects(flow).body
         messages = st.get("messages") or [None]
+        arguments_masked = False
         for index, summary in enumerate(messages):
             parsed = body.messages[index] if body is not None and summary is not None else None
             tool = parsed.tool if parsed is not None else None
@@ -216,6 +217,7 @@ class Recorder:
                 extra["rate_limited"] = True
             if masked_args is not None and masked_args.findings:
                 extra["args_findings"] = masked_args.findings  # replay must know
+                arguments_masked = True
             refused = st.get("refused", {})
             row.update(
                 direction="request"
@@ -240,7 +242,7 @@ class Recorder:
                 extra=json.dumps(extra),
             )
             self.submit(flow, config, "events", row)
-        self._write_recording(flow, config)
+        self._write_recording(flow, config, arguments_masked)
 
     def _row(self, flow: http.HTTPFlow, config: GatewayConfig) -> dict[str, Any]:
         st = state(flow)
@@ -291,21 +293,49 @@ class Recorder:
                 raise RuntimeError("the audit store queue is full or failing")
             state(flow)["audit_lost"] = True
 
-    def _write_recording(self, flow: http.HTTPFlow, config: GatewayConfig) -> None:
-        """Only a state snapshot is taken here; the masked copy is built off the loop."""
+    def _write_recording(
+        self, flow: http.HTTPFlow, config: GatewayConfig, arguments_masked: bool
+    ) -> None:
+        """Only a state snapshot is taken here; the masked copy is built off the loop.
+
+        Arguments are masked in the flow file as in the store: when masking found something
+        in them, the request body is recorded with its arguments masked.
+        """
         if self.recordings is None:
             return
         st = state(flow)
         extras = objects(flow)
         streamed = flow.response is not None and bool(flow.response.stream)
+        request_body = None
+        if arguments_masked:
+            request_body = masked_request_body(
+                flow.request.get_content(strict=False) or b"", st.get("upstream", ""), config
+            )
         redaction = Redaction(
             injected=tuple(st.get("injected", ())),
             streamed=bytes(extras.streamed) if streamed else None,
+            request_body=request_body,
             comment=_flow_comment(st),
             marked=":no_entry:" if "refused" in st else ":white_check_mark:",
         )
         name = session_key(flow) or f"stateless-{time.strftime('%Y%m%d')}"
         self.recordings.submit(name, flow.get_state(), redaction)
+
+
+def masked_request_body(content: bytes, upstream: str, config: GatewayConfig) -> bytes:
+    """The request body with every message's arguments masked as the store keeps them; a
+    body that no longer parses (edited while held) is not kept at all."""
+    try:
+        value = json.loads(content)
+    except ValueError:
+        return b""
+    for message in value if isinstance(value, list) else [value]:
+        params = message.get("params") if isinstance(message, dict) else None
+        if isinstance(params, dict) and isinstance(params.get("arguments"), dict):
+            tool = params.get("name") if message.get("method") == "tools/call" else None
+            effect = config.masking.profiles_for(upstream, tool, ())
+            params["arguments"] = mask_json(params["arguments"], effect).value
+    return dumps(value)
 
 
 def _flow_comment(st: dict[str, Any]) -> str:

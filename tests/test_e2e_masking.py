@@ -82,6 +82,19 @@ async def test_compliance_sees_cleartext_but_the_record_does_not(gateway, tmp_pa
     assert "exempt for group compliance" in stored
 
 
+async def test_arguments_are_masked_in_the_record_and_the_flow_file(gateway, tmp_path):
+    clear = customer_one(tmp_path)
+    async with connect(gateway.url + "/mcp", ALICE) as client:
+        found = await client.call_tool("search_customers", {"query": clear["email"]})
+    assert not found.is_error  # the upstream got the real argument
+    stored = _store_text(gateway)  # stops the gateway: its flow files are complete
+    assert clear["email"] not in stored
+    recorded = b"".join(p.read_bytes() for p in gateway.recordings.glob("*.mitm"))
+    assert b"search_customers" in recorded
+    assert clear["email"].encode() not in recorded
+    assert clear["email"].split("@")[1].encode() in recorded  # partial: the domain is kept
+
+
 async def test_secrets_in_config_tool_are_redacted(gateway):
     async with connect(gateway.url + "/mcp", ALICE) as client:
         result = await client.call_tool("get_service_config", {"service": "billing"})

@@ -18,8 +18,18 @@ from holdgate.recordings import RecordingWriter, Redaction, recorded_state
 ADDONS = Path(__file__).resolve().parent.parent / "addons"
 
 
-def redaction(streamed: bytes | None = None, injected: tuple[str, ...] = ()) -> Redaction:
-    return Redaction(injected=injected, streamed=streamed, comment="holdgate: x", marked=":m:")
+def redaction(
+    streamed: bytes | None = None,
+    injected: tuple[str, ...] = (),
+    request_body: bytes | None = None,
+) -> Redaction:
+    return Redaction(
+        injected=injected,
+        streamed=streamed,
+        request_body=request_body,
+        comment="holdgate: x",
+        marked=":m:",
+    )
 
 
 def read_back(state: dict) -> list:
@@ -65,6 +75,14 @@ def test_a_backup_left_by_an_edit_is_not_recorded() -> None:
     assert b"caller-token" not in mitmio.tnetstring.dumps(recorded)
     (copy,) = read_back(recorded)
     assert not copy.modified()
+
+
+def test_a_masked_request_body_replaces_the_one_sent() -> None:
+    flow = tflow.tflow(req=tflow.treq(content=b'{"q": "jane@example.com"}'))
+    state = recorded_state(flow.get_state(), redaction(request_body=b'{"q": "[REDACTED]"}'))
+    (copy,) = read_back(state)
+    assert copy.request.content == b'{"q": "[REDACTED]"}'
+    assert b"jane@example.com" not in mitmio.tnetstring.dumps(state)
 
 
 def test_a_streamed_body_is_recorded_as_sent_with_its_length() -> None:

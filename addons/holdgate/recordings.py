@@ -40,10 +40,12 @@ def recording_name(session_key: str) -> str:
 
 @dataclass(frozen=True)
 class Redaction:
-    """What the recorded copy of a flow changes: credentials out, the stream as sent."""
+    """What the recorded copy of a flow changes: credentials out, masked arguments, the
+    stream as sent."""
 
     injected: tuple[str, ...]  # headers the gateway injected: shown as a marker
     streamed: bytes | None  # a streamed response's body as the client got it
+    request_body: bytes | None  # the request body with its arguments masked, if they had to be
     comment: str
     marked: str
 
@@ -69,6 +71,8 @@ def recorded_state(flow_state: dict[str, Any], redaction: Redaction) -> dict[str
         for name, value in request["headers"]
         if name.lower() not in _DROPPED
     )
+    if redaction.request_body is not None:
+        request = _with_body(request, redaction.request_body)
     recorded["request"] = request
     response = flow_state.get("response")
     if response is not None and redaction.streamed is not None:
