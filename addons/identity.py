@@ -10,7 +10,7 @@ from mitmproxy import http
 
 from configloader import ConfigLoader
 from holdgate.config import CREDENTIAL_HEADERS, GatewayConfig, Upstream
-from holdgate.identity import ANONYMOUS, Authenticator, authorization_servers
+from holdgate.identity import ANONYMOUS, Authenticator, authorization_servers, challenge
 from holdgate.proxy import fail_closed, header_lists, is_mcp, json_response, objects, refuse, state
 
 WELL_KNOWN = "/.well-known/oauth-protected-resource"
@@ -78,26 +78,27 @@ class Identity:
                 flow.request.headers.pop(name, None)
             if outcome.identity is None:
                 strip_credentials(flow.request, upstream)
-                self._unauthorized(flow, upstream, outcome.error or "no credentials")
+                self._unauthorized(flow, upstream, outcome.error, outcome.reason)
                 return
             identity = outcome.identity
         strip_credentials(flow.request, upstream)
         st["identity"] = identity.to_json()
         objects(flow).extra["identity"] = identity
 
-    def _unauthorized(self, flow: http.HTTPFlow, upstream: Upstream, error: str) -> None:
+    def _unauthorized(
+        self, flow: http.HTTPFlow, upstream: Upstream, error: str | None, reason: str | None
+    ) -> None:
+        """401. The header gets only a fixed reason; the body and the audit row also name the
+        bad value, which `holdgate.identity.shown` has already quoted and bounded."""
         metadata = front_url(flow) + WELL_KNOWN + (upstream.prefix or "")
-        challenge = (
-            f'Bearer resource_metadata="{metadata}", error="invalid_token", '
-            f'error_description="{error}"'
-        )
+        error = error or "no credentials"
         refuse(
             flow,
             401,
             UNAUTHORIZED,
             f"unauthorized: {error}",
             kind="unauthenticated",
-            headers={"WWW-Authenticate": challenge},
+            headers={"WWW-Authenticate": challenge(metadata, reason or "no credentials")},
         )
         state(flow)["auth_error"] = error
 

@@ -298,3 +298,83 @@ async def test_no_credentials_is_401_for_the_official_client(setup):
         async with connect(gw.url + "/mcp") as client:
             await client.list_tools()
     assert "no credentials" in repr(info.value)
+
+
+def _hand_signed(private_key, header: dict) -> str:
+    """A real RS256 signature over a header built by hand (pyjwt would refuse some of these)."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    now = int(time.time())
+    claims = {"iss": ISSUER, "aud": "holdgate", "preferred_username": "erin", "exp": now + 300}
+    signing_input = (
+        jwt.utils.base64url_encode(json.dumps(header).encode())
+        + b"."
+        + jwt.utils.base64url_encode(json.dumps(claims).encode())
+    )
+    signature = private_key.sign(signing_input, padding.PKCS1v15(), hashes.SHA256())
+    return (signing_input + b"." + jwt.utils.base64url_encode(signature)).decode()
+
+
+INJECTED = "x\r\nSet-Cookie: pwned=1"
+
+
+@pytest.mark.parametrize(
+    ("header", "reason"),
+    [
+        ({"alg": "RS256", "typ": "JWT", "kid": INJECTED}, "unknown signing key"),
+        ({"alg": "RS256\r\nSet-Cookie: pwned=1", "kid": "k1"}, "algorithm not allowed"),
+        ({"alg": 'RS256", error="x\r\nSet-Cookie: pwned=1', "kid": "k1"}, "algorithm not allowed"),
+        ({"alg": "ES256", "kid": "k1"}, "algorithm not allowed for this key"),
+        ({"alg": "RS256", "kid": "\n" * 5000 + "Set-Cookie: pwned=1"}, "unknown signing key"),
+        ({"alg": "RS256", "kid": "k\u2028\u0085\x00\x1b[31m" + "z" * 3000}, "unknown signing key"),
+    ],
+)
+def test_token_header_text_never_reaches_response_headers(setup, keys, header, reason):
+    gw, demo = setup
+    bad = _hand_signed(keys["rsa"], header)
+    response = tools_list(gw, {"Authorization": f"Bearer {bad}"})
+    assert response.status == 401
+    names = {name.lower() for name in response.headers}
+    assert "set-cookie" not in names
+    challenge = response.headers.get("www-authenticate") or response.headers.get("WWW-Authenticate")
+    assert not any(c in challenge for c in "\r\n\x00")
+    assert f'error_description="{reason}"' in challenge
+    assert challenge.count('"') == 6  # resource_metadata, error, error_description: nothing else
+    message = response.json()["error"]["message"]
+    assert reason in message
+    assert len(message) < 200
+    assert not any(ord(c) < 0x20 or c in "\u2028\u0085" for c in message)
+    assert len(response.body) < 600
+    assert demo.requests() == []
+
+
+def test_the_audit_row_gets_the_bad_value_escaped_and_bounded(
+    tmp_path, jwks, keys, gateway_factory
+):
+    import sqlite3
+
+    from conftest import start_demo, stop
+
+    demo = start_demo(tmp_path, "--expect-token", UPSTREAM_TOKEN)
+    try:
+        gw = gateway_factory(
+            CONFIG.format(issuer=ISSUER, jwks=jwks.url, url=demo.url, trusted="127.0.0.1/32"),
+            demo.url,
+            env={"UPSTREAM_TOKEN": UPSTREAM_TOKEN},
+        )
+        kid = INJECTED + "y" * 5000
+        response = tools_list(
+            gw,
+            {"Authorization": f"Bearer {_hand_signed(keys['rsa'], {'alg': 'RS256', 'kid': kid})}"},
+        )
+        assert response.status == 401
+        assert 'kid "x\\r\\nSet-Cookie: pwned=1yyy' in response.json()["error"]["message"]
+        stop(gw.proc)
+        extras = [e for (e,) in sqlite3.connect(gw.db).execute("select extra from events") if e]
+        errors = [json.loads(e).get("auth_error") for e in extras]
+        errors = [e for e in errors if e]
+        assert errors and all("\r" not in e and "\n" not in e and len(e) < 200 for e in errors)
+        assert INJECTED not in gw.log_text()
+    finally:
+        stop(demo.proc)

@@ -10,14 +10,17 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from holdgate.configfile import ConfigError, parse_yaml
 from holdgate.identity import (
+    AUTH_REASONS,
     VERIFIED_TTL,
     Authenticator,
     AuthError,
     api_key_hash,
+    challenge,
     claim,
     generate_api_key,
     group_list,
     parse_identity,
+    shown,
 )
 
 
@@ -190,3 +193,84 @@ def test_the_reuse_window_is_bounded_and_a_rotated_out_key_ends_it(issuer):
     jwks["keys"] = []
     refused = check(auth, token)
     assert refused.identity is None and "key" in refused.error
+
+
+# --- nothing from a request reaches a response header (issue 13, item 6) -----------------
+
+INJECTED = "x\r\nSet-Cookie: pwned=1"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("k1", '"k1"'),
+        (INJECTED, '"x\\r\\nSet-Cookie: pwned=1"'),
+        ('a"b\\c', '"a\\"b\\\\c"'),
+        ("\u2028\x00\x1b", '"\\u2028\\u0000\\u001b"'),
+        ("\ud800", '"\\ud800"'),
+        (7, '"7"'),
+        (None, '"null"'),
+        ("z" * 100, '"' + "z" * 64 + '"...'),
+    ],
+)
+def test_shown_values_are_quoted_escaped_and_bounded(value, expected):
+    assert shown(value) == expected
+    assert all(0x20 <= ord(c) < 0x7F for c in shown(value))
+
+
+def test_the_challenge_carries_a_fixed_reason_and_a_quoted_url():
+    url = "http://gw.test/.well-known/oauth-protected-resource"
+    assert challenge(url, "unknown signing key") == (
+        f'Bearer resource_metadata="{url}", error="invalid_token", '
+        'error_description="unknown signing key"'
+    )
+    forged = challenge(url, f"unknown signing key (kid {INJECTED})")
+    assert forged.endswith('error_description="invalid credentials"')
+    hostile = challenge('http://a"b\\c\r\nX: 1\u00e9/x', "no credentials")
+    assert "%22" in hostile and "%5C" in hostile and "%0D%0A" in hostile and "%C3%A9" in hostile
+    assert hostile.count('"') == 6
+
+
+def test_every_auth_error_in_the_module_names_a_fixed_reason():
+    """A new `raise AuthError(f"... {value}")` would put request text in a header again."""
+    import ast
+    import inspect
+
+    import holdgate.identity
+
+    tree = ast.parse(inspect.getsource(holdgate.identity))
+    calls = [
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id == "AuthError"
+    ]
+    assert len(calls) > 15
+    for call in calls:
+        first = call.args[0]
+        assert isinstance(first, ast.Constant) and first.value in AUTH_REASONS, ast.unparse(call)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"kid": INJECTED},
+        {"kid": "\n" * 5000},
+        {"kid": "k1", "alg": "RS256\r\nSet-Cookie: pwned=1"},
+    ],
+)
+def test_a_hostile_token_header_gives_a_fixed_reason_and_a_bounded_error(issuer, headers):
+    key, auth, *_ = issuer
+    base = {"iss": "https://idp.test", "aud": "holdgate", "sub": "ann", "exp": EXPIRES}
+    alg = headers.pop("alg", "RS256")
+    token = jwt.encode(base, key, algorithm="RS256", headers=headers)
+    if alg != "RS256":  # pyjwt signs only algorithms it knows: swap the header in by hand
+        head = jwt.utils.base64url_encode(json.dumps({**headers, "alg": alg}).encode()).decode()
+        token = head + token[token.index(".") :]
+    refused = check(auth, token)
+    assert refused.identity is None
+    assert refused.reason in AUTH_REASONS
+    assert "\r" not in refused.error and "\n" not in refused.error
+    assert len(refused.error) < 120
+    assert isinstance(AuthError(refused.reason), Exception)

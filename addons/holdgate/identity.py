@@ -117,13 +117,94 @@ class IdentityConfig:
 @dataclass(frozen=True)
 class AuthOutcome:
     identity: Identity | None
-    error: str | None = None
+    error: str | None = None  # safe for a body: reason, and any request text via `shown`
     spoofed_headers: tuple[str, ...] = ()
     credential_headers: tuple[str, ...] = ()
+    reason: str | None = None  # one of AUTH_REASONS: the only part a response header gets
+
+
+# Why a credential was refused, as the 401's `WWW-Authenticate` header may say it. A closed
+# set: the header never carries text from the request (a CRLF in a token's `kid` would set
+# response headers of the caller's choosing). The value that was wrong goes to the body only.
+AUTH_REASONS = frozenset(
+    {
+        "no credentials",
+        "multiple credentials",
+        "the Authorization header must be `Bearer <token>`",
+        "unknown API key",
+        "malformed token",
+        "unknown issuer",
+        "wrong issuer",
+        "wrong audience",
+        "algorithm not allowed",
+        "algorithm not allowed for this key",
+        "token has no kid and the issuer has several keys",
+        "unknown signing key",
+        "cannot fetch the issuer's keys",
+        "bad signature",
+        "token expired",
+        "token not yet valid",
+        "token lacks a required claim",
+        "token has no user claim",
+        "the groups claim is neither a list of strings nor a string",
+        "the trusted user header must appear exactly once",
+        "invalid token",
+    }
+)
+SHOWN_VALUE_CHARS = 64
+
+
+def shown(value: Any, limit: int = SHOWN_VALUE_CHARS) -> str:
+    """A value taken from a request, safe to put in a body, log or audit row.
+
+    JSON-quoted, with every control, quote and non-ASCII character escaped, and at most
+    `limit` characters between the quotes (then `...`), so no request can set the shape
+    or size of what the gateway writes about it.
+    """
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=True, default=repr)
+    out: list[str] = []
+    used = 0
+    for char in text:
+        piece = json.dumps(char, ensure_ascii=True)[1:-1]
+        if used + len(piece) > limit:
+            return '"' + "".join(out) + '"...'
+        out.append(piece)
+        used += len(piece)
+    return '"' + "".join(out) + '"'
 
 
 class AuthError(Exception):
-    """A credential was presented and is not acceptable; the message is safe to show."""
+    """A credential was presented and is not acceptable.
+
+    `reason` is one of AUTH_REASONS; `detail` names what was wrong, with any request text
+    already passed through `shown`. `str()` of the error is safe for bodies and logs.
+    """
+
+    def __init__(self, reason: str, detail: str | None = None) -> None:
+        super().__init__(reason if detail is None else f"{reason} ({detail})")
+        self.reason = reason
+        self.detail = detail
+
+
+def challenge(metadata_url: str, reason: str | None) -> str:
+    """The 401's `WWW-Authenticate` value (RFC 6750, RFC 9728); nothing from a token in it.
+
+    A reason outside AUTH_REASONS becomes a generic one; the URL (which in regular proxy
+    mode comes from the client's Host header) is percent-encoded outside visible ASCII and
+    has its quotes and backslashes encoded, so it cannot leave its quoted-string.
+    """
+    url = "".join(
+        c if 0x21 <= ord(c) <= 0x7E and c not in '"\\' else _percent(c) for c in metadata_url
+    )
+    description = reason if reason in AUTH_REASONS else "invalid credentials"
+    return (
+        f'Bearer resource_metadata="{url}", error="invalid_token", '
+        f'error_description="{description}"'
+    )
+
+
+def _percent(char: str) -> str:
+    return "".join(f"%{b:02X}" for b in char.encode("utf-8", "surrogatepass"))
 
 
 # --- config ------------------------------------------------------------------------------
@@ -363,7 +444,7 @@ class Authenticator:
             else:
                 identity = self._api_key(credential)
         except AuthError as exc:
-            return AuthOutcome(None, str(exc), spoofed)
+            return AuthOutcome(None, str(exc), spoofed, reason=exc.reason)
         return AuthOutcome(identity, None, spoofed, used)
 
     def _trusted(
@@ -371,7 +452,8 @@ class Authenticator:
     ) -> AuthOutcome:
         users = headers.get(trusted.user_header, [])
         if len(users) != 1 or not users[0].strip():
-            return AuthOutcome(None, "the trusted user header must appear exactly once")
+            reason = "the trusted user header must appear exactly once"
+            return AuthOutcome(None, reason, reason=reason)
         groups_values = headers.get(trusted.groups_header, []) if trusted.groups_header else []
         groups = tuple(g for v in groups_values for g in group_list(v))
         return AuthOutcome(Identity(users[0].strip(), groups, "trusted_header"), None, (), present)
@@ -424,14 +506,14 @@ class Authenticator:
             raise AuthError("malformed token") from None
         issuer = next((i for i in self.config.oidc if i.issuer == unverified.get("iss")), None)
         if issuer is None:
-            raise AuthError("unknown issuer")
+            raise AuthError("unknown issuer", f"iss {shown(unverified.get('iss'))}")
         alg = header.get("alg")
-        if alg not in issuer.algorithms:
-            raise AuthError(f"algorithm not allowed ({alg})")
+        if not isinstance(alg, str) or alg not in issuer.algorithms:
+            raise AuthError("algorithm not allowed", f"alg {shown(alg)}")
         kid = header.get("kid")
         key = await self._key(issuer, kid)
         if not _key_fits(key, alg):
-            raise AuthError(f"algorithm not allowed ({alg}) for this key")
+            raise AuthError("algorithm not allowed for this key", f"alg {shown(alg)}")
         try:
             claims = jwt.decode(
                 token,
@@ -453,12 +535,12 @@ class Authenticator:
         except jwt.InvalidSignatureError:
             raise AuthError("bad signature") from None
         except jwt.MissingRequiredClaimError as exc:
-            raise AuthError(f"token lacks the {exc.claim} claim") from None
+            raise AuthError("token lacks a required claim", shown(exc.claim)) from None
         except jwt.InvalidTokenError:
             raise AuthError("invalid token") from None
         user = claim(claims, issuer.user_claim)
         if not isinstance(user, str) or not user:
-            raise AuthError(f"token has no {issuer.user_claim} claim")
+            raise AuthError("token has no user claim", shown(issuer.user_claim))
         groups = group_list(claim(claims, issuer.groups_claim)) if issuer.groups_claim else ()
         identity = Identity(user, groups, "oidc", issuer=issuer.issuer, key_id=kid)
         return identity, claims, issuer.leeway
@@ -478,7 +560,7 @@ class Authenticator:
                 return next(iter(cache.keys.values()))
             raise AuthError("token has no kid and the issuer has several keys")
         if kid not in cache.keys:
-            raise AuthError(f"unknown signing key (kid {kid[:40]})")
+            raise AuthError("unknown signing key", f"kid {shown(kid)}")
         return cache.keys[kid]
 
     async def _refresh(self, issuer: OidcIssuer, cache: _KeyCache) -> None:
@@ -495,7 +577,7 @@ class Authenticator:
             cache.fetched_at = self._clock()
         except (OSError, ValueError) as exc:
             cache.fetched_at = self._clock()  # the floor also limits retries
-            raise AuthError(f"cannot fetch the issuer's keys ({type(exc).__name__})") from None
+            raise AuthError("cannot fetch the issuer's keys", type(exc).__name__) from None
         finally:
             cache.refreshing.set_result(None)
             cache.refreshing = None
