@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from mitmproxy import http
 
 from configloader import ConfigLoader
-from holdgate.masking import mask_json
+from holdgate.masking import MaskOutcome, ProfilesInEffect, StreamMasker, mask_json
 from holdgate.proxy import MessageContext, objects, state
 
 ENVELOPE = ("jsonrpc", "id", "method")
+STREAM_MASKER = "stream_masker"  # key in objects(flow).extra: the event stream's look-behind
 
 
 class Masking:
@@ -27,13 +29,17 @@ class Masking:
         tool = answers[1] if answers and answers[0] == "tools/call" else None
         effect = config.masking.profiles_for(state(flow)["upstream"], tool, groups)
         context.exemptions = effect.exemptions
+        # Messages of one event stream also look behind, for values split between two.
+        mask: Callable[[Any, ProfilesInEffect], MaskOutcome] = (
+            _stream_masker(flow).mask if context.transport == "sse" else mask_json
+        )
         if isinstance(message, dict):
             # The envelope (ids, method names) stays byte-identical; everything else is data.
             payload = {k: v for k, v in message.items() if k not in ENVELOPE}
-            outcome = mask_json(payload, effect)
+            outcome = mask(payload, effect)
             masked: Any = {**message, **outcome.value} if outcome.changed else message
         else:
-            outcome = mask_json(message, effect)
+            outcome = mask(message, effect)
             masked = outcome.value
         if outcome.findings:
             context.findings = outcome.findings
@@ -43,3 +49,12 @@ class Masking:
         if effect.exemptions:
             state(flow)["exempted"] = list(effect.exemptions)
         return masked
+
+
+def _stream_masker(flow: http.HTTPFlow) -> StreamMasker:
+    """The flow's event stream masker (one per stream: its look-behind is per stream)."""
+    extra = objects(flow).extra
+    masker = extra.get(STREAM_MASKER)
+    if masker is None:
+        masker = extra[STREAM_MASKER] = StreamMasker()
+    return masker

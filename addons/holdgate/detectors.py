@@ -15,6 +15,13 @@ False positives are kept low by validating every candidate: Luhn and card-brand 
 for cards, mod-97 and the per-country length for IBANs, the SSA's invalid ranges for US
 SSNs, a decodable `{"alg": …}` header for JWTs, mixed case for AWS secret keys.
 
+Disguised values are found too: `detect_folded` scans a folded copy of each text that holds
+a JSON/JS escape (`alice\\u0040example.com`), a compatibility form NFKC maps to ASCII
+(full-width `４１１１…`, `alice＠example.com`, a no-break space), a Unicode dash, or an
+invisible character (zero-width space/joiners, word joiner, BOM, soft hyphen) inside a
+value, and maps each hit back to the span of the original text. Texts with none of these
+(the common case) are checked with one `isascii` or one character-class search.
+
 Built-in detectors (`BUILTIN_DETECTORS`), with an example each:
 
 | name             | finds                                | example                           |
@@ -42,9 +49,11 @@ import base64
 import binascii
 import json
 import re
+import unicodedata
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from itertools import accumulate, count
 from operator import add
 from typing import Any, Literal, NamedTuple
@@ -657,6 +666,144 @@ def detect(hay: Haystack, detectors: Sequence[Detector]) -> list[Hit]:
             index = bisect_right(starts, start) - 1
             base = starts[index]
             hits.append(Hit(index, start - base, end - base, detector))
+    return hits
+
+
+# --- folding: escapes, compatibility forms and invisible characters ---------------------
+
+_INVISIBLE = "\u00ad\u180e\u200b\u200c\u200d\u2060\u2061\u2062\u2063\u2064\ufeff"
+_DASHES = "\u2010\u2011\u2012\u2013\u2014\u2015\u2212\ufe58\ufe63"
+# Outside the BMP only these blocks have NFKC forms in ASCII that matter here:
+# mathematical alphanumerics, enclosed alphanumerics, segmented digits.
+_FOLD_RANGES = ((0x80, 0x10000), (0x1D400, 0x1D800), (0x1F100, 0x1F200), (0x1FBF0, 0x1FBFA))
+
+
+def _fold_table() -> dict[str, str]:
+    """Each character that folds for detection, and its ASCII form ("" for invisible ones)."""
+    table = dict.fromkeys(_INVISIBLE, "")
+    table.update(dict.fromkeys(_DASHES, "-"))
+    for low, high in _FOLD_RANGES:
+        for point in range(low, high):
+            char = chr(point)
+            if char in table or 0xD800 <= point <= 0xDFFF:
+                continue
+            normal = unicodedata.normalize("NFKC", char)
+            if normal != char and normal.isascii():
+                table[char] = normal
+    return table
+
+
+def _char_class(chars: Iterable[str]) -> str:
+    points = sorted(map(ord, chars))
+    ranges: list[list[int]] = []
+    for point in points:
+        if ranges and ranges[-1][1] == point - 1:
+            ranges[-1][1] = point
+        else:
+            ranges.append([point, point])
+    return "".join(
+        f"\\U{low:08x}" if low == high else f"\\U{low:08x}-\\U{high:08x}" for low, high in ranges
+    )
+
+
+FOLDS = _fold_table()
+_FOLDABLE = re.compile(f"[{_char_class(FOLDS)}]")
+_ESCAPE = re.compile(r"\\(?:u([0-9A-Fa-f]{4})|x([0-9A-Fa-f]{2}))")
+_FOLD = re.compile(f"{_ESCAPE.pattern}|{_FOLDABLE.pattern}")
+
+
+class Folded(NamedTuple):
+    """A text as detectors should read it, and where each changed piece came from.
+
+    `pieces` are (start, end) in `text` and (start, end) in the original, in order;
+    between pieces the two texts are the same, shifted.
+    """
+
+    text: str
+    pieces: tuple[tuple[int, int, int, int], ...]
+
+    def original(self, start: int, end: int) -> Span:
+        """The original span holding the folded span [start, end) (end > start)."""
+        return self._where(start, False), self._where(end - 1, True)
+
+    def _where(self, position: int, after: bool) -> int:
+        pieces = self.pieces
+        index = bisect_right(pieces, (position, _BIG)) - 1
+        if index < 0:
+            return position + after
+        start, end, original_start, original_end = pieces[index]
+        if position < end:  # inside a replacement: all of what it replaced
+            return original_end if after else original_start
+        return original_end + position - end + after
+
+
+_BIG = 1 << 62
+
+
+@lru_cache(maxsize=4096)
+def _unescape(code: str) -> str:
+    char = chr(int(code, 16))
+    if 0xD800 <= ord(char) <= 0xDFFF:  # half a surrogate pair: nothing a detector reads
+        return ""
+    return FOLDS.get(char, char)
+
+
+def fold(text: str) -> Folded | None:
+    """The folded form of a text for detection, or None when folding changes nothing."""
+    if text.isascii():
+        if "\\" not in text or _ESCAPE.search(text) is None:
+            return None
+    elif _FOLDABLE.search(text) is None and ("\\" not in text or _ESCAPE.search(text) is None):
+        return None
+    parts: list[str] = []
+    pieces: list[tuple[int, int, int, int]] = []
+    last = length = 0
+    for match in _FOLD.finditer(text):
+        code = match.group(1) or match.group(2)
+        if code is not None:
+            replacement = _unescape(code)
+        else:
+            replacement = FOLDS[match.group()]
+        start, end = match.span()
+        parts.append(text[last:start])
+        length += start - last
+        pieces.append((length, length + len(replacement), start, end))
+        parts.append(replacement)
+        length += len(replacement)
+        last = end
+    if not pieces:
+        return None
+    parts.append(text[last:])
+    return Folded("".join(parts), tuple(pieces))
+
+
+def detect_folded(hay: Haystack, detectors: Sequence[Detector]) -> list[Hit]:
+    """The hits in the folded form of each text that has one, as spans of the original text.
+
+    Run besides `detect`, not instead: folding can also join what the original keeps
+    apart (two cards either side of a zero-width space), so both are masked.
+    """
+    blob = hay.blob
+    if blob.isascii() and "\\" not in blob:
+        return []
+    origins: list[int] = []
+    views: list[Folded] = []
+    for index, text in enumerate(hay.texts):
+        folded = fold(text)
+        if folded is not None:
+            origins.append(index)
+            views.append(folded)
+    if not views:
+        return []
+
+    def keys() -> Sequence[str]:
+        known = hay.keys
+        return [known[i] for i in origins] if known else ()
+
+    hits: list[Hit] = []
+    for hit in detect(Haystack([v.text for v in views], keys), detectors):
+        start, end = views[hit.index].original(hit.start, hit.end)
+        hits.append(Hit(origins[hit.index], start, end, hit.detector))
     return hits
 
 

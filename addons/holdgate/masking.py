@@ -15,8 +15,13 @@ strategy for what replaces a value:
 Where profiles overlap, the strongest strategy wins (redact, then hash, then partial),
 and overlapping hits in a string are masked as one span.
 
-`mask_json` walks dicts and lists and masks every string; keys and numbers are never
-changed (only a field rule replaces a whole value, whatever its type). A string that is
+`mask_json` walks dicts and lists and masks every string, every key and every integral
+number long enough to be a card (13+ digits; any integer when custom detectors are in
+effect): a masked number becomes a string. A masked key is renamed in place; where two
+keys of one object would mask to the same name, the later ones get `#2`, `#3`, ... so no
+entry is dropped. Values disguised with escapes, full-width forms or zero-width
+characters are found through them and masked over their original span (see
+`holdgate.detectors.fold`). A string that is
 itself a JSON object or array (MCP tool results carry JSON as `content[].text`) is
 parsed, masked as a document of its own (field rules apply inside it) and re-serialised
 compactly in key order, but only if something in it changed: otherwise the original
@@ -26,6 +31,12 @@ are copied on the way up.
 
 Findings say what was masked without saying what it was: counts per detector name and
 per `path:<jsonpath>`.
+
+`StreamMasker` masks the messages of one event stream in order and keeps the last
+`LOOK_BEHIND` characters of clear text per JSON key, so a value split across two messages
+("alice@exa" | "mple.com") is caught when the second one is masked: the part still to be
+sent is replaced by the whole value's mask and counted as `<detector>(split)`. The part
+already sent cannot be recalled.
 
 Exceptions:
     MaskingError     -- a value could not be masked safely; the caller must refuse it
@@ -42,7 +53,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from jsonpath_ng import JSONPath
 from jsonpath_ng.exceptions import JSONPathError
@@ -56,9 +67,10 @@ from holdgate.detectors import (
     VALIDATORS,
     Detector,
     Haystack,
-    Hit,
     custom_detector,
     detect,
+    detect_folded,
+    fold,
 )
 from holdgate.rules import Globs
 
@@ -71,6 +83,12 @@ DETECTOR_KEYS = {"name", "regex", "validator"}
 
 Container = dict[str, Any] | list[Any]
 Key = str | int
+
+CARD_NUMBER_FLOOR = 10**12  # the shortest card has 13 digits; no other built-in finds bare digits
+NUMBER_CEILING = 10**40  # longer numbers are no one's identifier (and str() of huge ints raises)
+EXACT_FLOAT = 2**53  # a float beyond this is not the number it was written as
+LOOK_BEHIND = 256  # characters of a stream's text kept per JSON key to catch split values
+LOOK_BEHIND_KEYS = 16
 
 
 class MaskingError(Exception):
@@ -145,6 +163,7 @@ class _Plan:
     names: dict[str, tuple[FieldRule, Strategy]]
     trees: tuple[tuple[FieldRule, Strategy], ...]
     hash_key: bytes | None
+    number_floor: int = CARD_NUMBER_FLOOR  # numbers below this are not scanned
 
 
 def _stronger(a: Strategy, b: Strategy) -> Strategy:
@@ -184,7 +203,8 @@ class ProfilesInEffect:
                 if known is None or _STRENGTH[strategy] > _STRENGTH[known[1]]:
                     names[name] = (rule, strategy)
         trees = tuple(entry for entry in rules.values() if entry[0].names is None)
-        return _Plan(tuple(detectors.values()), strategies, names, trees, self.hash_key)
+        floor = _number_floor(detectors.values())
+        return _Plan(tuple(detectors.values()), strategies, names, trees, self.hash_key, floor)
 
 
 @dataclass(frozen=True, eq=False)
@@ -266,20 +286,102 @@ def mask_text(text: str, effect: ProfilesInEffect) -> MaskOutcome:
     return mask_json(text, effect)
 
 
+class StreamMasker:
+    """Masks the messages of one event stream in order, catching values split between two.
+
+    The last `window` characters of clear text are kept per JSON key (the nearest key a
+    string sits under; `keys` of them at most, least recent dropped): when a message comes,
+    the first string under each such key is scanned once more behind its key's tail. A
+    value that starts in the tail and ends in the new string was split; the part still to
+    be sent is replaced by the mask of the whole value and counted `<detector>(split)`.
+    A value the tail already held whole was masked when it was sent, and is not split.
+    The part sent before cannot be recalled, and a value split into pieces longer than
+    the window, or under two different keys, is not caught.
+    """
+
+    def __init__(self, window: int = LOOK_BEHIND, keys: int = LOOK_BEHIND_KEYS) -> None:
+        self.window = window
+        self.keys = keys
+        self._tails: dict[str, str] = {}
+
+    def mask(self, value: Any, effect: ProfilesInEffect) -> MaskOutcome:
+        """`mask_json` for the next message of the stream. Raises MaskingError as it does."""
+        plan = effect._plan
+        if not plan.detectors:
+            return mask_json(value, effect)
+        walk = _Walk(plan, value)
+        try:
+            walk.collect()
+            outcome = walk.finish(self._split(walk))
+        except RecursionError:
+            raise MaskingError("the value is nested too deeply to mask") from None
+        self._remember(walk)
+        return outcome
+
+    def _strings(self, walk: _Walk) -> Iterable[tuple[int, str]]:
+        """(index, nearest key) of each string value of a walk (not keys, not numbers)."""
+        keys = set(walk.key_texts.values())
+        numbers = walk.numbers
+        for index, slot in enumerate(walk.slots):
+            if index not in keys and index not in numbers:
+                yield index, slot[3]
+
+    def _split(self, walk: _Walk) -> dict[int, list[_Found]]:
+        tails = self._tails
+        if not tails:
+            return {}
+        firsts: dict[str, int] = {}
+        for index, context in self._strings(walk):
+            if context in tails and context not in firsts:
+                firsts[context] = index
+        if not firsts:
+            return {}
+        pairs = list(firsts.items())
+        texts: list[str] = []
+        for context, index in pairs:
+            tail = tails[context]
+            texts += (tail, tail + walk.texts[index])
+        contexts = [context for context, _ in pairs for _ in (0, 1)]
+        found = _hits(Haystack(texts, lambda: contexts), walk.plan.detectors)
+        out: dict[int, list[_Found]] = {}
+        for pair, (_, index) in enumerate(pairs):
+            cut = len(texts[2 * pair])
+            in_tail = {(h.detector.name, h.start) for h in found.get(2 * pair, ())}
+            joined = texts[2 * pair + 1]
+            for hit in found.get(2 * pair + 1, ()):
+                if hit.start < cut < hit.end and (hit.detector.name, hit.start) not in in_tail:
+                    whole = joined[hit.start : hit.end]
+                    out.setdefault(index, []).append(_Found(0, hit.end - cut, hit.detector, whole))
+        return out
+
+    def _remember(self, walk: _Walk) -> None:
+        tails, window = self._tails, self.window
+        continued: set[str] = set()
+        for index, context in self._strings(walk):
+            end = walk.texts[index][-window:]
+            earlier = tails.pop(context, "")
+            if context not in continued:  # the first string under a key continues its tail
+                continued.add(context)
+                end = (earlier + end)[-window:]
+            tails[context] = end
+        while len(tails) > self.keys:
+            tails.pop(next(iter(tails)))
+
+
 def scan(value: Any, detectors: Sequence[Detector]) -> dict[str, int]:
     """How many values each detector finds anywhere in a JSON value (for policy conditions)."""
     if not detectors:
         return {}
-    walk = _Walk(_Plan(tuple(detectors), {}, {}, (), None), value)
+    plan = _Plan(tuple(detectors), {}, {}, (), None, _number_floor(detectors))
+    walk = _Walk(plan, value)
     try:
         walk.collect()
     except RecursionError:
         raise MaskingError("the value is nested too deeply to scan") from None
-    if not walk.texts:
-        return {}
     spans: dict[tuple[str, int], list[tuple[int, int]]] = {}
-    for hit in detect(walk.haystack(), detectors):
-        spans.setdefault((hit.detector.name, hit.index), []).append((hit.start, hit.end))
+    for index, found in walk.found().items():
+        for hit in found:
+            spans.setdefault((hit.detector.name, index), []).append((hit.start, hit.end))
     counts: Counter[str] = Counter()
     for (name, _), found in spans.items():
         found.sort()
@@ -350,11 +452,43 @@ class _Doc:
     parent: int  # the document holding the string; -1 for the caller's value
 
 
+class _Found(NamedTuple):
+    """A span of one text to mask; `whole` is the value it belongs to when the text holds
+    only part of it (the rest went out in an earlier message of the stream)."""
+
+    start: int
+    end: int
+    detector: Detector
+    whole: str | None = None
+
+
+def _hits(hay: Haystack, detectors: Sequence[Detector]) -> dict[int, list[_Found]]:
+    """Every value found in each text of a haystack, also through folding, by text index."""
+    out: dict[int, list[_Found]] = {}
+    for hit in detect(hay, detectors):
+        out.setdefault(hit.index, []).append(_Found(hit.start, hit.end, hit.detector))
+    for hit in detect_folded(hay, detectors):
+        out.setdefault(hit.index, []).append(_Found(hit.start, hit.end, hit.detector))
+    return out
+
+
+def _number_floor(detectors: Iterable[Detector]) -> int:
+    builtin = all(BUILTIN_DETECTORS.get(d.name) is d for d in detectors)
+    return CARD_NUMBER_FLOOR if builtin else 0
+
+
+def _shown(value: str) -> str:
+    """A found value as its strategy should read it: escapes and look-alikes folded."""
+    folded = fold(value)
+    return value if folded is None else folded.text
+
+
 class _Walk:
     """One pass: collect every string (noting where it sits), detect once, patch what changed.
 
     Containers of the caller's value are copied on first change (copy-on-write up to the
-    root); documents parsed from strings are ours and patched in place.
+    root); documents parsed from strings are ours and patched in place. Keys are collected
+    once per distinct key; a masked key is renamed in every object that has it.
     """
 
     def __init__(self, plan: _Plan, value: Any) -> None:
@@ -362,6 +496,9 @@ class _Walk:
         self.root: list[Any] = [value]
         self.texts: list[str] = []
         self.slots: list[tuple[Container, Key, int, str]] = []  # where, document, nearest key
+        self.key_texts: dict[str, int] = {}  # each distinct key: its index in `texts`
+        self.numbers: set[int] = set()  # indexes in `texts` that were numbers
+        self.objects: dict[int, list[dict[str, Any]]] = {}  # per document, its objects
         self.docs: list[_Doc] = []
         self.parents: dict[int, list[tuple[Container, Key]]] = {}
         self.patches: list[tuple[Container, Key, int, str]] = []
@@ -383,10 +520,17 @@ class _Walk:
         is_dict = type(node) is dict
         names = self.plan.names if is_dict else None
         targets, parents = self.targets, self.parents
-        add_text, add_slot = self.texts.append, self.slots.append
+        texts, key_texts, floor = self.texts, self.key_texts, self.plan.number_floor
+        add_text, add_slot = texts.append, self.slots.append
+        if is_dict:
+            self.objects.setdefault(doc, []).append(node)  # type: ignore[arg-type]
         for key, value in node.items() if is_dict else enumerate(node):  # type: ignore[union-attr]
             if is_dict:
                 context = key
+                if key not in key_texts and type(key) is str:
+                    key_texts[key] = len(texts)
+                    add_text(key)
+                    add_slot((node, key, doc, ""))
             rule = names.get(key) if names else None
             if targets:
                 other = targets.get((id(node), key))
@@ -408,6 +552,15 @@ class _Walk:
                 if doc < 0:
                     parents.setdefault(id(value), []).append((node, key))
                 self._collect(value, context, doc)
+            elif kind is int:
+                if floor <= value < NUMBER_CEILING or -NUMBER_CEILING < value <= -floor:
+                    self.numbers.add(len(texts))
+                    add_text(str(value))
+                    add_slot((node, key, doc, context))
+            elif kind is float and floor <= abs(value) <= EXACT_FLOAT and value.is_integer():
+                self.numbers.add(len(texts))
+                add_text(str(int(value)))
+                add_slot((node, key, doc, context))
 
     def haystack(self) -> Haystack:
         return Haystack(self.texts, lambda: [slot[3] for slot in self.slots])
@@ -450,24 +603,70 @@ class _Walk:
         self.patches.append((container, key, doc, replacement))
         self.findings[f"path:{field_rule.path}"] += 1
 
-    def finish(self) -> MaskOutcome:
-        hits: list[Hit] = []
-        if self.texts and self.plan.detectors:
-            hits = detect(self.haystack(), self.plan.detectors)
-        by_text: dict[int, list[Hit]] = {}
-        for hit in hits:
-            by_text.setdefault(hit.index, []).append(hit)
-        for index, found in by_text.items():
-            container, key, doc, _ = self.slots[index]
-            self._assign(container, key, doc, self._mask_string(self.texts[index], found))
+    def found(self) -> dict[int, list[_Found]]:
+        if not self.texts or not self.plan.detectors:
+            return {}
+        return _hits(self.haystack(), self.plan.detectors)
+
+    def finish(self, split: Mapping[int, list[_Found]] | None = None) -> MaskOutcome:
+        """Mask what was found (and the `split` spans a stream adds), then patch it all in."""
+        found = self.found()
+        for index, spans in (split or {}).items():
+            found.setdefault(index, []).extend(spans)
+        key_indexes = {index: key for key, index in self.key_texts.items()} if found else {}
+        renames: dict[str, tuple[str, Counter[str]]] = {}
+        for index, spans in found.items():
+            key = key_indexes.get(index)
+            if key is not None:
+                counts: Counter[str] = Counter()
+                renames[key] = (self._mask_string(key, spans, counts), counts)
+                continue
+            container, slot_key, doc, _ = self.slots[index]
+            masked = self._mask_string(self.texts[index], spans, self.findings)
+            self._assign(container, slot_key, doc, masked)
         for container, key, doc, replacement in self.patches:
             self._assign(container, key, doc, replacement)
         for index in range(len(self.docs) - 1, -1, -1):  # inner documents first
+            if renames:
+                self._rename_keys(index, renames)
             if index in self.dirty:
                 embedded = self.docs[index]
                 text = _serialise(embedded.value)
                 self._assign(embedded.container, embedded.key, embedded.parent, text)
+        if renames:
+            self._rename_keys(-1, renames)
         return MaskOutcome(self.root[0], dict(self.findings))
+
+    def _rename_keys(self, doc: int, renames: Mapping[str, tuple[str, Counter[str]]]) -> None:
+        """Rename masked keys in the objects of one document, keeping their order.
+
+        Names that would clash (two e-mails redacted alike, or a key already named so)
+        get `#2`, `#3`, ...: an entry is never dropped.
+        """
+        done: set[int] = set()
+        for node in self.objects.get(doc, ()):
+            if id(node) in done or not any(key in renames for key in node):
+                continue
+            done.add(id(node))
+            target: dict[str, Any] = node if doc >= 0 else self._writable(node)  # type: ignore[assignment]
+            items = list(target.items())
+            taken = {key for key, _ in items if key not in renames}
+            renamed: dict[str, Any] = {}
+            for key, value in items:
+                entry = renames.get(key)
+                if entry is None:
+                    renamed[key] = value
+                    continue
+                masked, counts = entry
+                self.findings.update(counts)
+                name, suffix = masked, 2
+                while name in taken or name in renamed:
+                    name, suffix = f"{masked}#{suffix}", suffix + 1
+                renamed[name] = value
+            target.clear()
+            target.update(renamed)
+            if doc >= 0:
+                self.dirty.add(doc)
 
     def _assign(self, container: Container, key: Key, doc: int, value: str) -> None:
         if doc >= 0:
@@ -488,13 +687,14 @@ class _Walk:
                 self._writable(parent)[key] = copy  # type: ignore[index]
         return copy
 
-    def _mask_string(self, text: str, hits: list[Hit]) -> str:
+    def _mask_string(self, text: str, hits: list[_Found], findings: Counter[str]) -> str:
         """Replace each run of overlapping hits; the longest hit names it."""
         strategies, key = self.plan.strategies, self.plan.hash_key
         if len(hits) == 1:
-            _, start, end, detector = hits[0]
-            self.findings[detector.name] += 1
-            masked = _mask_value(text[start:end], detector, strategies[detector.name], key)
+            start, end, detector, whole = hits[0]
+            findings[detector.name if whole is None else f"{detector.name}(split)"] += 1
+            value = _shown(text[start:end] if whole is None else whole)
+            masked = _mask_value(value, detector, strategies[detector.name], key)
             return text[:start] + masked + text[end:]
         hits.sort(key=lambda h: (h.start, -h.end))
         out: list[str] = []
@@ -512,9 +712,14 @@ class _Walk:
                 strategy = _stronger(strategy, strategies[other.detector.name])
                 end = max(end, other.end)
                 index += 1
+            name = label.detector.name
+            if label.whole is None:
+                value = _shown(text[start:end])
+            else:
+                value, name = _shown(label.whole), f"{name}(split)"
             out.append(text[position:start])
-            out.append(_mask_value(text[start:end], label.detector, strategy, key))
-            self.findings[label.detector.name] += 1
+            out.append(_mask_value(value, label.detector, strategy, key))
+            findings[name] += 1
             position = end
         out.append(text[position:])
         return "".join(out)
