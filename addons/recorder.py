@@ -22,9 +22,10 @@ from mitmproxy import ctx, exceptions, http
 
 from configloader import ConfigLoader
 from holdgate.config import GatewayConfig
-from holdgate.jsonrpc import INTERNAL_ERROR, dumps
-from holdgate.masking import mask_json
+from holdgate.jsonrpc import INTERNAL_ERROR
+from holdgate.masking import MaskingError, MaskOutcome
 from holdgate.proxy import MessageContext, fail_closed, is_mcp, objects, refuse, session_key, state
+from holdgate.record_masking import RecordMasking, ToolHint, mask_for_record, scrub_row
 from holdgate.recordings import RecordingWriter, Redaction
 from holdgate.store import AuditWriter, StoreError
 from holdgate.store import iso as now_iso
@@ -65,6 +66,8 @@ class Recorder:
         self.digest_key = b""
         self.sessions_seen: dict[str, None] = {}
         self.unwritten_versions: list[dict[str, Any]] = []
+        self.unmaskable = 0  # values left out of store rows because they could not be masked
+        self._record_masking: tuple[GatewayConfig, bytes, RecordMasking] | None = None
         loader.listeners.append(self.note_config_version)
 
     def note_config_version(self, event: dict[str, Any]) -> None:
@@ -122,6 +125,25 @@ class Recorder:
     def key(self, config: GatewayConfig) -> bytes:
         return config.hash_key or self.digest_key
 
+    def record_masking(self, config: GatewayConfig) -> RecordMasking:
+        """How the record is masked under this config (built once per config)."""
+        key = self.key(config)
+        cached = self._record_masking
+        if cached is None or cached[0] is not config or cached[1] != key:
+            cached = self._record_masking = (config, key, RecordMasking.from_config(config, key))
+        return cached[2]
+
+    def masked_for_record(
+        self, value: Any, config: GatewayConfig, upstream: str, tool: ToolHint
+    ) -> MaskOutcome:
+        """`value` masked for a store row; one that cannot be masked is left out (counted)."""
+        try:
+            return mask_for_record(value, self.record_masking(config), upstream, tool)
+        except MaskingError as exc:
+            self.unmaskable += 1
+            logger.error("holdgate: a value was left out of the audit row: %s", exc)
+            return MaskOutcome(f"[holdgate: left out of the record: {exc}]", {"unmaskable": 1})
+
     @fail_closed
     def request(self, flow: http.HTTPFlow) -> None:
         """Refuse new MCP requests while the record cannot be kept (audit: required)."""
@@ -155,10 +177,10 @@ class Recorder:
         stored = message
         answers = context.answers
         if context.exemptions and message is not None:
-            # An exempt caller saw cleartext; the record never keeps it.
+            # An exempt caller saw cleartext; the record never keeps it. (Others saw it
+            # masked with the record's profiles; injected values are scrubbed in submit.)
             tool = answers[1] if answers and answers[0] == "tools/call" else None
-            effect = config.masking.profiles_for(state(flow)["upstream"], tool, ())
-            stored = mask_json(message, effect).value
+            stored = self.masked_for_record(message, config, state(flow)["upstream"], tool).value
         row = self._row(flow, config)
         row.update(
             direction=direction,
@@ -174,7 +196,10 @@ class Recorder:
                 if context.exemptions
                 else {"transport": context.transport}
             ),
-            args_masked=_truncate(json.dumps(stored, ensure_ascii=False)),
+            # scrubbed before the cut, so no part of an injected value is left at the end
+            args_masked=_truncate(
+                self.record_masking(config).scrub(json.dumps(stored, ensure_ascii=False))[0]
+            ),
         )
         self.submit(flow, config, "events", row)
         return message
@@ -203,21 +228,22 @@ class Recorder:
         status = flow.response.status_code if flow.response is not None else None
         body = objects(flow).body
         messages = st.get("messages") or [None]
-        arguments_masked = False
         for index, summary in enumerate(messages):
             parsed = body.messages[index] if body is not None and summary is not None else None
             tool = parsed.tool if parsed is not None else None
-            effect = config.masking.profiles_for(st.get("upstream", ""), tool, ())
             row = self._row(flow, config)
             decision = (summary or {}).get("decision") or {}
             arguments = parsed.arguments if parsed is not None else None
-            masked_args = mask_json(arguments, effect) if arguments is not None else None
+            masked_args = (
+                self.masked_for_record(arguments, config, st.get("upstream", ""), tool)
+                if arguments is not None
+                else None
+            )
             extra = _extra(st)
             if decision.get("rate_limited"):
                 extra["rate_limited"] = True
             if masked_args is not None and masked_args.findings:
                 extra["args_findings"] = masked_args.findings  # replay must know
-                arguments_masked = True
             refused = st.get("refused", {})
             row.update(
                 direction="request"
@@ -242,7 +268,7 @@ class Recorder:
                 extra=json.dumps(extra),
             )
             self.submit(flow, config, "events", row)
-        self._write_recording(flow, config, arguments_masked)
+        self._write_recording(flow, config)
 
     def _row(self, flow: http.HTTPFlow, config: GatewayConfig) -> dict[str, Any]:
         st = state(flow)
@@ -285,7 +311,9 @@ class Recorder:
         )
 
     def submit(self, flow: http.HTTPFlow, config: GatewayConfig, table: str, row: dict) -> None:
+        """Queue a row; no value the gateway injected is ever in it, however it got there."""
         writer = self.writer
+        row = scrub_row(row, self.record_masking(config))
         if writer is None or not writer.submit(table, row):
             # A response that cannot be recorded is withheld; a refusal was never served,
             # so losing its row (counted by the writer) must not turn it into another error.
@@ -293,49 +321,23 @@ class Recorder:
                 raise RuntimeError("the audit store queue is full or failing")
             state(flow)["audit_lost"] = True
 
-    def _write_recording(
-        self, flow: http.HTTPFlow, config: GatewayConfig, arguments_masked: bool
-    ) -> None:
-        """Only a state snapshot is taken here; the masked copy is built off the loop.
-
-        Arguments are masked in the flow file as in the store: when masking found something
-        in them, the request body is recorded with its arguments masked.
-        """
+    def _write_recording(self, flow: http.HTTPFlow, config: GatewayConfig) -> None:
+        """Only a state snapshot is taken here; the recordings process masks it for the
+        record (bodies whole, headers, whatever the caller was exempt from) off the loop."""
         if self.recordings is None:
             return
         st = state(flow)
         extras = objects(flow)
         streamed = flow.response is not None and bool(flow.response.stream)
-        request_body = None
-        if arguments_masked:
-            request_body = masked_request_body(
-                flow.request.get_content(strict=False) or b"", st.get("upstream", ""), config
-            )
         redaction = Redaction(
             injected=tuple(st.get("injected", ())),
             streamed=bytes(extras.streamed) if streamed else None,
-            request_body=request_body,
+            upstream=st.get("upstream", ""),
             comment=_flow_comment(st),
             marked=":no_entry:" if "refused" in st else ":white_check_mark:",
         )
         name = session_key(flow) or f"stateless-{time.strftime('%Y%m%d')}"
-        self.recordings.submit(name, flow.get_state(), redaction)
-
-
-def masked_request_body(content: bytes, upstream: str, config: GatewayConfig) -> bytes:
-    """The request body with every message's arguments masked as the store keeps them; a
-    body that no longer parses (edited while held) is not kept at all."""
-    try:
-        value = json.loads(content)
-    except ValueError:
-        return b""
-    for message in value if isinstance(value, list) else [value]:
-        params = message.get("params") if isinstance(message, dict) else None
-        if isinstance(params, dict) and isinstance(params.get("arguments"), dict):
-            tool = params.get("name") if message.get("method") == "tools/call" else None
-            effect = config.masking.profiles_for(upstream, tool, ())
-            params["arguments"] = mask_json(params["arguments"], effect).value
-    return dumps(value)
+        self.recordings.submit(name, flow.get_state(), redaction, self.record_masking(config))
 
 
 def _flow_comment(st: dict[str, Any]) -> str:

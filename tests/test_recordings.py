@@ -5,6 +5,8 @@ from __future__ import annotations
 import gzip
 import io
 import os
+import pickle
+import struct
 import subprocess
 import sys
 import time
@@ -13,23 +15,38 @@ from pathlib import Path
 from mitmproxy import io as mitmio
 from mitmproxy.test import tflow
 
-from holdgate.recordings import RecordingWriter, Redaction, recorded_state
+from holdgate.config import parse_config_text
+from holdgate.record_masking import RecordMasking
+from holdgate.recordings import RecordingWriter, Redaction, serve
+from holdgate.recordings import recorded_state as recorded
 
 ADDONS = Path(__file__).resolve().parent.parent / "addons"
+CONFIG = """
+version: 1
+upstreams:
+  - name: demo
+    url: http://127.0.0.1:9
+    inject:
+      headers:
+        X-Upstream-Token: "injected-secret-0042"
+rules: []
+masking:
+  - name: pii
+    detectors: [email]
+    strategy: partial
+    exempt_groups: [compliance]
+"""
+RECORD = RecordMasking.from_config(parse_config_text(CONFIG), b"k" * 32)
 
 
-def redaction(
-    streamed: bytes | None = None,
-    injected: tuple[str, ...] = (),
-    request_body: bytes | None = None,
-) -> Redaction:
+def redaction(streamed: bytes | None = None, injected: tuple[str, ...] = ()) -> Redaction:
     return Redaction(
-        injected=injected,
-        streamed=streamed,
-        request_body=request_body,
-        comment="holdgate: x",
-        marked=":m:",
+        injected=injected, streamed=streamed, upstream="demo", comment="holdgate: x", marked=":m:"
     )
+
+
+def recorded_state(state: dict, redaction: Redaction) -> dict:
+    return recorded(state, redaction, RECORD).state
 
 
 def read_back(state: dict) -> list:
@@ -77,20 +94,65 @@ def test_a_backup_left_by_an_edit_is_not_recorded() -> None:
     assert not copy.modified()
 
 
-def test_a_masked_request_body_replaces_the_one_sent() -> None:
-    flow = tflow.tflow(req=tflow.treq(content=b'{"q": "jane@example.com"}'))
-    state = recorded_state(flow.get_state(), redaction(request_body=b'{"q": "[REDACTED]"}'))
+def test_the_request_body_is_masked_whole() -> None:
+    body = b'{"id": 1, "method": "x", "params": {"_meta": {"q": "jane@example.com"}}}'
+    flow = tflow.tflow(req=tflow.treq(content=body))
+    state = recorded_state(flow.get_state(), redaction())
     (copy,) = read_back(state)
-    assert copy.request.content == b'{"q": "[REDACTED]"}'
+    assert copy.request.json() == {
+        "id": 1,
+        "method": "x",
+        "params": {"_meta": {"q": "j***@example.com"}},
+    }
     assert b"jane@example.com" not in mitmio.tnetstring.dumps(state)
+
+
+def test_a_gzipped_request_body_is_masked_and_stored_gzipped() -> None:
+    flow = tflow.tflow(req=tflow.treq(content=b""))
+    flow.request.headers["content-encoding"] = "gzip"
+    flow.request.content = b"mail jane@example.com"
+    (copy,) = read_back(recorded_state(flow.get_state(), redaction()))
+    assert copy.request.content == b"mail j***@example.com"
+    assert gzip.decompress(copy.request.raw_content) == b"mail j***@example.com"
+
+
+def test_a_body_that_is_not_text_is_left_out_and_said_so() -> None:
+    flow = tflow.tflow(resp=tflow.tresp(content=b"\x89PNG\xff jane@example.com"))
+    result = recorded(flow.get_state(), redaction(), RECORD)
+    (copy,) = read_back(result.state)
+    assert b"jane@example.com" not in copy.response.content
+    assert b"left out of the record (not UTF-8 text)" in copy.response.content
+    assert result.dropped == ("response body: not UTF-8 text",)
+
+
+def test_an_exempt_callers_response_is_masked_in_the_record() -> None:
+    flow = tflow.tflow(resp=tflow.tresp(content=b'{"result": {"email": "jane@example.com"}}'))
+    flow.response.headers["X-Customer-Email"] = "jane@example.com"
+    flow.response.headers["Set-Cookie"] = "session=cookie-value"
+    flow.response.headers["X-Echo"] = "got injected-secret-0042"
+    flow.metadata["holdgate"] = {
+        "identity": {"user": "carol@corp.example", "groups": ["compliance"]},
+        "messages": [{"target": "customers://jane@example.com"}],
+    }
+    state = recorded_state(flow.get_state(), redaction())
+    raw = mitmio.tnetstring.dumps(state)
+    for secret in (b"jane@example.com", b"cookie-value", b"injected-secret-0042"):
+        assert secret not in raw
+    (copy,) = read_back(state)
+    assert copy.response.json() == {"result": {"email": "j***@example.com"}}
+    assert copy.response.headers["x-customer-email"] == "j***@example.com"
+    assert copy.response.headers["set-cookie"] == "[credential removed by holdgate]"
+    assert copy.metadata["holdgate"]["identity"]["user"] == "carol@corp.example"  # the subject
 
 
 def test_a_streamed_body_is_recorded_as_sent_with_its_length() -> None:
     flow = tflow.tflow(resp=True)
     flow.response.headers["content-length"] = "999"
-    (copy,) = read_back(recorded_state(flow.get_state(), redaction(streamed=b"data: masked\n\n")))
-    assert copy.response.content == b"data: masked\n\n"
-    assert copy.response.headers["content-length"] == str(len(b"data: masked\n\n"))
+    flow.response.headers["content-type"] = "text/event-stream"
+    streamed = b"data: jane@example.com\n\n"
+    (copy,) = read_back(recorded_state(flow.get_state(), redaction(streamed=streamed)))
+    assert copy.response.content == b"data: j***@example.com\n\n"
+    assert copy.response.headers["content-length"] == str(len(copy.response.content))
 
 
 def test_a_streamed_body_is_stored_in_the_response_content_encoding() -> None:
@@ -116,7 +178,7 @@ def test_writer_appends_per_session_and_recreates_a_removed_folder(tmp_path) -> 
     writer = RecordingWriter(folder)
     try:
         for session in ("s1", "s1", "../s2"):
-            assert writer.submit(session, tflow.tflow(resp=True).get_state(), redaction())
+            assert writer.submit(session, tflow.tflow(resp=True).get_state(), redaction(), RECORD)
         assert writer.flush()
         assert sorted(p.name for p in folder.iterdir()) == [".._s2.mitm", "s1.mitm"]
         with (folder / "s1.mitm").open("rb") as fh:
@@ -124,7 +186,7 @@ def test_writer_appends_per_session_and_recreates_a_removed_folder(tmp_path) -> 
         for path in folder.iterdir():
             path.unlink()
         folder.rmdir()
-        assert writer.submit("s1", tflow.tflow(resp=True).get_state(), redaction())
+        assert writer.submit("s1", tflow.tflow(resp=True).get_state(), redaction(), RECORD)
         assert writer.flush()
         assert (folder / "s1.mitm").exists()
         assert writer.healthy and writer.lost == 0
@@ -137,13 +199,13 @@ def test_a_folder_that_cannot_be_written_is_reported_and_counted(tmp_path) -> No
     blocker.write_text("a file where the folder should be")
     writer = RecordingWriter(blocker)
     try:
-        assert writer.submit("s1", tflow.tflow(resp=True).get_state(), redaction())
+        assert writer.submit("s1", tflow.tflow(resp=True).get_state(), redaction(), RECORD)
         assert writer.flush()
         assert not writer.healthy
         assert writer.lost == 1
         assert "s1" in (writer.last_error or "") and "NotADirectoryError" in writer.last_error
         blocker.unlink()  # the operator fixes it: the next flow is written
-        assert writer.submit("s1", tflow.tflow(resp=True).get_state(), redaction())
+        assert writer.submit("s1", tflow.tflow(resp=True).get_state(), redaction(), RECORD)
         assert writer.flush()
         assert writer.healthy and (blocker / "s1.mitm").exists()
     finally:
@@ -156,7 +218,7 @@ def test_the_writer_process_stops_on_close_and_refuses_afterwards(tmp_path) -> N
     assert process.poll() is None
     writer.close()
     assert process.returncode == 0
-    assert not writer.submit("s1", tflow.tflow(resp=True).get_state(), redaction())
+    assert not writer.submit("s1", tflow.tflow(resp=True).get_state(), redaction(), RECORD)
     assert writer.lost == 1 and not writer.flush()
 
 
@@ -195,11 +257,38 @@ def test_a_flow_that_cannot_be_handed_over_is_lost_alone(tmp_path) -> None:
     try:
         odd = tflow.tflow(resp=True).get_state()
         odd["metadata"] = {"other-addon": lambda: None}  # not picklable
-        assert writer.submit("s1", odd, redaction())
-        assert writer.submit("s1", tflow.tflow(resp=True).get_state(), redaction())
+        assert writer.submit("s1", odd, redaction(), RECORD)
+        assert writer.submit("s1", tflow.tflow(resp=True).get_state(), redaction(), RECORD)
         assert writer.flush()
         assert writer.lost == 1 and "cannot hand a flow over" in (writer.last_error or "")
         with (tmp_path / "rec" / "s1.mitm").open("rb") as fh:
             assert len(list(mitmio.FlowReader(fh).stream())) == 1
     finally:
         writer.close()
+
+
+def test_a_body_left_out_is_counted_and_logged(tmp_path, caplog) -> None:
+    writer = RecordingWriter(tmp_path / "rec")
+    try:
+        flow = tflow.tflow(resp=tflow.tresp(content=b"\xff\xfe binary"))
+        assert writer.submit("s1", flow.get_state(), redaction(), RECORD)
+        assert writer.flush()
+        deadline = time.monotonic() + 5
+        while writer.bodies_left_out == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)  # the reply is read by another thread
+        assert writer.bodies_left_out == 1 and writer.healthy
+        assert "left out of a flow file: s1: response body: not UTF-8 text" in caplog.text
+    finally:
+        writer.close()
+
+
+def test_the_process_writes_nothing_before_it_has_the_masking(tmp_path) -> None:
+    frames = io.BytesIO()
+    item = ("s1", tflow.tflow(resp=True).get_state(), redaction())
+    frame = pickle.dumps(item)
+    frames.write(struct.pack(">I", len(frame)) + frame)
+    frames.seek(0)
+    replies = io.StringIO()
+    serve(tmp_path, frames, replies)
+    assert not (tmp_path / "s1.mitm").exists()
+    assert replies.getvalue().startswith("lost s1: LookupError: no masking for the record")

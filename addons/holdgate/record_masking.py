@@ -363,7 +363,7 @@ def record_body(
     try:
         text = content.decode("utf-8")
     except UnicodeDecodeError:
-        return _placeholder(content, record, "not UTF-8 text")
+        return placeholder(content, record, "not UTF-8 text")
     try:
         if event_stream:
             return _record_event_stream(content, record, upstream, answers)
@@ -374,7 +374,7 @@ def record_body(
             else mask_for_record(text, record, upstream, UNKNOWN_TOOL)
         )
     except MaskingError as exc:
-        return _placeholder(content, record, f"cannot be masked: {exc}")
+        return placeholder(content, record, f"cannot be masked: {exc}")
     if not outcome.findings:
         return RecordedBody(content, {})
     masked = _dumps(outcome.value) if ok else outcome.value.encode("utf-8", "surrogatepass")
@@ -390,7 +390,7 @@ def _record_event_stream(
     try:
         events = SSEDecoder(max_event_bytes=len(content) + 1).feed(content)
     except SSEError as exc:
-        return _placeholder(content, record, f"not a valid event stream: {type(exc).__name__}")
+        return placeholder(content, record, f"not a valid event stream: {type(exc).__name__}")
     findings: dict[str, int] = {}
     out: list[bytes] = []
     for event in events:
@@ -415,7 +415,7 @@ def _record_event_stream(
         try:
             out.append(encode_event(SSEEvent(data, name, event_id, event.retry, comments)))
         except ValueError as exc:
-            return _placeholder(content, record, f"cannot be re-encoded: {exc}")
+            return placeholder(content, record, f"cannot be re-encoded: {exc}")
     return RecordedBody(b"".join(out), findings)
 
 
@@ -424,7 +424,7 @@ def _add(totals: dict[str, int], findings: Mapping[str, int]) -> None:
         totals[name] = totals.get(name, 0) + count
 
 
-def _placeholder(content: bytes, record: RecordMasking, why: str) -> RecordedBody:
+def placeholder(content: bytes, record: RecordMasking, why: str) -> RecordedBody:
     note = (
         f"[holdgate: a body of {len(content)} bytes was left out of the record ({why}); "
         f"hmac-sha256 {record.digest(content)}]"
