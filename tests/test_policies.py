@@ -22,6 +22,7 @@ def test_policy_checks_and_passes_its_tests(policy):
     runner = CliRunner()
     checked = runner.invoke(main, ["policy", "check", str(policy)], catch_exceptions=False)
     assert checked.exit_code == 0, checked.output
+    assert "warning:" not in checked.output
     tests = ROOT / "policies" / "tests" / f"{policy.stem}.tests.yaml"
     assert tests.exists(), f"{policy.name} has no policy tests at {tests}"
     result = runner.invoke(
@@ -42,6 +43,30 @@ def test_check_names_file_line_and_key_and_suggests(tmp_path):
     assert f"{bad}:5:13: rules[0].match.tols: unknown key 'tols'; did you mean 'tool'?" in (
         result.output
     )
+
+
+def test_check_warns_about_unanchored_patterns_and_still_passes(tmp_path):
+    risky = tmp_path / "risky.yaml"
+    risky.write_text(
+        "version: 1\nupstreams: [{name: a}]\nrules:\n"
+        "  - name: front ends\n    match:\n      args:\n"
+        "        '$.service': {search: '^(web|api)$'}\n    action: allow\n"
+        "  - name: writes\n    match:\n      args:\n"
+        "        '$.query': {regex: '(?i)\\b(delete|drop)\\b'}\n"
+        "    action: approve\n    approvers: [dba]\n"
+    )
+    result = CliRunner().invoke(main, ["policy", "check", str(risky)])
+    assert result.exit_code == 0
+    lines = result.output.splitlines()
+    assert lines[0].startswith(
+        f"{risky}:7:23: rules[0].match.args.$.service.search: warning: search: finds the "
+        "pattern anywhere, so this allow rule passes any value that contains a match"
+    )
+    assert lines[1].startswith(
+        f"{risky}:12:21: rules[1].match.args.$.query.regex: warning: regex: must match the "
+        "whole value; to find the pattern anywhere in it (what a deny or approve rule"
+    )
+    assert lines[2].startswith(f"{risky}: ok (2 rules")
 
 
 def test_explain_shows_every_rule_and_why(tmp_path):

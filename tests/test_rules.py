@@ -24,7 +24,7 @@ rules:
     match:
       tool: run_sql
       args:
-        "$.query": {regex: "(?i)\\\\b(drop|delete)\\\\b"}
+        "$.query": {search: "(?i)\\\\b(drop|delete)\\\\b"}
     action: approve
     approvers: [dba]
     timeout: 10m
@@ -135,9 +135,18 @@ def call(tool: str, **args):
             "region_in_list_allowed",
             ANON,
             "crm",
-            call("report", filters=[{"region": "apac"}, {"region": "eu"}], dry_run=True),
+            call("report", filters=[{"region": "us"}, {"region": "eu"}], dry_run=True),
             "allow",
             "reads by region",
+        ),
+        (
+            # an allow rule's condition must hold for every value the path finds
+            "one_region_outside_the_list_denied",
+            ANON,
+            "crm",
+            call("report", filters=[{"region": "apac"}, {"region": "eu"}], dry_run=True),
+            "deny",
+            "default-deny",
         ),
         (
             "region_not_in_list_denied",

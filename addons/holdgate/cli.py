@@ -49,8 +49,13 @@ def policy() -> None:
 @policy.command("check")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 def policy_check(file: str) -> None:
-    """Validate a config file; errors name the file, line, column and key."""
+    """Validate a config file; errors name the file, line, column and key.
+
+    Warnings (e.g. an allow rule's unanchored pattern) go to stderr and leave exit status 0.
+    """
     config = _load(file)
+    for warning in config.policy.warnings:
+        click.echo(warning, err=True)
     click.echo(
         f"{file}: ok ({len(config.policy.rules)} rules, {len(config.upstreams)} upstreams, "
         f"sha256 {config.digest[:12]})"

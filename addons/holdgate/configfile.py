@@ -161,6 +161,10 @@ class Node:
     def error(self, message: str) -> ConfigError:
         return self.doc.error(self.path, message)
 
+    def warning(self, message: str) -> str:
+        """A warning about this value, placed like an error: "file:line:col: key: warning: …"."""
+        return str(self.doc.error(self.path, f"warning: {message}"))
+
     def child(self, key: str | int) -> Node:
         value = self.value[key] if self._has(key) else None
         return Node(self.doc, (*self.path, key), value)

@@ -4,11 +4,24 @@ First match wins; no match is `default-deny`. Names are compared exactly as the
 upstream will see them: globs are case-sensitive and compare Unicode code points
 as they are (no case folding, no normalisation), so `Exec_Shell` is not `exec_*`.
 That is safe because anything not allowed by a rule is denied.
+
+Arguments and URIs are matched so that a value cannot slip past a condition:
+- `regex:` must match the whole value (`re.fullmatch`); `search:` finds the pattern anywhere.
+- Resource URIs are put in RFC 3986 normal form before `resource` globs see them; a URI
+  upstreams could resolve differently (encoded `/` or dot segments, backslashes, control
+  characters) is denied before any rule (`ambiguous-uri`). In URI globs `*` and `?` stop
+  at `/` and `**` crosses it.
+- A condition on several values (`$.paths[*]`) holds in an allow rule only if every value
+  passes, in a deny or approve rule if any value does; a value that cannot be decided
+  (`path_under` on a relative path or one with `..`) never passes an allow rule and always
+  fires a deny or approve rule.
 """
 
 from __future__ import annotations
 
+import functools
 import re
+import string
 import time
 from collections import deque
 from collections.abc import Iterable
@@ -25,10 +38,11 @@ from holdgate.jsonrpc import NAME_PARAM, Message
 Action = Literal["allow", "deny", "approve"]
 ACTIONS: tuple[Action, ...] = ("allow", "deny", "approve")
 DEFAULT_DENY = "default-deny"
+AMBIGUOUS_URI = "ambiguous-uri"
 
 MATCH_KEYS = {"upstream", "users", "groups", "method", "tool", "resource", "prompt", "args"}
 RULE_KEYS = {"name", "match", "action", "reason", "approvers", "timeout", "grant", "limit"}
-CONDITION_KEYS = {"regex", "equals", "in", "exists"}
+CONDITION_KEYS = {"regex", "search", "equals", "in", "exists", "path_under"}
 
 
 class Caller(Protocol):
@@ -42,9 +56,17 @@ class Caller(Protocol):
     def method(self) -> str: ...
 
 
-def compile_glob(pattern: str) -> re.Pattern[str]:
-    """`*` any run of characters, `?` one character, everything else literal."""
-    parts = (".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+_GLOB_TOKEN = re.compile(r"\*\*|\*|\?|[^*?]+")
+
+
+def compile_glob(pattern: str, *, segments: bool = False) -> re.Pattern[str]:
+    """`*` any run of characters, `?` one character, everything else literal.
+
+    With `segments` (URI globs) `*` and `?` stop at `/`, and `**` is any run including `/`.
+    """
+    wild = {"**": ".*", "*": "[^/]*", "?": "[^/]"} if segments else {"**": ".*", "*": ".*"}
+    wild.setdefault("?", ".")
+    parts = (wild.get(t, re.escape(t)) for t in _GLOB_TOKEN.findall(pattern))
     return re.compile("".join(parts), re.DOTALL)
 
 
@@ -54,9 +76,9 @@ class Globs:
     compiled: re.Pattern[str]
 
     @classmethod
-    def of(cls, patterns: Iterable[str]) -> Globs:
+    def of(cls, patterns: Iterable[str], *, segments: bool = False) -> Globs:
         pats = tuple(patterns)
-        joined = "|".join(f"(?:{compile_glob(p).pattern})" for p in pats)
+        joined = "|".join(f"(?:{compile_glob(p, segments=segments).pattern})" for p in pats)
         return cls(pats, re.compile(joined, re.DOTALL))
 
     def match(self, value: str | None) -> bool:
@@ -67,7 +89,10 @@ class Globs:
 class ArgCondition:
     path: str
     expr: JSONPath
+    grants: bool = False  # in an allow rule: every value must pass, an undecided one never does
     regex: re.Pattern[str] | None = None
+    search: re.Pattern[str] | None = None
+    path_under: str | None = None
     equals: Any = None
     has_equals: bool = False
     one_of: tuple[Any, ...] | None = None
@@ -77,11 +102,21 @@ class ArgCondition:
         values = [m.value for m in self.expr.find(arguments)]
         if self.exists is not None:
             return bool(values) == self.exists
-        return any(self._value_matches(v) for v in values)
+        if not values:
+            return False
+        verdicts = (self.verdict(v) for v in values)
+        if self.grants:
+            return all(v is True for v in verdicts)
+        return any(v is not False for v in verdicts)
 
-    def _value_matches(self, value: Any) -> bool:
+    def verdict(self, value: Any) -> bool | None:
+        """Whether one value passes; None when it cannot be decided (see the module doc)."""
         if self.regex is not None:
-            return isinstance(value, str) and self.regex.search(value) is not None
+            return isinstance(value, str) and self.regex.fullmatch(value) is not None
+        if self.search is not None:
+            return isinstance(value, str) and self.search.search(value) is not None
+        if self.path_under is not None:
+            return path_verdict(value, self.path_under)
         if self.has_equals:
             return _same(value, self.equals)
         if self.one_of is not None:
@@ -151,6 +186,8 @@ def literal_tools(rule: Rule) -> tuple[str, ...] | None:
 @dataclass(frozen=True)
 class Policy:
     rules: tuple[Rule, ...]
+    # What `holdgate policy check` warns about: "file:line:col: key: warning: …" each.
+    warnings: tuple[str, ...] = field(default=(), compare=False)
     # Rules limited to literal tool names are indexed by name, so a thousand per-tool rules
     # cost about what ten do; first-match order is kept by merging indices in order.
     _generic: tuple[Rule, ...] = field(init=False, repr=False, compare=False)
@@ -183,6 +220,9 @@ class Policy:
         return self._generic
 
     def evaluate(self, caller: Caller, upstream: str, message: Message) -> Decision:
+        refused = _ambiguous_uri(message)
+        if refused is not None:
+            return refused
         for rule in self.candidates(message):
             if _cheap_checks_hold(rule, caller, upstream) and all(
                 check.held for check in rule_checks(rule, caller, upstream, message, lazy=True)
@@ -195,6 +235,9 @@ class Policy:
     ) -> tuple[Decision, list[tuple[Rule, list[Check]]]]:
         """Every rule considered, why each did or did not match, and the decision."""
         trace: list[tuple[Rule, list[Check]]] = []
+        refused = _ambiguous_uri(message)
+        if refused is not None:
+            return refused, trace
         for rule in self.rules:
             checks = list(rule_checks(rule, caller, upstream, message, lazy=False))
             trace.append((rule, checks))
@@ -209,6 +252,8 @@ class Policy:
         possibly granting; a deny rule only hides the target when it has no `args`.
         """
         probe = _probe_message(method, target)
+        if _ambiguous_uri(probe) is not None:
+            return False
         for rule in self.rules:
             checks = [
                 c for c in rule_checks(rule, caller, upstream, probe, lazy=False) if c.key != "args"
@@ -225,6 +270,19 @@ def _probe_message(method: str, target: str) -> Message:
     key = NAME_PARAM[method]
     raw = {"jsonrpc": "2.0", "id": 0, "method": method, "params": {key: target}}
     return Message(raw, "request", method, 0, target, {})
+
+
+def _ambiguous_uri(message: Message) -> Decision | None:
+    """A `resources/read` of a URI upstreams could resolve differently is denied whatever
+    the rules say: a deny glob it slipped past could not be trusted either."""
+    if message.method != "resources/read" or message.target is None:
+        return None
+    normal, why = canonical_uri(message.target)
+    if normal is not None:
+        return None
+    return Decision(
+        "deny", AMBIGUOUS_URI, f"the resource URI is ambiguous ({why}); send it in normal form"
+    )
 
 
 def decision_for(rule: Rule) -> Decision:
@@ -265,7 +323,13 @@ def rule_checks(
     ):
         if globs is not None:
             target = message.target if message.method == method else None
-            yield Check(key, globs.match(target), f"{key} {target!r}")
+            detail = f"{key} {target!r}"
+            if key == "resource" and target is not None:
+                normal = canonical_uri(target)[0]
+                if normal != target:
+                    detail += f" (normalised {normal!r})"
+                target = normal
+            yield Check(key, globs.match(target), detail)
     if rule.args:
         arguments = message.arguments or {}
         for condition in rule.args:
@@ -294,6 +358,141 @@ class RateLimiter:
         return True
 
 
+# --- URIs and paths ------------------------------------------------------------------
+
+
+class AmbiguousValue(ValueError):
+    """A URI or path that upstreams could resolve differently; no rule may grant it."""
+
+
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
+_UNRESERVED = frozenset(string.ascii_letters + string.digits + "-._~")
+_HEX = frozenset(string.hexdigits)
+_ENCODED_IN_PATH = re.compile(r"%(?:2e|2f|5c|25|[01][0-9a-f]|7f)", re.IGNORECASE)
+
+
+def _refuse_raw(value: str) -> None:
+    if value != value.strip():
+        raise AmbiguousValue("surrounding whitespace")
+    if "\\" in value:
+        raise AmbiguousValue("a backslash")
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in value):
+        raise AmbiguousValue("a control character")
+
+
+def _decode_segment(raw: str) -> str:
+    """Unreserved characters decoded, other percent-escapes kept in upper case (RFC 3986
+    6.2.2); escapes whose meaning an upstream could take either way are refused."""
+    out: list[str] = []
+    i = 0
+    while i < len(raw):
+        if raw[i] != "%":
+            out.append(raw[i])
+            i += 1
+            continue
+        digits = raw[i + 1 : i + 3]
+        if len(digits) < 2 or not set(digits) <= _HEX:
+            raise AmbiguousValue("malformed percent-encoding")
+        char = chr(int(digits, 16))
+        if char in "/\\":
+            raise AmbiguousValue("an encoded slash or backslash")
+        if char == "%" and len(raw) >= i + 5 and set(raw[i + 3 : i + 5]) <= _HEX:
+            raise AmbiguousValue("double percent-encoding")
+        if ord(char) < 0x20 or char == "\x7f":
+            raise AmbiguousValue("an encoded control character")
+        out.append(char if char in _UNRESERVED else f"%{digits.upper()}")
+        i += 3
+    return "".join(out)
+
+
+def _remove_dot_segments(path: str) -> str:
+    """RFC 3986 5.2.4 on a path whose segments are decoded; `..` above the start is refused
+    (relative references resolve against a base the gateway does not know)."""
+    parts = path.split("/")
+    absolute = path.startswith("/")
+    out: list[str] = []
+    for i, raw in enumerate(parts):
+        last = i == len(parts) - 1
+        segment = _decode_segment(raw)
+        if segment in (".", "..") and segment != raw:
+            raise AmbiguousValue("an encoded dot segment")
+        if raw == "":
+            if i == 0 or last:
+                out.append("")
+                continue
+            raise AmbiguousValue("an empty path segment")
+        if segment == "..":
+            if len(out) <= int(absolute):
+                raise AmbiguousValue("a '..' above the root")
+            out.pop()
+        elif segment != ".":
+            out.append(segment)
+        if last and segment in (".", ".."):
+            out.append("")
+    return "/".join(out)
+
+
+def normalise_uri(uri: str) -> str:
+    """The RFC 3986 normal form of `uri`: scheme in lower case, unreserved characters
+    decoded, percent-escapes in upper case, dot segments removed. Raises AmbiguousValue
+    for what upstreams could read differently: control characters, backslashes, encoded
+    `/`, `\\` or dot segments, double encoding, empty segments, `..` above the root."""
+    _refuse_raw(uri)
+    scheme = match.group(0).lower() if (match := _SCHEME.match(uri)) else ""
+    rest, hash_mark, fragment = uri[len(scheme) :].partition("#")
+    rest, question_mark, query = rest.partition("?")
+    for part in (query, fragment):
+        if ".." in part.split("/"):
+            raise AmbiguousValue("a '..' segment in the query or fragment")
+    authority = ""
+    if rest.startswith("//"):
+        host, slash, path = rest[2:].partition("/")
+        host = _decode_segment(host)
+        if host in (".", ".."):
+            raise AmbiguousValue("a dot segment as the authority")
+        authority, rest = "//" + host, slash + path
+    path = _remove_dot_segments(rest)
+    return f"{scheme}{authority}{path}{question_mark}{query}{hash_mark}{fragment}"
+
+
+@functools.lru_cache(maxsize=1024)
+def canonical_uri(uri: str) -> tuple[str | None, str]:
+    """`normalise_uri` as (normal form, "") or (None, why it is ambiguous); cached, as every
+    rule with a `resource` glob asks about the same URI."""
+    try:
+        return normalise_uri(uri), ""
+    except AmbiguousValue as exc:
+        return None, str(exc)
+
+
+def normalise_path(path: str) -> str:
+    """An absolute POSIX path with `.` and empty segments removed. Raises AmbiguousValue for a
+    relative path (the upstream's working directory is unknown), a `..` segment (the
+    upstream's filesystem resolves it through symlinks the gateway cannot see), control
+    characters, backslashes and percent-escapes of `.`, `/`, `\\`, `%` or controls (an
+    upstream may or may not decode them)."""
+    _refuse_raw(path)
+    if not path.startswith("/"):
+        raise AmbiguousValue("a relative path")
+    if _ENCODED_IN_PATH.search(path):
+        raise AmbiguousValue("a percent-escape an upstream may decode")
+    segments = [s for s in path.split("/") if s not in ("", ".")]
+    if ".." in segments:
+        raise AmbiguousValue("a '..' segment")
+    return "/" + "/".join(segments)
+
+
+def path_verdict(value: Any, base: str) -> bool | None:
+    """Whether `value` is the normalised path `base` or below it; None when unknowable."""
+    if not isinstance(value, str):
+        return None
+    try:
+        path = normalise_path(value)
+    except AmbiguousValue:
+        return None
+    return path == base or path.startswith(base if base.endswith("/") else base + "/")
+
+
 # --- parsing -------------------------------------------------------------------------
 
 _LIMIT = re.compile(r"^\s*(\d+)\s*/\s*(s|sec|second|m|min|minute|h|hour|d|day)\s*$")
@@ -306,22 +505,23 @@ def parse_rules(node: Node) -> Policy:
         return Policy(())
     rules: list[Rule] = []
     names: set[str] = set()
+    warnings: list[str] = []
     for item in node.elements():
-        rule = _parse_rule(item)
+        rule = _parse_rule(item, warnings)
         if rule.name in names:
             raise item.child("name").error(
                 f"rule name {rule.name!r} is used twice; names must be unique"
             )
         names.add(rule.name)
         rules.append(rule)
-    return Policy(tuple(rules))
+    return Policy(tuple(rules), tuple(warnings))
 
 
-def _parse_rule(node: Node) -> Rule:
+def _parse_rule(node: Node, warnings: list[str]) -> Rule:
     node.mapping(RULE_KEYS, required={"name", "action"})
     name = node.child("name").string()
-    if name == DEFAULT_DENY:
-        raise node.child("name").error(f"{DEFAULT_DENY!r} is reserved; choose another name")
+    if name in (DEFAULT_DENY, AMBIGUOUS_URI):
+        raise node.child("name").error(f"{name!r} is reserved; choose another name")
     action: Action = node.child("action").choice(ACTIONS)  # type: ignore[assignment]
     match = node.child("match")
     if match.missing:
@@ -346,9 +546,9 @@ def _parse_rule(node: Node) -> Rule:
         groups=match.child("groups").strings(),
         methods=_globs(match.child("method")),
         tools=_globs(match.child("tool")),
-        resources=_globs(match.child("resource")),
+        resources=_uri_globs(match.child("resource")),
         prompts=_globs(match.child("prompt")),
-        args=_parse_args(match.child("args")),
+        args=_parse_args(match.child("args"), action, warnings),
         approvers=approvers,
         timeout=node.child("timeout").duration(default=600.0),
         grant=node.child("grant").duration(default=0.0),
@@ -360,6 +560,33 @@ def _globs(node: Node) -> Globs | None:
     return Globs.of(node.strings()) if not node.missing else None
 
 
+_WILDCARD_STAND_INS = {"**": "\ue001", "*": "\ue000", "?": "\ue002"}
+
+
+def _uri_globs(node: Node) -> Globs | None:
+    """URI globs, each in the normal form URIs are matched in (else it could never match)."""
+    if node.missing:
+        return None
+    patterns = node.strings()
+    for i, pattern in enumerate(patterns):
+        where = node if isinstance(node.value, str) else node.child(i)
+        literal = "".join(_WILDCARD_STAND_INS.get(t, t) for t in _GLOB_TOKEN.findall(pattern))
+        try:
+            normal = normalise_uri(literal)
+        except AmbiguousValue as exc:
+            raise where.error(
+                f"resource glob {pattern!r} can never match: it has {exc} "
+                "(resource URIs are normalised before matching)"
+            ) from None
+        for wildcard, stand_in in _WILDCARD_STAND_INS.items():
+            normal = normal.replace(stand_in, wildcard)
+        if normal != pattern:
+            raise where.error(
+                f"resource glob {pattern!r} can never match a normalised URI; write {normal!r}"
+            )
+    return Globs.of(patterns, segments=True)
+
+
 def _parse_limit(node: Node) -> tuple[int, float] | None:
     if node.missing:
         return None
@@ -369,7 +596,7 @@ def _parse_limit(node: Node) -> tuple[int, float] | None:
     return int(match.group(1)), float(_PERIODS[match.group(2)])
 
 
-def _parse_args(node: Node) -> tuple[ArgCondition, ...]:
+def _parse_args(node: Node, action: Action, warnings: list[str]) -> tuple[ArgCondition, ...]:
     if node.missing:
         return ()
     conditions = []
@@ -380,24 +607,82 @@ def _parse_args(node: Node) -> tuple[ArgCondition, ...]:
             raise cond.error(f"invalid JSONPath {path!r}: {exc}") from None
         cond.mapping(CONDITION_KEYS)
         if len(cond.value) != 1:
-            raise cond.error("give exactly one of regex, equals, in, exists")
-        conditions.append(_parse_condition(path, expr, cond))
+            raise cond.error(f"give exactly one of {', '.join(sorted(CONDITION_KEYS))}")
+        conditions.append(_parse_condition(path, expr, cond, action, warnings))
     return tuple(conditions)
 
 
-def _parse_condition(path: str, expr: JSONPath, cond: Node) -> ArgCondition:
-    if cond.has("regex"):
-        pattern = cond.child("regex").string()
-        try:
-            compiled = re.compile(pattern)
-        except re.error as exc:
-            raise cond.child("regex").error(f"invalid regular expression: {exc}") from None
-        return ArgCondition(path, expr, regex=compiled)
+def _parse_condition(
+    path: str, expr: JSONPath, cond: Node, action: Action, warnings: list[str]
+) -> ArgCondition:
+    grants = action == "allow"
+    for kind in ("regex", "search"):
+        if cond.has(kind):
+            pattern = cond.child(kind).string()
+            try:
+                compiled = re.compile(pattern)
+            except re.error as exc:
+                raise cond.child(kind).error(f"invalid regular expression: {exc}") from None
+            warning = _pattern_warning(kind, pattern, action)
+            if warning is not None:
+                warnings.append(cond.child(kind).warning(warning))
+            return ArgCondition(path, expr, grants, **{kind: compiled})
+    if cond.has("path_under"):
+        return ArgCondition(path, expr, grants, path_under=_path_base(cond.child("path_under")))
     if cond.has("equals"):
-        return ArgCondition(path, expr, equals=cond.value["equals"], has_equals=True)
+        return ArgCondition(path, expr, grants, equals=cond.value["equals"], has_equals=True)
     if cond.has("in"):
         options = cond.value["in"]
         if not isinstance(options, list):
             raise cond.child("in").error("expected a list of values")
-        return ArgCondition(path, expr, one_of=tuple(options))
-    return ArgCondition(path, expr, exists=cond.child("exists").boolean(default=True))
+        return ArgCondition(path, expr, grants, one_of=tuple(options))
+    return ArgCondition(path, expr, grants, exists=cond.child("exists").boolean(default=True))
+
+
+def _path_base(node: Node) -> str:
+    base = node.string()
+    try:
+        normal = normalise_path(base)
+    except AmbiguousValue as exc:
+        raise node.error(f"expected an absolute path without '..'; {base!r} has {exc}") from None
+    if normal != base:
+        raise node.error(f"write the folder in normal form: {normal!r}")
+    return normal
+
+
+_INLINE_FLAGS = re.compile(r"\(\?([aiLmsux]+)\)")
+_ANY_RUN = r"(?:\.|\[\\s\\S\]|\[\\S\\s\])[*+]\??"
+_LEADING_ANY = re.compile(rf"\^?{_ANY_RUN}")
+_TRAILING_ANY = re.compile(rf"(?<!\\){_ANY_RUN}(?:\$|\\Z)?$")
+
+
+def _pattern_warning(kind: str, pattern: str, action: Action) -> str | None:
+    """Why a pattern likely does not mean what its rule needs (a warning, not an error)."""
+    flags, body = "", pattern
+    while match := _INLINE_FLAGS.match(body):
+        flags, body = flags + match.group(1), body[match.end() :]
+    if action == "allow":
+        if kind == "search":
+            return (
+                "search: finds the pattern anywhere, so this allow rule passes any value that "
+                "contains a match; use regex: (the whole value must match)"
+            )
+        if _LEADING_ANY.match(body) or _TRAILING_ANY.search(body):
+            return (
+                "the regex starts or ends with a run of any characters, so this allow rule "
+                "passes whatever comes before or after the part it checks; say what may come there"
+            )
+        return None
+    if kind == "regex":
+        partial = body.startswith("^") and not body.endswith(("$", "\\Z"))
+        if partial or body.startswith("\\b") or body.endswith("\\b"):
+            return (
+                "regex: must match the whole value; to find the pattern anywhere in it (what a "
+                "deny or approve rule usually wants) use search:"
+            )
+        if "s" not in flags and (_LEADING_ANY.match(body) or _TRAILING_ANY.search(body)):
+            return (
+                "'.' does not match a line break without (?s), so a value with one slips past "
+                "this rule; add (?s) or use search:"
+            )
+    return None
