@@ -362,7 +362,7 @@ DEMO_MIX = (
 DEMO_RULES = """  - name: no SQL writes
     match:
       tool: run_sql
-      args: {"$.query": {regex: "(?i)\\\\b(insert|update|delete|drop|alter)\\\\b"}}
+      args: {"$.query": {search: "(?i)\\\\b(insert|update|delete|drop|alter)\\\\b"}}
     action: deny
   - name: discovery
     match: {method: [tools/list, initialize, "notifications/*"]}
