@@ -436,3 +436,9 @@ def test_risky_patterns_warn_with_file_line_and_key(action, condition, fragment)
 )
 def test_sound_patterns_do_not_warn(action, condition):
     assert warnings_of(action, condition) == ()
+
+
+def test_long_uris_are_normalised_without_the_cache():
+    long = "file:///srv/public/" + "a/" * 3000 + "../" * 3000 + "x"
+    assert decide(PUBLIC, read(long)) == ("allow", "public files")
+    assert decide(PUBLIC, read(long.replace("/x", "/%2e%2e/x")))[1] == "ambiguous-uri"

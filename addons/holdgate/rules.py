@@ -1,7 +1,7 @@
 """Policy rules: compiled once at config load, evaluated per JSON-RPC message.
 
-First match wins; no match is `default-deny`. Names are compared exactly as the
-upstream will see them: globs are case-sensitive and compare Unicode code points
+First match wins; no match is `default-deny`. Tool, prompt and method names are compared
+exactly as the upstream will see them: globs are case-sensitive and compare Unicode code points
 as they are (no case folding, no normalisation), so `Exec_Shell` is not `exec_*`.
 That is safe because anything not allowed by a rule is denied.
 
@@ -57,6 +57,8 @@ class Caller(Protocol):
 
 
 _GLOB_TOKEN = re.compile(r"\*\*|\*|\?|[^*?]+")
+_NAME_WILDCARDS = {"**": ".*", "*": ".*", "?": "."}
+_URI_WILDCARDS = {"**": ".*", "*": "[^/]*", "?": "[^/]"}
 
 
 def compile_glob(pattern: str, *, segments: bool = False) -> re.Pattern[str]:
@@ -64,8 +66,7 @@ def compile_glob(pattern: str, *, segments: bool = False) -> re.Pattern[str]:
 
     With `segments` (URI globs) `*` and `?` stop at `/`, and `**` is any run including `/`.
     """
-    wild = {"**": ".*", "*": "[^/]*", "?": "[^/]"} if segments else {"**": ".*", "*": ".*"}
-    wild.setdefault("?", ".")
+    wild = _URI_WILDCARDS if segments else _NAME_WILDCARDS
     parts = (wild.get(t, re.escape(t)) for t in _GLOB_TOKEN.findall(pattern))
     return re.compile("".join(parts), re.DOTALL)
 
@@ -455,14 +456,24 @@ def normalise_uri(uri: str) -> str:
     return f"{scheme}{authority}{path}{question_mark}{query}{hash_mark}{fragment}"
 
 
-@functools.lru_cache(maxsize=1024)
+_CACHED_URI_LENGTH = 4096
+
+
 def canonical_uri(uri: str) -> tuple[str | None, str]:
-    """`normalise_uri` as (normal form, "") or (None, why it is ambiguous); cached, as every
-    rule with a `resource` glob asks about the same URI."""
+    """`normalise_uri` as (normal form, "") or (None, why it is ambiguous). URIs up to 4 KiB
+    are cached, as every rule with a `resource` glob asks about the same one; longer ones
+    are not, so the cache stays within a few MB whatever clients send."""
+    return _canonical_cached(uri) if len(uri) <= _CACHED_URI_LENGTH else _canonical(uri)
+
+
+def _canonical(uri: str) -> tuple[str | None, str]:
     try:
         return normalise_uri(uri), ""
     except AmbiguousValue as exc:
         return None, str(exc)
+
+
+_canonical_cached = functools.lru_cache(maxsize=1024)(_canonical)
 
 
 def normalise_path(path: str) -> str:
