@@ -12,7 +12,14 @@ from hypothesis import strategies as st
 
 from holdgate.configfile import ConfigError, parse_yaml
 from holdgate.jsonrpc import parse_body
-from holdgate.rules import AmbiguousValue, Policy, normalise_path, normalise_uri, parse_rules
+from holdgate.rules import (
+    AmbiguousValue,
+    Policy,
+    normalise_path,
+    normalise_uri,
+    parse_rules,
+    path_verdict,
+)
 
 
 @dataclass(frozen=True)
@@ -330,6 +337,16 @@ def test_path_under(path, rule):
 )
 def test_allow_condition_holds_for_every_value(paths, action):
     assert decide(policy(PATHS), call("read_files", paths=paths))[0] == action
+
+
+@given(
+    st.lists(st.sampled_from(["srv", "public", "secret", ".", "..", "", "%2e%2e", "a"]), max_size=8)
+)
+def test_path_under_never_passes_a_path_the_os_resolves_outside(segments):
+    value = "/" + "/".join(segments)
+    if path_verdict(value, "/srv/public"):
+        opened = posixpath.normpath(value)
+        assert opened == "/srv/public" or opened.startswith("/srv/public/")
 
 
 @pytest.mark.parametrize(
