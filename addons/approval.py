@@ -22,8 +22,8 @@ from mitmproxy import connection, ctx, exceptions, http
 from configloader import ConfigLoader
 from holdgate import store
 from holdgate.adminhttp import AdminRequest, AdminResponse, parse_listen, serve
-from holdgate.approvals import Grants, argument_changes, request_digest
-from holdgate.identity import Authenticator
+from holdgate.approvals import Grants, approver_groups, argument_changes, may_see, request_digest
+from holdgate.identity import Authenticator, shown
 from holdgate.jsonrpc import (
     APPROVAL_REFUSED,
     BodyError,
@@ -425,10 +425,28 @@ class Approval:
             return AdminResponse(401, {"error": "authenticate like an MCP client (JWT or API key)"})
         db = ctx.options.holdgate_db
         if len(parts) == 1 and request.method == "GET":
-            return AdminResponse(200, await asyncio.to_thread(store.pending_approvals, db))
+            pending = await asyncio.to_thread(store.pending_approvals, db)
+            return AdminResponse(
+                200, [row for row in pending if may_see(row, approver.user, approver.groups)]
+            )
         found = await asyncio.to_thread(store.approval, db, parts[1])
-        if found is None:
-            return AdminResponse(404, {"error": f"no approval {parts[1]!r}"})
+        if found is None or not may_see(found, approver.user, approver.groups):
+            deciding = request.method == "POST" and parts[2:] in (["approve"], ["deny"])
+            if found is not None and deciding:  # still an attempt worth an audit row
+                attempted = "approved" if parts[2] == "approve" else "denied"
+                await asyncio.to_thread(
+                    store.append_approval_state,
+                    db,
+                    parts[1],
+                    "refused_attempt",
+                    approver.user,
+                    f"{attempted} refused: {approver.user} is neither an approver nor the "
+                    "requester",
+                )
+            # One answer for "absent" and "not yours": the API is no oracle for either.
+            return AdminResponse(
+                404, {"error": f"no approval {shown(parts[1])} that {approver.user} may see"}
+            )
         if len(parts) == 2 and request.method == "GET":
             return AdminResponse(200, found)
         if len(parts) != 3 or request.method != "POST" or parts[2] not in ("approve", "deny"):
@@ -441,7 +459,7 @@ class Approval:
         problem = None
         if approver.user == found.get("requester"):
             problem = "requesters cannot decide their own request (separation of duties)"
-        elif not set(approver.groups) & set(json.loads(found.get("approvers") or "[]")):
+        elif not set(approver.groups) & approver_groups(found):
             problem = f"{approver.user} is not in the approver groups {found.get('approvers')}"
         if problem is not None:
             await asyncio.to_thread(

@@ -42,7 +42,7 @@ rules:
     match:
       tool: run_sql
       args:
-        "$.query": {{regex: "(?i)\\\\b(drop|delete|update|insert)\\\\b"}}
+        "$.query": {{search: "(?i)\\\\b(drop|delete|update|insert)\\\\b"}}
     action: approve
     approvers: [dba]
     timeout: {timeout}
@@ -229,7 +229,7 @@ async def test_http_api_enforces_groups_and_separation_of_duties(demo, gateway_f
             status, listing = api(admin, "/approvals", DANA)
             assert status == 200 and listing[0]["approval_id"] == pending["approval_id"]
             assert api(admin, path + "/approve", ALICE, {})[0] == 403  # the requester
-            assert api(admin, path + "/approve", BOB, {})[0] == 403  # not a DBA
+            assert api(admin, path + "/approve", BOB, {})[0] == 404  # not a DBA: not shown
             status, body = api(admin, path + "/approve", DANA, {"reason": "ok"})
             assert status == 200, body
     assert not results[0].is_error
@@ -240,6 +240,61 @@ async def test_http_api_enforces_groups_and_separation_of_duties(demo, gateway_f
         "refused_attempt",
         "approved",
     ]
+
+
+async def wait_for_pending_of(db: Path, requester: str) -> dict:
+    with anyio.fail_after(15):
+        while True:
+            if db.exists():
+                found = [p for p in store.pending_approvals(db) if p["requester"] == requester]
+                if found:
+                    return found[0]
+            await anyio.sleep(0.1)
+
+
+async def test_http_api_shows_approvals_to_their_approvers_and_requester_only(
+    demo, gateway_factory
+):
+    """Issue 13 item 9: any authenticated caller could list everyone's pending requests."""
+    gw = start(gateway_factory, demo, admin=True)
+    admin = gw_admin_address(gw)
+    async with (
+        connect(gw.url + "/mcp", ALICE) as alice,
+        connect(gw.url + "/mcp", BOB) as bob,
+        anyio.create_task_group() as tg,
+    ):
+        refusals = []
+
+        async def call(client, arguments):
+            with pytest.raises(MCPError) as info:
+                await client.call_tool("run_sql", arguments)
+            refusals.append(info.value.error.message)
+
+        tg.start_soon(call, alice, DELETE)
+        tg.start_soon(call, bob, {"query": "DELETE FROM orders WHERE id = 2"})
+        alices = (await wait_for_pending_of(gw.db, "alice"))["approval_id"]
+        bobs = (await wait_for_pending_of(gw.db, "bob"))["approval_id"]
+
+        status, listing = api(admin, "/approvals", BOB)  # bob is no DBA: only his own
+        assert status == 200 and [a["approval_id"] for a in listing] == [bobs]
+        status, body = api(admin, f"/approvals/{alices}", BOB)
+        assert status == 404 and "DELETE" not in json.dumps(body) and "dba" not in json.dumps(body)
+        assert api(admin, f"/approvals/{alices}/approve", BOB, {})[0] == 404
+        assert api(admin, "/approvals/000000000000", BOB)[0] == 404  # same answer as absent
+        status, own = api(admin, f"/approvals/{bobs}", BOB)  # a requester follows their own
+        assert status == 200 and own["state"] == "pending" and own["requester"] == "bob"
+        assert api(admin, f"/approvals/{bobs}/approve", BOB, {})[0] == 403  # but never decides
+
+        status, listing = api(admin, "/approvals", DANA)  # a DBA sees both
+        assert status == 200 and {a["approval_id"] for a in listing} == {alices, bobs}
+        assert api(admin, f"/approvals/{alices}", DANA)[0] == 200
+        for approval_id in (alices, bobs):
+            assert api(admin, f"/approvals/{approval_id}/deny", DANA, {"reason": "no"})[0] == 200
+    assert len(refusals) == 2 and all("denied by dana" in r for r in refusals)
+    assert sql_calls(demo) == []
+    history = store.approval(gw.db, alices)["history"]
+    assert [h["state"] for h in history] == ["pending", "refused_attempt", "denied"]
+    assert history[1]["decider"] == "bob"
 
 
 def gw_admin_address(gw) -> str:

@@ -2,7 +2,8 @@
 
 An approval covers one exact request: the digest binds upstream, identity, method, tool
 and canonical arguments (and the pinned tool definition when there is one). A request
-edited while held no longer matches, and is refused.
+edited while held no longer matches, and is refused. Who may see an approval through
+the API is decided here too (`may_see`).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,3 +92,24 @@ class Grants:
             del self._grants[key]
             return None
         return grant
+
+
+def approver_groups(row: Mapping[str, Any]) -> frozenset[str]:
+    """The groups that may decide an approval row; none when the row's list is unreadable."""
+    try:
+        groups = json.loads(row.get("approvers") or "[]")
+    except (TypeError, json.JSONDecodeError):
+        return frozenset()
+    if not isinstance(groups, list):
+        return frozenset()
+    return frozenset(g for g in groups if isinstance(g, str))
+
+
+def may_see(row: Mapping[str, Any], user: str, groups: Iterable[str]) -> bool:
+    """Whether the approvals API shows this approval to a caller.
+
+    Its approvers see it (they must, to decide it), and so does its requester, who may
+    follow the status of their own request but never decide it. Nobody else learns that
+    it exists, what it asks for, or who may approve it.
+    """
+    return user == row.get("requester") or bool(approver_groups(row) & set(groups))
