@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from holdgate.detectors import BUILTIN_DETECTORS, custom_detector, fold
+from holdgate.detectors import BUILTIN_DETECTORS, FOLDS, custom_detector, fold
 from holdgate.masking import (
     FieldRule,
     Profile,
@@ -262,3 +262,7 @@ def test_tails_are_bounded() -> None:
     for _ in range(50):
         stream.mask(progress("word " * 100), effect())
     assert all(len(tail) <= 16 for tail in stream._tails.values())
+
+
+def test_every_folded_character_passes_the_cheap_pre_check() -> None:
+    assert [c for c in FOLDS if fold(f"a{c}b") is None] == []

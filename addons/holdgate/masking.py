@@ -53,7 +53,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 from jsonpath_ng import JSONPath
 from jsonpath_ng.exceptions import JSONPathError
@@ -346,12 +346,11 @@ class StreamMasker:
         out: dict[int, list[_Found]] = {}
         for pair, (_, index) in enumerate(pairs):
             cut = len(texts[2 * pair])
-            in_tail = {(h.detector.name, h.start) for h in found.get(2 * pair, ())}
+            in_tail = {(h[2].name, h[0]) for h in found.get(2 * pair, ())}
             joined = texts[2 * pair + 1]
-            for hit in found.get(2 * pair + 1, ()):
-                if hit.start < cut < hit.end and (hit.detector.name, hit.start) not in in_tail:
-                    whole = joined[hit.start : hit.end]
-                    out.setdefault(index, []).append(_Found(0, hit.end - cut, hit.detector, whole))
+            for start, end, detector, _ in found.get(2 * pair + 1, ()):
+                if start < cut < end and (detector.name, start) not in in_tail:
+                    out.setdefault(index, []).append((0, end - cut, detector, joined[start:end]))
         return out
 
     def _remember(self, walk: _Walk) -> None:
@@ -380,8 +379,8 @@ def scan(value: Any, detectors: Sequence[Detector]) -> dict[str, int]:
         raise MaskingError("the value is nested too deeply to scan") from None
     spans: dict[tuple[str, int], list[tuple[int, int]]] = {}
     for index, found in walk.found().items():
-        for hit in found:
-            spans.setdefault((hit.detector.name, index), []).append((hit.start, hit.end))
+        for start, end, detector, _ in found:
+            spans.setdefault((detector.name, index), []).append((start, end))
     counts: Counter[str] = Counter()
     for (name, _), found in spans.items():
         found.sort()
@@ -452,23 +451,18 @@ class _Doc:
     parent: int  # the document holding the string; -1 for the caller's value
 
 
-class _Found(NamedTuple):
-    """A span of one text to mask; `whole` is the value it belongs to when the text holds
-    only part of it (the rest went out in an earlier message of the stream)."""
-
-    start: int
-    end: int
-    detector: Detector
-    whole: str | None = None
+_Found = tuple[int, int, Detector, str | None]
+"""A span of one text to mask: start, end, detector, and the whole value when the text
+holds only part of it (the rest went out in an earlier message of the stream), else None.
+A plain tuple: there is one per value found, on the hot path."""
 
 
 def _hits(hay: Haystack, detectors: Sequence[Detector]) -> dict[int, list[_Found]]:
     """Every value found in each text of a haystack, also through folding, by text index."""
     out: dict[int, list[_Found]] = {}
-    for hit in detect(hay, detectors):
-        out.setdefault(hit.index, []).append(_Found(hit.start, hit.end, hit.detector))
-    for hit in detect_folded(hay, detectors):
-        out.setdefault(hit.index, []).append(_Found(hit.start, hit.end, hit.detector))
+    for hits in (detect(hay, detectors), detect_folded(hay, detectors)):
+        for index, start, end, detector in hits:
+            out.setdefault(index, []).append((start, end, detector, None))
     return out
 
 
@@ -479,6 +473,8 @@ def _number_floor(detectors: Iterable[Detector]) -> int:
 
 def _shown(value: str) -> str:
     """A found value as its strategy should read it: escapes and look-alikes folded."""
+    if value.isascii() and "\\" not in value:
+        return value
     folded = fold(value)
     return value if folded is None else folded.text
 
@@ -498,7 +494,7 @@ class _Walk:
         self.slots: list[tuple[Container, Key, int, str]] = []  # where, document, nearest key
         self.key_texts: dict[str, int] = {}  # each distinct key: its index in `texts`
         self.numbers: set[int] = set()  # indexes in `texts` that were numbers
-        self.objects: dict[int, list[dict[str, Any]]] = {}  # per document, its objects
+        self.objects: list[list[dict[str, Any]]] = [[]]  # per document (+1), its objects
         self.docs: list[_Doc] = []
         self.parents: dict[int, list[tuple[Container, Key]]] = {}
         self.patches: list[tuple[Container, Key, int, str]] = []
@@ -523,14 +519,16 @@ class _Walk:
         texts, key_texts, floor = self.texts, self.key_texts, self.plan.number_floor
         add_text, add_slot = texts.append, self.slots.append
         if is_dict:
-            self.objects.setdefault(doc, []).append(node)  # type: ignore[arg-type]
+            self.objects[doc + 1].append(node)  # type: ignore[arg-type]
+            if not key_texts.keys() >= node.keys():  # a new key (a C-speed test per object)
+                for key in node:
+                    if key not in key_texts and type(key) is str:
+                        key_texts[key] = len(texts)
+                        add_text(key)
+                        add_slot((node, key, doc, ""))  # type: ignore[arg-type]
         for key, value in node.items() if is_dict else enumerate(node):  # type: ignore[union-attr]
             if is_dict:
                 context = key
-                if key not in key_texts and type(key) is str:
-                    key_texts[key] = len(texts)
-                    add_text(key)
-                    add_slot((node, key, doc, ""))
             rule = names.get(key) if names else None
             if targets:
                 other = targets.get((id(node), key))
@@ -553,14 +551,16 @@ class _Walk:
                     parents.setdefault(id(value), []).append((node, key))
                 self._collect(value, context, doc)
             elif kind is int:
-                if floor <= value < NUMBER_CEILING or -NUMBER_CEILING < value <= -floor:
+                if not -floor < value < floor and -NUMBER_CEILING < value < NUMBER_CEILING:
                     self.numbers.add(len(texts))
                     add_text(str(value))
                     add_slot((node, key, doc, context))
-            elif kind is float and floor <= abs(value) <= EXACT_FLOAT and value.is_integer():
-                self.numbers.add(len(texts))
-                add_text(str(int(value)))
-                add_slot((node, key, doc, context))
+            elif kind is float:
+                if not -floor < value < floor and -EXACT_FLOAT <= value <= EXACT_FLOAT:
+                    if value.is_integer():
+                        self.numbers.add(len(texts))
+                        add_text(str(int(value)))
+                        add_slot((node, key, doc, context))
 
     def haystack(self) -> Haystack:
         return Haystack(self.texts, lambda: [slot[3] for slot in self.slots])
@@ -577,6 +577,7 @@ class _Walk:
             self._path_hit(container, key, doc, text, root_rule)
         else:
             self.docs.append(_Doc(value, container, key, doc))
+            self.objects.append([])
             self._collect(value, context, len(self.docs) - 1)
         self.targets = outer_targets
         return True
@@ -644,7 +645,7 @@ class _Walk:
         get `#2`, `#3`, ...: an entry is never dropped.
         """
         done: set[int] = set()
-        for node in self.objects.get(doc, ()):
+        for node in self.objects[doc + 1]:
             if id(node) in done or not any(key in renames for key in node):
                 continue
             done.add(id(node))
@@ -696,29 +697,30 @@ class _Walk:
             value = _shown(text[start:end] if whole is None else whole)
             masked = _mask_value(value, detector, strategies[detector.name], key)
             return text[:start] + masked + text[end:]
-        hits.sort(key=lambda h: (h.start, -h.end))
+        hits.sort(key=lambda h: (h[0], -h[1]))
         out: list[str] = []
         position = 0
         index = 0
         while index < len(hits):
             label = hits[index]
-            start, end = label.start, label.end
-            strategy = strategies[label.detector.name]
+            start, end = label[0], label[1]
+            strategy = strategies[label[2].name]
             index += 1
-            while index < len(hits) and hits[index].start < end:
+            while index < len(hits) and hits[index][0] < end:
                 other = hits[index]
-                if other.end - other.start > label.end - label.start:
+                if other[1] - other[0] > label[1] - label[0]:
                     label = other
-                strategy = _stronger(strategy, strategies[other.detector.name])
-                end = max(end, other.end)
+                strategy = _stronger(strategy, strategies[other[2].name])
+                end = max(end, other[1])
                 index += 1
-            name = label.detector.name
-            if label.whole is None:
+            detector, whole = label[2], label[3]
+            name = detector.name
+            if whole is None:
                 value = _shown(text[start:end])
             else:
-                value, name = _shown(label.whole), f"{name}(split)"
+                value, name = _shown(whole), f"{name}(split)"
             out.append(text[position:start])
-            out.append(_mask_value(value, label.detector, strategy, key))
+            out.append(_mask_value(value, detector, strategy, key))
             findings[name] += 1
             position = end
         out.append(text[position:])
