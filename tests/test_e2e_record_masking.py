@@ -103,7 +103,7 @@ async def test_an_exempt_callers_answers_are_masked_in_the_record(gateway, tmp_p
     assert any(b"search_customers" in (f.request.content or b"") for f in flows)
     assert_clear_of(text, [c[name] for c in everyone for name in PII_FIELDS])
     assert "***@example.com" in text  # masked, not left out
-    assert TOKEN not in text
+    assert_clear_of(text, [TOKEN, CAROL["X-API-Key"]])  # injected, and the caller's own
 
 
 async def test_meta_client_answers_and_refused_bodies_are_masked_in_the_flow_file(
@@ -132,9 +132,10 @@ async def test_meta_client_answers_and_refused_bodies_are_masked_in_the_flow_fil
                  f'"arguments":{{"query":"{third["email"]}"}}}}').encode()  # fmt: skip
     assert raw_post(url, malformed, ALICE).status == 400
     unauthenticated = dict(call, params={"name": "x", "arguments": {"q": fourth["email"]}})
-    assert raw_post(url, unauthenticated, {"X-API-Key": "wrong"}).status == 401
+    assert raw_post(url, unauthenticated, {"X-API-Key": "demo-bad-key-9917"}).status == 401
     text, flows = recorded(gateway)
     assert_clear_of(text, [c[name] for c in (first, second, third, fourth) for name in PII_FIELDS])
+    assert_clear_of(text, [TOKEN, ALICE["X-API-Key"], "demo-bad-key-9917"])
     (malformed_flow,) = [f for f in flows if b'"id":3,' in (f.request.content or b"")]
     assert malformed_flow.response.status_code == 400
     body = malformed_flow.request.get_content()
