@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from mitmproxy import ctx, exceptions
+from mitmproxy.utils import human
 
 from holdgate.config import GatewayConfig, load_config
 from holdgate.configfile import ConfigError, parse_size
@@ -68,6 +69,11 @@ class ConfigLoader:
                     "use a number of bytes or e.g. 512k, 4m"
                 )
             self.max_body = size
+            # mitmproxy cuts a body over its limit while reading it (never buffered whole,
+            # before identity is known); ours is never looser than the operator's own.
+            limit = human.parse_size(ctx.options.body_size_limit)
+            if limit is None or limit > size:
+                ctx.options.update(body_size_limit=str(size))
         if "holdgate_config" in updated:
             path = ctx.options.holdgate_config
             try:
@@ -75,6 +81,16 @@ class ConfigLoader:
             except ConfigError as exc:
                 self.current = None
                 raise exceptions.OptionsError(f"holdgate_config: {exc}") from None
+            open_ended = [
+                u.name for u in self.current.upstreams if u.open_destination and u.inject_headers
+            ]
+            if open_ended and any(not m.startswith("reverse:") for m in ctx.options.mode):
+                self.current = None
+                raise exceptions.OptionsError(
+                    f"holdgate_config: upstream {open_ended[0]!r} injects credentials but has "
+                    "no `url` or `host`; as a regular proxy the client names the server, so "
+                    "they would go wherever it says. Give it a `url`, or run in reverse mode"
+                )
             self._mtime = _stamp(path)
             logger.info("holdgate: loaded %s (sha256 %s)", path, self.current.digest[:12])
             self._announce("loaded", self.current, "loaded at start")

@@ -7,6 +7,8 @@ flow nor a saved one shows them.
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from mitmproxy import http
 
 from holdgate.config import Upstream
@@ -34,6 +36,18 @@ class Gate:
             )
             return
         upstream: Upstream = objects(flow).extra["upstream"]
+        reverse = flow.client_conn.proxy_mode.type_name == "reverse"
+        if upstream.inject_headers and not goes_to(upstream, flow.request, reverse):
+            refuse(
+                flow,
+                502,
+                INTERNAL_ERROR,
+                f"the request for upstream {upstream.name!r} is not addressed to the server "
+                "the config names for it, so its credentials were not sent and it was not "
+                "forwarded; give the upstream a `url` (or a `host`)",
+                kind="internal-error",
+            )
+            return
         for name, value in upstream.inject_headers:
             flow.request.headers[name] = value
         st["injected"] = [name for name, _ in upstream.inject_headers]
@@ -48,3 +62,25 @@ class Gate:
         for name in state(flow).get("injected", ()):
             if name in flow.request.headers:
                 flow.request.headers[name] = INJECTED_MARK
+
+
+def goes_to(upstream: Upstream, request: http.Request, reverse: bool) -> bool:
+    """Whether the request is addressed to the server the config names for `upstream`.
+
+    An upstream with neither `url` nor `host` is the reverse-mode target, which the
+    operator fixed; as a regular proxy, the client would name the server.
+    """
+    if upstream.url:
+        target = urlsplit(upstream.url)
+        port = target.port or (443 if target.scheme == "https" else 80)
+        return (request.scheme, request.host.lower(), request.port) == (
+            target.scheme,
+            (target.hostname or "").lower(),
+            port,
+        )
+    if upstream.host_name:
+        return request.host.lower() == upstream.host_name and upstream.host_port in (
+            None,
+            request.port,
+        )
+    return reverse

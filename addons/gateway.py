@@ -5,9 +5,14 @@ ConfigLoader -> Router -> Identity -> Policy -> Approval -> Gate -> Recorder (re
 side: the recorder refuses when the audit store cannot be written); Streams runs each
 response message through the Policy, ToolPinning, Masking and Recorder stages.
 
-If the bundle cannot even be imported, mitmproxy would go on as a plain proxy and
-forward everything unchecked; so a failed import installs `Refuser` instead, which
-refuses every request and stops the proxy.
+No way of starting mitmproxy with this script may leave a plain proxy:
+- if the bundle cannot be imported, or a `holdgate_*` option is unknown or given twice
+  (mitmproxy would drop the script silently), `Refuser` is installed instead: it logs
+  the reason (mitmproxy stops at an error logged during startup), refuses every request
+  and stops the proxy;
+- `Sentinel` is added to mitmproxy's own addon chain, outside this script, so it stays
+  even if the script is later dropped (a failed reload): it refuses every request the
+  gateway did not see.
 """
 
 from __future__ import annotations
@@ -16,9 +21,67 @@ import logging
 import os
 import sys
 
+from mitmproxy import ctx, http, tcp, udp
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+STATE_KEY = "holdgate"  # holdgate.proxy.STATE_KEY, repeated: this file must work without it
+NOT_RUNNING = (
+    b'{"jsonrpc":"2.0","id":null,"error":{"code":-32603,'
+    b'"message":"the gateway is not running its checks"}}'
+)
+
+
+def _refuse(flow: http.HTTPFlow) -> None:
+    flow.response = http.Response.make(503, NOT_RUNNING, {"Content-Type": "application/json"})
+
+
+class Refuser:
+    """Stands in for the gateway when it cannot run: refuses all traffic and stops."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def load(self, loader: object) -> None:
+        logging.getLogger("holdgate").error("holdgate cannot start: %s", self.reason)
+
+    def running(self) -> None:
+        ctx.master.shutdown()
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        _refuse(flow)
+
+
+class Sentinel:
+    """Last in mitmproxy's chain: a request the gateway's Router never saw is refused.
+
+    MCP travels over HTTP only; raw TCP/UDP flows (ignored hosts) are never let through.
+    """
+
+    name = "holdgate_sentinel"
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response is None and STATE_KEY not in flow.metadata:
+            logging.getLogger("holdgate").error(
+                "holdgate: a request reached the end of the chain unchecked; refused"
+            )
+            _refuse(flow)
+
+    def tcp_start(self, flow: tcp.TCPFlow) -> None:
+        flow.kill()
+
+    def udp_start(self, flow: udp.UDPFlow) -> None:
+        flow.kill()
+
+
+if ctx.master.addons.get(Sentinel.name) is None:
+    ctx.master.addons.add(Sentinel())
+
 try:
+    from holdgate.options import option_problems
+
+    problems = option_problems(ctx.options.deferred)
+
     from approval import Approval
     from configloader import ConfigLoader
     from gate import Gate
@@ -29,45 +92,29 @@ try:
     from recorder import Recorder
     from router import Router
     from streams import Streams
-except ImportError as import_error:  # pragma: no cover - exercised by a subprocess test
-    from mitmproxy import ctx, http
-
-    class Refuser:
-        """Stands in for the gateway when it cannot load: refuses all traffic and stops."""
-
-        def __init__(self, reason: str) -> None:
-            self.reason = reason
-
-        def running(self) -> None:
-            logging.getLogger("holdgate").error(
-                "holdgate cannot start: %s. Install it with `make run` (or `pip install -e .`) "
-                "and use the mitmdump from that environment.",
-                self.reason,
-            )
-            ctx.master.shutdown()
-
-        def request(self, flow: http.HTTPFlow) -> None:
-            flow.response = http.Response.make(
-                503,
-                b'{"jsonrpc":"2.0","id":null,"error":{"code":-32603,'
-                b'"message":"the gateway is not running its checks"}}',
-                {"Content-Type": "application/json"},
-            )
-
-    addons = [Refuser(f"{type(import_error).__name__}: {import_error}")]
-else:
-    loader = ConfigLoader()
-    recorder = Recorder(loader)
-    pins = ToolPinning(loader, recorder)
-    policy = Policy(loader, pins)
-    addons = [
-        loader,
-        Router(loader),
-        Identity(loader),
-        policy,
-        Approval(loader, policy, recorder),
-        Gate(),
-        Streams(loader, stages=[policy, pins, Masking(loader), recorder]),
-        recorder,
-        pins,  # after the recorder, which opens (or creates) the store the pins are read from
+except ImportError as import_error:  # exercised by a subprocess test
+    addons: list[object] = [
+        Refuser(
+            f"{type(import_error).__name__}: {import_error}. Install it with `make run` "
+            "(or `pip install -e .`) and use the mitmdump from that environment."
+        )
     ]
+else:
+    if problems:
+        addons = [Refuser("; ".join(problems))]  # each says how to fix it
+    else:
+        loader = ConfigLoader()
+        recorder = Recorder(loader)
+        pins = ToolPinning(loader, recorder)
+        policy = Policy(loader, pins)
+        addons = [
+            loader,
+            Router(loader),
+            Identity(loader),
+            policy,
+            Approval(loader, policy, recorder),
+            Gate(),
+            Streams(loader, stages=[policy, pins, Masking(loader), recorder]),
+            recorder,
+            pins,  # after the recorder, which opens (or creates) the store the pins are read from
+        ]

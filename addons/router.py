@@ -1,4 +1,9 @@
-"""Router: which upstream MCP server a request is for; 404 when none is configured."""
+"""Router: which upstream MCP server a request is for; 404 when none is configured.
+
+The route is chosen from where the request really goes (reverse target, absolute URL or
+CONNECT target), never from the Host header a client writes: credentials are injected
+for the upstream routed to, so they may only ever travel to the server the config names.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +12,12 @@ from urllib.parse import urlsplit
 from mitmproxy import http
 
 from configloader import ConfigLoader
-from holdgate.config import route
+from holdgate.config import path_problem, route, split_host
 from holdgate.jsonrpc import INVALID_REQUEST
-from holdgate.proxy import fail_closed, objects, refuse, state
+from holdgate.proxy import fail_closed, objects, quoted, refuse, state
 
 WELL_KNOWN = "/.well-known/oauth-protected-resource"
+BODYLESS = ("GET", "DELETE", "HEAD")
 
 
 class Router:
@@ -27,17 +33,41 @@ class Router:
         st = state(flow)
         st["config_hash"] = config.digest
         st["front"] = front_url(flow)
-        path, _, query = flow.request.path.partition("?")
+        request = flow.request
+        path, _, query = request.path.partition("?")
+        problem = path_problem(path)
+        if problem is not None:
+            refuse(
+                flow,
+                400,
+                INVALID_REQUEST,
+                f"the request path {quoted(path)} is refused: {problem}; send the canonical path",
+                kind="malformed",
+            )
+            return
         if WELL_KNOWN in path:
             st["local"] = "resource-metadata"
             return
-        found = route(config.upstreams, flow.request.pretty_host, path)
+        regular = flow.client_conn.proxy_mode.type_name != "reverse"
+        if regular and request.host_header is not None:
+            named = split_host(request.host_header)[0]
+            if named != request.host.lower():
+                refuse(
+                    flow,
+                    400,
+                    INVALID_REQUEST,
+                    f"the Host header names {quoted(request.host_header)} but the request goes "
+                    f"to {quoted(request.host)}; send the same server in both",
+                    kind="malformed",
+                )
+                return
+        found = route(config.upstreams, request.host, request.port, path)
         if found is None:
             refuse(
                 flow,
                 404,
                 INVALID_REQUEST,
-                f"no upstream is configured for {flow.request.pretty_host}{path}",
+                f"no upstream is configured for {quoted(request.pretty_host + path)}",
                 kind="no-upstream",
             )
             return
@@ -45,27 +75,45 @@ class Router:
         st["upstream"] = upstream.name
         st["client_addr"] = flow.client_conn.peername[0] if flow.client_conn.peername else None
         objects(flow).extra["upstream"] = upstream
-        length = flow.request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > self.loader.max_body:
+        if request.method in BODYLESS and _announces_body(request.headers):
             refuse(
                 flow,
-                413,
+                400,
                 INVALID_REQUEST,
-                f"request body of {length} bytes is over the {self.loader.max_body}-byte limit "
-                "(holdgate_max_body)",
+                f"an HTTP {request.method} carries no MCP message; send it without a body",
                 kind="malformed",
             )
             return
-        # Policy decides on the whole body, so it must never be streamed past us.
-        flow.request.stream = False
+        # Policy decides on the whole body, so it must never be streamed past us; bodies
+        # over holdgate_max_body are cut while they are read (mitmproxy's body_size_limit).
+        request.stream = False
         if upstream.url:
             target = urlsplit(upstream.url)
-            flow.request.scheme = target.scheme
-            flow.request.host = target.hostname or ""
-            flow.request.port = target.port or (443 if target.scheme == "https" else 80)
-            flow.request.host_header = target.netloc
+            request.scheme = target.scheme
+            request.host = target.hostname or ""
+            request.port = target.port or (443 if target.scheme == "https" else 80)
+            request.host_header = target.netloc
             base = target.path.rstrip("/")
-            flow.request.path = base + rest + (f"?{query}" if query else "")
+            request.path = base + rest + (f"?{query}" if query else "")
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        """A body cut at the size limit is a refusal on record, not a failed pass."""
+        if flow.error is not None and "body_size_limit" in flow.error.msg:
+            state(flow).setdefault(
+                "refused",
+                {
+                    "status": 413,
+                    "code": INVALID_REQUEST,
+                    "message": "the request body is over holdgate_max_body; it was cut "
+                    "while being read and never forwarded",
+                    "kind": "malformed",
+                },
+            )
+
+
+def _announces_body(headers: http.Headers) -> bool:
+    length = headers.get("content-length", "0").strip()
+    return "transfer-encoding" in headers or length not in ("", "0")
 
 
 def front_url(flow: http.HTTPFlow) -> str:

@@ -40,13 +40,13 @@ LIVE = """
 """
 CANDIDATE = """
   - name: no customer search
-    match: {tool: search_customers, args: {"$.query": {regex: "^a"}}}
+    match: {tool: search_customers, args: {"$.query": {search: "^a"}}}
     action: deny
   - name: support reads customers
     match: {groups: [support], tool: [get_customer, search_customers]}
     action: allow
   - name: support reads via SQL
-    match: {groups: [support], tool: run_sql, args: {"$.query": {regex: "(?i)^select"}}}
+    match: {groups: [support], tool: run_sql, args: {"$.query": {search: "(?i)^select"}}}
     action: allow
 """
 ALICE = {"X-API-Key": "demo-alice-support"}

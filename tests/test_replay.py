@@ -14,7 +14,7 @@ upstreams:
     url: http://127.0.0.1:9000
 rules:
   - name: no writes
-    match: {tool: run_sql, args: {"$.query": {regex: "(?i)^(delete|drop)"}}}
+    match: {tool: run_sql, args: {"$.query": {search: "(?i)^(delete|drop)"}}}
     action: deny
   - name: sql for dbas
     match: {groups: [dba], tool: run_sql}

@@ -11,7 +11,7 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 from typing import Literal
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from holdgate.configfile import ConfigError, Node, load_yaml_file, parse_yaml
 from holdgate.identity import IdentityConfig, parse_identity
@@ -29,11 +29,13 @@ TOP_KEYS = {
     "audit",
     "hash_key",
     "server_requests",
+    "response_headers",
 }
 UPSTREAM_KEYS = {"name", "prefix", "host", "url", "inject", "on_tool_change"}
 TOOL_CHANGE_KEYS = {"action", "approvers", "timeout"}
 INJECT_KEYS = {"headers", "pass_cookies"}
 CREDENTIAL_HEADERS = ("authorization", "x-api-key", "proxy-authorization")
+RESPONSE_HEADER_KEYS = {"drop", "mask"}
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,32 @@ class Upstream:
     def secrets(self) -> tuple[str, ...]:
         return tuple(value for _, value in self.inject_headers)
 
+    @property
+    def open_destination(self) -> bool:
+        """No `url` or `host`: as a regular proxy it forwards to any server a client names."""
+        return self.url is None and self.host is None
+
+    @property
+    def host_name(self) -> str | None:
+        """`host` without its port, lowercased (`host: name[:port]`)."""
+        return split_host(self.host)[0] if self.host else None
+
+    @property
+    def host_port(self) -> int | None:
+        return split_host(self.host)[1] if self.host else None
+
+
+@dataclass(frozen=True)
+class ResponseHeaders:
+    """What the client gets of the upstream's response headers (`response_headers:`).
+
+    Header values are masked like bodies unless `mask: false`; `Set-Cookie` is dropped
+    unless the upstream has `pass_cookies: true`; `drop` names more headers to remove.
+    """
+
+    drop: frozenset[str] = frozenset()
+    mask: bool = True
+
 
 @dataclass(frozen=True)
 class ApprovalsConfig:
@@ -77,6 +105,7 @@ class GatewayConfig:
     audit: Literal["required", "best_effort"] = "required"
     server_requests: Action = "allow"
     approvals: ApprovalsConfig = field(default_factory=ApprovalsConfig)
+    response_headers: ResponseHeaders = field(default_factory=ResponseHeaders)
     hash_key: bytes | None = None
     text: str = field(default="", repr=False)
 
@@ -140,6 +169,7 @@ def build_config(root: Node, file: str, digest: str, text: str = "") -> GatewayC
         audit=root.child("audit").choice(("required", "best_effort"), default="required"),  # type: ignore[arg-type]
         server_requests=root.child("server_requests").choice(("allow", "deny"), default="allow"),  # type: ignore[arg-type]
         approvals=_parse_approvals(root.child("approvals")),
+        response_headers=_parse_response_headers(root.child("response_headers")),
         hash_key=hash_key,
         text=text,
     )
@@ -166,6 +196,8 @@ def _parse_upstreams(node: Node) -> tuple[Upstream, ...]:
         if prefix is not None and url is None:
             raise item.child("prefix").error("a prefix (reverse mode) needs the upstream's `url`")
         host = item.child("host").optional_string()
+        if host is not None and split_host(host)[0] == "":
+            raise item.child("host").error("expected a host name, optionally with :port")
         if prefix is None and host is None:
             catch_all += 1
             if catch_all > 1:
@@ -232,9 +264,34 @@ def _parse_approvals(node: Node) -> ApprovalsConfig:
     )
 
 
-def route(upstreams: tuple[Upstream, ...], host: str, path: str) -> tuple[Upstream, str] | None:
+def _parse_response_headers(node: Node) -> ResponseHeaders:
+    if node.missing:
+        return ResponseHeaders()
+    node.mapping(RESPONSE_HEADER_KEYS)
+    return ResponseHeaders(
+        drop=frozenset(name.lower() for name in node.child("drop").strings()),
+        mask=node.child("mask").boolean(default=True),
+    )
+
+
+def split_host(value: str) -> tuple[str, int | None]:
+    """`name[:port]` (or `[v6]:port`) -> (lowercased name, port); ("", None) if malformed."""
+    parts = urlsplit("//" + value)
+    try:
+        port = parts.port
+    except ValueError:
+        return "", None
+    if parts.path or parts.query or parts.fragment or parts.username is not None:
+        return "", None
+    return (parts.hostname or ""), port
+
+
+def route(
+    upstreams: tuple[Upstream, ...], host: str, port: int, path: str
+) -> tuple[Upstream, str] | None:
     """Pick the upstream for a request: by path prefix, then by host, then the catch-all.
 
+    `host` and `port` are where the request really goes (never the client's Host header);
     `path` excludes the query string. Returns the upstream and the path to send it
     (prefix removed).
     """
@@ -243,9 +300,33 @@ def route(upstreams: tuple[Upstream, ...], host: str, path: str) -> tuple[Upstre
             rest = path[len(up.prefix) :] or "/"
             return up, rest
     for up in upstreams:
-        if up.host and up.host.lower() == host.lower() and not up.prefix:
+        if (
+            up.host
+            and not up.prefix
+            and up.host_name == host.lower()
+            and up.host_port in (None, port)
+        ):
             return up, path
     for up in upstreams:
         if not up.prefix and not up.host:
             return up, path
+    return None
+
+
+def path_problem(path: str) -> str | None:
+    """Why a request path is not canonical, or None.
+
+    Upstreams resolve dot segments and percent-escapes their own way, so a path that a
+    prefix rule and the upstream could read differently is refused, not normalised.
+    """
+    if "\\" in path or any(ord(c) < 0x21 or ord(c) == 0x7F for c in path):
+        return "it contains a backslash, a space or a control character"
+    lowered = path.lower()
+    if any(code in lowered for code in ("%2f", "%5c", "%00", "%2e")):
+        return "it contains an encoded '/', '\\', '.' or NUL"
+    segments = unquote(path).split("/")[1:]
+    if any(segment in (".", "..") for segment in segments):
+        return "it contains '.' or '..' segments"
+    if "" in segments[:-1]:
+        return "it contains an empty segment ('//')"
     return None

@@ -64,6 +64,13 @@ def objects(flow: http.HTTPFlow) -> FlowObjects:
     return found
 
 
+def quoted(text: str, limit: int = 80) -> str:
+    """Client-supplied text made safe to show: JSON-quoted (control characters escaped,
+    ASCII only, so it can go into a header too) and cut at `limit` characters."""
+    shown = json.dumps(text[:limit])
+    return shown + "…" if len(text) > limit else shown
+
+
 def json_response(
     status: int, payload: Any, headers: dict[str, str] | None = None
 ) -> http.Response:

@@ -1,0 +1,43 @@
+"""The mitmproxy options the bundle adds, and the check that no `--set` of ours is lost.
+
+mitmproxy keeps a `--set` for an option nobody declared aside without a word, and a
+`--set` given twice makes the script fail to register, silently leaving a plain proxy.
+The entry script runs `option_problems` on mitmproxy's deferred options before it
+registers anything, so both stop the gateway instead.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+
+PREFIX = "holdgate_"
+OPTIONS = (
+    "holdgate_config",
+    "holdgate_db",
+    "holdgate_recordings",
+    "holdgate_admin",
+    "holdgate_max_body",
+)
+
+
+def option_problems(deferred: Mapping[str, object]) -> list[str]:
+    """What is wrong with the `holdgate_*` options set before the bundle declared them.
+
+    `deferred` is mitmproxy's `options.deferred`: name -> the strings given on the command
+    line (an object with a `val` list) or an already typed value (from a config file).
+    """
+    problems = []
+    for name in sorted(deferred):
+        if not name.lower().startswith(PREFIX):
+            continue
+        if name not in OPTIONS:
+            close = difflib.get_close_matches(name.lower(), OPTIONS, n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]}?" if close else f"valid: {', '.join(OPTIONS)}"
+            problems.append(f"unknown option {name} ({hint})")
+            continue
+        values = getattr(deferred[name], "val", None)
+        if isinstance(values, list) and len(values) > 1:
+            shown = ", ".join(repr(v) for v in values)
+            problems.append(f"option {name} is set {len(values)} times ({shown}): set it once")
+    return problems
