@@ -291,7 +291,9 @@ class Approval:
         # bytes, and routing headers that still agree with them (mitmweb can edit all three).
         decided_url, decided_body = objects(flow).extra["decided_request"]
         try:
-            check_routing_headers(body, single_valued(header_lists(flow.request.headers)))
+            pins = self.policy.pins
+            params = pins.header_params(state(flow)["upstream"], body) if pins else None
+            check_routing_headers(body, single_valued(header_lists(flow.request.headers)), params)
             unchanged = (flow.request.url, flow.request.content) == (decided_url, decided_body)
         except BodyError:
             unchanged = False

@@ -15,7 +15,7 @@ from typing import Any
 from mitmproxy import ctx, exceptions, http
 
 from configloader import ConfigLoader
-from holdgate.jsonrpc import Message
+from holdgate.jsonrpc import Body, HeaderParams, Message
 from holdgate.pins import PinBook, review_call
 from holdgate.proxy import MessageContext, state
 from holdgate.rules import Decision
@@ -89,6 +89,14 @@ class ToolPinning:
                 ", ".join(pin.changes()),
             )
         return review_call(decision, pin, on_change, upstream, message.tool)
+
+    def header_params(self, upstream: str, body: Body) -> HeaderParams | None:
+        """For a lone `tools/call`, which argument each `Mcp-Param-*` header must carry, as
+        the tool's listed inputSchema declares (None when the gateway has not seen it)."""
+        message = body.messages[0]
+        if body.is_batch or message.tool is None:
+            return None
+        return self.book.header_params(upstream, message.tool)
 
     def on_message(self, flow: http.HTTPFlow, message: Any, context: MessageContext) -> Any:
         """Pin what a `tools/list` answer shows; hide tools whose change is denied."""

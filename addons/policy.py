@@ -76,7 +76,8 @@ class Policy:
             body = parse_body(
                 flow.request.get_content(strict=True) or b"", max_bytes=self.loader.max_body
             )
-            check_routing_headers(body, single_valued(header_lists(flow.request.headers)))
+            params = self.pins.header_params(st["upstream"], body) if self.pins else None
+            check_routing_headers(body, single_valued(header_lists(flow.request.headers)), params)
         except BodyError as exc:
             refuse(flow, exc.status, exc.code, f"refused: {exc.message}", kind="malformed")
             return

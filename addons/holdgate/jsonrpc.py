@@ -17,6 +17,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
 
 PARSE_ERROR = -32700
@@ -25,6 +26,7 @@ INTERNAL_ERROR = -32603
 POLICY_DENIED = -32003
 APPROVAL_REFUSED = -32004
 RATE_LIMITED = -32005
+HEADER_MISMATCH = -32020  # MCP 2026-07-28: headers disagree with the body (HTTP 400)
 
 MessageKind = Literal["request", "notification", "response"]
 
@@ -171,52 +173,98 @@ def _target_and_arguments(
     return params[key], arguments
 
 
-def check_routing_headers(body: Body, headers: Mapping[str, str]) -> None:
+# Lowercased `x-mcp-header` names mapped to the argument path each mirrors (holdgate.pins).
+HeaderParams = Mapping[str, tuple[str, ...]]
+PARAM_PREFIX = "mcp-param-"
+
+
+def check_routing_headers(
+    body: Body, headers: Mapping[str, str], header_params: HeaderParams | None = None
+) -> None:
     """Refuse a request whose Mcp-Method / Mcp-Name / Mcp-Param-* headers disagree with its body.
 
     An upstream that routes on headers must never see a different call than the one
-    decided on the body. `headers` has lowercased names.
+    decided on the body. `headers` has lowercased names. `header_params` is the called
+    tool's `x-mcp-header` mapping when the gateway has seen its schema, else None.
     """
     method_header = headers.get("mcp-method")
     name_header = headers.get("mcp-name")
-    param_headers = {k: v for k, v in headers.items() if k.startswith("mcp-param-")}
+    param_headers = {k: v for k, v in headers.items() if k.startswith(PARAM_PREFIX)}
     if method_header is None and name_header is None and not param_headers:
         return
     if body.is_batch:
-        raise BodyError("Mcp-Method / Mcp-Name headers cannot describe a batch")
+        raise _mismatch("Mcp-Method / Mcp-Name headers cannot describe a batch")
     message = body.messages[0]
     if method_header is not None and method_header != message.method:
-        raise BodyError(
-            f"Mcp-Method header {method_header!r} does not match the body's method "
+        raise _mismatch(
+            f"Mcp-Method header {method_header[:64]!r} does not match the body's method "
             f"{message.method!r}"
         )
     if name_header is not None or message.target is not None:
         if decode_header_value(name_header) != message.target:
-            raise BodyError("Mcp-Name header does not match the name in the body")
-    if param_headers:
-        scalars = _scalar_strings(message.arguments or {})
-        for name, value in param_headers.items():
-            decoded = decode_header_value(value)
-            if decoded is None or decoded not in scalars:
-                raise BodyError(f"{name} header does not match any argument in the body")
+            raise _mismatch("Mcp-Name header does not match the name in the body")
+    for header, value in param_headers.items():
+        _check_param_header(header, value, message.arguments or {}, header_params)
 
 
-def _scalar_strings(value: Any) -> set[str]:
-    out: set[str] = set()
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-        elif isinstance(item, bool):
-            out.add("true" if item else "false")
-        elif item is not None:
-            out.add(str(item))
-    return out
+def _check_param_header(
+    header: str, value: str, arguments: dict[str, Any], declared: HeaderParams | None
+) -> None:
+    """`Mcp-Param-<Name>` must carry exactly the argument the schema maps to Name.
+
+    With the tool's schema unknown, Name must be an argument's own name (compared
+    case-insensitively, and only one argument may fit): never "any argument that matches".
+    """
+    name = header[len(PARAM_PREFIX) :]
+    header = header[:80]  # a header name is a token (no control characters), but unbounded
+    if declared is not None:
+        path = declared.get(name)
+        if path is None:
+            known = ", ".join(f"Mcp-Param-{n}" for n in sorted(declared)[:10]) or "none"
+            raise _mismatch(
+                f"{header}: the tool's inputSchema declares no x-mcp-header {name[:64]!r} "
+                f"(it declares {known}); send only the headers the schema declares"
+            )
+    else:
+        fits = [key for key in arguments if key.lower() == name]
+        if len(fits) != 1:
+            raise _mismatch(
+                f"{header}: the gateway has not seen this tool's schema, so the header must "
+                f"name one argument of the call; {len(fits)} arguments are named {name[:64]!r}"
+            )
+        path = (fits[0],)
+    argument: Any = arguments
+    for key in path:
+        argument = argument.get(key) if isinstance(argument, dict) else None
+    where = ("$." + ".".join(path))[:80]
+    if argument is None:
+        raise _mismatch(f"{header} is sent but the body has no argument {where}; omit the header")
+    decoded = decode_header_value(value)
+    if decoded is None:
+        raise _mismatch(f"{header} is not valid =?base64?…?= (canonical base64 of UTF-8)")
+    if not _mirrors(decoded, argument):
+        raise _mismatch(f"{header} does not match the body's argument {where}")
 
 
+def _mirrors(text: str, value: Any) -> bool:
+    """Whether a header's text is the MCP string form of a primitive argument value."""
+    if isinstance(value, bool):
+        return text == ("true" if value else "false")
+    if isinstance(value, int | float):
+        if not _JSON_NUMBER.fullmatch(text):
+            return False
+        try:
+            return Decimal(text) == Decimal(str(value))
+        except InvalidOperation:
+            return False
+    return isinstance(value, str) and text == value
+
+
+def _mismatch(message: str) -> BodyError:
+    return BodyError(message, code=HEADER_MISMATCH)
+
+
+_JSON_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
 _B64_SENTINEL = re.compile(r"^=\?base64\?(?P<payload>.*)\?=$")
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -32,6 +33,42 @@ def tool_definition(tool: dict[str, Any]) -> dict[str, Any]:
 def definition_digest(definition: dict[str, Any]) -> str:
     text = json.dumps(definition, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+# An `x-mcp-header` name: an HTTP token (RFC 9110), as the header `Mcp-Param-<name>` needs.
+_HEADER_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def header_params(definition: dict[str, Any] | None) -> dict[str, tuple[str, ...]] | None:
+    """Which argument each `Mcp-Param-<Name>` header mirrors, from the tool's inputSchema.
+
+    MCP 2026-07-28: a property whose schema has `x-mcp-header: Name` travels also in the
+    header `Mcp-Param-Name` (names compare case-insensitively). Returns lowercased names
+    mapped to the argument's path (nested through object `properties`); None when the
+    definition or its schema is unknown. A name declared twice, or not a valid header
+    token, maps to nothing: a header sent for it is refused, never guessed.
+    """
+    if definition is None or not isinstance(definition.get("inputSchema"), dict):
+        return None
+    found: dict[str, list[tuple[str, ...]]] = {}
+    stack: list[tuple[dict[str, Any], tuple[str, ...]]] = [(definition["inputSchema"], ())]
+    while stack:
+        schema, path = stack.pop()
+        properties = schema.get("properties")
+        if not isinstance(properties, dict) or len(path) > 16:
+            continue
+        for key, prop in properties.items():
+            if not isinstance(prop, dict):
+                continue
+            name = prop.get("x-mcp-header")
+            if isinstance(name, str):
+                found.setdefault(name.lower(), []).append((*path, key))
+            stack.append((prop, (*path, key)))
+    return {
+        name: paths[0]
+        for name, paths in found.items()
+        if len(paths) == 1 and _HEADER_TOKEN.fullmatch(name)
+    }
 
 
 def changed_keys(old: dict[str, Any] | None, new: dict[str, Any] | None) -> list[str]:
@@ -66,6 +103,7 @@ class PinBook:
     def __init__(self) -> None:
         self.pins: dict[tuple[str, str], PinState] = {}
         self.last_seq = 0
+        self._header_params: dict[tuple[str, str], tuple[str, Any]] = {}
 
     def apply(self, row: dict[str, Any]) -> None:
         """Fold one stored row in. Idempotent: the gateway applies its own rows when it
@@ -123,6 +161,18 @@ class PinBook:
         }
         self.apply(row)
         return row
+
+    def header_params(self, upstream: str, tool: str) -> dict[str, tuple[str, ...]] | None:
+        """The `Mcp-Param-*` mapping of the tool as the upstream lists it now (None when
+        its definition has not been seen, or was too large to keep)."""
+        state = self.pins.get((upstream, tool))
+        if state is None:
+            return None
+        cached = self._header_params.get((upstream, tool))
+        if cached is None or cached[0] != state.seen_digest:
+            cached = (state.seen_digest, header_params(state.seen_definition))
+            self._header_params[(upstream, tool)] = cached
+        return cached[1]
 
     def changed(self, upstream: str, tool: str) -> PinState | None:
         """The tool's pin state when its listed definition differs from the pinned one."""
