@@ -197,3 +197,111 @@ def test_a_non_json_error_page_is_masked_as_text(gateway_factory):
         time.sleep(0.1)
     assert rows and json.loads(rows[0][0]) == {"email": 1, "credit_card": 1}
     assert "ada@example.com" not in rows[0][1]
+
+
+SPLIT_EVENTS = [
+    {"jsonrpc": "2.0", "method": "notifications/progress",
+     "params": {"progressToken": 1, "progress": 1, "message": "emailing alice.split@exa"}},
+    {"jsonrpc": "2.0", "method": "notifications/progress",
+     "params": {"progressToken": 1, "progress": 2, "message": "mple.com now"}},
+    {"jsonrpc": "2.0", "id": 1,
+     "result": {"content": [{"type": "text", "text": "sent"}], "isError": False}},
+]  # fmt: skip
+
+
+class SplitStream(BaseHTTPRequestHandler):
+    """An upstream that streams an e-mail address split across two SSE events."""
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.end_headers()
+        for event in SPLIT_EVENTS:  # one write and flush per event: separate chunks
+            self.wfile.write(f"event: message\ndata: {json.dumps(event)}\n\n".encode())
+            self.wfile.flush()
+            time.sleep(0.05)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_an_email_split_across_two_sse_events_is_masked_in_the_second(gateway_factory):
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), SplitStream)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        gw = gateway_factory(CONFIG.format(url=url), url)
+        call = {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "tools/call",
+            "params": {"name": "notify", "arguments": {}, "_meta": {"progressToken": 1}},
+        }
+        answer = raw_post(gw.url + "/mcp", call, ALICE)
+    finally:
+        server.shutdown()
+        server.server_close()
+    text = answer.body.decode()
+    assert answer.status == 200, text
+    assert "emailing alice.split@exa" in text  # the first half was sent before it was whole
+    assert "a***@example.com now" in text  # the rest became the (partial) mask of the whole
+    assert text.count("mple.com") == text.count("a***@example.com")  # only inside the mask
+    assert "sent" in text
+    stored = _store_text(gw)
+    assert stored.count("mple.com") == stored.count("a***@example.com")
+    assert "email(split)" in stored
+
+
+DISGUISED = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "result": {
+        "content": [{"type": "text", "text": "see structuredContent"}],
+        "structuredContent": {
+            "ada.key@example.com": {"card": 4111111111111111},
+            "note": "ping ada.zw\u200b@example.com or ａｄａ＠ｅｘａｍｐｌｅ．ｃｏｍ",
+            "raw": "ada.esc\\u0040example.com",
+        },
+    },
+}
+
+
+class Disguised(BaseHTTPRequestHandler):
+    """An upstream whose PII sits in a key, a number, and behind look-alike characters."""
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        body = json.dumps(DISGUISED, ensure_ascii=False).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_pii_in_keys_numbers_and_disguises_is_masked(gateway_factory):
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), Disguised)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        gw = gateway_factory(CONFIG.format(url=url), url)
+        call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "x"}}
+        answer = raw_post(gw.url + "/mcp", call, ALICE)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert answer.status == 200, answer.body
+    got = json.loads(answer.body)["result"]["structuredContent"]
+    assert got == {
+        "a***@example.com": {"card": "************1111"},
+        "note": "ping a***@example.com or a***@example.com",
+        "raw": "a***@example.com",
+    }
+    stored = _store_text(gw)
+    for clear in ("ada.key@", "4111111111111111", "ada.zw", "ａｄａ", "ada.esc"):
+        assert clear not in stored and json.dumps(clear)[1:-1] not in stored, clear
