@@ -707,11 +707,12 @@ def _char_class(chars: Iterable[str]) -> str:
 
 
 FOLDS = _fold_table()
-_FOLDABLE = re.compile(f"[{_char_class(FOLDS)}]")
-# Every other character of FOLDS makes a text not NFKC-normalised, which C checks faster.
+# Every other character of FOLDS makes a text not NFKC-normalised, which C checks fast.
 _FOLDABLE_IN_NFKC = re.compile(f"[{_char_class(_INVISIBLE + _DASHES)}]")
 _ESCAPE = re.compile(r"\\(?:u([0-9A-Fa-f]{4})|x([0-9A-Fa-f]{2}))")
-_FOLD = re.compile(f"{_ESCAPE.pattern}|{_FOLDABLE.pattern}")
+# Escapes and every non-ASCII character (then looked up in FOLDS): a class of all of
+# FOLDS' characters would be several times slower to search.
+_FOLD = re.compile(f"{_ESCAPE.pattern}|[^\\x00-\\x7f]")
 
 
 class Folded(NamedTuple):
@@ -765,7 +766,10 @@ def fold(text: str) -> Folded | None:
         if code is not None:
             replacement = _unescape(code)
         else:
-            replacement = FOLDS[match.group()]
+            found = FOLDS.get(match.group())
+            if found is None:
+                continue
+            replacement = found
         start, end = match.span()
         parts.append(text[last:start])
         length += start - last
