@@ -84,6 +84,7 @@ try:
 
     from approval import Approval
     from configloader import ConfigLoader
+    from connections import ConnectionDeadlines
     from gate import Gate
     from identity import Identity
     from masking import Masking
@@ -108,6 +109,7 @@ else:
         pins = ToolPinning(loader, recorder)
         policy = Policy(loader, pins)
         addons = [
+            ConnectionDeadlines(),
             loader,
             Router(loader),
             Identity(loader),

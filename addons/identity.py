@@ -33,9 +33,15 @@ class Identity:
         return self._authenticator
 
     @fail_closed
-    def requestheaders(self, flow: http.HTTPFlow) -> None:
-        if state(flow).get("local") != "resource-metadata":
-            return
+    async def requestheaders(self, flow: http.HTTPFlow) -> None:
+        """Identity is settled on the headers, before the body is read: an unknown caller is
+        refused before anything is decided, held or recorded beyond its refusal row."""
+        if state(flow).get("local") == "resource-metadata":
+            self._serve_metadata(flow)
+        elif is_mcp(flow):
+            await self._authenticate(flow)
+
+    def _serve_metadata(self, flow: http.HTTPFlow) -> None:
         config = self.loader.current
         if config is None:
             raise RuntimeError("no config loaded")
@@ -53,10 +59,7 @@ class Identity:
         )
         state(flow)["served"] = "resource-metadata"
 
-    @fail_closed
-    async def request(self, flow: http.HTTPFlow) -> None:
-        if not is_mcp(flow):
-            return
+    async def _authenticate(self, flow: http.HTTPFlow) -> None:
         config = self.loader.current
         if config is None:
             raise RuntimeError("no config loaded")

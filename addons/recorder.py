@@ -221,7 +221,11 @@ class Recorder:
         st["recorded"] = True
         if "upstream" not in st and "refused" not in st:
             return
-        self._note_session(flow, config)
+        # An unauthenticated request gets its refusal row, nothing more: no session row,
+        # no flow file (a client would otherwise create them at will).
+        known = "identity" in st
+        if known:
+            self._note_session(flow, config)
         latency = None
         if flow.response is not None and flow.response.timestamp_end:
             latency = round((flow.response.timestamp_end - flow.request.timestamp_start) * 1000, 2)
@@ -268,7 +272,8 @@ class Recorder:
                 extra=json.dumps(extra),
             )
             self.submit(flow, config, "events", row)
-        self._write_recording(flow, config)
+        if known:
+            self._write_recording(flow, config)
 
     def _row(self, flow: http.HTTPFlow, config: GatewayConfig) -> dict[str, Any]:
         st = state(flow)
@@ -276,7 +281,7 @@ class Recorder:
         return {
             "ts": now_iso(),
             "flow_id": flow.id,
-            "session_id": session_key(flow),
+            "session_id": session_key(flow) if "identity" in st else None,
             "user": identity.get("user"),
             "groups": json.dumps(identity.get("groups", [])),
             "auth_method": identity.get("method"),

@@ -22,7 +22,7 @@ from holdgate.config import GatewayConfig, Upstream
 from holdgate.jsonrpc import INTERNAL_ERROR, BodyError, dumps, error_object, loads_strict
 from holdgate.masking import MaskingPolicy, ProfilesInEffect, mask_text
 from holdgate.proxy import MessageContext, fail_closed, is_mcp, objects, quoted, refuse, state
-from holdgate.record_masking import RecordMasking, _scrub_value
+from holdgate.record_masking import RecordMasking, scrub_value
 from holdgate.sse import SSEDecoder, SSEEvent, encode_event
 
 logger = logging.getLogger("holdgate")
@@ -221,7 +221,7 @@ class Guard:
         """Encoded JSON with every injected value replaced (walked only when one is in it)."""
         if not any(needle in data for needle in self.needles):
             return data
-        value, count = _scrub_value(loads_strict(data), self.record)
+        value, count = scrub_value(loads_strict(data), self.record)
         self._found(flow, count)
         return dumps(value)
 

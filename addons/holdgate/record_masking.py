@@ -203,7 +203,7 @@ def mask_for_record(
     scrubbed = 0
     if record.needles:
         try:
-            value, scrubbed = _scrub_value(value, record)
+            value, scrubbed = scrub_value(value, record)
         except RecursionError:
             raise MaskingError("the value is nested too deeply to mask") from None
     outcome = mask_json(value, record.effect(upstream, tool))
@@ -212,7 +212,7 @@ def mask_for_record(
     return MaskOutcome(outcome.value, {**outcome.findings, SECRET_FINDING: scrubbed})
 
 
-def _scrub_value(value: Any, record: RecordMasking) -> tuple[Any, int]:
+def scrub_value(value: Any, record: RecordMasking) -> tuple[Any, int]:
     """Scrub strings and keys; containers are copied only where something changed."""
     kind = type(value)
     if kind is str:
@@ -222,7 +222,7 @@ def _scrub_value(value: Any, record: RecordMasking) -> tuple[Any, int]:
         out: dict[Any, Any] = {}
         for key, item in value.items():
             new_key, found_key = record.scrub(key) if type(key) is str else (key, 0)
-            new_item, found = _scrub_value(item, record)
+            new_item, found = scrub_value(item, record)
             out[new_key] = new_item
             total += found_key + found
         return (out, total) if total else (value, 0)
@@ -230,7 +230,7 @@ def _scrub_value(value: Any, record: RecordMasking) -> tuple[Any, int]:
         total = 0
         items = []
         for item in value:
-            new_item, found = _scrub_value(item, record)
+            new_item, found = scrub_value(item, record)
             items.append(new_item)
             total += found
         return (items, total) if total else (value, 0)

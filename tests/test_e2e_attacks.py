@@ -1,0 +1,370 @@
+"""Attacks on a real gateway (issue 13): a low-privilege or unknown client, a hostile
+upstream (`hostile_upstream.py`) and a careless operator. Each test ends by checking that
+no injected credential, caller key or test PII reached the store, the flow files or the log.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import sqlite3
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import brotli
+import pytest
+
+from conftest import MITMDUMP, ROOT, Gateway, free_port, stop
+from hostile_upstream import PII_CARD, PII_EMAIL, HostileUpstream
+from mcpclient import raw_post
+
+TOKEN = "hg-upstream-secret-7f3a9c2e41"
+ALICE = {"X-API-Key": "demo-alice-support"}
+CONFIG = """
+version: 1
+identity:
+  api_keys:
+    - name: alice
+      sha256: 9f7ed98529468ebc54d06a6b8442ca7f7379f470af51ab44b9d9910bb74d0a1c
+      groups: [support]
+upstreams:
+  - name: hostile
+    {where}
+    inject:
+      headers:
+        Authorization: "Bearer ${{env:HOSTILE_TOKEN}}"
+rules:
+  - name: support
+    match: {{groups: [support]}}
+    action: allow
+masking:
+  - name: pii
+    detectors: [email, phone, credit_card]
+    strategy: redact
+"""
+NEVER_RECORDED = (TOKEN, "demo-alice-support", PII_EMAIL, PII_CARD.replace(" ", ""), PII_CARD)
+
+
+def call(name: str = "lookup", msg_id: int = 1) -> dict:
+    return {
+        "jsonrpc": "2.0",
+        "id": msg_id,
+        "method": "tools/call",
+        "params": {"name": name, "arguments": {}},
+    }
+
+
+@pytest.fixture
+def hostile():
+    upstream = HostileUpstream().start()
+    yield upstream
+    upstream.stop()
+
+
+@pytest.fixture
+def gateway(hostile, gateway_factory):
+    return gateway_factory(
+        CONFIG.format(where=f"url: {hostile.url}"), hostile.url, env={"HOSTILE_TOKEN": TOKEN}
+    )
+
+
+def assert_nothing_leaked(gw: Gateway, *needles: str) -> None:
+    """Stop the gateway (flushing store and recordings), then look for `needles` everywhere."""
+    stop(gw.proc)
+    places = [gw.output, *gw.db.parent.glob(gw.db.name + "*")]
+    if gw.recordings.exists():
+        places += [p for p in gw.recordings.rglob("*") if p.is_file()]
+    for place in places:
+        data = place.read_bytes()
+        for needle in needles or NEVER_RECORDED:
+            assert needle.encode() not in data, f"{needle!r} found in {place.name}"
+
+
+def rows(gw: Gateway, sql: str) -> list[tuple]:
+    with sqlite3.connect(gw.db) as db:
+        return db.execute(sql).fetchall()
+
+
+# --- hostile upstream ----------------------------------------------------------------------
+
+
+def test_reflected_credential_and_header_pii_never_reach_the_client(gateway, hostile):
+    response = raw_post(gateway.url + "/echo", call(), ALICE)
+    assert response.status == 200, response.body
+    assert hostile.received[-1].headers["authorization"] == f"Bearer {TOKEN}"  # it was sent
+    everything = response.body + json.dumps(response.headers).encode()
+    assert TOKEN.encode() not in everything
+    assert PII_EMAIL.encode() not in everything
+    assert "Set-Cookie" not in response.headers  # the upstream may not set cookies
+    assert "[REDACTED:injected_credential]" in response.json()["result"]["seen"]["authorization"]
+    assert_nothing_leaked(gateway)
+
+
+def test_202_with_a_body_is_masked_and_recorded(gateway):
+    response = raw_post(gateway.url + "/accepted", call(), ALICE)
+    assert response.status == 202
+    text = response.json()["result"]["content"][0]["text"]
+    assert PII_EMAIL not in text and "4111" not in text
+    stop(gateway.proc)
+    recorded = rows(gateway, "select masked from events where direction = 'response'")
+    assert recorded and "email" in recorded[0][0]
+    assert_nothing_leaked(gateway)
+
+
+def test_event_stream_with_a_content_length_is_reframed_and_fully_masked(gateway):
+    conn = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=10)
+    body = json.dumps(call()).encode()
+    conn.request(
+        "POST",
+        "/sse-cl",
+        body,
+        {"Content-Type": "application/json", "Accept": "text/event-stream", **ALICE},
+    )
+    response = conn.getresponse()
+    assert response.getheader("content-length") is None
+    assert response.getheader("transfer-encoding") == "chunked"
+    data = response.read()  # hangs (times out) if the framing is wrong
+    assert b'"text": "mail' in data or b'"text":"mail' in data
+    assert PII_EMAIL.encode() not in data
+    assert b"comment about" not in data
+    conn.request(
+        "POST",
+        "/plain",
+        json.dumps(call(msg_id=2)).encode(),
+        {"Content-Type": "application/json", **ALICE},
+    )
+    again = conn.getresponse()  # the kept-alive connection is still in step
+    assert again.status == 200 and json.loads(again.read())["id"] == 2
+    assert_nothing_leaked(gateway)
+
+
+# --- hostile client ------------------------------------------------------------------------
+
+
+def test_batch_whose_requests_share_an_id_is_refused(gateway, hostile):
+    batch = [
+        {"jsonrpc": "2.0", "id": 1, "method": "ping"},
+        {"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+    ]
+    response = raw_post(gateway.url + "/mcp", batch, ALICE)
+    assert response.status == 400
+    assert "share the id 1" in response.json()["error"]["message"]
+    assert hostile.received == []
+
+
+@pytest.mark.parametrize(
+    "path", ["/public/../admin/mcp", "/%2e%2e/mcp", "/public/..%2fadmin", "/a//mcp", "/a/./mcp"]
+)
+def test_non_canonical_paths_are_refused(gateway, hostile, path):
+    conn = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=10)
+    conn.request("POST", path, json.dumps(call()), {"Content-Type": "application/json", **ALICE})
+    response = conn.getresponse()
+    assert response.status == 400
+    assert "canonical" in json.loads(response.read())["error"]["message"]
+    assert hostile.received == []
+
+
+def test_get_with_a_body_is_refused(gateway, hostile):
+    conn = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=10)
+    conn.request("GET", "/mcp", json.dumps(call("exec_shell")), ALICE)
+    response = conn.getresponse()
+    assert response.status == 400
+    assert hostile.received == []
+
+
+def test_unauthenticated_requests_create_no_session_and_no_flow_file(gateway, hostile):
+    for n in range(20):
+        response = raw_post(
+            gateway.url + "/mcp", call(), {"X-API-Key": "wrong", "Mcp-Session-Id": f"s-{n}"}
+        )
+        assert response.status == 401
+    assert hostile.received == []
+    stop(gateway.proc)
+    assert rows(gateway, "select count(*) from sessions") == [(0,)]
+    assert rows(gateway, "select count(*), count(session_id) from events") == [(20, 0)]
+    assert not gateway.recordings.exists() or not any(gateway.recordings.iterdir())
+
+
+def test_huge_chunked_body_is_cut_while_read_not_buffered(gateway, hostile):
+    """64 MB announced in chunks with a bad key: refused at the 4 MB limit, RSS stays low."""
+    sock = socket.create_connection(("127.0.0.1", gateway.port), timeout=10)
+    sock.sendall(
+        b"POST /mcp HTTP/1.1\r\nHost: x\r\nX-API-Key: wrong\r\n"
+        b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    chunk = b"%x\r\n%s\r\n" % (65536, b" " * 65536)
+    sent = 0
+    try:
+        for _ in range(1024):  # at most 64 MB
+            sock.sendall(chunk)
+            sent += 65536
+    except OSError:
+        pass
+    answer = sock.recv(65536)
+    sock.close()
+    assert sent < 16 * 1024 * 1024
+    assert answer.startswith(b"HTTP/1.1 413") or answer == b""
+    rss_kb = int(
+        next(
+            line.split()[1]
+            for line in Path(f"/proc/{gateway.proc.pid}/status").read_text().splitlines()
+            if line.startswith("VmRSS")
+        )
+    )
+    assert rss_kb < 300 * 1024
+    assert hostile.received == []
+
+
+def test_decompression_bomb_is_refused_before_it_inflates(gateway, hostile):
+    bomb = brotli.compress(b" " * (300 * 1024 * 1024))
+    assert len(bomb) < 2048
+    response = raw_post(gateway.url + "/mcp", bomb, {**ALICE, "Content-Encoding": "br"})
+    assert response.status == 413
+    assert "inflates" in response.json()["error"]["message"]
+    assert hostile.received == []
+
+
+def test_a_connection_that_never_finishes_its_headers_is_closed(gateway):
+    sock = socket.create_connection(("127.0.0.1", gateway.port), timeout=30)
+    sock.sendall(b"POST /mcp HTTP/1.1\r\nHost: x\r\n")
+    started = time.monotonic()
+    assert sock.recv(1024) == b""  # closed by the gateway, not by our timeout
+    # mitmproxy alone would wait for tcp_timeout (600 s).
+    assert time.monotonic() - started < 25
+    sock.close()
+
+
+# --- regular proxy mode: the destination, never the Host header, picks the upstream ---------
+
+
+def proxied(gw: Gateway, url: str, host: str | None = None) -> tuple[int, bytes]:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({"http": gw.url}))
+    headers = {"Content-Type": "application/json", **ALICE, **({"Host": host} if host else {})}
+    request = urllib.request.Request(url, data=json.dumps(call()).encode(), headers=headers)
+    try:
+        with opener.open(request, timeout=10) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+def test_credentials_never_go_to_a_server_the_client_names(hostile, gateway_factory):
+    gw = gateway_factory(
+        CONFIG.format(where="host: mcp.example.test"),
+        hostile.url,
+        mode="regular",
+        env={"HOSTILE_TOKEN": TOKEN},
+    )
+    status, _ = proxied(gw, hostile.url + "/mcp", host="mcp.example.test")
+    assert status == 400  # Host names another server than the request goes to
+    status, _ = proxied(gw, hostile.url + "/mcp")
+    assert status == 404  # 127.0.0.1:<port> is not mcp.example.test
+    assert TOKEN.encode() not in hostile.everything_received()
+    assert hostile.received == []
+    assert_nothing_leaked(gw)
+
+
+def test_a_host_matched_upstream_gets_its_credentials(hostile, gateway_factory):
+    gw = gateway_factory(
+        CONFIG.format(where=f"host: 127.0.0.1:{hostile.port}"),
+        hostile.url,
+        mode="regular",
+        env={"HOSTILE_TOKEN": TOKEN},
+    )
+    status, _ = proxied(gw, hostile.url + "/plain")
+    assert status == 200
+    assert hostile.received[-1].headers["authorization"] == f"Bearer {TOKEN}"
+
+
+# --- careless operator ---------------------------------------------------------------------
+
+
+def run_gateway(
+    tmp_path: Path, *args: str, config: str | None = None
+) -> subprocess.CompletedProcess:
+    path = tmp_path / "c.yaml"
+    path.write_text(config or CONFIG.format(where="url: http://127.0.0.1:9"))
+    cmd = [
+        MITMDUMP,
+        "-s",
+        str(ROOT / "addons" / "gateway.py"),
+        "--listen-host",
+        "127.0.0.1",
+        "--listen-port",
+        str(free_port()),
+        "--set",
+        f"holdgate_db={tmp_path / 'a.sqlite3'}",
+        "--set",
+        "holdgate_admin=",
+        *[a.replace("CONFIG", str(path)) for a in args],
+    ]
+    return subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env={"HOSTILE_TOKEN": TOKEN, "PATH": "/usr/bin:/bin"},
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--set", "holdgate_config=CONFIG", "--set", "holdgate_config=CONFIG"],
+            "option holdgate_config is set 2 times",
+        ),
+        (
+            ["--set", "holdgate_confg=CONFIG"],
+            "unknown option holdgate_confg (did you mean holdgate_config?)",
+        ),
+        (
+            ["--set", "holdgate_config=CONFIG", "--set", "holdgate_max_bdy=1k"],
+            "unknown option holdgate_max_bdy (did you mean holdgate_max_body?)",
+        ),
+    ],
+)
+def test_a_mistyped_or_repeated_option_stops_the_gateway(tmp_path, args, message):
+    done = run_gateway(tmp_path, *args)
+    assert done.returncode == 1
+    assert message in done.stdout + done.stderr
+
+
+def test_an_open_ended_upstream_with_credentials_stops_a_regular_proxy(tmp_path):
+    config = CONFIG.format(where="prefix: null").replace("    prefix: null\n", "")
+    done = run_gateway(tmp_path, "--set", "holdgate_config=CONFIG", config=config)
+    assert done.returncode == 1
+    assert "injects credentials but has no `url` or `host`" in done.stdout + done.stderr
+
+
+DROP_GATEWAY = """
+from mitmproxy import ctx
+
+def running():
+    scripts = ctx.master.addons.get("scriptloader")
+    for script in list(scripts.addons):
+        if script.path.endswith("gateway.py"):
+            ctx.master.addons.remove(script)
+            scripts.addons.remove(script)
+"""
+
+
+def test_traffic_is_refused_if_the_bundle_is_dropped_after_start(
+    tmp_path, hostile, gateway_factory
+):
+    dropper = tmp_path / "drop_gateway.py"
+    dropper.write_text(DROP_GATEWAY)
+    gw = gateway_factory(
+        CONFIG.format(where=f"url: {hostile.url}"),
+        hostile.url,
+        env={"HOSTILE_TOKEN": TOKEN},
+        extra_scripts=[str(dropper)],
+    )
+    response = raw_post(gw.url + "/plain", call("exec_shell"), {"X-API-Key": "nobody"})
+    assert response.status == 503
+    assert "not running its checks" in response.json()["error"]["message"]
+    assert hostile.received == []
