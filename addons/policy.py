@@ -33,7 +33,8 @@ from holdgate.proxy import (
     session_key,
     state,
 )
-from holdgate.rules import Decision, RateLimiter
+from holdgate.quota import Hit, Quota
+from holdgate.rules import Decision
 from pinning import ToolPinning
 
 logger = logging.getLogger("holdgate")
@@ -51,7 +52,7 @@ class Policy:
     def __init__(self, loader: ConfigLoader, pins: ToolPinning | None = None) -> None:
         self.loader = loader
         self.pins = pins
-        self.limiter = RateLimiter()
+        self.limiter = Quota()
         self.correlator = Correlator()
         self.substituted: dict[tuple[str, str], dict[str, Any]] = {}
 
@@ -91,8 +92,9 @@ class Policy:
         forwarded: list[Message] = []
         errors: list[dict[str, Any]] = []
         decisions: list[Decision] = []
+        hits: list[Hit] = []
         for message in body.messages:
-            decision = self.decide(config.policy, identity, upstream, message)
+            decision = self.decide(config.policy, identity, upstream, message, hits)
             decisions.append(decision)
             records.append({**message.summary(), "decision": decision.to_json()})
             if decision.action == "deny":
@@ -102,6 +104,7 @@ class Policy:
                 continue
             forwarded.append(message)
         st["messages"] = records
+        objects(flow).extra["rate_hits"] = hits  # given back if the request never leaves
         objects(flow).extra["decisions"] = decisions  # approvers and timeouts, for Approval
         session = session_key(flow)
         if session is not None:
@@ -149,14 +152,22 @@ class Policy:
                     format_explanation(decision, trace),
                 )
 
-    def decide(self, policy: Any, identity: Any, upstream: str, message: Message) -> Decision:
+    def decide(
+        self,
+        policy: Any,
+        identity: Any,
+        upstream: str,
+        message: Message,
+        hits: list[Hit] | None = None,
+    ) -> Decision:
         if message.kind == "response":
             return CLIENT_RESPONSE
         decision = policy.evaluate(identity, upstream, message)
         if self.pins is not None:
             decision = self.pins.review(identity.user, upstream, message, decision)
         if decision.action == "allow" and decision.limit is not None:
-            if not self.limiter.allow(decision.rule, identity.user, decision.limit):
+            hit = self.limiter.take(decision.rule, identity.user, decision.limit)
+            if hit is None:
                 count, per = decision.limit
                 return Decision(
                     "deny",
@@ -164,7 +175,25 @@ class Policy:
                     f"rate limit of {count} per {int(per)}s reached for {identity.user}",
                     rate_limited=True,
                 )
+            if hits is not None:
+                hits.append(hit)
         return decision
+
+    @fail_closed
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        self._settle_quota(flow)
+
+    @fail_closed
+    def error(self, flow: http.HTTPFlow) -> None:
+        self._settle_quota(flow)
+
+    def _settle_quota(self, flow: http.HTTPFlow) -> None:
+        """A request refused after it was decided (audit store down, a held call refused,
+        an internal error) never reached the upstream: its calls use no quota. Runs on the
+        first response or error hook, before any response-side stage can refuse."""
+        hits = objects(flow).extra.pop("rate_hits", ())
+        if "refused" in state(flow):
+            self.limiter.give_back(hits)
 
     def _apply(
         self, flow: http.HTTPFlow, body: Body, forwarded: list[Message], errors: list[dict]
