@@ -10,8 +10,24 @@ from mitmproxy import http
 
 from configloader import ConfigLoader
 from holdgate.config import CREDENTIAL_HEADERS, GatewayConfig, Upstream
-from holdgate.identity import ANONYMOUS, Authenticator, authorization_servers, challenge
-from holdgate.proxy import fail_closed, header_lists, is_mcp, json_response, objects, refuse, state
+from holdgate.identity import (
+    ANONYMOUS,
+    Authenticator,
+    SessionOwners,
+    authorization_servers,
+    challenge,
+)
+from holdgate.jsonrpc import INVALID_REQUEST
+from holdgate.proxy import (
+    fail_closed,
+    header_lists,
+    is_mcp,
+    json_response,
+    objects,
+    refuse,
+    session_key,
+    state,
+)
 
 WELL_KNOWN = "/.well-known/oauth-protected-resource"
 UNAUTHORIZED = -32001
@@ -22,6 +38,7 @@ class Identity:
         self.loader = loader
         self._authenticator: Authenticator | None = None
         self._built_for: str | None = None
+        self.sessions = SessionOwners()
 
     def authenticator(self, config: GatewayConfig) -> Authenticator | None:
         """One authenticator per config version, so JWKS caches survive between requests."""
@@ -87,6 +104,33 @@ class Identity:
         strip_credentials(flow.request, upstream)
         st["identity"] = identity.to_json()
         objects(flow).extra["identity"] = identity
+        session = session_key(flow)
+        if session is not None and self.sessions.claim(upstream.name, session, identity.user):
+            # Answered as the upstream answers a session it does not know: nothing says
+            # whose it is, or that it exists.
+            refuse(
+                flow,
+                404,
+                INVALID_REQUEST,
+                "session not found; initialize a new one",
+                kind="foreign-session",
+            )
+
+    @fail_closed
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        """The session an upstream opens belongs to whoever opened it; a DELETE ends it."""
+        identity = objects(flow).extra.get("identity")
+        if identity is None or flow.response is None or "refused" in state(flow):
+            return
+        upstream = state(flow)["upstream"]
+        opened = flow.response.headers.get("mcp-session-id")
+        if opened and opened != session_key(flow):
+            if self.sessions.claim(upstream, opened, identity.user):
+                raise RuntimeError("the upstream issued a session id another caller holds")
+        if flow.request.method == "DELETE" and 200 <= flow.response.status_code < 300:
+            ended = session_key(flow)
+            if ended is not None:
+                self.sessions.end(upstream, ended)
 
     def _unauthorized(
         self, flow: http.HTTPFlow, upstream: Upstream, error: str | None, reason: str | None

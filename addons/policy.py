@@ -10,6 +10,7 @@ from typing import Any
 from mitmproxy import command, flow, http
 
 from configloader import ConfigLoader
+from holdgate.bodies import decode_bounded
 from holdgate.jsonrpc import (
     POLICY_DENIED,
     RATE_LIMITED,
@@ -64,7 +65,17 @@ class Policy:
         method = flow.request.method
         if method in ("GET", "DELETE"):
             # Opening the server's event stream or ending a session carries no call;
-            # messages arriving on the stream are decided as they pass.
+            # messages arriving on the stream are decided as they pass. A body there
+            # (HTTP/2 sends one without announcing it) would reach the upstream unread.
+            if flow.request.raw_content:
+                refuse(
+                    flow,
+                    400,
+                    -32600,
+                    f"an HTTP {method} carries no MCP message; send it without a body",
+                    kind="malformed",
+                )
+                return
             st["cleared"] = True
             return
         if method != "POST":
@@ -74,16 +85,16 @@ class Policy:
         if config is None:
             raise RuntimeError("no config loaded")
         try:
-            body = parse_body(
-                flow.request.get_content(strict=True) or b"", max_bytes=self.loader.max_body
+            content = decode_bounded(
+                flow.request.raw_content or b"",
+                flow.request.headers.get("content-encoding", ""),
+                self.loader.max_body,
             )
+            body = parse_body(content, max_bytes=self.loader.max_body)
             params = self.pins.header_params(st["upstream"], body) if self.pins else None
             check_routing_headers(body, single_valued(header_lists(flow.request.headers)), params)
         except BodyError as exc:
             refuse(flow, exc.status, exc.code, f"refused: {exc.message}", kind="malformed")
-            return
-        except ValueError as exc:  # unknown Content-Encoding or undecodable body
-            refuse(flow, 400, -32600, f"refused: cannot decode the body ({exc})", kind="malformed")
             return
         objects(flow).body = body
         identity = objects(flow).extra["identity"]
@@ -267,12 +278,15 @@ class Policy:
                 context.dropped = "server requests are denied by the config (server_requests)"
                 return None
             return message
-        result = message.get("result")
-        if "id" not in message or not isinstance(result, dict) or identity is None:
+        if "id" not in message:
             return message
+        # Errors too: tool-scoped masking must know which call an error answers.
         answered = context.answers = self.answered_request(flow, message["id"])
-        if answered is None or answered[0] not in LISTINGS:
+        result = message.get("result")
+        if answered is None or answered[0] not in LISTINGS or not isinstance(result, dict):
             return message
+        if identity is None:
+            raise RuntimeError("a listing answers a request with no identity")
         key, use_method, name_key = LISTINGS[answered[0]]
         items = result.get(key)
         if not isinstance(items, list):

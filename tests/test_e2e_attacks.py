@@ -5,6 +5,7 @@ no injected credential, caller key or test PII reached the store, the flow files
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
 import socket
@@ -368,3 +369,53 @@ def test_traffic_is_refused_if_the_bundle_is_dropped_after_start(
     assert response.status == 503
     assert "not running its checks" in response.json()["error"]["message"]
     assert hostile.received == []
+
+
+# --- sessions belong to the identity that opened them -------------------------------------
+
+SESSIONS_CONFIG = """
+version: 1
+identity:
+  api_keys:
+    - {{name: alice, sha256: {alice}, groups: [support]}}
+    - {{name: bob, sha256: {bob}, groups: [support]}}
+upstreams:
+  - name: demo
+    url: {url}
+rules:
+  - name: support
+    match: {{groups: [support]}}
+    action: allow
+"""
+INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-06-18",
+        "capabilities": {},
+        "clientInfo": {"name": "t", "version": "1"},
+    },
+}
+
+
+def test_a_session_cannot_be_used_or_ended_by_another_identity(demo, gateway_factory):
+    keys = {n: hashlib.sha256(f"key-{n}".encode()).hexdigest() for n in ("alice", "bob")}
+    gw = gateway_factory(SESSIONS_CONFIG.format(url=demo.url, **keys), demo.url)
+    opened = raw_post(gw.url + "/mcp", INITIALIZE, {"X-API-Key": "key-alice"})
+    assert opened.status == 200
+    session = {k.lower(): v for k, v in opened.headers.items()}["mcp-session-id"]
+    listing = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
+    as_bob = raw_post(gw.url + "/mcp", listing, {"X-API-Key": "key-bob", "Mcp-Session-Id": session})
+    assert as_bob.status == 404
+    assert as_bob.json()["error"]["message"] == "session not found; initialize a new one"
+    conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=10)
+    conn.request("DELETE", "/mcp", headers={"X-API-Key": "key-bob", "Mcp-Session-Id": session})
+    assert conn.getresponse().status == 404
+    as_alice = raw_post(
+        gw.url + "/mcp", listing, {"X-API-Key": "key-alice", "Mcp-Session-Id": session}
+    )
+    assert as_alice.status == 200 and "tools" in as_alice.body.decode()
+    stop(gw.proc)
+    refused = rows(gw, "select user, decision from events where decision = 'foreign-session'")
+    assert refused == [("bob", "foreign-session"), ("bob", "foreign-session")]

@@ -615,3 +615,31 @@ def _address_in(client_ip: str, networks: Sequence[Any]) -> bool:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
     return any(address in network for network in networks)
+
+
+class SessionOwners:
+    """Which caller opened each MCP session, so nobody else can use or end it.
+
+    A session belongs to the first identity seen with it: the one whose `initialize`
+    answer carried the new `Mcp-Session-Id`, or, for a session the gateway has not seen
+    open (it restarted), the first caller that uses it. Bounded: the oldest are forgotten
+    first, and then their next caller owns them again.
+    """
+
+    def __init__(self, limit: int = 100_000) -> None:
+        self.limit = limit
+        self._owners: dict[tuple[str, str], str] = {}
+
+    def claim(self, upstream: str, session: str, user: str) -> str | None:
+        """None if `user` may use the session (binding it if new), else its owner."""
+        key = (upstream, session)
+        owner = self._owners.get(key)
+        if owner is None:
+            if len(self._owners) >= self.limit:
+                self._owners.pop(next(iter(self._owners)))
+            self._owners[key] = user
+            return None
+        return None if owner == user else owner
+
+    def end(self, upstream: str, session: str) -> None:
+        self._owners.pop((upstream, session), None)

@@ -120,8 +120,25 @@ def parse_body(data: bytes, *, max_bytes: int) -> Body:
     if isinstance(value, list):
         if not value:
             raise BodyError("empty JSON-RPC batch")
-        return Body(tuple(parse_message(item, index) for index, item in enumerate(value)), True)
+        messages = tuple(parse_message(item, index) for index, item in enumerate(value))
+        _reject_shared_ids(messages)
+        return Body(messages, True)
     return Body((parse_message(value, None),), False)
+
+
+def _reject_shared_ids(messages: tuple[Message, ...]) -> None:
+    """Answers are matched to requests by id: two requests (or two responses) of one batch
+    sharing an id would let an answer pass as another call's, past filtering and masking."""
+    seen: set[tuple[str, str]] = set()
+    for message in messages:
+        if message.kind == "notification":
+            continue
+        key = ("request" if message.kind == "request" else "response", json.dumps(message.id))
+        if key in seen:
+            raise BodyError(
+                f"two {key[0]}s in the batch share the id {key[1][:40]}; give each its own id"
+            )
+        seen.add(key)
 
 
 def parse_message(value: Any, index: int | None) -> Message:
