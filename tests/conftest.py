@@ -135,7 +135,7 @@ def start_gateway(
         "holdgate_admin": "",
         **(options or {}),
     }
-    cmd = [MITMDUMP, "-q", "-s", str(ROOT / "addons" / "gateway.py")]
+    cmd = [MITMDUMP, "-s", str(ROOT / "addons" / "gateway.py"), "--set", "flow_detail=0"]
     for script in extra_scripts or []:
         cmd += ["-s", script]
     cmd += ["--mode", mode or f"reverse:{upstream_url}", "--listen-host", "127.0.0.1"]

@@ -236,6 +236,8 @@ def test_a_connection_that_never_finishes_its_headers_is_closed(gateway):
     # mitmproxy alone would wait for tcp_timeout (600 s).
     assert time.monotonic() - started < 25
     sock.close()
+    stop(gateway.proc)  # flushes its log
+    assert "no request headers in time" in gateway.log_text()
 
 
 # --- regular proxy mode: the destination, never the Host header, picks the upstream ---------
