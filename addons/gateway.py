@@ -1,9 +1,8 @@
-"""Holdgate entry point: `mitmdump -s addons/gateway.py`.
+"""Holdgate entry point: `mitmdump -s addons/gateway.py`, from any folder.
 
-The addons run in this order for every flow (see ../README.md):
-ConfigLoader -> Router -> Identity -> Policy -> Approval -> Gate -> Recorder (request
-side: the recorder refuses when the audit store cannot be written); Streams runs each
-response message through the Policy, ToolPinning, Masking and Recorder stages.
+The addons themselves live in the `holdgate.addons` package (`default_addons()`, in the
+order they run); this script only finds the package (installed, or beside this file) and
+makes sure mitmproxy never runs without it.
 
 No way of starting mitmproxy with this script may leave a plain proxy:
 - if the bundle cannot be imported, or a `holdgate_*` option is unknown or given twice
@@ -25,7 +24,7 @@ from mitmproxy import ctx, http, tcp, udp
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-STATE_KEY = "holdgate"  # holdgate.proxy.STATE_KEY, repeated: this file must work without it
+STATE_KEY = "holdgate"  # holdgate.STATE_KEY, repeated: this file must work without it
 NOT_RUNNING = (
     b'{"jsonrpc":"2.0","id":null,"error":{"code":-32603,'
     b'"message":"the gateway is not running its checks"}}'
@@ -78,21 +77,8 @@ if ctx.master.addons.get(Sentinel.name) is None:
     ctx.master.addons.add(Sentinel())
 
 try:
-    from holdgate.options import option_problems
-
-    problems = option_problems(ctx.options.deferred)
-
-    from approval import Approval
-    from configloader import ConfigLoader
-    from connections import ConnectionDeadlines
-    from gate import Gate
-    from identity import Identity
-    from masking import Masking
-    from pinning import ToolPinning
-    from policy import Policy
-    from recorder import Recorder
-    from router import Router
-    from streams import Streams
+    from holdgate.addons import default_addons
+    from holdgate.config.options import option_problems
 except ImportError as import_error:  # exercised by a subprocess test
     addons: list[object] = [
         Refuser(
@@ -101,22 +87,5 @@ except ImportError as import_error:  # exercised by a subprocess test
         )
     ]
 else:
-    if problems:
-        addons = [Refuser("; ".join(problems))]  # each says how to fix it
-    else:
-        loader = ConfigLoader()
-        recorder = Recorder(loader)
-        pins = ToolPinning(loader, recorder)
-        policy = Policy(loader, pins)
-        addons = [
-            ConnectionDeadlines(),
-            loader,
-            Router(loader),
-            Identity(loader),
-            policy,
-            Approval(loader, policy, recorder),
-            Gate(),
-            Streams(loader, stages=[policy, pins, Masking(loader), recorder]),
-            recorder,
-            pins,  # after the recorder, which opens (or creates) the store the pins are read from
-        ]
+    problems = option_problems(ctx.options.deferred)
+    addons = [Refuser("; ".join(problems))] if problems else default_addons()

@@ -50,11 +50,11 @@ BIN = Path(sys.executable).parent
 sys.path.insert(0, str(ROOT / "addons"))
 
 import bench_masking  # noqa: E402
-from holdgate.configfile import parse_yaml  # noqa: E402
-from holdgate.jsonrpc import dumps, parse_body  # noqa: E402
-from holdgate.masking import mask_json  # noqa: E402
-from holdgate.rules import parse_rules  # noqa: E402
-from holdgate.sse import SSEDecoder, encode_event  # noqa: E402
+from holdgate.config.configfile import parse_yaml  # noqa: E402
+from holdgate.masking.masker import mask_json  # noqa: E402
+from holdgate.policy.rules import parse_rules  # noqa: E402
+from holdgate.protocol.jsonrpc import dumps, parse_body  # noqa: E402
+from holdgate.protocol.sse import SSEDecoder, encode_event  # noqa: E402
 from holdgate.store import AuditWriter  # noqa: E402
 
 ISSUER = "https://bench.invalid/realm"

@@ -22,8 +22,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "addons"))
 
-from holdgate.detectors import BUILTIN_DETECTORS, Detector  # noqa: E402
-from holdgate.masking import (  # noqa: E402
+from holdgate.masking.detectors import BUILTIN_DETECTORS, Detector  # noqa: E402
+from holdgate.masking.masker import (  # noqa: E402
     FieldRule,
     MaskingPolicy,
     Profile,

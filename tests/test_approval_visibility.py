@@ -2,7 +2,7 @@
 
 import pytest
 
-from holdgate.approvals import approver_groups, may_see
+from holdgate.approvals.approval_rules import approver_groups, may_see
 
 ROW = {"approval_id": "a1", "requester": "alice", "approvers": '["dba"]'}
 

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from holdgate import detectors
-from holdgate.detectors import (
+from holdgate.masking import detectors
+from holdgate.masking.detectors import (
     BUILTIN_DETECTORS,
     Haystack,
     custom_detector,

@@ -13,7 +13,7 @@ from mcp import MCPError
 from mitmproxy import io
 
 from conftest import BIN, start_demo, stop
-from holdgate.cli import main
+from holdgate.cli.main import main
 from mcpclient import connect, raw_post
 
 pytestmark = pytest.mark.anyio

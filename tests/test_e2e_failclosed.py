@@ -50,14 +50,18 @@ def call(tool: str) -> dict:
 @pytest.mark.parametrize(
     ("fault", "hook", "tool"),
     [
-        ("router:route", "Router.requestheaders", "get_customer"),
-        ("identity:strip_credentials", "Identity.request", "get_customer"),
-        ("policy:parse_body", "Policy.request", "get_customer"),
-        ("approval:request_digest", "Approval.request", "run_sql"),
+        ("holdgate.addons.router:route", "Router.requestheaders", "get_customer"),
+        (
+            "holdgate.addons.authentication:strip_credentials",
+            "Authentication.requestheaders",
+            "get_customer",
+        ),
+        ("holdgate.addons.enforcement:parse_body", "PolicyEnforcer.request", "get_customer"),
+        ("holdgate.addons.holds:request_digest", "ApprovalHolds.request", "run_sql"),
         # the hold expires, but the store will not take the decision: refused, not released
-        ("holdgate.store:append_approval_state", "Approval.request", "run_sql"),
-        ("gate:objects", "Gate.request", "get_customer"),
-        ("recorder:is_mcp", "Recorder.request", "get_customer"),
+        ("holdgate.store:append_approval_state", "ApprovalHolds.request", "run_sql"),
+        ("holdgate.addons.gate:objects", "Gate.request", "get_customer"),
+        ("holdgate.addons.recorder:is_mcp", "Recorder.request", "get_customer"),
     ],
 )
 def test_fault_in_a_request_hook_refuses_and_forwards_nothing(
@@ -75,8 +79,8 @@ def test_fault_in_a_request_hook_refuses_and_forwards_nothing(
 @pytest.mark.parametrize(
     ("fault", "hook"),
     [
-        ("streams:loads_strict", "Streams.response"),
-        ("masking:mask_json", "Streams.response"),
+        ("holdgate.addons.responses:loads_strict", "Responses.response"),
+        ("holdgate.addons.response_masking:mask_json", "Responses.response"),
     ],
 )
 def test_fault_in_a_response_hook_withholds_the_upstream_answer(gateway_factory, demo, fault, hook):

@@ -17,7 +17,7 @@ from mcp import MCPError
 
 from conftest import BIN, ROOT, free_port, stop, wait_for_port
 from holdgate import store
-from holdgate.cli_records import timeline_line
+from holdgate.cli.records_cli import timeline_line
 from mcpclient import connect
 from test_e2e_approvals import ALICE, CONFIG, DELETE, sql_calls, wait_for_pending
 

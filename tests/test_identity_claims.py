@@ -8,8 +8,8 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from holdgate.configfile import ConfigError, parse_yaml
-from holdgate.identity import (
+from holdgate.config.configfile import ConfigError, parse_yaml
+from holdgate.identity.identities import (
     AUTH_REASONS,
     VERIFIED_TTL,
     Authenticator,
@@ -236,9 +236,9 @@ def test_every_auth_error_in_the_module_names_a_fixed_reason():
     import ast
     import inspect
 
-    import holdgate.identity
+    import holdgate.identity.identities
 
-    tree = ast.parse(inspect.getsource(holdgate.identity))
+    tree = ast.parse(inspect.getsource(holdgate.identity.identities))
     calls = [
         node
         for node in ast.walk(tree)

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from holdgate.jsonrpc import (
+from holdgate.protocol.jsonrpc import (
     INVALID_REQUEST,
     PARSE_ERROR,
     BodyError,

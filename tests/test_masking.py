@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from holdgate.configfile import ConfigError, parse_yaml
-from holdgate.detectors import BUILTIN_DETECTORS, Detector, custom_detector
-from holdgate.masking import (
+from holdgate.config.configfile import ConfigError, parse_yaml
+from holdgate.masking.detectors import BUILTIN_DETECTORS, Detector, custom_detector
+from holdgate.masking.masker import (
     FieldRule,
     MaskingError,
     MaskingPolicy,
@@ -24,7 +24,7 @@ from holdgate.masking import (
     parse_masking,
     scan,
 )
-from holdgate.rules import Globs
+from holdgate.policy.rules import Globs
 
 KEY = b"test-hash-key"
 ALL = tuple(BUILTIN_DETECTORS.values())

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from holdgate.detectors import BUILTIN_DETECTORS, FOLDS, custom_detector, fold
-from holdgate.masking import (
+from holdgate.masking.detectors import BUILTIN_DETECTORS, FOLDS, custom_detector, fold
+from holdgate.masking.masker import (
     FieldRule,
     Profile,
     ProfilesInEffect,

@@ -14,8 +14,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from conftest import free_port
-from holdgate.jsonrpc import HEADER_MISMATCH, BodyError, check_routing_headers, parse_body
-from holdgate.pins import PinBook, header_params
+from holdgate.policy.tool_pins import PinBook, header_params
+from holdgate.protocol.jsonrpc import HEADER_MISMATCH, BodyError, check_routing_headers, parse_body
 from mcpclient import raw_post
 
 SCHEMA = {

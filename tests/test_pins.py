@@ -6,16 +6,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from holdgate.config import ToolChangePolicy, parse_config_text
-from holdgate.configfile import ConfigError
-from holdgate.pins import (
+from holdgate.config.configfile import ConfigError
+from holdgate.config.gateway_config import ToolChangePolicy, parse_config_text
+from holdgate.policy.rules import Decision
+from holdgate.policy.tool_pins import (
     TOOL_CHANGED,
     PinBook,
     definition_digest,
     review_call,
     tool_definition,
 )
-from holdgate.rules import Decision
 
 TOOL = {
     "name": "get_customer",

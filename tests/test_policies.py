@@ -6,7 +6,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from holdgate.cli import main
+from holdgate.cli.main import main
 
 ROOT = Path(__file__).resolve().parent.parent
 POLICIES = sorted((ROOT / "policies").glob("*.yaml"))

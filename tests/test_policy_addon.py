@@ -1,4 +1,4 @@
-"""The Policy addon in-process (mitmproxy's test helpers): comments, markers, explain."""
+"""The PolicyEnforcer addon in-process (mitmproxy's test helpers): comments, markers, explain."""
 
 import json
 import logging
@@ -8,10 +8,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mitmproxy.test import taddons, tflow
 
-from configloader import ConfigLoader
-from holdgate.identity import Identity
-from holdgate.proxy import objects, state
-from policy import Policy
+from holdgate.addons.config_loader import ConfigLoader
+from holdgate.addons.enforcement import PolicyEnforcer
+from holdgate.addons.flowstate import objects, state
+from holdgate.identity.identities import Identity
 
 CONFIG = """version: 1
 upstreams: [{name: crm}]
@@ -30,7 +30,7 @@ def addon(tmp_path):
     config = tmp_path / "p.yaml"
     config.write_text(CONFIG)
     loader = ConfigLoader()
-    policy = Policy(loader)
+    policy = PolicyEnforcer(loader)
     with taddons.context(loader, policy) as tctx:
         tctx.configure(loader, holdgate_config=str(config))
         yield policy

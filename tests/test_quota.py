@@ -1,6 +1,6 @@
 """Quota: a call's hit can be given back when the call never reached the upstream."""
 
-from holdgate.quota import Hit, Quota
+from holdgate.policy.quota import Hit, Quota
 
 LIMIT = (2, 60.0)
 

@@ -8,8 +8,8 @@ import pickle
 
 import pytest
 
-from holdgate.config import parse_config_text
-from holdgate.record_masking import (
+from holdgate.config.gateway_config import parse_config_text
+from holdgate.masking.record_masking import (
     CREDENTIAL_MARK,
     INJECTED_MARK,
     SECRET_MARK,

@@ -15,10 +15,10 @@ from pathlib import Path
 from mitmproxy import io as mitmio
 from mitmproxy.test import tflow
 
-from holdgate.config import parse_config_text
-from holdgate.record_masking import RecordMasking
-from holdgate.recordings import RecordingWriter, Redaction, serve
-from holdgate.recordings import recorded_state as recorded
+from holdgate.config.gateway_config import parse_config_text
+from holdgate.masking.record_masking import RecordMasking
+from holdgate.recording.flowfiles import RecordingWriter, Redaction, serve
+from holdgate.recording.flowfiles import recorded_state as recorded
 
 ADDONS = Path(__file__).resolve().parent.parent / "addons"
 CONFIG = """
@@ -225,7 +225,7 @@ def test_the_writer_process_stops_on_close_and_refuses_afterwards(tmp_path) -> N
 def test_the_writer_process_ends_when_the_gateway_dies_without_closing(tmp_path) -> None:
     script = (
         "import os, sys\n"
-        "from holdgate.recordings import RecordingWriter\n"
+        "from holdgate.recording.flowfiles import RecordingWriter\n"
         f"writer = RecordingWriter({str(tmp_path / 'rec')!r})\n"
         "print(writer._process.pid, flush=True)\n"
         "os._exit(0)\n"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from holdgate.config import parse_config_text
-from holdgate.replay import format_report, replay
+from holdgate.config.gateway_config import parse_config_text
+from holdgate.policy.replay import format_report, replay
 
 CANDIDATE = parse_config_text(
     """version: 1

@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from holdgate.configfile import ConfigError, parse_yaml
-from holdgate.jsonrpc import parse_body
-from holdgate.rules import Policy, RateLimiter, parse_rules
+from holdgate.config.configfile import ConfigError, parse_yaml
+from holdgate.policy.rules import Policy, RateLimiter, parse_rules
+from holdgate.protocol.jsonrpc import parse_body
 
 RULES = """
 rules:
@@ -281,7 +281,7 @@ def test_decision_never_depends_on_key_order(args):
 
 def linear(p: Policy, caller, upstream, message):
     """First match over every rule, without the tool index."""
-    from holdgate.rules import decision_for, rule_checks
+    from holdgate.policy.rules import decision_for, rule_checks
 
     for rule in p.rules:
         if all(c.held for c in rule_checks(rule, caller, upstream, message, lazy=True)):

@@ -10,9 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from holdgate.configfile import ConfigError, parse_yaml
-from holdgate.jsonrpc import parse_body
-from holdgate.rules import (
+from holdgate.config.configfile import ConfigError, parse_yaml
+from holdgate.policy.rules import (
     AmbiguousValue,
     Policy,
     normalise_path,
@@ -20,6 +19,7 @@ from holdgate.rules import (
     parse_rules,
     path_verdict,
 )
+from holdgate.protocol.jsonrpc import parse_body
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from holdgate.sse import (
+from holdgate.protocol.sse import (
     SSEDecodeError,
     SSEDecoder,
     SSEError,

@@ -1,1 +1,5 @@
-"""Holdgate: an MCP security gateway built as mitmproxy addons."""
+"""Holdgate, an MCP security gateway: the library (pure, typed) and, in `holdgate.addons`,
+the mitmproxy glue over it."""
+
+STATE_KEY = "holdgate"
+"""The `flow.metadata` key under which the gateway keeps what it decided about a flow."""

@@ -1,0 +1,46 @@
+"""The mitmproxy side of Holdgate: one addon per module, glue over the pure library.
+
+`default_addons()` builds them in the order they run for every flow, as mitmproxy's own
+`mitmproxy.addons.default_addons()` does:
+
+    ConnectionDeadlines -> ConfigLoader -> Router -> Authentication -> PolicyEnforcer
+    -> ApprovalHolds -> Gate -> Responses -> Recorder -> ToolPinning
+
+Request side: the Recorder refuses when the audit store cannot be written. Responses runs
+each response message through the PolicyEnforcer (discovery filtering), ToolPinning,
+ResponseMasking and Recorder stages. `flowstate` is the glue they share (per-flow state,
+refusals, failing closed); it is not an addon.
+"""
+
+from __future__ import annotations
+
+from holdgate.addons.authentication import Authentication
+from holdgate.addons.config_loader import ConfigLoader
+from holdgate.addons.deadlines import ConnectionDeadlines
+from holdgate.addons.enforcement import PolicyEnforcer
+from holdgate.addons.gate import Gate
+from holdgate.addons.holds import ApprovalHolds
+from holdgate.addons.recorder import Recorder
+from holdgate.addons.response_masking import ResponseMasking
+from holdgate.addons.responses import Responses
+from holdgate.addons.router import Router
+from holdgate.addons.tool_pinning import ToolPinning
+
+
+def default_addons() -> list[object]:
+    loader = ConfigLoader()
+    recorder = Recorder(loader)
+    pins = ToolPinning(loader, recorder)
+    policy = PolicyEnforcer(loader, pins)
+    return [
+        ConnectionDeadlines(),
+        loader,
+        Router(loader),
+        Authentication(loader),
+        policy,
+        ApprovalHolds(loader, policy, recorder),
+        Gate(),
+        Responses(loader, stages=[policy, pins, ResponseMasking(loader), recorder]),
+        recorder,
+        pins,  # after the recorder, which opens (or creates) the store the pins are read from
+    ]

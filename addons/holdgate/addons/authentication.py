@@ -1,0 +1,170 @@
+"""Identity: who is calling, proven before any decision; the caller's credentials stop here.
+
+Also serves the RFC 9728 protected-resource metadata that OAuth-capable MCP clients
+read after a 401 to find where to sign in.
+"""
+
+from __future__ import annotations
+
+from mitmproxy import http
+
+from holdgate.addons.config_loader import ConfigLoader
+from holdgate.addons.flowstate import (
+    fail_closed,
+    header_lists,
+    is_mcp,
+    json_response,
+    objects,
+    refuse,
+    session_key,
+    state,
+)
+from holdgate.config.gateway_config import CREDENTIAL_HEADERS, GatewayConfig, Upstream
+from holdgate.identity.identities import (
+    ANONYMOUS,
+    Authenticator,
+    SessionOwners,
+    authorization_servers,
+    challenge,
+)
+from holdgate.protocol.jsonrpc import INVALID_REQUEST
+
+WELL_KNOWN = "/.well-known/oauth-protected-resource"
+UNAUTHORIZED = -32001
+
+
+class Authentication:
+    def __init__(self, loader: ConfigLoader) -> None:
+        self.loader = loader
+        self._authenticator: Authenticator | None = None
+        self._built_for: str | None = None
+        self.sessions = SessionOwners()
+
+    def authenticator(self, config: GatewayConfig) -> Authenticator | None:
+        """One authenticator per config version, so JWKS caches survive between requests."""
+        if config.identity is None:
+            return None
+        if self._built_for != config.digest:
+            self._authenticator = Authenticator(config.identity)
+            self._built_for = config.digest
+        return self._authenticator
+
+    @fail_closed
+    async def requestheaders(self, flow: http.HTTPFlow) -> None:
+        """Identity is settled on the headers, before the body is read: an unknown caller is
+        refused before anything is decided, held or recorded beyond its refusal row."""
+        if state(flow).get("local") == "resource-metadata":
+            self._serve_metadata(flow)
+        elif is_mcp(flow):
+            await self._authenticate(flow)
+
+    def _serve_metadata(self, flow: http.HTTPFlow) -> None:
+        config = self.loader.current
+        if config is None:
+            raise RuntimeError("no config loaded")
+        path = flow.request.path.partition("?")[0]
+        prefix = path.split(WELL_KNOWN, 1)[1]
+        servers = authorization_servers(config.identity) if config.identity else []
+        flow.response = json_response(
+            200,
+            {
+                "resource": front_url(flow) + prefix,
+                "authorization_servers": servers,
+                "bearer_methods_supported": ["header"],
+                "resource_name": "Holdgate MCP gateway",
+            },
+        )
+        state(flow)["served"] = "resource-metadata"
+
+    async def _authenticate(self, flow: http.HTTPFlow) -> None:
+        config = self.loader.current
+        if config is None:
+            raise RuntimeError("no config loaded")
+        st = state(flow)
+        upstream: Upstream = objects(flow).extra["upstream"]
+        authenticator = self.authenticator(config)
+        if authenticator is None:
+            identity = ANONYMOUS
+        else:
+            client_ip = flow.client_conn.peername[0] if flow.client_conn.peername else ""
+            outcome = await authenticator.authenticate(
+                header_lists(flow.request.headers), client_ip
+            )
+            for name in outcome.spoofed_headers:
+                flow.request.headers.pop(name, None)
+            if outcome.spoofed_headers:
+                st["spoofing"] = {"headers": list(outcome.spoofed_headers), "from": client_ip}
+            for name in trusted_header_names(config):
+                flow.request.headers.pop(name, None)
+            if outcome.identity is None:
+                strip_credentials(flow.request, upstream)
+                self._unauthorized(flow, upstream, outcome.error, outcome.reason)
+                return
+            identity = outcome.identity
+        strip_credentials(flow.request, upstream)
+        st["identity"] = identity.to_json()
+        objects(flow).extra["identity"] = identity
+        session = session_key(flow)
+        if session is not None and self.sessions.claim(upstream.name, session, identity.user):
+            # Answered as the upstream answers a session it does not know: nothing says
+            # whose it is, or that it exists.
+            refuse(
+                flow,
+                404,
+                INVALID_REQUEST,
+                "session not found; initialize a new one",
+                kind="foreign-session",
+            )
+
+    @fail_closed
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        """The session an upstream opens belongs to whoever opened it; a DELETE ends it."""
+        identity = objects(flow).extra.get("identity")
+        if identity is None or flow.response is None or "refused" in state(flow):
+            return
+        upstream = state(flow)["upstream"]
+        opened = flow.response.headers.get("mcp-session-id")
+        if opened and opened != session_key(flow):
+            if self.sessions.claim(upstream, opened, identity.user):
+                raise RuntimeError("the upstream issued a session id another caller holds")
+        if flow.request.method == "DELETE" and 200 <= flow.response.status_code < 300:
+            ended = session_key(flow)
+            if ended is not None:
+                self.sessions.end(upstream, ended)
+
+    def _unauthorized(
+        self, flow: http.HTTPFlow, upstream: Upstream, error: str | None, reason: str | None
+    ) -> None:
+        """401. The header gets only a fixed reason; the body and the audit row also name the
+        bad value, which `holdgate.identity.identities.shown` has already quoted and bounded."""
+        metadata = front_url(flow) + WELL_KNOWN + (upstream.prefix or "")
+        error = error or "no credentials"
+        refuse(
+            flow,
+            401,
+            UNAUTHORIZED,
+            f"unauthorized: {error}",
+            kind="unauthenticated",
+            headers={"WWW-Authenticate": challenge(metadata, reason or "no credentials")},
+        )
+        state(flow)["auth_error"] = error
+
+
+def strip_credentials(request: http.Request, upstream: Upstream) -> None:
+    """The upstream must never see the caller's token; it gets the gateway's own instead."""
+    for name in CREDENTIAL_HEADERS:
+        request.headers.pop(name, None)
+    if not upstream.pass_cookies:
+        request.headers.pop("cookie", None)
+
+
+def trusted_header_names(config: GatewayConfig) -> tuple[str, ...]:
+    trusted = config.identity.trusted_header if config.identity else None
+    if trusted is None:
+        return ()
+    return tuple(n for n in (trusted.user_header, trusted.groups_header) if n)
+
+
+def front_url(flow: http.HTTPFlow) -> str:
+    """The gateway's own address as the client used it."""
+    return state(flow).get("front") or f"{flow.request.scheme}://{flow.request.pretty_host}"

@@ -1,0 +1,142 @@
+"""ConfigLoader: loads `holdgate_config`, reloads it on change, keeps the last good one.
+
+Every load, reload and rejected reload is announced to `listeners` (the Recorder writes
+them to the store's `config_versions`), so the record says which policy was in force.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from mitmproxy import ctx, exceptions
+from mitmproxy.utils import human
+
+from holdgate.config.configfile import ConfigError, parse_size
+from holdgate.config.gateway_config import GatewayConfig, load_config
+
+logger = logging.getLogger("holdgate")
+
+RELOAD_INTERVAL = 1.0
+
+
+class ConfigLoader:
+    """Owns the config; other addons read `loader.current` at the moment they decide."""
+
+    def __init__(self) -> None:
+        self.current: GatewayConfig | None = None
+        self.max_body = 4 * 1024 * 1024
+        self._mtime: tuple[float, int] | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self.listeners: list[Callable[[dict[str, Any]], None]] = []
+
+    def _announce(self, outcome: str, config: GatewayConfig | str | None, detail: str) -> None:
+        """`config`: the loaded config, or the digest of a rejected file."""
+        if isinstance(config, GatewayConfig):
+            event = {"config_hash": config.digest, "content": config.redacted_text()}
+        else:
+            event = {"config_hash": config}
+        event.update(source=ctx.options.holdgate_config, outcome=outcome, detail=detail)
+        for listener in self.listeners:
+            listener(event)
+
+    def load(self, loader) -> None:  # type: ignore[no-untyped-def]
+        loader.add_option(
+            "holdgate_config",
+            str,
+            "policies/default.yaml",
+            "Holdgate config file: identity, upstreams, rules, masking. Reloaded when it changes.",
+        )
+        loader.add_option(
+            "holdgate_max_body",
+            str,
+            "4m",
+            "Largest MCP request/response body Holdgate decides on (e.g. 512k, 4m); "
+            "larger ones are refused.",
+        )
+
+    def configure(self, updated: set[str]) -> None:
+        if "holdgate_max_body" in updated:
+            size = parse_size(ctx.options.holdgate_max_body)
+            if size is None or size <= 0:
+                raise exceptions.OptionsError(
+                    f"holdgate_max_body: {ctx.options.holdgate_max_body!r} is not a size; "
+                    "use a number of bytes or e.g. 512k, 4m"
+                )
+            self.max_body = size
+            # mitmproxy cuts a body over its limit while reading it (never buffered whole,
+            # before identity is known); ours is never looser than the operator's own.
+            limit = human.parse_size(ctx.options.body_size_limit)
+            if limit is None or limit > size:
+                ctx.options.update(body_size_limit=str(size))
+        if "holdgate_config" in updated:
+            path = ctx.options.holdgate_config
+            try:
+                self.current = load_config(path)
+            except ConfigError as exc:
+                self.current = None
+                raise exceptions.OptionsError(f"holdgate_config: {exc}") from None
+            open_ended = [
+                u.name for u in self.current.upstreams if u.open_destination and u.inject_headers
+            ]
+            if open_ended and any(not m.startswith("reverse:") for m in ctx.options.mode):
+                self.current = None
+                raise exceptions.OptionsError(
+                    f"holdgate_config: upstream {open_ended[0]!r} injects credentials but has "
+                    "no `url` or `host`; as a regular proxy the client names the server, so "
+                    "they would go wherever it says. Give it a `url`, or run in reverse mode"
+                )
+            self._mtime = _stamp(path)
+            logger.info("holdgate: loaded %s (sha256 %s)", path, self.current.digest[:12])
+            self._announce("loaded", self.current, "loaded at start")
+
+    def running(self) -> None:
+        self._watcher = asyncio.get_running_loop().create_task(self._watch())
+
+    def done(self) -> None:
+        if self._watcher:
+            self._watcher.cancel()
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(RELOAD_INTERVAL)
+            await self.reload_if_changed()
+
+    async def reload_if_changed(self) -> None:
+        """Re-read the file off the event loop; a bad version is logged and ignored."""
+        path = ctx.options.holdgate_config
+        stamp = await asyncio.to_thread(_stamp, path)
+        if stamp == self._mtime:
+            return
+        self._mtime = stamp
+        try:
+            fresh = await asyncio.to_thread(load_config, path)
+        except ConfigError as exc:
+            logger.error("holdgate: reload rejected, keeping the last good config: %s", exc)
+            self._announce("rejected", await asyncio.to_thread(_file_digest, path), str(exc))
+            return
+        if self.current is None or fresh.digest != self.current.digest:
+            previous = self.current.digest if self.current is not None else None
+            self.current = fresh
+            logger.warning("holdgate: reloaded %s (sha256 %s)", path, fresh.digest[:12])
+            self._announce("reloaded", fresh, f"replaces sha256 {previous}")
+
+
+def _file_digest(path: str) -> str | None:
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def _stamp(path: str) -> tuple[float, int] | None:
+    try:
+        st = os.stat(Path(path))
+    except OSError:
+        return None
+    return (st.st_mtime, st.st_size)

@@ -1,0 +1,310 @@
+"""PolicyEnforcer: parses the MCP request body once and decides every JSON-RPC message in it."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from mitmproxy import command, flow, http
+
+from holdgate.addons.config_loader import ConfigLoader
+from holdgate.addons.flowstate import (
+    Correlator,
+    MessageContext,
+    fail_closed,
+    header_lists,
+    is_mcp,
+    objects,
+    refuse,
+    session_key,
+    state,
+)
+from holdgate.addons.tool_pinning import ToolPinning
+from holdgate.policy.policytest import format_explanation
+from holdgate.policy.quota import Hit, Quota
+from holdgate.policy.rules import Decision
+from holdgate.protocol.bodies import decode_bounded
+from holdgate.protocol.jsonrpc import (
+    POLICY_DENIED,
+    RATE_LIMITED,
+    Body,
+    BodyError,
+    Message,
+    check_routing_headers,
+    dumps,
+    error_object,
+    parse_body,
+    single_valued,
+)
+
+logger = logging.getLogger("holdgate")
+
+CLIENT_RESPONSE = Decision("allow", "client-response", "answers to server requests are passed")
+PLACEHOLDER = "holdgate/refused"
+LISTINGS = {
+    "tools/list": ("tools", "tools/call", "name"),
+    "resources/list": ("resources", "resources/read", "uri"),
+    "prompts/list": ("prompts", "prompts/get", "name"),
+}
+
+
+class PolicyEnforcer:
+    def __init__(self, loader: ConfigLoader, pins: ToolPinning | None = None) -> None:
+        self.loader = loader
+        self.pins = pins
+        self.limiter = Quota()
+        self.correlator = Correlator()
+        self.substituted: dict[tuple[str, str], dict[str, Any]] = {}
+
+    @fail_closed
+    def request(self, flow: http.HTTPFlow) -> None:
+        if not is_mcp(flow):
+            return
+        st = state(flow)
+        method = flow.request.method
+        if method in ("GET", "DELETE"):
+            # Opening the server's event stream or ending a session carries no call;
+            # messages arriving on the stream are decided as they pass. A body there
+            # (HTTP/2 sends one without announcing it) would reach the upstream unread.
+            if flow.request.raw_content:
+                refuse(
+                    flow,
+                    400,
+                    -32600,
+                    f"an HTTP {method} carries no MCP message; send it without a body",
+                    kind="malformed",
+                )
+                return
+            st["cleared"] = True
+            return
+        if method != "POST":
+            refuse(flow, 405, -32600, f"HTTP {method} is not part of MCP", kind="malformed")
+            return
+        config = self.loader.current
+        if config is None:
+            raise RuntimeError("no config loaded")
+        try:
+            content = decode_bounded(
+                flow.request.raw_content or b"",
+                flow.request.headers.get("content-encoding", ""),
+                self.loader.max_body,
+            )
+            body = parse_body(content, max_bytes=self.loader.max_body)
+            params = self.pins.header_params(st["upstream"], body) if self.pins else None
+            check_routing_headers(body, single_valued(header_lists(flow.request.headers)), params)
+        except BodyError as exc:
+            refuse(flow, exc.status, exc.code, f"refused: {exc.message}", kind="malformed")
+            return
+        objects(flow).body = body
+        identity = objects(flow).extra["identity"]
+        upstream = st["upstream"]
+        records: list[dict[str, Any]] = []
+        forwarded: list[Message] = []
+        errors: list[dict[str, Any]] = []
+        decisions: list[Decision] = []
+        hits: list[Hit] = []
+        for message in body.messages:
+            decision = self.decide(config.policy, identity, upstream, message, hits)
+            decisions.append(decision)
+            records.append({**message.summary(), "decision": decision.to_json()})
+            if decision.action == "deny":
+                if message.kind == "request":
+                    code = RATE_LIMITED if decision.rate_limited else POLICY_DENIED
+                    errors.append(error_object(message.id, code, _denial_text(decision)))
+                continue
+            forwarded.append(message)
+        st["messages"] = records
+        objects(flow).extra["rate_hits"] = hits  # given back if the request never leaves
+        objects(flow).extra["decisions"] = decisions  # approvers and timeouts, for ApprovalHolds
+        session = session_key(flow)
+        if session is not None:
+            for message in forwarded:
+                if message.kind == "request" and message.method:
+                    self.correlator.remember(session, message.id, message.method, message.target)
+        flow.comment = "holdgate: " + "; ".join(
+            f"{r['method']} {r['target'] or ''}: {r['decision']['action']} by "
+            f"{r['decision']['rule']!r}"
+            for r in records
+        )
+        flow.marked = (
+            ":no_entry:"
+            if any(r["decision"]["action"] == "deny" for r in records)
+            else (
+                ":hourglass:"
+                if any(r["decision"]["action"] == "approve" for r in records)
+                else ":white_check_mark:"
+            )
+        )
+        # Messages waiting for a human are cleared by the ApprovalHolds addon, or never.
+        st["cleared"] = not any(r["decision"]["action"] == "approve" for r in records)
+        self._apply(flow, body, forwarded, errors)
+
+    @command.command("holdgate.explain")
+    def explain(self, flows: Sequence[flow.Flow]) -> None:
+        """Log, for each selected flow, every rule considered and why, and the decision."""
+        config = self.loader.current
+        if config is None:
+            raise RuntimeError("no config loaded")
+        for selected in flows:
+            body = objects(selected).body if isinstance(selected, http.HTTPFlow) else None
+            identity = objects(selected).extra.get("identity")
+            upstream = selected.metadata.get("holdgate", {}).get("upstream")
+            if body is None or identity is None or upstream is None:
+                logger.warning("holdgate.explain: flow %s carries no decided MCP body", selected.id)
+                continue
+            for message in body.messages:
+                decision, trace = config.policy.explain(identity, upstream, message)
+                logger.warning(
+                    "holdgate.explain %s %s %s:\n%s",
+                    selected.id,
+                    message.method,
+                    message.target or "",
+                    format_explanation(decision, trace),
+                )
+
+    def decide(
+        self,
+        policy: Any,
+        identity: Any,
+        upstream: str,
+        message: Message,
+        hits: list[Hit] | None = None,
+    ) -> Decision:
+        if message.kind == "response":
+            return CLIENT_RESPONSE
+        decision = policy.evaluate(identity, upstream, message)
+        if self.pins is not None:
+            decision = self.pins.review(identity.user, upstream, message, decision)
+        if decision.action == "allow" and decision.limit is not None:
+            hit = self.limiter.take(decision.rule, identity.user, decision.limit)
+            if hit is None:
+                count, per = decision.limit
+                return Decision(
+                    "deny",
+                    decision.rule,
+                    f"rate limit of {count} per {int(per)}s reached for {identity.user}",
+                    rate_limited=True,
+                )
+            if hits is not None:
+                hits.append(hit)
+        return decision
+
+    @fail_closed
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        self._settle_quota(flow)
+
+    @fail_closed
+    def error(self, flow: http.HTTPFlow) -> None:
+        self._settle_quota(flow)
+
+    def _settle_quota(self, flow: http.HTTPFlow) -> None:
+        """A request refused after it was decided (audit store down, a held call refused,
+        an internal error) never reached the upstream: its calls use no quota. Runs on the
+        first response or error hook, before any response-side stage can refuse."""
+        hits = objects(flow).extra.pop("rate_hits", ())
+        if "refused" in state(flow):
+            self.limiter.give_back(hits)
+
+    def _apply(
+        self, flow: http.HTTPFlow, body: Body, forwarded: list[Message], errors: list[dict]
+    ) -> None:
+        st = state(flow)
+        outgoing = [m.raw for m in forwarded]
+        placeholders = self.legacy_placeholders(flow, errors)
+        if placeholders:
+            outgoing += placeholders
+            errors = []
+        if not outgoing:
+            # Nothing left to send: answer for the upstream, keeping the client's session.
+            st["refused"] = {"status": 200, "kind": "denied"}
+            st["cleared"] = True
+            if not errors:
+                flow.response = http.Response.make(202, b"")
+            else:
+                payload = errors if body.is_batch else errors[0]
+                flow.response = http.Response.make(
+                    200, dumps(payload), {"Content-Type": "application/json"}
+                )
+            return
+        objects(flow).pending_errors = errors
+        # The upstream gets exactly the messages decided on, re-serialised from what we parsed.
+        flow.request.content = dumps(outgoing if body.is_batch else outgoing[0])
+        flow.request.headers["accept-encoding"] = "identity"
+        objects(flow).extra["decided_request"] = (flow.request.url, flow.request.content)
+
+    def legacy_placeholders(self, flow: http.HTTPFlow, errors: list[dict]) -> list[dict]:
+        """On the legacy HTTP+SSE transport answers travel on the GET stream, where the
+        gateway can only speak when the upstream does. So a refused request is replaced by
+        an empty placeholder call with the same id (the refused call itself never leaves);
+        the upstream's "method not found" answer is swapped for the refusal on the stream.
+        """
+        session = flow.request.query.get("session_id")
+        if session is None or "mcp-session-id" in flow.request.headers or not errors:
+            return []
+        placeholders = []
+        for error in errors:
+            if len(self.substituted) >= self.correlator.limit:
+                self.substituted.pop(next(iter(self.substituted)))
+            self.substituted[(session, json.dumps(error["id"]))] = error
+            placeholders.append({"jsonrpc": "2.0", "id": error["id"], "method": PLACEHOLDER})
+        return placeholders
+
+    def answered_request(self, flow: http.HTTPFlow, msg_id: Any) -> tuple[str, str | None] | None:
+        """The (method, target) of the request a response message answers."""
+        body = objects(flow).body
+        if body is not None:
+            for message in body.messages:
+                if message.kind == "request" and message.id == msg_id and message.method:
+                    return message.method, message.target
+        session = session_key(flow)
+        return self.correlator.pop(session, msg_id) if session is not None else None
+
+    def on_message(self, flow: http.HTTPFlow, message: Any, context: MessageContext) -> Any:
+        """Response side: filter discovery listings; decide server-to-client requests."""
+        if not isinstance(message, dict):
+            return message
+        config = self.loader.current
+        if config is None:
+            raise RuntimeError("no config loaded")
+        identity = objects(flow).extra.get("identity")
+        session = session_key(flow)
+        if "method" not in message and session is not None:
+            refusal = self.substituted.pop((session, json.dumps(message.get("id"))), None)
+            if refusal is not None:
+                return refusal
+        if "method" in message and "id" in message:
+            if config.server_requests == "deny":
+                context.dropped = "server requests are denied by the config (server_requests)"
+                return None
+            return message
+        if "id" not in message:
+            return message
+        # Errors too: tool-scoped masking must know which call an error answers.
+        answered = context.answers = self.answered_request(flow, message["id"])
+        result = message.get("result")
+        if answered is None or answered[0] not in LISTINGS or not isinstance(result, dict):
+            return message
+        if identity is None:
+            raise RuntimeError("a listing answers a request with no identity")
+        key, use_method, name_key = LISTINGS[answered[0]]
+        items = result.get(key)
+        if not isinstance(items, list):
+            return message
+        upstream = state(flow)["upstream"]
+        kept = [
+            item
+            for item in items
+            if isinstance(item, dict)
+            and isinstance(item.get(name_key), str)
+            and config.policy.may_use(identity, upstream, use_method, item[name_key])
+        ]
+        hidden = len(items) - len(kept)
+        if hidden:
+            state(flow)["hidden"] = state(flow).get("hidden", 0) + hidden
+        return {**message, "result": {**result, key: kept}}
+
+
+def _denial_text(decision: Decision) -> str:
+    return f"denied by rule {decision.rule!r}: {decision.reason}"

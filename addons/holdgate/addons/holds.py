@@ -1,0 +1,511 @@
+"""ApprovalHolds: hold a call a rule says needs a human, until someone decides or time runs out.
+
+Decisions come from the CLI (through the store, polled off the event loop), the HTTP
+approvals API on `holdgate_admin`, or mitmweb (resume approves, kill denies). Every
+decision is recorded with who made it; a held request that was edited while waiting is
+refused, never forwarded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from mitmproxy import connection, ctx, exceptions, http
+
+from holdgate import store
+from holdgate.addons.config_loader import ConfigLoader
+from holdgate.addons.flowstate import fail_closed, header_lists, is_mcp, objects, refuse, state
+from holdgate.approvals.adminhttp import AdminRequest, AdminResponse, parse_listen, serve
+from holdgate.approvals.approval_rules import (
+    Grants,
+    approver_groups,
+    argument_changes,
+    may_see,
+    request_digest,
+)
+from holdgate.identity.identities import Authenticator, shown
+from holdgate.masking.masker import mask_json
+from holdgate.policy.rules import Decision
+from holdgate.protocol.canonical_json import args_digest
+from holdgate.protocol.jsonrpc import (
+    APPROVAL_REFUSED,
+    BodyError,
+    check_routing_headers,
+    dumps,
+    error_object,
+    single_valued,
+)
+from holdgate.store import iso as now_iso
+
+if TYPE_CHECKING:
+    from holdgate.addons.enforcement import PolicyEnforcer
+    from holdgate.addons.recorder import Recorder
+
+logger = logging.getLogger("holdgate")
+
+POLL_INTERVAL = 0.25
+UNRECORDED = "unrecorded"  # a hold that ended with a decision the store would not take
+MITMWEB = "mitmweb operator"
+WEBHOOK_ATTEMPTS = 4
+
+
+@dataclass
+class Hold:
+    """One held message: the flow waits on `decided` until a decision is set."""
+
+    approval_id: str
+    flow: http.HTTPFlow
+    requester: str
+    approvers: tuple[str, ...]
+    expires_at: float
+    decided: asyncio.Event = field(default_factory=asyncio.Event)
+    state: str = "pending"
+    decider: str | None = None
+    reason: str | None = None
+    client_gone: bool = False
+    settling: bool = False  # a decision seen on the flow is being recorded
+
+    def decide(self, new_state: str, decider: str | None, reason: str | None) -> None:
+        if not self.decided.is_set():
+            self.state, self.decider, self.reason = new_state, decider, reason
+            self.decided.set()
+
+
+class ApprovalHolds:
+    def __init__(self, loader: ConfigLoader, policy: PolicyEnforcer, recorder: Recorder) -> None:
+        self.loader = loader
+        self.policy = policy
+        self.recorder = recorder
+        self.holds: dict[str, Hold] = {}
+        self.grants = Grants()
+        self.last_approved: dict[tuple[str, str, str], Any] = {}
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._server: asyncio.Server | None = None
+        self._authenticator: tuple[str, Authenticator] | None = None
+
+    def load(self, loader) -> None:  # type: ignore[no-untyped-def]
+        loader.add_option(
+            "holdgate_admin",
+            str,
+            "127.0.0.1:8181",
+            "Listen address (HOST:PORT) of Holdgate's approvals API; empty disables it.",
+        )
+
+    def configure(self, updated: set[str]) -> None:
+        if "holdgate_admin" in updated:
+            try:
+                parse_listen(ctx.options.holdgate_admin)
+            except ValueError as exc:
+                raise exceptions.OptionsError(f"holdgate_admin: {exc}") from None
+
+    def running(self) -> None:
+        # Never await here: later addons' running hooks (TLS set-up) wait for ours.
+        self._tasks.append(asyncio.create_task(self._start()))
+
+    async def _start(self) -> None:
+        db = ctx.options.holdgate_db
+        closed = await asyncio.to_thread(store.expire_pending, db, "gateway restarted")
+        if closed:
+            logger.warning("holdgate: %d approval(s) pending at shutdown closed as expired", closed)
+        self._tasks.append(asyncio.create_task(self._watch()))
+        listen = parse_listen(ctx.options.holdgate_admin)
+        if listen is not None:
+            self._server = await serve(listen[0], listen[1], self.handle_admin)
+            logger.info("holdgate: approvals API on http://%s:%d/approvals", *listen)
+
+    def done(self) -> None:
+        for hold in list(self.holds.values()):
+            hold.decide("expired", None, "the gateway shut down")
+            self._record_state(hold, "expired", None, "the gateway shut down")
+        for task in self._tasks:
+            task.cancel()
+        if self._server is not None:
+            self._server.close()
+
+    # --- the hold -----------------------------------------------------------------------
+
+    @fail_closed
+    async def request(self, flow: http.HTTPFlow) -> None:
+        st = state(flow)
+        if not is_mcp(flow) or st.get("cleared") or "messages" not in st:
+            return
+        config = self.loader.current
+        if config is None:
+            raise RuntimeError("no config loaded")
+        body = objects(flow).body
+        identity = objects(flow).extra["identity"]
+        if body is None:
+            raise RuntimeError("approval without a parsed body")
+        refused: list[tuple[int, str]] = []
+        decisions: list[Decision] = objects(flow).extra["decisions"]
+        for index, summary in enumerate(st["messages"]):
+            decision = decisions[index]
+            if decision.action != "approve":
+                continue
+            message = body.messages[index]
+            digest_args = args_digest(self.recorder.key(config), message.arguments or {})
+            grant_key = (identity.user, st["upstream"], message.target or "", digest_args or "")
+            grant = self.grants.find(grant_key)
+            if grant is not None:
+                summary["approval_id"] = grant.approval_id
+                summary["granted_by"] = "grant window"
+                await asyncio.to_thread(
+                    store.append_approval_state,
+                    ctx.options.holdgate_db,
+                    grant.approval_id,
+                    "grant_used",
+                    identity.user,
+                    f"identical call within the grant ({flow.id})",
+                )
+                continue
+            outcome = await self._hold(flow, message, decision, identity, digest_args, config)
+            summary["approval_id"] = outcome.approval_id
+            summary["approval"] = {"state": outcome.state, "decider": outcome.decider}
+            if outcome.state == "approved":
+                self.grants.add(grant_key, outcome.approval_id, decision.grant)
+                continue
+            who = f" by {outcome.decider}" if outcome.decider else ""
+            why = f": {outcome.reason}" if outcome.reason else ""
+            refused.append(
+                (
+                    index,
+                    f"approval {outcome.state}{who}{why} "
+                    f"(rule {decision.rule!r}, approval {outcome.approval_id})",
+                )
+            )
+        self._release(flow, refused)
+
+    async def _hold(
+        self,
+        flow: http.HTTPFlow,
+        message: Any,
+        decision: Decision,
+        identity: Any,
+        digest_args: str | None,
+        config: Any,
+    ) -> Hold:
+        st = state(flow)
+        approval_id = uuid.uuid4().hex[:12]
+        effect = config.masking.profiles_for(st["upstream"], None, ())
+        masked_args = mask_json(message.arguments or {}, effect).value
+        changes_key = (identity.user, st["upstream"], message.target or "")
+        previous = self.last_approved.get(changes_key)
+        hold = Hold(
+            approval_id, flow, identity.user, decision.approvers, time.time() + decision.timeout
+        )
+        row = {
+            "approval_id": approval_id,
+            "state": "pending",
+            "requester": identity.user,
+            "upstream": st["upstream"],
+            "tool": message.target,
+            "method": message.method,
+            "args_masked": json.dumps(masked_args, ensure_ascii=False),
+            "args_digest": digest_args,
+            "request_digest": self._digest(st, identity, message),
+            "rule": decision.rule,
+            "approvers": json.dumps(list(decision.approvers)),
+            "created": now_iso(),
+            "expires": now_iso(hold.expires_at),
+            "changes": json.dumps(argument_changes(previous, masked_args))
+            if previous is not None
+            else None,
+            "flow_id": flow.id,
+        }
+        await asyncio.to_thread(store.create_approval, ctx.options.holdgate_db, row)
+        self.holds[approval_id] = hold
+        st["held"] = approval_id
+        if config.approvals.webhook:
+            self._tasks.append(asyncio.create_task(self._notify(config, row)))
+        flow.intercept()
+        try:
+            await hold.decided.wait()  # set by the watcher, the API, mitmweb or shutdown
+        finally:
+            self.holds.pop(approval_id, None)
+            st.pop("held", None)
+        if hold.state == UNRECORDED:
+            raise RuntimeError(f"approval {approval_id}: {hold.reason}")
+        if hold.state == "approved":
+            self.last_approved[changes_key] = masked_args
+        return hold
+
+    @staticmethod
+    def _digest(st: dict[str, Any], identity: Any, message: Any) -> str:
+        return request_digest(
+            st["upstream"],
+            identity.user,
+            message.method or "",
+            message.target,
+            message.arguments or {},
+        )
+
+    @staticmethod
+    def _observed(hold: Hold) -> tuple[str, str | None, str] | None:
+        """A decision the gateway can see on the flow itself, if there is one yet."""
+        flow = hold.flow
+        if flow.error is not None:
+            # mitmweb's Kill does not wake wait_for_resume (mitmproxy #8045): look instead.
+            return "denied", MITMWEB, "flow killed in mitmweb"
+        if not flow.intercepted:
+            return "approved", MITMWEB, "flow resumed in mitmweb"
+        if hold.client_gone:
+            return "cancelled", None, "the client disconnected"
+        if time.time() >= hold.expires_at:
+            return "expired", None, "nobody decided in time"
+        return None
+
+    async def _settle(self, hold: Hold, observed: tuple[str, str | None, str]) -> None:
+        try:
+            await self._decide_locally(hold, *observed)
+        except Exception as exc:  # the decision cannot be recorded: the hold must still end
+            hold.decide(UNRECORDED, None, f"{observed[0]}, not recorded: {exc}")
+
+    async def _decide_locally(
+        self, hold: Hold, new_state: str, decider: str | None, reason: str
+    ) -> None:
+        """Record a decision the gateway itself observed; a decision already stored wins."""
+        ok = await asyncio.to_thread(
+            store.append_approval_state,
+            ctx.options.holdgate_db,
+            hold.approval_id,
+            new_state,
+            decider,
+            reason,
+        )
+        if ok:
+            hold.decide(new_state, decider, reason)
+            return
+        current = await asyncio.to_thread(store.approval, ctx.options.holdgate_db, hold.approval_id)
+        latest = (current or {}).get("state", "expired")
+        hold.decide(latest, (current or {}).get("decider"), (current or {}).get("reason"))
+
+    def _release(self, flow: http.HTTPFlow, refused: list[tuple[int, str]]) -> None:
+        st = state(flow)
+        body = objects(flow).body
+        if body is None:
+            raise RuntimeError("approval without a parsed body")
+        if flow.error is not None:
+            # Killed in mitmweb: that is a denial, answered like any other (-32004) so the
+            # client's session survives; the flow is revived only to carry that answer.
+            flow.error = None
+            flow.live = True
+        if flow.intercepted:
+            flow.resume()
+        # The request about to leave must be the one that was approved: same target, same
+        # bytes, and routing headers that still agree with them (mitmweb can edit all three).
+        decided_url, decided_body = objects(flow).extra["decided_request"]
+        try:
+            pins = self.policy.pins
+            params = pins.header_params(state(flow)["upstream"], body) if pins else None
+            check_routing_headers(body, single_valued(header_lists(flow.request.headers)), params)
+            unchanged = (flow.request.url, flow.request.content) == (decided_url, decided_body)
+        except BodyError:
+            unchanged = False
+        if not unchanged:
+            refuse(
+                flow,
+                200,
+                APPROVAL_REFUSED,
+                "approval void: the held request was changed before release; not forwarded",
+                msg_id=None if body.is_batch else body.messages[0].id,
+                kind="tampered",
+            )
+            return
+        if not refused:
+            st["cleared"] = True
+            return
+        errors = [
+            error_object(body.messages[i].id, APPROVAL_REFUSED, text)
+            for i, text in refused
+            if body.messages[i].kind == "request"
+        ]
+        gone = {i for i, _ in refused}
+        remaining = [
+            m
+            for i, m in enumerate(body.messages)
+            if i not in gone and st["messages"][i]["decision"]["action"] != "deny"
+        ]
+        placeholders = self.policy.legacy_placeholders(flow, errors)
+        if placeholders:
+            errors = []
+        if not remaining and not placeholders:
+            objects(flow).pending_errors.extend(errors)
+            pending = objects(flow).pending_errors
+            payload = pending if body.is_batch else pending[0]
+            flow.response = http.Response.make(
+                200, dumps(payload), {"Content-Type": "application/json"}
+            )
+            st["refused"] = {"status": 200, "kind": "approval-refused"}
+            return
+        objects(flow).pending_errors.extend(errors)
+        outgoing = [m.raw for m in remaining] + placeholders
+        flow.request.content = dumps(outgoing if body.is_batch else outgoing[0])
+        st["cleared"] = True
+
+    def client_disconnected(self, client: connection.Client) -> None:
+        for hold in self.holds.values():
+            if hold.flow.client_conn.id == client.id:
+                hold.client_gone = True
+
+    # --- signals from outside -----------------------------------------------------------
+
+    async def _watch(self) -> None:
+        """One sweep over every hold each POLL_INTERVAL (not a timer per hold, so hundreds
+        of holds cost the loop a few wake-ups a second)."""
+        settling: set[asyncio.Task[None]] = set()
+        while True:
+            await asyncio.sleep(POLL_INTERVAL)
+            try:
+                await self._sweep(settling)
+            except Exception as exc:  # noqa: BLE001 - the watcher must outlive any one sweep
+                logger.error("holdgate: approvals sweep failed: %s: %s", type(exc).__name__, exc)
+
+    async def _sweep(self, settling: set[asyncio.Task[None]]) -> None:
+        """Decisions seen on the flows, then decisions the CLI wrote to the store (read off
+        the event loop)."""
+        for hold in list(self.holds.values()):
+            if hold.decided.is_set() or hold.settling:
+                continue
+            if observed := self._observed(hold):
+                hold.settling = True
+                task = asyncio.create_task(self._settle(hold, observed))
+                settling.add(task)
+                task.add_done_callback(settling.discard)
+        pending = [i for i, h in self.holds.items() if not h.settling]
+        if not pending:
+            return
+        try:
+            states = await asyncio.to_thread(
+                store.approval_states, ctx.options.holdgate_db, pending
+            )
+        except store.StoreError as exc:
+            logger.error("holdgate: cannot read approvals: %s", exc)
+            return
+        for approval_id, row in states.items():
+            hold = self.holds.get(approval_id)
+            if hold is not None and row["state"] != "pending":
+                hold.decide(row["state"], row.get("decider"), row.get("reason"))
+
+    def _record_state(self, hold: Hold, new_state: str, decider: str | None, reason: str) -> None:
+        try:
+            store.append_approval_state(
+                ctx.options.holdgate_db, hold.approval_id, new_state, decider, reason
+            )
+        except store.StoreError as exc:
+            logger.error("holdgate: cannot record approval %s: %s", hold.approval_id, exc)
+
+    async def _notify(self, config: Any, row: dict[str, Any]) -> None:
+        """POST a notice to the webhook, retrying with backoff; never blocks the hold."""
+        base = config.approvals.public_url or f"http://{ctx.options.holdgate_admin}"
+        notice = {
+            "type": "approval_requested",
+            "approval_id": row["approval_id"],
+            "requester": row["requester"],
+            "upstream": row["upstream"],
+            "tool": row["tool"],
+            "rule": row["rule"],
+            "approvers": json.loads(row["approvers"]),
+            "arguments": json.loads(row["args_masked"]),
+            "expires": row["expires"],
+            "link": f"{base}/approvals/{row['approval_id']}",
+        }
+        data = json.dumps(notice).encode()
+        for attempt in range(WEBHOOK_ATTEMPTS):
+            try:
+                await asyncio.to_thread(_post_json, config.approvals.webhook, data)
+                return
+            except OSError as exc:
+                logger.warning("holdgate: webhook attempt %d failed: %s", attempt + 1, exc)
+                await asyncio.sleep(0.5 * 2**attempt)
+        logger.error("holdgate: webhook gave up on approval %s", row["approval_id"])
+
+    async def handle_admin(self, request: AdminRequest) -> AdminResponse:
+        config = self.loader.current
+        if config is None:
+            return AdminResponse(500, {"error": "no config loaded"})
+        parts = [p for p in request.path.partition("?")[0].split("/") if p]
+        if not parts or parts[0] != "approvals" or len(parts) > 3:
+            return AdminResponse(404, {"error": "see GET /approvals"})
+        approver = await self._authenticate(config, request)
+        if approver is None:
+            return AdminResponse(401, {"error": "authenticate like an MCP client (JWT or API key)"})
+        db = ctx.options.holdgate_db
+        if len(parts) == 1 and request.method == "GET":
+            pending = await asyncio.to_thread(store.pending_approvals, db)
+            return AdminResponse(
+                200, [row for row in pending if may_see(row, approver.user, approver.groups)]
+            )
+        found = await asyncio.to_thread(store.approval, db, parts[1])
+        if found is None or not may_see(found, approver.user, approver.groups):
+            deciding = request.method == "POST" and parts[2:] in (["approve"], ["deny"])
+            if found is not None and deciding:  # still an attempt worth an audit row
+                attempted = "approved" if parts[2] == "approve" else "denied"
+                await asyncio.to_thread(
+                    store.append_approval_state,
+                    db,
+                    parts[1],
+                    "refused_attempt",
+                    approver.user,
+                    f"{attempted} refused: {approver.user} is neither an approver nor the "
+                    "requester",
+                )
+            # One answer for "absent" and "not yours": the API is no oracle for either.
+            return AdminResponse(
+                404, {"error": f"no approval {shown(parts[1])} that {approver.user} may see"}
+            )
+        if len(parts) == 2 and request.method == "GET":
+            return AdminResponse(200, found)
+        if len(parts) != 3 or request.method != "POST" or parts[2] not in ("approve", "deny"):
+            return AdminResponse(404, {"error": "POST /approvals/ID/approve or /deny"})
+        try:
+            reason = request.json().get("reason")
+        except (json.JSONDecodeError, AttributeError):
+            return AdminResponse(400, {"error": "the body must be a JSON object"})
+        new_state = "approved" if parts[2] == "approve" else "denied"
+        problem = None
+        if approver.user == found.get("requester"):
+            problem = "requesters cannot decide their own request (separation of duties)"
+        elif not set(approver.groups) & approver_groups(found):
+            problem = f"{approver.user} is not in the approver groups {found.get('approvers')}"
+        if problem is not None:
+            await asyncio.to_thread(
+                store.append_approval_state,
+                db,
+                parts[1],
+                "refused_attempt",
+                approver.user,
+                f"{new_state} refused: {problem}",
+            )
+            return AdminResponse(403, {"error": problem})
+        ok = await asyncio.to_thread(
+            store.append_approval_state, db, parts[1], new_state, approver.user, reason
+        )
+        if not ok:
+            return AdminResponse(409, {"error": "this approval is no longer pending"})
+        hold = self.holds.get(parts[1])
+        if hold is not None:
+            hold.decide(new_state, approver.user, reason)
+        return AdminResponse(
+            200, {"approval_id": parts[1], "state": new_state, "decider": approver.user}
+        )
+
+    async def _authenticate(self, config: Any, request: AdminRequest) -> Any:
+        if config.identity is None:
+            return None
+        if self._authenticator is None or self._authenticator[0] != config.digest:
+            self._authenticator = (config.digest, Authenticator(config.identity))
+        outcome = await self._authenticator[1].authenticate(request.headers, request.client_ip)
+        return outcome.identity
+
+
+def _post_json(url: str, data: bytes) -> None:
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=5) as response:
+        response.read()

@@ -1,0 +1,381 @@
+"""Recorder: every JSON-RPC message, both directions, into the audit store; each session
+into a masked flow file.
+
+Hooks only enqueue; a writer thread does the I/O. With `audit: required` (the default)
+new MCP requests are refused while the store cannot be written: nothing is served
+unrecorded.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+from mitmproxy import ctx, exceptions, http
+
+from holdgate.addons.config_loader import ConfigLoader
+from holdgate.addons.flowstate import (
+    MessageContext,
+    fail_closed,
+    is_mcp,
+    objects,
+    refuse,
+    session_key,
+    state,
+)
+from holdgate.config.gateway_config import GatewayConfig
+from holdgate.masking.masker import MaskingError, MaskOutcome
+from holdgate.masking.record_masking import RecordMasking, ToolHint, mask_for_record, scrub_row
+from holdgate.protocol.canonical_json import args_digest
+from holdgate.protocol.jsonrpc import INTERNAL_ERROR
+from holdgate.recording.flowfiles import RecordingWriter, Redaction
+from holdgate.store import AuditWriter, StoreError
+from holdgate.store import iso as now_iso
+
+logger = logging.getLogger("holdgate")
+
+
+def load_or_create_key(db_path: str) -> bytes:
+    """The digest key when the config has no `hash_key`: random, kept beside the store."""
+    path = Path(db_path + ".key")
+    try:
+        return bytes.fromhex(path.read_text().strip())
+    except (OSError, ValueError):
+        key = secrets.token_bytes(32)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(key.hex())
+        return key
+
+
+class Recorder:
+    def __init__(self, loader: ConfigLoader) -> None:
+        self.loader = loader
+        self.writer: AuditWriter | None = None
+        self.recordings: RecordingWriter | None = None
+        self.digest_key = b""
+        self.sessions_seen: dict[str, None] = {}
+        self.unwritten_versions: list[dict[str, Any]] = []
+        self.unmaskable = 0  # values left out of store rows because they could not be masked
+        self._record_masking: tuple[GatewayConfig, bytes, RecordMasking] | None = None
+        loader.listeners.append(self.note_config_version)
+
+    def note_config_version(self, event: dict[str, Any]) -> None:
+        """A config loaded, reloaded or rejected: a `config_versions` row."""
+        row = {"ts": now_iso(), **event}
+        if self.writer is None:  # the first load happens before the store is opened
+            self.unwritten_versions.append(row)
+        elif not self.writer.submit("config_versions", row):
+            logger.error("holdgate: could not record config version %s", event["config_hash"])
+
+    def load(self, loader) -> None:  # type: ignore[no-untyped-def]
+        loader.add_option("holdgate_db", str, "holdgate.sqlite3", "Holdgate's SQLite audit store.")
+        loader.add_option(
+            "holdgate_recordings",
+            str,
+            "recordings",
+            "Folder of masked flow files, one .mitm per MCP session (mitmweb -r to replay); "
+            "empty writes none (the audit store still records every message).",
+        )
+
+    def configure(self, updated: set[str]) -> None:
+        if "holdgate_db" in updated:
+            if self.writer is not None:
+                self.writer.close()
+            try:
+                self.writer = AuditWriter(ctx.options.holdgate_db)
+            except StoreError as exc:
+                raise exceptions.OptionsError(
+                    f"holdgate_db: cannot open the audit store ({exc}); check the path and "
+                    "its permissions"
+                ) from None
+            self.digest_key = load_or_create_key(ctx.options.holdgate_db)
+            for row in self.unwritten_versions:
+                self.writer.submit("config_versions", row)
+            self.unwritten_versions.clear()
+        if "holdgate_recordings" in updated:
+            if self.recordings is not None:
+                self.recordings.close()
+            folder = ctx.options.holdgate_recordings
+            self.recordings = RecordingWriter(folder) if folder else None
+            if not folder:
+                logger.warning("holdgate: holdgate_recordings is empty: no flow files written")
+
+    def done(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            logger.info(
+                "holdgate: audit writer closed: max queue depth %d, %d rows lost",
+                self.writer.max_queue_depth_seen,
+                self.writer.lost,
+            )
+        if self.recordings is not None:
+            self.recordings.close()
+
+    def key(self, config: GatewayConfig) -> bytes:
+        return config.hash_key or self.digest_key
+
+    def record_masking(self, config: GatewayConfig) -> RecordMasking:
+        """How the record is masked under this config (built once per config)."""
+        key = self.key(config)
+        cached = self._record_masking
+        if cached is None or cached[0] is not config or cached[1] != key:
+            cached = self._record_masking = (config, key, RecordMasking.from_config(config, key))
+        return cached[2]
+
+    def masked_for_record(
+        self, value: Any, config: GatewayConfig, upstream: str, tool: ToolHint
+    ) -> MaskOutcome:
+        """`value` masked for a store row; one that cannot be masked is left out (counted)."""
+        try:
+            return mask_for_record(value, self.record_masking(config), upstream, tool)
+        except MaskingError as exc:
+            self.unmaskable += 1
+            logger.error("holdgate: a value was left out of the audit row: %s", exc)
+            return MaskOutcome(f"[holdgate: left out of the record: {exc}]", {"unmaskable": 1})
+
+    @fail_closed
+    def request(self, flow: http.HTTPFlow) -> None:
+        """Refuse new MCP requests while the record cannot be kept (audit: required)."""
+        if not is_mcp(flow):
+            return
+        config = self.loader.current
+        writer = self.writer
+        if config is None or writer is None:
+            raise RuntimeError("recorder not configured")
+        if config.audit == "required" and not writer.healthy:
+            refuse(
+                flow,
+                503,
+                INTERNAL_ERROR,
+                "the audit store cannot be written, so nothing is served unrecorded; "
+                "the operator must fix the store (see the gateway log)",
+                kind="audit-unavailable",
+            )
+            state(flow)["audit_error"] = writer.last_error
+
+    def on_message(self, flow: http.HTTPFlow, message: Any, context: MessageContext) -> Any:
+        """Response side: one event row per message, masked as the client saw it."""
+        config = self.loader.current
+        if config is None:
+            raise RuntimeError("no config loaded")
+        method = message.get("method") if isinstance(message, dict) else None
+        if isinstance(message, dict) and method is not None:
+            direction = "server_request" if "id" in message else "server_notification"
+        else:
+            direction = "response"
+        stored = message
+        answers = context.answers
+        if context.exemptions and message is not None:
+            # An exempt caller saw cleartext; the record never keeps it. (Others saw it
+            # masked with the record's profiles; injected values are scrubbed in submit.)
+            tool = answers[1] if answers and answers[0] == "tools/call" else None
+            stored = self.masked_for_record(message, config, state(flow)["upstream"], tool).value
+        row = self._row(flow, config)
+        row.update(
+            direction=direction,
+            method=method or (answers[0] if answers else None),
+            target=answers[1] if answers else None,
+            jsonrpc_id=_id(message),
+            decision="dropped" if context.dropped else "pass",
+            reason=context.dropped,
+            status=_error_code(message),
+            masked=json.dumps(context.findings) if context.findings else None,
+            extra=json.dumps(
+                {"transport": context.transport, "exempted": list(context.exemptions)}
+                if context.exemptions
+                else {"transport": context.transport}
+            ),
+            # scrubbed before the cut, so no part of an injected value is left at the end
+            args_masked=_truncate(
+                self.record_masking(config).scrub(json.dumps(stored, ensure_ascii=False))[0]
+            ),
+        )
+        self.submit(flow, config, "events", row)
+        return message
+
+    @fail_closed
+    def response(self, flow: http.HTTPFlow) -> None:
+        self._finish(flow)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        if is_mcp(flow) or "refused" in state(flow):
+            self._finish(flow)
+
+    def _finish(self, flow: http.HTTPFlow) -> None:
+        """Request-side rows (decisions, refusals) and the session's flow file."""
+        config = self.loader.current
+        if config is None or "recorded" in state(flow):
+            return
+        st = state(flow)
+        st["recorded"] = True
+        if "upstream" not in st and "refused" not in st:
+            return
+        # An unauthenticated request gets its refusal row, nothing more: no session row,
+        # no flow file (a client would otherwise create them at will).
+        known = "identity" in st
+        if known:
+            self._note_session(flow, config)
+        latency = None
+        if flow.response is not None and flow.response.timestamp_end:
+            latency = round((flow.response.timestamp_end - flow.request.timestamp_start) * 1000, 2)
+        status = flow.response.status_code if flow.response is not None else None
+        body = objects(flow).body
+        messages = st.get("messages") or [None]
+        for index, summary in enumerate(messages):
+            parsed = body.messages[index] if body is not None and summary is not None else None
+            tool = parsed.tool if parsed is not None else None
+            row = self._row(flow, config)
+            decision = (summary or {}).get("decision") or {}
+            arguments = parsed.arguments if parsed is not None else None
+            masked_args = (
+                self.masked_for_record(arguments, config, st.get("upstream", ""), tool)
+                if arguments is not None
+                else None
+            )
+            extra = _extra(st)
+            if decision.get("rate_limited"):
+                extra["rate_limited"] = True
+            if masked_args is not None and masked_args.findings:
+                extra["args_findings"] = masked_args.findings  # replay must know
+            refused = st.get("refused", {})
+            row.update(
+                direction="request"
+                if summary is None or summary["kind"] != "notification"
+                else "notification",
+                method=(summary or {}).get("method") or f"HTTP {flow.request.method}",
+                target=(summary or {}).get("target"),
+                jsonrpc_id=json.dumps((summary or {}).get("id")),
+                decision=decision.get("action") or refused.get("kind") or "pass",
+                rule=decision.get("rule"),
+                reason=decision.get("reason") or refused.get("message"),
+                approval_id=(summary or {}).get("approval_id"),
+                status=status,
+                latency_ms=latency,
+                args_digest=args_digest(self.key(config), arguments),
+                args_masked=(
+                    _truncate(json.dumps(masked_args.value, ensure_ascii=False))
+                    if masked_args is not None
+                    else None
+                ),
+                masked=json.dumps(st["masked"]) if st.get("masked") and index == 0 else None,
+                extra=json.dumps(extra),
+            )
+            self.submit(flow, config, "events", row)
+        if known:
+            self._write_recording(flow, config)
+
+    def _row(self, flow: http.HTTPFlow, config: GatewayConfig) -> dict[str, Any]:
+        st = state(flow)
+        identity = st.get("identity") or {}
+        return {
+            "ts": now_iso(),
+            "flow_id": flow.id,
+            "session_id": session_key(flow) if "identity" in st else None,
+            "user": identity.get("user"),
+            "groups": json.dumps(identity.get("groups", [])),
+            "auth_method": identity.get("method"),
+            "upstream": st.get("upstream"),
+            "config_hash": config.digest,
+            "client_addr": st.get("client_addr"),
+        }
+
+    def _note_session(self, flow: http.HTTPFlow, config: GatewayConfig) -> None:
+        session = session_key(flow) or (
+            flow.response.headers.get("mcp-session-id") if flow.response is not None else None
+        )
+        if session is None or session in self.sessions_seen:
+            return
+        if len(self.sessions_seen) > 100_000:
+            self.sessions_seen.pop(next(iter(self.sessions_seen)))
+        self.sessions_seen[session] = None
+        st = state(flow)
+        identity = st.get("identity") or {}
+        self.submit(
+            flow,
+            config,
+            "sessions",
+            {
+                "session_id": session,
+                "user": identity.get("user"),
+                "upstream": st.get("upstream"),
+                "client_addr": st.get("client_addr"),
+                "protocol_version": flow.request.headers.get("mcp-protocol-version"),
+                "first_seen": now_iso(),
+            },
+        )
+
+    def submit(self, flow: http.HTTPFlow, config: GatewayConfig, table: str, row: dict) -> None:
+        """Queue a row; no value the gateway injected is ever in it, however it got there."""
+        writer = self.writer
+        row = scrub_row(row, self.record_masking(config))
+        if writer is None or not writer.submit(table, row):
+            # A response that cannot be recorded is withheld; a refusal was never served,
+            # so losing its row (counted by the writer) must not turn it into another error.
+            if config.audit == "required" and "refused" not in state(flow):
+                raise RuntimeError("the audit store queue is full or failing")
+            state(flow)["audit_lost"] = True
+
+    def _write_recording(self, flow: http.HTTPFlow, config: GatewayConfig) -> None:
+        """Only a state snapshot is taken here; the recordings process masks it for the
+        record (bodies whole, headers, whatever the caller was exempt from) off the loop."""
+        if self.recordings is None:
+            return
+        st = state(flow)
+        extras = objects(flow)
+        streamed = flow.response is not None and bool(flow.response.stream)
+        redaction = Redaction(
+            injected=tuple(st.get("injected", ())),
+            streamed=bytes(extras.streamed) if streamed else None,
+            upstream=st.get("upstream", ""),
+            comment=_flow_comment(st),
+            marked=":no_entry:" if "refused" in st else ":white_check_mark:",
+        )
+        name = session_key(flow) or f"stateless-{time.strftime('%Y%m%d')}"
+        self.recordings.submit(name, flow.get_state(), redaction, self.record_masking(config))
+
+
+def _flow_comment(st: dict[str, Any]) -> str:
+    parts = []
+    for message in st.get("messages", []):
+        d = message.get("decision", {})
+        parts.append(
+            f"{message.get('method')} {message.get('target') or ''}: "
+            f"{d.get('action')} by {d.get('rule')!r}"
+        )
+    if "refused" in st:
+        parts.append(f"refused ({st['refused'].get('kind')}): {st['refused'].get('message')}")
+    if st.get("masked"):
+        parts.append("masked: " + ", ".join(f"{k}={v}" for k, v in st["masked"].items()))
+    return "holdgate: " + "; ".join(parts)
+
+
+def _extra(st: dict[str, Any]) -> dict[str, Any]:
+    keys = ("spoofing", "auth_error", "error", "stream_cut", "hidden", "exempted", "audit_error")
+    extra = {k: st[k] for k in keys if k in st}
+    if "refused" in st:  # what the client got, when it is not what the rule decided
+        extra["refused"] = {
+            k: v for k, v in st["refused"].items() if k in ("kind", "code", "message")
+        }
+    return extra
+
+
+def _id(message: Any) -> str | None:
+    return json.dumps(message.get("id")) if isinstance(message, dict) and "id" in message else None
+
+
+def _error_code(message: Any) -> int | None:
+    if isinstance(message, dict) and isinstance(message.get("error"), dict):
+        code = message["error"].get("code")
+        return code if isinstance(code, int) else None
+    return None
+
+
+def _truncate(text: str, limit: int = 65_536) -> str:
+    return text if len(text) <= limit else text[:limit] + "…[truncated]"

@@ -1,0 +1,371 @@
+"""Responses: every JSON-RPC message coming back passes the response stages one by one.
+
+JSON bodies are parsed once; `text/event-stream` bodies are streamed through the SSE
+codec event by event (never buffered whole), so masking, discovery filtering and
+recording work per message whatever the transport. Any failure cuts the response:
+nothing unchecked reaches the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import Any, Protocol
+from urllib.parse import parse_qs, urlsplit
+
+from mitmproxy import http
+
+from holdgate.addons.config_loader import ConfigLoader
+from holdgate.addons.flowstate import (
+    MessageContext,
+    fail_closed,
+    is_mcp,
+    objects,
+    quoted,
+    refuse,
+    state,
+)
+from holdgate.config.gateway_config import GatewayConfig, Upstream
+from holdgate.masking.masker import MaskingPolicy, ProfilesInEffect, mask_text
+from holdgate.masking.record_masking import RecordMasking, scrub_value
+from holdgate.protocol.bodies import decode_bounded
+from holdgate.protocol.jsonrpc import INTERNAL_ERROR, BodyError, dumps, error_object, loads_strict
+from holdgate.protocol.sse import SSEDecoder, SSEEvent, encode_event
+
+logger = logging.getLogger("holdgate")
+
+KNOWN_ENCODINGS = {"", "identity", "gzip", "deflate", "br", "zstd"}
+
+
+class ResponseStage(Protocol):
+    """An addon that sees each response message; returns it (maybe changed) or None to drop it."""
+
+    def on_message(self, flow: http.HTTPFlow, message: Any, context: MessageContext) -> Any: ...
+
+
+class Responses:
+    def __init__(self, loader: ConfigLoader, stages: Sequence[ResponseStage]) -> None:
+        self.loader = loader
+        self.stages = tuple(stages)
+        self._guards: dict[Upstream, Guard] = {}
+
+    def run_stages(self, flow: http.HTTPFlow, message: Any, transport: str) -> Any:
+        """Each stage sees the previous one's output; a dropped message still reaches the last
+        stage (the recorder) so the drop is on record."""
+        context = MessageContext(transport)
+        for stage in self.stages[:-1]:
+            message = stage.on_message(flow, message, context)
+            if message is None:
+                break
+        if self.stages:
+            self.stages[-1].on_message(flow, message, context)
+        return message
+
+    def guard(self, flow: http.HTTPFlow) -> Guard:
+        """The injected values of this flow's upstream, to keep out of what the client gets."""
+        upstream: Upstream = objects(flow).extra["upstream"]
+        found = self._guards.get(upstream)
+        if found is None:
+            if len(self._guards) > 64:  # configs reloaded many times
+                self._guards.clear()
+            found = self._guards[upstream] = Guard(
+                RecordMasking(MaskingPolicy(()), upstream.secrets)
+            )
+        return found
+
+    @fail_closed
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        if not is_mcp(flow) or flow.response is None or "refused" in state(flow):
+            return
+        config = self.loader.current
+        if config is None:
+            raise RuntimeError("no config loaded")
+        response = flow.response
+        encoding = response.headers.get("content-encoding", "").strip().lower()
+        if encoding not in KNOWN_ENCODINGS:
+            refuse(flow, 502, -32600, f"upstream used unknown Content-Encoding {quoted(encoding)}")
+            return
+        self.clean_headers(flow, config)
+        if _is_event_stream(response):
+            if encoding not in ("", "identity"):
+                refuse(flow, 502, -32600, "upstream compressed an event stream; refused")
+                return
+            # Events are rewritten (masked), so the upstream's length no longer holds.
+            response.headers.pop("content-length", None)
+            if flow.request.http_version == "HTTP/1.1":
+                response.headers["transfer-encoding"] = "chunked"
+            elif flow.request.http_version == "HTTP/1.0":
+                response.headers["connection"] = "close"
+            response.stream = SSEPass(flow, self, self.loader.max_body)
+            return
+        length = response.headers.get("content-length", "")
+        if length.isdigit() and int(length) > self.loader.max_body:
+            refuse(
+                flow, 502, -32600, f"upstream response of {length} bytes is over holdgate_max_body"
+            )
+
+    @fail_closed
+    def response(self, flow: http.HTTPFlow) -> None:
+        if not is_mcp(flow) or flow.response is None or "refused" in state(flow):
+            return
+        if flow.response.stream:
+            return
+        pending = objects(flow).pending_errors
+        try:
+            content = decode_bounded(
+                flow.response.raw_content or b"",
+                flow.response.headers.get("content-encoding", ""),
+                self.loader.max_body,
+            )
+        except BodyError as exc:
+            refuse(flow, 502, -32600, f"upstream response refused: {exc.message}")
+            return
+        ctype = flow.response.headers.get("content-type", "")
+        accepted = flow.response.status_code == 202
+        if not content.strip() or (accepted and pending and "json" not in ctype):
+            # "Accepted" (the legacy transport's answers travel on the event stream). A 202
+            # that carries a body is checked like any other: nothing reaches the client
+            # past the response stages.
+            if pending:
+                flow.response.status_code = 200
+                flow.response.headers["content-type"] = "application/json"
+                flow.response.content = dumps(pending if len(pending) > 1 else pending[0])
+            return
+        if "json" not in ctype:
+            if pending or (
+                flow.request.method == "POST"
+                and 200 <= flow.response.status_code < 300
+                and not accepted
+            ):
+                refuse(
+                    flow, 502, -32600, f"upstream answered an MCP call with {ctype or 'no type'}"
+                )
+                return
+            # An error page (a proxy's 502, a stack trace) can carry data too: masked as text.
+            try:
+                text = flow.response.get_text(strict=True) or ""
+            except ValueError:
+                refuse(
+                    flow,
+                    502,
+                    -32600,
+                    f"upstream sent a {ctype or 'untyped'} body that is not "
+                    "text, so it cannot be checked for sensitive data",
+                )
+                return
+            masked = self.run_stages(flow, text, "text")
+            flow.response.text = self.guard(flow).text(
+                flow, masked if isinstance(masked, str) else ""
+            )
+            return
+        try:
+            value = loads_strict(content)
+        except BodyError as exc:
+            refuse(flow, 502, exc.code, f"upstream sent an invalid JSON body: {exc.message}")
+            return
+        batch = isinstance(value, list)
+        items = value if batch else [value]
+        out = [m for m in (self.run_stages(flow, item, "json") for item in items) if m is not None]
+        out.extend(pending)
+        if not out:
+            flow.response.content = b""
+            flow.response.status_code = 202
+            return
+        data = dumps(out if batch or len(out) > 1 else out[0])
+        flow.response.content = self.guard(flow).data(flow, data)
+
+    def clean_headers(self, flow: http.HTTPFlow, config: GatewayConfig) -> None:
+        """What the client gets of the upstream's headers: no injected value, no cookie the
+        upstream may not set, none the config drops, values masked like bodies."""
+        response = flow.response
+        assert response is not None
+        upstream: Upstream = objects(flow).extra["upstream"]
+        guard = self.guard(flow)
+        rules = config.response_headers
+        effect = None
+        if rules.mask:
+            identity = objects(flow).extra.get("identity")
+            groups = identity.groups if identity is not None else ()
+            effect = config.masking.profiles_for(upstream.name, None, groups)
+        for name in list(response.headers.keys()):
+            key = name.lower()
+            if key in rules.drop or (key == "set-cookie" and not upstream.pass_cookies):
+                del response.headers[name]
+                continue
+            if key in STRUCTURAL_HEADERS:
+                continue
+            values = response.headers.get_all(name)
+            cleaned = [guard.text(flow, value) for value in values]
+            if effect is not None:
+                cleaned = [_masked_text(flow, value, effect) for value in cleaned]
+            if cleaned != values:
+                response.headers.set_all(name, cleaned)
+
+
+STRUCTURAL_HEADERS = frozenset(
+    {
+        "content-type",
+        "content-length",
+        "content-encoding",
+        "transfer-encoding",
+        "connection",
+        "date",
+        "mcp-session-id",
+        "mcp-protocol-version",
+    }
+)
+
+
+class Guard:
+    """Keeps the values the gateway injected out of what the client gets (an upstream that
+    echoes its Authorization header would hand the caller the gateway's credential)."""
+
+    def __init__(self, record: RecordMasking) -> None:
+        self.record = record
+        self.needles = tuple(n.encode() for n in record.needles)
+
+    def data(self, flow: http.HTTPFlow, data: bytes) -> bytes:
+        """Encoded JSON with every injected value replaced (walked only when one is in it)."""
+        if not any(needle in data for needle in self.needles):
+            return data
+        value, count = scrub_value(loads_strict(data), self.record)
+        self._found(flow, count)
+        return dumps(value)
+
+    def text(self, flow: http.HTTPFlow, text: str) -> str:
+        if not self.needles:
+            return text
+        scrubbed, count = self.record.scrub(text)
+        self._found(flow, count)
+        return scrubbed
+
+    def _found(self, flow: http.HTTPFlow, count: int) -> None:
+        if count:
+            st = state(flow)
+            st["reflected_secret"] = st.get("reflected_secret", 0) + count
+            logger.error(
+                "holdgate: upstream %s sent back a credential the gateway injected; replaced",
+                st.get("upstream"),
+            )
+
+
+def _masked_text(flow: http.HTTPFlow, value: str, effect: ProfilesInEffect) -> str:
+    outcome = mask_text(value, effect)
+    if not outcome.findings:
+        return value
+    totals = state(flow).setdefault("masked", {})
+    for detector, count in outcome.findings.items():
+        totals[detector] = totals.get(detector, 0) + count
+    return outcome.value if isinstance(outcome.value, str) else ""
+
+
+def _is_event_stream(response: http.Response) -> bool:
+    return response.headers.get("content-type", "").split(";")[0].strip().lower() == (
+        "text/event-stream"
+    )
+
+
+class SSEPass:
+    """The per-chunk stream callable: decode events, run the stages on each, re-encode."""
+
+    def __init__(self, flow: http.HTTPFlow, streams: Responses, max_event: int) -> None:
+        self.flow = flow
+        self.streams = streams
+        self.decoder = SSEDecoder(max_event_bytes=max_event)
+        self.cut = False
+        self.pending = list(objects(flow).pending_errors)
+        self.effect_checked = False
+        self.effect: ProfilesInEffect | None = None
+
+    def __call__(self, chunk: bytes) -> list[bytes]:
+        """The bytes to send for one upstream chunk: none while an event is incomplete.
+
+        Never an empty bytes: mitmproxy would write it as a zero-length chunk, which ends
+        a chunked response for the client in the middle of the stream.
+        """
+        if self.cut:
+            return []
+        try:
+            out = [self._encode_pending()] if self.pending else []
+            events = self.decoder.feed(chunk) if chunk else self.decoder.close()
+            out.extend(self.process(event) for event in events)
+            data = b"".join(out)
+            objects(self.flow).keep_for_recording(data)
+            return [data] if data else []
+        except Exception as exc:  # noqa: BLE001 - a failing stream is cut, never passed raw
+            return [self._cut(exc)]
+
+    def _encode_pending(self) -> bytes:
+        data = b"".join(
+            encode_event(SSEEvent(data=dumps(err).decode(), event="message"))
+            for err in self.pending
+        )
+        self.pending.clear()
+        return data
+
+    def process(self, event: SSEEvent) -> bytes:
+        if event.data is None:
+            # Comments (keep-alives) and bare fields: the text they carry is not needed.
+            return encode_event(
+                SSEEvent(
+                    data=None,
+                    event=self.field(event.event),
+                    id=self.field(event.id),
+                    retry=event.retry,
+                    comments=("",) * min(len(event.comments), 1),
+                )
+            )
+        try:
+            message: Any = loads_strict(event.data.encode("utf-8"))
+        except BodyError:
+            message = event.data  # e.g. the legacy transport's `endpoint` event
+            if event.event == "endpoint":
+                # Answers to POSTs on that endpoint arrive on this stream: same session.
+                found = parse_qs(urlsplit(event.data).query).get("session_id")
+                if found:
+                    objects(self.flow).extra["session_key"] = found[0]
+        result = self.streams.run_stages(self.flow, message, "sse")
+        event_id = self.field(event.id)
+        if result is None:
+            return encode_event(SSEEvent(data=None, event=None, id=event_id, comments=("dropped",)))
+        guard = self.streams.guard(self.flow)
+        if isinstance(result, str):
+            data = guard.text(self.flow, result)
+        else:
+            data = guard.data(self.flow, dumps(result)).decode("utf-8")
+        return encode_event(
+            SSEEvent(data=data, event=self.field(event.event), id=event_id, retry=event.retry)
+        )
+
+    def field(self, value: str | None) -> str | None:
+        """An `id:` or `event:` value as the client may see it: masked, no injected value."""
+        if value is None:
+            return None
+        if not self.effect_checked:
+            self.effect_checked = True
+            config = self.streams.loader.current
+            if config is None:
+                raise RuntimeError("no config loaded")
+            identity = objects(self.flow).extra.get("identity")
+            groups = identity.groups if identity is not None else ()
+            upstream = state(self.flow)["upstream"]
+            self.effect = config.masking.profiles_for(upstream, None, groups)
+        value = self.streams.guard(self.flow).text(self.flow, value)
+        return _masked_text(self.flow, value, self.effect) if self.effect else value
+
+    def _cut(self, exc: BaseException) -> bytes:
+        self.cut = True
+        logger.error("holdgate: event stream cut (%s: %s)", type(exc).__name__, exc)
+        st = state(self.flow)
+        st["stream_cut"] = {"type": type(exc).__name__, "message": str(exc)[:200]}
+        notice = error_object(
+            None, INTERNAL_ERROR, f"the gateway cut this stream: {type(exc).__name__}"
+        )
+        asyncio.get_running_loop().call_soon(_kill, self.flow)
+        return encode_event(SSEEvent(data=dumps(notice).decode("utf-8"), event="message"))
+
+
+def _kill(flow: http.HTTPFlow) -> None:
+    if flow.killable:
+        flow.kill()

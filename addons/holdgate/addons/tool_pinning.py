@@ -1,0 +1,138 @@
+"""ToolPinning: pins tools as upstreams list them and catches definitions that change later.
+
+A response stage (after Policy, so it sees listings as this caller gets them) observes
+every `tools/list` answer; Policy asks `review` about every `tools/call`. Pins live in the
+audit store's `tool_pins` rows, read at start and polled off the event loop, so re-pins
+made with `holdgate tools pin` (or by another gateway on the same store) take effect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from mitmproxy import ctx, exceptions, http
+
+from holdgate.addons.config_loader import ConfigLoader
+from holdgate.addons.flowstate import MessageContext, state
+from holdgate.addons.recorder import Recorder
+from holdgate.policy.rules import Decision
+from holdgate.policy.tool_pins import PinBook, review_call
+from holdgate.protocol.jsonrpc import Body, HeaderParams, Message
+from holdgate.store import StoreError, iso, tool_pin_rows
+
+logger = logging.getLogger("holdgate")
+
+POLL_INTERVAL = 1.0
+
+
+class ToolPinning:
+    def __init__(self, loader: ConfigLoader, recorder: Recorder) -> None:
+        self.loader = loader
+        self.recorder = recorder
+        self.book = PinBook()
+        self._poller: asyncio.Task[None] | None = None
+
+    def configure(self, updated: set[str]) -> None:
+        if "holdgate_db" in updated:
+            # Once, at start (before any flow): calls must be judged against every pin.
+            book = PinBook()
+            try:
+                for row in tool_pin_rows(ctx.options.holdgate_db):
+                    book.apply(row)
+            except StoreError as exc:
+                raise exceptions.OptionsError(
+                    f"holdgate_db: cannot read the tool pins ({exc}); check the store"
+                ) from None
+            self.book = book
+
+    def running(self) -> None:
+        self._poller = asyncio.get_running_loop().create_task(self._poll())
+
+    def done(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(POLL_INTERVAL)
+            await self.refresh()
+
+    async def refresh(self) -> None:
+        """Fold in pin rows written since the last look (re-pins from the CLI)."""
+        try:
+            rows = await asyncio.to_thread(
+                tool_pin_rows, ctx.options.holdgate_db, self.book.last_seq
+            )
+        except StoreError as exc:
+            logger.error("holdgate: cannot read tool pins, keeping the ones known: %s", exc)
+            return
+        for row in rows:
+            self.book.apply(row)
+
+    def review(self, user: str, upstream: str, message: Message, decision: Decision) -> Decision:
+        """Policy's decision for a call, tightened when the tool changed since pinned."""
+        if message.method != "tools/call" or message.tool is None:
+            return decision
+        pin = self.book.changed(upstream, message.tool)
+        config = self.loader.current
+        if pin is None or config is None:
+            return decision
+        on_change = next(u.on_tool_change for u in config.upstreams if u.name == upstream)
+        if on_change.action == "alert":
+            logger.warning(
+                "holdgate: %s calls %r on %s, changed since pinned (%s); on_tool_change: alert",
+                user,
+                message.tool,
+                upstream,
+                ", ".join(pin.changes()),
+            )
+        return review_call(decision, pin, on_change, upstream, message.tool)
+
+    def header_params(self, upstream: str, body: Body) -> HeaderParams | None:
+        """For a lone `tools/call`, which argument each `Mcp-Param-*` header must carry, as
+        the tool's listed inputSchema declares (None when the gateway has not seen it)."""
+        message = body.messages[0]
+        if body.is_batch or message.tool is None:
+            return None
+        return self.book.header_params(upstream, message.tool)
+
+    def on_message(self, flow: http.HTTPFlow, message: Any, context: MessageContext) -> Any:
+        """Pin what a `tools/list` answer shows; hide tools whose change is denied."""
+        if context.answers is None or context.answers[0] != "tools/list":
+            return message
+        result = message.get("result") if isinstance(message, dict) else None
+        tools = result.get("tools") if isinstance(result, dict) else None
+        config = self.loader.current
+        if not isinstance(tools, list) or config is None:
+            return message
+        upstream = state(flow)["upstream"]
+        on_change = next(u.on_tool_change for u in config.upstreams if u.name == upstream)
+        now = iso()
+        kept, withheld = [], []
+        for tool in tools:
+            if not isinstance(tool, dict):
+                continue
+            row = self.book.observe(upstream, tool, now)
+            if row is not None:
+                if row["event"] != "first-seen":  # an alert for whoever watches the log
+                    logger.error(
+                        "holdgate: tool %r on %s: %s (on_tool_change: %s)",
+                        row["tool"],
+                        upstream,
+                        row["detail"],
+                        on_change.action,
+                    )
+                self.recorder.submit(flow, config, "tool_pins", row)
+            name = tool.get("name")
+            if on_change.action == "deny" and isinstance(name, str):
+                if self.book.changed(upstream, name) is not None:
+                    withheld.append(name)
+                    continue
+            kept.append(tool)
+        if withheld:
+            st = state(flow)
+            st["hidden"] = st.get("hidden", 0) + len(withheld)
+            st["tools_changed"] = st.get("tools_changed", []) + withheld
+        return {**message, "result": {**result, "tools": kept}}

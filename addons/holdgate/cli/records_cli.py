@@ -1,0 +1,262 @@
+"""`holdgate sessions | export | review | verify | purge`: the audit trail for people.
+
+Readers never create a store: a wrong `--db` says so instead of showing an empty one.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+import time
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import click
+from sqlite_utils import Database
+
+from holdgate import store
+from holdgate.config.configfile import ConfigError, parse_duration
+from holdgate.config.gateway_config import load_config
+from holdgate.recording.flowfiles import recording_name
+from holdgate.reports.review import build_review, render_csv, render_html, render_markdown
+
+
+class CheckFailed(click.ClickException):
+    """A check ran and found a problem: exit status 1."""
+
+    exit_code = 1
+
+
+def db_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--db",
+        default="holdgate.sqlite3",
+        show_default=True,
+        type=click.Path(dir_okay=False),
+        help="Audit store (the gateway's holdgate_db).",
+    )(func)
+
+
+def _since(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """An ISO time as given, or a duration back from now (`7d`, `12h`)."""
+    if value is None:
+        return None
+    seconds = parse_duration(value)
+    if seconds is not None:
+        return store.iso(time.time() - seconds)
+    try:
+        datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is neither an ISO time (2026-11-01T00:00:00Z) nor a duration (7d)"
+        ) from None
+    return value
+
+
+def since_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--since", callback=_since, help="ISO time, or a duration back from now (7d, 12h)."
+    )(func)
+
+
+def read[T](fetch: Callable[[], T]) -> T:
+    try:
+        return fetch()
+    except store.StoreNotFound:
+        raise CheckFailed(
+            "no audit store there; pass --db with the gateway's holdgate_db"
+        ) from None
+    except store.StoreError as exc:
+        raise CheckFailed(str(exc)) from None
+
+
+@click.group()
+def sessions() -> None:
+    """Who did what, in order, per MCP session."""
+
+
+@sessions.command("list")
+@db_option
+@click.option("--since", help="Only sessions active at or after this ISO time.")
+def sessions_list(db: str, since: str | None) -> None:
+    """Sessions with their identity, upstream, first/last seen, events and denials."""
+    rows = read(lambda: store.list_sessions(db, since))
+    if not rows:
+        click.echo("no sessions recorded")
+    for row in rows:
+        click.echo(
+            f"{row['session_id']}  {row['user'] or '-'}  {row['upstream'] or '-'}  "
+            f"{row['first_seen']} .. {row['last_seen']}  {row['events']} events, "
+            f"{row['denials']} denied"
+        )
+
+
+@sessions.command("show")
+@db_option
+@click.argument("session_id")
+def sessions_show(db: str, session_id: str) -> None:
+    """A session's timeline: time, identity, method/tool, decision and rule, approval, masking."""
+    rows = read(lambda: store.session_events(db, session_id))
+    if not rows:
+        raise CheckFailed(f"no events for session {session_id!r}; see `holdgate sessions list`")
+    for row in rows:
+        click.echo(timeline_line(row))
+
+
+def timeline_line(row: dict[str, Any]) -> str:
+    what = " ".join(p for p in (row.get("method"), row.get("target")) if p)
+    rule = f" by {row['rule']!r}" if row.get("rule") else ""
+    approval = f" approval {row['approval_id']}" if row.get("approval_id") else ""
+    status = f" [{row['status']}]" if row.get("status") is not None else ""
+    refused = json.loads(row.get("extra") or "{}").get("refused", {}).get("kind")
+    status += f" refused: {refused}" if refused not in (None, "denied") else ""
+    masked = ""
+    if row.get("masked"):
+        counts = json.loads(row["masked"])
+        masked = " masked " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items()))
+    return (
+        f"#{row['seq']:<6} {row['ts']}  {row.get('user') or '-':<10} {row['direction']:<13} "
+        f"{what or '-'}  "
+        f"{row.get('decision') or '-'}{rule}{approval}{status}{masked}"
+    )
+
+
+@click.command("export")
+@db_option
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["jsonl", "csv", "sqlite"]),
+    default="jsonl",
+    show_default=True,
+)
+@click.option("--output", "-o", type=click.Path(dir_okay=False), help="File (default: stdout).")
+@click.option("--since", help="ISO time, inclusive.")
+@click.option("--until", help="ISO time, exclusive.")
+@click.option("--user", help="Only this identity.")
+@click.option("--upstream", help="Only this upstream.")
+def export(
+    db: str,
+    fmt: str,
+    output: str | None,
+    since: str | None,
+    until: str | None,
+    user: str | None,
+    upstream: str | None,
+) -> None:
+    """The audit feed (fields: store.EXPORT_FIELDS) for a SIEM or governance platform."""
+    rows = read(lambda: list(store.export_rows(db, since, until, user, upstream)))
+    if fmt == "sqlite":
+        if output is None:
+            raise click.UsageError("--format sqlite needs --output FILE")
+        target = Database(output)
+        with click.progressbar(length=len(rows), label="exporting", file=sys.stderr) as bar:
+            target["events"].insert_all(_counted(rows, bar.update), batch_size=500)
+        click.echo(f"{len(rows)} events written to {output}", err=True)
+        return
+    sink = open(output, "w", newline="", encoding="utf-8") if output else sys.stdout
+    try:
+        if fmt == "jsonl":
+            for row in rows:
+                sink.write(json.dumps(row, ensure_ascii=False) + "\n")
+        else:
+            writer = csv.DictWriter(sink, fieldnames=list(store.EXPORT_FIELDS))
+            writer.writeheader()
+            writer.writerows(rows)
+    finally:
+        if output:
+            sink.close()
+
+
+def _counted(rows: Iterable[dict[str, Any]], tick: Callable[[int], None]) -> Iterable[dict]:
+    for row in rows:
+        tick(1)
+        yield row
+
+
+@click.command("review")
+@db_option
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(exists=True, dir_okay=False),
+    default="policies/default.yaml",
+    show_default=True,
+    help="The policy in force, to show what each identity is granted.",
+)
+@click.option(
+    "--format", "fmt", type=click.Choice(["md", "html", "csv"]), default="md", show_default=True
+)
+@click.option("--since", help="Only activity at or after this ISO time.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), help="File (default: stdout).")
+def review(db: str, config_path: str, fmt: str, since: str | None, output: str | None) -> None:
+    """Access review per identity: grants, use, approvals, denials, masked exposures."""
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        raise CheckFailed(str(exc)) from None
+    rows = read(lambda: list(store.export_rows(db, since, None, None, None)))
+    approvals = read(lambda: _approvals(db))
+    model = build_review(rows, approvals, config)
+    text = {"md": render_markdown, "html": render_html, "csv": render_csv}[fmt](model)
+    if output:
+        Path(output).write_text(text, encoding="utf-8")
+        click.echo(f"review of {len(model.identities)} identities written to {output}", err=True)
+    else:
+        click.echo(text, nl=False)
+
+
+def _approvals(db: str) -> list[dict[str, Any]]:
+    database = store.open_db(db, create=False)
+    try:
+        return list(database.query("SELECT * FROM v_approvals ORDER BY seq"))
+    finally:
+        database.close()
+
+
+@click.command("verify")
+@db_option
+def verify(db: str) -> None:
+    """Check the hash chain: proves no row was edited, removed or inserted."""
+    report = read(lambda: store.verify(db))
+    if not report.ok:
+        where = f" at {report.at[0]} seq {report.at[1]}" if report.at else ""
+        raise CheckFailed(
+            f"chain broken{where}: {report.problem} ({report.rows_checked} rows checked before it)"
+        )
+    click.echo(f"ok: {report.rows_checked} rows, hash chain intact")
+
+
+@click.command("purge")
+@db_option
+@click.option("--older-than", required=True, help="Retention period, e.g. 90d, 12h.")
+@click.option(
+    "--recordings",
+    type=click.Path(file_okay=False),
+    default="recordings",
+    show_default=True,
+    help="Folder of flow files (the gateway's holdgate_recordings).",
+)
+@click.option("--as", "actor", default=None, help="Who purges (recorded).")
+def purge(db: str, older_than: str, recordings: str, actor: str | None) -> None:
+    """Delete rows and flow files past the retention period, and record that it did."""
+    seconds = parse_duration(older_than)
+    if seconds is None:
+        raise click.BadParameter("expected a duration like 90d or 12h", param_hint="--older-than")
+    report = read(lambda: store.purge(db, seconds, actor=actor))
+    removed_files = 0
+    for session in report.sessions_gone:
+        path = Path(recordings) / f"{recording_name(session)}.mitm"
+        if path.exists():
+            path.unlink()
+            removed_files += 1
+    counts = ", ".join(f"{n} {t}" for t, n in sorted(report.removed.items()) if n) or "nothing"
+    click.echo(
+        f"removed {counts}; {removed_files} flow files; checkpoint seq {report.checkpoint_seq}"
+    )
+
+
+COMMANDS = (sessions, export, review, verify, purge)

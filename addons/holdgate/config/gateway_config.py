@@ -1,0 +1,332 @@
+"""The gateway config file (`holdgate_config`): parsed, validated and compiled in one go.
+
+Every section parser reports mistakes through `ConfigError` with file, line and key.
+Secrets (`${env:…}`, `${file:…}`) are resolved here, at load, so a missing one stops
+the gateway at start rather than failing a request later.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from typing import Literal
+from urllib.parse import unquote, urlsplit
+
+from holdgate.config.configfile import ConfigError, Node, load_yaml_file, parse_yaml
+from holdgate.identity.identities import IdentityConfig, parse_identity
+from holdgate.masking.masker import MaskingPolicy, parse_masking
+from holdgate.policy.rules import Action, Policy, parse_rules
+
+TOP_KEYS = {
+    "version",
+    "identity",
+    "upstreams",
+    "rules",
+    "masking",
+    "detectors",
+    "approvals",
+    "audit",
+    "hash_key",
+    "server_requests",
+    "response_headers",
+}
+UPSTREAM_KEYS = {"name", "prefix", "host", "url", "inject", "on_tool_change"}
+TOOL_CHANGE_KEYS = {"action", "approvers", "timeout"}
+INJECT_KEYS = {"headers", "pass_cookies"}
+CREDENTIAL_HEADERS = ("authorization", "x-api-key", "proxy-authorization")
+RESPONSE_HEADER_KEYS = {"drop", "mask"}
+
+
+@dataclass(frozen=True)
+class ToolChangePolicy:
+    """What applies to calls of a tool whose listed definition changed since it was pinned."""
+
+    action: Literal["deny", "approve", "alert"] = "deny"
+    approvers: tuple[str, ...] = ()
+    timeout: float = 600.0
+
+
+@dataclass(frozen=True)
+class Upstream:
+    name: str
+    url: str | None = None
+    prefix: str | None = None
+    host: str | None = None
+    inject_headers: tuple[tuple[str, str], ...] = ()
+    pass_cookies: bool = False
+    on_tool_change: ToolChangePolicy = field(default_factory=ToolChangePolicy)
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        return tuple(value for _, value in self.inject_headers)
+
+    @property
+    def open_destination(self) -> bool:
+        """No `url` or `host`: as a regular proxy it forwards to any server a client names."""
+        return self.url is None and self.host is None
+
+    @property
+    def host_name(self) -> str | None:
+        """`host` without its port, lowercased (`host: name[:port]`)."""
+        return split_host(self.host)[0] if self.host else None
+
+    @property
+    def host_port(self) -> int | None:
+        return split_host(self.host)[1] if self.host else None
+
+
+@dataclass(frozen=True)
+class ResponseHeaders:
+    """What the client gets of the upstream's response headers (`response_headers:`).
+
+    Header values are masked like bodies unless `mask: false`; `Set-Cookie` is dropped
+    unless the upstream has `pass_cookies: true`; `drop` names more headers to remove.
+    """
+
+    drop: frozenset[str] = frozenset()
+    mask: bool = True
+
+
+@dataclass(frozen=True)
+class ApprovalsConfig:
+    webhook: str | None = None
+    public_url: str | None = None
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    file: str
+    digest: str
+    identity: IdentityConfig | None
+    upstreams: tuple[Upstream, ...]
+    policy: Policy
+    masking: MaskingPolicy
+    audit: Literal["required", "best_effort"] = "required"
+    server_requests: Action = "allow"
+    approvals: ApprovalsConfig = field(default_factory=ApprovalsConfig)
+    response_headers: ResponseHeaders = field(default_factory=ResponseHeaders)
+    hash_key: bytes | None = None
+    text: str = field(default="", repr=False)
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Values that must never be written anywhere (injected credentials, keys)."""
+        return tuple(s for up in self.upstreams for s in up.secrets if s)
+
+    def redacted_text(self) -> str:
+        """The file as written, with any secret written into it literally blanked out."""
+        text = self.text
+        literal = [*self.secrets, self.hash_key.decode() if self.hash_key else ""]
+        for secret in sorted((s for s in literal if s), key=len, reverse=True):
+            text = text.replace(secret, "[secret]")
+        return text
+
+
+def load_config(path: str | os.PathLike[str]) -> GatewayConfig:
+    doc, raw = load_yaml_file(path)
+    return build_config(
+        doc.root, str(path), hashlib.sha256(raw).hexdigest(), raw.decode("utf-8", "replace")
+    )
+
+
+def parse_config_text(text: str, file: str = "<config>") -> GatewayConfig:
+    doc = parse_yaml(text, file)
+    return build_config(doc.root, file, hashlib.sha256(text.encode()).hexdigest(), text)
+
+
+def build_config(root: Node, file: str, digest: str, text: str = "") -> GatewayConfig:
+    if root.missing:
+        raise ConfigError("the file is empty; start with `version: 1`", file=file)
+    root.mapping(TOP_KEYS, required={"version"})
+    if root.child("version").value != 1:
+        raise root.child("version").error("only `version: 1` is supported")
+    upstreams = _parse_upstreams(root.child("upstreams"))
+    policy = parse_rules(root.child("rules"))
+    known = {u.name for u in upstreams}
+    for i, rule in enumerate(policy.rules):
+        for name in rule.upstreams:
+            if name not in known:
+                raise (
+                    root.child("rules")
+                    .child(i)
+                    .child("match")
+                    .child("upstream")
+                    .error(
+                        f"no upstream named {name!r}; known: {', '.join(sorted(known)) or 'none'}"
+                    )
+                )
+    hash_key_node = root.child("hash_key")
+    hash_key = hash_key_node.secret().encode() if not hash_key_node.missing else None
+    masking = parse_masking(root.child("masking"), root.child("detectors"), hash_key=hash_key)
+    return GatewayConfig(
+        file=file,
+        digest=digest,
+        identity=parse_identity(root.child("identity")),
+        upstreams=upstreams,
+        policy=policy,
+        masking=masking,
+        audit=root.child("audit").choice(("required", "best_effort"), default="required"),  # type: ignore[arg-type]
+        server_requests=root.child("server_requests").choice(("allow", "deny"), default="allow"),  # type: ignore[arg-type]
+        approvals=_parse_approvals(root.child("approvals")),
+        response_headers=_parse_response_headers(root.child("response_headers")),
+        hash_key=hash_key,
+        text=text,
+    )
+
+
+def _parse_upstreams(node: Node) -> tuple[Upstream, ...]:
+    if node.missing:
+        raise node.error("missing `upstreams`: list at least one MCP server to protect")
+    out: list[Upstream] = []
+    catch_all = 0
+    for item in node.elements():
+        item.mapping(UPSTREAM_KEYS, required={"name"})
+        name = item.child("name").string()
+        if any(u.name == name for u in out):
+            raise item.child("name").error(f"upstream {name!r} is defined twice")
+        url = item.child("url").optional_string()
+        if url is not None:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise item.child("url").error("expected an http:// or https:// URL with a host")
+        prefix = item.child("prefix").optional_string()
+        if prefix is not None and (not prefix.startswith("/") or prefix.endswith("/")):
+            raise item.child("prefix").error("a prefix starts with '/' and has no trailing '/'")
+        if prefix is not None and url is None:
+            raise item.child("prefix").error("a prefix (reverse mode) needs the upstream's `url`")
+        host = item.child("host").optional_string()
+        if host is not None and split_host(host)[0] == "":
+            raise item.child("host").error("expected a host name, optionally with :port")
+        if prefix is None and host is None:
+            catch_all += 1
+            if catch_all > 1:
+                raise item.error("only one upstream may have neither `prefix` nor `host`")
+        inject = item.child("inject")
+        headers: list[tuple[str, str]] = []
+        pass_cookies = False
+        if not inject.missing:
+            inject.mapping(INJECT_KEYS)
+            for header, value in inject.child("headers").items() if inject.has("headers") else ():
+                headers.append((header, value.secret()))
+            pass_cookies = inject.child("pass_cookies").boolean(default=False)
+        out.append(
+            Upstream(
+                name,
+                url,
+                prefix,
+                host,
+                tuple(headers),
+                pass_cookies,
+                _parse_tool_change(item.child("on_tool_change")),
+            )
+        )
+    if not out:
+        raise node.error("`upstreams` is empty: list at least one MCP server to protect")
+    return tuple(out)
+
+
+def _parse_tool_change(node: Node) -> ToolChangePolicy:
+    """`on_tool_change: deny | alert`, or a mapping `{action: approve, approvers: [...]}`."""
+    if node.missing:
+        return ToolChangePolicy()
+    if not isinstance(node.value, dict):
+        action = node.choice(("deny", "approve", "alert"))
+        if action == "approve":
+            raise node.error(
+                "`approve` needs approvers: write "
+                "`on_tool_change: {action: approve, approvers: [group, ...]}`"
+            )
+        return ToolChangePolicy(action)  # type: ignore[arg-type]
+    node.mapping(TOOL_CHANGE_KEYS, required={"action"})
+    action = node.child("action").choice(("deny", "approve", "alert"))
+    approvers = node.child("approvers").strings()
+    if action == "approve" and not approvers:
+        raise node.child("action").error("`approve` needs `approvers: [group, ...]`")
+    if action != "approve":
+        for key in ("approvers", "timeout"):
+            if node.has(key):
+                raise node.child(key).error(f"`{key}` only applies to `action: approve`")
+    return ToolChangePolicy(
+        action,  # type: ignore[arg-type]
+        approvers,
+        node.child("timeout").duration(default=600.0),
+    )
+
+
+def _parse_approvals(node: Node) -> ApprovalsConfig:
+    if node.missing:
+        return ApprovalsConfig()
+    node.mapping({"webhook", "public_url"})
+    return ApprovalsConfig(
+        webhook=node.child("webhook").optional_string(),
+        public_url=node.child("public_url").optional_string(),
+    )
+
+
+def _parse_response_headers(node: Node) -> ResponseHeaders:
+    if node.missing:
+        return ResponseHeaders()
+    node.mapping(RESPONSE_HEADER_KEYS)
+    return ResponseHeaders(
+        drop=frozenset(name.lower() for name in node.child("drop").strings()),
+        mask=node.child("mask").boolean(default=True),
+    )
+
+
+def split_host(value: str) -> tuple[str, int | None]:
+    """`name[:port]` (or `[v6]:port`) -> (lowercased name, port); ("", None) if malformed."""
+    parts = urlsplit("//" + value)
+    try:
+        port = parts.port
+    except ValueError:
+        return "", None
+    if parts.path or parts.query or parts.fragment or parts.username is not None:
+        return "", None
+    return (parts.hostname or ""), port
+
+
+def route(
+    upstreams: tuple[Upstream, ...], host: str, port: int, path: str
+) -> tuple[Upstream, str] | None:
+    """Pick the upstream for a request: by path prefix, then by host, then the catch-all.
+
+    `host` and `port` are where the request really goes (never the client's Host header);
+    `path` excludes the query string. Returns the upstream and the path to send it
+    (prefix removed).
+    """
+    for up in upstreams:
+        if up.prefix and (path == up.prefix or path.startswith(up.prefix + "/")):
+            rest = path[len(up.prefix) :] or "/"
+            return up, rest
+    for up in upstreams:
+        if (
+            up.host
+            and not up.prefix
+            and up.host_name == host.lower()
+            and up.host_port in (None, port)
+        ):
+            return up, path
+    for up in upstreams:
+        if not up.prefix and not up.host:
+            return up, path
+    return None
+
+
+def path_problem(path: str) -> str | None:
+    """Why a request path is not canonical, or None.
+
+    Upstreams resolve dot segments and percent-escapes their own way, so a path that a
+    prefix rule and the upstream could read differently is refused, not normalised.
+    """
+    if "\\" in path or any(ord(c) < 0x21 or ord(c) == 0x7F for c in path):
+        return "it contains a backslash, a space or a control character"
+    lowered = path.lower()
+    if any(code in lowered for code in ("%2f", "%5c", "%00", "%2e")):
+        return "it contains an encoded '/', '\\', '.' or NUL"
+    segments = unquote(path).split("/")[1:]
+    if any(segment in (".", "..") for segment in segments):
+        return "it contains '.' or '..' segments"
+    if "" in segments[:-1]:
+        return "it contains an empty segment ('//')"
+    return None

@@ -1,0 +1,891 @@
+"""Masking profiles applied to JSON values and text: detectors, field rules and strategies.
+
+A profile names detectors (see `holdgate.masking.detectors`) and JSONPath field rules, and a
+strategy for what replaces a value:
+
+- `redact`: `[REDACTED:email]` (field rules: `[REDACTED:$..password]`).
+- `partial`: keeps what a person needs to recognise the value: `j***@example.com`,
+  `**** **** **** 1111`, `***-**-6789`, a phone's last four digits, an IBAN's country
+  and last four. Secrets, custom detectors and field rules have nothing safe to keep, so
+  under `partial` they are redacted in full.
+- `hash`: `email:7f3a9c21`, the first 8 hex digits of HMAC-SHA256 under the caller's key
+  over the normalised value (case-folded e-mail, digits of a number), so one person is
+  one pseudonym across responses without the value being recoverable.
+
+Where profiles overlap, the strongest strategy wins (redact, then hash, then partial),
+and overlapping hits in a string are masked as one span.
+
+`mask_json` walks dicts and lists and masks every string, every key and every integral
+number long enough to be a card (13+ digits; any integer when custom detectors are in
+effect): a masked number becomes a string. A masked key is renamed in place; where two
+keys of one object would mask to the same name, the later ones get `#2`, `#3`, ... so no
+entry is dropped. Values disguised with escapes, full-width forms or zero-width
+characters are found through them and masked over their original span (see
+`holdgate.masking.detectors.fold`). A string that is
+itself a JSON object or array (MCP tool results carry JSON as `content[].text`) is
+parsed, masked as a document of its own (field rules apply inside it) and re-serialised
+compactly in key order, but only if something in it changed: otherwise the original
+string is kept byte for byte. Text with duplicate keys is masked as text instead, since a
+parse would hide the values it drops. The input is never modified: changed containers
+are copied on the way up.
+
+Findings say what was masked without saying what it was: counts per detector name and
+per `path:<jsonpath>`.
+
+`StreamMasker` masks the messages of one event stream in order and keeps the last
+`LOOK_BEHIND` characters of clear text per JSON key, so a value split across two messages
+("alice@exa" | "mple.com") is caught when the second one is masked: the part still to be
+sent is replaced by the whole value's mask and counted as `<detector>(split)`. The part
+already sent cannot be recalled.
+
+Exceptions:
+    MaskingError     -- a value could not be masked safely; the caller must refuse it
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+import string
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, Literal
+
+from jsonpath_ng import JSONPath
+from jsonpath_ng.exceptions import JSONPathError
+from jsonpath_ng.ext import parse as parse_jsonpath
+from jsonpath_ng.ext.filter import Filter
+from jsonpath_ng.jsonpath import Child, Descendants, Fields, Index, Root, Slice, This, Wildcard
+
+from holdgate.config.configfile import Node
+from holdgate.masking.detectors import (
+    BUILTIN_DETECTORS,
+    VALIDATORS,
+    Detector,
+    Haystack,
+    custom_detector,
+    detect,
+    detect_folded,
+    fold,
+)
+from holdgate.policy.rules import Globs
+
+Strategy = Literal["redact", "partial", "hash"]
+STRATEGIES: tuple[Strategy, ...] = ("redact", "partial", "hash")
+_STRENGTH: dict[Strategy, int] = {"partial": 0, "hash": 1, "redact": 2}
+
+PROFILE_KEYS = {"name", "detectors", "paths", "strategy", "upstreams", "tools", "exempt_groups"}
+DETECTOR_KEYS = {"name", "regex", "validator"}
+
+Container = dict[str, Any] | list[Any]
+Key = str | int
+
+CARD_NUMBER_FLOOR = 10**12  # the shortest card has 13 digits; no other built-in finds bare digits
+NUMBER_CEILING = 10**40  # longer numbers are no one's identifier (and str() of huge ints raises)
+EXACT_FLOAT = 2**53  # a float beyond this is not the number it was written as
+LOOK_BEHIND = 256  # characters of a stream's text kept per JSON key to catch split values
+LOOK_BEHIND_KEYS = 16
+
+
+class MaskingError(Exception):
+    """A value could not be masked safely; the caller must refuse it, not pass it on."""
+
+
+# --- profiles ----------------------------------------------------------------------------
+
+_ADDRESSABLE = (Root, This, Child, Descendants, Fields, Index, Slice, Wildcard, Filter)
+
+
+@dataclass(frozen=True)
+class FieldRule:
+    """A JSONPath whose matches are masked whole; parsed once, at config load.
+
+    `$..name` rules (the common case) are matched by key during the walk; others are
+    evaluated with jsonpath-ng once per document.
+    """
+
+    path: str
+    expr: JSONPath
+    names: frozenset[str] | None = None
+
+    @classmethod
+    def parse(cls, path: str) -> FieldRule:
+        """Raises ValueError naming the problem for a bad or unaddressable path."""
+        try:
+            expr = parse_jsonpath(path)
+        except (JSONPathError, ValueError, TypeError) as exc:
+            raise ValueError(f"invalid JSONPath {path!r}: {exc}") from None
+        if not _addressable(expr):
+            raise ValueError(
+                f"JSONPath {path!r} computes a value instead of selecting one; "
+                "use field names, indexes, wildcards, `..` and filters"
+            )
+        names = None
+        if type(expr) is Descendants and type(expr.left) is Root and type(expr.right) is Fields:
+            names = frozenset(expr.right.fields)
+        return cls(path, expr, names)
+
+
+def _addressable(expr: JSONPath) -> bool:
+    if type(expr) in (Child, Descendants):
+        return _addressable(expr.left) and _addressable(expr.right)
+    return type(expr) in _ADDRESSABLE
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Detectors and field rules masked with one strategy, optionally scoped."""
+
+    name: str
+    detectors: tuple[Detector, ...] = ()
+    paths: tuple[FieldRule, ...] = ()
+    strategy: Strategy = "redact"
+    upstreams: tuple[str, ...] = ()  # empty: every upstream
+    tools: Globs | None = None  # None: every response; else only these tools' results
+    exempt_groups: tuple[str, ...] = ()
+
+    def applies_to(self, upstream: str, tool: str | None) -> bool:
+        if self.upstreams and upstream not in self.upstreams:
+            return False
+        return self.tools is None or self.tools.match(tool)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Profiles in effect flattened for the walk: one strategy per detector and path."""
+
+    detectors: tuple[Detector, ...]
+    strategies: dict[str, Strategy]
+    names: dict[str, tuple[FieldRule, Strategy]]
+    trees: tuple[tuple[FieldRule, Strategy], ...]
+    hash_key: bytes | None
+    number_floor: int = CARD_NUMBER_FLOOR  # numbers below this are not scanned
+
+
+def _stronger(a: Strategy, b: Strategy) -> Strategy:
+    return b if _STRENGTH[b] > _STRENGTH[a] else a
+
+
+@dataclass(frozen=True)
+class ProfilesInEffect:
+    """The profiles that apply to one response, and those exempted (with why) for the audit."""
+
+    profiles: tuple[Profile, ...] = ()
+    exemptions: tuple[str, ...] = ()
+    hash_key: bytes | None = None
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(p.name for p in self.profiles)
+
+    @cached_property
+    def _plan(self) -> _Plan:
+        detectors: dict[str, Detector] = {}
+        strategies: dict[str, Strategy] = {}
+        rules: dict[str, tuple[FieldRule, Strategy]] = {}
+        for profile in self.profiles:
+            for detector in profile.detectors:
+                detectors.setdefault(detector.name, detector)
+                earlier = strategies.get(detector.name, profile.strategy)
+                strategies[detector.name] = _stronger(earlier, profile.strategy)
+            for rule in profile.paths:
+                earlier = rules.get(rule.path)
+                strategy = profile.strategy if earlier is None else earlier[1]
+                rules[rule.path] = (rule, _stronger(strategy, profile.strategy))
+        names: dict[str, tuple[FieldRule, Strategy]] = {}
+        for rule, strategy in rules.values():
+            for name in rule.names or ():
+                known = names.get(name)
+                if known is None or _STRENGTH[strategy] > _STRENGTH[known[1]]:
+                    names[name] = (rule, strategy)
+        trees = tuple(entry for entry in rules.values() if entry[0].names is None)
+        floor = _number_floor(detectors.values())
+        return _Plan(tuple(detectors.values()), strategies, names, trees, self.hash_key, floor)
+
+
+@dataclass(frozen=True, eq=False)
+class MaskingPolicy:
+    """All masking profiles of a config, the custom detectors and the key for `hash`."""
+
+    profiles: tuple[Profile, ...] = ()
+    hash_key: bytes | None = None
+    custom_detectors: Mapping[str, Detector] = field(default_factory=dict)
+    _effects: dict[tuple[tuple[str, ...], tuple[str, ...]], ProfilesInEffect] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        for profile in self.profiles:
+            if profile.strategy == "hash" and not self.hash_key:
+                raise ValueError(f"profile {profile.name!r} uses strategy hash but no key is set")
+
+    def profiles_for(
+        self, upstream: str, tool: str | None, groups: tuple[str, ...]
+    ) -> ProfilesInEffect:
+        """Profiles that mask this response; an exempt caller's are listed with the reason.
+
+        `tool` is None for anything but a tools/call result; profiles limited to tools
+        then do not apply.
+        """
+        applied: list[Profile] = []
+        exemptions: list[str] = []
+        for profile in self.profiles:
+            if not profile.applies_to(upstream, tool):
+                continue
+            exempt = next((g for g in groups if g in profile.exempt_groups), None)
+            if exempt is None:
+                applied.append(profile)
+            else:
+                exemptions.append(f"{profile.name}: exempt for group {exempt}")
+        cache_key = (tuple(p.name for p in applied), tuple(exemptions))
+        effect = self._effects.get(cache_key)
+        if effect is None:
+            effect = ProfilesInEffect(tuple(applied), tuple(exemptions), self.hash_key)
+            self._effects[cache_key] = effect
+        return effect
+
+
+# --- applying ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MaskOutcome:
+    """The masked value and what was masked: counts per detector or `path:…`, never values."""
+
+    value: Any
+    findings: dict[str, int]
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.findings)
+
+
+def mask_json(value: Any, effect: ProfilesInEffect) -> MaskOutcome:
+    """Mask a JSON value (dicts, lists, strings, numbers...) with the profiles in effect.
+
+    Raises MaskingError when it cannot be done safely: nesting too deep to walk, embedded
+    JSON with a number JSON cannot carry, or `hash` without a key.
+    """
+    plan = effect._plan
+    if not plan.detectors and not plan.names and not plan.trees:
+        return MaskOutcome(value, {})
+    walk = _Walk(plan, value)
+    try:
+        walk.collect()
+        return walk.finish()
+    except RecursionError:
+        raise MaskingError("the value is nested too deeply to mask") from None
+
+
+def mask_text(text: str, effect: ProfilesInEffect) -> MaskOutcome:
+    """Mask one string (e.g. an SSE event that is not JSON); JSON text is masked as a document."""
+    return mask_json(text, effect)
+
+
+class StreamMasker:
+    """Masks the messages of one event stream in order, catching values split between two.
+
+    The last `window` characters of clear text are kept per JSON key (the nearest key a
+    string sits under; `keys` of them at most, least recent dropped): when a message comes,
+    the first string under each such key is scanned once more behind its key's tail. A
+    value that starts in the tail and ends in the new string was split; the part still to
+    be sent is replaced by the mask of the whole value and counted `<detector>(split)`.
+    A value the tail already held whole was masked when it was sent, and is not split.
+    The part sent before cannot be recalled, and a value split into pieces longer than
+    the window, or under two different keys, is not caught.
+    """
+
+    def __init__(self, window: int = LOOK_BEHIND, keys: int = LOOK_BEHIND_KEYS) -> None:
+        self.window = window
+        self.keys = keys
+        self._tails: dict[str, str] = {}
+
+    def mask(self, value: Any, effect: ProfilesInEffect) -> MaskOutcome:
+        """`mask_json` for the next message of the stream. Raises MaskingError as it does."""
+        plan = effect._plan
+        if not plan.detectors:
+            return mask_json(value, effect)
+        walk = _Walk(plan, value)
+        try:
+            walk.collect()
+            outcome = walk.finish(self._split(walk))
+        except RecursionError:
+            raise MaskingError("the value is nested too deeply to mask") from None
+        self._remember(walk)
+        return outcome
+
+    def _strings(self, walk: _Walk) -> Iterable[tuple[int, str]]:
+        """(index, nearest key) of each string value of a walk (not keys, not numbers)."""
+        keys = set(walk.key_texts.values())
+        numbers = walk.numbers
+        for index, slot in enumerate(walk.slots):
+            if index not in keys and index not in numbers:
+                yield index, slot[3]
+
+    def _split(self, walk: _Walk) -> dict[int, list[_Found]]:
+        tails = self._tails
+        if not tails:
+            return {}
+        firsts: dict[str, int] = {}
+        for index, context in self._strings(walk):
+            if context in tails and context not in firsts:
+                firsts[context] = index
+        if not firsts:
+            return {}
+        pairs = list(firsts.items())
+        texts: list[str] = []
+        for context, index in pairs:
+            tail = tails[context]
+            texts += (tail, tail + walk.texts[index])
+        contexts = [context for context, _ in pairs for _ in (0, 1)]
+        found = _hits(Haystack(texts, lambda: contexts), walk.plan.detectors)
+        out: dict[int, list[_Found]] = {}
+        for pair, (_, index) in enumerate(pairs):
+            cut = len(texts[2 * pair])
+            in_tail = {(h[2].name, h[0]) for h in found.get(2 * pair, ())}
+            joined = texts[2 * pair + 1]
+            for start, end, detector, _ in found.get(2 * pair + 1, ()):
+                if start < cut < end and (detector.name, start) not in in_tail:
+                    out.setdefault(index, []).append((0, end - cut, detector, joined[start:end]))
+        return out
+
+    def _remember(self, walk: _Walk) -> None:
+        tails, window = self._tails, self.window
+        continued: set[str] = set()
+        for index, context in self._strings(walk):
+            end = walk.texts[index][-window:]
+            earlier = tails.pop(context, "")
+            if context not in continued:  # the first string under a key continues its tail
+                continued.add(context)
+                end = (earlier + end)[-window:]
+            tails[context] = end
+        while len(tails) > self.keys:
+            tails.pop(next(iter(tails)))
+
+
+def scan(value: Any, detectors: Sequence[Detector]) -> dict[str, int]:
+    """How many values each detector finds anywhere in a JSON value (for policy conditions)."""
+    if not detectors:
+        return {}
+    plan = _Plan(tuple(detectors), {}, {}, (), None, _number_floor(detectors))
+    walk = _Walk(plan, value)
+    try:
+        walk.collect()
+    except RecursionError:
+        raise MaskingError("the value is nested too deeply to scan") from None
+    spans: dict[tuple[str, int], list[tuple[int, int]]] = {}
+    for index, found in walk.found().items():
+        for start, end, detector, _ in found:
+            spans.setdefault((detector.name, index), []).append((start, end))
+    counts: Counter[str] = Counter()
+    for (name, _), found in spans.items():
+        found.sort()
+        end = -1
+        for start, stop in found:
+            if start >= end:
+                counts[name] += 1
+            end = max(end, stop)
+    return dict(counts)
+
+
+_WHITESPACE = " \t\r\n"
+_JSON_LEAD = frozenset("{[" + _WHITESPACE)
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise ValueError("duplicate key")
+    return out
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+
+
+def _parse_embedded(text: str) -> Container | None:
+    """The object or array a string holds as JSON text, or None if it is just text."""
+    first = text[0]
+    last = text[-1]
+    if first in _WHITESPACE or last in _WHITESPACE:
+        stripped = text.strip()
+        if not stripped:
+            return None
+        first, last = stripped[0], stripped[-1]
+    if not (first == "{" and last == "}" or first == "[" and last == "]"):
+        return None
+    try:
+        value = _DECODER.decode(text)
+    except (ValueError, RecursionError):
+        return None
+    return value if type(value) is dict or type(value) is list else None
+
+
+def _serialise(value: Container) -> str:
+    try:
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        raise MaskingError("embedded JSON holds a number JSON cannot carry") from None
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # lone surrogates from \ud800-style escapes
+            text = json.dumps(value, separators=(",", ":"), allow_nan=False)
+    return text
+
+
+@dataclass(eq=False)
+class _Doc:
+    """A JSON document found inside a string, and where that string sits."""
+
+    value: Container
+    container: Container
+    key: Key
+    parent: int  # the document holding the string; -1 for the caller's value
+
+
+_Found = tuple[int, int, Detector, str | None]
+"""A span of one text to mask: start, end, detector, and the whole value when the text
+holds only part of it (the rest went out in an earlier message of the stream), else None.
+A plain tuple: there is one per value found, on the hot path."""
+
+
+def _hits(hay: Haystack, detectors: Sequence[Detector]) -> dict[int, list[_Found]]:
+    """Every value found in each text of a haystack, also through folding, by text index."""
+    out: dict[int, list[_Found]] = {}
+    for hits in (detect(hay, detectors), detect_folded(hay, detectors)):
+        for index, start, end, detector in hits:
+            out.setdefault(index, []).append((start, end, detector, None))
+    return out
+
+
+def _number_floor(detectors: Iterable[Detector]) -> int:
+    builtin = all(BUILTIN_DETECTORS.get(d.name) is d for d in detectors)
+    return CARD_NUMBER_FLOOR if builtin else 0
+
+
+def _shown(value: str) -> str:
+    """A found value as its strategy should read it: escapes and look-alikes folded."""
+    if value.isascii() and "\\" not in value:
+        return value
+    folded = fold(value)
+    return value if folded is None else folded.text
+
+
+class _Walk:
+    """One pass: collect every string (noting where it sits), detect once, patch what changed.
+
+    Containers of the caller's value are copied on first change (copy-on-write up to the
+    root); documents parsed from strings are ours and patched in place. Keys are collected
+    once per distinct key; a masked key is renamed in every object that has it.
+    """
+
+    def __init__(self, plan: _Plan, value: Any) -> None:
+        self.plan = plan
+        self.root: list[Any] = [value]
+        self.texts: list[str] = []
+        self.slots: list[tuple[Container, Key, int, str]] = []  # where, document, nearest key
+        self.key_texts: dict[str, int] = {}  # each distinct key: its index in `texts`
+        self.numbers: set[int] = set()  # indexes in `texts` that were numbers
+        self.objects: list[list[dict[str, Any]]] = [[]]  # per document (+1), its objects
+        self.docs: list[_Doc] = []
+        self.parents: dict[int, list[tuple[Container, Key]]] = {}
+        self.patches: list[tuple[Container, Key, int, str]] = []
+        self.findings: Counter[str] = Counter()
+        self.targets: dict[tuple[int, Key], tuple[FieldRule, Strategy]] = {}
+        self.copies: dict[int, Container] = {}
+        self.dirty: set[int] = set()
+
+    def collect(self) -> None:
+        self.targets = self._tree_targets(self.root[0])
+        root_rule = self.targets.pop((0, 0), None)
+        if root_rule is not None:
+            self._path_hit(self.root, 0, -1, self.root[0], root_rule)
+        else:
+            self._collect(self.root, "", -1)
+
+    def _collect(self, node: Container, context: str, doc: int) -> None:
+        """Note every string under `node` and where it sits; `context` is the nearest key."""
+        is_dict = type(node) is dict
+        names = self.plan.names if is_dict else None
+        targets, parents = self.targets, self.parents
+        texts, key_texts, floor = self.texts, self.key_texts, self.plan.number_floor
+        add_text, add_slot = texts.append, self.slots.append
+        if is_dict:
+            self.objects[doc + 1].append(node)  # type: ignore[arg-type]
+            if not key_texts.keys() >= node.keys():  # a new key (a C-speed test per object)
+                for key in node:
+                    if key not in key_texts and type(key) is str:
+                        key_texts[key] = len(texts)
+                        add_text(key)
+                        add_slot((node, key, doc, ""))  # type: ignore[arg-type]
+        for key, value in node.items() if is_dict else enumerate(node):  # type: ignore[union-attr]
+            if is_dict:
+                context = key
+            rule = names.get(key) if names else None
+            if targets:
+                other = targets.get((id(node), key))
+                if other is not None and (rule is None or _STRENGTH[other[1]] > _STRENGTH[rule[1]]):
+                    rule = other
+            if rule is not None:
+                self._path_hit(node, key, doc, value, rule)
+                continue
+            kind = type(value)
+            if kind is str:
+                if (
+                    not value
+                    or value[0] not in _JSON_LEAD
+                    or not self._embedded(value, node, key, context, doc)
+                ):
+                    add_text(value)
+                    add_slot((node, key, doc, context))
+            elif kind is dict or kind is list:
+                if doc < 0:
+                    parents.setdefault(id(value), []).append((node, key))
+                self._collect(value, context, doc)
+            elif kind is int:
+                if not -floor < value < floor and -NUMBER_CEILING < value < NUMBER_CEILING:
+                    self.numbers.add(len(texts))
+                    add_text(str(value))
+                    add_slot((node, key, doc, context))
+            elif kind is float:
+                if not -floor < value < floor and -EXACT_FLOAT <= value <= EXACT_FLOAT:
+                    if value.is_integer():
+                        self.numbers.add(len(texts))
+                        add_text(str(int(value)))
+                        add_slot((node, key, doc, context))
+
+    def haystack(self) -> Haystack:
+        return Haystack(self.texts, lambda: [slot[3] for slot in self.slots])
+
+    def _embedded(self, text: str, container: Container, key: Key, context: str, doc: int) -> bool:
+        """Walk the JSON document a string holds, if it holds one."""
+        value = _parse_embedded(text)
+        if value is None:
+            return False
+        outer_targets = self.targets
+        self.targets = self._tree_targets(value)
+        root_rule = self.targets.pop((0, 0), None)
+        if root_rule is not None:
+            self._path_hit(container, key, doc, text, root_rule)
+        else:
+            self.docs.append(_Doc(value, container, key, doc))
+            self.objects.append([])
+            self._collect(value, context, len(self.docs) - 1)
+        self.targets = outer_targets
+        return True
+
+    def _tree_targets(self, value: Any) -> dict[tuple[int, Key], tuple[FieldRule, Strategy]]:
+        """Where the general JSONPath rules select in this document: (id(parent), key).
+
+        The document root itself is reported as (0, 0).
+        """
+        targets: dict[tuple[int, Key], tuple[FieldRule, Strategy]] = {}
+        for rule, strategy in self.plan.trees:
+            for match in rule.expr.find(value):
+                target = _target_of(match, rule)
+                known = targets.get(target)
+                if known is None or _STRENGTH[strategy] > _STRENGTH[known[1]]:
+                    targets[target] = (rule, strategy)
+        return targets
+
+    def _path_hit(
+        self, container: Container, key: Key, doc: int, value: Any, rule: tuple[FieldRule, Strategy]
+    ) -> None:
+        field_rule, strategy = rule
+        replacement = _mask_whole(value, field_rule.path, strategy, self.plan.hash_key)
+        self.patches.append((container, key, doc, replacement))
+        self.findings[f"path:{field_rule.path}"] += 1
+
+    def found(self) -> dict[int, list[_Found]]:
+        if not self.texts or not self.plan.detectors:
+            return {}
+        return _hits(self.haystack(), self.plan.detectors)
+
+    def finish(self, split: Mapping[int, list[_Found]] | None = None) -> MaskOutcome:
+        """Mask what was found (and the `split` spans a stream adds), then patch it all in."""
+        found = self.found()
+        for index, spans in (split or {}).items():
+            found.setdefault(index, []).extend(spans)
+        key_indexes = {index: key for key, index in self.key_texts.items()} if found else {}
+        renames: dict[str, tuple[str, Counter[str]]] = {}
+        for index, spans in found.items():
+            key = key_indexes.get(index)
+            if key is not None:
+                counts: Counter[str] = Counter()
+                renames[key] = (self._mask_string(key, spans, counts), counts)
+                continue
+            container, slot_key, doc, _ = self.slots[index]
+            masked = self._mask_string(self.texts[index], spans, self.findings)
+            self._assign(container, slot_key, doc, masked)
+        for container, key, doc, replacement in self.patches:
+            self._assign(container, key, doc, replacement)
+        for index in range(len(self.docs) - 1, -1, -1):  # inner documents first
+            if renames:
+                self._rename_keys(index, renames)
+            if index in self.dirty:
+                embedded = self.docs[index]
+                text = _serialise(embedded.value)
+                self._assign(embedded.container, embedded.key, embedded.parent, text)
+        if renames:
+            self._rename_keys(-1, renames)
+        return MaskOutcome(self.root[0], dict(self.findings))
+
+    def _rename_keys(self, doc: int, renames: Mapping[str, tuple[str, Counter[str]]]) -> None:
+        """Rename masked keys in the objects of one document, keeping their order.
+
+        Names that would clash (two e-mails redacted alike, or a key already named so)
+        get `#2`, `#3`, ...: an entry is never dropped.
+        """
+        done: set[int] = set()
+        for node in self.objects[doc + 1]:
+            if id(node) in done or not any(key in renames for key in node):
+                continue
+            done.add(id(node))
+            target: dict[str, Any] = node if doc >= 0 else self._writable(node)  # type: ignore[assignment]
+            items = list(target.items())
+            taken = {key for key, _ in items if key not in renames}
+            renamed: dict[str, Any] = {}
+            for key, value in items:
+                entry = renames.get(key)
+                if entry is None:
+                    renamed[key] = value
+                    continue
+                masked, counts = entry
+                self.findings.update(counts)
+                name, suffix = masked, 2
+                while name in taken or name in renamed:
+                    name, suffix = f"{masked}#{suffix}", suffix + 1
+                renamed[name] = value
+            target.clear()
+            target.update(renamed)
+            if doc >= 0:
+                self.dirty.add(doc)
+
+    def _assign(self, container: Container, key: Key, doc: int, value: str) -> None:
+        if doc >= 0:
+            container[key] = value  # type: ignore[index]
+            self.dirty.add(doc)
+        else:
+            self._writable(container)[key] = value  # type: ignore[index]
+
+    def _writable(self, container: Container) -> Container:
+        """The copy of a caller's container, made (and linked into copied parents) once."""
+        if container is self.root:
+            return container
+        copy = self.copies.get(id(container))
+        if copy is None:
+            copy = container.copy()
+            self.copies[id(container)] = copy
+            for parent, key in self.parents[id(container)]:
+                self._writable(parent)[key] = copy  # type: ignore[index]
+        return copy
+
+    def _mask_string(self, text: str, hits: list[_Found], findings: Counter[str]) -> str:
+        """Replace each run of overlapping hits; the longest hit names it."""
+        strategies, key = self.plan.strategies, self.plan.hash_key
+        if len(hits) == 1:
+            start, end, detector, whole = hits[0]
+            findings[detector.name if whole is None else f"{detector.name}(split)"] += 1
+            value = _shown(text[start:end] if whole is None else whole)
+            masked = _mask_value(value, detector, strategies[detector.name], key)
+            return text[:start] + masked + text[end:]
+        hits.sort(key=lambda h: (h[0], -h[1]))
+        out: list[str] = []
+        position = 0
+        index = 0
+        while index < len(hits):
+            label = hits[index]
+            start, end = label[0], label[1]
+            strategy = strategies[label[2].name]
+            index += 1
+            while index < len(hits) and hits[index][0] < end:
+                other = hits[index]
+                if other[1] - other[0] > label[1] - label[0]:
+                    label = other
+                strategy = _stronger(strategy, strategies[other[2].name])
+                end = max(end, other[1])
+                index += 1
+            detector, whole = label[2], label[3]
+            name = detector.name
+            if whole is None:
+                value = _shown(text[start:end])
+            else:
+                value, name = _shown(whole), f"{name}(split)"
+            out.append(text[position:start])
+            out.append(_mask_value(value, detector, strategy, key))
+            findings[name] += 1
+            position = end
+        out.append(text[position:])
+        return "".join(out)
+
+
+def _target_of(match: Any, rule: FieldRule) -> tuple[int, Key]:
+    """The (id(parent), key) a jsonpath-ng match addresses."""
+    if match.context is None:
+        return (0, 0)
+    parent = match.context.value
+    path = match.path
+    if type(path) is Fields and len(path.fields) == 1 and type(parent) is dict:
+        return (id(parent), path.fields[0])
+    if type(path) is Index and len(path.indices) == 1 and type(parent) is list:
+        return (id(parent), path.indices[0] % len(parent))
+    raise MaskingError(f"JSONPath {rule.path!r} selected something that cannot be masked")
+
+
+# --- strategies -------------------------------------------------------------------------
+
+
+def _pseudonym(key: bytes | None, text: str) -> str:
+    if not key:
+        raise MaskingError("strategy hash needs a key")
+    data = text.encode("utf-8", "surrogatepass")
+    return hmac.new(key, data, hashlib.sha256).hexdigest()[:8]
+
+
+def _mask_value(value: str, detector: Detector, strategy: Strategy, key: bytes | None) -> str:
+    kind = detector.kind
+    if strategy == "hash":
+        if kind == "email":
+            normal = value.lower()
+        elif kind == "iban":
+            normal = "".join(c for c in value if c.isalnum()).upper()
+        elif kind == "secret":
+            normal = value
+        else:
+            normal = "".join(c for c in value if c.isdigit())
+        return f"{detector.name}:{_pseudonym(key, normal)}"
+    if strategy == "partial" and kind != "secret":
+        return _partial(value, kind)
+    return f"[REDACTED:{detector.name}]"
+
+
+_STAR_DIGITS = str.maketrans("0123456789", "*" * 10)
+_STAR_ALNUM = str.maketrans(dict.fromkeys(string.digits + string.ascii_letters, "*"))
+
+
+def _partial(value: str, kind: str) -> str:
+    """Star out all but what identifies the value to a person who already knows it."""
+    if kind == "email":
+        local, _, domain = value.rpartition("@")
+        return f"{local[0] if len(local) > 1 else ''}***@{domain}"
+    if kind == "iban":  # country code and last four
+        cut = _nth_from_end(value, 4, str.isalnum)
+        return value[:2] + value[2:cut].translate(_STAR_ALNUM) + value[cut:]
+    cut = _nth_from_end(value, 4, str.isdigit)  # cards, phones, SSNs: last four digits
+    return value[:cut].translate(_STAR_DIGITS) + value[cut:]
+
+
+def _nth_from_end(value: str, n: int, counts: Callable[[str], bool]) -> int:
+    """Index of the n-th counted character from the end (0 if there are fewer)."""
+    for index in range(len(value) - 1, -1, -1):
+        if counts(value[index]):
+            n -= 1
+            if n == 0:
+                return index
+    return 0
+
+
+def _mask_whole(value: Any, path: str, strategy: Strategy, key: bytes | None) -> str:
+    if strategy == "hash":
+        text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+        return f"{path}:{_pseudonym(key, text)}"
+    return f"[REDACTED:{path}]"
+
+
+# --- config -----------------------------------------------------------------------------
+
+_DETECTOR_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def parse_detectors(node: Node) -> dict[str, Detector]:
+    """The top-level `detectors:` list: custom detectors `{name, regex, validator}`."""
+    if node.missing:
+        return {}
+    out: dict[str, Detector] = {}
+    for item in node.elements():
+        item.mapping(DETECTOR_KEYS, required={"name", "regex"})
+        name_node = item.child("name")
+        name = name_node.string()
+        if not _DETECTOR_NAME.fullmatch(name):
+            raise name_node.error("a detector name uses only letters, digits, '_', '.' and '-'")
+        if name in BUILTIN_DETECTORS:
+            raise name_node.error(f"{name!r} is a built-in detector; choose another name")
+        if name in out:
+            raise name_node.error(f"detector {name!r} is defined twice")
+        validator = item.child("validator").choice(tuple(VALIDATORS), default="none")
+        regex_node = item.child("regex")
+        try:
+            out[name] = custom_detector(name, regex_node.string(), validator)
+        except re.error as exc:
+            raise regex_node.error(f"invalid regular expression: {exc}") from None
+        except ValueError as exc:
+            raise regex_node.error(f"{exc}; make it match only the sensitive value") from None
+    return out
+
+
+def parse_masking(
+    masking: Node, detectors: Node, *, hash_key: bytes | None = None
+) -> MaskingPolicy:
+    """The `masking:` profiles and `detectors:` custom detectors, compiled once."""
+    custom = parse_detectors(detectors)
+    if masking.missing:
+        return MaskingPolicy((), hash_key, custom)
+    known = {**BUILTIN_DETECTORS, **custom}
+    profiles: list[Profile] = []
+    for item in masking.elements():
+        item.mapping(PROFILE_KEYS, required={"name"})
+        name = item.child("name").string()
+        if any(p.name == name for p in profiles):
+            raise item.child("name").error(f"masking profile {name!r} is defined twice")
+        chosen: dict[str, Detector] = {}
+        for entry in _entries(item.child("detectors")):
+            detector_name = entry.string()
+            if detector_name not in known:
+                valid = ", ".join(sorted(known))
+                raise entry.error(f"unknown detector {detector_name!r}; valid: {valid}")
+            chosen.setdefault(detector_name, known[detector_name])
+        paths: list[FieldRule] = []
+        for entry in _entries(item.child("paths")):
+            try:
+                paths.append(FieldRule.parse(entry.string()))
+            except ValueError as exc:
+                raise entry.error(str(exc)) from None
+        if not chosen and not paths:
+            raise item.error("a masking profile needs `detectors` or `paths`; this masks nothing")
+        strategy_node = item.child("strategy")
+        strategy: Strategy = strategy_node.choice(STRATEGIES, default="redact")  # type: ignore[assignment]
+        if strategy == "hash" and not hash_key:
+            raise strategy_node.error(
+                "strategy hash needs a top-level `hash_key`"
+                " (e.g. hash_key: ${env:HOLDGATE_HASH_KEY})"
+            )
+        tools = item.child("tools")
+        profiles.append(
+            Profile(
+                name=name,
+                detectors=tuple(chosen.values()),
+                paths=tuple(paths),
+                strategy=strategy,
+                upstreams=item.child("upstreams").strings(),
+                tools=Globs.of(tools.strings()) if not tools.missing else None,
+                exempt_groups=item.child("exempt_groups").strings(),
+            )
+        )
+    return MaskingPolicy(tuple(profiles), hash_key, custom)
+
+
+def _entries(node: Node) -> Iterable[Node]:
+    """A string or a list of strings, element by element (so errors point at the element)."""
+    if node.missing:
+        return ()
+    if isinstance(node.value, str):
+        return (node,)
+    return node.elements()

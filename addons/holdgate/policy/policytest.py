@@ -1,0 +1,123 @@
+"""Policy unit tests (`holdgate policy test FILE TESTS.yaml`) and explanations.
+
+A tests file lists named cases, each a literal request and the decision expected:
+
+    tests:
+      - name: support_reads_customer_allowed
+        identity: {user: alice, groups: [support]}
+        upstream: demo
+        request: {method: tools/call, tool: get_customer, args: {customer_id: 1}}
+        expect: {action: allow, rule: support reads customers}
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from holdgate.config.configfile import Node, load_yaml_file
+from holdgate.config.gateway_config import GatewayConfig
+from holdgate.policy.rules import Check, Decision, Rule
+from holdgate.protocol.jsonrpc import NAME_PARAM, Message, parse_message
+
+CASE_KEYS = {"name", "identity", "upstream", "request", "expect"}
+IDENTITY_KEYS = {"user", "groups", "method"}
+REQUEST_KEYS = {"method", "tool", "resource", "prompt", "args"}
+EXPECT_KEYS = {"action", "rule"}
+
+
+@dataclass(frozen=True)
+class ProbeCaller:
+    user: str
+    groups: tuple[str, ...]
+    method: str
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    name: str
+    passed: bool
+    expected: dict[str, str]
+    got: Decision
+    line: int
+
+
+def build_message(
+    method: str, target: str | None = None, args: dict[str, Any] | None = None
+) -> Message:
+    """A JSON-RPC request as a client would send it, for explaining and testing rules."""
+    params: dict[str, Any] = {}
+    key = NAME_PARAM.get(method)
+    if key is not None:
+        params[key] = target or ""
+        if args is not None:
+            params["arguments"] = args
+    raw = {"jsonrpc": "2.0", "id": 1, "method": method, "params": params}
+    return parse_message(raw, None)
+
+
+def caller_for(user: str | None, groups: tuple[str, ...]) -> ProbeCaller:
+    if user is None or user == "anonymous":
+        return ProbeCaller("anonymous", (), "anonymous")
+    return ProbeCaller(user, groups, "test")
+
+
+def run_tests(config: GatewayConfig, tests_path: str) -> list[CaseResult]:
+    doc, _ = load_yaml_file(tests_path)
+    root = doc.root.mapping({"tests"}, required={"tests"})
+    results = []
+    for case in root.child("tests").elements():
+        results.append(_run_case(config, case))
+    return results
+
+
+def _run_case(config: GatewayConfig, case: Node) -> CaseResult:
+    case.mapping(CASE_KEYS, required={"name", "request", "expect"})
+    name = case.child("name").string()
+    ident = case.child("identity")
+    if not ident.missing:
+        ident.mapping(IDENTITY_KEYS)
+    caller = caller_for(ident.child("user").optional_string(), ident.child("groups").strings())
+    upstream = case.child("upstream").string(default=config.upstreams[0].name)
+    if upstream not in {u.name for u in config.upstreams}:
+        raise case.child("upstream").error(f"no upstream named {upstream!r} in the policy")
+    req = case.child("request").mapping(REQUEST_KEYS, required={"method"})
+    method = req.child("method").string()
+    target = next(
+        (req.child(k).string() for k in ("tool", "resource", "prompt") if req.has(k)), None
+    )
+    args = req.child("args").value
+    if args is not None and not isinstance(args, dict):
+        raise req.child("args").error("expected a mapping of argument names to values")
+    expect = case.child("expect").mapping(EXPECT_KEYS, required={"action"})
+    expected = {"action": expect.child("action").choice(("allow", "deny", "approve"))}
+    if expect.has("rule"):
+        expected["rule"] = expect.child("rule").string()
+    got = config.policy.evaluate(caller, upstream, build_message(method, target, args))
+    passed = got.action == expected["action"] and expected.get("rule", got.rule) == got.rule
+    line = case.doc.marks.get(case.path, (0, 0))[0]
+    return CaseResult(name, passed, expected, got, line)
+
+
+def format_explanation(decision: Decision, trace: list[tuple[Rule, list[Check]]]) -> str:
+    lines = []
+    for rule, checks in trace:
+        matched = all(c.held for c in checks)
+        mark = "MATCH" if matched else "skip "
+        lines.append(f"{mark} rule {rule.name!r} (line {rule.line}, action {rule.action})")
+        for check in checks:
+            lines.append(f"        {'ok  ' if check.held else 'FAIL'} {check.key}: {check.detail}")
+    if decision.rule == "default-deny":
+        lines.append("no rule matched -> default-deny")
+    lines.append(f"decision: {decision.action} by {decision.rule!r} ({decision.reason})")
+    return "\n".join(lines)
+
+
+def parse_args_json(text: str | None) -> dict[str, Any] | None:
+    if text is None:
+        return None
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise ValueError("--args must be a JSON object")
+    return value

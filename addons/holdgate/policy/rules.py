@@ -1,0 +1,699 @@
+"""Policy rules: compiled once at config load, evaluated per JSON-RPC message.
+
+First match wins; no match is `default-deny`. Tool, prompt and method names are compared
+exactly as the upstream will see them: globs are case-sensitive and compare Unicode code points
+as they are (no case folding, no normalisation), so `Exec_Shell` is not `exec_*`.
+That is safe because anything not allowed by a rule is denied.
+
+Arguments and URIs are matched so that a value cannot slip past a condition:
+- `regex:` must match the whole value (`re.fullmatch`); `search:` finds the pattern anywhere.
+- Resource URIs are put in RFC 3986 normal form before `resource` globs see them; a URI
+  upstreams could resolve differently (encoded `/` or dot segments, backslashes, control
+  characters) is denied before any rule (`ambiguous-uri`). In URI globs `*` and `?` stop
+  at `/` and `**` crosses it.
+- A condition on several values (`$.paths[*]`) holds in an allow rule only if every value
+  passes, in a deny or approve rule if any value does; a value that cannot be decided
+  (`path_under` on a relative path or one with `..`) never passes an allow rule and always
+  fires a deny or approve rule.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import string
+import time
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from jsonpath_ng import JSONPath
+from jsonpath_ng.exceptions import JsonPathLexerError, JsonPathParserError
+from jsonpath_ng.ext import parse as parse_jsonpath
+
+from holdgate.config.configfile import Node
+from holdgate.protocol.jsonrpc import NAME_PARAM, Message
+
+Action = Literal["allow", "deny", "approve"]
+ACTIONS: tuple[Action, ...] = ("allow", "deny", "approve")
+DEFAULT_DENY = "default-deny"
+AMBIGUOUS_URI = "ambiguous-uri"
+
+MATCH_KEYS = {"upstream", "users", "groups", "method", "tool", "resource", "prompt", "args"}
+RULE_KEYS = {"name", "match", "action", "reason", "approvers", "timeout", "grant", "limit"}
+CONDITION_KEYS = {"regex", "search", "equals", "in", "exists", "path_under"}
+
+
+class Caller(Protocol):
+    """What rules need of an identity."""
+
+    @property
+    def user(self) -> str: ...
+    @property
+    def groups(self) -> tuple[str, ...]: ...
+    @property
+    def method(self) -> str: ...
+
+
+_GLOB_TOKEN = re.compile(r"\*\*|\*|\?|[^*?]+")
+_NAME_WILDCARDS = {"**": ".*", "*": ".*", "?": "."}
+_URI_WILDCARDS = {"**": ".*", "*": "[^/]*", "?": "[^/]"}
+
+
+def compile_glob(pattern: str, *, segments: bool = False) -> re.Pattern[str]:
+    """`*` any run of characters, `?` one character, everything else literal.
+
+    With `segments` (URI globs) `*` and `?` stop at `/`, and `**` is any run including `/`.
+    """
+    wild = _URI_WILDCARDS if segments else _NAME_WILDCARDS
+    parts = (wild.get(t, re.escape(t)) for t in _GLOB_TOKEN.findall(pattern))
+    return re.compile("".join(parts), re.DOTALL)
+
+
+@dataclass(frozen=True)
+class Globs:
+    patterns: tuple[str, ...]
+    compiled: re.Pattern[str]
+
+    @classmethod
+    def of(cls, patterns: Iterable[str], *, segments: bool = False) -> Globs:
+        pats = tuple(patterns)
+        joined = "|".join(f"(?:{compile_glob(p, segments=segments).pattern})" for p in pats)
+        return cls(pats, re.compile(joined, re.DOTALL))
+
+    def match(self, value: str | None) -> bool:
+        return value is not None and self.compiled.fullmatch(value) is not None
+
+
+@dataclass(frozen=True)
+class ArgCondition:
+    path: str
+    expr: JSONPath
+    grants: bool = False  # in an allow rule: every value must pass, an undecided one never does
+    regex: re.Pattern[str] | None = None
+    search: re.Pattern[str] | None = None
+    path_under: str | None = None
+    equals: Any = None
+    has_equals: bool = False
+    one_of: tuple[Any, ...] | None = None
+    exists: bool | None = None
+
+    def holds(self, arguments: dict[str, Any]) -> bool:
+        values = [m.value for m in self.expr.find(arguments)]
+        if self.exists is not None:
+            return bool(values) == self.exists
+        if not values:
+            return False
+        verdicts = (self.verdict(v) for v in values)
+        if self.grants:
+            return all(v is True for v in verdicts)
+        return any(v is not False for v in verdicts)
+
+    def verdict(self, value: Any) -> bool | None:
+        """Whether one value passes; None when it cannot be decided (see the module doc)."""
+        if self.regex is not None:
+            return isinstance(value, str) and self.regex.fullmatch(value) is not None
+        if self.search is not None:
+            return isinstance(value, str) and self.search.search(value) is not None
+        if self.path_under is not None:
+            return path_verdict(value, self.path_under)
+        if self.has_equals:
+            return _same(value, self.equals)
+        if self.one_of is not None:
+            return any(_same(value, option) for option in self.one_of)
+        return False
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equality that does not treat True as 1 (JSON keeps them apart)."""
+    return type(a) is type(b) and a == b if isinstance(a, bool) or isinstance(b, bool) else a == b
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    action: Action
+    reason: str
+    line: int
+    upstreams: tuple[str, ...] = ()
+    users: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
+    methods: Globs | None = None
+    tools: Globs | None = None
+    resources: Globs | None = None
+    prompts: Globs | None = None
+    args: tuple[ArgCondition, ...] = ()
+    approvers: tuple[str, ...] = ()
+    timeout: float = 600.0
+    grant: float = 0.0
+    limit: tuple[int, float] | None = None  # (count, per seconds)
+
+
+@dataclass(frozen=True)
+class Check:
+    """One line of an explanation: which condition of a rule held or failed."""
+
+    key: str
+    held: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: Action
+    rule: str
+    reason: str
+    approvers: tuple[str, ...] = ()
+    timeout: float = 0.0
+    grant: float = 0.0
+    limit: tuple[int, float] | None = None
+    rate_limited: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"action": self.action, "rule": self.rule, "reason": self.reason}
+        if self.rate_limited:
+            out["rate_limited"] = True
+        return out
+
+
+def literal_tools(rule: Rule) -> tuple[str, ...] | None:
+    """The exact tool names a rule is limited to, when its tool globs have no wildcard."""
+    if rule.tools is None or any(c in p for p in rule.tools.patterns for c in "*?"):
+        return None
+    return rule.tools.patterns
+
+
+@dataclass(frozen=True)
+class Policy:
+    rules: tuple[Rule, ...]
+    # What `holdgate policy check` warns about: "file:line:col: key: warning: …" each.
+    warnings: tuple[str, ...] = field(default=(), compare=False)
+    # Rules limited to literal tool names are indexed by name, so a thousand per-tool rules
+    # cost about what ten do; first-match order is kept by merging indices in order.
+    _generic: tuple[Rule, ...] = field(init=False, repr=False, compare=False)
+    _by_tool: dict[str, tuple[Rule, ...]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        generic: list[int] = []
+        specific: dict[str, list[int]] = {}
+        for index, rule in enumerate(self.rules):
+            names = literal_tools(rule)
+            if names is None:
+                generic.append(index)
+            else:
+                for name in names:
+                    specific.setdefault(name, []).append(index)
+        object.__setattr__(self, "_generic", tuple(self.rules[i] for i in generic))
+        object.__setattr__(
+            self,
+            "_by_tool",
+            {
+                name: tuple(self.rules[i] for i in sorted(set(generic) | set(indices)))
+                for name, indices in specific.items()
+            },
+        )
+
+    def candidates(self, message: Message) -> tuple[Rule, ...]:
+        """The rules that could match, in order (others have a literal tool that differs)."""
+        if message.method == "tools/call" and message.target is not None:
+            return self._by_tool.get(message.target, self._generic)
+        return self._generic
+
+    def evaluate(self, caller: Caller, upstream: str, message: Message) -> Decision:
+        refused = _ambiguous_uri(message)
+        if refused is not None:
+            return refused
+        for rule in self.candidates(message):
+            if _cheap_checks_hold(rule, caller, upstream) and all(
+                check.held for check in rule_checks(rule, caller, upstream, message, lazy=True)
+            ):
+                return decision_for(rule)
+        return Decision("deny", DEFAULT_DENY, "no rule allows this")
+
+    def explain(
+        self, caller: Caller, upstream: str, message: Message
+    ) -> tuple[Decision, list[tuple[Rule, list[Check]]]]:
+        """Every rule considered, why each did or did not match, and the decision."""
+        trace: list[tuple[Rule, list[Check]]] = []
+        refused = _ambiguous_uri(message)
+        if refused is not None:
+            return refused, trace
+        for rule in self.rules:
+            checks = list(rule_checks(rule, caller, upstream, message, lazy=False))
+            trace.append((rule, checks))
+            if all(c.held for c in checks):
+                return decision_for(rule), trace
+        return Decision("deny", DEFAULT_DENY, "no rule allows this"), trace
+
+    def may_use(self, caller: Caller, upstream: str, method: str, target: str) -> bool:
+        """Could some call of `target` by this caller be allowed or approved (discovery filter)?
+
+        Argument conditions are unknown at listing time, so a rule with `args` counts as
+        possibly granting; a deny rule only hides the target when it has no `args`.
+        """
+        probe = _probe_message(method, target)
+        if _ambiguous_uri(probe) is not None:
+            return False
+        for rule in self.rules:
+            checks = [
+                c for c in rule_checks(rule, caller, upstream, probe, lazy=False) if c.key != "args"
+            ]
+            if all(c.held for c in checks):
+                if rule.action != "deny":
+                    return True
+                if not rule.args:
+                    return False
+        return False
+
+
+def _probe_message(method: str, target: str) -> Message:
+    key = NAME_PARAM[method]
+    raw = {"jsonrpc": "2.0", "id": 0, "method": method, "params": {key: target}}
+    return Message(raw, "request", method, 0, target, {})
+
+
+def _ambiguous_uri(message: Message) -> Decision | None:
+    """A `resources/read` of a URI upstreams could resolve differently is denied whatever
+    the rules say: a deny glob it slipped past could not be trusted either."""
+    if message.method != "resources/read" or message.target is None:
+        return None
+    normal, why = canonical_uri(message.target)
+    if normal is not None:
+        return None
+    return Decision(
+        "deny", AMBIGUOUS_URI, f"the resource URI is ambiguous ({why}); send it in normal form"
+    )
+
+
+def decision_for(rule: Rule) -> Decision:
+    return Decision(
+        rule.action, rule.name, rule.reason, rule.approvers, rule.timeout, rule.grant, rule.limit
+    )
+
+
+def _cheap_checks_hold(rule: Rule, caller: Caller, upstream: str) -> bool:
+    """The identity and upstream conditions, without building explanations: most rules of
+    a large policy are for other teams and fail here (`rule_checks` stays the reference)."""
+    if rule.upstreams and upstream not in rule.upstreams:
+        return False
+    if rule.groups and not any(g in rule.groups for g in caller.groups):
+        return False
+    return not (rule.users and caller.user not in rule.users)
+
+
+def rule_checks(
+    rule: Rule, caller: Caller, upstream: str, message: Message, *, lazy: bool
+) -> Iterable[Check]:
+    """Yield each condition of `rule` in turn; with lazy=True the caller stops at a failure."""
+    anonymous = caller.method == "anonymous"
+    if rule.upstreams:
+        yield Check("upstream", upstream in rule.upstreams, f"upstream {upstream!r}")
+    if rule.users:
+        held = not anonymous and caller.user in rule.users
+        yield Check("users", held, f"user {caller.user!r}")
+    if rule.groups:
+        held = not anonymous and any(g in rule.groups for g in caller.groups)
+        yield Check("groups", held, f"groups {list(caller.groups)!r}")
+    if rule.methods is not None:
+        yield Check("method", rule.methods.match(message.method), f"method {message.method!r}")
+    for key, globs, method in (
+        ("tool", rule.tools, "tools/call"),
+        ("resource", rule.resources, "resources/read"),
+        ("prompt", rule.prompts, "prompts/get"),
+    ):
+        if globs is not None:
+            target = message.target if message.method == method else None
+            detail = f"{key} {target!r}"
+            if key == "resource" and target is not None:
+                normal = canonical_uri(target)[0]
+                if normal != target:
+                    detail += f" (normalised {normal!r})"
+                target = normal
+            yield Check(key, globs.match(target), detail)
+    if rule.args:
+        arguments = message.arguments or {}
+        for condition in rule.args:
+            held = condition.holds(arguments)
+            yield Check("args", held, f"args {condition.path}")
+            if lazy and not held:
+                return
+
+
+class RateLimiter:
+    """Sliding-window counts per (rule, user), for rules with `limit: N/period`."""
+
+    def __init__(self, clock: Any = time.monotonic) -> None:
+        self._clock = clock
+        self._hits: dict[tuple[str, str], deque[float]] = {}
+
+    def allow(self, rule: str, user: str, limit: tuple[int, float]) -> bool:
+        count, period = limit
+        now = self._clock()
+        hits = self._hits.setdefault((rule, user), deque())
+        while hits and hits[0] <= now - period:
+            hits.popleft()
+        if len(hits) >= count:
+            return False
+        hits.append(now)
+        return True
+
+
+# --- URIs and paths ------------------------------------------------------------------
+
+
+class AmbiguousValue(ValueError):
+    """A URI or path that upstreams could resolve differently; no rule may grant it."""
+
+
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
+_UNRESERVED = frozenset(string.ascii_letters + string.digits + "-._~")
+_HEX = frozenset(string.hexdigits)
+_ENCODED_IN_PATH = re.compile(r"%(?:2e|2f|5c|25|[01][0-9a-f]|7f)", re.IGNORECASE)
+
+
+def _refuse_raw(value: str) -> None:
+    if value != value.strip():
+        raise AmbiguousValue("surrounding whitespace")
+    if "\\" in value:
+        raise AmbiguousValue("a backslash")
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in value):
+        raise AmbiguousValue("a control character")
+
+
+def _decode_segment(raw: str) -> str:
+    """Unreserved characters decoded, other percent-escapes kept in upper case (RFC 3986
+    6.2.2); escapes whose meaning an upstream could take either way are refused."""
+    out: list[str] = []
+    i = 0
+    while i < len(raw):
+        if raw[i] != "%":
+            out.append(raw[i])
+            i += 1
+            continue
+        digits = raw[i + 1 : i + 3]
+        if len(digits) < 2 or not set(digits) <= _HEX:
+            raise AmbiguousValue("malformed percent-encoding")
+        char = chr(int(digits, 16))
+        if char in "/\\":
+            raise AmbiguousValue("an encoded slash or backslash")
+        if char == "%" and len(raw) >= i + 5 and set(raw[i + 3 : i + 5]) <= _HEX:
+            raise AmbiguousValue("double percent-encoding")
+        if ord(char) < 0x20 or char == "\x7f":
+            raise AmbiguousValue("an encoded control character")
+        out.append(char if char in _UNRESERVED else f"%{digits.upper()}")
+        i += 3
+    return "".join(out)
+
+
+def _remove_dot_segments(path: str) -> str:
+    """RFC 3986 5.2.4 on a path whose segments are decoded; `..` above the start is refused
+    (relative references resolve against a base the gateway does not know)."""
+    parts = path.split("/")
+    absolute = path.startswith("/")
+    out: list[str] = []
+    for i, raw in enumerate(parts):
+        last = i == len(parts) - 1
+        segment = _decode_segment(raw)
+        if segment in (".", "..") and segment != raw:
+            raise AmbiguousValue("an encoded dot segment")
+        if raw == "":
+            if i == 0 or last:
+                out.append("")
+                continue
+            raise AmbiguousValue("an empty path segment")
+        if segment == "..":
+            if len(out) <= int(absolute):
+                raise AmbiguousValue("a '..' above the root")
+            out.pop()
+        elif segment != ".":
+            out.append(segment)
+        if last and segment in (".", ".."):
+            out.append("")
+    return "/".join(out)
+
+
+def normalise_uri(uri: str) -> str:
+    """The RFC 3986 normal form of `uri`: scheme in lower case, unreserved characters
+    decoded, percent-escapes in upper case, dot segments removed. Raises AmbiguousValue
+    for what upstreams could read differently: control characters, backslashes, encoded
+    `/`, `\\` or dot segments, double encoding, empty segments, `..` above the root."""
+    _refuse_raw(uri)
+    scheme = match.group(0).lower() if (match := _SCHEME.match(uri)) else ""
+    rest, hash_mark, fragment = uri[len(scheme) :].partition("#")
+    rest, question_mark, query = rest.partition("?")
+    for part in (query, fragment):
+        if ".." in part.split("/"):
+            raise AmbiguousValue("a '..' segment in the query or fragment")
+    authority = ""
+    if rest.startswith("//"):
+        host, slash, path = rest[2:].partition("/")
+        host = _decode_segment(host)
+        if host in (".", ".."):
+            raise AmbiguousValue("a dot segment as the authority")
+        authority, rest = "//" + host, slash + path
+    path = _remove_dot_segments(rest)
+    return f"{scheme}{authority}{path}{question_mark}{query}{hash_mark}{fragment}"
+
+
+_CACHED_URI_LENGTH = 4096
+
+
+def canonical_uri(uri: str) -> tuple[str | None, str]:
+    """`normalise_uri` as (normal form, "") or (None, why it is ambiguous). URIs up to 4 KiB
+    are cached, as every rule with a `resource` glob asks about the same one; longer ones
+    are not, so the cache stays within a few MB whatever clients send."""
+    return _canonical_cached(uri) if len(uri) <= _CACHED_URI_LENGTH else _canonical(uri)
+
+
+def _canonical(uri: str) -> tuple[str | None, str]:
+    try:
+        return normalise_uri(uri), ""
+    except AmbiguousValue as exc:
+        return None, str(exc)
+
+
+_canonical_cached = functools.lru_cache(maxsize=1024)(_canonical)
+
+
+def normalise_path(path: str) -> str:
+    """An absolute POSIX path with `.` and empty segments removed. Raises AmbiguousValue for a
+    relative path (the upstream's working directory is unknown), a `..` segment (the
+    upstream's filesystem resolves it through symlinks the gateway cannot see), control
+    characters, backslashes and percent-escapes of `.`, `/`, `\\`, `%` or controls (an
+    upstream may or may not decode them)."""
+    _refuse_raw(path)
+    if not path.startswith("/"):
+        raise AmbiguousValue("a relative path")
+    if _ENCODED_IN_PATH.search(path):
+        raise AmbiguousValue("a percent-escape an upstream may decode")
+    segments = [s for s in path.split("/") if s not in ("", ".")]
+    if ".." in segments:
+        raise AmbiguousValue("a '..' segment")
+    return "/" + "/".join(segments)
+
+
+def path_verdict(value: Any, base: str) -> bool | None:
+    """Whether `value` is the normalised path `base` or below it; None when unknowable."""
+    if not isinstance(value, str):
+        return None
+    try:
+        path = normalise_path(value)
+    except AmbiguousValue:
+        return None
+    return path == base or path.startswith(base if base.endswith("/") else base + "/")
+
+
+# --- parsing -------------------------------------------------------------------------
+
+_LIMIT = re.compile(r"^\s*(\d+)\s*/\s*(s|sec|second|m|min|minute|h|hour|d|day)\s*$")
+_PERIODS = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60}
+_PERIODS |= {"h": 3600, "hour": 3600, "d": 86400, "day": 86400}
+
+
+def parse_rules(node: Node) -> Policy:
+    if node.missing:
+        return Policy(())
+    rules: list[Rule] = []
+    names: set[str] = set()
+    warnings: list[str] = []
+    for item in node.elements():
+        rule = _parse_rule(item, warnings)
+        if rule.name in names:
+            raise item.child("name").error(
+                f"rule name {rule.name!r} is used twice; names must be unique"
+            )
+        names.add(rule.name)
+        rules.append(rule)
+    return Policy(tuple(rules), tuple(warnings))
+
+
+def _parse_rule(node: Node, warnings: list[str]) -> Rule:
+    node.mapping(RULE_KEYS, required={"name", "action"})
+    name = node.child("name").string()
+    if name in (DEFAULT_DENY, AMBIGUOUS_URI):
+        raise node.child("name").error(f"{name!r} is reserved; choose another name")
+    action: Action = node.child("action").choice(ACTIONS)  # type: ignore[assignment]
+    match = node.child("match")
+    if match.missing:
+        raise node.error("missing required key 'match' (use `match: {}` to match everything)")
+    match.mapping(MATCH_KEYS)
+    approvers = node.child("approvers").strings()
+    if action == "approve" and not approvers:
+        raise node.child("action").error("an approve rule needs `approvers: [group, ...]`")
+    if action != "approve":
+        for key in ("approvers", "timeout", "grant"):
+            if node.has(key):
+                raise node.child(key).error(f"{key!r} only applies to rules with action: approve")
+    default_reason = {"allow": "allowed", "deny": "denied by policy", "approve": "needs approval"}
+    line = node.doc.marks.get(node.path, (0, 0))[0]
+    return Rule(
+        name=name,
+        action=action,
+        reason=node.child("reason").string(default=f"{default_reason[action]} by rule {name!r}"),
+        line=line,
+        upstreams=match.child("upstream").strings(),
+        users=match.child("users").strings(),
+        groups=match.child("groups").strings(),
+        methods=_globs(match.child("method")),
+        tools=_globs(match.child("tool")),
+        resources=_uri_globs(match.child("resource")),
+        prompts=_globs(match.child("prompt")),
+        args=_parse_args(match.child("args"), action, warnings),
+        approvers=approvers,
+        timeout=node.child("timeout").duration(default=600.0),
+        grant=node.child("grant").duration(default=0.0),
+        limit=_parse_limit(node.child("limit")),
+    )
+
+
+def _globs(node: Node) -> Globs | None:
+    return Globs.of(node.strings()) if not node.missing else None
+
+
+_WILDCARD_STAND_INS = {"**": "\ue001", "*": "\ue000", "?": "\ue002"}
+
+
+def _uri_globs(node: Node) -> Globs | None:
+    """URI globs, each in the normal form URIs are matched in (else it could never match)."""
+    if node.missing:
+        return None
+    patterns = node.strings()
+    for i, pattern in enumerate(patterns):
+        where = node if isinstance(node.value, str) else node.child(i)
+        literal = "".join(_WILDCARD_STAND_INS.get(t, t) for t in _GLOB_TOKEN.findall(pattern))
+        try:
+            normal = normalise_uri(literal)
+        except AmbiguousValue as exc:
+            raise where.error(
+                f"resource glob {pattern!r} can never match: it has {exc} "
+                "(resource URIs are normalised before matching)"
+            ) from None
+        for wildcard, stand_in in _WILDCARD_STAND_INS.items():
+            normal = normal.replace(stand_in, wildcard)
+        if normal != pattern:
+            raise where.error(
+                f"resource glob {pattern!r} can never match a normalised URI; write {normal!r}"
+            )
+    return Globs.of(patterns, segments=True)
+
+
+def _parse_limit(node: Node) -> tuple[int, float] | None:
+    if node.missing:
+        return None
+    match = _LIMIT.match(str(node.value))
+    if not match or int(match.group(1)) < 1:
+        raise node.error(f"expected a rate like 30/min or 5/s; got {node.value!r}")
+    return int(match.group(1)), float(_PERIODS[match.group(2)])
+
+
+def _parse_args(node: Node, action: Action, warnings: list[str]) -> tuple[ArgCondition, ...]:
+    if node.missing:
+        return ()
+    conditions = []
+    for path, cond in node.items():
+        try:
+            expr = parse_jsonpath(path)
+        except (JsonPathLexerError, JsonPathParserError, ValueError, TypeError) as exc:
+            raise cond.error(f"invalid JSONPath {path!r}: {exc}") from None
+        cond.mapping(CONDITION_KEYS)
+        if len(cond.value) != 1:
+            raise cond.error(f"give exactly one of {', '.join(sorted(CONDITION_KEYS))}")
+        conditions.append(_parse_condition(path, expr, cond, action, warnings))
+    return tuple(conditions)
+
+
+def _parse_condition(
+    path: str, expr: JSONPath, cond: Node, action: Action, warnings: list[str]
+) -> ArgCondition:
+    grants = action == "allow"
+    for kind in ("regex", "search"):
+        if cond.has(kind):
+            pattern = cond.child(kind).string()
+            try:
+                compiled = re.compile(pattern)
+            except re.error as exc:
+                raise cond.child(kind).error(f"invalid regular expression: {exc}") from None
+            warning = _pattern_warning(kind, pattern, action)
+            if warning is not None:
+                warnings.append(cond.child(kind).warning(warning))
+            return ArgCondition(path, expr, grants, **{kind: compiled})
+    if cond.has("path_under"):
+        return ArgCondition(path, expr, grants, path_under=_path_base(cond.child("path_under")))
+    if cond.has("equals"):
+        return ArgCondition(path, expr, grants, equals=cond.value["equals"], has_equals=True)
+    if cond.has("in"):
+        options = cond.value["in"]
+        if not isinstance(options, list):
+            raise cond.child("in").error("expected a list of values")
+        return ArgCondition(path, expr, grants, one_of=tuple(options))
+    return ArgCondition(path, expr, grants, exists=cond.child("exists").boolean(default=True))
+
+
+def _path_base(node: Node) -> str:
+    base = node.string()
+    try:
+        normal = normalise_path(base)
+    except AmbiguousValue as exc:
+        raise node.error(f"expected an absolute path without '..'; {base!r} has {exc}") from None
+    if normal != base:
+        raise node.error(f"write the folder in normal form: {normal!r}")
+    return normal
+
+
+_INLINE_FLAGS = re.compile(r"\(\?([aiLmsux]+)\)")
+_ANY_RUN = r"(?:\.|\[\\s\\S\]|\[\\S\\s\])[*+]\??"
+_LEADING_ANY = re.compile(rf"\^?{_ANY_RUN}")
+_TRAILING_ANY = re.compile(rf"(?<!\\){_ANY_RUN}(?:\$|\\Z)?$")
+
+
+def _pattern_warning(kind: str, pattern: str, action: Action) -> str | None:
+    """Why a pattern likely does not mean what its rule needs (a warning, not an error)."""
+    flags, body = "", pattern
+    while match := _INLINE_FLAGS.match(body):
+        flags, body = flags + match.group(1), body[match.end() :]
+    if action == "allow":
+        if kind == "search":
+            return (
+                "search: finds the pattern anywhere, so this allow rule passes any value that "
+                "contains a match; use regex: (the whole value must match)"
+            )
+        if _LEADING_ANY.match(body) or _TRAILING_ANY.search(body):
+            return (
+                "the regex starts or ends with a run of any characters, so this allow rule "
+                "passes whatever comes before or after the part it checks; say what may come there"
+            )
+        return None
+    if kind == "regex":
+        partial = body.startswith("^") and not body.endswith(("$", "\\Z"))
+        if partial or body.startswith("\\b") or body.endswith("\\b"):
+            return (
+                "regex: must match the whole value; to find the pattern anywhere in it (what a "
+                "deny or approve rule usually wants) use search:"
+            )
+        if "s" not in flags and (_LEADING_ANY.match(body) or _TRAILING_ANY.search(body)):
+            return (
+                "'.' does not match a line break without (?s), so a value with one slips past "
+                "this rule; add (?s) or use search:"
+            )
+    return None
