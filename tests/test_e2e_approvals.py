@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -13,51 +11,15 @@ import anyio
 import pytest
 from mcp import MCPError
 
-from conftest import free_port
+from helpers.approvals import APPROVALS_CONFIG as CONFIG
+from helpers.approvals import DELETE, sql_calls, wait_for_pending
+from helpers.clients import connect
+from helpers.configs import ALICE, BOB, DANA
+from helpers.processes import free_port, holdgate_cli, stop
+from helpers.upstreams import Reply
 from holdgate import store
-from mcpclient import connect
 
 pytestmark = pytest.mark.anyio
-
-HOLDGATE = str(Path(sys.executable).parent / "holdgate")
-
-CONFIG = """
-version: 1
-identity:
-  api_keys:
-    - name: alice
-      sha256: 9f7ed98529468ebc54d06a6b8442ca7f7379f470af51ab44b9d9910bb74d0a1c
-      groups: [support, dba]
-    - name: dana
-      sha256: 24a6f867760b7075697f1fc3719b00526da3019ab07e79aa0c9e33d0b3765d55
-      groups: [dba, engineering]
-    - name: bob
-      sha256: c79b365e7bdaabeaa1dfeee32462b9b88cc53883b7152c905882571b65d78c2b
-      groups: [engineering]
-upstreams:
-  - name: demo
-    url: {url}
-rules:
-  - name: destructive SQL needs a DBA
-    match:
-      tool: run_sql
-      args:
-        "$.query": {{search: "(?i)\\\\b(drop|delete|update|insert)\\\\b"}}
-    action: approve
-    approvers: [dba]
-    timeout: {timeout}
-    grant: {grant}
-  - name: reads
-    match: {{tool: ["run_sql", "get_*"]}}
-    action: allow
-  - name: listing
-    match: {{method: [initialize, "notifications/*", ping, tools/list, server/discover]}}
-    action: allow
-"""
-ALICE = {"X-API-Key": "demo-alice-support"}
-DANA = {"X-API-Key": "demo-dana-dba"}
-BOB = {"X-API-Key": "demo-bob-engineer"}
-DELETE = {"query": "DELETE FROM orders WHERE id = 1"}
 
 
 def start(gateway_factory, demo, timeout="20s", grant="0s", admin=False):
@@ -67,26 +29,7 @@ def start(gateway_factory, demo, timeout="20s", grant="0s", admin=False):
     )
 
 
-async def wait_for_pending(db: Path) -> dict:
-    with anyio.fail_after(15):
-        while True:
-            if db.exists():
-                pending = store.pending_approvals(db)
-                if pending:
-                    return pending[0]
-            await anyio.sleep(0.1)
-
-
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([HOLDGATE, *args], capture_output=True, text=True, timeout=30)
-
-
-def sql_calls(demo) -> list[str]:
-    return [
-        b["params"]["arguments"]["query"]
-        for b in demo.received_bodies()
-        if isinstance(b, dict) and b.get("params", {}).get("name") == "run_sql"
-    ]
+cli = holdgate_cli
 
 
 async def test_held_call_completes_after_cli_approval(demo, gateway_factory):
@@ -214,7 +157,7 @@ def api(gw_admin: str, path: str, headers: dict, body: dict | None = None):
 
 async def test_http_api_enforces_groups_and_separation_of_duties(demo, gateway_factory):
     gw = start(gateway_factory, demo, admin=True)
-    admin = gw_admin_address(gw)
+    admin = gw.admin
     async with connect(gw.url + "/mcp", ALICE) as client:
         async with anyio.create_task_group() as tg:
             results = []
@@ -242,22 +185,12 @@ async def test_http_api_enforces_groups_and_separation_of_duties(demo, gateway_f
     ]
 
 
-async def wait_for_pending_of(db: Path, requester: str) -> dict:
-    with anyio.fail_after(15):
-        while True:
-            if db.exists():
-                found = [p for p in store.pending_approvals(db) if p["requester"] == requester]
-                if found:
-                    return found[0]
-            await anyio.sleep(0.1)
-
-
 async def test_http_api_shows_approvals_to_their_approvers_and_requester_only(
     demo, gateway_factory
 ):
     """Issue 13 item 9: any authenticated caller could list everyone's pending requests."""
     gw = start(gateway_factory, demo, admin=True)
-    admin = gw_admin_address(gw)
+    admin = gw.admin
     async with (
         connect(gw.url + "/mcp", ALICE) as alice,
         connect(gw.url + "/mcp", BOB) as bob,
@@ -272,8 +205,8 @@ async def test_http_api_shows_approvals_to_their_approvers_and_requester_only(
 
         tg.start_soon(call, alice, DELETE)
         tg.start_soon(call, bob, {"query": "DELETE FROM orders WHERE id = 2"})
-        alices = (await wait_for_pending_of(gw.db, "alice"))["approval_id"]
-        bobs = (await wait_for_pending_of(gw.db, "bob"))["approval_id"]
+        alices = (await wait_for_pending(gw.db, "alice"))["approval_id"]
+        bobs = (await wait_for_pending(gw.db, "bob"))["approval_id"]
 
         status, listing = api(admin, "/approvals", BOB)  # bob is no DBA: only his own
         assert status == 200 and [a["approval_id"] for a in listing] == [bobs]
@@ -297,16 +230,7 @@ async def test_http_api_shows_approvals_to_their_approvers_and_requester_only(
     assert history[1]["decider"] == "bob"
 
 
-def gw_admin_address(gw) -> str:
-    for arg in gw.proc.args:
-        if str(arg).startswith("holdgate_admin="):
-            return str(arg).split("=", 1)[1]
-    raise AssertionError("no admin address")
-
-
 async def test_shutdown_closes_held_requests_as_expired(demo, gateway_factory):
-    from conftest import stop
-
     gw = start(gateway_factory, demo)
     found: list[dict] = []
     with pytest.raises(BaseException):  # noqa: B017 - the client loses its connection
@@ -337,47 +261,21 @@ async def test_client_disconnect_cancels_the_hold(demo, gateway_factory):
     assert sql_calls(demo) == []
 
 
-async def test_webhook_is_told_of_each_request(demo, gateway_factory):
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    notices: list[dict] = []
-
-    class Hook(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-            notices.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", free_port()), Hook)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        config = CONFIG.format(url=demo.url, timeout="20s", grant="0s") + (
-            f"approvals:\n  webhook: http://127.0.0.1:{server.server_address[1]}/hook\n"
-        )
-        gw = gateway_factory(config, demo.url)
-        async with connect(gw.url + "/mcp", ALICE) as client:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(client.call_tool, "run_sql", DELETE)
-                pending = await wait_for_pending(gw.db)
-                with anyio.fail_after(10):
-                    while not notices:
-                        await anyio.sleep(0.1)
-                cli(
-                    "approvals",
-                    "approve",
-                    pending["approval_id"],
-                    "--as",
-                    "dana",
-                    "--db",
-                    str(gw.db),
-                )
-        assert notices[0]["approval_id"] == pending["approval_id"]
-        assert notices[0]["requester"] == "alice" and notices[0]["tool"] == "run_sql"
-        assert notices[0]["link"].endswith(f"/approvals/{pending['approval_id']}")
-    finally:
-        server.shutdown()
-        server.server_close()
+async def test_webhook_is_told_of_each_request(demo, gateway_factory, fake_upstream):
+    hook = fake_upstream({"/hook": Reply(204)})
+    config = CONFIG.format(url=demo.url, timeout="20s", grant="0s") + (
+        f"approvals:\n  webhook: {hook.url}/hook\n"
+    )
+    gw = gateway_factory(config, demo.url)
+    async with connect(gw.url + "/mcp", ALICE) as client:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(client.call_tool, "run_sql", DELETE)
+            pending = await wait_for_pending(gw.db)
+            with anyio.fail_after(10):
+                while not hook.received:
+                    await anyio.sleep(0.1)
+            cli("approvals", "approve", pending["approval_id"], "--as", "dana", "--db", str(gw.db))
+    notice = hook.received[0].json()
+    assert notice["approval_id"] == pending["approval_id"]
+    assert notice["requester"] == "alice" and notice["tool"] == "run_sql"
+    assert notice["link"].endswith(f"/approvals/{pending['approval_id']}")

@@ -1,6 +1,7 @@
 """Attacks on a real gateway (issue 13): a low-privilege or unknown client, a hostile
-upstream (`hostile_upstream.py`) and a careless operator. Each test ends by checking that
-no injected credential, caller key or test PII reached the store, the flow files or the log.
+upstream (`helpers.upstreams.hostile_answer`) and a careless operator. Each test ends by
+checking that no injected credential, caller key or test PII reached the store, the flow
+files or the log.
 """
 
 from __future__ import annotations
@@ -18,20 +19,17 @@ from pathlib import Path
 import brotli
 import pytest
 
-from conftest import MITMDUMP, ROOT, Gateway, free_port, stop
-from hostile_upstream import PII_CARD, PII_EMAIL, HostileUpstream
-from mcpclient import raw_post
+from helpers.clients import raw_post
+from helpers.configs import ALICE, identity
+from helpers.leaks import assert_nothing_leaked
+from helpers.processes import Gateway, free_port, gateway_command, stop
+from helpers.upstreams import PII_CARD, PII_EMAIL
 
 TOKEN = "hg-upstream-secret-7f3a9c2e41"
-ALICE = {"X-API-Key": "demo-alice-support"}
-CONFIG = """
-version: 1
-identity:
-  api_keys:
-    - name: alice
-      sha256: 9f7ed98529468ebc54d06a6b8442ca7f7379f470af51ab44b9d9910bb74d0a1c
-      groups: [support]
-upstreams:
+CONFIG = (
+    "version: 1\n"
+    + identity("alice")
+    + """upstreams:
   - name: hostile
     {where}
     inject:
@@ -46,7 +44,8 @@ masking:
     detectors: [email, phone, credit_card]
     strategy: redact
 """
-NEVER_RECORDED = (TOKEN, "demo-alice-support", PII_EMAIL, PII_CARD.replace(" ", ""), PII_CARD)
+)
+NEVER_RECORDED = (TOKEN, ALICE["X-API-Key"], PII_EMAIL, PII_CARD.replace(" ", ""), PII_CARD)
 
 
 def call(name: str = "lookup", msg_id: int = 1) -> dict:
@@ -59,29 +58,10 @@ def call(name: str = "lookup", msg_id: int = 1) -> dict:
 
 
 @pytest.fixture
-def hostile():
-    upstream = HostileUpstream().start()
-    yield upstream
-    upstream.stop()
-
-
-@pytest.fixture
 def gateway(hostile, gateway_factory):
     return gateway_factory(
         CONFIG.format(where=f"url: {hostile.url}"), hostile.url, env={"HOSTILE_TOKEN": TOKEN}
     )
-
-
-def assert_nothing_leaked(gw: Gateway, *needles: str) -> None:
-    """Stop the gateway (flushing store and recordings), then look for `needles` everywhere."""
-    stop(gw.proc)
-    places = [gw.output, *gw.db.parent.glob(gw.db.name + "*")]
-    if gw.recordings.exists():
-        places += [p for p in gw.recordings.rglob("*") if p.is_file()]
-    for place in places:
-        data = place.read_bytes()
-        for needle in needles or NEVER_RECORDED:
-            assert needle.encode() not in data, f"{needle!r} found in {place.name}"
 
 
 def rows(gw: Gateway, sql: str) -> list[tuple]:
@@ -101,7 +81,7 @@ def test_reflected_credential_and_header_pii_never_reach_the_client(gateway, hos
     assert PII_EMAIL.encode() not in everything
     assert "Set-Cookie" not in response.headers  # the upstream may not set cookies
     assert "[REDACTED:injected_credential]" in response.json()["result"]["seen"]["authorization"]
-    assert_nothing_leaked(gateway)
+    assert_nothing_leaked(gateway, *NEVER_RECORDED)
 
 
 def test_202_with_a_body_is_masked_and_recorded(gateway):
@@ -112,7 +92,7 @@ def test_202_with_a_body_is_masked_and_recorded(gateway):
     stop(gateway.proc)
     recorded = rows(gateway, "select masked from events where direction = 'response'")
     assert recorded and "email" in recorded[0][0]
-    assert_nothing_leaked(gateway)
+    assert_nothing_leaked(gateway, *NEVER_RECORDED)
 
 
 def test_event_stream_with_a_content_length_is_reframed_and_fully_masked(gateway):
@@ -139,7 +119,7 @@ def test_event_stream_with_a_content_length_is_reframed_and_fully_masked(gateway
     )
     again = conn.getresponse()  # the kept-alive connection is still in step
     assert again.status == 200 and json.loads(again.read())["id"] == 2
-    assert_nothing_leaked(gateway)
+    assert_nothing_leaked(gateway, *NEVER_RECORDED)
 
 
 # --- hostile client ------------------------------------------------------------------------
@@ -267,7 +247,7 @@ def test_credentials_never_go_to_a_server_the_client_names(hostile, gateway_fact
     assert status == 404  # 127.0.0.1:<port> is not mcp.example.test
     assert TOKEN.encode() not in hostile.everything_received()
     assert hostile.received == []
-    assert_nothing_leaked(gw)
+    assert_nothing_leaked(gw, *NEVER_RECORDED)
 
 
 def test_a_host_matched_upstream_gets_its_credentials(hostile, gateway_factory):
@@ -290,10 +270,7 @@ def run_gateway(
 ) -> subprocess.CompletedProcess:
     path = tmp_path / "c.yaml"
     path.write_text(config or CONFIG.format(where="url: http://127.0.0.1:9"))
-    cmd = [
-        MITMDUMP,
-        "-s",
-        str(ROOT / "addons" / "gateway.py"),
+    cmd = gateway_command(
         "--listen-host",
         "127.0.0.1",
         "--listen-port",
@@ -303,7 +280,7 @@ def run_gateway(
         "--set",
         "holdgate_admin=",
         *[a.replace("CONFIG", str(path)) for a in args],
-    ]
+    )
     return subprocess.run(
         cmd,
         capture_output=True,

@@ -5,28 +5,25 @@ from __future__ import annotations
 import json
 import sqlite3
 import subprocess
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 from mcp import MCPError
 from mitmproxy import io
 
-from conftest import BIN, start_demo, stop
+from helpers.clients import connect, raw_post
+from helpers.configs import ALICE, identity
+from helpers.leaks import assert_nothing_leaked
+from helpers.processes import BIN, start_demo, stop
 from holdgate.cli.main import main
-from mcpclient import connect, raw_post
 
 pytestmark = pytest.mark.anyio
 
 UPSTREAM_TOKEN = "upstream-token-5b0d9e2f"
-CONFIG = """
-version: 1
-identity:
-  api_keys:
-    - name: alice
-      sha256: 9f7ed98529468ebc54d06a6b8442ca7f7379f470af51ab44b9d9910bb74d0a1c
-      groups: [support]
-upstreams:
+CONFIG = (
+    "version: 1\n"
+    + identity("alice")
+    + """upstreams:
   - name: demo
     url: {url}
     inject:
@@ -47,7 +44,7 @@ masking:
     detectors: [email, credit_card]
     strategy: redact
 """
-ALICE = {"X-API-Key": "demo-alice-support"}
+)
 
 
 @pytest.fixture
@@ -101,10 +98,7 @@ async def test_a_session_is_recorded_in_order_and_replayable(session):
     )
     assert replay.returncode == 0
 
-    everything = b"".join(p.read_bytes() for p in gw.recordings.glob("*.mitm"))
-    everything += Path(gw.db).read_bytes() + gw.output.read_bytes()
-    for secret in (UPSTREAM_TOKEN, "demo-alice-support"):
-        assert secret.encode() not in everything, secret
+    assert_nothing_leaked(gw, UPSTREAM_TOKEN, ALICE["X-API-Key"])
     seen = json.dumps(demo.requests())
     assert "demo-alice-support" not in seen and f"Bearer {UPSTREAM_TOKEN}" in seen
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import ROOT
-from mcpclient import raw_post
+from helpers.clients import META, MODERN, raw_post
+from helpers.processes import ROOT
 
 CONFIG = """
 version: 1
@@ -22,11 +22,7 @@ rules:
     approvers: [dba]
     timeout: 5s
 """
-HEADERS = {"MCP-Protocol-Version": "2026-07-28", "Mcp-Method": "tools/call"}
-META = {
-    "io.modelcontextprotocol/protocolVersion": "2026-07-28",
-    "io.modelcontextprotocol/clientCapabilities": {},
-}
+HEADERS = {**MODERN, "Mcp-Method": "tools/call"}
 
 
 def start_faulty(gateway_factory, demo, fault):

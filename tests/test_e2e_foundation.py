@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import subprocess
-import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from mcp import MCPError
 
-from conftest import MITMDUMP, ROOT, free_port, start_demo, stop
-from mcpclient import connect, raw_post
+from helpers.clients import META, MODERN, connect, raw_post
+from helpers.processes import free_port, gateway_command, start_demo, stop
+from helpers.upstreams import Reply
 
 pytestmark = pytest.mark.anyio
 
@@ -34,26 +33,10 @@ rules:
     action: allow
 """
 
-MODERN = {
-    "MCP-Protocol-Version": "2026-07-28",
-}
-META = {
-    "io.modelcontextprotocol/protocolVersion": "2026-07-28",
-    "io.modelcontextprotocol/clientCapabilities": {},
-}
-
 
 def tools_call(name: str, args: dict, msg_id: int | str = 1) -> dict:
     params = {"name": name, "arguments": args, "_meta": META}
     return {"jsonrpc": "2.0", "id": msg_id, "method": "tools/call", "params": params}
-
-
-def upstream_calls(demo) -> list[dict]:
-    """Every JSON-RPC message the upstream received, batches flattened."""
-    out = []
-    for body in demo.received_bodies():
-        out.extend(body if isinstance(body, list) else [body])
-    return out
 
 
 @pytest.fixture
@@ -69,7 +52,7 @@ async def test_initialize_list_and_allowed_call(gateway, demo, mode):
         result = await client.call_tool("get_customer", {"customer_id": 1})
         assert not result.is_error
         assert "@" in result.content[0].text  # the upstream's real record came back
-    assert any(m.get("params", {}).get("name") == "get_customer" for m in upstream_calls(demo))
+    assert any(m.get("params", {}).get("name") == "get_customer" for m in demo.messages())
 
 
 @pytest.mark.parametrize("mode", ["auto", "legacy"])
@@ -81,7 +64,7 @@ async def test_denied_call_is_a_jsonrpc_error_naming_the_rule(gateway, demo, mod
         assert "shell is not for agents" in info.value.message
         # the session survives the refusal
         assert not (await client.call_tool("get_customer", {"customer_id": 2})).is_error
-    assert not any(m.get("params", {}).get("name") == "exec_shell" for m in upstream_calls(demo))
+    assert not any(m.get("params", {}).get("name") == "exec_shell" for m in demo.messages())
 
 
 async def test_default_deny_for_unlisted_tool(gateway):
@@ -111,7 +94,7 @@ def test_batch_with_one_denied_message_never_reaches_the_upstream(tmp_path, gate
             },
         ]
         response = raw_post(gw.url + "/mcp", batch)
-        names = [m["params"]["name"] for m in upstream_calls(demo) if m.get("method")]
+        names = [m["params"]["name"] for m in demo.messages() if m.get("method")]
         assert "exec_shell" not in names
         assert names == ["get_customer"]
         # This upstream (SDK 2.x) refuses batches itself; whatever it says, the denied
@@ -208,7 +191,7 @@ def test_bad_config_stops_the_gateway_at_start(tmp_path, demo):
         "version: 1\nupstreams: [{name: d, url: 'http://127.0.0.1:1'}]\n"
         "rules:\n  - name: x\n    match: {tol: y}\n    action: allow\n"
     )
-    cmd = [MITMDUMP, "-s", str(ROOT / "addons" / "gateway.py"), "--listen-host", "127.0.0.1"]
+    cmd = gateway_command("--listen-host", "127.0.0.1")
     cmd += ["--listen-port", str(free_port()), "--set", f"holdgate_config={config}"]
     cmd += ["--set", f"holdgate_db={tmp_path / 'a.sqlite3'}", "--set", "holdgate_admin="]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=tmp_path)
@@ -256,8 +239,6 @@ async def test_legacy_sse_transport_is_decided_and_answered_on_the_stream(
 
 
 def test_routing_header_sent_twice_is_refused(gateway, demo):
-    import http.client
-
     body = json.dumps(tools_call("get_customer", {"customer_id": 1}))
     conn = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=10)
     conn.putrequest("POST", "/mcp")
@@ -278,49 +259,29 @@ def test_routing_header_sent_twice_is_refused(gateway, demo):
     assert demo.requests() == []
 
 
-class SplitEvents(BaseHTTPRequestHandler):
-    """An upstream whose events arrive torn across network writes, as on a slow link."""
-
-    protocol_version = "HTTP/1.1"
-
-    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-        self.rfile.read(int(self.headers.get("Content-Length", "0")))
-        progress = {
-            "jsonrpc": "2.0",
-            "method": "notifications/progress",
-            "params": {"progressToken": 1, "progress": 1, "message": "x" * 3000},
-        }
-        result = {"jsonrpc": "2.0", "id": 1, "result": {"content": [], "isError": False}}
-        stream = b"".join(
-            b"event: message\ndata: " + json.dumps(m).encode() + b"\n\n" for m in (progress, result)
-        )
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Transfer-Encoding", "chunked")
-        self.end_headers()
-        for start in range(0, len(stream), 700):  # no piece holds a whole event
-            piece = stream[start : start + 700]
-            self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
-            self.wfile.flush()
-            time.sleep(0.02)
-        self.wfile.write(b"0\r\n\r\n")
-
-    def log_message(self, *args: object) -> None:
-        pass
+def torn_events() -> Reply:
+    """Two events (a long progress notice, then the result) in 700-byte HTTP chunks, as on
+    a slow link: no piece holds a whole event."""
+    progress = {
+        "jsonrpc": "2.0",
+        "method": "notifications/progress",
+        "params": {"progressToken": 1, "progress": 1, "message": "x" * 3000},
+    }
+    result = {"jsonrpc": "2.0", "id": 1, "result": {"content": [], "isError": False}}
+    stream = b"".join(
+        b"event: message\ndata: " + json.dumps(m).encode() + b"\n\n" for m in (progress, result)
+    )
+    pieces = [stream[start : start + 700] for start in range(0, len(stream), 700)]
+    headers = [("Content-Type", "text/event-stream")]
+    return Reply(200, pieces, headers, framing="chunked", pause=0.02)
 
 
-def test_events_torn_across_network_chunks_arrive_whole(gateway_factory):
+def test_events_torn_across_network_chunks_arrive_whole(gateway_factory, fake_upstream):
     """A chunk holding no complete event must send nothing, not an empty HTTP chunk (which
     would end the response for the client mid-stream)."""
-    server = ThreadingHTTPServer(("127.0.0.1", free_port()), SplitEvents)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
-        gw = gateway_factory(OPEN_CONFIG.format(url=url), url)
-        answer = raw_post(gw.url + "/mcp", tools_call("get_customer", {}), MODERN)
-    finally:
-        server.shutdown()
-        server.server_close()
+    upstream = fake_upstream(lambda request: torn_events())
+    gw = gateway_factory(OPEN_CONFIG.format(url=upstream.url), upstream.url)
+    answer = raw_post(gw.url + "/mcp", tools_call("get_customer", {}), MODERN)
     assert answer.status == 200
     events = [e for e in answer.body.decode().split("\n\n") if e.strip()]
     messages = [json.loads(e.split("data: ", 1)[1]) for e in events]

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
-import threading
+import sqlite3
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import urllib.request
 
 import jwt
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
-from conftest import free_port
-from mcpclient import connect, raw_post
+from helpers.clients import META, MODERN, connect, raw_post
+from helpers.configs import ALICE, api_keys
+from helpers.leaks import assert_nothing_leaked
+from helpers.processes import start_demo, stop
+from helpers.upstreams import Reply, Request, json_reply
 
 pytestmark = pytest.mark.anyio
 
@@ -21,38 +26,18 @@ ISSUER = "https://idp.test/realms/acme"
 UPSTREAM_TOKEN = "upstream-secret-7d1f0c"
 
 
-class JWKSServer:
-    """Serves whatever JWKS the test sets, on 127.0.0.1, counting fetches."""
+class JWKS:
+    """The identity provider's key set: serves whatever keys the test sets, counting fetches
+    (the answer of a `FakeUpstream`)."""
 
     def __init__(self) -> None:
         self.keys: list[dict] = []
         self.fetches = 0
-        outer = self
+        self.url = ""  # set once served
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-                outer.fetches += 1
-                body = json.dumps({"keys": outer.keys}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/jwks"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+    def __call__(self, request: Request) -> Reply:
+        self.fetches += 1
+        return json_reply({"keys": self.keys})
 
 
 def jwk(private_key, kid: str) -> dict:
@@ -79,7 +64,8 @@ def token(private_key, kid: str, **overrides) -> str:
     return jwt.encode(claims, private_key, algorithm=alg, headers={"kid": kid})
 
 
-CONFIG = """
+CONFIG = (
+    """
 version: 1
 identity:
   oidc:
@@ -91,11 +77,9 @@ identity:
       groups_claim: realm_access.roles
       leeway: 5s
       jwks_min_refresh: 0s
-  api_keys:
-    - name: ci-bot
-      sha256: 9f7ed98529468ebc54d06a6b8442ca7f7379f470af51ab44b9d9910bb74d0a1c
-      groups: [support]
-  trusted_header:
+"""
+    + api_keys("alice", names={"alice": "ci-bot"})
+    + """  trusted_header:
     from: [{trusted}]
     user: X-Forwarded-User
     groups: X-Forwarded-Groups
@@ -110,6 +94,7 @@ rules:
     match: {{groups: [support]}}
     action: allow
 """
+)
 
 
 @pytest.fixture
@@ -122,17 +107,15 @@ def keys():
 
 
 @pytest.fixture
-def jwks(keys):
-    server = JWKSServer()
-    server.keys = [jwk(keys["rsa"], "k1"), jwk(keys["ec"], "k2")]
-    yield server
-    server.close()
+def jwks(keys, fake_upstream) -> JWKS:
+    provider = JWKS()
+    provider.keys = [jwk(keys["rsa"], "k1"), jwk(keys["ec"], "k2")]
+    provider.url = fake_upstream(provider).url + "/jwks"
+    return provider
 
 
 @pytest.fixture
 def setup(tmp_path, jwks, gateway_factory):
-    from conftest import start_demo, stop
-
     demo = start_demo(tmp_path, "--expect-token", UPSTREAM_TOKEN)
     gw = gateway_factory(
         CONFIG.format(issuer=ISSUER, jwks=jwks.url, url=demo.url, trusted="127.0.0.1/32"),
@@ -144,22 +127,8 @@ def setup(tmp_path, jwks, gateway_factory):
 
 
 def tools_list(gw, headers):
-    body = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "tools/list",
-        "params": {
-            "_meta": {
-                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
-                "io.modelcontextprotocol/clientCapabilities": {},
-            }
-        },
-    }
-    return raw_post(
-        gw.url + "/mcp",
-        body,
-        {"MCP-Protocol-Version": "2026-07-28", "Mcp-Method": "tools/list", **headers},
-    )
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"_meta": META}}
+    return raw_post(gw.url + "/mcp", body, {**MODERN, "Mcp-Method": "tools/list", **headers})
 
 
 @pytest.mark.parametrize("kind", ["rsa", "ec"])
@@ -221,9 +190,6 @@ def _hs256_with_public_key(private_key) -> str:
     }
     header = jwt.utils.base64url_encode(json.dumps({"alg": "HS256", "kid": "k1"}).encode())
     payload = jwt.utils.base64url_encode(json.dumps(claims).encode())
-    import hashlib
-    import hmac
-
     signature = hmac.new(pem, header + b"." + payload, hashlib.sha256).digest()
     return (header + b"." + payload + b"." + jwt.utils.base64url_encode(signature)).decode()
 
@@ -241,8 +207,6 @@ def test_key_rotation_is_accepted_after_refetch(setup, keys, jwks):
 
 def test_protected_resource_metadata_is_served(setup):
     gw, _ = setup
-    import urllib.request
-
     with urllib.request.urlopen(gw.url + "/.well-known/oauth-protected-resource") as r:
         doc = json.loads(r.read())
     assert doc["authorization_servers"] == [ISSUER]
@@ -251,12 +215,13 @@ def test_protected_resource_metadata_is_served(setup):
 
 def test_api_key_right_and_wrong(setup):
     gw, demo = setup
-    assert tools_list(gw, {"X-API-Key": "demo-alice-support"}).status == 200
+    assert tools_list(gw, ALICE).status == 200
     wrong = tools_list(gw, {"X-API-Key": "guess"})
     assert wrong.status == 401 and "unknown API key" in wrong.json()["error"]["message"]
-    both = tools_list(gw, {"X-API-Key": "demo-alice-support", "Authorization": "Bearer other"})
+    both = tools_list(gw, {**ALICE, "Authorization": "Bearer other"})
     assert both.status == 401
-    assert all("demo-alice-support" not in json.dumps(r) for r in demo.requests())
+    assert all(ALICE["X-API-Key"] not in json.dumps(r) for r in demo.requests())
+    assert_nothing_leaked(gw, ALICE["X-API-Key"], UPSTREAM_TOKEN)
 
 
 def test_trusted_header_from_allowed_address(setup):
@@ -267,8 +232,6 @@ def test_trusted_header_from_allowed_address(setup):
 
 
 def test_trusted_header_from_elsewhere_is_stripped_and_recorded(tmp_path, jwks, gateway_factory):
-    from conftest import start_demo, stop
-
     demo = start_demo(tmp_path, "--expect-token", UPSTREAM_TOKEN)
     try:
         gw = gateway_factory(
@@ -278,14 +241,10 @@ def test_trusted_header_from_elsewhere_is_stripped_and_recorded(tmp_path, jwks, 
         )
         spoof = tools_list(gw, {"X-Forwarded-User": "root", "X-Forwarded-Groups": "support"})
         assert spoof.status == 401
-        with_key = tools_list(gw, {"X-Forwarded-User": "root", "X-API-Key": "demo-alice-support"})
+        with_key = tools_list(gw, {"X-Forwarded-User": "root", **ALICE})
         assert with_key.status == 200
         assert all("x-forwarded-user" not in r["headers"] for r in demo.requests())
-        from conftest import stop as stop_gw
-
-        stop_gw(gw.proc)
-        import sqlite3
-
+        stop(gw.proc)
         extras = [e for (e,) in sqlite3.connect(gw.db).execute("select extra from events")]
         assert any("spoofing" in (e or "") for e in extras)
     finally:
@@ -302,9 +261,6 @@ async def test_no_credentials_is_401_for_the_official_client(setup):
 
 def _hand_signed(private_key, header: dict) -> str:
     """A real RS256 signature over a header built by hand (pyjwt would refuse some of these)."""
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import padding
-
     now = int(time.time())
     claims = {"iss": ISSUER, "aud": "holdgate", "preferred_username": "erin", "exp": now + 300}
     signing_input = (
@@ -352,10 +308,6 @@ def test_token_header_text_never_reaches_response_headers(setup, keys, header, r
 def test_the_audit_row_gets_the_bad_value_escaped_and_bounded(
     tmp_path, jwks, keys, gateway_factory
 ):
-    import sqlite3
-
-    from conftest import start_demo, stop
-
     demo = start_demo(tmp_path, "--expect-token", UPSTREAM_TOKEN)
     try:
         gw = gateway_factory(

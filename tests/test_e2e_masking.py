@@ -4,29 +4,23 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import anyio
 import pytest
 
-from conftest import free_port, stop
-from mcpclient import connect, raw_post
+from helpers.clients import connect, raw_post
+from helpers.configs import ALICE, CAROL, identity
+from helpers.leaks import assert_nothing_leaked
+from helpers.processes import stop
+from helpers.upstreams import Reply, json_reply, sse_reply
 
 pytestmark = pytest.mark.anyio
 
-CONFIG = """
-version: 1
-identity:
-  api_keys:
-    - name: alice
-      sha256: 9f7ed98529468ebc54d06a6b8442ca7f7379f470af51ab44b9d9910bb74d0a1c
-      groups: [support]
-    - name: carol
-      sha256: a4daa9961472866ad80f918a49582a773c72ccadb634d7fef495335ecf23655c
-      groups: [compliance, support]
-upstreams:
+CONFIG = (
+    "version: 1\n"
+    + identity("alice", "carol")
+    + """upstreams:
   - name: demo
     url: {url}
 rules:
@@ -43,8 +37,7 @@ masking:
     paths: ["$..password", "$..api_key"]
     strategy: redact
 """
-ALICE = {"X-API-Key": "demo-alice-support"}
-CAROL = {"X-API-Key": "demo-carol-compliance"}
+)
 
 
 def customer_one(tmp_path) -> dict:
@@ -122,6 +115,10 @@ async def test_record_lists_what_was_masked_never_the_values(gateway, tmp_path):
     assert recordings, "no flow file was written"
     assert clear["email"].encode() not in recordings
     assert b"demo-alice-support" not in recordings
+    # nor anywhere else the gateway wrote: log, store files, flow files
+    assert_nothing_leaked(
+        gateway, *(clear[f] for f in ("email", "card_number", "iban")), ALICE["X-API-Key"]
+    )
 
 
 def _store_text(gateway) -> str:
@@ -154,33 +151,18 @@ async def test_oversized_sse_event_cuts_the_stream_and_nothing_unmasked_passes(
     assert "cut this stream" in gw.log_text() or "event stream cut" in gw.log_text()
 
 
-class ErrorPage(BaseHTTPRequestHandler):
-    """An upstream whose failure page leaks data: a 500 in text/plain."""
-
-    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-        self.rfile.read(int(self.headers.get("Content-Length", "0")))
-        body = b"lookup failed for ada@example.com (card 4111 1111 1111 1111)\n"
-        self.send_response(500)
-        self.send_header("Content-Type", "text/plain; charset=utf-8")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
+ERROR_PAGE = Reply(  # an upstream whose failure page leaks data: a 500 in text/plain
+    500,
+    b"lookup failed for ada@example.com (card 4111 1111 1111 1111)\n",
+    [("Content-Type", "text/plain; charset=utf-8")],
+)
 
 
-def test_a_non_json_error_page_is_masked_as_text(gateway_factory):
-    server = ThreadingHTTPServer(("127.0.0.1", free_port()), ErrorPage)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
-        gw = gateway_factory(CONFIG.format(url=url), url)
-        call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "x"}}
-        answer = raw_post(gw.url + "/mcp", call, ALICE)
-    finally:
-        server.shutdown()
-        server.server_close()
+def test_a_non_json_error_page_is_masked_as_text(gateway_factory, fake_upstream):
+    upstream = fake_upstream({"/": ERROR_PAGE})
+    gw = gateway_factory(CONFIG.format(url=upstream.url), upstream.url)
+    call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "x"}}
+    answer = raw_post(gw.url + "/mcp", call, ALICE)
     assert answer.status == 500
     text = answer.body.decode()
     assert "lookup failed for" in text
@@ -209,40 +191,19 @@ SPLIT_EVENTS = [
 ]  # fmt: skip
 
 
-class SplitStream(BaseHTTPRequestHandler):
-    """An upstream that streams an e-mail address split across two SSE events."""
-
-    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-        self.rfile.read(int(self.headers.get("Content-Length", "0")))
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Cache-Control", "no-cache")
-        self.end_headers()
-        for event in SPLIT_EVENTS:  # one write and flush per event: separate chunks
-            self.wfile.write(f"event: message\ndata: {json.dumps(event)}\n\n".encode())
-            self.wfile.flush()
-            time.sleep(0.05)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-def test_an_email_split_across_two_sse_events_is_masked_in_the_second(gateway_factory):
-    server = ThreadingHTTPServer(("127.0.0.1", free_port()), SplitStream)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
-        gw = gateway_factory(CONFIG.format(url=url), url)
-        call = {
-            "jsonrpc": "2.0",
-            "id": 1,
-            "method": "tools/call",
-            "params": {"name": "notify", "arguments": {}, "_meta": {"progressToken": 1}},
-        }
-        answer = raw_post(gw.url + "/mcp", call, ALICE)
-    finally:
-        server.shutdown()
-        server.server_close()
+def test_an_email_split_across_two_sse_events_is_masked_in_the_second(
+    gateway_factory, fake_upstream
+):
+    # one write and flush per event: separate chunks
+    upstream = fake_upstream({"/": sse_reply(SPLIT_EVENTS, pause=0.05)})
+    gw = gateway_factory(CONFIG.format(url=upstream.url), upstream.url)
+    call = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "tools/call",
+        "params": {"name": "notify", "arguments": {}, "_meta": {"progressToken": 1}},
+    }
+    answer = raw_post(gw.url + "/mcp", call, ALICE)
     text = answer.body.decode()
     assert answer.status == 200, text
     assert "emailing alice.split@exa" in text  # the first half was sent before it was whole
@@ -268,33 +229,12 @@ DISGUISED = {
 }
 
 
-class Disguised(BaseHTTPRequestHandler):
-    """An upstream whose PII sits in a key, a number, and behind look-alike characters."""
-
-    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-        self.rfile.read(int(self.headers.get("Content-Length", "0")))
-        body = json.dumps(DISGUISED, ensure_ascii=False).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-def test_pii_in_keys_numbers_and_disguises_is_masked(gateway_factory):
-    server = ThreadingHTTPServer(("127.0.0.1", free_port()), Disguised)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
-        gw = gateway_factory(CONFIG.format(url=url), url)
-        call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "x"}}
-        answer = raw_post(gw.url + "/mcp", call, ALICE)
-    finally:
-        server.shutdown()
-        server.server_close()
+def test_pii_in_keys_numbers_and_disguises_is_masked(gateway_factory, fake_upstream):
+    # PII in a key, a number, and behind look-alike characters
+    upstream = fake_upstream({"/": json_reply(DISGUISED)})
+    gw = gateway_factory(CONFIG.format(url=upstream.url), upstream.url)
+    call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "x"}}
+    answer = raw_post(gw.url + "/mcp", call, ALICE)
     assert answer.status == 200, answer.body
     got = json.loads(answer.body)["result"]["structuredContent"]
     assert got == {

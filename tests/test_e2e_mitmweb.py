@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.cookiejar
 import json
 import sqlite3
+import subprocess
 import textwrap
 import urllib.request
 from collections.abc import Callable
@@ -15,11 +16,12 @@ import anyio
 import pytest
 from mcp import MCPError
 
-from conftest import BIN, ROOT, free_port, stop, wait_for_port
+from helpers.approvals import APPROVALS_CONFIG, DELETE, sql_calls, wait_for_pending
+from helpers.clients import connect
+from helpers.configs import ALICE
+from helpers.processes import BIN, free_port, gateway_command, stop, wait_for_port
 from holdgate import store
 from holdgate.cli.records_cli import timeline_line
-from mcpclient import connect
-from test_e2e_approvals import ALICE, CONFIG, DELETE, sql_calls, wait_for_pending
 
 pytestmark = pytest.mark.anyio
 
@@ -64,16 +66,16 @@ class MitmwebAPI:
 def mitmweb(tmp_path, demo):
     port, web_port = free_port(), free_port()
     config = tmp_path / "holdgate.yaml"
-    config.write_text(textwrap.dedent(CONFIG.format(url=demo.url, timeout="30s", grant="0s")))
+    config.write_text(
+        textwrap.dedent(APPROVALS_CONFIG.format(url=demo.url, timeout="30s", grant="0s"))
+    )
     output = tmp_path / "mitmweb.out"
-    cmd = [str(BIN / "mitmweb"), "-s", str(ROOT / "addons" / "gateway.py")]
+    cmd = gateway_command(tool=str(BIN / "mitmweb"))
     cmd += ["--mode", f"reverse:{demo.url}", "--listen-host", "127.0.0.1"]
     cmd += ["--listen-port", str(port), "--web-host", "127.0.0.1", "--web-port", str(web_port)]
     cmd += ["--no-web-open-browser", "--set", f"web_password={WEB_PASSWORD}"]
     cmd += ["--set", f"holdgate_config={config}", "--set", f"holdgate_db={tmp_path / 'a.db'}"]
     cmd += ["--set", f"holdgate_recordings={tmp_path / 'rec'}", "--set", "holdgate_admin="]
-    import subprocess
-
     with output.open("wb") as sink:
         proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, cwd=tmp_path)
     wait_for_port(port, proc, output)

@@ -3,29 +3,23 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import anyio
 import pytest
 from mcp import MCPError
 
-from conftest import start_demo, stop
+from helpers.clients import connect
+from helpers.configs import ALICE, identity
+from helpers.processes import holdgate_cli, start_demo, stop
 from holdgate import store
-from mcpclient import connect
 
 pytestmark = pytest.mark.anyio
 
-HOLDGATE = str(Path(sys.executable).parent / "holdgate")
-CONFIG = """
-version: 1
-identity:
-  api_keys:
-    - name: alice
-      sha256: 9f7ed98529468ebc54d06a6b8442ca7f7379f470af51ab44b9d9910bb74d0a1c
-      groups: [support]
-upstreams:
+CONFIG = (
+    "version: 1\n"
+    + identity("alice")
+    + """upstreams:
   - name: demo
     url: {url}
     on_tool_change: {on_change}
@@ -37,11 +31,8 @@ rules:
     match: {{method: [initialize, "notifications/*", ping, tools/list, server/discover]}}
     action: allow
 """
-ALICE = {"X-API-Key": "demo-alice-support"}
-
-
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([HOLDGATE, *args], capture_output=True, text=True, timeout=30)
+)
+cli = holdgate_cli
 
 
 async def listed_and_called(url: str) -> tuple[set[str], str]:

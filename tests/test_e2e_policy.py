@@ -5,21 +5,15 @@ from __future__ import annotations
 import pytest
 from mcp import MCPError
 
-from mcpclient import connect
+from helpers.clients import connect
+from helpers.configs import ALICE, BOB, identity
 
 pytestmark = pytest.mark.anyio
 
-CONFIG = """
-version: 1
-identity:
-  api_keys:
-    - name: alice
-      sha256: 9f7ed98529468ebc54d06a6b8442ca7f7379f470af51ab44b9d9910bb74d0a1c
-      groups: [support]
-    - name: bob
-      sha256: c79b365e7bdaabeaa1dfeee32462b9b88cc53883b7152c905882571b65d78c2b
-      groups: [engineering]
-upstreams:
+CONFIG = (
+    "version: 1\n"
+    + identity("alice", "bob")
+    + """upstreams:
   - name: demo
     url: {url}
 rules:
@@ -41,6 +35,7 @@ rules:
     match: {{groups: [support], method: prompts/get}}
     action: allow
 """
+)
 
 
 @pytest.fixture
@@ -50,14 +45,10 @@ def gateway(demo, gateway_factory):
 
 @pytest.mark.parametrize("mode", ["auto", "legacy"])
 async def test_tools_list_shows_only_what_the_caller_may_use(gateway, mode):
-    async with connect(
-        gateway.url + "/mcp", {"X-API-Key": "demo-alice-support"}, mode=mode
-    ) as client:
+    async with connect(gateway.url + "/mcp", ALICE, mode=mode) as client:
         alice = {t.name for t in (await client.list_tools()).tools}
         prompts = {p.name for p in (await client.list_prompts()).prompts}
-    async with connect(
-        gateway.url + "/mcp", {"X-API-Key": "demo-bob-engineer"}, mode=mode
-    ) as client:
+    async with connect(gateway.url + "/mcp", BOB, mode=mode) as client:
         bob = {t.name for t in (await client.list_tools()).tools}
         bob_prompts = {p.name for p in (await client.list_prompts()).prompts}
     assert alice == {"get_customer", "search_customers"}
@@ -66,7 +57,7 @@ async def test_tools_list_shows_only_what_the_caller_may_use(gateway, mode):
 
 
 async def test_rate_limit_is_32005_per_identity(gateway):
-    async with connect(gateway.url + "/mcp", {"X-API-Key": "demo-alice-support"}) as client:
+    async with connect(gateway.url + "/mcp", ALICE) as client:
         for _ in range(3):
             assert not (await client.call_tool("get_customer", {"customer_id": 1})).is_error
         with pytest.raises(MCPError) as info:

@@ -11,16 +11,14 @@ import time
 
 import pytest
 
-from mcpclient import raw_post
+from helpers.clients import META, MODERN, raw_post
+from helpers.configs import ALICE as ALICE_KEY
+from helpers.configs import identity
 
-CONFIG = """
-version: 1
-identity:
-  api_keys:
-    - name: alice
-      sha256: 9f7ed98529468ebc54d06a6b8442ca7f7379f470af51ab44b9d9910bb74d0a1c
-      groups: [support]
-upstreams:
+CONFIG = (
+    "version: 1\n"
+    + identity("alice")
+    + """upstreams:
   - name: demo
     url: {url}
 rules:
@@ -32,11 +30,8 @@ rules:
     action: allow
     limit: 2/min
 """
-ALICE = {"X-API-Key": "demo-alice-support", "MCP-Protocol-Version": "2026-07-28"}
-META = {
-    "io.modelcontextprotocol/protocolVersion": "2026-07-28",
-    "io.modelcontextprotocol/clientCapabilities": {},
-}
+)
+ALICE = {**ALICE_KEY, **MODERN}
 
 
 def get_customer(gw, msg_id: int):

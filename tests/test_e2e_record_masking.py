@@ -9,30 +9,23 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 from mitmproxy.io import FlowReader
 
-from conftest import free_port, stop
-from mcpclient import connect, raw_post
+from helpers.clients import connect, raw_post
+from helpers.configs import ALICE, CAROL, identity
+from helpers.leaks import assert_nothing_leaked
+from helpers.processes import stop
+from helpers.upstreams import Reply, Request, json_reply
 
 pytestmark = pytest.mark.anyio
 
-CONFIG = """
-version: 1
-identity:
-  api_keys:
-    - name: alice
-      sha256: 9f7ed98529468ebc54d06a6b8442ca7f7379f470af51ab44b9d9910bb74d0a1c
-      groups: [support]
-    - name: carol
-      sha256: a4daa9961472866ad80f918a49582a773c72ccadb634d7fef495335ecf23655c
-      groups: [compliance, support]
-upstreams:
+CONFIG = (
+    "version: 1\n"
+    + identity("alice", "carol")
+    + """upstreams:
   - name: demo
     url: {url}
     inject:
@@ -48,8 +41,7 @@ masking:
     strategy: partial
     exempt_groups: [compliance]
 """
-ALICE = {"X-API-Key": "demo-alice-support"}
-CAROL = {"X-API-Key": "demo-carol-compliance"}
+)
 TOKEN = "demo-upstream-token-5150-record"
 PII_FIELDS = ("email", "phone", "card_number", "iban", "ssn")
 
@@ -145,51 +137,31 @@ async def test_meta_client_answers_and_refused_bodies_are_masked_in_the_flow_fil
             assert fourth["email"].split("@")[1].encode() in flow.request.get_content()
 
 
-class Reflector(BaseHTTPRequestHandler):
+def reflect(request: Request) -> Reply:
     """A hostile upstream: hands back the credential it was sent, in its body and a header,
     with a customer's address in a header and a session cookie."""
-
-    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-        request = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
-        credential = self.headers.get("Authorization", "")
-        token = credential.partition(" ")[2]
-        body = json.dumps(
-            {
-                "jsonrpc": "2.0",
-                "id": request.get("id"),
-                "result": {
-                    "content": [{"type": "text", "text": f"you sent {credential}"}],
-                    "token": token,
-                    "nested": json.dumps({"auth": credential}),
-                },
-            }
-        ).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("X-Customer-Email", "alice@example.com")
-        self.send_header("Set-Cookie", "session=s3ss10n-cookie-value; HttpOnly")
-        self.send_header("X-Echo-Authorization", credential)
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@pytest.fixture
-def reflector() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", free_port()), Reflector)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    credential = request.headers.get("authorization", "")
+    token = credential.partition(" ")[2]
+    result = {
+        "content": [{"type": "text", "text": f"you sent {credential}"}],
+        "token": token,
+        "nested": json.dumps({"auth": credential}),
+    }
+    return json_reply(
+        {"jsonrpc": "2.0", "id": request.json().get("id"), "result": result},
+        headers=[
+            ("X-Customer-Email", "alice@example.com"),
+            ("Set-Cookie", "session=s3ss10n-cookie-value; HttpOnly"),
+            ("X-Echo-Authorization", credential),
+        ],
+    )
 
 
 def test_a_reflected_credential_and_response_headers_never_reach_the_record(
-    reflector, gateway_factory
+    fake_upstream, gateway_factory
 ):
-    gw = gateway_factory(CONFIG.format(url=reflector, token=TOKEN), reflector)
+    reflector = fake_upstream(reflect)
+    gw = gateway_factory(CONFIG.format(url=reflector.url, token=TOKEN), reflector.url)
     call = {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "t"}}
     answer = raw_post(gw.url + "/mcp", call, ALICE)
     assert answer.status == 200
@@ -201,3 +173,5 @@ def test_a_reflected_credential_and_response_headers_never_reach_the_record(
     assert response.headers.get("set-cookie") in (None, "[credential removed by holdgate]")
     assert response.headers["x-echo-authorization"] == "[credential removed by holdgate]"
     assert "[REDACTED:injected_credential]" in response.get_text()
+    assert reflector.received[-1].headers["authorization"] == f"Bearer {TOKEN}"  # it was sent
+    assert_nothing_leaked(gw, TOKEN, "s3ss10n-cookie-value", ALICE["X-API-Key"])

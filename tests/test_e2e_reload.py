@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 import time
 
-from mcpclient import raw_post
+from helpers.clients import META, MODERN, raw_post
 
 BASE = """
 version: 1
@@ -19,15 +19,7 @@ rules:
     match: {{tool: [{tools}]}}
     action: allow
 """
-HEADERS = {
-    "MCP-Protocol-Version": "2026-07-28",
-    "Mcp-Method": "tools/call",
-    "Mcp-Name": "get_customer",
-}
-META = {
-    "io.modelcontextprotocol/protocolVersion": "2026-07-28",
-    "io.modelcontextprotocol/clientCapabilities": {},
-}
+HEADERS = {**MODERN, "Mcp-Method": "tools/call", "Mcp-Name": "get_customer"}
 CALL = {
     "jsonrpc": "2.0",
     "id": 1,

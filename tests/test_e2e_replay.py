@@ -4,27 +4,22 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 from mcp import MCPError
 
+from helpers.clients import connect
+from helpers.configs import ALICE, identity
+from helpers.processes import holdgate_cli
 from holdgate import store
-from mcpclient import connect
 
 pytestmark = pytest.mark.anyio
 
-HOLDGATE = str(Path(sys.executable).parent / "holdgate")
-CONFIG = """
-version: 1
-identity:
-  api_keys:
-    - name: alice
-      sha256: 9f7ed98529468ebc54d06a6b8442ca7f7379f470af51ab44b9d9910bb74d0a1c
-      groups: [support]
-upstreams:
+CONFIG = (
+    "version: 1\n"
+    + identity("alice")
+    + """upstreams:
   - name: demo
     url: {url}
 rules:
@@ -33,6 +28,7 @@ rules:
     action: allow
 {rules}
 """
+)
 LIVE = """
   - name: support reads customers
     match: {groups: [support], tool: [get_customer, search_customers]}
@@ -49,13 +45,10 @@ CANDIDATE = """
     match: {groups: [support], tool: run_sql, args: {"$.query": {search: "(?i)^select"}}}
     action: allow
 """
-ALICE = {"X-API-Key": "demo-alice-support"}
 
 
 def replay(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [HOLDGATE, "policy", "replay", *args], capture_output=True, text=True, timeout=30
-    )
+    return holdgate_cli("policy", "replay", *args)
 
 
 async def test_replay_reports_every_decision_the_candidate_would_change(

@@ -8,15 +8,13 @@ is mirrored in the header `Mcp-Param-Name`; a header that disagrees is HeaderMis
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from conftest import free_port
+from helpers.clients import MODERN, raw_post
+from helpers.upstreams import Reply, Request, result_for
 from holdgate.policy.tool_pins import PinBook, header_params
 from holdgate.protocol.jsonrpc import HEADER_MISMATCH, BodyError, check_routing_headers, parse_body
-from mcpclient import raw_post
 
 SCHEMA = {
     "type": "object",
@@ -182,50 +180,21 @@ def test_the_pin_book_maps_the_tool_as_listed_now():
 
 
 class SchemaUpstream:
-    """A minimal MCP server on loopback: lists `execute_sql` with x-mcp-header, answers
-    calls, and keeps what it received (body and Mcp-Param-* headers)."""
+    """A minimal MCP server (the answer of a `FakeUpstream`): lists `execute_sql` with
+    x-mcp-header, answers calls, and keeps what it received (arguments and Mcp-Param-*
+    headers)."""
 
     def __init__(self) -> None:
         self.calls: list[dict] = []
-        outer = self
+        self.url = ""  # set once served
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-                message = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                if message.get("method") == "tools/list":
-                    result = {"tools": [TOOL]}
-                else:
-                    outer.calls.append(
-                        {
-                            "arguments": message["params"]["arguments"],
-                            "headers": {
-                                k.lower(): v
-                                for k, v in self.headers.items()
-                                if k.lower().startswith("mcp-param-")
-                            },
-                        }
-                    )
-                    result = {"content": [{"type": "text", "text": "ok"}]}
-                data = json.dumps({"jsonrpc": "2.0", "id": message["id"], "result": result})
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data.encode())
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+    def __call__(self, request: Request) -> Reply:
+        message = request.json()
+        if message.get("method") == "tools/list":
+            return result_for(request, {"tools": [TOOL]})
+        params = {k: v for k, v in request.headers.items() if k.startswith("mcp-param-")}
+        self.calls.append({"arguments": message["params"]["arguments"], "headers": params})
+        return result_for(request, {"content": [{"type": "text", "text": "ok"}]})
 
 
 CONFIG = """
@@ -238,14 +207,13 @@ rules:
     match: {{method: [tools/list, tools/call]}}
     action: allow
 """
-MODERN = {"MCP-Protocol-Version": "2026-07-28"}
 
 
 @pytest.fixture
-def upstream():
-    server = SchemaUpstream()
-    yield server
-    server.close()
+def upstream(fake_upstream):
+    schema = SchemaUpstream()
+    schema.url = fake_upstream(schema).url
+    return schema
 
 
 def _call(gw, args, params):

@@ -1,4 +1,4 @@
-"""Client helpers for e2e tests: the official MCP SDK client, and raw HTTP for odd bodies."""
+"""Clients for e2e tests: the official MCP SDK client, and raw HTTP for odd or hostile bodies."""
 
 from __future__ import annotations
 
@@ -13,6 +13,13 @@ from typing import Any
 import httpx2
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
+
+# MCP 2026-07-28 sends its version in a header and in every request's `_meta`.
+MODERN = {"MCP-Protocol-Version": "2026-07-28"}
+META = {
+    "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+    "io.modelcontextprotocol/clientCapabilities": {},
+}
 
 
 @asynccontextmanager

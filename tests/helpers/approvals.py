@@ -1,0 +1,62 @@
+"""The approvals scenario shared by the approvals and mitmweb e2e tests.
+
+A DELETE through `run_sql` waits for a DBA (dana); alice (support and dba here, so the
+separation of duties is what stops her) asks, bob (engineering) may not decide.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from helpers.configs import identity
+from helpers.processes import DemoServer
+from holdgate import store
+
+APPROVALS_CONFIG = (
+    "version: 1\n"
+    + identity("alice", "dana", "bob", groups={"alice": ["support", "dba"]})
+    + """upstreams:
+  - name: demo
+    url: {url}
+rules:
+  - name: destructive SQL needs a DBA
+    match:
+      tool: run_sql
+      args:
+        "$.query": {{search: "(?i)\\\\b(drop|delete|update|insert)\\\\b"}}
+    action: approve
+    approvers: [dba]
+    timeout: {timeout}
+    grant: {grant}
+  - name: reads
+    match: {{tool: ["run_sql", "get_*"]}}
+    action: allow
+  - name: listing
+    match: {{method: [initialize, "notifications/*", ping, tools/list, server/discover]}}
+    action: allow
+"""
+)
+DELETE = {"query": "DELETE FROM orders WHERE id = 1"}
+
+
+async def wait_for_pending(db: Path, requester: str | None = None) -> dict[str, Any]:
+    """The first pending approval (of `requester`, if given), within 15 s."""
+    with anyio.fail_after(15):
+        while True:
+            if db.exists():
+                found = [
+                    p
+                    for p in store.pending_approvals(db)
+                    if requester is None or p["requester"] == requester
+                ]
+                if found:
+                    return found[0]
+            await anyio.sleep(0.1)
+
+
+def sql_calls(demo: DemoServer) -> list[str]:
+    """The queries of every `run_sql` call that reached the demo server."""
+    return [arguments["query"] for arguments in demo.calls_to("run_sql")]

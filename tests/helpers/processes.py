@@ -1,0 +1,187 @@
+"""Subprocesses for end-to-end tests: the demo MCP server and a real gateway.
+
+Every process is started on a free loopback port and stopped, by its pid, by whoever
+started it (the fixtures in conftest.py); nothing else is touched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+MITMDUMP = str(BIN / "mitmdump")
+HOLDGATE = str(BIN / "holdgate")
+GATEWAY_SCRIPT = str(ROOT / "addons" / "gateway.py")
+STARTUP_TIMEOUT = 30.0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode}:\n{log.read_text()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"port {port} not ready after {STARTUP_TIMEOUT}s:\n{log.read_text()}")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """Stop a process this test run started (SIGINT, so mitmdump flushes; then kill)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
+def holdgate_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """The installed `holdgate` command, as an operator runs it."""
+    return subprocess.run([HOLDGATE, *args], capture_output=True, text=True, timeout=60, cwd=cwd)
+
+
+@dataclass
+class DemoServer:
+    port: int
+    log: Path
+    proc: subprocess.Popen[bytes]
+    transport: str = "streamable-http"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def requests(self) -> list[dict[str, Any]]:
+        """Every HTTP request the server received, as logged by the demo server."""
+        if not self.log.exists():
+            return []
+        return [json.loads(line) for line in self.log.read_text().splitlines() if line.strip()]
+
+    def received_bodies(self) -> list[Any]:
+        return [json.loads(r["body"]) for r in self.requests() if r.get("body")]
+
+    def messages(self) -> list[dict[str, Any]]:
+        """Every JSON-RPC message the server received, batches flattened."""
+        out: list[Any] = []
+        for body in self.received_bodies():
+            out.extend(body if isinstance(body, list) else [body])
+        return [m for m in out if isinstance(m, dict)]
+
+    def calls_to(self, tool: str) -> list[dict[str, Any]]:
+        """The arguments of every `tools/call` of `tool` that reached the server."""
+        return [
+            m["params"].get("arguments", {})
+            for m in self.messages()
+            if m.get("method") == "tools/call" and m.get("params", {}).get("name") == tool
+        ]
+
+
+def start_demo(
+    tmp: Path, *args: str, env: dict[str, str] | None = None, port: int | None = None
+) -> DemoServer:
+    """The demo server on a free port, or on `port` again (a restarted upstream)."""
+    port = port or free_port()
+    log = tmp / f"upstream-{port}.jsonl"
+    out = tmp / f"upstream-{port}.out"
+    cmd = [sys.executable, str(ROOT / "scripts" / "demo_server.py"), "--host", "127.0.0.1"]
+    cmd += ["--port", str(port), "--db", str(tmp / "demo.sqlite3"), "--log", str(log), *args]
+    with out.open("wb") as sink:
+        proc = subprocess.Popen(
+            cmd, stdout=sink, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+        )
+    wait_for_port(port, proc, out)
+    transport = "sse" if "sse" in args else "streamable-http"
+    return DemoServer(port, log, proc, transport)
+
+
+@dataclass
+class Gateway:
+    port: int
+    proc: subprocess.Popen[bytes]
+    config: Path
+    db: Path
+    recordings: Path
+    output: Path
+    cwd: Path
+    options: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def admin(self) -> str:
+        """HOST:PORT of the approvals API (empty when disabled)."""
+        return self.options.get("holdgate_admin", "")
+
+    def log_text(self) -> str:
+        return self.output.read_text(errors="replace")
+
+
+def gateway_command(*args: str, script: str = GATEWAY_SCRIPT, tool: str = MITMDUMP) -> list[str]:
+    """`mitmdump -s addons/gateway.py ARGS` by absolute paths, to run from any folder."""
+    return [tool, "-s", script, *args]
+
+
+def start_gateway(
+    tmp: Path,
+    config_text: str,
+    upstream_url: str,
+    *,
+    options: dict[str, str] | None = None,
+    env: dict[str, str] | None = None,
+    mode: str | None = None,
+    extra_scripts: list[str] | None = None,
+) -> Gateway:
+    """A real gateway, started with `tmp` as its working folder (not the checkout)."""
+    port = free_port()
+    config = tmp / "holdgate.yaml"
+    config.write_text(textwrap.dedent(config_text))
+    db = tmp / "audit.sqlite3"
+    recordings = tmp / "recordings"
+    output = tmp / f"mitmdump-{port}.out"
+    opts = {
+        "holdgate_config": str(config),
+        "holdgate_db": str(db),
+        "holdgate_recordings": str(recordings),
+        "holdgate_admin": "",
+        **(options or {}),
+    }
+    cmd = gateway_command("--set", "flow_detail=0")
+    for script in extra_scripts or []:
+        cmd += ["-s", script]
+    cmd += ["--mode", mode or f"reverse:{upstream_url}", "--listen-host", "127.0.0.1"]
+    cmd += ["--listen-port", str(port), "--set", "termlog_verbosity=info"]
+    for key, value in opts.items():
+        cmd += ["--set", f"{key}={value}"]
+    with output.open("wb") as sink:
+        proc = subprocess.Popen(
+            cmd,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            cwd=tmp,
+            env={**os.environ, **(env or {})},
+        )
+    wait_for_port(port, proc, output)
+    return Gateway(port, proc, config, db, recordings, output, tmp, opts)

@@ -1,0 +1,246 @@
+"""Fake upstreams on loopback: one configurable server, and the hostile upstream.
+
+`FakeUpstream(answer)` is a real HTTP/1.1 server on 127.0.0.1 whose answers each test
+gives, the way httpx's `MockTransport(handler)` does:
+- a handler, `answer(request) -> Reply`, or
+- a table, `{"/path": Reply(...)}` (longest matching path prefix wins; 404 otherwise).
+A `Reply` is sent exactly as written: a `bytes` body with a Content-Length, or a list of
+pieces written one by one (chunked, or unframed up to the close) with a pause between
+them, for streams torn across network writes. Every request is kept in `received`.
+
+`hostile_upstream()` is one such server answering by path the way no well-behaved MCP
+server does (reflected credentials, PII in headers, 202 bodies, an event stream with a
+Content-Length).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Literal
+
+PII_EMAIL = "mallory.victim@example.com"
+PII_CARD = "4111 1111 1111 1111"
+MAX_CHUNKS = 100_000
+
+
+@dataclass(frozen=True)
+class Request:
+    method: str
+    path: str
+    headers: dict[str, str]  # lowercased names
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body) if self.body else None
+
+
+Framing = Literal["length", "chunked", "close"]
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int = 200
+    body: bytes | Sequence[bytes] = b""
+    headers: Sequence[tuple[str, str]] = ()
+    framing: Framing = "length"
+    pause: float = 0.0  # seconds between the pieces of a list body
+
+
+def json_reply(value: Any, status: int = 200, headers: Sequence[tuple[str, str]] = ()) -> Reply:
+    body = json.dumps(value, ensure_ascii=False).encode()
+    return Reply(status, body, [("Content-Type", "application/json"), *headers])
+
+
+def result_for(request: Request, result: Any) -> Reply:
+    """A JSON-RPC result answering the request's message (its first, in a batch)."""
+    return json_reply({"jsonrpc": "2.0", "id": first_id(request.body), "result": result})
+
+
+def sse_reply(messages: Sequence[Any], pause: float = 0.0, framing: Framing = "close") -> Reply:
+    """An event stream, one event per message, each written (and flushed) on its own."""
+    events = [f"event: message\ndata: {json.dumps(m)}\n\n".encode() for m in messages]
+    headers = [("Content-Type", "text/event-stream"), ("Cache-Control", "no-cache")]
+    return Reply(200, events, headers, framing=framing, pause=pause)
+
+
+Answer = Callable[[Request], Reply] | Mapping[str, Reply]
+
+
+@dataclass
+class FakeUpstream:
+    answer: Answer
+    received: list[Request] = field(default_factory=list)
+    _server: ThreadingHTTPServer | None = None
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("the fake upstream is not started")
+        return int(self._server.server_address[1])
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> FakeUpstream:
+        server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        self._server = server
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+    def __enter__(self) -> FakeUpstream:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def reply(self, request: Request) -> Reply:
+        self.received.append(request)
+        if callable(self.answer):
+            return self.answer(request)
+        for prefix in sorted(self.answer, key=len, reverse=True):
+            if request.path.startswith(prefix):
+                return self.answer[prefix]
+        return json_reply({"error": f"no answer for {request.path}"}, status=404)
+
+    def everything_received(self) -> bytes:
+        """All that reached this upstream, to search for what must never get there."""
+        return b"\n".join(
+            f"{r.method} {r.path} {json.dumps(r.headers)} ".encode() + r.body for r in self.received
+        )
+
+
+def _handler_for(upstream: FakeUpstream) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def serve(self) -> None:
+            headers = {name.lower(): value for name, value in self.headers.items()}
+            request = Request(self.command, self.path, headers, self._body(headers))
+            self._send(upstream.reply(request))
+
+        do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = serve  # http.server's naming
+
+        def _body(self, headers: dict[str, str]) -> bytes:
+            if "content-length" in headers:
+                return self.rfile.read(int(headers["content-length"]))
+            if headers.get("transfer-encoding", "").lower() != "chunked":
+                return b""
+            body = b""
+            for _ in range(MAX_CHUNKS):
+                size = int(self.rfile.readline(1024).split(b";")[0], 16)
+                if size == 0:
+                    self.rfile.readline(1024)
+                    break
+                body += self.rfile.read(size)
+                self.rfile.readline(1024)
+            return body
+
+        def _send(self, reply: Reply) -> None:
+            lines = [f"HTTP/1.1 {reply.status} {_REASONS.get(reply.status, 'Other')}"]
+            lines += [f"{name}: {value}" for name, value in reply.headers]
+            pieces = [reply.body] if isinstance(reply.body, bytes) else list(reply.body)
+            if reply.framing == "length":
+                lines.append(f"Content-Length: {sum(map(len, pieces))}")
+            elif reply.framing == "chunked":
+                lines.append("Transfer-Encoding: chunked")
+            else:
+                lines.append("Connection: close")
+                self.close_connection = True
+            self.wfile.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+            for index, piece in enumerate(pieces):
+                if index and reply.pause:
+                    time.sleep(reply.pause)
+                if reply.framing == "chunked":
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                else:
+                    self.wfile.write(piece)
+                self.wfile.flush()
+            if reply.framing == "chunked":
+                self.wfile.write(b"0\r\n\r\n")
+                self.wfile.flush()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    return Handler
+
+
+_REASONS = {200: "OK", 202: "Accepted", 204: "No Content", 404: "Not Found", 500: "Error"}
+
+
+def first_id(body: bytes) -> Any:
+    try:
+        value = json.loads(body)
+    except ValueError:
+        return None
+    if isinstance(value, list):
+        value = value[0] if value else {}
+    return value.get("id") if isinstance(value, dict) else None
+
+
+def hostile_answer(request: Request) -> Reply:
+    """By path:
+    - `/echo`    : reflects the request's Authorization header in its JSON body and
+                   headers, and sends PII in response headers (`X-Customer-Email`,
+                   `Set-Cookie`);
+    - `/accepted`: answers 202 with a JSON-RPC body full of PII;
+    - `/sse-cl`  : an event stream with a Content-Length, PII in `id:`, `event:`, a
+                   comment and the data;
+    - anything else: a JSON-RPC result per request message (batches answered as batches).
+    """
+    auth = request.headers.get("authorization", "")
+    msg_id = first_id(request.body)
+    if request.path.startswith("/echo"):
+        result = {
+            "content": [{"type": "text", "text": f"you sent {auth}"}],
+            "seen": {"authorization": auth},
+        }
+        return json_reply(
+            {"jsonrpc": "2.0", "id": msg_id, "result": result},
+            headers=[
+                ("X-Echo", auth),
+                ("X-Customer-Email", PII_EMAIL),
+                ("Set-Cookie", "session=upstream-secret-cookie; HttpOnly"),
+            ],
+        )
+    if request.path.startswith("/accepted"):
+        text = f"card {PII_CARD} of {PII_EMAIL}"
+        result = {"content": [{"type": "text", "text": text}]}
+        return json_reply({"jsonrpc": "2.0", "id": msg_id, "result": result}, status=202)
+    if request.path.startswith("/sse-cl"):
+        result = {"content": [{"type": "text", "text": f"mail {PII_EMAIL} now"}]}
+        message = json.dumps({"jsonrpc": "2.0", "id": msg_id, "result": result})
+        stream = (
+            f": comment about {PII_EMAIL}\n\nevent: message\nid: {PII_EMAIL}\ndata: {message}\n\n"
+        ).encode()
+        return Reply(200, stream, [("Content-Type", "text/event-stream")])
+    try:
+        value = json.loads(request.body) if request.body else None
+    except ValueError:
+        value = None
+    messages = value if isinstance(value, list) else [value]
+    answers = [
+        {"jsonrpc": "2.0", "id": m["id"], "result": {"ok": True}}
+        for m in messages
+        if isinstance(m, dict) and "id" in m and "method" in m
+    ]
+    if not answers:
+        return Reply(202)
+    return json_reply(answers if isinstance(value, list) else answers[0])
+
+
+def hostile_upstream() -> FakeUpstream:
+    """The hostile upstream of the attack tests, started."""
+    return FakeUpstream(hostile_answer).start()
