@@ -1,7 +1,6 @@
 """In-process MCP flows for the addon tests, the way mitmproxy tests its own addons.
 
-    with taddons.context(*addons) as tctx:
-        tctx.options.update(holdgate_config=str(path))
+    with gateway(tmp_path, CONFIG, Router, Authentication) as tctx:  # a taddons.context
         flow = mcp_flow(call("get_customer"), ALICE)
         await send(tctx, flow)            # requestheaders, request: through every addon
         await answer(tctx, flow, reply)   # responseheaders, response (unless refused)
@@ -9,16 +8,20 @@
 Hooks are dispatched by mitmproxy's own addon manager (`handle_lifecycle`), in the order
 the addons were added, so each test drives the real chain and asserts on what comes
 out: `flow.response`, `flow.comment`, `flow.marked`, the request that would leave, the
-store's rows. Nothing here knows how the addons keep their per-flow state.
+store's rows. Nothing here knows how the addons keep their per-flow state, nor how
+`default_addons()` wires them: `gateway()` takes the addons from it, by class.
 """
 
 from __future__ import annotations
 
 import json
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from mitmproxy import http
+from mitmproxy import hooks, http
 from mitmproxy.flow import Error
 from mitmproxy.proxy.layers.http import (
     HttpErrorHook,
@@ -30,6 +33,9 @@ from mitmproxy.proxy.layers.http import (
 from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow, tutils
 
+from holdgate.addons import default_addons
+from holdgate.addons.config_loader import ConfigLoader
+
 UPSTREAM_HOST = "127.0.0.1"
 UPSTREAM_PORT = 9  # never connected to: these flows never leave the process
 UPSTREAM_URL = f"http://{UPSTREAM_HOST}:{UPSTREAM_PORT}"
@@ -40,6 +46,65 @@ def write_config(folder: Path, text: str, name: str = "holdgate.yaml") -> str:
     path = folder / name
     path.write_text(text)
     return str(path)
+
+
+T = TypeVar("T")
+
+
+@contextmanager
+def gateway(
+    folder: Path,
+    config_text: str,
+    *kinds: type,
+    before: tuple[type, object] | None = None,
+    **options: str,
+) -> Iterator[taddons.context]:
+    """A `taddons.context` with the gateway's own addons (`default_addons()`, in its
+    order; only those of the classes given, if any, and always the ConfigLoader),
+    configured with `config_text`, a store in `folder` and no approvals API. `before`:
+    (class, addon) puts a test's own addon just before the one of that class. The `done`
+    hooks run on leaving (or at `finish`), which flushes the store."""
+    chosen = [
+        a for a in default_addons() if not kinds or isinstance(a, (ConfigLoader, *kinds))
+    ]
+    if before is not None:
+        index = next(i for i, a in enumerate(chosen) if isinstance(a, before[0]))
+        chosen.insert(index, before[1])
+    wanted = {
+        "holdgate_config": write_config(folder, config_text),
+        "holdgate_db": str(folder / "audit.sqlite3"),
+        "holdgate_recordings": "",
+        "holdgate_admin": "",
+        **options,
+    }
+    with taddons.context(*chosen) as tctx:
+        tctx.options.update(**{k: v for k, v in wanted.items() if k in tctx.options})
+        try:
+            yield tctx
+        finally:
+            finish(tctx)
+
+
+def finish(tctx: taddons.context) -> None:
+    """Run the addons' `done` hooks once (the Recorder closes and flushes the store)."""
+    if getattr(tctx, "finished", False):
+        return
+    tctx.finished = True  # type: ignore[attr-defined]
+    for addon in tctx.master.addons.chain:
+        tctx.master.addons.invoke_addon_sync(addon, hooks.DoneHook())
+
+
+def store_rows(folder: Path, sql: str) -> list[dict[str, Any]]:
+    """Rows of the store `gateway(folder, …)` wrote (read after `finish`)."""
+    with sqlite3.connect(folder / "audit.sqlite3") as db:
+        db.row_factory = sqlite3.Row
+        return [dict(row) for row in db.execute(sql)]
+
+
+def find(tctx: taddons.context, kind: type[T]) -> T:
+    """The context's addon of class `kind`."""
+    (found,) = [a for a in tctx.master.addons.chain if isinstance(a, kind)]
+    return found
 
 
 def call(tool: str, arguments: dict[str, Any] | None = None, msg_id: Any = 1) -> dict[str, Any]:
@@ -85,6 +150,7 @@ def mcp_flow(
     flow = tflow.tflow(req=request)
     flow.client_conn.proxy_mode = ProxyMode.parse(mode)
     flow.client_conn.sockname = GATEWAY_ADDRESS
+    flow.client_conn.timestamp_tls_setup = None  # plain HTTP from the client
     return flow
 
 

@@ -1,0 +1,101 @@
+"""Gate in process: nothing leaves uncleared; credentials are injected only for the server
+the config names, and masked in the flow once the request has left."""
+
+import pytest
+
+from helpers.configs import ALICE, identity
+from helpers.flows import (
+    UPSTREAM_URL,
+    answer,
+    call,
+    error_of,
+    gateway,
+    json_response,
+    mcp_flow,
+    result,
+    send,
+)
+from holdgate.addons.authentication import Authentication
+from holdgate.addons.enforcement import PolicyEnforcer
+from holdgate.addons.gate import Gate
+from holdgate.addons.router import Router
+
+pytestmark = pytest.mark.anyio
+
+TOKEN = "gate-test-upstream-token-31f7"
+CONFIG = (
+    "version: 1\n"
+    + identity("alice")
+    + f"""upstreams:
+  - name: crm
+    url: {UPSTREAM_URL}
+    inject:
+      headers: {{Authorization: "Bearer {TOKEN}"}}
+rules:
+  - name: reads
+    match: {{tool: "get_*"}}
+    action: allow
+  - name: sql needs a dba
+    match: {{tool: run_sql}}
+    action: approve
+    approvers: [dba]
+"""
+)
+
+
+class Redirect:
+    """Stands for anything that changes where a decided request goes (a script, an edit
+    in mitmweb) between the policy and the Gate."""
+
+    def request(self, flow):
+        flow.request.host = "evil.example.test"
+
+
+@pytest.fixture
+def tctx(tmp_path):
+    with gateway(tmp_path, CONFIG, Router, Authentication, PolicyEnforcer, Gate) as tctx:
+        yield tctx
+
+
+async def test_a_cleared_request_leaves_with_the_upstreams_credential(tctx):
+    flow = await send(tctx, mcp_flow(call("get_customer"), ALICE))
+    assert flow.response is None
+    assert flow.request.headers["Authorization"] == f"Bearer {TOKEN}"
+    await answer(tctx, flow, json_response(result(1, {})))
+    # once it has left, the flow (held, shown, saved) no longer carries it
+    assert flow.request.headers["Authorization"] == "[injected by holdgate]"
+
+
+async def test_a_flow_no_addon_routed_is_refused(tmp_path):
+    with gateway(tmp_path, CONFIG, Gate) as tctx:  # nothing before the Gate
+        flow = await send(tctx, mcp_flow(call("get_customer"), ALICE))
+    status, code, message = error_of(flow)
+    assert (status, code) == (502, -32603)
+    assert "not cleared (no upstream)" in message
+    assert "authorization" not in flow.request.headers
+
+
+async def test_a_routed_but_undecided_flow_is_refused(tmp_path):
+    with gateway(tmp_path, CONFIG, Router, Authentication, Gate) as tctx:  # no policy
+        flow = await send(tctx, mcp_flow(call("get_customer"), ALICE))
+    status, _, message = error_of(flow)
+    assert status == 502 and "not cleared (no identity or decision)" in message
+    assert "authorization" not in flow.request.headers
+
+
+async def test_a_call_waiting_for_approval_never_passes_without_the_holds(tctx):
+    flow = await send(tctx, mcp_flow(call("run_sql", {"query": "DELETE"}), ALICE))
+    status, _, message = error_of(flow)
+    assert status == 502 and "not cleared" in message
+    assert "authorization" not in flow.request.headers
+
+
+async def test_no_credential_goes_to_a_server_the_config_does_not_name(tmp_path):
+    chain = (Router, Authentication, PolicyEnforcer, Gate)
+    with gateway(tmp_path, CONFIG, *chain, before=(Gate, Redirect())) as tctx:
+        flow = await send(tctx, mcp_flow(call("get_customer"), ALICE))
+    status, _, message = error_of(flow)
+    assert status == 502
+    assert "not addressed to the server the config names for it" in message
+    assert "authorization" not in flow.request.headers
+    assert TOKEN not in str(flow.request.headers)

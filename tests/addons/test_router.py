@@ -1,0 +1,96 @@
+"""Router in process: which upstream a request is for, and what it refuses before routing."""
+
+import pytest
+from mitmproxy.test import taddons
+
+from helpers.flows import UPSTREAM_URL, call, error_of, gateway, mcp_flow, send
+from holdgate.addons.config_loader import ConfigLoader
+from holdgate.addons.router import Router
+
+pytestmark = pytest.mark.anyio
+
+CONFIG = f"""version: 1
+upstreams:
+  - name: crm
+    prefix: /crm
+    url: {UPSTREAM_URL}/base
+  - name: tickets
+    host: tickets.example.test
+  - name: default
+    url: {UPSTREAM_URL}
+rules: []
+"""
+
+
+@pytest.fixture
+def tctx(tmp_path):
+    with gateway(tmp_path, CONFIG, Router) as tctx:
+        yield tctx
+
+
+async def test_a_prefixed_upstream_gets_the_path_without_its_prefix(tctx):
+    flow = await send(tctx, mcp_flow(call("x"), path="/crm/mcp?x=1"))
+    assert flow.response is None
+    request = flow.request
+    assert (request.scheme, request.host, request.port) == ("http", "127.0.0.1", 9)
+    assert request.path == "/base/mcp?x=1"
+    assert request.host_header == "127.0.0.1:9"
+    assert request.stream is False  # policy decides on the whole body
+
+
+async def test_the_catch_all_upstream_takes_the_rest(tctx):
+    flow = await send(tctx, mcp_flow(call("x"), path="/mcp"))
+    assert flow.response is None
+    assert flow.request.url == f"{UPSTREAM_URL}/mcp"
+
+
+@pytest.mark.parametrize(
+    "path", ["/crm/../admin/mcp", "/%2e%2e/mcp", "/crm/..%2fadmin", "/a//mcp", "/a/./mcp"]
+)
+async def test_a_non_canonical_path_is_400(tctx, path):
+    flow = await send(tctx, mcp_flow(call("x"), path=path))
+    status, code, message = error_of(flow)
+    assert (status, code) == (400, -32600)
+    assert "send the canonical path" in message
+
+
+async def test_a_get_with_a_body_is_400(tctx):
+    flow = await send(tctx, mcp_flow(call("x"), method="GET"))
+    status, _, message = error_of(flow)
+    assert status == 400 and "carries no MCP message" in message
+
+
+async def test_no_matching_upstream_is_404(tmp_path):
+    only_prefixed = (
+        f"version: 1\nupstreams: [{{name: crm, prefix: /crm, url: {UPSTREAM_URL}}}]\nrules: []\n"
+    )
+    with gateway(tmp_path, only_prefixed, Router) as tctx:
+        flow = await send(tctx, mcp_flow(call("x"), path="/other/mcp"))
+    status, code, message = error_of(flow)
+    assert (status, code) == (404, -32600)
+    assert "no upstream is configured for" in message
+
+
+async def test_regular_mode_routes_on_the_destination_not_the_host_header(tctx):
+    flow = mcp_flow(
+        call("x"), host="tickets.example.test", port=80, mode="regular", host_header="other.test"
+    )
+    status, _, message = error_of(await send(tctx, flow))
+    assert status == 400
+    assert 'names "other.test" but the request goes to "tickets.example.test"' in message
+
+
+async def test_regular_mode_picks_the_upstream_by_destination_host(tctx):
+    flow = mcp_flow(call("x"), host="tickets.example.test", port=80, mode="regular")
+    flow.request.host_header = "tickets.example.test"
+    await send(tctx, flow)
+    assert flow.response is None
+    assert flow.request.host == "tickets.example.test"  # a host upstream is not rewritten
+
+
+async def test_without_a_loaded_config_everything_is_503():
+    loader = ConfigLoader()  # never configured: no config
+    with taddons.context(loader, Router(loader)) as tctx:
+        flow = await send(tctx, mcp_flow(call("x")))
+    status, _, message = error_of(flow)
+    assert status == 503 and "no valid config" in message
