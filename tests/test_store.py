@@ -22,6 +22,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from holdgate import store
+from holdgate.store import schema, sqlite_store
 
 ADDONS = Path(__file__).resolve().parent.parent / "addons"
 NOW = 1_800_000_000.0  # a fixed "now" for purge tests
@@ -30,6 +31,22 @@ NOW = 1_800_000_000.0  # a fixed "now" for purge tests
 @pytest.fixture
 def path(tmp_path: Path) -> Path:
     return tmp_path / "audit.sqlite3"
+
+
+@pytest.fixture
+def db(path: Path) -> Iterator[store.SqliteStore]:
+    with store.SqliteStore(path) as opened:
+        yield opened
+
+
+def writer_for(path: Path, **options: Any) -> store.AuditWriter:
+    """A writer whose connections are opened as the gateway's are (the first may create)."""
+    busy_timeout = options.pop("busy_timeout", 5.0)
+    return store.AuditWriter(
+        lambda create: store.SqliteStore(path, create=create, busy_timeout=busy_timeout),
+        str(path),
+        **options,
+    )
 
 
 def event(i: int = 0, **extra: Any) -> dict[str, Any]:
@@ -117,20 +134,20 @@ def test_schema_wal_version_indexes_views(path: Path) -> None:
 def test_migrations_run_in_order_on_open_and_old_rows_still_verify(
     path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    store.append(path, "events", event())
+    with store.SqliteStore(path) as old:
+        old.append("events", event())
 
     def add_column(db: Any) -> None:
         db.execute('ALTER TABLE events ADD COLUMN "trace_id" TEXT')
 
-    monkeypatch.setattr(store, "MIGRATIONS", [*store.MIGRATIONS, add_column])
-    monkeypatch.setattr(store, "SCHEMA_VERSION", 2)
-    monkeypatch.setattr(
-        store, "COLUMNS", {**store.COLUMNS, "events": {**store.COLUMNS["events"], "trace_id": str}}
-    )
-    store.append(path, "events", event(1, trace_id="t-1"))
-    with raw(path) as conn:
-        assert store.schema_version(conn) == 2
-    assert store.verify(path).ok
+    monkeypatch.setattr(schema, "MIGRATIONS", [*schema.MIGRATIONS, add_column])
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", 2)
+    monkeypatch.setitem(schema.COLUMNS, "events", {**schema.COLUMNS["events"], "trace_id": str})
+    with store.SqliteStore(path) as new:
+        new.append("events", event(1, trace_id="t-1"))
+        with raw(path) as conn:
+            assert store.schema_version(conn) == 2
+        assert new.verify().ok
     monkeypatch.undo()
     with pytest.raises(store.SchemaTooNew):
         store.open_db(path)
@@ -145,46 +162,46 @@ def test_foreign_sqlite_file_is_not_taken_over(path: Path) -> None:
 
 def test_readers_never_create_a_store(path: Path) -> None:
     with pytest.raises(store.StoreNotFound):
-        store.list_sessions(path)
+        store.open_store(path, create=False)
     with pytest.raises(store.StoreNotFound):
-        store.verify(path)
+        store.pending_approvals(path)
     assert not path.exists()
 
 
-def test_rows_are_checked_and_coerced(path: Path) -> None:
+def test_rows_are_checked_and_coerced(path: Path, db: store.SqliteStore) -> None:
     with pytest.raises(store.BadRow, match="no column"):
-        store.append(path, "events", {"password": "x"})
+        db.append("events", {"password": "x"})
     with pytest.raises(store.BadRow, match="no audited table"):
-        store.append(path, "meta", {"key": "x"})
+        db.append("meta", {"key": "x"})
     with pytest.raises(store.BadRow, match="status"):
-        store.append(path, "events", {"status": "two hundred"})
-    store.append(path, "events", event(latency_ms=3, status=200.0, extra={"b": 1, "a": [True]}))
-    row = store.session_events(path, "s1")[0]
+        db.append("events", {"status": "two hundred"})
+    db.append("events", event(latency_ms=3, status=200.0, extra={"b": 1, "a": [True]}))
+    row = db.session_events("s1")[0]
     assert row["latency_ms"] == 3.0 and row["status"] == 200
     assert row["extra"] == '{"a":[true],"b":1}'
     assert row["groups"] == '["dev"]'
     assert row["ts"].endswith("Z") and len(row["ts"]) == len("2025-01-01T00:00:00.000Z")
-    assert store.verify(path).ok
+    assert db.verify().ok
 
 
 # --- the chain ------------------------------------------------------------------------------
 
 
-def seed(path: Path) -> None:
+def seed(db: store.SqliteStore) -> None:
     """Rows in every kind of table, interleaved."""
-    store.append(path, "config_versions", {"config_hash": "c1", "source": "p.yaml"})
-    store.append(path, "sessions", {"session_id": "s1", "user": "alice", "upstream": "github"})
+    db.append("config_versions", {"config_hash": "c1", "source": "p.yaml"})
+    db.append("sessions", {"session_id": "s1", "user": "alice", "upstream": "github"})
     for i in range(3):
-        store.append(path, "events", event(i))
-    store.create_approval(path, {"approval_id": "a1", "requester": "alice", "tool": "t"})
-    store.append(path, "tool_pins", {"upstream": "github", "tool": "t", "event": "pinned"})
-    store.append_approval_state(path, "a1", "approved", "bob", "ok")
-    store.append(path, "events", event(3, approval_id="a1"))
+        db.append("events", event(i))
+    db.create_approval({"approval_id": "a1", "requester": "alice", "tool": "t"})
+    db.append("tool_pins", {"upstream": "github", "tool": "t", "event": "pinned"})
+    db.append_approval_state("a1", "approved", "bob", "ok")
+    db.append("events", event(3, approval_id="a1"))
 
 
-def test_one_chain_across_tables(path: Path) -> None:
-    seed(path)
-    report = store.verify(path)
+def test_one_chain_across_tables(path: Path, db: store.SqliteStore) -> None:
+    seed(db)
+    report = db.verify()
     assert report == store.VerifyReport(True, 9)
     rows = []
     with raw(path) as conn:
@@ -201,52 +218,52 @@ def test_one_chain_across_tables(path: Path) -> None:
     assert head == (9, rows[-1][2])
 
 
-def test_edited_row_is_named(path: Path) -> None:
-    seed(path)
+def test_edited_row_is_named(path: Path, db: store.SqliteStore) -> None:
+    seed(db)
     with raw(path) as conn:
         conn.execute("UPDATE events SET decision = 'deny' WHERE seq = 4")
-    report = store.verify(path)
+    report = db.verify()
     assert not report.ok and report.at == ("events", 4)
     assert "edited" in (report.problem or "")
 
 
-def test_edited_hash_columns_are_caught(path: Path) -> None:
-    seed(path)
+def test_edited_hash_columns_are_caught(path: Path, db: store.SqliteStore) -> None:
+    seed(db)
     with raw(path) as conn:
         conn.execute("UPDATE approvals SET prev_hash = ? WHERE seq = 6", [store.GENESIS])
-    assert store.verify(path).at == ("approvals", 6)
+    assert db.verify().at == ("approvals", 6)
 
 
-def test_removed_row_is_named(path: Path) -> None:
-    seed(path)
+def test_removed_row_is_named(path: Path, db: store.SqliteStore) -> None:
+    seed(db)
     with raw(path) as conn:
         conn.execute("DELETE FROM events WHERE seq = 4")
-    report = store.verify(path)
+    report = db.verify()
     assert not report.ok and report.at == ("events", 5)
     assert report.problem == "seq 4 missing before this row: removed"
 
 
-def test_removed_last_rows_are_noticed(path: Path) -> None:
-    seed(path)
+def test_removed_last_rows_are_noticed(path: Path, db: store.SqliteStore) -> None:
+    seed(db)
     with raw(path) as conn:
         conn.execute("DELETE FROM events WHERE seq = 9")
-    report = store.verify(path)
+    report = db.verify()
     assert not report.ok and "seq 9 missing at the end" in (report.problem or "")
 
 
-def test_inserted_rows_are_named(path: Path) -> None:
-    seed(path)
+def test_inserted_rows_are_named(path: Path, db: store.SqliteStore) -> None:
+    seed(db)
     with raw(path) as conn:
         conn.execute(
             "INSERT INTO events (seq, ts, user, decision, prev_hash, row_hash) "
             "VALUES (10, '2025-01-01T00:00:00.000Z', 'mallory', 'allow', 'x', 'y')"
         )
-    report = store.verify(path)
+    report = db.verify()
     assert not report.ok and report.at == ("events", 10)
 
 
-def test_forged_row_with_a_valid_hash_is_named(path: Path) -> None:
-    seed(path)
+def test_forged_row_with_a_valid_hash_is_named(path: Path, db: store.SqliteStore) -> None:
+    seed(db)
     with raw(path) as conn:
         head_seq, head_hash = conn.execute("SELECT seq, row_hash FROM chain_head").fetchone()
         content = {"seq": head_seq + 1, "ts": "2025-01-01T00:00:00.000Z", "user": "mallory"}
@@ -255,35 +272,37 @@ def test_forged_row_with_a_valid_hash_is_named(path: Path) -> None:
             "INSERT INTO events (seq, ts, user, prev_hash, row_hash) VALUES (?, ?, ?, ?, ?)",
             [*content.values(), head_hash, forged],
         )
-    report = store.verify(path)
+    report = db.verify()
     assert not report.ok and report.at == ("events", 10)
     assert "beyond the recorded chain head" in (report.problem or "")
 
 
-def test_row_inserted_with_a_duplicate_seq_is_named(path: Path) -> None:
-    seed(path)
+def test_row_inserted_with_a_duplicate_seq_is_named(path: Path, db: store.SqliteStore) -> None:
+    seed(db)
     with raw(path) as conn:
         conn.execute(
             "INSERT INTO approvals (seq, approval_id, state, decider, prev_hash, row_hash) "
             "VALUES (4, 'a1', 'approved', 'mallory', 'x', 'y')"
         )
-    report = store.verify(path)
+    report = db.verify()
     assert not report.ok and report.at == ("approvals", 4)
 
 
-def test_appends_from_threads_and_processes_keep_one_chain(path: Path) -> None:
-    store.open_db(path).close()
+def test_appends_from_threads_and_processes_keep_one_chain(
+    path: Path, db: store.SqliteStore
+) -> None:
     code = """
         import sys
         from holdgate import store
-        for i in range(40):
-            store.append(sys.argv[1], "events", {"flow_id": f"p{sys.argv[2]}-{i}"})
+        with store.open_store(sys.argv[1]) as db:
+            for i in range(40):
+                db.append("events", {"flow_id": f"p{sys.argv[2]}-{i}"})
     """
     procs = [run_python(code, str(path), str(n)) for n in range(3)]
-    writer = store.AuditWriter(path, batch_max=7)
+    writer = writer_for(path, batch_max=7)
     direct = [
         threading.Thread(
-            target=lambda: [store.append(path, "sessions", {"session_id": "x"}) for _ in range(20)]
+            target=lambda: [db.append("sessions", {"session_id": "x"}) for _ in range(20)]
         )
         for _ in range(2)
     ]
@@ -299,24 +318,24 @@ def test_appends_from_threads_and_processes_keep_one_chain(path: Path) -> None:
     assert writer.flush(30)
     writer.close()
     assert count(path, "events") == 320 and count(path, "sessions") == 40
-    assert store.verify(path) == store.VerifyReport(True, 360)
+    assert db.verify() == store.VerifyReport(True, 360)
 
 
 # --- purge ----------------------------------------------------------------------------------
 
 
-def test_purge_removes_old_rows_and_verify_still_passes(path: Path) -> None:
+def test_purge_removes_old_rows_and_verify_still_passes(path: Path, db: store.SqliteStore) -> None:
     old = store.iso(NOW - 10 * 86400)
     new = store.iso(NOW - 60)
-    store.append(path, "sessions", {"session_id": "gone", "first_seen": old})
-    store.append(path, "sessions", {"session_id": "lives-on", "first_seen": old})
-    store.append(path, "events", event(0, session_id="gone", ts=old))
-    store.append(path, "events", event(1, session_id="lives-on", ts=old))
-    store.create_approval(path, {"approval_id": "a0", "requester": "alice", "ts": old})
-    store.append(path, "events", event(2, session_id="lives-on", ts=new))
-    store.append(path, "events", event(3, session_id="gone-too-late", ts=old))  # after a new row
+    db.append("sessions", {"session_id": "gone", "first_seen": old})
+    db.append("sessions", {"session_id": "lives-on", "first_seen": old})
+    db.append("events", event(0, session_id="gone", ts=old))
+    db.append("events", event(1, session_id="lives-on", ts=old))
+    db.create_approval({"approval_id": "a0", "requester": "alice", "ts": old})
+    db.append("events", event(2, session_id="lives-on", ts=new))
+    db.append("events", event(3, session_id="gone-too-late", ts=old))  # after a new row
 
-    report = store.purge(path, 86400, now=NOW, actor="ops")
+    report = db.purge(86400, now=NOW, actor="ops")
     assert report.removed == {"sessions": 2, "events": 2, "approvals": 1}
     assert report.sessions_gone == ["gone"]
     assert (report.first_seq, report.last_seq, report.checkpoint_seq) == (1, 5, 8)
@@ -327,51 +346,53 @@ def test_purge_removes_old_rows_and_verify_still_passes(path: Path) -> None:
     assert checkpoint[:2] == (1, 5) and checkpoint[3] == "ops"
     assert json.loads(checkpoint[4]) == report.removed
     assert len(checkpoint[2]) == 64
-    assert store.verify(path) == store.VerifyReport(True, 3)
-    assert {s["session_id"] for s in store.list_sessions(path)} == {"lives-on", "gone-too-late"}
+    assert db.verify() == store.VerifyReport(True, 3)
+    assert {s["session_id"] for s in db.sessions()} == {"lives-on", "gone-too-late"}
 
-    assert store.purge(path, 86400, now=NOW) == store.PurgeReport()  # nothing more to remove
-    store.append(path, "events", event(4))
-    later = store.purge(path, 0, now=NOW + 86400)
+    assert db.purge(86400, now=NOW) == store.PurgeReport()  # nothing more to remove
+    db.append("events", event(4))
+    later = db.purge(0, now=NOW + 86400)
     assert later.removed == {"events": 3, "checkpoints": 1}
-    assert store.verify(path) == store.VerifyReport(True, 1)
+    assert db.verify() == store.VerifyReport(True, 1)
 
 
-def test_rows_removed_after_a_purge_are_still_caught(path: Path) -> None:
+def test_rows_removed_after_a_purge_are_still_caught(path: Path, db: store.SqliteStore) -> None:
     for i in range(3):
-        store.append(path, "events", event(i, ts=store.iso(NOW - 86400 * 30)))
+        db.append("events", event(i, ts=store.iso(NOW - 86400 * 30)))
     for i in range(3):
-        store.append(path, "events", event(i, ts=store.iso(NOW)))
-    store.purge(path, 86400, now=NOW)
+        db.append("events", event(i, ts=store.iso(NOW)))
+    db.purge(86400, now=NOW)
     with raw(path) as conn:
         conn.execute("DELETE FROM events WHERE seq = 4")
-    report = store.verify(path)
+    report = db.verify()
     assert not report.ok and report.at == ("events", 5)
 
 
-def test_removing_the_checkpoint_is_caught(path: Path) -> None:
-    store.append(path, "events", event(0, ts=store.iso(NOW - 86400 * 30)))
-    store.append(path, "events", event(1, ts=store.iso(NOW)))
-    store.purge(path, 86400, now=NOW)
+def test_removing_the_checkpoint_is_caught(path: Path, db: store.SqliteStore) -> None:
+    db.append("events", event(0, ts=store.iso(NOW - 86400 * 30)))
+    db.append("events", event(1, ts=store.iso(NOW)))
+    db.purge(86400, now=NOW)
     with raw(path) as conn:
         conn.execute("DELETE FROM checkpoints")
-    report = store.verify(path)
+    report = db.verify()
     assert not report.ok and report.at == ("events", 2)
 
 
 # --- the writer -----------------------------------------------------------------------------
 
 
-def test_writer_batches_and_flushes(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_writer_batches_and_flushes(
+    path: Path, db: store.SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
     sizes: list[int] = []
-    real_chain = store._chain
+    real_append = store.SqliteStore.append_batch
 
-    def spy(conn: sqlite3.Connection, items: Any) -> list[int]:
-        sizes.append(len(items))
-        return real_chain(conn, items)
+    def spy(self: store.SqliteStore, rows: Any) -> None:
+        sizes.append(len(rows))
+        real_append(self, rows)
 
-    monkeypatch.setattr(store, "_chain", spy)
-    writer = store.AuditWriter(path, batch_max=50, busy_timeout=30)
+    monkeypatch.setattr(store.SqliteStore, "append_batch", spy)
+    writer = writer_for(path, batch_max=50, busy_timeout=30)
     with write_locked(path):
         for i in range(301):
             assert writer.submit("events", event(i))
@@ -381,11 +402,11 @@ def test_writer_batches_and_flushes(path: Path, monkeypatch: pytest.MonkeyPatch)
     assert sum(sizes) == 301 and max(sizes) == 50 and len(sizes) <= 8
     assert writer.max_queue_depth_seen >= 250
     writer.close()
-    assert store.verify(path).ok
+    assert db.verify().ok
 
 
 def test_full_queue_refuses_and_counts_lost(path: Path) -> None:
-    writer = store.AuditWriter(path, queue_size=5, busy_timeout=30)
+    writer = writer_for(path, queue_size=5, busy_timeout=30)
     with write_locked(path):
         accepted = [writer.submit("events", event(i)) for i in range(20)]
     assert writer.flush(10)
@@ -396,7 +417,7 @@ def test_full_queue_refuses_and_counts_lost(path: Path) -> None:
 
 
 def test_close_writes_what_is_queued(path: Path) -> None:
-    writer = store.AuditWriter(path)
+    writer = writer_for(path)
     for i in range(100):
         writer.submit("events", event(i))
     writer.close()
@@ -406,7 +427,7 @@ def test_close_writes_what_is_queued(path: Path) -> None:
 
 
 def test_submit_rejects_rows_that_do_not_fit(path: Path) -> None:
-    writer = store.AuditWriter(path)
+    writer = writer_for(path)
     with pytest.raises(store.BadRow):
         writer.submit("events", {"token": "secret"})
     writer.close()
@@ -435,13 +456,14 @@ def check_failure_and_recovery(
     assert writer.flush(10)
     assert writer.submit("events", event(3)) and writer.flush(5)
     writer.close()
-    flows = [e["flow_id"] for e in store.session_events(path, "s1")]
-    assert flows == ["flow-0", "flow-1", "flow-3"]  # the row in hand was kept and written
-    assert store.verify(path).ok
+    with store.SqliteStore(path) as db:
+        flows = [e["flow_id"] for e in db.session_events("s1")]
+        assert flows == ["flow-0", "flow-1", "flow-3"]  # the row in hand was kept and written
+        assert db.verify().ok
 
 
 def test_store_locked_beyond_timeout_flips_healthy_and_recovers(path: Path) -> None:
-    writer = store.AuditWriter(path, busy_timeout=0.2, retry_interval=0.05)
+    writer = writer_for(path, busy_timeout=0.2, retry_interval=0.05)
     assert writer.submit("events", event(0)) and writer.flush(5)
     conn = raw(path)
     check_failure_and_recovery(
@@ -456,7 +478,7 @@ def test_store_locked_beyond_timeout_flips_healthy_and_recovers(path: Path) -> N
 
 def test_immutable_store_files_flip_healthy_and_recover(path: Path) -> None:
     """As root, chmod does not stop writes; the immutable attribute does."""
-    writer = store.AuditWriter(path, retry_interval=0.05)
+    writer = writer_for(path, retry_interval=0.05)
     assert writer.submit("events", event(0)) and writer.flush(5)
     files = [str(path), f"{path}-wal"]
     if (
@@ -475,41 +497,41 @@ def test_immutable_store_files_flip_healthy_and_recover(path: Path) -> None:
 
 
 def test_rows_the_store_refuses_are_dropped_not_retried(
-    path: Path, monkeypatch: pytest.MonkeyPatch
+    path: Path, db: store.SqliteStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    writer = store.AuditWriter(path)
-    real_chain = store._chain
+    writer = writer_for(path)
+    real_append = sqlite_store.append_rows
 
     def refuse_bad(conn: sqlite3.Connection, items: Any) -> list[int]:
         if any(row.get("flow_id") == "bad" for _, row in items):
             raise sqlite3.IntegrityError("CHECK constraint failed")
-        return real_chain(conn, items)
+        return real_append(conn, items)
 
-    monkeypatch.setattr(store, "_chain", refuse_bad)
+    monkeypatch.setattr(sqlite_store, "append_rows", refuse_bad)
     assert writer.submit("events", event(flow_id="bad")) and writer.flush(5)
     assert writer.healthy and writer.lost == 1
     assert "IntegrityError" in (writer.last_error or "")
     assert writer.submit("events", event(flow_id="good")) and writer.flush(5)
     writer.close()
-    assert [e["flow_id"] for e in store.session_events(path, "s1")] == ["good"]
+    assert [e["flow_id"] for e in db.session_events("s1")] == ["good"]
 
 
-def test_lone_surrogates_are_stored_escaped(path: Path) -> None:
-    store.append(path, "events", event(args_masked=json.loads('"\\ud800x"')))
-    assert store.session_events(path, "s1")[0]["args_masked"] == "\\ud800x"
-    assert store.verify(path).ok
+def test_lone_surrogates_are_stored_escaped(path: Path, db: store.SqliteStore) -> None:
+    db.append("events", event(args_masked=json.loads('"\\ud800x"')))
+    assert db.session_events("s1")[0]["args_masked"] == "\\ud800x"
+    assert db.verify().ok
 
 
 def test_required_store_that_cannot_be_opened_raises(tmp_path: Path) -> None:
     (tmp_path / "blocker").write_text("a file where the folder should be")
     with pytest.raises(store.StoreUnavailable):
-        store.AuditWriter(tmp_path / "blocker" / "audit.sqlite3")
+        writer_for(tmp_path / "blocker" / "audit.sqlite3")
 
 
 def test_best_effort_writer_starts_unhealthy_and_probes(tmp_path: Path) -> None:
     blocker = tmp_path / "blocker"
     blocker.write_text("a file where the folder should be")
-    writer = store.AuditWriter(blocker / "audit.sqlite3", required=False, retry_interval=0.05)
+    writer = writer_for(blocker / "audit.sqlite3", required=False, retry_interval=0.05)
     assert wait_until(lambda: not writer.healthy)
     assert not writer.submit("events", event())
     blocker.unlink()
@@ -517,11 +539,12 @@ def test_best_effort_writer_starts_unhealthy_and_probes(tmp_path: Path) -> None:
     assert wait_until(lambda: writer.healthy)
     assert writer.submit("events", event()) and writer.flush(5)
     writer.close()
-    assert store.verify(blocker / "audit.sqlite3").ok
+    with store.SqliteStore(blocker / "audit.sqlite3") as db:
+        assert db.verify().ok
 
 
 def test_writer_does_not_recreate_a_vanished_store(path: Path) -> None:
-    writer = store.AuditWriter(path, busy_timeout=0.2, retry_interval=0.05)
+    writer = writer_for(path, busy_timeout=0.2, retry_interval=0.05)
     conn = raw(path)
     conn.execute("BEGIN EXCLUSIVE")
     assert writer.submit("events", event())
@@ -556,16 +579,16 @@ def request(approval_id: str = "a1", **extra: Any) -> dict[str, Any]:
     }
 
 
-def test_approval_lifecycle(path: Path) -> None:
-    store.create_approval(path, request("a1"))
-    store.create_approval(path, request("a2"))
-    assert [a["approval_id"] for a in store.pending_approvals(path)] == ["a1", "a2"]
-    assert store.append_approval_state(path, "a1", "refused_attempt", "alice", "self")
-    assert store.approval(path, "a1")["state"] == "pending"
-    assert not store.append_approval_state(path, "a1", "grant_used", "alice")
-    assert store.append_approval_state(path, "a1", "approved", "bob", "looks fine")
-    assert store.append_approval_state(path, "a1", "grant_used", "alice", "same call")
-    found = store.approval(path, "a1")
+def test_approval_lifecycle(path: Path, db: store.SqliteStore) -> None:
+    db.create_approval(request("a1"))
+    db.create_approval(request("a2"))
+    assert [a["approval_id"] for a in db.approvals(pending_only=True)] == ["a1", "a2"]
+    assert db.append_approval_state("a1", "refused_attempt", "alice", "self")
+    assert db.approval("a1")["state"] == "pending"
+    assert not db.append_approval_state("a1", "grant_used", "alice")
+    assert db.append_approval_state("a1", "approved", "bob", "looks fine")
+    assert db.append_approval_state("a1", "grant_used", "alice", "same call")
+    found = db.approval("a1")
     assert found is not None
     assert (found["state"], found["decider"], found["reason"]) == ("approved", "bob", "looks fine")
     assert found["requester"] == "alice" and found["approvers"] == '["ops"]'
@@ -577,49 +600,43 @@ def test_approval_lifecycle(path: Path) -> None:
         "grant_used",
     ]
     assert all(h["tool"] == "delete_repo" for h in found["history"])
-    states = store.approval_states(path, ["a1", "a2", "nope"])
+    states = db.approval_states(["a1", "a2", "nope"])
     assert {k: v["state"] for k, v in states.items()} == {"a1": "approved", "a2": "pending"}
-    assert store.approval(path, "nope") is None
-    assert store.verify(path).ok
+    assert db.approval("nope") is None
+    assert db.verify().ok
 
 
-def test_decided_unknown_and_self_approvals_are_refused(path: Path) -> None:
-    store.create_approval(path, request("a1"))
-    assert not store.append_approval_state(path, "a1", "approved", "alice")
-    with pytest.raises(store.SelfApproval):
-        store.append_approval_state(path, "a1", "approved", "alice", strict=True)
-    assert store.append_approval_state(path, "a1", "denied", "bob")
-    assert not store.append_approval_state(path, "a1", "approved", "carol")
-    with pytest.raises(store.ApprovalNotPending, match="a1 is denied \\(by bob\\)"):
-        store.append_approval_state(path, "a1", "expired", None, strict=True)
-    assert not store.append_approval_state(path, "zz", "approved", "bob")
-    with pytest.raises(store.UnknownApproval):
-        store.append_approval_state(path, "zz", "approved", "bob", strict=True)
+def test_states_the_state_machine_refuses_are_not_recorded(db: store.SqliteStore) -> None:
+    db.create_approval(request("a1"))
+    assert db.append_approval_state("a1", "denied", "bob")
+    assert not db.append_approval_state("a1", "approved", "carol")
+    assert not db.append_approval_state("a1", "expired")
+    assert not db.append_approval_state("zz", "approved", "bob")
     with pytest.raises(store.BadRow):
-        store.append_approval_state(path, "a1", "pending", "bob")
-    assert [h["state"] for h in store.approval(path, "a1")["history"]] == ["pending", "denied"]
+        db.append_approval_state("a1", "pending", "bob")
+    assert [h["state"] for h in db.approval("a1")["history"]] == ["pending", "denied"]
 
 
-def test_expire_pending(path: Path) -> None:
+def test_expire_pending(path: Path, db: store.SqliteStore) -> None:
     for approval_id in ("a1", "a2", "a3"):
-        store.create_approval(path, request(approval_id))
-    store.append_approval_state(path, "a2", "approved", "bob")
-    assert store.expire_pending(path, "gateway restarted") == 2
-    assert store.pending_approvals(path) == []
-    assert store.approval(path, "a3")["reason"] == "gateway restarted"
-    assert store.approval(path, "a2")["state"] == "approved"
-    assert store.expire_pending(path, "again") == 0
+        db.create_approval(request(approval_id))
+    db.append_approval_state("a2", "approved", "bob")
+    assert db.expire_pending("gateway restarted") == 2
+    assert db.approvals(pending_only=True) == []
+    assert db.approval("a3")["reason"] == "gateway restarted"
+    assert db.approval("a2")["state"] == "approved"
+    assert db.expire_pending("again") == 0
 
 
-def test_concurrent_deciders_in_threads_exactly_one_wins(path: Path) -> None:
-    store.create_approval(path, request("a1"))
+def test_concurrent_deciders_in_threads_exactly_one_wins(path: Path, db: store.SqliteStore) -> None:
+    db.create_approval(request("a1"))
     barrier = threading.Barrier(8)
     results: list[bool] = []
 
     def decide(n: int) -> None:
         barrier.wait()
         state = "approved" if n % 2 else "denied"
-        results.append(store.append_approval_state(path, "a1", state, f"approver-{n}"))
+        results.append(db.append_approval_state("a1", state, f"approver-{n}"))
 
     threads = [threading.Thread(target=decide, args=(n,)) for n in range(8)]
     for thread in threads:
@@ -627,18 +644,21 @@ def test_concurrent_deciders_in_threads_exactly_one_wins(path: Path) -> None:
     for thread in threads:
         thread.join()
     assert results.count(True) == 1
-    assert len(store.approval(path, "a1")["history"]) == 2
+    assert len(db.approval("a1")["history"]) == 2
 
 
-def test_concurrent_deciders_in_processes_exactly_one_wins(path: Path) -> None:
-    store.create_approval(path, request("a1"))
+def test_concurrent_deciders_in_processes_exactly_one_wins(
+    path: Path, db: store.SqliteStore
+) -> None:
+    db.create_approval(request("a1"))
     go = path.with_suffix(".go")
     code = """
         import os, sys, time
         from holdgate import store
-        while not os.path.exists(sys.argv[2]):
-            time.sleep(0.005)
-        print(store.append_approval_state(sys.argv[1], "a1", "approved", sys.argv[3]))
+        with store.open_store(sys.argv[1]) as db:
+            while not os.path.exists(sys.argv[2]):
+                time.sleep(0.005)
+            print(db.append_approval_state("a1", "approved", sys.argv[3]))
     """
     procs = [run_python(code, str(path), str(go), f"approver-{n}") for n in range(4)]
     time.sleep(0.5)
@@ -646,16 +666,15 @@ def test_concurrent_deciders_in_processes_exactly_one_wins(path: Path) -> None:
     outputs = [proc.communicate(timeout=60) for proc in procs]
     assert [p.returncode for p in procs] == [0] * 4, outputs
     assert [out.strip() for out, _ in outputs].count("True") == 1
-    assert len(store.approval(path, "a1")["history"]) == 2
-    assert store.verify(path).ok
+    assert len(db.approval("a1")["history"]) == 2
+    assert db.verify().ok
 
 
 # --- readers --------------------------------------------------------------------------------
 
 
-def test_sessions_events_and_views(path: Path) -> None:
-    store.append(
-        path,
+def test_sessions_events_and_views(path: Path, db: store.SqliteStore) -> None:
+    db.append(
         "sessions",
         {
             "session_id": "s1",
@@ -665,28 +684,28 @@ def test_sessions_events_and_views(path: Path) -> None:
             "first_seen": store.iso(NOW),
         },
     )
-    store.append(path, "events", event(0, ts=store.iso(NOW + 1)))
-    store.append(path, "events", event(1, ts=store.iso(NOW + 2), decision="deny"))
-    store.append(path, "events", event(2, ts=store.iso(NOW + 3), direction="response"))
-    store.append(path, "events", event(3, ts=store.iso(NOW + 9), session_id="s2", user="bob"))
+    db.append("events", event(0, ts=store.iso(NOW + 1)))
+    db.append("events", event(1, ts=store.iso(NOW + 2), decision="deny"))
+    db.append("events", event(2, ts=store.iso(NOW + 3), direction="response"))
+    db.append("events", event(3, ts=store.iso(NOW + 9), session_id="s2", user="bob"))
 
-    sessions = store.list_sessions(path)
+    sessions = db.sessions()
     assert [(s["session_id"], s["events"], s["denials"]) for s in sessions] == [
         ("s1", 3, 1),
         ("s2", 1, 0),
     ]
     assert sessions[0]["protocol_version"] == "2025-06-18"
     assert sessions[0]["last_seen"] == store.iso(NOW + 3)
-    assert [s["session_id"] for s in store.list_sessions(path, since=store.iso(NOW + 5))] == ["s2"]
-    assert [e["flow_id"] for e in store.session_events(path, "s1")] == [
+    assert [s["session_id"] for s in db.sessions(since=store.iso(NOW + 5))] == ["s2"]
+    assert [e["flow_id"] for e in db.session_events("s1")] == [
         "flow-0",
         "flow-1",
         "flow-2",
     ]
 
-    db = store.open_db(path, create=False)
-    calls = list(db.query("SELECT * FROM v_calls_by_identity ORDER BY user"))
-    db.close()
+    views = store.open_db(path, create=False)
+    calls = list(views.query("SELECT * FROM v_calls_by_identity ORDER BY user"))
+    views.close()
     assert [(c["user"], c["tool"], c["count"], c["denials"]) for c in calls] == [
         ("alice", "create_issue", 2, 1),
         ("bob", "create_issue", 1, 0),
@@ -694,21 +713,16 @@ def test_sessions_events_and_views(path: Path) -> None:
     assert calls[0]["first"] == store.iso(NOW + 1) and calls[0]["last"] == store.iso(NOW + 2)
 
 
-def test_export_rows(path: Path) -> None:
+def test_export_rows(path: Path, db: store.SqliteStore) -> None:
     for i in range(4):
-        store.append(
-            path, "events", event(i, ts=store.iso(NOW + i), user="bob" if i == 3 else "alice")
-        )
-    rows = list(store.export_rows(path))
+        db.append("events", event(i, ts=store.iso(NOW + i), user="bob" if i == 3 else "alice"))
+    rows = list(db.events())
     assert [tuple(r) for r in rows] == [store.EXPORT_FIELDS] * 4
-    window = store.export_rows(path, since=store.iso(NOW + 1), until=store.iso(NOW + 3))
+    window = db.events(since=store.iso(NOW + 1), until=store.iso(NOW + 3))
     assert [r["flow_id"] for r in window] == ["flow-1", "flow-2"]
-    assert [r["flow_id"] for r in store.export_rows(path, user="bob")] == ["flow-3"]
-    assert list(store.export_rows(path, upstream="elsewhere")) == []
-    db = store.open_db(path)
-    assert len(list(store.export_rows(db))) == 4  # a Database works too, and stays open
-    assert db.execute("SELECT count(*) FROM events").fetchone()[0] == 4
-    db.close()
+    assert [r["flow_id"] for r in db.events(user="bob")] == ["flow-3"]
+    assert list(db.events(upstream="elsewhere")) == []
+    assert store.export_rows(path) == rows  # one call on the store at a path
 
 
 @given(st.floats(min_value=0, max_value=4e9) | st.integers(0, 4 * 10**9).map(lambda n: n / 1000))
@@ -722,7 +736,7 @@ def test_writer_commits_rows_that_arrive_within_the_linger_together(
     path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     commits: list[int] = []
-    real = store._transaction
+    real = sqlite_store.transaction
 
     @contextmanager
     def counted(conn: sqlite3.Connection) -> Iterator[None]:
@@ -730,8 +744,8 @@ def test_writer_commits_rows_that_arrive_within_the_linger_together(
             yield
         commits.append(conn.execute("SELECT count(*) FROM events").fetchone()[0])
 
-    writer = store.AuditWriter(path, linger=0.5)  # opened (and migrated) uncounted
-    monkeypatch.setattr(store, "_transaction", counted)
+    writer = writer_for(path, linger=0.5)  # opened (and migrated) uncounted
+    monkeypatch.setattr(sqlite_store, "transaction", counted)
     try:
         assert writer.submit("events", event(1))
         time.sleep(0.05)  # a second row, well inside the first one's linger
@@ -744,11 +758,11 @@ def test_writer_commits_rows_that_arrive_within_the_linger_together(
         writer.close()
 
 
-def test_flush_does_not_wait_out_the_linger(path: Path) -> None:
-    writer = store.AuditWriter(path, linger=3600)
+def test_flush_does_not_wait_out_the_linger(path: Path, db: store.SqliteStore) -> None:
+    writer = writer_for(path, linger=3600)
     try:
         assert writer.submit("events", event(1))
         assert writer.flush(10)  # would time out if the writer waited the hour
-        assert [r["flow_id"] for r in store.session_events(path, "s1")] == ["flow-1"]
+        assert [r["flow_id"] for r in db.session_events("s1")] == ["flow-1"]
     finally:
         writer.close()

@@ -9,6 +9,7 @@ refused, never forwarded.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -25,7 +26,6 @@ from holdgate.addons.flowstate import fail_closed, header_lists, is_mcp, objects
 from holdgate.approvals.adminhttp import AdminRequest, AdminResponse, parse_listen, serve
 from holdgate.approvals.approval_rules import (
     Grants,
-    approver_groups,
     argument_changes,
     may_see,
     request_digest,
@@ -55,6 +55,14 @@ UNRECORDED = "unrecorded"  # a hold that ended with a decision the store would n
 MITMWEB = "mitmweb operator"
 WEBHOOK_ATTEMPTS = 4
 
+# How the approvals API answers the store's refusal of a decision.
+REFUSAL_STATUS: dict[type[store.ApprovalRefused], int] = {
+    store.UnknownApproval: 404,
+    store.SelfApproval: 403,
+    store.NotAnApprover: 403,
+    store.ApprovalNotPending: 409,
+    store.ApprovalExpired: 409,
+}
 
 @dataclass
 class Hold:
@@ -447,15 +455,16 @@ class ApprovalHolds:
             deciding = request.method == "POST" and parts[2:] in (["approve"], ["deny"])
             if found is not None and deciding:  # still an attempt worth an audit row
                 attempted = "approved" if parts[2] == "approve" else "denied"
-                await asyncio.to_thread(
-                    store.append_approval_state,
-                    db,
-                    parts[1],
-                    "refused_attempt",
-                    approver.user,
-                    f"{attempted} refused: {approver.user} is neither an approver nor the "
-                    "requester",
-                )
+                # neither approver nor requester: the store refuses it and records that
+                with contextlib.suppress(store.ApprovalRefused):
+                    await asyncio.to_thread(
+                        store.decide_approval,
+                        db,
+                        parts[1],
+                        attempted,
+                        approver.user,
+                        approver.groups,
+                    )
             # One answer for "absent" and "not yours": the API is no oracle for either.
             return AdminResponse(
                 404, {"error": f"no approval {shown(parts[1])} that {approver.user} may see"}
@@ -469,26 +478,18 @@ class ApprovalHolds:
         except (json.JSONDecodeError, AttributeError):
             return AdminResponse(400, {"error": "the body must be a JSON object"})
         new_state = "approved" if parts[2] == "approve" else "denied"
-        problem = None
-        if approver.user == found.get("requester"):
-            problem = "requesters cannot decide their own request (separation of duties)"
-        elif not set(approver.groups) & approver_groups(found):
-            problem = f"{approver.user} is not in the approver groups {found.get('approvers')}"
-        if problem is not None:
+        try:
             await asyncio.to_thread(
-                store.append_approval_state,
+                store.decide_approval,
                 db,
                 parts[1],
-                "refused_attempt",
+                new_state,
                 approver.user,
-                f"{new_state} refused: {problem}",
+                approver.groups,
+                reason,
             )
-            return AdminResponse(403, {"error": problem})
-        ok = await asyncio.to_thread(
-            store.append_approval_state, db, parts[1], new_state, approver.user, reason
-        )
-        if not ok:
-            return AdminResponse(409, {"error": "this approval is no longer pending"})
+        except store.ApprovalRefused as exc:  # recorded by the store as a refused attempt
+            return AdminResponse(REFUSAL_STATUS.get(type(exc), 409), {"error": str(exc)})
         hold = self.holds.get(parts[1])
         if hold is not None:
             hold.decide(new_state, approver.user, reason)

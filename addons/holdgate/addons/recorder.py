@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import secrets
 import time
-from pathlib import Path
 from typing import Any
 
 from mitmproxy import ctx, exceptions, http
@@ -34,29 +31,16 @@ from holdgate.masking.record_masking import RecordMasking, ToolHint, mask_for_re
 from holdgate.protocol.canonical_json import args_digest
 from holdgate.protocol.jsonrpc import INTERNAL_ERROR
 from holdgate.recording.flowfiles import RecordingWriter, Redaction
-from holdgate.store import AuditWriter, StoreError
+from holdgate.store import AuditWriter, Store, StoreError, open_store
 from holdgate.store import iso as now_iso
 
 logger = logging.getLogger("holdgate")
 
 
-def load_or_create_key(db_path: str) -> bytes:
-    """The digest key when the config has no `hash_key`: random, kept beside the store."""
-    path = Path(db_path + ".key")
-    try:
-        return bytes.fromhex(path.read_text().strip())
-    except (OSError, ValueError):
-        key = secrets.token_bytes(32)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(key.hex())
-        return key
-
-
 class Recorder:
     def __init__(self, loader: ConfigLoader) -> None:
         self.loader = loader
+        self.store: Store | None = None  # the gateway's store; the writer has its own connection
         self.writer: AuditWriter | None = None
         self.recordings: RecordingWriter | None = None
         self.digest_key = b""
@@ -86,16 +70,16 @@ class Recorder:
 
     def configure(self, updated: set[str]) -> None:
         if "holdgate_db" in updated:
-            if self.writer is not None:
-                self.writer.close()
+            self._close_store()
             try:
-                self.writer = AuditWriter(ctx.options.holdgate_db)
+                self.store = open_store(ctx.options.holdgate_db)
+                self.writer = self.store.writer()
             except StoreError as exc:
                 raise exceptions.OptionsError(
                     f"holdgate_db: cannot open the audit store ({exc}); check the path and "
                     "its permissions"
                 ) from None
-            self.digest_key = load_or_create_key(ctx.options.holdgate_db)
+            self.digest_key = self.store.digest_key
             for row in self.unwritten_versions:
                 self.writer.submit("config_versions", row)
             self.unwritten_versions.clear()
@@ -108,6 +92,11 @@ class Recorder:
                 logger.warning("holdgate: holdgate_recordings is empty: no flow files written")
 
     def done(self) -> None:
+        self._close_store()
+        if self.recordings is not None:
+            self.recordings.close()
+
+    def _close_store(self) -> None:
         if self.writer is not None:
             self.writer.close()
             logger.info(
@@ -115,8 +104,10 @@ class Recorder:
                 self.writer.max_queue_depth_seen,
                 self.writer.lost,
             )
-        if self.recordings is not None:
-            self.recordings.close()
+            self.writer = None
+        if self.store is not None:
+            self.store.close()
+            self.store = None
 
     def key(self, config: GatewayConfig) -> bytes:
         return config.hash_key or self.digest_key

@@ -1,34 +1,27 @@
 """`holdgate approvals …`: the approval queue, decided from any process on the host.
 
-Decisions go through the store (one BEGIN IMMEDIATE transaction each), so two deciders
-racing yield exactly one decision; the gateway notices within a fraction of a second.
+Decisions go through the store, which applies the approval rules (one BEGIN IMMEDIATE
+transaction each), so two deciders racing yield exactly one decision; the gateway notices
+within a fraction of a second. The host operator's `--as` is trusted: no approver groups
+are checked, but the requester can never decide their own request.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from datetime import UTC, datetime
-from typing import Any
 
 import click
 
-from holdgate import store
-from holdgate.cli.records_cli import CheckFailed, db_option, read
+from holdgate.cli.common import CheckFailed, db_option, opened, store_errors
+from holdgate.store import ApprovalRecord, Decision, Store, StoreNotFound, open_store
 
 
-def _expired(row: dict[str, Any]) -> bool:
-    expires = row.get("expires")
-    if not expires:
-        return False
-    moment = datetime.fromisoformat(expires.replace("Z", "+00:00"))
-    return datetime.now(UTC) >= moment
-
-
-def _line(row: dict[str, Any]) -> str:
+def _line(row: ApprovalRecord) -> str:
     return (
-        f"{row['approval_id']}  {row['state']:<9} {row['requester']} -> "
-        f"{row['upstream']}/{row.get('tool') or row.get('method')}  rule {row['rule']!r}  "
+        f"{row['approval_id']}  {row['state']:<9} {row.get('requester')} -> "
+        f"{row.get('upstream')}/{row.get('tool') or row.get('method')}  "
+        f"rule {row.get('rule')!r}  "
         f"approvers {', '.join(json.loads(row.get('approvers') or '[]'))}  "
         f"expires {row.get('expires')}"
     )
@@ -44,7 +37,8 @@ def approvals() -> None:
 @click.option("--all", "show_all", is_flag=True, help="Include decided approvals.")
 def approvals_list(db: str, show_all: bool) -> None:
     """Approvals waiting for a decision (oldest first)."""
-    rows = read(lambda: all_approvals(db) if show_all else store.pending_approvals(db))
+    with opened(db) as store:
+        rows = store.approvals(pending_only=not show_all)
     if not rows:
         click.echo("no approvals waiting" if not show_all else "no approvals")
     for row in rows:
@@ -56,7 +50,8 @@ def approvals_list(db: str, show_all: bool) -> None:
 @click.argument("approval_id")
 def approvals_show(db: str, approval_id: str) -> None:
     """One approval: the (masked) arguments, what changed since the last one, its history."""
-    row = read(lambda: store.approval(db, approval_id))
+    with opened(db) as store:
+        row = store.approval(approval_id)
     if row is None:
         raise CheckFailed(f"no approval {approval_id!r}; see `holdgate approvals list --all`")
     click.echo(_line(row))
@@ -64,33 +59,17 @@ def approvals_show(db: str, approval_id: str) -> None:
     changes = json.loads(row.get("changes") or "null")
     if changes is not None:
         click.echo("changed since the last approved call: " + (", ".join(changes) or "nothing"))
-    for step in row["history"]:
+    for step in row.get("history", []):
         who = f" by {step['decider']}" if step.get("decider") else ""
         why = f" ({step['reason']})" if step.get("reason") else ""
         click.echo(f"  {step['ts']}  {step['state']}{who}{why}")
 
 
-def _decide(db: str, approval_id: str, new_state: str, user: str, reason: str | None) -> None:
-    row = read(lambda: store.approval(db, approval_id))
-    if row is None:
-        raise CheckFailed(f"no approval {approval_id!r}; see `holdgate approvals list`")
-    problem = None
-    if row["state"] != "pending":
-        problem = f"approval {approval_id} is already {row['state']}"
-    elif new_state == "approved" and user == row["requester"]:
-        problem = f"{user} requested this call and cannot approve it (separation of duties)"
-    elif _expired(row):
-        problem = f"approval {approval_id} expired at {row['expires']}; the decision came too late"
-    if problem is None:
-        ok = store.append_approval_state(db, approval_id, new_state, user, reason)
-        if ok:
-            click.echo(f"{approval_id} {new_state} by {user}")
-            return
-        problem = f"approval {approval_id} was decided by someone else first"
-    store.append_approval_state(
-        db, approval_id, "refused_attempt", user, f"{new_state} refused: {problem}"
-    )
-    raise CheckFailed(problem)
+def _decide(db: str, approval_id: str, decision: Decision, user: str, reason: str | None) -> None:
+    """The store's rules decide (a refusal is recorded there and shown here, exit 1)."""
+    with opened(db) as store:
+        store.decide_approval(approval_id, decision, user, None, reason)
+    click.echo(f"{approval_id} {decision} by {user}")
 
 
 @approvals.command("approve")
@@ -121,28 +100,28 @@ def approvals_watch(db: str, interval: float, count: int) -> None:
     """Follow new approval requests live (Ctrl-C to stop)."""
     seen: set[str] = set()
     shown = 0
-    while True:
-        for row in _pending_or_none(db):
-            if row["approval_id"] not in seen:
-                seen.add(row["approval_id"])
-                click.echo(_line(row), nl=True)
-                shown += 1
-                if count and shown >= count:
-                    return
-        time.sleep(interval)
-
-
-def all_approvals(path: str) -> list[dict[str, Any]]:
-    database = store.open_db(path, create=False)
+    store: Store | None = None
     try:
-        return list(database.query("SELECT * FROM v_approvals ORDER BY seq"))
+        with store_errors():
+            while True:
+                if store is None:
+                    store = _open_when_there(db)
+                for row in store.approvals(pending_only=True) if store else []:
+                    if row["approval_id"] not in seen:
+                        seen.add(row["approval_id"])
+                        click.echo(_line(row))
+                        shown += 1
+                        if count and shown >= count:
+                            return
+                time.sleep(interval)
     finally:
-        database.close()
+        if store is not None:
+            store.close()
 
 
-def _pending_or_none(db: str) -> list[dict[str, Any]]:
+def _open_when_there(db: str) -> Store | None:
     """`watch` may start before the gateway has created the store."""
     try:
-        return store.pending_approvals(db)
-    except store.StoreNotFound:
-        return []
+        return open_store(db, create=False)
+    except StoreNotFound:
+        return None

@@ -10,13 +10,19 @@ import sys
 
 import click
 
-from holdgate import store
 from holdgate.cli.approvals_cli import approvals
+from holdgate.cli.common import (
+    CheckFailed,
+    db_option,
+    load_rules,
+    opened,
+    since_option,
+    until_option,
+)
 from holdgate.cli.records_cli import COMMANDS as RECORD_COMMANDS
-from holdgate.cli.records_cli import CheckFailed, db_option, read, since_option
 from holdgate.cli.tools_cli import tools
 from holdgate.config.configfile import ConfigError
-from holdgate.config.gateway_config import GatewayConfig, load_config
+from holdgate.config.gateway_config import GatewayConfig
 from holdgate.identity.identities import api_key_hash, generate_api_key
 from holdgate.policy.policytest import (
     build_message,
@@ -26,13 +32,6 @@ from holdgate.policy.policytest import (
     run_tests,
 )
 from holdgate.policy.replay import NotReplayable, format_report, rebuild, replay
-
-
-def _load(path: str):  # type: ignore[no-untyped-def]
-    try:
-        return load_config(path)
-    except ConfigError as exc:
-        raise CheckFailed(str(exc)) from None
 
 
 @click.group()
@@ -51,10 +50,11 @@ def policy() -> None:
 def policy_check(file: str) -> None:
     """Validate a config file; errors name the file, line, column and key.
 
-    Warnings (e.g. an allow rule's unanchored pattern) go to stderr and leave exit status 0.
+    Warnings (e.g. an allow rule's unanchored pattern, or a `${env:…}` secret not set
+    here) go to stderr and leave exit status 0: secrets are the gateway's, not needed here.
     """
-    config = _load(file)
-    for warning in config.policy.warnings:
+    config = load_rules(file)
+    for warning in (*config.secret_warnings, *config.policy.warnings):
         click.echo(warning, err=True)
     click.echo(
         f"{file}: ok ({len(config.policy.rules)} rules, {len(config.upstreams)} upstreams, "
@@ -90,7 +90,7 @@ def policy_explain(
     db: str,
 ) -> None:
     """Show every rule considered, why it did or did not match, and the decision."""
-    config = _load(file)
+    config = load_rules(file)
     if event is not None:
         _explain_recorded(config, db, event)
         return
@@ -114,7 +114,8 @@ def policy_explain(
 
 def _explain_recorded(config: GatewayConfig, db: str, seq: int) -> None:
     """A recorded decision, explained by FILE's rules, and whether FILE is what decided it."""
-    row = read(lambda: store.event_row(db, seq))
+    with opened(db) as store:
+        row = store.event(seq)
     if row is None:
         raise CheckFailed(f"no event with seq {seq} in {db}; see `holdgate sessions show`")
     try:
@@ -141,7 +142,7 @@ def _explain_recorded(config: GatewayConfig, db: str, seq: int) -> None:
 @click.argument("tests", type=click.Path(exists=True, dir_okay=False))
 def policy_test(file: str, tests: str) -> None:
     """Run policy unit tests: each case's request and the decision it expects."""
-    config = _load(file)
+    config = load_rules(file)
     try:
         results = run_tests(config, tests)
     except ConfigError as exc:
@@ -162,7 +163,7 @@ def policy_test(file: str, tests: str) -> None:
 @click.argument("candidate", type=click.Path(exists=True, dir_okay=False))
 @db_option
 @since_option
-@click.option("--until", help="ISO time, exclusive.")
+@until_option
 @click.option("--all", "show_all", is_flag=True, help="List every changed message.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
 @click.option("--fail-on-change", is_flag=True, help="Exit 1 when any decision would change.")
@@ -177,8 +178,9 @@ def policy_replay(
 ) -> None:
     """Decide the recorded traffic with CANDIDATE and report every decision that would change,
     grouped by rule: try a rule change on real traffic before it goes live."""
-    config = _load(candidate)
-    rows = read(lambda: list(store.export_rows(db, since, until, None, None)))
+    config = load_rules(candidate)
+    with opened(db) as store:
+        rows = store.events(since, until)
     report = replay(config, rows)
     if fmt == "json":
         click.echo(json.dumps({"candidate": candidate, **report.to_json()}, indent=2))

@@ -8,69 +8,22 @@ from __future__ import annotations
 import csv
 import json
 import sys
-import time
-from collections.abc import Callable, Iterable
-from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import click
-from sqlite_utils import Database
 
-from holdgate import store
-from holdgate.config.configfile import ConfigError, parse_duration
-from holdgate.config.gateway_config import load_config
+from holdgate.cli.common import (
+    CheckFailed,
+    db_option,
+    load_rules,
+    opened,
+    since_option,
+    until_option,
+)
+from holdgate.config.configfile import parse_duration
 from holdgate.recording.flowfiles import recording_name
 from holdgate.reports.review import build_review, render_csv, render_html, render_markdown
-
-
-class CheckFailed(click.ClickException):
-    """A check ran and found a problem: exit status 1."""
-
-    exit_code = 1
-
-
-def db_option(func: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option(
-        "--db",
-        default="holdgate.sqlite3",
-        show_default=True,
-        type=click.Path(dir_okay=False),
-        help="Audit store (the gateway's holdgate_db).",
-    )(func)
-
-
-def _since(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    """An ISO time as given, or a duration back from now (`7d`, `12h`)."""
-    if value is None:
-        return None
-    seconds = parse_duration(value)
-    if seconds is not None:
-        return store.iso(time.time() - seconds)
-    try:
-        datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise click.BadParameter(
-            f"{value!r} is neither an ISO time (2026-11-01T00:00:00Z) nor a duration (7d)"
-        ) from None
-    return value
-
-
-def since_option(func: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option(
-        "--since", callback=_since, help="ISO time, or a duration back from now (7d, 12h)."
-    )(func)
-
-
-def read[T](fetch: Callable[[], T]) -> T:
-    try:
-        return fetch()
-    except store.StoreNotFound:
-        raise CheckFailed(
-            "no audit store there; pass --db with the gateway's holdgate_db"
-        ) from None
-    except store.StoreError as exc:
-        raise CheckFailed(str(exc)) from None
+from holdgate.store import EXPORT_FIELDS, EventRow, write_sqlite_export
 
 
 @click.group()
@@ -80,10 +33,11 @@ def sessions() -> None:
 
 @sessions.command("list")
 @db_option
-@click.option("--since", help="Only sessions active at or after this ISO time.")
+@since_option
 def sessions_list(db: str, since: str | None) -> None:
     """Sessions with their identity, upstream, first/last seen, events and denials."""
-    rows = read(lambda: store.list_sessions(db, since))
+    with opened(db) as store:
+        rows = store.sessions(since)
     if not rows:
         click.echo("no sessions recorded")
     for row in rows:
@@ -99,14 +53,15 @@ def sessions_list(db: str, since: str | None) -> None:
 @click.argument("session_id")
 def sessions_show(db: str, session_id: str) -> None:
     """A session's timeline: time, identity, method/tool, decision and rule, approval, masking."""
-    rows = read(lambda: store.session_events(db, session_id))
+    with opened(db) as store:
+        rows = store.session_events(session_id)
     if not rows:
         raise CheckFailed(f"no events for session {session_id!r}; see `holdgate sessions list`")
     for row in rows:
         click.echo(timeline_line(row))
 
 
-def timeline_line(row: dict[str, Any]) -> str:
+def timeline_line(row: EventRow) -> str:
     what = " ".join(p for p in (row.get("method"), row.get("target")) if p)
     rule = f" by {row['rule']!r}" if row.get("rule") else ""
     approval = f" approval {row['approval_id']}" if row.get("approval_id") else ""
@@ -115,11 +70,11 @@ def timeline_line(row: dict[str, Any]) -> str:
     status += f" refused: {refused}" if refused not in (None, "denied") else ""
     masked = ""
     if row.get("masked"):
-        counts = json.loads(row["masked"])
+        counts = json.loads(row["masked"] or "{}")
         masked = " masked " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items()))
     return (
-        f"#{row['seq']:<6} {row['ts']}  {row.get('user') or '-':<10} {row['direction']:<13} "
-        f"{what or '-'}  "
+        f"#{row['seq']:<6} {row['ts']}  {row.get('user') or '-':<10} "
+        f"{row.get('direction') or '-':<13} {what or '-'}  "
         f"{row.get('decision') or '-'}{rule}{approval}{status}{masked}"
     )
 
@@ -134,8 +89,8 @@ def timeline_line(row: dict[str, Any]) -> str:
     show_default=True,
 )
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="File (default: stdout).")
-@click.option("--since", help="ISO time, inclusive.")
-@click.option("--until", help="ISO time, exclusive.")
+@since_option
+@until_option
 @click.option("--user", help="Only this identity.")
 @click.option("--upstream", help="Only this upstream.")
 def export(
@@ -148,13 +103,13 @@ def export(
     upstream: str | None,
 ) -> None:
     """The audit feed (fields: store.EXPORT_FIELDS) for a SIEM or governance platform."""
-    rows = read(lambda: list(store.export_rows(db, since, until, user, upstream)))
-    if fmt == "sqlite":
-        if output is None:
-            raise click.UsageError("--format sqlite needs --output FILE")
-        target = Database(output)
+    if fmt == "sqlite" and output is None:
+        raise click.UsageError("--format sqlite needs --output FILE")
+    with opened(db) as store:
+        rows = store.events(since, until, user, upstream)
+    if fmt == "sqlite" and output is not None:
         with click.progressbar(length=len(rows), label="exporting", file=sys.stderr) as bar:
-            target["events"].insert_all(_counted(rows, bar.update), batch_size=500)
+            write_sqlite_export(output, rows, bar.update)
         click.echo(f"{len(rows)} events written to {output}", err=True)
         return
     sink = open(output, "w", newline="", encoding="utf-8") if output else sys.stdout
@@ -163,18 +118,12 @@ def export(
             for row in rows:
                 sink.write(json.dumps(row, ensure_ascii=False) + "\n")
         else:
-            writer = csv.DictWriter(sink, fieldnames=list(store.EXPORT_FIELDS))
+            writer = csv.DictWriter(sink, fieldnames=list(EXPORT_FIELDS))
             writer.writeheader()
             writer.writerows(rows)
     finally:
         if output:
             sink.close()
-
-
-def _counted(rows: Iterable[dict[str, Any]], tick: Callable[[int], None]) -> Iterable[dict]:
-    for row in rows:
-        tick(1)
-        yield row
 
 
 @click.command("review")
@@ -185,21 +134,27 @@ def _counted(rows: Iterable[dict[str, Any]], tick: Callable[[int], None]) -> Ite
     type=click.Path(exists=True, dir_okay=False),
     default="policies/default.yaml",
     show_default=True,
-    help="The policy in force, to show what each identity is granted.",
+    help="The policy in force, to show what each identity is granted (its secrets are not needed).",
 )
 @click.option(
     "--format", "fmt", type=click.Choice(["md", "html", "csv"]), default="md", show_default=True
 )
-@click.option("--since", help="Only activity at or after this ISO time.")
+@since_option
+@until_option
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="File (default: stdout).")
-def review(db: str, config_path: str, fmt: str, since: str | None, output: str | None) -> None:
+def review(
+    db: str,
+    config_path: str,
+    fmt: str,
+    since: str | None,
+    until: str | None,
+    output: str | None,
+) -> None:
     """Access review per identity: grants, use, approvals, denials, masked exposures."""
-    try:
-        config = load_config(config_path)
-    except ConfigError as exc:
-        raise CheckFailed(str(exc)) from None
-    rows = read(lambda: list(store.export_rows(db, since, None, None, None)))
-    approvals = read(lambda: _approvals(db))
+    config = load_rules(config_path)
+    with opened(db) as store:
+        rows = store.events(since, until)
+        approvals = store.approvals()
     model = build_review(rows, approvals, config)
     text = {"md": render_markdown, "html": render_html, "csv": render_csv}[fmt](model)
     if output:
@@ -209,19 +164,12 @@ def review(db: str, config_path: str, fmt: str, since: str | None, output: str |
         click.echo(text, nl=False)
 
 
-def _approvals(db: str) -> list[dict[str, Any]]:
-    database = store.open_db(db, create=False)
-    try:
-        return list(database.query("SELECT * FROM v_approvals ORDER BY seq"))
-    finally:
-        database.close()
-
-
 @click.command("verify")
 @db_option
 def verify(db: str) -> None:
     """Check the hash chain: proves no row was edited, removed or inserted."""
-    report = read(lambda: store.verify(db))
+    with opened(db) as store:
+        report = store.verify()
     if not report.ok:
         where = f" at {report.at[0]} seq {report.at[1]}" if report.at else ""
         raise CheckFailed(
@@ -246,7 +194,8 @@ def purge(db: str, older_than: str, recordings: str, actor: str | None) -> None:
     seconds = parse_duration(older_than)
     if seconds is None:
         raise click.BadParameter("expected a duration like 90d or 12h", param_hint="--older-than")
-    report = read(lambda: store.purge(db, seconds, actor=actor))
+    with opened(db) as store:
+        report = store.purge(seconds, actor=actor)
     removed_files = 0
     for session in report.sessions_gone:
         path = Path(recordings) / f"{recording_name(session)}.mitm"

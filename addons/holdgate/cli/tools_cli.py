@@ -7,20 +7,19 @@ from __future__ import annotations
 
 import difflib
 import json
-from typing import Any
 
 import click
 
-from holdgate import store
-from holdgate.cli.records_cli import CheckFailed, db_option, read
+from holdgate.cli.common import CheckFailed, db_option, opened
 from holdgate.policy.tool_pins import PinBook, PinState
+from holdgate.store import Store, ToolPinRow
 
 
-def _book(db: str) -> tuple[PinBook, list[dict[str, Any]]]:
-    rows = read(lambda: store.tool_pin_rows(db))
+def _book(store: Store) -> tuple[PinBook, list[ToolPinRow]]:
+    rows = store.tool_pin_rows()
     book = PinBook()
     for row in rows:
-        book.apply(row)
+        book.apply(dict(row))
     return book, rows
 
 
@@ -38,7 +37,8 @@ def tools() -> None:
 @click.option("--changed", "only_changed", is_flag=True, help="Only tools that changed.")
 def tools_list(db: str, only_changed: bool) -> None:
     """Every pinned tool, whether its listed definition still matches the pin."""
-    book, _ = _book(db)
+    with opened(db) as store:
+        book, _ = _book(store)
     shown = 0
     for (upstream, tool), pin in sorted(book.pins.items()):
         if only_changed and not pin.changed:
@@ -64,7 +64,8 @@ def tools_list(db: str, only_changed: bool) -> None:
 @click.argument("tool")
 def tools_show(db: str, upstream: str, tool: str) -> None:
     """A tool's pin history and the difference between its pinned and listed definition."""
-    book, rows = _book(db)
+    with opened(db) as store:
+        book, rows = _book(store)
     pin = book.pins.get((upstream, tool))
     if pin is None:
         raise CheckFailed(f"no pin for tool {tool!r} on upstream {upstream!r}; see `tools list`")
@@ -72,8 +73,8 @@ def tools_show(db: str, upstream: str, tool: str) -> None:
     for row in rows:
         if (row["upstream"], row["tool"]) == (upstream, tool):
             click.echo(
-                f"  {row['ts']}  {row['event']:<10} {row['definition_digest'][:12]}  "
-                f"{row['actor'] or ''}  {row['detail'] or ''}".rstrip()
+                f"  {row['ts']}  {row['event']:<10} {str(row['definition_digest'])[:12]}  "
+                f"{row.get('actor') or ''}  {row.get('detail') or ''}".rstrip()
             )
     if pin.changed:
         click.echo("difference, pinned -> listed now:")
@@ -103,7 +104,19 @@ def tools_pin(
     digest: str | None,
 ) -> None:
     """Accept the definition a tool is listed with now: calls are judged by policy again."""
-    book, rows = _book(db)
+    with opened(db) as store:
+        _pin(store, upstream, names, user, reason, digest)
+
+
+def _pin(
+    store: Store,
+    upstream: str,
+    names: tuple[str, ...],
+    user: str,
+    reason: str | None,
+    digest: str | None,
+) -> None:
+    book, rows = _book(store)
     latest = {(r["upstream"], r["tool"]): r for r in rows}
     for name in names:
         pin = book.pins.get((upstream, name))
@@ -127,5 +140,5 @@ def tools_pin(
             "actor": user,
             "detail": reason,
         }
-        read(lambda pinned=pinned: store.append(db, "tool_pins", pinned))
-        click.echo(f"{upstream}/{name}: pinned {row['definition_digest'][:12]} by {user}")
+        store.append("tool_pins", pinned)
+        click.echo(f"{upstream}/{name}: pinned {str(row['definition_digest'])[:12]} by {user}")

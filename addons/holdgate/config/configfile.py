@@ -259,9 +259,21 @@ class Node:
             raise self.error(f"expected a duration like 30s, 10m, 2h or 7d; got {self.value!r}")
         return seconds
 
-    def secret(self) -> str:
-        """A string whose `${env:NAME}` / `${file:PATH}` references are resolved now."""
-        return resolve_secrets(self.string(), self)
+    def secret(self, resolve: bool = True) -> str:
+        """A string whose `${env:NAME}` / `${file:PATH}` references are resolved now; with
+        `resolve=False` (a command that reads only the rules) SECRET_PLACEHOLDER instead."""
+        text = self.string()
+        return resolve_secrets(text, self) if resolve else SECRET_PLACEHOLDER
+
+    def unresolved_secrets(self) -> list[str]:
+        """A warning for each reference in this string that cannot be resolved now."""
+        warnings = []
+        for match in _SECRET_REF.finditer(self.string()):
+            try:
+                _lookup(match, self)
+            except ConfigError as exc:
+                warnings.append(self.warning(exc.message))
+        return warnings
 
 
 def _kind(value: Any) -> str:
@@ -302,24 +314,25 @@ def parse_size(value: str) -> int | None:
 
 
 _SECRET_REF = re.compile(r"\$\{(env|file):([^}]+)\}")
+SECRET_PLACEHOLDER = "[secret not loaded]"
 
 
 def resolve_secrets(text: str, node: Node) -> str:
     """Replace `${env:NAME}` and `${file:PATH}` (relative to the config file) with their values."""
+    return _SECRET_REF.sub(lambda match: _lookup(match, node), text)
 
-    def lookup(match: re.Match[str]) -> str:
-        kind, name = match.group(1), match.group(2).strip()
-        if kind == "env":
-            value = os.environ.get(name)
-            if value is None:
-                raise node.error(f"environment variable {name} is not set; export it before start")
-            return value
-        path = Path(name)
-        if not path.is_absolute():
-            path = Path(node.doc.file).parent / path
-        try:
-            return path.read_text("utf-8").strip()
-        except OSError as exc:
-            raise node.error(f"cannot read secret file {path} ({exc.strerror})") from None
 
-    return _SECRET_REF.sub(lookup, text)
+def _lookup(match: re.Match[str], node: Node) -> str:
+    kind, name = match.group(1), match.group(2).strip()
+    if kind == "env":
+        value = os.environ.get(name)
+        if value is None:
+            raise node.error(f"environment variable {name} is not set; export it before start")
+        return value
+    path = Path(name)
+    if not path.is_absolute():
+        path = Path(node.doc.file).parent / path
+    try:
+        return path.read_text("utf-8").strip()
+    except OSError as exc:
+        raise node.error(f"cannot read secret file {path} ({exc.strerror})") from None

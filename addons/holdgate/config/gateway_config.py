@@ -2,7 +2,10 @@
 
 Every section parser reports mistakes through `ConfigError` with file, line and key.
 Secrets (`${env:…}`, `${file:…}`) are resolved here, at load, so a missing one stops
-the gateway at start rather than failing a request later.
+the gateway at start rather than failing a request later. Commands that read a config
+only for its rules (review, policy check/explain/test/replay) load it with
+`secrets=False`: no secret is read, each becomes a placeholder, and a reference that
+could not be resolved is a warning in `secret_warnings`.
 """
 
 from __future__ import annotations
@@ -108,6 +111,7 @@ class GatewayConfig:
     response_headers: ResponseHeaders = field(default_factory=ResponseHeaders)
     hash_key: bytes | None = None
     text: str = field(default="", repr=False)
+    secret_warnings: tuple[str, ...] = ()  # with secrets=False: references that would fail
 
     @property
     def secrets(self) -> tuple[str, ...]:
@@ -123,10 +127,15 @@ class GatewayConfig:
         return text
 
 
-def load_config(path: str | os.PathLike[str]) -> GatewayConfig:
+def load_config(path: str | os.PathLike[str], *, secrets: bool = True) -> GatewayConfig:
+    """The config at `path`; `secrets=False` for its rules only (no secret is read)."""
     doc, raw = load_yaml_file(path)
     return build_config(
-        doc.root, str(path), hashlib.sha256(raw).hexdigest(), raw.decode("utf-8", "replace")
+        doc.root,
+        str(path),
+        hashlib.sha256(raw).hexdigest(),
+        raw.decode("utf-8", "replace"),
+        secrets=secrets,
     )
 
 
@@ -135,13 +144,16 @@ def parse_config_text(text: str, file: str = "<config>") -> GatewayConfig:
     return build_config(doc.root, file, hashlib.sha256(text.encode()).hexdigest(), text)
 
 
-def build_config(root: Node, file: str, digest: str, text: str = "") -> GatewayConfig:
+def build_config(
+    root: Node, file: str, digest: str, text: str = "", *, secrets: bool = True
+) -> GatewayConfig:
     if root.missing:
         raise ConfigError("the file is empty; start with `version: 1`", file=file)
     root.mapping(TOP_KEYS, required={"version"})
     if root.child("version").value != 1:
         raise root.child("version").error("only `version: 1` is supported")
-    upstreams = _parse_upstreams(root.child("upstreams"))
+    secret_nodes: list[Node] = []
+    upstreams = _parse_upstreams(root.child("upstreams"), secrets, secret_nodes)
     policy = parse_rules(root.child("rules"))
     known = {u.name for u in upstreams}
     for i, rule in enumerate(policy.rules):
@@ -157,7 +169,10 @@ def build_config(root: Node, file: str, digest: str, text: str = "") -> GatewayC
                     )
                 )
     hash_key_node = root.child("hash_key")
-    hash_key = hash_key_node.secret().encode() if not hash_key_node.missing else None
+    hash_key = None
+    if not hash_key_node.missing:
+        hash_key = hash_key_node.secret(resolve=secrets).encode()
+        secret_nodes.append(hash_key_node)
     masking = parse_masking(root.child("masking"), root.child("detectors"), hash_key=hash_key)
     return GatewayConfig(
         file=file,
@@ -172,10 +187,13 @@ def build_config(root: Node, file: str, digest: str, text: str = "") -> GatewayC
         response_headers=_parse_response_headers(root.child("response_headers")),
         hash_key=hash_key,
         text=text,
+        secret_warnings=()
+        if secrets
+        else tuple(w for node in secret_nodes for w in node.unresolved_secrets()),
     )
 
 
-def _parse_upstreams(node: Node) -> tuple[Upstream, ...]:
+def _parse_upstreams(node: Node, secrets: bool, secret_nodes: list[Node]) -> tuple[Upstream, ...]:
     if node.missing:
         raise node.error("missing `upstreams`: list at least one MCP server to protect")
     out: list[Upstream] = []
@@ -208,7 +226,8 @@ def _parse_upstreams(node: Node) -> tuple[Upstream, ...]:
         if not inject.missing:
             inject.mapping(INJECT_KEYS)
             for header, value in inject.child("headers").items() if inject.has("headers") else ():
-                headers.append((header, value.secret()))
+                headers.append((header, value.secret(resolve=secrets)))
+                secret_nodes.append(value)
             pass_cookies = inject.child("pass_cookies").boolean(default=False)
         out.append(
             Upstream(

@@ -12,7 +12,7 @@ replayed; decisions the gateway makes outside the policy (tool pins) are left ou
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -116,7 +116,7 @@ class NotReplayable(Exception):
     """A recorded row that cannot be turned back into the request it was."""
 
 
-def rebuild(row: dict[str, Any]) -> tuple[ProbeCaller, Message]:
+def rebuild(row: Mapping[str, Any]) -> tuple[ProbeCaller, Message]:
     """The caller and message of a recorded `events` row (arguments as recorded: masked)."""
     args = _json(row.get("args_masked")) if row.get("args_masked") else None
     if row.get("args_masked") and not isinstance(args, dict):
@@ -129,7 +129,7 @@ def rebuild(row: dict[str, Any]) -> tuple[ProbeCaller, Message]:
     return caller_for(row.get("user"), groups), message
 
 
-def replay(candidate: GatewayConfig, rows: Iterable[dict[str, Any]]) -> ReplayReport:
+def replay(candidate: GatewayConfig, rows: Iterable[Mapping[str, Any]]) -> ReplayReport:
     """Decide recorded `events` rows again with `candidate`'s policy."""
     report = ReplayReport()
     for row in rows:

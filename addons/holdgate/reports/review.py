@@ -11,6 +11,7 @@ import html
 import io
 import json
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,8 +70,12 @@ class Review:
 
 
 def build_review(
-    rows: list[dict[str, Any]], approvals: list[dict[str, Any]], config: GatewayConfig
+    rows: Sequence[Mapping[str, Any]], approvals: Sequence[Mapping[str, Any]], config: GatewayConfig
 ) -> Review:
+    """The review of `rows` (events, as the store gives them) and `approvals` (their latest
+    states) under `config`'s rules. Masked exposures are each row's own findings, counted
+    once: a request row's are what its arguments held, a response row's what its answer did.
+    """
     people: dict[str, IdentityReview] = {}
     tools_seen: dict[str, set[str]] = defaultdict(set)
     for row in rows:
@@ -79,9 +84,6 @@ def build_review(
             continue
         person = people.setdefault(user, IdentityReview(user))
         person.groups = tuple(json.loads(row.get("groups") or "[]"))
-        if row.get("masked"):
-            for name, n in json.loads(row["masked"]).items():
-                person.masked[name] = person.masked.get(name, 0) + n
         denied = row.get("decision") not in ("allow", "approve", "pass")
         person.denials += int(denied)
         if row.get("method") != "tools/call" or not row.get("target"):
@@ -96,8 +98,8 @@ def build_review(
         if row.get("direction") == "response" and row.get("method") == "tools/list":
             for tool in _listed_tools(row.get("args_masked")):
                 tools_seen[row.get("upstream") or ""].add(tool)
-    for row in rows:  # masked exposures arrive on response rows
-        if row.get("user") in people and row.get("direction") != "request" and row.get("masked"):
+    for row in rows:
+        if row.get("user") in people and row.get("masked"):
             person = people[row["user"]]
             for name, n in json.loads(row["masked"]).items():
                 person.masked[name] = person.masked.get(name, 0) + n

@@ -1,0 +1,200 @@
+"""Approvals in the store: a small state machine, and the rules for who may decide, once.
+
+An approval is a series of `approvals` rows: `pending`, then one decision (approved,
+denied, expired, cancelled); `refused_attempt` and `grant_used` are logged against it
+without changing its state. Each change is one `BEGIN IMMEDIATE` transaction that reads
+the latest state and appends, so of two racing deciders exactly one wins.
+
+A person's decision (`decide`: CLI or approvals API) must also pass `decision_refusal`:
+not after `expires`, never by the requester (separation of duties), and, unless the
+decider is the trusted host operator (`decider_groups=None`, the CLI's `--as`), only by a
+member of the approval's approver groups. A refused decision is recorded as a
+`refused_attempt` and raised as a typed error.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+from typing import Literal, cast
+
+from holdgate.approvals.approval_rules import approver_groups
+from holdgate.store.chain import append_rows, normalize_row
+from holdgate.store.errors import (
+    ApprovalExpired,
+    ApprovalNotPending,
+    ApprovalRefused,
+    BadRow,
+    NotAnApprover,
+    SelfApproval,
+    UnknownApproval,
+)
+from holdgate.store.rows import ApprovalRecord, ApprovalRow, Row, parse_iso
+from holdgate.store.schema import APPROVAL_STATES, DECISIONS, select, transaction
+
+Decision = Literal["approved", "denied"]
+
+# Copied from the request into every later state row, so each row stands on its own.
+_REQUEST_COLUMNS = (
+    "requester",
+    "upstream",
+    "method",
+    "tool",
+    "args_masked",
+    "args_digest",
+    "request_digest",
+    "rule",
+    "approvers",
+    "created",
+    "expires",
+    "changes",
+    "flow_id",
+)
+
+
+def latest(conn: sqlite3.Connection, approval_id: str) -> ApprovalRecord | None:
+    rows = select(conn, "SELECT * FROM v_approvals WHERE approval_id = ?", [approval_id])
+    return cast(ApprovalRecord, rows[0]) if rows else None
+
+
+def history(conn: sqlite3.Connection, approval_id: str) -> list[ApprovalRow]:
+    rows = select(conn, "SELECT * FROM approvals WHERE approval_id = ? ORDER BY seq", [approval_id])
+    return cast(list[ApprovalRow], rows)
+
+
+def listed(conn: sqlite3.Connection, *, pending_only: bool) -> list[ApprovalRecord]:
+    where = "WHERE state = 'pending' " if pending_only else ""
+    rows = select(conn, f"SELECT * FROM v_approvals {where}ORDER BY seq")
+    return cast(list[ApprovalRecord], rows)
+
+
+def latest_of(conn: sqlite3.Connection, approval_ids: Iterable[str]) -> dict[str, ApprovalRecord]:
+    ids = list(approval_ids)
+    if not ids:
+        return {}
+    marks = ", ".join("?" for _ in ids)
+    rows = select(conn, f"SELECT * FROM v_approvals WHERE approval_id IN ({marks})", ids)
+    return {row["approval_id"]: cast(ApprovalRecord, row) for row in rows}
+
+
+def create(conn: sqlite3.Connection, row: Row) -> int:
+    """Record a new approval request (state `pending`); returns its seq."""
+    normalized = normalize_row("approvals", {**row, "state": "pending"})
+    with transaction(conn):
+        return append_rows(conn, [("approvals", normalized)])[0]
+
+
+def transition_refusal(
+    current: ApprovalRecord | None, approval_id: str, state: str
+) -> ApprovalRefused | None:
+    """Whether the state machine allows `state` next: decisions need a pending approval,
+    `grant_used` an approved one; `refused_attempt` is logged against any."""
+    if current is None:
+        return UnknownApproval(f"no approval {approval_id}", approval_id)
+    if (state in DECISIONS and current["state"] != "pending") or (
+        state == "grant_used" and current["state"] != "approved"
+    ):
+        by = f" (by {current['decider']})" if current.get("decider") else ""
+        return ApprovalNotPending(
+            f"approval {approval_id} is {current['state']}{by}", approval_id, current
+        )
+    return None
+
+
+def decision_refusal(
+    current: ApprovalRecord | None,
+    approval_id: str,
+    decision: Decision,
+    decider: str,
+    decider_groups: Iterable[str] | None,
+    now: float,
+) -> ApprovalRefused | None:
+    """The rules for a person's decision: the state machine, then expiry, separation of
+    duties and approver groups (`decider_groups=None`: the trusted host operator)."""
+    problem = transition_refusal(current, approval_id, decision)
+    if problem is not None or current is None:
+        return problem
+    expires = current.get("expires")
+    if expires and now >= parse_iso(expires):
+        return ApprovalExpired(
+            f"approval {approval_id} expired at {expires}; the decision came too late",
+            approval_id,
+            current,
+        )
+    if decider == current.get("requester"):
+        return SelfApproval(
+            f"{decider} requested this call and cannot decide it (separation of duties)",
+            approval_id,
+            current,
+        )
+    if decider_groups is not None and not set(decider_groups) & approver_groups(current):
+        return NotAnApprover(
+            f"{decider} is not in the approver groups {current.get('approvers')}",
+            approval_id,
+            current,
+        )
+    return None
+
+
+def _state_row(current: ApprovalRecord, state: str, decider: str | None, reason: str | None) -> Row:
+    row: Row = {k: current.get(k) for k in _REQUEST_COLUMNS}
+    row.update(approval_id=current["approval_id"], state=state, decider=decider, reason=reason)
+    return normalize_row("approvals", row)
+
+
+def append_state(
+    conn: sqlite3.Connection,
+    approval_id: str,
+    state: str,
+    decider: str | None,
+    reason: str | None,
+) -> bool:
+    """Record a state the gateway itself observed; False when the state machine refuses."""
+    if state not in APPROVAL_STATES or state == "pending":
+        raise BadRow(f"not an approval state change: {state!r}")
+    with transaction(conn):
+        current = latest(conn, approval_id)
+        if current is None or transition_refusal(current, approval_id, state) is not None:
+            return False
+        append_rows(conn, [("approvals", _state_row(current, state, decider, reason))])
+        return True
+
+
+def decide(
+    conn: sqlite3.Connection,
+    approval_id: str,
+    decision: Decision,
+    decider: str,
+    decider_groups: Iterable[str] | None,
+    reason: str | None,
+    now: float,
+) -> ApprovalRecord:
+    """A person's decision: recorded and returned, or recorded as refused and raised."""
+    if decision not in ("approved", "denied"):
+        raise BadRow(f"not a decision: {decision!r}")
+    groups = None if decider_groups is None else tuple(decider_groups)
+    with transaction(conn):
+        current = latest(conn, approval_id)
+        problem = decision_refusal(current, approval_id, decision, decider, groups, now)
+        if current is not None:
+            state, why = (
+                (decision, reason)
+                if problem is None
+                else ("refused_attempt", f"{decision} refused: {problem}")
+            )
+            append_rows(conn, [("approvals", _state_row(current, state, decider, why))])
+        decided = latest(conn, approval_id)
+    if problem is not None:
+        raise problem
+    return cast(ApprovalRecord, decided)
+
+
+def expire_pending(conn: sqlite3.Connection, reason: str) -> int:
+    """Close every pending approval as `expired` (e.g. at gateway start); returns how many."""
+    with transaction(conn):
+        rows = [
+            ("approvals", _state_row(current, "expired", None, reason))
+            for current in listed(conn, pending_only=True)
+        ]
+        append_rows(conn, rows)
+        return len(rows)

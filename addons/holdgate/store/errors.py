@@ -1,0 +1,79 @@
+"""What the audit store raises, as one tree so each caller catches what it can handle:
+
+    StoreError                  anything the audit store cannot do
+    ├── StoreUnavailable        the store cannot be opened, read or written
+    │   └── StoreNotFound       no store at that path (readers never create one)
+    ├── StoreNotSupported       a store URL this holdgate has no backend for
+    ├── SchemaTooNew            the store was written by a newer holdgate
+    ├── BadRow                  a row names an unknown table or column, or a bad value
+    └── ApprovalRefused         the approval rules refuse a change to an approval
+        ├── UnknownApproval     no approval with that id
+        ├── ApprovalNotPending  the approval is not in the state the change needs
+        ├── ApprovalExpired     the decision came after the approval expired
+        ├── SelfApproval        the requester tried to decide their own request
+        └── NotAnApprover       the decider is in none of the approval's approver groups
+
+The edges map them: the CLI turns every StoreError into a message (exit 1); the approvals
+API answers UnknownApproval 404, SelfApproval and NotAnApprover 403, ApprovalNotPending
+and ApprovalExpired 409.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+
+class StoreError(Exception):
+    """Anything the audit store cannot do."""
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot be opened, read or written."""
+
+
+class StoreNotFound(StoreUnavailable):
+    """No store at that path (readers never create one)."""
+
+
+class StoreNotSupported(StoreError):
+    """A store URL this holdgate has no backend for."""
+
+
+class SchemaTooNew(StoreError):
+    """The store was written by a newer holdgate."""
+
+
+class BadRow(StoreError):
+    """A row names an unknown table or column, or a value of the wrong type."""
+
+
+class ApprovalRefused(StoreError):
+    """The approval rules refuse a change to an approval; `current` is its latest state."""
+
+    def __init__(
+        self, message: str, approval_id: str, current: Mapping[str, Any] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.approval_id = approval_id
+        self.current = current
+
+
+class UnknownApproval(ApprovalRefused):
+    """No approval with that id."""
+
+
+class ApprovalNotPending(ApprovalRefused):
+    """The approval is not in the state the change needs (usually: already decided)."""
+
+
+class ApprovalExpired(ApprovalRefused):
+    """The decision came after the approval expired."""
+
+
+class SelfApproval(ApprovalRefused):
+    """The requester tried to decide their own request (separation of duties)."""
+
+
+class NotAnApprover(ApprovalRefused):
+    """The decider is in none of the approval's approver groups."""

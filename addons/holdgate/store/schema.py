@@ -1,0 +1,264 @@
+"""The SQLite store's tables, views and migrations, and how a connection to it is opened.
+
+`MIGRATIONS[n]` takes a store from schema version n to n + 1; opening a store runs the
+missing ones in one transaction, so a store is never left half migrated.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
+from typing import Any
+
+from sqlite_utils import Database
+
+from holdgate.store.errors import SchemaTooNew, StoreError, StoreNotFound, StoreUnavailable
+from holdgate.store.rows import Row
+
+GENESIS = "0" * 64
+DECISIONS = ("approved", "denied", "expired", "cancelled")
+# Logged against an approval without changing its state.
+ANNOTATIONS = ("refused_attempt", "grant_used")
+APPROVAL_STATES = ("pending", *DECISIONS, *ANNOTATIONS)
+
+_V1: dict[str, dict[str, type]] = {
+    "sessions": {
+        "session_id": str,
+        "user": str,
+        "upstream": str,
+        "client_addr": str,
+        "protocol_version": str,
+        "first_seen": str,
+    },
+    "events": {
+        "ts": str,
+        "flow_id": str,
+        "session_id": str,
+        "direction": str,
+        "user": str,
+        "groups": str,
+        "auth_method": str,
+        "upstream": str,
+        "method": str,
+        "target": str,
+        "jsonrpc_id": str,
+        "args_digest": str,
+        "args_masked": str,
+        "decision": str,
+        "rule": str,
+        "reason": str,
+        "approval_id": str,
+        "status": int,
+        "latency_ms": float,
+        "masked": str,
+        "config_hash": str,
+        "client_addr": str,
+        "extra": str,
+    },
+    "approvals": {
+        "ts": str,
+        "approval_id": str,
+        "state": str,
+        "requester": str,
+        "upstream": str,
+        "method": str,
+        "tool": str,
+        "args_masked": str,
+        "args_digest": str,
+        "request_digest": str,
+        "rule": str,
+        "approvers": str,
+        "decider": str,
+        "reason": str,
+        "created": str,
+        "expires": str,
+        "changes": str,
+        "flow_id": str,
+    },
+    "config_versions": {
+        "ts": str,
+        "config_hash": str,
+        "source": str,
+        "outcome": str,
+        "detail": str,
+        "content": str,
+    },
+    "tool_pins": {
+        "ts": str,
+        "upstream": str,
+        "tool": str,
+        "definition_digest": str,
+        "definition": str,
+        "event": str,
+        "actor": str,
+        "detail": str,
+    },
+    "checkpoints": {
+        "ts": str,
+        "first_seq": int,
+        "last_seq": int,
+        "last_hash": str,
+        "cutoff": str,
+        "removed": str,
+        "actor": str,
+    },
+}
+
+# The content columns of each chained table as of the newest schema version.
+COLUMNS = _V1
+CHAINED = tuple(COLUMNS)
+TIME_COLUMN = {t: "first_seen" if t == "sessions" else "ts" for t in CHAINED}
+
+_INDEXES_V1 = {
+    "events": [
+        ["ts"],
+        ["session_id", "seq"],
+        ["user", "ts"],
+        ["upstream", "target"],
+        ["approval_id"],
+    ],
+    "approvals": [["approval_id", "seq"], ["ts"]],
+    "sessions": [["session_id"], ["first_seen"]],
+}
+
+# Requests that were refused, whatever the reason: everything but these decisions.
+_NOT_DENIED = "('allow', 'pass', 'approve', 'dropped')"
+
+_VIEWS_V1 = {
+    "v_sessions": f"""
+WITH s AS (
+  SELECT session_id, user, upstream, client_addr, protocol_version,
+         min(first_seen) AS first_seen
+  FROM sessions GROUP BY session_id
+), e AS (
+  SELECT session_id, user, upstream, client_addr, min(ts) AS first_event,
+         max(ts) AS last_event, count(*) AS events,
+         sum(decision NOT IN {_NOT_DENIED}) AS denials
+  FROM events WHERE session_id IS NOT NULL GROUP BY session_id
+)
+SELECT ids.session_id,
+       coalesce(s.user, e.user) AS user,
+       coalesce(s.upstream, e.upstream) AS upstream,
+       coalesce(s.client_addr, e.client_addr) AS client_addr,
+       s.protocol_version,
+       coalesce(s.first_seen, e.first_event) AS first_seen,
+       coalesce(e.last_event, s.first_seen) AS last_seen,
+       coalesce(e.events, 0) AS events,
+       coalesce(e.denials, 0) AS denials
+FROM (SELECT session_id FROM s UNION SELECT session_id FROM e) AS ids
+LEFT JOIN s ON s.session_id = ids.session_id
+LEFT JOIN e ON e.session_id = ids.session_id""",
+    "v_approvals": f"""
+SELECT a.approval_id, a.state, a.requester, a.upstream, a.method, a.tool, a.rule,
+       a.approvers, a.decider, a.reason, a.created, a.expires,
+       CASE WHEN a.state = 'pending' THEN NULL ELSE a.ts END AS decided,
+       a.args_masked, a.args_digest, a.request_digest, a.changes, a.flow_id, a.seq
+FROM approvals AS a
+JOIN (SELECT approval_id, max(seq) AS seq FROM approvals
+      WHERE state NOT IN {ANNOTATIONS!r} GROUP BY approval_id) AS latest
+  ON a.seq = latest.seq""",
+    "v_calls_by_identity": f"""
+SELECT user, upstream, method, target AS tool, count(*) AS "count", min(ts) AS "first",
+       max(ts) AS "last", sum(decision NOT IN {_NOT_DENIED}) AS denials
+FROM events WHERE direction = 'request'
+GROUP BY user, upstream, method, target""",
+}
+
+
+def _migrate_v1(db: Database) -> None:
+    """Tables, indexes, views and the head of an empty chain."""
+    db["meta"].create({"key": str, "value": str}, pk="key")  # type: ignore[union-attr]
+    db["chain_head"].create({"id": int, "seq": int, "row_hash": str}, pk="id")  # type: ignore[union-attr]
+    db.execute("INSERT INTO chain_head (id, seq, row_hash) VALUES (1, 0, ?)", [GENESIS])
+    for table, columns in _V1.items():
+        db[table].create(  # type: ignore[union-attr]
+            {"seq": int, **columns, "prev_hash": str, "row_hash": str},
+            pk="seq",
+            not_null={"prev_hash", "row_hash"},
+        )
+        for index in _INDEXES_V1.get(table, []):
+            db[table].create_index(index, index_name=f"ix_{table}_{'_'.join(index)}")  # type: ignore[union-attr]
+    for name, sql in _VIEWS_V1.items():
+        db.create_view(name, sql.strip())
+
+
+MIGRATIONS: list[Callable[[Database], None]] = [_migrate_v1]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    """The store's schema version; 0 for an empty file."""
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone() is None:
+        return 0
+    row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    return int(row[0]) if row else 0
+
+
+def _migrate(conn: sqlite3.Connection, path: str) -> None:
+    if schema_version(conn) == SCHEMA_VERSION:
+        return
+    with transaction(conn):
+        version = schema_version(conn)
+        if version > SCHEMA_VERSION:
+            raise SchemaTooNew(f"{path}: schema {version}, this holdgate knows {SCHEMA_VERSION}")
+        if version == 0 and conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+            raise StoreUnavailable(f"{path} is an SQLite file but not a holdgate audit store")
+        db = Database(conn, recursive_triggers=False, execute_plugins=False)
+        for migration in MIGRATIONS[version:]:
+            migration(db)
+        conn.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
+            [str(SCHEMA_VERSION)],
+        )
+
+
+def open_db(
+    path: str | os.PathLike[str], *, create: bool = True, busy_timeout: float = 5.0
+) -> Database:
+    """Open (and create or migrate) a store: WAL mode, busy timeout, autocommit connection."""
+    name = os.fspath(path)
+    if not create and not os.path.exists(name):
+        raise StoreNotFound(f"no audit store at {name}")
+    try:
+        conn = sqlite3.connect(
+            name, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+        )
+    except sqlite3.Error as exc:
+        raise StoreUnavailable(f"{name}: {exc}") from exc
+    try:
+        if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        _migrate(conn, name)
+    except sqlite3.Error as exc:
+        conn.close()
+        raise StoreUnavailable(f"{name}: {exc}") from exc
+    except StoreError:
+        conn.close()
+        raise
+    return Database(conn, recursive_triggers=False, execute_plugins=False)
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """BEGIN IMMEDIATE … COMMIT, rolled back on any error."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            with suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        raise
+
+
+def select(
+    conn: sqlite3.Connection, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()
+) -> list[Row]:
+    """Every row of a query, as dicts keyed by column name."""
+    cursor = conn.execute(sql, params)
+    names = [d[0] for d in cursor.description]
+    return [dict(zip(names, values, strict=True)) for values in cursor]
