@@ -19,7 +19,7 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from mitmproxy import hooks, http
 from mitmproxy.flow import Error
@@ -48,9 +48,6 @@ def write_config(folder: Path, text: str, name: str = "holdgate.yaml") -> str:
     return str(path)
 
 
-T = TypeVar("T")
-
-
 @contextmanager
 def gateway(
     folder: Path,
@@ -64,9 +61,7 @@ def gateway(
     configured with `config_text`, a store in `folder` and no approvals API. `before`:
     (class, addon) puts a test's own addon just before the one of that class. The `done`
     hooks run on leaving (or at `finish`), which flushes the store."""
-    chosen = [
-        a for a in default_addons() if not kinds or isinstance(a, (ConfigLoader, *kinds))
-    ]
+    chosen = [a for a in default_addons() if not kinds or isinstance(a, (ConfigLoader, *kinds))]
     if before is not None:
         index = next(i for i, a in enumerate(chosen) if isinstance(a, before[0]))
         chosen.insert(index, before[1])
@@ -101,7 +96,7 @@ def store_rows(folder: Path, sql: str) -> list[dict[str, Any]]:
         return [dict(row) for row in db.execute(sql)]
 
 
-def find(tctx: taddons.context, kind: type[T]) -> T:
+def find[T](tctx: taddons.context, kind: type[T]) -> T:
     """The context's addon of class `kind`."""
     (found,) = [a for a in tctx.master.addons.chain if isinstance(a, kind)]
     return found
