@@ -56,8 +56,8 @@ def call(tool: str) -> dict:
         ("holdgate.addons.holds:request_digest", "ApprovalHolds.request", "run_sql"),
         # the hold expires, but the store will not take the decision: refused, not released
         ("holdgate.store:append_approval_state", "ApprovalHolds.request", "run_sql"),
-        ("holdgate.addons.gate:objects", "Gate.request", "get_customer"),
-        ("holdgate.addons.recorder:is_mcp", "Recorder.request", "get_customer"),
+        ("holdgate.addons.gate:state", "Gate.request", "get_customer"),
+        ("holdgate.addons.recorder:state", "Recorder.request", "get_customer"),
     ],
 )
 def test_fault_in_a_request_hook_refuses_and_forwards_nothing(

@@ -40,7 +40,7 @@ def default_addons() -> list[object]:
         policy,
         ApprovalHolds(loader, policy, recorder),
         Gate(),
-        Responses(loader, stages=[policy, pins, ResponseMasking(loader), recorder]),
+        Responses(loader, stages=[policy, pins, ResponseMasking(), recorder]),
         recorder,
         pins,  # after the recorder, which opens (or creates) the store the pins are read from
     ]

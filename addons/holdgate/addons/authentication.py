@@ -14,7 +14,6 @@ from holdgate.addons.flowstate import (
     header_lists,
     is_mcp,
     json_response,
-    objects,
     refuse,
     session_key,
     state,
@@ -53,13 +52,13 @@ class Authentication:
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
         """Identity is settled on the headers, before the body is read: an unknown caller is
         refused before anything is decided, held or recorded beyond its refusal row."""
-        if state(flow).get("local") == "resource-metadata":
+        if state(flow).local == "resource-metadata":
             self._serve_metadata(flow)
         elif is_mcp(flow):
             await self._authenticate(flow)
 
     def _serve_metadata(self, flow: http.HTTPFlow) -> None:
-        config = self.loader.current
+        config = state(flow).config
         if config is None:
             raise RuntimeError("no config loaded")
         path = flow.request.path.partition("?")[0]
@@ -74,14 +73,12 @@ class Authentication:
                 "resource_name": "Holdgate MCP gateway",
             },
         )
-        state(flow)["served"] = "resource-metadata"
 
     async def _authenticate(self, flow: http.HTTPFlow) -> None:
-        config = self.loader.current
-        if config is None:
-            raise RuntimeError("no config loaded")
         st = state(flow)
-        upstream: Upstream = objects(flow).extra["upstream"]
+        config, upstream = st.config, st.upstream
+        if config is None or upstream is None:
+            raise RuntimeError("authentication before routing")
         authenticator = self.authenticator(config)
         if authenticator is None:
             identity = ANONYMOUS
@@ -93,7 +90,7 @@ class Authentication:
             for name in outcome.spoofed_headers:
                 flow.request.headers.pop(name, None)
             if outcome.spoofed_headers:
-                st["spoofing"] = {"headers": list(outcome.spoofed_headers), "from": client_ip}
+                st.spoofing = {"headers": list(outcome.spoofed_headers), "from": client_ip}
             for name in trusted_header_names(config):
                 flow.request.headers.pop(name, None)
             if outcome.identity is None:
@@ -102,8 +99,7 @@ class Authentication:
                 return
             identity = outcome.identity
         strip_credentials(flow.request, upstream)
-        st["identity"] = identity.to_json()
-        objects(flow).extra["identity"] = identity
+        st.identity = identity
         session = session_key(flow)
         if session is not None and self.sessions.claim(upstream.name, session, identity.user):
             # Answered as the upstream answers a session it does not know: nothing says
@@ -119,10 +115,11 @@ class Authentication:
     @fail_closed
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         """The session an upstream opens belongs to whoever opened it; a DELETE ends it."""
-        identity = objects(flow).extra.get("identity")
-        if identity is None or flow.response is None or "refused" in state(flow):
+        st = state(flow)
+        identity = st.identity
+        if identity is None or st.upstream is None or flow.response is None or st.refused:
             return
-        upstream = state(flow)["upstream"]
+        upstream = st.upstream.name
         opened = flow.response.headers.get("mcp-session-id")
         if opened and opened != session_key(flow):
             if self.sessions.claim(upstream, opened, identity.user):
@@ -147,7 +144,7 @@ class Authentication:
             kind="unauthenticated",
             headers={"WWW-Authenticate": challenge(metadata, reason or "no credentials")},
         )
-        state(flow)["auth_error"] = error
+        state(flow).auth_error = error
 
 
 def strip_credentials(request: http.Request, upstream: Upstream) -> None:
@@ -167,4 +164,4 @@ def trusted_header_names(config: GatewayConfig) -> tuple[str, ...]:
 
 def front_url(flow: http.HTTPFlow) -> str:
     """The gateway's own address as the client used it."""
-    return state(flow).get("front") or f"{flow.request.scheme}://{flow.request.pretty_host}"
+    return state(flow).front or f"{flow.request.scheme}://{flow.request.pretty_host}"

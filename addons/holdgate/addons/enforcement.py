@@ -12,19 +12,22 @@ from mitmproxy import command, flow, http
 from holdgate.addons.config_loader import ConfigLoader
 from holdgate.addons.flowstate import (
     Correlator,
+    DecidedMessage,
     MessageContext,
+    Refusal,
+    annotate,
     fail_closed,
     header_lists,
-    is_mcp,
-    objects,
     refuse,
     session_key,
     state,
 )
 from holdgate.addons.tool_pinning import ToolPinning
+from holdgate.config.gateway_config import Upstream
+from holdgate.identity.identities import Identity
 from holdgate.policy.policytest import format_explanation
 from holdgate.policy.quota import Hit, Quota
-from holdgate.policy.rules import Decision
+from holdgate.policy.rules import Decision, Policy
 from holdgate.protocol.bodies import decode_bounded
 from holdgate.protocol.jsonrpc import (
     POLICY_DENIED,
@@ -60,9 +63,12 @@ class PolicyEnforcer:
 
     @fail_closed
     def request(self, flow: http.HTTPFlow) -> None:
-        if not is_mcp(flow):
-            return
         st = state(flow)
+        config, upstream, identity = st.config, st.upstream, st.identity
+        if upstream is None:
+            return
+        if config is None or identity is None:
+            raise RuntimeError("a decision before routing and identity")
         method = flow.request.method
         if method in ("GET", "DELETE"):
             # Opening the server's event stream or ending a session carries no call;
@@ -77,14 +83,11 @@ class PolicyEnforcer:
                     kind="malformed",
                 )
                 return
-            st["cleared"] = True
+            st.policy_checked = True
             return
         if method != "POST":
             refuse(flow, 405, -32600, f"HTTP {method} is not part of MCP", kind="malformed")
             return
-        config = self.loader.current
-        if config is None:
-            raise RuntimeError("no config loaded")
         try:
             content = decode_bounded(
                 flow.request.raw_content or b"",
@@ -92,70 +95,46 @@ class PolicyEnforcer:
                 self.loader.max_body,
             )
             body = parse_body(content, max_bytes=self.loader.max_body)
-            params = self.pins.header_params(st["upstream"], body) if self.pins else None
+            params = self.pins.header_params(upstream.name, body) if self.pins else None
             check_routing_headers(body, single_valued(header_lists(flow.request.headers)), params)
         except BodyError as exc:
             refuse(flow, exc.status, exc.code, f"refused: {exc.message}", kind="malformed")
             return
-        objects(flow).body = body
-        identity = objects(flow).extra["identity"]
-        upstream = st["upstream"]
-        records: list[dict[str, Any]] = []
+        st.body = body
         forwarded: list[Message] = []
         errors: list[dict[str, Any]] = []
-        decisions: list[Decision] = []
-        hits: list[Hit] = []
         for message in body.messages:
-            decision = self.decide(config.policy, identity, upstream, message, hits)
-            decisions.append(decision)
-            records.append({**message.summary(), "decision": decision.to_json()})
+            decision = self.decide(config.policy, identity, upstream, message, st.rate_hits)
+            st.decided.append(DecidedMessage(message, decision))
             if decision.action == "deny":
                 if message.kind == "request":
                     code = RATE_LIMITED if decision.rate_limited else POLICY_DENIED
                     errors.append(error_object(message.id, code, _denial_text(decision)))
                 continue
             forwarded.append(message)
-        st["messages"] = records
-        objects(flow).extra["rate_hits"] = hits  # given back if the request never leaves
-        objects(flow).extra["decisions"] = decisions  # approvers and timeouts, for ApprovalHolds
         session = session_key(flow)
         if session is not None:
             for message in forwarded:
                 if message.kind == "request" and message.method:
                     self.correlator.remember(session, message.id, message.method, message.target)
-        flow.comment = "holdgate: " + "; ".join(
-            f"{r['method']} {r['target'] or ''}: {r['decision']['action']} by "
-            f"{r['decision']['rule']!r}"
-            for r in records
-        )
-        flow.marked = (
-            ":no_entry:"
-            if any(r["decision"]["action"] == "deny" for r in records)
-            else (
-                ":hourglass:"
-                if any(r["decision"]["action"] == "approve" for r in records)
-                else ":white_check_mark:"
-            )
-        )
-        # Messages waiting for a human are cleared by the ApprovalHolds addon, or never.
-        st["cleared"] = not any(r["decision"]["action"] == "approve" for r in records)
+        st.policy_checked = True
+        # Messages waiting for a human are settled by the ApprovalHolds addon, or never.
+        st.awaiting_approval = any(d.decision.action == "approve" for d in st.decided)
         self._apply(flow, body, forwarded, errors)
+        annotate(flow)
 
     @command.command("holdgate.explain")
     def explain(self, flows: Sequence[flow.Flow]) -> None:
         """Log, for each selected flow, every rule considered and why, and the decision."""
-        config = self.loader.current
-        if config is None:
-            raise RuntimeError("no config loaded")
         for selected in flows:
-            body = objects(selected).body if isinstance(selected, http.HTTPFlow) else None
-            identity = objects(selected).extra.get("identity")
-            upstream = selected.metadata.get("holdgate", {}).get("upstream")
-            if body is None or identity is None or upstream is None:
+            st = state(selected) if isinstance(selected, http.HTTPFlow) else None
+            if st is None or st.body is None or st.identity is None or st.upstream is None:
                 logger.warning("holdgate.explain: flow %s carries no decided MCP body", selected.id)
                 continue
-            for message in body.messages:
-                decision, trace = config.policy.explain(identity, upstream, message)
+            config = st.config
+            assert config is not None
+            for message in st.body.messages:
+                decision, trace = config.policy.explain(st.identity, st.upstream.name, message)
                 logger.warning(
                     "holdgate.explain %s %s %s:\n%s",
                     selected.id,
@@ -166,15 +145,15 @@ class PolicyEnforcer:
 
     def decide(
         self,
-        policy: Any,
-        identity: Any,
-        upstream: str,
+        policy: Policy,
+        identity: Identity,
+        upstream: Upstream,
         message: Message,
         hits: list[Hit] | None = None,
     ) -> Decision:
         if message.kind == "response":
             return CLIENT_RESPONSE
-        decision = policy.evaluate(identity, upstream, message)
+        decision = policy.evaluate(identity, upstream.name, message)
         if self.pins is not None:
             decision = self.pins.review(identity.user, upstream, message, decision)
         if decision.action == "allow" and decision.limit is not None:
@@ -203,8 +182,9 @@ class PolicyEnforcer:
         """A request refused after it was decided (audit store down, a held call refused,
         an internal error) never reached the upstream: its calls use no quota. Runs on the
         first response or error hook, before any response-side stage can refuse."""
-        hits = objects(flow).extra.pop("rate_hits", ())
-        if "refused" in state(flow):
+        st = state(flow)
+        hits, st.rate_hits = st.rate_hits, []
+        if st.refused is not None:
             self.limiter.give_back(hits)
 
     def _apply(
@@ -218,8 +198,7 @@ class PolicyEnforcer:
             errors = []
         if not outgoing:
             # Nothing left to send: answer for the upstream, keeping the client's session.
-            st["refused"] = {"status": 200, "kind": "denied"}
-            st["cleared"] = True
+            st.refused = Refusal(200, None, "every message was denied", "denied")
             if not errors:
                 flow.response = http.Response.make(202, b"")
             else:
@@ -228,11 +207,12 @@ class PolicyEnforcer:
                     200, dumps(payload), {"Content-Type": "application/json"}
                 )
             return
-        objects(flow).pending_errors = errors
+        st.pending_errors = errors
         # The upstream gets exactly the messages decided on, re-serialised from what we parsed.
-        flow.request.content = dumps(outgoing if body.is_batch else outgoing[0])
+        decided = dumps(outgoing if body.is_batch else outgoing[0])
+        flow.request.content = decided
         flow.request.headers["accept-encoding"] = "identity"
-        objects(flow).extra["decided_request"] = (flow.request.url, flow.request.content)
+        st.decided_request = (flow.request.url, decided)
 
     def legacy_placeholders(self, flow: http.HTTPFlow, errors: list[dict]) -> list[dict]:
         """On the legacy HTTP+SSE transport answers travel on the GET stream, where the
@@ -253,7 +233,7 @@ class PolicyEnforcer:
 
     def answered_request(self, flow: http.HTTPFlow, msg_id: Any) -> tuple[str, str | None] | None:
         """The (method, target) of the request a response message answers."""
-        body = objects(flow).body
+        body = state(flow).body
         if body is not None:
             for message in body.messages:
                 if message.kind == "request" and message.id == msg_id and message.method:
@@ -265,10 +245,10 @@ class PolicyEnforcer:
         """Response side: filter discovery listings; decide server-to-client requests."""
         if not isinstance(message, dict):
             return message
-        config = self.loader.current
-        if config is None:
-            raise RuntimeError("no config loaded")
-        identity = objects(flow).extra.get("identity")
+        st = state(flow)
+        config, identity = st.config, st.identity
+        if config is None or st.upstream is None:
+            raise RuntimeError("a response stage on a flow that was never routed")
         session = session_key(flow)
         if "method" not in message and session is not None:
             refusal = self.substituted.pop((session, json.dumps(message.get("id"))), None)
@@ -292,7 +272,7 @@ class PolicyEnforcer:
         items = result.get(key)
         if not isinstance(items, list):
             return message
-        upstream = state(flow)["upstream"]
+        upstream = st.upstream.name
         kept = [
             item
             for item in items
@@ -302,7 +282,7 @@ class PolicyEnforcer:
         ]
         hidden = len(items) - len(kept)
         if hidden:
-            state(flow)["hidden"] = state(flow).get("hidden", 0) + hidden
+            st.hidden += hidden
         return {**message, "result": {**result, key: kept}}
 
 

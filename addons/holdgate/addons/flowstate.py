@@ -1,4 +1,4 @@
-"""Glue shared by every Holdgate addon: per-flow state, refusals, and failing closed.
+"""Glue shared by every Holdgate addon: the typed per-flow state, refusals, failing closed.
 
 mitmproxy logs an exception raised in an addon hook and then forwards the flow
 anyway. `fail_closed` wraps every hook so that an error becomes a 502 JSON-RPC
@@ -19,49 +19,196 @@ from typing import Any
 from mitmproxy import http
 
 from holdgate import STATE_KEY
-from holdgate.protocol.jsonrpc import INTERNAL_ERROR, Body, error_object
+from holdgate.config.gateway_config import GatewayConfig, Upstream
+from holdgate.identity.identities import Identity
+from holdgate.masking.masker import StreamMasker
+from holdgate.policy.quota import Hit
+from holdgate.policy.rules import Decision
+from holdgate.protocol.jsonrpc import INTERNAL_ERROR, Body, Message, error_object
 
 logger = logging.getLogger("holdgate")
 
 RECORDED_STREAM_BYTES = 1024 * 1024
 
 
-def state(flow: http.HTTPFlow) -> dict[str, Any]:
-    """What the gateway decided about this flow, as plain JSON-like values (saved with it)."""
-    return flow.metadata.setdefault(STATE_KEY, {})
+@dataclass(frozen=True)
+class Refusal:
+    """The gateway answered the client itself: what it said, and why (`kind`)."""
+
+    status: int
+    code: int | None
+    message: str
+    kind: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "code": self.code,
+            "message": self.message,
+            "kind": self.kind,
+        }
 
 
-def is_mcp(flow: http.HTTPFlow) -> bool:
-    """Flows the gateway handles (routed to an upstream); others it refuses or serves itself."""
-    return "upstream" in state(flow)
+@dataclass
+class DecidedMessage:
+    """One JSON-RPC message of the request, the PolicyEnforcer's decision on it, and, for a
+    held one, what the ApprovalHolds made of it."""
+
+    message: Message
+    decision: Decision
+    approval_id: str | None = None  # ApprovalHolds
+    approval: dict[str, Any] | None = None  # ApprovalHolds: {state, decider} or {granted_by}
+
+    def to_json(self) -> dict[str, Any]:
+        out = {**self.message.summary(), "decision": self.decision.to_json()}
+        if self.approval_id is not None:
+            out["approval_id"] = self.approval_id
+        if self.approval is not None:
+            out["approval"] = self.approval
+        return out
 
 
-class FlowObjects:
-    """Per-flow Python objects that must not go into flow.metadata (parsed body, codecs)."""
+@dataclass(eq=False)
+class FlowState:
+    """What the gateway learns and decides about one flow, each field written by one addon.
 
-    def __init__(self) -> None:
-        self.body: Body | None = None
-        self.pending_errors: list[dict[str, Any]] = []
-        self.extra: dict[str, Any] = {}
-        self.streamed = bytearray()
-        self.streamed_truncated = False
+    It lives beside the flow (never pickled or saved); `publish` writes its plain-JSON
+    view into `flow.metadata`, the one place mitmproxy saves and mitmweb shows it.
+    """
+
+    # Router
+    config: GatewayConfig | None = None  # the config that routed and decided this flow
+    front: str | None = None  # the gateway's own base URL as the client addressed it
+    local: str | None = None  # a document the gateway serves itself
+    upstream: Upstream | None = None
+    client_addr: str | None = None
+    # Authentication
+    identity: Identity | None = None
+    auth_error: str | None = None
+    spoofing: dict[str, Any] | None = None
+    # PolicyEnforcer
+    body: Body | None = None
+    decided: list[DecidedMessage] = field(default_factory=list)
+    decided_request: tuple[str, bytes] | None = None  # what was decided, to spot edits
+    pending_errors: list[dict[str, Any]] = field(default_factory=list)
+    rate_hits: list[Hit] = field(default_factory=list)
+    policy_checked: bool = False  # every message decided (or none to decide: GET, DELETE)
+    awaiting_approval: bool = False
+    hidden: int = 0  # listing entries withheld (PolicyEnforcer, then ToolPinning adds)
+    # ApprovalHolds
+    held: str | None = None  # the approval id while the flow waits
+    approvals_settled: bool = False
+    # ToolPinning
+    tools_changed: list[str] = field(default_factory=list)
+    # Gate
+    injected: tuple[str, ...] = ()
+    # Responses / ResponseMasking
+    masked: dict[str, int] = field(default_factory=dict)
+    exempted: tuple[str, ...] = ()
+    reflected_secret: int = 0
+    stream_cut: dict[str, str] | None = None
+    streamed: bytearray = field(default_factory=bytearray)  # the stream as the client got it
+    stream_masker: StreamMasker | None = None
+    stream_session: str | None = None  # the legacy transport's session, from its endpoint
+    # Recorder
+    recorded: bool = False
+    audit_lost: bool = False
+    audit_error: str | None = None
+    # any addon, through refuse() / fail_closed
+    refused: Refusal | None = None
+    error: dict[str, str] | None = None
+
+    @property
+    def cleared(self) -> bool:
+        """Every message decided, and nothing waiting for a human any more."""
+        return self.policy_checked and (not self.awaiting_approval or self.approvals_settled)
+
+    def count_masked(self, findings: dict[str, int]) -> None:
+        for name, count in findings.items():
+            self.masked[name] = self.masked.get(name, 0) + count
 
     def keep_for_recording(self, data: bytes) -> None:
         """Keep the first RECORDED_STREAM_BYTES of a stream as the client got it."""
         room = RECORDED_STREAM_BYTES - len(self.streamed)
-        if len(data) > room:
-            self.streamed_truncated = True
         self.streamed += data[: max(room, 0)]
 
+    def to_json(self) -> dict[str, Any]:
+        """The plain-JSON view saved with the flow (no argument values, no objects)."""
+        out: dict[str, Any] = {}
+        if self.config is not None:
+            out["config_hash"] = self.config.digest
+        if self.upstream is not None:
+            out["upstream"] = self.upstream.name
+        if self.identity is not None:
+            out["identity"] = self.identity.to_json()
+        if self.decided:
+            out["messages"] = [d.to_json() for d in self.decided]
+        if self.refused is not None:
+            out["refused"] = self.refused.to_json()
+        for name in ("local", "client_addr", "auth_error", "spoofing", "held", "error"):
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value
+        for name in ("hidden", "reflected_secret", "audit_lost", "audit_error", "stream_cut"):
+            value = getattr(self, name)
+            if value:
+                out[name] = value
+        if self.masked:
+            out["masked"] = dict(self.masked)
+        if self.exempted:
+            out["exempted"] = list(self.exempted)
+        if self.tools_changed:
+            out["tools_changed"] = list(self.tools_changed)
+        if self.injected:
+            out["injected"] = list(self.injected)
+        return out
 
-_objects: weakref.WeakKeyDictionary[http.HTTPFlow, FlowObjects] = weakref.WeakKeyDictionary()
+
+_states: weakref.WeakKeyDictionary[http.HTTPFlow, FlowState] = weakref.WeakKeyDictionary()
 
 
-def objects(flow: http.HTTPFlow) -> FlowObjects:
-    found = _objects.get(flow)
+def state(flow: http.HTTPFlow) -> FlowState:
+    """This flow's FlowState (a fresh one for a flow the gateway has not seen)."""
+    found = _states.get(flow)
     if found is None:
-        found = _objects[flow] = FlowObjects()
+        found = _states[flow] = FlowState()
+        # The key says the gateway has seen the flow (the entry script's sentinel looks);
+        # `publish` fills it.
+        flow.metadata.setdefault(STATE_KEY, {})
     return found
+
+
+def publish(flow: http.HTTPFlow) -> None:
+    """Write the flow's state into `flow.metadata` (before it is saved, shown or recorded)."""
+    flow.metadata[STATE_KEY] = state(flow).to_json()
+
+
+def annotate(flow: http.HTTPFlow) -> None:
+    """The flow's comment and marker in mitmweb (and in its recording): its decisions, any
+    refusal and what was masked. The one place they are written, so the live flow and the
+    recorded one never disagree."""
+    st = state(flow)
+    parts = [
+        f"{d.message.method} {d.message.target or ''}: {d.decision.action} by {d.decision.rule!r}"
+        for d in st.decided
+    ]
+    if st.refused is not None:
+        parts.append(f"refused ({st.refused.kind}): {st.refused.message}")
+    if st.masked:
+        parts.append("masked: " + ", ".join(f"{k}={v}" for k, v in st.masked.items()))
+    flow.comment = "holdgate: " + "; ".join(parts)
+    actions = {d.decision.action for d in st.decided}
+    if st.refused is not None or "deny" in actions:
+        flow.marked = ":no_entry:"
+    elif st.held is not None or ("approve" in actions and not st.approvals_settled):
+        flow.marked = ":hourglass:"
+    else:
+        flow.marked = ":white_check_mark:"
+
+
+def is_mcp(flow: http.HTTPFlow) -> bool:
+    """Flows the gateway handles (routed to an upstream); others it refuses or serves itself."""
+    return state(flow).upstream is not None
 
 
 def quoted(text: str, limit: int = 80) -> str:
@@ -90,8 +237,7 @@ def refuse(
 ) -> None:
     """Answer the client ourselves; the request never reaches the upstream."""
     flow.response = json_response(status, error_object(msg_id, code, message), headers)
-    st = state(flow)
-    st["refused"] = {"status": status, "code": code, "message": message, "kind": kind}
+    state(flow).refused = Refusal(status, code, message, kind)
 
 
 RESPONSE_HOOKS = frozenset({"responseheaders", "response"})
@@ -100,6 +246,9 @@ RESPONSE_HOOKS = frozenset({"responseheaders", "response"})
 def refuse_internal(flow: http.HTTPFlow, where: str, exc: BaseException) -> None:
     """Turn an unexpected error into a 502 refusal (never a pass) and say where it happened."""
     logger.error("holdgate: %s failed (%s: %s); flow refused", where, type(exc).__name__, exc)
+    st = state(flow)
+    if st.refused is not None and st.refused.kind == "internal-error":
+        return  # the client is told the first failure, the one that caused the rest
     withheld = (
         "response was withheld"
         if where.rsplit(".", 1)[-1] in RESPONSE_HOOKS
@@ -107,7 +256,7 @@ def refuse_internal(flow: http.HTTPFlow, where: str, exc: BaseException) -> None
     )
     message = f"internal error in the gateway ({where}); the {withheld}"
     refuse(flow, 502, INTERNAL_ERROR, message, kind="internal-error")
-    state(flow)["error"] = {"where": where, "type": type(exc).__name__}
+    st.error = {"where": where, "type": type(exc).__name__}
     if flow.intercepted:
         flow.resume()  # a held flow must not wait for ever on a refusal
 
@@ -126,7 +275,7 @@ def fail_closed(hook: Hook) -> Hook:
         return (
             isinstance(flow, http.HTTPFlow)
             and hook.__name__ in ("request", "requestheaders")
-            and "refused" in state(flow)
+            and state(flow).refused is not None
         )
 
     if inspect.iscoroutinefunction(hook):
@@ -182,10 +331,11 @@ def session_key(flow: http.HTTPFlow) -> str | None:
     found = flow.request.headers.get("mcp-session-id")
     if found:
         return found
-    extra = objects(flow).extra
-    if "query_session" not in extra:  # parsing the query is costly; it does not change
-        extra["query_session"] = flow.request.query.get("session_id")
-    return extra["query_session"] or extra.get("session_key")
+    if "session_id=" in flow.request.path:  # parsing the query is costly
+        found = flow.request.query.get("session_id")
+        if found:
+            return found
+    return state(flow).stream_session
 
 
 class Correlator:

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 from mitmproxy import http
 
-from holdgate.addons.flowstate import fail_closed, is_mcp, objects, refuse, state
+from holdgate.addons.flowstate import fail_closed, is_mcp, refuse, state
 from holdgate.config.gateway_config import Upstream
 from holdgate.protocol.jsonrpc import INTERNAL_ERROR
 
@@ -24,7 +24,7 @@ class Gate:
         st = state(flow)
         if flow.response is not None:
             return
-        if not is_mcp(flow) or not st.get("cleared") or "identity" not in st:
+        if st.upstream is None or not st.cleared or st.identity is None:
             missing = "no upstream" if not is_mcp(flow) else "no identity or decision"
             refuse(
                 flow,
@@ -35,7 +35,7 @@ class Gate:
                 kind="internal-error",
             )
             return
-        upstream: Upstream = objects(flow).extra["upstream"]
+        upstream = st.upstream
         reverse = flow.client_conn.proxy_mode.type_name == "reverse"
         if upstream.inject_headers and not goes_to(upstream, flow.request, reverse):
             refuse(
@@ -50,7 +50,7 @@ class Gate:
             return
         for name, value in upstream.inject_headers:
             flow.request.headers[name] = value
-        st["injected"] = [name for name, _ in upstream.inject_headers]
+        st.injected = tuple(name for name, _ in upstream.inject_headers)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         self._redact_injected(flow)
@@ -59,7 +59,7 @@ class Gate:
         self._redact_injected(flow)
 
     def _redact_injected(self, flow: http.HTTPFlow) -> None:
-        for name in state(flow).get("injected", ()):
+        for name in state(flow).injected:
             if name in flow.request.headers:
                 flow.request.headers[name] = INJECTED_MARK
 

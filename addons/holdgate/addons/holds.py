@@ -22,7 +22,7 @@ from mitmproxy import connection, ctx, exceptions, http
 
 from holdgate import store
 from holdgate.addons.config_loader import ConfigLoader
-from holdgate.addons.flowstate import fail_closed, header_lists, is_mcp, objects, refuse, state
+from holdgate.addons.flowstate import Refusal, fail_closed, header_lists, publish, refuse, state
 from holdgate.approvals.adminhttp import AdminRequest, AdminResponse, parse_listen, serve
 from holdgate.approvals.approval_rules import (
     Grants,
@@ -30,13 +30,14 @@ from holdgate.approvals.approval_rules import (
     may_see,
     request_digest,
 )
-from holdgate.identity.identities import Authenticator, shown
-from holdgate.masking.masker import mask_json
+from holdgate.config.gateway_config import GatewayConfig
+from holdgate.identity.identities import Authenticator, Identity, shown
 from holdgate.policy.rules import Decision
 from holdgate.protocol.canonical_json import args_digest
 from holdgate.protocol.jsonrpc import (
     APPROVAL_REFUSED,
     BodyError,
+    Message,
     check_routing_headers,
     dumps,
     error_object,
@@ -54,7 +55,6 @@ POLL_INTERVAL = 0.25
 UNRECORDED = "unrecorded"  # a hold that ended with a decision the store would not take
 MITMWEB = "mitmweb operator"
 WEBHOOK_ATTEMPTS = 4
-
 # How the approvals API answers the store's refusal of a decision.
 REFUSAL_STATUS: dict[type[store.ApprovalRefused], int] = {
     store.UnknownApproval: 404,
@@ -63,6 +63,7 @@ REFUSAL_STATUS: dict[type[store.ApprovalRefused], int] = {
     store.ApprovalNotPending: 409,
     store.ApprovalExpired: 409,
 }
+
 
 @dataclass
 class Hold:
@@ -142,28 +143,23 @@ class ApprovalHolds:
     @fail_closed
     async def request(self, flow: http.HTTPFlow) -> None:
         st = state(flow)
-        if not is_mcp(flow) or st.get("cleared") or "messages" not in st:
+        if st.upstream is None or not st.awaiting_approval or st.approvals_settled:
             return
-        config = self.loader.current
-        if config is None:
-            raise RuntimeError("no config loaded")
-        body = objects(flow).body
-        identity = objects(flow).extra["identity"]
-        if body is None:
-            raise RuntimeError("approval without a parsed body")
+        config, identity, body = st.config, st.identity, st.body
+        if config is None or identity is None or body is None:
+            raise RuntimeError("approval without a decided body")
         refused: list[tuple[int, str]] = []
-        decisions: list[Decision] = objects(flow).extra["decisions"]
-        for index, summary in enumerate(st["messages"]):
-            decision = decisions[index]
+        for index, decided in enumerate(st.decided):
+            decision = decided.decision
             if decision.action != "approve":
                 continue
-            message = body.messages[index]
+            message = decided.message
             digest_args = args_digest(self.recorder.key(config), message.arguments or {})
-            grant_key = (identity.user, st["upstream"], message.target or "", digest_args or "")
+            grant_key = (identity.user, st.upstream.name, message.target or "", digest_args or "")
             grant = self.grants.find(grant_key)
             if grant is not None:
-                summary["approval_id"] = grant.approval_id
-                summary["granted_by"] = "grant window"
+                decided.approval_id = grant.approval_id
+                decided.approval = {"granted_by": "grant window"}
                 await asyncio.to_thread(
                     store.append_approval_state,
                     ctx.options.holdgate_db,
@@ -174,8 +170,8 @@ class ApprovalHolds:
                 )
                 continue
             outcome = await self._hold(flow, message, decision, identity, digest_args, config)
-            summary["approval_id"] = outcome.approval_id
-            summary["approval"] = {"state": outcome.state, "decider": outcome.decider}
+            decided.approval_id = outcome.approval_id
+            decided.approval = {"state": outcome.state, "decider": outcome.decider}
             if outcome.state == "approved":
                 self.grants.add(grant_key, outcome.approval_id, decision.grant)
                 continue
@@ -193,17 +189,21 @@ class ApprovalHolds:
     async def _hold(
         self,
         flow: http.HTTPFlow,
-        message: Any,
+        message: Message,
         decision: Decision,
-        identity: Any,
+        identity: Identity,
         digest_args: str | None,
-        config: Any,
+        config: GatewayConfig,
     ) -> Hold:
         st = state(flow)
+        assert st.upstream is not None
+        upstream = st.upstream.name
         approval_id = uuid.uuid4().hex[:12]
-        effect = config.masking.profiles_for(st["upstream"], None, ())
-        masked_args = mask_json(message.arguments or {}, effect).value
-        changes_key = (identity.user, st["upstream"], message.target or "")
+        # Masked as the store masks the call's own row: the approval shows no more.
+        masked_args = self.recorder.masked_for_record(
+            message.arguments or {}, config, upstream, message.tool
+        ).value
+        changes_key = (identity.user, upstream, message.target or "")
         previous = self.last_approved.get(changes_key)
         hold = Hold(
             approval_id, flow, identity.user, decision.approvers, time.time() + decision.timeout
@@ -212,12 +212,21 @@ class ApprovalHolds:
             "approval_id": approval_id,
             "state": "pending",
             "requester": identity.user,
-            "upstream": st["upstream"],
+            "upstream": upstream,
             "tool": message.target,
             "method": message.method,
             "args_masked": json.dumps(masked_args, ensure_ascii=False),
             "args_digest": digest_args,
-            "request_digest": self._digest(st, identity, message),
+            "request_digest": request_digest(
+                upstream,
+                identity.user,
+                message.method or "",
+                message.target,
+                message.arguments or {},
+                self.policy.pins.definition_digest(upstream, message.tool)
+                if self.policy.pins and message.tool
+                else None,
+            ),
             "rule": decision.rule,
             "approvers": json.dumps(list(decision.approvers)),
             "created": now_iso(),
@@ -229,7 +238,8 @@ class ApprovalHolds:
         }
         await asyncio.to_thread(store.create_approval, ctx.options.holdgate_db, row)
         self.holds[approval_id] = hold
-        st["held"] = approval_id
+        st.held = approval_id
+        publish(flow)  # mitmweb shows the held flow with what was decided
         if config.approvals.webhook:
             self._tasks.append(asyncio.create_task(self._notify(config, row)))
         flow.intercept()
@@ -237,22 +247,12 @@ class ApprovalHolds:
             await hold.decided.wait()  # set by the watcher, the API, mitmweb or shutdown
         finally:
             self.holds.pop(approval_id, None)
-            st.pop("held", None)
+            st.held = None
         if hold.state == UNRECORDED:
             raise RuntimeError(f"approval {approval_id}: {hold.reason}")
         if hold.state == "approved":
             self.last_approved[changes_key] = masked_args
         return hold
-
-    @staticmethod
-    def _digest(st: dict[str, Any], identity: Any, message: Any) -> str:
-        return request_digest(
-            st["upstream"],
-            identity.user,
-            message.method or "",
-            message.target,
-            message.arguments or {},
-        )
 
     @staticmethod
     def _observed(hold: Hold) -> tuple[str, str | None, str] | None:
@@ -296,9 +296,9 @@ class ApprovalHolds:
 
     def _release(self, flow: http.HTTPFlow, refused: list[tuple[int, str]]) -> None:
         st = state(flow)
-        body = objects(flow).body
-        if body is None:
-            raise RuntimeError("approval without a parsed body")
+        body, upstream = st.body, st.upstream
+        if body is None or upstream is None or st.decided_request is None:
+            raise RuntimeError("approval without a decided body")
         if flow.error is not None:
             # Killed in mitmweb: that is a denial, answered like any other (-32004) so the
             # client's session survives; the flow is revived only to carry that answer.
@@ -308,10 +308,10 @@ class ApprovalHolds:
             flow.resume()
         # The request about to leave must be the one that was approved: same target, same
         # bytes, and routing headers that still agree with them (mitmweb can edit all three).
-        decided_url, decided_body = objects(flow).extra["decided_request"]
+        decided_url, decided_body = st.decided_request
         try:
             pins = self.policy.pins
-            params = pins.header_params(state(flow)["upstream"], body) if pins else None
+            params = pins.header_params(upstream.name, body) if pins else None
             check_routing_headers(body, single_valued(header_lists(flow.request.headers)), params)
             unchanged = (flow.request.url, flow.request.content) == (decided_url, decided_body)
         except BodyError:
@@ -327,7 +327,7 @@ class ApprovalHolds:
             )
             return
         if not refused:
-            st["cleared"] = True
+            st.approvals_settled = True
             return
         errors = [
             error_object(body.messages[i].id, APPROVAL_REFUSED, text)
@@ -338,24 +338,22 @@ class ApprovalHolds:
         remaining = [
             m
             for i, m in enumerate(body.messages)
-            if i not in gone and st["messages"][i]["decision"]["action"] != "deny"
+            if i not in gone and st.decided[i].decision.action != "deny"
         ]
         placeholders = self.policy.legacy_placeholders(flow, errors)
         if placeholders:
             errors = []
+        st.pending_errors.extend(errors)
         if not remaining and not placeholders:
-            objects(flow).pending_errors.extend(errors)
-            pending = objects(flow).pending_errors
-            payload = pending if body.is_batch else pending[0]
+            payload = st.pending_errors if body.is_batch else st.pending_errors[0]
             flow.response = http.Response.make(
                 200, dumps(payload), {"Content-Type": "application/json"}
             )
-            st["refused"] = {"status": 200, "kind": "approval-refused"}
+            st.refused = Refusal(200, None, "no approval was granted", "approval-refused")
             return
-        objects(flow).pending_errors.extend(errors)
         outgoing = [m.raw for m in remaining] + placeholders
         flow.request.content = dumps(outgoing if body.is_batch else outgoing[0])
-        st["cleared"] = True
+        st.approvals_settled = True
 
     def client_disconnected(self, client: connection.Client) -> None:
         for hold in self.holds.values():

@@ -17,10 +17,11 @@ from mitmproxy import ctx, exceptions, http
 
 from holdgate.addons.config_loader import ConfigLoader
 from holdgate.addons.flowstate import (
+    FlowState,
     MessageContext,
+    annotate,
     fail_closed,
-    is_mcp,
-    objects,
+    publish,
     refuse,
     session_key,
     state,
@@ -134,10 +135,10 @@ class Recorder:
     @fail_closed
     def request(self, flow: http.HTTPFlow) -> None:
         """Refuse new MCP requests while the record cannot be kept (audit: required)."""
-        if not is_mcp(flow):
+        st = state(flow)
+        if st.upstream is None:
             return
-        config = self.loader.current
-        writer = self.writer
+        config, writer = st.config, self.writer
         if config is None or writer is None:
             raise RuntimeError("recorder not configured")
         if config.audit == "required" and not writer.healthy:
@@ -149,13 +150,14 @@ class Recorder:
                 "the operator must fix the store (see the gateway log)",
                 kind="audit-unavailable",
             )
-            state(flow)["audit_error"] = writer.last_error
+            st.audit_error = writer.last_error
 
     def on_message(self, flow: http.HTTPFlow, message: Any, context: MessageContext) -> Any:
         """Response side: one event row per message, masked as the client saw it."""
-        config = self.loader.current
-        if config is None:
-            raise RuntimeError("no config loaded")
+        st = state(flow)
+        config = st.config
+        if config is None or st.upstream is None:
+            raise RuntimeError("a response stage on a flow that was never routed")
         method = message.get("method") if isinstance(message, dict) else None
         if isinstance(message, dict) and method is not None:
             direction = "server_request" if "id" in message else "server_notification"
@@ -167,7 +169,7 @@ class Recorder:
             # An exempt caller saw cleartext; the record never keeps it. (Others saw it
             # masked with the record's profiles; injected values are scrubbed in submit.)
             tool = answers[1] if answers and answers[0] == "tools/call" else None
-            stored = self.masked_for_record(message, config, state(flow)["upstream"], tool).value
+            stored = self.masked_for_record(message, config, st.upstream.name, tool).value
         row = self._row(flow, config)
         row.update(
             direction=direction,
@@ -196,57 +198,63 @@ class Recorder:
         self._finish(flow)
 
     def error(self, flow: http.HTTPFlow) -> None:
-        if is_mcp(flow) or "refused" in state(flow):
+        st = state(flow)
+        if st.upstream is not None or st.refused is not None:
             self._finish(flow)
 
     def _finish(self, flow: http.HTTPFlow) -> None:
         """Request-side rows (decisions, refusals) and the session's flow file."""
-        config = self.loader.current
-        if config is None or "recorded" in state(flow):
-            return
         st = state(flow)
-        st["recorded"] = True
-        if "upstream" not in st and "refused" not in st:
+        # The config that decided the flow, not whichever is loaded when it ends.
+        config = st.config or self.loader.current
+        if config is None or st.recorded:
             return
+        st.recorded = True
+        if st.upstream is None and st.refused is None:
+            return
+        annotate(flow)
+        publish(flow)
         # An unauthenticated request gets its refusal row, nothing more: no session row,
         # no flow file (a client would otherwise create them at will).
-        known = "identity" in st
+        known = st.identity is not None
         if known:
             self._note_session(flow, config)
         latency = None
         if flow.response is not None and flow.response.timestamp_end:
             latency = round((flow.response.timestamp_end - flow.request.timestamp_start) * 1000, 2)
         status = flow.response.status_code if flow.response is not None else None
-        body = objects(flow).body
-        messages = st.get("messages") or [None]
-        for index, summary in enumerate(messages):
-            parsed = body.messages[index] if body is not None and summary is not None else None
-            tool = parsed.tool if parsed is not None else None
-            row = self._row(flow, config)
-            decision = (summary or {}).get("decision") or {}
-            arguments = parsed.arguments if parsed is not None else None
+        upstream = st.upstream.name if st.upstream is not None else ""
+        refused = st.refused
+        for decided in st.decided or [None]:
+            message = decided.message if decided is not None else None
+            decision = decided.decision if decided is not None else None
+            arguments = message.arguments if message is not None else None
             masked_args = (
-                self.masked_for_record(arguments, config, st.get("upstream", ""), tool)
-                if arguments is not None
+                self.masked_for_record(arguments, config, upstream, message.tool)
+                if message is not None and arguments is not None
                 else None
             )
             extra = _extra(st)
-            if decision.get("rate_limited"):
+            if decision is not None and decision.rate_limited:
                 extra["rate_limited"] = True
             if masked_args is not None and masked_args.findings:
                 extra["args_findings"] = masked_args.findings  # replay must know
-            refused = st.get("refused", {})
+            row = self._row(flow, config)
             row.update(
-                direction="request"
-                if summary is None or summary["kind"] != "notification"
-                else "notification",
-                method=(summary or {}).get("method") or f"HTTP {flow.request.method}",
-                target=(summary or {}).get("target"),
-                jsonrpc_id=json.dumps((summary or {}).get("id")),
-                decision=decision.get("action") or refused.get("kind") or "pass",
-                rule=decision.get("rule"),
-                reason=decision.get("reason") or refused.get("message"),
-                approval_id=(summary or {}).get("approval_id"),
+                direction="notification"
+                if message is not None and message.kind == "notification"
+                else "request",
+                method=(message.method if message is not None else None)
+                or f"HTTP {flow.request.method}",
+                target=message.target if message is not None else None,
+                jsonrpc_id=json.dumps(message.id if message is not None else None),
+                decision=(decision.action if decision is not None else None)
+                or (refused.kind if refused is not None else None)
+                or "pass",
+                rule=decision.rule if decision is not None else None,
+                reason=(decision.reason if decision is not None else None)
+                or (refused.message if refused is not None else None),
+                approval_id=decided.approval_id if decided is not None else None,
                 status=status,
                 latency_ms=latency,
                 args_digest=args_digest(self.key(config), arguments),
@@ -255,7 +263,10 @@ class Recorder:
                     if masked_args is not None
                     else None
                 ),
-                masked=json.dumps(st["masked"]) if st.get("masked") and index == 0 else None,
+                # what was masked in this call's own arguments; responses carry theirs
+                masked=json.dumps(masked_args.findings)
+                if masked_args is not None and masked_args.findings
+                else None,
                 extra=json.dumps(extra),
             )
             self.submit(flow, config, "events", row)
@@ -264,17 +275,17 @@ class Recorder:
 
     def _row(self, flow: http.HTTPFlow, config: GatewayConfig) -> dict[str, Any]:
         st = state(flow)
-        identity = st.get("identity") or {}
+        identity = st.identity
         return {
             "ts": now_iso(),
             "flow_id": flow.id,
-            "session_id": session_key(flow) if "identity" in st else None,
-            "user": identity.get("user"),
-            "groups": json.dumps(identity.get("groups", [])),
-            "auth_method": identity.get("method"),
-            "upstream": st.get("upstream"),
+            "session_id": session_key(flow) if identity is not None else None,
+            "user": identity.user if identity is not None else None,
+            "groups": json.dumps(list(identity.groups) if identity is not None else []),
+            "auth_method": identity.method if identity is not None else None,
+            "upstream": st.upstream.name if st.upstream is not None else None,
             "config_hash": config.digest,
-            "client_addr": st.get("client_addr"),
+            "client_addr": st.client_addr,
         }
 
     def _note_session(self, flow: http.HTTPFlow, config: GatewayConfig) -> None:
@@ -287,16 +298,15 @@ class Recorder:
             self.sessions_seen.pop(next(iter(self.sessions_seen)))
         self.sessions_seen[session] = None
         st = state(flow)
-        identity = st.get("identity") or {}
         self.submit(
             flow,
             config,
             "sessions",
             {
                 "session_id": session,
-                "user": identity.get("user"),
-                "upstream": st.get("upstream"),
-                "client_addr": st.get("client_addr"),
+                "user": st.identity.user if st.identity is not None else None,
+                "upstream": st.upstream.name if st.upstream is not None else None,
+                "client_addr": st.client_addr,
                 "protocol_version": flow.request.headers.get("mcp-protocol-version"),
                 "first_seen": now_iso(),
             },
@@ -309,9 +319,9 @@ class Recorder:
         if writer is None or not writer.submit(table, row):
             # A response that cannot be recorded is withheld; a refusal was never served,
             # so losing its row (counted by the writer) must not turn it into another error.
-            if config.audit == "required" and "refused" not in state(flow):
+            if config.audit == "required" and state(flow).refused is None:
                 raise RuntimeError("the audit store queue is full or failing")
-            state(flow)["audit_lost"] = True
+            state(flow).audit_lost = True
 
     def _write_recording(self, flow: http.HTTPFlow, config: GatewayConfig) -> None:
         """Only a state snapshot is taken here; the recordings process masks it for the
@@ -319,40 +329,35 @@ class Recorder:
         if self.recordings is None:
             return
         st = state(flow)
-        extras = objects(flow)
         streamed = flow.response is not None and bool(flow.response.stream)
         redaction = Redaction(
-            injected=tuple(st.get("injected", ())),
-            streamed=bytes(extras.streamed) if streamed else None,
-            upstream=st.get("upstream", ""),
-            comment=_flow_comment(st),
-            marked=":no_entry:" if "refused" in st else ":white_check_mark:",
+            injected=st.injected,
+            streamed=bytes(st.streamed) if streamed else None,
+            upstream=st.upstream.name if st.upstream is not None else "",
         )
         name = session_key(flow) or f"stateless-{time.strftime('%Y%m%d')}"
         self.recordings.submit(name, flow.get_state(), redaction, self.record_masking(config))
 
 
-def _flow_comment(st: dict[str, Any]) -> str:
-    parts = []
-    for message in st.get("messages", []):
-        d = message.get("decision", {})
-        parts.append(
-            f"{message.get('method')} {message.get('target') or ''}: "
-            f"{d.get('action')} by {d.get('rule')!r}"
-        )
-    if "refused" in st:
-        parts.append(f"refused ({st['refused'].get('kind')}): {st['refused'].get('message')}")
-    if st.get("masked"):
-        parts.append("masked: " + ", ".join(f"{k}={v}" for k, v in st["masked"].items()))
-    return "holdgate: " + "; ".join(parts)
-
-
-def _extra(st: dict[str, Any]) -> dict[str, Any]:
-    keys = ("spoofing", "auth_error", "error", "stream_cut", "hidden", "exempted", "audit_error")
-    extra = {k: st[k] for k in keys if k in st}
-    if "refused" in st:  # what the client got, when it is not what the rule decided
+def _extra(st: FlowState) -> dict[str, Any]:
+    published = st.to_json()
+    keys = (
+        "spoofing",
+        "auth_error",
+        "error",
+        "stream_cut",
+        "hidden",
+        "tools_changed",
+        "exempted",
+        "audit_error",
+        "reflected_secret",
+    )
+    extra = {k: published[k] for k in keys if k in published}
+    if st.refused is not None:  # what the client got, when it is not what the rule decided
         extra["refused"] = {
-            k: v for k, v in st["refused"].items() if k in ("kind", "code", "message")
+            "kind": st.refused.kind,
+            "code": st.refused.code,
+            "message": st.refused.message,
         }
     return extra
 

@@ -20,8 +20,6 @@ from holdgate.addons.config_loader import ConfigLoader
 from holdgate.addons.flowstate import (
     MessageContext,
     fail_closed,
-    is_mcp,
-    objects,
     quoted,
     refuse,
     state,
@@ -64,7 +62,9 @@ class Responses:
 
     def guard(self, flow: http.HTTPFlow) -> Guard:
         """The injected values of this flow's upstream, to keep out of what the client gets."""
-        upstream: Upstream = objects(flow).extra["upstream"]
+        upstream = state(flow).upstream
+        if upstream is None:
+            raise RuntimeError("a response on a flow that was never routed")
         found = self._guards.get(upstream)
         if found is None:
             if len(self._guards) > 64:  # configs reloaded many times
@@ -76,11 +76,12 @@ class Responses:
 
     @fail_closed
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        if not is_mcp(flow) or flow.response is None or "refused" in state(flow):
+        st = state(flow)
+        if st.upstream is None or flow.response is None or st.refused is not None:
             return
-        config = self.loader.current
+        config = st.config
         if config is None:
-            raise RuntimeError("no config loaded")
+            raise RuntimeError("a routed flow without its config")
         response = flow.response
         encoding = response.headers.get("content-encoding", "").strip().lower()
         if encoding not in KNOWN_ENCODINGS:
@@ -107,11 +108,12 @@ class Responses:
 
     @fail_closed
     def response(self, flow: http.HTTPFlow) -> None:
-        if not is_mcp(flow) or flow.response is None or "refused" in state(flow):
+        st = state(flow)
+        if st.upstream is None or flow.response is None or st.refused is not None:
             return
         if flow.response.stream:
             return
-        pending = objects(flow).pending_errors
+        pending = st.pending_errors
         try:
             content = decode_bounded(
                 flow.response.raw_content or b"",
@@ -180,13 +182,14 @@ class Responses:
         upstream may not set, none the config drops, values masked like bodies."""
         response = flow.response
         assert response is not None
-        upstream: Upstream = objects(flow).extra["upstream"]
+        st = state(flow)
+        upstream = st.upstream
+        assert upstream is not None
         guard = self.guard(flow)
         rules = config.response_headers
         effect = None
         if rules.mask:
-            identity = objects(flow).extra.get("identity")
-            groups = identity.groups if identity is not None else ()
+            groups = st.identity.groups if st.identity is not None else ()
             effect = config.masking.profiles_for(upstream.name, None, groups)
         for name in list(response.headers.keys()):
             key = name.lower()
@@ -243,10 +246,10 @@ class Guard:
     def _found(self, flow: http.HTTPFlow, count: int) -> None:
         if count:
             st = state(flow)
-            st["reflected_secret"] = st.get("reflected_secret", 0) + count
+            st.reflected_secret += count
             logger.error(
                 "holdgate: upstream %s sent back a credential the gateway injected; replaced",
-                st.get("upstream"),
+                st.upstream.name if st.upstream else "?",
             )
 
 
@@ -254,9 +257,7 @@ def _masked_text(flow: http.HTTPFlow, value: str, effect: ProfilesInEffect) -> s
     outcome = mask_text(value, effect)
     if not outcome.findings:
         return value
-    totals = state(flow).setdefault("masked", {})
-    for detector, count in outcome.findings.items():
-        totals[detector] = totals.get(detector, 0) + count
+    state(flow).count_masked(outcome.findings)
     return outcome.value if isinstance(outcome.value, str) else ""
 
 
@@ -274,7 +275,7 @@ class SSEPass:
         self.streams = streams
         self.decoder = SSEDecoder(max_event_bytes=max_event)
         self.cut = False
-        self.pending = list(objects(flow).pending_errors)
+        self.pending = list(state(flow).pending_errors)
         self.effect_checked = False
         self.effect: ProfilesInEffect | None = None
 
@@ -291,7 +292,7 @@ class SSEPass:
             events = self.decoder.feed(chunk) if chunk else self.decoder.close()
             out.extend(self.process(event) for event in events)
             data = b"".join(out)
-            objects(self.flow).keep_for_recording(data)
+            state(self.flow).keep_for_recording(data)
             return [data] if data else []
         except Exception as exc:  # noqa: BLE001 - a failing stream is cut, never passed raw
             return [self._cut(exc)]
@@ -324,7 +325,7 @@ class SSEPass:
                 # Answers to POSTs on that endpoint arrive on this stream: same session.
                 found = parse_qs(urlsplit(event.data).query).get("session_id")
                 if found:
-                    objects(self.flow).extra["session_key"] = found[0]
+                    state(self.flow).stream_session = found[0]
         result = self.streams.run_stages(self.flow, message, "sse")
         event_id = self.field(event.id)
         if result is None:
@@ -344,21 +345,18 @@ class SSEPass:
             return None
         if not self.effect_checked:
             self.effect_checked = True
-            config = self.streams.loader.current
-            if config is None:
-                raise RuntimeError("no config loaded")
-            identity = objects(self.flow).extra.get("identity")
-            groups = identity.groups if identity is not None else ()
-            upstream = state(self.flow)["upstream"]
-            self.effect = config.masking.profiles_for(upstream, None, groups)
+            st = state(self.flow)
+            if st.config is None or st.upstream is None:
+                raise RuntimeError("a stream on a flow that was never routed")
+            groups = st.identity.groups if st.identity is not None else ()
+            self.effect = st.config.masking.profiles_for(st.upstream.name, None, groups)
         value = self.streams.guard(self.flow).text(self.flow, value)
         return _masked_text(self.flow, value, self.effect) if self.effect else value
 
     def _cut(self, exc: BaseException) -> bytes:
         self.cut = True
         logger.error("holdgate: event stream cut (%s: %s)", type(exc).__name__, exc)
-        st = state(self.flow)
-        st["stream_cut"] = {"type": type(exc).__name__, "message": str(exc)[:200]}
+        state(self.flow).stream_cut = {"type": type(exc).__name__, "message": str(exc)[:200]}
         notice = error_object(
             None, INTERNAL_ERROR, f"the gateway cut this stream: {type(exc).__name__}"
         )

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 from mitmproxy import http
 
 from holdgate.addons.config_loader import ConfigLoader
-from holdgate.addons.flowstate import fail_closed, objects, quoted, refuse, state
+from holdgate.addons.flowstate import Refusal, fail_closed, quoted, refuse, state
 from holdgate.config.gateway_config import path_problem, route, split_host
 from holdgate.protocol.jsonrpc import INVALID_REQUEST
 
@@ -31,8 +31,8 @@ class Router:
             refuse(flow, 503, INVALID_REQUEST, "the gateway has no valid config loaded")
             return
         st = state(flow)
-        st["config_hash"] = config.digest
-        st["front"] = front_url(flow)
+        st.config = config
+        st.front = front_url(flow)
         request = flow.request
         path, _, query = request.path.partition("?")
         problem = path_problem(path)
@@ -46,7 +46,7 @@ class Router:
             )
             return
         if WELL_KNOWN in path:
-            st["local"] = "resource-metadata"
+            st.local = "resource-metadata"
             return
         regular = flow.client_conn.proxy_mode.type_name != "reverse"
         if regular and request.host_header is not None:
@@ -72,9 +72,8 @@ class Router:
             )
             return
         upstream, rest = found
-        st["upstream"] = upstream.name
-        st["client_addr"] = flow.client_conn.peername[0] if flow.client_conn.peername else None
-        objects(flow).extra["upstream"] = upstream
+        st.upstream = upstream
+        st.client_addr = flow.client_conn.peername[0] if flow.client_conn.peername else None
         if request.method in BODYLESS and _announces_body(request.headers):
             refuse(
                 flow,
@@ -98,16 +97,14 @@ class Router:
 
     def error(self, flow: http.HTTPFlow) -> None:
         """A body cut at the size limit is a refusal on record, not a failed pass."""
-        if flow.error is not None and "body_size_limit" in flow.error.msg:
-            state(flow).setdefault(
-                "refused",
-                {
-                    "status": 413,
-                    "code": INVALID_REQUEST,
-                    "message": "the request body is over holdgate_max_body; it was cut "
-                    "while being read and never forwarded",
-                    "kind": "malformed",
-                },
+        st = state(flow)
+        if flow.error is not None and "body_size_limit" in flow.error.msg and st.refused is None:
+            st.refused = Refusal(
+                413,
+                INVALID_REQUEST,
+                "the request body is over holdgate_max_body; it was cut while being read "
+                "and never forwarded",
+                "malformed",
             )
 
 

@@ -17,6 +17,7 @@ from mitmproxy import ctx, exceptions, http
 from holdgate.addons.config_loader import ConfigLoader
 from holdgate.addons.flowstate import MessageContext, state
 from holdgate.addons.recorder import Recorder
+from holdgate.config.gateway_config import Upstream
 from holdgate.policy.rules import Decision
 from holdgate.policy.tool_pins import PinBook, review_call
 from holdgate.protocol.jsonrpc import Body, HeaderParams, Message
@@ -71,24 +72,29 @@ class ToolPinning:
         for row in rows:
             self.book.apply(row)
 
-    def review(self, user: str, upstream: str, message: Message, decision: Decision) -> Decision:
+    def review(
+        self, user: str, upstream: Upstream, message: Message, decision: Decision
+    ) -> Decision:
         """Policy's decision for a call, tightened when the tool changed since pinned."""
         if message.method != "tools/call" or message.tool is None:
             return decision
-        pin = self.book.changed(upstream, message.tool)
-        config = self.loader.current
-        if pin is None or config is None:
+        pin = self.book.changed(upstream.name, message.tool)
+        if pin is None:
             return decision
-        on_change = next(u.on_tool_change for u in config.upstreams if u.name == upstream)
+        on_change = upstream.on_tool_change
         if on_change.action == "alert":
             logger.warning(
                 "holdgate: %s calls %r on %s, changed since pinned (%s); on_tool_change: alert",
                 user,
                 message.tool,
-                upstream,
+                upstream.name,
                 ", ".join(pin.changes()),
             )
-        return review_call(decision, pin, on_change, upstream, message.tool)
+        return review_call(decision, pin, on_change, upstream.name, message.tool)
+
+    def definition_digest(self, upstream: str, tool: str) -> str | None:
+        """The digest of the tool's definition as the upstream lists it now, if seen."""
+        return self.book.seen_digest(upstream, tool)
 
     def header_params(self, upstream: str, body: Body) -> HeaderParams | None:
         """For a lone `tools/call`, which argument each `Mcp-Param-*` header must carry, as
@@ -104,11 +110,12 @@ class ToolPinning:
             return message
         result = message.get("result") if isinstance(message, dict) else None
         tools = result.get("tools") if isinstance(result, dict) else None
-        config = self.loader.current
-        if not isinstance(tools, list) or config is None:
+        st = state(flow)
+        config = st.config
+        if not isinstance(tools, list) or config is None or st.upstream is None:
             return message
-        upstream = state(flow)["upstream"]
-        on_change = next(u.on_tool_change for u in config.upstreams if u.name == upstream)
+        upstream = st.upstream.name
+        on_change = st.upstream.on_tool_change
         now = iso()
         kept, withheld = [], []
         for tool in tools:
@@ -132,7 +139,5 @@ class ToolPinning:
                     continue
             kept.append(tool)
         if withheld:
-            st = state(flow)
-            st["hidden"] = st.get("hidden", 0) + len(withheld)
-            st["tools_changed"] = st.get("tools_changed", []) + withheld
+            st.tools_changed += withheld
         return {**message, "result": {**result, "tools": kept}}

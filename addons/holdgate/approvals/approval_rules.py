@@ -15,9 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-
-def canonical_json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+from holdgate.protocol.canonical_json import canonical
 
 
 def request_digest(
@@ -28,7 +26,7 @@ def request_digest(
     arguments: Any,
     tool_definition: str | None = None,
 ) -> str:
-    material = canonical_json(
+    material = canonical(
         {
             "upstream": upstream,
             "user": user,
@@ -38,7 +36,7 @@ def request_digest(
             "tool": tool_definition,
         }
     )
-    return hashlib.sha256(material.encode("utf-8")).hexdigest()
+    return hashlib.sha256(material).hexdigest()
 
 
 def argument_changes(previous: Any, current: Any, path: str = "$") -> list[str]:

@@ -174,6 +174,10 @@ class PinBook:
             self._header_params[(upstream, tool)] = cached
         return cached[1]
 
+    def seen_digest(self, upstream: str, tool: str) -> str | None:
+        state = self.pins.get((upstream, tool))
+        return state.seen_digest if state is not None else None
+
     def changed(self, upstream: str, tool: str) -> PinState | None:
         """The tool's pin state when its listed definition differs from the pinned one."""
         state = self.pins.get((upstream, tool))

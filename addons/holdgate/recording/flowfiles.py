@@ -54,13 +54,11 @@ def recording_name(session_key: str) -> str:
 @dataclass(frozen=True)
 class Redaction:
     """What the recorder knows about a flow that the snapshot does not say: which headers it
-    injected, the stream as sent, the upstream (its masking profiles), and the annotations."""
+    injected, the stream as sent, and the upstream (whose masking profiles apply)."""
 
     injected: tuple[str, ...]  # headers the gateway injected: shown as a marker
     streamed: bytes | None  # a streamed response's body as the client got it
     upstream: str  # whose masking profiles apply
-    comment: str
-    marked: str
 
 
 class Recorded(NamedTuple):
@@ -90,8 +88,7 @@ def recorded_state(
     upstream = redaction.upstream
     dropped: list[str] = []
     recorded = {**flow_state, "backup": None}
-    recorded["comment"] = mask_for_record(redaction.comment, record, upstream).value
-    recorded["marked"] = redaction.marked
+    recorded["comment"] = mask_for_record(flow_state.get("comment") or "", record, upstream).value
     recorded["metadata"] = _recorded_metadata(flow_state.get("metadata") or {}, record, upstream)
     injected = frozenset(name.lower().encode() for name in redaction.injected)
     request = dict(flow_state["request"])
