@@ -165,7 +165,14 @@ def policy_test(file: str, tests: str) -> None:
 @since_option
 @until_option
 @click.option("--all", "show_all", is_flag=True, help="List every changed message.")
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="A text report, or JSON for scripts.",
+)
 @click.option("--fail-on-change", is_flag=True, help="Exit 1 when any decision would change.")
 def policy_replay(
     candidate: str,

@@ -87,6 +87,7 @@ def timeline_line(row: EventRow) -> str:
     type=click.Choice(["jsonl", "csv", "sqlite"]),
     default="jsonl",
     show_default=True,
+    help="JSON lines, CSV, or a standalone SQLite file (needs --output).",
 )
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="File (default: stdout).")
 @since_option
@@ -137,7 +138,12 @@ def export(
     help="The policy in force, to show what each identity is granted (its secrets are not needed).",
 )
 @click.option(
-    "--format", "fmt", type=click.Choice(["md", "html", "csv"]), default="md", show_default=True
+    "--format",
+    "fmt",
+    type=click.Choice(["md", "html", "csv"]),
+    default="md",
+    show_default=True,
+    help="Markdown, HTML with bar charts, or CSV.",
 )
 @since_option
 @until_option

@@ -1,0 +1,89 @@
+"""`holdgate review`: the access review per identity, from the store and the rules."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from helpers.clients import connect
+from helpers.configs import ALICE, identity
+from holdgate import store
+from holdgate.cli.main import main
+
+RULES = (
+    "version: 1\n"
+    + identity("alice")
+    + """upstreams:
+  - name: demo
+    url: {url}
+rules:
+  - name: listing
+    match: {{method: [initialize, "notifications/*", ping, tools/list]}}
+    action: allow
+  - name: support
+    match: {{groups: [support], tool: ["get_customer", "search_customers"]}}
+    action: allow
+masking:
+  - name: pii
+    detectors: [email]
+    strategy: redact
+"""
+)
+
+
+def review(db: Path, config: Path) -> str:
+    result = CliRunner().invoke(
+        main, ["review", "--db", str(db), "--config", str(config)], catch_exceptions=False
+    )
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_masked_exposures_count_each_row_once(tmp_path: Path) -> None:
+    config = tmp_path / "holdgate.yaml"
+    config.write_text(RULES.format(url="http://127.0.0.1:9"))
+    db = tmp_path / "audit.sqlite3"
+    common = {"user": "alice", "groups": ["support"], "upstream": "demo", "method": "tools/call"}
+    with store.SqliteStore(db) as opened:
+        opened.append(
+            "events",
+            {
+                **common,
+                "direction": "request",
+                "target": "get_customer",
+                "decision": "allow",
+                "masked": {"email": 1},
+            },  # an e-mail in the call's own arguments
+        )
+        opened.append(
+            "events",
+            {
+                **common,
+                "direction": "response",
+                "target": "get_customer",
+                "decision": "pass",
+                "masked": {"email": 2},
+            },
+        )
+    assert "masked exposures: email 3\n" in review(db, config)
+
+
+@pytest.mark.anyio
+async def test_a_search_through_the_gateway_is_counted_once(demo, gateway_factory) -> None:
+    """The request row carried the response's findings too: one search of two customers
+    showed twice the e-mails it masked."""
+    gw = gateway_factory(RULES.format(url=demo.url), demo.url)
+    async with connect(gw.url + "/mcp", ALICE) as client:
+        await client.call_tool("search_customers", {"query": "a"})
+    gw.proc.terminate()
+    gw.proc.wait(timeout=10)
+    rows = store.export_rows(gw.db)
+    answered = sum(
+        json.loads(r["masked"] or "{}").get("email", 0) for r in rows if r["direction"] != "request"
+    )
+    in_requests = [r["masked"] for r in rows if r["direction"] == "request"]
+    assert answered > 0 and in_requests == [None] * len(in_requests)
+    assert f"masked exposures: email {answered}\n" in review(gw.db, gw.config)
