@@ -71,7 +71,6 @@ class Hold:
 
     approval_id: str
     flow: http.HTTPFlow
-    requester: str
     approvers: tuple[str, ...]
     expires_at: float
     decided: asyncio.Event = field(default_factory=asyncio.Event)
@@ -205,9 +204,7 @@ class ApprovalHolds:
         ).value
         changes_key = (identity.user, upstream, message.target or "")
         previous = self.last_approved.get(changes_key)
-        hold = Hold(
-            approval_id, flow, identity.user, decision.approvers, time.time() + decision.timeout
-        )
+        hold = Hold(approval_id, flow, decision.approvers, time.time() + decision.timeout)
         row = {
             "approval_id": approval_id,
             "state": "pending",

@@ -29,7 +29,7 @@ from holdgate.masking.masker import MaskingPolicy, ProfilesInEffect, mask_text
 from holdgate.masking.record_masking import RecordMasking, scrub_value
 from holdgate.protocol.bodies import decode_bounded
 from holdgate.protocol.jsonrpc import INTERNAL_ERROR, BodyError, dumps, error_object, loads_strict
-from holdgate.protocol.sse import SSEDecoder, SSEEvent, encode_event
+from holdgate.protocol.sse import SSEDecoder, SSEError, SSEEvent, encode_event
 
 logger = logging.getLogger("holdgate")
 
@@ -287,15 +287,20 @@ class SSEPass:
         """
         if self.cut:
             return []
+        out = [self._encode_pending()] if self.pending else []
         try:
-            out = [self._encode_pending()] if self.pending else []
-            events = self.decoder.feed(chunk) if chunk else self.decoder.close()
+            try:
+                events = self.decoder.feed(chunk) if chunk else self.decoder.close()
+            except SSEError as exc:
+                # The events completed before the fault are whole: they pass, then the cut.
+                out.extend(self.process(event) for event in exc.events)
+                raise
             out.extend(self.process(event) for event in events)
-            data = b"".join(out)
-            state(self.flow).keep_for_recording(data)
-            return [data] if data else []
         except Exception as exc:  # noqa: BLE001 - a failing stream is cut, never passed raw
-            return [self._cut(exc)]
+            out.append(self._cut(exc))
+        data = b"".join(out)
+        state(self.flow).keep_for_recording(data)
+        return [data] if data else []
 
     def _encode_pending(self) -> bytes:
         data = b"".join(

@@ -228,13 +228,6 @@ class Node:
             raise self.error(f"expected true or false, got {_kind(self.value)}")
         return self.value
 
-    def integer(self, default: int) -> int:
-        if self.value is None:
-            return default
-        if not isinstance(self.value, int) or isinstance(self.value, bool):
-            raise self.error(f"expected an integer, got {_kind(self.value)}")
-        return self.value
-
     def strings(self) -> tuple[str, ...]:
         """A string or a list of strings (YAML users write both)."""
         if self.value is None:

@@ -119,7 +119,6 @@ class AuthOutcome:
     identity: Identity | None
     error: str | None = None  # safe for a body: reason, and any request text via `shown`
     spoofed_headers: tuple[str, ...] = ()
-    credential_headers: tuple[str, ...] = ()
     reason: str | None = None  # one of AUTH_REASONS: the only part a response header gets
 
 

@@ -261,9 +261,6 @@ class RecordingWriter:
             return False
         return True
 
-    def path_for(self, session_key: str) -> Path:
-        return self.folder / f"{recording_name(session_key)}.mitm"
-
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until every flow submitted so far is written (or failed)."""
         if self._closed or self._process.poll() is not None:
