@@ -43,6 +43,17 @@ def gateway_factory(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
 
 
 @pytest.fixture
+def gateway(
+    request: pytest.FixtureRequest, demo: DemoServer, gateway_factory: Callable[..., Gateway]
+) -> Gateway:
+    """A gateway in front of the demo server, with the test module's `CONFIG`: a template
+    of `{url}` and of the module's `CONFIG_VALUES`, if it has any."""
+    module = request.module
+    values = getattr(module, "CONFIG_VALUES", {})
+    return gateway_factory(module.CONFIG.format(url=demo.url, **values), demo.url)
+
+
+@pytest.fixture
 def fake_upstream() -> Iterator[Callable[[Answer], FakeUpstream]]:
     """`fake_upstream(handler_or_table)`: a started `FakeUpstream`, stopped after the test."""
     started: list[FakeUpstream] = []

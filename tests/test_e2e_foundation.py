@@ -15,7 +15,7 @@ from helpers.upstreams import Reply
 
 pytestmark = pytest.mark.anyio
 
-OPEN_CONFIG = """
+CONFIG = """
 version: 1
 upstreams:
   - name: demo
@@ -37,11 +37,6 @@ rules:
 def tools_call(name: str, args: dict, msg_id: int | str = 1) -> dict:
     params = {"name": name, "arguments": args, "_meta": META}
     return {"jsonrpc": "2.0", "id": msg_id, "method": "tools/call", "params": params}
-
-
-@pytest.fixture
-def gateway(demo, gateway_factory):
-    return gateway_factory(OPEN_CONFIG.format(url=demo.url), demo.url)
 
 
 @pytest.mark.parametrize("mode", ["auto", "legacy"])
@@ -78,7 +73,7 @@ async def test_default_deny_for_unlisted_tool(gateway):
 def test_batch_with_one_denied_message_never_reaches_the_upstream(tmp_path, gateway_factory):
     demo = start_demo(tmp_path, "--stateless", "--json-response")
     try:
-        gw = gateway_factory(OPEN_CONFIG.format(url=demo.url), demo.url)
+        gw = gateway_factory(CONFIG.format(url=demo.url), demo.url)
         batch = [
             {
                 "jsonrpc": "2.0",
@@ -129,9 +124,7 @@ def test_malformed_bodies_are_refused_and_not_forwarded(gateway, demo, body, sta
 
 
 def test_oversized_body_is_413(demo, gateway_factory):
-    gw = gateway_factory(
-        OPEN_CONFIG.format(url=demo.url), demo.url, options={"holdgate_max_body": "1k"}
-    )
+    gw = gateway_factory(CONFIG.format(url=demo.url), demo.url, options={"holdgate_max_body": "1k"})
     big = tools_call("get_customer", {"pad": "x" * 4096})
     response = raw_post(gw.url + "/mcp", big)
     # Cut by mitmproxy while it is read (its own error page), so it is never buffered.
@@ -157,7 +150,7 @@ def test_mcp_name_header_that_disagrees_with_body_is_refused(gateway, demo):
 
 
 def test_no_upstream_is_404(demo, gateway_factory):
-    config = OPEN_CONFIG.format(url=demo.url).replace(
+    config = CONFIG.format(url=demo.url).replace(
         f"    url: {demo.url}", f"    url: {demo.url}\n    prefix: /crm"
     )
     gw = gateway_factory(config, demo.url)
@@ -223,7 +216,7 @@ async def test_legacy_sse_transport_is_decided_and_answered_on_the_stream(
 
     legacy = start_demo(tmp_path, "--transport", "sse")
     try:
-        gw = gateway_factory(OPEN_CONFIG.format(url=legacy.url), legacy.url)
+        gw = gateway_factory(CONFIG.format(url=legacy.url), legacy.url)
         async with Client(sse_client(gw.url + "/sse"), mode="legacy", cache=None) as client:
             tools = await client.list_tools()
             assert "get_customer" in {t.name for t in tools.tools}
@@ -280,7 +273,7 @@ def test_events_torn_across_network_chunks_arrive_whole(gateway_factory, fake_up
     """A chunk holding no complete event must send nothing, not an empty HTTP chunk (which
     would end the response for the client mid-stream)."""
     upstream = fake_upstream(lambda request: torn_events())
-    gw = gateway_factory(OPEN_CONFIG.format(url=upstream.url), upstream.url)
+    gw = gateway_factory(CONFIG.format(url=upstream.url), upstream.url)
     answer = raw_post(gw.url + "/mcp", tools_call("get_customer", {}), MODERN)
     assert answer.status == 200
     events = [e for e in answer.body.decode().split("\n\n") if e.strip()]

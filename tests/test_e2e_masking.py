@@ -47,11 +47,6 @@ def customer_one(tmp_path) -> dict:
     return dict(db.execute("select * from customers where id = 1").fetchone())
 
 
-@pytest.fixture
-def gateway(demo, gateway_factory):
-    return gateway_factory(CONFIG.format(url=demo.url), demo.url)
-
-
 @pytest.mark.parametrize("mode", ["auto", "legacy"])  # JSON responses, and SSE responses
 async def test_customer_lookup_arrives_masked(gateway, tmp_path, mode):
     clear = customer_one(tmp_path)

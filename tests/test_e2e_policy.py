@@ -38,11 +38,6 @@ rules:
 )
 
 
-@pytest.fixture
-def gateway(demo, gateway_factory):
-    return gateway_factory(CONFIG.format(url=demo.url), demo.url)
-
-
 @pytest.mark.parametrize("mode", ["auto", "legacy"])
 async def test_tools_list_shows_only_what_the_caller_may_use(gateway, mode):
     async with connect(gateway.url + "/mcp", ALICE, mode=mode) as client:
