@@ -42,9 +42,19 @@ async def admin(holds, method, path, who, body=None):
     return await holds.handle_admin(AdminRequest(method, path, headers, data, "127.0.0.1"))
 
 
+async def run(holds):
+    """The running hook (it also starts the sweep that sees holds expire or resumed), and
+    its start-up, which closes holds left by a previous run, done: a hold created before
+    that would be expired with them (the gateway has the same window at start)."""
+    holds.running()
+    await asyncio.wait_for(holds._tasks[0], 10)
+
+
 async def held(tctx):
-    """Send the DELETE; return the pending send and its approval id once it waits."""
+    """Start the holds (as the gateway's running hook does), send the DELETE, and return
+    the pending send and its approval id once it waits."""
     holds = find(tctx, ApprovalHolds)
+    await run(holds)
     flow = mcp_flow(call("run_sql", DELETE), ALICE)
     sending = asyncio.create_task(send(tctx, flow))
     for _ in range(200):  # 10 s at most
@@ -101,19 +111,9 @@ async def test_a_request_edited_while_held_is_void(tctx):
     assert error["code"] == -32004 and "approval void" in error["message"]
 
 
-async def run(holds):
-    """The running hook, and its start-up (which closes holds left by a previous run) done.
-
-    Waited for because a hold created before that start-up finishes is expired with the
-    old ones: the gateway has the same window between listening and its start-up."""
-    holds.running()
-    await asyncio.wait_for(holds._tasks[0], 10)
-
-
 async def test_nobody_deciding_in_time_is_expiry(tmp_path):
     with gateway(tmp_path, CONFIG.replace("{timeout}", "1s")) as tctx:
         holds = find(tctx, ApprovalHolds)
-        await run(holds)  # starts the sweep that sees holds expire
         flow, sending, approval = await held(tctx)
         await asyncio.wait_for(sending, 15)
         error = response_json(flow)["error"]
@@ -125,7 +125,6 @@ async def test_nobody_deciding_in_time_is_expiry(tmp_path):
 async def test_resuming_the_flow_in_mitmweb_approves_it(tmp_path):
     with gateway(tmp_path, CONFIG.replace("{timeout}", "30s")) as tctx:
         holds = find(tctx, ApprovalHolds)
-        await run(holds)
         flow, sending, approval = await held(tctx)
         flow.resume()  # mitmweb's Resume button
         await asyncio.wait_for(sending, 10)
