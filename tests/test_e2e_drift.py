@@ -51,10 +51,7 @@ async def test_an_approval_masks_arguments_as_the_events_do(demo, gateway_factor
     stop(gw.proc)
     with sqlite3.connect(gw.db) as db:
         stored = [
-            r[0]
-            for r in db.execute(
-                "select args_masked from events where target = 'run_sql'"
-            )
+            r[0] for r in db.execute("select args_masked from events where target = 'run_sql'")
         ]
     assert stored and all("victim.one@example.com" not in (s or "") for s in stored)
 

@@ -55,7 +55,11 @@ def call(tool: str) -> dict:
         ("holdgate.addons.enforcement:parse_body", "PolicyEnforcer.request", "get_customer"),
         ("holdgate.addons.holds:request_digest", "ApprovalHolds.request", "run_sql"),
         # the hold expires, but the store will not take the decision: refused, not released
-        ("holdgate.store:append_approval_state", "ApprovalHolds.request", "run_sql"),
+        (
+            "holdgate.store.sqlite_store:SqliteStore.append_approval_state",
+            "ApprovalHolds.request",
+            "run_sql",
+        ),
         ("holdgate.addons.gate:state", "Gate.request", "get_customer"),
         ("holdgate.addons.recorder:state", "Recorder.request", "get_customer"),
     ],

@@ -37,6 +37,7 @@ class ConfigLoader:
 
     def _announce(self, outcome: str, config: GatewayConfig | str | None, detail: str) -> None:
         """`config`: the loaded config, or the digest of a rejected file."""
+        event: dict[str, Any]
         if isinstance(config, GatewayConfig):
             event = {"config_hash": config.digest, "content": config.redacted_text()}
         else:

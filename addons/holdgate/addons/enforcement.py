@@ -188,7 +188,11 @@ class PolicyEnforcer:
             self.limiter.give_back(hits)
 
     def _apply(
-        self, flow: http.HTTPFlow, body: Body, forwarded: list[Message], errors: list[dict]
+        self,
+        flow: http.HTTPFlow,
+        body: Body,
+        forwarded: list[Message],
+        errors: list[dict[str, Any]],
     ) -> None:
         st = state(flow)
         outgoing = [m.raw for m in forwarded]
@@ -214,7 +218,9 @@ class PolicyEnforcer:
         flow.request.headers["accept-encoding"] = "identity"
         st.decided_request = (flow.request.url, decided)
 
-    def legacy_placeholders(self, flow: http.HTTPFlow, errors: list[dict]) -> list[dict]:
+    def legacy_placeholders(
+        self, flow: http.HTTPFlow, errors: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
         """On the legacy HTTP+SSE transport answers travel on the GET stream, where the
         gateway can only speak when the upstream does. So a refused request is replaced by
         an empty placeholder call with the same id (the refused call itself never leaves);

@@ -328,13 +328,13 @@ class MessageContext:
 
 def session_key(flow: http.HTTPFlow) -> str | None:
     """The MCP session a flow belongs to: Mcp-Session-Id, or the legacy transport's query id."""
-    found = flow.request.headers.get("mcp-session-id")
+    found: str | None = flow.request.headers.get("mcp-session-id")
     if found:
         return found
     if "session_id=" in flow.request.path:  # parsing the query is costly
-        found = flow.request.query.get("session_id")
-        if found:
-            return found
+        query: str | None = flow.request.query.get("session_id")
+        if query:
+            return query
     return state(flow).stream_session
 
 

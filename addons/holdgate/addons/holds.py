@@ -43,7 +43,9 @@ from holdgate.protocol.jsonrpc import (
     error_object,
     single_valued,
 )
+from holdgate.store import Store
 from holdgate.store import iso as now_iso
+from holdgate.store.approval_records import Decision as Decided
 
 if TYPE_CHECKING:
     from holdgate.addons.enforcement import PolicyEnforcer
@@ -97,6 +99,7 @@ class ApprovalHolds:
         self._tasks: list[asyncio.Task[Any]] = []
         self._server: asyncio.Server | None = None
         self._authenticator: tuple[str, Authenticator] | None = None
+        self._started = asyncio.Event()
 
     def load(self, loader) -> None:  # type: ignore[no-untyped-def]
         loader.add_option(
@@ -117,9 +120,17 @@ class ApprovalHolds:
         # Never await here: later addons' running hooks (TLS set-up) wait for ours.
         self._tasks.append(asyncio.create_task(self._start()))
 
+    def _store(self) -> Store:
+        """The Recorder's store: one owner of the connection for the whole gateway."""
+        if self.recorder.store is None:
+            raise RuntimeError("the audit store is not open")
+        return self.recorder.store
+
     async def _start(self) -> None:
-        db = ctx.options.holdgate_db
-        closed = await asyncio.to_thread(store.expire_pending, db, "gateway restarted")
+        try:
+            closed = await asyncio.to_thread(self._store().expire_pending, "gateway restarted")
+        finally:
+            self._started.set()  # holds wait for this, so none is expired as a leftover
         if closed:
             logger.warning("holdgate: %d approval(s) pending at shutdown closed as expired", closed)
         self._tasks.append(asyncio.create_task(self._watch()))
@@ -160,8 +171,7 @@ class ApprovalHolds:
                 decided.approval_id = grant.approval_id
                 decided.approval = {"granted_by": "grant window"}
                 await asyncio.to_thread(
-                    store.append_approval_state,
-                    ctx.options.holdgate_db,
+                    self._store().append_approval_state,
                     grant.approval_id,
                     "grant_used",
                     identity.user,
@@ -233,7 +243,8 @@ class ApprovalHolds:
             else None,
             "flow_id": flow.id,
         }
-        await asyncio.to_thread(store.create_approval, ctx.options.holdgate_db, row)
+        await self._started.wait()
+        await asyncio.to_thread(self._store().create_approval, row)
         self.holds[approval_id] = hold
         st.held = approval_id
         publish(flow)  # mitmweb shows the held flow with what was decided
@@ -277,8 +288,7 @@ class ApprovalHolds:
     ) -> None:
         """Record a decision the gateway itself observed; a decision already stored wins."""
         ok = await asyncio.to_thread(
-            store.append_approval_state,
-            ctx.options.holdgate_db,
+            self._store().append_approval_state,
             hold.approval_id,
             new_state,
             decider,
@@ -287,9 +297,11 @@ class ApprovalHolds:
         if ok:
             hold.decide(new_state, decider, reason)
             return
-        current = await asyncio.to_thread(store.approval, ctx.options.holdgate_db, hold.approval_id)
-        latest = (current or {}).get("state", "expired")
-        hold.decide(latest, (current or {}).get("decider"), (current or {}).get("reason"))
+        current = await asyncio.to_thread(self._store().approval, hold.approval_id)
+        if current is None:
+            hold.decide("expired", None, None)
+        else:
+            hold.decide(current["state"], current.get("decider"), current.get("reason"))
 
     def _release(self, flow: http.HTTPFlow, refused: list[tuple[int, str]]) -> None:
         st = state(flow)
@@ -385,22 +397,18 @@ class ApprovalHolds:
         if not pending:
             return
         try:
-            states = await asyncio.to_thread(
-                store.approval_states, ctx.options.holdgate_db, pending
-            )
+            states = await asyncio.to_thread(self._store().approval_states, pending)
         except store.StoreError as exc:
             logger.error("holdgate: cannot read approvals: %s", exc)
             return
         for approval_id, row in states.items():
-            hold = self.holds.get(approval_id)
-            if hold is not None and row["state"] != "pending":
-                hold.decide(row["state"], row.get("decider"), row.get("reason"))
+            held = self.holds.get(approval_id)
+            if held is not None and row["state"] != "pending":
+                held.decide(row["state"], row.get("decider"), row.get("reason"))
 
     def _record_state(self, hold: Hold, new_state: str, decider: str | None, reason: str) -> None:
         try:
-            store.append_approval_state(
-                ctx.options.holdgate_db, hold.approval_id, new_state, decider, reason
-            )
+            self._store().append_approval_state(hold.approval_id, new_state, decider, reason)
         except store.StoreError as exc:
             logger.error("holdgate: cannot record approval %s: %s", hold.approval_id, exc)
 
@@ -439,22 +447,20 @@ class ApprovalHolds:
         approver = await self._authenticate(config, request)
         if approver is None:
             return AdminResponse(401, {"error": "authenticate like an MCP client (JWT or API key)"})
-        db = ctx.options.holdgate_db
         if len(parts) == 1 and request.method == "GET":
-            pending = await asyncio.to_thread(store.pending_approvals, db)
+            pending = await asyncio.to_thread(self._store().approvals, pending_only=True)
             return AdminResponse(
                 200, [row for row in pending if may_see(row, approver.user, approver.groups)]
             )
-        found = await asyncio.to_thread(store.approval, db, parts[1])
+        found = await asyncio.to_thread(self._store().approval, parts[1])
         if found is None or not may_see(found, approver.user, approver.groups):
             deciding = request.method == "POST" and parts[2:] in (["approve"], ["deny"])
             if found is not None and deciding:  # still an attempt worth an audit row
-                attempted = "approved" if parts[2] == "approve" else "denied"
+                attempted: Decided = "approved" if parts[2] == "approve" else "denied"
                 # neither approver nor requester: the store refuses it and records that
                 with contextlib.suppress(store.ApprovalRefused):
                     await asyncio.to_thread(
-                        store.decide_approval,
-                        db,
+                        self._store().decide_approval,
                         parts[1],
                         attempted,
                         approver.user,
@@ -472,11 +478,10 @@ class ApprovalHolds:
             reason = request.json().get("reason")
         except (json.JSONDecodeError, AttributeError):
             return AdminResponse(400, {"error": "the body must be a JSON object"})
-        new_state = "approved" if parts[2] == "approve" else "denied"
+        new_state: Decided = "approved" if parts[2] == "approve" else "denied"
         try:
             await asyncio.to_thread(
-                store.decide_approval,
-                db,
+                self._store().decide_approval,
                 parts[1],
                 new_state,
                 approver.user,

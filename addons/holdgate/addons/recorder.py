@@ -17,6 +17,7 @@ from mitmproxy import ctx, exceptions, http
 
 from holdgate.addons.config_loader import ConfigLoader
 from holdgate.addons.flowstate import (
+    DecidedMessage,
     FlowState,
     MessageContext,
     annotate,
@@ -225,7 +226,8 @@ class Recorder:
         status = flow.response.status_code if flow.response is not None else None
         upstream = st.upstream.name if st.upstream is not None else ""
         refused = st.refused
-        for decided in st.decided or [None]:
+        decided_messages: list[DecidedMessage | None] = [*st.decided] or [None]
+        for decided in decided_messages:
             message = decided.message if decided is not None else None
             decision = decided.decision if decided is not None else None
             arguments = message.arguments if message is not None else None
@@ -312,7 +314,9 @@ class Recorder:
             },
         )
 
-    def submit(self, flow: http.HTTPFlow, config: GatewayConfig, table: str, row: dict) -> None:
+    def submit(
+        self, flow: http.HTTPFlow, config: GatewayConfig, table: str, row: dict[str, Any]
+    ) -> None:
         """Queue a row; no value the gateway injected is ever in it, however it got there."""
         writer = self.writer
         row = scrub_row(row, self.record_masking(config))

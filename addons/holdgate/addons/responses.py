@@ -262,9 +262,8 @@ def _masked_text(flow: http.HTTPFlow, value: str, effect: ProfilesInEffect) -> s
 
 
 def _is_event_stream(response: http.Response) -> bool:
-    return response.headers.get("content-type", "").split(";")[0].strip().lower() == (
-        "text/event-stream"
-    )
+    ctype: str = response.headers.get("content-type", "")
+    return ctype.split(";")[0].strip().lower() == ("text/event-stream")
 
 
 class SSEPass:

@@ -12,7 +12,7 @@ import asyncio
 import logging
 from typing import Any
 
-from mitmproxy import ctx, exceptions, http
+from mitmproxy import exceptions, http
 
 from holdgate.addons.config_loader import ConfigLoader
 from holdgate.addons.flowstate import MessageContext, state
@@ -21,7 +21,7 @@ from holdgate.config.gateway_config import Upstream
 from holdgate.policy.rules import Decision
 from holdgate.policy.tool_pins import PinBook, review_call
 from holdgate.protocol.jsonrpc import Body, HeaderParams, Message
-from holdgate.store import StoreError, iso, tool_pin_rows
+from holdgate.store import Store, StoreError, iso
 
 logger = logging.getLogger("holdgate")
 
@@ -40,13 +40,19 @@ class ToolPinning:
             # Once, at start (before any flow): calls must be judged against every pin.
             book = PinBook()
             try:
-                for row in tool_pin_rows(ctx.options.holdgate_db):
+                for row in self._store().tool_pin_rows():
                     book.apply(row)
             except StoreError as exc:
                 raise exceptions.OptionsError(
                     f"holdgate_db: cannot read the tool pins ({exc}); check the store"
                 ) from None
             self.book = book
+
+    def _store(self) -> Store:
+        """The Recorder's store (opened first: the Recorder configures before us)."""
+        if self.recorder.store is None:
+            raise StoreError("the audit store is not open")
+        return self.recorder.store
 
     def running(self) -> None:
         self._poller = asyncio.get_running_loop().create_task(self._poll())
@@ -63,9 +69,7 @@ class ToolPinning:
     async def refresh(self) -> None:
         """Fold in pin rows written since the last look (re-pins from the CLI)."""
         try:
-            rows = await asyncio.to_thread(
-                tool_pin_rows, ctx.options.holdgate_db, self.book.last_seq
-            )
+            rows = await asyncio.to_thread(self._store().tool_pin_rows, self.book.last_seq)
         except StoreError as exc:
             logger.error("holdgate: cannot read tool pins, keeping the ones known: %s", exc)
             return
@@ -109,7 +113,9 @@ class ToolPinning:
         if context.answers is None or context.answers[0] != "tools/list":
             return message
         result = message.get("result") if isinstance(message, dict) else None
-        tools = result.get("tools") if isinstance(result, dict) else None
+        if not isinstance(result, dict):
+            return message
+        tools = result.get("tools")
         st = state(flow)
         config = st.config
         if not isinstance(tools, list) or config is None or st.upstream is None:

@@ -56,7 +56,7 @@ def opened(db: str) -> Iterator[Store]:
 _DURATION = re.compile(r"^\s*\d+(?:\.\d+)?\s*(?:ms|s|m|h|d)\s*$")
 
 
-class TimeBound(click.ParamType):
+class TimeBound(click.ParamType[str]):
     """An ISO time, or a duration back from now (7d, 12h, 30m), given to the store as an
     ISO time in its own format (times compare as text there)."""
 

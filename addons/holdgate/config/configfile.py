@@ -112,7 +112,7 @@ def _to_python(
     if isinstance(node, yaml.MappingNode):
         out: dict[str, Any] = {}
         for key_node, value_node in node.value:
-            key = yaml.SafeLoader.construct_scalar(yaml.SafeLoader(""), key_node)  # type: ignore[arg-type]
+            key = yaml.SafeLoader.construct_scalar(yaml.SafeLoader(""), key_node)
             if not isinstance(key_node, yaml.ScalarNode) or not isinstance(key, str):
                 raise ConfigError(
                     "keys must be plain strings",

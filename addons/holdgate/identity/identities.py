@@ -424,7 +424,7 @@ class Authenticator:
             present = tuple(n for n in names if n in headers)
             if present:
                 if _address_in(client_ip, trusted.networks):
-                    return self._trusted(headers, trusted, present)
+                    return self._trusted(headers, trusted)
                 spoofed = present
         auth = headers.get("authorization", [])
         api = headers.get("x-api-key", [])
@@ -435,7 +435,6 @@ class Authenticator:
             if bearer is not None and api and api[0] != bearer:
                 raise AuthError("multiple credentials")
             credential = bearer if bearer is not None else (api[0] if api else None)
-            used = tuple(n for n, v in (("authorization", auth), ("x-api-key", api)) if v)
             if credential is None:
                 raise AuthError("no credentials")
             if bearer is not None and credential.count(".") == 2 and self.config.oidc:
@@ -444,18 +443,16 @@ class Authenticator:
                 identity = self._api_key(credential)
         except AuthError as exc:
             return AuthOutcome(None, str(exc), spoofed, reason=exc.reason)
-        return AuthOutcome(identity, None, spoofed, used)
+        return AuthOutcome(identity, None, spoofed)
 
-    def _trusted(
-        self, headers: Mapping[str, Sequence[str]], trusted: TrustedHeader, present: tuple[str, ...]
-    ) -> AuthOutcome:
+    def _trusted(self, headers: Mapping[str, Sequence[str]], trusted: TrustedHeader) -> AuthOutcome:
         users = headers.get(trusted.user_header, [])
         if len(users) != 1 or not users[0].strip():
             reason = "the trusted user header must appear exactly once"
             return AuthOutcome(None, reason, reason=reason)
         groups_values = headers.get(trusted.groups_header, []) if trusted.groups_header else []
         groups = tuple(g for v in groups_values for g in group_list(v))
-        return AuthOutcome(Identity(users[0].strip(), groups, "trusted_header"), None, (), present)
+        return AuthOutcome(Identity(users[0].strip(), groups, "trusted_header"), None, ())
 
     def _api_key(self, credential: str) -> Identity:
         digest = hashlib.sha256(credential.encode("utf-8")).digest()
@@ -596,7 +593,7 @@ def _key_fits(key: PyJWK, alg: str) -> bool:
     declared = key._jwk_data.get("alg")  # noqa: SLF001 - PyJWK keeps the JWK's own alg here
     if declared is not None and declared != alg:
         return False
-    return any(alg.startswith(prefix) for prefix in families.get(key.key_type, ()))
+    return any(alg.startswith(prefix) for prefix in families.get(key.key_type or "", ()))
 
 
 def _bearer(value: str) -> str | None:

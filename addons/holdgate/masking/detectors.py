@@ -650,7 +650,7 @@ def custom_detector(name: str, regex: str, validator: str = "none") -> PatternDe
 class Hit(NamedTuple):
     """One detected value: which text, where in it, and by which detector."""
 
-    index: int
+    index: int  # type: ignore[assignment]  # the text's index; shadows tuple.index on purpose
     start: int
     end: int
     detector: Detector

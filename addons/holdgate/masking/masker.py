@@ -57,8 +57,8 @@ from typing import Any, Literal
 
 from jsonpath_ng import JSONPath
 from jsonpath_ng.exceptions import JSONPathError
-from jsonpath_ng.ext import parse as parse_jsonpath
 from jsonpath_ng.ext.filter import Filter
+from jsonpath_ng.ext.parser import parse as parse_jsonpath
 from jsonpath_ng.jsonpath import Child, Descendants, Fields, Index, Root, Slice, This, Wildcard
 
 from holdgate.config.configfile import Node
@@ -131,7 +131,7 @@ class FieldRule:
 
 
 def _addressable(expr: JSONPath) -> bool:
-    if type(expr) in (Child, Descendants):
+    if isinstance(expr, Child | Descendants):
         return _addressable(expr.left) and _addressable(expr.right)
     return type(expr) in _ADDRESSABLE
 
@@ -193,8 +193,8 @@ class ProfilesInEffect:
                 earlier = strategies.get(detector.name, profile.strategy)
                 strategies[detector.name] = _stronger(earlier, profile.strategy)
             for rule in profile.paths:
-                earlier = rules.get(rule.path)
-                strategy = profile.strategy if earlier is None else earlier[1]
+                ruled = rules.get(rule.path)
+                strategy = profile.strategy if ruled is None else ruled[1]
                 rules[rule.path] = (rule, _stronger(strategy, profile.strategy))
         names: dict[str, tuple[FieldRule, Strategy]] = {}
         for rule, strategy in rules.values():
@@ -382,10 +382,10 @@ def scan(value: Any, detectors: Sequence[Detector]) -> dict[str, int]:
         for start, end, detector, _ in found:
             spans.setdefault((detector.name, index), []).append((start, end))
     counts: Counter[str] = Counter()
-    for (name, _), found in spans.items():
-        found.sort()
+    for (name, _), ranges in spans.items():
+        ranges.sort()
         end = -1
-        for start, stop in found:
+        for start, stop in ranges:
             if start >= end:
                 counts[name] += 1
             end = max(end, stop)
@@ -518,18 +518,22 @@ class _Walk:
         targets, parents = self.targets, self.parents
         texts, key_texts, floor = self.texts, self.key_texts, self.plan.number_floor
         add_text, add_slot = texts.append, self.slots.append
-        if is_dict:
-            self.objects[doc + 1].append(node)  # type: ignore[arg-type]
+        items: Iterable[tuple[Key, Any]]
+        if isinstance(node, dict):
+            self.objects[doc + 1].append(node)
             if not key_texts.keys() >= node.keys():  # a new key (a C-speed test per object)
-                for key in node:
-                    if key not in key_texts and type(key) is str:
-                        key_texts[key] = len(texts)
-                        add_text(key)
-                        add_slot((node, key, doc, ""))  # type: ignore[arg-type]
-        for key, value in node.items() if is_dict else enumerate(node):  # type: ignore[union-attr]
+                for name in node:
+                    if name not in key_texts and type(name) is str:
+                        key_texts[name] = len(texts)
+                        add_text(name)
+                        add_slot((node, name, doc, ""))
+            items = node.items()
+        else:
+            items = enumerate(node)
+        for key, value in items:
             if is_dict:
-                context = key
-            rule = names.get(key) if names else None
+                context = str(key)
+            rule = names.get(context) if names else None
             if targets:
                 other = targets.get((id(node), key))
                 if other is not None and (rule is None or _STRENGTH[other[1]] > _STRENGTH[rule[1]]):
@@ -625,8 +629,8 @@ class _Walk:
             container, slot_key, doc, _ = self.slots[index]
             masked = self._mask_string(self.texts[index], spans, self.findings)
             self._assign(container, slot_key, doc, masked)
-        for container, key, doc, replacement in self.patches:
-            self._assign(container, key, doc, replacement)
+        for container, slot, doc, replacement in self.patches:
+            self._assign(container, slot, doc, replacement)
         for index in range(len(self.docs) - 1, -1, -1):  # inner documents first
             if renames:
                 self._rename_keys(index, renames)

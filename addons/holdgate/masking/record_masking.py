@@ -467,9 +467,10 @@ def record_headers(
         texts.append(name.decode("utf-8", "surrogateescape"))
     masked = iter(mask_for_record(texts, record, upstream).value if texts else ())
     out: list[tuple[bytes, bytes]] = []
-    for value in kept:
-        if value is None:
-            value = next(masked).encode("utf-8", "surrogateescape")
+    for kept_value in kept:
+        value = (
+            next(masked).encode("utf-8", "surrogateescape") if kept_value is None else kept_value
+        )
         masked_name = next(masked).encode("utf-8", "surrogateescape")
         out.append((masked_name, value))
     return tuple(out)

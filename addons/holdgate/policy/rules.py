@@ -30,7 +30,7 @@ from typing import Any, Literal, Protocol
 
 from jsonpath_ng import JSONPath
 from jsonpath_ng.exceptions import JsonPathLexerError, JsonPathParserError
-from jsonpath_ng.ext import parse as parse_jsonpath
+from jsonpath_ng.ext.parser import parse as parse_jsonpath
 
 from holdgate.config.configfile import Node
 from holdgate.protocol.jsonrpc import NAME_PARAM, Message
@@ -637,7 +637,9 @@ def _parse_condition(
             warning = _pattern_warning(kind, pattern, action)
             if warning is not None:
                 warnings.append(cond.child(kind).warning(warning))
-            return ArgCondition(path, expr, grants, **{kind: compiled})
+            if kind == "regex":
+                return ArgCondition(path, expr, grants, regex=compiled)
+            return ArgCondition(path, expr, grants, search=compiled)
     if cond.has("path_under"):
         return ArgCondition(path, expr, grants, path_under=_path_base(cond.child("path_under")))
     if cond.has("equals"):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -105,7 +106,7 @@ class PinBook:
         self.last_seq = 0
         self._header_params: dict[tuple[str, str], tuple[str, Any]] = {}
 
-    def apply(self, row: dict[str, Any]) -> None:
+    def apply(self, row: Mapping[str, Any]) -> None:
         """Fold one stored row in. Idempotent: the gateway applies its own rows when it
         writes them and again when it reads them back."""
         self.last_seq = max(self.last_seq, int(row.get("seq") or 0))

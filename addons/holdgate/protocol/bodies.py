@@ -15,7 +15,7 @@ from holdgate.protocol.jsonrpc import BodyError
 try:
     from compression import zstd
 except ImportError:  # Python < 3.14: the backport mitmproxy itself depends on
-    from backports import zstd  # type: ignore[no-redef]
+    from backports import zstd
 
 CHUNK = 64 * 1024
 
@@ -74,7 +74,7 @@ def _inflate(decoder: zlib._Decompress, raw: bytes, limit: int) -> bytes:
 def _unbrotli(raw: bytes, limit: int) -> bytes:
     decoder = brotli.Decompressor()
     try:
-        out = decoder.process(raw, output_buffer_limit=limit + 1)
+        out: bytes = decoder.process(raw, output_buffer_limit=limit + 1)
         while len(out) <= limit and not decoder.can_accept_more_data():
             out += decoder.process(b"", output_buffer_limit=limit + 1 - len(out))
     except brotli.error as exc:
@@ -89,7 +89,7 @@ def _unbrotli(raw: bytes, limit: int) -> bytes:
 def _unzstd(raw: bytes, limit: int) -> bytes:
     decoder = zstd.ZstdDecompressor()
     try:
-        out = decoder.decompress(raw, max_length=limit + 1)
+        out: bytes = decoder.decompress(raw, max_length=limit + 1)
     except zstd.ZstdError as exc:
         raise BodyError(f"body does not decompress ({exc})") from None
     if len(out) > limit or not (decoder.eof or decoder.needs_input):

@@ -303,7 +303,9 @@ def decode_header_value(value: str | None) -> str | None:
         return None
 
 
-def error_object(msg_id: str | int | None, code: int, message: str, data: Any = None) -> dict:
+def error_object(
+    msg_id: str | int | None, code: int, message: str, data: Any = None
+) -> dict[str, Any]:
     error: dict[str, Any] = {"code": code, "message": message}
     if data is not None:
         error["data"] = data

@@ -123,7 +123,7 @@ def recorded_state(
 def _recorded_metadata(metadata: dict[str, Any], record: RecordMasking, upstream: str) -> Any:
     ours = metadata.get(STATE_KEY)
     identity = ours.get("identity") if isinstance(ours, dict) else None
-    if identity is None:
+    if identity is None or not isinstance(ours, dict):
         return mask_for_record(metadata, record, upstream).value
     without = {**metadata, STATE_KEY: {k: v for k, v in ours.items() if k != "identity"}}
     masked = mask_for_record(without, record, upstream).value
@@ -133,14 +133,15 @@ def _recorded_metadata(metadata: dict[str, Any], record: RecordMasking, upstream
 def _content(message: dict[str, Any]) -> bytes | None:
     """The message's body with its Content-Encoding undone (b"" if it cannot be: the body
     is then recorded by its placeholder, see _recorded_message)."""
-    raw = message.get("content")
+    raw: bytes | None = message.get("content")
     if not raw:
         return raw
     codings = [v for n, v in message["headers"] if n.lower() == b"content-encoding"]
     if not codings:
         return raw
     try:
-        return encoding.decode(raw, codings[0].decode("latin-1"))
+        decoded = encoding.decode(raw, codings[0].decode("latin-1"))
+        return decoded if isinstance(decoded, bytes) else None
     except ValueError:
         return None
 

@@ -104,12 +104,12 @@ def build_review(
             for name, n in json.loads(row["masked"]).items():
                 person.masked[name] = person.masked.get(name, 0) + n
     for approval in approvals:
-        person = people.get(approval.get("requester") or "")
-        if person is None:
+        requester = people.get(approval.get("requester") or "")
+        if requester is None:
             continue
-        person.approvals_requested += 1
-        person.approvals_approved += int(approval.get("state") == "approved")
-        person.approvals_denied += int(approval.get("state") == "denied")
+        requester.approvals_requested += 1
+        requester.approvals_approved += int(approval.get("state") == "approved")
+        requester.approvals_denied += int(approval.get("state") == "denied")
     for person in people.values():
         caller = caller_for(person.user, person.groups)
         for upstream, tools in tools_seen.items():
