@@ -6,9 +6,10 @@ read after a 401 to find where to sign in.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from mitmproxy import http
 
-from holdgate.addons.config_loader import ConfigLoader
 from holdgate.addons.flowstate import (
     fail_closed,
     header_lists,
@@ -27,6 +28,10 @@ from holdgate.identity.identities import (
     challenge,
 )
 from holdgate.protocol.jsonrpc import INVALID_REQUEST
+
+if TYPE_CHECKING:
+    from holdgate.addons.config_loader import ConfigLoader
+
 
 WELL_KNOWN = "/.well-known/oauth-protected-resource"
 UNAUTHORIZED = -32001

@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mitmproxy import command, flow, http
 
-from holdgate.addons.config_loader import ConfigLoader
 from holdgate.addons.flowstate import (
     Correlator,
     DecidedMessage,
@@ -22,7 +21,6 @@ from holdgate.addons.flowstate import (
     session_key,
     state,
 )
-from holdgate.addons.tool_pinning import ToolPinning
 from holdgate.config.gateway_config import Upstream
 from holdgate.identity.identities import Identity
 from holdgate.policy.policytest import format_explanation
@@ -41,6 +39,11 @@ from holdgate.protocol.jsonrpc import (
     parse_body,
     single_valued,
 )
+
+if TYPE_CHECKING:
+    from holdgate.addons.config_loader import ConfigLoader
+    from holdgate.addons.tool_pinning import ToolPinning
+
 
 logger = logging.getLogger("holdgate")
 

@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 from mitmproxy import connection, ctx, exceptions, http
 
 from holdgate import store
-from holdgate.addons.config_loader import ConfigLoader
 from holdgate.addons.flowstate import Refusal, fail_closed, header_lists, publish, refuse, state
 from holdgate.approvals.adminhttp import AdminRequest, AdminResponse, parse_listen, serve
 from holdgate.approvals.approval_rules import (
@@ -48,6 +47,7 @@ from holdgate.store import iso as now_iso
 from holdgate.store.approval_records import Decision as Decided
 
 if TYPE_CHECKING:
+    from holdgate.addons.config_loader import ConfigLoader
     from holdgate.addons.enforcement import PolicyEnforcer
     from holdgate.addons.recorder import Recorder
 

@@ -11,11 +11,10 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mitmproxy import ctx, exceptions, http
 
-from holdgate.addons.config_loader import ConfigLoader
 from holdgate.addons.flowstate import (
     DecidedMessage,
     FlowState,
@@ -35,6 +34,10 @@ from holdgate.protocol.jsonrpc import INTERNAL_ERROR
 from holdgate.recording.flowfiles import RecordingWriter, Redaction
 from holdgate.store import AuditWriter, Store, StoreError, open_store
 from holdgate.store import iso as now_iso
+
+if TYPE_CHECKING:
+    from holdgate.addons.config_loader import ConfigLoader
+
 
 logger = logging.getLogger("holdgate")
 

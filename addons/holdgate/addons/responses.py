@@ -11,12 +11,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 from mitmproxy import http
 
-from holdgate.addons.config_loader import ConfigLoader
 from holdgate.addons.flowstate import (
     MessageContext,
     fail_closed,
@@ -30,6 +29,10 @@ from holdgate.masking.record_masking import RecordMasking, scrub_value
 from holdgate.protocol.bodies import decode_bounded
 from holdgate.protocol.jsonrpc import INTERNAL_ERROR, BodyError, dumps, error_object, loads_strict
 from holdgate.protocol.sse import SSEDecoder, SSEError, SSEEvent, encode_event
+
+if TYPE_CHECKING:
+    from holdgate.addons.config_loader import ConfigLoader
+
 
 logger = logging.getLogger("holdgate")
 

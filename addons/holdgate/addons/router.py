@@ -7,14 +7,18 @@ for the upstream routed to, so they may only ever travel to the server the confi
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from mitmproxy import http
 
-from holdgate.addons.config_loader import ConfigLoader
 from holdgate.addons.flowstate import Refusal, fail_closed, quoted, refuse, state
 from holdgate.config.gateway_config import path_problem, route, split_host
 from holdgate.protocol.jsonrpc import INVALID_REQUEST
+
+if TYPE_CHECKING:
+    from holdgate.addons.config_loader import ConfigLoader
+
 
 WELL_KNOWN = "/.well-known/oauth-protected-resource"
 BODYLESS = ("GET", "DELETE", "HEAD")

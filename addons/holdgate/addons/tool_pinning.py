@@ -10,18 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mitmproxy import exceptions, http
 
-from holdgate.addons.config_loader import ConfigLoader
 from holdgate.addons.flowstate import MessageContext, state
-from holdgate.addons.recorder import Recorder
 from holdgate.config.gateway_config import Upstream
 from holdgate.policy.rules import Decision
 from holdgate.policy.tool_pins import PinBook, review_call
 from holdgate.protocol.jsonrpc import Body, HeaderParams, Message
 from holdgate.store import Store, StoreError, iso
+
+if TYPE_CHECKING:
+    from holdgate.addons.config_loader import ConfigLoader
+    from holdgate.addons.recorder import Recorder
+
 
 logger = logging.getLogger("holdgate")
 

@@ -73,6 +73,7 @@ from holdgate.masking.detectors import (
     fold,
 )
 from holdgate.policy.rules import Globs
+from holdgate.protocol.jsonrpc import BodyError, loads_strict_text
 
 Strategy = Literal["redact", "partial", "hash"]
 STRATEGIES: tuple[Strategy, ...] = ("redact", "partial", "hash")
@@ -396,20 +397,6 @@ _WHITESPACE = " \t\r\n"
 _JSON_LEAD = frozenset("{[" + _WHITESPACE)
 
 
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out = dict(pairs)
-    if len(out) != len(pairs):
-        raise ValueError("duplicate key")
-    return out
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-_DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys, parse_constant=_no_constant)
-
-
 def _parse_embedded(text: str) -> Container | None:
     """The object or array a string holds as JSON text, or None if it is just text."""
     first = text[0]
@@ -422,8 +409,8 @@ def _parse_embedded(text: str) -> Container | None:
     if not (first == "{" and last == "}" or first == "[" and last == "]"):
         return None
     try:
-        value = _DECODER.decode(text)
-    except (ValueError, RecursionError):
+        value = loads_strict_text(text)
+    except BodyError:
         return None
     return value if type(value) is dict or type(value) is list else None
 

@@ -44,6 +44,7 @@ from holdgate.masking.masker import (
     mask_json,
     parse_masking,
 )
+from holdgate.protocol.jsonrpc import BodyError, loads_strict_text
 from holdgate.protocol.sse import SSEDecoder, SSEError, SSEEvent, encode_event
 
 SECRET_MARK: Final = "[REDACTED:injected_credential]"
@@ -259,24 +260,10 @@ class RecordedBody:
     dropped: str | None = None
 
 
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out = dict(pairs)
-    if len(out) != len(pairs):
-        raise ValueError("duplicate key")
-    return out
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-_STRICT = json.JSONDecoder(object_pairs_hook=_unique_keys, parse_constant=_no_constant)
-
-
 def _loads(text: str) -> tuple[bool, Any]:
     try:
-        return True, _STRICT.decode(text)
-    except (ValueError, RecursionError):
+        return True, loads_strict_text(text)
+    except BodyError:
         return False, None
 
 

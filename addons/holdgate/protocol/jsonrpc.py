@@ -72,11 +72,13 @@ class Body:
 
 
 def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise BodyError(f"duplicate key {key!r} in JSON object", code=PARSE_ERROR)
-        out[key] = value
+    out = dict(pairs)
+    if len(out) != len(pairs):  # the common case costs one C-speed comparison
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise BodyError(f"duplicate key {key[:40]!r} in JSON object", code=PARSE_ERROR)
+            seen.add(key)
     return out
 
 
@@ -95,6 +97,11 @@ def loads_strict(data: bytes) -> Any:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise BodyError(f"body is not UTF-8 (byte {exc.start})", code=PARSE_ERROR) from None
+    return loads_strict_text(text)
+
+
+def loads_strict_text(text: str) -> Any:
+    """`loads_strict` for text already decoded: no duplicate keys, no NaN or infinities."""
     try:
         return _DECODER.decode(text)
     except json.JSONDecodeError as exc:

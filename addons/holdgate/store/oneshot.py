@@ -1,9 +1,8 @@
 """One call, one connection: the store named by a path, opened for a single call and closed.
 
-For callers that hold no `Store`: the approvals and tool-pinning addons (they reach the
-store off the event loop by `holdgate_db`, one short call at a time; the Recorder's
-`store` is the one to move them to) and tests and scripts that inspect a gateway's store
-from outside. Code that makes several calls opens a `Store` instead.
+For callers that hold no `Store`: tests and scripts that inspect a running gateway's store
+from outside. The gateway itself uses the Recorder's `Store`; code that makes several
+calls opens a `Store`.
 Readers never create a store; writers create it, as the gateway does.
 """
 
