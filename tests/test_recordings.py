@@ -17,7 +17,7 @@ from mitmproxy.test import tflow
 
 from holdgate.config.gateway_config import parse_config_text
 from holdgate.masking.record_masking import RecordMasking
-from holdgate.recording.flowfiles import RecordingWriter, Redaction, serve
+from holdgate.recording.flowfiles import RecordingWriter, Redaction, recording_files, serve
 from holdgate.recording.flowfiles import recorded_state as recorded
 
 ADDONS = Path(__file__).resolve().parent.parent / "addons"
@@ -52,6 +52,15 @@ def read_back(state: dict) -> list:
     mitmio.tnetstring.dump(state, buffer)
     buffer.seek(0)
     return list(mitmio.FlowReader(buffer).stream())
+
+
+def flows_of(folder: Path, session: str) -> list:
+    """Every flow recorded for a session, read from its segments in order."""
+    flows: list = []
+    for path in recording_files(folder, session):
+        with path.open("rb") as fh:
+            flows.extend(mitmio.FlowReader(fh).stream())
+    return flows
 
 
 def flow_with_credentials():
@@ -179,15 +188,15 @@ def test_writer_appends_per_session_and_recreates_a_removed_folder(tmp_path) -> 
         for session in ("s1", "s1", "../s2"):
             assert writer.submit(session, tflow.tflow(resp=True).get_state(), redaction(), RECORD)
         assert writer.flush()
-        assert sorted(p.name for p in folder.iterdir()) == [".._s2.mitm", "s1.mitm"]
-        with (folder / "s1.mitm").open("rb") as fh:
-            assert len(list(mitmio.FlowReader(fh).stream())) == 2
+        names = sorted(p.name.split("+")[0] for p in folder.iterdir())
+        assert names == [".._s2", "s1"]  # one segment each, closed by the flush
+        assert len(flows_of(folder, "s1")) == 2 and len(flows_of(folder, "../s2")) == 1
         for path in folder.iterdir():
             path.unlink()
         folder.rmdir()
         assert writer.submit("s1", tflow.tflow(resp=True).get_state(), redaction(), RECORD)
         assert writer.flush()
-        assert (folder / "s1.mitm").exists()
+        assert len(flows_of(folder, "s1")) == 1
         assert writer.healthy and writer.lost == 0
     finally:
         writer.close()
@@ -206,7 +215,8 @@ def test_a_folder_that_cannot_be_written_is_reported_and_counted(tmp_path) -> No
         blocker.unlink()  # the operator fixes it: the next flow is written
         assert writer.submit("s1", tflow.tflow(resp=True).get_state(), redaction(), RECORD)
         assert writer.flush()
-        assert writer.healthy and (blocker / "s1.mitm").exists()
+        assert writer.healthy and len(flows_of(blocker, "s1")) == 1
+        assert writer.failed == 1 and writer.lost == 1
     finally:
         writer.close()
 
@@ -260,8 +270,8 @@ def test_a_flow_that_cannot_be_handed_over_is_lost_alone(tmp_path) -> None:
         assert writer.submit("s1", tflow.tflow(resp=True).get_state(), redaction(), RECORD)
         assert writer.flush()
         assert writer.lost == 1 and "cannot hand a flow over" in (writer.last_error or "")
-        with (tmp_path / "rec" / "s1.mitm").open("rb") as fh:
-            assert len(list(mitmio.FlowReader(fh).stream())) == 1
+        assert len(flows_of(tmp_path / "rec", "s1")) == 1
+        assert writer.failed == 0  # it never reached the process
     finally:
         writer.close()
 
@@ -289,5 +299,7 @@ def test_the_process_writes_nothing_before_it_has_the_masking(tmp_path) -> None:
     frames.seek(0)
     replies = io.StringIO()
     serve(tmp_path, frames, replies)
-    assert not (tmp_path / "s1.mitm").exists()
-    assert replies.getvalue().startswith("lost s1: LookupError: no masking for the record")
+    assert not list(tmp_path.iterdir())
+    assert replies.getvalue().startswith(
+        "failed 1\tLookupError\ts1\tLookupError: no masking for the record"
+    )

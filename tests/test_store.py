@@ -115,7 +115,7 @@ def test_schema_wal_version_indexes_views(path: Path) -> None:
     try:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert db.execute("PRAGMA busy_timeout").fetchone()[0] == 5000
-        assert store.schema_version(db.conn) == store.SCHEMA_VERSION == 1
+        assert store.schema_version(db.conn) == store.SCHEMA_VERSION == len(schema.MIGRATIONS)
         assert {"meta", "chain_head", *store.CHAINED} <= set(db.table_names())
         assert {"v_sessions", "v_approvals", "v_calls_by_identity"} <= set(db.view_names())
         events_indexes = {tuple(ix.columns) for ix in db["events"].indexes}
@@ -141,12 +141,13 @@ def test_migrations_run_in_order_on_open_and_old_rows_still_verify(
         db.execute('ALTER TABLE events ADD COLUMN "trace_id" TEXT')
 
     monkeypatch.setattr(schema, "MIGRATIONS", [*schema.MIGRATIONS, add_column])
-    monkeypatch.setattr(schema, "SCHEMA_VERSION", 2)
+    newer = store.SCHEMA_VERSION + 1
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", newer)
     monkeypatch.setitem(schema.COLUMNS, "events", {**schema.COLUMNS["events"], "trace_id": str})
     with store.SqliteStore(path) as new:
         new.append("events", event(1, trace_id="t-1"))
         with raw(path) as conn:
-            assert store.schema_version(conn) == 2
+            assert store.schema_version(conn) == newer
         assert new.verify().ok
     monkeypatch.undo()
     with pytest.raises(store.SchemaTooNew):

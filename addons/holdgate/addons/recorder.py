@@ -31,7 +31,7 @@ from holdgate.masking.masker import MaskingError, MaskOutcome
 from holdgate.masking.record_masking import RecordMasking, ToolHint, mask_for_record, scrub_row
 from holdgate.protocol.canonical_json import args_digest
 from holdgate.protocol.jsonrpc import INTERNAL_ERROR
-from holdgate.recording.flowfiles import RecordingWriter, Redaction
+from holdgate.recording.flowfiles import RecordingWriter, Redaction, route_back
 from holdgate.store import AuditWriter, Store, StoreError, open_store
 from holdgate.store import iso as now_iso
 
@@ -341,6 +341,7 @@ class Recorder:
             injected=st.injected,
             streamed=bytes(st.streamed) if streamed else None,
             upstream=st.upstream.name if st.upstream is not None else "",
+            route=route_back(st.upstream),
         )
         name = session_key(flow) or f"stateless-{time.strftime('%Y%m%d')}"
         self.recordings.submit(name, flow.get_state(), redaction, self.record_masking(config))

@@ -1,34 +1,41 @@
-"""Masked flow files, one `.mitm` per MCP session, written off the event loop.
+"""Masked flow files of each MCP session, written off the event loop.
 
-`mitmweb -r recordings/<session>.mitm` replays a session: the flows are copies masked for
-the record (`holdgate.masking.record_masking`) whatever the caller was exempt from, both bodies
-whole and every header, with caller credentials removed, injected ones replaced by a
-marker and any injected value scrubbed wherever it was reflected.
+A session's flows are in segments, `recordings/<session>+<opened>.mitm`, each only ever
+on disk whole (`holdgate.recording.segments`); `cat` them into one file for `mitmweb -r`.
+The flows are copies masked for the record (`holdgate.masking.record_masking`) whatever
+the caller was exempt from, both bodies whole and every header, with caller credentials
+removed, injected ones replaced by a marker and any injected value scrubbed wherever it
+was reflected. Their requests point at the gateway, never at the upstream: a replay of a
+recorded flow is decided by the gateway like any call (`replay_target`).
 """
 
 from __future__ import annotations
 
+import io
 import itertools
 import logging
 import os
 import pickle
 import queue
-import re
+import select
 import signal
 import struct
 import subprocess
 import sys
 import threading
+import time
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple, TextIO
+from urllib.parse import urlsplit
 
 from mitmproxy.io import tnetstring
 from mitmproxy.net import encoding
 
 from holdgate import STATE_KEY
 from holdgate.config.configfile import ConfigError
+from holdgate.config.gateway_config import Upstream
 from holdgate.masking.record_masking import (
     CALLER_CREDENTIALS,
     PortableRecordMasking,
@@ -40,15 +47,11 @@ from holdgate.masking.record_masking import (
     record_headers,
     tools_by_id,
 )
+from holdgate.recording.segments import Segments
+from holdgate.recording.segments import recording_files as recording_files
+from holdgate.recording.segments import recording_name as recording_name
 
 logger = logging.getLogger("holdgate")
-
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
-
-
-def recording_name(session_key: str) -> str:
-    """A file name that cannot escape the recordings folder, whatever the session id holds."""
-    return _UNSAFE.sub("_", session_key)[:120] or "unnamed"
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,69 @@ class Redaction:
     injected: tuple[str, ...]  # headers the gateway injected: shown as a marker
     streamed: bytes | None  # a streamed response's body as the client got it
     upstream: str  # whose masking profiles apply
+    route: tuple[str, str] | None = None  # (prefix, upstream path) to map the path back
+
+
+def route_back(upstream: Upstream | None) -> tuple[str, str] | None:
+    """How the Router mapped the client's path onto the upstream's (`Redaction.route`):
+    the prefix it removed and the upstream URL's path it put in front; None if unchanged."""
+    if upstream is None or not upstream.url:
+        return None
+    return upstream.prefix or "", urlsplit(upstream.url).path.rstrip("/")
+
+
+class ReplayTarget(NamedTuple):
+    scheme: str
+    host: str
+    port: int
+
+
+NOWHERE = "holdgate-gateway-unknown.invalid"  # RFC 2606: never resolves
+
+
+def replay_target(flow_state: dict[str, Any]) -> ReplayTarget:
+    """Where a recorded request points: the gateway's socket the client connected to, so
+    that mitmweb's Replay (or `mitmdump -nC`) sends it to the gateway, which decides it
+    like any call (without the caller's credentials, which are never recorded: a 401).
+    When that socket is not known, a name that never resolves: never the upstream."""
+    client = flow_state.get("client_conn") or {}
+    sockname = client.get("sockname") or ("", 0)
+    scheme = "https" if client.get("timestamp_tls_setup") is not None else "http"
+    host, port = str(sockname[0]), int(sockname[1])
+    if not host or not port:
+        request = flow_state["request"]
+        return ReplayTarget(scheme, NOWHERE, int(request["port"]) or 80)
+    if host in ("0.0.0.0", "::"):
+        host = "127.0.0.1" if host == "0.0.0.0" else "::1"
+    return ReplayTarget(scheme, host, port)
+
+
+def _pointed_at_gateway(
+    request: dict[str, Any], target: ReplayTarget, route: tuple[str, str] | None
+) -> dict[str, Any]:
+    """The recorded request sent to the gateway: its address, its Host header, and the
+    path as the client sent it (the Router's prefix mapping undone)."""
+    host = f"[{target.host}]" if ":" in target.host else target.host
+    netloc = f"{host}:{target.port}".encode()
+    path: bytes = request["path"]
+    if route is not None:
+        prefix, base = (part.encode("utf-8", "surrogateescape") for part in route)
+        bare, question, query = path.partition(b"?")
+        if bare == base or bare.startswith(base + b"/"):
+            path = prefix + (bare[len(base) :] or b"/") + question + query
+    headers = tuple(
+        (name, netloc) if name.lower() == b"host" else (name, value)
+        for name, value in request["headers"]
+    )
+    return {
+        **request,
+        "scheme": target.scheme,
+        "host": target.host,
+        "port": target.port,
+        "authority": netloc.decode() if request.get("authority") else "",
+        "path": path,
+        "headers": headers,
+    }
 
 
 class Recorded(NamedTuple):
@@ -77,7 +143,8 @@ def recorded_state(
     whatever the caller was exempt from: both bodies, whole; header values, trailers, the
     path, the reason phrase, the error, the comment and the metadata (but the caller's
     identity, the record's subject). Caller credentials are left out, injected headers
-    shown as a marker. Raises MaskingError for what cannot be masked outside a body (the
+    shown as a marker. The request points at the gateway (`replay_target`), its path as
+    the client sent it. Raises MaskingError for what cannot be masked outside a body (the
     flow is then not recorded at all); a body that cannot be masked is left out with a
     placeholder, named in `dropped`.
 
@@ -98,7 +165,7 @@ def recorded_state(
         request, request_body, record, upstream, dropped, "request", injected=injected
     )
     request["path"] = _masked_bytes(request["path"], record, upstream)
-    recorded["request"] = request
+    recorded["request"] = _pointed_at_gateway(request, replay_target(flow_state), redaction.route)
     response = flow_state.get("response")
     if response is not None:
         body = redaction.streamed if redaction.streamed is not None else _content(response)
@@ -207,17 +274,28 @@ class RecordingWriter:
     pure Python) costs more than the rest of the gateway's work on a request, and in a
     thread it would hold the GIL the event loop needs, so the files are written by a
     process of its own (`python -m holdgate.recording.flowfiles FOLDER`), fed pickled snapshots on
-    its stdin by a feeder thread. It answers on stdout: `healthy`, `lost` and `last_error`
-    follow its answers, and each failure is logged. It ends when its stdin closes, so it
-    never outlives the gateway.
+    its stdin by a feeder thread. It answers on stdout: `healthy`, `failed`, `lost` and
+    `last_error` follow its answers. It ends when its stdin closes, so it never outlives
+    the gateway.
+
+    Failures are errors the operator sees: `failed` counts the flows the process could not
+    write to a readable file (`failures` by kind, for `/metrics`), `lost` every flow not
+    recorded (those, and the ones never handed over). Each kind of failure is logged at
+    error level when it starts and then at most every `LOG_EVERY` seconds with how many
+    more it cost, not once per flow; its end is logged too.
     """
+
+    LOG_EVERY = 60.0
 
     def __init__(self, folder: str | Path, queue_size: int = 10_000) -> None:
         self.folder = Path(folder)
         self.healthy = True
         self.last_error: str | None = None
         self.lost = 0
+        self.failed = 0
+        self.failures: dict[str, int] = {}
         self.bodies_left_out = 0
+        self._logged: dict[str, tuple[float, int]] = {}  # kind: (last logged, lost since)
         self._queue: queue.Queue[_Item] = queue.Queue(queue_size)
         self._masking_sent: RecordMasking | None = None
         self._lock = threading.Lock()  # lost and healthy change on the loop and in threads
@@ -291,14 +369,46 @@ class RecordingWriter:
             self._process.kill()
             self._process.wait(5)
         self._reader.join(timeout)
+        if self.lost:
+            logger.error(
+                "holdgate: recordings writer closed: %d flows not recorded (%d could not be "
+                "written: %s)",
+                self.lost,
+                self.failed,
+                ", ".join(f"{kind} ×{n}" for kind, n in self.failures.items()) or "none",
+            )
 
-    def _note_lost(self, reason: str) -> None:
+    def _note_lost(self, reason: str, kind: str | None = None, flows: int = 1) -> None:
+        kind = kind or reason
         with self._lock:
-            self.lost += 1
-            if self.healthy or reason != self.last_error:
-                logger.error("holdgate: a flow recording was lost: %s", reason)
+            self.lost += flows
             self.healthy = False
             self.last_error = reason
+            now = time.monotonic()
+            logged = self._logged.get(kind)
+            if logged is not None and now - logged[0] < self.LOG_EVERY:
+                self._logged[kind] = (logged[0], logged[1] + flows)
+                return
+            self._logged[kind] = (now, 0)
+        more = f" ({logged[1]} more lost the same way since)" if logged and logged[1] else ""
+        logger.error("holdgate: a flow recording was lost: %s%s", reason, more)
+
+    def _note_failed(self, detail: str) -> None:
+        """A `failed` answer: COUNT, KIND, SESSION, WHY separated by tabs."""
+        count, kind, name, why = (detail.split("\t") + ["", "", ""])[:4]
+        flows = int(count) if count.isdigit() else 1
+        with self._lock:
+            self.failed += flows
+            self.failures[kind] = self.failures.get(kind, 0) + flows
+        self._note_lost(f"cannot write {name}: {why}", kind, flows)
+
+    def _note_recovered(self) -> None:
+        with self._lock:
+            self.healthy = True
+            logged, self._logged = self._logged, {}
+            lost = self.lost
+        if logged:
+            logger.warning("holdgate: flow files are written again (%d flows lost so far)", lost)
 
     def _feed(self) -> None:
         pipe = self._process.stdin
@@ -325,15 +435,22 @@ class RecordingWriter:
                 if kind == "flushed":
                     if event := self._flushes.get(int(detail)):
                         event.set()
-                elif kind == "lost":
-                    self._note_lost(f"cannot write {detail}")
+                elif kind == "failed":
+                    self._note_failed(detail)
+                elif kind == "repaired":
+                    name, _, cut = detail.partition("\t")
+                    logger.warning(
+                        "holdgate: a flow file left by a stopped writer was closed: %s "
+                        "(%s bytes of a torn last flow cut off)",
+                        name,
+                        cut,
+                    )
                 elif kind == "left-out":
                     with self._lock:
                         self.bodies_left_out += 1
                     logger.warning("holdgate: a body was left out of a flow file: %s", detail)
                 elif kind == "ok":
-                    with self._lock:
-                        self.healthy = True
+                    self._note_recovered()
 
 
 _Item = tuple[str, dict[str, Any], Redaction] | PortableRecordMasking | int | None
@@ -349,52 +466,134 @@ def serve(folder: Path, frames: BinaryIO, replies: TextIO) -> None:
     """The recordings process: write each flow that arrives until its input ends.
 
     A flow is only written masked: until a masking for the record has arrived (or when
-    the last one cannot be rebuilt) flows are lost, not written in clear.
+    the last one cannot be rebuilt) flows are lost, not written in clear. Segments are
+    fsynced whenever nothing more is queued, closed when due, on a flush and at the end.
+    Each flow that cannot be written is answered `failed COUNT<TAB>KIND<TAB>SESSION<TAB>WHY`.
     """
-    healthy = True
-    record: RecordMasking | None = None
-    no_record = "no masking for the record was handed over"
-    while header := frames.read(_FRAME.size):
-        item = pickle.loads(frames.read(_FRAME.unpack(header)[0]))
-        if isinstance(item, int):
-            print("flushed", item, file=replies, flush=True)
+    segments = Segments(folder)
+    state = _Serving(replies)
+    for path, cut in _repaired(segments, state):
+        print("repaired", f"{path.name}\t{cut}", file=replies, flush=True)
+    source = _Frames(frames)
+    unsynced = False
+    while True:
+        items = source.read(0.0 if unsynced else segments.next_due())
+        for item in items:
+            if isinstance(item, int):
+                state.report(segments.close_all())
+                print("flushed", item, file=replies, flush=True)
+            elif isinstance(item, PortableRecordMasking):
+                state.take_masking(item)
+            elif item is not None:
+                state.write(segments, *item)
+                unsynced = True
+        if items:
             continue
-        if isinstance(item, PortableRecordMasking):
-            try:
-                record = item.build()
-            except (ConfigError, ValueError) as exc:
-                record = None
-                no_record = f"the masking for the record cannot be rebuilt ({exc})"
-            continue
-        name, flow_state, redaction = item
+        if source.ended:
+            break
+        if unsynced:
+            segments.sync()
+            unsynced = False
+        state.report(segments.close_due())
+    state.report(segments.close_all())
+
+
+def _repaired(segments: Segments, state: _Serving) -> list[tuple[Path, int]]:
+    try:
+        return segments.repair()
+    except OSError as exc:
+        state.failed(0, "-", exc)
+        return []
+
+
+class _Serving:
+    """What the recordings process knows between flows: the masking, and whether the last
+    flow failed (a flow written after failures is answered `ok`)."""
+
+    def __init__(self, replies: TextIO) -> None:
+        self.replies = replies
+        self.record: RecordMasking | None = None
+        self.no_record = "no masking for the record was handed over"
+        self.healthy = True
+
+    def take_masking(self, item: PortableRecordMasking) -> None:
         try:
-            if record is None:
-                raise LookupError(no_record)
-            recorded = recorded_state(flow_state, redaction, record)
-            _append(folder, name, recorded.state)
+            self.record = item.build()
+        except (ConfigError, ValueError) as exc:
+            self.record = None
+            self.no_record = f"the masking for the record cannot be rebuilt ({exc})"
+
+    def write(self, segments: Segments, name: str, flow_state: Any, redaction: Any) -> None:
+        try:
+            if self.record is None:
+                raise LookupError(self.no_record)
+            recorded = recorded_state(flow_state, redaction, self.record)
+            segments.append(name, tnetstring.dumps(recorded.state))
         except Exception as exc:  # noqa: BLE001 - one bad flow must not stop the writer
-            healthy = False
-            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-            print("lost", f"{name}: {type(exc).__name__}: {why}", file=replies, flush=True)
+            self.failed(1, name, exc)
         else:
             for reason in recorded.dropped:
-                print("left-out", f"{name}: {reason}", file=replies, flush=True)
-            if not healthy:
-                healthy = True
-                print("ok", file=replies, flush=True)
+                print("left-out", f"{name}: {reason}", file=self.replies, flush=True)
+            if not self.healthy:
+                self.healthy = True
+                print("ok", file=self.replies, flush=True)
+
+    def report(self, failures: list[tuple[str, int, OSError]]) -> None:
+        for name, flows, exc in failures:
+            self.failed(flows, name, exc)
+
+    def failed(self, flows: int, name: str, exc: BaseException) -> None:
+        self.healthy = False
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        kind = f"{type(exc).__name__}: {why}" if isinstance(exc, OSError) else type(exc).__name__
+        line = "\t".join((str(flows), kind, name, f"{type(exc).__name__}: {why}"))
+        print("failed", line.replace("\n", " "), file=self.replies, flush=True)
 
 
-def _append(folder: Path, name: str, recorded: dict[str, Any]) -> None:
-    path = folder / f"{name}.mitm"
-    try:
-        fo = path.open("ab")
-    except FileNotFoundError:  # the folder is made on first use (and again if removed)
-        folder.mkdir(parents=True, exist_ok=True)
-        fo = path.open("ab")
-    with fo:
-        tnetstring.dump(recorded, fo)
+class _Frames:
+    """Frames from the gateway, read without blocking past a deadline when the input is a
+    pipe (so segments close on time); any other stream is read one frame at a time."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self.stream = stream
+        self.ended = False
+        self._buffer = bytearray()
+        try:
+            self._fd: int | None = stream.fileno()
+        except (OSError, AttributeError, ValueError, io.UnsupportedOperation):
+            self._fd = None
+
+    def read(self, timeout: float | None) -> list[_Item]:
+        """The items that arrived, waiting up to `timeout` seconds (None: until one does)."""
+        if self.ended:
+            return []
+        if self._fd is None:
+            header = self.stream.read(_FRAME.size)
+            if len(header) < _FRAME.size:
+                self.ended = True
+                return []
+            return [pickle.loads(self.stream.read(_FRAME.unpack(header)[0]))]
+        ready, _, _ = select.select([self._fd], [], [], timeout)
+        if ready:
+            chunk = os.read(self._fd, 1 << 20)
+            if not chunk:
+                self.ended = True
+            self._buffer += chunk
+        items: list[_Item] = []
+        view = self._buffer
+        pos = 0
+        while len(view) - pos >= _FRAME.size:
+            size = _FRAME.unpack_from(view, pos)[0]
+            if len(view) - pos - _FRAME.size < size:
+                break
+            start = pos + _FRAME.size
+            items.append(pickle.loads(bytes(view[start : start + size])))
+            pos = start + size
+        del self._buffer[:pos]
+        return items
 
 
 if __name__ == "__main__":
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the gateway, which drains us
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a file size limit fails the write instead
     serve(Path(sys.argv[1]), sys.stdin.buffer, sys.stdout)

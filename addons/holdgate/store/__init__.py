@@ -8,7 +8,8 @@ One `Store` object owns the connections; all SQL lives in this package:
     chain.py             row checks, canonical hashing, append, verify
     approval_records.py  the approval state machine and who may decide
     queries.py           sessions, events, the export feed, tool pins
-    purge.py             retention with a chained checkpoint
+    purge.py             retention (keeping current pins, configs in use), a chained checkpoint
+    checkpoints.py       signed checkpoints: keys, the witness line format, verify --witness
     writer.py            AuditWriter, the gateway's non-blocking writer thread
     digest_key.py        the argument-digest key kept beside the store
     rows.py              the result shapes (TypedDicts) and the store's time format
@@ -45,7 +46,7 @@ from holdgate.store.oneshot import (
     pending_approvals,
     tool_pin_rows,
 )
-from holdgate.store.purge import PurgeReport
+from holdgate.store.purge import PurgeRecord, PurgeReport
 from holdgate.store.queries import EXPORT_FIELDS
 from holdgate.store.rows import (
     ApprovalRecord,
@@ -77,6 +78,7 @@ __all__ = [
     "Decision",
     "EventRow",
     "NotAnApprover",
+    "PurgeRecord",
     "PurgeReport",
     "Row",
     "SchemaTooNew",

@@ -9,14 +9,17 @@ tables, the `prev_hash` of the row before it and its own `row_hash`:
 Rows are never updated. Each append runs inside a `BEGIN IMMEDIATE` transaction that reads
 the head of the chain (`chain_head`), inserts and moves the head, so several processes
 (the gateway's writer thread, the CLI) can append. `purge` records a chained checkpoint;
-`verify` starts from the latest one. The hashes are unkeyed: they show edits, removals and
-insertions made without recomputing the chain, not those of someone who rewrites it.
+`verify` starts from the latest one, and checks each row the purge kept in the purged range
+(current pins, config versions in use) against the list the checkpoint holds. The hashes are
+unkeyed: they show edits, removals and insertions made without recomputing the chain, not
+those of someone who rewrites it; signed checkpoints (`checkpoints.py`) catch those.
 """
 
 from __future__ import annotations
 
 import hashlib
 import heapq
+import json
 import math
 import sqlite3
 from collections.abc import Iterable, Iterator
@@ -106,12 +109,23 @@ class VerifyReport:
     at: tuple[str, int] | None = None
 
 
-def _rows_after(conn: sqlite3.Connection, table: str, after: int) -> Iterator[tuple[int, str, Row]]:
-    cursor = conn.execute(f'SELECT * FROM "{table}" WHERE seq > ? ORDER BY seq', [after])
+def _rows(
+    conn: sqlite3.Connection, table: str, start: int, after: bool
+) -> Iterator[tuple[int, str, Row]]:
+    """A table's rows after `start` (or up to it), in seq order."""
+    where = "seq > ?" if after else "seq <= ?"
+    cursor = conn.execute(f'SELECT * FROM "{table}" WHERE {where} ORDER BY seq', [start])
     names = [d[0] for d in cursor.description]
     for values in cursor:
         row = dict(zip(names, values, strict=True))
         yield row["seq"], table, row
+
+
+def _merged(conn: sqlite3.Connection, start: int, after: bool) -> Iterator[tuple[int, str, Row]]:
+    """Every chained table's rows after `start` (or up to it), merged in seq order."""
+    return heapq.merge(
+        *(_rows(conn, t, start, after) for t in CHAINED), key=lambda item: (item[0], item[1])
+    )
 
 
 def verify_chain(conn: sqlite3.Connection) -> VerifyReport:
@@ -123,29 +137,46 @@ def verify_chain(conn: sqlite3.Connection) -> VerifyReport:
         conn.execute("COMMIT")
 
 
+def _kept_rows(text: str | None) -> dict[int, tuple[str, str]]:
+    """A purge record's `kept`: [[seq, table, row_hash], ...] -> {seq: (table, row_hash)}."""
+    if not text:
+        return {}
+    return {int(seq): (str(table), str(digest)) for seq, table, digest in json.loads(text)}
+
+
 def _verify(conn: sqlite3.Connection) -> VerifyReport:
     head_seq, head_hash = conn.execute(
         "SELECT seq, row_hash FROM chain_head WHERE id = 1"
     ).fetchone()
     checkpoint = conn.execute(
-        "SELECT last_seq, last_hash FROM checkpoints ORDER BY seq DESC LIMIT 1"
+        "SELECT seq, last_seq, last_hash, kept FROM checkpoints ORDER BY seq DESC LIMIT 1"
     ).fetchone()
-    start, prev = checkpoint if checkpoint else (0, GENESIS)
-    for table in CHAINED:
-        stray = conn.execute(f'SELECT min(seq) FROM "{table}" WHERE seq <= ?', [start]).fetchone()
-        if stray[0] is not None:
-            return VerifyReport(
-                False,
-                0,
-                f"row at seq {stray[0]} lies in the range purged up to seq {start}: inserted",
-                (table, stray[0]),
-            )
+    purge_seq, start, prev, kept_text = checkpoint if checkpoint else (0, 0, GENESIS, None)
+    kept = _kept_rows(kept_text)
     checked = 0
+    found: set[int] = set()
+    for seq, table, row in _merged(conn, start, after=False):
+        checked += 1
+        content = {k: v for k, v in row.items() if k not in ("prev_hash", "row_hash")}
+        if kept.get(seq) != (table, row["row_hash"]):
+            problem = f"row at seq {seq} lies in the range purged up to seq {start}: inserted"
+        elif seq in found:
+            problem = f"seq {seq} appears twice: a row was inserted"
+        elif chain_hash(row["prev_hash"], table, content) != row["row_hash"]:
+            problem = "row content does not match its row_hash: edited (or forged)"
+        else:
+            found.add(seq)
+            continue
+        return VerifyReport(False, checked, problem, (table, seq))
+    if absent := sorted(set(kept) - found):
+        return VerifyReport(
+            False,
+            checked,
+            f"seq {absent[0]}, kept by the purge recorded at seq {purge_seq}, is missing: removed",
+            (kept[absent[0]][0], absent[0]),
+        )
     last, last_table = start, ""
-    merged = heapq.merge(
-        *(_rows_after(conn, t, start) for t in CHAINED), key=lambda item: (item[0], item[1])
-    )
-    for seq, table, row in merged:
+    for seq, table, row in _merged(conn, start, after=True):
         checked += 1
         content = {k: v for k, v in row.items() if k not in ("prev_hash", "row_hash")}
         if seq == last:

@@ -13,7 +13,7 @@ from typing import Any, Protocol, Self
 
 from holdgate.store.approval_records import Decision
 from holdgate.store.chain import VerifyReport
-from holdgate.store.purge import PurgeReport
+from holdgate.store.purge import PurgeRecord, PurgeReport
 from holdgate.store.rows import ApprovalRecord, EventRow, Row, SessionSummary, ToolPinRow
 from holdgate.store.writer import AuditWriter
 
@@ -113,4 +113,20 @@ class Store(Protocol):
     def purge(
         self, older_than_seconds: float, now: float | None = None, actor: str | None = None
     ) -> PurgeReport:
-        """Delete the oldest rows past the cutoff and record a chained checkpoint."""
+        """Delete the oldest rows past the cutoff, but the current pins and the config
+        versions in use, and record a chained checkpoint naming the range and the rows kept."""
+
+    def last_purge(self) -> PurgeRecord | None:
+        """The latest purge's record (what `verify` starts from), if any."""
+
+    # --- signed checkpoints ---
+
+    @property
+    def store_id(self) -> str:
+        """The store's random id, made when it was created; checkpoints name it."""
+
+    def chain_head(self) -> tuple[int, str]:
+        """(seq, row_hash) of the chain's head."""
+
+    def row_hashes(self, seqs: Iterable[int]) -> dict[int, str]:
+        """The chain's hash (the row_hash) at each of `seqs` that has a row."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any
@@ -106,8 +107,9 @@ _V1: dict[str, dict[str, type]] = {
     },
 }
 
-# The content columns of each chained table as of the newest schema version.
-COLUMNS = _V1
+# The content columns of each chained table as of the newest schema version. v2: a purge
+# record lists the rows it kept in the purged range (current pins, config versions in use).
+COLUMNS = {**_V1, "checkpoints": {**_V1["checkpoints"], "kept": str}}
 CHAINED = tuple(COLUMNS)
 TIME_COLUMN = {t: "first_seen" if t == "sessions" else "ts" for t in CHAINED}
 
@@ -184,7 +186,13 @@ def _migrate_v1(db: Database) -> None:
         db.create_view(name, sql.strip())
 
 
-MIGRATIONS: list[Callable[[Database], None]] = [_migrate_v1]
+def _migrate_v2(db: Database) -> None:
+    """The store's random id (signed checkpoints name it) and `checkpoints.kept`."""
+    db.execute("ALTER TABLE checkpoints ADD COLUMN kept TEXT")
+    db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('store_id', ?)", [uuid.uuid4().hex])
+
+
+MIGRATIONS: list[Callable[[Database], None]] = [_migrate_v1, _migrate_v2]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

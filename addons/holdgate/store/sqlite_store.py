@@ -18,15 +18,15 @@ from types import TracebackType
 from typing import Any, Self
 from urllib.parse import urlsplit
 
-from holdgate.store import approval_records, queries
+from holdgate.store import approval_records, checkpoints, queries
 from holdgate.store.approval_records import Decision
 from holdgate.store.chain import VerifyReport, append_rows, normalize_row, verify_chain
 from holdgate.store.digest_key import load_or_create_key
 from holdgate.store.errors import BadRow, StoreNotSupported, StoreUnavailable
 from holdgate.store.interface import Store
-from holdgate.store.purge import PurgeReport, purge_before
+from holdgate.store.purge import PurgeRecord, PurgeReport, last_purge, purge_before
 from holdgate.store.rows import ApprovalRecord, EventRow, Row, SessionSummary, ToolPinRow, iso
-from holdgate.store.schema import open_db, transaction
+from holdgate.store.schema import CHAINED, open_db, transaction
 from holdgate.store.writer import AuditWriter, Batch
 
 # sqlite3 errors about the rows, not the store: the writer drops such a batch.
@@ -200,6 +200,25 @@ class SqliteStore:
         cutoff = iso((time.time() if now is None else now) - older_than_seconds)
         with self._conn() as conn, transaction(conn):
             return purge_before(conn, cutoff, actor)
+
+    def last_purge(self) -> PurgeRecord | None:
+        with self._conn() as conn:
+            return last_purge(conn)
+
+    # --- signed checkpoints ---
+
+    @property
+    def store_id(self) -> str:
+        with self._conn() as conn:
+            return checkpoints.store_id(conn)
+
+    def chain_head(self) -> tuple[int, str]:
+        with self._conn() as conn:
+            return checkpoints.chain_head(conn)
+
+    def row_hashes(self, seqs: Iterable[int]) -> dict[int, str]:
+        with self._conn() as conn:
+            return checkpoints.row_hashes(conn, CHAINED, set(seqs))
 
 
 def open_store(url_or_path: str | os.PathLike[str], *, create: bool = True) -> Store:
