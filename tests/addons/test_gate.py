@@ -18,6 +18,7 @@ from helpers.flows import (
 from holdgate.addons.authentication import Authentication
 from holdgate.addons.enforcement import PolicyEnforcer
 from holdgate.addons.gate import Gate
+from holdgate.addons.recorder import Recorder
 from holdgate.addons.router import Router
 
 pytestmark = pytest.mark.anyio
@@ -53,7 +54,7 @@ class Redirect:
 
 @pytest.fixture
 def tctx(tmp_path):
-    with gateway(tmp_path, CONFIG, Router, Authentication, PolicyEnforcer, Gate) as tctx:
+    with gateway(tmp_path, CONFIG, Router, Authentication, PolicyEnforcer, Gate, Recorder) as tctx:
         yield tctx
 
 

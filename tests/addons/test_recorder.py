@@ -1,8 +1,12 @@
 """Recorder in process: every message, both directions, reaches the store, masked; a
-refusal gets its row and nothing more; a store that cannot be opened stops the gateway."""
+call's decision is in the store before it leaves, or it does not leave; a refusal gets its
+row and nothing more; a store that cannot be opened stops the gateway."""
 
+import asyncio
 import hashlib
 import json
+import sqlite3
+from typing import Any
 
 import pytest
 from mitmproxy.exceptions import OptionsError
@@ -12,6 +16,7 @@ from helpers.flows import (
     UPSTREAM_URL,
     answer,
     call,
+    error_of,
     find,
     finish,
     gateway,
@@ -22,6 +27,7 @@ from helpers.flows import (
     store_rows,
 )
 from holdgate.addons.recorder import Recorder
+from holdgate.store import AuditWriter, SqliteStore
 
 pytestmark = pytest.mark.anyio
 
@@ -64,8 +70,10 @@ async def test_a_call_and_its_answer_are_recorded_under_the_deciding_config(tctx
     )
     await answer(tctx, flow, json_response(result(1, {"found": EMAIL})))
     finish(tctx)
-    rows = {row["direction"]: row for row in store_rows(tmp_path, EVENTS)}
-    request, response = rows["request"], rows["response"]
+    in_order = store_rows(tmp_path, EVENTS)
+    assert [row["direction"] for row in in_order] == ["request", "response", "outcome"]
+    rows = {row["direction"]: row for row in in_order}
+    request, response, outcome = rows["request"], rows["response"], rows["outcome"]
     digest = hashlib.sha256(CONFIG.encode()).hexdigest()
     assert (request["direction"], request["target"], request["decision"], request["rule"]) == (
         "request",
@@ -79,8 +87,13 @@ async def test_a_call_and_its_answer_are_recorded_under_the_deciding_config(tctx
         digest,
     )
     assert response["direction"] == "response" and response["target"] == "search"
-    assert EMAIL not in json.dumps([request, response])
+    assert EMAIL not in json.dumps(in_order)
     assert json.loads(response["masked"]) == {"email": 1}
+    # the outcome follows the decision, on the same flow: status, latency, what was masked
+    assert outcome["flow_id"] == request["flow_id"] == flow.id
+    assert (outcome["target"], outcome["status"], request["status"]) == ("search", 200, None)
+    assert outcome["latency_ms"] is not None and outcome["masked"] is None
+    assert json.loads(outcome["extra"])["masked"] == {"email": 1}
     (session,) = store_rows(tmp_path, "select * from sessions")
     assert (session["session_id"], session["user"]) == ("s-9", "alice")
 
@@ -91,7 +104,7 @@ async def test_an_exempt_callers_cleartext_is_masked_in_the_record(tctx, tmp_pat
     assert EMAIL in flow.response.text  # carol may see it
     finish(tctx)
     rows = {row["direction"]: row for row in store_rows(tmp_path, EVENTS)}
-    assert set(rows) == {"request", "response"} and EMAIL not in json.dumps(rows)
+    assert set(rows) == {"request", "response", "outcome"} and EMAIL not in json.dumps(rows)
     assert "[REDACTED:email]" in rows["response"]["args_masked"]
 
 
@@ -123,10 +136,135 @@ async def test_a_reflected_injected_credential_never_reaches_a_row(tctx, tmp_pat
     await answer(tctx, flow, json_response(result(1, {"you sent": f"Bearer {TOKEN}"})))
     finish(tctx)
     rows = store_rows(tmp_path, EVENTS)
-    assert len(rows) == 2 and TOKEN not in json.dumps(rows)
+    assert len(rows) == 3 and TOKEN not in json.dumps(rows)
 
 
 def test_a_store_that_cannot_be_opened_stops_the_gateway(tctx, tmp_path):
     (tmp_path / "a-folder").mkdir()
     with pytest.raises(OptionsError, match="holdgate_db: cannot open the audit store"):
         tctx.configure(find(tctx, Recorder), holdgate_db=str(tmp_path / "a-folder"))
+
+
+# --- write-ahead: the decision is on record before the call leaves ---------------------
+
+
+def left(flow) -> bool:
+    """Whether the request would go to the upstream (no answer of the gateway's own, and
+    the upstream's credential in it)."""
+    return flow.response is None and flow.request.headers.get("Authorization") == f"Bearer {TOKEN}"
+
+
+def rows_now(tmp_path) -> list[dict[str, Any]]:
+    """The store's events as another process sees them right now (nothing flushed)."""
+    with sqlite3.connect(tmp_path / "audit.sqlite3") as db:
+        db.row_factory = sqlite3.Row
+        return [dict(row) for row in db.execute(EVENTS)]
+
+
+def replace_writer(tctx, writer: AuditWriter) -> AuditWriter:
+    recorder = find(tctx, Recorder)
+    assert recorder.writer is not None
+    recorder.writer.close()
+    recorder.writer = writer
+    return writer
+
+
+class BrokenTarget:
+    """A store that opens but cannot take a batch (a full disk)."""
+
+    def append_batch(self, rows: Any) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    def probe(self) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    def close(self) -> None:
+        pass
+
+
+async def test_the_decision_is_durable_before_the_call_leaves(tctx, tmp_path):
+    flow = await send(tctx, mcp_flow(call("search", {"q": "wal-1"}), ALICE))
+    assert left(flow)
+    (row,) = rows_now(tmp_path)  # committed: the upstream has not even been asked yet
+    assert (row["direction"], row["decision"], row["rule"], row["flow_id"]) == (
+        "request",
+        "allow",
+        "support",
+        flow.id,
+    )
+    assert json.loads(row["args_masked"]) == {"q": "wal-1"} and row["status"] is None
+
+
+async def test_every_message_of_a_batch_is_on_record_in_one_commit(tctx, tmp_path):
+    batch = [call("search", {"q": n}, msg_id=n) for n in range(3)] + [call("exec_x", msg_id=9)]
+    flow = await send(tctx, mcp_flow(batch, ALICE))
+    assert left(flow)
+    rows = rows_now(tmp_path)
+    assert [r["decision"] for r in rows] == ["allow", "allow", "allow", "deny"]
+    assert [r["seq"] for r in rows] == list(range(rows[0]["seq"], rows[0]["seq"] + 4))
+
+
+async def test_a_full_store_refuses_the_call_and_does_not_forward_it(tctx, tmp_path):
+    replace_writer(tctx, AuditWriter(lambda create: BrokenTarget(), "full disk"))
+    flow = await send(tctx, mcp_flow(call("search", {"q": "never"}), ALICE))
+    status, code, message = error_of(flow)
+    assert (status, code) == (503, -32603) and "was not forwarded" in message
+    assert "Authorization" not in flow.request.headers
+    # the next call is refused at once: the writer knows the store fails
+    again = await send(tctx, mcp_flow(call("search"), ALICE))
+    assert error_of(again)[0] == 503 and "cannot be written" in error_of(again)[2]
+
+
+async def test_a_locked_store_refuses_the_call_and_does_not_forward_it(tmp_path):
+    with gateway(tmp_path, CONFIG) as tctx:
+        db = SqliteStore(tmp_path / "audit.sqlite3")
+        replace_writer(tctx, db.writer(busy_timeout=0.2, retry_interval=0.05))
+        lock = sqlite3.connect(tmp_path / "audit.sqlite3", isolation_level=None)
+        lock.execute("BEGIN EXCLUSIVE")
+        flow = await send(tctx, mcp_flow(call("search", {"q": "locked-out"}), ALICE))
+        status, _, message = error_of(flow)
+        assert status == 503 and "was not forwarded" in message and not left(flow)
+        lock.execute("ROLLBACK")
+        lock.close()
+        db.close()
+    # its decision row was never written, not even once the store was free again
+    assert not [r for r in store_rows(tmp_path, EVENTS) if "locked-out" in r["args_masked"]]
+
+
+async def test_a_batch_larger_than_the_audit_queue_is_refused_whole(tctx, tmp_path):
+    db = SqliteStore(tmp_path / "audit.sqlite3")
+    writer = replace_writer(tctx, db.writer(queue_size=3))
+    batch = [call("search", {"q": n}, msg_id=n) for n in range(4)]
+    flow = await send(tctx, mcp_flow(batch, ALICE))
+    status, _, message = error_of(flow)
+    assert status == 503 and "not forwarded" in message and not left(flow)
+    finish(tctx)
+    db.close()
+    # no part of it is on record (its refusal rows do not fit either: counted lost)
+    assert store_rows(tmp_path, EVENTS) == [] and writer.lost == 4
+
+
+async def test_arguments_that_cannot_be_masked_are_refused_not_forwarded(tctx, tmp_path):
+    # embedded JSON with a value to mask and a number JSON cannot carry: it cannot be rewritten
+    arguments = {"sql": '{"limit": 1e999, "who": "' + EMAIL + '"}'}
+    flow = await send(tctx, mcp_flow(call("search", arguments), ALICE))
+    status, code, message = error_of(flow)
+    assert (status, code) == (502, -32603) and "cannot be masked for the audit record" in message
+    assert not left(flow)
+    finish(tctx)
+    (row,) = store_rows(tmp_path, EVENTS)
+    assert json.loads(row["extra"])["refused"]["kind"] == "unrecordable"
+    assert EMAIL not in json.dumps(row)
+
+
+async def test_best_effort_forwards_when_the_store_fails_and_counts_the_loss(tmp_path):
+    with gateway(tmp_path, CONFIG.replace("masking:", "audit: best_effort\nmasking:")) as tctx:
+        writer = replace_writer(tctx, AuditWriter(lambda create: BrokenTarget(), "full disk"))
+        first = await send(tctx, mcp_flow(call("search"), ALICE))  # queued, fails later
+        assert left(first)
+        for _ in range(100):
+            if not writer.healthy:
+                break
+            await asyncio.sleep(0.01)
+        second = await send(tctx, mcp_flow(call("search"), ALICE))
+        assert left(second) and writer.lost >= 1

@@ -6,10 +6,11 @@
     ConnectionDeadlines -> ConfigLoader -> Router -> Authentication -> PolicyEnforcer
     -> ApprovalHolds -> Gate -> Responses -> Recorder -> ToolPinning
 
-Request side: the Recorder refuses when the audit store cannot be written. Responses runs
-each response message through the PolicyEnforcer (discovery filtering), ToolPinning,
-ResponseMasking and Recorder stages. `flowstate` is the glue they share (per-flow state,
-refusals, failing closed); it is not an addon.
+Request side: the Gate's last step is the Recorder's write-ahead (the decision rows
+committed, or the request refused). Responses runs each response message through the
+PolicyEnforcer (discovery filtering), ToolPinning, ResponseMasking and Recorder stages.
+`flowstate` is the glue they share (per-flow state, refusals, failing closed); it is not
+an addon.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def default_addons() -> list[object]:
         Authentication(loader),
         policy,
         ApprovalHolds(loader, policy, recorder),
-        Gate(),
+        Gate(recorder.write_ahead),
         Responses(loader, stages=[policy, pins, ResponseMasking(), recorder]),
         recorder,
         pins,  # after the recorder, which opens (or creates) the store the pins are read from

@@ -1,4 +1,6 @@
-"""Gate: the last request hook. Nothing reaches an upstream unless every stage cleared it.
+"""Gate: the last request hook. Nothing reaches an upstream unless every stage cleared it
+and its decision is on record: its last step awaits the write-ahead (the Recorder's), which
+refuses the request when the record cannot be kept.
 
 It also swaps the caller's credentials for the upstream's at the last moment, and
 masks the injected values in the flow once the request has left, so neither a held
@@ -7,6 +9,7 @@ flow nor a saved one shows them.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
 from mitmproxy import http
@@ -17,10 +20,16 @@ from holdgate.protocol.jsonrpc import INTERNAL_ERROR
 
 INJECTED_MARK = "[injected by holdgate]"
 
+# Records a cleared flow's decision before it leaves, or refuses the flow.
+WriteAhead = Callable[[http.HTTPFlow], Awaitable[None]]
+
 
 class Gate:
+    def __init__(self, write_ahead: WriteAhead) -> None:
+        self.write_ahead = write_ahead
+
     @fail_closed
-    def request(self, flow: http.HTTPFlow) -> None:
+    async def request(self, flow: http.HTTPFlow) -> None:
         st = state(flow)
         if flow.response is not None:
             return
@@ -47,6 +56,11 @@ class Gate:
                 "forwarded; give the upstream a `url` (or a `host`)",
                 kind="internal-error",
             )
+            return
+        # Every decision is final here: the record of them is made before anything leaves,
+        # and before the upstream's credentials are in the flow.
+        await self.write_ahead(flow)
+        if st.refused is not None:
             return
         for name, value in upstream.inject_headers:
             flow.request.headers[name] = value

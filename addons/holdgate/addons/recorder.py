@@ -1,16 +1,21 @@
 """Recorder: every JSON-RPC message, both directions, into the audit store; each session
 into a masked flow file.
 
-Hooks only enqueue; a writer thread does the I/O. With `audit: required` (the default)
-new MCP requests are refused while the store cannot be written: nothing is served
-unrecorded.
+A writer thread does the I/O. With `audit: required` (the default) a request's decision
+rows are durable before it leaves: the Gate awaits `write_ahead` as its last step, and a
+request whose rows cannot be built or written is refused, never forwarded. The outcome
+(status, latency, a refusal after the decision) follows in one `outcome` row per flow
+(same `flow_id`, a later `seq`), and each response message in its own row. With
+`audit: best_effort` the same rows are only queued (losses counted) and never awaited.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from mitmproxy import ctx, exceptions, http
@@ -34,12 +39,20 @@ from holdgate.protocol.jsonrpc import INTERNAL_ERROR
 from holdgate.recording.flowfiles import RecordingWriter, Redaction, route_back
 from holdgate.store import AuditWriter, Store, StoreError, open_store
 from holdgate.store import iso as now_iso
+from holdgate.store.rows import Row
 
 if TYPE_CHECKING:
     from holdgate.addons.config_loader import ConfigLoader
 
 
 logger = logging.getLogger("holdgate")
+
+# How long a request waits for its decision rows to be committed before it is refused
+# (the writer's own busy timeout on a locked store is 5 s).
+WRITE_AHEAD_TIMEOUT = 10.0
+# What building a row from a call's arguments can raise: masking gave up, or the values
+# cannot be serialized (1e999 is inf, a deeply nested value exhausts the recursion).
+_UNRECORDABLE = (MaskingError, ValueError, OverflowError, RecursionError)
 
 
 class Recorder:
@@ -53,6 +66,9 @@ class Recorder:
         self.unwritten_versions: list[dict[str, Any]] = []
         self.unmaskable = 0  # values left out of store rows because they could not be masked
         self._record_masking: tuple[GatewayConfig, bytes, RecordMasking] | None = None
+        # Flows whose decision rows went to the store before they left: their end writes an
+        # outcome row instead. (Beside the flow, like FlowState: never saved with it.)
+        self._written_ahead: weakref.WeakSet[http.HTTPFlow] = weakref.WeakSet()
         loader.listeners.append(self.note_config_version)
 
     def note_config_version(self, event: dict[str, Any]) -> None:
@@ -131,30 +147,72 @@ class Recorder:
         """`value` masked for a store row; one that cannot be masked is left out (counted)."""
         try:
             return mask_for_record(value, self.record_masking(config), upstream, tool)
-        except MaskingError as exc:
+        except _UNRECORDABLE as exc:
             self.unmaskable += 1
             logger.error("holdgate: a value was left out of the audit row: %s", exc)
             return MaskOutcome(f"[holdgate: left out of the record: {exc}]", {"unmaskable": 1})
 
-    @fail_closed
-    def request(self, flow: http.HTTPFlow) -> None:
-        """Refuse new MCP requests while the record cannot be kept (audit: required)."""
+    async def write_ahead(self, flow: http.HTTPFlow) -> None:
+        """The Gate's last step before a cleared request leaves: its decision rows (one per
+        message: identity, decision, rule, masked arguments, config hash) are committed to
+        the store, or the request is refused (audit: required). Never blocks the loop."""
         st = state(flow)
-        if st.upstream is None:
-            return
         config, writer = st.config, self.writer
         if config is None or writer is None:
             raise RuntimeError("recorder not configured")
-        if config.audit == "required" and not writer.healthy:
-            refuse(
+        required = config.audit == "required"
+        if required and not writer.healthy:
+            self._refuse_unrecorded(
                 flow,
-                503,
-                INTERNAL_ERROR,
                 "the audit store cannot be written, so nothing is served unrecorded; "
                 "the operator must fix the store (see the gateway log)",
-                kind="audit-unavailable",
+                writer.last_error,
             )
-            st.audit_error = writer.last_error
+            return
+        try:
+            rows = [
+                ("events", scrub_row(row, self.record_masking(config)))
+                for row in self._request_rows(flow, config, strict=True)
+            ]
+        except _UNRECORDABLE as exc:
+            self.unmaskable += 1
+            error = f"{type(exc).__name__}: {exc}"
+            logger.error("holdgate: a request could not be recorded, so not forwarded: %s", error)
+            refuse(
+                flow,
+                502,
+                INTERNAL_ERROR,
+                "the request's arguments cannot be masked for the audit record "
+                f"({type(exc).__name__}), so it was not forwarded",
+                kind="unrecordable",
+            )
+            st.audit_error = error
+            return
+        if not required:
+            if not writer.submit_all(rows):
+                st.audit_lost = True
+            self._written_ahead.add(flow)
+            return
+        try:
+            await asyncio.wait_for(
+                asyncio.wrap_future(writer.submit_durable(rows)), WRITE_AHEAD_TIMEOUT
+            )
+        except (StoreError, TimeoutError) as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            logger.error("holdgate: decision rows not written, request refused: %s", error)
+            self._refuse_unrecorded(
+                flow,
+                "the decision could not be written to the audit store, so the request was "
+                "not forwarded; the operator must fix the store (see the gateway log)",
+                error,
+            )
+            return
+        self._written_ahead.add(flow)
+
+    @staticmethod
+    def _refuse_unrecorded(flow: http.HTTPFlow, message: str, error: str | None) -> None:
+        refuse(flow, 503, INTERNAL_ERROR, message, kind="audit-unavailable")
+        state(flow).audit_error = error
 
     def on_message(self, flow: http.HTTPFlow, message: Any, context: MessageContext) -> Any:
         """Response side: one event row per message, masked as the client saw it."""
@@ -207,7 +265,8 @@ class Recorder:
             self._finish(flow)
 
     def _finish(self, flow: http.HTTPFlow) -> None:
-        """Request-side rows (decisions, refusals) and the session's flow file."""
+        """The outcome row (or, for a request that never left, its decision rows now) and
+        the session's flow file."""
         st = state(flow)
         # The config that decided the flow, not whichever is loaded when it ends.
         config = st.config or self.loader.current
@@ -227,23 +286,45 @@ class Recorder:
         if flow.response is not None and flow.response.timestamp_end:
             latency = round((flow.response.timestamp_end - flow.request.timestamp_start) * 1000, 2)
         status = flow.response.status_code if flow.response is not None else None
+        if flow in self._written_ahead:
+            self.submit(flow, config, "events", self._outcome_row(flow, config, status, latency))
+        else:
+            rows = self._request_rows(flow, config, strict=False)
+            for row in rows:
+                row.update(status=status, latency_ms=latency)
+            self.submit_all(flow, config, [("events", row) for row in rows])
+        if known:
+            self._write_recording(flow, config)
+
+    def _request_rows(
+        self, flow: http.HTTPFlow, config: GatewayConfig, *, strict: bool
+    ) -> list[Row]:
+        """One row per message of the request: who, what, the decision and its rule, the
+        arguments masked for the record. `strict`: raise (_UNRECORDABLE) when arguments
+        cannot be masked, instead of leaving them out of the row."""
+        st = state(flow)
         upstream = st.upstream.name if st.upstream is not None else ""
         refused = st.refused
+        rows: list[Row] = []
         decided_messages: list[DecidedMessage | None] = [*st.decided] or [None]
         for decided in decided_messages:
             message = decided.message if decided is not None else None
             decision = decided.decision if decided is not None else None
             arguments = message.arguments if message is not None else None
-            masked_args = (
-                self.masked_for_record(arguments, config, upstream, message.tool)
-                if message is not None and arguments is not None
-                else None
-            )
+            masked_args: MaskOutcome | None = None
+            if message is not None and arguments is not None:
+                masked_args = (
+                    mask_for_record(arguments, self.record_masking(config), upstream, message.tool)
+                    if strict
+                    else self.masked_for_record(arguments, config, upstream, message.tool)
+                )
             extra = _extra(st)
             if decision is not None and decision.rate_limited:
                 extra["rate_limited"] = True
             if masked_args is not None and masked_args.findings:
                 extra["args_findings"] = masked_args.findings  # replay must know
+            if decided is not None and decided.approval is not None:
+                extra["approval"] = decided.approval  # how a held call was released
             row = self._row(flow, config)
             row.update(
                 direction="notification"
@@ -260,9 +341,7 @@ class Recorder:
                 reason=(decision.reason if decision is not None else None)
                 or (refused.message if refused is not None else None),
                 approval_id=decided.approval_id if decided is not None else None,
-                status=status,
-                latency_ms=latency,
-                args_digest=args_digest(self.key(config), arguments),
+                args_digest=_digest(self.key(config), arguments, strict),
                 args_masked=(
                     _truncate(json.dumps(masked_args.value, ensure_ascii=False))
                     if masked_args is not None
@@ -274,9 +353,32 @@ class Recorder:
                 else None,
                 extra=json.dumps(extra),
             )
-            self.submit(flow, config, "events", row)
-        if known:
-            self._write_recording(flow, config)
+            rows.append(row)
+        return rows
+
+    def _outcome_row(
+        self, flow: http.HTTPFlow, config: GatewayConfig, status: int | None, latency: float | None
+    ) -> Row:
+        """How a request that left ended: status, latency, a refusal after its decision
+        (`extra.refused`), what was masked in the answer (`extra.masked`; each response row
+        counts its own in `masked`). Linked to its decision rows by `flow_id`."""
+        st = state(flow)
+        only = st.decided[0].message if len(st.decided) == 1 else None
+        extra = _extra(st)
+        if st.masked:
+            extra["masked"] = dict(st.masked)
+        row = self._row(flow, config)
+        row.update(
+            direction="outcome",
+            method=(only.method if only is not None else None) or f"HTTP {flow.request.method}",
+            target=only.target if only is not None else None,
+            jsonrpc_id=json.dumps(only.id) if only is not None else None,
+            reason=st.refused.message if st.refused is not None else None,
+            status=status,
+            latency_ms=latency,
+            extra=json.dumps(extra),
+        )
+        return row
 
     def _row(self, flow: http.HTTPFlow, config: GatewayConfig) -> dict[str, Any]:
         st = state(flow)
@@ -321,9 +423,16 @@ class Recorder:
         self, flow: http.HTTPFlow, config: GatewayConfig, table: str, row: dict[str, Any]
     ) -> None:
         """Queue a row; no value the gateway injected is ever in it, however it got there."""
+        self.submit_all(flow, config, [(table, row)])
+
+    def submit_all(
+        self, flow: http.HTTPFlow, config: GatewayConfig, rows: list[tuple[str, Row]]
+    ) -> None:
+        """Queue rows to be written together, all or none (scrubbed as `submit` does)."""
         writer = self.writer
-        row = scrub_row(row, self.record_masking(config))
-        if writer is None or not writer.submit(table, row):
+        masking = self.record_masking(config)
+        scrubbed = [(table, scrub_row(row, masking)) for table, row in rows]
+        if writer is None or not writer.submit_all(scrubbed):
             # A response that cannot be recorded is withheld; a refusal was never served,
             # so losing its row (counted by the writer) must not turn it into another error.
             if config.audit == "required" and state(flow).refused is None:
@@ -368,6 +477,16 @@ def _extra(st: FlowState) -> dict[str, Any]:
             "message": st.refused.message,
         }
     return extra
+
+
+def _digest(key: bytes, arguments: Any, strict: bool) -> str | None:
+    """The arguments' keyed digest; None for ones that cannot be serialized, unless strict."""
+    try:
+        return args_digest(key, arguments)
+    except _UNRECORDABLE:
+        if strict:
+            raise
+        return None
 
 
 def _id(message: Any) -> str | None:

@@ -1,4 +1,5 @@
-"""The gateway's side of the store: hooks `submit` rows without blocking, a daemon thread
+"""The gateway's side of the store: hooks `submit` rows without blocking (or
+`submit_durable` and wait, off the event loop, until they are committed), a daemon thread
 writes them in batches, and `healthy` says whether the record is being kept.
 
 The thread owns its own connection (a `BatchTarget`, opened by the store that made the
@@ -13,19 +14,28 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from contextlib import suppress
+from dataclasses import dataclass
 from typing import Protocol
 
 from holdgate.store.chain import normalize_row
-from holdgate.store.errors import BadRow, StoreError
+from holdgate.store.errors import BadRow, StoreError, StoreUnavailable
 from holdgate.store.rows import Row
 
 logger = logging.getLogger("holdgate")
 
 Batch = Sequence[tuple[str, Row]]
-_Item = tuple[str, Row] | threading.Event | None
 # Errors that come from the rows, not the store: such a batch is dropped, not retried.
 _BAD_DATA = (BadRow, ValueError, OverflowError)
+
+
+class AuditQueueFull(StoreUnavailable):
+    """The writer holds as many rows as it may: a batch is taken whole or not at all."""
+
+
+class WriterClosed(StoreUnavailable):
+    """The writer is closing (the gateway is shutting down): it takes no more rows."""
 
 
 class BatchTarget(Protocol):
@@ -40,6 +50,17 @@ class BatchTarget(Protocol):
     def close(self) -> None: ...
 
 
+@dataclass(eq=False)
+class _Entry:
+    """Rows that go into the store together, in one commit; `durable`: the caller waits."""
+
+    rows: list[tuple[str, Row]]
+    durable: Future[None] | None = None
+
+
+_Item = _Entry | threading.Event | None
+
+
 class AuditWriter:
     """Rows in, batches out: hooks `submit` without blocking; a daemon thread writes.
 
@@ -52,7 +73,10 @@ class AuditWriter:
 
     Every commit is synced to disk, so the thread gathers rows for up to `linger` seconds
     before committing them together: under load one sync covers many rows instead of one
-    (a `flush` ends the wait at once).
+    (a `flush` ends the wait at once). Rows someone waits for (`submit_durable`) wait at
+    most `durable_linger`: they are committed with whatever else is queued at that
+    moment, and calls that arrive during a commit share the next one (group commit).
+    At most `queue_size` rows wait in the queue.
     """
 
     def __init__(
@@ -63,19 +87,24 @@ class AuditWriter:
         queue_size: int = 10_000,
         batch_max: int = 500,
         linger: float = 0.01,
+        durable_linger: float = 0.0,
         required: bool = True,
         retry_interval: float = 1.0,
     ) -> None:
         self.name = name
+        self.queue_size = queue_size
         self.batch_max = batch_max
         self.linger = linger
+        self.durable_linger = durable_linger
         self.retry_interval = retry_interval
         self.healthy = True
         self.last_error: str | None = None
         self.lost = 0
+        self.refused = 0  # durable batches refused (their callers were told, nothing lost)
         self.max_queue_depth_seen = 0
         self._open_target = open_target
-        self._queue: queue.Queue[_Item] = queue.Queue(queue_size)
+        self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
+        self._queued = 0  # rows in the queue, not yet taken by the thread
         self._lock = threading.Lock()
         self._closing = threading.Event()
         self._opened_once = False
@@ -87,36 +116,64 @@ class AuditWriter:
 
     @property
     def queue_depth(self) -> int:
-        return self._queue.qsize()
+        return self._queued
 
     def submit(self, table: str, row: Row) -> bool:
         """Queue a row; False (and counted lost) when full, failing or closed.
 
         Raises BadRow for a row that does not fit the schema.
         """
-        item = (table, normalize_row(table, row))
-        if self.healthy and not self._closing.is_set():
-            try:
-                self._queue.put_nowait(item)
-            except queue.Full:
-                pass
-            else:
-                depth = self._queue.qsize()
-                with self._lock:
-                    self.max_queue_depth_seen = max(self.max_queue_depth_seen, depth)
-                return True
-        self._count_lost(1)
+        return self.submit_all([(table, row)])
+
+    def submit_all(self, rows: Batch) -> bool:
+        """Queue rows to be written in one commit, all or none; False (all counted lost)
+        when they do not all fit, or the store fails, or the writer is closed.
+
+        Raises BadRow for a row that does not fit the schema.
+        """
+        entry = _Entry([(table, normalize_row(table, row)) for table, row in rows])
+        if self.healthy and not self._closing.is_set() and self._put(entry):
+            return True
+        self._count_lost(len(entry.rows))
         return False
+
+    def submit_durable(self, rows: Batch) -> Future[None]:
+        """Queue rows to be committed together; the future is done once they are durable.
+
+        It fails (and none of the rows is written) with BadRow for a row that does not fit
+        the schema or that the store refuses, AuditQueueFull when the queue cannot take all
+        of them, WriterClosed, or StoreUnavailable when the store cannot be written.
+        Resolved on the writer thread: `asyncio.wrap_future` it to await it on a loop.
+        """
+        done: Future[None] = Future()
+        try:
+            entry = _Entry([(table, normalize_row(table, row)) for table, row in rows], done)
+        except BadRow as exc:
+            done.set_exception(exc)
+            return done
+        problem: StoreError | None = None
+        if self._closing.is_set():
+            problem = WriterClosed(f"{self.name}: the audit writer is closing")
+        elif not self.healthy:
+            problem = StoreUnavailable(f"{self.name}: {self.last_error}")
+        elif len(entry.rows) > self.queue_size:
+            problem = AuditQueueFull(
+                f"{len(entry.rows)} rows are more than the audit queue holds ({self.queue_size})"
+            )
+        elif not self._put(entry):
+            problem = AuditQueueFull(f"the audit queue is full ({self.queue_size} rows)")
+        if problem is not None:
+            with self._lock:
+                self.refused += 1
+            done.set_exception(problem)
+        return done
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until every row queued so far is written; False on timeout or once closed."""
         if self._closing.is_set():
             return False
         marker = threading.Event()
-        try:
-            self._queue.put(marker, timeout=timeout)
-        except queue.Full:
-            return False
+        self._queue.put(marker)
         return marker.wait(timeout)
 
     def close(self, timeout: float = 10.0) -> None:
@@ -124,9 +181,19 @@ class AuditWriter:
         if self._closing.is_set():
             return
         self._closing.set()
-        with suppress(queue.Full):
-            self._queue.put(None, timeout=timeout)
+        self._queue.put(None)
         self._thread.join(timeout)
+
+    def _put(self, entry: _Entry) -> bool:
+        """Reserve room for all of the entry's rows and queue it; False when they do not fit."""
+        with self._lock:
+            depth = self._queued + len(entry.rows)
+            if depth > self.queue_size:
+                return False
+            self._queued = depth
+            self.max_queue_depth_seen = max(self.max_queue_depth_seen, depth)
+        self._queue.put(entry)
+        return True
 
     def _count_lost(self, n: int) -> None:
         with self._lock:
@@ -137,38 +204,51 @@ class AuditWriter:
         self._opened_once = True
         return target
 
+    def _take(self, item: _Entry) -> _Entry:
+        with self._lock:
+            self._queued -= len(item.rows)
+        if item.durable is not None and not item.durable.set_running_or_notify_cancel():
+            item.durable = None  # its caller gave up waiting; the rows are still written
+        return item
+
     def _run(self) -> None:
-        batch: list[tuple[str, Row]] = []
+        entries: list[_Entry] = []
         markers: list[threading.Event] = []
         stopping = False
         if self._target is None:
-            self._write(batch)
+            self._commit(entries)
         while True:
             try:
                 # While failing with nothing in hand, wake up to probe the store.
                 item = self._queue.get(timeout=None if self.healthy else self.retry_interval)
             except queue.Empty:
-                self._write(batch)
+                self._commit(entries)
                 continue
-            commit_by = time.monotonic() + self.linger
+            started = time.monotonic()
+            rows = 0
+            durable = False
             while True:
                 if item is None:
                     stopping = True
                 elif isinstance(item, threading.Event):
                     markers.append(item)
                 else:
-                    batch.append(item)
-                if stopping or markers or len(batch) >= self.batch_max:
+                    entries.append(self._take(item))
+                    rows += len(item.rows)
+                    durable = durable or item.durable is not None
+                if stopping or markers or rows >= self.batch_max:
                     break
+                linger = self.durable_linger if durable else self.linger
                 try:
-                    item = self._queue.get(timeout=max(0.0, commit_by - time.monotonic()))
+                    item = self._queue.get(timeout=max(0.0, started + linger - time.monotonic()))
                 except queue.Empty:
                     break
-            while not self._write(batch):
+            entries = self._commit(entries)
+            while entries:  # the store is failing: retry what nobody waits for
                 if self._closing.wait(self.retry_interval):
-                    self._abandon(batch)
+                    self._abandon(entries)
                     return
-            batch = []
+                entries = self._commit(entries)
             for marker in markers:
                 marker.set()
             markers = []
@@ -176,25 +256,57 @@ class AuditWriter:
                 self._disconnect()
                 return
 
-    def _write(self, batch: list[tuple[str, Row]]) -> bool:
-        """One attempt: append the batch (with nothing in hand while failing: a probe write).
+    def _commit(self, entries: list[_Entry]) -> list[_Entry]:
+        """One attempt at writing the entries in one transaction (with none while failing:
+        a probe write). Returns the entries to retry: [] once written or dropped.
 
-        False while the store cannot be written; a batch the store refuses for its
-        content is dropped (counted lost) rather than retried for ever.
+        Rows the store refuses for their content are dropped rather than retried for ever
+        (counted lost, or their caller told); when several entries were in the batch, each
+        is tried on its own first, so one caller's bad rows never cost another's. While the
+        store cannot be written, entries someone waits for fail at once (their requests are
+        refused, so their rows must not appear later); the others are returned.
         """
-        if not batch and self.healthy and self._target is not None:
-            return True
+        rows = [row for entry in entries for row in entry.rows]
+        try:
+            self._write(rows)
+        except _BAD_DATA as exc:
+            if len(entries) > 1:
+                return [kept for entry in entries for kept in self._commit([entry])]
+            self.last_error = f"{len(rows)} rows dropped: {type(exc).__name__}: {exc}"
+            logger.error("holdgate: audit rows could not be stored: %s", self.last_error)
+            for entry in entries:
+                if entry.durable is not None:
+                    entry.durable.set_exception(BadRow(self.last_error))
+                else:
+                    self._count_lost(len(entry.rows))
+            return []
+        except StoreUnavailable as exc:
+            for entry in entries:
+                if entry.durable is not None:
+                    entry.durable.set_exception(exc)
+            return [entry for entry in entries if entry.durable is None]
+        for entry in entries:
+            if entry.durable is not None:
+                entry.durable.set_result(None)
+        return []
+
+    def _write(self, rows: list[tuple[str, Row]]) -> None:
+        """Append the rows, or probe the store while failing with nothing to write.
+
+        Raises the row errors as they are, and anything else as StoreUnavailable (after
+        marking the writer unhealthy).
+        """
+        if not rows and self.healthy and self._target is not None:
+            return
         try:
             if self._target is None:
                 self._target = self._open()
-            if batch:
-                self._target.append_batch(batch)
+            if rows:
+                self._target.append_batch(rows)
             else:
                 self._target.probe()
-        except _BAD_DATA as exc:
-            self._count_lost(len(batch))
-            self.last_error = f"{len(batch)} rows dropped: {type(exc).__name__}: {exc}"
-            logger.error("holdgate: audit rows could not be stored: %s", self.last_error)
+        except _BAD_DATA:
+            raise
         except Exception as exc:  # whatever it is, the record is not being kept
             self._disconnect()
             error = f"{type(exc).__name__}: {exc}"
@@ -202,11 +314,10 @@ class AuditWriter:
                 logger.error("holdgate: audit store %s cannot be written: %s", self.name, error)
             self.last_error = error
             self.healthy = False
-            return False
+            raise StoreUnavailable(f"{self.name}: {error}") from exc
         if not self.healthy:
             logger.warning("holdgate: audit store %s writable again", self.name)
             self.healthy = True
-        return True
 
     def _disconnect(self) -> None:
         if self._target is not None:
@@ -214,15 +325,19 @@ class AuditWriter:
                 self._target.close()
             self._target = None
 
-    def _abandon(self, batch: list[tuple[str, Row]]) -> None:
-        """Closing while the store fails: count what was never written."""
-        lost = len(batch)
+    def _abandon(self, entries: list[_Entry]) -> None:
+        """Closing while the store fails: count what was never written, tell who waits."""
+        lost = sum(len(entry.rows) for entry in entries)
         while True:
             try:
                 item = self._queue.get_nowait()
             except queue.Empty:
                 break
-            if isinstance(item, tuple):
-                lost += 1
+            if isinstance(item, _Entry):
+                self._take(item)
+                if item.durable is not None:
+                    item.durable.set_exception(WriterClosed(f"{self.name}: closed while failing"))
+                else:
+                    lost += len(item.rows)
         self._count_lost(lost)
         self._disconnect()
