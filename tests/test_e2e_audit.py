@@ -15,6 +15,7 @@ from helpers.clients import connect, raw_post
 from helpers.configs import ALICE, identity
 from helpers.leaks import assert_nothing_leaked
 from helpers.processes import BIN, start_demo, stop
+from helpers.recordings import joined_recording
 from holdgate.cli.main import main
 
 pytestmark = pytest.mark.anyio
@@ -89,7 +90,7 @@ async def test_a_session_is_recorded_in_order_and_replayable(session):
     session_id = db.execute("select session_id from events where target = 'exec_shell'").fetchone()[
         0
     ]
-    flow_file = gw.recordings / f"{session_id}.mitm"
+    flow_file = joined_recording(gw.recordings, session_id, gw.cwd / "session.mitm")
     with flow_file.open("rb") as fh:
         flows = list(io.FlowReader(fh).stream())
     assert any("no shell" in (f.comment or "") for f in flows)
