@@ -16,6 +16,7 @@ an addon.
 from __future__ import annotations
 
 from holdgate.addons.authentication import Authentication
+from holdgate.addons.checkpointer import Checkpointer
 from holdgate.addons.config_loader import ConfigLoader
 from holdgate.addons.deadlines import ConnectionDeadlines
 from holdgate.addons.enforcement import PolicyEnforcer
@@ -44,4 +45,5 @@ def default_addons() -> list[object]:
         Responses(loader, stages=[policy, pins, ResponseMasking(), recorder]),
         recorder,
         pins,  # after the recorder, which opens (or creates) the store the pins are read from
+        Checkpointer(loader),  # last: signs the head after the recorder wrote its last rows
     ]

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import unquote, urlsplit
 
+from holdgate.config.checkpoints_config import CheckpointsConfig, parse_checkpoints
 from holdgate.config.configfile import ConfigError, Node, load_yaml_file, parse_yaml
 from holdgate.identity.identities import IdentityConfig, parse_identity
 from holdgate.masking.masker import MaskingPolicy, parse_masking
@@ -30,6 +31,7 @@ TOP_KEYS = {
     "detectors",
     "approvals",
     "audit",
+    "checkpoints",
     "hash_key",
     "server_requests",
     "response_headers",
@@ -109,6 +111,7 @@ class GatewayConfig:
     server_requests: Action = "allow"
     approvals: ApprovalsConfig = field(default_factory=ApprovalsConfig)
     response_headers: ResponseHeaders = field(default_factory=ResponseHeaders)
+    checkpoints: CheckpointsConfig | None = None
     hash_key: bytes | None = None
     text: str = field(default="", repr=False)
     secret_warnings: tuple[str, ...] = ()  # with secrets=False: references that would fail
@@ -185,6 +188,7 @@ def build_config(
         server_requests=root.child("server_requests").choice(("allow", "deny"), default="allow"),  # type: ignore[arg-type]
         approvals=_parse_approvals(root.child("approvals")),
         response_headers=_parse_response_headers(root.child("response_headers")),
+        checkpoints=parse_checkpoints(root.child("checkpoints"), secrets),
         hash_key=hash_key,
         text=text,
         secret_warnings=()

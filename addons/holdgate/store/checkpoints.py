@@ -368,6 +368,10 @@ class Signer:
     store: str
     last: tuple[int, str] | None = None
 
+    @property
+    def key_id(self) -> str:
+        return key_id(self.private_key.public_key())
+
     def checkpoint(self, head: tuple[int, str], time: str) -> Checkpoint | None:
         if head == self.last or head[0] == 0:
             return None
