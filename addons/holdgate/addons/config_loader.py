@@ -81,7 +81,7 @@ class ConfigLoader:
                 self.current = load_config(path)
             except ConfigError as exc:
                 self.current = None
-                raise exceptions.OptionsError(f"holdgate_config: {exc}") from None
+                raise exceptions.OptionsError(f"holdgate_config: {exc.report()}") from None
             open_ended = [
                 u.name for u in self.current.upstreams if u.open_destination and u.inject_headers
             ]
@@ -118,7 +118,9 @@ class ConfigLoader:
         try:
             fresh = await asyncio.to_thread(load_config, path)
         except ConfigError as exc:
-            logger.error("holdgate: reload rejected, keeping the last good config: %s", exc)
+            logger.error(
+                "holdgate: reload rejected, keeping the last good config: %s", exc.report()
+            )
             self._announce("rejected", await asyncio.to_thread(_file_digest, path), str(exc))
             return
         if self.current is None or fresh.digest != self.current.digest:

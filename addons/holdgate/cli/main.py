@@ -20,9 +20,10 @@ from holdgate.cli.common import (
     until_option,
 )
 from holdgate.cli.records_cli import COMMANDS as RECORD_COMMANDS
+from holdgate.cli.records_cli import signing
 from holdgate.cli.tools_cli import tools
 from holdgate.config.configfile import ConfigError
-from holdgate.config.gateway_config import GatewayConfig
+from holdgate.config.gateway_config import GatewayConfig, load_config
 from holdgate.identity.identities import api_key_hash, generate_api_key
 from holdgate.policy.policytest import (
     build_message,
@@ -48,12 +49,15 @@ def policy() -> None:
 @policy.command("check")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 def policy_check(file: str) -> None:
-    """Validate a config file; errors name the file, line, column and key.
+    """Validate a config file; errors name the file, line, column and key (all of them).
 
     Warnings (e.g. an allow rule's unanchored pattern, or a `${env:…}` secret not set
     here) go to stderr and leave exit status 0: secrets are the gateway's, not needed here.
     """
-    config = load_rules(file)
+    try:
+        config = load_config(file, secrets=False)
+    except ConfigError as exc:
+        raise CheckFailed(exc.report()) from None
     for warning in (*config.secret_warnings, *config.policy.warnings):
         click.echo(warning, err=True)
     click.echo(
@@ -201,7 +205,8 @@ def policy_replay(
 
 @main.group()
 def keys() -> None:
-    """API keys for service identities (the config stores only their SHA-256)."""
+    """API keys for service identities (the config stores only their SHA-256), and the
+    key that signs audit checkpoints (`keys signing new`)."""
 
 
 @keys.command("new")
@@ -226,6 +231,7 @@ def keys_hash(key: str | None) -> None:
     click.echo(api_key_hash(value))
 
 
+keys.add_command(signing)
 main.add_command(approvals)
 main.add_command(tools)
 for command in RECORD_COMMANDS:

@@ -4,8 +4,13 @@ Errors a person sees must name the file, line, column and key, so the loader kee
 the position of every node and each section parser walks the document through
 `Node`, which turns a mistake into a `ConfigError` pointing at the offending key.
 
+A file is checked in one pass: section parsers take a `Problems` collector, parse each
+item (rule, upstream, profile, identity entry) on its own, record an item's mistake and
+go on with the next, so every mistake of a file is reported at once.
+
 Exceptions:
     ConfigError      -- the config is invalid; str() is "file:line:col: key: what, fix"
+      ConfigErrors   -- several of them; str() is one per line, in file order
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +41,97 @@ class ConfigError(Exception):
         self.key = key
         where = f"{file}:{line}:{column}" if line else file
         super().__init__(f"{where}: {key + ': ' if key else ''}{message}")
+
+    @property
+    def errors(self) -> tuple[ConfigError, ...]:
+        """Each mistake on its own (this one alone; `ConfigErrors` has several)."""
+        return (self,)
+
+    def report(self) -> str:
+        """For a person: the error, or "N errors:" and one per line."""
+        errors = self.errors
+        if len(errors) == 1:
+            return str(errors[0])
+        return f"{len(errors)} errors:\n" + "\n".join(str(e) for e in errors)
+
+
+class ConfigErrors(ConfigError):
+    """Every mistake found in a file, in file order; the first one's fields are its own."""
+
+    def __init__(self, errors: Iterable[ConfigError]) -> None:
+        flat = [single for error in errors for single in error.errors]
+        if not flat:
+            raise ValueError("ConfigErrors needs at least one error")
+        unique: dict[str, ConfigError] = {}
+        for error in flat:
+            unique.setdefault(str(error), error)
+        self._errors = tuple(sorted(unique.values(), key=lambda e: (e.line, e.column)))
+        first = self._errors[0]
+        self.message, self.file, self.key = first.message, first.file, first.key
+        self.line, self.column = first.line, first.column
+        Exception.__init__(self, "\n".join(str(e) for e in self._errors))
+
+    @property
+    def errors(self) -> tuple[ConfigError, ...]:
+        return self._errors
+
+
+class Problems:
+    """The mistakes found so far in one file, so parsing goes on after the first.
+
+    Parsers give each item its own `attempt`: an item with a mistake is recorded and left
+    out, the rest are still checked. Nothing built while problems exist is ever used.
+    """
+
+    def __init__(self) -> None:
+        self.found: list[ConfigError] = []
+
+    def add(self, error: ConfigError) -> None:
+        self.found.extend(error.errors)
+
+    def attempt[T](self, parse: Callable[..., T], *args: Any) -> T | None:
+        """`parse(*args)`, or None with its mistake recorded."""
+        try:
+            return parse(*args)
+        except ConfigError as exc:
+            self.add(exc)
+            return None
+
+    def elements(self, node: Node) -> list[Node]:
+        """The items of a list (none, with the mistake recorded, if it is not one)."""
+        return self.attempt(lambda: list(node.elements())) or []
+
+    def raise_if_any(self) -> None:
+        if self.found:
+            raise ConfigErrors(self.found)
+
+
+def collected[T](parse: Callable[[Problems], T], problems: Problems | None) -> T:
+    """Run a section parser that records its mistakes in `problems`; with None (a caller
+    that parses the section alone) the section's mistakes are raised, all of them."""
+    if problems is not None:
+        return parse(problems)
+    own = Problems()
+    result = parse(own)
+    own.raise_if_any()
+    return result
+
+
+def declared_names(node: Node) -> set[str] | None:
+    """The `name` written in each item of a list, parsed or not; None when some item's name
+    cannot be read. A reference to a declared item that failed to parse is not a mistake of
+    its own (that item's error is already reported)."""
+    if node.missing:
+        return set()
+    if not isinstance(node.value, list):
+        return None
+    names: set[str] = set()
+    for item in node.value:
+        name = item.get("name") if isinstance(item, dict) else None
+        if not isinstance(name, str):
+            return None
+        names.add(name)
+    return names
 
 
 def format_keypath(path: KeyPath) -> str:
@@ -185,6 +281,7 @@ class Node:
         """Check this is a mapping with only `allowed` keys (suggesting the closest for typos)."""
         if not isinstance(self.value, dict):
             raise self.error(f"expected a mapping, got {_kind(self.value)}")
+        errors: list[ConfigError] = []
         for key in self.value:
             if key not in allowed:
                 close = difflib.get_close_matches(key, sorted(allowed), n=1)
@@ -193,10 +290,14 @@ class Node:
                     if close
                     else f"valid keys: {', '.join(sorted(allowed))}"
                 )
-                raise self.child(key).error(f"unknown key {key!r}; {hint}")
+                errors.append(self.child(key).error(f"unknown key {key!r}; {hint}"))
         for key in sorted(required):
             if key not in self.value:
-                raise self.error(f"missing required key {key!r}")
+                errors.append(self.error(f"missing required key {key!r}"))
+        if len(errors) == 1:
+            raise errors[0]
+        if errors:
+            raise ConfigErrors(errors)
         return self
 
     def items(self) -> Iterator[tuple[str, Node]]:

@@ -1,6 +1,8 @@
 """The gateway config file (`holdgate_config`): parsed, validated and compiled in one go.
 
-Every section parser reports mistakes through `ConfigError` with file, line and key.
+Every section parser reports mistakes through `ConfigError` with file, line and key,
+into one `Problems` collector: each item of each section is checked, so a file with
+several mistakes gets them all in one `ConfigErrors`, in file order.
 Secrets (`${env:…}`, `${file:…}`) are resolved here, at load, so a missing one stops
 the gateway at start rather than failing a request later. Commands that read a config
 only for its rules (review, policy check/explain/test/replay) load it with
@@ -17,7 +19,15 @@ from typing import Literal
 from urllib.parse import unquote, urlsplit
 
 from holdgate.config.checkpoints_config import CheckpointsConfig, parse_checkpoints
-from holdgate.config.configfile import ConfigError, Node, load_yaml_file, parse_yaml
+from holdgate.config.configfile import (
+    ConfigError,
+    ConfigErrors,
+    Node,
+    Problems,
+    declared_names,
+    load_yaml_file,
+    parse_yaml,
+)
 from holdgate.identity.identities import IdentityConfig, parse_identity
 from holdgate.masking.masker import MaskingPolicy, parse_masking
 from holdgate.policy.rules import Action, Policy, parse_rules
@@ -131,8 +141,12 @@ class GatewayConfig:
 
 
 def load_config(path: str | os.PathLike[str], *, secrets: bool = True) -> GatewayConfig:
-    """The config at `path`; `secrets=False` for its rules only (no secret is read)."""
-    doc, raw = load_yaml_file(path)
+    """The config at `path`; `secrets=False` for its rules only (no secret is read).
+    Raises ConfigErrors with every mistake of the file."""
+    try:
+        doc, raw = load_yaml_file(path)
+    except ConfigError as exc:
+        raise ConfigErrors([exc]) from None
     return build_config(
         doc.root,
         str(path),
@@ -143,110 +157,161 @@ def load_config(path: str | os.PathLike[str], *, secrets: bool = True) -> Gatewa
 
 
 def parse_config_text(text: str, file: str = "<config>") -> GatewayConfig:
-    doc = parse_yaml(text, file)
+    try:
+        doc = parse_yaml(text, file)
+    except ConfigError as exc:
+        raise ConfigErrors([exc]) from None
     return build_config(doc.root, file, hashlib.sha256(text.encode()).hexdigest(), text)
 
 
 def build_config(
     root: Node, file: str, digest: str, text: str = "", *, secrets: bool = True
 ) -> GatewayConfig:
+    """The config, or ConfigErrors naming every mistake: each section is parsed even after
+    another failed, and an item with a mistake is left out so nothing refers to it twice."""
     if root.missing:
-        raise ConfigError("the file is empty; start with `version: 1`", file=file)
-    root.mapping(TOP_KEYS, required={"version"})
-    if root.child("version").value != 1:
-        raise root.child("version").error("only `version: 1` is supported")
+        raise ConfigErrors([ConfigError("the file is empty; start with `version: 1`", file=file)])
+    if not isinstance(root.value, dict):
+        raise ConfigErrors([root.error(f"expected a mapping of sections, got {root.value!r}")])
+    found = Problems()
+    found.attempt(root.mapping, TOP_KEYS, {"version"})
+    if root.has("version") and root.child("version").value != 1:
+        found.add(root.child("version").error("only `version: 1` is supported"))
     secret_nodes: list[Node] = []
-    upstreams = _parse_upstreams(root.child("upstreams"), secrets, secret_nodes)
-    policy = parse_rules(root.child("rules"))
-    known = {u.name for u in upstreams}
-    for i, rule in enumerate(policy.rules):
-        for name in rule.upstreams:
-            if name not in known:
-                raise (
-                    root.child("rules")
-                    .child(i)
-                    .child("match")
-                    .child("upstream")
-                    .error(
-                        f"no upstream named {name!r}; known: {', '.join(sorted(known)) or 'none'}"
-                    )
-                )
+    upstreams = _parse_upstreams(root.child("upstreams"), secrets, secret_nodes, found)
+    policy = parse_rules(root.child("rules"), found)
+    _check_rule_upstreams(root, policy, upstreams, found)
     hash_key_node = root.child("hash_key")
     hash_key = None
+    masking_key = None
     if not hash_key_node.missing:
-        hash_key = hash_key_node.secret(resolve=secrets).encode()
         secret_nodes.append(hash_key_node)
-    masking = parse_masking(root.child("masking"), root.child("detectors"), hash_key=hash_key)
-    return GatewayConfig(
-        file=file,
-        digest=digest,
-        identity=parse_identity(root.child("identity")),
-        upstreams=upstreams,
-        policy=policy,
-        masking=masking,
-        audit=root.child("audit").choice(("required", "best_effort"), default="required"),  # type: ignore[arg-type]
-        server_requests=root.child("server_requests").choice(("allow", "deny"), default="allow"),  # type: ignore[arg-type]
-        approvals=_parse_approvals(root.child("approvals")),
-        response_headers=_parse_response_headers(root.child("response_headers")),
-        checkpoints=parse_checkpoints(root.child("checkpoints"), secrets),
-        hash_key=hash_key,
-        text=text,
-        secret_warnings=()
-        if secrets
-        else tuple(w for node in secret_nodes for w in node.unresolved_secrets()),
+        hash_key = found.attempt(lambda: hash_key_node.secret(resolve=secrets).encode())
+        # A hash_key that failed is reported; profiles with `strategy: hash` are not blamed.
+        masking_key = hash_key if hash_key is not None else b"unavailable"
+    masking = parse_masking(
+        root.child("masking"), root.child("detectors"), hash_key=masking_key, problems=found
     )
+    identity = parse_identity(root.child("identity"), found)
+    audit = found.attempt(root.child("audit").choice, ("required", "best_effort"), "required")
+    server_requests = found.attempt(
+        root.child("server_requests").choice, ("allow", "deny"), "allow"
+    )
+    approvals = found.attempt(_parse_approvals, root.child("approvals"))
+    response_headers = found.attempt(_parse_response_headers, root.child("response_headers"))
+    checkpoints = found.attempt(parse_checkpoints, root.child("checkpoints"), secrets)
 
-
-def _parse_upstreams(node: Node, secrets: bool, secret_nodes: list[Node]) -> tuple[Upstream, ...]:
-    if node.missing:
-        raise node.error("missing `upstreams`: list at least one MCP server to protect")
-    out: list[Upstream] = []
-    catch_all = 0
-    for item in node.elements():
-        item.mapping(UPSTREAM_KEYS, required={"name"})
-        name = item.child("name").string()
-        if any(u.name == name for u in out):
-            raise item.child("name").error(f"upstream {name!r} is defined twice")
-        url = item.child("url").optional_string()
-        if url is not None:
-            parts = urlsplit(url)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise item.child("url").error("expected an http:// or https:// URL with a host")
-        prefix = item.child("prefix").optional_string()
-        if prefix is not None and (not prefix.startswith("/") or prefix.endswith("/")):
-            raise item.child("prefix").error("a prefix starts with '/' and has no trailing '/'")
-        if prefix is not None and url is None:
-            raise item.child("prefix").error("a prefix (reverse mode) needs the upstream's `url`")
-        host = item.child("host").optional_string()
-        if host is not None and split_host(host)[0] == "":
-            raise item.child("host").error("expected a host name, optionally with :port")
-        if prefix is None and host is None:
-            catch_all += 1
-            if catch_all > 1:
-                raise item.error("only one upstream may have neither `prefix` nor `host`")
-        inject = item.child("inject")
-        headers: list[tuple[str, str]] = []
-        pass_cookies = False
-        if not inject.missing:
-            inject.mapping(INJECT_KEYS)
-            for header, value in inject.child("headers").items() if inject.has("headers") else ():
-                headers.append((header, value.secret(resolve=secrets)))
-                secret_nodes.append(value)
-            pass_cookies = inject.child("pass_cookies").boolean(default=False)
-        out.append(
-            Upstream(
-                name,
-                url,
-                prefix,
-                host,
-                tuple(headers),
-                pass_cookies,
-                _parse_tool_change(item.child("on_tool_change")),
-            )
+    def assemble() -> GatewayConfig:
+        return GatewayConfig(
+            file=file,
+            digest=digest,
+            identity=identity,
+            upstreams=upstreams,
+            policy=policy,
+            masking=masking,
+            audit=audit or "required",  # type: ignore[arg-type]
+            server_requests=server_requests or "allow",  # type: ignore[arg-type]
+            approvals=approvals or ApprovalsConfig(),
+            response_headers=response_headers or ResponseHeaders(),
+            checkpoints=checkpoints,
+            hash_key=hash_key,
+            text=text,
+            secret_warnings=()
+            if secrets
+            else tuple(w for node in secret_nodes for w in node.unresolved_secrets()),
         )
-    if not out:
-        raise node.error("`upstreams` is empty: list at least one MCP server to protect")
+
+    # Sections parsed in the call itself are collected too; none is used if any failed.
+    config = found.attempt(assemble)
+    found.raise_if_any()
+    if config is None:  # cannot happen: a failed assemble() is in `found`
+        raise ConfigErrors([ConfigError("the config could not be built", file=file)])
+    return config
+
+
+def _check_rule_upstreams(
+    root: Node, policy: Policy, upstreams: tuple[Upstream, ...], problems: Problems
+) -> None:
+    """Every upstream a rule names exists. A name of an upstream that failed to parse is
+    not reported again (its own mistake is), nor any when the list could not be read."""
+    declared = declared_names(root.child("upstreams"))
+    if declared is None:
+        return
+    known = {u.name for u in upstreams}
+    items = root.child("rules").value if isinstance(root.child("rules").value, list) else []
+    index: dict[str, int] = {}
+    for i, item in enumerate(items):
+        if isinstance(item, dict) and isinstance(item.get("name"), str):
+            index.setdefault(item["name"], i)
+    for rule in policy.rules:
+        for name in rule.upstreams:
+            if name in known or name in declared:
+                continue
+            node = root.child("rules").child(index[rule.name]).child("match").child("upstream")
+            problems.add(
+                node.error(
+                    f"no upstream named {name!r}; known: {', '.join(sorted(known)) or 'none'}"
+                )
+            )
+
+
+def _parse_upstreams(
+    node: Node, secrets: bool, secret_nodes: list[Node], problems: Problems
+) -> tuple[Upstream, ...]:
+    if node.missing:
+        problems.add(node.error("missing `upstreams`: list at least one MCP server to protect"))
+        return ()
+    out: list[Upstream] = []
+    items = problems.elements(node)
+    for item in items:
+        upstream = problems.attempt(_parse_upstream, item, secrets, secret_nodes, out)
+        if upstream is not None:
+            out.append(upstream)
+    if not items and isinstance(node.value, list):
+        problems.add(node.error("`upstreams` is empty: list at least one MCP server to protect"))
     return tuple(out)
+
+
+def _parse_upstream(
+    item: Node, secrets: bool, secret_nodes: list[Node], before: list[Upstream]
+) -> Upstream:
+    item.mapping(UPSTREAM_KEYS, required={"name"})
+    name = item.child("name").string()
+    if any(u.name == name for u in before):
+        raise item.child("name").error(f"upstream {name!r} is defined twice")
+    url = item.child("url").optional_string()
+    if url is not None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise item.child("url").error("expected an http:// or https:// URL with a host")
+    prefix = item.child("prefix").optional_string()
+    if prefix is not None and (not prefix.startswith("/") or prefix.endswith("/")):
+        raise item.child("prefix").error("a prefix starts with '/' and has no trailing '/'")
+    if prefix is not None and url is None:
+        raise item.child("prefix").error("a prefix (reverse mode) needs the upstream's `url`")
+    host = item.child("host").optional_string()
+    if host is not None and split_host(host)[0] == "":
+        raise item.child("host").error("expected a host name, optionally with :port")
+    if prefix is None and host is None and any(u.prefix is None and u.host is None for u in before):
+        raise item.error("only one upstream may have neither `prefix` nor `host`")
+    inject = item.child("inject")
+    headers: list[tuple[str, str]] = []
+    pass_cookies = False
+    if not inject.missing:
+        inject.mapping(INJECT_KEYS)
+        for header, value in inject.child("headers").items() if inject.has("headers") else ():
+            headers.append((header, value.secret(resolve=secrets)))
+            secret_nodes.append(value)
+        pass_cookies = inject.child("pass_cookies").boolean(default=False)
+    return Upstream(
+        name,
+        url,
+        prefix,
+        host,
+        tuple(headers),
+        pass_cookies,
+        _parse_tool_change(item.child("on_tool_change")),
+    )
 
 
 def _parse_tool_change(node: Node) -> ToolChangePolicy:

@@ -25,7 +25,7 @@ import jwt
 from jwt import PyJWK, PyJWKSet
 from jwt.exceptions import PyJWKError, PyJWKSetError
 
-from holdgate.config.configfile import Node
+from holdgate.config.configfile import Node, Problems, collected
 
 Fetch = Callable[[str], Awaitable[bytes]]
 ASYMMETRIC = (
@@ -209,27 +209,38 @@ def _percent(char: str) -> str:
 # --- config ------------------------------------------------------------------------------
 
 
-def parse_identity(node: Node) -> IdentityConfig | None:
+def parse_identity(node: Node, problems: Problems | None = None) -> IdentityConfig | None:
+    """The `identity:` section. Each issuer, API key and the trusted header are checked on
+    their own: one with a mistake is recorded in `problems` and left out (without
+    `problems`, all mistakes are raised at the end)."""
+    return collected(lambda found: _parse_identity(node, found), problems)
+
+
+def _parse_identity(node: Node, problems: Problems) -> IdentityConfig | None:
     if node.missing:
         return None
-    node.mapping(IDENTITY_KEYS)
-    oidc = (
-        tuple(_parse_oidc(item) for item in node.child("oidc").elements())
-        if node.has("oidc")
-        else ()
-    )
-    keys = (
-        tuple(_parse_api_key(item) for item in node.child("api_keys").elements())
-        if node.has("api_keys")
-        else ()
-    )
-    trusted = _parse_trusted(node.child("trusted_header"))
-    if not oidc and not keys and trusted is None:
-        raise node.error(
-            "configure at least one of oidc, api_keys, trusted_header "
-            "(or remove `identity` to allow anonymous callers)"
+    before = len(problems.found)
+    problems.attempt(node.mapping, IDENTITY_KEYS)
+    if not isinstance(node.value, dict):
+        return None
+    oidc = _each(node, "oidc", _parse_oidc, problems)
+    keys = _each(node, "api_keys", _parse_api_key, problems)
+    trusted = problems.attempt(_parse_trusted, node.child("trusted_header"))
+    if not oidc and not keys and trusted is None and len(problems.found) == before:
+        problems.add(
+            node.error(
+                "configure at least one of oidc, api_keys, trusted_header "
+                "(or remove `identity` to allow anonymous callers)"
+            )
         )
     return IdentityConfig(oidc, keys, trusted)
+
+
+def _each[T](node: Node, key: str, parse: Callable[[Node], T], problems: Problems) -> tuple[T, ...]:
+    if not node.has(key):
+        return ()
+    parsed = (problems.attempt(parse, item) for item in problems.elements(node.child(key)))
+    return tuple(item for item in parsed if item is not None)
 
 
 def _parse_oidc(node: Node) -> OidcIssuer:

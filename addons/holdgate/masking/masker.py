@@ -61,7 +61,7 @@ from jsonpath_ng.ext.filter import Filter
 from jsonpath_ng.ext.parser import parse as parse_jsonpath
 from jsonpath_ng.jsonpath import Child, Descendants, Fields, Index, Root, Slice, This, Wildcard
 
-from holdgate.config.configfile import Node
+from holdgate.config.configfile import Node, Problems, collected, declared_names
 from holdgate.masking.detectors import (
     BUILTIN_DETECTORS,
     VALIDATORS,
@@ -796,81 +796,121 @@ def _mask_whole(value: Any, path: str, strategy: Strategy, key: bytes | None) ->
 _DETECTOR_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 
-def parse_detectors(node: Node) -> dict[str, Detector]:
+def parse_detectors(node: Node, problems: Problems | None = None) -> dict[str, Detector]:
     """The top-level `detectors:` list: custom detectors `{name, regex, validator}`."""
+    return collected(lambda found: _parse_detector_list(node, found), problems)
+
+
+def _parse_detector_list(node: Node, problems: Problems) -> dict[str, Detector]:
     if node.missing:
         return {}
     out: dict[str, Detector] = {}
-    for item in node.elements():
-        item.mapping(DETECTOR_KEYS, required={"name", "regex"})
-        name_node = item.child("name")
-        name = name_node.string()
-        if not _DETECTOR_NAME.fullmatch(name):
-            raise name_node.error("a detector name uses only letters, digits, '_', '.' and '-'")
-        if name in BUILTIN_DETECTORS:
-            raise name_node.error(f"{name!r} is a built-in detector; choose another name")
-        if name in out:
-            raise name_node.error(f"detector {name!r} is defined twice")
-        validator = item.child("validator").choice(tuple(VALIDATORS), default="none")
-        regex_node = item.child("regex")
-        try:
-            out[name] = custom_detector(name, regex_node.string(), validator)
-        except re.error as exc:
-            raise regex_node.error(f"invalid regular expression: {exc}") from None
-        except ValueError as exc:
-            raise regex_node.error(f"{exc}; make it match only the sensitive value") from None
+    for item in problems.elements(node):
+        detector = problems.attempt(_parse_detector, item, out)
+        if detector is not None:
+            out[detector.name] = detector
     return out
 
 
+def _parse_detector(item: Node, known: Mapping[str, Detector]) -> Detector:
+    item.mapping(DETECTOR_KEYS, required={"name", "regex"})
+    name_node = item.child("name")
+    name = name_node.string()
+    if not _DETECTOR_NAME.fullmatch(name):
+        raise name_node.error("a detector name uses only letters, digits, '_', '.' and '-'")
+    if name in BUILTIN_DETECTORS:
+        raise name_node.error(f"{name!r} is a built-in detector; choose another name")
+    if name in known:
+        raise name_node.error(f"detector {name!r} is defined twice")
+    validator = item.child("validator").choice(tuple(VALIDATORS), default="none")
+    regex_node = item.child("regex")
+    try:
+        return custom_detector(name, regex_node.string(), validator)
+    except re.error as exc:
+        raise regex_node.error(f"invalid regular expression: {exc}") from None
+    except ValueError as exc:
+        raise regex_node.error(f"{exc}; make it match only the sensitive value") from None
+
+
 def parse_masking(
-    masking: Node, detectors: Node, *, hash_key: bytes | None = None
+    masking: Node,
+    detectors: Node,
+    *,
+    hash_key: bytes | None = None,
+    problems: Problems | None = None,
 ) -> MaskingPolicy:
-    """The `masking:` profiles and `detectors:` custom detectors, compiled once."""
-    custom = parse_detectors(detectors)
+    """The `masking:` profiles and `detectors:` custom detectors, compiled once. Each
+    profile and detector is checked on its own: one with a mistake is recorded in
+    `problems` and left out (without `problems`, all mistakes are raised at the end)."""
+    return collected(lambda found: _parse_masking(masking, detectors, hash_key, found), problems)
+
+
+def _parse_masking(
+    masking: Node, detectors: Node, hash_key: bytes | None, problems: Problems
+) -> MaskingPolicy:
+    custom = _parse_detector_list(detectors, problems)
     if masking.missing:
         return MaskingPolicy((), hash_key, custom)
-    known = {**BUILTIN_DETECTORS, **custom}
+    # Detectors written but not parsed (their own mistake is reported): a profile naming
+    # one is not blamed for it. None: the list could not be read, so no name is doubted.
+    declared = declared_names(detectors)
+    failed = None if declared is None else declared - set(custom)
     profiles: list[Profile] = []
-    for item in masking.elements():
-        item.mapping(PROFILE_KEYS, required={"name"})
-        name = item.child("name").string()
-        if any(p.name == name for p in profiles):
-            raise item.child("name").error(f"masking profile {name!r} is defined twice")
-        chosen: dict[str, Detector] = {}
-        for entry in _entries(item.child("detectors")):
-            detector_name = entry.string()
-            if detector_name not in known:
-                valid = ", ".join(sorted(known))
-                raise entry.error(f"unknown detector {detector_name!r}; valid: {valid}")
-            chosen.setdefault(detector_name, known[detector_name])
-        paths: list[FieldRule] = []
-        for entry in _entries(item.child("paths")):
-            try:
-                paths.append(FieldRule.parse(entry.string()))
-            except ValueError as exc:
-                raise entry.error(str(exc)) from None
-        if not chosen and not paths:
-            raise item.error("a masking profile needs `detectors` or `paths`; this masks nothing")
-        strategy_node = item.child("strategy")
-        strategy: Strategy = strategy_node.choice(STRATEGIES, default="redact")  # type: ignore[assignment]
-        if strategy == "hash" and not hash_key:
-            raise strategy_node.error(
-                "strategy hash needs a top-level `hash_key`"
-                " (e.g. hash_key: ${env:HOLDGATE_HASH_KEY})"
-            )
-        tools = item.child("tools")
-        profiles.append(
-            Profile(
-                name=name,
-                detectors=tuple(chosen.values()),
-                paths=tuple(paths),
-                strategy=strategy,
-                upstreams=item.child("upstreams").strings(),
-                tools=Globs.of(tools.strings()) if not tools.missing else None,
-                exempt_groups=item.child("exempt_groups").strings(),
-            )
+    for item in problems.elements(masking):
+        profile = problems.attempt(
+            _parse_profile, item, {**BUILTIN_DETECTORS, **custom}, failed, hash_key, profiles
         )
+        if profile is not None:
+            profiles.append(profile)
     return MaskingPolicy(tuple(profiles), hash_key, custom)
+
+
+def _parse_profile(
+    item: Node,
+    known: Mapping[str, Detector],
+    failed: set[str] | None,
+    hash_key: bytes | None,
+    profiles: Sequence[Profile],
+) -> Profile:
+    item.mapping(PROFILE_KEYS, required={"name"})
+    name = item.child("name").string()
+    if any(p.name == name for p in profiles):
+        raise item.child("name").error(f"masking profile {name!r} is defined twice")
+    chosen: dict[str, Detector] = {}
+    doubtful = False
+    for entry in _entries(item.child("detectors")):
+        detector_name = entry.string()
+        if detector_name not in known:
+            if failed is None or detector_name in failed:
+                doubtful = True
+                continue
+            valid = ", ".join(sorted(known))
+            raise entry.error(f"unknown detector {detector_name!r}; valid: {valid}")
+        chosen.setdefault(detector_name, known[detector_name])
+    paths: list[FieldRule] = []
+    for entry in _entries(item.child("paths")):
+        try:
+            paths.append(FieldRule.parse(entry.string()))
+        except ValueError as exc:
+            raise entry.error(str(exc)) from None
+    if not chosen and not paths and not doubtful:
+        raise item.error("a masking profile needs `detectors` or `paths`; this masks nothing")
+    strategy_node = item.child("strategy")
+    strategy: Strategy = strategy_node.choice(STRATEGIES, default="redact")  # type: ignore[assignment]
+    if strategy == "hash" and not hash_key:
+        raise strategy_node.error(
+            "strategy hash needs a top-level `hash_key` (e.g. hash_key: ${env:HOLDGATE_HASH_KEY})"
+        )
+    tools = item.child("tools")
+    return Profile(
+        name=name,
+        detectors=tuple(chosen.values()),
+        paths=tuple(paths),
+        strategy=strategy,
+        upstreams=item.child("upstreams").strings(),
+        tools=Globs.of(tools.strings()) if not tools.missing else None,
+        exempt_groups=item.child("exempt_groups").strings(),
+    )
 
 
 def _entries(node: Node) -> Iterable[Node]:

@@ -32,7 +32,7 @@ from jsonpath_ng import JSONPath
 from jsonpath_ng.exceptions import JsonPathLexerError, JsonPathParserError
 from jsonpath_ng.ext.parser import parse as parse_jsonpath
 
-from holdgate.config.configfile import Node
+from holdgate.config.configfile import Node, Problems, collected
 from holdgate.protocol.jsonrpc import NAME_PARAM, Message
 
 Action = Literal["allow", "deny", "approve"]
@@ -511,18 +511,29 @@ _PERIODS = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60}
 _PERIODS |= {"h": 3600, "hour": 3600, "d": 86400, "day": 86400}
 
 
-def parse_rules(node: Node) -> Policy:
+def parse_rules(node: Node, problems: Problems | None = None) -> Policy:
+    """The `rules:` list. Each rule is checked on its own: a rule with a mistake is
+    recorded in `problems` and left out (without one, all mistakes are raised at the end)."""
+    return collected(lambda found: _parse_rule_list(node, found), problems)
+
+
+def _parse_rule_list(node: Node, problems: Problems) -> Policy:
     if node.missing:
         return Policy(())
     rules: list[Rule] = []
     names: set[str] = set()
     warnings: list[str] = []
-    for item in node.elements():
-        rule = _parse_rule(item, warnings)
+    for item in problems.elements(node):
+        rule = problems.attempt(_parse_rule, item, warnings)
+        if rule is None:
+            continue
         if rule.name in names:
-            raise item.child("name").error(
-                f"rule name {rule.name!r} is used twice; names must be unique"
+            problems.add(
+                item.child("name").error(
+                    f"rule name {rule.name!r} is used twice; names must be unique"
+                )
             )
+            continue
         names.add(rule.name)
         rules.append(rule)
     return Policy(tuple(rules), tuple(warnings))
