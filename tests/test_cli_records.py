@@ -156,7 +156,9 @@ def test_export_sqlite_writes_a_standalone_file(db: str, tmp_path: Path) -> None
 def test_verify_and_purge(db: str, tmp_path: Path) -> None:
     assert run("verify", "--db", db).output == "ok: 4 rows, hash chain intact\n"
     purged = run("purge", "--db", db, "--older-than", "1d", "--recordings", str(tmp_path))
-    assert purged.output == "removed 3 events, 1 sessions; 0 flow files; checkpoint seq 5\n"
+    assert purged.output == (
+        "removed 3 events, 1 sessions (seq 1..4); 0 flow files; checkpoint seq 5\n"
+    )
     assert run("verify", "--db", db).output == "ok: 1 rows, hash chain intact\n"
 
 

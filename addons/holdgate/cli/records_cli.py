@@ -1,4 +1,5 @@
-"""`holdgate sessions | export | review | verify | purge`: the audit trail for people.
+"""`holdgate sessions | export | review | verify | purge | keys signing`: the audit trail for
+people, and the key that signs its checkpoints.
 
 Readers never create a store: a wrong `--db` says so instead of showing an empty one.
 """
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -23,7 +25,18 @@ from holdgate.cli.common import (
 from holdgate.config.configfile import parse_duration
 from holdgate.recording.flowfiles import recording_name
 from holdgate.reports.review import build_review, render_csv, render_html, render_markdown
-from holdgate.store import EXPORT_FIELDS, EventRow, write_sqlite_export
+from holdgate.store import EXPORT_FIELDS, EventRow, iso, write_sqlite_export
+from holdgate.store.checkpoints import (
+    BadKey,
+    append_line,
+    key_id,
+    load_private_key,
+    load_public_key,
+    new_key_pair,
+    read_witness,
+    sign,
+    verify_witness,
+)
 
 
 @click.group()
@@ -172,16 +185,59 @@ def review(
 
 @click.command("verify")
 @db_option
-def verify(db: str) -> None:
-    """Check the hash chain: proves no row was edited, removed or inserted."""
+@click.option(
+    "--witness",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Also check the signed checkpoints in this witness file (the config's "
+    "checkpoints.witness) against the store.",
+)
+@click.option(
+    "--public-key",
+    "public_keys",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Public key of the checkpoint signing key (FILE.pub of `keys signing new`); "
+    "repeat it for each key that signed, after a rotation.",
+)
+def verify(db: str, witness: str | None, public_keys: tuple[str, ...]) -> None:
+    """Check the hash chain: proves no row was edited, removed or inserted. With --witness,
+    also that every checkpoint is signed and that the store reproduces the head each one
+    signed: proves the chain was not recomputed, cut short or rolled back."""
+    if witness and not public_keys:
+        raise click.UsageError("--witness needs --public-key (one for each key that signed)")
+    if public_keys and not witness:
+        raise click.UsageError("--public-key is for --witness FILE")
+    keys = []
+    for path in public_keys:
+        try:
+            keys.append(load_public_key(Path(path).read_bytes()))
+        except BadKey as exc:
+            raise click.BadParameter(f"{path}: {exc}", param_hint="--public-key") from None
+    lines = read_witness(witness) if witness else []
     with opened(db) as store:
         report = store.verify()
-    if not report.ok:
-        where = f" at {report.at[0]} seq {report.at[1]}" if report.at else ""
-        raise CheckFailed(
-            f"chain broken{where}: {report.problem} ({report.rows_checked} rows checked before it)"
-        )
+        if not report.ok:
+            where = f" at {report.at[0]} seq {report.at[1]}" if report.at else ""
+            raise CheckFailed(
+                f"chain broken{where}: {report.problem} "
+                f"({report.rows_checked} rows checked before it)"
+            )
+        checked = verify_witness(store, lines, keys) if witness else None
     click.echo(f"ok: {report.rows_checked} rows, hash chain intact")
+    if checked is None or witness is None:
+        return
+    if not checked.ok:
+        where = f"checkpoint #{checked.at} ({witness} line {checked.line})" if checked.at else ""
+        raise CheckFailed(f"{where or witness}: {checked.problem}")
+    runs = "; ".join(f"key {r.key}: #{r.first}..#{r.last}" for r in checked.runs)
+    latest = checked.latest
+    click.echo(
+        f"ok: {checked.checked} checkpoints in {witness}, signatures good and every head "
+        f"reproduced ({runs})"
+        + (f"; the latest signs seq {latest.seq} at {latest.time}" if latest else "")
+    )
+    if checked.purge_note:
+        click.echo(f"purged: {checked.purge_note}")
 
 
 @click.command("purge")
@@ -195,13 +251,50 @@ def verify(db: str) -> None:
     help="Folder of flow files (the gateway's holdgate_recordings).",
 )
 @click.option("--as", "actor", default=None, help="Who purges (recorded).")
-def purge(db: str, older_than: str, recordings: str, actor: str | None) -> None:
-    """Delete rows and flow files past the retention period, and record that it did."""
+@click.option(
+    "--signing-key",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Sign a checkpoint of the purge at once with this private key (the config's "
+    "checkpoints.key); needs --witness.",
+)
+@click.option(
+    "--witness",
+    type=click.Path(dir_okay=False),
+    help="The witness file the signed checkpoint of the purge is appended to.",
+)
+def purge(
+    db: str,
+    older_than: str,
+    recordings: str,
+    actor: str | None,
+    signing_key: str | None,
+    witness: str | None,
+) -> None:
+    """Delete rows and flow files past the retention period, but never each tool's current
+    pin nor the config versions in force or named by kept rows, and record what it did."""
     seconds = parse_duration(older_than)
     if seconds is None:
         raise click.BadParameter("expected a duration like 90d or 12h", param_hint="--older-than")
+    if (signing_key is None) != (witness is None):
+        raise click.UsageError("--signing-key and --witness go together")
+    key = None
+    if signing_key is not None:
+        try:
+            key = load_private_key(Path(signing_key).read_bytes())
+        except BadKey as exc:
+            raise click.BadParameter(f"{signing_key}: {exc}", param_hint="--signing-key") from None
     with opened(db) as store:
         report = store.purge(seconds, actor=actor)
+        if key is not None and witness is not None and report.checkpoint_seq is not None:
+            seq, head = store.chain_head()
+            signed = sign(key, store.store_id, seq, head, iso())
+            try:
+                append_line(witness, signed.line())
+            except OSError as exc:
+                raise CheckFailed(
+                    f"purged, but the checkpoint could not be appended to {witness} "
+                    f"({exc.strerror or exc}); the gateway signs the head when it runs"
+                ) from None
     removed_files = 0
     for session in report.sessions_gone:
         path = Path(recordings) / f"{recording_name(session)}.mitm"
@@ -209,8 +302,44 @@ def purge(db: str, older_than: str, recordings: str, actor: str | None) -> None:
             path.unlink()
             removed_files += 1
     counts = ", ".join(f"{n} {t}" for t, n in sorted(report.removed.items()) if n) or "nothing"
+    span = f" (seq {report.first_seq}..{report.last_seq})" if report.first_seq else ""
+    kept = ", ".join(f"{n} {t}" for t, n in sorted(report.kept.items()))
     click.echo(
-        f"removed {counts}; {removed_files} flow files; checkpoint seq {report.checkpoint_seq}"
+        f"removed {counts}{span}; {removed_files} flow files; "
+        + (f"kept {kept} (current pins, config versions in use); " if kept else "")
+        + f"checkpoint seq {report.checkpoint_seq}"
+    )
+
+
+@click.group("signing")
+def signing() -> None:
+    """Ed25519 keys that sign audit checkpoints (the config's checkpoints.key)."""
+
+
+@signing.command("new")
+@click.option(
+    "--out", required=True, type=click.Path(dir_okay=False), help="The private key's file."
+)
+def signing_new(out: str) -> None:
+    """Make a signing key: the private key at OUT (mode 0600) and its public key at OUT.pub.
+    Refuses to overwrite either."""
+    public = out + ".pub"
+    for path in (out, public):
+        if os.path.lexists(path):
+            raise CheckFailed(f"{path} exists; refusing to overwrite a key: pick another --out")
+    private_pem, public_pem = new_key_pair()
+    try:
+        for path, data, mode in ((out, private_pem, 0o600), (public, public_pem, 0o644)):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+            with os.fdopen(fd, "wb") as sink:
+                sink.write(data)
+    except OSError as exc:
+        raise CheckFailed(f"cannot write the key: {exc}") from None
+    kid = key_id(load_public_key(public_pem))
+    click.echo(f'private key: {out} (mode 0600; in the config: key: "${{file:{out}}}")')
+    click.echo(
+        f"public key:  {public} (key id {kid}; for "
+        f"`holdgate verify --witness FILE --public-key {public}`)"
     )
 
 

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import unquote, urlsplit
 
-from holdgate.config.checkpoints_config import CheckpointsConfig, parse_checkpoints
 from holdgate.config.configfile import (
     ConfigError,
     ConfigErrors,
@@ -41,7 +40,6 @@ TOP_KEYS = {
     "detectors",
     "approvals",
     "audit",
-    "checkpoints",
     "hash_key",
     "server_requests",
     "response_headers",
@@ -121,7 +119,6 @@ class GatewayConfig:
     server_requests: Action = "allow"
     approvals: ApprovalsConfig = field(default_factory=ApprovalsConfig)
     response_headers: ResponseHeaders = field(default_factory=ResponseHeaders)
-    checkpoints: CheckpointsConfig | None = None
     hash_key: bytes | None = None
     text: str = field(default="", repr=False)
     secret_warnings: tuple[str, ...] = ()  # with secrets=False: references that would fail
@@ -199,7 +196,6 @@ def build_config(
     )
     approvals = found.attempt(_parse_approvals, root.child("approvals"))
     response_headers = found.attempt(_parse_response_headers, root.child("response_headers"))
-    checkpoints = found.attempt(parse_checkpoints, root.child("checkpoints"), secrets)
 
     def assemble() -> GatewayConfig:
         return GatewayConfig(
@@ -213,7 +209,6 @@ def build_config(
             server_requests=server_requests or "allow",  # type: ignore[arg-type]
             approvals=approvals or ApprovalsConfig(),
             response_headers=response_headers or ResponseHeaders(),
-            checkpoints=checkpoints,
             hash_key=hash_key,
             text=text,
             secret_warnings=()

@@ -25,6 +25,7 @@ import base64
 import binascii
 import hashlib
 import json
+import os
 import sqlite3
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -182,6 +183,16 @@ def read_witness(path: str | Path) -> list[WitnessLine]:
         except ValueError as exc:
             out.append(WitnessLine(number, None, str(exc)))
     return out
+
+
+def append_line(path: str | Path, line: str) -> None:
+    """Append one line to a witness file: O_APPEND, fsynced before it returns (OSError)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+    try:
+        os.write(fd, (line + "\n").encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 # --- the store's side ---------------------------------------------------------------------
