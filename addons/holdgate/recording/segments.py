@@ -139,7 +139,7 @@ class Segments:
         repaired: list[tuple[Path, int]] = []
         try:
             names = os.listdir(self.folder)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # nothing written there yet
             return repaired
         for name in sorted(names):
             match = _PART.match(name)
