@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import unquote, urlsplit
 
+from holdgate.config.checkpoints_config import CheckpointsConfig, parse_checkpoints
 from holdgate.config.configfile import (
     ConfigError,
     ConfigErrors,
@@ -40,6 +41,7 @@ TOP_KEYS = {
     "detectors",
     "approvals",
     "audit",
+    "checkpoints",
     "hash_key",
     "server_requests",
     "response_headers",
@@ -119,6 +121,7 @@ class GatewayConfig:
     server_requests: Action = "allow"
     approvals: ApprovalsConfig = field(default_factory=ApprovalsConfig)
     response_headers: ResponseHeaders = field(default_factory=ResponseHeaders)
+    checkpoints: CheckpointsConfig | None = None
     hash_key: bytes | None = None
     text: str = field(default="", repr=False)
     secret_warnings: tuple[str, ...] = ()  # with secrets=False: references that would fail
@@ -196,6 +199,7 @@ def build_config(
     )
     approvals = found.attempt(_parse_approvals, root.child("approvals"))
     response_headers = found.attempt(_parse_response_headers, root.child("response_headers"))
+    checkpoints = found.attempt(parse_checkpoints, root.child("checkpoints"), secrets)
 
     def assemble() -> GatewayConfig:
         return GatewayConfig(
@@ -209,6 +213,7 @@ def build_config(
             server_requests=server_requests or "allow",  # type: ignore[arg-type]
             approvals=approvals or ApprovalsConfig(),
             response_headers=response_headers or ResponseHeaders(),
+            checkpoints=checkpoints,
             hash_key=hash_key,
             text=text,
             secret_warnings=()
