@@ -308,9 +308,8 @@ def verify_witness(
             )
         if purge is not None and cp.seq <= purge.last_seq:
             expected = purge.last_hash if cp.seq == purge.last_seq else purge.kept.get(cp.seq)
-            if expected is None:
-                explained.append(number)
-            elif expected != cp.head:
+            explained.append(number)
+            if expected is not None and expected != cp.head:
                 return _fail(
                     number,
                     entry.number,
