@@ -356,15 +356,21 @@ def test_a_rewritten_purge_record_is_named_at_the_checkpoint_it_contradicts(
 ) -> None:
     purged.db.purge(90 * DAY, now=NOW)  # the record: seq 9, up to seq 6
     purged.checkpoint()  # #4 signs it
-    conn = raw(purged.path)  # a forged record (claiming another hash at seq 6), rehashed
+    conn = raw(purged.path)  # a forged record (another hash at seq 6), the chain rehashed
     conn.execute("UPDATE checkpoints SET last_hash = ?", ["f" * 64])
-    cursor = conn.execute("SELECT * FROM checkpoints")
-    names = [d[0] for d in cursor.description]
-    row = dict(zip(names, cursor.fetchone(), strict=True))
-    content = {k: v for k, v in row.items() if k not in ("prev_hash", "row_hash")}
-    digest = store.chain_hash(row["prev_hash"], "checkpoints", content)
-    conn.execute("UPDATE checkpoints SET row_hash = ?", [digest])
-    conn.execute("UPDATE chain_head SET row_hash = ?", [digest])
+    prev = "f" * 64
+    for seq in range(7, 10):
+        table = "checkpoints" if seq == 9 else "events"
+        cursor = conn.execute(f"SELECT * FROM {table} WHERE seq = ?", [seq])
+        names = [d[0] for d in cursor.description]
+        row = dict(zip(names, cursor.fetchone(), strict=True))
+        content = {k: v for k, v in row.items() if k not in ("prev_hash", "row_hash")}
+        digest = store.chain_hash(prev, table, content)
+        conn.execute(
+            f"UPDATE {table} SET prev_hash = ?, row_hash = ? WHERE seq = ?", [prev, digest, seq]
+        )
+        prev = digest
+    conn.execute("UPDATE chain_head SET row_hash = ?", [prev])
     conn.close()
     assert purged.db.verify().ok
     line = error_line(purged.verify(keys[1]))
