@@ -12,6 +12,10 @@ Scenarios (all on loopback; every process is started and stopped here):
            RSS growth and per-event latency, against plain mitmdump (streaming) and direct
   audit    sustained calls at concurrency 16: rows/s the audit store keeps up with, and the
            writer's deepest queue (bounded, 10,000)
+  writeahead  the cost of write-ahead decisions: the gateway with `audit: required` (each
+           call's decision committed before it is forwarded) against `audit: best_effort`
+           (rows queued, never awaited) and plain mitmdump, c1 p50 and c16 req/s,
+           interleaved round by round
   holds    normal traffic at concurrency 16 with and without 200 held approvals open
   masking  in-process mask_json MB/s on 1 MB and 10 MB tool results
   policy   decision time for 10, 100 and 1,000 tool-name and argument rules
@@ -55,7 +59,7 @@ from holdgate.masking.masker import mask_json  # noqa: E402
 from holdgate.policy.rules import parse_rules  # noqa: E402
 from holdgate.protocol.jsonrpc import dumps, parse_body  # noqa: E402
 from holdgate.protocol.sse import SSEDecoder, encode_event  # noqa: E402
-from holdgate.store import AuditWriter  # noqa: E402
+from holdgate.store import SqliteStore  # noqa: E402
 
 ISSUER = "https://bench.invalid/realm"
 CALL = {
@@ -596,7 +600,7 @@ def scenario_audit(quick: bool) -> dict:
         ["rows", "rows/s", "max queue", "refused (queue full)"],
     )
     table(
-        "audit: sustained calls at concurrency 16 (2 rows per call)",
+        "audit: sustained calls at concurrency 16 (3 rows per call: decision, answer, outcome)",
         [
             [
                 result[k]
@@ -628,8 +632,8 @@ def writer_capacity(rows: int) -> dict:
         "config_hash": "c" * 64,
         "args_masked": json.dumps({"content": [{"type": "text", "text": "x" * 800}]}),
     }
-    with tempfile.TemporaryDirectory() as tmp:
-        writer = AuditWriter(Path(tmp) / "writer.sqlite3")
+    with tempfile.TemporaryDirectory() as tmp, SqliteStore(Path(tmp) / "writer.sqlite3") as db:
+        writer = db.writer()
         refused = 0
         began = time.perf_counter()
         for _ in range(rows):
@@ -645,6 +649,54 @@ def writer_capacity(rows: int) -> dict:
         "max_queue_depth": writer.max_queue_depth_seen,
         "refused": refused,
     }
+
+
+def scenario_writeahead(quick: bool) -> dict:
+    """Write-ahead (audit: required) against best effort, same config otherwise."""
+    with tempfile.TemporaryDirectory() as tmp_name, upstream() as up:
+        tmp = Path(tmp_name)
+        signer = Signer(tmp)
+        auth = {"Authorization": f"Bearer {signer.token}"}
+        required = gateway_config(up, signer.jwks)
+        best_effort = required.replace("version: 1\n", "version: 1\naudit: best_effort\n", 1)
+        proxies = {
+            "mitmdump": Proxy(tmp, up, None),
+            "best_effort": Proxy(tmp, up, best_effort),
+            "write_ahead": Proxy(tmp, up, required),
+        }
+        runs: dict[str, dict[str, list[dict]]] = {}
+        try:
+            for concurrency in (1, 16):
+                count = (300 if quick else 3000) * (1 if concurrency == 1 else 2)
+                for proxy in proxies.values():
+                    drive(proxy.port, concurrency, 2 * concurrency, 10, auth)  # warm-up
+                for _ in range(1 if quick else 3):
+                    for name, proxy in proxies.items():
+                        run = drive(proxy.port, concurrency, count, 60, auth)
+                        runs.setdefault(f"c{concurrency}", {}).setdefault(name, []).append(run)
+        finally:
+            for proxy in proxies.values():
+                proxy.stop()
+    summary = {
+        level: {name: median_runs(r) for name, r in by_name.items()}
+        for level, by_name in runs.items()
+    }
+    c1, c16 = summary["c1"], summary["c16"]
+    summary["added_c1_p50_ms"] = c1["write_ahead"]["p50_ms"] - c1["best_effort"]["p50_ms"]
+    summary["c16_rps_ratio"] = c16["write_ahead"]["rps"] / c16["best_effort"]["rps"]
+    rows = [
+        [level, name, r["rps"], r["p50_ms"], r["p99_ms"]]
+        for level in ("c1", "c16")
+        for name, r in summary[level].items()
+    ]
+    rows.append(["c1", "write-ahead adds (p50)", "", f"+{summary['added_c1_p50_ms']:.2f}", ""])
+    rows.append(["c16", "write-ahead/best effort", f"{summary['c16_rps_ratio']:.0%}", "", ""])
+    table(
+        "writeahead: decisions committed before forwarding vs audit: best_effort",
+        rows,
+        ["level", "target", "req/s", "p50 ms", "p99 ms"],
+    )
+    return summary
 
 
 HELD_RULE = """  - name: held for ops
@@ -815,6 +867,7 @@ SCENARIOS = {
     "mix": scenario_mix,
     "sse": scenario_sse,
     "audit": scenario_audit,
+    "writeahead": scenario_writeahead,
     "holds": scenario_holds,
     "masking": scenario_masking,
     "policy": scenario_policy,
