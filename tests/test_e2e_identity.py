@@ -6,8 +6,10 @@ import hashlib
 import hmac
 import json
 import sqlite3
+import threading
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 import jwt
 import pytest
@@ -32,12 +34,27 @@ class JWKS:
 
     def __init__(self) -> None:
         self.keys: list[dict] = []
-        self.fetches = 0
+        self.fetched_at: list[float] = []  # time.monotonic() of each fetch
+        self.cache_control: str | None = None
         self.url = ""  # set once served
+        self._lock = threading.Lock()
+
+    @property
+    def fetches(self) -> int:
+        return len(self.fetched_at)
 
     def __call__(self, request: Request) -> Reply:
-        self.fetches += 1
-        return json_reply({"keys": self.keys})
+        with self._lock:
+            self.fetched_at.append(time.monotonic())
+            keys = list(self.keys)
+        extra = [("Cache-Control", self.cache_control)] if self.cache_control else []
+        return json_reply({"keys": keys}, headers=extra)
+
+    def wait_for(self, fetches: int, seconds: float = 15.0) -> None:
+        deadline = time.monotonic() + seconds
+        while self.fetches < fetches:
+            assert time.monotonic() < deadline, f"{self.fetches} fetches, not {fetches}"
+            time.sleep(0.05)
 
 
 def jwk(private_key, kid: str) -> dict:
@@ -330,3 +347,81 @@ def test_the_audit_row_gets_the_bad_value_escaped_and_bounded(
         assert INJECTED not in gw.log_text()
     finally:
         stop(demo.proc)
+
+
+# --- key rotation without an outage (issue 15, item 5) ------------------------------------
+
+# The defaults: a 2 s window between fetches of an issuer's keys, an hour without max-age.
+ROTATING = CONFIG.replace("      jwks_min_refresh: 0s\n", "{limits}")
+WINDOW = 2.0
+
+
+@pytest.fixture
+def rotating(tmp_path, jwks, gateway_factory, request):
+    limits, jwks.cache_control = getattr(request, "param", ("", None))
+    demo = start_demo(tmp_path, "--expect-token", UPSTREAM_TOKEN)
+    text = ROTATING.format(
+        issuer=ISSUER, jwks=jwks.url, url=demo.url, trusted="127.0.0.1/32", limits=limits
+    )
+    gw = gateway_factory(text, demo.url, env={"UPSTREAM_TOKEN": UPSTREAM_TOKEN})
+    jwks.wait_for(1)  # the keys are fetched at start
+    yield gw
+    stop(demo.proc)
+
+
+def test_the_first_token_signed_with_a_rotated_key_is_accepted(rotating, keys, jwks):
+    gw = rotating
+    assert tools_list(gw, {"Authorization": f"Bearer {token(keys['rsa'], 'k1')}"}).status == 200
+    time.sleep(WINDOW + 0.2)  # the IdP rotates some time after the fetch at start
+    jwks.keys = [jwk(keys["rotated"], "k3")]  # its only key is replaced
+    before = jwks.fetches
+    response = tools_list(gw, {"Authorization": f"Bearer {token(keys['rotated'], 'k3')}"})
+    assert response.status == 200, response.body  # 401 for 30 s before this issue
+    assert jwks.fetches == before + 1
+    old = tools_list(gw, {"Authorization": f"Bearer {token(keys['rsa'], 'k1')}"})
+    assert old.status == 401 and "unknown signing key" in old.json()["error"]["message"]
+
+
+def test_tokens_with_random_kids_fetch_at_most_once_per_window(rotating, keys, jwks):
+    gw = rotating
+    time.sleep(WINDOW + 0.2)
+    before = jwks.fetches
+    started = time.monotonic()
+    bearers = [token(keys["rsa"], f"random-{secrets_hex()}") for _ in range(100)]
+    with ThreadPoolExecutor(max_workers=50) as pool:
+        first = list(
+            pool.map(lambda b: tools_list(gw, {"Authorization": f"Bearer {b}"}), bearers[:50])
+        )
+        second = list(
+            pool.map(lambda b: tools_list(gw, {"Authorization": f"Bearer {b}"}), bearers[50:])
+        )
+    elapsed = time.monotonic() - started
+    for response in first + second:
+        assert response.status == 401
+        assert "unknown signing key" in response.json()["error"]["message"]
+    during = jwks.fetched_at[before:]
+    assert 1 <= len(during) <= 1 + int(elapsed / WINDOW), (len(during), elapsed)
+    gaps = [b - a for a, b in zip(jwks.fetched_at, jwks.fetched_at[1:], strict=False)]
+    assert all(gap >= WINDOW - 0.1 for gap in gaps), gaps
+
+
+def secrets_hex() -> str:
+    return hashlib.sha256(str(time.perf_counter_ns()).encode()).hexdigest()[:16]
+
+
+@pytest.mark.parametrize(
+    "rotating",
+    [("      jwks_min_refresh: 1h\n      jwks_min_age: 1s\n", "public, max-age=1")],
+    indirect=True,
+)
+def test_the_background_refresh_honours_max_age(rotating, keys, jwks):
+    """No token may fetch (a window of an hour): only the refresh, every max-age, can."""
+    gw = rotating
+    jwks.wait_for(2)  # refreshed after max-age (1 s), not after an hour
+    jwks.keys = [jwk(keys["rotated"], "k3")]
+    seen = jwks.fetches
+    jwks.wait_for(seen + 2, seconds=10)  # a whole refresh after the rotation
+    response = tools_list(gw, {"Authorization": f"Bearer {token(keys['rotated'], 'k3')}"})
+    assert response.status == 200, response.body
+    gaps = [b - a for a, b in zip(jwks.fetched_at, jwks.fetched_at[1:], strict=False)]
+    assert all(0.8 <= gap < 5 for gap in gaps[1:]), gaps  # max-age=1, raised to no more

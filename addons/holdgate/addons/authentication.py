@@ -45,13 +45,27 @@ class Authentication:
         self.sessions = SessionOwners()
 
     def authenticator(self, config: GatewayConfig) -> Authenticator | None:
-        """One authenticator per config version, so JWKS caches survive between requests."""
-        if config.identity is None:
-            return None
+        """One authenticator per config version, so JWKS caches survive between requests;
+        it keeps its issuers' keys fresh in the background until the next one replaces it.
+        Called from the event loop (a hook)."""
         if self._built_for != config.digest:
-            self._authenticator = Authenticator(config.identity)
+            if self._authenticator is not None:
+                self._authenticator.close()
+            self._authenticator = None
+            if config.identity is not None:
+                self._authenticator = Authenticator(config.identity)
+                self._authenticator.start()
             self._built_for = config.digest
         return self._authenticator
+
+    def running(self) -> None:
+        """Fetch the issuers' keys at start, so the first token does not wait for them."""
+        if self.loader.current is not None:
+            self.authenticator(self.loader.current)
+
+    def done(self) -> None:
+        if self._authenticator is not None:
+            self._authenticator.close()
 
     @fail_closed
     async def requestheaders(self, flow: http.HTTPFlow) -> None:

@@ -3,6 +3,13 @@
 Every check refuses rather than guesses: several credentials at once, an algorithm
 outside the issuer's allowlist, HMAC anything, `alg: none`. Errors say what was wrong
 and never echo the credential.
+
+An issuer's JWKS is fetched off the event loop and kept per issuer. A token naming an
+unknown `kid` (the IdP rotated its key) fetches it again at once; callers asking at the
+same time share one in-flight fetch, and an issuer is fetched at most once per
+`jwks_min_refresh` (2 s), so tokens with made-up kids cannot flood the IdP. Started, the
+`Authenticator` also refreshes each key set in the background when the response's
+`Cache-Control: max-age` says (bounded), keeping the last good keys when a fetch fails.
 """
 
 from __future__ import annotations
@@ -10,8 +17,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import http.client
 import ipaddress
 import json
+import logging
 import secrets
 import time
 import urllib.request
@@ -27,7 +36,7 @@ from jwt.exceptions import PyJWKError, PyJWKSetError
 
 from holdgate.config.configfile import Node, Problems, collected
 
-Fetch = Callable[[str], Awaitable[bytes]]
+logger = logging.getLogger("holdgate")
 ASYMMETRIC = (
     "RS256",
     "RS384",
@@ -51,8 +60,12 @@ OIDC_KEYS = {
     "groups_claim",
     "leeway",
     "jwks_min_refresh",
+    "jwks_min_age",
     "jwks_max_age",
 }
+# A key set is refreshed when its response's `Cache-Control: max-age` says, but never
+# sooner than the issuer's `jwks_min_age` nor later than this.
+JWKS_LONGEST_AGE = 86_400.0
 
 
 @dataclass(frozen=True)
@@ -89,8 +102,9 @@ class OidcIssuer:
     leeway: float = 30.0
     jwks_uri: str | None = None
     jwks_file_keys: tuple[dict[str, Any], ...] | None = None
-    min_refresh: float = 30.0
-    max_age: float = 600.0
+    min_refresh: float = 2.0  # the fewest seconds between two fetches of the keys
+    min_age: float = 60.0  # a max-age below this is raised to it
+    max_age: float = 3600.0  # the refresh interval when the response names no max-age
 
 
 @dataclass(frozen=True)
@@ -276,8 +290,9 @@ def _parse_oidc(node: Node) -> OidcIssuer:
         leeway=node.child("leeway").duration(default=30.0),
         jwks_uri=uri,
         jwks_file_keys=file_keys,
-        min_refresh=node.child("jwks_min_refresh").duration(default=30.0),
-        max_age=node.child("jwks_max_age").duration(default=600.0),
+        min_refresh=node.child("jwks_min_refresh").duration(default=2.0),
+        min_age=node.child("jwks_min_age").duration(default=60.0),
+        max_age=node.child("jwks_max_age").duration(default=3600.0),
     )
 
 
@@ -370,22 +385,64 @@ def group_list(value: Any) -> tuple[str, ...]:
 # --- authentication ----------------------------------------------------------------------
 
 
-async def fetch_url(url: str) -> bytes:
+@dataclass(frozen=True)
+class JwksResponse:
+    """A fetched key set: the body, and how long the IdP says it may be kept (seconds)."""
+
+    body: bytes
+    max_age: float | None = None
+
+
+# The fetch seam: a URL's key set (bytes alone when the source gives no caching advice).
+Fetch = Callable[[str], Awaitable[JwksResponse | bytes]]
+
+
+async def fetch_url(url: str) -> JwksResponse:
     """Fetch a JWKS without blocking the event loop."""
 
-    def get() -> bytes:
+    def get() -> JwksResponse:
         request = urllib.request.Request(url, headers={"Accept": "application/json"})
         with urllib.request.urlopen(request, timeout=5) as response:
-            return bytes(response.read(1_048_576))
+            body = bytes(response.read(1_048_576))
+            return JwksResponse(body, cache_max_age(response.headers.get("Cache-Control")))
 
     return await asyncio.to_thread(get)
+
+
+def cache_max_age(cache_control: str | None) -> float | None:
+    """Seconds from a `Cache-Control` value (`max-age=N`; `no-cache`/`no-store` are 0),
+    or None when it says nothing usable."""
+    if not cache_control:
+        return None
+    for directive in cache_control.split(","):
+        name, _, value = directive.strip().partition("=")
+        name = name.strip().lower()
+        if name in ("no-cache", "no-store"):
+            return 0.0
+        if name == "max-age":
+            value = value.strip().strip('"')
+            if value.isdigit():
+                return float(value)
+    return None
+
+
+def refresh_interval(max_age: float | None, issuer: OidcIssuer) -> float:
+    """How long a fetched key set is used before the background refresh fetches it again."""
+    if max_age is None:
+        return issuer.max_age
+    return min(max(max_age, issuer.min_age), JWKS_LONGEST_AGE)
 
 
 @dataclass
 class _KeyCache:
     keys: dict[str, PyJWK] = field(default_factory=dict)
-    fetched_at: float = 0.0
-    refreshing: asyncio.Future[None] | None = None
+    fetched_at: float = float("-inf")  # when the last fetch started (self._clock)
+    refresh_at: float = float("-inf")  # when the background refresh fetches next
+    failure: str | None = None  # why the last fetch failed; None when it worked
+    fetching: asyncio.Task[None] | None = None  # the one in-flight fetch every caller awaits
+
+    def knows(self, kid: str | None) -> bool:
+        return kid in self.keys if kid is not None else bool(self.keys)
 
 
 # A token verified once is taken again without the signature check for a short while:
@@ -411,19 +468,46 @@ class Authenticator:
         fetch: Fetch | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.config = config
         self._fetch = fetch or fetch_url
         self._clock = clock
         self._wall_clock = wall_clock
+        self._sleep = sleep
         self._verified: OrderedDict[bytes, _Verified] = OrderedDict()
         self._caches: dict[str, _KeyCache] = {}
+        self._refreshers: dict[str, asyncio.Task[None]] = {}
         for issuer in config.oidc:
             cache = _KeyCache()
             if issuer.jwks_file_keys is not None:
                 cache.keys = _load_keys(list(issuer.jwks_file_keys))
-                cache.fetched_at = float("inf")
+                cache.fetched_at = cache.refresh_at = float("inf")
             self._caches[issuer.issuer] = cache
+
+    def start(self) -> None:
+        """Fetch each issuer's keys now and keep them fresh in the background (call it from
+        the event loop; `close` stops it)."""
+        loop = asyncio.get_running_loop()
+        for issuer in self.config.oidc:
+            running = self._refreshers.get(issuer.issuer)
+            if issuer.jwks_uri is None or (running is not None and not running.done()):
+                continue
+            cache = self._caches[issuer.issuer]
+            self._refreshers[issuer.issuer] = loop.create_task(self._keep_fresh(issuer, cache))
+
+    def close(self) -> None:
+        for task in self._refreshers.values():
+            task.cancel()
+        self._refreshers.clear()
+
+    async def _keep_fresh(self, issuer: OidcIssuer, cache: _KeyCache) -> None:
+        while True:
+            wait = cache.refresh_at - self._clock()
+            if wait > 0:
+                await self._sleep(wait)
+                continue  # a token's fetch may have moved the time on meanwhile
+            await self._refresh(issuer, cache)
 
     async def authenticate(
         self, headers: Mapping[str, Sequence[str]], client_ip: str
@@ -554,14 +638,14 @@ class Authenticator:
 
     async def _key(self, issuer: OidcIssuer, kid: str | None) -> PyJWK:
         cache = self._caches[issuer.issuer]
-        now = self._clock()
-        stale = now - cache.fetched_at > issuer.max_age
-        unknown = kid not in cache.keys if kid is not None else not cache.keys
-        may_refetch = issuer.jwks_uri is not None and (
-            stale or now - cache.fetched_at >= issuer.min_refresh
-        )
-        if (unknown or stale) and may_refetch:
-            await self._refresh(issuer, cache)
+        if issuer.jwks_uri is not None and not cache.knows(kid):
+            # A new kid is most likely a rotated key: fetch at once, sharing a fetch under
+            # way, but not again within min_refresh of the last one (kids made up to flood
+            # the IdP get their 401 from the keys fetched then).
+            if cache.fetching is not None or self._clock() - cache.fetched_at >= issuer.min_refresh:
+                await self._refresh(issuer, cache)
+        if not cache.knows(kid) and cache.failure is not None:
+            raise AuthError("cannot fetch the issuer's keys", cache.failure)
         if kid is None:
             if len(cache.keys) == 1:
                 return next(iter(cache.keys.values()))
@@ -571,23 +655,38 @@ class Authenticator:
         return cache.keys[kid]
 
     async def _refresh(self, issuer: OidcIssuer, cache: _KeyCache) -> None:
-        """One fetch at a time per issuer; concurrent callers share it."""
-        if cache.refreshing is not None:
-            await asyncio.shield(cache.refreshing)
-            return
-        loop = asyncio.get_running_loop()
-        cache.refreshing = loop.create_future()
-        try:
-            assert issuer.jwks_uri is not None
-            data = await self._fetch(issuer.jwks_uri)
-            cache.keys = _load_keys(_jwks_keys(data))
+        """One fetch at a time per issuer: whoever asks while one is under way awaits it.
+        The fetch is a task of its own, so a caller that gives up does not end it."""
+        if cache.fetching is None:
             cache.fetched_at = self._clock()
-        except (OSError, ValueError) as exc:
-            cache.fetched_at = self._clock()  # the floor also limits retries
-            raise AuthError("cannot fetch the issuer's keys", type(exc).__name__) from None
+            cache.fetching = asyncio.get_running_loop().create_task(self._fetch_keys(issuer, cache))
+        await asyncio.shield(cache.fetching)
+
+    async def _fetch_keys(self, issuer: OidcIssuer, cache: _KeyCache) -> None:
+        """Replace the key set with a fresh one; a failed fetch keeps the last good one."""
+        uri = issuer.jwks_uri or ""
+        try:
+            fetched = await self._fetch(uri)
+            response = fetched if isinstance(fetched, JwksResponse) else JwksResponse(fetched)
+            keys = _load_keys(_jwks_keys(response.body))
+        except (OSError, ValueError, http.client.HTTPException) as exc:
+            cache.failure = type(exc).__name__
+            cache.refresh_at = self._clock() + issuer.min_age
+            logger.warning(
+                "holdgate: cannot fetch the keys of issuer %s from %s (%s); keeping the %d "
+                "keys fetched before, trying again in %.0fs",
+                issuer.issuer,
+                uri,
+                cache.failure,
+                len(cache.keys),
+                issuer.min_age,
+            )
+        else:
+            cache.keys = keys
+            cache.failure = None
+            cache.refresh_at = self._clock() + refresh_interval(response.max_age, issuer)
         finally:
-            cache.refreshing.set_result(None)
-            cache.refreshing = None
+            cache.fetching = None
 
 
 def _load_keys(keys: list[dict[str, Any]]) -> dict[str, PyJWK]:
