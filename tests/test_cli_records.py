@@ -162,6 +162,20 @@ def test_verify_and_purge(db: str, tmp_path: Path) -> None:
     assert run("verify", "--db", db).output == "ok: 1 rows, hash chain intact\n"
 
 
+def test_purge_removes_every_flow_file_of_a_purged_session(db: str, tmp_path: Path) -> None:
+    recordings = tmp_path / "recordings"
+    recordings.mkdir()
+    gone = [recordings / name for name in ("s1.mitm", "s1+20261101T000000Z.mitm")]
+    gone.append(recordings / "s1+20261101T000011Z.mitm")
+    kept = recordings / "s10+20261101T000000Z.mitm"  # another session, same prefix
+    for path in [*gone, kept]:
+        path.write_bytes(b"")
+    purged = run("purge", "--db", db, "--older-than", "1d", "--recordings", str(recordings))
+    assert "; 3 flow files;" in purged.output
+    assert [p.exists() for p in gone] == [False, False, False]
+    assert kept.exists()
+
+
 def test_a_broken_chain_fails_verify(db: str) -> None:
     with sqlite3.connect(db) as conn:
         conn.execute("UPDATE events SET decision = 'allow' WHERE seq = 4")

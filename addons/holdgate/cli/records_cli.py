@@ -23,7 +23,7 @@ from holdgate.cli.common import (
     until_option,
 )
 from holdgate.config.configfile import parse_duration
-from holdgate.recording.flowfiles import recording_name
+from holdgate.recording.flowfiles import recording_files
 from holdgate.reports.review import build_review, render_csv, render_html, render_markdown
 from holdgate.store import EXPORT_FIELDS, EventRow, iso, write_sqlite_export
 from holdgate.store.checkpoints import (
@@ -297,8 +297,7 @@ def purge(
                 ) from None
     removed_files = 0
     for session in report.sessions_gone:
-        path = Path(recordings) / f"{recording_name(session)}.mitm"
-        if path.exists():
+        for path in recording_files(recordings, session):
             path.unlink()
             removed_files += 1
     counts = ", ".join(f"{n} {t}" for t, n in sorted(report.removed.items()) if n) or "nothing"
