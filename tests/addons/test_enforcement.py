@@ -208,3 +208,57 @@ def test_a_batch_is_decided_as_its_messages_alone_in_any_order(sync_tctx, tools,
     assert forwarded(sent(messages)) == alone
     rng.shuffle(messages)
     assert forwarded(sent(messages)) == alone
+
+
+LISTED = [{"name": "get_customer"}, {"name": "exec_shell"}]
+
+
+@pytest.mark.parametrize(
+    ("version", "upstream_ttl", "sent_ttl"),
+    [
+        ("2026-07-28", 3_600_000, 60_000),
+        ("2026-07-28", 5_000, 5_000),
+        ("2026-07-28", None, 60_000),
+        ("2026-07-28", True, 60_000),
+        ("2026-07-28", -1, 60_000),
+    ],
+)
+async def test_a_modern_listing_is_private_and_cached_no_longer_than_the_cap(
+    tmp_path, version, upstream_ttl, sent_ttl
+):
+    with gateway(tmp_path, CONFIG) as tctx:
+        request = mcp_flow(
+            {"jsonrpc": "2.0", "id": 3, "method": "tools/list"},
+            {**ALICE, "MCP-Protocol-Version": version},
+        )
+        flow = await send(tctx, request)
+        listing: dict[str, object] = {"tools": LISTED, "cacheScope": "shared"}
+        if upstream_ttl is not None:
+            listing["ttlMs"] = upstream_ttl
+        await answer(tctx, flow, json_response(result(3, listing)))
+    sent = response_json(flow)["result"]
+    assert sent["cacheScope"] == "private"  # one identity's filtered list
+    assert sent["ttlMs"] == sent_ttl
+    assert [t["name"] for t in sent["tools"]] == ["get_customer"]
+
+
+async def test_an_older_client_gets_no_caching_fields(tmp_path):
+    with gateway(tmp_path, CONFIG) as tctx:
+        request = mcp_flow(
+            {"jsonrpc": "2.0", "id": 3, "method": "tools/list"},
+            {**ALICE, "MCP-Protocol-Version": "2025-06-18"},
+        )
+        flow = await send(tctx, request)
+        await answer(tctx, flow, json_response(result(3, {"tools": LISTED})))
+    assert set(response_json(flow)["result"]) == {"tools"}
+
+
+async def test_listing_ttl_is_configurable(tmp_path):
+    with gateway(tmp_path, CONFIG + "listing_ttl: 5s\n") as tctx:
+        request = mcp_flow(
+            {"jsonrpc": "2.0", "id": 3, "method": "tools/list"},
+            {**ALICE, "MCP-Protocol-Version": "2026-07-28"},
+        )
+        flow = await send(tctx, request)
+        await answer(tctx, flow, json_response(result(3, {"tools": LISTED, "ttlMs": 90_000})))
+    assert response_json(flow)["result"]["ttlMs"] == 5_000

@@ -292,8 +292,25 @@ class PolicyEnforcer:
         hidden = len(items) - len(kept)
         if hidden:
             st.hidden += hidden
-        return {**message, "result": {**result, key: kept}}
+        filtered = {**result, key: kept}
+        if _caches_listings(flow, result):
+            # This identity's list: never for a shared cache, never kept past the policy.
+            filtered["cacheScope"] = "private"
+            cap = int(config.listing_ttl * 1000)
+            ttl = result.get("ttlMs")
+            given = ttl if type(ttl) is int and ttl >= 0 else cap  # not a bool, not negative
+            filtered["ttlMs"] = min(given, cap)
+        return {**message, "result": filtered}
 
 
 def _denial_text(decision: Decision) -> str:
     return f"denied by rule {decision.rule!r}: {decision.reason}"
+
+
+MODERN = "2026-07-28"
+
+
+def _caches_listings(flow: http.HTTPFlow, result: dict[str, Any]) -> bool:
+    """Whether the listing's client may cache it: MCP 2026-07-28 (`ttlMs`, `cacheScope`)."""
+    version: str = flow.request.headers.get("mcp-protocol-version", "")
+    return version >= MODERN or "ttlMs" in result or "cacheScope" in result

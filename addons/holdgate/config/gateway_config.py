@@ -45,6 +45,7 @@ TOP_KEYS = {
     "hash_key",
     "server_requests",
     "response_headers",
+    "listing_ttl",
 }
 UPSTREAM_KEYS = {"name", "prefix", "host", "url", "inject", "on_tool_change"}
 TOOL_CHANGE_KEYS = {"action", "approvers", "timeout"}
@@ -122,6 +123,9 @@ class GatewayConfig:
     approvals: ApprovalsConfig = field(default_factory=ApprovalsConfig)
     response_headers: ResponseHeaders = field(default_factory=ResponseHeaders)
     checkpoints: CheckpointsConfig | None = None
+    # How long a client may cache a filtered listing (MCP 2026-07-28 `ttlMs`): a cached list
+    # must not outlive a policy reload by much.
+    listing_ttl: float = 60.0
     hash_key: bytes | None = None
     text: str = field(default="", repr=False)
     secret_warnings: tuple[str, ...] = ()  # with secrets=False: references that would fail
@@ -200,6 +204,7 @@ def build_config(
     approvals = found.attempt(_parse_approvals, root.child("approvals"))
     response_headers = found.attempt(_parse_response_headers, root.child("response_headers"))
     checkpoints = found.attempt(parse_checkpoints, root.child("checkpoints"), secrets)
+    listing_ttl = found.attempt(root.child("listing_ttl").duration, 60.0)
 
     def assemble() -> GatewayConfig:
         return GatewayConfig(
@@ -214,6 +219,7 @@ def build_config(
             approvals=approvals or ApprovalsConfig(),
             response_headers=response_headers or ResponseHeaders(),
             checkpoints=checkpoints,
+            listing_ttl=60.0 if listing_ttl is None else listing_ttl,
             hash_key=hash_key,
             text=text,
             secret_warnings=()

@@ -536,7 +536,29 @@ def _parse_rule_list(node: Node, problems: Problems) -> Policy:
             continue
         names.add(rule.name)
         rules.append(rule)
+    warning = _discovery_warning(rules)
+    if warning is not None:
+        warnings.append(node.warning(warning))
     return Policy(tuple(rules), tuple(warnings))
+
+
+def _discovery_warning(rules: list[Rule]) -> str | None:
+    """MCP 2026-07-28 clients start with `server/discover` (no `initialize`): a policy that
+    lets clients initialize but not discover makes them fall back to the old handshake, or
+    fail. Judged on the method alone: what an allow rule could let through."""
+
+    def allowed(method: str) -> bool:
+        return any(
+            r.action == "allow" and (r.methods is None or r.methods.match(method)) for r in rules
+        )
+
+    if allowed("initialize") and not allowed("server/discover"):
+        return (
+            "`initialize` is allowed but `server/discover` is not: MCP 2026-07-28 clients "
+            "discover first and would fall back or fail; allow server/discover where "
+            "initialize is allowed"
+        )
+    return None
 
 
 def _parse_rule(node: Node, warnings: list[str]) -> Rule:
