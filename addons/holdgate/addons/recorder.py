@@ -36,6 +36,12 @@ from holdgate.masking.masker import MaskingError, MaskOutcome
 from holdgate.masking.record_masking import RecordMasking, ToolHint, mask_for_record, scrub_row
 from holdgate.protocol.canonical_json import args_digest
 from holdgate.protocol.jsonrpc import INTERNAL_ERROR
+from holdgate.protocol.mrtr import (
+    input_responses,
+    is_input_required,
+    request_state,
+    without_request_state,
+)
 from holdgate.recording.flowfiles import RecordingWriter, Redaction, route_back
 from holdgate.store import AuditWriter, Store, StoreError, open_store
 from holdgate.store import iso as now_iso
@@ -232,6 +238,17 @@ class Recorder:
             # masked with the record's profiles; injected values are scrubbed in submit.)
             tool = answers[1] if answers and answers[0] == "tools/call" else None
             stored = self.masked_for_record(message, config, st.upstream.name, tool).value
+        # An opaque requestState is recorded only as its keyed digest (which links the retry
+        # that sends it back to this row); never as given.
+        extra: dict[str, Any] = {"transport": context.transport}
+        if context.exemptions:
+            extra["exempted"] = list(context.exemptions)
+        if is_input_required(message):
+            extra["input_required"] = True
+        state_given = request_state(message)
+        if state_given is not None:
+            extra["request_state_digest"] = args_digest(self.key(config), state_given)
+            stored = without_request_state(stored)
         row = self._row(flow, config)
         row.update(
             direction=direction,
@@ -242,11 +259,7 @@ class Recorder:
             reason=context.dropped,
             status=_error_code(message),
             masked=json.dumps(context.findings) if context.findings else None,
-            extra=json.dumps(
-                {"transport": context.transport, "exempted": list(context.exemptions)}
-                if context.exemptions
-                else {"transport": context.transport}
-            ),
+            extra=json.dumps(extra),
             # scrubbed before the cut, so no part of an injected value is left at the end
             args_masked=_truncate(
                 self.record_masking(config).scrub(json.dumps(stored, ensure_ascii=False))[0]
@@ -325,6 +338,8 @@ class Recorder:
                 extra["args_findings"] = masked_args.findings  # replay must know
             if decided is not None and decided.approval is not None:
                 extra["approval"] = decided.approval  # how a held call was released
+            if message is not None:
+                self._note_retry(extra, message.raw, config, upstream, message.tool, strict)
             row = self._row(flow, config)
             row.update(
                 direction="notification"
@@ -355,6 +370,31 @@ class Recorder:
             )
             rows.append(row)
         return rows
+
+    def _note_retry(
+        self,
+        extra: dict[str, Any],
+        raw: dict[str, Any],
+        config: GatewayConfig,
+        upstream: str,
+        tool: ToolHint,
+        strict: bool,
+    ) -> None:
+        """A multi round-trip retry: its `inputResponses` masked for the record, its
+        `requestState` only as the keyed digest its first round's response row carries."""
+        responses = input_responses(raw)
+        if responses is not None:
+            masked = (
+                mask_for_record(responses, self.record_masking(config), upstream, tool)
+                if strict
+                else self.masked_for_record(responses, config, upstream, tool)
+            )
+            extra["input_responses"] = masked.value
+            if masked.findings:
+                extra["input_responses_findings"] = masked.findings
+        state_given = request_state(raw)
+        if state_given is not None:
+            extra["request_state_digest"] = args_digest(self.key(config), state_given)
 
     def _outcome_row(
         self, flow: http.HTTPFlow, config: GatewayConfig, status: int | None, latency: float | None
