@@ -54,6 +54,7 @@ LISTINGS = {
     "resources/list": ("resources", "resources/read", "uri"),
     "prompts/list": ("prompts", "prompts/get", "name"),
 }
+LISTED = frozenset(key for key, _, _ in LISTINGS.values())
 
 
 class PolicyEnforcer:
@@ -269,6 +270,8 @@ class PolicyEnforcer:
                 return None
             return message
         if "id" not in message:
+            if "method" in message:
+                return self._police_notification(flow, message, context)
             return message
         # Errors too: tool-scoped masking must know which call an error answers.
         answered = context.answers = self.answered_request(flow, message["id"])
@@ -301,6 +304,48 @@ class PolicyEnforcer:
             given = ttl if type(ttl) is int and ttl >= 0 else cap  # not a bool, not negative
             filtered["ttlMs"] = min(given, cap)
         return {**message, "result": filtered}
+
+    def _police_notification(
+        self, flow: http.HTTPFlow, message: dict[str, Any], context: MessageContext
+    ) -> dict[str, Any] | None:
+        """A server notification (on a `subscriptions/listen` stream, the GET stream or a
+        call's answer stream) that names a resource this identity may not read is dropped;
+        one that carries a list of tools, resources or prompts is filtered like a listing."""
+        params = message.get("params")
+        if not isinstance(params, dict) or not ("uri" in params or LISTED.intersection(params)):
+            return message
+        st = state(flow)
+        config, identity, upstream = st.config, st.identity, st.upstream
+        if config is None or upstream is None:
+            raise RuntimeError("a response stage on a flow that was never routed")
+        if identity is None:
+            raise RuntimeError("a server notification on a flow with no identity")
+        if "uri" in params:  # notifications/resources/updated, and any other naming one
+            uri = params["uri"]
+            if not (
+                isinstance(uri, str)
+                and config.policy.may_use(identity, upstream.name, "resources/read", uri)
+            ):
+                context.dropped = "names a resource this identity may not read"
+                return None
+        changed = False
+        filtered = dict(params)
+        for key, use_method, name_key in LISTINGS.values():
+            items = params.get(key)
+            if not isinstance(items, list):
+                continue
+            kept = [
+                item
+                for item in items
+                if isinstance(item, dict)
+                and isinstance(item.get(name_key), str)
+                and config.policy.may_use(identity, upstream.name, use_method, item[name_key])
+            ]
+            if len(kept) != len(items):
+                st.hidden += len(items) - len(kept)
+                filtered[key] = kept
+                changed = True
+        return {**message, "params": filtered} if changed else message
 
 
 def _denial_text(decision: Decision) -> str:
