@@ -230,3 +230,17 @@ def test_the_portable_form_pickles_and_rebuilds_the_same_masking(record) -> None
     copy = pickle.loads(pickle.dumps(record.portable())).build()
     value = {"email": EMAIL, "phone": PHONE, "t": TOKEN}
     assert mask_for_record(value, copy, "crm").value == mask_for_record(value, record, "crm").value
+
+
+def test_a_request_state_is_never_kept_in_a_flow_file(record: RecordMasking) -> None:
+    """MCP 2026-07-28: the opaque state is recorded as a digest on the row, never as is."""
+    body = json.dumps(
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "result": {"resultType": "input_required", "requestState": "opaque-state-4711"},
+        }
+    ).encode()
+    recorded = record_body(body, record, "crm")
+    assert b"opaque-state-4711" not in recorded.content
+    assert b"requestState" in recorded.content

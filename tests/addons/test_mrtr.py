@@ -154,3 +154,18 @@ async def test_a_retry_is_linked_to_its_first_round_and_the_raw_state_is_never_s
     assert extra["input_responses_findings"] == {"email": 1}
     # the stored arguments are the call's own, nothing of the round-trip fields
     assert json.loads(retried["args_masked"]) == {"invoice": "INV-1"}
+
+
+async def test_a_request_state_that_looks_like_a_secret_reaches_the_client_untouched(tmp_path):
+    token = "eyJhbGciOiJIUzI1NiJ9.eyJzdGF0ZSI6InN0ZXAtMSJ9.c2lnbmF0dXJlLWJ5dGVz"
+    with gateway(tmp_path, CONFIG.replace("[email]", "[email, jwt]")) as tctx:
+        flow = await send(tctx, mcp_flow(call("get_customer"), ALICE))
+        body = {
+            "resultType": "input_required",
+            "requestState": token,
+            "inputRequests": {"who": {"message": "mail x@example.com?"}},
+        }
+        await answer(tctx, flow, json_response(result(1, body)))
+    sent = response_json(flow)["result"]
+    assert sent["requestState"] == token  # the server's opaque state, byte for byte
+    assert "x@example.com" not in json.dumps(sent)  # the rest is masked as before

@@ -189,7 +189,8 @@ def annotate(flow: http.HTTPFlow) -> None:
     recorded one never disagree."""
     st = state(flow)
     parts = [
-        f"{d.message.method} {d.message.target or ''}: {d.decision.action} by {d.decision.rule!r}"
+        " ".join(p for p in (d.message.method, d.message.target) if p)
+        + f": {d.decision.action} by {d.decision.rule!r}"
         for d in st.decided
     ]
     if st.refused is not None:

@@ -9,6 +9,7 @@ from mitmproxy import http
 
 from holdgate.addons.flowstate import FlowState, MessageContext, state
 from holdgate.masking.masker import MaskOutcome, ProfilesInEffect, StreamMasker, mask_json
+from holdgate.protocol.mrtr import request_state, restore_request_state, without_request_state
 
 ENVELOPE = ("jsonrpc", "id", "method")
 
@@ -29,6 +30,9 @@ class ResponseMasking:
         mask: Callable[[Any, ProfilesInEffect], MaskOutcome] = (
             _stream_masker(st).mask if context.transport == "sse" else mask_json
         )
+        opaque = request_state(message)
+        if opaque is not None:  # returned to the server as is by the client: never masked
+            message = without_request_state(message)
         if isinstance(message, dict):
             # The envelope (ids, method names) stays byte-identical; everything else is data.
             payload = {k: v for k, v in message.items() if k not in ENVELOPE}
@@ -42,7 +46,7 @@ class ResponseMasking:
             st.count_masked(outcome.findings)
         if effect.exemptions:
             st.exempted = effect.exemptions
-        return masked
+        return masked if opaque is None else restore_request_state(masked, opaque)
 
 
 def _stream_masker(st: FlowState) -> StreamMasker:

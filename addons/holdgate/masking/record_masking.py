@@ -45,6 +45,7 @@ from holdgate.masking.masker import (
     parse_masking,
 )
 from holdgate.protocol.jsonrpc import BodyError, loads_strict_text
+from holdgate.protocol.mrtr import without_request_state
 from holdgate.protocol.sse import SSEDecoder, SSEError, SSEEvent, encode_event
 
 SECRET_MARK: Final = "[REDACTED:injected_credential]"
@@ -322,12 +323,24 @@ def _mask_message(
         findings: dict[str, int] = {}
         items = []
         for item in value:
-            outcome = mask_for_record(item, record, upstream, _message_tool(item, answers))
+            outcome = _mask_one(item, record, upstream, answers)
             items.append(outcome.value)
             for name, count in outcome.findings.items():
                 findings[name] = findings.get(name, 0) + count
-        return MaskOutcome(items if findings else value, findings)
-    return mask_for_record(value, record, upstream, _message_tool(value, answers))
+        return MaskOutcome(items, findings)
+    return _mask_one(value, record, upstream, answers)
+
+
+def _mask_one(
+    message: Any, record: RecordMasking, upstream: str, answers: Mapping[str, ToolHint]
+) -> MaskOutcome:
+    """One message for the record; an MCP `requestState` is kept only as a placeholder (its
+    keyed digest is on the audit row), whatever it holds."""
+    kept = without_request_state(message)
+    outcome = mask_for_record(kept, record, upstream, _message_tool(message, answers))
+    if kept is message:
+        return outcome
+    return MaskOutcome(outcome.value, {**outcome.findings, "request_state": 1})
 
 
 def record_body(

@@ -57,3 +57,13 @@ def without_request_state(message: Any) -> Any:
         return message
     key = "params" if "method" in message else "result"
     return {**message, key: {**carrier, "requestState": STATE_PLACEHOLDER}}
+
+
+def restore_request_state(message: Any, state: str) -> Any:
+    """`message` (a copy made by `without_request_state`, then masked) with the original
+    `requestState` back: the client must return it byte for byte, so it is never masked."""
+    carrier = _carrier(message)
+    if carrier is None:
+        return message
+    key = "params" if "method" in message else "result"
+    return {**message, key: {**carrier, "requestState": state}}
