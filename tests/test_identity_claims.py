@@ -20,8 +20,8 @@ from holdgate.identity.identities import (
     generate_api_key,
     group_list,
     parse_identity,
-    shown,
 )
+from holdgate.protocol.jsonrpc import shown
 
 
 @pytest.mark.parametrize(

@@ -152,7 +152,7 @@ class Authentication:
         self, flow: http.HTTPFlow, upstream: Upstream, error: str | None, reason: str | None
     ) -> None:
         """401. The header gets only a fixed reason; the body and the audit row also name the
-        bad value, which `holdgate.identity.identities.shown` has already quoted and bounded."""
+        bad value, which `holdgate.protocol.jsonrpc.shown` has already quoted and bounded."""
         metadata = front_url(flow) + WELL_KNOWN + (upstream.prefix or "")
         error = error or "no credentials"
         refuse(

@@ -212,13 +212,6 @@ def is_mcp(flow: http.HTTPFlow) -> bool:
     return state(flow).upstream is not None
 
 
-def quoted(text: str, limit: int = 80) -> str:
-    """Client-supplied text made safe to show: JSON-quoted (control characters escaped,
-    ASCII only, so it can go into a header too) and cut at `limit` characters."""
-    shown = json.dumps(text[:limit])
-    return shown + "…" if len(text) > limit else shown
-
-
 def json_response(
     status: int, payload: Any, headers: dict[str, str] | None = None
 ) -> http.Response:
@@ -249,6 +242,8 @@ def refuse_internal(flow: http.HTTPFlow, where: str, exc: BaseException) -> None
     logger.error("holdgate: %s failed (%s: %s); flow refused", where, type(exc).__name__, exc)
     st = state(flow)
     if st.refused is not None and st.refused.kind == "internal-error":
+        if flow.intercepted:
+            flow.resume()  # a held flow must not wait for ever on a refusal
         return  # the client is told the first failure, the one that caused the rest
     withheld = (
         "response was withheld"

@@ -30,7 +30,7 @@ from holdgate.approvals.approval_rules import (
     request_digest,
 )
 from holdgate.config.gateway_config import GatewayConfig
-from holdgate.identity.identities import Authenticator, Identity, shown
+from holdgate.identity.identities import Authenticator, Identity
 from holdgate.policy.rules import Decision
 from holdgate.protocol.canonical_json import args_digest
 from holdgate.protocol.jsonrpc import (
@@ -40,6 +40,7 @@ from holdgate.protocol.jsonrpc import (
     check_routing_headers,
     dumps,
     error_object,
+    shown,
     single_valued,
 )
 from holdgate.store import Store

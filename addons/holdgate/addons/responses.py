@@ -19,7 +19,6 @@ from mitmproxy import http
 from holdgate.addons.flowstate import (
     MessageContext,
     fail_closed,
-    quoted,
     refuse,
     state,
 )
@@ -27,7 +26,14 @@ from holdgate.config.gateway_config import GatewayConfig, Upstream
 from holdgate.masking.masker import MaskingPolicy, ProfilesInEffect, mask_text
 from holdgate.masking.record_masking import RecordMasking, scrub_value
 from holdgate.protocol.bodies import decode_bounded
-from holdgate.protocol.jsonrpc import INTERNAL_ERROR, BodyError, dumps, error_object, loads_strict
+from holdgate.protocol.jsonrpc import (
+    INTERNAL_ERROR,
+    BodyError,
+    dumps,
+    error_object,
+    loads_strict,
+    shown,
+)
 from holdgate.protocol.sse import SSEDecoder, SSEError, SSEEvent, encode_event
 
 if TYPE_CHECKING:
@@ -88,7 +94,7 @@ class Responses:
         response = flow.response
         encoding = response.headers.get("content-encoding", "").strip().lower()
         if encoding not in KNOWN_ENCODINGS:
-            refuse(flow, 502, -32600, f"upstream used unknown Content-Encoding {quoted(encoding)}")
+            refuse(flow, 502, -32600, f"upstream used unknown Content-Encoding {shown(encoding)}")
             return
         self.clean_headers(flow, config)
         if _is_event_stream(response):

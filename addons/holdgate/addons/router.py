@@ -12,9 +12,9 @@ from urllib.parse import urlsplit
 
 from mitmproxy import http
 
-from holdgate.addons.flowstate import Refusal, fail_closed, quoted, refuse, state
+from holdgate.addons.flowstate import Refusal, fail_closed, refuse, state
 from holdgate.config.gateway_config import path_problem, route, split_host
-from holdgate.protocol.jsonrpc import INVALID_REQUEST
+from holdgate.protocol.jsonrpc import INVALID_REQUEST, shown
 
 if TYPE_CHECKING:
     from holdgate.addons.config_loader import ConfigLoader
@@ -45,7 +45,7 @@ class Router:
                 flow,
                 400,
                 INVALID_REQUEST,
-                f"the request path {quoted(path)} is refused: {problem}; send the canonical path",
+                f"the request path {shown(path)} is refused: {problem}; send the canonical path",
                 kind="malformed",
             )
             return
@@ -60,8 +60,8 @@ class Router:
                     flow,
                     400,
                     INVALID_REQUEST,
-                    f"the Host header names {quoted(request.host_header)} but the request goes "
-                    f"to {quoted(request.host)}; send the same server in both",
+                    f"the Host header names {shown(request.host_header)} but the request goes "
+                    f"to {shown(request.host)}; send the same server in both",
                     kind="malformed",
                 )
                 return
@@ -71,7 +71,7 @@ class Router:
                 flow,
                 404,
                 INVALID_REQUEST,
-                f"no upstream is configured for {quoted(request.pretty_host + path)}",
+                f"no upstream is configured for {shown(request.pretty_host + path)}",
                 kind="no-upstream",
             )
             return

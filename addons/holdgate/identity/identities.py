@@ -35,6 +35,7 @@ from jwt import PyJWK, PyJWKSet
 from jwt.exceptions import PyJWKError, PyJWKSetError
 
 from holdgate.config.configfile import Node, Problems, collected
+from holdgate.protocol.jsonrpc import shown
 
 logger = logging.getLogger("holdgate")
 ASYMMETRIC = (
@@ -164,26 +165,6 @@ AUTH_REASONS = frozenset(
         "invalid token",
     }
 )
-SHOWN_VALUE_CHARS = 64
-
-
-def shown(value: Any, limit: int = SHOWN_VALUE_CHARS) -> str:
-    """A value taken from a request, safe to put in a body, log or audit row.
-
-    JSON-quoted, with every control, quote and non-ASCII character escaped, and at most
-    `limit` characters between the quotes (then `...`), so no request can set the shape
-    or size of what the gateway writes about it.
-    """
-    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=True, default=repr)
-    out: list[str] = []
-    used = 0
-    for char in text:
-        piece = json.dumps(char, ensure_ascii=True)[1:-1]
-        if used + len(piece) > limit:
-            return '"' + "".join(out) + '"...'
-        out.append(piece)
-        used += len(piece)
-    return '"' + "".join(out) + '"'
 
 
 class AuthError(Exception):

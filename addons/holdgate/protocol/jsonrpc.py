@@ -325,3 +325,25 @@ def single_valued(headers: dict[str, list[str]]) -> dict[str, str]:
         if name.startswith("mcp-") and len(values) > 1:
             raise BodyError(f"the {name} header is sent {len(values)} times")
     return {name: values[0] for name, values in headers.items()}
+
+
+SHOWN_VALUE_CHARS = 64
+
+
+def shown(value: Any, limit: int = SHOWN_VALUE_CHARS) -> str:
+    """A value taken from a request, safe to put in a body, log or audit row.
+
+    JSON-quoted, with every control, quote and non-ASCII character escaped, and at most
+    `limit` characters between the quotes (then `...`), so no request can set the shape
+    or size of what the gateway writes about it.
+    """
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=True, default=repr)
+    out: list[str] = []
+    used = 0
+    for char in text:
+        piece = json.dumps(char, ensure_ascii=True)[1:-1]
+        if used + len(piece) > limit:
+            return '"' + "".join(out) + '"...'
+        out.append(piece)
+        used += len(piece)
+    return '"' + "".join(out) + '"'
