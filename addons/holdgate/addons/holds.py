@@ -17,14 +17,25 @@ import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlsplit
 
 from mitmproxy import connection, ctx, exceptions, http
 
 from holdgate import store
-from holdgate.addons.flowstate import Refusal, fail_closed, header_lists, publish, refuse, state
+from holdgate.addons.flowstate import (
+    DecidedMessage,
+    Refusal,
+    fail_closed,
+    header_lists,
+    publish,
+    refuse,
+    state,
+)
+from holdgate.approvals import elicitation
 from holdgate.approvals.adminhttp import AdminRequest, AdminResponse, parse_listen, serve
 from holdgate.approvals.approval_rules import (
     Grants,
+    approver_groups,
     argument_changes,
     may_see,
     request_digest,
@@ -43,6 +54,7 @@ from holdgate.protocol.jsonrpc import (
     shown,
     single_valued,
 )
+from holdgate.protocol.mrtr import request_state
 from holdgate.store import Store
 from holdgate.store import iso as now_iso
 from holdgate.store.approval_records import Decision as Decided
@@ -55,6 +67,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("holdgate")
 
 POLL_INTERVAL = 0.25
+OVERDUE_EVERY = 20  # sweeps between closing overdue elicitation approvals (5 s)
 UNRECORDED = "unrecorded"  # a hold that ended with a decision the store would not take
 MITMWEB = "mitmweb operator"
 WEBHOOK_ATTEMPTS = 4
@@ -159,6 +172,9 @@ class ApprovalHolds:
         config, identity, body = st.config, st.identity, st.body
         if config is None or identity is None or body is None:
             raise RuntimeError("approval without a decided body")
+        if self._by_elicitation(flow):
+            await self._elicitation_round(flow, st.decided[0], identity, config)
+            return
         refused: list[tuple[int, str]] = []
         for index, decided in enumerate(st.decided):
             decision = decided.decision
@@ -207,43 +223,13 @@ class ApprovalHolds:
     ) -> Hold:
         st = state(flow)
         assert st.upstream is not None
-        upstream = st.upstream.name
-        approval_id = uuid.uuid4().hex[:12]
-        # Masked as the store masks the call's own row: the approval shows no more.
-        masked_args = self.recorder.masked_for_record(
-            message.arguments or {}, config, upstream, message.tool
-        ).value
-        changes_key = (identity.user, upstream, message.target or "")
-        previous = self.last_approved.get(changes_key)
-        hold = Hold(approval_id, flow, decision.approvers, time.time() + decision.timeout)
-        row = {
-            "approval_id": approval_id,
-            "state": "pending",
-            "requester": identity.user,
-            "upstream": upstream,
-            "tool": message.target,
-            "method": message.method,
-            "args_masked": json.dumps(masked_args, ensure_ascii=False),
-            "args_digest": digest_args,
-            "request_digest": request_digest(
-                upstream,
-                identity.user,
-                message.method or "",
-                message.target,
-                message.arguments or {},
-                self.policy.pins.definition_digest(upstream, message.tool)
-                if self.policy.pins and message.tool
-                else None,
-            ),
-            "rule": decision.rule,
-            "approvers": json.dumps(list(decision.approvers)),
-            "created": now_iso(),
-            "expires": now_iso(hold.expires_at),
-            "changes": json.dumps(argument_changes(previous, masked_args))
-            if previous is not None
-            else None,
-            "flow_id": flow.id,
-        }
+        hold_until = time.time() + decision.timeout
+        row, masked_args = self._approval_row(
+            flow, message, decision, identity, digest_args, config, hold_until
+        )
+        approval_id = row["approval_id"]
+        changes_key = (identity.user, st.upstream.name, message.target or "")
+        hold = Hold(approval_id, flow, decision.approvers, hold_until)
         await self._started.wait()
         await asyncio.to_thread(self._store().create_approval, row)
         self.holds[approval_id] = hold
@@ -262,6 +248,288 @@ class ApprovalHolds:
         if hold.state == "approved":
             self.last_approved[changes_key] = masked_args
         return hold
+
+    def _approval_row(
+        self,
+        flow: http.HTTPFlow,
+        message: Message,
+        decision: Decision,
+        identity: Identity,
+        digest_args: str | None,
+        config: GatewayConfig,
+        expires_at: float,
+        via: str = "hold",
+    ) -> tuple[dict[str, Any], Any]:
+        """The `pending` row of a new approval, and the arguments as it shows them."""
+        st = state(flow)
+        assert st.upstream is not None
+        upstream = st.upstream.name
+        # Masked as the store masks the call's own row: the approval shows no more.
+        masked_args = self.recorder.masked_for_record(
+            message.arguments or {}, config, upstream, message.tool
+        ).value
+        previous = self.last_approved.get((identity.user, upstream, message.target or ""))
+        row = {
+            "approval_id": uuid.uuid4().hex[:12],
+            "state": "pending",
+            "requester": identity.user,
+            "upstream": upstream,
+            "tool": message.target,
+            "method": message.method,
+            "args_masked": json.dumps(masked_args, ensure_ascii=False),
+            "args_digest": digest_args,
+            "request_digest": self._request_digest(upstream, identity, message),
+            "rule": decision.rule,
+            "approvers": json.dumps(list(decision.approvers)),
+            "created": now_iso(),
+            "expires": now_iso(expires_at),
+            "changes": json.dumps(argument_changes(previous, masked_args))
+            if previous is not None
+            else None,
+            "flow_id": flow.id,
+            "via": via,
+        }
+        return row, masked_args
+
+    def _request_digest(self, upstream: str, identity: Identity, message: Message) -> str:
+        pins = self.policy.pins
+        return request_digest(
+            upstream,
+            identity.user,
+            message.method or "",
+            message.target,
+            message.arguments or {},
+            pins.definition_digest(upstream, message.tool) if pins and message.tool else None,
+        )
+
+    # --- approvals through MCP elicitation (nothing held open) ---------------------------
+
+    def _by_elicitation(self, flow: http.HTTPFlow) -> bool:
+        """A single call that carries the gateway's own requestState (a retry), or whose
+        rule asks for elicitation and whose client can follow a link (else it is held)."""
+        st = state(flow)
+        body = st.body
+        if body is None or body.is_batch or len(st.decided) != 1:
+            return False
+        decided = st.decided[0]
+        if decided.decision.action != "approve":
+            return False
+        if elicitation.is_gateway_state(request_state(decided.message.raw)):
+            return True
+        return (
+            decided.decision.approval_via == "elicitation"
+            and self._status_base() is not None
+            and elicitation.accepts_url_elicitation(
+                decided.message.raw, flow.request.headers.get("mcp-protocol-version")
+            )
+        )
+
+    def _status_base(self) -> str | None:
+        """Where clients are sent to follow an approval: the approvals API's address."""
+        config = self.loader.current
+        if config is not None and config.approvals.public_url:
+            return config.approvals.public_url.rstrip("/")
+        listen = ctx.options.holdgate_admin
+        return f"http://{listen}" if listen.strip() else None
+
+    async def _elicitation_round(
+        self,
+        flow: http.HTTPFlow,
+        decided: DecidedMessage,
+        identity: Identity,
+        config: GatewayConfig,
+    ) -> None:
+        """First round: a new approval, answered `input_required`. A retry: its token
+        checked, then asked again (pending), forwarded once (approved) or refused."""
+        st = state(flow)
+        assert st.upstream is not None
+        message, decision = decided.message, decided.decision
+        upstream = st.upstream.name
+        key = self.recorder.key(config)
+        token = request_state(message.raw)
+        if token is None or not elicitation.is_gateway_state(token):
+            await self._ask(flow, decided, identity, config)
+            return
+        approval_id = elicitation.token_approval(token)
+        record = (
+            await asyncio.to_thread(self._store().approval, approval_id)
+            if approval_id is not None
+            else None
+        )
+        digest = self._request_digest(upstream, identity, message)
+        if (
+            approval_id is None
+            or record is None
+            or record.get("via") != "elicitation"
+            or record.get("requester") != identity.user
+            or record.get("upstream") != upstream
+            or record.get("request_digest") != digest
+            or not elicitation.token_holds(key, token, approval_id, identity.user, upstream, digest)
+        ):
+            refuse(
+                flow,
+                200,
+                APPROVAL_REFUSED,
+                "approval void: the requestState was not issued by this gateway for this "
+                "identity and this exact call; not forwarded (call again without it)",
+                msg_id=message.id,
+                kind="tampered",
+            )
+            return
+        decided.approval_id = approval_id
+        if record.get("rule") != decision.rule:  # the policy changed: a new approval
+            await self._ask(flow, decided, identity, config)
+            return
+        current = record["state"]
+        if current == "pending":
+            current = await self._pending_answer(flow, decided, identity, record)
+            if current == "pending":
+                return
+            record = await asyncio.to_thread(self._store().approval, approval_id) or record
+        if current == "approved":
+            redeemed = await asyncio.to_thread(
+                self._store().redeem_approval,
+                approval_id,
+                identity.user,
+                f"call forwarded ({flow.id})",
+            )
+            if not redeemed:
+                self._refuse_elicited(
+                    flow,
+                    decided,
+                    f"approval {approval_id} was already used for one call; call again "
+                    "without its requestState to ask for a new approval",
+                )
+                return
+            digest_args = args_digest(key, message.arguments or {})
+            grant_key = (identity.user, upstream, message.target or "", digest_args or "")
+            self.grants.add(grant_key, approval_id, decision.grant)
+            with contextlib.suppress(TypeError, json.JSONDecodeError):
+                self.last_approved[(identity.user, upstream, message.target or "")] = json.loads(
+                    record.get("args_masked") or "null"
+                )
+            decided.approval = {
+                "state": "approved",
+                "decider": record.get("decider"),
+                "via": "elicitation",
+            }
+            flow.request.content = dumps(elicitation.without_gateway_round(message.raw))
+            st.approvals_settled = True
+            return
+        who = f" by {record['decider']}" if record.get("decider") else ""
+        why = f": {record['reason']}" if record.get("reason") else ""
+        self._refuse_elicited(
+            flow,
+            decided,
+            f"approval {current}{who}{why} (rule {decision.rule!r}, approval {approval_id})",
+        )
+
+    async def _pending_answer(
+        self, flow: http.HTTPFlow, decided: DecidedMessage, identity: Identity, record: Any
+    ) -> str:
+        """A retry while nobody has decided: the client's user may have declined (the
+        approval is cancelled), time may be up (expired); else it is asked again."""
+        approval_id = record["approval_id"]
+        answer = elicitation.client_answer(decided.message.raw)
+        closing: tuple[str, str | None, str] | None = None
+        if answer in ("decline", "cancel"):
+            closing = ("cancelled", identity.user, f"the requester chose {answer!r}")
+        elif record.get("expires") and time.time() >= store.parse_iso(record["expires"]):
+            closing = ("expired", None, "nobody decided in time")
+        if closing is None:
+            self._answer_input_required(flow, decided, record)
+            return "pending"
+        await asyncio.to_thread(self._store().append_approval_state, approval_id, *closing)
+        latest = await asyncio.to_thread(self._store().approval, approval_id)
+        return str(latest["state"]) if latest is not None else "expired"
+
+    async def _ask(
+        self,
+        flow: http.HTTPFlow,
+        decided: DecidedMessage,
+        identity: Identity,
+        config: GatewayConfig,
+    ) -> None:
+        """A new approval, created pending, and the client sent to its status page."""
+        st = state(flow)
+        assert st.upstream is not None
+        message, decision = decided.message, decided.decision
+        digest_args = args_digest(self.recorder.key(config), message.arguments or {})
+        grant = self.grants.find(
+            (identity.user, st.upstream.name, message.target or "", digest_args or "")
+        )
+        if grant is not None:  # an identical call approved within the grant window
+            decided.approval_id = grant.approval_id
+            decided.approval = {"granted_by": "grant window"}
+            await asyncio.to_thread(
+                self._store().append_approval_state,
+                grant.approval_id,
+                "grant_used",
+                identity.user,
+                f"identical call within the grant ({flow.id})",
+            )
+            flow.request.content = dumps(elicitation.without_gateway_round(message.raw))
+            st.approvals_settled = True
+            return
+        row, _ = self._approval_row(
+            flow,
+            message,
+            decision,
+            identity,
+            digest_args,
+            config,
+            time.time() + decision.timeout,
+            via="elicitation",
+        )
+        await self._started.wait()
+        await asyncio.to_thread(self._store().create_approval, row)
+        decided.approval_id = row["approval_id"]
+        if config.approvals.webhook:
+            self._tasks.append(asyncio.create_task(self._notify(config, row)))
+        self._answer_input_required(flow, decided, row)
+
+    def _answer_input_required(
+        self, flow: http.HTTPFlow, decided: DecidedMessage, record: Any
+    ) -> None:
+        st = state(flow)
+        config = st.config
+        assert config is not None and st.identity is not None and st.upstream is not None
+        approval_id = record["approval_id"]
+        key = self.recorder.key(config)
+        base = self._status_base()
+        if base is None:
+            raise RuntimeError("the approvals API is disabled (holdgate_admin is empty)")
+        url = (
+            f"{base}/approvals/{approval_id}/status?t={elicitation.status_token(key, approval_id)}"
+        )
+        token = elicitation.state_token(
+            key, approval_id, st.identity.user, st.upstream.name, record["request_digest"]
+        )
+        answer = elicitation.input_required(
+            decided.message.id,
+            approval_id,
+            url,
+            elicitation.prompt_text(record, "pending"),
+            token,
+        )
+        decided.approval = {"state": "pending", "via": "elicitation"}
+        flow.response = http.Response.make(200, dumps(answer), {"Content-Type": "application/json"})
+        st.refused = Refusal(
+            200,
+            None,
+            f"approval {approval_id} pending: answered input_required",
+            "approval-pending",
+        )
+
+    def _refuse_elicited(self, flow: http.HTTPFlow, decided: DecidedMessage, text: str) -> None:
+        refuse(
+            flow, 200, APPROVAL_REFUSED, text, msg_id=decided.message.id, kind="approval-refused"
+        )
+
+    async def _expire_overdue(self) -> None:
+        closed = await asyncio.to_thread(self._store().expire_overdue, "nobody decided in time")
+        if closed:
+            logger.info("holdgate: %d elicitation approval(s) expired", closed)
 
     @staticmethod
     def _observed(hold: Hold) -> tuple[str, str | None, str] | None:
@@ -376,10 +644,14 @@ class ApprovalHolds:
         """One sweep over every hold each POLL_INTERVAL (not a timer per hold, so hundreds
         of holds cost the loop a few wake-ups a second)."""
         settling: set[asyncio.Task[None]] = set()
+        sweeps = 0
         while True:
             await asyncio.sleep(POLL_INTERVAL)
+            sweeps += 1
             try:
                 await self._sweep(settling)
+                if sweeps % OVERDUE_EVERY == 0:
+                    await self._expire_overdue()
             except Exception as exc:  # noqa: BLE001 - the watcher must outlive any one sweep
                 logger.error("holdgate: approvals sweep failed: %s: %s", type(exc).__name__, exc)
 
@@ -445,6 +717,8 @@ class ApprovalHolds:
         parts = [p for p in request.path.partition("?")[0].split("/") if p]
         if not parts or parts[0] != "approvals" or len(parts) > 3:
             return AdminResponse(404, {"error": "see GET /approvals"})
+        if len(parts) == 3 and parts[2] == "status" and request.method == "GET":
+            return await self._status_page(config, parts[1], request.path)
         approver = await self._authenticate(config, request)
         if approver is None:
             return AdminResponse(401, {"error": "authenticate like an MCP client (JWT or API key)"})
@@ -497,6 +771,22 @@ class ApprovalHolds:
         return AdminResponse(
             200, {"approval_id": parts[1], "state": new_state, "decider": approver.user}
         )
+
+    async def _status_page(
+        self, config: GatewayConfig, approval_id: str, path: str
+    ) -> AdminResponse:
+        """The page an elicitation sends the requester to. Its link is its credential (a
+        browser carries no bearer token): without the right `t` it is a plain 404."""
+        token = parse_qs(urlsplit(path).query).get("t", [""])[0]
+        key = self.recorder.key(config)
+        missing = AdminResponse(404, {"error": "no such approval page"})
+        if not approval_id.isalnum() or not elicitation.status_token_holds(key, approval_id, token):
+            return missing
+        found = await asyncio.to_thread(self._store().approval, approval_id)
+        if found is None:
+            return missing
+        page = elicitation.status_page(found, sorted(approver_groups(found)))
+        return AdminResponse(200, None, page=page)
 
     async def _authenticate(self, config: Any, request: AdminRequest) -> Any:
         if config.identity is None:

@@ -32,13 +32,31 @@ class AdminRequest:
         return json.loads(self.body) if self.body.strip() else {}
 
 
+# A page a person opens from a link: nothing loaded from elsewhere, nothing cached, the
+# link (its only credential) never sent on as a referrer.
+PAGE_HEADERS = (
+    ("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'"),
+    ("Referrer-Policy", "no-referrer"),
+    ("X-Content-Type-Options", "nosniff"),
+    ("Cache-Control", "no-store"),
+)
+
+
 @dataclass(frozen=True)
 class AdminResponse:
+    """A JSON answer, or (`page`) an HTML page for a person."""
+
     status: int
     payload: Any
+    page: str | None = None
 
     def encode(self) -> bytes:
-        body = json.dumps(self.payload, ensure_ascii=False, indent=2).encode("utf-8")
+        if self.page is not None:
+            body = self.page.encode("utf-8")
+            headers = [("Content-Type", "text/html; charset=utf-8"), *PAGE_HEADERS]
+        else:
+            body = json.dumps(self.payload, ensure_ascii=False, indent=2).encode("utf-8")
+            headers = [("Content-Type", "application/json")]
         reason = {
             200: "OK",
             400: "Bad Request",
@@ -49,10 +67,10 @@ class AdminResponse:
             413: "Payload Too Large",
             500: "Internal Server Error",
         }.get(self.status, "Error")
-        head = (
-            f"HTTP/1.1 {self.status} {reason}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        head = f"HTTP/1.1 {self.status} {reason}\r\n" + "".join(
+            f"{name}: {value}\r\n" for name, value in headers
         )
+        head += f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
         return head.encode("ascii") + body
 
 

@@ -41,7 +41,20 @@ DEFAULT_DENY = "default-deny"
 AMBIGUOUS_URI = "ambiguous-uri"
 
 MATCH_KEYS = {"upstream", "users", "groups", "method", "tool", "resource", "prompt", "args"}
-RULE_KEYS = {"name", "match", "action", "reason", "approvers", "timeout", "grant", "limit"}
+RULE_KEYS = {
+    "name",
+    "match",
+    "action",
+    "reason",
+    "approvers",
+    "timeout",
+    "grant",
+    "limit",
+    "approval_via",
+}
+# How an approve rule's call waits: held open, or (for MCP 2026-07-28 clients that declare
+# URL-mode elicitation) answered `input_required` and retried once decided.
+APPROVAL_VIA = ("hold", "elicitation")
 CONDITION_KEYS = {"regex", "search", "equals", "in", "exists", "path_under"}
 
 
@@ -148,6 +161,7 @@ class Rule:
     timeout: float = 600.0
     grant: float = 0.0
     limit: tuple[int, float] | None = None  # (count, per seconds)
+    approval_via: str = "hold"
 
 
 @dataclass(frozen=True)
@@ -169,6 +183,7 @@ class Decision:
     grant: float = 0.0
     limit: tuple[int, float] | None = None
     rate_limited: bool = False
+    approval_via: str = "hold"
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"action": self.action, "rule": self.rule, "reason": self.reason}
@@ -288,7 +303,14 @@ def _ambiguous_uri(message: Message) -> Decision | None:
 
 def decision_for(rule: Rule) -> Decision:
     return Decision(
-        rule.action, rule.name, rule.reason, rule.approvers, rule.timeout, rule.grant, rule.limit
+        rule.action,
+        rule.name,
+        rule.reason,
+        rule.approvers,
+        rule.timeout,
+        rule.grant,
+        rule.limit,
+        approval_via=rule.approval_via,
     )
 
 
@@ -575,7 +597,7 @@ def _parse_rule(node: Node, warnings: list[str]) -> Rule:
     if action == "approve" and not approvers:
         raise node.child("action").error("an approve rule needs `approvers: [group, ...]`")
     if action != "approve":
-        for key in ("approvers", "timeout", "grant"):
+        for key in ("approvers", "timeout", "grant", "approval_via"):
             if node.has(key):
                 raise node.child(key).error(f"{key!r} only applies to rules with action: approve")
     default_reason = {"allow": "allowed", "deny": "denied by policy", "approve": "needs approval"}
@@ -597,6 +619,7 @@ def _parse_rule(node: Node, warnings: list[str]) -> Rule:
         timeout=node.child("timeout").duration(default=600.0),
         grant=node.child("grant").duration(default=0.0),
         limit=_parse_limit(node.child("limit")),
+        approval_via=node.child("approval_via").choice(APPROVAL_VIA, default="hold"),
     )
 
 

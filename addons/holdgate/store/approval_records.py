@@ -49,6 +49,7 @@ _REQUEST_COLUMNS = (
     "expires",
     "changes",
     "flow_id",
+    "via",
 )
 
 
@@ -92,7 +93,7 @@ def transition_refusal(
     if current is None:
         return UnknownApproval(f"no approval {approval_id}", approval_id)
     if (state in DECISIONS and current["state"] != "pending") or (
-        state == "grant_used" and current["state"] != "approved"
+        state in ("grant_used", "redeemed") and current["state"] != "approved"
     ):
         by = f" (by {current['decider']})" if current.get("decider") else ""
         return ApprovalNotPending(
@@ -190,11 +191,49 @@ def decide(
 
 
 def expire_pending(conn: sqlite3.Connection, reason: str) -> int:
-    """Close every pending approval as `expired` (e.g. at gateway start); returns how many."""
+    """Close every pending approval whose call a connection held as `expired` (at gateway
+    start: that connection is gone); returns how many. An approval given through
+    elicitation holds nothing, so it outlives a restart until it expires."""
     with transaction(conn):
         rows = [
             ("approvals", _state_row(current, "expired", None, reason))
             for current in listed(conn, pending_only=True)
+            if current.get("via") != "elicitation"
         ]
         append_rows(conn, rows)
         return len(rows)
+
+
+def expire_overdue(conn: sqlite3.Connection, now: float, reason: str) -> int:
+    """Close pending elicitation approvals past their `expires` (no hold watches them)."""
+    with transaction(conn):
+        rows = [
+            ("approvals", _state_row(current, "expired", None, reason))
+            for current in listed(conn, pending_only=True)
+            if current.get("via") == "elicitation"
+            and current.get("expires")
+            and now >= parse_iso(str(current["expires"]))
+        ]
+        append_rows(conn, rows)
+        return len(rows)
+
+
+def redeem(conn: sqlite3.Connection, approval_id: str, requester: str, detail: str) -> bool:
+    """Spend an approved elicitation approval on its one call: False when it is not
+    approved, not the requester's, or already spent (a replayed retry)."""
+    with transaction(conn):
+        current = latest(conn, approval_id)
+        if (
+            current is None
+            or current["state"] != "approved"
+            or current.get("requester") != requester
+        ):
+            return False
+        spent = conn.execute(
+            "SELECT 1 FROM approvals WHERE approval_id = ? AND state = 'redeemed' LIMIT 1",
+            [approval_id],
+        ).fetchone()
+        if spent is not None:
+            return False
+        append_rows(conn, [("approvals", _state_row(current, "redeemed", requester, detail))])
+        return True

@@ -73,7 +73,13 @@ class Store(Protocol):
         when the state machine refuses it (e.g. someone decided first)."""
 
     def expire_pending(self, reason: str) -> int:
-        """Close every pending approval as `expired`; returns how many."""
+        """Close every pending held approval as `expired`; returns how many."""
+
+    def expire_overdue(self, reason: str, now: float | None = None) -> int:
+        """Close pending elicitation approvals past their expiry; returns how many."""
+
+    def redeem_approval(self, approval_id: str, requester: str, detail: str) -> bool:
+        """Spend an approved elicitation approval on its one call, at most once."""
 
     def approval(self, approval_id: str) -> ApprovalRecord | None:
         """The latest state of one approval with its `history`."""

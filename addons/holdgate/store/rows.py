@@ -82,6 +82,7 @@ class ApprovalRow(TypedDict, total=False):
     expires: str | None
     changes: str | None
     flow_id: str | None
+    via: str | None
     prev_hash: str
     row_hash: str
 
@@ -109,6 +110,7 @@ class ApprovalRecord(TypedDict, total=False):
     request_digest: str | None
     changes: str | None
     flow_id: str | None
+    via: str | None  # "elicitation", or held ("hold" or NULL in rows before schema v3)
     history: list[ApprovalRow]
 
 

@@ -20,8 +20,9 @@ from holdgate.store.rows import Row
 
 GENESIS = "0" * 64
 DECISIONS = ("approved", "denied", "expired", "cancelled")
-# Logged against an approval without changing its state.
-ANNOTATIONS = ("refused_attempt", "grant_used")
+# Logged against an approval without changing its state (`redeemed`: the one call an
+# approval given through MCP elicitation let through).
+ANNOTATIONS = ("refused_attempt", "grant_used", "redeemed")
 APPROVAL_STATES = ("pending", *DECISIONS, *ANNOTATIONS)
 
 _V1: dict[str, dict[str, type]] = {
@@ -109,7 +110,12 @@ _V1: dict[str, dict[str, type]] = {
 
 # The content columns of each chained table as of the newest schema version. v2: a purge
 # record lists the rows it kept in the purged range (current pins, config versions in use).
-COLUMNS = {**_V1, "checkpoints": {**_V1["checkpoints"], "kept": str}}
+# v3: how an approval waits (`approvals.via`, NULL in older rows: held).
+COLUMNS = {
+    **_V1,
+    "checkpoints": {**_V1["checkpoints"], "kept": str},
+    "approvals": {**_V1["approvals"], "via": str},
+}
 CHAINED = tuple(COLUMNS)
 TIME_COLUMN = {t: "first_seen" if t == "sessions" else "ts" for t in CHAINED}
 
@@ -127,6 +133,20 @@ _INDEXES_V1 = {
 
 # Requests that were refused, whatever the reason: everything but these decisions.
 _NOT_DENIED = "('allow', 'pass', 'approve', 'dropped')"
+
+
+def _approvals_view(annotations: tuple[str, ...], extra_columns: str) -> str:
+    """Each approval's latest state (annotations do not change it)."""
+    return f"""
+SELECT a.approval_id, a.state, a.requester, a.upstream, a.method, a.tool, a.rule,
+       a.approvers, a.decider, a.reason, a.created, a.expires,
+       CASE WHEN a.state = 'pending' THEN NULL ELSE a.ts END AS decided,
+       a.args_masked, a.args_digest, a.request_digest, a.changes, a.flow_id, a.seq{extra_columns}
+FROM approvals AS a
+JOIN (SELECT approval_id, max(seq) AS seq FROM approvals
+      WHERE state NOT IN {annotations!r} GROUP BY approval_id) AS latest
+  ON a.seq = latest.seq"""
+
 
 _VIEWS_V1 = {
     "v_sessions": f"""
@@ -152,15 +172,7 @@ SELECT ids.session_id,
 FROM (SELECT session_id FROM s UNION SELECT session_id FROM e) AS ids
 LEFT JOIN s ON s.session_id = ids.session_id
 LEFT JOIN e ON e.session_id = ids.session_id""",
-    "v_approvals": f"""
-SELECT a.approval_id, a.state, a.requester, a.upstream, a.method, a.tool, a.rule,
-       a.approvers, a.decider, a.reason, a.created, a.expires,
-       CASE WHEN a.state = 'pending' THEN NULL ELSE a.ts END AS decided,
-       a.args_masked, a.args_digest, a.request_digest, a.changes, a.flow_id, a.seq
-FROM approvals AS a
-JOIN (SELECT approval_id, max(seq) AS seq FROM approvals
-      WHERE state NOT IN {ANNOTATIONS!r} GROUP BY approval_id) AS latest
-  ON a.seq = latest.seq""",
+    "v_approvals": _approvals_view(("refused_attempt", "grant_used"), ""),
     "v_calls_by_identity": f"""
 SELECT user, upstream, method, target AS tool, count(*) AS "count", min(ts) AS "first",
        max(ts) AS "last", sum(decision NOT IN {_NOT_DENIED}) AS denials
@@ -192,7 +204,14 @@ def _migrate_v2(db: Database) -> None:
     db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('store_id', ?)", [uuid.uuid4().hex])
 
 
-MIGRATIONS: list[Callable[[Database], None]] = [_migrate_v1, _migrate_v2]
+def _migrate_v3(db: Database) -> None:
+    """`approvals.via`, and the `redeemed` annotation kept out of an approval's state."""
+    db.execute("ALTER TABLE approvals ADD COLUMN via TEXT")
+    db.execute("DROP VIEW v_approvals")
+    db.create_view("v_approvals", _approvals_view(ANNOTATIONS, ", a.via").strip())
+
+
+MIGRATIONS: list[Callable[[Database], None]] = [_migrate_v1, _migrate_v2, _migrate_v3]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

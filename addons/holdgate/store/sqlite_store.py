@@ -145,6 +145,15 @@ class SqliteStore:
         with self._conn() as conn:
             return approval_records.expire_pending(conn, reason)
 
+    def expire_overdue(self, reason: str, now: float | None = None) -> int:
+        moment = time.time() if now is None else now
+        with self._conn() as conn:
+            return approval_records.expire_overdue(conn, moment, reason)
+
+    def redeem_approval(self, approval_id: str, requester: str, detail: str) -> bool:
+        with self._conn() as conn:
+            return approval_records.redeem(conn, approval_id, requester, detail)
+
     def approval(self, approval_id: str) -> ApprovalRecord | None:
         with self._conn() as conn:
             current = approval_records.latest(conn, approval_id)
