@@ -18,6 +18,7 @@ run: $(STAMP)
 	$(VENV)/bin/python scripts/run_demo.py
 
 test: $(STAMP)
+	scripts/system-deps.sh
 	$(VENV)/bin/ruff check addons tests scripts
 	$(VENV)/bin/mypy
 	$(VENV)/bin/python -m pytest

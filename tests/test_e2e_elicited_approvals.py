@@ -22,6 +22,7 @@ import pytest
 from mcp import MCPError
 
 from helpers.approvals import APPROVALS_CONFIG, DELETE, sql_calls, wait_for_pending
+from helpers.browser import dump_dom
 from helpers.clients import META, MODERN, connect, raw_post
 from helpers.configs import ALICE, BOB
 from helpers.leaks import assert_nothing_leaked
@@ -138,8 +139,13 @@ async def test_the_status_page_needs_its_link_and_shows_no_arguments(demo, gatew
     assert "default-src 'none'" in headers["Content-Security-Policy"]
     assert headers["Referrer-Policy"] == "no-referrer"
     assert "Waiting for an approver" in page and "DELETE" not in page
+    rendered = dump_dom(url)  # as a person's browser shows it
+    assert re.search(r'<p class="state" id="state">Waiting for an approver\.</p>', rendered)
+    assert "<code>run_sql</code> on <code>demo</code>" in rendered
     assert fetch(re.sub(r"t=[0-9a-f]+", "t=" + "0" * 32, url))[0] == 404
     assert fetch(url.split("?")[0])[0] == 404
+    listed = holdgate_cli("approvals", "list", "--db", str(gw.db)).stdout
+    assert question["elicitationId"] in listed and "(via elicitation)" in listed
     assert sql_calls(demo) == []
     decide(gw, question["elicitationId"], "deny")
     assert "Denied" in fetch(url)[2]
@@ -253,3 +259,24 @@ async def test_clients_without_url_elicitation_are_held_as_before(demo, gateway_
                 decide(gw, pending["approval_id"])
         assert not results[0].is_error
     assert sql_calls(demo) == [DELETE["query"]] * 2
+
+
+async def test_without_a_page_to_link_to_the_call_is_held_and_the_operator_told(
+    demo, gateway_factory
+):
+    gw = gateway_factory(CONFIG.format(url=demo.url, timeout="60s", grant="0s"), demo.url)
+    async with anyio.create_task_group() as tg:
+        answers = []
+
+        async def call():
+            answers.append(await anyio.to_thread.run_sync(raw_call, gw, 1))
+
+        tg.start_soon(call)
+        pending = await wait_for_pending(gw.db)
+        assert pending["via"] == "hold"  # no admin API: held, never forwarded unchecked
+        assert sql_calls(demo) == []
+        decide(gw, pending["approval_id"])
+    assert "result" in answers[0] and answers[0]["result"].get("resultType") != "input_required"
+    assert "asks for approval_via: elicitation, but the approvals API is disabled" in (
+        gw.output.read_text()
+    )

@@ -114,6 +114,7 @@ class ApprovalHolds:
         self._server: asyncio.Server | None = None
         self._authenticator: tuple[str, Authenticator] | None = None
         self._started = asyncio.Event()
+        self._warned_no_link = False
 
     def load(self, loader) -> None:  # type: ignore[no-untyped-def]
         loader.add_option(
@@ -316,13 +317,24 @@ class ApprovalHolds:
             return False
         if elicitation.is_gateway_state(request_state(decided.message.raw)):
             return True
-        return (
-            decided.decision.approval_via == "elicitation"
-            and self._status_base() is not None
-            and elicitation.accepts_url_elicitation(
+        if (
+            decided.decision.approval_via != "elicitation"
+            or not elicitation.accepts_url_elicitation(
                 decided.message.raw, flow.request.headers.get("mcp-protocol-version")
             )
-        )
+        ):
+            return False
+        if self._status_base() is None:
+            if not self._warned_no_link:
+                self._warned_no_link = True
+                logger.warning(
+                    "holdgate: rule %r asks for approval_via: elicitation, but the approvals "
+                    "API is disabled (holdgate_admin is empty) and approvals.public_url is "
+                    "not set, so there is no page to link to: such calls are held instead",
+                    decided.decision.rule,
+                )
+            return False
+        return True
 
     def _status_base(self) -> str | None:
         """Where clients are sent to follow an approval: the approvals API's address."""

@@ -24,6 +24,8 @@ def _line(row: ApprovalRecord) -> str:
         f"rule {row.get('rule')!r}  "
         f"approvers {', '.join(json.loads(row.get('approvers') or '[]'))}  "
         f"expires {row.get('expires')}"
+        # the client was sent a link and retries; nothing is held open
+        + ("  (via elicitation)" if row.get("via") == "elicitation" else "")
     )
 
 
