@@ -32,13 +32,14 @@ import warnings
 from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Annotated, Any
 
 import anyio
 import uvicorn
-from mcp.server.mcpserver import Context, MCPServer, UserMessage
+from mcp.server.mcpserver import Context, Elicit, MCPServer, Resolve, UserMessage
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.shared.exceptions import MCPDeprecationWarning
+from pydantic import BaseModel
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -298,6 +299,26 @@ def _rows(cursor: sqlite3.Cursor) -> list[dict[str, Any]]:
     return [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
 
 
+class RefundConfirmation(BaseModel):
+    """What `refund_order` asks its user (elicitation: mid-call before 2026-07-28, an
+    `input_required` round after)."""
+
+    confirm: bool
+    note: str = ""
+
+
+def ask_refund(customer_id: int) -> Elicit[RefundConfirmation]:
+    """`refund_order`'s question, naming the customer (their data is in the question)."""
+    customer = next((c for c in demo_customers() if c["id"] == customer_id), None)
+    if customer is None:
+        raise ToolError(f"no customer with id {customer_id}")
+    return Elicit(
+        f"Refund the last order of {customer['name']} <{customer['email']}>, "
+        f"card {customer['card_number']}?",
+        RefundConfirmation,
+    )
+
+
 def build_server(db_path: Path, variant: str | None = None) -> MCPServer:
     """Build the demo `MCPServer` over the SQLite database at `db_path`."""
     variant = (variant or "v1").strip() or "v1"
@@ -365,6 +386,16 @@ def build_server(db_path: Path, variant: str | None = None) -> MCPServer:
             return {"rowcount": cursor.rowcount}
         finally:
             conn.close()
+
+    @mcp.tool(description="Refund a customer's last order once the user confirms it.")
+    def refund_order(
+        customer_id: int, confirmation: Annotated[RefundConfirmation, Resolve(ask_refund)]
+    ) -> dict[str, Any]:
+        return {
+            "customer_id": customer_id,
+            "refunded": confirmation.confirm,
+            "note": confirmation.note,
+        }
 
     @mcp.tool(description="Run a shell command on the application host.")
     def exec_shell(command: str) -> str:
