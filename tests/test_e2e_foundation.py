@@ -274,7 +274,8 @@ def test_events_torn_across_network_chunks_arrive_whole(gateway_factory, fake_up
     would end the response for the client mid-stream)."""
     upstream = fake_upstream(lambda request: torn_events())
     gw = gateway_factory(CONFIG.format(url=upstream.url), upstream.url)
-    answer = raw_post(gw.url + "/mcp", tools_call("get_customer", {}), MODERN)
+    headers = {**MODERN, "Mcp-Method": "tools/call", "Mcp-Name": "get_customer"}
+    answer = raw_post(gw.url + "/mcp", tools_call("get_customer", {}), headers)
     assert answer.status == 200
     events = [e for e in answer.body.decode().split("\n\n") if e.strip()]
     messages = [json.loads(e.split("data: ", 1)[1]) for e in events]

@@ -106,40 +106,81 @@ def test_oversized_body_is_413():
     assert info.value.status == 413
 
 
+V = {"mcp-protocol-version": "2026-07-28"}
+
+
 def test_routing_headers_must_agree_with_body():
     body = parse_body(json.dumps(call("get_customer")).encode(), max_bytes=LIMIT)
-    check_routing_headers(body, {"mcp-method": "tools/call", "mcp-name": "get_customer"})
+    check_routing_headers(body, {**V, "mcp-method": "tools/call", "mcp-name": "get_customer"})
     with pytest.raises(BodyError, match="Mcp-Method"):
-        check_routing_headers(body, {"mcp-method": "tools/list"})
+        check_routing_headers(body, {**V, "mcp-method": "tools/list"})
     with pytest.raises(BodyError, match="Mcp-Name"):
-        check_routing_headers(body, {"mcp-method": "tools/call", "mcp-name": "exec_shell"})
+        check_routing_headers(body, {**V, "mcp-method": "tools/call", "mcp-name": "exec_shell"})
     with pytest.raises(BodyError, match="Mcp-Name"):
-        check_routing_headers(body, {"mcp-method": "tools/call"})
+        check_routing_headers(body, {**V, "mcp-method": "tools/call"})
 
 
 def test_base64_wrapped_name_header_is_decoded():
     body = parse_body(json.dumps(call("grüße")).encode(), max_bytes=LIMIT)
     wrapped = "=?base64?Z3LDvMOfZQ==?="
-    check_routing_headers(body, {"mcp-method": "tools/call", "mcp-name": wrapped})
+    check_routing_headers(body, {**V, "mcp-method": "tools/call", "mcp-name": wrapped})
     with pytest.raises(BodyError):
-        check_routing_headers(body, {"mcp-method": "tools/call", "mcp-name": "=?base64?!!?="})
+        check_routing_headers(body, {**V, "mcp-method": "tools/call", "mcp-name": "=?base64?!!?="})
 
 
 def test_routing_headers_cannot_describe_a_batch():
     body = parse_body(json.dumps([call(), call(msg_id=2)]).encode(), max_bytes=LIMIT)
     with pytest.raises(BodyError, match="batch"):
-        check_routing_headers(body, {"mcp-method": "tools/call"})
+        check_routing_headers(body, {**V, "mcp-method": "tools/call"})
 
 
 def test_param_headers_must_match_an_argument():
     body = parse_body(json.dumps(call(args={"region": "eu"})).encode(), max_bytes=LIMIT)
     check_routing_headers(
-        body, {"mcp-method": "tools/call", "mcp-name": "get_customer", "mcp-param-region": "eu"}
+        body,
+        {**V, "mcp-method": "tools/call", "mcp-name": "get_customer", "mcp-param-region": "eu"},
     )
     with pytest.raises(BodyError, match="mcp-param-region"):
         check_routing_headers(
-            body, {"mcp-method": "tools/call", "mcp-name": "get_customer", "mcp-param-region": "us"}
+            body,
+            {**V, "mcp-method": "tools/call", "mcp-name": "get_customer", "mcp-param-region": "us"},
         )
+
+
+@pytest.mark.parametrize("version", [None, "2025-11-25", "2025-06-18", "2026-7-28", "latest"])
+def test_routing_headers_under_a_version_that_does_not_define_them_are_refused(version):
+    body = parse_body(json.dumps(call("get_customer")).encode(), max_bytes=LIMIT)
+    older = {} if version is None else {"mcp-protocol-version": version}
+    check_routing_headers(body, older)  # a 2025 client sends none: fine
+    for header in ({"mcp-method": "tools/call"}, {"mcp-name": "x"}, {"mcp-param-a": "1"}):
+        with pytest.raises(BodyError, match="defined from MCP 2026-07-28") as info:
+            check_routing_headers(body, {**older, **header})
+        assert (info.value.status, info.value.code) == (400, -32600)
+
+
+def test_modern_requests_need_their_standard_headers():
+    body = parse_body(json.dumps(call("get_customer")).encode(), max_bytes=LIMIT)
+    with pytest.raises(BodyError, match="Mcp-Method header is required") as info:
+        check_routing_headers(body, V)
+    assert info.value.code == -32020
+    with pytest.raises(BodyError, match="Mcp-Name header is required for tools/call"):
+        check_routing_headers(body, {**V, "mcp-method": "tools/call"})
+    listing = parse_body(
+        json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}).encode(), max_bytes=LIMIT
+    )
+    check_routing_headers(listing, {**V, "mcp-method": "tools/list"})  # no name to mirror
+    note = parse_body(b'{"jsonrpc": "2.0", "method": "notifications/x"}', max_bytes=LIMIT)
+    check_routing_headers(note, V)  # the revision defines no headers for notifications
+
+
+def test_the_version_header_must_match_the_body_meta():
+    message = call("get_customer")
+    message["params"]["_meta"] = {"io.modelcontextprotocol/protocolVersion": "2026-08-01"}
+    body = parse_body(json.dumps(message).encode(), max_bytes=LIMIT)
+    headers = {**V, "mcp-method": "tools/call", "mcp-name": "get_customer"}
+    with pytest.raises(BodyError, match="MCP-Protocol-Version header") as info:
+        check_routing_headers(body, headers)
+    assert info.value.code == -32020
 
 
 @given(st.lists(st.sampled_from(["a", "b", "c"]), min_size=1, max_size=5))

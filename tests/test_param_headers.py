@@ -49,7 +49,11 @@ def body(args):
 
 
 def headers(**params):
-    out = {"mcp-method": "tools/call", "mcp-name": "execute_sql"}
+    out = {
+        "mcp-protocol-version": "2026-07-28",
+        "mcp-method": "tools/call",
+        "mcp-name": "execute_sql",
+    }
     out.update({f"mcp-param-{k.replace('_', '-')}": v for k, v in params.items()})
     return out
 
@@ -158,9 +162,10 @@ class TestSchemaUnknown:
 
 
 def test_header_errors_are_header_mismatch():
-    assert refused(ARGS, {"mcp-method": "tools/list"}, None).startswith("Mcp-Method")
+    modern = {"mcp-protocol-version": "2026-07-28"}
+    assert refused(ARGS, {**modern, "mcp-method": "tools/list"}, None).startswith("Mcp-Method")
     long_name = "mcp-param-" + "x" * 5000
-    assert len(refused(ARGS, {long_name: "1"}, DECLARED)) < 400
+    assert len(refused(ARGS, {**headers(), long_name: "1"}, DECLARED)) < 400
 
 
 def test_the_pin_book_maps_the_tool_as_listed_now():

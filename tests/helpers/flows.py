@@ -35,6 +35,7 @@ from mitmproxy.test import taddons, tflow, tutils
 
 from holdgate.addons import default_addons
 from holdgate.addons.config_loader import ConfigLoader
+from holdgate.protocol.jsonrpc import NAME_PARAM
 
 UPSTREAM_HOST = "127.0.0.1"
 UPSTREAM_PORT = 9  # never connected to: these flows never leave the process
@@ -111,6 +112,23 @@ def request_message(method: str, msg_id: Any = 1, **params: Any) -> dict[str, An
     return {"jsonrpc": "2.0", "id": msg_id, "method": method, "params": params}
 
 
+def mirrored(body: Any, headers: dict[str, str]) -> dict[str, str]:
+    """`headers` with the Mcp-Method / Mcp-Name a 2026-07-28 client mirrors from a single
+    request, unless the test gives its own (a hostile or old client would not send them)."""
+    lowered = {k.lower() for k in headers}
+    version = {k.lower(): v for k, v in headers.items()}.get("mcp-protocol-version")
+    if version != "2026-07-28" or not isinstance(body, dict) or "method" not in body:
+        return headers
+    out = dict(headers)
+    if "mcp-method" not in lowered:
+        out["Mcp-Method"] = body["method"]
+    name_key = NAME_PARAM.get(body["method"])
+    params = body.get("params")
+    if name_key and "mcp-name" not in lowered and isinstance(params, dict) and params.get(name_key):
+        out["Mcp-Name"] = str(params[name_key])
+    return out
+
+
 def mcp_flow(
     body: Any = None,
     headers: dict[str, str] | None = None,
@@ -130,7 +148,7 @@ def mcp_flow(
         (b"Content-Type", b"application/json"),
         (b"Accept", b"application/json, text/event-stream"),
     ]
-    fields += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
+    fields += [(k.encode(), v.encode()) for k, v in mirrored(body, headers or {}).items()]
     if content:
         fields.append((b"Content-Length", str(len(content)).encode()))
     request = tutils.treq(

@@ -203,28 +203,67 @@ HeaderParams = Mapping[str, tuple[str, ...]]
 PARAM_PREFIX = "mcp-param-"
 
 
+# The first protocol revision that defines (and validates) the routing headers.
+HEADERS_FROM = "2026-07-28"
+_VERSION_META = "io.modelcontextprotocol/protocolVersion"
+
+
+def validates_headers(version: str | None) -> bool:
+    """Whether a declared protocol version defines the routing headers (versions are
+    YYYY-MM-DD dates, so they compare as text)."""
+    return version is not None and len(version) == len(HEADERS_FROM) and version >= HEADERS_FROM
+
+
 def check_routing_headers(
     body: Body, headers: Mapping[str, str], header_params: HeaderParams | None = None
 ) -> None:
-    """Refuse a request whose Mcp-Method / Mcp-Name / Mcp-Param-* headers disagree with its body.
+    """Refuse a request whose Mcp-Method / Mcp-Name / Mcp-Param-* headers disagree with its
+    body, lack a header MCP 2026-07-28 requires, or come with an older protocol version.
 
     An upstream that routes on headers must never see a different call than the one
-    decided on the body. `headers` has lowercased names. `header_params` is the called
-    tool's `x-mcp-header` mapping when the gateway has seen its schema, else None.
+    decided on the body; headers sent under a revision that does not define them were never
+    validated by anyone, so they are refused rather than trusted (what the spec asks of
+    intermediaries). `headers` has lowercased names. `header_params` is the called tool's
+    `x-mcp-header` mapping when the gateway has seen its schema, else None.
     """
+    version = headers.get("mcp-protocol-version")
     method_header = headers.get("mcp-method")
     name_header = headers.get("mcp-name")
     param_headers = {k: v for k, v in headers.items() if k.startswith(PARAM_PREFIX)}
-    if method_header is None and name_header is None and not param_headers:
+    routing = method_header is not None or name_header is not None or bool(param_headers)
+    if not validates_headers(version):
+        if routing:
+            declared = (
+                f"MCP-Protocol-Version {version[:32]!r}" if version else "no MCP-Protocol-Version"
+            )
+            raise BodyError(
+                f"routing headers (Mcp-Method, Mcp-Name, Mcp-Param-*) are defined from MCP "
+                f"{HEADERS_FROM} on, and this request declares {declared}, so nothing "
+                f"validated them: send MCP-Protocol-Version: {HEADERS_FROM} or drop them"
+            )
         return
     if body.is_batch:
-        raise _mismatch("Mcp-Method / Mcp-Name headers cannot describe a batch")
+        if routing:
+            raise _mismatch("Mcp-Method / Mcp-Name headers cannot describe a batch")
+        return
     message = body.messages[0]
+    params = message.raw.get("params")
+    meta = params.get("_meta") if isinstance(params, dict) else None
+    declared_version = meta.get(_VERSION_META) if isinstance(meta, dict) else None
+    if declared_version is not None and declared_version != version:
+        raise _mismatch(
+            f"MCP-Protocol-Version header {version!r} does not match the body's "
+            f"_meta {_VERSION_META} {shown(declared_version)}"
+        )
+    if message.kind == "request" and method_header is None:
+        raise _mismatch(f"the Mcp-Method header is required from MCP {HEADERS_FROM} on")
     if method_header is not None and method_header != message.method:
         raise _mismatch(
             f"Mcp-Method header {method_header[:64]!r} does not match the body's method "
             f"{message.method!r}"
         )
+    if message.kind == "request" and message.target is not None and name_header is None:
+        raise _mismatch(f"the Mcp-Name header is required for {message.method}")
     if name_header is not None or message.target is not None:
         if decode_header_value(name_header) != message.target:
             raise _mismatch("Mcp-Name header does not match the name in the body")
