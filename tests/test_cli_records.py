@@ -67,12 +67,20 @@ def run(*args: str) -> Result:
 
 
 def test_sessions_list(db: str) -> None:
+    with store.SqliteStore(db) as opened:
+        grouped = {"session_id": "hg-1", "user": "bob", "upstream": "demo", "kind": "grouped"}
+        opened.append("sessions", {**grouped, "client": "cli/1", "first_seen": store.iso(T0 + 5)})
+        opened.append("events", event(5, T0 + 6, session_id="hg-1", user="bob"))
     result = run("sessions", "list", "--db", db)
     assert result.exit_code == 0
     assert result.output == (
-        "s1  alice  demo  2023-11-14T22:13:20.000Z .. 2023-11-14T22:13:23.000Z  "
+        "s1  alice  demo  mcp  -  2023-11-14T22:13:20.000Z .. 2023-11-14T22:13:23.000Z  "
         "3 events, 1 denied\n"
+        'hg-1  bob  demo  grouped  "cli/1"  2023-11-14T22:13:25.000Z .. '
+        "2023-11-14T22:13:26.000Z  1 events, 0 denied\n"
     )
+    shown = run("sessions", "show", "hg-1", "--db", db)
+    assert [line.split()[2] for line in shown.output.splitlines()] == ["bob"]
 
 
 def test_sessions_show(db: str) -> None:

@@ -87,3 +87,29 @@ async def test_a_search_through_the_gateway_is_counted_once(demo, gateway_factor
     in_requests = [r["masked"] for r in rows if r["direction"] == "request"]
     assert answered > 0 and in_requests == [None] * len(in_requests)
     assert f"masked exposures: email {answered}\n" in review(gw.db, gw.config)
+
+
+def test_sessions_and_clients_per_identity_in_every_format(tmp_path: Path) -> None:
+    config = tmp_path / "holdgate.yaml"
+    config.write_text(RULES.format(url="http://127.0.0.1:9"))
+    db = tmp_path / "audit.sqlite3"
+    call = {"user": "alice", "groups": ["support"], "upstream": "demo", "method": "tools/call"}
+    with store.SqliteStore(db) as opened:
+        for session, client in (("hg-1", "cli/1.0"), ("hg-2", "ide/2 <b>"), ("s-3", None)):
+            opened.append(
+                "sessions",
+                {"session_id": session, "user": "alice", "client": client, "kind": "grouped"},
+            )
+            opened.append(
+                "events",
+                {**call, "session_id": session, "direction": "request", "target": "get_customer"},
+            )
+    assert "sessions: 3; clients: cli/1.0, ide/2 <b>\n" in review(db, config)
+
+    def rendered(fmt: str) -> str:
+        args = ["review", "--db", str(db), "--config", str(config), "--format", fmt]
+        return CliRunner().invoke(main, args, catch_exceptions=False).output
+
+    assert "sessions 3; clients: cli/1.0, ide/2 &lt;b&gt;</p>" in rendered("html")
+    header, row = rendered("csv").splitlines()[:2]
+    assert header.endswith(",sessions,clients") and row.endswith(",3,cli/1.0 | ide/2 <b>")

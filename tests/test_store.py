@@ -154,6 +154,40 @@ def test_migrations_run_in_order_on_open_and_old_rows_still_verify(
         store.open_db(path)
 
 
+def test_a_store_of_schema_2_migrates_and_still_verifies(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store the previous release wrote (no client, kind, traceparent) opens, migrates,
+    takes rows with the new columns, and its old rows still verify."""
+    with monkeypatch.context() as patched:
+        patched.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[:2])
+        patched.setattr(schema, "SCHEMA_VERSION", 2)
+        patched.setattr(schema, "COLUMNS", schema._V2)
+        with store.SqliteStore(path) as old:
+            old.append(
+                "sessions",
+                {"session_id": "s-1", "user": "alice", "first_seen": "2025-01-01T00:00:00.000Z"},
+            )
+            old.append("events", event(1, session_id="s-1"))
+        with raw(path) as conn:
+            assert "client" not in {r[1] for r in conn.execute("PRAGMA table_info(sessions)")}
+    with store.SqliteStore(path) as new:
+        with raw(path) as conn:
+            assert store.schema_version(conn) == 3
+        new.append(
+            "sessions", {"session_id": "hg-1", "user": "bob", "client": "c/1", "kind": "grouped"}
+        )
+        new.append(
+            "events",
+            event(2, session_id="hg-1", traceparent="00-" + "1" * 32 + "-" + "2" * 16 + "-01"),
+        )
+        assert new.verify().ok
+        listed = {s["session_id"]: s for s in new.sessions()}
+        assert (listed["s-1"]["kind"], listed["s-1"]["client"]) == ("mcp", None)
+        assert (listed["hg-1"]["kind"], listed["hg-1"]["client"]) == ("grouped", "c/1")
+        assert [e["traceparent"] for e in new.events()][-1].startswith("00-111")
+
+
 def test_foreign_sqlite_file_is_not_taken_over(path: Path) -> None:
     with raw(path) as conn:
         conn.execute("CREATE TABLE notes (x)")

@@ -22,6 +22,7 @@ from helpers.flows import (
     gateway,
     json_response,
     mcp_flow,
+    request_message,
     result,
     send,
     store_rows,
@@ -268,3 +269,119 @@ async def test_best_effort_forwards_when_the_store_fails_and_counts_the_loss(tmp
             await asyncio.sleep(0.01)
         second = await send(tctx, mcp_flow(call("search"), ALICE))
         assert left(second) and writer.lost >= 1
+
+
+# --- sessions without a session id (MCP 2026-07-28), and trace context -------------------
+
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+SESSIONS = "select * from sessions order by seq"
+
+
+def modern(message: dict[str, Any], client: Any = None, **meta: Any) -> dict[str, Any]:
+    """`message` as a 2026-07-28 client sends it: version and client in `_meta`."""
+    info = {"io.modelcontextprotocol/clientInfo": client} if client is not None else {}
+    message["params"]["_meta"] = {
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        **info,
+        **meta,
+    }
+    return message
+
+
+async def modern_call(tctx, headers, client: Any = None, **meta: Any):
+    flow = await send(tctx, mcp_flow(modern(call("search"), client, **meta), headers))
+    await answer(tctx, flow, json_response(result(1, {"ok": True})))
+    return flow
+
+
+async def test_calls_without_a_session_id_are_grouped_per_identity_and_client(tctx, tmp_path):
+    cli = {"name": "cli", "version": "1.0"}
+    await modern_call(tctx, ALICE, cli)
+    await modern_call(tctx, ALICE, cli)
+    await modern_call(tctx, ALICE, {"name": "ide", "version": "2"})
+    await modern_call(tctx, CAROL, cli)
+    finish(tctx)
+    events = store_rows(tmp_path, EVENTS)
+    assert all(row["session_id"] for row in events)
+    sessions = store_rows(tmp_path, SESSIONS)
+    assert [(s["user"], s["client"], s["kind"]) for s in sessions] == [
+        ("alice", "cli/1.0", "grouped"),
+        ("alice", "ide/2", "grouped"),
+        ("carol", "cli/1.0", "grouped"),
+    ]
+    assert {s["protocol_version"] for s in sessions} == {"2026-07-28"}
+    by_session = {
+        s["session_id"]: [e["user"] for e in events if e["session_id"] == s["session_id"]]
+        for s in sessions
+    }
+    assert [len(rows) for rows in by_session.values()] == [6, 3, 3]  # request, response, outcome
+    assert all(
+        set(users) == {s["user"]} for s, users in zip(sessions, by_session.values(), strict=True)
+    )
+
+
+async def test_without_client_info_the_user_agent_groups(tctx, tmp_path):
+    await modern_call(tctx, {**ALICE, "User-Agent": "agent/3\x1b[2J"})
+    await modern_call(tctx, ALICE)
+    finish(tctx)
+    assert [s["client"] for s in store_rows(tmp_path, SESSIONS)] == [
+        "agent/3[2J",
+        "unknown client",
+    ]
+
+
+async def test_a_traceparent_is_on_the_calls_rows_and_a_forged_one_only_flagged(tctx, tmp_path):
+    await modern_call(tctx, ALICE, traceparent=TRACEPARENT)
+    await modern_call(tctx, ALICE, traceparent="00-" + "0" * 32 + "-00f067aa0ba902b7-01\n")
+    finish(tctx)
+    rows = store_rows(tmp_path, EVENTS)
+    assert [r["traceparent"] for r in rows] == [TRACEPARENT] * 3 + [None] * 3
+    flagged = [json.loads(r["extra"]).get("traceparent_invalid") for r in rows]
+    assert flagged == [None] * 3 + [True, None, None]
+
+
+def initialize() -> dict[str, Any]:
+    return request_message(
+        "initialize",
+        protocolVersion="2025-11-25",
+        capabilities={},
+        clientInfo={"name": "legacy-client", "version": "0.9"},
+    )
+
+
+async def test_a_legacy_initialize_takes_the_session_its_response_opens(tctx, tmp_path):
+    flow = await send(tctx, mcp_flow(initialize(), ALICE))
+    opened = {"Mcp-Session-Id": "s-opened"}
+    await answer(
+        tctx, flow, json_response(result(1, {"protocolVersion": "2025-11-25"}), 200, opened)
+    )
+    call_flow = await send(tctx, mcp_flow(call("search", msg_id=2), {**ALICE, **opened}))
+    await answer(tctx, call_flow, json_response(result(2, {})))
+    finish(tctx)
+    rows = store_rows(tmp_path, EVENTS)
+    assert [(r["method"], r["direction"], r["session_id"]) for r in rows] == [
+        ("initialize", "request", None),  # before its response, the id is not known
+        ("initialize", "response", "s-opened"),
+        ("initialize", "outcome", "s-opened"),
+        ("tools/call", "request", "s-opened"),
+        ("tools/call", "response", "s-opened"),
+        ("tools/call", "outcome", "s-opened"),
+    ]
+    (session,) = store_rows(tmp_path, SESSIONS)
+    assert (session["session_id"], session["kind"], session["client"]) == (
+        "s-opened",
+        "mcp",
+        "legacy-client/0.9",
+    )
+
+
+async def test_a_stateless_servers_initialize_is_grouped_with_what_follows(tctx, tmp_path):
+    flow = await send(tctx, mcp_flow(initialize(), ALICE))
+    await answer(tctx, flow, json_response(result(1, {"protocolVersion": "2025-11-25"})))
+    await modern_call(tctx, ALICE)
+    finish(tctx)
+    rows = store_rows(tmp_path, EVENTS)
+    assert rows[0]["session_id"] is None
+    assert len({r["session_id"] for r in rows[1:]}) == 1
+    (session,) = store_rows(tmp_path, SESSIONS)
+    assert (session["kind"], session["client"]) == ("grouped", "legacy-client/0.9")

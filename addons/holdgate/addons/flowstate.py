@@ -111,6 +111,8 @@ class FlowState:
     stream_masker: StreamMasker | None = None
     stream_session: str | None = None  # the legacy transport's session, from its endpoint
     # Recorder
+    session: str | None = None  # the session its rows and flow file belong to, once known
+    session_kind: str | None = None  # "mcp" (a protocol session id) or "grouped" (Holdgate's)
     recorded: bool = False
     audit_lost: bool = False
     audit_error: str | None = None
@@ -145,7 +147,7 @@ class FlowState:
             out["messages"] = [d.to_json() for d in self.decided]
         if self.refused is not None:
             out["refused"] = self.refused.to_json()
-        for name in ("local", "client_addr", "auth_error", "spoofing", "held", "error"):
+        for name in ("local", "client_addr", "session", "auth_error", "spoofing", "held", "error"):
             value = getattr(self, name)
             if value is not None:
                 out[name] = value

@@ -7,6 +7,10 @@ request whose rows cannot be built or written is refused, never forwarded. The o
 (status, latency, a refusal after the decision) follows in one `outcome` row per flow
 (same `flow_id`, a later `seq`), and each response message in its own row. With
 `audit: best_effort` the same rows are only queued (losses counted) and never awaited.
+
+Every flow with an identity belongs to a session, resolved once (`session_of`): the
+protocol's session id where there is one, else a session Holdgate groups itself
+(`holdgate.protocol.sessionless`: MCP 2026-07-28 has no session ids).
 """
 
 from __future__ import annotations
@@ -14,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 import weakref
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +44,15 @@ from holdgate.protocol.mrtr import (
     is_input_required,
     request_state,
     without_request_state,
+)
+from holdgate.protocol.sessionless import (
+    SessionGrouper,
+    client_of,
+    describe_client,
+    group_key,
+    invalid_traceparent,
+    protocol_version_of,
+    traceparent_of,
 )
 from holdgate.recording.flowfiles import RecordingWriter, Redaction, route_back
 from holdgate.store import AuditWriter, Store, StoreError, open_store
@@ -69,6 +81,7 @@ class Recorder:
         self.recordings: RecordingWriter | None = None
         self.digest_key = b""
         self.sessions_seen: dict[str, None] = {}
+        self.grouper = SessionGrouper()
         self.unwritten_versions: list[dict[str, Any]] = []
         self.unmaskable = 0  # values left out of store rows because they could not be masked
         self._record_masking: tuple[GatewayConfig, bytes, RecordMasking] | None = None
@@ -251,6 +264,7 @@ class Recorder:
             stored = without_request_state(stored)
         row = self._row(flow, config)
         row.update(
+            traceparent=_traceparent_answered(st, message),
             direction=direction,
             method=method or (answers[0] if answers else None),
             target=answers[1] if answers else None,
@@ -292,9 +306,9 @@ class Recorder:
         publish(flow)
         # An unauthenticated request gets its refusal row, nothing more: no session row,
         # no flow file (a client would otherwise create them at will).
-        known = st.identity is not None
-        if known:
-            self._note_session(flow, config)
+        session = self.session_of(flow, config) if st.identity is not None else None
+        if session is not None:
+            self._note_session(flow, config, session, None)
         latency = None
         if flow.response is not None and flow.response.timestamp_end:
             latency = round((flow.response.timestamp_end - flow.request.timestamp_start) * 1000, 2)
@@ -306,8 +320,8 @@ class Recorder:
             for row in rows:
                 row.update(status=status, latency_ms=latency)
             self.submit_all(flow, config, [("events", row) for row in rows])
-        if known:
-            self._write_recording(flow, config)
+        if session is not None:
+            self._write_recording(flow, config, session)
 
     def _request_rows(
         self, flow: http.HTTPFlow, config: GatewayConfig, *, strict: bool
@@ -340,8 +354,11 @@ class Recorder:
                 extra["approval"] = decided.approval  # how a held call was released
             if message is not None:
                 self._note_retry(extra, message.raw, config, upstream, message.tool, strict)
+                if invalid_traceparent(message.raw):
+                    extra["traceparent_invalid"] = True  # sent, but never kept as if valid
             row = self._row(flow, config)
             row.update(
+                traceparent=traceparent_of(message.raw) if message is not None else None,
                 direction="notification"
                 if message is not None and message.kind == "notification"
                 else "request",
@@ -409,6 +426,7 @@ class Recorder:
             extra["masked"] = dict(st.masked)
         row = self._row(flow, config)
         row.update(
+            traceparent=traceparent_of(only.raw) if only is not None else None,
             direction="outcome",
             method=(only.method if only is not None else None) or f"HTTP {flow.request.method}",
             target=only.target if only is not None else None,
@@ -426,7 +444,7 @@ class Recorder:
         return {
             "ts": now_iso(),
             "flow_id": flow.id,
-            "session_id": session_key(flow) if identity is not None else None,
+            "session_id": self.session_of(flow, config),
             "user": identity.user if identity is not None else None,
             "groups": json.dumps(list(identity.groups) if identity is not None else []),
             "auth_method": identity.method if identity is not None else None,
@@ -435,16 +453,55 @@ class Recorder:
             "client_addr": st.client_addr,
         }
 
-    def _note_session(self, flow: http.HTTPFlow, config: GatewayConfig) -> None:
-        session = session_key(flow) or (
-            flow.response.headers.get("mcp-session-id") if flow.response is not None else None
+    def session_of(self, flow: http.HTTPFlow, config: GatewayConfig) -> str | None:
+        """The session a flow with an identity belongs to, resolved once: its protocol
+        session id (header, `session_id` query, legacy stream), else a grouped one. An
+        `initialize`, or a GET stream, learns its id from its response (`Mcp-Session-Id`,
+        the legacy transport's endpoint): until then none (its request rows keep NULL), and
+        if the response brings none (a stateless server, a refusal) it is grouped. None for
+        a flow without an identity: a client must not open sessions at will."""
+        st = state(flow)
+        if st.session is not None or st.identity is None or st.upstream is None:
+            return st.session
+        found = session_key(flow)
+        first = st.decided[0].message.raw if st.decided else None
+        pending = flow.request.method == "GET" or _initializes(st)
+        if found is None and pending:
+            if flow.response is None:
+                return None
+            found = flow.response.headers.get("mcp-session-id") if st.refused is None else None
+        if found:
+            st.session, st.session_kind = found, "mcp"
+            return found
+        key = group_key(
+            st.identity.user,
+            st.upstream.name,
+            client_of(first),
+            flow.request.headers.get("user-agent"),
+            st.client_addr,
         )
-        if session is None or session in self.sessions_seen:
+        session, is_new = self.grouper.resolve(key, flow.request.timestamp_start)
+        st.session, st.session_kind = session, "grouped"
+        if is_new:
+            self._note_session(flow, config, session, key.client)
+        return session
+
+    def _note_session(
+        self, flow: http.HTTPFlow, config: GatewayConfig, session: str, client: str | None
+    ) -> None:
+        """A `sessions` row when a session is first seen: who, where, which client (as it
+        reports itself; for a protocol session, its `initialize`'s clientInfo), protocol
+        revision and kind."""
+        if session in self.sessions_seen:
             return
         if len(self.sessions_seen) > 100_000:
             self.sessions_seen.pop(next(iter(self.sessions_seen)))
         self.sessions_seen[session] = None
         st = state(flow)
+        first = st.decided[0].message.raw if st.decided else None
+        client = (
+            describe_client(_initialize_params(st).get("clientInfo")) or client or client_of(first)
+        )
         self.submit(
             flow,
             config,
@@ -454,8 +511,11 @@ class Recorder:
                 "user": st.identity.user if st.identity is not None else None,
                 "upstream": st.upstream.name if st.upstream is not None else None,
                 "client_addr": st.client_addr,
-                "protocol_version": flow.request.headers.get("mcp-protocol-version"),
+                "protocol_version": flow.request.headers.get("mcp-protocol-version")
+                or protocol_version_of(first),
                 "first_seen": now_iso(),
+                "client": client,
+                "kind": st.session_kind,
             },
         )
 
@@ -479,9 +539,10 @@ class Recorder:
                 raise RuntimeError("the audit store queue is full or failing")
             state(flow).audit_lost = True
 
-    def _write_recording(self, flow: http.HTTPFlow, config: GatewayConfig) -> None:
-        """Only a state snapshot is taken here; the recordings process masks it for the
-        record (bodies whole, headers, whatever the caller was exempt from) off the loop."""
+    def _write_recording(self, flow: http.HTTPFlow, config: GatewayConfig, session: str) -> None:
+        """Into the session's own flow file. Only a state snapshot is taken here; the
+        recordings process masks it for the record (bodies whole, headers, whatever the
+        caller was exempt from) off the loop."""
         if self.recordings is None:
             return
         st = state(flow)
@@ -492,8 +553,7 @@ class Recorder:
             upstream=st.upstream.name if st.upstream is not None else "",
             route=route_back(st.upstream),
         )
-        name = session_key(flow) or f"stateless-{time.strftime('%Y%m%d')}"
-        self.recordings.submit(name, flow.get_state(), redaction, self.record_masking(config))
+        self.recordings.submit(session, flow.get_state(), redaction, self.record_masking(config))
 
 
 def _extra(st: FlowState) -> dict[str, Any]:
@@ -517,6 +577,29 @@ def _extra(st: FlowState) -> dict[str, Any]:
             "message": st.refused.message,
         }
     return extra
+
+
+def _initializes(st: FlowState) -> bool:
+    return any(d.message.method == "initialize" for d in st.decided)
+
+
+def _initialize_params(st: FlowState) -> dict[str, Any]:
+    """The params of the flow's `initialize` request ({} when it has none)."""
+    for d in st.decided:
+        params = d.message.raw.get("params")
+        if d.message.method == "initialize" and isinstance(params, dict):
+            return params
+    return {}
+
+
+def _traceparent_answered(st: FlowState, message: Any) -> str | None:
+    """The traceparent of the request a response answers (by id; the only one otherwise)."""
+    if not st.decided or not isinstance(message, dict):
+        return None
+    answered = [d for d in st.decided if "id" in message and d.message.id == message.get("id")]
+    if not answered and len(st.decided) == 1:
+        answered = st.decided
+    return traceparent_of(answered[0].message.raw) if answered else None
 
 
 def _digest(key: bytes, arguments: Any, strict: bool) -> str | None:

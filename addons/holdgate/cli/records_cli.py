@@ -48,14 +48,19 @@ def sessions() -> None:
 @db_option
 @since_option
 def sessions_list(db: str, since: str | None) -> None:
-    """Sessions with their identity, upstream, first/last seen, events and denials."""
+    """Sessions with their identity, upstream, kind (mcp: the protocol's session id;
+    grouped: Holdgate grouped calls without one), client (as it reports itself), first/last
+    seen, events and denials."""
     with opened(db) as store:
         rows = store.sessions(since)
     if not rows:
         click.echo("no sessions recorded")
     for row in rows:
+        # quoted: the client named itself, spaces and all
+        client = json.dumps(row["client"], ensure_ascii=False) if row["client"] else "-"
         click.echo(
             f"{row['session_id']}  {row['user'] or '-'}  {row['upstream'] or '-'}  "
+            f"{row['kind']}  {client}  "
             f"{row['first_seen']} .. {row['last_seen']}  {row['events']} events, "
             f"{row['denials']} denied"
         )
@@ -174,7 +179,8 @@ def review(
     with opened(db) as store:
         rows = store.events(since, until)
         approvals = store.approvals()
-    model = build_review(rows, approvals, config)
+        sessions = store.sessions(since)
+    model = build_review(rows, approvals, config, sessions)
     text = {"md": render_markdown, "html": render_html, "csv": render_csv}[fmt](model)
     if output:
         Path(output).write_text(text, encoding="utf-8")

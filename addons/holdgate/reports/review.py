@@ -1,4 +1,5 @@
-"""The access review: per identity, what it is granted, what it used, and what to remove.
+"""The access review: per identity, what it is granted, what it used, and what to remove;
+how many sessions it had and which clients it used (as they named themselves).
 
 Built from the audit feed (events and approvals) and the policy in force; rendered as
 Markdown, HTML (with simple bar charts) or CSV for a reviewer.
@@ -38,6 +39,8 @@ class IdentityReview:
     approvals_approved: int = 0
     approvals_denied: int = 0
     masked: dict[str, int] = field(default_factory=dict)
+    sessions: set[str] = field(default_factory=set)
+    clients: set[str] = field(default_factory=set)  # self-reported: evidence, not identity
 
     @property
     def unused(self) -> list[tuple[str, str]]:
@@ -70,11 +73,15 @@ class Review:
 
 
 def build_review(
-    rows: Sequence[Mapping[str, Any]], approvals: Sequence[Mapping[str, Any]], config: GatewayConfig
+    rows: Sequence[Mapping[str, Any]],
+    approvals: Sequence[Mapping[str, Any]],
+    config: GatewayConfig,
+    sessions: Sequence[Mapping[str, Any]] = (),
 ) -> Review:
     """The review of `rows` (events, as the store gives them) and `approvals` (their latest
-    states) under `config`'s rules. Masked exposures are each row's own findings, counted
-    once: a request row's are what its arguments held, a response row's what its answer did.
+    states) under `config`'s rules; `sessions` (as the store lists them) name the clients.
+    Masked exposures are each row's own findings, counted once: a request row's are what
+    its arguments held, a response row's what its answer did.
     """
     people: dict[str, IdentityReview] = {}
     tools_seen: dict[str, set[str]] = defaultdict(set)
@@ -84,6 +91,8 @@ def build_review(
             continue
         person = people.setdefault(user, IdentityReview(user))
         person.groups = tuple(json.loads(row.get("groups") or "[]"))
+        if row.get("session_id"):
+            person.sessions.add(row["session_id"])
         denied = row.get("decision") not in ("allow", "approve", "pass")
         person.denials += int(denied)
         if row.get("method") != "tools/call" or not row.get("target"):
@@ -103,6 +112,10 @@ def build_review(
             person = people[row["user"]]
             for name, n in json.loads(row["masked"]).items():
                 person.masked[name] = person.masked.get(name, 0) + n
+    for session in sessions:
+        owner = people.get(session.get("user") or "")
+        if owner is not None and session["session_id"] in owner.sessions and session["client"]:
+            owner.clients.add(session["client"])
     for approval in approvals:
         requester = people.get(approval.get("requester") or "")
         if requester is None:
@@ -151,6 +164,7 @@ def render_markdown(review: Review) -> str:
             f"approved {p.approvals_approved}, denied {p.approvals_denied}",
             "masked exposures: "
             + (", ".join(f"{k} {v}" for k, v in sorted(p.masked.items())) or "none"),
+            f"sessions: {len(p.sessions)}; clients: " + (", ".join(sorted(p.clients)) or "-"),
         ]
         if p.unused:
             out += [
@@ -176,6 +190,8 @@ def render_csv(review: Review) -> str:
             "first",
             "last",
             "unused_grant",
+            "sessions",
+            "clients",
         ]
     )
     for p in review.identities:
@@ -192,6 +208,8 @@ def render_csv(review: Review) -> str:
                     u.first,
                     u.last,
                     key in p.unused,
+                    len(p.sessions),
+                    " | ".join(sorted(p.clients)),
                 ]
             )
     return buffer.getvalue()
@@ -224,7 +242,8 @@ def render_html(review: Review) -> str:
         parts.append("</table>")
         parts.append(
             f"<p>denials {p.denials}; approvals requested {p.approvals_requested}; "
-            f"masked: {html.escape(json.dumps(p.masked))}</p>"
+            f"masked: {html.escape(json.dumps(p.masked))}; sessions {len(p.sessions)}; "
+            f"clients: {html.escape(', '.join(sorted(p.clients)) or '-')}</p>"
         )
         parts.append(f"<pre>{html.escape(p.suggestion())}</pre>")
     return "\n".join(parts) + "\n"

@@ -39,6 +39,7 @@ EXPORT_FIELDS = (
     "client_addr",
     "extra",
     "row_hash",
+    "traceparent",
 )
 
 

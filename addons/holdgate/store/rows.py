@@ -42,12 +42,15 @@ class EventRow(TypedDict, total=False):
     config_hash: str | None
     client_addr: str | None
     extra: str | None
+    traceparent: str | None  # the request's W3C trace context, when a valid one was sent
     prev_hash: str
     row_hash: str
 
 
 class SessionSummary(TypedDict):
-    """One MCP session (the `v_sessions` view): who, where, when, how much was refused."""
+    """One session (the `v_sessions` view): who, where, when, how much was refused. `kind`:
+    "mcp" for a protocol session id, "grouped" for activity without one that Holdgate
+    grouped; `client` is what the client reported about itself."""
 
     session_id: str
     user: str | None
@@ -58,6 +61,8 @@ class SessionSummary(TypedDict):
     last_seen: str | None
     events: int
     denials: int
+    client: str | None
+    kind: str
 
 
 class ApprovalRow(TypedDict, total=False):

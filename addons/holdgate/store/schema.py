@@ -108,13 +108,18 @@ _V1: dict[str, dict[str, type]] = {
     },
 }
 
-# The content columns of each chained table as of the newest schema version. v2: a purge
-# record lists the rows it kept in the purged range (current pins, config versions in use).
-# v3: how an approval waits (`approvals.via`, NULL in older rows: held).
+# v2: a purge record lists the rows it kept in the purged range (current pins, config
+# versions in use).
+_V2 = {**_V1, "checkpoints": {**_V1["checkpoints"], "kept": str}}
+# The content columns of each chained table as of the newest schema version. v3: sessions
+# name their client and their kind ("mcp": a protocol session id, "grouped": Holdgate
+# grouped activity without one); events keep the request's W3C traceparent; approvals say
+# how they wait (`via`; NULL in older rows: held).
 COLUMNS = {
-    **_V1,
-    "checkpoints": {**_V1["checkpoints"], "kept": str},
-    "approvals": {**_V1["approvals"], "via": str},
+    **_V2,
+    "sessions": {**_V2["sessions"], "client": str, "kind": str},
+    "events": {**_V2["events"], "traceparent": str},
+    "approvals": {**_V2["approvals"], "via": str},
 }
 CHAINED = tuple(COLUMNS)
 TIME_COLUMN = {t: "first_seen" if t == "sessions" else "ts" for t in CHAINED}
@@ -204,9 +209,44 @@ def _migrate_v2(db: Database) -> None:
     db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('store_id', ?)", [uuid.uuid4().hex])
 
 
+_V_SESSIONS_V3 = f"""
+WITH s AS (
+  SELECT session_id, user, upstream, client_addr, protocol_version, client, kind,
+         min(first_seen) AS first_seen
+  FROM sessions GROUP BY session_id
+), e AS (
+  SELECT session_id, user, upstream, client_addr, min(ts) AS first_event,
+         max(ts) AS last_event, count(*) AS events,
+         sum(decision NOT IN {_NOT_DENIED}) AS denials
+  FROM events WHERE session_id IS NOT NULL GROUP BY session_id
+)
+SELECT ids.session_id,
+       coalesce(s.user, e.user) AS user,
+       coalesce(s.upstream, e.upstream) AS upstream,
+       coalesce(s.client_addr, e.client_addr) AS client_addr,
+       s.protocol_version,
+       coalesce(s.first_seen, e.first_event) AS first_seen,
+       coalesce(e.last_event, s.first_seen) AS last_seen,
+       coalesce(e.events, 0) AS events,
+       coalesce(e.denials, 0) AS denials,
+       s.client,
+       coalesce(s.kind, 'mcp') AS kind
+FROM (SELECT session_id FROM s UNION SELECT session_id FROM e) AS ids
+LEFT JOIN s ON s.session_id = ids.session_id
+LEFT JOIN e ON e.session_id = ids.session_id"""
+
+
 def _migrate_v3(db: Database) -> None:
-    """`approvals.via`, and the `redeemed` annotation kept out of an approval's state."""
+    """`sessions.client`, `sessions.kind`, `events.traceparent`, `approvals.via` (nullable:
+    old rows, which hash without them, still verify); `v_sessions` carrying client and
+    kind, `v_approvals` carrying `via` and keeping the `redeemed` annotation out of an
+    approval's state."""
+    db.execute("ALTER TABLE sessions ADD COLUMN client TEXT")
+    db.execute("ALTER TABLE sessions ADD COLUMN kind TEXT")
+    db.execute("ALTER TABLE events ADD COLUMN traceparent TEXT")
     db.execute("ALTER TABLE approvals ADD COLUMN via TEXT")
+    db.execute("DROP VIEW v_sessions")
+    db.create_view("v_sessions", _V_SESSIONS_V3.strip())
     db.execute("DROP VIEW v_approvals")
     db.create_view("v_approvals", _approvals_view(ANNOTATIONS, ", a.via").strip())
 

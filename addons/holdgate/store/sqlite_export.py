@@ -23,6 +23,7 @@ def write_sqlite_export(
 
     target = Database(os.fspath(path))
     try:
-        target["events"].insert_all(counted(), batch_size=500)  # type: ignore[union-attr]
+        # alter: a file exported before a field was added takes the new field
+        target["events"].insert_all(counted(), batch_size=500, alter=True)  # type: ignore[union-attr]
     finally:
         target.close()
