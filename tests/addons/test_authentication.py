@@ -16,6 +16,7 @@ from helpers.flows import (
     send,
 )
 from holdgate.addons.authentication import Authentication
+from holdgate.addons.flowstate import state
 from holdgate.addons.router import Router
 
 pytestmark = pytest.mark.anyio
@@ -104,6 +105,18 @@ async def test_a_session_belongs_to_the_identity_that_opened_it(tctx):
     assert (status, message) == (404, "session not found; initialize a new one")
     own = await send(tctx, mcp_flow(call("x"), {**ALICE, "Mcp-Session-Id": "s-1"}))
     assert own.response is None
+
+
+async def test_a_grouped_session_id_cannot_be_named_by_a_client_or_an_upstream(tctx):
+    # grouped ids (sessionless traffic) are never sent out: naming one forges a session
+    forged = await send(
+        tctx, mcp_flow(call("x"), {**BOB, "Mcp-Session-Id": "hg-0123456789abcdef0123"})
+    )
+    assert error_of(forged)[:1] == (404,)
+    assert state(forged).refused.kind == "foreign-session"
+    opened = await send(tctx, mcp_flow(request_initialize(), ALICE))
+    await answer(tctx, opened, json_response(result(1, {}), headers={"Mcp-Session-Id": "hg-1"}))
+    assert error_of(opened)[0] == 502  # the upstream's answer is withheld, never passed on
 
 
 async def test_protected_resource_metadata_is_served_by_the_gateway(tctx):

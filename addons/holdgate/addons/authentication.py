@@ -28,6 +28,7 @@ from holdgate.identity.identities import (
     challenge,
 )
 from holdgate.protocol.jsonrpc import INVALID_REQUEST
+from holdgate.protocol.sessionless import is_grouped_id
 
 if TYPE_CHECKING:
     from holdgate.addons.config_loader import ConfigLoader
@@ -120,7 +121,10 @@ class Authentication:
         strip_credentials(flow.request, upstream)
         st.identity = identity
         session = session_key(flow)
-        if session is not None and self.sessions.claim(upstream.name, session, identity.user):
+        if session is not None and (
+            # a grouped id is never sent to clients: one that names it forges a session
+            is_grouped_id(session) or self.sessions.claim(upstream.name, session, identity.user)
+        ):
             # Answered as the upstream answers a session it does not know: nothing says
             # whose it is, or that it exists.
             refuse(
@@ -141,6 +145,8 @@ class Authentication:
         upstream = st.upstream.name
         opened = flow.response.headers.get("mcp-session-id")
         if opened and opened != session_key(flow):
+            if is_grouped_id(opened):
+                raise RuntimeError("the upstream issued a session id in Holdgate's own namespace")
             if self.sessions.claim(upstream, opened, identity.user):
                 raise RuntimeError("the upstream issued a session id another caller holds")
         if flow.request.method == "DELETE" and 200 <= flow.response.status_code < 300:

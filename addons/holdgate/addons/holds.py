@@ -184,17 +184,7 @@ class ApprovalHolds:
             message = decided.message
             digest_args = args_digest(self.recorder.key(config), message.arguments or {})
             grant_key = (identity.user, st.upstream.name, message.target or "", digest_args or "")
-            grant = self.grants.find(grant_key)
-            if grant is not None:
-                decided.approval_id = grant.approval_id
-                decided.approval = {"granted_by": "grant window"}
-                await asyncio.to_thread(
-                    self._store().append_approval_state,
-                    grant.approval_id,
-                    "grant_used",
-                    identity.user,
-                    f"identical call within the grant ({flow.id})",
-                )
+            if await self._granted(flow, decided, identity, grant_key):
                 continue
             outcome = await self._hold(flow, message, decision, identity, digest_args, config)
             decided.approval_id = outcome.approval_id
@@ -212,6 +202,28 @@ class ApprovalHolds:
                 )
             )
         self._release(flow, refused)
+
+    async def _granted(
+        self,
+        flow: http.HTTPFlow,
+        decided: DecidedMessage,
+        identity: Identity,
+        grant_key: tuple[str, str, str, str],
+    ) -> bool:
+        """An identical call approved within the grant window passes; each use recorded."""
+        grant = self.grants.find(grant_key)
+        if grant is None:
+            return False
+        decided.approval_id = grant.approval_id
+        decided.approval = {"granted_by": "grant window"}
+        await asyncio.to_thread(
+            self._store().append_approval_state,
+            grant.approval_id,
+            "grant_used",
+            identity.user,
+            f"identical call within the grant ({flow.id})",
+        )
+        return True
 
     async def _hold(
         self,
@@ -467,19 +479,8 @@ class ApprovalHolds:
         assert st.upstream is not None
         message, decision = decided.message, decided.decision
         digest_args = args_digest(self.recorder.key(config), message.arguments or {})
-        grant = self.grants.find(
-            (identity.user, st.upstream.name, message.target or "", digest_args or "")
-        )
-        if grant is not None:  # an identical call approved within the grant window
-            decided.approval_id = grant.approval_id
-            decided.approval = {"granted_by": "grant window"}
-            await asyncio.to_thread(
-                self._store().append_approval_state,
-                grant.approval_id,
-                "grant_used",
-                identity.user,
-                f"identical call within the grant ({flow.id})",
-            )
+        grant_key = (identity.user, st.upstream.name, message.target or "", digest_args or "")
+        if await self._granted(flow, decided, identity, grant_key):
             flow.request.content = dumps(elicitation.without_gateway_round(message.raw))
             st.approvals_settled = True
             return

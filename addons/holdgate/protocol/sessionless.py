@@ -111,10 +111,19 @@ def group_key(
     return GroupKey(user, upstream, shown or UNKNOWN_CLIENT, host or "")
 
 
+# Grouped session ids are the gateway's own namespace: no client or upstream may use one.
+GROUPED_PREFIX = "hg-"
+
+
 def new_session_id() -> str:
     """A grouped session's id: random, `hg-` and hex only (it names recording files, so it
     never holds `+` or a path character), never sent to the client."""
-    return "hg-" + uuid.uuid4().hex[:20]
+    return GROUPED_PREFIX + uuid.uuid4().hex[:20]
+
+
+def is_grouped_id(session: str) -> bool:
+    """An id in the gateway's namespace (a client sending one is forging a session)."""
+    return session.startswith(GROUPED_PREFIX)
 
 
 class SessionGrouper:

@@ -140,23 +140,11 @@ _INDEXES_V1 = {
 _NOT_DENIED = "('allow', 'pass', 'approve', 'dropped')"
 
 
-def _approvals_view(annotations: tuple[str, ...], extra_columns: str) -> str:
-    """Each approval's latest state (annotations do not change it)."""
+def _sessions_view(session_columns: str, extra_select: str) -> str:
+    """Each session: its `sessions` row (who opened it) joined with what its events say."""
     return f"""
-SELECT a.approval_id, a.state, a.requester, a.upstream, a.method, a.tool, a.rule,
-       a.approvers, a.decider, a.reason, a.created, a.expires,
-       CASE WHEN a.state = 'pending' THEN NULL ELSE a.ts END AS decided,
-       a.args_masked, a.args_digest, a.request_digest, a.changes, a.flow_id, a.seq{extra_columns}
-FROM approvals AS a
-JOIN (SELECT approval_id, max(seq) AS seq FROM approvals
-      WHERE state NOT IN {annotations!r} GROUP BY approval_id) AS latest
-  ON a.seq = latest.seq"""
-
-
-_VIEWS_V1 = {
-    "v_sessions": f"""
 WITH s AS (
-  SELECT session_id, user, upstream, client_addr, protocol_version,
+  SELECT session_id, user, upstream, client_addr, protocol_version{session_columns},
          min(first_seen) AS first_seen
   FROM sessions GROUP BY session_id
 ), e AS (
@@ -173,10 +161,27 @@ SELECT ids.session_id,
        coalesce(s.first_seen, e.first_event) AS first_seen,
        coalesce(e.last_event, s.first_seen) AS last_seen,
        coalesce(e.events, 0) AS events,
-       coalesce(e.denials, 0) AS denials
+       coalesce(e.denials, 0) AS denials{extra_select}
 FROM (SELECT session_id FROM s UNION SELECT session_id FROM e) AS ids
 LEFT JOIN s ON s.session_id = ids.session_id
-LEFT JOIN e ON e.session_id = ids.session_id""",
+LEFT JOIN e ON e.session_id = ids.session_id"""
+
+
+def _approvals_view(annotations: tuple[str, ...], extra_columns: str) -> str:
+    """Each approval's latest state (annotations do not change it)."""
+    return f"""
+SELECT a.approval_id, a.state, a.requester, a.upstream, a.method, a.tool, a.rule,
+       a.approvers, a.decider, a.reason, a.created, a.expires,
+       CASE WHEN a.state = 'pending' THEN NULL ELSE a.ts END AS decided,
+       a.args_masked, a.args_digest, a.request_digest, a.changes, a.flow_id, a.seq{extra_columns}
+FROM approvals AS a
+JOIN (SELECT approval_id, max(seq) AS seq FROM approvals
+      WHERE state NOT IN {annotations!r} GROUP BY approval_id) AS latest
+  ON a.seq = latest.seq"""
+
+
+_VIEWS_V1 = {
+    "v_sessions": _sessions_view("", ""),
     "v_approvals": _approvals_view(("refused_attempt", "grant_used"), ""),
     "v_calls_by_identity": f"""
 SELECT user, upstream, method, target AS tool, count(*) AS "count", min(ts) AS "first",
@@ -209,33 +214,6 @@ def _migrate_v2(db: Database) -> None:
     db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('store_id', ?)", [uuid.uuid4().hex])
 
 
-_V_SESSIONS_V3 = f"""
-WITH s AS (
-  SELECT session_id, user, upstream, client_addr, protocol_version, client, kind,
-         min(first_seen) AS first_seen
-  FROM sessions GROUP BY session_id
-), e AS (
-  SELECT session_id, user, upstream, client_addr, min(ts) AS first_event,
-         max(ts) AS last_event, count(*) AS events,
-         sum(decision NOT IN {_NOT_DENIED}) AS denials
-  FROM events WHERE session_id IS NOT NULL GROUP BY session_id
-)
-SELECT ids.session_id,
-       coalesce(s.user, e.user) AS user,
-       coalesce(s.upstream, e.upstream) AS upstream,
-       coalesce(s.client_addr, e.client_addr) AS client_addr,
-       s.protocol_version,
-       coalesce(s.first_seen, e.first_event) AS first_seen,
-       coalesce(e.last_event, s.first_seen) AS last_seen,
-       coalesce(e.events, 0) AS events,
-       coalesce(e.denials, 0) AS denials,
-       s.client,
-       coalesce(s.kind, 'mcp') AS kind
-FROM (SELECT session_id FROM s UNION SELECT session_id FROM e) AS ids
-LEFT JOIN s ON s.session_id = ids.session_id
-LEFT JOIN e ON e.session_id = ids.session_id"""
-
-
 def _migrate_v3(db: Database) -> None:
     """`sessions.client`, `sessions.kind`, `events.traceparent`, `approvals.via` (nullable:
     old rows, which hash without them, still verify); `v_sessions` carrying client and
@@ -246,7 +224,12 @@ def _migrate_v3(db: Database) -> None:
     db.execute("ALTER TABLE events ADD COLUMN traceparent TEXT")
     db.execute("ALTER TABLE approvals ADD COLUMN via TEXT")
     db.execute("DROP VIEW v_sessions")
-    db.create_view("v_sessions", _V_SESSIONS_V3.strip())
+    db.create_view(
+        "v_sessions",
+        _sessions_view(
+            ", client, kind", ",\n       s.client,\n       coalesce(s.kind, 'mcp') AS kind"
+        ).strip(),
+    )
     db.execute("DROP VIEW v_approvals")
     db.create_view("v_approvals", _approvals_view(ANNOTATIONS, ", a.via").strip())
 
