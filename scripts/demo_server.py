@@ -397,6 +397,11 @@ def build_server(db_path: Path, variant: str | None = None) -> MCPServer:
             "note": confirmation.note,
         }
 
+    @mcp.tool(description="Mark a customer record as changed (listeners are told).")
+    async def touch_customer(ctx: Context, customer_id: int) -> str:
+        await ctx.notify_resource_updated(f"customers://{customer_id}")
+        return f"customer {customer_id} touched"
+
     @mcp.tool(description="Run a shell command on the application host.")
     def exec_shell(command: str) -> str:
         # Never executes: the demo only needs something that looks dangerous.

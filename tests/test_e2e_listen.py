@@ -102,6 +102,12 @@ def test_a_listen_stream_arrives_event_by_event_masked_filtered_and_recorded(
         ]
     assert [r["decision"] for r in rows] == ["pass", "pass", "dropped", "pass"]
     assert rows[2]["reason"] == "names a resource this identity may not read"
+    # the drop is recorded as what it was: that notification, masked for the record
+    assert (rows[2]["direction"], rows[2]["method"]) == (
+        "server_notification",
+        "notifications/resources/updated",
+    )
+    assert "crm://payroll/2026" in rows[2]["args_masked"]
     assert all(PII_EMAIL not in (r["args_masked"] or "") for r in rows)
     assert "[REDACTED:email]" in rows[1]["args_masked"]
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import anyio
 import mcp.types as types
 import pytest
 from mcp import MCPError
@@ -20,6 +21,7 @@ from mcp import MCPError
 from helpers.clients import META, MODERN, connect, raw_post
 from helpers.configs import ALICE, BOB, identity
 from helpers.leaks import assert_nothing_leaked
+from helpers.processes import stop
 from holdgate import store
 
 pytestmark = pytest.mark.anyio
@@ -35,7 +37,13 @@ rules:
     match: {{method: [initialize, server/discover, ping, "notifications/*", tools/list]}}
     action: allow
   - name: support refunds
-    match: {{groups: [support], tool: [refund_order, get_customer]}}
+    match: {{groups: [support], tool: [refund_order, get_customer, touch_customer]}}
+    action: allow
+  - name: support listens
+    match: {{groups: [support], method: subscriptions/listen}}
+    action: allow
+  - name: support reads customer 1
+    match: {{groups: [support], method: resources/read, resource: "customers://1"}}
     action: allow
 masking:
   - name: pii
@@ -65,7 +73,7 @@ class User:
         )
 
 
-def events(gw) -> list[dict[str, Any]]:
+def events_of(gw) -> list[dict[str, Any]]:
     return list(store.export_rows(gw.db))
 
 
@@ -81,7 +89,7 @@ async def test_the_servers_question_is_masked_and_the_answer_masked_in_the_recor
     (question,) = user.asked
     assert EMAIL not in question and "[REDACTED:email]" in question
     assert "[REDACTED:credit_card]" in question
-    rows = events(gw)
+    rows = events_of(gw)
     assert EMAIL not in json.dumps(rows) and ANSWER_EMAIL not in json.dumps(rows)
     if mode == "auto":  # one input_required round, then the retry, decided like any call
         calls = [r for r in rows if r["direction"] == "request" and r["target"] == "refund_order"]
@@ -128,7 +136,11 @@ def tools_list(gw, who: dict[str, str]) -> dict[str, Any]:
 async def test_filtered_listings_are_private_to_the_identity(demo, gateway_factory):
     gw = start(gateway_factory, demo)
     listed = tools_list(gw, ALICE)["result"]
-    assert {t["name"] for t in listed["tools"]} == {"refund_order", "get_customer"}
+    assert {t["name"] for t in listed["tools"]} == {
+        "refund_order",
+        "get_customer",
+        "touch_customer",
+    }
     assert listed["cacheScope"] == "private"
     assert 0 <= listed["ttlMs"] <= 60_000  # the server says 0 (do not cache); kept
     assert tools_list(gw, BOB)["result"]["tools"] == []
@@ -156,3 +168,26 @@ async def test_headers_that_disagree_with_the_body_are_400_32020(
     error = answer.json()["error"]
     assert error["code"] == -32020 and named in error["message"]
     assert demo.calls_to("get_customer") == []
+
+
+async def test_a_listen_stream_carries_only_what_the_caller_may_read(demo, gateway_factory):
+    gw = start(gateway_factory, demo)
+    async with connect(gw.url + "/mcp", ALICE) as client:
+        watched = ["customers://2", "customers://1"]
+        async with client.listen(resource_subscriptions=watched) as events:
+            await client.call_tool("touch_customer", {"customer_id": 2})  # not alice's to read
+            await client.call_tool("touch_customer", {"customer_id": 1})
+            with anyio.fail_after(10):
+                first = await anext(aiter(events))
+    assert str(first.uri) == "customers://1"
+    stop(gw.proc)
+    notes = [
+        (r["decision"], r["reason"])
+        for r in events_of(gw)
+        if r["direction"] == "server_notification"
+        and r["method"] == "notifications/resources/updated"
+    ]
+    assert notes == [
+        ("dropped", "names a resource this identity may not read"),
+        ("pass", None),
+    ]

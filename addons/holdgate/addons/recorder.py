@@ -246,9 +246,10 @@ class Recorder:
             direction = "response"
         stored = message
         answers = context.answers
-        if context.exemptions and message is not None:
-            # An exempt caller saw cleartext; the record never keeps it. (Others saw it
-            # masked with the record's profiles; injected values are scrubbed in submit.)
+        if (context.exemptions or context.dropped) and message is not None:
+            # An exempt caller saw cleartext, and a dropped message was never masked for the
+            # client; the record never keeps either as is. (Others saw it masked with the
+            # record's profiles; injected values are scrubbed in submit.)
             tool = answers[1] if answers and answers[0] == "tools/call" else None
             stored = self.masked_for_record(message, config, st.upstream.name, tool).value
         # An opaque requestState is recorded only as its keyed digest (which links the retry

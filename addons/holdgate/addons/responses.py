@@ -62,12 +62,14 @@ class Responses:
         stage (the recorder) so the drop is on record."""
         context = MessageContext(transport)
         for stage in self.stages[:-1]:
-            message = stage.on_message(flow, message, context)
-            if message is None:
+            passed = stage.on_message(flow, message, context)
+            if passed is None:  # the recorder gets the message as it was before the drop
+                context.dropped = context.dropped or f"dropped by {type(stage).__name__}"
                 break
+            message = passed
         if self.stages:
             self.stages[-1].on_message(flow, message, context)
-        return message
+        return None if context.dropped else message
 
     def guard(self, flow: http.HTTPFlow) -> Guard:
         """The injected values of this flow's upstream, to keep out of what the client gets."""
