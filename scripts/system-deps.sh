@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # What the tests need from Debian, installed once if missing: Chromium, to check the pages
-# people read (approval status pages, the access review) in a real browser.
+# people read (approval status pages, the access review) in a real browser, and the
+# PostgreSQL 15 server the replica tests start clusters of their own with.
 set -euo pipefail
 need=()
 command -v chromium >/dev/null || need+=(chromium)
+[ -x /usr/lib/postgresql/15/bin/initdb ] || need+=(postgresql-15 postgresql-client-15)
+command -v runuser >/dev/null || need+=(util-linux)
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
 fi

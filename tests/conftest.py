@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from helpers.postgres import PostgresServer, start_postgres, stop_postgres
 from helpers.processes import DemoServer, Gateway, start_demo, start_gateway, stop
 from helpers.upstreams import Answer, FakeUpstream, hostile_upstream
 
@@ -74,3 +75,17 @@ def hostile() -> Iterator[FakeUpstream]:
     upstream = hostile_upstream()
     yield upstream
     upstream.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One real PostgreSQL 15 server for the session (started on first use, by its pid)."""
+    server = start_postgres()
+    yield server
+    stop_postgres(server)
+
+
+@pytest.fixture
+def pg_url(postgres: PostgresServer) -> str:
+    """The URL of a new, empty database on the session's server."""
+    return postgres.fresh_database()

@@ -22,7 +22,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from holdgate import store
-from holdgate.store import schema, sqlite_store
+from holdgate.store import schema, sql_store
 
 ADDONS = Path(__file__).resolve().parent.parent / "addons"
 NOW = 1_800_000_000.0  # a fixed "now" for purge tests
@@ -535,14 +535,14 @@ def test_rows_the_store_refuses_are_dropped_not_retried(
     path: Path, db: store.SqliteStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     writer = writer_for(path)
-    real_append = sqlite_store.append_rows
+    real_append = sql_store.append_rows
 
     def refuse_bad(conn: sqlite3.Connection, items: Any) -> list[int]:
         if any(row.get("flow_id") == "bad" for _, row in items):
             raise sqlite3.IntegrityError("CHECK constraint failed")
         return real_append(conn, items)
 
-    monkeypatch.setattr(sqlite_store, "append_rows", refuse_bad)
+    monkeypatch.setattr(sql_store, "append_rows", refuse_bad)
     assert writer.submit("events", event(flow_id="bad")) and writer.flush(5)
     assert writer.healthy and writer.lost == 1
     assert "IntegrityError" in (writer.last_error or "")
@@ -771,7 +771,7 @@ def test_writer_commits_rows_that_arrive_within_the_linger_together(
     path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     commits: list[int] = []
-    real = sqlite_store.transaction
+    real = sql_store.transaction
 
     @contextmanager
     def counted(conn: sqlite3.Connection) -> Iterator[None]:
@@ -780,7 +780,7 @@ def test_writer_commits_rows_that_arrive_within_the_linger_together(
         commits.append(conn.execute("SELECT count(*) FROM events").fetchone()[0])
 
     writer = writer_for(path, linger=0.5)  # opened (and migrated) uncounted
-    monkeypatch.setattr(sqlite_store, "transaction", counted)
+    monkeypatch.setattr(sql_store, "transaction", counted)
     try:
         assert writer.submit("events", event(1))
         time.sleep(0.05)  # a second row, well inside the first one's linger

@@ -127,12 +127,12 @@ def test_every_refusal_is_a_store_error_the_edges_can_map() -> None:
     assert issubclass(store.ApprovalRefused, store.StoreError)
 
 
-def test_open_store_chooses_the_backend_by_scheme(tmp_path: Path) -> None:
+def test_open_store_chooses_the_backend_by_scheme(tmp_path: Path, pg_url: str) -> None:
     path = tmp_path / "a.sqlite3"
     with store.open_store(f"sqlite://{path}") as opened:
         assert isinstance(opened, store.SqliteStore) and opened.path == str(path)
-    with pytest.raises(store.StoreNotSupported, match="postgresql:// stores are not supported yet"):
-        store.open_store("postgresql://holdgate@db/holdgate")
+    with store.open_store(pg_url) as opened:
+        assert isinstance(opened, store.PostgresStore)
     with pytest.raises(store.StoreNotSupported, match="no audit store backend for mysql://"):
         store.open_store("mysql://db/x")
 

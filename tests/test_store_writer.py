@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from holdgate import store
-from holdgate.store import sqlite_store
+from holdgate.store import sql_store
 from holdgate.store.writer import AuditQueueFull, WriterClosed
 
 
@@ -144,14 +144,14 @@ def test_a_failing_store_fails_the_waiting_calls_and_never_writes_their_rows(
 def test_one_callers_bad_rows_do_not_sink_the_others(
     path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = sqlite_store.append_rows
+    real = sql_store.append_rows
 
     def refuse_bad(conn: sqlite3.Connection, items: Any) -> list[int]:
         if any(row.get("flow_id") == "bad" for _, row in items):
             raise sqlite3.IntegrityError("CHECK constraint failed")
         return real(conn, items)
 
-    monkeypatch.setattr(sqlite_store, "append_rows", refuse_bad)
+    monkeypatch.setattr(sql_store, "append_rows", refuse_bad)
     writer = writer_for(path, busy_timeout=30)
     lock = sqlite3.connect(path, isolation_level=None)
     lock.execute("BEGIN EXCLUSIVE")

@@ -3,8 +3,12 @@
 One `Store` object owns the connections; all SQL lives in this package:
 
     interface.py         Store, the protocol the gateway and the CLI use
+    sql_store.py         SqlStore: every Store method, once, over a SqlConnection
     sqlite_store.py      SqliteStore (the embedded backend) and open_store(url_or_path)
-    schema.py            tables, views, migrations; opening a connection
+    postgres_store.py    PostgresStore (shared by replicas; needs the config's hash_key)
+    sqlconn.py           the connection shape the SQL is written against; psycopg behind it
+    schema.py            SQLite tables, views, migrations; opening a connection
+    pg_schema.py         the same tables on PostgreSQL, and their migrations
     chain.py             row checks, canonical hashing, append, verify
     approval_records.py  the approval state machine and who may decide
     queries.py           sessions, events, the export feed, tool pins
@@ -46,6 +50,7 @@ from holdgate.store.oneshot import (
     pending_approvals,
     tool_pin_rows,
 )
+from holdgate.store.postgres_store import PostgresStore
 from holdgate.store.purge import PurgeRecord, PurgeReport
 from holdgate.store.queries import EXPORT_FIELDS
 from holdgate.store.rows import (
@@ -78,6 +83,7 @@ __all__ = [
     "Decision",
     "EventRow",
     "NotAnApprover",
+    "PostgresStore",
     "PurgeRecord",
     "PurgeReport",
     "Row",

@@ -14,7 +14,6 @@ member of the approval's approver groups. A refused decision is recorded as a
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterable
 from typing import Literal, cast
 
@@ -30,7 +29,8 @@ from holdgate.store.errors import (
     UnknownApproval,
 )
 from holdgate.store.rows import ApprovalRecord, ApprovalRow, Row, parse_iso
-from holdgate.store.schema import APPROVAL_STATES, DECISIONS, select, transaction
+from holdgate.store.schema import APPROVAL_STATES, DECISIONS
+from holdgate.store.sqlconn import SqlConnection, select, transaction
 
 Decision = Literal["approved", "denied"]
 
@@ -53,23 +53,23 @@ _REQUEST_COLUMNS = (
 )
 
 
-def latest(conn: sqlite3.Connection, approval_id: str) -> ApprovalRecord | None:
+def latest(conn: SqlConnection, approval_id: str) -> ApprovalRecord | None:
     rows = select(conn, "SELECT * FROM v_approvals WHERE approval_id = ?", [approval_id])
     return cast(ApprovalRecord, rows[0]) if rows else None
 
 
-def history(conn: sqlite3.Connection, approval_id: str) -> list[ApprovalRow]:
+def history(conn: SqlConnection, approval_id: str) -> list[ApprovalRow]:
     rows = select(conn, "SELECT * FROM approvals WHERE approval_id = ? ORDER BY seq", [approval_id])
     return cast(list[ApprovalRow], rows)
 
 
-def listed(conn: sqlite3.Connection, *, pending_only: bool) -> list[ApprovalRecord]:
+def listed(conn: SqlConnection, *, pending_only: bool) -> list[ApprovalRecord]:
     where = "WHERE state = 'pending' " if pending_only else ""
     rows = select(conn, f"SELECT * FROM v_approvals {where}ORDER BY seq")
     return cast(list[ApprovalRecord], rows)
 
 
-def latest_of(conn: sqlite3.Connection, approval_ids: Iterable[str]) -> dict[str, ApprovalRecord]:
+def latest_of(conn: SqlConnection, approval_ids: Iterable[str]) -> dict[str, ApprovalRecord]:
     ids = list(approval_ids)
     if not ids:
         return {}
@@ -78,7 +78,7 @@ def latest_of(conn: sqlite3.Connection, approval_ids: Iterable[str]) -> dict[str
     return {row["approval_id"]: cast(ApprovalRecord, row) for row in rows}
 
 
-def create(conn: sqlite3.Connection, row: Row) -> int:
+def create(conn: SqlConnection, row: Row) -> int:
     """Record a new approval request (state `pending`); returns its seq."""
     normalized = normalize_row("approvals", {**row, "state": "pending"})
     with transaction(conn):
@@ -144,7 +144,7 @@ def _state_row(current: ApprovalRecord, state: str, decider: str | None, reason:
 
 
 def append_state(
-    conn: sqlite3.Connection,
+    conn: SqlConnection,
     approval_id: str,
     state: str,
     decider: str | None,
@@ -162,7 +162,7 @@ def append_state(
 
 
 def decide(
-    conn: sqlite3.Connection,
+    conn: SqlConnection,
     approval_id: str,
     decision: Decision,
     decider: str,
@@ -190,7 +190,7 @@ def decide(
     return cast(ApprovalRecord, decided)
 
 
-def expire_pending(conn: sqlite3.Connection, reason: str) -> int:
+def expire_pending(conn: SqlConnection, reason: str) -> int:
     """Close every pending approval whose call a connection held as `expired` (at gateway
     start: that connection is gone); returns how many. An approval given through
     elicitation holds nothing, so it outlives a restart until it expires."""
@@ -204,7 +204,7 @@ def expire_pending(conn: sqlite3.Connection, reason: str) -> int:
         return len(rows)
 
 
-def expire_overdue(conn: sqlite3.Connection, now: float, reason: str) -> int:
+def expire_overdue(conn: SqlConnection, now: float, reason: str) -> int:
     """Close pending elicitation approvals past their `expires` (no hold watches them)."""
     with transaction(conn):
         rows = [
@@ -218,7 +218,7 @@ def expire_overdue(conn: sqlite3.Connection, now: float, reason: str) -> int:
         return len(rows)
 
 
-def redeem(conn: sqlite3.Connection, approval_id: str, requester: str, detail: str) -> bool:
+def redeem(conn: SqlConnection, approval_id: str, requester: str, detail: str) -> bool:
     """Spend an approved elicitation approval on its one call: False when it is not
     approved, not the requester's, or already spent (a replayed retry)."""
     with transaction(conn):

@@ -21,7 +21,6 @@ import hashlib
 import heapq
 import json
 import math
-import sqlite3
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +29,7 @@ from holdgate.protocol.canonical_json import canonical
 from holdgate.store.errors import BadRow
 from holdgate.store.rows import Row, iso
 from holdgate.store.schema import CHAINED, COLUMNS, GENESIS, TIME_COLUMN
+from holdgate.store.sqlconn import SqlConnection
 
 
 def chain_hash(prev_hash: str, table: str, content: Row) -> str:
@@ -81,7 +81,7 @@ def normalize_row(table: str, row: Row) -> Row:
     return out
 
 
-def append_rows(conn: sqlite3.Connection, items: Iterable[tuple[str, Row]]) -> list[int]:
+def append_rows(conn: SqlConnection, items: Iterable[tuple[str, Row]]) -> list[int]:
     """Append normalized rows at the head of the chain; call inside a transaction."""
     seq, prev = conn.execute("SELECT seq, row_hash FROM chain_head WHERE id = 1").fetchone()
     seqs = []
@@ -110,7 +110,7 @@ class VerifyReport:
 
 
 def _rows(
-    conn: sqlite3.Connection, table: str, start: int, after: bool
+    conn: SqlConnection, table: str, start: int, after: bool
 ) -> Iterator[tuple[int, str, Row]]:
     """A table's rows after `start` (or up to it), in seq order."""
     where = "seq > ?" if after else "seq <= ?"
@@ -121,14 +121,14 @@ def _rows(
         yield row["seq"], table, row
 
 
-def _merged(conn: sqlite3.Connection, start: int, after: bool) -> Iterator[tuple[int, str, Row]]:
+def _merged(conn: SqlConnection, start: int, after: bool) -> Iterator[tuple[int, str, Row]]:
     """Every chained table's rows after `start` (or up to it), merged in seq order."""
     return heapq.merge(
         *(_rows(conn, t, start, after) for t in CHAINED), key=lambda item: (item[0], item[1])
     )
 
 
-def verify_chain(conn: sqlite3.Connection) -> VerifyReport:
+def verify_chain(conn: SqlConnection) -> VerifyReport:
     """Check the chain from the latest checkpoint (or the start) to the head, in one snapshot."""
     conn.execute("BEGIN")
     try:
@@ -144,7 +144,7 @@ def _kept_rows(text: str | None) -> dict[int, tuple[str, str]]:
     return {int(seq): (str(table), str(digest)) for seq, table, digest in json.loads(text)}
 
 
-def _verify(conn: sqlite3.Connection) -> VerifyReport:
+def _verify(conn: SqlConnection) -> VerifyReport:
     head_seq, head_hash = conn.execute(
         "SELECT seq, row_hash FROM chain_head WHERE id = 1"
     ).fetchone()

@@ -26,7 +26,6 @@ import binascii
 import hashlib
 import json
 import os
-import sqlite3
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +36,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from holdgate.protocol.canonical_json import canonical
+from holdgate.store.sqlconn import SqlConnection
 
 if TYPE_CHECKING:
     from holdgate.store.interface import Store
@@ -198,16 +198,16 @@ def append_line(path: str | Path, line: str) -> None:
 # --- the store's side ---------------------------------------------------------------------
 
 
-def store_id(conn: sqlite3.Connection) -> str:
+def store_id(conn: SqlConnection) -> str:
     return str(conn.execute("SELECT value FROM meta WHERE key = 'store_id'").fetchone()[0])
 
 
-def chain_head(conn: sqlite3.Connection) -> tuple[int, str]:
+def chain_head(conn: SqlConnection) -> tuple[int, str]:
     seq, digest = conn.execute("SELECT seq, row_hash FROM chain_head WHERE id = 1").fetchone()
     return int(seq), str(digest)
 
 
-def row_hashes(conn: sqlite3.Connection, tables: Iterable[str], seqs: set[int]) -> dict[int, str]:
+def row_hashes(conn: SqlConnection, tables: Iterable[str], seqs: set[int]) -> dict[int, str]:
     """The row_hash of the row at each of `seqs` that exists: the chain's hash there."""
     wanted = sorted(seqs)
     out: dict[int, str] = {}

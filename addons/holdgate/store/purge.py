@@ -20,11 +20,11 @@ only the latest checkpoint is needed.
 from __future__ import annotations
 
 import json
-import sqlite3
 from dataclasses import dataclass, field
 
 from holdgate.store.chain import append_rows, normalize_row
 from holdgate.store.schema import CHAINED, GENESIS, TIME_COLUMN
+from holdgate.store.sqlconn import SqlConnection
 
 # config_versions outcomes whose config went into force
 _LOADED = ("loaded", "reloaded")
@@ -43,7 +43,7 @@ class PurgeReport:
     kept: dict[str, int] = field(default_factory=dict)
 
 
-def _boundary(conn: sqlite3.Connection, cutoff: str) -> int:
+def _boundary(conn: SqlConnection, cutoff: str) -> int:
     """The seq of the first row at or after the cutoff (or of unknown time): the range ends
     before it."""
     head_seq: int = conn.execute("SELECT seq FROM chain_head WHERE id = 1").fetchone()[0]
@@ -59,7 +59,7 @@ def _boundary(conn: sqlite3.Connection, cutoff: str) -> int:
     return boundary
 
 
-def _pins_to_keep(conn: sqlite3.Connection, boundary: int) -> set[int]:
+def _pins_to_keep(conn: SqlConnection, boundary: int) -> set[int]:
     repinned = set(
         conn.execute(
             "SELECT DISTINCT upstream, tool FROM tool_pins WHERE seq >= ? AND event = 'pinned'",
@@ -77,7 +77,7 @@ def _pins_to_keep(conn: sqlite3.Connection, boundary: int) -> set[int]:
     return keep
 
 
-def _configs_to_keep(conn: sqlite3.Connection, boundary: int) -> set[int]:
+def _configs_to_keep(conn: SqlConnection, boundary: int) -> set[int]:
     loaded = f"outcome IN {_LOADED!r}"
     in_force = conn.execute(
         f"SELECT config_hash FROM config_versions WHERE {loaded} ORDER BY seq DESC LIMIT 1"
@@ -106,7 +106,7 @@ def _configs_to_keep(conn: sqlite3.Connection, boundary: int) -> set[int]:
     return keep
 
 
-def _hash_at(conn: sqlite3.Connection, seq: int) -> str:
+def _hash_at(conn: SqlConnection, seq: int) -> str:
     """The row_hash of the row at `seq`, which exists."""
     for table in CHAINED:
         found = conn.execute(f'SELECT row_hash FROM "{table}" WHERE seq = ?', [seq]).fetchone()
@@ -115,7 +115,7 @@ def _hash_at(conn: sqlite3.Connection, seq: int) -> str:
     raise LookupError(f"no row at seq {seq}")
 
 
-def purge_before(conn: sqlite3.Connection, cutoff: str, actor: str | None) -> PurgeReport:
+def purge_before(conn: SqlConnection, cutoff: str, actor: str | None) -> PurgeReport:
     """Delete the chain's prefix older than `cutoff` (ISO time) but for what security needs;
     call inside a transaction."""
     boundary = _boundary(conn, cutoff)
@@ -208,7 +208,7 @@ class PurgeRecord:
     kept: dict[int, str]
 
 
-def last_purge(conn: sqlite3.Connection) -> PurgeRecord | None:
+def last_purge(conn: SqlConnection) -> PurgeRecord | None:
     found = conn.execute(
         "SELECT seq, ts, first_seq, last_seq, last_hash, cutoff, kept FROM checkpoints "
         "ORDER BY seq DESC LIMIT 1"

@@ -5,11 +5,10 @@ Time bounds are ISO times in the store's format (`rows.iso`), compared as text.
 
 from __future__ import annotations
 
-import sqlite3
 from typing import cast
 
 from holdgate.store.rows import EventRow, SessionSummary, ToolPinRow
-from holdgate.store.schema import select
+from holdgate.store.sqlconn import SqlConnection, select
 
 # The export feed's fields, in order. Stable: fields are only ever added at the end.
 # JSON-valued fields (groups, args_masked, masked, extra) are JSON text.
@@ -43,27 +42,28 @@ EXPORT_FIELDS = (
 )
 
 
-def event(conn: sqlite3.Connection, seq: int) -> EventRow | None:
+def event(conn: SqlConnection, seq: int) -> EventRow | None:
     rows = select(conn, "SELECT * FROM events WHERE seq = ?", [seq])
     return cast(EventRow, rows[0]) if rows else None
 
 
-def sessions(conn: sqlite3.Connection, since: str | None) -> list[SessionSummary]:
+def sessions(conn: SqlConnection, since: str | None) -> list[SessionSummary]:
     rows = select(
         conn,
-        "SELECT * FROM v_sessions WHERE ? IS NULL OR last_seen >= ? ORDER BY first_seen",
+        "SELECT * FROM v_sessions WHERE CAST(? AS TEXT) IS NULL OR last_seen >= ? "
+        "ORDER BY first_seen",
         [since, since],
     )
     return cast(list[SessionSummary], rows)
 
 
-def session_events(conn: sqlite3.Connection, session_id: str) -> list[EventRow]:
+def session_events(conn: SqlConnection, session_id: str) -> list[EventRow]:
     rows = select(conn, "SELECT * FROM events WHERE session_id = ? ORDER BY seq", [session_id])
     return cast(list[EventRow], rows)
 
 
 def events(
-    conn: sqlite3.Connection,
+    conn: SqlConnection,
     since: str | None,
     until: str | None,
     user: str | None,
@@ -72,14 +72,16 @@ def events(
     fields = ", ".join(f'"{f}"' for f in EXPORT_FIELDS)
     rows = select(
         conn,
-        f"SELECT {fields} FROM events WHERE (:since IS NULL OR ts >= :since) "
-        "AND (:until IS NULL OR ts < :until) AND (:user IS NULL OR user = :user) "
-        "AND (:upstream IS NULL OR upstream = :upstream) ORDER BY seq",
+        # CAST: PostgreSQL must know a parameter's type even where it is only tested for NULL
+        f"SELECT {fields} FROM events WHERE (CAST(:since AS TEXT) IS NULL OR ts >= :since) "
+        "AND (CAST(:until AS TEXT) IS NULL OR ts < :until) "
+        'AND (CAST(:user AS TEXT) IS NULL OR "user" = :user) '
+        "AND (CAST(:upstream AS TEXT) IS NULL OR upstream = :upstream) ORDER BY seq",
         {"since": since, "until": until, "user": user, "upstream": upstream},
     )
     return cast(list[EventRow], rows)
 
 
-def tool_pin_rows(conn: sqlite3.Connection, after: int) -> list[ToolPinRow]:
+def tool_pin_rows(conn: SqlConnection, after: int) -> list[ToolPinRow]:
     rows = select(conn, "SELECT * FROM tool_pins WHERE seq > ? ORDER BY seq", [after])
     return cast(list[ToolPinRow], rows)

@@ -9,14 +9,12 @@ from __future__ import annotations
 import os
 import sqlite3
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
-from typing import Any
+from collections.abc import Callable
 
 from sqlite_utils import Database
 
 from holdgate.store.errors import SchemaTooNew, StoreError, StoreNotFound, StoreUnavailable
-from holdgate.store.rows import Row
+from holdgate.store.sqlconn import transaction
 
 GENESIS = "0" * 64
 DECISIONS = ("approved", "denied", "expired", "cancelled")
@@ -289,26 +287,3 @@ def open_db(
         conn.close()
         raise
     return Database(conn, recursive_triggers=False, execute_plugins=False)
-
-
-@contextmanager
-def transaction(conn: sqlite3.Connection) -> Iterator[None]:
-    """BEGIN IMMEDIATE … COMMIT, rolled back on any error."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            with suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-        raise
-
-
-def select(
-    conn: sqlite3.Connection, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()
-) -> list[Row]:
-    """Every row of a query, as dicts keyed by column name."""
-    cursor = conn.execute(sql, params)
-    names = [d[0] for d in cursor.description]
-    return [dict(zip(names, values, strict=True)) for values in cursor]

@@ -1,0 +1,96 @@
+"""`PostgresStore`: the audit store in a PostgreSQL database, shared by several gateways.
+
+psycopg 3, synchronous: the store's work already runs off the event loop (the writer
+thread, `asyncio.to_thread`), and its connections are safe across threads. Every change
+takes the chain's advisory lock (`sqlconn.PgConnection`), so all replicas append to one
+chain in commit order and two deciders of one approval are serialized by the database.
+
+There is no per-host digest key here: each host would digest arguments differently, so
+grants and correlation would break across replicas. The config's `hash_key` is required.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+
+from holdgate.store.errors import StoreError, StoreNotFound, StoreUnavailable
+from holdgate.store.pg_schema import migrate, schema_version
+from holdgate.store.sql_store import SqlStore
+from holdgate.store.sqlconn import PgConnection
+from holdgate.store.writer import AuditWriter
+
+
+def shown_url(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rpartition("@")
+    user = parts.username or ""
+    host = netloc[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+class PostgresStore(SqlStore):
+    """The audit store in the PostgreSQL database `url` names (created tables and migrated
+    unless `create=False`, which needs an existing holdgate store)."""
+
+    row_errors = (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError)
+
+    def __init__(self, url: str, *, create: bool = True, connect_timeout: float = 5.0) -> None:
+        self.url = url
+        self.connect_timeout = connect_timeout
+        self._lock = threading.RLock()
+        try:
+            self._db = PgConnection(url, connect_timeout=connect_timeout)
+            if not create and schema_version(self._db) == 0:
+                self._db.close()
+                raise StoreNotFound(f"no audit store in {shown_url(url)}")
+            migrate(self._db, shown_url(url))
+        except psycopg.Error as exc:
+            raise StoreUnavailable(f"{shown_url(url)}: {_reason(exc)}") from exc
+
+    @property
+    def name(self) -> str:
+        return shown_url(self.url)
+
+    @property
+    def digest_key(self) -> bytes:
+        raise StoreError(
+            "a PostgreSQL store has no per-host digest key: set `hash_key` in the config "
+            "(one key for every replica)"
+        )
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _conn(self) -> Iterator[PgConnection]:
+        """The connection, for one caller at a time; driver errors become StoreUnavailable
+        (the next use reconnects)."""
+        with self._lock:
+            try:
+                yield self._db
+            except psycopg.Error as exc:
+                raise StoreUnavailable(f"{self.name}: {_reason(exc)}") from exc
+
+    def writer(self, **options: Any) -> AuditWriter:
+        options.pop("busy_timeout", None)
+
+        def open_target(create: bool) -> PostgresStore:
+            return PostgresStore(self.url, create=create, connect_timeout=self.connect_timeout)
+
+        return AuditWriter(open_target, self.name, **options)
+
+
+def _reason(exc: psycopg.Error) -> str:
+    """The server's message, one line (psycopg's can span several)."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -1,0 +1,185 @@
+"""What the two SQL backends share: every Store method, written once over `SqlConnection`.
+
+`SqliteStore` and `PostgresStore` only say how to reach their database (`_conn`, which
+also turns driver errors into `StoreUnavailable`), where the digest key lives, and how
+the writer thread gets a store of its own.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from contextlib import AbstractContextManager
+from types import TracebackType
+from typing import Self
+
+from holdgate.store import approval_records, checkpoints, queries
+from holdgate.store.approval_records import Decision
+from holdgate.store.chain import VerifyReport, append_rows, normalize_row, verify_chain
+from holdgate.store.errors import BadRow, StoreUnavailable
+from holdgate.store.purge import PurgeRecord, PurgeReport, last_purge, purge_before
+from holdgate.store.rows import ApprovalRecord, EventRow, Row, SessionSummary, ToolPinRow, iso
+from holdgate.store.schema import CHAINED
+from holdgate.store.sqlconn import SqlConnection, transaction
+from holdgate.store.writer import Batch
+
+
+class SqlStore:
+    """The Store methods over one connection used by one caller at a time (`_conn`)."""
+
+    # driver errors about the rows, not the store: the writer drops such a batch
+    row_errors: tuple[type[BaseException], ...] = ()
+
+    def _conn(self) -> AbstractContextManager[SqlConnection]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def append_batch(self, rows: Batch) -> None:
+        """The writer thread's append (its own store): all rows in one transaction."""
+        try:
+            with self._conn() as conn, transaction(conn):
+                append_rows(conn, rows)
+        except StoreUnavailable as exc:
+            if isinstance(exc.__cause__, self.row_errors):
+                cause = exc.__cause__
+                raise BadRow(f"{type(cause).__name__}: {cause}") from cause
+            raise
+
+    # --- writing ---
+
+    def append(self, table: str, row: Row) -> int:
+        normalized = normalize_row(table, row)
+        with self._conn() as conn, transaction(conn):
+            return append_rows(conn, [(table, normalized)])[0]
+
+    def probe(self) -> None:
+        with self._conn() as conn, transaction(conn):
+            conn.execute("UPDATE chain_head SET seq = seq WHERE id = 1")
+
+    # --- approvals ---
+
+    def create_approval(self, row: Row) -> int:
+        with self._conn() as conn:
+            return approval_records.create(conn, row)
+
+    def decide_approval(
+        self,
+        approval_id: str,
+        decision: Decision,
+        decider: str,
+        decider_groups: Iterable[str] | None,
+        reason: str | None = None,
+        now: float | None = None,
+    ) -> ApprovalRecord:
+        moment = time.time() if now is None else now
+        with self._conn() as conn:
+            return approval_records.decide(
+                conn, approval_id, decision, decider, decider_groups, reason, moment
+            )
+
+    def append_approval_state(
+        self, approval_id: str, state: str, decider: str | None = None, reason: str | None = None
+    ) -> bool:
+        with self._conn() as conn:
+            return approval_records.append_state(conn, approval_id, state, decider, reason)
+
+    def expire_pending(self, reason: str) -> int:
+        with self._conn() as conn:
+            return approval_records.expire_pending(conn, reason)
+
+    def expire_overdue(self, reason: str, now: float | None = None) -> int:
+        moment = time.time() if now is None else now
+        with self._conn() as conn:
+            return approval_records.expire_overdue(conn, moment, reason)
+
+    def redeem_approval(self, approval_id: str, requester: str, detail: str) -> bool:
+        with self._conn() as conn:
+            return approval_records.redeem(conn, approval_id, requester, detail)
+
+    def approval(self, approval_id: str) -> ApprovalRecord | None:
+        with self._conn() as conn:
+            current = approval_records.latest(conn, approval_id)
+            if current is not None:
+                current["history"] = approval_records.history(conn, approval_id)
+            return current
+
+    def approvals(self, *, pending_only: bool = False) -> list[ApprovalRecord]:
+        with self._conn() as conn:
+            return approval_records.listed(conn, pending_only=pending_only)
+
+    def approval_states(self, approval_ids: Iterable[str]) -> dict[str, ApprovalRecord]:
+        with self._conn() as conn:
+            return approval_records.latest_of(conn, approval_ids)
+
+    # --- reading ---
+
+    def tool_pin_rows(self, after: int = 0) -> list[ToolPinRow]:
+        with self._conn() as conn:
+            return queries.tool_pin_rows(conn, after)
+
+    def event(self, seq: int) -> EventRow | None:
+        with self._conn() as conn:
+            return queries.event(conn, seq)
+
+    def events(
+        self,
+        since: str | None = None,
+        until: str | None = None,
+        user: str | None = None,
+        upstream: str | None = None,
+    ) -> list[EventRow]:
+        with self._conn() as conn:
+            return queries.events(conn, since, until, user, upstream)
+
+    def sessions(self, since: str | None = None) -> list[SessionSummary]:
+        with self._conn() as conn:
+            return queries.sessions(conn, since)
+
+    def session_events(self, session_id: str) -> list[EventRow]:
+        with self._conn() as conn:
+            return queries.session_events(conn, session_id)
+
+    # --- integrity and retention ---
+
+    def verify(self) -> VerifyReport:
+        with self._conn() as conn:
+            return verify_chain(conn)
+
+    def purge(
+        self, older_than_seconds: float, now: float | None = None, actor: str | None = None
+    ) -> PurgeReport:
+        cutoff = iso((time.time() if now is None else now) - older_than_seconds)
+        with self._conn() as conn, transaction(conn):
+            return purge_before(conn, cutoff, actor)
+
+    def last_purge(self) -> PurgeRecord | None:
+        with self._conn() as conn:
+            return last_purge(conn)
+
+    # --- signed checkpoints ---
+
+    @property
+    def store_id(self) -> str:
+        with self._conn() as conn:
+            return checkpoints.store_id(conn)
+
+    def chain_head(self) -> tuple[int, str]:
+        with self._conn() as conn:
+            return checkpoints.chain_head(conn)
+
+    def row_hashes(self, seqs: Iterable[int]) -> dict[int, str]:
+        with self._conn() as conn:
+            return checkpoints.row_hashes(conn, CHAINED, set(seqs))

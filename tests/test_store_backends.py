@@ -1,0 +1,232 @@
+"""The store interface on both backends: SQLite (a file) and PostgreSQL (a real server
+started by the suite). The same calls, the same answers; on PostgreSQL also several stores
+on one database appending to one chain, as replicas do."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from holdgate import store
+from holdgate.store.errors import StoreError
+from holdgate.store.sqlconn import to_pyformat
+
+NOW = 1_800_000_000.0
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def where(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return str(tmp_path / "audit.sqlite3")
+    url: str = request.getfixturevalue("pg_url")
+    return url
+
+
+@pytest.fixture
+def db(where: str) -> Iterator[store.Store]:
+    with store.open_store(where) as opened:
+        yield opened
+
+
+def approval(approval_id: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "approval_id": approval_id,
+        "requester": "alice",
+        "upstream": "db",
+        "method": "tools/call",
+        "tool": "run_sql",
+        "rule": "r",
+        "approvers": '["dba"]',
+        "created": store.iso(NOW),
+        "expires": store.iso(NOW + 300),
+        **extra,
+    }
+
+
+def event(user: str, ts: float, **extra: Any) -> dict[str, Any]:
+    return {
+        "ts": store.iso(ts),
+        "flow_id": "f",
+        "session_id": f"s-{user}",
+        "direction": "request",
+        "user": user,
+        "upstream": "db",
+        "method": "tools/call",
+        "target": "run_sql",
+        "decision": "allow",
+        **extra,
+    }
+
+
+def test_rows_chain_verify_and_read_back(db: store.Store) -> None:
+    assert db.append("events", event("alice", NOW)) == 1
+    assert db.append("events", event("bob", NOW + 1, decision="deny")) == 2
+    db.append("sessions", {"session_id": "s-alice", "user": "alice", "first_seen": store.iso(NOW)})
+    assert db.verify().ok and db.verify().rows_checked == 3
+    assert [e["user"] for e in db.events(user="alice")] == ["alice"]  # "user", not current_user
+    assert [e["seq"] for e in db.events(since=store.iso(NOW + 0.5))] == [2]
+    assert len(db.events()) == 2 and db.event(2)["decision"] == "deny"  # type: ignore[index]
+    sessions = {s["session_id"]: s for s in db.sessions()}
+    assert sessions["s-bob"]["denials"] == 1 and sessions["s-alice"]["events"] == 1
+    assert sessions["s-alice"]["kind"] == "mcp"
+    assert [e["seq"] for e in db.session_events("s-bob")] == [2]
+    head = db.chain_head()
+    assert head[0] == 3 and db.row_hashes([1, 3, 99]).keys() == {1, 3}
+    assert len(db.store_id) == 32
+
+
+def test_the_approval_state_machine(db: store.Store) -> None:
+    db.create_approval(approval("a1"))
+    with pytest.raises(store.SelfApproval):
+        db.decide_approval("a1", "approved", "alice", ["dba"], now=NOW)
+    decided = db.decide_approval("a1", "approved", "dana", ["dba"], reason="ok", now=NOW)
+    assert (decided["state"], decided["decider"]) == ("approved", "dana")
+    with pytest.raises(store.ApprovalNotPending):
+        db.decide_approval("a1", "denied", "dana", ["dba"], now=NOW)
+    assert db.redeem_approval("a1", "alice", "used") and not db.redeem_approval("a1", "alice", "x")
+    record = db.approval("a1")
+    assert record is not None
+    assert [h["state"] for h in record["history"]] == [
+        "pending",
+        "refused_attempt",
+        "approved",
+        "refused_attempt",
+        "redeemed",
+    ]
+    db.create_approval(approval("a2"))
+    db.create_approval(approval("a3", via="elicitation", expires=store.iso(NOW + 10)))
+    assert [r["approval_id"] for r in db.approvals(pending_only=True)] == ["a2", "a3"]
+    assert db.expire_pending("gateway restarted") == 1
+    assert db.expire_overdue("late", now=NOW + 20) == 1
+    assert db.approval_states(["a2", "a3", "zz"]).keys() == {"a2", "a3"}
+    assert db.verify().ok
+
+
+def test_purge_keeps_the_chain_verifiable(db: store.Store) -> None:
+    for i in range(5):
+        db.append("events", event("alice", NOW + i))
+    report = db.purge(older_than_seconds=2.5, now=NOW + 5)
+    assert report.removed["events"] == 3  # ts < NOW + 2.5
+    assert db.verify().ok and db.last_purge() is not None
+
+
+def test_the_writer_thread_appends(db: store.Store) -> None:
+    writer = db.writer()
+    try:
+        assert writer.submit_all([("events", event("alice", NOW)), ("events", event("bob", NOW))])
+        writer.flush(timeout=10)
+    finally:
+        writer.close()
+    assert len(db.events()) == 2 and db.verify().ok
+
+
+def test_two_stores_on_one_database_keep_one_chain(where: str) -> None:
+    """What two replicas do: append at once, each from its own connection."""
+    stores = [store.open_store(where), store.open_store(where)]
+    errors: list[BaseException] = []
+
+    def write(opened: store.Store, user: str) -> None:
+        try:
+            for i in range(25):
+                opened.append("events", event(user, NOW + i))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [
+        threading.Thread(target=write, args=(s, u)) for s, u in zip(stores, "ab", strict=True)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    try:
+        assert errors == []
+        report = stores[0].verify()
+        assert report.ok and report.rows_checked == 50
+        assert sorted(e["seq"] for e in stores[1].events()) == list(range(1, 51))
+    finally:
+        for opened in stores:
+            opened.close()
+
+
+def test_two_deciders_one_winner(where: str) -> None:
+    first, second = store.open_store(where), store.open_store(where)
+    try:
+        first.create_approval(approval("a1"))
+        outcomes: list[str] = []
+
+        def decide(opened: store.Store, who: str) -> None:
+            try:
+                opened.decide_approval("a1", "approved", who, ["dba"], now=NOW)
+                outcomes.append("won")
+            except store.ApprovalNotPending:
+                outcomes.append("lost")
+
+        threads = [
+            threading.Thread(target=decide, args=(first, "dana")),
+            threading.Thread(target=decide, args=(second, "dave")),
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+        assert sorted(outcomes) == ["lost", "won"]
+    finally:
+        first.close()
+        second.close()
+
+
+def test_a_store_that_is_not_there_is_named(where: str, tmp_path: Path) -> None:
+    missing = (
+        str(tmp_path / "none.sqlite3")
+        if "://" not in where
+        else where.rsplit("/", 1)[0] + "/t_missing_db"
+    )
+    with pytest.raises(StoreError):
+        store.open_store(missing, create=False)
+
+
+def test_postgres_refuses_a_database_that_is_not_a_store(pg_url: str) -> None:
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE invoices (id int)")
+    with pytest.raises(store.StoreUnavailable, match="not a holdgate audit store"):
+        store.open_store(pg_url)
+
+
+def test_postgres_has_no_per_host_digest_key(pg_url: str) -> None:
+    with store.open_store(pg_url) as opened, pytest.raises(StoreError, match="hash_key"):
+        opened.digest_key  # noqa: B018 - the property is the check
+
+
+def test_an_unreachable_postgres_is_unavailable_and_its_password_unsaid() -> None:
+    from helpers.processes import free_port
+
+    url = f"postgresql://holdgate:s3cret-pw@127.0.0.1:{free_port()}/holdgate"
+    with pytest.raises(store.StoreUnavailable) as info:
+        store.open_store(url)
+    assert "s3cret-pw" not in str(info.value) and "***" in str(info.value)
+
+
+def test_a_postgres_store_migrates_once(pg_url: str) -> None:
+    store.open_store(pg_url).close()
+    with store.open_store(pg_url) as again:
+        again.append("events", event("alice", NOW))
+        assert again.verify().ok
+
+
+@pytest.mark.parametrize(
+    ("sql", "named", "expected"),
+    [
+        ("SELECT * FROM t WHERE a = ? AND b = ?", False, "SELECT * FROM t WHERE a = %s AND b = %s"),
+        ("SELECT 1 WHERE x = :since AND y::text = :user", True,
+         "SELECT 1 WHERE x = %(since)s AND y::text = %(user)s"),
+        ("SELECT '100%' WHERE a = ?", False, "SELECT '100%%' WHERE a = %s"),
+    ],
+)  # fmt: skip
+def test_parameters_are_rewritten_for_psycopg(sql: str, named: bool, expected: str) -> None:
+    assert to_pyformat(sql, named) == expected
