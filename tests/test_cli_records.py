@@ -203,7 +203,7 @@ def test_readers_say_when_there_is_no_store(tmp_path: Path, command: list[str]) 
     result = CliRunner().invoke(main, [*command, "--db", str(missing)])
     assert result.exit_code == 1
     assert result.output == (
-        f"Error: no audit store at {missing}; pass --db with the gateway's holdgate_db\n"
+        f"Error: no audit store at {missing}; pass --store with the gateway's holdgate_store\n"
     )
     assert not missing.exists()
 

@@ -56,9 +56,15 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(timeout=5)
 
 
-def holdgate_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """The installed `holdgate` command, as an operator runs it."""
-    return subprocess.run([HOLDGATE, *args], capture_output=True, text=True, timeout=60, cwd=cwd)
+def holdgate_cli(
+    *args: str, cwd: Path | None = None, env_store: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The installed `holdgate` command, as an operator runs it (`env_store`: the store in
+    $HOLDGATE_STORE instead of an option)."""
+    env = {**os.environ, "HOLDGATE_STORE": env_store} if env_store else None
+    return subprocess.run(
+        [HOLDGATE, *args], capture_output=True, text=True, timeout=60, cwd=cwd, env=env
+    )
 
 
 @dataclass

@@ -34,6 +34,8 @@ class ConfigLoader:
         self._mtime: tuple[float, int] | None = None
         self._watcher: asyncio.Task[None] | None = None
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
+        # What other addons require of a config (a reason to refuse it, or None).
+        self.checks: list[Callable[[GatewayConfig], str | None]] = []
 
     def _announce(self, outcome: str, config: GatewayConfig | str | None, detail: str) -> None:
         """`config`: the loaded config, or the digest of a rejected file."""
@@ -92,9 +94,15 @@ class ConfigLoader:
                     "no `url` or `host`; as a regular proxy the client names the server, so "
                     "they would go wherever it says. Give it a `url`, or run in reverse mode"
                 )
+            if problem := self._problem(self.current):
+                self.current = None
+                raise exceptions.OptionsError(f"holdgate_config: {path}: {problem}")
             self._mtime = _stamp(path)
             logger.info("holdgate: loaded %s (sha256 %s)", path, self.current.digest[:12])
             self._announce("loaded", self.current, "loaded at start")
+
+    def _problem(self, config: GatewayConfig) -> str | None:
+        return next((found for check in self.checks if (found := check(config))), None)
 
     def running(self) -> None:
         self._watcher = asyncio.get_running_loop().create_task(self._watch())
@@ -122,6 +130,10 @@ class ConfigLoader:
                 "holdgate: reload rejected, keeping the last good config: %s", exc.report()
             )
             self._announce("rejected", await asyncio.to_thread(_file_digest, path), str(exc))
+            return
+        if problem := self._problem(fresh):
+            logger.error("holdgate: reload rejected, keeping the last good config: %s", problem)
+            self._announce("rejected", fresh.digest, problem)
             return
         if self.current is None or fresh.digest != self.current.digest:
             previous = self.current.digest if self.current is not None else None

@@ -35,6 +35,7 @@ from holdgate.addons.flowstate import (
     state,
 )
 from holdgate.config.gateway_config import GatewayConfig
+from holdgate.config.options import DEFAULT_STORE, STORE_OPTIONS, store_location
 from holdgate.masking.masker import MaskingError, MaskOutcome
 from holdgate.masking.record_masking import RecordMasking, ToolHint, mask_for_record, scrub_row
 from holdgate.protocol.canonical_json import args_digest
@@ -55,7 +56,7 @@ from holdgate.protocol.sessionless import (
     traceparent_of,
 )
 from holdgate.recording.flowfiles import RecordingWriter, Redaction, route_back
-from holdgate.store import AuditWriter, Store, StoreError, open_store
+from holdgate.store import AuditWriter, PostgresStore, Store, StoreError, open_store
 from holdgate.store import iso as now_iso
 from holdgate.store.rows import Row
 
@@ -89,6 +90,7 @@ class Recorder:
         # outcome row instead. (Beside the flow, like FlowState: never saved with it.)
         self._written_ahead: weakref.WeakSet[http.HTTPFlow] = weakref.WeakSet()
         loader.listeners.append(self.note_config_version)
+        loader.checks.append(self.config_problem)
 
     def note_config_version(self, event: dict[str, Any]) -> None:
         """A config loaded, reloaded or rejected: a `config_versions` row."""
@@ -99,7 +101,14 @@ class Recorder:
             logger.error("holdgate: could not record config version %s", event["config_hash"])
 
     def load(self, loader) -> None:  # type: ignore[no-untyped-def]
-        loader.add_option("holdgate_db", str, "holdgate.sqlite3", "Holdgate's SQLite audit store.")
+        loader.add_option(
+            "holdgate_store",
+            str,
+            DEFAULT_STORE,
+            "Holdgate's audit store: a SQLite path, or a postgresql:// URL shared by replicas "
+            "(then the config needs hash_key).",
+        )
+        loader.add_option("holdgate_db", str, "", "Old name of holdgate_store.")
         loader.add_option(
             "holdgate_recordings",
             str,
@@ -109,17 +118,26 @@ class Recorder:
         )
 
     def configure(self, updated: set[str]) -> None:
-        if "holdgate_db" in updated:
+        if STORE_OPTIONS & updated:
             self._close_store()
             try:
-                self.store = open_store(ctx.options.holdgate_db)
+                location = store_location(ctx.options.holdgate_store, ctx.options.holdgate_db)
+                self.store = open_store(location)
                 self.writer = self.store.writer()
+            except ValueError as exc:
+                raise exceptions.OptionsError(str(exc)) from None
             except StoreError as exc:
                 raise exceptions.OptionsError(
-                    f"holdgate_db: cannot open the audit store ({exc}); check the path and "
-                    "its permissions"
+                    f"holdgate_store: cannot open the audit store ({exc}); check the path "
+                    "or URL and its permissions"
                 ) from None
-            self.digest_key = self.store.digest_key
+            if self.loader.current is not None and (
+                problem := self.config_problem(self.loader.current)
+            ):
+                raise exceptions.OptionsError(f"holdgate_config: {problem}")
+            self.digest_key = (
+                b"" if isinstance(self.store, PostgresStore) else self.store.digest_key
+            )
             for row in self.unwritten_versions:
                 self.writer.submit("config_versions", row)
             self.unwritten_versions.clear()
@@ -150,7 +168,20 @@ class Recorder:
             self.store = None
 
     def key(self, config: GatewayConfig) -> bytes:
-        return config.hash_key or self.digest_key
+        key = config.hash_key or self.digest_key
+        if not key:  # a shared store with a config that slipped past `config_problem`
+            raise RuntimeError("no digest key: a PostgreSQL store needs hash_key in the config")
+        return key
+
+    def config_problem(self, config: GatewayConfig) -> str | None:
+        """Why this store cannot record under `config` (the loader refuses such a config)."""
+        if isinstance(self.store, PostgresStore) and config.hash_key is None:
+            return (
+                "a PostgreSQL store (holdgate_store) is shared by replicas, so arguments must "
+                "be digested with one key: set `hash_key` (e.g. hash_key: {env: "
+                "HOLDGATE_HASH_KEY}) in the config"
+            )
+        return None
 
     def record_masking(self, config: GatewayConfig) -> RecordMasking:
         """How the record is masked under this config (built once per config)."""

@@ -16,6 +16,7 @@ from mitmproxy import exceptions, http
 
 from holdgate.addons.flowstate import MessageContext, state
 from holdgate.config.gateway_config import Upstream
+from holdgate.config.options import STORE_OPTIONS
 from holdgate.policy.rules import Decision
 from holdgate.policy.tool_pins import PinBook, review_call
 from holdgate.protocol.jsonrpc import Body, HeaderParams, Message
@@ -39,7 +40,7 @@ class ToolPinning:
         self._poller: asyncio.Task[None] | None = None
 
     def configure(self, updated: set[str]) -> None:
-        if "holdgate_db" in updated:
+        if STORE_OPTIONS & updated:
             # Once, at start (before any flow): calls must be judged against every pin.
             book = PinBook()
             try:
@@ -47,7 +48,7 @@ class ToolPinning:
                     book.apply(row)
             except StoreError as exc:
                 raise exceptions.OptionsError(
-                    f"holdgate_db: cannot read the tool pins ({exc}); check the store"
+                    f"holdgate_store: cannot read the tool pins ({exc}); check the store"
                 ) from None
             self.book = book
 

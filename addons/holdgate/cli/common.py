@@ -27,11 +27,14 @@ class CheckFailed(click.ClickException):
 
 def db_option(func: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
+        "--store",
         "--db",
+        "db",
         default="holdgate.sqlite3",
         show_default=True,
-        type=click.Path(dir_okay=False),
-        help="Audit store (the gateway's holdgate_db).",
+        envvar="HOLDGATE_STORE",
+        show_envvar=True,
+        help="Audit store: a SQLite path or a postgresql:// URL (the gateway's holdgate_store).",
     )(func)
 
 
@@ -41,7 +44,7 @@ def store_errors() -> Iterator[None]:
     try:
         yield
     except StoreNotFound as exc:
-        raise CheckFailed(f"{exc}; pass --db with the gateway's holdgate_db") from None
+        raise CheckFailed(f"{exc}; pass --store with the gateway's holdgate_store") from None
     except StoreError as exc:
         raise CheckFailed(str(exc)) from None
 

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 PREFIX = "holdgate_"
 OPTIONS = (
     "holdgate_config",
+    "holdgate_store",
     "holdgate_db",
     "holdgate_recordings",
     "holdgate_admin",
@@ -41,3 +42,18 @@ def option_problems(deferred: Mapping[str, object]) -> list[str]:
             shown = ", ".join(repr(v) for v in values)
             problems.append(f"option {name} is set {len(values)} times ({shown}): set it once")
     return problems
+
+
+DEFAULT_STORE = "holdgate.sqlite3"
+STORE_OPTIONS = frozenset({"holdgate_store", "holdgate_db"})
+
+
+def store_location(store: str, db: str) -> str:
+    """The store the options name: `holdgate_store` (a SQLite path or a postgresql:// URL),
+    or its older alias `holdgate_db`; naming two different stores is an error."""
+    if db and store != DEFAULT_STORE and db != store:
+        raise ValueError(
+            f"holdgate_store ({store!r}) and holdgate_db ({db!r}) name different stores; "
+            "set only holdgate_store (holdgate_db is its old name)"
+        )
+    return db or store

@@ -1,0 +1,91 @@
+"""Gateways on one PostgreSQL store: real mitmdump processes, a real PostgreSQL 15 server
+(started by the suite), the 2.x demo server and the official SDK client."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from helpers.clients import connect
+from helpers.configs import ALICE, identity
+from helpers.processes import free_port, gateway_command, holdgate_cli
+from holdgate import store
+
+pytestmark = pytest.mark.anyio
+
+HASH_KEY = "replica-shared-hash-key-5b1e"
+CONFIG = (
+    "version: 1\n"
+    + identity("alice", "bob", "dana")
+    + """upstreams:
+  - name: demo
+    url: {url}
+hash_key: {hash_key}
+rules:
+  - name: handshake
+    match: {{method: [initialize, server/discover, ping, "notifications/*", tools/list]}}
+    action: allow
+  - name: support reads
+    match: {{groups: [support], tool: [get_customer, search_customers]}}
+    action: allow
+"""
+)
+
+
+def config(demo, hash_key: str | None = HASH_KEY) -> str:
+    text = CONFIG.format(url=demo.url, hash_key=hash_key or "")
+    return text if hash_key else text.replace("hash_key: \n", "")
+
+
+async def test_a_gateway_records_into_postgresql(demo, gateway_factory, pg_url):
+    gw = gateway_factory(config(demo), demo.url, options={"holdgate_db": pg_url})
+    async with connect(gw.url + "/mcp", ALICE) as client:
+        result = await client.call_tool("get_customer", {"customer_id": 1})
+    assert not result.is_error
+    with store.open_store(pg_url, create=False) as opened:
+        calls = [e for e in opened.events() if e["target"] == "get_customer"]
+        assert [c["direction"] for c in calls] == ["request", "response", "outcome"]
+        assert opened.verify().ok
+    listed = holdgate_cli("sessions", "list", "--store", pg_url)
+    assert listed.returncode == 0 and "alice" in listed.stdout
+    exported = holdgate_cli("export", env_store=pg_url)
+    assert exported.returncode == 0, exported.stderr
+    assert any(
+        json.loads(line)["target"] == "get_customer" for line in exported.stdout.splitlines()
+    )
+
+
+def refused_start(tmp_path, text: str, *options: str) -> str:
+    """Run mitmdump with the bundle; it must stop at once (exit 1). Its output."""
+    path = tmp_path / "holdgate.yaml"
+    path.write_text(text)
+    cmd = gateway_command("--listen-host", "127.0.0.1", "--listen-port", str(free_port()))
+    cmd += ["--set", f"holdgate_config={path}", "--set", "holdgate_admin="]
+    for option in options:
+        cmd += ["--set", option]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    output = done.stdout + done.stderr
+    assert done.returncode == 1, output
+    return output
+
+
+def test_a_shared_store_without_hash_key_stops_the_gateway(tmp_path, demo, pg_url):
+    output = refused_start(tmp_path, config(demo, hash_key=None), f"holdgate_store={pg_url}")
+    assert "a PostgreSQL store (holdgate_store) is shared by replicas" in output
+    assert "set `hash_key`" in output
+
+
+def test_two_different_stores_named_stop_the_gateway(tmp_path, demo, pg_url):
+    output = refused_start(
+        tmp_path, config(demo), f"holdgate_store={pg_url}", f"holdgate_db={tmp_path / 'x.db'}"
+    )
+    assert "holdgate_store" in output and "name different stores" in output
+
+
+def test_an_unreachable_postgresql_stops_the_gateway_without_its_password(tmp_path, demo):
+    url = f"postgresql://holdgate:pw-never-shown@127.0.0.1:{free_port()}/holdgate"
+    output = refused_start(tmp_path, config(demo), f"holdgate_store={url}")
+    assert "cannot open the audit store" in output
+    assert "pw-never-shown" not in output
