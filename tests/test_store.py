@@ -173,7 +173,7 @@ def test_a_store_of_schema_2_migrates_and_still_verifies(
             assert "client" not in {r[1] for r in conn.execute("PRAGMA table_info(sessions)")}
     with store.SqliteStore(path) as new:
         with raw(path) as conn:
-            assert store.schema_version(conn) == 3
+            assert store.schema_version(conn) == store.SCHEMA_VERSION
         new.append(
             "sessions", {"session_id": "hg-1", "user": "bob", "client": "c/1", "kind": "grouped"}
         )

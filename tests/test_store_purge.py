@@ -204,7 +204,7 @@ def test_a_store_of_schema_1_migrates_and_gets_an_id(
         patched.setitem(schema.COLUMNS, "checkpoints", schema._V1["checkpoints"])
         with store.SqliteStore(path) as old:  # a purge as schema 1 recorded it
             old.append("events", {"ts": OLD})
-            head = old.row_hashes([1])[1]
+            head = old.chain_head()[1]  # row 1 is the head
             with sqlite3.connect(path, isolation_level=None) as conn:
                 conn.execute("DELETE FROM events")
             record = {"first_seq": 1, "last_seq": 1, "last_hash": head, "removed": {"events": 1}}

@@ -50,6 +50,7 @@ _REQUEST_COLUMNS = (
     "changes",
     "flow_id",
     "via",
+    "replica",
 )
 
 

@@ -41,6 +41,9 @@ class Store(Protocol):
         traceback: TracebackType | None,
     ) -> None: ...
 
+    def db_now(self) -> float:
+        """The database's clock (seconds since the epoch), shared by every replica."""
+
     # --- writing ---
 
     def append(self, table: str, row: Row) -> int:

@@ -2,7 +2,7 @@
 
 The same tables and columns as the SQLite store (`schema.COLUMNS`, which both backends'
 rows are checked against), typed for PostgreSQL. The PostgreSQL history starts at SQLite
-schema 3: `MIGRATIONS[0]` builds that whole schema, and later versions add a step to both
+schema 4: `MIGRATIONS[0]` builds that whole schema, and later versions add a step to both
 backends' lists, so `schema_version` means the same on both. Migrations run under the
 chain's advisory lock, so replicas starting together migrate once.
 """
@@ -13,10 +13,10 @@ import uuid
 from collections.abc import Callable
 
 from holdgate.store.errors import SchemaTooNew, StoreUnavailable
-from holdgate.store.schema import ANNOTATIONS, COLUMNS, GENESIS
+from holdgate.store.schema import ANNOTATIONS, COLUMNS, GENESIS, SHARED, SHARED_KEYS
 from holdgate.store.sqlconn import SqlConnection, transaction
 
-FIRST_VERSION = 3  # the SQLite schema version PostgreSQL stores start at
+FIRST_VERSION = 4  # the SQLite schema version PostgreSQL stores start at
 _TYPES = {str: "TEXT", int: "BIGINT", float: "DOUBLE PRECISION"}
 _INDEXES = {
     "events": [
@@ -28,6 +28,7 @@ _INDEXES = {
     ],
     "approvals": [["approval_id", "seq"], ["ts"]],
     "sessions": [["session_id"], ["first_seen"]],
+    "recordings": [["session_id", "seq"]],
 }
 # Requests that were refused, whatever the reason: everything but these decisions.
 _NOT_DENIED = "('allow', 'pass', 'approve', 'dropped')"
@@ -66,7 +67,8 @@ LEFT JOIN e ON e.session_id = ids.session_id""",
 SELECT a.approval_id, a.state, a.requester, a.upstream, a.method, a.tool, a.rule,
        a.approvers, a.decider, a.reason, a.created, a.expires,
        CASE WHEN a.state = 'pending' THEN NULL ELSE a.ts END AS decided,
-       a.args_masked, a.args_digest, a.request_digest, a.changes, a.flow_id, a.seq, a.via
+       a.args_masked, a.args_digest, a.request_digest, a.changes, a.flow_id, a.seq, a.via,
+       a.replica
 FROM approvals AS a
 JOIN (SELECT approval_id, max(seq) AS seq FROM approvals
       WHERE state NOT IN {ANNOTATIONS!r} GROUP BY approval_id) AS latest
@@ -79,14 +81,20 @@ GROUP BY "user", upstream, method, target""",
 }
 
 
-def _create_v3(conn: SqlConnection) -> None:
-    """The whole schema as of SQLite schema 3, and the head of an empty chain."""
+def _columns(columns: dict[str, type]) -> str:
+    return ", ".join(f'"{name}" {_TYPES[kind]}' for name, kind in columns.items())
+
+
+def _create_v4(conn: SqlConnection) -> None:
+    """The whole schema as of SQLite schema 4, and the head of an empty chain."""
     conn.execute("CREATE TABLE chain_head (id INTEGER PRIMARY KEY, seq BIGINT, row_hash TEXT)")
     conn.execute("INSERT INTO chain_head (id, seq, row_hash) VALUES (1, 0, ?)", [GENESIS])
+    for table, columns in SHARED.items():
+        key = SHARED_KEYS[table]
+        conn.execute(f'CREATE TABLE "{table}" ({_columns(columns)}, PRIMARY KEY ("{key}"))')
     for table, columns in COLUMNS.items():
-        defined = ", ".join(f'"{name}" {_TYPES[kind]}' for name, kind in columns.items())
         conn.execute(
-            f'CREATE TABLE "{table}" (seq BIGINT PRIMARY KEY, {defined}, '
+            f'CREATE TABLE "{table}" (seq BIGINT PRIMARY KEY, {_columns(columns)}, '
             "prev_hash TEXT NOT NULL, row_hash TEXT NOT NULL)"
         )
         for index in _INDEXES.get(table, []):
@@ -97,7 +105,7 @@ def _create_v3(conn: SqlConnection) -> None:
     conn.execute("INSERT INTO meta (key, value) VALUES ('store_id', ?)", [uuid.uuid4().hex])
 
 
-MIGRATIONS: list[Callable[[SqlConnection], None]] = [_create_v3]
+MIGRATIONS: list[Callable[[SqlConnection], None]] = [_create_v4]
 SCHEMA_VERSION = FIRST_VERSION + len(MIGRATIONS) - 1
 
 

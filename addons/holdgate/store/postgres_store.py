@@ -81,6 +81,11 @@ class PostgresStore(SqlStore):
             except psycopg.Error as exc:
                 raise StoreUnavailable(f"{self.name}: {_reason(exc)}") from exc
 
+    def db_now(self) -> float:
+        """The server's clock, the one every replica's lease is judged by."""
+        with self._conn() as conn:
+            return float(conn.execute("SELECT extract(epoch FROM clock_timestamp())").fetchone()[0])
+
     def writer(self, **options: Any) -> AuditWriter:
         options.pop("busy_timeout", None)
 

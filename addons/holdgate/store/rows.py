@@ -88,6 +88,7 @@ class ApprovalRow(TypedDict, total=False):
     changes: str | None
     flow_id: str | None
     via: str | None
+    replica: str | None
     prev_hash: str
     row_hash: str
 
@@ -116,6 +117,7 @@ class ApprovalRecord(TypedDict, total=False):
     changes: str | None
     flow_id: str | None
     via: str | None  # "elicitation", or held ("hold" or NULL in rows before schema v3)
+    replica: str | None  # the replica holding a held call (NULL before schema v4)
     history: list[ApprovalRow]
 
 

@@ -112,13 +112,42 @@ _V2 = {**_V1, "checkpoints": {**_V1["checkpoints"], "kept": str}}
 # The content columns of each chained table as of the newest schema version. v3: sessions
 # name their client and their kind ("mcp": a protocol session id, "grouped": Holdgate
 # grouped activity without one); events keep the request's W3C traceparent; approvals say
-# how they wait (`via`; NULL in older rows: held).
-COLUMNS = {
+# how they wait (`via`; NULL in older rows: held). v4: a held approval names the replica
+# holding it; each closed flow file (segment) is a `recordings` row.
+_V3 = {
     **_V2,
     "sessions": {**_V2["sessions"], "client": str, "kind": str},
     "events": {**_V2["events"], "traceparent": str},
     "approvals": {**_V2["approvals"], "via": str},
 }
+RECORDINGS = {
+    "ts": str,
+    "replica": str,
+    "session_id": str,
+    "file": str,
+    "flows": int,
+    "bytes": int,
+    "sha256": str,
+}
+COLUMNS = {**_V3, "approvals": {**_V3["approvals"], "replica": str}, "recordings": RECORDINGS}
+# State the replicas share that is not evidence (never hashed, updated in place): who is
+# alive (heartbeats by the database clock), rate-limit windows, approval grants.
+SHARED = {
+    "replicas": {
+        "replica": str,
+        "instance": str,
+        "host": str,
+        "pid": int,
+        "listen": str,
+        "started": str,
+        "heartbeat": float,
+        "config_hash": str,
+        "version": str,
+    },
+    "rate_counters": {"bucket": str, "window_start": float, "hits": int},
+    "grants": {"grant_key": str, "approval_id": str, "expires": float},
+}
+SHARED_KEYS = {"replicas": "replica", "rate_counters": "bucket", "grants": "grant_key"}
 CHAINED = tuple(COLUMNS)
 TIME_COLUMN = {t: "first_seen" if t == "sessions" else "ts" for t in CHAINED}
 
@@ -232,7 +261,28 @@ def _migrate_v3(db: Database) -> None:
     db.create_view("v_approvals", _approvals_view(ANNOTATIONS, ", a.via").strip())
 
 
-MIGRATIONS: list[Callable[[Database], None]] = [_migrate_v1, _migrate_v2, _migrate_v3]
+def _migrate_v4(db: Database) -> None:
+    """`approvals.replica`, the chained `recordings` table, and the replicas' shared state
+    (`replicas`, `rate_counters`, `grants`: not chained, updated in place)."""
+    db.execute("ALTER TABLE approvals ADD COLUMN replica TEXT")
+    db["recordings"].create(  # type: ignore[union-attr]
+        {"seq": int, **RECORDINGS, "prev_hash": str, "row_hash": str},
+        pk="seq",
+        not_null={"prev_hash", "row_hash"},
+    )
+    db["recordings"].create_index(["session_id", "seq"], index_name="ix_recordings_session")  # type: ignore[union-attr]
+    for table, columns in SHARED.items():
+        db[table].create(columns, pk=SHARED_KEYS[table])  # type: ignore[union-attr]
+    db.execute("DROP VIEW v_approvals")
+    db.create_view("v_approvals", _approvals_view(ANNOTATIONS, ", a.via, a.replica").strip())
+
+
+MIGRATIONS: list[Callable[[Database], None]] = [
+    _migrate_v1,
+    _migrate_v2,
+    _migrate_v3,
+    _migrate_v4,
+]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -47,6 +47,10 @@ class SqlStore:
     ) -> None:
         self.close()
 
+    def db_now(self) -> float:
+        """The database's clock (seconds since the epoch): what leases are judged by."""
+        return time.time()
+
     def append_batch(self, rows: Batch) -> None:
         """The writer thread's append (its own store): all rows in one transaction."""
         try:
