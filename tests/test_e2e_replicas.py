@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 import subprocess
 
+import anyio
 import pytest
 
 from helpers.clients import connect
 from helpers.configs import ALICE, identity
-from helpers.processes import free_port, gateway_command, holdgate_cli
+from helpers.processes import free_port, gateway_command, holdgate_cli, stop
 from holdgate import store
 
 pytestmark = pytest.mark.anyio
@@ -89,3 +90,46 @@ def test_an_unreachable_postgresql_stops_the_gateway_without_its_password(tmp_pa
     output = refused_start(tmp_path, config(demo), f"holdgate_store={url}")
     assert "cannot open the audit store" in output
     assert "pw-never-shown" not in output
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
+async def test_concurrent_calls_through_two_replicas_make_one_chain(
+    demo, gateway_factory, tmp_path, backend, request
+):
+    where = (
+        request.getfixturevalue("pg_url")
+        if backend == "postgresql"
+        else str(tmp_path / "shared.sqlite3")
+    )
+    replicas = [
+        gateway_factory(config(demo), demo.url, options={"holdgate_db": where}) for _ in range(2)
+    ]
+    calls = 40
+
+    async def call(i: int) -> bool:
+        gw = replicas[i % 2]
+        async with connect(gw.url + "/mcp", ALICE) as client:
+            result = await client.call_tool("get_customer", {"customer_id": i % 20 + 1})
+        return not result.is_error
+
+    async with anyio.create_task_group() as tg:
+        results: list[bool] = []
+
+        async def run(i: int) -> None:
+            results.append(await call(i))
+
+        for i in range(calls):
+            tg.start_soon(run, i)
+    assert results == [True] * calls
+    for gw in replicas:
+        stop(gw.proc)  # every queued row written
+    with store.open_store(where, create=False) as opened:
+        report = opened.verify()
+        rows = opened.events()
+    assert report.ok, report.problem
+    seqs = [r["seq"] for r in rows]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+    for direction in ("request", "response", "outcome"):
+        assert sum(r["target"] == "get_customer" and r["direction"] == direction for r in rows) == (
+            calls
+        )
