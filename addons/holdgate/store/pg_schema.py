@@ -29,6 +29,7 @@ _INDEXES = {
     "approvals": [["approval_id", "seq"], ["ts"]],
     "sessions": [["session_id"], ["first_seen"]],
     "recordings": [["session_id", "seq"]],
+    "certifications": [["campaign_id", "item_id", "seq"]],
 }
 # Requests that were refused, whatever the reason: everything but these decisions.
 _NOT_DENIED = "('allow', 'pass', 'approve', 'dropped')"

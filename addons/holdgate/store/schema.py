@@ -120,7 +120,7 @@ _V3 = {
     "events": {**_V2["events"], "traceparent": str},
     "approvals": {**_V2["approvals"], "via": str},
 }
-RECORDINGS = {
+RECORDINGS: dict[str, type] = {
     "ts": str,
     "replica": str,
     "session_id": str,
@@ -129,7 +129,39 @@ RECORDINGS = {
     "bytes": int,
     "sha256": str,
 }
-COLUMNS = {**_V3, "approvals": {**_V3["approvals"], "replica": str}, "recordings": RECORDINGS}
+# Access-review certification campaigns: a campaign's life (started, closed, applied) and
+# its items, each an (identity, grant) whose rows go open -> keep | revoke, never updated.
+CAMPAIGNS: dict[str, type] = {
+    "ts": str,
+    "campaign_id": str,
+    "event": str,
+    "period_start": str,
+    "period_end": str,
+    "config_hash": str,
+    "actor": str,
+    "detail": str,
+}
+CERTIFICATIONS: dict[str, type] = {
+    "ts": str,
+    "campaign_id": str,
+    "item_id": str,
+    "user": str,
+    "upstream": str,
+    "target_kind": str,
+    "target": str,
+    "rule": str,
+    "usage": str,
+    "state": str,
+    "reviewer": str,
+    "reason": str,
+}
+COLUMNS: dict[str, dict[str, type]] = {
+    **_V3,
+    "approvals": {**_V3["approvals"], "replica": str},
+    "recordings": RECORDINGS,
+    "campaigns": CAMPAIGNS,
+    "certifications": CERTIFICATIONS,
+}
 # State the replicas share that is not evidence (never hashed, updated in place): who is
 # alive (heartbeats by the database clock), rate-limit windows, approval grants.
 SHARED = {
@@ -262,15 +294,24 @@ def _migrate_v3(db: Database) -> None:
 
 
 def _migrate_v4(db: Database) -> None:
-    """`approvals.replica`, the chained `recordings` table, and the replicas' shared state
-    (`replicas`, `rate_counters`, `grants`: not chained, updated in place)."""
+    """`approvals.replica`, the chained `recordings`, `campaigns` and `certifications`
+    tables, and the replicas' shared state (`replicas`, `rate_counters`, `grants`: not
+    chained, updated in place)."""
     db.execute("ALTER TABLE approvals ADD COLUMN replica TEXT")
-    db["recordings"].create(  # type: ignore[union-attr]
-        {"seq": int, **RECORDINGS, "prev_hash": str, "row_hash": str},
-        pk="seq",
-        not_null={"prev_hash", "row_hash"},
-    )
+    for table, columns in (
+        ("recordings", RECORDINGS),
+        ("campaigns", CAMPAIGNS),
+        ("certifications", CERTIFICATIONS),
+    ):
+        db[table].create(  # type: ignore[union-attr]
+            {"seq": int, **columns, "prev_hash": str, "row_hash": str},
+            pk="seq",
+            not_null={"prev_hash", "row_hash"},
+        )
     db["recordings"].create_index(["session_id", "seq"], index_name="ix_recordings_session")  # type: ignore[union-attr]
+    db["certifications"].create_index(  # type: ignore[union-attr]
+        ["campaign_id", "item_id", "seq"], index_name="ix_certifications_item"
+    )
     for table, columns in SHARED.items():
         db[table].create(columns, pk=SHARED_KEYS[table])  # type: ignore[union-attr]
     db.execute("DROP VIEW v_approvals")
