@@ -13,24 +13,11 @@ import uuid
 from collections.abc import Callable
 
 from holdgate.store.errors import SchemaTooNew, StoreUnavailable
-from holdgate.store.schema import ANNOTATIONS, COLUMNS, GENESIS, SHARED, SHARED_KEYS
+from holdgate.store.schema import ANNOTATIONS, COLUMNS, GENESIS, INDEXES, SHARED, SHARED_KEYS
 from holdgate.store.sqlconn import SqlConnection, transaction
 
 FIRST_VERSION = 4  # the SQLite schema version PostgreSQL stores start at
 _TYPES = {str: "TEXT", int: "BIGINT", float: "DOUBLE PRECISION"}
-_INDEXES = {
-    "events": [
-        ["ts"],
-        ["session_id", "seq"],
-        ["user", "ts"],
-        ["upstream", "target"],
-        ["approval_id"],
-    ],
-    "approvals": [["approval_id", "seq"], ["ts"]],
-    "sessions": [["session_id"], ["first_seen"]],
-    "recordings": [["session_id", "seq"]],
-    "certifications": [["campaign_id", "item_id", "seq"]],
-}
 # Requests that were refused, whatever the reason: everything but these decisions.
 _NOT_DENIED = "('allow', 'pass', 'approve', 'dropped')"
 
@@ -98,7 +85,7 @@ def _create_v4(conn: SqlConnection) -> None:
             f'CREATE TABLE "{table}" (seq BIGINT PRIMARY KEY, {_columns(columns)}, '
             "prev_hash TEXT NOT NULL, row_hash TEXT NOT NULL)"
         )
-        for index in _INDEXES.get(table, []):
+        for index in INDEXES.get(table, []):
             names = ", ".join(f'"{c}"' for c in index)
             conn.execute(f'CREATE INDEX "ix_{table}_{"_".join(index)}" ON "{table}" ({names})')
     for name, sql in _VIEWS.items():

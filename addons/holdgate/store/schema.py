@@ -194,6 +194,12 @@ _INDEXES_V1 = {
     "approvals": [["approval_id", "seq"], ["ts"]],
     "sessions": [["session_id"], ["first_seen"]],
 }
+# Every index as of the newest version (PostgreSQL stores are built with these at once).
+INDEXES = {
+    **_INDEXES_V1,
+    "recordings": [["session_id", "seq"]],
+    "certifications": [["campaign_id", "item_id", "seq"]],
+}
 
 # Requests that were refused, whatever the reason: everything but these decisions.
 _NOT_DENIED = "('allow', 'pass', 'approve', 'dropped')"
