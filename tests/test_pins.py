@@ -55,6 +55,22 @@ def test_first_sight_pins_a_repeat_is_silent_a_change_and_a_return_are_recorded(
     assert book.changed("crm", "get_customer") is None
 
 
+def test_another_replicas_first_sight_read_back_becomes_the_pin():
+    """Two replicas saw the tool at once, listed differently; the store kept the other's
+    first-seen row: this replica adopts it, so both judge calls against one pin."""
+    book = PinBook()
+    other = {**TOOL, "description": "as the other replica saw it"}
+    mine = book.observe("crm", TOOL, "t1")
+    assert mine is not None
+    theirs = {**mine, "definition_digest": definition_digest(tool_definition(other)), "seq": 7}
+    theirs["definition"] = None
+    book.apply(theirs)
+    pin = book.pins["crm", "get_customer"]
+    assert pin.pinned_digest == theirs["definition_digest"] and not pin.changed
+    book.apply({**mine, "event": "changed", "seq": 8})  # later rows fold as before
+    assert book.changed("crm", "get_customer") is not None
+
+
 def test_pins_are_per_upstream():
     book = PinBook()
     book.observe("crm", TOOL, "t1")

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from holdgate.config.configfile import ConfigError, parse_yaml
-from holdgate.policy.rules import Policy, RateLimiter, parse_rules
+from holdgate.policy.rules import Policy, parse_rules
 from holdgate.protocol.jsonrpc import parse_body
 
 RULES = """
@@ -259,15 +259,6 @@ def test_config_errors_name_file_line_and_key(text, where, fragment):
     with pytest.raises(ConfigError, match=fragment) as info:
         policy(text)
     assert str(info.value).startswith(where)
-
-
-def test_rate_limiter_window():
-    now = [0.0]
-    limiter = RateLimiter(clock=lambda: now[0])
-    assert [limiter.allow("r", "u", (2, 60.0)) for _ in range(3)] == [True, True, False]
-    assert limiter.allow("r", "other", (2, 60.0))
-    now[0] = 61.0
-    assert limiter.allow("r", "u", (2, 60.0))
 
 
 @given(st.dictionaries(st.sampled_from(["query", "a", "b", "c"]), st.text(max_size=8)))

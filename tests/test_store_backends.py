@@ -19,14 +19,6 @@ from holdgate.store.sqlconn import to_pyformat
 NOW = 1_800_000_000.0
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def where(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return str(tmp_path / "audit.sqlite3")
-    url: str = request.getfixturevalue("pg_url")
-    return url
-
-
 @pytest.fixture
 def db(where: str) -> Iterator[store.Store]:
     with store.open_store(where) as opened:

@@ -28,6 +28,7 @@ from helpers.flows import (
 )
 from holdgate.addons.authentication import Authentication
 from holdgate.addons.enforcement import PolicyEnforcer
+from holdgate.addons.recorder import Recorder
 from holdgate.addons.router import Router
 
 pytestmark = pytest.mark.anyio
@@ -63,7 +64,8 @@ rules:
 
 @pytest.fixture
 def tctx(tmp_path):
-    with gateway(tmp_path, CONFIG, Router, Authentication, PolicyEnforcer) as tctx:
+    # the Recorder owns the store, where rate limits are counted
+    with gateway(tmp_path, CONFIG, Router, Authentication, PolicyEnforcer, Recorder) as tctx:
         yield tctx
 
 
@@ -144,6 +146,17 @@ async def test_a_rate_limit_denies_the_call_over_it(tctx):
         flow = await send(tctx, mcp_flow(call("search", msg_id=msg_id), ALICE))
         codes.append(response_json(flow)["error"]["code"] if flow.response else None)
     assert codes == [None, None, -32005]
+
+
+async def test_a_store_that_cannot_count_refuses_limited_calls_only(tctx):
+    find(tctx, Recorder).store.close()  # the store is down: no statement runs on it
+    limited = await send(tctx, mcp_flow(call("search", msg_id=1), ALICE))
+    status, code, message = error_of(limited)
+    assert (status, code) == (503, -32603)
+    assert "rate limit of rule 'support searches' cannot be checked" in message
+    assert "audit store is unavailable" in message
+    unlimited = await send(tctx, mcp_flow(call("get_customer", msg_id=2), ALICE))
+    assert unlimited.response is None  # no counter involved: decided as before
 
 
 @pytest.mark.parametrize("method", ["GET", "DELETE"])

@@ -33,7 +33,7 @@ def default_addons() -> list[object]:
     loader = ConfigLoader()
     recorder = Recorder(loader)
     pins = ToolPinning(loader, recorder)
-    policy = PolicyEnforcer(loader, pins)
+    policy = PolicyEnforcer(loader, recorder, pins)
     return [
         ConnectionDeadlines(),
         loader,

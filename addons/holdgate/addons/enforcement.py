@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Sequence
@@ -24,10 +25,11 @@ from holdgate.addons.flowstate import (
 from holdgate.config.gateway_config import Upstream
 from holdgate.identity.identities import Identity
 from holdgate.policy.policytest import format_explanation
-from holdgate.policy.quota import Hit, Quota
+from holdgate.policy.quota import Hit, rate_bucket
 from holdgate.policy.rules import Decision, Policy
 from holdgate.protocol.bodies import decode_bounded
 from holdgate.protocol.jsonrpc import (
+    INTERNAL_ERROR,
     POLICY_DENIED,
     RATE_LIMITED,
     Body,
@@ -39,9 +41,11 @@ from holdgate.protocol.jsonrpc import (
     parse_body,
     single_valued,
 )
+from holdgate.store import Store, StoreError
 
 if TYPE_CHECKING:
     from holdgate.addons.config_loader import ConfigLoader
+    from holdgate.addons.recorder import Recorder
     from holdgate.addons.tool_pinning import ToolPinning
 
 
@@ -57,16 +61,26 @@ LISTINGS = {
 LISTED = frozenset(key for key, _, _ in LISTINGS.values())
 
 
+class LimitUncheckable(Exception):
+    """A call's rate limit could not be counted (the store is down): it is refused."""
+
+    def __init__(self, rule: str, message: str) -> None:
+        super().__init__(message)
+        self.rule = rule
+
+
 class PolicyEnforcer:
-    def __init__(self, loader: ConfigLoader, pins: ToolPinning | None = None) -> None:
+    def __init__(
+        self, loader: ConfigLoader, recorder: Recorder, pins: ToolPinning | None = None
+    ) -> None:
         self.loader = loader
+        self.recorder = recorder
         self.pins = pins
-        self.limiter = Quota()
         self.correlator = Correlator()
         self.substituted: dict[tuple[str, str], dict[str, Any]] = {}
 
     @fail_closed
-    def request(self, flow: http.HTTPFlow) -> None:
+    async def request(self, flow: http.HTTPFlow) -> None:
         st = state(flow)
         config, upstream, identity = st.config, st.upstream, st.identity
         if upstream is None:
@@ -107,8 +121,19 @@ class PolicyEnforcer:
         st.body = body
         forwarded: list[Message] = []
         errors: list[dict[str, Any]] = []
-        for message in body.messages:
-            decision = self.decide(config.policy, identity, upstream, message, st.rate_hits)
+        for index, message in enumerate(body.messages):
+            try:
+                decision = await self.decide(
+                    config.policy, identity, upstream, message, st.rate_hits
+                )
+            except LimitUncheckable as exc:
+                # The whole request is refused; each message's row says why.
+                unchecked = Decision("deny", exc.rule, "the rate limit could not be checked")
+                st.decided += [DecidedMessage(m, unchecked) for m in body.messages[index:]]
+                refuse(flow, 503, INTERNAL_ERROR, str(exc), kind="audit-unavailable")
+                st.audit_error = str(exc.__cause__)
+                st.policy_checked = True
+                return
             st.decided.append(DecidedMessage(message, decision))
             if decision.action == "deny":
                 if message.kind == "request":
@@ -147,7 +172,7 @@ class PolicyEnforcer:
                     format_explanation(decision, trace),
                 )
 
-    def decide(
+    async def decide(
         self,
         policy: Policy,
         identity: Identity,
@@ -155,15 +180,27 @@ class PolicyEnforcer:
         message: Message,
         hits: list[Hit] | None = None,
     ) -> Decision:
+        """The policy's decision for one message; an allowed call of a limited rule is
+        counted in the store (shared by replicas), or `LimitUncheckable` when it cannot be."""
         if message.kind == "response":
             return CLIENT_RESPONSE
         decision = policy.evaluate(identity, upstream.name, message)
         if self.pins is not None:
             decision = self.pins.review(identity.user, upstream, message, decision)
         if decision.action == "allow" and decision.limit is not None:
-            hit = self.limiter.take(decision.rule, identity.user, decision.limit)
-            if hit is None:
-                count, per = decision.limit
+            count, per = decision.limit
+            bucket = rate_bucket(decision.rule, identity.user)
+            try:
+                taken, window_start = await asyncio.to_thread(self._store().take_rate, bucket, per)
+            except StoreError as exc:
+                logger.error("holdgate: rate limit of rule %r not counted: %s", decision.rule, exc)
+                raise LimitUncheckable(
+                    decision.rule,
+                    f"the rate limit of rule {decision.rule!r} cannot be checked: the audit "
+                    "store is unavailable, so the call was not forwarded; the operator must "
+                    "fix the store (see the gateway log)",
+                ) from exc
+            if taken > count:
                 return Decision(
                     "deny",
                     decision.rule,
@@ -171,25 +208,36 @@ class PolicyEnforcer:
                     rate_limited=True,
                 )
             if hits is not None:
-                hits.append(hit)
+                hits.append(Hit(bucket, window_start))
         return decision
 
-    @fail_closed
-    def responseheaders(self, flow: http.HTTPFlow) -> None:
-        self._settle_quota(flow)
+    def _store(self) -> Store:
+        """The Recorder's store, where every replica's calls are counted."""
+        if self.recorder.store is None:
+            raise StoreError("the audit store is not open")
+        return self.recorder.store
 
     @fail_closed
-    def error(self, flow: http.HTTPFlow) -> None:
-        self._settle_quota(flow)
+    async def responseheaders(self, flow: http.HTTPFlow) -> None:
+        await self._settle_quota(flow)
 
-    def _settle_quota(self, flow: http.HTTPFlow) -> None:
+    @fail_closed
+    async def error(self, flow: http.HTTPFlow) -> None:
+        await self._settle_quota(flow)
+
+    async def _settle_quota(self, flow: http.HTTPFlow) -> None:
         """A request refused after it was decided (audit store down, a held call refused,
         an internal error) never reached the upstream: its calls use no quota. Runs on the
         first response or error hook, before any response-side stage can refuse."""
         st = state(flow)
         hits, st.rate_hits = st.rate_hits, []
-        if st.refused is not None:
-            self.limiter.give_back(hits)
+        if st.refused is None or not hits:
+            return
+        try:
+            for hit in hits:
+                await asyncio.to_thread(self._store().give_back_rate, hit.bucket, hit.window_start)
+        except StoreError as exc:  # the calls stay counted: a limit errs on the safe side
+            logger.error("holdgate: rate-limit quota not given back: %s", exc)
 
     def _apply(
         self,

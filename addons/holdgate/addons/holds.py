@@ -34,9 +34,9 @@ from holdgate.addons.flowstate import (
 from holdgate.approvals import elicitation
 from holdgate.approvals.adminhttp import AdminRequest, AdminResponse, parse_listen, serve
 from holdgate.approvals.approval_rules import (
-    Grants,
     approver_groups,
     argument_changes,
+    grant_key,
     may_see,
     request_digest,
 )
@@ -108,7 +108,6 @@ class ApprovalHolds:
         self.policy = policy
         self.recorder = recorder
         self.holds: dict[str, Hold] = {}
-        self.grants = Grants()
         self.last_approved: dict[tuple[str, str, str], Any] = {}
         self._tasks: list[asyncio.Task[Any]] = []
         self._server: asyncio.Server | None = None
@@ -183,14 +182,15 @@ class ApprovalHolds:
                 continue
             message = decided.message
             digest_args = args_digest(self.recorder.key(config), message.arguments or {})
-            grant_key = (identity.user, st.upstream.name, message.target or "", digest_args or "")
-            if await self._granted(flow, decided, identity, grant_key):
+            upstream = st.upstream.name
+            key = grant_key(identity.user, upstream, message.target or "", digest_args or "")
+            if await self._granted(flow, decided, identity, key):
                 continue
             outcome = await self._hold(flow, message, decision, identity, digest_args, config)
             decided.approval_id = outcome.approval_id
             decided.approval = {"state": outcome.state, "decider": outcome.decider}
             if outcome.state == "approved":
-                self.grants.add(grant_key, outcome.approval_id, decision.grant)
+                await self._grant(key, outcome.approval_id, decision.grant)
                 continue
             who = f" by {outcome.decider}" if outcome.decider else ""
             why = f": {outcome.reason}" if outcome.reason else ""
@@ -208,22 +208,33 @@ class ApprovalHolds:
         flow: http.HTTPFlow,
         decided: DecidedMessage,
         identity: Identity,
-        grant_key: tuple[str, str, str, str],
+        key: str,
     ) -> bool:
-        """An identical call approved within the grant window passes; each use recorded."""
-        grant = self.grants.find(grant_key)
-        if grant is None:
+        """An identical call approved within the grant window (on any replica) passes;
+        each use recorded."""
+        approval_id = await asyncio.to_thread(self._store().find_grant, key)
+        if approval_id is None:
             return False
-        decided.approval_id = grant.approval_id
+        decided.approval_id = approval_id
         decided.approval = {"granted_by": "grant window"}
         await asyncio.to_thread(
             self._store().append_approval_state,
-            grant.approval_id,
+            approval_id,
             "grant_used",
             identity.user,
             f"identical call within the grant ({flow.id})",
         )
         return True
+
+    async def _grant(self, key: str, approval_id: str, seconds: float) -> None:
+        """Open the grant window an approval gives (`grant:`), in the store every replica
+        reads; when it cannot be written, identical calls are asked for again."""
+        if seconds <= 0:
+            return
+        try:
+            await asyncio.to_thread(self._store().add_grant, key, approval_id, seconds)
+        except store.StoreError as exc:
+            logger.error("holdgate: grant of approval %s not kept: %s", approval_id, exc)
 
     async def _hold(
         self,
@@ -426,8 +437,8 @@ class ApprovalHolds:
                 )
                 return
             digest_args = args_digest(key, message.arguments or {})
-            grant_key = (identity.user, upstream, message.target or "", digest_args or "")
-            self.grants.add(grant_key, approval_id, decision.grant)
+            granted = grant_key(identity.user, upstream, message.target or "", digest_args or "")
+            await self._grant(granted, approval_id, decision.grant)
             with contextlib.suppress(TypeError, json.JSONDecodeError):
                 self.last_approved[(identity.user, upstream, message.target or "")] = json.loads(
                     record.get("args_masked") or "null"
@@ -479,8 +490,8 @@ class ApprovalHolds:
         assert st.upstream is not None
         message, decision = decided.message, decided.decision
         digest_args = args_digest(self.recorder.key(config), message.arguments or {})
-        grant_key = (identity.user, st.upstream.name, message.target or "", digest_args or "")
-        if await self._granted(flow, decided, identity, grant_key):
+        key = grant_key(identity.user, st.upstream.name, message.target or "", digest_args or "")
+        if await self._granted(flow, decided, identity, key):
             flow.request.content = dumps(elicitation.without_gateway_round(message.raw))
             st.approvals_settled = True
             return

@@ -2,8 +2,11 @@
 
 A response stage (after Policy, so it sees listings as this caller gets them) observes
 every `tools/list` answer; Policy asks `review` about every `tools/call`. Pins live in the
-audit store's `tool_pins` rows, read at start and polled off the event loop, so re-pins
-made with `holdgate tools pin` (or by another gateway on the same store) take effect.
+audit store's `tool_pins` rows, read at start and polled off the event loop every second,
+so re-pins made with `holdgate tools pin` (or by another gateway on the same store) take
+effect within about a second. Of replicas that see a new tool at once, the store keeps one
+first-seen row (its writer drops the others' under the chain lock), and each folds that
+one in as the pin.
 """
 
 from __future__ import annotations

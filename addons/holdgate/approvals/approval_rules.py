@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from holdgate.protocol.canonical_json import canonical
@@ -61,35 +59,12 @@ def argument_changes(previous: Any, current: Any, path: str = "$") -> list[str]:
     return [] if previous == current else [f"{path} changed"]
 
 
-@dataclass(frozen=True)
-class Grant:
-    approval_id: str
-    expires_at: float
-
-
-class Grants:
-    """Identical calls (same user, upstream, tool, argument digest) pass during a grant window."""
-
-    def __init__(self, clock: Any = time.time, limit: int = 10_000) -> None:
-        self._clock = clock
-        self._limit = limit
-        self._grants: dict[tuple[str, str, str, str], Grant] = {}
-
-    def add(self, key: tuple[str, str, str, str], approval_id: str, seconds: float) -> None:
-        if seconds <= 0:
-            return
-        if len(self._grants) >= self._limit:
-            self._grants.pop(next(iter(self._grants)))
-        self._grants[key] = Grant(approval_id, self._clock() + seconds)
-
-    def find(self, key: tuple[str, str, str, str]) -> Grant | None:
-        grant = self._grants.get(key)
-        if grant is None:
-            return None
-        if grant.expires_at <= self._clock():
-            del self._grants[key]
-            return None
-        return grant
+def grant_key(user: str, upstream: str, tool: str, arguments_digest: str) -> str:
+    """Which calls one grant lets pass: this user's, on this upstream and tool, with these
+    arguments (their keyed digest: `hash_key`, the same on every replica). A digest, so any
+    names make one distinct, bounded key in the store's shared `grants` table."""
+    material = json.dumps(["grant", user, upstream, tool, arguments_digest], ensure_ascii=True)
+    return hashlib.sha256(material.encode()).hexdigest()
 
 
 def approver_groups(row: Mapping[str, Any]) -> frozenset[str]:

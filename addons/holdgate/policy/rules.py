@@ -22,8 +22,6 @@ from __future__ import annotations
 import functools
 import re
 import string
-import time
-from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -360,25 +358,6 @@ def rule_checks(
             yield Check("args", held, f"args {condition.path}")
             if lazy and not held:
                 return
-
-
-class RateLimiter:
-    """Sliding-window counts per (rule, user), for rules with `limit: N/period`."""
-
-    def __init__(self, clock: Any = time.monotonic) -> None:
-        self._clock = clock
-        self._hits: dict[tuple[str, str], deque[float]] = {}
-
-    def allow(self, rule: str, user: str, limit: tuple[int, float]) -> bool:
-        count, period = limit
-        now = self._clock()
-        hits = self._hits.setdefault((rule, user), deque())
-        while hits and hits[0] <= now - period:
-            hits.popleft()
-        if len(hits) >= count:
-            return False
-        hits.append(now)
-        return True
 
 
 # --- URIs and paths ------------------------------------------------------------------

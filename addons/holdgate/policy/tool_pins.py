@@ -105,15 +105,22 @@ class PinBook:
         self.pins: dict[tuple[str, str], PinState] = {}
         self.last_seq = 0
         self._header_params: dict[tuple[str, str], tuple[str, Any]] = {}
+        # Tools pinned here at first sight whose pin the store has not shown back yet: the
+        # store keeps one first-seen row per tool, so another replica's may win.
+        self._unconfirmed: set[tuple[str, str]] = set()
 
     def apply(self, row: Mapping[str, Any]) -> None:
-        """Fold one stored row in. Idempotent: the gateway applies its own rows when it
-        writes them and again when it reads them back."""
-        self.last_seq = max(self.last_seq, int(row.get("seq") or 0))
+        """Fold one row in: stored ones (with a seq), and the gateway's own as it writes
+        them. Idempotent: the gateway's rows are folded again when read back."""
+        seq = int(row.get("seq") or 0)
+        self.last_seq = max(self.last_seq, seq)
         key = (row["upstream"], row["tool"])
         digest = row["definition_digest"]
         definition = _loads(row.get("definition"))
         state = self.pins.get(key)
+        if seq and key in self._unconfirmed:
+            self._unconfirmed.discard(key)
+            state = None  # the store's first row for the tool is its pin, whoever wrote it
         if state is None or row["event"] == "pinned":
             self.pins[key] = PinState(
                 digest,
@@ -161,6 +168,8 @@ class PinBook:
             "detail": detail,
         }
         self.apply(row)
+        if event == "first-seen":
+            self._unconfirmed.add((upstream, name))
         return row
 
     def header_params(self, upstream: str, tool: str) -> dict[str, tuple[str, ...]] | None:

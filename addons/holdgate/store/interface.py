@@ -52,6 +52,23 @@ class Store(Protocol):
     def writer(self, **options: Any) -> AuditWriter:
         """The gateway's non-blocking writer, on a connection of its own."""
 
+    # --- shared state (not chained): rate limits, grants ---
+
+    def take_rate(self, bucket: str, period: float, now: float | None = None) -> tuple[int, float]:
+        """Count one call in `bucket`'s fixed window of `period` seconds, anchored at its
+        first call (by the database clock unless `now`): (hits so far, window start)."""
+
+    def give_back_rate(self, bucket: str, window_start: float) -> None:
+        """Uncount one call counted in the window that started at `window_start`."""
+
+    def add_grant(
+        self, grant_key: str, approval_id: str, seconds: float, now: float | None = None
+    ) -> None:
+        """Calls with this grant key pass for `seconds` (by the database clock unless `now`)."""
+
+    def find_grant(self, grant_key: str, now: float | None = None) -> str | None:
+        """The approval id of the grant for `grant_key` still running, if any."""
+
     # --- approvals ---
 
     def create_approval(self, row: Row) -> int:

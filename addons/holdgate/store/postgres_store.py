@@ -42,6 +42,7 @@ class PostgresStore(SqlStore):
     unless `create=False`, which needs an existing holdgate store)."""
 
     row_errors = (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError)
+    clock_sql = "CAST(EXTRACT(EPOCH FROM clock_timestamp()) AS DOUBLE PRECISION)"
 
     def __init__(self, url: str, *, create: bool = True, connect_timeout: float = 5.0) -> None:
         self.url = url

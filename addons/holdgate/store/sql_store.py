@@ -13,7 +13,7 @@ from contextlib import AbstractContextManager
 from types import TracebackType
 from typing import Self
 
-from holdgate.store import approval_records, checkpoints, queries
+from holdgate.store import approval_records, checkpoints, queries, shared_state
 from holdgate.store.approval_records import Decision
 from holdgate.store.chain import VerifyReport, append_rows, normalize_row, verify_chain
 from holdgate.store.errors import BadRow, StoreUnavailable
@@ -29,6 +29,8 @@ class SqlStore:
 
     # driver errors about the rows, not the store: the writer drops such a batch
     row_errors: tuple[type[BaseException], ...] = ()
+    # the database's clock in SQL (seconds since the epoch); None: this process's clock
+    clock_sql: str | None = None
 
     def _conn(self) -> AbstractContextManager[SqlConnection]:
         raise NotImplementedError
@@ -55,7 +57,7 @@ class SqlStore:
         """The writer thread's append (its own store): all rows in one transaction."""
         try:
             with self._conn() as conn, transaction(conn):
-                append_rows(conn, rows)
+                append_rows(conn, shared_state.without_known_first_seen(conn, rows))
         except StoreUnavailable as exc:
             if isinstance(exc.__cause__, self.row_errors):
                 cause = exc.__cause__
@@ -72,6 +74,26 @@ class SqlStore:
     def probe(self) -> None:
         with self._conn() as conn, transaction(conn):
             conn.execute("UPDATE chain_head SET seq = seq WHERE id = 1")
+
+    # --- shared state: rate limits, grants ---
+
+    def take_rate(self, bucket: str, period: float, now: float | None = None) -> tuple[int, float]:
+        with self._conn() as conn:
+            return shared_state.take_rate(conn, bucket, period, self.clock_sql, now)
+
+    def give_back_rate(self, bucket: str, window_start: float) -> None:
+        with self._conn() as conn:
+            shared_state.give_back_rate(conn, bucket, window_start)
+
+    def add_grant(
+        self, grant_key: str, approval_id: str, seconds: float, now: float | None = None
+    ) -> None:
+        with self._conn() as conn:
+            shared_state.add_grant(conn, grant_key, approval_id, seconds, self.clock_sql, now)
+
+    def find_grant(self, grant_key: str, now: float | None = None) -> str | None:
+        with self._conn() as conn:
+            return shared_state.find_grant(conn, grant_key, self.clock_sql, now)
 
     # --- approvals ---
 
