@@ -225,17 +225,17 @@ def build_review(inputs: Inputs, config: GatewayConfig, header: Header) -> Revie
             owner.clients.add(session["client"])
     for approval in inputs.approvals:
         requester = people.get(approval.get("requester") or "")
-        if requester is not None and _in_period(approval.get("created") or approval["ts"], header):
-            decided = approval.get("state") != "pending"
+        asked = approval.get("created") or approval.get("ts") or ""
+        if requester is not None and _in_period(asked, header):
             requester.approvals.append(
                 ApprovalLine(
                     approval["approval_id"],
                     approval.get("upstream") or "",
                     approval.get("tool") or "",
                     approval.get("state") or "",
-                    approval.get("created") or approval["ts"],
+                    asked,
                     approval.get("decider"),
-                    approval["ts"] if decided else None,
+                    approval.get("decided"),
                     approval.get("reason"),
                 )
             )
