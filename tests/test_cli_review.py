@@ -104,12 +104,12 @@ def test_sessions_and_clients_per_identity_in_every_format(tmp_path: Path) -> No
                 "events",
                 {**call, "session_id": session, "direction": "request", "target": "get_customer"},
             )
-    assert "sessions: 3; clients: cli/1.0, ide/2 <b>\n" in review(db, config)
+    assert "sessions: 3; clients: cli/1.0, ide/2 &lt;b&gt;\n" in review(db, config)
 
     def rendered(fmt: str) -> str:
         args = ["review", "--db", str(db), "--config", str(config), "--format", fmt]
         return CliRunner().invoke(main, args, catch_exceptions=False).output
 
-    assert "sessions 3; clients: cli/1.0, ide/2 &lt;b&gt;</p>" in rendered("html")
+    assert "sessions: 3; clients: cli/1.0, ide/2 &lt;b&gt;</p>" in rendered("html")
     header, row = rendered("csv").splitlines()[:2]
     assert header.endswith(",sessions,clients") and row.endswith(",3,cli/1.0 | ide/2 <b>")

@@ -135,10 +135,8 @@ async def test_a_session_is_recorded_in_order_and_replayable(session):
         ["review", "--db", str(gw.db), "--config", str(gw.config)],
         env={"UPSTREAM_TOKEN": UPSTREAM_TOKEN},
     )
-    candidates = next(
-        line for line in review.output.splitlines() if "Candidates for removal" in line
-    )
-    assert "demo/search_customers" in candidates and "get_customer" not in candidates
+    unused = next(line for line in review.output.splitlines() if "Unused grants" in line)
+    assert "demo tool search_customers" in unused and "get_customer" not in unused
     assert 'tool: ["get_customer"]' in review.output  # the least-privilege suggestion
     db.execute("update events set decision = 'allow' where target = 'exec_shell'")
     db.commit()

@@ -40,6 +40,7 @@ from holdgate.approvals.approval_rules import (
     may_see,
     request_digest,
 )
+from holdgate.approvals.campaign_http import handle_campaigns
 from holdgate.config.gateway_config import GatewayConfig
 from holdgate.identity.identities import Authenticator, Identity
 from holdgate.policy.rules import Decision
@@ -739,8 +740,22 @@ class ApprovalHolds:
         if config is None:
             return AdminResponse(500, {"error": "no config loaded"})
         parts = [p for p in request.path.partition("?")[0].split("/") if p]
+        if parts[:1] == ["campaigns"]:
+            reviewer = await self._authenticate(config, request)
+            if reviewer is None:
+                return AdminResponse(
+                    401, {"error": "authenticate like an MCP client (JWT or API key)"}
+                )
+            return await handle_campaigns(
+                self._store(),
+                config.review.reviewers,
+                reviewer.user,
+                reviewer.groups,
+                request,
+                parts,
+            )
         if not parts or parts[0] != "approvals" or len(parts) > 3:
-            return AdminResponse(404, {"error": "see GET /approvals"})
+            return AdminResponse(404, {"error": "see GET /approvals or GET /campaigns"})
         if len(parts) == 3 and parts[2] == "status" and request.method == "GET":
             return await self._status_page(config, parts[1], request.path)
         approver = await self._authenticate(config, request)

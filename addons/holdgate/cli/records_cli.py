@@ -1,4 +1,4 @@
-"""`holdgate sessions | export | review | verify | purge | keys signing`: the audit trail for
+"""`holdgate sessions | export | verify | purge | keys signing`: the audit trail for
 people, and the key that signs its checkpoints.
 
 Readers never create a store: a wrong `--db` says so instead of showing an empty one.
@@ -17,14 +17,12 @@ import click
 from holdgate.cli.common import (
     CheckFailed,
     db_option,
-    load_rules,
     opened,
     since_option,
     until_option,
 )
 from holdgate.config.configfile import parse_duration
 from holdgate.recording.flowfiles import recording_files
-from holdgate.reports.review import build_review, render_csv, render_html, render_markdown
 from holdgate.store import EXPORT_FIELDS, EventRow, iso, write_sqlite_export
 from holdgate.store.checkpoints import (
     BadKey,
@@ -143,50 +141,6 @@ def export(
     finally:
         if output:
             sink.close()
-
-
-@click.command("review")
-@db_option
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(exists=True, dir_okay=False),
-    default="policies/default.yaml",
-    show_default=True,
-    help="The policy in force, to show what each identity is granted (its secrets are not needed).",
-)
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["md", "html", "csv"]),
-    default="md",
-    show_default=True,
-    help="Markdown, HTML with bar charts, or CSV.",
-)
-@since_option
-@until_option
-@click.option("--output", "-o", type=click.Path(dir_okay=False), help="File (default: stdout).")
-def review(
-    db: str,
-    config_path: str,
-    fmt: str,
-    since: str | None,
-    until: str | None,
-    output: str | None,
-) -> None:
-    """Access review per identity: grants, use, approvals, denials, masked exposures."""
-    config = load_rules(config_path)
-    with opened(db) as store:
-        rows = store.events(since, until)
-        approvals = store.approvals()
-        sessions = store.sessions(since)
-    model = build_review(rows, approvals, config, sessions)
-    text = {"md": render_markdown, "html": render_html, "csv": render_csv}[fmt](model)
-    if output:
-        Path(output).write_text(text, encoding="utf-8")
-        click.echo(f"review of {len(model.identities)} identities written to {output}", err=True)
-    else:
-        click.echo(text, nl=False)
 
 
 @click.command("verify")
@@ -348,4 +302,4 @@ def signing_new(out: str) -> None:
     )
 
 
-COMMANDS = (sessions, export, review, verify, purge)
+COMMANDS = (sessions, export, verify, purge)

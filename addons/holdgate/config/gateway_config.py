@@ -46,6 +46,7 @@ TOP_KEYS = {
     "server_requests",
     "response_headers",
     "listing_ttl",
+    "review",
 }
 UPSTREAM_KEYS = {"name", "prefix", "host", "url", "inject", "on_tool_change"}
 TOOL_CHANGE_KEYS = {"action", "approvers", "timeout"}
@@ -111,6 +112,13 @@ class ApprovalsConfig:
 
 
 @dataclass(frozen=True)
+class ReviewConfig:
+    """`review: {reviewers: [group, ...]}`: who may certify access over the approvals API."""
+
+    reviewers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     file: str
     digest: str
@@ -123,6 +131,7 @@ class GatewayConfig:
     approvals: ApprovalsConfig = field(default_factory=ApprovalsConfig)
     response_headers: ResponseHeaders = field(default_factory=ResponseHeaders)
     checkpoints: CheckpointsConfig | None = None
+    review: ReviewConfig = field(default_factory=ReviewConfig)
     # How long a client may cache a filtered listing (MCP 2026-07-28 `ttlMs`): a cached list
     # must not outlive a policy reload by much.
     listing_ttl: float = 60.0
@@ -205,6 +214,7 @@ def build_config(
     response_headers = found.attempt(_parse_response_headers, root.child("response_headers"))
     checkpoints = found.attempt(parse_checkpoints, root.child("checkpoints"), secrets)
     listing_ttl = found.attempt(root.child("listing_ttl").duration, 60.0)
+    review = found.attempt(_parse_review, root.child("review"))
 
     def assemble() -> GatewayConfig:
         return GatewayConfig(
@@ -219,6 +229,7 @@ def build_config(
             approvals=approvals or ApprovalsConfig(),
             response_headers=response_headers or ResponseHeaders(),
             checkpoints=checkpoints,
+            review=review or ReviewConfig(),
             listing_ttl=60.0 if listing_ttl is None else listing_ttl,
             hash_key=hash_key,
             text=text,
@@ -356,6 +367,18 @@ def _parse_approvals(node: Node) -> ApprovalsConfig:
         webhook=node.child("webhook").optional_string(),
         public_url=node.child("public_url").optional_string(),
     )
+
+
+def _parse_review(node: Node) -> ReviewConfig:
+    if node.missing:
+        return ReviewConfig()
+    node.mapping({"reviewers"}, required={"reviewers"})
+    reviewers = node.child("reviewers").strings()
+    if not reviewers:
+        raise node.child("reviewers").error(
+            "name at least one group whose members may certify access: `reviewers: [compliance]`"
+        )
+    return ReviewConfig(reviewers)
 
 
 def _parse_response_headers(node: Node) -> ResponseHeaders:

@@ -11,6 +11,7 @@ One `Store` object owns the connections; all SQL lives in this package:
     pg_schema.py         the same tables on PostgreSQL, and their migrations
     chain.py             row checks, canonical hashing, append, verify
     approval_records.py  the approval state machine and who may decide
+    campaign_records.py  access-review certification campaigns and who may certify
     queries.py           sessions, events, the export feed, tool pins
     purge.py             retention (keeping current pins, configs in use), a chained checkpoint
     checkpoints.py       signed checkpoints: keys, the witness line format, verify --witness
@@ -23,20 +24,27 @@ One `Store` object owns the connections; all SQL lives in this package:
 """
 
 from holdgate.store.approval_records import Decision
+from holdgate.store.campaign_records import Campaign, Item, ItemSpec, Verdict
 from holdgate.store.chain import VerifyReport, chain_hash, normalize_row
 from holdgate.store.errors import (
+    AlreadyCertified,
     ApprovalExpired,
     ApprovalNotPending,
     ApprovalRefused,
     BadRow,
+    CampaignClosed,
+    CertificationRefused,
     NotAnApprover,
+    NotAReviewer,
     SchemaTooNew,
     SelfApproval,
+    SelfCertification,
     StoreError,
     StoreNotFound,
     StoreNotSupported,
     StoreUnavailable,
     UnknownApproval,
+    UnknownCampaign,
 )
 from holdgate.store.interface import Store
 from holdgate.store.oneshot import (
@@ -69,6 +77,16 @@ from holdgate.store.sqlite_store import SqliteStore, open_store
 from holdgate.store.writer import AuditWriter
 
 __all__ = [
+    "AlreadyCertified",
+    "Campaign",
+    "CampaignClosed",
+    "CertificationRefused",
+    "Item",
+    "ItemSpec",
+    "NotAReviewer",
+    "SelfCertification",
+    "UnknownCampaign",
+    "Verdict",
     "CHAINED",
     "EXPORT_FIELDS",
     "GENESIS",

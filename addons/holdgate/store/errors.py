@@ -12,10 +12,17 @@
         ├── ApprovalExpired     the decision came after the approval expired
         ├── SelfApproval        the requester tried to decide their own request
         └── NotAnApprover       the decider is in none of the approval's approver groups
+    └── CertificationRefused    the campaign rules refuse a change to a campaign or item
+        ├── UnknownCampaign     no campaign (or no item) with that id
+        ├── CampaignClosed      the campaign is closed (or not yet): no such change now
+        ├── SelfCertification   the reviewer tried to certify their own access
+        ├── NotAReviewer        the reviewer is in none of the config's reviewer groups
+        └── AlreadyCertified    the item was decided already (no re-certification)
 
 The edges map them: the CLI turns every StoreError into a message (exit 1); the approvals
 API answers UnknownApproval 404, SelfApproval and NotAnApprover 403, ApprovalNotPending
-and ApprovalExpired 409.
+and ApprovalExpired 409; campaigns alike: UnknownCampaign 404, SelfCertification and
+NotAReviewer 403, CampaignClosed and AlreadyCertified 409.
 """
 
 from __future__ import annotations
@@ -77,3 +84,35 @@ class SelfApproval(ApprovalRefused):
 
 class NotAnApprover(ApprovalRefused):
     """The decider is in none of the approval's approver groups."""
+
+
+class CertificationRefused(StoreError):
+    """The campaign rules refuse a change; `status` is the HTTP status the API answers."""
+
+    status = 409
+
+
+class UnknownCampaign(CertificationRefused):
+    """No campaign, or no item, with that id."""
+
+    status = 404
+
+
+class CampaignClosed(CertificationRefused):
+    """The campaign is closed (or, for apply, still open): the change does not fit its state."""
+
+
+class SelfCertification(CertificationRefused):
+    """The reviewer tried to certify their own access (separation of duties)."""
+
+    status = 403
+
+
+class NotAReviewer(CertificationRefused):
+    """The reviewer is in none of the config's `review.reviewers` groups."""
+
+    status = 403
+
+
+class AlreadyCertified(CertificationRefused):
+    """The item was decided already; a decision is final within its campaign."""

@@ -7,11 +7,12 @@ who may decide) are the protocol's contract, so every backend enforces them alik
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import Any, Literal, Protocol, Self
 
 from holdgate.store.approval_records import Decision
+from holdgate.store.campaign_records import Campaign, Item, ItemSpec, Verdict
 from holdgate.store.chain import VerifyReport
 from holdgate.store.purge import PurgeRecord, PurgeReport
 from holdgate.store.rows import ApprovalRecord, EventRow, Row, SessionSummary, ToolPinRow
@@ -110,7 +111,50 @@ class Store(Protocol):
     def approval_states(self, approval_ids: Iterable[str]) -> dict[str, ApprovalRecord]:
         """The latest state of each of these approvals that exists."""
 
+    # --- certification campaigns ---
+
+    def start_campaign(
+        self,
+        campaign_id: str,
+        period: tuple[str, str],
+        config_hash: str,
+        actor: str,
+        detail: Mapping[str, Any],
+        items: Sequence[ItemSpec],
+    ) -> Campaign:
+        """Record a started campaign and one open item per (identity, grant)."""
+
+    def campaign_event(
+        self,
+        campaign_id: str,
+        event: Literal["closed", "applied"],
+        actor: str,
+        detail: Mapping[str, Any],
+    ) -> Campaign:
+        """Close a started campaign, or record that a closed one was applied."""
+
+    def certify(
+        self,
+        item_id: str,
+        verdict: Verdict,
+        reviewer: str,
+        reason: str,
+        reviewer_groups: Iterable[str] | None,
+        allowed_groups: Iterable[str] = (),
+    ) -> Item:
+        """A reviewer's keep/revoke under the campaign rules (`reviewer_groups=None`: the
+        trusted host operator); a refusal is recorded and raised as `CertificationRefused`."""
+
+    def campaign(self, campaign_id: str) -> Campaign | None:
+        """A campaign with its events and each item's latest state."""
+
+    def campaigns(self) -> list[Campaign]:
+        """Every campaign, oldest first."""
+
     # --- reading ---
+
+    def config_versions(self) -> list[dict[str, Any]]:
+        """Every config version row (without its text), in store order."""
 
     def tool_pin_rows(self, after: int = 0) -> list[ToolPinRow]:
         """`tool_pins` rows after seq `after`, in store order."""

@@ -1,11 +1,12 @@
-"""What people and the gateway read back: sessions, events, the export feed, tool pins.
+"""What people and the gateway read back: sessions, events, the export feed, tool pins,
+config versions.
 
 Time bounds are ISO times in the store's format (`rows.iso`), compared as text.
 """
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Any, cast
 
 from holdgate.store.rows import EventRow, SessionSummary, ToolPinRow
 from holdgate.store.sqlconn import SqlConnection, select
@@ -85,3 +86,11 @@ def events(
 def tool_pin_rows(conn: SqlConnection, after: int) -> list[ToolPinRow]:
     rows = select(conn, "SELECT * FROM tool_pins WHERE seq > ? ORDER BY seq", [after])
     return cast(list[ToolPinRow], rows)
+
+
+def config_versions(conn: SqlConnection) -> list[dict[str, Any]]:
+    """Every config version row (without its text), in store order."""
+    return select(
+        conn,
+        "SELECT seq, ts, config_hash, source, outcome, detail FROM config_versions ORDER BY seq",
+    )

@@ -8,13 +8,14 @@ the writer thread gets a store of its own.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from types import TracebackType
-from typing import Self
+from typing import Any, Literal, Self
 
-from holdgate.store import approval_records, checkpoints, queries, shared_state
+from holdgate.store import approval_records, campaign_records, checkpoints, queries, shared_state
 from holdgate.store.approval_records import Decision
+from holdgate.store.campaign_records import Campaign, Item, ItemSpec, Verdict
 from holdgate.store.chain import VerifyReport, append_rows, normalize_row, verify_chain
 from holdgate.store.errors import BadRow, StoreUnavailable
 from holdgate.store.purge import PurgeRecord, PurgeReport, last_purge, purge_before
@@ -150,7 +151,59 @@ class SqlStore:
         with self._conn() as conn:
             return approval_records.latest_of(conn, approval_ids)
 
+    # --- certification campaigns ---
+
+    def start_campaign(
+        self,
+        campaign_id: str,
+        period: tuple[str, str],
+        config_hash: str,
+        actor: str,
+        detail: Mapping[str, Any],
+        items: Sequence[ItemSpec],
+    ) -> Campaign:
+        with self._conn() as conn:
+            return campaign_records.start(
+                conn, campaign_id, period, config_hash, actor, detail, items
+            )
+
+    def campaign_event(
+        self,
+        campaign_id: str,
+        event: Literal["closed", "applied"],
+        actor: str,
+        detail: Mapping[str, Any],
+    ) -> Campaign:
+        with self._conn() as conn:
+            return campaign_records.append_event(conn, campaign_id, event, actor, detail)
+
+    def certify(
+        self,
+        item_id: str,
+        verdict: Verdict,
+        reviewer: str,
+        reason: str,
+        reviewer_groups: Iterable[str] | None,
+        allowed_groups: Iterable[str] = (),
+    ) -> Item:
+        with self._conn() as conn:
+            return campaign_records.certify(
+                conn, item_id, verdict, reviewer, reason, reviewer_groups, allowed_groups
+            )
+
+    def campaign(self, campaign_id: str) -> Campaign | None:
+        with self._conn() as conn:
+            return campaign_records.load(conn, campaign_id)
+
+    def campaigns(self) -> list[Campaign]:
+        with self._conn() as conn:
+            return campaign_records.listed(conn)
+
     # --- reading ---
+
+    def config_versions(self) -> list[dict[str, Any]]:
+        with self._conn() as conn:
+            return queries.config_versions(conn)
 
     def tool_pin_rows(self, after: int = 0) -> list[ToolPinRow]:
         with self._conn() as conn:
