@@ -222,3 +222,29 @@ def test_a_postgres_store_migrates_once(pg_url: str) -> None:
 )  # fmt: skip
 def test_parameters_are_rewritten_for_psycopg(sql: str, named: bool, expected: str) -> None:
     assert to_pyformat(sql, named) == expected
+
+
+def test_a_certification_campaign(db: store.Store) -> None:
+    from holdgate.store.campaign_records import ItemSpec
+    from holdgate.store.errors import AlreadyCertified, SelfCertification
+
+    specs = [
+        ItemSpec("alice", "db", "tool", "run_sql", "dbas", {"calls": 3}),
+        ItemSpec("bob", "db", "tool", "get_customer", "support", {"calls": 0}),
+    ]
+    started = db.start_campaign(
+        "c1", (store.iso(NOW - 90 * 86400), store.iso(NOW)), "cfg", "carol", {}, specs
+    )
+    first, second = started.items
+    assert [i.state for i in started.items] == ["open", "open"]
+    with pytest.raises(SelfCertification):
+        db.certify(first.item_id, "keep", "alice", "mine", None)
+    kept = db.certify(first.item_id, "keep", "carol", "still needed", None)
+    assert (kept.state, kept.reviewer) == ("keep", "carol")
+    with pytest.raises(AlreadyCertified):
+        db.certify(first.item_id, "revoke", "carol", "changed my mind", None)
+    db.certify(second.item_id, "revoke", "carol", "never used", None)
+    closed = db.campaign_event("c1", "closed", "carol", {})
+    assert closed.state == "closed" and closed.progress() == {"open": 0, "keep": 1, "revoke": 1}
+    assert [c.campaign_id for c in db.campaigns()] == ["c1"]
+    assert db.verify().ok
