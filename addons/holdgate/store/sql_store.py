@@ -8,7 +8,7 @@ the writer thread gets a store of its own.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
 from types import TracebackType
 from typing import Self
@@ -18,7 +18,15 @@ from holdgate.store.approval_records import Decision
 from holdgate.store.chain import VerifyReport, append_rows, normalize_row, verify_chain
 from holdgate.store.errors import BadRow, StoreUnavailable
 from holdgate.store.purge import PurgeRecord, PurgeReport, last_purge, purge_before
-from holdgate.store.rows import ApprovalRecord, EventRow, Row, SessionSummary, ToolPinRow, iso
+from holdgate.store.rows import (
+    ApprovalRecord,
+    EventRow,
+    RecordingRow,
+    Row,
+    SessionSummary,
+    ToolPinRow,
+    iso,
+)
 from holdgate.store.schema import CHAINED
 from holdgate.store.sqlconn import SqlConnection, transaction
 from holdgate.store.writer import Batch
@@ -155,6 +163,10 @@ class SqlStore:
     def session_events(self, session_id: str) -> list[EventRow]:
         with self._conn() as conn:
             return queries.session_events(conn, session_id)
+
+    def session_recordings(self, session_ids: Sequence[str]) -> list[RecordingRow]:
+        with self._conn() as conn:
+            return queries.session_recordings(conn, session_ids)
 
     # --- integrity and retention ---
 
