@@ -50,6 +50,12 @@ def recording_name(session_key: str) -> str:
     return _UNSAFE.sub("_", session_key)[:120] or "unnamed"
 
 
+def replica_stem(replica: str) -> str:
+    """A replica's name as its flow files carry it: sanitized like a session's, and short
+    enough that a segment's name stays within a file name's 255 bytes."""
+    return recording_name(replica)[:60]
+
+
 def recording_files(folder: str | Path, session_key: str) -> list[Path]:
     """Every flow file of a session, every replica's, oldest first (a file from before
     segments first; segments by the time they opened)."""
@@ -115,7 +121,7 @@ class Segments:
         self, folder: Path, replica: str = "", clock: Callable[[], float] = time.monotonic
     ) -> None:
         self.folder = folder
-        self.replica = recording_name(replica) if replica else ""
+        self.replica = replica_stem(replica) if replica else ""
         self.clock = clock
         self.closed: list[Closed] = []
         self._open: dict[str, _Open] = {}
