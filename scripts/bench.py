@@ -17,6 +17,12 @@ Scenarios (all on loopback; every process is started and stopped here):
            (rows queued, never awaited) and plain mitmdump, c1 p50 and c16 req/s,
            interleaved round by round
   holds    normal traffic at concurrency 16 with and without 200 held approvals open
+  chain    the hash chain's sustained rows/s with 1, 2 and 4 writer processes, each with a
+           store of its own appending 100-row batches as the audit writer does: on
+           PostgreSQL (one chain for all replicas, fsync on) and on SQLite for comparison
+  replicas one gateway against two behind HAProxy, both on one PostgreSQL store: c16 req/s
+           and p50, interleaved round by round (only with --scenario replicas: it needs
+           HAProxy, `scripts/system-deps.sh --bench`)
   masking  in-process mask_json MB/s on 1 MB and 10 MB tool results
   policy   decision time for 10, 100 and 1,000 tool-name and argument rules
 The upstream is scripts/bench_upstream.py in its own process. Prints tables and writes
@@ -31,6 +37,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import signal
 import socket
 import sqlite3
@@ -41,7 +48,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -52,6 +59,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 sys.path.insert(0, str(ROOT / "addons"))
+sys.path.insert(0, str(ROOT / "tests"))  # helpers.postgres: the suite's PostgreSQL, reused
 
 import bench_masking  # noqa: E402
 from holdgate.config.configfile import parse_yaml  # noqa: E402
@@ -59,7 +67,7 @@ from holdgate.masking.masker import mask_json  # noqa: E402
 from holdgate.policy.rules import parse_rules  # noqa: E402
 from holdgate.protocol.jsonrpc import dumps, parse_body  # noqa: E402
 from holdgate.protocol.sse import SSEDecoder, encode_event  # noqa: E402
-from holdgate.store import SqliteStore  # noqa: E402
+from holdgate.store import PostgresStore, SqliteStore, StoreUnavailable, normalize_row  # noqa: E402
 
 ISSUER = "https://bench.invalid/realm"
 CALL = {
@@ -168,7 +176,9 @@ masking:
 class Proxy:
     """A mitmdump in reverse mode: plain, or with the gateway and a config."""
 
-    def __init__(self, tmp: Path, upstream_url: str, config: str | None, *options: str) -> None:
+    def __init__(
+        self, tmp: Path, upstream_url: str, config: str | None, *options: str, store: str = ""
+    ) -> None:
         self.port = free_port()
         self.db = tmp / f"audit-{self.port}.sqlite3"
         self.log = tmp / f"mitmdump-{self.port}.log"
@@ -179,7 +189,7 @@ class Proxy:
             path = tmp / f"gateway-{self.port}.yaml"
             path.write_text(config)
             cmd += ["-s", str(ROOT / "addons" / "gateway.py"), "--set", f"holdgate_config={path}"]
-            cmd += ["--set", f"holdgate_db={self.db}", "--set", "holdgate_admin="]
+            cmd += ["--set", f"holdgate_db={store or self.db}", "--set", "holdgate_admin="]
             cmd += ["--set", f"holdgate_recordings={tmp / f'rec-{self.port}'}"]
         for option in options:
             cmd += ["--set", option]
@@ -862,6 +872,168 @@ def scenario_policy(quick: bool) -> dict:
     return out
 
 
+BENCH_ROW = {
+    "ts": "2026-12-01T00:00:00.000000Z",
+    "flow_id": "f" * 36,
+    "session_id": "s" * 32,
+    "direction": "response",
+    "user": "bench-user",
+    "groups": '["bench"]',
+    "upstream": "fast",
+    "method": "tools/call",
+    "decision": "pass",
+    "config_hash": "c" * 64,
+    "args_masked": json.dumps({"content": [{"type": "text", "text": "x" * 800}]}),
+}
+CHAIN_BATCH = 100
+
+
+def chain_writer(location: str, start_at: float, seconds: float) -> tuple[int, int]:
+    """One writer process: 100-row batches into the chain until the time is up (bounded in
+    count too); the rows it wrote, and the batches it had to retry because the store stayed
+    locked past its busy timeout (SQLite with several writer processes), as the audit
+    writer retries them. Its own store, as each replica's audit writer has."""
+    rows = [("events", normalize_row("events", BENCH_ROW))] * CHAIN_BATCH
+    store_class = PostgresStore if location.startswith("postgresql://") else SqliteStore
+    with store_class(location) as db:
+        time.sleep(max(0.0, start_at - time.time()))
+        batches = retried = 0
+        while time.time() < start_at + seconds and batches < 100_000:
+            try:
+                db.append_batch(rows)
+            except StoreUnavailable:
+                retried += 1
+                continue
+            batches += 1
+    return batches * CHAIN_BATCH, retried
+
+
+def chain_rate(location: str, writers: int, seconds: float) -> float:
+    """Rows/s that `writers` processes append together to the store at `location` (lock
+    timeouts retried, and said)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(writers) as pool:
+        start_at = time.time() + 2  # every process connected before the clock starts
+        done = [pool.submit(chain_writer, location, start_at, seconds) for _ in range(writers)]
+        results = [f.result(timeout=seconds + 120) for f in done]
+    retried = sum(r for _, r in results)
+    if retried:
+        print(f"  {location}: {writers} writers, {retried} batches retried (store locked)")
+    return sum(rows for rows, _ in results) / seconds
+
+
+def scenario_chain(quick: bool) -> dict:
+    from helpers.postgres import start_postgres, stop_postgres
+
+    seconds = 3 if quick else 10
+    result: dict[str, dict[str, float]] = {"postgresql": {}, "sqlite": {}}
+    server = start_postgres(durable=True)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for writers in (1, 2, 4):
+                url = server.fresh_database()
+                PostgresStore(url).close()  # the schema, made once before the writers start
+                result["postgresql"][str(writers)] = chain_rate(url, writers, seconds)
+                path = str(Path(tmp) / f"chain-{writers}.sqlite3")
+                SqliteStore(path).close()
+                result["sqlite"][str(writers)] = chain_rate(path, writers, seconds)
+    finally:
+        stop_postgres(server)
+    table(
+        f"chain: rows/s appended by concurrent writers ({CHAIN_BATCH}-row batches, fsync on)",
+        [[backend, *rates.values()] for backend, rates in result.items()],
+        ["store", "1 writer", "2 writers", "4 writers"],
+    )
+    return result
+
+
+def haproxy_config(port: int, backends: list[int]) -> str:
+    """HAProxy in front of the replicas (the README's "Running replicas" shows this one):
+    a session's requests go to one replica (hashed on its Mcp-Session-Id; round robin for
+    requests without one), a replica that stops accepting is taken out."""
+    servers = "\n".join(
+        f"    server gw{n} 127.0.0.1:{backend} check inter 2s"
+        for n, backend in enumerate(backends, 1)
+    )
+    return f"""global
+    maxconn 4096
+defaults
+    mode http
+    option http-keep-alive
+    timeout connect 5s
+    timeout client 120s
+    timeout server 120s
+frontend mcp
+    bind 127.0.0.1:{port}
+    default_backend holdgate
+backend holdgate
+    balance hdr(Mcp-Session-Id)
+    hash-type consistent
+{servers}
+"""
+
+
+@contextmanager
+def haproxy(tmp: Path, backends: list[int]) -> Iterator[int]:
+    """HAProxy in the foreground on a loopback port; stopped (by its pid) at the end."""
+    binary = shutil.which("haproxy")
+    if binary is None:
+        raise SystemExit("the replicas scenario needs HAProxy: run scripts/system-deps.sh --bench")
+    port = free_port()
+    config = tmp / f"haproxy-{port}.cfg"
+    config.write_text(haproxy_config(port, backends))
+    proc = subprocess.Popen([binary, "-db", "-f", str(config)])
+    try:
+        wait_for_port(port, proc)
+        yield port
+    finally:
+        stop(proc)
+
+
+def scenario_replicas(quick: bool) -> dict:
+    from helpers.postgres import start_postgres, stop_postgres
+
+    server = start_postgres(durable=True)
+    runs: dict[str, list[dict]] = {}
+    try:
+        with tempfile.TemporaryDirectory() as tmp_name, upstream() as up, ExitStack() as stack:
+            tmp = Path(tmp_name)
+            signer = Signer(tmp)
+            auth = {"Authorization": f"Bearer {signer.token}"}
+            config = gateway_config(up, signer.jwks) + "hash_key: bench-shared-hash-key\n"
+            url = server.fresh_database()
+            gateways = [Proxy(tmp, up, config, store=url) for _ in range(2)]
+            for gateway in gateways:
+                stack.callback(gateway.stop)
+            fronts = {
+                "1 replica": stack.enter_context(haproxy(tmp, [gateways[0].port])),
+                "2 replicas": stack.enter_context(haproxy(tmp, [g.port for g in gateways])),
+            }
+            for port in fronts.values():
+                drive(port, 16, 64, 20, auth)  # warm-up
+            for _ in range(1 if quick else 3):
+                for name, port in fronts.items():
+                    runs.setdefault(name, []).append(
+                        drive(port, 16, 1000 if quick else 4000, 90, auth)
+                    )
+    finally:
+        stop_postgres(server)
+    summary = {name: median_runs(r) for name, r in runs.items()}
+    summary["speedup"] = summary["2 replicas"]["rps"] / summary["1 replica"]["rps"]
+    table(
+        "replicas: tools/call at c16 through HAProxy, gateways on one PostgreSQL store",
+        [
+            [name, r["rps"], r["p50_ms"], r["p99_ms"]]
+            for name, r in summary.items()
+            if isinstance(r, dict)
+        ]
+        + [["2 / 1", f"{summary['speedup']:.2f}x", "", ""]],
+        ["behind HAProxy", "req/s", "p50 ms", "p99 ms"],
+    )
+    return summary
+
+
 SCENARIOS = {
     "proxy": scenario_proxy,
     "mix": scenario_mix,
@@ -871,6 +1043,8 @@ SCENARIOS = {
     "holds": scenario_holds,
     "masking": scenario_masking,
     "policy": scenario_policy,
+    "chain": scenario_chain,
+    "replicas": scenario_replicas,
 }
 
 
@@ -896,7 +1070,8 @@ def main() -> None:
             "cpu": _cpu_model(),
         },
     }
-    for name in args.scenario or list(SCENARIOS):
+    # replicas needs HAProxy (scripts/system-deps.sh --bench): only when asked for
+    for name in args.scenario or [name for name in SCENARIOS if name != "replicas"]:
         report[name] = scenarios[name](args.quick)
     folder = ROOT / "bench-results"
     folder.mkdir(exist_ok=True)

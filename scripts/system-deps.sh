@@ -2,8 +2,13 @@
 # What the tests need from Debian, installed once if missing: Chromium, to check the pages
 # people read (approval status pages, the access review) in a real browser, and the
 # PostgreSQL 15 server the replica tests start clusters of their own with.
+# `--bench` also brings HAProxy, which only the replicas benchmark (scripts/bench.py
+# --scenario replicas) puts in front of two gateways: `make test` never needs it.
 set -euo pipefail
 need=()
+if [ "${1:-}" = "--bench" ]; then
+  command -v haproxy >/dev/null || need+=(haproxy)
+fi
 command -v chromium >/dev/null || need+=(chromium)
 [ -x /usr/lib/postgresql/15/bin/initdb ] || need+=(postgresql-15 postgresql-client-15)
 command -v runuser >/dev/null || need+=(util-linux)

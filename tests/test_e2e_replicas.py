@@ -9,8 +9,9 @@ import subprocess
 import anyio
 import pytest
 
-from helpers.clients import connect
+from helpers.clients import connect, raw_post
 from helpers.configs import ALICE, identity
+from helpers.postgres import pause, start_again, start_postgres, stop_postgres
 from helpers.processes import free_port, gateway_command, holdgate_cli, stop
 from holdgate import store
 
@@ -133,3 +134,39 @@ async def test_concurrent_calls_through_two_replicas_make_one_chain(
         assert sum(r["target"] == "get_customer" and r["direction"] == direction for r in rows) == (
             calls
         )
+
+
+async def test_a_gateway_refuses_while_postgresql_is_down_and_recovers_by_itself(
+    demo, gateway_factory
+):
+    server = start_postgres()  # the test's own: it is stopped and started again
+    try:
+        gw = gateway_factory(
+            config(demo), demo.url, options={"holdgate_db": server.fresh_database()}
+        )
+        opening = {  # a call that needs no session: each one opens a new one
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-06-18",
+                "capabilities": {},
+                "clientInfo": {"name": "t", "version": "1"},
+            },
+        }
+        assert raw_post(gw.url + "/mcp", opening, ALICE).status == 200
+        pause(server)
+        with anyio.fail_after(30):
+            while (refused := raw_post(gw.url + "/mcp", opening, ALICE)).status != 503:
+                await anyio.sleep(0.2)  # the first may be refused only once its write fails
+        assert "audit store" in refused.json()["error"]["message"]
+        assert "password" not in gw.log_text().lower()
+        start_again(server)
+        with anyio.fail_after(30):
+            while (answered := raw_post(gw.url + "/mcp", opening, ALICE)).status != 200:
+                assert answered.status == 503
+                await anyio.sleep(0.5)
+        assert gw.proc.poll() is None  # the same gateway, never restarted
+        assert "writable again" in gw.log_text()
+    finally:
+        stop_postgres(server)

@@ -117,6 +117,21 @@ def test_the_writer_thread_appends(db: store.Store) -> None:
     assert len(db.events()) == 2 and db.verify().ok
 
 
+def test_a_sessions_recordings_are_read_back_in_store_order(db: store.Store) -> None:
+    for n, (replica, session) in enumerate([("a", "s1"), ("b", "s2"), ("b", "s1"), ("a", "s_1")]):
+        row = {"ts": store.iso(NOW + n), "replica": replica, "session_id": session}
+        db.append(
+            "recordings", {**row, "file": f"f{n}.mitm", "flows": n, "bytes": 9, "sha256": "0"}
+        )
+    files = db.session_recordings(["s1", "s_1"])
+    assert [(r["replica"], r["file"], r["flows"]) for r in files] == [
+        ("a", "f0.mitm", 0),
+        ("b", "f2.mitm", 2),
+        ("a", "f3.mitm", 3),
+    ]
+    assert db.session_recordings([]) == [] and db.verify().ok
+
+
 def test_two_stores_on_one_database_keep_one_chain(where: str) -> None:
     """What two replicas do: append at once, each from its own connection."""
     stores = [store.open_store(where), store.open_store(where)]

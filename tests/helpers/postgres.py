@@ -27,6 +27,7 @@ SUPERUSER = "holdgate"
 class PostgresServer:
     root: Path
     port: int
+    options: str = ""  # pg_ctl's -o, to start it again as it was
 
     @property
     def socket_dir(self) -> Path:
@@ -100,16 +101,29 @@ def start_postgres(durable: bool = False) -> PostgresServer:
         f"-c max_connections=200 -c fsync={'on' if durable else 'off'} "
         f"-c synchronous_commit={'on' if durable else 'off'} -c full_page_writes=off"
     )
+    server = PostgresServer(root, port, options)
+    start_again(server)
+    return server
+
+
+def start_again(server: PostgresServer) -> None:
+    """Start a cluster this helper made (after `pause`) on its port, with its data."""
+    root = server.root
     started = _as_postgres(
-        str(BIN / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(root / "log"), "-w", "start"
+        str(BIN / "pg_ctl"),
+        *("-D", str(root / "data"), "-o", server.options, "-l", str(root / "log"), "-w", "start"),
     )
     if started.returncode != 0:
         log = (root / "log").read_text() if (root / "log").exists() else ""
         raise RuntimeError(f"pg_ctl start failed: {started.stderr.strip()} {log[-2000:]}")
-    return PostgresServer(root, port)
+
+
+def pause(server: PostgresServer) -> None:
+    """Stop the server, keeping its data (pg_ctl stops it by its own pid file)."""
+    _as_postgres(str(BIN / "pg_ctl"), "-D", str(server.root / "data"), "-m", "fast", "-w", "stop")
 
 
 def stop_postgres(server: PostgresServer) -> None:
-    """Stop the cluster this helper started (pg_ctl stops it by its own pid file)."""
-    _as_postgres(str(BIN / "pg_ctl"), "-D", str(server.root / "data"), "-m", "fast", "-w", "stop")
+    """Stop the cluster this helper started, and remove it."""
+    pause(server)
     shutil.rmtree(server.root, ignore_errors=True)

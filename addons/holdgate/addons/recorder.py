@@ -35,7 +35,7 @@ from holdgate.addons.flowstate import (
     state,
 )
 from holdgate.config.gateway_config import GatewayConfig
-from holdgate.config.options import DEFAULT_STORE, STORE_OPTIONS, store_location
+from holdgate.config.options import DEFAULT_STORE, STORE_OPTIONS, replica_name, store_location
 from holdgate.masking.masker import MaskingError, MaskOutcome
 from holdgate.masking.record_masking import RecordMasking, ToolHint, mask_for_record, scrub_row
 from holdgate.protocol.canonical_json import args_digest
@@ -55,7 +55,7 @@ from holdgate.protocol.sessionless import (
     protocol_version_of,
     traceparent_of,
 )
-from holdgate.recording.flowfiles import RecordingWriter, Redaction, route_back
+from holdgate.recording.flowfiles import ClosedFile, RecordingWriter, Redaction, route_back
 from holdgate.store import AuditWriter, PostgresStore, Store, StoreError, open_store
 from holdgate.store import iso as now_iso
 from holdgate.store.rows import Row
@@ -80,6 +80,7 @@ class Recorder:
         self.store: Store | None = None  # the gateway's store; the writer has its own connection
         self.writer: AuditWriter | None = None
         self.recordings: RecordingWriter | None = None
+        self.replica = ""
         self.digest_key = b""
         self.sessions_seen: dict[str, None] = {}
         self.grouper = SessionGrouper()
@@ -145,9 +146,36 @@ class Recorder:
             if self.recordings is not None:
                 self.recordings.close()
             folder = ctx.options.holdgate_recordings
-            self.recordings = RecordingWriter(folder) if folder else None
+            self.replica = replica_name(ctx.options)
+            self.recordings = (
+                RecordingWriter(folder, replica=self.replica, on_closed=self.note_closed_file)
+                if folder
+                else None
+            )
             if not folder:
                 logger.warning("holdgate: holdgate_recordings is empty: no flow files written")
+
+    def note_closed_file(self, closed: ClosedFile) -> None:
+        """A flow file closed whole: its `recordings` row (replica, session, file, flows,
+        bytes, sha256), so a session's files can be gathered from every replica and a file
+        changed since is seen. Runs on the recordings reader thread: only queues."""
+        row: Row = {
+            "ts": now_iso(),
+            "replica": self.replica,
+            "session_id": closed.session,
+            "file": closed.file,
+            "flows": closed.flows,
+            "bytes": closed.bytes,
+            "sha256": closed.sha256,
+        }
+        cached = self._record_masking  # read once: the loop may replace it meanwhile
+        if cached is not None:
+            row = scrub_row(row, cached[2])
+        writer = self.writer
+        if writer is None or not writer.submit("recordings", row):
+            logger.error(
+                "holdgate: the closed flow file %s was not recorded in the store", closed.file
+            )
 
     def done(self) -> None:
         self._close_store()

@@ -22,7 +22,8 @@ from holdgate.cli.common import (
     until_option,
 )
 from holdgate.config.configfile import parse_duration
-from holdgate.recording.flowfiles import recording_files
+from holdgate.recording.flowfiles import recording_files, recording_name
+from holdgate.recording.segments import file_status
 from holdgate.store import EXPORT_FIELDS, EventRow, iso, write_sqlite_export
 from holdgate.store.checkpoints import (
     BadKey,
@@ -66,15 +67,48 @@ def sessions_list(db: str, since: str | None) -> None:
 
 @sessions.command("show")
 @db_option
+@click.option(
+    "--recordings",
+    "recordings",
+    is_flag=False,
+    flag_value="recordings",
+    default=None,
+    metavar="DIR",
+    help="Also list the session's flow files (every replica's, from the store) and check "
+    "each against DIR (default: ./recordings): present, and its sha256 unchanged.",
+)
 @click.argument("session_id")
-def sessions_show(db: str, session_id: str) -> None:
+def sessions_show(db: str, recordings: str | None, session_id: str) -> None:
     """A session's timeline: time, identity, method/tool, decision and rule, approval, masking."""
     with opened(db) as store:
         rows = store.session_events(session_id)
-    if not rows:
+        files = (
+            store.session_recordings(sorted({session_id, recording_name(session_id)}))
+            if recordings is not None
+            else []
+        )
+    if not rows and not files:
         raise CheckFailed(f"no events for session {session_id!r}; see `holdgate sessions list`")
     for row in rows:
         click.echo(timeline_line(row))
+    if recordings is None:
+        return
+    click.echo(f"flow files ({len(files)}), checked in {recordings}:")
+    changed = 0
+    for file in files:
+        status = file_status(recordings, file["file"], file["sha256"])
+        changed += status not in ("ok", "missing")
+        click.echo(
+            f"  {status.upper() if status != 'ok' else 'ok'}  {file['replica'] or '-'}  "
+            f"{json.dumps(file['file'])}  {file['flows']} flows  {file['bytes']} bytes  "
+            f"sha256 {file['sha256']}"
+        )
+    if changed:
+        raise CheckFailed(
+            f"{changed} of the session's flow files in {recordings} are not as they were "
+            "recorded (changed since they were closed, or named oddly in the store): do not "
+            "trust them; the store's rows say what each held"
+        )
 
 
 def timeline_line(row: EventRow) -> str:

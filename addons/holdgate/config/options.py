@@ -9,6 +9,7 @@ registers anything, so both stop the gateway instead.
 from __future__ import annotations
 
 import difflib
+import socket
 from collections.abc import Mapping
 
 PREFIX = "holdgate_"
@@ -57,3 +58,14 @@ def store_location(store: str, db: str) -> str:
             "set only holdgate_store (holdgate_db is its old name)"
         )
     return db or store
+
+
+def replica_name(options: object) -> str:
+    """This gateway's name among replicas (in its flow files' names and its store rows):
+    the `holdgate_replica` option where it exists and is set, else `<hostname>:<listen
+    port>`, which no two replicas share. The one place that decides it."""
+    named = getattr(options, "holdgate_replica", "")
+    if isinstance(named, str) and named:
+        return named
+    port = getattr(options, "listen_port", None) or 8080
+    return f"{socket.gethostname()}:{port}"

@@ -1,7 +1,9 @@
 """Masked flow files of each MCP session, written off the event loop.
 
-A session's flows are in segments, `recordings/<session>+<opened>.mitm`, each only ever
-on disk whole (`holdgate.recording.segments`); `cat` them into one file for `mitmweb -r`.
+A session's flows are in segments, `recordings/<session>+<opened>+<replica>.mitm`, each
+only ever on disk whole (`holdgate.recording.segments`); `cat` them into one file for
+`mitmweb -r`. Each closed segment is reported to the gateway (`ClosedFile`), which records
+it in the store's `recordings` table (replica, session, file, flows, bytes, sha256).
 The flows are copies masked for the record (`holdgate.masking.record_masking`) whatever
 the caller was exempt from, both bodies whole and every header, with caller credentials
 removed, injected ones replaced by a marker and any injected value scrubbed wherever it
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import json
 import logging
 import os
 import pickle
@@ -24,6 +27,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +51,7 @@ from holdgate.masking.record_masking import (
     record_headers,
     tools_by_id,
 )
-from holdgate.recording.segments import Segments
+from holdgate.recording.segments import Closed, Segments
 from holdgate.recording.segments import recording_files as recording_files
 from holdgate.recording.segments import recording_name as recording_name
 
@@ -273,10 +277,11 @@ class RecordingWriter:
     Hooks only enqueue a state snapshot. Serializing a flow (mitmproxy's tnetstring is
     pure Python) costs more than the rest of the gateway's work on a request, and in a
     thread it would hold the GIL the event loop needs, so the files are written by a
-    process of its own (`python -m holdgate.recording.flowfiles FOLDER`), fed pickled snapshots on
-    its stdin by a feeder thread. It answers on stdout: `healthy`, `failed`, `lost` and
-    `last_error` follow its answers. It ends when its stdin closes, so it never outlives
-    the gateway.
+    process of its own (`python -m holdgate.recording.flowfiles FOLDER REPLICA`), fed pickled
+    snapshots on its stdin by a feeder thread. It answers on stdout: `healthy`, `failed`,
+    `lost` and `last_error` follow its answers, and each segment it closes is handed to
+    `on_closed` (on the reader thread: it must not block). It ends when its stdin closes,
+    so it never outlives the gateway.
 
     Failures are errors the operator sees: `failed` counts the flows the process could not
     write to a readable file (`failures` by kind, for `/metrics`), `lost` every flow not
@@ -287,8 +292,15 @@ class RecordingWriter:
 
     LOG_EVERY = 60.0
 
-    def __init__(self, folder: str | Path, queue_size: int = 10_000) -> None:
+    def __init__(
+        self,
+        folder: str | Path,
+        queue_size: int = 10_000,
+        replica: str = "",
+        on_closed: Callable[[ClosedFile], None] | None = None,
+    ) -> None:
         self.folder = Path(folder)
+        self.on_closed = on_closed
         self.healthy = True
         self.last_error: str | None = None
         self.lost = 0
@@ -303,7 +315,7 @@ class RecordingWriter:
         self._next_flush = itertools.count(1)
         self._closed = False
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "holdgate.recording.flowfiles", str(self.folder)],
+            [sys.executable, "-m", "holdgate.recording.flowfiles", str(self.folder), replica],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env={**os.environ, "PYTHONPATH": os.pathsep.join([_PACKAGE_ROOT, *_pythonpath()])},
@@ -331,7 +343,7 @@ class RecordingWriter:
             if record is not self._masking_sent:
                 self._queue.put_nowait(record.portable())
                 self._masking_sent = record
-            self._queue.put_nowait((recording_name(session_key), flow_state, redaction))
+            self._queue.put_nowait((session_key, flow_state, redaction))
         except queue.Full:
             self._note_lost("the recordings queue is full")
             return False
@@ -451,6 +463,32 @@ class RecordingWriter:
                     logger.warning("holdgate: a body was left out of a flow file: %s", detail)
                 elif kind == "ok":
                     self._note_recovered()
+                elif kind == "closed":
+                    self._note_closed(detail)
+
+    def _note_closed(self, detail: str) -> None:
+        """A `closed` answer: the segment's JSON, handed to `on_closed`."""
+        try:
+            closed = ClosedFile(**json.loads(detail))
+        except (ValueError, TypeError) as exc:
+            logger.error("holdgate: a closed flow file was reported unreadably: %s", exc)
+            return
+        if self.on_closed is not None:
+            self.on_closed(closed)
+
+
+class ClosedFile(NamedTuple):
+    """A flow file closed whole, as the recordings process reports it."""
+
+    session: str
+    file: str  # its name in the recordings folder
+    flows: int
+    bytes: int
+    sha256: str
+
+    @classmethod
+    def of(cls, closed: Closed) -> ClosedFile:
+        return cls(closed.session, closed.path.name, closed.flows, closed.bytes, closed.sha256)
 
 
 _Item = tuple[str, dict[str, Any], Redaction] | PortableRecordMasking | int | None
@@ -462,18 +500,20 @@ def _pythonpath() -> list[str]:
     return [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
 
 
-def serve(folder: Path, frames: BinaryIO, replies: TextIO) -> None:
+def serve(folder: Path, frames: BinaryIO, replies: TextIO, replica: str = "") -> None:
     """The recordings process: write each flow that arrives until its input ends.
 
     A flow is only written masked: until a masking for the record has arrived (or when
     the last one cannot be rebuilt) flows are lost, not written in clear. Segments are
     fsynced whenever nothing more is queued, closed when due, on a flush and at the end.
-    Each flow that cannot be written is answered `failed COUNT<TAB>KIND<TAB>SESSION<TAB>WHY`.
+    Each flow that cannot be written is answered `failed COUNT<TAB>KIND<TAB>SESSION<TAB>WHY`,
+    each segment closed whole `closed JSON` (a `ClosedFile`).
     """
-    segments = Segments(folder)
+    segments = Segments(folder, replica)
     state = _Serving(replies)
     for path, cut in _repaired(segments, state):
         print("repaired", f"{path.name}\t{cut}", file=replies, flush=True)
+    state.report_closed(segments)
     source = _Frames(frames)
     unsynced = False
     while True:
@@ -481,11 +521,13 @@ def serve(folder: Path, frames: BinaryIO, replies: TextIO) -> None:
         for item in items:
             if isinstance(item, int):
                 state.report(segments.close_all())
+                state.report_closed(segments)
                 print("flushed", item, file=replies, flush=True)
             elif isinstance(item, PortableRecordMasking):
                 state.take_masking(item)
             elif item is not None:
                 state.write(segments, *item)
+                state.report_closed(segments)
                 unsynced = True
         if items:
             continue
@@ -495,7 +537,9 @@ def serve(folder: Path, frames: BinaryIO, replies: TextIO) -> None:
             segments.sync()
             unsynced = False
         state.report(segments.close_due())
+        state.report_closed(segments)
     state.report(segments.close_all())
+    state.report_closed(segments)
 
 
 def _repaired(segments: Segments, state: _Serving) -> list[tuple[Path, int]]:
@@ -523,12 +567,13 @@ class _Serving:
             self.record = None
             self.no_record = f"the masking for the record cannot be rebuilt ({exc})"
 
-    def write(self, segments: Segments, name: str, flow_state: Any, redaction: Any) -> None:
+    def write(self, segments: Segments, session: str, flow_state: Any, redaction: Any) -> None:
+        name = recording_name(session)
         try:
             if self.record is None:
                 raise LookupError(self.no_record)
             recorded = recorded_state(flow_state, redaction, self.record)
-            segments.append(name, tnetstring.dumps(recorded.state))
+            segments.append(session, tnetstring.dumps(recorded.state))
         except Exception as exc:  # noqa: BLE001 - one bad flow must not stop the writer
             self.failed(1, name, exc)
         else:
@@ -537,6 +582,14 @@ class _Serving:
             if not self.healthy:
                 self.healthy = True
                 print("ok", file=self.replies, flush=True)
+
+    def report_closed(self, segments: Segments) -> None:
+        """`closed JSON` for each segment closed since the last report (JSON: a session id
+        can hold any character, a line break too)."""
+        for closed in segments.closed:
+            line = json.dumps(ClosedFile.of(closed)._asdict())
+            print("closed", line, file=self.replies, flush=True)
+        segments.closed.clear()
 
     def report(self, failures: list[tuple[str, int, OSError]]) -> None:
         for name, flows, exc in failures:
@@ -596,4 +649,4 @@ class _Frames:
 if __name__ == "__main__":
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the gateway, which drains us
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a file size limit fails the write instead
-    serve(Path(sys.argv[1]), sys.stdin.buffer, sys.stdout)
+    serve(Path(sys.argv[1]), sys.stdin.buffer, sys.stdout, sys.argv[2] if len(sys.argv) > 2 else "")

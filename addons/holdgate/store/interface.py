@@ -15,7 +15,14 @@ from holdgate.store.approval_records import Decision
 from holdgate.store.campaign_records import Campaign, Item, ItemSpec, Verdict
 from holdgate.store.chain import VerifyReport
 from holdgate.store.purge import PurgeRecord, PurgeReport
-from holdgate.store.rows import ApprovalRecord, EventRow, Row, SessionSummary, ToolPinRow
+from holdgate.store.rows import (
+    ApprovalRecord,
+    EventRow,
+    RecordingRow,
+    Row,
+    SessionSummary,
+    ToolPinRow,
+)
 from holdgate.store.writer import AuditWriter
 
 
@@ -174,6 +181,10 @@ class Store(Protocol):
         """Sessions active at or after `since`, oldest first."""
 
     def session_events(self, session_id: str) -> list[EventRow]: ...
+
+    def session_recordings(self, session_ids: Sequence[str]) -> list[RecordingRow]:
+        """The flow files recorded for a session (under any of `session_ids`: its id, and
+        the file stem a repaired file was recorded under), every replica's, in store order."""
 
     # --- integrity and retention ---
 

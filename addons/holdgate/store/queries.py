@@ -6,9 +6,10 @@ Time bounds are ISO times in the store's format (`rows.iso`), compared as text.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, cast
 
-from holdgate.store.rows import EventRow, SessionSummary, ToolPinRow
+from holdgate.store.rows import EventRow, RecordingRow, SessionSummary, ToolPinRow
 from holdgate.store.sqlconn import SqlConnection, select
 
 # The export feed's fields, in order. Stable: fields are only ever added at the end.
@@ -81,6 +82,18 @@ def events(
         {"since": since, "until": until, "user": user, "upstream": upstream},
     )
     return cast(list[EventRow], rows)
+
+
+def session_recordings(conn: SqlConnection, session_ids: Sequence[str]) -> list[RecordingRow]:
+    if not session_ids:
+        return []
+    marks = ", ".join("?" * len(session_ids))
+    rows = select(
+        conn,
+        f"SELECT * FROM recordings WHERE session_id IN ({marks}) ORDER BY seq",
+        list(session_ids),
+    )
+    return cast(list[RecordingRow], rows)
 
 
 def tool_pin_rows(conn: SqlConnection, after: int) -> list[ToolPinRow]:

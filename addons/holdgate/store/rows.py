@@ -121,6 +121,21 @@ class ApprovalRecord(TypedDict, total=False):
     history: list[ApprovalRow]
 
 
+class RecordingRow(TypedDict):
+    """One `recordings` row: a flow file a replica closed whole."""
+
+    seq: int
+    ts: str
+    replica: str | None
+    session_id: str
+    file: str
+    flows: int
+    bytes: int
+    sha256: str
+    prev_hash: str
+    row_hash: str
+
+
 class ToolPinRow(TypedDict, total=False):
     """One `tool_pins` row (folded by `policy.tool_pins.PinBook`)."""
 

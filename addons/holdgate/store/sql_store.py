@@ -19,7 +19,15 @@ from holdgate.store.campaign_records import Campaign, Item, ItemSpec, Verdict
 from holdgate.store.chain import VerifyReport, append_rows, normalize_row, verify_chain
 from holdgate.store.errors import BadRow, StoreUnavailable
 from holdgate.store.purge import PurgeRecord, PurgeReport, last_purge, purge_before
-from holdgate.store.rows import ApprovalRecord, EventRow, Row, SessionSummary, ToolPinRow, iso
+from holdgate.store.rows import (
+    ApprovalRecord,
+    EventRow,
+    RecordingRow,
+    Row,
+    SessionSummary,
+    ToolPinRow,
+    iso,
+)
 from holdgate.store.schema import CHAINED
 from holdgate.store.sqlconn import SqlConnection, transaction
 from holdgate.store.writer import Batch
@@ -230,6 +238,10 @@ class SqlStore:
     def session_events(self, session_id: str) -> list[EventRow]:
         with self._conn() as conn:
             return queries.session_events(conn, session_id)
+
+    def session_recordings(self, session_ids: Sequence[str]) -> list[RecordingRow]:
+        with self._conn() as conn:
+            return queries.session_recordings(conn, session_ids)
 
     # --- integrity and retention ---
 
