@@ -7,10 +7,11 @@ import json
 import subprocess
 
 import anyio
+import psycopg
 import pytest
 
 from helpers.clients import connect, raw_post
-from helpers.configs import ALICE, identity
+from helpers.configs import ALICE, BOB, identity
 from helpers.postgres import pause, start_again, start_postgres, stop_postgres
 from helpers.processes import free_port, gateway_command, holdgate_cli, stop
 from holdgate import store
@@ -170,3 +171,33 @@ async def test_a_gateway_refuses_while_postgresql_is_down_and_recovers_by_itself
         assert "writable again" in gw.log_text()
     finally:
         stop_postgres(server)
+
+
+async def test_a_session_opened_on_one_replica_is_its_owners_on_every_replica(
+    demo, gateway_factory, pg_url
+):
+    a, b = (
+        gateway_factory(config(demo), demo.url, options={"holdgate_db": pg_url}) for _ in range(2)
+    )
+    opening = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-06-18",
+            "capabilities": {},
+            "clientInfo": {"name": "t", "version": "1"},
+        },
+    }
+    opened = raw_post(a.url + "/mcp", opening, ALICE)
+    session = next(v for k, v in opened.headers.items() if k.lower() == "mcp-session-id")
+    listing = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
+    stolen = raw_post(b.url + "/mcp", listing, {**BOB, "Mcp-Session-Id": session})
+    assert stolen.status == 404  # B never saw the session open, and still knows it is alice's
+    assert stolen.json()["error"]["message"] == "session not found; initialize a new one"
+    own = raw_post(b.url + "/mcp", listing, {**ALICE, "Mcp-Session-Id": session})
+    assert own.status == 200, own.body
+    with psycopg.connect(pg_url) as conn:  # the owners table keeps a digest, not the id
+        owners = conn.execute("SELECT session_key, owner FROM session_owners").fetchall()
+    assert [owner for _, owner in owners] == ["alice"]
+    assert all(session not in key for key, _ in owners)

@@ -17,6 +17,7 @@ from helpers.flows import (
 )
 from holdgate.addons.authentication import Authentication
 from holdgate.addons.flowstate import state
+from holdgate.addons.recorder import Recorder
 from holdgate.addons.router import Router
 
 pytestmark = pytest.mark.anyio
@@ -41,7 +42,7 @@ METADATA = "http://127.0.0.1:8080/.well-known/oauth-protected-resource"
 
 @pytest.fixture
 def tctx(tmp_path):
-    with gateway(tmp_path, CONFIG, Router, Authentication) as tctx:
+    with gateway(tmp_path, CONFIG, Router, Authentication, Recorder) as tctx:  # its store
         yield tctx
 
 

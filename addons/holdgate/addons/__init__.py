@@ -38,7 +38,7 @@ def default_addons() -> list[object]:
         ConnectionDeadlines(),
         loader,
         Router(loader),
-        Authentication(loader),
+        Authentication(loader, recorder),
         policy,
         ApprovalHolds(loader, policy, recorder),
         Gate(recorder.write_ahead),

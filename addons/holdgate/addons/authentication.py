@@ -6,6 +6,7 @@ read after a 401 to find where to sign in.
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
 from mitmproxy import http
@@ -27,11 +28,13 @@ from holdgate.identity.identities import (
     authorization_servers,
     challenge,
 )
-from holdgate.protocol.jsonrpc import INVALID_REQUEST
+from holdgate.protocol.jsonrpc import INTERNAL_ERROR, INVALID_REQUEST
 from holdgate.protocol.sessionless import is_grouped_id
+from holdgate.store import StoreError
 
 if TYPE_CHECKING:
     from holdgate.addons.config_loader import ConfigLoader
+    from holdgate.addons.recorder import Recorder
 
 
 WELL_KNOWN = "/.well-known/oauth-protected-resource"
@@ -39,8 +42,9 @@ UNAUTHORIZED = -32001
 
 
 class Authentication:
-    def __init__(self, loader: ConfigLoader) -> None:
+    def __init__(self, loader: ConfigLoader, recorder: Recorder) -> None:
         self.loader = loader
+        self.recorder = recorder
         self._authenticator: Authenticator | None = None
         self._built_for: str | None = None
         self.sessions = SessionOwners()
@@ -121,10 +125,24 @@ class Authentication:
         strip_credentials(flow.request, upstream)
         st.identity = identity
         session = session_key(flow)
-        if session is not None and (
+        if session is None:
+            return
+        try:
             # a grouped id is never sent to clients: one that names it forges a session
-            is_grouped_id(session) or self.sessions.claim(upstream.name, session, identity.user)
-        ):
+            foreign = is_grouped_id(session) or (
+                await self._owner(upstream.name, session, identity.user) != identity.user
+            )
+        except StoreError as exc:
+            refuse(
+                flow,
+                503,
+                INTERNAL_ERROR,
+                f"the session's owner cannot be checked: the audit store is unavailable "
+                f"({exc}); not forwarded",
+                kind="audit-unavailable",
+            )
+            return
+        if foreign:
             # Answered as the upstream answers a session it does not know: nothing says
             # whose it is, or that it exists.
             refuse(
@@ -135,8 +153,21 @@ class Authentication:
                 kind="foreign-session",
             )
 
+    async def _owner(self, upstream: str, session: str, user: str) -> str:
+        """Who owns a session: cached, else claimed in the store for `user` if nobody has
+        it yet (every replica asks the same store, off the event loop)."""
+        key = SessionOwners.key(upstream, session)
+        owner = self.sessions.cached(key)
+        if owner is None:
+            store = self.recorder.store
+            if store is None:
+                raise RuntimeError("session owners need the audit store, which is not open")
+            owner = await asyncio.to_thread(store.claim_session, key, user)
+            self.sessions.remember(key, owner)
+        return owner
+
     @fail_closed
-    def responseheaders(self, flow: http.HTTPFlow) -> None:
+    async def responseheaders(self, flow: http.HTTPFlow) -> None:
         """The session an upstream opens belongs to whoever opened it; a DELETE ends it."""
         st = state(flow)
         identity = st.identity
@@ -147,12 +178,15 @@ class Authentication:
         if opened and opened != session_key(flow):
             if is_grouped_id(opened):
                 raise RuntimeError("the upstream issued a session id in Holdgate's own namespace")
-            if self.sessions.claim(upstream, opened, identity.user):
+            if await self._owner(upstream, opened, identity.user) != identity.user:
                 raise RuntimeError("the upstream issued a session id another caller holds")
         if flow.request.method == "DELETE" and 200 <= flow.response.status_code < 300:
             ended = session_key(flow)
-            if ended is not None:
-                self.sessions.end(upstream, ended)
+            store = self.recorder.store
+            if ended is not None and store is not None:
+                key = SessionOwners.key(upstream, ended)
+                self.sessions.forget(key)
+                await asyncio.to_thread(store.end_session, key)
 
     def _unauthorized(
         self, flow: http.HTTPFlow, upstream: Upstream, error: str | None, reason: str | None

@@ -708,25 +708,27 @@ class SessionOwners:
     """Which caller opened each MCP session, so nobody else can use or end it.
 
     A session belongs to the first identity seen with it: the one whose `initialize`
-    answer carried the new `Mcp-Session-Id`, or, for a session the gateway has not seen
-    open (it restarted), the first caller that uses it. Bounded: the oldest are forgotten
-    first, and then their next caller owns them again.
+    answer carried the new `Mcp-Session-Id`, or, for a session no gateway has seen open,
+    the first caller that uses it. The store decides for every replica (first claim wins);
+    this is its bounded cache: a session's owner never changes while it lives.
     """
 
     def __init__(self, limit: int = 100_000) -> None:
         self.limit = limit
-        self._owners: dict[tuple[str, str], str] = {}
+        self._owners: dict[str, str] = {}
 
-    def claim(self, upstream: str, session: str, user: str) -> str | None:
-        """None if `user` may use the session (binding it if new), else its owner."""
-        key = (upstream, session)
-        owner = self._owners.get(key)
-        if owner is None:
-            if len(self._owners) >= self.limit:
-                self._owners.pop(next(iter(self._owners)))
-            self._owners[key] = user
-            return None
-        return None if owner == user else owner
+    @staticmethod
+    def key(upstream: str, session: str) -> str:
+        """The store's key for a session: a digest (the raw id is the upstream's secret)."""
+        return hashlib.sha256(f"{upstream}\0{session}".encode(errors="surrogatepass")).hexdigest()
 
-    def end(self, upstream: str, session: str) -> None:
-        self._owners.pop((upstream, session), None)
+    def cached(self, key: str) -> str | None:
+        return self._owners.get(key)
+
+    def remember(self, key: str, owner: str) -> None:
+        if len(self._owners) >= self.limit:
+            self._owners.pop(next(iter(self._owners)))
+        self._owners[key] = owner
+
+    def forget(self, key: str) -> None:
+        self._owners.pop(key, None)

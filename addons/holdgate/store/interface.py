@@ -77,6 +77,12 @@ class Store(Protocol):
     def find_grant(self, grant_key: str, now: float | None = None) -> str | None:
         """The approval id of the grant for `grant_key` still running, if any."""
 
+    def claim_session(self, session_key: str, user: str) -> str:
+        """The owner of an MCP session: `user` if it was nobody's yet, else its owner."""
+
+    def end_session(self, session_key: str) -> None:
+        """Forget a session's owner (the session was ended)."""
+
     # --- approvals ---
 
     def create_approval(self, row: Row) -> int:

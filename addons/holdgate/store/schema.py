@@ -163,7 +163,8 @@ COLUMNS: dict[str, dict[str, type]] = {
     "certifications": CERTIFICATIONS,
 }
 # State the replicas share that is not evidence (never hashed, updated in place): who is
-# alive (heartbeats by the database clock), rate-limit windows, approval grants.
+# alive (heartbeats by the database clock), rate-limit windows, approval grants, session
+# owners.
 SHARED = {
     "replicas": {
         "replica": str,
@@ -178,8 +179,15 @@ SHARED = {
     },
     "rate_counters": {"bucket": str, "window_start": float, "hits": int},
     "grants": {"grant_key": str, "approval_id": str, "expires": float},
+    # which identity opened each upstream session (keyed by a digest, not the raw id)
+    "session_owners": {"session_key": str, "owner": str, "first_seen": float},
 }
-SHARED_KEYS = {"replicas": "replica", "rate_counters": "bucket", "grants": "grant_key"}
+SHARED_KEYS = {
+    "replicas": "replica",
+    "rate_counters": "bucket",
+    "grants": "grant_key",
+    "session_owners": "session_key",
+}
 CHAINED = tuple(COLUMNS)
 TIME_COLUMN = {t: "first_seen" if t == "sessions" else "ts" for t in CHAINED}
 

@@ -1,5 +1,5 @@
-"""What replicas share outside the chain: rate-limit windows and approval grants, and the
-rule that keeps one first-seen pin per tool.
+"""What replicas share outside the chain: rate-limit windows, approval grants, who owns
+each MCP session, and the rule that keeps one first-seen pin per tool.
 
 `rate_counters` and `grants` are not evidence (never hashed, updated in place). Each call
 here is one statement, atomic on its own on both backends (SQLite's write lock, a row
@@ -104,3 +104,21 @@ def without_known_first_seen(
             pinned.add(key)
         kept.append((table, row))
     return kept
+
+
+def claim_session(conn: SqlConnection, session_key: str, user: str) -> str:
+    """The owner of a session: `user` if nobody held it yet (first claim wins, across
+    replicas), else whoever does."""
+    conn.execute(
+        "INSERT INTO session_owners (session_key, owner, first_seen) VALUES (?, ?, ?) "
+        "ON CONFLICT (session_key) DO NOTHING",
+        [session_key, user, time.time()],
+    )
+    row = conn.execute(
+        "SELECT owner FROM session_owners WHERE session_key = ?", [session_key]
+    ).fetchone()
+    return str(row[0])
+
+
+def end_session(conn: SqlConnection, session_key: str) -> None:
+    conn.execute("DELETE FROM session_owners WHERE session_key = ?", [session_key])

@@ -104,6 +104,14 @@ class SqlStore:
         with self._conn() as conn:
             return shared_state.find_grant(conn, grant_key, self.clock_sql, now)
 
+    def claim_session(self, session_key: str, user: str) -> str:
+        with self._conn() as conn:
+            return shared_state.claim_session(conn, session_key, user)
+
+    def end_session(self, session_key: str) -> None:
+        with self._conn() as conn:
+            shared_state.end_session(conn, session_key)
+
     # --- approvals ---
 
     def create_approval(self, row: Row) -> int:
