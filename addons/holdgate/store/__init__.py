@@ -14,6 +14,8 @@ One `Store` object owns the connections; all SQL lives in this package:
     queries.py           sessions, events, the export feed, tool pins
     purge.py             retention (keeping current pins, configs in use), a chained checkpoint
     checkpoints.py       signed checkpoints: keys, the witness line format, verify --witness
+    replica_records.py   the replicas sharing the store: registration, heartbeats, leases
+    pg_listen.py         PostgreSQL notifications of approval decisions (LISTEN/NOTIFY)
     writer.py            AuditWriter, the gateway's non-blocking writer thread
     digest_key.py        the argument-digest key kept beside the store
     rows.py              the result shapes (TypedDicts) and the store's time format
@@ -30,6 +32,7 @@ from holdgate.store.errors import (
     ApprovalRefused,
     BadRow,
     NotAnApprover,
+    ReplicaNameTaken,
     SchemaTooNew,
     SelfApproval,
     StoreError,
@@ -57,6 +60,7 @@ from holdgate.store.rows import (
     ApprovalRecord,
     ApprovalRow,
     EventRow,
+    ReplicaRecord,
     Row,
     SessionSummary,
     ToolPinRow,
@@ -86,6 +90,8 @@ __all__ = [
     "PostgresStore",
     "PurgeRecord",
     "PurgeReport",
+    "ReplicaNameTaken",
+    "ReplicaRecord",
     "Row",
     "SchemaTooNew",
     "SelfApproval",

@@ -8,17 +8,27 @@ the writer thread gets a store of its own.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from types import TracebackType
 from typing import Self
 
-from holdgate.store import approval_records, checkpoints, queries
+from holdgate.store import approval_records, checkpoints, queries, replica_records
 from holdgate.store.approval_records import Decision
 from holdgate.store.chain import VerifyReport, append_rows, normalize_row, verify_chain
 from holdgate.store.errors import BadRow, StoreUnavailable
+from holdgate.store.interface import ApprovalListener
 from holdgate.store.purge import PurgeRecord, PurgeReport, last_purge, purge_before
-from holdgate.store.rows import ApprovalRecord, EventRow, Row, SessionSummary, ToolPinRow, iso
+from holdgate.store.replica_records import ReplicaInfo
+from holdgate.store.rows import (
+    ApprovalRecord,
+    EventRow,
+    ReplicaRecord,
+    Row,
+    SessionSummary,
+    ToolPinRow,
+    iso,
+)
 from holdgate.store.schema import CHAINED
 from holdgate.store.sqlconn import SqlConnection, transaction
 from holdgate.store.writer import Batch
@@ -50,6 +60,10 @@ class SqlStore:
     def db_now(self) -> float:
         """The database's clock (seconds since the epoch): what leases are judged by."""
         return time.time()
+
+    def _approval_changed(self, conn: SqlConnection, approval_id: str) -> None:
+        """Inside the transaction that decided `approval_id`: tell other processes (a
+        backend with notifications overrides this; the rest are polled)."""
 
     def append_batch(self, rows: Batch) -> None:
         """The writer thread's append (its own store): all rows in one transaction."""
@@ -89,20 +103,40 @@ class SqlStore:
         now: float | None = None,
     ) -> ApprovalRecord:
         moment = time.time() if now is None else now
+        db_now = self.db_now()
         with self._conn() as conn:
             return approval_records.decide(
-                conn, approval_id, decision, decider, decider_groups, reason, moment
+                conn,
+                approval_id,
+                decision,
+                decider,
+                decider_groups,
+                reason,
+                moment,
+                db_now,
+                self._approval_changed,
             )
 
     def append_approval_state(
         self, approval_id: str, state: str, decider: str | None = None, reason: str | None = None
     ) -> bool:
         with self._conn() as conn:
-            return approval_records.append_state(conn, approval_id, state, decider, reason)
+            return approval_records.append_state(
+                conn, approval_id, state, decider, reason, self._approval_changed
+            )
 
     def expire_pending(self, reason: str) -> int:
         with self._conn() as conn:
             return approval_records.expire_pending(conn, reason)
+
+    def expire_own_holds(self, replica: str, reason: str) -> int:
+        with self._conn() as conn:
+            return approval_records.expire_own(conn, replica, reason)
+
+    def expire_lost_holds(self, now: float | None = None) -> int:
+        db_now = self.db_now() if now is None else now
+        with self._conn() as conn:
+            return approval_records.expire_lost(conn, db_now)
 
     def expire_overdue(self, reason: str, now: float | None = None) -> int:
         moment = time.time() if now is None else now
@@ -127,6 +161,32 @@ class SqlStore:
     def approval_states(self, approval_ids: Iterable[str]) -> dict[str, ApprovalRecord]:
         with self._conn() as conn:
             return approval_records.latest_of(conn, approval_ids)
+
+    # --- replicas ---
+
+    def register_replica(self, info: ReplicaInfo, now: float | None = None) -> None:
+        db_now = self.db_now() if now is None else now
+        with self._conn() as conn:
+            replica_records.register(conn, info, db_now)
+
+    def heartbeat(
+        self, replica: str, instance: str, config_hash: str | None, now: float | None = None
+    ) -> bool:
+        db_now = self.db_now() if now is None else now
+        with self._conn() as conn:
+            return replica_records.heartbeat(conn, replica, instance, config_hash, db_now)
+
+    def retire_replica(self, replica: str, instance: str) -> None:
+        with self._conn() as conn:
+            replica_records.retire(conn, replica, instance)
+
+    def replicas(self, now: float | None = None) -> list[ReplicaRecord]:
+        db_now = self.db_now() if now is None else now
+        with self._conn() as conn:
+            return replica_records.listed(conn, db_now)
+
+    def approval_listener(self, wake: Callable[[str], None]) -> ApprovalListener | None:
+        return None
 
     # --- reading ---
 
