@@ -21,6 +21,7 @@ from holdgate.cli.common import (
 )
 from holdgate.cli.records_cli import COMMANDS as RECORD_COMMANDS
 from holdgate.cli.records_cli import signing
+from holdgate.cli.replicas_cli import replicas
 from holdgate.cli.tools_cli import tools
 from holdgate.config.configfile import ConfigError
 from holdgate.config.gateway_config import GatewayConfig, load_config
@@ -234,5 +235,6 @@ def keys_hash(key: str | None) -> None:
 keys.add_command(signing)
 main.add_command(approvals)
 main.add_command(tools)
+main.add_command(replicas)
 for command in RECORD_COMMANDS:
     main.add_command(command)
