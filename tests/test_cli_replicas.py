@@ -71,3 +71,26 @@ def test_on_postgresql_by_environment(pg_url: str) -> None:
     )
     assert result.exit_code == 0
     assert result.output.startswith('"east-1"  alive')
+
+
+def test_approving_a_hold_whose_holder_is_lost_exits_1(tmp_path: Path) -> None:
+    where = str(tmp_path / "audit.sqlite3")
+    with store.open_store(where) as db:
+        db.register_replica(info("a", A_CONFIG, 11), now=db.db_now() - LEASE - 1)
+        db.create_approval(
+            {
+                "approval_id": "lost1",
+                "requester": "alice",
+                "upstream": "db",
+                "tool": "run_sql",
+                "rule": "r",
+                "approvers": '["dba"]',
+                "via": "hold",
+                "replica": "a",
+            }
+        )
+    result = CliRunner().invoke(
+        main, ["approvals", "approve", "lost1", "--as", "dana", "--store", where]
+    )
+    assert result.exit_code == 1
+    assert 'approval lost1 expired: holder lost: replica "a" stopped heartbeating' in result.output

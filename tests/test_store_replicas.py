@@ -75,6 +75,8 @@ def test_register_heartbeat_lapse_and_retire(db: store.Store) -> None:
     db.retire_replica("a", "i1")
     [row] = db.replicas(now=NOW + 6)
     assert row["gone"] and not row["alive"] and row["age"] is None
+    assert not db.heartbeat("a", "i1", None, now=NOW + 7)  # a late beat does not revive it
+    assert db.replicas(now=NOW + 7)[0]["gone"]
 
 
 def test_a_live_name_is_refused_a_lapsed_one_taken_over(db: store.Store) -> None:

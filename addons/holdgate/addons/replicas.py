@@ -137,6 +137,8 @@ class Replicas:
                 HEARTBEAT_EVERY,
             )
             return
+        if self._store is None:  # retired meanwhile (shutdown)
+            return
         if not ours and not self._taken_over:
             logger.error(
                 "holdgate: replica %s was taken over by another process: two gateways run "

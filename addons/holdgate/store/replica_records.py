@@ -77,11 +77,13 @@ def register(conn: SqlConnection, info: ReplicaInfo, now: float, lease: float = 
 def heartbeat(
     conn: SqlConnection, replica: str, instance: str, config_hash: str | None, now: float
 ) -> bool:
-    """Renew this instance's lease; False when the row is another instance's (or gone)."""
+    """Renew this instance's lease; False when the row is another instance's, or marked
+    gone (a beat racing the shutdown never revives it)."""
     with transaction(conn):
         cursor = conn.execute(
-            "UPDATE replicas SET heartbeat = ?, config_hash = ? WHERE replica = ? AND instance = ?",
-            [now, config_hash, replica, instance],
+            "UPDATE replicas SET heartbeat = ?, config_hash = ? "
+            "WHERE replica = ? AND instance = ? AND heartbeat <> ?",
+            [now, config_hash, replica, instance, GONE],
         )
         return bool(cursor.rowcount == 1)
 
