@@ -4,6 +4,8 @@ that survive the store going away."""
 from __future__ import annotations
 
 import logging
+import os
+import socket
 
 import psycopg
 import pytest
@@ -13,7 +15,13 @@ from helpers.configs import identity
 from helpers.flows import UPSTREAM_URL, find, gateway
 from holdgate import store
 from holdgate.addons.recorder import Recorder
-from holdgate.addons.replicas import MAX_NAME, Replicas, name_problem, replica_name
+from holdgate.addons.replicas import (
+    MAX_NAME,
+    Replicas,
+    exited_here,
+    name_problem,
+    replica_name,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -57,13 +65,13 @@ def test_a_bad_name_is_refused_and_the_registration_kept(tmp_path) -> None:
         replicas = find(tctx, Replicas)
         with pytest.raises(OptionsError, match="holdgate_replica: the replica name has 101"):
             tctx.configure(replicas, holdgate_replica="x" * 101)
-        assert replicas.name == "a"
+        assert replicas.replica == "a"
 
 
 def test_registers_at_configure_and_is_gone_at_shutdown(tmp_path) -> None:
     with gateway(tmp_path, CONFIG, Recorder, Replicas, holdgate_replica="a") as tctx:
         replicas = find(tctx, Replicas)
-        assert replicas.name == "a"
+        assert replicas.replica == "a"
         [row] = find(tctx, Recorder).store.replicas()
         assert row["alive"] and row["instance"] == replicas.instance
     with store.open_store(tmp_path / "audit.sqlite3") as db:
@@ -104,3 +112,31 @@ async def test_a_name_taken_over_is_an_error(tmp_path, caplog) -> None:
         assert "taken over by another process: two gateways run with one holdgate_replica" in (
             caplog.text
         )
+
+
+def test_a_crashed_predecessor_on_this_host_is_known_gone(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    dead = int(done.stdout)
+    host = socket.gethostname()
+    assert exited_here(host, dead)
+    assert not exited_here(host, os.getppid())  # alive
+    assert not exited_here("another-host", dead)  # cannot tell: the lease decides
+    with store.open_store(tmp_path / "audit.sqlite3") as db:
+        now = db.db_now()
+        old = store.replica_records.ReplicaInfo("a", "old", host, dead, "l", store.iso(), None, "1")
+        db.register_replica(old, now=now)
+        new = store.replica_records.ReplicaInfo(
+            "a", "new", host, os.getpid(), "l", store.iso(), None, "1"
+        )
+        with pytest.raises(store.ReplicaNameTaken):
+            db.register_replica(new, now=now)
+        db.register_replica(new, now=now, process_gone=exited_here)
+        assert db.replicas()[0]["instance"] == "new"

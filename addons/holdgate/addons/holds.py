@@ -159,7 +159,7 @@ class ApprovalHolds:
         return self.recorder.store
 
     def _replica(self) -> str | None:
-        return self.replicas.name if self.replicas is not None else None
+        return self.replicas.replica if self.replicas is not None else None
 
     async def _start(self) -> None:
         replica = self._replica()

@@ -52,12 +52,27 @@ def name_problem(name: str) -> str | None:
     return None
 
 
+def exited_here(host: str | None, pid: int | None) -> bool:
+    """Whether a replica row's process ran on this host and has exited: a gateway restarted
+    right after a crash takes its name back without waiting out the lease."""
+    if host != socket.gethostname() or not pid or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # exists, but not ours to signal
+        return False
+    return False
+
+
 class Replicas:
     def __init__(self, loader: ConfigLoader, recorder: Recorder) -> None:
         self.loader = loader
         self.recorder = recorder
         self.instance = uuid.uuid4().hex
-        self.name: str | None = None  # once registered in the store
+        # once registered; not `name`: mitmproxy finds addons by their `name` attribute
+        self.replica: str | None = None
         self._store: Store | None = None
         self._task: asyncio.Task[None] | None = None
         self._taken_over = False
@@ -79,12 +94,12 @@ class Replicas:
         if problem := name_problem(name):
             raise exceptions.OptionsError(f"holdgate_replica: {problem}")
         store = self.recorder.store
-        if store is None or (store is self._store and name == self.name):
+        if store is None or (store is self._store and name == self.replica):
             return
         self.retire()
         # At start (or when the option changes): the gateway must not run unregistered.
         try:
-            store.register_replica(self._info(name))
+            store.register_replica(self._info(name), process_gone=exited_here)
         except ReplicaNameTaken as exc:
             raise exceptions.OptionsError(f"holdgate_replica: {exc}") from None
         except StoreError as exc:
@@ -92,7 +107,7 @@ class Replicas:
                 f"holdgate_replica: cannot register replica {quoted(name)} in the audit "
                 f"store ({exc})"
             ) from None
-        self.name, self._store, self._taken_over = name, store, False
+        self.replica, self._store, self._taken_over = name, store, False
         logger.info("holdgate: replica %s (instance %s)", quoted(name), self.instance[:8])
 
     def running(self) -> None:
@@ -104,8 +119,8 @@ class Replicas:
 
     def retire(self) -> None:
         """Mark this instance gone (the Recorder calls this before it closes the store)."""
-        store, name = self._store, self.name
-        self._store = self.name = None
+        store, name = self._store, self.replica
+        self._store = self.replica = None
         if store is None or name is None:
             return
         try:
@@ -120,7 +135,7 @@ class Replicas:
 
     async def heartbeat(self) -> None:
         """Renew the lease; a store that is away is logged and retried on the next beat."""
-        store, name = self._store, self.name
+        store, name = self._store, self.replica
         if store is None or name is None:
             return
         config = self.loader.current

@@ -14,7 +14,7 @@ from typing import Any, Protocol, Self
 from holdgate.store.approval_records import Decision
 from holdgate.store.chain import VerifyReport
 from holdgate.store.purge import PurgeRecord, PurgeReport
-from holdgate.store.replica_records import ReplicaInfo
+from holdgate.store.replica_records import ProcessGone, ReplicaInfo
 from holdgate.store.rows import (
     ApprovalRecord,
     EventRow,
@@ -118,8 +118,11 @@ class Store(Protocol):
 
     # --- replicas (heartbeats and leases by the database clock unless `now`) ---
 
-    def register_replica(self, info: ReplicaInfo, now: float | None = None) -> None:
-        """Claim the replica's name; `ReplicaNameTaken` while another instance is alive."""
+    def register_replica(
+        self, info: ReplicaInfo, now: float | None = None, process_gone: ProcessGone | None = None
+    ) -> None:
+        """Claim the replica's name; `ReplicaNameTaken` while another instance is alive
+        (`process_gone`: whether a row's host and pid are known to have exited)."""
 
     def heartbeat(
         self, replica: str, instance: str, config_hash: str | None, now: float | None = None

@@ -13,7 +13,7 @@ evidence, and is never hashed.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from typing import cast
 
@@ -45,17 +45,32 @@ def quoted(replica: str | None) -> str:
     return shown(replica or "")
 
 
-def register(conn: SqlConnection, info: ReplicaInfo, now: float, lease: float = LEASE) -> None:
+# Whether the process (host, pid) of a row is known to have exited (e.g. on this host).
+ProcessGone = Callable[[str | None, int | None], bool]
+
+
+def register(
+    conn: SqlConnection,
+    info: ReplicaInfo,
+    now: float,
+    lease: float = LEASE,
+    process_gone: ProcessGone | None = None,
+) -> None:
     """Claim the replica's row (heartbeat `now`), unless another instance holds the name
-    and is alive: then `ReplicaNameTaken`."""
+    and is alive (its lease runs, and `process_gone` does not know it exited, as after a
+    crash and restart on the same host): then `ReplicaNameTaken`."""
     with transaction(conn):
         rows = select(
-            conn, "SELECT instance, heartbeat FROM replicas WHERE replica = ?", [info.replica]
+            conn,
+            "SELECT instance, heartbeat, host, pid FROM replicas WHERE replica = ?",
+            [info.replica],
         )
+        holder = rows[0] if rows else None
         if (
-            rows
-            and rows[0]["instance"] != info.instance
-            and _alive(rows[0]["heartbeat"], now, lease)
+            holder is not None
+            and holder["instance"] != info.instance
+            and _alive(holder["heartbeat"], now, lease)
+            and not (process_gone is not None and process_gone(holder["host"], holder["pid"]))
         ):
             raise ReplicaNameTaken(
                 f"replica {quoted(info.replica)} is already in use by a live gateway (another "

@@ -19,7 +19,7 @@ from holdgate.store.chain import VerifyReport, append_rows, normalize_row, verif
 from holdgate.store.errors import BadRow, StoreUnavailable
 from holdgate.store.interface import ApprovalListener
 from holdgate.store.purge import PurgeRecord, PurgeReport, last_purge, purge_before
-from holdgate.store.replica_records import ReplicaInfo
+from holdgate.store.replica_records import ProcessGone, ReplicaInfo
 from holdgate.store.rows import (
     ApprovalRecord,
     EventRow,
@@ -164,10 +164,12 @@ class SqlStore:
 
     # --- replicas ---
 
-    def register_replica(self, info: ReplicaInfo, now: float | None = None) -> None:
+    def register_replica(
+        self, info: ReplicaInfo, now: float | None = None, process_gone: ProcessGone | None = None
+    ) -> None:
         db_now = self.db_now() if now is None else now
         with self._conn() as conn:
-            replica_records.register(conn, info, db_now)
+            replica_records.register(conn, info, db_now, process_gone=process_gone)
 
     def heartbeat(
         self, replica: str, instance: str, config_hash: str | None, now: float | None = None
