@@ -4,7 +4,7 @@
 `mitmproxy.addons.default_addons()` does:
 
     ConnectionDeadlines -> ConfigLoader -> Router -> Authentication -> PolicyEnforcer
-    -> ApprovalHolds -> Gate -> Responses -> Recorder -> ToolPinning
+    -> ApprovalHolds -> Gate -> Responses -> Recorder -> Replicas -> ToolPinning
 
 Request side: the Gate's last step is the Recorder's write-ahead (the decision rows
 committed, or the request refused). Responses runs each response message through the
@@ -23,6 +23,7 @@ from holdgate.addons.enforcement import PolicyEnforcer
 from holdgate.addons.gate import Gate
 from holdgate.addons.holds import ApprovalHolds
 from holdgate.addons.recorder import Recorder
+from holdgate.addons.replicas import Replicas
 from holdgate.addons.response_masking import ResponseMasking
 from holdgate.addons.responses import Responses
 from holdgate.addons.router import Router
@@ -34,16 +35,18 @@ def default_addons() -> list[object]:
     recorder = Recorder(loader)
     pins = ToolPinning(loader, recorder)
     policy = PolicyEnforcer(loader, recorder, pins)
+    replicas = Replicas(loader, recorder)
     return [
         ConnectionDeadlines(),
         loader,
         Router(loader),
         Authentication(loader, recorder),
         policy,
-        ApprovalHolds(loader, policy, recorder),
+        ApprovalHolds(loader, policy, recorder, replicas),
         Gate(recorder.write_ahead),
         Responses(loader, stages=[policy, pins, ResponseMasking(), recorder]),
         recorder,
+        replicas,  # after the recorder, whose store it registers in
         pins,  # after the recorder, which opens (or creates) the store the pins are read from
         Checkpointer(loader),  # last: signs the head after the recorder wrote its last rows
     ]

@@ -1,9 +1,14 @@
 """ApprovalHolds: hold a call a rule says needs a human, until someone decides or time runs out.
 
 Decisions come from the CLI (through the store, polled off the event loop), the HTTP
-approvals API on `holdgate_admin`, or mitmweb (resume approves, kill denies). Every
-decision is recorded with who made it; a held request that was edited while waiting is
-refused, never forwarded.
+approvals API on `holdgate_admin` of any replica sharing the store, or mitmweb (resume
+approves, kill denies). Every decision is recorded with who made it; a held request that
+was edited while waiting is refused, never forwarded.
+
+Across replicas: each hold names its replica. At start a replica expires only its own
+previous instance's holds; its watcher closes the holds of replicas that stopped
+heartbeating ("holder lost"). On PostgreSQL a decision's notification wakes the watcher at
+once; the poll every POLL_INTERVAL stays as the safety net for a notice lost.
 """
 
 from __future__ import annotations
@@ -64,11 +69,14 @@ if TYPE_CHECKING:
     from holdgate.addons.config_loader import ConfigLoader
     from holdgate.addons.enforcement import PolicyEnforcer
     from holdgate.addons.recorder import Recorder
+    from holdgate.addons.replicas import Replicas
+    from holdgate.store.interface import ApprovalListener
 
 logger = logging.getLogger("holdgate")
 
 POLL_INTERVAL = 0.25
 OVERDUE_EVERY = 20  # sweeps between closing overdue elicitation approvals (5 s)
+LOST_EVERY = 8  # sweeps between closing holds of replicas that stopped heartbeating (2 s)
 UNRECORDED = "unrecorded"  # a hold that ended with a decision the store would not take
 MITMWEB = "mitmweb operator"
 WEBHOOK_ATTEMPTS = 4
@@ -104,10 +112,19 @@ class Hold:
 
 
 class ApprovalHolds:
-    def __init__(self, loader: ConfigLoader, policy: PolicyEnforcer, recorder: Recorder) -> None:
+    def __init__(
+        self,
+        loader: ConfigLoader,
+        policy: PolicyEnforcer,
+        recorder: Recorder,
+        replicas: Replicas | None = None,
+    ) -> None:
         self.loader = loader
         self.policy = policy
         self.recorder = recorder
+        self.replicas = replicas
+        self._wake = asyncio.Event()  # a decision was noticed: sweep now
+        self._listener: ApprovalListener | None = None
         self.holds: dict[str, Hold] = {}
         self.last_approved: dict[tuple[str, str, str], Any] = {}
         self._tasks: list[asyncio.Task[Any]] = []
@@ -141,13 +158,28 @@ class ApprovalHolds:
             raise RuntimeError("the audit store is not open")
         return self.recorder.store
 
+    def _replica(self) -> str | None:
+        return self.replicas.replica if self.replicas is not None else None
+
     async def _start(self) -> None:
+        replica = self._replica()
         try:
-            closed = await asyncio.to_thread(self._store().expire_pending, "gateway restarted")
+            if replica is None:
+                closed = await asyncio.to_thread(self._store().expire_pending, "gateway restarted")
+            else:
+                closed = await asyncio.to_thread(
+                    self._store().expire_own_holds, replica, "gateway restarted"
+                )
         finally:
             self._started.set()  # holds wait for this, so none is expired as a leftover
         if closed:
             logger.warning("holdgate: %d approval(s) pending at shutdown closed as expired", closed)
+        loop = asyncio.get_running_loop()
+
+        def wake(approval_id: str) -> None:  # on the listener's thread
+            loop.call_soon_threadsafe(self._noticed, approval_id)
+
+        self._listener = self._store().approval_listener(wake)
         self._tasks.append(asyncio.create_task(self._watch()))
         listen = parse_listen(ctx.options.holdgate_admin)
         if listen is not None:
@@ -162,6 +194,9 @@ class ApprovalHolds:
             task.cancel()
         if self._server is not None:
             self._server.close()
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
 
     # --- the hold -----------------------------------------------------------------------
 
@@ -313,6 +348,7 @@ class ApprovalHolds:
             else None,
             "flow_id": flow.id,
             "via": via,
+            "replica": self._replica() if via == "hold" else None,
         }
         return row, masked_args
 
@@ -556,6 +592,15 @@ class ApprovalHolds:
         if closed:
             logger.info("holdgate: %d elicitation approval(s) expired", closed)
 
+    async def _expire_lost(self) -> None:
+        closed = await asyncio.to_thread(self._store().expire_lost_holds)
+        if closed:
+            logger.warning(
+                "holdgate: %d approval(s) of replicas that stopped heartbeating closed as "
+                "expired (holder lost)",
+                closed,
+            )
+
     @staticmethod
     def _observed(hold: Hold) -> tuple[str, str | None, str] | None:
         """A decision the gateway can see on the flow itself, if there is one yet."""
@@ -665,18 +710,27 @@ class ApprovalHolds:
 
     # --- signals from outside -----------------------------------------------------------
 
+    def _noticed(self, approval_id: str) -> None:
+        """A decision notice (on the loop): sweep now if it is one of ours."""
+        if approval_id in self.holds:
+            self._wake.set()
+
     async def _watch(self) -> None:
-        """One sweep over every hold each POLL_INTERVAL (not a timer per hold, so hundreds
-        of holds cost the loop a few wake-ups a second)."""
+        """One sweep over every hold each POLL_INTERVAL, or at once on a decision notice
+        (not a timer per hold, so hundreds of holds cost the loop a few wake-ups a second)."""
         settling: set[asyncio.Task[None]] = set()
         sweeps = 0
         while True:
-            await asyncio.sleep(POLL_INTERVAL)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), POLL_INTERVAL)
+            self._wake.clear()
             sweeps += 1
             try:
                 await self._sweep(settling)
                 if sweeps % OVERDUE_EVERY == 0:
                     await self._expire_overdue()
+                if sweeps % LOST_EVERY == 0:
+                    await self._expire_lost()
             except Exception as exc:  # noqa: BLE001 - the watcher must outlive any one sweep
                 logger.error("holdgate: approvals sweep failed: %s: %s", type(exc).__name__, exc)
 

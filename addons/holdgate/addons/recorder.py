@@ -19,6 +19,7 @@ import asyncio
 import json
 import logging
 import weakref
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from mitmproxy import ctx, exceptions, http
@@ -85,6 +86,9 @@ class Recorder:
         self.sessions_seen: dict[str, None] = {}
         self.grouper = SessionGrouper()
         self.unwritten_versions: list[dict[str, Any]] = []
+        # called before the store closes (shutdown, or another store named): the Replicas
+        # addon marks itself gone while it still can
+        self.before_close: list[Callable[[], None]] = []
         self.unmaskable = 0  # values left out of store rows because they could not be masked
         self._record_masking: tuple[GatewayConfig, bytes, RecordMasking] | None = None
         # Flows whose decision rows went to the store before they left: their end writes an
@@ -183,6 +187,8 @@ class Recorder:
             self.recordings.close()
 
     def _close_store(self) -> None:
+        for callback in self.before_close:
+            callback()
         if self.writer is not None:
             self.writer.close()
             logger.info(

@@ -21,6 +21,7 @@ from holdgate.cli.common import (
 )
 from holdgate.cli.records_cli import COMMANDS as RECORD_COMMANDS
 from holdgate.cli.records_cli import signing
+from holdgate.cli.replicas_cli import replicas
 from holdgate.cli.review_cli import review
 from holdgate.cli.tools_cli import tools
 from holdgate.config.configfile import ConfigError
@@ -236,5 +237,6 @@ keys.add_command(signing)
 main.add_command(approvals)
 main.add_command(tools)
 main.add_command(review)
+main.add_command(replicas)
 for command in RECORD_COMMANDS:
     main.add_command(command)

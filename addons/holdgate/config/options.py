@@ -20,6 +20,7 @@ OPTIONS = (
     "holdgate_recordings",
     "holdgate_admin",
     "holdgate_max_body",
+    "holdgate_replica",
 )
 
 

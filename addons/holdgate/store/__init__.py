@@ -15,6 +15,8 @@ One `Store` object owns the connections; all SQL lives in this package:
     queries.py           sessions, events, the export feed, tool pins
     purge.py             retention (keeping current pins, configs in use), a chained checkpoint
     checkpoints.py       signed checkpoints: keys, the witness line format, verify --witness
+    replica_records.py   the replicas sharing the store: registration, heartbeats, leases
+    pg_listen.py         PostgreSQL notifications of approval decisions (LISTEN/NOTIFY)
     writer.py            AuditWriter, the gateway's non-blocking writer thread
     digest_key.py        the argument-digest key kept beside the store
     rows.py              the result shapes (TypedDicts) and the store's time format
@@ -36,6 +38,7 @@ from holdgate.store.errors import (
     CertificationRefused,
     NotAnApprover,
     NotAReviewer,
+    ReplicaNameTaken,
     SchemaTooNew,
     SelfApproval,
     SelfCertification,
@@ -66,6 +69,7 @@ from holdgate.store.rows import (
     ApprovalRow,
     EventRow,
     RecordingRow,
+    ReplicaRecord,
     Row,
     SessionSummary,
     ToolPinRow,
@@ -105,6 +109,8 @@ __all__ = [
     "PostgresStore",
     "PurgeRecord",
     "PurgeReport",
+    "ReplicaNameTaken",
+    "ReplicaRecord",
     "Row",
     "SchemaTooNew",
     "SelfApproval",

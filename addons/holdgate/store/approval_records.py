@@ -10,14 +10,21 @@ not after `expires`, never by the requester (separation of duties), and, unless 
 decider is the trusted host operator (`decider_groups=None`, the CLI's `--as`), only by a
 member of the approval's approver groups. A refused decision is recorded as a
 `refused_attempt` and raised as a typed error.
+
+A held approval names the replica whose connection holds the call. When that replica
+stops heartbeating (`replica_records`), nobody can release the call any more: the others
+close it as `expired` ("holder lost"), and a decision arriving first does the same and is
+refused with `ApprovalExpired`. `notify` (PostgreSQL: NOTIFY) runs inside the transaction
+that records a decision, so the holding replica wakes at its commit.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Literal, cast
 
 from holdgate.approvals.approval_rules import approver_groups
+from holdgate.store import replica_records
 from holdgate.store.chain import append_rows, normalize_row
 from holdgate.store.errors import (
     ApprovalExpired,
@@ -33,6 +40,8 @@ from holdgate.store.schema import APPROVAL_STATES, DECISIONS
 from holdgate.store.sqlconn import SqlConnection, select, transaction
 
 Decision = Literal["approved", "denied"]
+# Called inside the transaction that changed an approval's state (its id).
+Notify = Callable[[SqlConnection, str], None]
 
 # Copied from the request into every later state row, so each row stands on its own.
 _REQUEST_COLUMNS = (
@@ -150,6 +159,7 @@ def append_state(
     state: str,
     decider: str | None,
     reason: str | None,
+    notify: Notify | None = None,
 ) -> bool:
     """Record a state the gateway itself observed; False when the state machine refuses."""
     if state not in APPROVAL_STATES or state == "pending":
@@ -159,6 +169,8 @@ def append_state(
         if current is None or transition_refusal(current, approval_id, state) is not None:
             return False
         append_rows(conn, [("approvals", _state_row(current, state, decider, reason))])
+        if notify is not None:
+            notify(conn, approval_id)
         return True
 
 
@@ -170,21 +182,37 @@ def decide(
     decider_groups: Iterable[str] | None,
     reason: str | None,
     now: float,
+    db_now: float | None = None,
+    notify: Notify | None = None,
 ) -> ApprovalRecord:
-    """A person's decision: recorded and returned, or recorded as refused and raised."""
+    """A person's decision: recorded and returned, or recorded as refused and raised. With
+    `db_now` (the database clock) a held approval whose holder's lease lapsed is closed as
+    expired instead: nobody could release the call."""
     if decision not in ("approved", "denied"):
         raise BadRow(f"not a decision: {decision!r}")
     groups = None if decider_groups is None else tuple(decider_groups)
     with transaction(conn):
         current = latest(conn, approval_id)
-        problem = decision_refusal(current, approval_id, decision, decider, groups, now)
-        if current is not None:
-            state, why = (
-                (decision, reason)
-                if problem is None
-                else ("refused_attempt", f"{decision} refused: {problem}")
+        lost = _lost_holder(conn, current, db_now)
+        if current is not None and lost is not None:
+            append_rows(conn, [("approvals", _state_row(current, "expired", None, lost))])
+            problem: ApprovalRefused | None = ApprovalExpired(
+                f"approval {approval_id} expired: {lost}, so nobody holds the call any more "
+                "(its client's connection went with that replica)",
+                approval_id,
+                current,
             )
-            append_rows(conn, [("approvals", _state_row(current, state, decider, why))])
+        else:
+            problem = decision_refusal(current, approval_id, decision, decider, groups, now)
+            if current is not None:
+                state, why = (
+                    (decision, reason)
+                    if problem is None
+                    else ("refused_attempt", f"{decision} refused: {problem}")
+                )
+                append_rows(conn, [("approvals", _state_row(current, state, decider, why))])
+                if problem is None and notify is not None:
+                    notify(conn, approval_id)
         decided = latest(conn, approval_id)
     if problem is not None:
         raise problem
@@ -200,6 +228,57 @@ def expire_pending(conn: SqlConnection, reason: str) -> int:
             ("approvals", _state_row(current, "expired", None, reason))
             for current in listed(conn, pending_only=True)
             if current.get("via") != "elicitation"
+        ]
+        append_rows(conn, rows)
+        return len(rows)
+
+
+def _held(current: ApprovalRecord) -> bool:
+    """A call held open on a replica's connection (`via` NULL in older rows: held)."""
+    return current.get("via") in (None, "hold")
+
+
+def _lost_holder(
+    conn: SqlConnection, current: ApprovalRecord | None, db_now: float | None
+) -> str | None:
+    """The holder-lost reason when `current` is a pending hold whose replica is not alive."""
+    if db_now is None or current is None or current["state"] != "pending" or not _held(current):
+        return None
+    replica = current.get("replica")
+    if replica is None or not replica_records.lapsed(conn, [replica], db_now):
+        return None
+    return replica_records.holder_lost(replica)
+
+
+def expire_own(conn: SqlConnection, replica: str, reason: str) -> int:
+    """At a replica's start: close its previous instance's pending holds (that connection
+    is gone) and those of rows naming no replica (older gateways); returns how many.
+    Other replicas' holds and elicitation approvals are left alone."""
+    with transaction(conn):
+        rows = [
+            ("approvals", _state_row(current, "expired", None, reason))
+            for current in listed(conn, pending_only=True)
+            if _held(current) and current.get("replica") in (None, replica)
+        ]
+        append_rows(conn, rows)
+        return len(rows)
+
+
+def expire_lost(conn: SqlConnection, db_now: float) -> int:
+    """Close the pending holds whose replica stopped heartbeating (by the database clock)
+    as expired, "holder lost"; returns how many."""
+    with transaction(conn):
+        held = [
+            c for c in listed(conn, pending_only=True) if _held(c) and c.get("replica") is not None
+        ]
+        gone = replica_records.lapsed(conn, [str(c["replica"]) for c in held], db_now)
+        rows = [
+            (
+                "approvals",
+                _state_row(c, "expired", None, replica_records.holder_lost(str(c["replica"]))),
+            )
+            for c in held
+            if c["replica"] in gone
         ]
         append_rows(conn, rows)
         return len(rows)

@@ -6,10 +6,12 @@
     ├── StoreNotSupported       a store URL this holdgate has no backend for
     ├── SchemaTooNew            the store was written by a newer holdgate
     ├── BadRow                  a row names an unknown table or column, or a bad value
+    ├── ReplicaNameTaken        another live process already uses this replica name
     └── ApprovalRefused         the approval rules refuse a change to an approval
         ├── UnknownApproval     no approval with that id
         ├── ApprovalNotPending  the approval is not in the state the change needs
-        ├── ApprovalExpired     the decision came after the approval expired
+        ├── ApprovalExpired     the decision came after the approval expired, or its
+        │                       holding replica stopped heartbeating (holder lost)
         ├── SelfApproval        the requester tried to decide their own request
         └── NotAnApprover       the decider is in none of the approval's approver groups
     └── CertificationRefused    the campaign rules refuse a change to a campaign or item
@@ -55,6 +57,10 @@ class BadRow(StoreError):
     """A row names an unknown table or column, or a value of the wrong type."""
 
 
+class ReplicaNameTaken(StoreError):
+    """Another live process (a different instance, heartbeating) already uses this name."""
+
+
 class ApprovalRefused(StoreError):
     """The approval rules refuse a change to an approval; `current` is its latest state."""
 
@@ -75,7 +81,7 @@ class ApprovalNotPending(ApprovalRefused):
 
 
 class ApprovalExpired(ApprovalRefused):
-    """The decision came after the approval expired."""
+    """The decision came too late: the approval expired, or its holder was lost."""
 
 
 class SelfApproval(ApprovalRefused):

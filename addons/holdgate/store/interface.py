@@ -7,7 +7,7 @@ who may decide) are the protocol's contract, so every backend enforces them alik
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Literal, Protocol, Self
 
@@ -15,15 +15,22 @@ from holdgate.store.approval_records import Decision
 from holdgate.store.campaign_records import Campaign, Item, ItemSpec, Verdict
 from holdgate.store.chain import VerifyReport
 from holdgate.store.purge import PurgeRecord, PurgeReport
+from holdgate.store.replica_records import ProcessGone, ReplicaInfo
 from holdgate.store.rows import (
     ApprovalRecord,
     EventRow,
     RecordingRow,
+    ReplicaRecord,
     Row,
     SessionSummary,
     ToolPinRow,
 )
 from holdgate.store.writer import AuditWriter
+
+
+class ApprovalListener(Protocol):
+    def close(self) -> None:
+        """Stop listening (joins the thread)."""
 
 
 class Store(Protocol):
@@ -98,7 +105,9 @@ class Store(Protocol):
         now: float | None = None,
     ) -> ApprovalRecord:
         """A person's decision under the approval rules (`decider_groups=None`: the
-        trusted host operator); a refusal is recorded and raised as `ApprovalRefused`."""
+        trusted host operator); a refusal is recorded and raised as `ApprovalRefused`. A
+        held approval whose replica stopped heartbeating is closed as expired ("holder
+        lost") and raised as `ApprovalExpired`."""
 
     def append_approval_state(
         self, approval_id: str, state: str, decider: str | None = None, reason: str | None = None
@@ -108,6 +117,14 @@ class Store(Protocol):
 
     def expire_pending(self, reason: str) -> int:
         """Close every pending held approval as `expired`; returns how many."""
+
+    def expire_own_holds(self, replica: str, reason: str) -> int:
+        """At a replica's start: close its previous instance's pending holds (and those
+        naming no replica) as `expired`; returns how many."""
+
+    def expire_lost_holds(self, now: float | None = None) -> int:
+        """Close pending holds whose replica stopped heartbeating ("holder lost", by the
+        database clock unless `now`); returns how many."""
 
     def expire_overdue(self, reason: str, now: float | None = None) -> int:
         """Close pending elicitation approvals past their expiry; returns how many."""
@@ -163,6 +180,29 @@ class Store(Protocol):
 
     def campaigns(self) -> list[Campaign]:
         """Every campaign, oldest first."""
+
+    # --- replicas (heartbeats and leases by the database clock unless `now`) ---
+
+    def register_replica(
+        self, info: ReplicaInfo, now: float | None = None, process_gone: ProcessGone | None = None
+    ) -> None:
+        """Claim the replica's name; `ReplicaNameTaken` while another instance is alive
+        (`process_gone`: whether a row's host and pid are known to have exited)."""
+
+    def heartbeat(
+        self, replica: str, instance: str, config_hash: str | None, now: float | None = None
+    ) -> bool:
+        """Renew the lease; False when another instance took the name over."""
+
+    def retire_replica(self, replica: str, instance: str) -> None:
+        """Mark this instance gone (at shutdown)."""
+
+    def replicas(self, now: float | None = None) -> list[ReplicaRecord]:
+        """Every replica with `alive`/`gone`/`age`, by name."""
+
+    def approval_listener(self, wake: Callable[[str], None]) -> ApprovalListener | None:
+        """A thread calling `wake(approval_id)` when any process decides an approval, or
+        None when the backend has no notifications (then decisions are only polled)."""
 
     # --- reading ---
 

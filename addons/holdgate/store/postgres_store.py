@@ -12,7 +12,7 @@ grants and correlation would break across replicas. The config's `hash_key` is r
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -20,9 +20,10 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 
 from holdgate.store.errors import StoreError, StoreNotFound, StoreUnavailable
+from holdgate.store.pg_listen import ApprovalNotices, notify
 from holdgate.store.pg_schema import migrate, schema_version
 from holdgate.store.sql_store import SqlStore
-from holdgate.store.sqlconn import PgConnection
+from holdgate.store.sqlconn import PgConnection, SqlConnection
 from holdgate.store.writer import AuditWriter
 
 
@@ -86,6 +87,12 @@ class PostgresStore(SqlStore):
         """The server's clock, the one every replica's lease is judged by."""
         with self._conn() as conn:
             return float(conn.execute("SELECT extract(epoch FROM clock_timestamp())").fetchone()[0])
+
+    def _approval_changed(self, conn: SqlConnection, approval_id: str) -> None:
+        notify(conn, approval_id)
+
+    def approval_listener(self, wake: Callable[[str], None]) -> ApprovalNotices:
+        return ApprovalNotices(self.url, self.name, wake, connect_timeout=self.connect_timeout)
 
     def writer(self, **options: Any) -> AuditWriter:
         options.pop("busy_timeout", None)

@@ -178,3 +178,22 @@ def parse_iso(text: str) -> float:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment.timestamp()
+
+
+class ReplicaRecord(TypedDict):
+    """One gateway process sharing the store (the `replicas` table), judged by the
+    database clock: `alive` while its heartbeat is within the lease; `age` is seconds since
+    that heartbeat (None once it marked itself gone at shutdown)."""
+
+    replica: str
+    instance: str
+    host: str | None
+    pid: int | None
+    listen: str | None
+    started: str | None
+    heartbeat: float
+    config_hash: str | None
+    version: str | None
+    alive: bool
+    gone: bool
+    age: float | None

@@ -8,21 +8,31 @@ the writer thread gets a store of its own.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from types import TracebackType
 from typing import Any, Literal, Self
 
-from holdgate.store import approval_records, campaign_records, checkpoints, queries, shared_state
+from holdgate.store import (
+    approval_records,
+    campaign_records,
+    checkpoints,
+    queries,
+    replica_records,
+    shared_state,
+)
 from holdgate.store.approval_records import Decision
 from holdgate.store.campaign_records import Campaign, Item, ItemSpec, Verdict
 from holdgate.store.chain import VerifyReport, append_rows, normalize_row, verify_chain
 from holdgate.store.errors import BadRow, StoreUnavailable
+from holdgate.store.interface import ApprovalListener
 from holdgate.store.purge import PurgeRecord, PurgeReport, last_purge, purge_before
+from holdgate.store.replica_records import ProcessGone, ReplicaInfo
 from holdgate.store.rows import (
     ApprovalRecord,
     EventRow,
     RecordingRow,
+    ReplicaRecord,
     Row,
     SessionSummary,
     ToolPinRow,
@@ -61,6 +71,10 @@ class SqlStore:
     def db_now(self) -> float:
         """The database's clock (seconds since the epoch): what leases are judged by."""
         return time.time()
+
+    def _approval_changed(self, conn: SqlConnection, approval_id: str) -> None:
+        """Inside the transaction that decided `approval_id`: tell other processes (a
+        backend with notifications overrides this; the rest are polled)."""
 
     def append_batch(self, rows: Batch) -> None:
         """The writer thread's append (its own store): all rows in one transaction."""
@@ -128,20 +142,40 @@ class SqlStore:
         now: float | None = None,
     ) -> ApprovalRecord:
         moment = time.time() if now is None else now
+        db_now = self.db_now()
         with self._conn() as conn:
             return approval_records.decide(
-                conn, approval_id, decision, decider, decider_groups, reason, moment
+                conn,
+                approval_id,
+                decision,
+                decider,
+                decider_groups,
+                reason,
+                moment,
+                db_now,
+                self._approval_changed,
             )
 
     def append_approval_state(
         self, approval_id: str, state: str, decider: str | None = None, reason: str | None = None
     ) -> bool:
         with self._conn() as conn:
-            return approval_records.append_state(conn, approval_id, state, decider, reason)
+            return approval_records.append_state(
+                conn, approval_id, state, decider, reason, self._approval_changed
+            )
 
     def expire_pending(self, reason: str) -> int:
         with self._conn() as conn:
             return approval_records.expire_pending(conn, reason)
+
+    def expire_own_holds(self, replica: str, reason: str) -> int:
+        with self._conn() as conn:
+            return approval_records.expire_own(conn, replica, reason)
+
+    def expire_lost_holds(self, now: float | None = None) -> int:
+        db_now = self.db_now() if now is None else now
+        with self._conn() as conn:
+            return approval_records.expire_lost(conn, db_now)
 
     def expire_overdue(self, reason: str, now: float | None = None) -> int:
         moment = time.time() if now is None else now
@@ -214,6 +248,34 @@ class SqlStore:
     def campaigns(self) -> list[Campaign]:
         with self._conn() as conn:
             return campaign_records.listed(conn)
+
+    # --- replicas ---
+
+    def register_replica(
+        self, info: ReplicaInfo, now: float | None = None, process_gone: ProcessGone | None = None
+    ) -> None:
+        db_now = self.db_now() if now is None else now
+        with self._conn() as conn:
+            replica_records.register(conn, info, db_now, process_gone=process_gone)
+
+    def heartbeat(
+        self, replica: str, instance: str, config_hash: str | None, now: float | None = None
+    ) -> bool:
+        db_now = self.db_now() if now is None else now
+        with self._conn() as conn:
+            return replica_records.heartbeat(conn, replica, instance, config_hash, db_now)
+
+    def retire_replica(self, replica: str, instance: str) -> None:
+        with self._conn() as conn:
+            replica_records.retire(conn, replica, instance)
+
+    def replicas(self, now: float | None = None) -> list[ReplicaRecord]:
+        db_now = self.db_now() if now is None else now
+        with self._conn() as conn:
+            return replica_records.listed(conn, db_now)
+
+    def approval_listener(self, wake: Callable[[str], None]) -> ApprovalListener | None:
+        return None
 
     # --- reading ---
 
