@@ -482,10 +482,13 @@ def normalise_path(path: str) -> str:
     relative path (the upstream's working directory is unknown), a `..` segment (the
     upstream's filesystem resolves it through symlinks the gateway cannot see), control
     characters, backslashes and percent-escapes of `.`, `/`, `\\`, `%` or controls (an
-    upstream may or may not decode them)."""
+    upstream may or may not decode them), and a leading `//` (POSIX leaves its meaning to
+    the system; Windows reads `//host/share` as a network share)."""
     _refuse_raw(path)
     if not path.startswith("/"):
         raise AmbiguousValue("a relative path")
+    if path.startswith("//"):
+        raise AmbiguousValue("a path starting with '//' (a network path on some systems)")
     if _ENCODED_IN_PATH.search(path):
         raise AmbiguousValue("a percent-escape an upstream may decode")
     segments = [s for s in path.split("/") if s not in ("", ".")]
