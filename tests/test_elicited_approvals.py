@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from helpers.approvals import approval_request
 from holdgate import store
 from holdgate.approvals import elicitation as el
 from holdgate.config.configfile import ConfigError, parse_yaml
@@ -159,18 +160,7 @@ def test_the_status_page_escapes_everything_and_shows_no_arguments() -> None:
 
 
 def request(approval_id: str, via: str | None = "elicitation", expires: float = NOW + 300) -> Any:
-    return {
-        "approval_id": approval_id,
-        "requester": "alice",
-        "upstream": "db",
-        "method": "tools/call",
-        "tool": "run_sql",
-        "rule": "r",
-        "approvers": '["dba"]',
-        "created": store.iso(NOW),
-        "expires": store.iso(expires),
-        "via": via,
-    }
+    return approval_request(approval_id, NOW, expires=store.iso(expires), via=via)
 
 
 @pytest.fixture

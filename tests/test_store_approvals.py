@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from helpers.approvals import approval_request
 from holdgate import store
 
 NOW = 1_800_000_000.0
@@ -21,18 +22,7 @@ def db(tmp_path: Path) -> Iterator[store.SqliteStore]:
 
 
 def request(approval_id: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "approval_id": approval_id,
-        "requester": "alice",
-        "upstream": "db",
-        "method": "tools/call",
-        "tool": "run_sql",
-        "rule": "sql needs a dba",
-        "approvers": '["dba"]',
-        "created": store.iso(NOW),
-        "expires": store.iso(NOW + 300),
-        **extra,
-    }
+    return approval_request(approval_id, NOW, rule="sql needs a dba", **extra)
 
 
 def states(db: store.SqliteStore, approval_id: str = "a1") -> list[tuple[str, str | None]]:

@@ -12,6 +12,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from helpers.approvals import approval_request
 from holdgate import store
 from holdgate.store.errors import StoreError
 from holdgate.store.sqlconn import to_pyformat
@@ -26,18 +27,7 @@ def db(where: str) -> Iterator[store.Store]:
 
 
 def approval(approval_id: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "approval_id": approval_id,
-        "requester": "alice",
-        "upstream": "db",
-        "method": "tools/call",
-        "tool": "run_sql",
-        "rule": "r",
-        "approvers": '["dba"]',
-        "created": store.iso(NOW),
-        "expires": store.iso(NOW + 300),
-        **extra,
-    }
+    return approval_request(approval_id, NOW, **extra)
 
 
 def event(user: str, ts: float, **extra: Any) -> dict[str, Any]:

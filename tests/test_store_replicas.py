@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from helpers.approvals import approval_request
 from holdgate import store
 from holdgate.store.replica_records import LEASE, ReplicaInfo
 
@@ -38,19 +39,9 @@ def info(replica: str, instance: str = "i1", config_hash: str = "c" * 64) -> Rep
 
 
 def held(approval_id: str, replica: str | None, via: str | None = "hold") -> dict[str, Any]:
-    return {
-        "approval_id": approval_id,
-        "requester": "alice",
-        "upstream": "db",
-        "method": "tools/call",
-        "tool": "run_sql",
-        "rule": "r",
-        "approvers": '["dba"]',
-        "created": store.iso(NOW),
-        "expires": store.iso(NOW + 10**6),
-        "via": via,
-        "replica": replica,
-    }
+    return approval_request(
+        approval_id, NOW, expires=store.iso(NOW + 10**6), via=via, replica=replica
+    )
 
 
 def states(db: store.Store) -> dict[str, tuple[str, str | None]]:

@@ -60,3 +60,20 @@ async def wait_for_pending(db: Path, requester: str | None = None) -> dict[str, 
 def sql_calls(demo: DemoServer) -> list[str]:
     """The queries of every `run_sql` call that reached the demo server."""
     return [arguments["query"] for arguments in demo.calls_to("run_sql")]
+
+
+def approval_request(approval_id: str, now: float, **columns: Any) -> dict[str, Any]:
+    """A `pending` approval row as the gateway creates it (alice's run_sql, dba decides,
+    five minutes to decide from `now`); `columns` change or add to it."""
+    return {
+        "approval_id": approval_id,
+        "requester": "alice",
+        "upstream": "db",
+        "method": "tools/call",
+        "tool": "run_sql",
+        "rule": "r",
+        "approvers": '["dba"]',
+        "created": store.iso(now),
+        "expires": store.iso(now + 300),
+        **columns,
+    }
