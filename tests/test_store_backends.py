@@ -253,3 +253,19 @@ def test_a_certification_campaign(db: store.Store) -> None:
     assert closed.state == "closed" and closed.progress() == {"open": 0, "keep": 1, "revoke": 1}
     assert [c.campaign_id for c in db.campaigns()] == ["c1"]
     assert db.verify().ok
+
+
+def test_a_connection_lost_inside_a_transaction_never_goes_on_outside_it(pg_url: str) -> None:
+    from holdgate.store.sqlconn import PgConnection, transaction
+
+    conn = PgConnection(pg_url)
+    pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+    with pytest.raises(psycopg.OperationalError):
+        with transaction(conn):
+            with psycopg.connect(pg_url, autocommit=True) as other:
+                other.execute("SELECT pg_terminate_backend(%s)", [pid])
+            conn.execute("SELECT 1")  # the first statement after the loss raises
+            conn.execute("SELECT 2")  # never reached
+    with transaction(conn):  # the next transaction reconnects
+        assert conn.execute("SELECT 3").fetchone()[0] == 3
+    conn.close()

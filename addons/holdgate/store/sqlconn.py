@@ -70,11 +70,17 @@ class PgConnection:
         self.url = url
         self.connect_timeout = connect_timeout
         self._conn: psycopg.Connection[Any] | None = None
+        self._open = False  # a transaction we began is not finished yet
         self._connection()
 
-    def _connection(self) -> psycopg.Connection[Any]:
+    def _connection(self, ending: bool = False) -> psycopg.Connection[Any]:
+        """The live connection, a new one after a loss — never in the middle of a
+        transaction, whose statements must not go on outside it (`ending`: its ROLLBACK)."""
         conn = self._conn
         if conn is None or conn.closed or conn.broken:
+            if self._open and not ending:
+                raise psycopg.OperationalError("the connection was lost inside a transaction")
+            self._open = False
             if conn is not None:
                 conn.close()
             self._conn = conn = psycopg.connect(
@@ -85,19 +91,24 @@ class PgConnection:
     @property
     def in_transaction(self) -> bool:
         conn = self._conn
-        return (
+        return self._open or (
             conn is not None
             and not conn.closed
             and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
         )
 
     def execute(self, sql: str, parameters: Any = (), /) -> Any:
-        conn = self._connection()
         word = sql.strip().upper()
+        conn = self._connection(ending=word == "ROLLBACK")
+        if word in ("COMMIT", "ROLLBACK"):
+            self._open = False
+            return conn.execute(word)
         if word == "BEGIN IMMEDIATE":
             conn.execute("BEGIN")
+            self._open = True
             return conn.execute("SELECT pg_advisory_xact_lock(%s)", [CHAIN_LOCK])
         if word == "BEGIN":
+            self._open = True
             return conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
         if not parameters:  # psycopg reads no placeholders then: nothing to rewrite
             return conn.execute(sql)
