@@ -17,6 +17,11 @@ if [ ${#need[@]} -eq 0 ]; then
 fi
 sudo=""
 if [ "$(id -u)" -ne 0 ]; then
+  if ! command -v sudo >/dev/null; then
+    echo "scripts/system-deps.sh: the tests need ${need[*]} from Debian; install them as root" \
+      "(apt-get install ${need[*]}) or give this user sudo" >&2
+    exit 1
+  fi
   sudo="sudo"
 fi
 echo "installing from Debian: ${need[*]}"
