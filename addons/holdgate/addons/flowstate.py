@@ -304,12 +304,18 @@ def fail_closed(hook: Hook) -> Hook:
 
 
 def header_lists(headers: http.Headers) -> dict[str, list[str]]:
-    """Lowercased header names mapped to every value sent (duplicates kept, to refuse them)."""
+    """Lowercased header names mapped to every value sent (duplicates kept, to refuse them).
+    One pass over the raw fields, decoded as mitmproxy decodes them (a `get_all` per name
+    walks every field again)."""
     out: dict[str, list[str]] = {}
-    for name in headers.keys():
-        key = name.lower()
-        if key not in out:
-            out[key] = headers.get_all(name)
+    for name, value in headers.fields:
+        key = name.lower().decode("utf-8", "surrogateescape")  # ASCII case, as HTTP's
+        found = out.get(key)
+        text = value.decode("utf-8", "surrogateescape")
+        if found is None:
+            out[key] = [text]
+        else:
+            found.append(text)
     return out
 
 
