@@ -1,8 +1,8 @@
 """Holdgate entry point: `mitmdump -s addons/gateway.py`, from any folder.
 
-The addons themselves live in the `holdgate.addons` package (`default_addons()`, in the
-order they run); this script only finds the package (installed, or beside this file) and
-makes sure mitmproxy never runs without it.
+The addons themselves live in the `holdgate.addons` package (`gateway_addons()`: the
+addons in the order they run, behind one `Pipeline`); this script only finds the package
+(installed, or beside this file) and makes sure mitmproxy never runs without it.
 
 No way of starting mitmproxy with this script may leave a plain proxy:
 - if the bundle cannot be imported, or a `holdgate_*` option is unknown or given twice
@@ -77,7 +77,7 @@ if ctx.master.addons.get(Sentinel.name) is None:
     ctx.master.addons.add(Sentinel())
 
 try:
-    from holdgate.addons import default_addons
+    from holdgate.addons import gateway_addons
     from holdgate.config.options import option_problems
 except ImportError as import_error:  # exercised by a subprocess test
     addons: list[object] = [
@@ -88,4 +88,4 @@ except ImportError as import_error:  # exercised by a subprocess test
     ]
 else:
     problems = option_problems(ctx.options.deferred)
-    addons = [Refuser("; ".join(problems))] if problems else default_addons()
+    addons = [Refuser("; ".join(problems))] if problems else gateway_addons()

@@ -1,6 +1,7 @@
 """Benchmark: what the gateway costs on top of plain mitmproxy.
 
     .venv/bin/python scripts/bench.py [--quick] [--scenario NAME ...]     (or: make bench)
+    .venv/bin/python scripts/bench.py --scenario proxy --against REV     (before/after a change)
 
 Scenarios (all on loopback; every process is started and stopped here):
   proxy    tools/call through: direct to the upstream, plain mitmdump, and mitmdump + gateway
@@ -49,12 +50,15 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
+from mitmproxy import hooks
+from mitmproxy.http import Response
+from mitmproxy.test import taddons
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -62,6 +66,10 @@ sys.path.insert(0, str(ROOT / "addons"))
 sys.path.insert(0, str(ROOT / "tests"))  # helpers.postgres: the suite's PostgreSQL, reused
 
 import bench_masking  # noqa: E402
+from bench_upstream import RESULT  # noqa: E402
+from helpers.flows import answer, mcp_flow, send, write_config  # noqa: E402
+from holdgate.addons import default_addons  # noqa: E402
+from holdgate.addons.pipeline import Pipeline  # noqa: E402
 from holdgate.config.configfile import parse_yaml  # noqa: E402
 from holdgate.masking.masker import mask_json  # noqa: E402
 from holdgate.policy.rules import parse_rules  # noqa: E402
@@ -70,6 +78,7 @@ from holdgate.protocol.sse import SSEDecoder, encode_event  # noqa: E402
 from holdgate.store import PostgresStore, SqliteStore, StoreUnavailable, normalize_row  # noqa: E402
 
 ISSUER = "https://bench.invalid/realm"
+UPSTREAM_URL = "http://127.0.0.1:9"  # in-process flows (hooks) never connect to it
 CALL = {
     "jsonrpc": "2.0",
     "id": 1,
@@ -177,7 +186,13 @@ class Proxy:
     """A mitmdump in reverse mode: plain, or with the gateway and a config."""
 
     def __init__(
-        self, tmp: Path, upstream_url: str, config: str | None, *options: str, store: str = ""
+        self,
+        tmp: Path,
+        upstream_url: str,
+        config: str | None,
+        *options: str,
+        store: str = "",
+        script: Path = ROOT / "addons" / "gateway.py",
     ) -> None:
         self.port = free_port()
         self.db = tmp / f"audit-{self.port}.sqlite3"
@@ -188,7 +203,7 @@ class Proxy:
         if config is not None:
             path = tmp / f"gateway-{self.port}.yaml"
             path.write_text(config)
-            cmd += ["-s", str(ROOT / "addons" / "gateway.py"), "--set", f"holdgate_config={path}"]
+            cmd += ["-s", str(script), "--set", f"holdgate_config={path}"]
             cmd += ["--set", f"holdgate_db={store or self.db}", "--set", "holdgate_admin="]
             cmd += ["--set", f"holdgate_recordings={tmp / f'rec-{self.port}'}"]
         for option in options:
@@ -349,14 +364,62 @@ def median_runs(runs: list[dict]) -> dict:
 # --- scenarios ------------------------------------------------------------------------------
 
 
-def scenario_proxy(quick: bool) -> dict:
+def scenario_proxy(quick: bool, against: Baseline | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp_name, upstream() as up:
         tmp = Path(tmp_name)
         signer = Signer(tmp)
-        runs = compare_proxies(
-            tmp, up, gateway_config(up, signer.jwks), signer, (1, 16, 64), quick, (CALL,)
-        )
+        config = gateway_config(up, signer.jwks)
+        runs = compare_proxies(tmp, up, config, signer, (1, 16, 64), quick, (CALL,), against)
     return summarise_comparison("proxy: tools/call to the minimal upstream", runs)
+
+
+def scenario_hooks(quick: bool) -> dict:
+    """The gateway's own work per call without sockets: the proxy scenario's flow driven
+    through mitmproxy's addon manager in-process (taddons), CPU of this process per call.
+    Steadier than req/s on a shared machine, so levers are compared here first; the
+    Pipeline (one addon for mitmproxy) against the same addons dispatched one by one."""
+    calls = 300 if quick else 3000
+
+    async def per_call(tmp: Path, as_pipeline: bool, signer: Signer) -> float:
+        addons = default_addons()
+        options = {
+            "holdgate_config": write_config(tmp, gateway_config(UPSTREAM_URL, signer.jwks)),
+            "holdgate_db": str(tmp / f"audit-{as_pipeline}.sqlite3"),
+            "holdgate_recordings": str(tmp / f"rec-{as_pipeline}"),
+            "holdgate_admin": "",
+        }
+        chain = [Pipeline(addons)] if as_pipeline else addons
+        headers = {"Authorization": f"Bearer {signer.token}"}
+        with taddons.context(*chain) as tctx:
+            tctx.options.update(**options)
+            for addon in tctx.master.addons.chain:
+                tctx.master.addons.invoke_addon_sync(addon, hooks.RunningHook())
+            started = time.process_time()
+            for _ in range(calls):
+                flow = await send(tctx, mcp_flow(CALL, headers))
+                reply = Response.make(200, RESULT, {"Content-Type": "application/json"})
+                await answer(tctx, flow, reply)
+                assert flow.response is not None and flow.response.status_code == 200
+            spent = time.process_time() - started
+            for addon in tctx.master.addons.chain:
+                tctx.master.addons.invoke_addon_sync(addon, hooks.DoneHook())
+        return 1e6 * spent / calls
+
+    results: dict[str, list[float]] = {"pipeline": [], "addons one by one": []}
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        signer = Signer(tmp)
+        for _ in range(1 if quick else 3):
+            for name in results:
+                results[name].append(asyncio.run(per_call(tmp, name == "pipeline", signer)))
+    summary = {name: min(values) for name, values in results.items()}
+    rows = [[name, f"{value:.0f}"] for name, value in summary.items()]
+    table(
+        "hooks: one tools/call through the gateway's hooks, in-process",
+        rows,
+        ["dispatch", "CPU µs/call (best of rounds)"],
+    )
+    return summary
 
 
 def mcp_call(tool: str, **arguments: object) -> dict:
@@ -401,13 +464,13 @@ def demo_server(tmp: Path) -> Iterator[str]:
         stop(proc)
 
 
-def scenario_mix(quick: bool) -> dict:
+def scenario_mix(quick: bool, against: Baseline | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         with demo_server(tmp) as up:
             signer = Signer(tmp)
             config = gateway_config(up, signer.jwks, DEMO_RULES)
-            runs = compare_proxies(tmp, up, config, signer, (16,), quick, DEMO_MIX)
+            runs = compare_proxies(tmp, up, config, signer, (16,), quick, DEMO_MIX, against)
     return summarise_comparison("mix: the demo server (MCP SDK), 5-message mix", runs)
 
 
@@ -419,13 +482,20 @@ def compare_proxies(
     levels: tuple[int, ...],
     quick: bool,
     messages: tuple[dict, ...],
+    against: Baseline | None = None,
 ) -> dict[str, dict[str, list[dict]]]:
-    """Direct, plain mitmdump and gateway, interleaved round by round at each level."""
+    """Direct, plain mitmdump and gateway (and the gateway at `against`'s revision),
+    interleaved round by round at each level."""
     auth = {"Authorization": f"Bearer {signer.token}"}
     plain = Proxy(tmp, up, None)
     gateway = Proxy(tmp, up, config)
     up_port = int(up.rsplit(":", 1)[1])
     targets = {"direct": (None, up_port), "mitmdump": (plain, plain.port)}
+    proxies = [plain, gateway]
+    if against is not None:
+        before = Proxy(tmp, up, config, script=against.script)
+        proxies.append(before)
+        targets[f"gateway@{against.revision}"] = (before, before.port)
     targets["gateway"] = (gateway, gateway.port)
     runs: dict[str, dict[str, list[dict]]] = {}
     try:
@@ -442,9 +512,36 @@ def compare_proxies(
                     )
                     runs.setdefault(f"c{concurrency}", {}).setdefault(name, []).append(run)
     finally:
-        plain.stop()
-        gateway.stop()
+        for proxy in proxies:
+            proxy.stop()
     return runs
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """The gateway at another git revision, checked out beside this one (`--against`)."""
+
+    revision: str
+    script: Path
+
+
+@contextmanager
+def baseline(revision: str) -> Iterator[Baseline]:
+    """A detached worktree of `revision` for the `--against` comparison, removed after."""
+    short = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", revision],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tree = Path(tmp_name) / "tree"
+        git = ["git", "-C", str(ROOT), "worktree"]
+        subprocess.run([*git, "add", "--detach", str(tree), short], check=True, capture_output=True)
+        try:
+            yield Baseline(short, tree / "addons" / "gateway.py")
+        finally:
+            subprocess.run([*git, "remove", "--force", str(tree)], check=False)
 
 
 def summarise_comparison(title: str, runs: dict[str, dict[str, list[dict]]]) -> dict:
@@ -452,16 +549,22 @@ def summarise_comparison(title: str, runs: dict[str, dict[str, list[dict]]]) -> 
     rows = []
     for level, by_target in runs.items():
         summary[level] = {name: median_runs(r) for name, r in by_target.items()}
-        gw, plain_run = summary[level]["gateway"], summary[level]["mitmdump"]
-        summary[level]["ratio_rps_gateway_vs_mitmdump"] = gw["rps"] / plain_run["rps"]
-        summary[level]["added_p50_ms"] = gw["p50_ms"] - plain_run["p50_ms"]
-        for name, result in summary[level].items():
+        plain_run = summary[level]["mitmdump"]
+        gateways = [name for name in by_target if name.startswith("gateway")]
+        for name in gateways:
+            suffix = name.removeprefix("gateway")
+            gw = summary[level][name]
+            summary[level][f"ratio_rps_gateway{suffix}_vs_mitmdump"] = gw["rps"] / plain_run["rps"]
+            summary[level][f"added_p50_ms{suffix}"] = gw["p50_ms"] - plain_run["p50_ms"]
+        for name, result in list(summary[level].items()):
             if isinstance(result, dict):
                 cpu = result.get("cpu_ms_per_request", "-")
                 rows.append([level, name, result["rps"], result["p50_ms"], result["p99_ms"], cpu])
-        ratio = f"{summary[level]['ratio_rps_gateway_vs_mitmdump']:.0%}"
-        rows.append([level, "gateway/mitmdump", ratio, f"+{summary[level]['added_p50_ms']:.2f}"])
-        rows[-1] += ["", ""]
+        for name in gateways:
+            suffix = name.removeprefix("gateway")
+            ratio = f"{summary[level][f'ratio_rps_gateway{suffix}_vs_mitmdump']:.0%}"
+            added = f"+{summary[level][f'added_p50_ms{suffix}']:.2f}"
+            rows.append([level, f"{name}/mitmdump", ratio, added, "", ""])
     table(title, rows, ["level", "target", "req/s", "p50 ms", "p99 ms", "cpu ms/req"])
     return summary
 
@@ -1042,6 +1145,7 @@ SCENARIOS = {
     "writeahead": scenario_writeahead,
     "holds": scenario_holds,
     "masking": scenario_masking,
+    "hooks": scenario_hooks,
     "policy": scenario_policy,
     "chain": scenario_chain,
     "replicas": scenario_replicas,
@@ -1060,8 +1164,25 @@ def main() -> None:
         default=SSE_RATE,
         help=f"events/s of the sse scenario's stream (default {SSE_RATE})",
     )
+    parser.add_argument(
+        "--against",
+        metavar="REV",
+        help="proxy and mix: also run the gateway as it was at this git revision "
+        "(before/after for a change, interleaved in the same run)",
+    )
     args = parser.parse_args()
-    scenarios = {**SCENARIOS, "sse": partial(scenario_sse, rate=args.sse_rate)}
+    with ExitStack() as stack:
+        against = stack.enter_context(baseline(args.against)) if args.against else None
+        run_scenarios(args, against)
+
+
+def run_scenarios(args: argparse.Namespace, against: Baseline | None) -> None:
+    scenarios = {
+        **SCENARIOS,
+        "sse": partial(scenario_sse, rate=args.sse_rate),
+        "proxy": partial(scenario_proxy, against=against),
+        "mix": partial(scenario_mix, against=against),
+    }
     report = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {

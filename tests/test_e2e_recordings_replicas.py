@@ -1,9 +1,11 @@
 """Flow files of two replicas on one PostgreSQL store: a session spread over both is
 gathered from the files' names and from the store's `recordings` rows, and a file edited
-after it was closed is shown as changed by `holdgate sessions show --recordings`."""
+after it was closed is shown as changed by `holdgate sessions show --recordings`; the
+files a stopping gateway closes are on record too."""
 
 from __future__ import annotations
 
+import hashlib
 import socket
 
 import anyio
@@ -12,7 +14,7 @@ from mitmproxy.io import FlowReader
 
 from helpers.clients import raw_post
 from helpers.configs import ALICE, identity
-from helpers.processes import holdgate_cli
+from helpers.processes import holdgate_cli, stop
 from holdgate import store
 from holdgate.recording.flowfiles import recording_files
 from holdgate.recording.segments import replica_stem
@@ -135,3 +137,21 @@ async def test_a_hostile_session_id_stays_in_the_recordings_folder(demo, gateway
     )
     assert shown.returncode == 0, shown.stderr
     assert f'  ok  {rows[0]["replica"]}  "{name}"' in shown.stdout
+
+
+async def test_the_files_closed_at_shutdown_are_on_record(demo, gateway_factory):
+    """The recordings process closes its open files as the gateway stops; their rows must
+    still reach the store (it used to be closed first, and the last files went unrecorded)."""
+    gw = gateway_factory(CONFIG.format(url=demo.url), demo.url)
+    opened = raw_post(gw.url + "/mcp", INITIALIZE, ALICE)
+    session = {k.lower(): v for k, v in opened.headers.items()}["mcp-session-id"]
+    assert raw_post(gw.url + "/mcp", call(1), {**ALICE, "Mcp-Session-Id": session}).status == 200
+    stop(gw.proc)  # at once: the session's file is still open
+    assert "was not recorded in the store" not in gw.log_text()
+    files = recording_files(gw.recordings, session)
+    assert len(files) == 1
+    with store.open_store(str(gw.db), create=False) as opened_store:
+        rows = opened_store.session_recordings([session])
+        assert opened_store.verify().ok
+    assert [row["file"] for row in rows] == [files[0].name]
+    assert rows[0]["sha256"] == hashlib.sha256(files[0].read_bytes()).hexdigest()

@@ -5,8 +5,9 @@
         await send(tctx, flow)            # requestheaders, request: through every addon
         await answer(tctx, flow, reply)   # responseheaders, response (unless refused)
 
-Hooks are dispatched by mitmproxy's own addon manager (`handle_lifecycle`), in the order
-the addons were added, so each test drives the real chain and asserts on what comes
+Hooks are dispatched by mitmproxy's own addon manager (`handle_lifecycle`) to the
+gateway's `Pipeline`, which calls the addons in the order given, so each test drives the
+real chain and asserts on what comes
 out: `flow.response`, `flow.comment`, `flow.marked`, the request that would leave, the
 store's rows. Nothing here knows how the addons keep their per-flow state, nor how
 `default_addons()` wires them: `gateway()` takes the addons from it, by class.
@@ -35,6 +36,7 @@ from mitmproxy.test import taddons, tflow, tutils
 
 from holdgate.addons import default_addons
 from holdgate.addons.config_loader import ConfigLoader
+from holdgate.addons.pipeline import Pipeline
 from holdgate.protocol.jsonrpc import NAME_PARAM
 
 UPSTREAM_HOST = "127.0.0.1"
@@ -58,10 +60,11 @@ def gateway(
     **options: str,
 ) -> Iterator[taddons.context]:
     """A `taddons.context` with the gateway's own addons (`default_addons()`, in its
-    order; only those of the classes given, if any, and always the ConfigLoader),
-    configured with `config_text`, a store in `folder` and no approvals API. `before`:
-    (class, addon) puts a test's own addon just before the one of that class. The `done`
-    hooks run on leaving (or at `finish`), which flushes the store."""
+    order, behind one `Pipeline` as in the gateway; only those of the classes given, if
+    any, and always the ConfigLoader), configured with `config_text`, a store in `folder`
+    and no approvals API. `before`: (class, addon) puts a test's own addon just before the
+    one of that class. The `done` hooks run on leaving (or at `finish`), which flushes the
+    store."""
     chosen = [a for a in default_addons() if not kinds or isinstance(a, (ConfigLoader, *kinds))]
     if before is not None:
         index = next(i for i, a in enumerate(chosen) if isinstance(a, before[0]))
@@ -73,7 +76,7 @@ def gateway(
         "holdgate_admin": "",
         **options,
     }
-    with taddons.context(*chosen) as tctx:
+    with taddons.context(Pipeline(chosen)) as tctx:
         tctx.options.update(**{k: v for k, v in wanted.items() if k in tctx.options})
         try:
             yield tctx
@@ -98,8 +101,9 @@ def store_rows(folder: Path, sql: str) -> list[dict[str, Any]]:
 
 
 def find[T](tctx: taddons.context, kind: type[T]) -> T:
-    """The context's addon of class `kind`."""
-    (found,) = [a for a in tctx.master.addons.chain if isinstance(a, kind)]
+    """The context's addon of class `kind` (a stage of its `Pipeline`)."""
+    (pipeline,) = [a for a in tctx.master.addons.chain if isinstance(a, Pipeline)]
+    (found,) = [a for a in pipeline.stages if isinstance(a, kind)]
     return found
 
 

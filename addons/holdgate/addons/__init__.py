@@ -10,7 +10,8 @@ Request side: the Gate's last step is the Recorder's write-ahead (the decision r
 committed, or the request refused). Responses runs each response message through the
 PolicyEnforcer (discovery filtering), ToolPinning, ResponseMasking and Recorder stages.
 `flowstate` is the glue they share (per-flow state, refusals, failing closed); it is not
-an addon.
+an addon. mitmproxy itself sees one addon, `Pipeline`, which calls these in order
+(`gateway_addons()`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from holdgate.addons.deadlines import ConnectionDeadlines
 from holdgate.addons.enforcement import PolicyEnforcer
 from holdgate.addons.gate import Gate
 from holdgate.addons.holds import ApprovalHolds
+from holdgate.addons.pipeline import Pipeline
 from holdgate.addons.recorder import Recorder
 from holdgate.addons.replicas import Replicas
 from holdgate.addons.response_masking import ResponseMasking
@@ -50,3 +52,8 @@ def default_addons() -> list[object]:
         pins,  # after the recorder, which opens (or creates) the store the pins are read from
         Checkpointer(loader),  # last: signs the head after the recorder wrote its last rows
     ]
+
+
+def gateway_addons() -> list[object]:
+    """What `addons/gateway.py` gives mitmproxy: the addons above behind one `Pipeline`."""
+    return [Pipeline(default_addons())]

@@ -182,9 +182,11 @@ class Recorder:
             )
 
     def done(self) -> None:
-        self._close_store()
+        # The recordings process closes its files as it ends and reports each one; the
+        # store must still be open for their `recordings` rows.
         if self.recordings is not None:
             self.recordings.close()
+        self._close_store()
 
     def _close_store(self) -> None:
         for callback in self.before_close:

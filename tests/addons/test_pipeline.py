@@ -1,0 +1,93 @@
+"""The Pipeline: mitmproxy sees one addon, the stages run in order as mitmproxy ran them."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+
+import pytest
+from mitmproxy.test import taddons
+
+from holdgate.addons import default_addons, gateway_addons
+from holdgate.addons.pipeline import Pipeline, hook_names
+
+pytestmark = pytest.mark.anyio
+
+
+class Stage:
+    def __init__(self, name: str, calls: list[str]) -> None:
+        self.name, self.calls = name, calls
+
+    def request(self, flow: object) -> None:
+        self.calls.append(f"{self.name}.request")
+
+    def configure(self, updated: set[str]) -> None:
+        self.calls.append(f"{self.name}.configure")
+
+
+class AsyncStage(Stage):
+    async def request(self, flow: object) -> None:
+        self.calls.append(f"{self.name}.request:start")
+        await _yield()
+        self.calls.append(f"{self.name}.request:end")
+
+
+async def _yield() -> None:
+    await asyncio.sleep(0)
+
+
+async def test_stages_run_in_order_and_each_awaitable_is_awaited_before_the_next() -> None:
+    calls: list[str] = []
+    pipeline = Pipeline([Stage("a", calls), AsyncStage("b", calls), Stage("c", calls)])
+    result = pipeline.request(object())  # type: ignore[attr-defined]
+    assert inspect.isawaitable(result)
+    await result
+    assert calls == ["a.request", "b.request:start", "b.request:end", "c.request"]
+
+
+def test_a_hook_no_stage_makes_async_stays_sync() -> None:
+    """mitmproxy calls `configure` and `load` without awaiting: they must stay plain calls."""
+    calls: list[str] = []
+    pipeline = Pipeline([Stage("a", calls), AsyncStage("b", calls)])
+    assert pipeline.configure({"x"}) is None  # type: ignore[attr-defined]
+    assert calls == ["a.configure", "b.configure"]
+
+
+def test_a_hook_no_stage_implements_is_absent() -> None:
+    pipeline = Pipeline([Stage("a", [])])
+    assert not hasattr(pipeline, "response") and not hasattr(pipeline, "error")
+
+
+def test_an_exception_stops_the_event_as_mitmproxy_would() -> None:
+    """Inside one addon, mitmproxy stops walking its children at an exception; the stages'
+    own `fail_closed` wrappers are what turn errors into refusals."""
+    calls: list[str] = []
+
+    class Broken(Stage):
+        def request(self, flow: object) -> None:
+            raise RuntimeError("boom")
+
+    pipeline = Pipeline([Stage("a", calls), Broken("b", calls), Stage("c", calls)])
+    with pytest.raises(RuntimeError):
+        pipeline.request(object())  # type: ignore[attr-defined]
+    assert calls == ["a.request"]
+
+
+def test_every_hook_of_every_gateway_addon_is_in_the_pipeline() -> None:
+    """No stage hook may be left out: a `request` hook missing would forward unchecked."""
+    stages = default_addons()
+    (pipeline,) = gateway_addons()
+    assert isinstance(pipeline, Pipeline)
+    implemented = {
+        name for stage in stages for name in hook_names() if callable(getattr(stage, name, None))
+    }
+    assert {"requestheaders", "request", "responseheaders", "response", "error"} <= implemented
+    assert implemented - {"load"} <= set(vars(pipeline))
+    assert set(pipeline.hooks) == implemented
+
+
+def test_the_stages_commands_are_registered() -> None:
+    (pipeline,) = gateway_addons()
+    with taddons.context(pipeline) as tctx:
+        assert "holdgate.explain" in tctx.master.commands.commands
+        assert "holdgate_config" in tctx.options  # the stages' options, added at load
