@@ -57,6 +57,7 @@ from holdgate.protocol.sessionless import (
     traceparent_of,
 )
 from holdgate.recording.flowfiles import ClosedFile, RecordingWriter, Redaction, route_back
+from holdgate.recording.snapshots import Snapshots
 from holdgate.store import AuditWriter, PostgresStore, Store, StoreError, open_store
 from holdgate.store import iso as now_iso
 from holdgate.store.rows import Row
@@ -81,6 +82,7 @@ class Recorder:
         self.store: Store | None = None  # the gateway's store; the writer has its own connection
         self.writer: AuditWriter | None = None
         self.recordings: RecordingWriter | None = None
+        self.snapshots = Snapshots()
         self.replica = ""
         self.digest_key = b""
         self.sessions_seen: dict[str, None] = {}
@@ -621,7 +623,8 @@ class Recorder:
             upstream=st.upstream.name if st.upstream is not None else "",
             route=route_back(st.upstream),
         )
-        self.recordings.submit(session, flow.get_state(), redaction, self.record_masking(config))
+        snapshot = self.snapshots.flow_state(flow)
+        self.recordings.submit(session, snapshot, redaction, self.record_masking(config))
 
 
 def _extra(st: FlowState) -> dict[str, Any]:
