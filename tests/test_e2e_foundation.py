@@ -114,6 +114,18 @@ def test_batch_with_one_denied_message_never_reaches_the_upstream(tmp_path, gate
         ),
         (b'{"jsonrpc":"2.0","id":1}', 400, -32600),
         (b"[]", 400, -32600),
+        (  # a lone surrogate: Python reads "get_customer\ud800", Go "get_customer\ufffd"
+            b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":'
+            b'"get_customer\\ud800","arguments":{}}}',
+            400,
+            -32700,
+        ),
+        (
+            b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get_customer",'
+            b'"arguments":{"customer_id":1e400}}}',
+            400,
+            -32700,
+        ),
     ],
 )
 def test_malformed_bodies_are_refused_and_not_forwarded(gateway, demo, body, status, code):

@@ -9,6 +9,7 @@ from holdgate.protocol.jsonrpc import (
     PARSE_ERROR,
     BodyError,
     check_routing_headers,
+    loads_strict,
     parse_body,
 )
 
@@ -189,3 +190,61 @@ def test_batch_parses_each_message_as_it_would_alone(names):
     whole = parse_body(json.dumps(batch).encode(), max_bytes=1 << 20).messages
     alone = [parse_body(json.dumps(m).encode(), max_bytes=1 << 20).messages[0] for m in batch]
     assert whole == tuple(alone)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"jsonrpc":"2.0","id":1,"method":"ping","params":{"a":"\\ud800"}}',
+        b'{"jsonrpc":"2.0","id":1,"method":"ping","params":{"\\udfff":1}}',
+        b'{"jsonrpc":"2.0","id":1,"method":"ping","params":{"a":["x","\\uDC00y"]}}',
+        b'{"jsonrpc":"2.0","id":1,"method":"ping","params":{"a":"\\ude00\\ud83d"}}',  # reversed
+    ],
+)
+def test_lone_surrogates_are_refused(raw):
+    """Parsers disagree on them (Python keeps them, Go and Rust replace them with U+FFFD,
+    others refuse): the rules must never see other text than the upstream reads."""
+    with pytest.raises(BodyError, match="lone surrogate") as info:
+        parse_body(raw, max_bytes=LIMIT)
+    assert info.value.code == PARSE_ERROR
+
+
+def test_paired_surrogates_and_an_escaped_backslash_are_text():
+    raw = b'{"jsonrpc":"2.0","id":1,"method":"ping",'
+    raw += b'"params":{"a":"\\ud83d\\ude00","b":"\\\\ud800"}}'
+    (message,) = parse_body(raw, max_bytes=LIMIT).messages
+    assert message.raw["params"] == {"a": "\U0001f600", "b": "\\ud800"}
+
+
+@pytest.mark.parametrize("number", [b"1e400", b"-1e400", b"1" + b"0" * 400 + b".0"])
+def test_numbers_beyond_a_double_are_refused(number):
+    raw = b'{"jsonrpc":"2.0","id":1,"method":"ping","params":{"n":' + number + b"}}"
+    with pytest.raises(BodyError, match="out of range"):
+        parse_body(raw, max_bytes=LIMIT)
+
+
+@given(
+    st.recursive(
+        st.none()
+        | st.booleans()
+        | st.integers()
+        | st.floats(allow_nan=False, allow_infinity=False)
+        | st.text(),
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+        max_leaves=20,
+    ),
+    st.booleans(),
+)
+def test_any_valid_json_reads_back_as_the_standard_library_reads_it(value, ascii_only):
+    """The strictness only refuses: whatever it accepts is what `json.loads` gives."""
+    text = json.dumps(value, ensure_ascii=ascii_only)
+    assert loads_strict(text.encode()) == json.loads(text)
+
+
+@given(st.text(max_size=20), st.integers(0xD800, 0xDFFF), st.text(max_size=20), st.booleans())
+def test_a_lone_surrogate_anywhere_in_a_string_is_refused(before, surrogate, after, as_key):
+    text = before + chr(surrogate) + after
+    value = {text: 1} if as_key else [text]
+    encoded = json.dumps(value)  # ensure_ascii: the surrogate travels as a \u escape
+    with pytest.raises(BodyError, match="lone surrogate"):
+        loads_strict(encoded.encode())

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -86,7 +87,45 @@ def _reject_constant(name: str) -> Any:
     raise BodyError(f"{name} is not valid JSON", code=PARSE_ERROR)
 
 
-_DECODER = json.JSONDecoder(object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant)
+def _finite_float(literal: str) -> float:
+    value = float(literal)
+    if math.isinf(value):  # 1e400: Python would read it as infinity, others as an error
+        raise BodyError(f"number {literal[:40]} is out of range", code=PARSE_ERROR)
+    return value
+
+
+_DECODER = json.JSONDecoder(
+    object_pairs_hook=_reject_duplicates,
+    parse_constant=_reject_constant,
+    parse_float=_finite_float,
+)
+# A lone surrogate can only come from a \uD800-\uDFFF escape (the bytes were UTF-8):
+# only a text that has one is walked for them.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _reject_lone_surrogates(value: Any) -> None:
+    """Strings that are not Unicode (RFC 7493): parsers disagree on them (kept, replaced
+    by U+FFFD, refused), so what the rules see could differ from what the upstream reads."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        strings: Any = ()
+        if isinstance(item, dict):
+            strings = item.keys()
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+        elif isinstance(item, str):
+            strings = (item,)
+        for text in strings:
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise BodyError(
+                    "a string holds a lone surrogate (\\uD800-\\uDFFF without its pair)",
+                    code=PARSE_ERROR,
+                ) from None
 
 
 def loads_strict(data: bytes) -> Any:
@@ -101,15 +140,19 @@ def loads_strict(data: bytes) -> Any:
 
 
 def loads_strict_text(text: str) -> Any:
-    """`loads_strict` for text already decoded: no duplicate keys, no NaN or infinities."""
+    """`loads_strict` for text already decoded: no duplicate keys, no NaN or infinities
+    (nor numbers too large for a double), no lone surrogates."""
     try:
-        return _DECODER.decode(text)
+        value = _DECODER.decode(text)
     except json.JSONDecodeError as exc:
         raise BodyError(
             f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}", code=PARSE_ERROR
         ) from None
     except RecursionError:
         raise BodyError("JSON nested too deeply", code=PARSE_ERROR) from None
+    if _SURROGATE_ESCAPE.search(text):
+        _reject_lone_surrogates(value)
+    return value
 
 
 def dumps(value: Any) -> bytes:

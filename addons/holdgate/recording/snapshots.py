@@ -23,9 +23,7 @@ State = dict[str, Any]
 def serialized_fields(kind: type[connection.Connection]) -> tuple[str, ...]:
     """The fields mitmproxy serializes for this connection class (its own rule)."""
     return tuple(
-        f.name
-        for f in dataclasses.fields(kind)
-        if f.metadata.get("serialize", True) is not False
+        f.name for f in dataclasses.fields(kind) if f.metadata.get("serialize", True) is not False
     )
 
 
