@@ -4,7 +4,7 @@ import json
 from dataclasses import dataclass
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from holdgate.config.configfile import ConfigError, parse_yaml
@@ -337,3 +337,37 @@ def test_identity_prefilter_decides_exactly_like_every_check(specs, user, groups
     assert p.evaluate(caller, upstream, message).rule == (
         expected.rule if expected else "default-deny"
     )
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["ann", "bob", "cy"]),
+            st.lists(st.sampled_from(["g", "x", "z"]), max_size=2),
+            st.sampled_from(["crm", "hr"]),
+            st.sampled_from(["a", "ab", "ping"]),
+        ),
+        min_size=1,
+        max_size=30,
+    )
+)
+@example([("bob", [], "crm", "a"), ("ann", [], "crm", "a")])  # another user's rules
+@example([("ann", ["z"], "crm", "ab"), ("ann", ["x"], "crm", "ab")])  # other groups
+@example([("cy", [], "crm", "ping"), ("cy", [], "hr", "ping")])  # another upstream
+def test_the_per_caller_rule_cache_never_answers_for_another_caller(calls):
+    """One Policy, many callers in turn (the gateway's case): each decision is still what
+    checking every rule gives, whoever asked before."""
+    p = policy(
+        "rules:\n"
+        "  - {name: ann-a, match: {users: [ann], tool: a}, action: allow}\n"
+        "  - {name: g-crm, match: {groups: [g], upstream: [crm]}, action: deny}\n"
+        "  - {name: x-any, match: {groups: [x], tool: 'a*'}, action: allow}\n"
+        "  - {name: hr-ping, match: {upstream: [hr], method: ping}, action: allow}\n"
+    )
+    for user, groups, upstream, name in calls:
+        message = msg("ping") if name == "ping" else call(name)
+        caller = Caller(user, tuple(groups))
+        expected = linear(p, caller, upstream, message)
+        assert p.evaluate(caller, upstream, message).rule == (
+            expected.rule if expected else "default-deny"
+        )

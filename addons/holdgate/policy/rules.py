@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import re
 import string
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -197,6 +198,9 @@ def literal_tools(rule: Rule) -> tuple[str, ...] | None:
     return rule.tools.patterns
 
 
+CALLER_CACHE_SIZE = 4096
+
+
 @dataclass(frozen=True)
 class Policy:
     rules: tuple[Rule, ...]
@@ -206,8 +210,16 @@ class Policy:
     # cost about what ten do; first-match order is kept by merging indices in order.
     _generic: tuple[Rule, ...] = field(init=False, repr=False, compare=False)
     _by_tool: dict[str, tuple[Rule, ...]] = field(init=False, repr=False, compare=False)
+    # The candidates whose identity and upstream conditions hold, per (user, groups,
+    # upstream, candidate list): most rules are for other teams, and a caller sends many
+    # calls. Bounded (oldest out); rules never change within one Policy (a reload builds
+    # another).
+    _for_caller: OrderedDict[tuple[str, tuple[str, ...], str, int], tuple[Rule, ...]] = field(
+        init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "_for_caller", OrderedDict())
         generic: list[int] = []
         specific: dict[str, list[int]] = {}
         for index, rule in enumerate(self.rules):
@@ -237,12 +249,23 @@ class Policy:
         refused = _ambiguous_uri(message)
         if refused is not None:
             return refused
-        for rule in self.candidates(message):
-            if _cheap_checks_hold(rule, caller, upstream) and all(
-                check.held for check in rule_checks(rule, caller, upstream, message, lazy=True)
-            ):
+        for rule in self._caller_candidates(caller, upstream, self.candidates(message)):
+            if all(check.held for check in rule_checks(rule, caller, upstream, message, lazy=True)):
                 return decision_for(rule)
         return Decision("deny", DEFAULT_DENY, "no rule allows this")
+
+    def _caller_candidates(
+        self, caller: Caller, upstream: str, candidates: tuple[Rule, ...]
+    ) -> tuple[Rule, ...]:
+        key = (caller.user, tuple(caller.groups), upstream, id(candidates))
+        cache = self._for_caller
+        found = cache.get(key)
+        if found is None:
+            found = tuple(r for r in candidates if _cheap_checks_hold(r, caller, upstream))
+            cache[key] = found
+            if len(cache) > CALLER_CACHE_SIZE:
+                cache.popitem(last=False)
+        return found
 
     def explain(
         self, caller: Caller, upstream: str, message: Message
