@@ -1,6 +1,8 @@
 """Authentication in process: who is calling, decided on the headers; credentials stop here."""
 
 import pytest
+from mitmproxy import http
+from mitmproxy.test import tutils
 
 from helpers.configs import ALICE, BOB, identity
 from helpers.flows import (
@@ -15,10 +17,11 @@ from helpers.flows import (
     result,
     send,
 )
-from holdgate.addons.authentication import Authentication
+from holdgate.addons.authentication import Authentication, strip_credentials
 from holdgate.addons.flowstate import state
 from holdgate.addons.recorder import Recorder
 from holdgate.addons.router import Router
+from holdgate.config.gateway_config import Upstream
 
 pytestmark = pytest.mark.anyio
 
@@ -139,3 +142,22 @@ async def test_without_an_identity_section_everyone_is_anonymous(tmp_path):
 def request_initialize() -> dict:
     params = {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t"}}
     return {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": params}
+
+
+@pytest.mark.parametrize("pass_cookies", [False, True])
+def test_every_credential_header_is_stripped_whatever_its_case(pass_cookies):
+    request = tutils.treq(
+        headers=http.Headers(
+            [
+                (b"AUTHORIZATION", b"Bearer a"),
+                (b"x-Api-Key", b"k1"),
+                (b"X-API-KEY", b"k2"),
+                (b"Proxy-Authorization", b"Basic p"),
+                (b"Cookie", b"sid=1"),
+                (b"Accept", b"application/json"),
+            ]
+        )
+    )
+    strip_credentials(request, Upstream(name="u", pass_cookies=pass_cookies))
+    names = [name.lower() for name, _ in request.headers.fields]
+    assert names == ([b"cookie"] if pass_cookies else []) + [b"accept"]

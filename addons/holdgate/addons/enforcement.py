@@ -278,8 +278,10 @@ class PolicyEnforcer:
         an empty placeholder call with the same id (the refused call itself never leaves);
         the upstream's "method not found" answer is swapped for the refusal on the stream.
         """
+        if not errors:  # the common case, before the query string is parsed
+            return []
         session = flow.request.query.get("session_id")
-        if session is None or "mcp-session-id" in flow.request.headers or not errors:
+        if session is None or "mcp-session-id" in flow.request.headers:
             return []
         placeholders = []
         for error in errors:
