@@ -56,9 +56,6 @@ from pathlib import Path
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
-from mitmproxy import hooks
-from mitmproxy.http import Response
-from mitmproxy.test import taddons
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -66,10 +63,6 @@ sys.path.insert(0, str(ROOT / "addons"))
 sys.path.insert(0, str(ROOT / "tests"))  # helpers.postgres: the suite's PostgreSQL, reused
 
 import bench_masking  # noqa: E402
-from bench_upstream import RESULT  # noqa: E402
-from helpers.flows import answer, mcp_flow, send, write_config  # noqa: E402
-from holdgate.addons import default_addons  # noqa: E402
-from holdgate.addons.pipeline import Pipeline  # noqa: E402
 from holdgate.config.configfile import parse_yaml  # noqa: E402
 from holdgate.masking.masker import mask_json  # noqa: E402
 from holdgate.policy.rules import parse_rules  # noqa: E402
@@ -78,7 +71,6 @@ from holdgate.protocol.sse import SSEDecoder, encode_event  # noqa: E402
 from holdgate.store import PostgresStore, SqliteStore, StoreUnavailable, normalize_row  # noqa: E402
 
 ISSUER = "https://bench.invalid/realm"
-UPSTREAM_URL = "http://127.0.0.1:9"  # in-process flows (hooks) never connect to it
 CALL = {
     "jsonrpc": "2.0",
     "id": 1,
@@ -373,45 +365,31 @@ def scenario_proxy(quick: bool, against: Baseline | None = None) -> dict:
     return summarise_comparison("proxy: tools/call to the minimal upstream", runs)
 
 
-def scenario_hooks(quick: bool) -> dict:
-    """The gateway's own work per call without sockets: the proxy scenario's flow driven
-    through mitmproxy's addon manager in-process (taddons), CPU of this process per call.
-    Steadier than req/s on a shared machine, so levers are compared here first; the
-    Pipeline (one addon for mitmproxy) against the same addons dispatched one by one."""
+def scenario_hooks(quick: bool, against: Baseline | None = None) -> dict:
+    """The gateway's own work per call without sockets: the proxy scenario's call driven
+    through mitmproxy's addon manager in-process (`scripts/bench_hooks.py`, one process per
+    measurement), CPU per call. Steadier than req/s on a shared machine, so levers are
+    compared here first: the Pipeline against the same addons dispatched one by one by
+    mitmproxy, and (`--against`) the gateway at another revision; interleaved rounds."""
     calls = 300 if quick else 3000
-
-    async def per_call(tmp: Path, as_pipeline: bool, signer: Signer) -> float:
-        addons = default_addons()
-        options = {
-            "holdgate_config": write_config(tmp, gateway_config(UPSTREAM_URL, signer.jwks)),
-            "holdgate_db": str(tmp / f"audit-{as_pipeline}.sqlite3"),
-            "holdgate_recordings": str(tmp / f"rec-{as_pipeline}"),
-            "holdgate_admin": "",
-        }
-        chain = [Pipeline(addons)] if as_pipeline else addons
-        headers = {"Authorization": f"Bearer {signer.token}"}
-        with taddons.context(*chain) as tctx:
-            tctx.options.update(**options)
-            for addon in tctx.master.addons.chain:
-                tctx.master.addons.invoke_addon_sync(addon, hooks.RunningHook())
-            started = time.process_time()
-            for _ in range(calls):
-                flow = await send(tctx, mcp_flow(CALL, headers))
-                reply = Response.make(200, RESULT, {"Content-Type": "application/json"})
-                await answer(tctx, flow, reply)
-                assert flow.response is not None and flow.response.status_code == 200
-            spent = time.process_time() - started
-            for addon in tctx.master.addons.chain:
-                tctx.master.addons.invoke_addon_sync(addon, hooks.DoneHook())
-        return 1e6 * spent / calls
-
-    results: dict[str, list[float]] = {"pipeline": [], "addons one by one": []}
+    targets = {"pipeline": (ROOT, "pipeline"), "addons one by one": (ROOT, "addons")}
+    if against is not None:
+        targets[f"gateway@{against.revision}"] = (against.script.parent.parent, "pipeline")
+    results: dict[str, list[float]] = {name: [] for name in targets}
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         signer = Signer(tmp)
+        config = tmp / "gateway.yaml"
+        config.write_text(gateway_config("http://127.0.0.1:9", signer.jwks))
+        token = tmp / "token"
+        token.write_text(signer.token)
         for _ in range(1 if quick else 3):
-            for name in results:
-                results[name].append(asyncio.run(per_call(tmp, name == "pipeline", signer)))
+            for name, (tree, dispatch) in targets.items():
+                cmd = [sys.executable, str(ROOT / "scripts" / "bench_hooks.py")]
+                cmd += ["--tree", str(tree), "--config", str(config), "--token", str(token)]
+                cmd += ["--calls", str(calls), "--dispatch", dispatch]
+                done = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=tmp)
+                results[name].append(json.loads(done.stdout.splitlines()[-1])["cpu_us_per_call"])
     summary = {name: min(values) for name, values in results.items()}
     rows = [[name, f"{value:.0f}"] for name, value in summary.items()]
     table(
@@ -1167,7 +1145,7 @@ def main() -> None:
     parser.add_argument(
         "--against",
         metavar="REV",
-        help="proxy and mix: also run the gateway as it was at this git revision "
+        help="proxy, mix and hooks: also run the gateway as it was at this git revision "
         "(before/after for a change, interleaved in the same run)",
     )
     args = parser.parse_args()
@@ -1182,6 +1160,7 @@ def run_scenarios(args: argparse.Namespace, against: Baseline | None) -> None:
         "sse": partial(scenario_sse, rate=args.sse_rate),
         "proxy": partial(scenario_proxy, against=against),
         "mix": partial(scenario_mix, against=against),
+        "hooks": partial(scenario_hooks, against=against),
     }
     report = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
