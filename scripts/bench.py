@@ -615,13 +615,20 @@ def scenario_sse(quick: bool, rate: int = SSE_RATE) -> dict:
 
             sampler = threading.Thread(target=sample)
             sampler.start()
+            cpu_before = gateway.cpu_seconds()
             try:
                 results["gateway"] = asyncio.run(read_stream(gateway.port, auth))
             finally:
                 done.set()
                 sampler.join()
+            cpu = gateway.cpu_seconds() - cpu_before
             results["gateway"]["rss_before_mb"] = baseline
             results["gateway"]["rss_growth_mb"] = peak[0] - baseline
+            # one core's worth: what the stream cost the gateway (and its recordings
+            # process) per event, and how many events that makes per CPU-second
+            received = max(results["gateway"]["events"], 1)
+            results["gateway"]["cpu_us_per_event"] = 1e6 * cpu / received
+            results["gateway"]["events_per_cpu_second"] = received / cpu if cpu else None
         finally:
             gateway.stop()
     for name in ("mitmdump", "gateway"):
@@ -637,13 +644,15 @@ def scenario_sse(quick: bool, rate: int = SSE_RATE) -> dict:
             r["p99_ms"],
             r.get("added_p99_ms", "-"),
             r.get("rss_growth_mb", "-"),
+            r.get("cpu_us_per_event", "-"),
         ]
         for name, r in results.items()
     ]
     table(
         f"sse: {events} events, ~1 KB each, paced at {rate}/s",
         rows,
-        ["target", "events", "MB", "s", "p50 ms", "p99 ms", "added p99", "RSS growth MB"],
+        ["target", "events", "MB", "s", "p50 ms", "p99 ms", "added p99", "RSS growth MB"]
+        + ["CPU µs/event"],
     )
     results["rate_per_s"] = rate
     return results

@@ -1,19 +1,23 @@
 """Where the gateway's event loop spends its time: py-spy on a live gateway under load.
 
     .venv/bin/python scripts/profile.py [--seconds 20] [--concurrency 16] [--raw FILE]
+    .venv/bin/python scripts/profile.py --sse-rate 4000      (one call answered by SSE)
 
 Starts the bench's minimal upstream and a gateway with the bench's config (JWT identity,
 ~50 rules, masking, recorder), drives `tools/call` at the given concurrency and samples
 the gateway with `py-spy record --gil` (only samples holding the interpreter lock: what
 limits one gateway's throughput). Prints the share of samples spent in Holdgate's hook
 bodies, in mitmproxy's dispatch of hooks, in mitmproxy's own HTTP work and in Holdgate's
-threads, then Holdgate's functions by inclusive share. Needs `py-spy` (`pip install
+threads, then Holdgate's functions by inclusive share. With `--sse-rate`, one call is
+answered by a stream of 1 KB events at that rate for the sampled time instead. Needs
+`py-spy` (`pip install
 py-spy`) and ptrace rights (root, or `kernel.yama.ptrace_scope=0`).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import re
 import shutil
 import subprocess
@@ -85,11 +89,17 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--raw", type=Path, help="keep py-spy's raw output here")
+    parser.add_argument("--sse-rate", type=int, help="profile one SSE stream at N events/s")
     args = parser.parse_args()
+    stream: tuple[str, ...] = ()
+    if args.sse_rate:
+        events = args.sse_rate * (args.seconds + 5)
+        stream = ("--sse-events", str(events), "--sse-bytes", "1000")
+        stream += ("--sse-rate", str(args.sse_rate))
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(spy).exists():
         sys.exit("py-spy is not installed: .venv/bin/pip install py-spy")
-    with tempfile.TemporaryDirectory() as tmp_name, bench.upstream() as up:
+    with tempfile.TemporaryDirectory() as tmp_name, bench.upstream(*stream) as up:
         tmp = Path(tmp_name)
         signer = bench.Signer(tmp)
         gateway = bench.Proxy(tmp, up, bench.gateway_config(up, signer.jwks))
@@ -104,13 +114,19 @@ def main() -> None:
             )
             time.sleep(1)  # py-spy attaches
             before = gateway.cpu_seconds()
-            # a bounded load: as many calls as fit in the sampled time, at most 10^6
-            run = bench.drive(gateway.port, args.concurrency, 10**6, args.seconds - 2, auth)
-            cpu = 1000 * (gateway.cpu_seconds() - before) / max(run["requests"], 1)
-            sampler.wait(timeout=args.seconds + 30)
+            if args.sse_rate:
+                streamed = asyncio.run(bench.read_stream(gateway.port, auth))
+                cpu = 1e6 * (gateway.cpu_seconds() - before) / max(streamed["events"], 1)
+                summary = f"SSE at {args.sse_rate}/s: {cpu:.0f} µs CPU per event"
+            else:
+                # a bounded load: as many calls as fit in the sampled time, at most 10^6
+                run = bench.drive(gateway.port, args.concurrency, 10**6, args.seconds - 2, auth)
+                cpu = 1000 * (gateway.cpu_seconds() - before) / max(run["requests"], 1)
+                summary = f"c{args.concurrency}: {run['rps']:.0f} req/s, {cpu:.2f} ms CPU/request"
+            sampler.wait(timeout=args.seconds + 60)
         finally:
             gateway.stop()
-        print(f"c{args.concurrency}: {run['rps']:.0f} req/s, {cpu:.2f} ms CPU per request")
+        print(summary)
         breakdown(parse_raw(raw), args.top)
 
 
