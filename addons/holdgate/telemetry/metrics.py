@@ -68,6 +68,8 @@ MCP_METHODS = frozenset(
 REFUSAL_KINDS = frozenset(
     {
         "refused",
+        "denied",
+        "approval-pending",
         "unauthenticated",
         "malformed",
         "tampered",
