@@ -16,7 +16,7 @@ from helpers.clients import raw_post
 from helpers.configs import ALICE, identity
 from helpers.flows import call
 from helpers.otlp import OtlpReceiver, ReceivedSpan
-from helpers.processes import Gateway, free_port
+from helpers.processes import Gateway, free_port, stop
 from helpers.upstreams import FakeUpstream, Reply, Request, result_for
 
 pytestmark = pytest.mark.anyio
@@ -188,3 +188,5 @@ async def test_a_receiver_that_is_down_costs_the_clients_nothing(gateway_factory
         for _ in range(10):
             assert "result" in (await post(gw.url + "/mcp", call("get_customer"), ALICE)).json()
     assert len(upstream.received) == 10
+    stop(gw.proc)  # and the shutdown does not wait for the collector: the store is closed
+    assert "audit writer closed" in gw.log_text()

@@ -80,7 +80,8 @@ class Telemetry:
 
     def done(self) -> None:
         if self.tracer is not None:
-            self.tracer.close()
+            if not self.tracer.close():
+                logger.warning("holdgate: the OTLP collector did not take the last spans")
             self.tracer = None
 
     def _know(self, config: GatewayConfig | None) -> None:

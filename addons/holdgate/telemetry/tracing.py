@@ -22,6 +22,7 @@ says `holdgate.traceparent_invalid`).
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -120,9 +121,16 @@ class GatewayTracer:
             spans.append(span)
         return spans
 
-    def close(self) -> None:
-        """Export what is queued (bounded by the exporter's timeout) and stop."""
-        self.provider.shutdown()
+    def close(self, timeout: float = 2.0) -> bool:
+        """Export what is queued and stop, waiting at most `timeout` seconds: a collector
+        that is down (the exporter retries for OTEL_EXPORTER_OTLP_TIMEOUT) must not hold
+        up the gateway's shutdown. False when spans were left unexported."""
+        closing = threading.Thread(
+            target=self.provider.shutdown, name="holdgate-trace-shutdown", daemon=True
+        )
+        closing.start()
+        closing.join(timeout)
+        return not closing.is_alive()
 
 
 def end(spans: Sequence[Span], messages: Sequence[MessageFacts], ending: Ending) -> None:
