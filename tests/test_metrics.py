@@ -4,6 +4,8 @@ scrape-time collector, and who may scrape."""
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -201,3 +203,29 @@ def test_metrics_config_errors_name_the_line(section, message):
     with pytest.raises(ConfigErrors, match=message) as raised:
         parse_config_text(text, "gw.yaml")
     assert "gw.yaml:3" in str(raised.value)
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def families() -> set[str]:
+    text = metrics().exposition()[1].decode()
+    return {family.name for family in text_string_to_metric_families(text)}
+
+
+def test_every_metric_is_in_the_readme_table():
+    readme = (ROOT / "README.md").read_text()
+    for name in families():
+        sample = name + "_total" if f"`{name}_total`" in readme else name
+        assert f"| `{sample}` |" in readme, f"{name} is not in the README's metrics table"
+
+
+def test_the_grafana_dashboard_names_only_real_metrics():
+    dashboard = json.loads((ROOT / "docs" / "grafana-holdgate.json").read_text())
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    used = {
+        re.sub("(_total|_bucket|_count|_sum)$", "", n)
+        for e in exprs
+        for n in re.findall(r"holdgate_\w+", e)
+    }
+    assert used and used <= families(), used - families()
