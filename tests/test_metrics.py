@@ -25,7 +25,6 @@ from holdgate.telemetry.metrics import (
 
 SNAPSHOT = Snapshot(
     queue_depth=3,
-    rows_written=40,
     rows_lost=2,
     store_healthy=True,
     approvals_pending=1,
@@ -123,7 +122,7 @@ def test_the_collector_reads_state_at_scrape_time():
     assert got[("holdgate_build_info", frozenset({("version", "1.2.3")}))] == 1
     assert got[("holdgate_config_info", frozenset({("digest", "abc123")}))] == 1
     assert got[("holdgate_audit_queue_depth", frozenset())] == 3
-    assert got[("holdgate_audit_rows_written_total", frozenset())] == 40
+    assert got[("holdgate_audit_rows_written_total", frozenset())] == 0
     assert got[("holdgate_audit_rows_lost_total", frozenset())] == 2
     assert got[("holdgate_store_healthy", frozenset())] == 1
     assert got[("holdgate_approvals_pending", frozenset())] == 1

@@ -98,7 +98,6 @@ class Telemetry:
         config = self.loader.current
         return Snapshot(
             queue_depth=writer.queue_depth if writer is not None else 0,
-            rows_written=writer.written if writer is not None else 0,
             rows_lost=writer.lost if writer is not None else 0,
             store_healthy=writer is not None and writer.healthy,
             approvals_pending=len(self.holds.holds),

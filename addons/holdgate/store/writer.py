@@ -100,7 +100,6 @@ class AuditWriter:
         self.healthy = True
         self.last_error: str | None = None
         self.lost = 0
-        self.written = 0  # rows committed
         # Called on the writer thread with each batch once it is committed (the metrics).
         self.on_written: Callable[[Batch], None] | None = None
         self.refused = 0  # durable batches refused (their callers were told, nothing lost)
@@ -291,7 +290,6 @@ class AuditWriter:
         for entry in entries:
             if entry.durable is not None:
                 entry.durable.set_result(None)
-        self.written += len(rows)
         if self.on_written is not None and rows:
             try:
                 self.on_written(rows)

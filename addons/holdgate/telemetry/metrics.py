@@ -18,7 +18,7 @@ import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
@@ -142,7 +142,6 @@ class Snapshot:
     """What the state collector reports, read at scrape time."""
 
     queue_depth: int
-    rows_written: int
     rows_lost: int
     store_healthy: bool
     approvals_pending: int
@@ -175,11 +174,6 @@ class StateCollector(Collector):
             value=now.queue_depth,
         )
         yield CounterMetricFamily(
-            "holdgate_audit_rows_written",
-            "Audit rows committed to the store.",
-            value=now.rows_written,
-        )
-        yield CounterMetricFamily(
             "holdgate_audit_rows_lost",
             "Audit rows that never reached the store (queue full, store failing).",
             value=now.rows_lost,
@@ -206,6 +200,9 @@ class GatewayMetrics:
     """One gateway process's registry and the instruments the gateway feeds."""
 
     def __init__(self, read: Callable[[], Snapshot], version: str) -> None:
+        # No `_created` series beside every counter: they double the series and say only
+        # when the gateway started (a setting of the library, for the whole process).
+        disable_created_metrics()
         self.registry = CollectorRegistry(auto_describe=True)
         self.known = Known()
         self.decisions = Counter(
@@ -224,6 +221,11 @@ class GatewayMetrics:
             "holdgate_approvals_decided",
             "Held calls released or refused, by outcome (granted: a grant window passed it).",
             ["outcome"],
+            registry=self.registry,
+        )
+        self.rows_written = Counter(
+            "holdgate_audit_rows_written",
+            "Audit rows committed to the store.",
             registry=self.registry,
         )
         self.masked = Counter(
@@ -260,6 +262,7 @@ class GatewayMetrics:
 
     def count_rows(self, rows: Sequence[tuple[str, Row]]) -> None:
         """Count the decisions, refusals, approvals and findings in committed rows."""
+        self.rows_written.inc(len(rows))
         known = self.known
         refused_flows: set[object] = set()
         for table, row in rows:
