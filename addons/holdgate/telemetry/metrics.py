@@ -202,7 +202,7 @@ class GatewayMetrics:
     def __init__(self, read: Callable[[], Snapshot], version: str) -> None:
         # No `_created` series beside every counter: they double the series and say only
         # when the gateway started (a setting of the library, for the whole process).
-        disable_created_metrics()
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = CollectorRegistry(auto_describe=True)
         self.known = Known()
         self.decisions = Counter(
