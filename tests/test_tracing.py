@@ -3,6 +3,10 @@ parent it continues."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
@@ -14,8 +18,8 @@ from holdgate.telemetry.tracing import (
     MessageFacts,
     end,
     traceparent,
-    tracing_wanted,
 )
+from holdgate.telemetry.tracing_env import tracing_wanted
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
@@ -106,3 +110,20 @@ def test_a_client_chosen_name_is_cut():
     (span,), _ = traced(FLOW, message)
     assert len(span.name) <= 256
     assert span.attributes is not None and len(str(span.attributes["gen_ai.tool.name"])) == 256
+
+
+def test_a_gateway_with_tracing_off_loads_no_opentelemetry_code():
+    script = (
+        "import sys, os\n"
+        "from holdgate.addons import default_addons\n"
+        "from holdgate.addons.telemetry import Telemetry\n"
+        "(t,) = [a for a in default_addons() if isinstance(a, Telemetry)]\n"
+        "assert t.tracer is None\n"
+        "print(sorted(m for m in sys.modules if m.startswith('holdgate.telemetry.tracing')))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "['holdgate.telemetry.tracing_env']"

@@ -28,6 +28,7 @@ from holdgate.identity.identities import JWKS_FETCHES, Authenticator
 from holdgate.masking.detectors import BUILTIN_DETECTORS
 from holdgate.protocol.sessionless import invalid_traceparent, traceparent_of
 from holdgate.telemetry.metrics import GatewayMetrics, Snapshot, method_label, scrape_refusal
+from holdgate.telemetry.tracing_env import tracing_wanted
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
@@ -70,8 +71,6 @@ class Telemetry:
         self._know(self.loader.current)
 
     def running(self) -> None:
-        from holdgate.telemetry.tracing import tracing_wanted
-
         if self.tracer is None and tracing_wanted(os.environ):
             from holdgate.telemetry.tracing import GatewayTracer
 

@@ -1,7 +1,7 @@
 """OpenTelemetry traces: one span per MCP message the gateway decides, exported over OTLP
 by the SDK's batch processor on its own thread (never the event loop).
 
-Imported only when tracing is on (`tracing_wanted`), so a gateway without it loads no
+Imported only when tracing is on (`tracing_env.tracing_wanted`), so a gateway without it loads no
 OpenTelemetry code. The exporter is configured by the standard `OTEL_*` variables
 (endpoint, headers, timeout, protocol); the service is `OTEL_SERVICE_NAME` (default
 "holdgate"); `OTEL_TRACES_SAMPLER` picks the sampler.
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -38,21 +38,6 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 MAX_ATTRIBUTE = 256  # a client-chosen name (tool, method) is cut to this
 _PROPAGATOR = TraceContextTextMapPropagator()
-
-
-def tracing_wanted(env: Mapping[str, str]) -> bool:
-    """Tracing is on when the OTEL_* variables ask for an OTLP exporter: an endpoint is
-    set, or OTEL_TRACES_EXPORTER names otlp; OTEL_SDK_DISABLED=true or
-    OTEL_TRACES_EXPORTER=none turn it off."""
-    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
-        return False
-    exporters = {e.strip().lower() for e in env.get("OTEL_TRACES_EXPORTER", "").split(",")}
-    if "none" in exporters:
-        return False
-    endpoint = env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get(
-        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
-    )
-    return bool(endpoint) or "otlp" in exporters
 
 
 @dataclass(frozen=True)
