@@ -24,6 +24,10 @@ Scenarios (all on loopback; every process is started and stopped here):
   replicas one gateway against two behind HAProxy, both on one PostgreSQL store: c16 req/s
            and p50, interleaved round by round (only with --scenario replicas: it needs
            HAProxy, `scripts/system-deps.sh --bench`)
+  metrics  a scrape of /metrics after traffic (µs per scrape, series), and c16 req/s with
+           and without a scraper hitting it every second, interleaved round by round
+  tracing  c16 req/s, p50 and CPU per request with tracing off and on (every span exported
+           over OTLP/HTTP to a local sink that accepts them), interleaved round by round
   masking  in-process mask_json MB/s on 1 MB and 10 MB tool results
   policy   decision time for 10, 100 and 1,000 tool-name and argument rules
 The upstream is scripts/bench_upstream.py in its own process. Prints tables and writes
@@ -48,10 +52,12 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from functools import partial
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import jwt
@@ -185,6 +191,7 @@ class Proxy:
         *options: str,
         store: str = "",
         script: Path = ROOT / "addons" / "gateway.py",
+        env: dict[str, str] | None = None,
     ) -> None:
         self.port = free_port()
         self.db = tmp / f"audit-{self.port}.sqlite3"
@@ -196,12 +203,20 @@ class Proxy:
             path = tmp / f"gateway-{self.port}.yaml"
             path.write_text(config)
             cmd += ["-s", str(script), "--set", f"holdgate_config={path}"]
-            cmd += ["--set", f"holdgate_db={store or self.db}", "--set", "holdgate_admin="]
+            cmd += ["--set", f"holdgate_db={store or self.db}"]
+            if not any(option.startswith("holdgate_admin=") for option in options):
+                cmd += ["--set", "holdgate_admin="]
             cmd += ["--set", f"holdgate_recordings={tmp / f'rec-{self.port}'}"]
         for option in options:
             cmd += ["--set", option]
         with self.log.open("wb") as sink:
-            self.proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, cwd=tmp)
+            self.proc = subprocess.Popen(
+                cmd,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                cwd=tmp,
+                env={**os.environ, **(env or {})},
+            )
         wait_for_port(self.port, self.proc)
 
     def cpu_seconds(self) -> float:
@@ -872,6 +887,140 @@ def scenario_holds(quick: bool) -> dict:
     return summary
 
 
+def scrape(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return bytes(response.read())
+
+
+def scenario_metrics(quick: bool) -> dict:
+    count = 1000 if quick else 4000
+    scrapes = 50 if quick else 300
+    with tempfile.TemporaryDirectory() as tmp_name, upstream() as up:
+        tmp = Path(tmp_name)
+        signer = Signer(tmp)
+        auth = {"Authorization": f"Bearer {signer.token}"}
+        admin = free_port()
+        gateway = Proxy(
+            tmp, up, gateway_config(up, signer.jwks), f"holdgate_admin=127.0.0.1:{admin}"
+        )
+        url = f"http://127.0.0.1:{admin}/metrics"
+        runs: dict[str, list[dict]] = {"no scraper": [], "scraped every 1 s": []}
+        try:
+            wait_for_port(admin, gateway.proc)
+            drive(gateway.port, 16, count, 60, auth)
+            body = scrape(url)
+            series = sum(1 for line in body.splitlines() if line and not line.startswith(b"#"))
+            began = time.perf_counter()
+            for _ in range(scrapes):
+                scrape(url)
+            per_scrape_us = 1e6 * (time.perf_counter() - began) / scrapes
+            for _ in range(1 if quick else 3):  # interleaved
+                runs["no scraper"].append(drive(gateway.port, 16, count, 60, auth))
+                stopping = threading.Event()
+                thread = threading.Thread(target=scrape_every, args=(url, stopping), daemon=True)
+                thread.start()
+                try:
+                    runs["scraped every 1 s"].append(drive(gateway.port, 16, count, 60, auth))
+                finally:
+                    stopping.set()
+                    thread.join()
+        finally:
+            gateway.stop()
+    summary: dict = {name: median_runs(r) for name, r in runs.items()}
+    summary["scrape_us"] = per_scrape_us
+    summary["series"] = series
+    summary["scrape_bytes"] = len(body)
+    table(
+        "metrics: a scrape, and tools/call at concurrency 16 while scraped",
+        [[n, r["rps"], r["p50_ms"], r["p99_ms"]] for n, r in runs_summary(summary)]
+        + [[f"one scrape ({series} series, {len(body)} B)", "", f"{per_scrape_us:.0f} us", ""]],
+        ["condition", "req/s", "p50 ms", "p99 ms"],
+    )
+    return summary
+
+
+def scrape_every(url: str, stopping: threading.Event, seconds: float = 1.0) -> None:
+    while not stopping.wait(seconds):
+        scrape(url)
+
+
+def runs_summary(summary: dict) -> list[tuple[str, dict]]:
+    return [(n, r) for n, r in summary.items() if isinstance(r, dict)]
+
+
+class OtlpSink:
+    """Accepts OTLP/HTTP exports and answers 200, counting them (the spans are not read)."""
+
+    def __init__(self) -> None:
+        sink = self
+        self.exports = 0
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                sink.exports += 1
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def scenario_tracing(quick: bool) -> dict:
+    count = 1000 if quick else 4000
+    sink = OtlpSink()
+    with tempfile.TemporaryDirectory() as tmp_name, upstream() as up:
+        tmp = Path(tmp_name)
+        signer = Signer(tmp)
+        auth = {"Authorization": f"Bearer {signer.token}"}
+        config = gateway_config(up, signer.jwks)
+        gateways = {
+            "tracing off": Proxy(tmp, up, config),
+            "tracing on": Proxy(
+                tmp, up, config, env={"OTEL_EXPORTER_OTLP_ENDPOINT": sink.endpoint}
+            ),
+        }
+        runs: dict[str, list[dict]] = {name: [] for name in gateways}
+        try:
+            for gateway in gateways.values():
+                drive(gateway.port, 16, 160, 10, auth)
+            for _ in range(1 if quick else 3):  # interleaved
+                for name, gateway in gateways.items():
+                    before = gateway.cpu_seconds()
+                    run = drive(gateway.port, 16, count, 60, auth)
+                    run["cpu_ms_per_request"] = (
+                        1000 * (gateway.cpu_seconds() - before) / run["requests"]
+                    )
+                    runs[name].append(run)
+        finally:
+            for gateway in gateways.values():
+                gateway.stop()
+            sink.close()
+    summary: dict = {name: median_runs(r) for name, r in runs.items()}
+    summary["exports"] = sink.exports
+    summary["rps_change"] = summary["tracing on"]["rps"] / summary["tracing off"]["rps"] - 1
+    table(
+        "tracing: tools/call at concurrency 16, spans exported over OTLP/HTTP",
+        [
+            [n, r["rps"], r["p50_ms"], r["p99_ms"], r["cpu_ms_per_request"]]
+            for n, r in runs_summary(summary)
+        ]
+        + [["req/s change", f"{summary['rps_change']:+.1%}", "", "", ""]],
+        ["condition", "req/s", "p50 ms", "p99 ms", "cpu ms/req"],
+    )
+    return summary
+
+
 def scenario_masking(quick: bool) -> dict:
     """The realistic PII-dense tool result of bench_masking.py, as JSON and as one SSE event."""
     out: dict = {}
@@ -1131,6 +1280,8 @@ SCENARIOS = {
     "audit": scenario_audit,
     "writeahead": scenario_writeahead,
     "holds": scenario_holds,
+    "metrics": scenario_metrics,
+    "tracing": scenario_tracing,
     "masking": scenario_masking,
     "hooks": scenario_hooks,
     "policy": scenario_policy,

@@ -55,7 +55,7 @@ def test_the_wheel_carries_the_addons_the_store_and_the_library(wheel):
         assert f"holdgate/addons/{module.name}" in names
     for module in sorted((package / "store").glob("*.py")):
         assert f"holdgate/store/{module.name}" in names
-    for folder in ("config", "protocol", "identity", "policy", "masking", "approvals"):
+    for folder in ("config", "protocol", "identity", "policy", "masking", "approvals", "telemetry"):
         assert f"holdgate/{folder}/__init__.py" in names, folder
     assert any(n.endswith(".dist-info/entry_points.txt") for n in names)
 

@@ -4,7 +4,8 @@
 `mitmproxy.addons.default_addons()` does:
 
     ConnectionDeadlines -> ConfigLoader -> Router -> Authentication -> PolicyEnforcer
-    -> ApprovalHolds -> Gate -> Responses -> Recorder -> Replicas -> ToolPinning
+    -> ApprovalHolds -> Gate -> Responses -> Recorder -> Telemetry -> Replicas
+    -> ToolPinning -> Checkpointer
 
 Request side: the Gate's last step is the Recorder's write-ahead (the decision rows
 committed, or the request refused). Responses runs each response message through the
@@ -29,6 +30,7 @@ from holdgate.addons.replicas import Replicas
 from holdgate.addons.response_masking import ResponseMasking
 from holdgate.addons.responses import Responses
 from holdgate.addons.router import Router
+from holdgate.addons.telemetry import Telemetry
 from holdgate.addons.tool_pinning import ToolPinning
 
 
@@ -38,16 +40,18 @@ def default_addons() -> list[object]:
     pins = ToolPinning(loader, recorder)
     policy = PolicyEnforcer(loader, recorder, pins)
     replicas = Replicas(loader, recorder)
+    holds = ApprovalHolds(loader, policy, recorder, replicas)
     return [
         ConnectionDeadlines(),
         loader,
         Router(loader),
         Authentication(loader, recorder),
         policy,
-        ApprovalHolds(loader, policy, recorder, replicas),
+        holds,
         Gate(recorder.write_ahead),
         Responses(loader, stages=[policy, pins, ResponseMasking(), recorder]),
         recorder,
+        Telemetry(loader, recorder, holds),  # after the recorder, whose writer it counts
         replicas,  # after the recorder, whose store it registers in
         pins,  # after the recorder, which opens (or creates) the store the pins are read from
         Checkpointer(loader),  # last: signs the head after the recorder wrote its last rows

@@ -37,7 +37,13 @@ from holdgate.addons.flowstate import (
     state,
 )
 from holdgate.approvals import elicitation
-from holdgate.approvals.adminhttp import AdminRequest, AdminResponse, parse_listen, serve
+from holdgate.approvals.adminhttp import (
+    AdminRequest,
+    AdminResponse,
+    Handler,
+    parse_listen,
+    serve,
+)
 from holdgate.approvals.approval_rules import (
     approver_groups,
     argument_changes,
@@ -132,6 +138,7 @@ class ApprovalHolds:
         self._authenticator: tuple[str, Authenticator] | None = None
         self._started = asyncio.Event()
         self._warned_no_link = False
+        self.routes: dict[str, Handler] = {}  # other paths on the admin listener (/metrics)
 
     def load(self, loader) -> None:  # type: ignore[no-untyped-def]
         loader.add_option(
@@ -790,6 +797,8 @@ class ApprovalHolds:
         logger.error("holdgate: webhook gave up on approval %s", row["approval_id"])
 
     async def handle_admin(self, request: AdminRequest) -> AdminResponse:
+        if (route := self.routes.get(request.path.partition("?")[0])) is not None:
+            return await route(request)
         config = self.loader.current
         if config is None:
             return AdminResponse(500, {"error": "no config loaded"})

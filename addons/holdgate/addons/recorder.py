@@ -64,6 +64,7 @@ from holdgate.store.rows import Row
 
 if TYPE_CHECKING:
     from holdgate.addons.config_loader import ConfigLoader
+    from holdgate.addons.telemetry import Telemetry
 
 
 logger = logging.getLogger("holdgate")
@@ -92,6 +93,7 @@ class Recorder:
         # addon marks itself gone while it still can
         self.before_close: list[Callable[[], None]] = []
         self.unmaskable = 0  # values left out of store rows because they could not be masked
+        self.telemetry: Telemetry | None = None  # sees each flow leave and end (spans, latency)
         self._record_masking: tuple[GatewayConfig, bytes, RecordMasking] | None = None
         # Flows whose decision rows went to the store before they left: their end writes an
         # outcome row instead. (Beside the flow, like FlowState: never saved with it.)
@@ -390,6 +392,8 @@ class Recorder:
             for row in rows:
                 row.update(status=status, latency_ms=latency)
             self.submit_all(flow, config, [("events", row) for row in rows])
+        if self.telemetry is not None:
+            self.telemetry.finished(flow)
         if session is not None:
             self._write_recording(flow, config, session)
 
@@ -404,7 +408,8 @@ class Recorder:
         refused = st.refused
         rows: list[Row] = []
         decided_messages: list[DecidedMessage | None] = [*st.decided] or [None]
-        for decided in decided_messages:
+        traces = self.telemetry.traces(flow, leaving=strict) if self.telemetry else None
+        for index, decided in enumerate(decided_messages):
             message = decided.message if decided is not None else None
             decision = decided.decision if decided is not None else None
             arguments = message.arguments if message is not None else None
@@ -422,6 +427,8 @@ class Recorder:
                 extra["args_findings"] = masked_args.findings  # replay must know
             if decided is not None and decided.approval is not None:
                 extra["approval"] = decided.approval  # how a held call was released
+            if traces:
+                extra["trace"] = traces[index]  # the gateway's span: the trace joins this row
             if message is not None:
                 self._note_retry(extra, message.raw, config, upstream, message.tool, strict)
                 if invalid_traceparent(message.raw):

@@ -44,14 +44,19 @@ PAGE_HEADERS = (
 
 @dataclass(frozen=True)
 class AdminResponse:
-    """A JSON answer, or (`page`) an HTML page for a person."""
+    """A JSON answer, an HTML page for a person (`page`), or a body of its own type
+    (`raw`: content type and bytes, e.g. the Prometheus exposition)."""
 
     status: int
     payload: Any
     page: str | None = None
+    raw: tuple[str, bytes] | None = None
 
     def encode(self) -> bytes:
-        if self.page is not None:
+        if self.raw is not None:
+            headers = [("Content-Type", self.raw[0]), ("Cache-Control", "no-store")]
+            body = self.raw[1]
+        elif self.page is not None:
             body = self.page.encode("utf-8")
             headers = [("Content-Type", "text/html; charset=utf-8"), *PAGE_HEADERS]
         else:
@@ -62,10 +67,12 @@ class AdminResponse:
             400: "Bad Request",
             401: "Unauthorized",
             403: "Forbidden",
+            405: "Method Not Allowed",
             404: "Not Found",
             409: "Conflict",
             413: "Payload Too Large",
             500: "Internal Server Error",
+            503: "Service Unavailable",
         }.get(self.status, "Error")
         head = f"HTTP/1.1 {self.status} {reason}\r\n" + "".join(
             f"{name}: {value}\r\n" for name, value in headers

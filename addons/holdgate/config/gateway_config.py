@@ -28,6 +28,7 @@ from holdgate.config.configfile import (
     load_yaml_file,
     parse_yaml,
 )
+from holdgate.config.metrics_config import MetricsConfig, parse_metrics
 from holdgate.identity.identities import IdentityConfig, parse_identity
 from holdgate.masking.masker import MaskingPolicy, parse_masking
 from holdgate.policy.rules import Action, Policy, parse_rules
@@ -47,6 +48,7 @@ TOP_KEYS = {
     "response_headers",
     "listing_ttl",
     "review",
+    "metrics",
 }
 UPSTREAM_KEYS = {"name", "prefix", "host", "url", "inject", "on_tool_change"}
 TOOL_CHANGE_KEYS = {"action", "approvers", "timeout"}
@@ -132,6 +134,7 @@ class GatewayConfig:
     response_headers: ResponseHeaders = field(default_factory=ResponseHeaders)
     checkpoints: CheckpointsConfig | None = None
     review: ReviewConfig = field(default_factory=ReviewConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     # How long a client may cache a filtered listing (MCP 2026-07-28 `ttlMs`): a cached list
     # must not outlive a policy reload by much.
     listing_ttl: float = 60.0
@@ -215,6 +218,7 @@ def build_config(
     checkpoints = found.attempt(parse_checkpoints, root.child("checkpoints"), secrets)
     listing_ttl = found.attempt(root.child("listing_ttl").duration, 60.0)
     review = found.attempt(_parse_review, root.child("review"))
+    metrics = found.attempt(parse_metrics, root.child("metrics"), identity is not None)
 
     def assemble() -> GatewayConfig:
         return GatewayConfig(
@@ -230,6 +234,7 @@ def build_config(
             response_headers=response_headers or ResponseHeaders(),
             checkpoints=checkpoints,
             review=review or ReviewConfig(),
+            metrics=metrics or MetricsConfig(),
             listing_ttl=60.0 if listing_ttl is None else listing_ttl,
             hash_key=hash_key,
             text=text,

@@ -15,6 +15,7 @@ same time share one in-flight fetch, and an issuer is fetched at most once per
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import hmac
 import http.client
@@ -374,6 +375,10 @@ class JwksResponse:
     max_age: float | None = None
 
 
+# JWKS fetches in this process by result ("ok", "failed"), read by the metrics at scrape
+# time (a count, like a log line: every Authenticator adds to it).
+JWKS_FETCHES: collections.Counter[str] = collections.Counter()
+
 # The fetch seam: a URL's key set (bytes alone when the source gives no caching advice).
 Fetch = Callable[[str], Awaitable[JwksResponse | bytes]]
 
@@ -651,6 +656,7 @@ class Authenticator:
             response = fetched if isinstance(fetched, JwksResponse) else JwksResponse(fetched)
             keys = _load_keys(_jwks_keys(response.body))
         except (OSError, ValueError, http.client.HTTPException) as exc:
+            JWKS_FETCHES["failed"] += 1
             cache.failure = type(exc).__name__
             cache.refresh_at = self._clock() + issuer.min_age
             logger.warning(
@@ -663,6 +669,7 @@ class Authenticator:
                 issuer.min_age,
             )
         else:
+            JWKS_FETCHES["ok"] += 1
             cache.keys = keys
             cache.failure = None
             cache.refresh_at = self._clock() + refresh_interval(response.max_age, issuer)

@@ -100,6 +100,8 @@ class AuditWriter:
         self.healthy = True
         self.last_error: str | None = None
         self.lost = 0
+        # Called on the writer thread with each batch once it is committed (the metrics).
+        self.on_written: Callable[[Batch], None] | None = None
         self.refused = 0  # durable batches refused (their callers were told, nothing lost)
         self.max_queue_depth_seen = 0
         self._open_target = open_target
@@ -288,6 +290,11 @@ class AuditWriter:
         for entry in entries:
             if entry.durable is not None:
                 entry.durable.set_result(None)
+        if self.on_written is not None and rows:
+            try:
+                self.on_written(rows)
+            except Exception:  # counting must never stop the writer: the rows are written
+                logger.exception("holdgate: the metrics could not count a batch of audit rows")
         return []
 
     def _write(self, rows: list[tuple[str, Row]]) -> None:
