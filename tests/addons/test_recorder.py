@@ -28,6 +28,7 @@ from helpers.flows import (
     store_rows,
 )
 from holdgate.addons.recorder import Recorder
+from holdgate.masking.masker import MaskingError
 from holdgate.store import AuditWriter, SqliteStore
 
 pytestmark = pytest.mark.anyio
@@ -245,10 +246,17 @@ async def test_a_batch_larger_than_the_audit_queue_is_refused_whole(tctx, tmp_pa
     assert store_rows(tmp_path, EVENTS) == [] and writer.lost == 4
 
 
-async def test_arguments_that_cannot_be_masked_are_refused_not_forwarded(tctx, tmp_path):
-    # embedded JSON with a value to mask and a number JSON cannot carry: it cannot be rewritten
-    arguments = {"sql": '{"limit": 1e999, "who": "' + EMAIL + '"}'}
-    flow = await send(tctx, mcp_flow(call("search", arguments), ALICE))
+async def test_arguments_that_cannot_be_masked_are_refused_not_forwarded(
+    tctx, tmp_path, monkeypatch
+):
+    """Whatever makes the record's masking fail (it refuses what it cannot mask safely),
+    the call is refused on record, never forwarded with its arguments unrecorded."""
+
+    def cannot_mask(*args: Any, **kwargs: Any) -> Any:
+        raise MaskingError("the value is nested too deeply to mask")
+
+    monkeypatch.setattr("holdgate.addons.recorder.mask_for_record", cannot_mask)
+    flow = await send(tctx, mcp_flow(call("search", {"sql": EMAIL}), ALICE))
     status, code, message = error_of(flow)
     assert (status, code) == (502, -32603) and "cannot be masked for the audit record" in message
     assert not left(flow)
@@ -256,6 +264,17 @@ async def test_arguments_that_cannot_be_masked_are_refused_not_forwarded(tctx, t
     (row,) = store_rows(tmp_path, EVENTS)
     assert json.loads(row["extra"])["refused"]["kind"] == "unrecordable"
     assert EMAIL not in json.dumps(row)
+
+
+async def test_text_that_is_json_but_for_an_out_of_range_number_is_masked_as_text(tctx, tmp_path):
+    """1e999 is no JSON number the strict parser takes (it would be read as infinity), so
+    the embedded text is masked as text: the record holds no email, the call goes on."""
+    arguments = {"sql": '{"limit": 1e999, "who": "' + EMAIL + '"}'}
+    flow = await send(tctx, mcp_flow(call("search", arguments), ALICE))
+    assert left(flow)
+    finish(tctx)
+    (row,) = store_rows(tmp_path, EVENTS)
+    assert EMAIL not in json.dumps(row) and "1e999" in row["args_masked"]
 
 
 async def test_best_effort_forwards_when_the_store_fails_and_counts_the_loss(tmp_path):
