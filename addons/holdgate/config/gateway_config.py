@@ -28,6 +28,7 @@ from holdgate.config.configfile import (
     load_yaml_file,
     parse_yaml,
 )
+from holdgate.config.feeds_config import FeedConfig, parse_feeds
 from holdgate.identity.identities import IdentityConfig, parse_identity
 from holdgate.masking.masker import MaskingPolicy, parse_masking
 from holdgate.policy.rules import Action, Policy, parse_rules
@@ -42,6 +43,7 @@ TOP_KEYS = {
     "approvals",
     "audit",
     "checkpoints",
+    "feeds",
     "hash_key",
     "server_requests",
     "response_headers",
@@ -131,6 +133,7 @@ class GatewayConfig:
     approvals: ApprovalsConfig = field(default_factory=ApprovalsConfig)
     response_headers: ResponseHeaders = field(default_factory=ResponseHeaders)
     checkpoints: CheckpointsConfig | None = None
+    feeds: tuple[FeedConfig, ...] = ()
     review: ReviewConfig = field(default_factory=ReviewConfig)
     # How long a client may cache a filtered listing (MCP 2026-07-28 `ttlMs`): a cached list
     # must not outlive a policy reload by much.
@@ -142,7 +145,8 @@ class GatewayConfig:
     @property
     def secrets(self) -> tuple[str, ...]:
         """Values that must never be written anywhere (injected credentials, keys)."""
-        return tuple(s for up in self.upstreams for s in up.secrets if s)
+        feeds = tuple(f.secret for f in self.feeds if f.secret)
+        return (*(s for up in self.upstreams for s in up.secrets if s), *feeds)
 
     def redacted_text(self) -> str:
         """The file as written, with any secret written into it literally blanked out."""
@@ -213,6 +217,7 @@ def build_config(
     approvals = found.attempt(_parse_approvals, root.child("approvals"))
     response_headers = found.attempt(_parse_response_headers, root.child("response_headers"))
     checkpoints = found.attempt(parse_checkpoints, root.child("checkpoints"), secrets)
+    feeds = parse_feeds(root.child("feeds"), found, secrets)
     listing_ttl = found.attempt(root.child("listing_ttl").duration, 60.0)
     review = found.attempt(_parse_review, root.child("review"))
 
@@ -229,6 +234,7 @@ def build_config(
             approvals=approvals or ApprovalsConfig(),
             response_headers=response_headers or ResponseHeaders(),
             checkpoints=checkpoints,
+            feeds=feeds,
             review=review or ReviewConfig(),
             listing_ttl=60.0 if listing_ttl is None else listing_ttl,
             hash_key=hash_key,

@@ -181,12 +181,23 @@ SHARED = {
     "grants": {"grant_key": str, "approval_id": str, "expires": float},
     # which identity opened each upstream session (keyed by a digest, not the raw id)
     "session_owners": {"session_key": str, "owner": str, "first_seen": float},
+    # each audit feed's durable cursor (the last seq its receiver took) and who sends it
+    # now: the replica whose lease (database clock) runs
+    "feed_cursors": {
+        "feed": str,
+        "seq": int,
+        "updated": float,
+        "holder": str,
+        "lease_until": float,
+        "last_error": str,
+    },
 }
 SHARED_KEYS = {
     "replicas": "replica",
     "rate_counters": "bucket",
     "grants": "grant_key",
     "session_owners": "session_key",
+    "feed_cursors": "feed",
 }
 CHAINED = tuple(COLUMNS)
 TIME_COLUMN = {t: "first_seen" if t == "sessions" else "ts" for t in CHAINED}
