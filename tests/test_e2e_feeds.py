@@ -4,21 +4,26 @@ The webhook sees every committed row across a receiver outage and a gateway rest
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Callable
 from typing import Any
 
 import anyio
+import httpx
 import pytest
+from mcp.shared.exceptions import MCPError
 
 from helpers.clients import connect
-from helpers.configs import ALICE, identity
-from helpers.processes import Gateway, stop
+from helpers.configs import ALICE, BOB, identity
+from helpers.processes import BIN, ROOT, Gateway, free_port, holdgate_cli, stop, wait_for_port
 from helpers.receivers import SyslogReceiver, WebhookReceiver
 from holdgate import store
 
 pytestmark = pytest.mark.anyio
 
+DATASETTE = str(BIN / "datasette")
+METADATA = ROOT / "datasette" / "metadata.yaml"
 SECRET = "e2e-feed-secret-7c1d9a0b55e2"
 ENV = {"HOLDGATE_FEED_SECRET": SECRET}
 CONFIG = (
@@ -182,3 +187,56 @@ async def test_a_reload_that_changes_a_feed_sends_to_the_new_place(demo, gateway
     assert set(first.seqs) >= set(before)
     assert sorted(set(first.seqs + second.seqs)) == after  # the cursor carried over
     assert second.seqs and min(second.seqs) > before[-1] - 4  # at most a batch again
+
+
+async def test_datasette_serves_the_store_with_its_descriptions_and_queries(
+    demo, gateway_factory, tmp_path
+):
+    db = tmp_path / "holdgate.sqlite3"  # the default name, which the metadata describes
+    no_feeds = CONFIG.format(url=demo.url, feeds="").replace("feeds:\n", "")
+    gw = gateway_factory(no_feeds, demo.url, options={"holdgate_db": str(db)})
+    await calls(gw, 2)
+    with anyio.fail_after(60):
+        async with connect(gw.url + "/mcp", BOB) as client:  # bob is not in support
+            with pytest.raises(MCPError, match="denied"):
+                await client.call_tool("get_customer", {"customer_id": 1})
+    settle(str(db), lambda: event_seqs(str(db)))  # the writer is done with the call's rows
+    port = free_port()
+    log = tmp_path / "datasette.out"
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(
+            [DATASETTE, "serve", str(db), "-m", str(METADATA), "-h", "127.0.0.1", "-p", str(port)],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_for_port(port, proc, log)
+        base = f"http://127.0.0.1:{port}"
+        with anyio.fail_after(60):
+            async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+                tables = (await http.get("/holdgate.json")).json()
+                metadata = (await http.get("/-/metadata.json")).json()
+                events_page = (await http.get("/holdgate/events")).text
+                calls_rows = (await http.get("/holdgate/calls.json?_shape=array")).json()
+                denials = (await http.get("/holdgate/denials.json?_shape=array")).json()
+                approvals = await http.get("/holdgate/approvals_decided.json?_shape=array")
+                sessions = (await http.get("/holdgate/v_sessions.json?_shape=array")).json()
+    finally:
+        stop(proc)
+    names = {t["name"] for t in tables["tables"]}
+    assert {"events", "sessions", "approvals", "feed_cursors", "recordings"} <= names
+    assert {v["name"] for v in tables["views"]} == {
+        "v_sessions",
+        "v_approvals",
+        "v_calls_by_identity",
+    }
+    described = metadata["databases"]["holdgate"]["tables"]
+    assert set(described) >= {t["name"] for t in tables["tables"]}  # every table described
+    assert "Every MCP message the gateway decided on" in events_page
+    allowed = [c for c in calls_rows if c["target"] == "get_customer" and c["user"] == "alice"]
+    assert len(allowed) == 2 and all(c["status"] == 200 for c in allowed)
+    assert [(d["user"], d["target"]) for d in denials] == [("bob", "get_customer")]
+    assert approvals.status_code == 200 and approvals.json() == []
+    assert {s["user"] for s in sessions} == {"alice", "bob"}
+    verified = holdgate_cli("verify", "--db", str(db))  # datasette read, never wrote
+    assert verified.returncode == 0, verified.stderr
