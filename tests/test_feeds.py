@@ -507,3 +507,76 @@ def test_export_follow_refuses_options_it_does_not_take(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "--follow prints JSON lines" in result.output
     result = CliRunner().invoke(main, ["export", "--db", str(tmp_path / "x"), "--after", "abc"])
     assert result.exit_code == 2 and "is not a seq" in result.output
+
+
+def test_a_row_too_large_for_a_datagram_is_sent_as_a_stub() -> None:
+    receiver = SyslogReceiver("udp").start()
+    feed = FeedConfig("log", "syslog", receiver.target, "127.0.0.1", receiver.port, "udp")
+    huge = dict(event(1, args_masked=json.dumps({"blob": "x" * 70_000})), seq=5, row_hash="ab")
+    try:
+        SyslogSink(feed).send([huge, dict(event(2), seq=6)])
+        receiver.wait_for({5, 6}, timeout=10)
+    finally:
+        receiver.stop()
+    stub, whole = receiver.messages
+    assert stub["record"] == {
+        "table": "events",
+        "seq": 5,
+        "ts": huge["ts"],
+        "row_hash": "ab",
+        "truncated": True,
+    }
+    assert whole["record"]["groups"] == ["support", "ops"]
+
+
+# --- the addon's feeds follow the config; holdgate feeds ---
+
+
+def test_the_addon_runs_exactly_the_configured_feeds(tmp_path: Path) -> None:
+    from holdgate.addons.feeds import Feeds
+
+    path = str(tmp_path / "audit.sqlite3")
+    first, second = WebhookReceiver(SECRET).start(), WebhookReceiver(SECRET).start()
+    addon = Feeds(loader=None)  # type: ignore[arg-type]  # sync() is given the feeds
+    addon.store_path, addon.holder = path, "gw/1"
+    try:
+        with store.open_store(path) as writer:
+            seqs = append_events(writer, 3)
+            addon.sync((webhook_feed(first.url),))
+            running = addon.runners["siem"]
+            first.wait_for(set(seqs))
+            addon.sync((webhook_feed(first.url),))  # unchanged: the same runner goes on
+            assert addon.runners["siem"] is running
+            addon.sync((webhook_feed(second.url),))  # changed: restarted, from the cursor
+            assert addon.runners["siem"] is not running and not running.alive
+            seqs += append_events(writer, 2, start=10)
+            second.wait_for(set(seqs[3:]))
+            addon.sync(())  # removed: stopped, its cursor kept
+            assert addon.runners == {}
+            assert writer.feed_cursors()[0]["seq"] == seqs[-1]
+    finally:
+        addon.done()
+        first.stop()
+        second.stop()
+    assert first.seqs == seqs[:3] and second.seqs == seqs[3:]
+
+
+def test_holdgate_feeds_shows_cursor_lag_holder_and_error(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from holdgate.cli.main import main
+
+    path = str(tmp_path / "audit.sqlite3")
+    with store.open_store(path) as opened:
+        empty = CliRunner().invoke(main, ["feeds", "--db", path], catch_exceptions=False)
+        assert "no feed has run against this store" in empty.output
+        append_events(opened, 4)
+        opened.feed_claim("siem", "gw-a/1", lease=60)
+        opened.feed_advance("siem", "gw-a/1", 2, lease=60)
+        opened.feed_error("siem", "gw-a/1", "http://127.0.0.1:9/x: HTTP 500")
+        head = opened.chain_head()[0]
+    result = CliRunner().invoke(main, ["feeds", "--db", path], catch_exceptions=False)
+    assert result.exit_code == 0
+    line = result.output.strip()
+    assert line.startswith(f"siem  seq 2  head {head}  lag {head - 2}  held by gw-a/1")
+    assert line.endswith("last error: http://127.0.0.1:9/x: HTTP 500")

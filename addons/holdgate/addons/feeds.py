@@ -40,10 +40,10 @@ class Feeds:
     def configure(self, updated: set[str]) -> None:
         if STORE_OPTIONS & updated:  # the Recorder already refused a conflicting pair
             self.store_path = store_location(ctx.options.holdgate_store, ctx.options.holdgate_db)
-        # who sends, in feed_cursors.holder: the replica, and this process start
-        self.holder = f"{replica_name(ctx.options)}/{uuid.uuid4().hex[:12]}"
 
     def running(self) -> None:
+        # who sends, in feed_cursors.holder: the replica, and this process start
+        self.holder = f"{replica_name(ctx.options)}/{uuid.uuid4().hex[:12]}"
         self._thread = threading.Thread(target=self._supervise, name="holdgate-feeds", daemon=True)
         self._thread.start()
 
@@ -51,6 +51,8 @@ class Feeds:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(SYNC_EVERY + 1)
+        for runner in self.runners.values():  # all at once: none waits for another's batch
+            runner.ask_to_stop()
         for runner in self.runners.values():
             runner.stop()
         self.runners.clear()

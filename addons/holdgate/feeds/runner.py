@@ -65,6 +65,9 @@ class FeedRunner:
     def start(self) -> None:
         self._thread.start()
 
+    def ask_to_stop(self) -> None:
+        self._stop.set()
+
     def stop(self, timeout: float | None = None) -> None:
         """Stop after the batch in flight (bounded by the sink's timeout), give the lease up."""
         self._stop.set()

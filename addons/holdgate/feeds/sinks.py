@@ -7,7 +7,9 @@ the runner advances the feed's cursor only after a batch was taken.
   (its body is not read beyond a bound). Redirects are not followed.
 - Syslog: one RFC 5424 message per row, the record's JSON as the message. TCP frames each
   with octet counting (RFC 6587) and counts as taken once written; UDP is one datagram
-  per row, fire and forget: a datagram lost on the way is lost.
+  per row, fire and forget: a datagram lost on the way is lost, and a row too large for
+  one datagram is sent as a stub (`seq`, `ts`, `row_hash`, `"truncated": true`) rather
+  than stall the feed.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from holdgate.feeds.records import feed_line
 SYSLOG_PRI = 13 * 8 + 6  # facility 13 (log audit), severity 6 (informational)
 SYSLOG_MSGID = "audit"
 RESPONSE_LIMIT = 65536  # bytes of a receiver's answer read (and dropped)
+UDP_MAX = 65000  # bytes of one syslog datagram (IPv4's limit is 65507)
 
 
 class SinkDown(Exception):
@@ -101,10 +104,19 @@ class SyslogSink:
             f"{SYSLOG_MSGID} - {feed_line(row)}"
         ).encode()
 
+    def datagram(self, row: dict[str, Any]) -> bytes:
+        """The message, or a stub naming the row where the whole one would not fit."""
+        message = self.message(row)
+        if len(message) <= UDP_MAX:
+            return message
+        stub = {"seq": row.get("seq"), "ts": row.get("ts"), "row_hash": row.get("row_hash")}
+        return self.message({**stub, "truncated": True})
+
     def send(self, rows: Sequence[dict[str, Any]]) -> None:
-        messages = [self.message(row) for row in rows]
+        udp = self.feed.transport == "udp"
+        messages = [self.datagram(row) if udp else self.message(row) for row in rows]
         try:
-            if self.feed.transport == "udp":
+            if udp:
                 family = socket.getaddrinfo(self.feed.host, self.feed.port, type=socket.SOCK_DGRAM)
                 with socket.socket(family[0][0], socket.SOCK_DGRAM) as sock:
                     for message in messages:
