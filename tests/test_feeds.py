@@ -578,5 +578,21 @@ def test_holdgate_feeds_shows_cursor_lag_holder_and_error(tmp_path: Path) -> Non
     result = CliRunner().invoke(main, ["feeds", "--db", path], catch_exceptions=False)
     assert result.exit_code == 0
     line = result.output.strip()
-    assert line.startswith(f"siem  seq 2  head {head}  lag {head - 2}  held by gw-a/1")
+    assert line.startswith(f"siem  seq 2  head {head}  lag 2 rows  held by gw-a/1")
     assert line.endswith("last error: http://127.0.0.1:9/x: HTTP 500")
+
+
+def test_a_rules_only_load_warns_of_a_feed_secret_it_could_not_read(tmp_path: Path) -> None:
+    from holdgate.config.gateway_config import load_config
+
+    os.environ.pop("HOLDGATE_FEED_SECRET")
+    path = tmp_path / "gw.yaml"
+    path.write_text(
+        BASE
+        + "feeds:\n  - name: a\n    webhook: https://x.example/\n"
+        + '    secret: "${env:HOLDGATE_FEED_SECRET}"\n'
+    )
+    config = load_config(path, secrets=False)
+    assert config.feeds[0].secret is None and config.secrets == ()
+    (warning,) = config.secret_warnings
+    assert "gw.yaml:8:" in warning and "HOLDGATE_FEED_SECRET is not set" in warning

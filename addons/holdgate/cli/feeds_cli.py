@@ -92,24 +92,26 @@ def follow_until_signalled(db: str, after: int, out: TextIO, *, poll: float, fla
 @click.command("feeds")
 @db_option
 def feeds(db: str) -> None:
-    """Each feed's cursor (the last seq its receiver took), the store's head, the lag, who
-    sends it (lease by the database clock) and its latest delivery error."""
+    """Each feed's cursor (the last seq its receiver took), the store's head, the lag (rows
+    still to send), who sends it (a lease by the database clock) and its latest delivery
+    error."""
     with opened(db) as store:
         rows = store.feed_cursors()
         head = store.chain_head()[0]
         now = store.db_now()
+        lags = {row["feed"]: store.feed_pending(int(row["seq"] or 0)) for row in rows}
     if not rows:
         click.echo("no feed has run against this store (the config's `feeds:`)")
     for row in rows:
-        seq = int(row["seq"] or 0)
         lease = float(row["lease_until"] or 0.0)
         holder = row["holder"] or "-"
         held = (
             f"held by {holder} ({lease - now:.0f}s left)"
             if lease > now
-            else f"idle (last {holder})"
+            else f"idle (last sent by {holder})"
         )
         error = f"  last error: {row['last_error']}" if row["last_error"] else ""
         click.echo(
-            f"{row['feed']}  seq {seq}  head {head}  lag {max(0, head - seq)}  {held}{error}"
+            f"{row['feed']}  seq {row['seq']}  head {head}  lag {lags[row['feed']]} rows  "
+            f"{held}{error}"
         )

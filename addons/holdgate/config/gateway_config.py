@@ -217,7 +217,7 @@ def build_config(
     approvals = found.attempt(_parse_approvals, root.child("approvals"))
     response_headers = found.attempt(_parse_response_headers, root.child("response_headers"))
     checkpoints = found.attempt(parse_checkpoints, root.child("checkpoints"), secrets)
-    feeds = parse_feeds(root.child("feeds"), found, secrets)
+    feeds = parse_feeds(root.child("feeds"), found, secrets, secret_nodes)
     listing_ttl = found.attempt(root.child("listing_ttl").duration, 60.0)
     review = found.attempt(_parse_review, root.child("review"))
 

@@ -32,9 +32,9 @@ def rows_after(conn: SqlConnection, after: int, limit: int) -> list[EventRow]:
     return cast(list[EventRow], rows)
 
 
-def head_seq(conn: SqlConnection) -> int:
-    """The chain's last assigned seq (every table's, not only events')."""
-    return int(conn.execute("SELECT seq FROM chain_head WHERE id = 1").fetchone()[0])
+def pending(conn: SqlConnection, after: int) -> int:
+    """How many export rows a feed at `after` has still to send (its lag)."""
+    return int(conn.execute("SELECT count(*) FROM events WHERE seq > ?", [after]).fetchone()[0])
 
 
 def claim(conn: SqlConnection, feed: str, holder: str, now: float, lease: float) -> int | None:

@@ -238,6 +238,9 @@ class Store(Protocol):
         """Up to `limit` export rows with seq > `after`, in seq order (gap-free once
         committed)."""
 
+    def feed_pending(self, after: int) -> int:
+        """How many export rows come after `after` (a feed's lag)."""
+
     def feed_claim(self, feed: str, holder: str, lease: float) -> int | None:
         """Take or renew the feed's lease (database clock): its cursor seq, or None while
         another holder's lease runs."""

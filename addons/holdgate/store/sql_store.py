@@ -320,6 +320,10 @@ class SqlStore:
         with self._conn() as conn:
             return feed_records.rows_after(conn, after, limit)
 
+    def feed_pending(self, after: int) -> int:
+        with self._conn() as conn:
+            return feed_records.pending(conn, after)
+
     def feed_claim(self, feed: str, holder: str, lease: float) -> int | None:
         with self._conn() as conn:
             return feed_records.claim(conn, feed, holder, self.db_now(), lease)
