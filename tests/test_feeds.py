@@ -596,3 +596,22 @@ def test_a_rules_only_load_warns_of_a_feed_secret_it_could_not_read(tmp_path: Pa
     assert config.feeds[0].secret is None and config.secrets == ()
     (warning,) = config.secret_warnings
     assert "gw.yaml:8:" in warning and "HOLDGATE_FEED_SECRET is not set" in warning
+
+
+def test_a_runner_takes_over_from_a_holder_that_died(tmp_path: Path) -> None:
+    path = str(tmp_path / "audit.sqlite3")
+    receiver = WebhookReceiver(SECRET).start()
+    with store.open_store(path) as opened:
+        seqs = append_events(opened, 3)
+        assert opened.feed_claim("siem", "crashed/1", lease=1.0) == 0  # and never renewed
+        runner = FeedRunner(
+            webhook_feed(receiver.url), lambda: store.open_store(path), "b", poll=0.05
+        )
+        runner.start()
+        try:
+            receiver.wait_for(set(seqs))
+        finally:
+            runner.stop()
+            receiver.stop()
+        assert receiver.seqs == seqs
+        assert opened.feed_cursors()[0]["holder"] == "b"

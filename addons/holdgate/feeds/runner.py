@@ -51,7 +51,8 @@ class FeedRunner:
         self._open_store = open_store
         self._make = make
         self._poll = poll
-        self._lease = lease
+        # a send in flight (up to its timeout) never outlives the lease it started under
+        self._lease = max(lease, 2 * feed.timeout + 1)
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=self._run, name=f"holdgate-feed-{feed.name}", daemon=True
