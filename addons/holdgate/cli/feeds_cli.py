@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Callable
 from types import FrameType
 from typing import Any, TextIO
 
@@ -56,14 +55,13 @@ def follow(
     *,
     poll: float,
     flat: bool,
-    keep: Callable[[dict[str, Any]], bool] = lambda row: True,
 ) -> int:
     """Print rows after `after` as they commit until `stop`; the last seq printed."""
     cursor = start_seq(store, after)
     while not stop.is_set():
         rows = store.feed_rows(cursor, FOLLOW_BATCH)
         if rows:
-            out.write("".join(feed_line(r, flat=flat) + "\n" for r in rows if keep(dict(r))))
+            out.write("".join(feed_line(r, flat=flat) + "\n" for r in rows))
             out.flush()
             cursor = int(rows[-1]["seq"])
         if len(rows) < FOLLOW_BATCH:
