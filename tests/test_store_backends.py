@@ -14,6 +14,7 @@ import pytest
 
 from helpers.approvals import approval_request
 from holdgate import store
+from holdgate.store import pg_schema, schema
 from holdgate.store.errors import StoreError
 from holdgate.store.sqlconn import to_pyformat
 
@@ -269,3 +270,26 @@ def test_a_connection_lost_inside_a_transaction_never_goes_on_outside_it(pg_url:
     with transaction(conn):  # the next transaction reconnects
         assert conn.execute("SELECT 3").fetchone()[0] == 3
     conn.close()
+
+
+def test_a_store_of_schema_4_gains_the_feed_cursors_and_still_verifies(
+    where: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store the previous release made (schema 4, before audit feeds) opens as schema 5:
+    `feed_cursors` is there, a feed can claim it, the old rows still verify."""
+    backend = pg_schema if where.startswith("postgresql") else schema
+    with monkeypatch.context() as patched:
+        patched.setattr(backend, "MIGRATIONS", backend.MIGRATIONS[: len(backend.MIGRATIONS) - 1])
+        patched.setattr(backend, "SCHEMA_VERSION", 4)
+        with store.open_store(where) as old:
+            old.append("events", event("alice", 1.0))
+            with old._conn() as conn:
+                assert backend.schema_version(conn) == 4
+    with store.open_store(where) as new:
+        with new._conn() as conn:
+            assert backend.schema_version(conn) == 5 == backend.SCHEMA_VERSION
+        assert new.feed_cursors() == []
+        assert new.feed_claim("siem", "gw-1", 10.0) is not None
+        assert [c["feed"] for c in new.feed_cursors()] == ["siem"]
+        new.append("events", event("bob", 2.0))
+        assert new.verify().ok

@@ -5,7 +5,7 @@
 
     ConnectionDeadlines -> ConfigLoader -> Router -> Authentication -> PolicyEnforcer
     -> ApprovalHolds -> Gate -> Responses -> Recorder -> Telemetry -> Replicas
-    -> ToolPinning -> Checkpointer
+    -> ToolPinning (then Checkpointer and Feeds, which have lifecycle hooks only)
 
 Request side: the Gate's last step is the Recorder's write-ahead (the decision rows
 committed, or the request refused). Responses runs each response message through the
@@ -22,6 +22,7 @@ from holdgate.addons.checkpointer import Checkpointer
 from holdgate.addons.config_loader import ConfigLoader
 from holdgate.addons.deadlines import ConnectionDeadlines
 from holdgate.addons.enforcement import PolicyEnforcer
+from holdgate.addons.feeds import Feeds
 from holdgate.addons.gate import Gate
 from holdgate.addons.holds import ApprovalHolds
 from holdgate.addons.pipeline import Pipeline
@@ -54,7 +55,8 @@ def default_addons() -> list[object]:
         Telemetry(loader, recorder, holds),  # after the recorder, whose writer it counts
         replicas,  # after the recorder, whose store it registers in
         pins,  # after the recorder, which opens (or creates) the store the pins are read from
-        Checkpointer(loader),  # last: signs the head after the recorder wrote its last rows
+        Checkpointer(loader),  # signs the head after the recorder wrote its last rows
+        Feeds(loader),  # lifecycle only: sends the store's rows to the config's feeds
     ]
 
 

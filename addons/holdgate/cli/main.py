@@ -19,6 +19,7 @@ from holdgate.cli.common import (
     since_option,
     until_option,
 )
+from holdgate.cli.feeds_cli import feeds
 from holdgate.cli.records_cli import COMMANDS as RECORD_COMMANDS
 from holdgate.cli.records_cli import signing
 from holdgate.cli.replicas_cli import replicas
@@ -238,5 +239,6 @@ main.add_command(approvals)
 main.add_command(tools)
 main.add_command(review)
 main.add_command(replicas)
+main.add_command(feeds)
 for command in RECORD_COMMANDS:
     main.add_command(command)

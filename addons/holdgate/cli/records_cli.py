@@ -21,7 +21,9 @@ from holdgate.cli.common import (
     since_option,
     until_option,
 )
+from holdgate.cli.feeds_cli import AFTER, MAX_POLL, follow_until_signalled, start_seq
 from holdgate.config.configfile import parse_duration
+from holdgate.feeds.records import feed_line
 from holdgate.recording.flowfiles import recording_files, recording_name
 from holdgate.recording.segments import file_status
 from holdgate.store import EXPORT_FIELDS, EventRow, iso, write_sqlite_export
@@ -137,13 +139,41 @@ def timeline_line(row: EventRow) -> str:
     type=click.Choice(["jsonl", "csv", "sqlite"]),
     default="jsonl",
     show_default=True,
-    help="JSON lines, CSV, or a standalone SQLite file (needs --output).",
+    help="JSON lines (JSON-valued fields as real arrays/objects), CSV (flat, as stored), "
+    "or a standalone SQLite file (needs --output).",
 )
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="File (default: stdout).")
 @since_option
 @until_option
 @click.option("--user", help="Only this identity.")
 @click.option("--upstream", help="Only this upstream.")
+@click.option(
+    "--after",
+    type=AFTER,
+    default=0,
+    help="Only rows with a seq above this one (resume from the last seq you got); "
+    "`now`: only rows written from now on (with --follow).",
+)
+@click.option(
+    "--follow",
+    "-f",
+    is_flag=True,
+    help="Keep going: print new rows as they commit (JSON lines, seq order, flushed per "
+    "batch) until SIGTERM or Ctrl-C (exit 0).",
+)
+@click.option(
+    "--poll",
+    type=click.FloatRange(0.05, MAX_POLL),
+    default=0.5,
+    show_default=True,
+    help="Seconds between looks at the store with --follow.",
+)
+@click.option(
+    "--flat",
+    is_flag=True,
+    help="JSON lines with JSON-valued fields as strings, as stored (the shape before "
+    "real arrays/objects).",
+)
 def export(
     db: str,
     fmt: str,
@@ -152,12 +182,28 @@ def export(
     until: str | None,
     user: str | None,
     upstream: str | None,
+    after: int,
+    follow: bool,
+    poll: float,
+    flat: bool,
 ) -> None:
-    """The audit feed (fields: store.EXPORT_FIELDS) for a SIEM or governance platform."""
+    """The audit feed (fields: store.EXPORT_FIELDS, plus `table`) for a SIEM or governance
+    platform: each row once, in seq order."""
     if fmt == "sqlite" and output is None:
         raise click.UsageError("--format sqlite needs --output FILE")
+    if flat and fmt != "jsonl":
+        raise click.UsageError("--flat is for --format jsonl (CSV is always flat)")
+    if follow:
+        if fmt != "jsonl" or output or since or until or user or upstream:
+            raise click.UsageError(
+                "--follow prints JSON lines to stdout from --after SEQ; filter them downstream "
+                "(not with --format, --output, --since, --until, --user or --upstream)"
+            )
+        follow_until_signalled(db, after, sys.stdout, poll=poll, flat=flat)
+        return
     with opened(db) as store:
-        rows = store.events(since, until, user, upstream)
+        start = start_seq(store, after)
+        rows = [r for r in store.events(since, until, user, upstream) if r["seq"] > start]
     if fmt == "sqlite" and output is not None:
         with click.progressbar(length=len(rows), label="exporting", file=sys.stderr) as bar:
             write_sqlite_export(output, rows, bar.update)
@@ -167,7 +213,7 @@ def export(
     try:
         if fmt == "jsonl":
             for row in rows:
-                sink.write(json.dumps(row, ensure_ascii=False) + "\n")
+                sink.write(feed_line(row, flat=flat) + "\n")
         else:
             writer = csv.DictWriter(sink, fieldnames=list(EXPORT_FIELDS))
             writer.writeheader()

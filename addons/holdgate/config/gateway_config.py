@@ -28,6 +28,7 @@ from holdgate.config.configfile import (
     load_yaml_file,
     parse_yaml,
 )
+from holdgate.config.feeds_config import FeedConfig, parse_feeds
 from holdgate.config.metrics_config import MetricsConfig, parse_metrics
 from holdgate.identity.identities import IdentityConfig, parse_identity
 from holdgate.masking.masker import MaskingPolicy, parse_masking
@@ -43,6 +44,7 @@ TOP_KEYS = {
     "approvals",
     "audit",
     "checkpoints",
+    "feeds",
     "hash_key",
     "server_requests",
     "response_headers",
@@ -133,6 +135,7 @@ class GatewayConfig:
     approvals: ApprovalsConfig = field(default_factory=ApprovalsConfig)
     response_headers: ResponseHeaders = field(default_factory=ResponseHeaders)
     checkpoints: CheckpointsConfig | None = None
+    feeds: tuple[FeedConfig, ...] = ()
     review: ReviewConfig = field(default_factory=ReviewConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     # How long a client may cache a filtered listing (MCP 2026-07-28 `ttlMs`): a cached list
@@ -145,7 +148,8 @@ class GatewayConfig:
     @property
     def secrets(self) -> tuple[str, ...]:
         """Values that must never be written anywhere (injected credentials, keys)."""
-        return tuple(s for up in self.upstreams for s in up.secrets if s)
+        feeds = tuple(f.secret for f in self.feeds if f.secret)
+        return (*(s for up in self.upstreams for s in up.secrets if s), *feeds)
 
     def redacted_text(self) -> str:
         """The file as written, with any secret written into it literally blanked out."""
@@ -216,6 +220,7 @@ def build_config(
     approvals = found.attempt(_parse_approvals, root.child("approvals"))
     response_headers = found.attempt(_parse_response_headers, root.child("response_headers"))
     checkpoints = found.attempt(parse_checkpoints, root.child("checkpoints"), secrets)
+    feeds = parse_feeds(root.child("feeds"), found, secrets, secret_nodes)
     listing_ttl = found.attempt(root.child("listing_ttl").duration, 60.0)
     review = found.attempt(_parse_review, root.child("review"))
     metrics = found.attempt(parse_metrics, root.child("metrics"), identity is not None)
@@ -233,6 +238,7 @@ def build_config(
             approvals=approvals or ApprovalsConfig(),
             response_headers=response_headers or ResponseHeaders(),
             checkpoints=checkpoints,
+            feeds=feeds,
             review=review or ReviewConfig(),
             metrics=metrics or MetricsConfig(),
             listing_ttl=60.0 if listing_ttl is None else listing_ttl,

@@ -232,6 +232,31 @@ class Store(Protocol):
         """The flow files recorded for a session (under any of `session_ids`: its id, and
         the file stem a repaired file was recorded under), every replica's, in store order."""
 
+    # --- audit feeds (store/feed_records.py) ---
+
+    def feed_rows(self, after: int, limit: int) -> list[EventRow]:
+        """Up to `limit` export rows with seq > `after`, in seq order (gap-free once
+        committed)."""
+
+    def feed_pending(self, after: int) -> int:
+        """How many export rows come after `after` (a feed's lag)."""
+
+    def feed_claim(self, feed: str, holder: str, lease: float) -> int | None:
+        """Take or renew the feed's lease (database clock): its cursor seq, or None while
+        another holder's lease runs."""
+
+    def feed_advance(self, feed: str, holder: str, seq: int, lease: float) -> bool:
+        """Move the feed's cursor to `seq` and renew the lease; False if the lease was lost."""
+
+    def feed_error(self, feed: str, holder: str, error: str) -> None:
+        """Keep the feed's latest delivery error."""
+
+    def feed_release(self, feed: str, holder: str) -> None:
+        """Give up the feed's lease (shutdown)."""
+
+    def feed_cursors(self) -> list[dict[str, Any]]:
+        """Every feed's cursor row."""
+
     # --- integrity and retention ---
 
     def verify(self) -> VerifyReport:

@@ -13,7 +13,15 @@ import uuid
 from collections.abc import Callable
 
 from holdgate.store.errors import SchemaTooNew, StoreUnavailable
-from holdgate.store.schema import ANNOTATIONS, COLUMNS, GENESIS, INDEXES, SHARED, SHARED_KEYS
+from holdgate.store.schema import (
+    ANNOTATIONS,
+    COLUMNS,
+    FEED_CURSORS,
+    GENESIS,
+    INDEXES,
+    SHARED_KEYS,
+    SHARED_V4,
+)
 from holdgate.store.sqlconn import SqlConnection, transaction
 
 FIRST_VERSION = 4  # the SQLite schema version PostgreSQL stores start at
@@ -77,9 +85,8 @@ def _create_v4(conn: SqlConnection) -> None:
     """The whole schema as of SQLite schema 4, and the head of an empty chain."""
     conn.execute("CREATE TABLE chain_head (id INTEGER PRIMARY KEY, seq BIGINT, row_hash TEXT)")
     conn.execute("INSERT INTO chain_head (id, seq, row_hash) VALUES (1, 0, ?)", [GENESIS])
-    for table, columns in SHARED.items():
-        key = SHARED_KEYS[table]
-        conn.execute(f'CREATE TABLE "{table}" ({_columns(columns)}, PRIMARY KEY ("{key}"))')
+    for table, columns in SHARED_V4.items():
+        _create_shared(conn, table, columns)
     for table, columns in COLUMNS.items():
         conn.execute(
             f'CREATE TABLE "{table}" (seq BIGINT PRIMARY KEY, {_columns(columns)}, '
@@ -93,7 +100,17 @@ def _create_v4(conn: SqlConnection) -> None:
     conn.execute("INSERT INTO meta (key, value) VALUES ('store_id', ?)", [uuid.uuid4().hex])
 
 
-MIGRATIONS: list[Callable[[SqlConnection], None]] = [_create_v4]
+def _create_shared(conn: SqlConnection, table: str, columns: dict[str, type]) -> None:
+    key = SHARED_KEYS[table]
+    conn.execute(f'CREATE TABLE "{table}" ({_columns(columns)}, PRIMARY KEY ("{key}"))')
+
+
+def _migrate_v5(conn: SqlConnection) -> None:
+    """`feed_cursors`, as SQLite's schema 5."""
+    _create_shared(conn, "feed_cursors", FEED_CURSORS)
+
+
+MIGRATIONS: list[Callable[[SqlConnection], None]] = [_create_v4, _migrate_v5]
 SCHEMA_VERSION = FIRST_VERSION + len(MIGRATIONS) - 1
 
 

@@ -164,8 +164,8 @@ COLUMNS: dict[str, dict[str, type]] = {
 }
 # State the replicas share that is not evidence (never hashed, updated in place): who is
 # alive (heartbeats by the database clock), rate-limit windows, approval grants, session
-# owners.
-SHARED = {
+# owners (schema 4); each audit feed's cursor (schema 5).
+SHARED_V4 = {
     "replicas": {
         "replica": str,
         "instance": str,
@@ -182,11 +182,23 @@ SHARED = {
     # which identity opened each upstream session (keyed by a digest, not the raw id)
     "session_owners": {"session_key": str, "owner": str, "first_seen": float},
 }
+# each audit feed's durable cursor (the last seq its receiver took) and who sends it now:
+# the replica whose lease (database clock) runs
+FEED_CURSORS = {
+    "feed": str,
+    "seq": int,
+    "updated": float,
+    "holder": str,
+    "lease_until": float,
+    "last_error": str,
+}
+SHARED = {**SHARED_V4, "feed_cursors": FEED_CURSORS}
 SHARED_KEYS = {
     "replicas": "replica",
     "rate_counters": "bucket",
     "grants": "grant_key",
     "session_owners": "session_key",
+    "feed_cursors": "feed",
 }
 CHAINED = tuple(COLUMNS)
 TIME_COLUMN = {t: "first_seen" if t == "sessions" else "ts" for t in CHAINED}
@@ -326,10 +338,15 @@ def _migrate_v4(db: Database) -> None:
     db["certifications"].create_index(  # type: ignore[union-attr]
         ["campaign_id", "item_id", "seq"], index_name="ix_certifications_item"
     )
-    for table, columns in SHARED.items():
+    for table, columns in SHARED_V4.items():
         db[table].create(columns, pk=SHARED_KEYS[table])  # type: ignore[union-attr]
     db.execute("DROP VIEW v_approvals")
     db.create_view("v_approvals", _approvals_view(ANNOTATIONS, ", a.via, a.replica").strip())
+
+
+def _migrate_v5(db: Database) -> None:
+    """`feed_cursors`: where each audit feed stands (not chained, updated in place)."""
+    db["feed_cursors"].create(FEED_CURSORS, pk=SHARED_KEYS["feed_cursors"])  # type: ignore[union-attr]
 
 
 MIGRATIONS: list[Callable[[Database], None]] = [
@@ -337,6 +354,7 @@ MIGRATIONS: list[Callable[[Database], None]] = [
     _migrate_v2,
     _migrate_v3,
     _migrate_v4,
+    _migrate_v5,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

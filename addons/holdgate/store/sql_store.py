@@ -17,6 +17,7 @@ from holdgate.store import (
     approval_records,
     campaign_records,
     checkpoints,
+    feed_records,
     queries,
     replica_records,
     shared_state,
@@ -312,6 +313,36 @@ class SqlStore:
     def session_recordings(self, session_ids: Sequence[str]) -> list[RecordingRow]:
         with self._conn() as conn:
             return queries.session_recordings(conn, session_ids)
+
+    # --- audit feeds ---
+
+    def feed_rows(self, after: int, limit: int) -> list[EventRow]:
+        with self._conn() as conn:
+            return feed_records.rows_after(conn, after, limit)
+
+    def feed_pending(self, after: int) -> int:
+        with self._conn() as conn:
+            return feed_records.pending(conn, after)
+
+    def feed_claim(self, feed: str, holder: str, lease: float) -> int | None:
+        with self._conn() as conn:
+            return feed_records.claim(conn, feed, holder, self.db_now(), lease)
+
+    def feed_advance(self, feed: str, holder: str, seq: int, lease: float) -> bool:
+        with self._conn() as conn:
+            return feed_records.advance(conn, feed, holder, seq, self.db_now(), lease)
+
+    def feed_error(self, feed: str, holder: str, error: str) -> None:
+        with self._conn() as conn:
+            feed_records.note_error(conn, feed, holder, error)
+
+    def feed_release(self, feed: str, holder: str) -> None:
+        with self._conn() as conn:
+            feed_records.release(conn, feed, holder)
+
+    def feed_cursors(self) -> list[dict[str, Any]]:
+        with self._conn() as conn:
+            return feed_records.cursors(conn)
 
     # --- integrity and retention ---
 
