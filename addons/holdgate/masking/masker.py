@@ -72,6 +72,7 @@ from holdgate.masking.detectors import (
     detect_folded,
     fold,
 )
+from holdgate.masking.prefilter import Prefilter, prefilter_for
 from holdgate.policy.rules import Globs
 from holdgate.protocol.jsonrpc import BodyError, loads_strict_text
 
@@ -165,6 +166,10 @@ class _Plan:
     trees: tuple[tuple[FieldRule, Strategy], ...]
     hash_key: bytes | None
     number_floor: int = CARD_NUMBER_FLOOR  # numbers below this are not scanned
+
+    @cached_property
+    def prefilter(self) -> Prefilter:
+        return prefilter_for(self.detectors, frozenset(self.names))
 
 
 def _stronger(a: Strategy, b: Strategy) -> Strategy:
@@ -310,7 +315,7 @@ class StreamMasker:
         plan = effect._plan
         if not plan.detectors:
             return mask_json(value, effect)
-        walk = _Walk(plan, value)
+        walk = _Walk(plan, value, stream=True)
         try:
             walk.collect()
             outcome = walk.finish(self._split(walk))
@@ -343,7 +348,7 @@ class StreamMasker:
             tail = tails[context]
             texts += (tail, tail + walk.texts[index])
         contexts = [context for context, _ in pairs for _ in (0, 1)]
-        found = _hits(Haystack(texts, lambda: contexts), walk.plan.detectors)
+        found = _hits(Haystack(texts, lambda: contexts), walk.plan)
         out: dict[int, list[_Found]] = {}
         for pair, (_, index) in enumerate(pairs):
             cut = len(texts[2 * pair])
@@ -444,10 +449,15 @@ holds only part of it (the rest went out in an earlier message of the stream), e
 A plain tuple: there is one per value found, on the hot path."""
 
 
-def _hits(hay: Haystack, detectors: Sequence[Detector]) -> dict[int, list[_Found]]:
-    """Every value found in each text of a haystack, also through folding, by text index."""
+def _hits(hay: Haystack, plan: _Plan) -> dict[int, list[_Found]]:
+    """Every value found in each text of a haystack, also through folding, by text index.
+
+    Detectors whose trigger the prefilter does not see in the plain texts are not run on
+    them; folded texts (rare) are scanned by all.
+    """
     out: dict[int, list[_Found]] = {}
-    for hits in (detect(hay, detectors), detect_folded(hay, detectors)):
+    plain = plan.prefilter.present(hay.blob)
+    for hits in (detect(hay, plain), detect_folded(hay, plan.detectors)):
         for index, start, end, detector in hits:
             out.setdefault(index, []).append((start, end, detector, None))
     return out
@@ -474,8 +484,10 @@ class _Walk:
     once per distinct key; a masked key is renamed in every object that has it.
     """
 
-    def __init__(self, plan: _Plan, value: Any) -> None:
+    def __init__(self, plan: _Plan, value: Any, *, stream: bool = False) -> None:
         self.plan = plan
+        # A stream keeps the tail of every string it walks, so it reads clean JSON too.
+        self.prefilter = None if stream or plan.trees else plan.prefilter
         self.root: list[Any] = [value]
         self.texts: list[str] = []
         self.slots: list[tuple[Container, Key, int, str]] = []  # where, document, nearest key
@@ -557,7 +569,10 @@ class _Walk:
         return Haystack(self.texts, lambda: [slot[3] for slot in self.slots])
 
     def _embedded(self, text: str, container: Container, key: Key, context: str, doc: int) -> bool:
-        """Walk the JSON document a string holds, if it holds one."""
+        """Walk the JSON document a string holds, if it holds one (or skip one that holds
+        nothing to mask: kept as it is either way)."""
+        if self.prefilter is not None and self.prefilter.clean_json(text, context):
+            return True
         value = _parse_embedded(text)
         if value is None:
             return False
@@ -598,7 +613,7 @@ class _Walk:
     def found(self) -> dict[int, list[_Found]]:
         if not self.texts or not self.plan.detectors:
             return {}
-        return _hits(self.haystack(), self.plan.detectors)
+        return _hits(self.haystack(), self.plan)
 
     def finish(self, split: Mapping[int, list[_Found]] | None = None) -> MaskOutcome:
         """Mask what was found (and the `split` spans a stream adds), then patch it all in."""
