@@ -11,9 +11,9 @@ candidate at all; PII-dense ones skip at least the secret detectors.
 walk (MCP tool results carry JSON as `content[].text`): when the raw text holds no trigger,
 no JSON escape that could spell one (`\\u0040`), no character that folding would change
 and no field-rule name, then no string or key in it can be masked, so it is kept as it
-is without parsing it. Triggers contain no character JSON escapes in the short form
-(`"`, `\\`, `/`, control characters), so a trigger in a decoded string is a trigger in
-the raw text too.
+is without parsing it. Triggers survive JSON escaping (no `"`, `/` or control character
+in them, and the whitespace they allow may be escaped), so a trigger in a decoded string
+is a trigger in the raw text too.
 
 Fail closed: a detector without a trigger (custom regexes, or one reading JSON keys) is
 always run, and a set with one cannot call any JSON text clean. A text RE2 cannot take
@@ -37,7 +37,8 @@ from holdgate.masking.detectors import (
 
 # Integral floats of 13+ digits are scanned as card numbers; in exponent form
 # (`4.1111e15`) they show no 13-digit run, so a JSON number with an exponent triggers too.
-_EXPONENT_NUMBER = r"[\[:,][ \t\r\n]*-?[0-9][0-9.]*[eE]"
+# The whitespace before it may itself be escaped (`\n`, `\\n`: JSON text in JSON text).
+_EXPONENT_NUMBER = r"[\[:,][ \t\r\n\\nrt]*-?[0-9][0-9.]*[eE]"
 
 TRIGGERS: dict[str, str] = {
     "email": r"@",
