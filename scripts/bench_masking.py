@@ -28,7 +28,7 @@ from unittest import mock
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "addons"))
 
-from holdgate.masking import prefilter  # noqa: E402
+from holdgate.masking import masker, prefilter  # noqa: E402
 from holdgate.masking.detectors import BUILTIN_DETECTORS, Detector  # noqa: E402
 from holdgate.masking.masker import (  # noqa: E402
     FieldRule,
@@ -152,7 +152,14 @@ def prefilter_off() -> Iterator[None]:
         yield
 
 
-LEVERS: dict[str, Callable[[], Any]] = {"prefilter": prefilter_off}
+def orjson_off() -> Any:
+    """Embedded JSON re-serialised with json.dumps, as before orjson."""
+    return mock.patch.object(
+        masker, "_serialise", lambda value, finite=True: masker._serialise_json(value)
+    )
+
+
+LEVERS: dict[str, Callable[[], Any]] = {"prefilter": prefilter_off, "orjson": orjson_off}
 """Each lever's "off" state, for --compare."""
 
 

@@ -55,6 +55,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Literal
 
+import orjson
 from jsonpath_ng import JSONPath
 from jsonpath_ng.exceptions import JSONPathError
 from jsonpath_ng.ext.filter import Filter
@@ -89,6 +90,7 @@ Key = str | int
 CARD_NUMBER_FLOOR = 10**12  # the shortest card has 13 digits; no other built-in finds bare digits
 NUMBER_CEILING = 10**40  # longer numbers are no one's identifier (and str() of huge ints raises)
 EXACT_FLOAT = 2**53  # a float beyond this is not the number it was written as
+_INF = float("inf")
 LOOK_BEHIND = 256  # characters of a stream's text kept per JSON key to catch split values
 LOOK_BEHIND_KEYS = 16
 
@@ -420,7 +422,20 @@ def _parse_embedded(text: str) -> Container | None:
     return value if type(value) is dict or type(value) is list else None
 
 
-def _serialise(value: Container) -> str:
+def _serialise(value: Container, finite: bool = True) -> str:
+    """Compact JSON text in key order, as `json.dumps` writes it (floats may be written
+    shorter: `1e-5`, the same number). orjson writes NaN and infinities as null, so a
+    document that may hold one (`finite` False) goes the json way, which refuses them;
+    ints past 64 bits and lone surrogates, which orjson refuses, go that way too."""
+    if finite:
+        try:
+            return orjson.dumps(value).decode("utf-8")
+        except orjson.JSONEncodeError:
+            pass
+    return _serialise_json(value)
+
+
+def _serialise_json(value: Container) -> str:
     try:
         text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     except ValueError:
@@ -501,6 +516,7 @@ class _Walk:
         self.targets: dict[tuple[int, Key], tuple[FieldRule, Strategy]] = {}
         self.copies: dict[int, Container] = {}
         self.dirty: set[int] = set()
+        self.finite = True  # no NaN or infinity seen (orjson would write them as null)
 
     def collect(self) -> None:
         self.targets = self._tree_targets(self.root[0])
@@ -559,11 +575,15 @@ class _Walk:
                     add_text(str(value))
                     add_slot((node, key, doc, context))
             elif kind is float:
-                if not -floor < value < floor and -EXACT_FLOAT <= value <= EXACT_FLOAT:
+                if -floor < value < floor:
+                    continue
+                if -EXACT_FLOAT <= value <= EXACT_FLOAT:
                     if value.is_integer():
                         self.numbers.add(len(texts))
                         add_text(str(int(value)))
                         add_slot((node, key, doc, context))
+                elif not -_INF < value < _INF:  # NaN or infinite ("1e999" parses so)
+                    self.finite = False
 
     def haystack(self) -> Haystack:
         return Haystack(self.texts, lambda: [slot[3] for slot in self.slots])
@@ -638,7 +658,7 @@ class _Walk:
                 self._rename_keys(index, renames)
             if index in self.dirty:
                 embedded = self.docs[index]
-                text = _serialise(embedded.value)
+                text = _serialise(embedded.value, self.finite)
                 self._assign(embedded.container, embedded.key, embedded.parent, text)
         if renames:
             self._rename_keys(-1, renames)
