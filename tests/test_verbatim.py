@@ -17,6 +17,10 @@ def test_the_same_objects_and_plain_bytes_go_out_as_sent() -> None:
     assert verbatim(json.dumps(MESSAGE).encode(), [MESSAGE], [MESSAGE])
 
 
+def test_long_integers_are_exact_and_go_out_as_sent() -> None:
+    assert verbatim(b'{"sent_ns": 1764633600123456789, "v": "1.2.3.4"}', [MESSAGE], [MESSAGE])
+
+
 def test_a_changed_or_added_message_is_written_anew() -> None:
     data = json.dumps(MESSAGE).encode()
     assert not verbatim(data, [MESSAGE], [dict(MESSAGE)])  # equal, but a stage's copy
