@@ -23,7 +23,8 @@ Scenarios (all on loopback; every process is started and stopped here):
   replicas one gateway against two behind HAProxy, both on one PostgreSQL store: c16 req/s
            and p50, interleaved round by round (only with --scenario replicas: it needs
            HAProxy, `scripts/system-deps.sh --bench`)
-  masking  in-process mask_json MB/s on 1 MB and 10 MB tool results
+  masking  in-process masking MB/s on 1 MB and 10 MB tool results, PII-dense and clean, and
+           the per-event cost of masking a stream of 1 KB SSE events
   policy   decision time for 10, 100 and 1,000 tool-name and argument rules
 The upstream is scripts/bench_upstream.py in its own process. Prints tables and writes
 bench-results/<time>.json so runs can be compared across commits.
@@ -63,10 +64,16 @@ sys.path.insert(0, str(ROOT / "tests"))  # helpers.postgres: the suite's Postgre
 
 import bench_masking  # noqa: E402
 from holdgate.config.configfile import parse_yaml  # noqa: E402
-from holdgate.masking.masker import mask_json  # noqa: E402
+from holdgate.masking.masker import StreamMasker, mask_json  # noqa: E402
 from holdgate.policy.rules import parse_rules  # noqa: E402
-from holdgate.protocol.jsonrpc import dumps, parse_body  # noqa: E402
-from holdgate.protocol.sse import SSEDecoder, encode_event  # noqa: E402
+from holdgate.protocol.jsonrpc import (  # noqa: E402
+    dumps,
+    loads_strict,
+    loads_strict_text,
+    parse_body,
+)
+from holdgate.protocol.sse import SSEDecoder, SSEEvent, encode_event  # noqa: E402
+from holdgate.protocol.verbatim import verbatim  # noqa: E402
 from holdgate.store import PostgresStore, SqliteStore, StoreUnavailable, normalize_row  # noqa: E402
 
 ISSUER = "https://bench.invalid/realm"
@@ -783,37 +790,87 @@ def scenario_holds(quick: bool) -> dict:
 
 
 def scenario_masking(quick: bool) -> dict:
-    """The realistic PII-dense tool result of bench_masking.py, as JSON and as one SSE event."""
+    """bench_masking.py's tool results (PII-dense and clean) as the response path handles them
+    (strict parse, mask, the upstream's bytes when nothing changed), as JSON and as one SSE
+    event; and the per-event cost of a stream of 1 KB events (decode, parse, mask, encode)."""
     out: dict = {}
     rows = []
     for mb in (1, 10):
-        body = bench_masking.tool_result(mb * 1_000_000)
-        wire = b"event: message\ndata: " + body.encode() + b"\n\n"
-        for label, effect in bench_masking.effects().items():
-            json_s = best_of(1 if quick else 3, lambda b=body, e=effect: mask_body(b, e))
-            sse_s = best_of(1 if quick else 3, lambda w=wire, e=effect: mask_event(w, e))
-            key = f"{mb}MB {label}"
-            out[key] = {"json_MBps": len(body) / 1e6 / json_s, "sse_MBps": len(wire) / 1e6 / sse_s}
-            rows.append([f"{mb} MB", label, out[key]["json_MBps"], out[key]["sse_MBps"]])
+        for kind in ("pii", "clean"):
+            body = bench_masking.tool_result(mb * 1_000_000, pii=kind == "pii")
+            wire = b"event: message\ndata: " + body.encode() + b"\n\n"
+            for label, effect in bench_masking.effects().items():
+                json_s = best_of(1 if quick else 3, lambda b=body, e=effect: mask_body(b, e))
+                sse_s = best_of(1 if quick else 3, lambda w=wire, e=effect: mask_event(w, e))
+                key = f"{mb}MB {kind} {label}"
+                out[key] = {
+                    "json_MBps": len(body) / 1e6 / json_s,
+                    "sse_MBps": len(wire) / 1e6 / sse_s,
+                }
+                rows.append([f"{mb} MB", kind, label, out[key]["json_MBps"], out[key]["sse_MBps"]])
     table(
-        "masking: one core, loads + mask + dumps",
+        "masking: one core, parse + mask + write (or forward as received)",
         rows,
-        ["body", "profiles", "JSON MB/s", "SSE MB/s"],
+        ["body", "kind", "profiles", "JSON MB/s", "SSE MB/s"],
+    )
+    events = 2_000 if quick else 20_000
+    effect = bench_masking.effects()["design example profiles"]
+    stream = sse_stream(events)
+    seconds = best_of(1 if quick else 3, lambda: mask_stream(stream, effect))
+    out["sse_event_us"] = seconds / events * 1e6
+    table(
+        f"masking: {events} SSE events of ~1 KB, decode + parse + mask + encode, one core",
+        [["design example profiles", out["sse_event_us"], 1 / (seconds / events)]],
+        ["profiles", "us/event", "events/s"],
     )
     return out
 
 
 def mask_body(body: str, effect) -> bytes:  # type: ignore[no-untyped-def]
-    return dumps(mask_json(json.loads(body), effect).value)
+    data = body.encode()
+    message = loads_strict(data)
+    masked = mask_json(message, effect).value
+    return data if verbatim(data, [message], [masked]) else dumps(masked)
 
 
 def mask_event(wire: bytes, effect) -> bytes:  # type: ignore[no-untyped-def]
     decoder = SSEDecoder(max_event_bytes=len(wire) + 1)
-    out = b""
-    for event in decoder.feed(wire):
-        masked = mask_json(json.loads(event.data), effect).value
-        out += encode_event(replace(event, data=dumps(masked).decode()))
-    return out
+    return b"".join(mask_one_event(e, StreamMasker(), effect) for e in decoder.feed(wire))
+
+
+def mask_one_event(event: SSEEvent, masker: StreamMasker, effect) -> bytes:  # type: ignore[no-untyped-def]
+    """What SSEPass does with one event, less the other response stages and the audit row."""
+    message = loads_strict_text(event.data or "")
+    masked = masker.mask(message, effect).value
+    raw = (event.data or "").encode()
+    data = event.data if verbatim(raw, [message], [masked]) else dumps(masked).decode()
+    return encode_event(replace(event, data=data))
+
+
+def sse_stream(events: int) -> bytes:
+    """Events like the sse scenario's upstream sends: ~1 KB progress notifications."""
+    pad = "x" * 860
+    return b"".join(
+        b"data: "
+        + json.dumps(
+            {
+                "jsonrpc": "2.0",
+                "method": "notifications/progress",
+                "params": {"progressToken": 1, "progress": i, "sent_ns": time.time_ns()},
+                "pad": pad,
+            }
+        ).encode()
+        + b"\n\n"
+        for i in range(events)
+    )
+
+
+def mask_stream(stream: bytes, effect) -> int:  # type: ignore[no-untyped-def]
+    decoder, masker, sent = SSEDecoder(), StreamMasker(), 0
+    for start in range(0, len(stream), 16384):  # as chunks arrive
+        for event in decoder.feed(stream[start : start + 16384]):
+            sent += len(mask_one_event(event, masker, effect))
+    return sent
 
 
 def best_of(repeat: int, run) -> float:  # type: ignore[no-untyped-def]
