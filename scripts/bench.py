@@ -64,14 +64,9 @@ sys.path.insert(0, str(ROOT / "tests"))  # helpers.postgres: the suite's Postgre
 
 import bench_masking  # noqa: E402
 from holdgate.config.configfile import parse_yaml  # noqa: E402
-from holdgate.masking.masker import StreamMasker, mask_json  # noqa: E402
+from holdgate.masking.masker import StreamMasker  # noqa: E402
 from holdgate.policy.rules import parse_rules  # noqa: E402
-from holdgate.protocol.jsonrpc import (  # noqa: E402
-    dumps,
-    loads_strict,
-    loads_strict_text,
-    parse_body,
-)
+from holdgate.protocol.jsonrpc import dumps, loads_strict_text, parse_body  # noqa: E402
 from holdgate.protocol.sse import SSEDecoder, SSEEvent, encode_event  # noqa: E402
 from holdgate.protocol.verbatim import verbatim  # noqa: E402
 from holdgate.store import PostgresStore, SqliteStore, StoreUnavailable, normalize_row  # noqa: E402
@@ -911,10 +906,7 @@ def sse_through_stages(events: int, repeat: int) -> dict[str, float]:
 
 
 def mask_body(body: str, effect) -> bytes:  # type: ignore[no-untyped-def]
-    data = body.encode()
-    message = loads_strict(data)
-    masked = mask_json(message, effect).value
-    return data if verbatim(data, [message], [masked]) else dumps(masked)
+    return bench_masking.response_path(body.encode(), effect)
 
 
 def mask_event(wire: bytes, effect) -> bytes:  # type: ignore[no-untyped-def]
