@@ -309,6 +309,24 @@ def has_float(value: Any) -> bool:
     return isinstance(value, float)
 
 
+def test_profiles_for_is_cached_per_call_and_bounded() -> None:
+    policy = MaskingPolicy(
+        (
+            Profile("pii", (BUILTIN_DETECTORS["email"],), exempt_groups=("admins",)),
+            Profile("tool", (BUILTIN_DETECTORS["phone"],), tools=Globs.of(["get_*"])),
+        )
+    )
+    first = policy.profiles_for("crm", "get_customer", ("support",))
+    assert policy.profiles_for("crm", "get_customer", ("support",)) is first
+    assert policy.profiles_for("crm", "list_orders", ("support",)).names == ("pii",)
+    assert policy.profiles_for("crm", "get_customer", ("admins",)).exemptions == (
+        "pii: exempt for group admins",
+    )
+    for i in range(masker.PROFILE_CACHE + 10):  # tool names come from clients
+        policy.profiles_for("crm", f"get_{i}", ())
+    assert len(policy._by_call) <= masker.PROFILE_CACHE
+
+
 def test_shared_containers_are_masked_everywhere() -> None:
     shared = {"mail": EMAIL}
     outcome = mask_json({"a": shared, "b": [shared]}, effect(profile("email")))

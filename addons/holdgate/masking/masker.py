@@ -93,6 +93,7 @@ EXACT_FLOAT = 2**53  # a float beyond this is not the number it was written as
 _INF = float("inf")
 LOOK_BEHIND = 256  # characters of a stream's text kept per JSON key to catch split values
 LOOK_BEHIND_KEYS = 16
+PROFILE_CACHE = 1024  # (upstream, tool, groups) answers kept per policy
 
 
 class MaskingError(Exception):
@@ -225,6 +226,9 @@ class MaskingPolicy:
     _effects: dict[tuple[tuple[str, ...], tuple[str, ...]], ProfilesInEffect] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
+    _by_call: dict[tuple[str, str | None, tuple[str, ...]], ProfilesInEffect] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         for profile in self.profiles:
@@ -237,8 +241,14 @@ class MaskingPolicy:
         """Profiles that mask this response; an exempt caller's are listed with the reason.
 
         `tool` is None for anything but a tools/call result; profiles limited to tools
-        then do not apply.
+        then do not apply. Answers are cached per (upstream, tool, groups): the policy
+        never changes (a reload makes a new one), and the cache is bounded, since tool names
+        come from clients.
         """
+        call = (upstream, tool, tuple(groups))
+        known = self._by_call.get(call)
+        if known is not None:
+            return known
         applied: list[Profile] = []
         exemptions: list[str] = []
         for profile in self.profiles:
@@ -254,6 +264,9 @@ class MaskingPolicy:
         if effect is None:
             effect = ProfilesInEffect(tuple(applied), tuple(exemptions), self.hash_key)
             self._effects[cache_key] = effect
+        if len(self._by_call) >= PROFILE_CACHE:
+            self._by_call.clear()
+        self._by_call[call] = effect
         return effect
 
 
