@@ -159,6 +159,8 @@ def both(value: Any, name: str) -> tuple[MaskOutcome, MaskOutcome]:
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(DOCS, st.sampled_from(sorted(EFFECTS)))
 @example({"notes": json.dumps(["a", "x\n4111 1111 1111 1111"])}, "design")
+@example({"notes": json.dumps(["IBAN\nDE89 3704 0044 0532 0130 00", "\t123-45-6789"])}, "design")
+@example({"notes": json.dumps({"n": "tel\n415.555.0132 and\r3782 822463 10005"})}, "design")
 @example({"aws_secret": json.dumps(["wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"])}, "all")
 @example({"rows": "[4.2e15]"}, "one")
 @example({"rows": json.dumps({"n": "[\n42E+14]"})}, "one")
@@ -231,3 +233,17 @@ def test_a_lone_surrogate_runs_every_detector() -> None:
     pre = prefilter_for(ALL, frozenset())
     assert tuple(pre.present("\ud800 nothing")) == ALL
     assert not pre.clean_json('["\ud800"]', "")
+
+
+class GivesUp:
+    """An RE2 set whose search ran out of memory: RE2 then answers with no match at all."""
+
+    def Match(self, text: str) -> list[int]:  # noqa: N802 - RE2's name
+        return []
+
+
+def test_a_search_re2_gives_up_runs_every_detector() -> None:
+    pre = prefilter.Prefilter(ALL, frozenset())
+    pre._gate, pre._json = GivesUp(), GivesUp()  # type: ignore[assignment]
+    assert tuple(pre.present("nothing here")) == ALL
+    assert not pre.clean_json('{"a": "nothing here"}', "")

@@ -17,7 +17,9 @@ is a trigger in the raw text too.
 
 Fail closed: a detector without a trigger (custom regexes, or one reading JSON keys) is
 always run, and a set with one cannot call any JSON text clean. A text RE2 cannot take
-(lone surrogates) is treated as holding every trigger.
+(lone surrogates), or a search it gives up (RE2 answers "no match" when its DFA runs
+out of memory: every set holds a pattern matching all texts, so that shows), is treated
+as holding every trigger.
 """
 
 from __future__ import annotations
@@ -40,13 +42,20 @@ from holdgate.masking.detectors import (
 # The whitespace before it may itself be escaped (`\n`, `\\n`: JSON text in JSON text).
 _EXPONENT_NUMBER = r"[\[:,][ \t\r\n\\nrt]*-?[0-9][0-9.]*[eE]"
 
+# A number's first digit follows no digit, as the detectors' lookbehinds require; an IBAN
+# follows no capital, digit or '_' (lower case is allowed: `\nDE89…` in JSON text).
+_NUMBER_START = r"(?:^|[^0-9])"
 TRIGGERS: dict[str, str] = {
     "email": r"@",
-    "phone": r"\+[1-9]|[0-9]{3}[-. ][0-9]{3}[-. ][0-9]{4}|\([0-9]{3}\) ?[0-9]{3}[-. ][0-9]{4}",
-    "credit_card": r"[0-9]{13}|[0-9]{4}[ -][0-9]{4}[ -][0-9]{4}[ -][0-9]"
-    r"|[0-9]{4}[ -][0-9]{6}[ -][0-9]{5}|" + _EXPONENT_NUMBER,
-    "iban": r"[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]{4}){2}",
-    "us_ssn": r"[0-9]{3}[- ][0-9]{2}[- ][0-9]{4}",
+    "phone": r"\+[1-9]|\([0-9]{3}\) ?[0-9]{3}[-. ][0-9]{4}|"
+    + _NUMBER_START
+    + r"[0-9]{3}[-. ][0-9]{3}[-. ][0-9]{4}",
+    "credit_card": r"[0-9]{13}|"
+    + _NUMBER_START
+    + r"[0-9]{4}(?:[ -][0-9]{4}[ -][0-9]{4}[ -][0-9]|[ -][0-9]{6}[ -][0-9]{5})|"
+    + _EXPONENT_NUMBER,
+    "iban": r"(?:^|[^A-Z0-9_])[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]{4}){2}",
+    "us_ssn": _NUMBER_START + r"[0-9]{3}[- ][0-9]{2}[- ][0-9]{4}",
     "aws_access_key": r"A(?:KIA|SIA)",
     "aws_secret_key": r"(?i:aws|secret)",
     "github_token": r"gh[pousr]_|github_pat_",
@@ -104,15 +113,14 @@ class Prefilter:
         """The detectors that could find something in `text`, in the plan's order."""
         if self._gate is None:
             return self.detectors
-        try:
-            found = self._gate.Match(text)
-        except UnicodeEncodeError:  # lone surrogates: RE2 reads UTF-8 only
+        found = _match(self._gate, text)
+        if found is None:
             return self.detectors
         if not found:
             return self._always
         if len(found) == len(self._gated):
             return self.detectors
-        hit = {id(self._gated[i]) for i in found}
+        hit = {id(self._gated[i - 1]) for i in found}
         return [d for d in self.detectors if id(d) in hit or d in self._always]
 
     def clean_json(self, text: str, context: str) -> bool:
@@ -125,14 +133,26 @@ class Prefilter:
             lowered = context.lower().encode("latin-1", "replace")
             if any(k in lowered for keywords in self._near for k in keywords):
                 return False
-        try:
-            return not self._json.Match(text)
-        except UnicodeEncodeError:
-            return False
+        return _match(self._json, text) == []
 
 
 def _new_set() -> re2.Set:
-    return re2.Set.SearchSet(re2.Options())
+    """A set whose pattern 0 matches every text, so an empty answer means RE2 gave up."""
+    found = re2.Set.SearchSet(re2.Options())
+    found.Add("(?:)")
+    return found
+
+
+def _match(patterns: re2.Set, text: str) -> list[int] | None:
+    """Indexes (from 1) of the set's patterns found in `text`; None when RE2 cannot say:
+    a lone surrogate (RE2 reads UTF-8 only) or a search it gave up (out of memory)."""
+    try:
+        found = patterns.Match(text)
+    except UnicodeEncodeError:
+        return None
+    if not found or 0 not in found:
+        return None
+    return [i for i in found if i]
 
 
 def _trigger(detector: Detector) -> str | None:
