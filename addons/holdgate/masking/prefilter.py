@@ -42,20 +42,22 @@ from holdgate.masking.detectors import (
 # The whitespace before it may itself be escaped (`\n`, `\\n`: JSON text in JSON text).
 _EXPONENT_NUMBER = r"[\[:,][ \t\r\n\\nrt]*-?[0-9][0-9.]*[eE]"
 
-# A number's first digit follows no digit, as the detectors' lookbehinds require; an IBAN
-# follows no capital, digit or '_' (lower case is allowed: `\nDE89…` in JSON text).
-_NUMBER_START = r"(?:^|[^0-9])"
+# Where the detectors' lookbehinds let a value start: a number after no digit, capital,
+# '_' or '.' (a card or SSN not after '-' either), an IBAN after no capital, digit or '_'.
+# Lower case is allowed before all of them: in JSON text `\n4111…` has an 'n' there.
+_NUMBER_START = r"(?:^|[^0-9A-Z_.])"
+_CARD_START = r"(?:^|[^0-9A-Z_.-])"
 TRIGGERS: dict[str, str] = {
     "email": r"@",
     "phone": r"\+[1-9]|\([0-9]{3}\) ?[0-9]{3}[-. ][0-9]{4}|"
     + _NUMBER_START
     + r"[0-9]{3}[-. ][0-9]{3}[-. ][0-9]{4}",
     "credit_card": r"[0-9]{13}|"
-    + _NUMBER_START
+    + _CARD_START
     + r"[0-9]{4}(?:[ -][0-9]{4}[ -][0-9]{4}[ -][0-9]|[ -][0-9]{6}[ -][0-9]{5})|"
     + _EXPONENT_NUMBER,
     "iban": r"(?:^|[^A-Z0-9_])[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]{4}){2}",
-    "us_ssn": _NUMBER_START + r"[0-9]{3}[- ][0-9]{2}[- ][0-9]{4}",
+    "us_ssn": _CARD_START + r"[0-9]{3}[- ][0-9]{2}[- ][0-9]{4}",
     "aws_access_key": r"A(?:KIA|SIA)",
     "aws_secret_key": r"(?i:aws|secret)",
     "github_token": r"gh[pousr]_|github_pat_",
