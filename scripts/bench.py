@@ -29,7 +29,8 @@ Scenarios (all on loopback; every process is started and stopped here):
            and without a scraper hitting it every second, interleaved round by round
   tracing  c16 req/s, p50 and CPU per request with tracing off and on (every span exported
            over OTLP/HTTP to a local sink that accepts them), interleaved round by round
-  masking  in-process mask_json MB/s on 1 MB and 10 MB tool results
+  masking  in-process masking MB/s on 1 MB and 10 MB tool results, PII-dense and clean, and
+           the per-event cost of masking a stream of 1 KB SSE events
   policy   decision time for 10, 100 and 1,000 tool-name and argument rules
 The upstream is scripts/bench_upstream.py in its own process. Prints tables and writes
 bench-results/<time>.json so runs can be compared across commits.
@@ -71,10 +72,11 @@ sys.path.insert(0, str(ROOT / "tests"))  # helpers.postgres: the suite's Postgre
 
 import bench_masking  # noqa: E402
 from holdgate.config.configfile import parse_yaml  # noqa: E402
-from holdgate.masking.masker import mask_json  # noqa: E402
+from holdgate.masking.masker import StreamMasker  # noqa: E402
 from holdgate.policy.rules import Policy, parse_rules  # noqa: E402
-from holdgate.protocol.jsonrpc import dumps, parse_body  # noqa: E402
-from holdgate.protocol.sse import SSEDecoder, encode_event  # noqa: E402
+from holdgate.protocol.jsonrpc import dumps, loads_strict_text, parse_body  # noqa: E402
+from holdgate.protocol.sse import SSEDecoder, SSEEvent, encode_event  # noqa: E402
+from holdgate.protocol.verbatim import verbatim  # noqa: E402
 from holdgate.store import PostgresStore, SqliteStore, StoreUnavailable, normalize_row  # noqa: E402
 
 ISSUER = "https://bench.invalid/realm"
@@ -724,7 +726,9 @@ def scenario_sse(quick: bool, rate: int = SSE_RATE) -> dict:
         results["direct"] = asyncio.run(read_stream(up_port, auth))
         plain = Proxy(tmp, up, None, "stream_large_bodies=1")
         try:
+            cpu = plain.cpu_seconds()
             results["mitmdump"] = asyncio.run(read_stream(plain.port, auth))
+            results["mitmdump"]["cpu_us_per_event"] = per_event(plain, cpu, results["mitmdump"])
         finally:
             plain.stop()
         gateway = Proxy(tmp, up, gateway_config(up, signer.jwks))
@@ -740,20 +744,18 @@ def scenario_sse(quick: bool, rate: int = SSE_RATE) -> dict:
 
             sampler = threading.Thread(target=sample)
             sampler.start()
-            cpu_before = gateway.cpu_seconds()
+            cpu = gateway.cpu_seconds()
             try:
                 results["gateway"] = asyncio.run(read_stream(gateway.port, auth))
             finally:
                 done.set()
                 sampler.join()
-            cpu = gateway.cpu_seconds() - cpu_before
+            results["gateway"]["cpu_us_per_event"] = per_event(gateway, cpu, results["gateway"])
             results["gateway"]["rss_before_mb"] = baseline
             results["gateway"]["rss_growth_mb"] = peak[0] - baseline
-            # one core's worth: what the stream cost the gateway (and its recordings
-            # process) per event, and how many events that makes per CPU-second
-            received = max(results["gateway"]["events"], 1)
-            results["gateway"]["cpu_us_per_event"] = 1e6 * cpu / received
-            results["gateway"]["events_per_cpu_second"] = received / cpu if cpu else None
+            # one core's worth: how many events the gateway's CPU per event makes a second
+            spent = results["gateway"]["cpu_us_per_event"]
+            results["gateway"]["events_per_cpu_second"] = 1e6 / spent if spent else None
         finally:
             gateway.stop()
     for name in ("mitmdump", "gateway"):
@@ -776,11 +778,25 @@ def scenario_sse(quick: bool, rate: int = SSE_RATE) -> dict:
     table(
         f"sse: {events} events, ~1 KB each, paced at {rate}/s",
         rows,
-        ["target", "events", "MB", "s", "p50 ms", "p99 ms", "added p99", "RSS growth MB"]
-        + ["CPU µs/event"],
+        [
+            "target",
+            "events",
+            "MB",
+            "s",
+            "p50 ms",
+            "p99 ms",
+            "added p99",
+            "RSS growth MB",
+            "CPU us/event",
+        ],
     )
     results["rate_per_s"] = rate
     return results
+
+
+def per_event(proxy: Proxy, cpu_before: float, result: dict) -> float:
+    """The proxy's CPU (with its children) per event read, in microseconds."""
+    return (proxy.cpu_seconds() - cpu_before) / max(1, result["events"]) * 1e6
 
 
 def count_rows(db: Path) -> int:
@@ -1132,37 +1148,148 @@ def scenario_tracing(quick: bool) -> dict:
 
 
 def scenario_masking(quick: bool) -> dict:
-    """The realistic PII-dense tool result of bench_masking.py, as JSON and as one SSE event."""
+    """bench_masking.py's tool results (PII-dense and clean) as the response path handles them
+    (strict parse, mask, the upstream's bytes when nothing changed), as JSON and as one SSE
+    event; and the per-event cost of a stream of 1 KB events (decode, parse, mask, encode)."""
     out: dict = {}
     rows = []
     for mb in (1, 10):
-        body = bench_masking.tool_result(mb * 1_000_000)
-        wire = b"event: message\ndata: " + body.encode() + b"\n\n"
-        for label, effect in bench_masking.effects().items():
-            json_s = best_of(1 if quick else 3, lambda b=body, e=effect: mask_body(b, e))
-            sse_s = best_of(1 if quick else 3, lambda w=wire, e=effect: mask_event(w, e))
-            key = f"{mb}MB {label}"
-            out[key] = {"json_MBps": len(body) / 1e6 / json_s, "sse_MBps": len(wire) / 1e6 / sse_s}
-            rows.append([f"{mb} MB", label, out[key]["json_MBps"], out[key]["sse_MBps"]])
+        for kind in ("pii", "clean"):
+            body = bench_masking.tool_result(mb * 1_000_000, pii=kind == "pii")
+            wire = b"event: message\ndata: " + body.encode() + b"\n\n"
+            for label, effect in bench_masking.effects().items():
+                json_s = best_of(1 if quick else 3, lambda b=body, e=effect: mask_body(b, e))
+                sse_s = best_of(1 if quick else 3, lambda w=wire, e=effect: mask_event(w, e))
+                key = f"{mb}MB {kind} {label}"
+                out[key] = {
+                    "json_MBps": len(body) / 1e6 / json_s,
+                    "sse_MBps": len(wire) / 1e6 / sse_s,
+                }
+                rows.append([f"{mb} MB", kind, label, out[key]["json_MBps"], out[key]["sse_MBps"]])
     table(
-        "masking: one core, loads + mask + dumps",
+        "masking: one core, parse + mask + write (or forward as received)",
         rows,
-        ["body", "profiles", "JSON MB/s", "SSE MB/s"],
+        ["body", "kind", "profiles", "JSON MB/s", "SSE MB/s"],
+    )
+    events = 2_000 if quick else 20_000
+    effect = bench_masking.effects()["design example profiles"]
+    stream = sse_stream(events)
+    seconds = best_of(1 if quick else 3, lambda: mask_stream(stream, effect))
+    out["sse_event_us"] = seconds / events * 1e6
+    table(
+        f"masking: {events} SSE events of ~1 KB, decode + parse + mask + encode, one core",
+        [["design example profiles", out["sse_event_us"], 1 / (seconds / events)]],
+        ["profiles", "us/event", "events/s"],
+    )
+    stages = sse_through_stages(events, 1 if quick else 3)
+    out["sse_stages_us"] = {k: v / events * 1e6 for k, v in stages.items()}
+    table(
+        f"masking: {events} SSE events through the gateway's response stages in process "
+        "(CPU of every thread, the audit writer's included; no mitmproxy I/O)",
+        [[name, us] for name, us in out["sse_stages_us"].items()],
+        ["stages", "CPU us/event"],
     )
     return out
 
 
+SSE_CONFIG = """version: 1
+{identity}upstreams:
+  - name: crm
+    url: {url}
+rules:
+  - name: reads
+    match: {{tool: "get_*"}}
+    action: allow
+masking:
+  - name: pii
+    detectors: [email, phone, credit_card, iban, us_ssn]
+    strategy: partial
+  - name: secrets
+    detectors: [aws_access_key, github_token, jwt, private_key, generic_secret]
+"""
+
+
+def sse_through_stages(events: int, repeat: int) -> dict[str, float]:
+    """Best CPU seconds to pass a 1 KB-event stream through SSEPass with the real addons
+    (the tests' in-process gateway), with every stage and with the Recorder a no-op."""
+    from unittest import mock
+
+    from mitmproxy import http
+
+    from helpers.configs import ALICE, identity
+    from helpers.flows import UPSTREAM_URL, answer, call, finish, gateway, mcp_flow, send
+    from holdgate.addons.recorder import Recorder
+
+    stream = sse_stream(events)
+    config = SSE_CONFIG.format(identity=identity("alice"), url=UPSTREAM_URL)
+
+    async def once(folder: Path, recorder: bool) -> float:
+        with gateway(folder, config) as tctx:
+            flow = await send(tctx, mcp_flow(call("get_customer"), ALICE))
+            streamed = http.Response.make(200, b"", {"Content-Type": "text/event-stream"})
+            await answer(tctx, flow, streamed)
+            off = mock.patch.object(Recorder, "on_message", lambda self, f, m, c: m)
+            with off if not recorder else ExitStack():
+                began = time.process_time()
+                for start in range(0, len(stream), 16384):
+                    flow.response.stream(stream[start : start + 16384])
+                finish(tctx)  # the audit writer drains: its CPU counts
+                return time.process_time() - began
+
+    async def runs() -> dict[str, float]:
+        best = {"all stages": float("inf"), "all but the Recorder": float("inf")}
+        for _ in range(repeat):
+            for name in best:
+                with tempfile.TemporaryDirectory() as folder:
+                    seconds = await once(Path(folder), name == "all stages")
+                best[name] = min(best[name], seconds)
+        return best
+
+    return asyncio.run(runs())
+
+
 def mask_body(body: str, effect) -> bytes:  # type: ignore[no-untyped-def]
-    return dumps(mask_json(json.loads(body), effect).value)
+    return bench_masking.response_path(body.encode(), effect)
 
 
 def mask_event(wire: bytes, effect) -> bytes:  # type: ignore[no-untyped-def]
     decoder = SSEDecoder(max_event_bytes=len(wire) + 1)
-    out = b""
-    for event in decoder.feed(wire):
-        masked = mask_json(json.loads(event.data), effect).value
-        out += encode_event(replace(event, data=dumps(masked).decode()))
-    return out
+    return b"".join(mask_one_event(e, StreamMasker(), effect) for e in decoder.feed(wire))
+
+
+def mask_one_event(event: SSEEvent, masker: StreamMasker, effect) -> bytes:  # type: ignore[no-untyped-def]
+    """What SSEPass does with one event, less the other response stages and the audit row."""
+    message = loads_strict_text(event.data or "")
+    masked = masker.mask(message, effect).value
+    raw = (event.data or "").encode()
+    data = event.data if verbatim(raw, [message], [masked]) else dumps(masked).decode()
+    return encode_event(replace(event, data=data))
+
+
+def sse_stream(events: int) -> bytes:
+    """Events like the sse scenario's upstream sends: ~1 KB progress notifications."""
+    pad = "x" * 860
+    return b"".join(
+        b"data: "
+        + json.dumps(
+            {
+                "jsonrpc": "2.0",
+                "method": "notifications/progress",
+                "params": {"progressToken": 1, "progress": i, "sent_ns": time.time_ns()},
+                "pad": pad,
+            }
+        ).encode()
+        + b"\n\n"
+        for i in range(events)
+    )
+
+
+def mask_stream(stream: bytes, effect) -> int:  # type: ignore[no-untyped-def]
+    decoder, masker, sent = SSEDecoder(), StreamMasker(), 0
+    for start in range(0, len(stream), 16384):  # as chunks arrive
+        for event in decoder.feed(stream[start : start + 16384]):
+            sent += len(mask_one_event(event, masker, effect))
+    return sent
 
 
 def best_of(repeat: int, run) -> float:  # type: ignore[no-untyped-def]

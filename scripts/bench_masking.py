@@ -1,12 +1,18 @@
 """Micro-benchmark of masking throughput on a realistic MCP tool result (not a test).
 
 The body is a tools/call result whose `content[0].text` is JSON text of customer records
-(e-mails, phones, cards, IBANs, SSNs, dates, ids, free-text notes) and `content[1].text`
-is plain prose, roughly 70/30 by size. Reports MB/s of body text for `mask_json` on the
-parsed message (embedded JSON parsed, masked and re-serialised inside), and end to end
-with the outer `json.loads` / `json.dumps` the addon does.
+and `content[1].text` is plain prose, roughly 70/30 by size. Two kinds: `pii`, records
+dense with e-mails, phones, cards, IBANs and SSNs (every record holds some), and `clean`,
+the same records without any sensitive value (the common case). Reports MB/s of body text
+for `mask_json` on the parsed message (embedded JSON parsed, masked and re-serialised
+inside), and for the whole response path (`response_path`: strict parse, mask, the
+upstream's bytes when nothing changed or the masked message written out).
 
-    .venv/bin/python scripts/bench_masking.py [--sizes 1,10] [--repeat 5]
+`--compare LEVER` measures with the lever off and on, alternating run by run (best of
+`--repeat` each), so both figures come from the same conditions on a noisy machine.
+
+    .venv/bin/python scripts/bench_masking.py [--sizes 1,10] [--repeat 5] [--kinds pii,clean]
+                                              [--compare prefilter|orjson|verbatim]
 """
 
 from __future__ import annotations
@@ -16,12 +22,15 @@ import json
 import random
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "addons"))
 
+from holdgate.masking import masker, prefilter  # noqa: E402
 from holdgate.masking.detectors import BUILTIN_DETECTORS, Detector  # noqa: E402
 from holdgate.masking.masker import (  # noqa: E402
     FieldRule,
@@ -30,6 +39,8 @@ from holdgate.masking.masker import (  # noqa: E402
     ProfilesInEffect,
     mask_json,
 )
+from holdgate.protocol.jsonrpc import dumps, loads_strict  # noqa: E402
+from holdgate.protocol.verbatim import verbatim  # noqa: E402
 
 FIRST = ["Jane", "John", "Ana", "Luis", "Mei", "Omar", "Sara", "Tom", "Ivy", "Noah", "Zoë"]
 LAST = ["Doe", "Smith", "García", "Chen", "Okafor", "Müller", "Rossi", "Nguyen", "Khan"]
@@ -53,14 +64,17 @@ def card(rng: random.Random) -> str:
     return " ".join(number[i : i + 4] for i in range(0, 16, 4))
 
 
-def record(rng: random.Random, i: int) -> dict[str, Any]:
+def record(rng: random.Random, i: int, pii: bool = True) -> dict[str, Any]:
     first, last = rng.choice(FIRST), rng.choice(LAST)
     out: dict[str, Any] = {
         "id": 10000 + i,
         "customer_id": f"CUS-{i:06d}",
         "name": f"{first} {last}",
-        "email": f"{first.lower()}.{i}@example.com",
-        "phone": f"+1 415 555 {i % 10000:04d}",
+    }
+    if pii:
+        out["email"] = f"{first.lower()}.{i}@example.com"
+        out["phone"] = f"+1 415 555 {i % 10000:04d}"
+    out |= {
         "address": {"street": f"{rng.randint(1, 999)} Market St", "city": "San Francisco"},
         "created_at": "2024-01-15T10:22:31Z",
         "status": rng.choice(["active", "churned", "trial"]),
@@ -68,6 +82,8 @@ def record(rng: random.Random, i: int) -> dict[str, Any]:
         "tags": ["vip", "newsletter"][: rng.randint(0, 2)],
         "notes": " ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 25))),
     }
+    if not pii:
+        return out
     if i % 5 == 0:
         out["card"] = card(rng)
     if i % 7 == 0:
@@ -77,30 +93,31 @@ def record(rng: random.Random, i: int) -> dict[str, Any]:
     return out
 
 
-def prose(rng: random.Random, size: int) -> str:
+def prose(rng: random.Random, size: int, pii: bool = True) -> str:
     lines: list[str] = []
     total = 0
     while total < size:
         line = " ".join(rng.choice(WORDS) for _ in range(rng.randint(8, 30))).capitalize()
-        if rng.random() < 0.05:
+        if pii and rng.random() < 0.05:
             line += ", contact ops@example.org"
         lines.append(line + ".")
         total += len(line) + 2
     return "\n".join(lines)
 
 
-def tool_result(size: int, seed: int = 7) -> str:
+def tool_result(size: int, seed: int = 7, pii: bool = True) -> str:
+    """A tools/call result of about `size` bytes; `pii=False`: no sensitive value in it."""
     rng = random.Random(seed)
     records: list[dict[str, Any]] = []
     target = int(size * 0.7)
     length = 0
     while length < target:
-        batch = [record(rng, len(records) + j) for j in range(100)]
+        batch = [record(rng, len(records) + j, pii) for j in range(100)]
         records.extend(batch)
         length += len(json.dumps(batch, ensure_ascii=False))
     content = [
         {"type": "text", "text": json.dumps(records, ensure_ascii=False)},
-        {"type": "text", "text": prose(rng, int(size * 0.3))},
+        {"type": "text", "text": prose(rng, int(size * 0.3), pii)},
     ]
     message = {"jsonrpc": "2.0", "id": 7, "result": {"content": content, "isError": False}}
     return json.dumps(message, ensure_ascii=False)
@@ -129,6 +146,36 @@ def effects() -> dict[str, ProfilesInEffect]:
     }
 
 
+@contextmanager
+def prefilter_off() -> Iterator[None]:
+    """Masking as before the prefilter: every detector on every text, embedded JSON parsed."""
+    with (
+        mock.patch.object(prefilter.Prefilter, "present", lambda self, text: self.detectors),
+        mock.patch.object(prefilter.Prefilter, "clean_json", lambda self, text, context: False),
+    ):
+        yield
+
+
+def verbatim_off() -> Any:
+    """Every body written out again, as before forwarding the upstream's bytes."""
+    return mock.patch(f"{__name__}.verbatim", lambda data, received, sent: False)
+
+
+def orjson_off() -> Any:
+    """Embedded JSON re-serialised with json.dumps, as before orjson."""
+    return mock.patch.object(
+        masker, "_serialise", lambda value, finite=True: masker._serialise_json(value)
+    )
+
+
+LEVERS: dict[str, Callable[[], Any]] = {
+    "prefilter": prefilter_off,
+    "orjson": orjson_off,
+    "verbatim": verbatim_off,
+}
+"""Each lever's "off" state, for --compare."""
+
+
 def best_of(repeat: int, run: Callable[[], object]) -> float:
     times = []
     for _ in range(repeat):
@@ -138,31 +185,71 @@ def best_of(repeat: int, run: Callable[[], object]) -> float:
     return min(times)
 
 
+def response_path(data: bytes, effect: ProfilesInEffect) -> bytes:
+    """What the response side does with a JSON body: strict parse, mask, and the upstream's
+    bytes when nothing changed (else the masked message written out)."""
+    message = loads_strict(data)
+    masked = mask_json(message, effect).value
+    return data if verbatim(data, [message], [masked]) else dumps(masked)
+
+
 def measure(body: str, effect: ProfilesInEffect, repeat: int) -> tuple[float, float, int]:
-    """Seconds for mask_json alone and with the outer loads/dumps; values masked."""
+    """Seconds for mask_json alone and for the whole response path; values masked."""
     message = json.loads(body)
+    data = body.encode()
     masked = best_of(repeat, lambda: mask_json(message, effect))
-    total = best_of(
-        repeat, lambda: json.dumps(mask_json(json.loads(body), effect).value, ensure_ascii=False)
-    )
+    total = best_of(repeat, lambda: response_path(data, effect))
     return masked, total, sum(mask_json(message, effect).findings.values())
+
+
+def compare(body: str, effect: ProfilesInEffect, repeat: int, lever: str) -> tuple[float, float]:
+    """Best seconds with the lever off and on, runs alternating: mask_json, or the whole
+    response path for `verbatim`."""
+    message, data = json.loads(body), body.encode()
+
+    def run() -> object:
+        return response_path(data, effect) if lever == "verbatim" else mask_json(message, effect)
+
+    off_times, on_times = [], []
+    for _ in range(repeat):
+        with LEVERS[lever]():
+            off_times.append(best_of(1, run))
+        on_times.append(best_of(1, run))
+    with LEVERS[lever]():
+        before = run()
+    after = run()
+    if isinstance(before, bytes) and isinstance(after, bytes):
+        before, after = json.loads(before), json.loads(after)  # the same message, spaced anew
+    if before != after:
+        raise SystemExit(f"lever {lever} changed what masking outputs")
+    return min(off_times), min(on_times)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--sizes", default="1,10", help="body sizes in MB, comma-separated")
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--kinds", default="pii,clean", help="bodies: pii, clean")
+    parser.add_argument("--compare", choices=sorted(LEVERS), help="A/B one lever, off vs on")
     args = parser.parse_args()
     for size_mb in (float(s) for s in args.sizes.split(",")):
-        body = tool_result(int(size_mb * 1_000_000))
-        megabytes = len(body.encode()) / 1_000_000
-        print(f"body {megabytes:.2f} MB")
-        for label, effect in effects().items():
-            masked, total, found = measure(body, effect, args.repeat)
-            print(
-                f"  {label:26} mask_json {megabytes / masked:6.1f} MB/s"
-                f"   with loads+dumps {megabytes / total:6.1f} MB/s   ({found} values masked)"
-            )
+        for kind in args.kinds.split(","):
+            body = tool_result(int(size_mb * 1_000_000), pii=kind == "pii")
+            megabytes = len(body.encode()) / 1_000_000
+            print(f"{kind} body {megabytes:.2f} MB")
+            for label, effect in effects().items():
+                if args.compare:
+                    off, on = compare(body, effect, args.repeat, args.compare)
+                    print(
+                        f"  {label:26} {args.compare} off {megabytes / off:6.1f} MB/s"
+                        f"   on {megabytes / on:6.1f} MB/s"
+                    )
+                    continue
+                masked, total, found = measure(body, effect, args.repeat)
+                print(
+                    f"  {label:26} mask_json {megabytes / masked:6.1f} MB/s"
+                    f"   response path {megabytes / total:6.1f} MB/s   ({found} values masked)"
+                )
 
 
 if __name__ == "__main__":

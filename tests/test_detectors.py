@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -18,6 +19,7 @@ from holdgate.masking.detectors import (
     mod97_valid,
     resolve,
 )
+from holdgate.masking.prefilter import prefilter_for
 
 GITHUB = "ghp_" + "a1B2c3D4e5F6" * 3
 JWT = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.SflKxwRJSMeKKF2QT4fwpM"
@@ -273,3 +275,23 @@ def test_joined_scan_equals_per_string_scan(strings: list[str]) -> None:
             for h in detect(Haystack([text]), [detector])
         ]
         assert sorted((h.index, h.start, h.end) for h in joined) == sorted(alone), detector.name
+
+
+@pytest.mark.parametrize("text", SAMPLES)
+def test_the_prefilter_keeps_every_detector_that_finds_a_sample(text: str) -> None:
+    # The corpus as plain text and as JSON text (escaped as an upstream would send it).
+    pre = prefilter_for(tuple(BUILTIN_DETECTORS.values()), frozenset())
+    kept = {d.name for d in pre.present(text)}
+    found = {name for name, d in BUILTIN_DETECTORS.items() if d.find(text)}
+    assert found <= kept
+    if found:
+        for ascii_only in (True, False):
+            assert not pre.clean_json(json.dumps({"v": [text]}, ensure_ascii=ascii_only), "")
+
+
+@given(texts)
+def test_the_prefilter_keeps_every_detector_that_finds_something(strings: list[str]) -> None:
+    pre = prefilter_for(tuple(BUILTIN_DETECTORS.values()), frozenset())
+    hay = Haystack(strings)
+    kept = {d.name for d in pre.present(hay.blob)}
+    assert {h.detector.name for h in detect(hay, tuple(BUILTIN_DETECTORS.values()))} <= kept

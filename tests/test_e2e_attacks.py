@@ -84,6 +84,24 @@ def test_reflected_credential_and_header_pii_never_reach_the_client(gateway, hos
     assert_nothing_leaked(gateway, *NEVER_RECORDED)
 
 
+@pytest.mark.parametrize("path", ["/escaped-echo", "/escaped-sse"])
+def test_a_credential_reflected_in_unicode_escapes_never_reaches_the_client(gateway, path):
+    # Unchanged answers go out as the upstream's bytes; escapes must not hide a reflection.
+    headers = {**ALICE, "Accept": "application/json, text/event-stream"}
+    response = raw_post(gateway.url + path, call(), headers)
+    assert response.status == 200, response.body
+    body = response.body.decode()
+    assert TOKEN not in body and hostile_spelled(TOKEN) not in body
+    data = body.split("data: ", 1)[1] if path.endswith("sse") else body
+    seen = json.loads(data)["result"]["seen"]
+    assert TOKEN not in seen and "[REDACTED:injected_credential]" in seen
+    assert_nothing_leaked(gateway, *NEVER_RECORDED)
+
+
+def hostile_spelled(text: str) -> str:
+    return "".join(f"\\u{ord(c):04x}" for c in text)
+
+
 def test_202_with_a_body_is_masked_and_recorded(gateway):
     response = raw_post(gateway.url + "/accepted", call(), ALICE)
     assert response.status == 202

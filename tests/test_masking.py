@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from holdgate.config.configfile import ConfigError, parse_yaml
+from holdgate.masking import masker
 from holdgate.masking.detectors import BUILTIN_DETECTORS, Detector, custom_detector
 from holdgate.masking.masker import (
     FieldRule,
@@ -265,6 +266,66 @@ def test_lone_surrogates_in_embedded_json_stay_encodable() -> None:
     out = mask_json([text], effect(profile("email"))).value[0]
     out.encode("utf-8")
     assert json.loads(out) == {"a": "\ud800", "b": "[REDACTED:email]"}
+
+
+@pytest.mark.parametrize("number", ["1e999", "-1e999"])
+def test_embedded_json_with_an_infinite_number_is_masked_as_text(number: str) -> None:
+    """The strict parser takes no number beyond a double (it would be read as infinity, and
+    written as null by a fast serialiser): such text is not JSON, and is masked as text."""
+    text = '{"n": ' + number + ', "b": "' + EMAIL + '"}'
+    outcome = mask_json([text], effect(profile("email")))
+    assert outcome.value == ['{"n": ' + number + ', "b": "[REDACTED:email]"}']
+
+
+def test_embedded_json_keeps_numbers_past_64_bits() -> None:
+    text = '{"n": 123456789012345678901234567890, "b": "' + EMAIL + '"}'
+    out = mask_json([text], effect(profile("email"))).value[0]
+    assert out == '{"n":123456789012345678901234567890,"b":"[REDACTED:email]"}'
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=15,
+)
+
+
+@given(st.dictionaries(st.text(), json_values, max_size=4) | st.lists(json_values, max_size=4))
+def test_embedded_json_is_written_as_json_writes_it(value: Any) -> None:
+    fast, plain = masker._serialise(value), masker._serialise_json(value)
+    assert json.loads(fast) == json.loads(plain)
+    if not has_float(value):  # floats may be written shorter (1e-05: 1e-5), the same number
+        assert fast == plain
+
+
+def has_float(value: Any) -> bool:
+    if isinstance(value, dict):
+        return any(map(has_float, value.values()))
+    if isinstance(value, list):
+        return any(map(has_float, value))
+    return isinstance(value, float)
+
+
+def test_profiles_for_is_cached_per_call_and_bounded() -> None:
+    policy = MaskingPolicy(
+        (
+            Profile("pii", (BUILTIN_DETECTORS["email"],), exempt_groups=("admins",)),
+            Profile("tool", (BUILTIN_DETECTORS["phone"],), tools=Globs.of(["get_*"])),
+        )
+    )
+    first = policy.profiles_for("crm", "get_customer", ("support",))
+    assert policy.profiles_for("crm", "get_customer", ("support",)) is first
+    assert policy.profiles_for("crm", "list_orders", ("support",)).names == ("pii",)
+    assert policy.profiles_for("crm", "get_customer", ("admins",)).exemptions == (
+        "pii: exempt for group admins",
+    )
+    for i in range(masker.PROFILE_CACHE + 10):  # tool names come from clients
+        policy.profiles_for("crm", f"get_{i}", ())
+    assert len(policy._by_call) <= masker.PROFILE_CACHE
 
 
 def test_shared_containers_are_masked_everywhere() -> None:

@@ -100,6 +100,61 @@ async def test_a_reflected_injected_credential_is_replaced(tctx):
     assert "[REDACTED:injected_credential]" in response_json(flow)["result"]["seen"]
 
 
+def escaped(text: str) -> str:
+    """Every character as a JSON unicode escape: what a byte scan for the text cannot see."""
+    return "".join(f"\\u{ord(c):04x}" for c in text)
+
+
+def raw_json_response(body: bytes) -> http.Response:
+    return http.Response.make(200, body, {"Content-Type": "application/json"})
+
+
+async def test_an_unchanged_answer_goes_out_as_the_upstreams_bytes(tctx):
+    body = b'{"jsonrpc": "2.0",  "id": 1, "result": {"n": 1.50, "text": "nothing \\"here\\""}}'
+    flow = await called(tctx, raw_json_response(body))
+    assert flow.response.content == body
+
+
+async def test_a_changed_answer_is_written_anew(tctx):
+    body = b'{"jsonrpc": "2.0",  "id": 1, "result": {"text": "mail ' + EMAIL.encode() + b'"}}'
+    flow = await called(tctx, raw_json_response(body))
+    assert response_json(flow) == result(1, {"text": "mail [REDACTED:email]"})
+
+
+@pytest.mark.parametrize(
+    "number", [b"4111111111111111.0", b"41111111111111111.0", b"4.1111111111111111e15"]
+)
+async def test_a_number_with_more_digits_than_a_float_is_written_anew(tctx, number):
+    # The gateway read it rounded; a client reading exact decimals must not see more.
+    body = b'{"jsonrpc": "2.0", "id": 1, "result": {"n": ' + number + b"}}"
+    flow = await called(tctx, raw_json_response(body))
+    assert number not in flow.response.content
+
+
+async def test_an_injected_credential_spelled_in_unicode_escapes_is_replaced(tctx):
+    body = '{"jsonrpc": "2.0", "id": 1, "result": {"seen": "' + escaped(f"Bearer {TOKEN}") + '"}}'
+    flow = await called(tctx, raw_json_response(body.encode()))
+    assert TOKEN not in text_of(flow) and TOKEN not in str(response_json(flow))
+    assert "[REDACTED:injected_credential]" in response_json(flow)["result"]["seen"]
+
+
+async def test_an_event_stream_event_unchanged_goes_out_as_sent(tctx):
+    data = '{"jsonrpc":"2.0", "id":1, "result":{"text":"nothing here"}}'
+    streamed = http.Response.make(200, b"", {"Content-Type": "text/event-stream"})
+    flow = await called(tctx, streamed)
+    sent = b"".join(flow.response.stream(f"event: message\ndata: {data}\n\n".encode()))
+    assert f"data: {data}\n".encode() in sent
+
+
+async def test_an_event_stream_echo_in_unicode_escapes_is_replaced(tctx):
+    data = '{"jsonrpc":"2.0","id":1,"result":{"seen":"' + escaped(f"Bearer {TOKEN}") + '"}}'
+    streamed = http.Response.make(200, b"", {"Content-Type": "text/event-stream"})
+    flow = await called(tctx, streamed)
+    sent = b"".join(flow.response.stream(f"event: message\ndata: {data}\n\n".encode()))
+    assert escaped(TOKEN).encode() not in sent and TOKEN.encode() not in sent
+    assert b"[REDACTED:injected_credential]" in sent
+
+
 async def test_a_denied_messages_error_joins_the_upstreams_batch_answer(tctx):
     batch = [call("get_customer", msg_id=1), call("exec_shell", msg_id=2)]
     flow = await called(tctx, json_response([result(1, {"ok": True})]), batch)

@@ -198,6 +198,8 @@ def hostile_answer(request: Request) -> Reply:
     - `/accepted`: answers 202 with a JSON-RPC body full of PII;
     - `/sse-cl`  : an event stream with a Content-Length, PII in `id:`, `event:`, a
                    comment and the data;
+    - `/escaped-echo`, `/escaped-sse`: reflect the Authorization header written in JSON
+                   unicode escapes (`\\u0042earer ...`), as JSON and as an event stream;
     - anything else: a JSON-RPC result per request message (batches answered as batches).
     """
     auth = request.headers.get("authorization", "")
@@ -219,6 +221,13 @@ def hostile_answer(request: Request) -> Reply:
         text = f"card {PII_CARD} of {PII_EMAIL}"
         result = {"content": [{"type": "text", "text": text}]}
         return json_reply({"jsonrpc": "2.0", "id": msg_id, "result": result}, status=202)
+    if request.path.startswith("/escaped-"):
+        spelled = "".join(f"\\u{ord(c):04x}" for c in auth)
+        message = f'{{"jsonrpc":"2.0","id":{json.dumps(msg_id)},"result":{{"seen":"{spelled}"}}}}'
+        if request.path.startswith("/escaped-sse"):
+            stream = f"event: message\ndata: {message}\n\n".encode()
+            return Reply(200, stream, [("Content-Type", "text/event-stream")])
+        return Reply(200, message.encode(), [("Content-Type", "application/json")])
     if request.path.startswith("/sse-cl"):
         result = {"content": [{"type": "text", "text": f"mail {PII_EMAIL} now"}]}
         message = json.dumps({"jsonrpc": "2.0", "id": msg_id, "result": result})

@@ -32,9 +32,11 @@ from holdgate.protocol.jsonrpc import (
     dumps,
     error_object,
     loads_strict,
+    loads_strict_text,
     shown,
 )
 from holdgate.protocol.sse import SSEDecoder, SSEError, SSEEvent, encode_event
+from holdgate.protocol.verbatim import verbatim
 
 if TYPE_CHECKING:
     from holdgate.addons.config_loader import ConfigLoader
@@ -185,6 +187,8 @@ class Responses:
             flow.response.content = b""
             flow.response.status_code = 202
             return
+        if verbatim(content, items, out) and self.guard(flow).holds_none(content):
+            return  # nothing changed: the upstream's own bytes go out
         data = dumps(out if batch or len(out) > 1 else out[0])
         flow.response.content = self.guard(flow).data(flow, data)
 
@@ -238,6 +242,10 @@ class Guard:
     def __init__(self, record: RecordMasking) -> None:
         self.record = record
         self.needles = tuple(n.encode() for n in record.needles)
+
+    def holds_none(self, data: bytes) -> bool:
+        """No injected value in encoded JSON (its escapes checked by `verbatim`)."""
+        return not any(needle in data for needle in self.needles)
 
     def data(self, flow: http.HTTPFlow, data: bytes) -> bytes:
         """Encoded JSON with every injected value replaced (walked only when one is in it)."""
@@ -333,7 +341,7 @@ class SSEPass:
                 )
             )
         try:
-            message: Any = loads_strict(event.data.encode("utf-8"))
+            message: Any = loads_strict_text(event.data)
         except BodyError:
             message = event.data  # e.g. the legacy transport's `endpoint` event
             if event.event == "endpoint":
@@ -348,6 +356,10 @@ class SSEPass:
         guard = self.streams.guard(self.flow)
         if isinstance(result, str):
             data = guard.text(self.flow, result)
+        elif verbatim(raw := event.data.encode("utf-8"), (message,), (result,)) and (
+            guard.holds_none(raw)
+        ):
+            data = event.data  # nothing changed: the upstream's own text goes out
         else:
             data = guard.data(self.flow, dumps(result)).decode("utf-8")
         return encode_event(

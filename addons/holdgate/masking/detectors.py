@@ -707,8 +707,10 @@ def _char_class(chars: Iterable[str]) -> str:
 
 
 FOLDS = _fold_table()
+NFKC_STABLE_FOLDS = _INVISIBLE + _DASHES
+"""The characters of FOLDS that an NFKC-normalised text may still hold."""
 # Every other character of FOLDS makes a text not NFKC-normalised, which C checks fast.
-_FOLDABLE_IN_NFKC = re.compile(f"[{_char_class(_INVISIBLE + _DASHES)}]")
+_FOLDABLE_IN_NFKC = re.compile(f"[{_char_class(NFKC_STABLE_FOLDS)}]")
 _ESCAPE = re.compile(r"\\(?:u([0-9A-Fa-f]{4})|x([0-9A-Fa-f]{2}))")
 # Escapes and every non-ASCII character (then looked up in FOLDS): a class of all of
 # FOLDS' characters would be several times slower to search.
@@ -751,13 +753,17 @@ def _unescape(code: str) -> str:
     return FOLDS.get(char, char)
 
 
+def has_foldable_chars(text: str) -> bool:
+    """Whether a text holds a character folding replaces (full-width forms, invisible ones...)."""
+    if text.isascii():
+        return False
+    return not unicodedata.is_normalized("NFKC", text) or _FOLDABLE_IN_NFKC.search(text) is not None
+
+
 def fold(text: str) -> Folded | None:
     """The folded form of a text for detection, or None when folding changes nothing."""
-    if "\\" not in text or _ESCAPE.search(text) is None:
-        if text.isascii():
-            return None
-        if unicodedata.is_normalized("NFKC", text) and not _FOLDABLE_IN_NFKC.search(text):
-            return None
+    if ("\\" not in text or _ESCAPE.search(text) is None) and not has_foldable_chars(text):
+        return None
     parts: list[str] = []
     pieces: list[tuple[int, int, int, int]] = []
     last = length = 0

@@ -55,6 +55,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Literal
 
+import orjson
 from jsonpath_ng import JSONPath
 from jsonpath_ng.exceptions import JSONPathError
 from jsonpath_ng.ext.filter import Filter
@@ -72,6 +73,7 @@ from holdgate.masking.detectors import (
     detect_folded,
     fold,
 )
+from holdgate.masking.prefilter import Prefilter, prefilter_for
 from holdgate.policy.rules import Globs
 from holdgate.protocol.jsonrpc import BodyError, loads_strict_text
 
@@ -90,6 +92,7 @@ NUMBER_CEILING = 10**40  # longer numbers are no one's identifier (and str() of 
 EXACT_FLOAT = 2**53  # a float beyond this is not the number it was written as
 LOOK_BEHIND = 256  # characters of a stream's text kept per JSON key to catch split values
 LOOK_BEHIND_KEYS = 16
+PROFILE_CACHE = 1024  # (upstream, tool, groups) answers kept per policy
 
 
 class MaskingError(Exception):
@@ -166,6 +169,10 @@ class _Plan:
     hash_key: bytes | None
     number_floor: int = CARD_NUMBER_FLOOR  # numbers below this are not scanned
 
+    @cached_property
+    def prefilter(self) -> Prefilter:
+        return prefilter_for(self.detectors, frozenset(self.names))
+
 
 def _stronger(a: Strategy, b: Strategy) -> Strategy:
     return b if _STRENGTH[b] > _STRENGTH[a] else a
@@ -218,6 +225,9 @@ class MaskingPolicy:
     _effects: dict[tuple[tuple[str, ...], tuple[str, ...]], ProfilesInEffect] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
+    _by_call: dict[tuple[str, str | None, tuple[str, ...]], ProfilesInEffect] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         for profile in self.profiles:
@@ -230,8 +240,14 @@ class MaskingPolicy:
         """Profiles that mask this response; an exempt caller's are listed with the reason.
 
         `tool` is None for anything but a tools/call result; profiles limited to tools
-        then do not apply.
+        then do not apply. Answers are cached per (upstream, tool, groups): the policy
+        never changes (a reload makes a new one), and the cache is bounded, since tool names
+        come from clients.
         """
+        call = (upstream, tool, tuple(groups))
+        known = self._by_call.get(call)
+        if known is not None:
+            return known
         applied: list[Profile] = []
         exemptions: list[str] = []
         for profile in self.profiles:
@@ -247,6 +263,9 @@ class MaskingPolicy:
         if effect is None:
             effect = ProfilesInEffect(tuple(applied), tuple(exemptions), self.hash_key)
             self._effects[cache_key] = effect
+        if len(self._by_call) >= PROFILE_CACHE:
+            self._by_call.clear()
+        self._by_call[call] = effect
         return effect
 
 
@@ -310,7 +329,7 @@ class StreamMasker:
         plan = effect._plan
         if not plan.detectors:
             return mask_json(value, effect)
-        walk = _Walk(plan, value)
+        walk = _Walk(plan, value, stream=True)
         try:
             walk.collect()
             outcome = walk.finish(self._split(walk))
@@ -343,7 +362,7 @@ class StreamMasker:
             tail = tails[context]
             texts += (tail, tail + walk.texts[index])
         contexts = [context for context, _ in pairs for _ in (0, 1)]
-        found = _hits(Haystack(texts, lambda: contexts), walk.plan.detectors)
+        found = _hits(Haystack(texts, lambda: contexts), walk.plan)
         out: dict[int, list[_Found]] = {}
         for pair, (_, index) in enumerate(pairs):
             cut = len(texts[2 * pair])
@@ -416,6 +435,17 @@ def _parse_embedded(text: str) -> Container | None:
 
 
 def _serialise(value: Container) -> str:
+    """Compact JSON text in key order, as `json.dumps` writes it (floats may be written
+    shorter: `1e-5`, the same number). The documents come from the strict parser, so they
+    hold no NaN or infinity (which orjson would write as null); ints past 64 bits and lone
+    surrogates, which orjson refuses, go the json way."""
+    try:
+        return orjson.dumps(value).decode("utf-8")
+    except orjson.JSONEncodeError:
+        return _serialise_json(value)
+
+
+def _serialise_json(value: Container) -> str:
     try:
         text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     except ValueError:
@@ -444,10 +474,15 @@ holds only part of it (the rest went out in an earlier message of the stream), e
 A plain tuple: there is one per value found, on the hot path."""
 
 
-def _hits(hay: Haystack, detectors: Sequence[Detector]) -> dict[int, list[_Found]]:
-    """Every value found in each text of a haystack, also through folding, by text index."""
+def _hits(hay: Haystack, plan: _Plan) -> dict[int, list[_Found]]:
+    """Every value found in each text of a haystack, also through folding, by text index.
+
+    Detectors whose trigger the prefilter does not see in the plain texts are not run on
+    them; folded texts (rare) are scanned by all.
+    """
     out: dict[int, list[_Found]] = {}
-    for hits in (detect(hay, detectors), detect_folded(hay, detectors)):
+    plain = plan.prefilter.present(hay.blob)
+    for hits in (detect(hay, plain), detect_folded(hay, plan.detectors)):
         for index, start, end, detector in hits:
             out.setdefault(index, []).append((start, end, detector, None))
     return out
@@ -474,8 +509,10 @@ class _Walk:
     once per distinct key; a masked key is renamed in every object that has it.
     """
 
-    def __init__(self, plan: _Plan, value: Any) -> None:
+    def __init__(self, plan: _Plan, value: Any, *, stream: bool = False) -> None:
         self.plan = plan
+        # A stream keeps the tail of every string it walks, so it reads clean JSON too.
+        self.prefilter = None if stream or plan.trees else plan.prefilter
         self.root: list[Any] = [value]
         self.texts: list[str] = []
         self.slots: list[tuple[Container, Key, int, str]] = []  # where, document, nearest key
@@ -547,7 +584,9 @@ class _Walk:
                     add_text(str(value))
                     add_slot((node, key, doc, context))
             elif kind is float:
-                if not -floor < value < floor and -EXACT_FLOAT <= value <= EXACT_FLOAT:
+                if -floor < value < floor:
+                    continue
+                if -EXACT_FLOAT <= value <= EXACT_FLOAT:
                     if value.is_integer():
                         self.numbers.add(len(texts))
                         add_text(str(int(value)))
@@ -557,7 +596,10 @@ class _Walk:
         return Haystack(self.texts, lambda: [slot[3] for slot in self.slots])
 
     def _embedded(self, text: str, container: Container, key: Key, context: str, doc: int) -> bool:
-        """Walk the JSON document a string holds, if it holds one."""
+        """Walk the JSON document a string holds, if it holds one (or skip one that holds
+        nothing to mask: kept as it is either way)."""
+        if self.prefilter is not None and self.prefilter.clean_json(text, context):
+            return True
         value = _parse_embedded(text)
         if value is None:
             return False
@@ -598,7 +640,7 @@ class _Walk:
     def found(self) -> dict[int, list[_Found]]:
         if not self.texts or not self.plan.detectors:
             return {}
-        return _hits(self.haystack(), self.plan.detectors)
+        return _hits(self.haystack(), self.plan)
 
     def finish(self, split: Mapping[int, list[_Found]] | None = None) -> MaskOutcome:
         """Mask what was found (and the `split` spans a stream adds), then patch it all in."""
