@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import Future, wait
 from pathlib import Path
@@ -87,11 +88,21 @@ def test_concurrent_callers_share_commits(path: Path, commits: list[int]) -> Non
 
 
 def test_a_durable_call_does_not_wait_for_the_linger(path: Path) -> None:
-    writer = writer_for(path, linger=5.0)
-    assert writer.submit("events", event("queued")[1])  # would wait 5 s for company
+    """Rows nobody waits for are queued without waking the writer; a durable call, a flush
+    and closing wake it (each would otherwise wait out the 60 s linger)."""
+    writer = writer_for(path, linger=60.0)
+    assert writer.submit("events", event("queued")[1])  # would wait 60 s for company
+    time.sleep(0.05)  # the writer took it and lingers
     done = writer.submit_durable([event("now")])
-    assert error_of(done) is None and flows(path) == ["queued", "now"]
-    writer.close()
+    assert done.exception(timeout=5) is None and flows(path) == ["queued", "now"]
+    assert writer.submit("events", event("later")[1])
+    time.sleep(0.05)
+    assert writer.flush(timeout=5) and flows(path) == ["queued", "now", "later"]
+    assert writer.submit("events", event("last")[1])
+    time.sleep(0.05)
+    began = time.monotonic()
+    writer.close(timeout=5)
+    assert time.monotonic() - began < 5 and flows(path)[-1] == "last"
 
 
 def test_a_batch_larger_than_the_queue_is_refused_whole(path: Path) -> None:

@@ -108,6 +108,10 @@ class AuditWriter:
         self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
         self._queued = 0  # rows in the queue, not yet taken by the thread
         self._lock = threading.Lock()
+        # Set for what must not wait out the linger (durable rows, a flush, closing): other
+        # rows are queued without waking the thread, which takes them when its linger ends.
+        # (A wake-up per row cost the producer ~40 us of CPU; per batch, ~5.)
+        self._urgent = threading.Event()
         self._closing = threading.Event()
         self._opened_once = False
         self._target: BatchTarget | None = None
@@ -164,6 +168,8 @@ class AuditWriter:
             )
         elif not self._put(entry):
             problem = AuditQueueFull(f"the audit queue is full ({self.queue_size} rows)")
+        else:
+            self._urgent.set()  # its caller waits for the commit: cut the linger short
         if problem is not None:
             with self._lock:
                 self.refused += 1
@@ -176,6 +182,7 @@ class AuditWriter:
             return False
         marker = threading.Event()
         self._queue.put(marker)
+        self._urgent.set()
         return marker.wait(timeout)
 
     def close(self, timeout: float = 10.0) -> None:
@@ -184,7 +191,22 @@ class AuditWriter:
             return
         self._closing.set()
         self._queue.put(None)
+        self._urgent.set()
         self._thread.join(timeout)
+
+    def _next(self, deadline: float) -> tuple[bool, _Item]:
+        """(True, the next queued item), lingering until `deadline` for one; (False, None)
+        once it has passed."""
+        while True:
+            try:
+                return True, self._queue.get_nowait()
+            except queue.Empty:
+                pass
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False, None
+            self._urgent.wait(remaining)
+            self._urgent.clear()
 
     def _put(self, entry: _Entry) -> bool:
         """Reserve room for all of the entry's rows and queue it; False when they do not fit."""
@@ -241,9 +263,8 @@ class AuditWriter:
                 if stopping or markers or rows >= self.batch_max:
                     break
                 linger = self.durable_linger if durable else self.linger
-                try:
-                    item = self._queue.get(timeout=max(0.0, started + linger - time.monotonic()))
-                except queue.Empty:
+                found, item = self._next(started + linger)
+                if not found:
                     break
             entries = self._commit(entries)
             while entries:  # the store is failing: retry what nobody waits for
