@@ -52,7 +52,11 @@ def where(frames: list[str]) -> str:
     """Which part of the gateway a sample is in."""
     hooks = [i for i, frame in enumerate(frames) if "trigger_event" in frame]
     if not hooks:
-        return "holdgate threads" if any(is_ours(f) for f in frames) else "mitmproxy: HTTP, I/O"
+        if not any(is_ours(frame) for frame in frames):
+            return "mitmproxy: HTTP, I/O"
+        if any("threading.py" in frame for frame in frames):
+            return "holdgate threads (audit writer, recordings feeder, pollers)"
+        return "holdgate outside hooks (the SSE stream callable)"
     below = frames[hooks[-1] + 1 :]
     if any(is_ours(frame) for frame in below):
         return "holdgate hook bodies"
