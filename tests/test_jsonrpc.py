@@ -4,6 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from helpers.strategies import json_values
 from holdgate.protocol.jsonrpc import (
     INVALID_REQUEST,
     PARSE_ERROR,
@@ -223,18 +224,7 @@ def test_numbers_beyond_a_double_are_refused(number):
         parse_body(raw, max_bytes=LIMIT)
 
 
-@given(
-    st.recursive(
-        st.none()
-        | st.booleans()
-        | st.integers()
-        | st.floats(allow_nan=False, allow_infinity=False)
-        | st.text(),
-        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
-        max_leaves=20,
-    ),
-    st.booleans(),
-)
+@given(json_values, st.booleans())
 def test_any_valid_json_reads_back_as_the_standard_library_reads_it(value, ascii_only):
     """The strictness only refuses: whatever it accepts is what `json.loads` gives."""
     text = json.dumps(value, ensure_ascii=ascii_only)

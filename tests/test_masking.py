@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from helpers.strategies import json_values
 from holdgate.config.configfile import ConfigError, parse_yaml
 from holdgate.masking import masker
 from holdgate.masking.detectors import BUILTIN_DETECTORS, Detector, custom_detector
@@ -281,17 +282,6 @@ def test_embedded_json_keeps_numbers_past_64_bits() -> None:
     text = '{"n": 123456789012345678901234567890, "b": "' + EMAIL + '"}'
     out = mask_json([text], effect(profile("email"))).value[0]
     assert out == '{"n":123456789012345678901234567890,"b":"[REDACTED:email]"}'
-
-
-json_values = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers()
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
-    max_leaves=15,
-)
 
 
 @given(st.dictionaries(st.text(), json_values, max_size=4) | st.lists(json_values, max_size=4))

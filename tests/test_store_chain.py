@@ -8,23 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from hypothesis import given
-from hypothesis import strategies as st
 
+from helpers.strategies import json_values
 from holdgate import store
 from holdgate.protocol.canonical_json import canonical
 
 # What the store used before it moved to protocol.canonical_json (a str, encoded strictly).
 _OLD = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-
-json_values = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers()
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
-    max_leaves=20,
-)
 
 
 @given(json_values)

@@ -38,6 +38,7 @@ from holdgate.addons.flowstate import (
 )
 from holdgate.approvals import elicitation
 from holdgate.approvals.adminhttp import (
+    AdminCallers,
     AdminRequest,
     AdminResponse,
     Handler,
@@ -53,7 +54,7 @@ from holdgate.approvals.approval_rules import (
 )
 from holdgate.approvals.campaign_http import handle_campaigns
 from holdgate.config.gateway_config import GatewayConfig
-from holdgate.identity.identities import Authenticator, Identity
+from holdgate.identity.identities import Identity
 from holdgate.policy.rules import Decision
 from holdgate.protocol.canonical_json import args_digest
 from holdgate.protocol.jsonrpc import (
@@ -135,7 +136,7 @@ class ApprovalHolds:
         self.last_approved: dict[tuple[str, str, str], Any] = {}
         self._tasks: list[asyncio.Task[Any]] = []
         self._server: asyncio.Server | None = None
-        self._authenticator: tuple[str, Authenticator] | None = None
+        self.callers = AdminCallers()
         self._started = asyncio.Event()
         self._warned_no_link = False
         self.routes: dict[str, Handler] = {}  # other paths on the admin listener (/metrics)
@@ -804,7 +805,7 @@ class ApprovalHolds:
             return AdminResponse(500, {"error": "no config loaded"})
         parts = [p for p in request.path.partition("?")[0].split("/") if p]
         if parts[:1] == ["campaigns"]:
-            reviewer = await self._authenticate(config, request)
+            reviewer = await self.callers.identity(config, request)
             if reviewer is None:
                 return AdminResponse(
                     401, {"error": "authenticate like an MCP client (JWT or API key)"}
@@ -821,7 +822,7 @@ class ApprovalHolds:
             return AdminResponse(404, {"error": "see GET /approvals or GET /campaigns"})
         if len(parts) == 3 and parts[2] == "status" and request.method == "GET":
             return await self._status_page(config, parts[1], request.path)
-        approver = await self._authenticate(config, request)
+        approver = await self.callers.identity(config, request)
         if approver is None:
             return AdminResponse(401, {"error": "authenticate like an MCP client (JWT or API key)"})
         if len(parts) == 1 and request.method == "GET":
@@ -889,14 +890,6 @@ class ApprovalHolds:
             return missing
         page = elicitation.status_page(found, sorted(approver_groups(found)))
         return AdminResponse(200, None, page=page)
-
-    async def _authenticate(self, config: Any, request: AdminRequest) -> Any:
-        if config.identity is None:
-            return None
-        if self._authenticator is None or self._authenticator[0] != config.digest:
-            self._authenticator = (config.digest, Authenticator(config.identity))
-        outcome = await self._authenticator[1].authenticate(request.headers, request.client_ip)
-        return outcome.identity
 
 
 def _post_json(url: str, data: bytes) -> None:

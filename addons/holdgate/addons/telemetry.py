@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING, Any
 from mitmproxy import ctx, http
 
 from holdgate.addons.flowstate import state
-from holdgate.approvals.adminhttp import AdminRequest, AdminResponse, parse_listen
+from holdgate.approvals.adminhttp import AdminCallers, AdminRequest, AdminResponse, parse_listen
 from holdgate.config.options import STORE_OPTIONS
-from holdgate.identity.identities import JWKS_FETCHES, Authenticator
+from holdgate.identity.identities import JWKS_FETCHES
 from holdgate.masking.detectors import BUILTIN_DETECTORS
 from holdgate.protocol.sessionless import invalid_traceparent, traceparent_of
 from holdgate.telemetry.metrics import GatewayMetrics, Snapshot, method_label, scrape_refusal
@@ -59,7 +59,7 @@ class Telemetry:
         self._spans: weakref.WeakKeyDictionary[
             http.HTTPFlow, tuple[list[Span], list[MessageFacts]]
         ] = weakref.WeakKeyDictionary()
-        self._authenticator: tuple[str, Authenticator] | None = None
+        self.callers = AdminCallers()
         recorder.telemetry = self
         holds.routes["/metrics"] = self.handle_metrics
         loader.listeners.append(lambda _event: self._know(loader.current))
@@ -155,21 +155,12 @@ class Telemetry:
             return AdminResponse(503, {"error": "no config loaded"})
         identity = None
         if config.metrics.auth == "identity":
-            identity = await self._authenticate(config, request)
+            identity = await self.callers.identity(config, request)
         refusal = scrape_refusal(config.metrics, _admin_on_loopback(), identity)
         if refusal is not None:
             return AdminResponse(refusal[0], {"error": refusal[1]})
         content_type, body = await asyncio.to_thread(self.metrics.exposition)
         return AdminResponse(200, None, raw=(content_type, body))
-
-    async def _authenticate(self, config: GatewayConfig, request: AdminRequest) -> Any:
-        """The scraper's identity, authenticated like an MCP client's (None when it fails)."""
-        if config.identity is None:
-            return None
-        if self._authenticator is None or self._authenticator[0] != config.digest:
-            self._authenticator = (config.digest, Authenticator(config.identity))
-        outcome = await self._authenticator[1].authenticate(request.headers, request.client_ip)
-        return outcome.identity
 
 
 def _admin_on_loopback() -> bool:

@@ -11,7 +11,12 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from holdgate.identity.identities import Authenticator, Identity
+
+if TYPE_CHECKING:
+    from holdgate.config.gateway_config import GatewayConfig
 
 logger = logging.getLogger("holdgate")
 
@@ -30,6 +35,24 @@ class AdminRequest:
 
     def json(self) -> Any:
         return json.loads(self.body) if self.body.strip() else {}
+
+
+class AdminCallers:
+    """Who sends an admin request (approvals API, /metrics), authenticated as MCP clients
+    are; one Authenticator per loaded config, so its caches last between requests."""
+
+    def __init__(self) -> None:
+        self._current: tuple[str, Authenticator] | None = None
+
+    async def identity(self, config: GatewayConfig, request: AdminRequest) -> Identity | None:
+        """The caller's identity, None when the config has no identity section or the
+        credentials do not hold."""
+        if config.identity is None:
+            return None
+        if self._current is None or self._current[0] != config.digest:
+            self._current = (config.digest, Authenticator(config.identity))
+        outcome = await self._current[1].authenticate(request.headers, request.client_ip)
+        return outcome.identity
 
 
 # A page a person opens from a link: nothing loaded from elsewhere, nothing cached, the
