@@ -109,8 +109,9 @@ class AuditWriter:
         self._queued = 0  # rows in the queue, not yet taken by the thread
         self._lock = threading.Lock()
         # Set for what must not wait out the linger (durable rows, a flush, closing): other
-        # rows are queued without waking the thread, which takes them when its linger ends.
-        # (A wake-up per row cost the producer ~40 us of CPU; per batch, ~5.)
+        # rows are queued without waking the thread, which takes them when its linger ends
+        # (a thread woken per row competes with the event loop for the interpreter lock:
+        # an SSE event cost ~4% more CPU that way, `bench.py --scenario sse`).
         self._urgent = threading.Event()
         self._closing = threading.Event()
         self._opened_once = False
