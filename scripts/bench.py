@@ -147,6 +147,17 @@ class Signer:
         self.token = jwt.encode(claims, key, algorithm="RS256", headers={"kid": "bench"})
 
 
+# The profiles every gateway of the bench masks with (DESIGN.md's example).
+MASKING = """masking:
+  - name: pii
+    detectors: [email, phone, credit_card, iban, us_ssn]
+    strategy: partial
+  - name: secrets
+    detectors: [aws_access_key, github_token, jwt, private_key, generic_secret]
+    strategy: redact
+"""
+
+
 def gateway_config(upstream_url: str, jwks: Path, extra_rules: str = "") -> str:
     rules = "\n".join(
         f"  - name: rule {i}\n    match: {{groups: [team{i}], tool: [tool_{i}_*]}}\n"
@@ -173,14 +184,7 @@ rules:
   - name: bench calls
     match: {{groups: [bench], tool: [get_customer, stream_tool]}}
     action: allow
-masking:
-  - name: pii
-    detectors: [email, phone, credit_card, iban, us_ssn]
-    strategy: partial
-  - name: secrets
-    detectors: [aws_access_key, github_token, jwt, private_key, generic_secret]
-    strategy: redact
-"""
+{MASKING}"""
 
 
 class Proxy:
@@ -1192,7 +1196,8 @@ def scenario_masking(quick: bool) -> dict:
     return out
 
 
-SSE_CONFIG = """version: 1
+SSE_CONFIG = (
+    """version: 1
 {identity}upstreams:
   - name: crm
     url: {url}
@@ -1200,13 +1205,9 @@ rules:
   - name: reads
     match: {{tool: "get_*"}}
     action: allow
-masking:
-  - name: pii
-    detectors: [email, phone, credit_card, iban, us_ssn]
-    strategy: partial
-  - name: secrets
-    detectors: [aws_access_key, github_token, jwt, private_key, generic_secret]
 """
+    + MASKING
+)
 
 
 def sse_through_stages(events: int, repeat: int) -> dict[str, float]:

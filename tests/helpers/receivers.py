@@ -12,6 +12,7 @@ import re
 import socketserver
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
@@ -93,19 +94,11 @@ class WebhookReceiver:
 
     def stop(self) -> None:
         self._release.set()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        self._server = _stopped(self._server)
 
     def wait_for(self, seqs: set[int], timeout: float = 60.0) -> None:
         """Until every seq in `seqs` has arrived (bounded)."""
-        deadline = time.monotonic() + timeout
-        while not seqs <= set(self.seqs):
-            if time.monotonic() > deadline:
-                missing = sorted(seqs - set(self.seqs))
-                raise AssertionError(f"the webhook never got seqs {missing[:20]}")
-            time.sleep(0.05)
+        _wait_for_seqs("the webhook", lambda: self.seqs, seqs, timeout)
 
 
 _RFC5424 = re.compile(
@@ -170,14 +163,25 @@ class SyslogReceiver:
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        self._server = _stopped(self._server)
 
     def wait_for(self, seqs: set[int], timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not seqs <= set(self.seqs):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"syslog never got seqs {sorted(seqs - set(self.seqs))[:20]}")
-            time.sleep(0.05)
+        _wait_for_seqs("syslog", lambda: self.seqs, seqs, timeout)
+
+
+def _stopped(server: socketserver.BaseServer | None) -> None:
+    """Shut a receiver's server down (if it runs); what its attribute becomes."""
+    if server is not None:
+        server.shutdown()
+        server.server_close()
+
+
+def _wait_for_seqs(
+    who: str, arrived: Callable[[], list[int]], seqs: set[int], timeout: float
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not seqs <= set(arrived()):
+        if time.monotonic() > deadline:
+            missing = sorted(seqs - set(arrived()))
+            raise AssertionError(f"{who} never got seqs {missing[:20]}")
+        time.sleep(0.05)

@@ -11,7 +11,6 @@ observations.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import os
 import time
@@ -23,7 +22,7 @@ from mitmproxy import ctx, http
 
 from holdgate.addons.flowstate import state
 from holdgate.approvals.adminhttp import AdminCallers, AdminRequest, AdminResponse, parse_listen
-from holdgate.config.options import STORE_OPTIONS
+from holdgate.config.options import STORE_OPTIONS, is_loopback
 from holdgate.identity.identities import JWKS_FETCHES
 from holdgate.masking.detectors import BUILTIN_DETECTORS
 from holdgate.protocol.sessionless import invalid_traceparent, traceparent_of
@@ -166,14 +165,7 @@ class Telemetry:
 def _admin_on_loopback() -> bool:
     """Whether the admin listener (`holdgate_admin`) is bound to a loopback address."""
     listen = parse_listen(ctx.options.holdgate_admin)
-    if listen is None:
-        return False
-    if listen[0] == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(listen[0]).is_loopback
-    except ValueError:  # a host name: it may resolve to anything
-        return False
+    return listen is not None and is_loopback(listen[0])
 
 
 def _message_facts(flow: http.HTTPFlow) -> list[MessageFacts]:

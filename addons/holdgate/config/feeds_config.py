@@ -15,13 +15,13 @@ each config version, so a secret written into it would reach the store.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import urlsplit
 
 from holdgate.config.configfile import Node, Problems
+from holdgate.config.options import is_loopback
 
 FEED_KEYS = {"name", "webhook", "syslog", "secret", "batch", "timeout"}
 MAX_BATCH = 10_000
@@ -49,15 +49,6 @@ class FeedConfig:
         host = f"[{self.host}]" if ":" in self.host else self.host
         path = urlsplit(self.target).path if self.kind == "webhook" else ""
         return f"{self.transport}://{host}{port}{path}"
-
-
-def is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def parse_feeds(
