@@ -30,7 +30,12 @@ from holdgate.config.configfile import (
 )
 from holdgate.config.feeds_config import FeedConfig, parse_feeds
 from holdgate.config.metrics_config import MetricsConfig, parse_metrics
-from holdgate.identity.identities import IdentityConfig, parse_identity
+from holdgate.identity.identities import (
+    IdentityConfig,
+    TrustedHeader,
+    parse_identity,
+    parse_trusted_header,
+)
 from holdgate.masking.masker import MaskingPolicy, parse_masking
 from holdgate.policy.rules import Action, Policy, parse_rules
 
@@ -51,6 +56,7 @@ TOP_KEYS = {
     "listing_ttl",
     "review",
     "metrics",
+    "admin",
 }
 UPSTREAM_KEYS = {"name", "prefix", "host", "url", "inject", "on_tool_change"}
 TOOL_CHANGE_KEYS = {"action", "approvers", "timeout"}
@@ -116,6 +122,15 @@ class ApprovalsConfig:
 
 
 @dataclass(frozen=True)
+class AdminConfig:
+    """`admin:`: who the admin listener (approvals API, /metrics) trusts besides JWTs and API
+    keys. Its own `trusted_header`, off unless set: the MCP listener's trust in an auth proxy
+    never reaches the admin port, where no proxy stands in front."""
+
+    trusted_header: TrustedHeader | None = None
+
+
+@dataclass(frozen=True)
 class ReviewConfig:
     """`review: {reviewers: [group, ...]}`: who may certify access over the approvals API."""
 
@@ -138,6 +153,7 @@ class GatewayConfig:
     feeds: tuple[FeedConfig, ...] = ()
     review: ReviewConfig = field(default_factory=ReviewConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
     # How long a client may cache a filtered listing (MCP 2026-07-28 `ttlMs`): a cached list
     # must not outlive a policy reload by much.
     listing_ttl: float = 60.0
@@ -224,6 +240,7 @@ def build_config(
     listing_ttl = found.attempt(root.child("listing_ttl").duration, 60.0)
     review = found.attempt(_parse_review, root.child("review"))
     metrics = found.attempt(parse_metrics, root.child("metrics"), identity is not None)
+    admin = found.attempt(_parse_admin, root.child("admin"))
 
     def assemble() -> GatewayConfig:
         return GatewayConfig(
@@ -241,6 +258,7 @@ def build_config(
             feeds=feeds,
             review=review or ReviewConfig(),
             metrics=metrics or MetricsConfig(),
+            admin=admin or AdminConfig(),
             listing_ttl=60.0 if listing_ttl is None else listing_ttl,
             hash_key=hash_key,
             text=text,
@@ -378,6 +396,21 @@ def _parse_approvals(node: Node) -> ApprovalsConfig:
         webhook=node.child("webhook").optional_string(),
         public_url=node.child("public_url").optional_string(),
     )
+
+
+def _parse_admin(node: Node) -> AdminConfig:
+    if node.missing:
+        return AdminConfig()
+    node.mapping({"trusted_header"})
+    trusted_node = node.child("trusted_header")
+    trusted = parse_trusted_header(trusted_node)
+    if trusted is not None and any(net.prefixlen == 0 for net in trusted.networks):
+        raise trusted_node.child("from").error(
+            "trusts every address: any process that reaches the admin listener could decide "
+            "approvals as any approver; name only your auth proxy's address "
+            "(e.g. `from: [127.0.0.1/32]` when it runs on this host)"
+        )
+    return AdminConfig(trusted)
 
 
 def _parse_review(node: Node) -> ReviewConfig:

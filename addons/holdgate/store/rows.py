@@ -89,6 +89,7 @@ class ApprovalRow(TypedDict, total=False):
     flow_id: str | None
     via: str | None
     replica: str | None
+    rule_lineage: str | None
     prev_hash: str
     row_hash: str
 
@@ -118,6 +119,7 @@ class ApprovalRecord(TypedDict, total=False):
     flow_id: str | None
     via: str | None  # "elicitation", or held ("hold" or NULL in rows before schema v3)
     replica: str | None  # the replica holding a held call (NULL before schema v4)
+    rule_lineage: str | None  # of the rule that asked (`rules.rule_lineage`; NULL before v6)
     history: list[ApprovalRow]
 
 
