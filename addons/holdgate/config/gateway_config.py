@@ -38,6 +38,7 @@ from holdgate.identity.identities import (
 )
 from holdgate.masking.masker import MaskingPolicy, parse_masking
 from holdgate.policy.rules import Action, Policy, parse_rules
+from holdgate.protocol.sessionless import GROUPED_PER_CALLER
 
 TOP_KEYS = {
     "version",
@@ -57,6 +58,7 @@ TOP_KEYS = {
     "review",
     "metrics",
     "admin",
+    "sessions",
 }
 UPSTREAM_KEYS = {"name", "prefix", "host", "url", "inject", "on_tool_change"}
 TOOL_CHANGE_KEYS = {"action", "approvers", "timeout"}
@@ -131,6 +133,15 @@ class AdminConfig:
 
 
 @dataclass(frozen=True)
+class SessionsConfig:
+    """`sessions: {grouped_per_caller: N}`: how many sessions Holdgate groups for one
+    identity on one upstream from activity without a session id (open: active within the
+    idle split) before that caller's further clients share one overflow session."""
+
+    grouped_per_caller: int = GROUPED_PER_CALLER
+
+
+@dataclass(frozen=True)
 class ReviewConfig:
     """`review: {reviewers: [group, ...]}`: who may certify access over the approvals API."""
 
@@ -154,6 +165,7 @@ class GatewayConfig:
     review: ReviewConfig = field(default_factory=ReviewConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
+    sessions: SessionsConfig = field(default_factory=SessionsConfig)
     # How long a client may cache a filtered listing (MCP 2026-07-28 `ttlMs`): a cached list
     # must not outlive a policy reload by much.
     listing_ttl: float = 60.0
@@ -241,6 +253,7 @@ def build_config(
     review = found.attempt(_parse_review, root.child("review"))
     metrics = found.attempt(parse_metrics, root.child("metrics"), identity is not None)
     admin = found.attempt(_parse_admin, root.child("admin"))
+    sessions = found.attempt(_parse_sessions, root.child("sessions"))
 
     def assemble() -> GatewayConfig:
         return GatewayConfig(
@@ -259,6 +272,7 @@ def build_config(
             review=review or ReviewConfig(),
             metrics=metrics or MetricsConfig(),
             admin=admin or AdminConfig(),
+            sessions=sessions or SessionsConfig(),
             listing_ttl=60.0 if listing_ttl is None else listing_ttl,
             hash_key=hash_key,
             text=text,
@@ -411,6 +425,27 @@ def _parse_admin(node: Node) -> AdminConfig:
             "(e.g. `from: [127.0.0.1/32]` when it runs on this host)"
         )
     return AdminConfig(trusted)
+
+
+MAX_GROUPED_PER_CALLER = 10_000
+
+
+def _parse_sessions(node: Node) -> SessionsConfig:
+    if node.missing:
+        return SessionsConfig()
+    node.mapping({"grouped_per_caller"})
+    cap = node.child("grouped_per_caller")
+    if cap.missing:
+        return SessionsConfig()
+    value = cap.value
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise cap.error(f"expected a whole number of sessions like 16; got {value!r}")
+    if not 1 <= value <= MAX_GROUPED_PER_CALLER:
+        raise cap.error(
+            f"expected 1 to {MAX_GROUPED_PER_CALLER} (sessions one identity may have open "
+            f"on one upstream before its further clients share one); got {value}"
+        )
+    return SessionsConfig(value)
 
 
 def _parse_review(node: Node) -> ReviewConfig:
