@@ -62,6 +62,7 @@ async def test_mcp_listener_trust_never_decides_on_the_admin_port(demo, gateway_
         assert api(gw.admin, path, AS_DANA)[0] == 401
         status, body = api(gw.admin, path + "/approve", AS_DANA, {"reason": "forged"})
         assert status == 401, body
+        assert "admin.trusted_header" in body["error"]  # how to configure it, if meant
         assert api(gw.admin, path + "/approve", AS_DANA_ADMIN, {})[0] == 401
         # nothing was decided, not even recorded as an attempt by "dana"
         history = store.approval(gw.db, pending["approval_id"])["history"]

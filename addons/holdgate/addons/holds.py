@@ -87,6 +87,10 @@ OVERDUE_EVERY = 20  # sweeps between closing overdue elicitation approvals (5 s)
 LOST_EVERY = 8  # sweeps between closing holds of replicas that stopped heartbeating (2 s)
 UNRECORDED = "unrecorded"  # a hold that ended with a decision the store would not take
 MITMWEB = "mitmweb operator"
+UNAUTHENTICATED_ADMIN = (
+    "authenticate like an MCP client (JWT or API key); trusted headers count here only "
+    "with admin.trusted_header in the config"
+)
 WEBHOOK_ATTEMPTS = 4
 # How the approvals API answers the store's refusal of a decision.
 REFUSAL_STATUS: dict[type[store.ApprovalRefused], int] = {
@@ -287,10 +291,10 @@ class ApprovalHolds:
         if approval_id is None:
             return False
         record = await asyncio.to_thread(self._store().approval, approval_id)
-        rule = decided.decision
+        asking = decided.decision
         if record is None or (record.get("rule"), record.get("rule_lineage")) != (
-            rule.rule,
-            rule.lineage,
+            asking.rule,
+            asking.lineage or None,
         ):
             return False  # the rule changed since: asked for again
         decided.approval_id = approval_id
@@ -857,9 +861,7 @@ class ApprovalHolds:
         if parts[:1] == ["campaigns"]:
             reviewer = await self.callers.identity(config, request)
             if reviewer is None:
-                return AdminResponse(
-                    401, {"error": "authenticate like an MCP client (JWT or API key)"}
-                )
+                return AdminResponse(401, {"error": UNAUTHENTICATED_ADMIN})
             return await handle_campaigns(
                 self._store(),
                 config.review.reviewers,
@@ -874,7 +876,7 @@ class ApprovalHolds:
             return await self._status_page(config, parts[1], request.path)
         approver = await self.callers.identity(config, request)
         if approver is None:
-            return AdminResponse(401, {"error": "authenticate like an MCP client (JWT or API key)"})
+            return AdminResponse(401, {"error": UNAUTHENTICATED_ADMIN})
         if len(parts) == 1 and request.method == "GET":
             pending = await asyncio.to_thread(self._store().approvals, pending_only=True)
             return AdminResponse(
