@@ -50,7 +50,8 @@ class EventRow(TypedDict, total=False):
 class SessionSummary(TypedDict):
     """One session (the `v_sessions` view): who, where, when, how much was refused. `kind`:
     "mcp" for a protocol session id, "grouped" for activity without one that Holdgate
-    grouped; `client` is what the client reported about itself."""
+    grouped, "overflow" for the one a caller's further clients share once it has its cap of
+    grouped sessions open; `client` is what the (first) client reported about itself."""
 
     session_id: str
     user: str | None
