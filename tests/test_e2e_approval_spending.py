@@ -212,3 +212,42 @@ async def test_a_grant_ends_when_its_rule_changes(demo, gateway_factory):
     assert sql_calls(demo) == [DELETE["query"], DELETE["query"]]
     history = store.approval(gw.db, first["approval_id"])["history"]
     assert [h["state"] for h in history] == ["pending", "approved"]  # no grant_used
+
+
+async def test_replicas_on_one_store_judge_an_approval_alike(demo, gateway_factory, pg_url):
+    """Asked and approved through replica a, spent through b; after a reload that edits the
+    rule (the replicas share the config file here), voided on either."""
+    template = ELICITED + "hash_key: spending-replicas-key-41d9\n"
+    text = template.format(url=demo.url, timeout="60s", grant="0s")
+
+    def replica(name: str):
+        options = {
+            "holdgate_db": pg_url,
+            "holdgate_admin": f"127.0.0.1:{free_port()}",
+            "holdgate_replica": name,
+        }
+        return gateway_factory(text, demo.url, options=options)
+
+    def approve(approval_id: str) -> None:
+        with store.open_store(pg_url) as opened:
+            opened.decide_approval(approval_id, "approved", "dana", ["dba"])
+
+    a, b = replica("a"), replica("b")
+    approval_id, token = _ask(a)
+    approve(approval_id)
+    ran = raw_call(b, 2, requestState=token, inputResponses=ACCEPT)
+    assert "result" in ran, ran
+    assert sql_calls(demo) == [DELETE["query"]]
+
+    second_id, second_token = _ask(a)
+    approve(second_id)
+    edited = text.replace("approvers: [dba]", "approvers: [dba, sre]")
+    _reloaded(a, edited)  # one file for both replicas here: b reloads it too
+    assert wait_for(lambda: b.log_text().count("holdgate: reloaded ") >= 1), b.log_text()
+    void = raw_call(b, 3, requestState=second_token, inputResponses=ACCEPT)
+    assert void["error"]["code"] == -32004 and "was changed" in void["error"]["message"]
+    assert sql_calls(demo) == [DELETE["query"]]
+    with store.open_store(pg_url) as opened:
+        record = opened.approval(second_id)
+    assert record is not None
+    assert [h["state"] for h in record["history"]] == ["pending", "approved", "refused_attempt"]
