@@ -177,7 +177,7 @@ class SessionGrouper:
         self._open[key] = (session, last)  # re-inserted: now the most recently active
         own[key] = last
         while len(self._open) > self.limit:
-            self._forget(*self._open.popitem(last=False))
+            self._forget(self._open.popitem(last=False)[0])
         return Grouped(session, is_new, False)
 
     def _open_count(self, caller: Caller, now: float) -> int:
@@ -200,7 +200,7 @@ class SessionGrouper:
             self._overflow.popitem(last=False)
         return grouped
 
-    def _forget(self, key: GroupKey, entry: tuple[str, float]) -> None:
+    def _forget(self, key: GroupKey) -> None:
         caller = (key.user, key.upstream)
         own = self._own.get(caller)
         if own is not None:
