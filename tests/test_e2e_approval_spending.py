@@ -61,16 +61,22 @@ def _recorded_refusal(db: Path, approval_id: str, kind: str) -> bool:
     return wait_for(lambda: kind in _refused_kinds(db, approval_id))
 
 
+def _approve_now(gw, approval_id: str) -> None:
+    """Dana approves at once, in-process: a CLI's start-up under load could outlast a
+    short `timeout` and this test is about what happens after the decision."""
+    store.decide_approval(gw.db, approval_id, "approved", "dana", ["dba"])
+
+
 def _ask(gw) -> tuple[str, str]:
     asked = raw_call(gw, 1)["result"]
     return asked["inputRequests"][INPUT_KEY]["params"]["elicitationId"], asked["requestState"]
 
 
 async def test_an_elicited_approval_spent_after_its_window_is_refused(demo, gateway_factory):
-    gw = _start(gateway_factory, demo, ELICITED, timeout="4s")
+    gw = _start(gateway_factory, demo, ELICITED, timeout="5s")
     approval_id, token = _ask(gw)
-    decide(gw, approval_id)
-    await anyio.sleep(5.5)  # the issue's reproduction: spent well after the 4 s window
+    _approve_now(gw, approval_id)
+    await anyio.sleep(6.5)  # as in the issue: spent well after the rule's window
     late = raw_call(gw, 2, requestState=token, inputResponses=ACCEPT)
     assert late["error"]["code"] == -32004, late
     assert "expired after its decision" in late["error"]["message"]
@@ -89,10 +95,10 @@ async def test_valid_for_keeps_an_elicited_approval_spendable_longer(demo, gatew
     template = ELICITED.replace(
         "    approval_via: elicitation\n", "    approval_via: elicitation\n    valid_for: 2m\n"
     )
-    gw = _start(gateway_factory, demo, template, timeout="3s")
+    gw = _start(gateway_factory, demo, template, timeout="4s")
     approval_id, token = _ask(gw)
-    decide(gw, approval_id)
-    await anyio.sleep(4)  # past the timeout, within valid_for
+    _approve_now(gw, approval_id)
+    await anyio.sleep(5)  # past the timeout, within valid_for
     ran = raw_call(gw, 2, requestState=token, inputResponses=ACCEPT)
     assert "result" in ran and not ran["result"].get("isError"), ran
     assert sql_calls(demo) == [DELETE["query"]]
