@@ -279,7 +279,10 @@ def test_a_store_of_schema_4_gains_the_feed_cursors_and_still_verifies(
     `feed_cursors` is there, a feed can claim it, the old rows still verify."""
     backend = pg_schema if where.startswith("postgresql") else schema
     with monkeypatch.context() as patched:
-        patched.setattr(backend, "MIGRATIONS", backend.MIGRATIONS[: len(backend.MIGRATIONS) - 1])
+        newer = backend.SCHEMA_VERSION - 4  # migrations after schema 4
+        patched.setattr(
+            backend, "MIGRATIONS", backend.MIGRATIONS[: len(backend.MIGRATIONS) - newer]
+        )
         patched.setattr(backend, "SCHEMA_VERSION", 4)
         with store.open_store(where) as old:
             old.append("events", event("alice", 1.0))
@@ -287,9 +290,33 @@ def test_a_store_of_schema_4_gains_the_feed_cursors_and_still_verifies(
                 assert backend.schema_version(conn) == 4
     with store.open_store(where) as new:
         with new._conn() as conn:
-            assert backend.schema_version(conn) == 5 == backend.SCHEMA_VERSION
+            assert backend.schema_version(conn) == backend.SCHEMA_VERSION >= 5
         assert new.feed_cursors() == []
         assert new.feed_claim("siem", "gw-1", 10.0) is not None
         assert [c["feed"] for c in new.feed_cursors()] == ["siem"]
         new.append("events", event("bob", 2.0))
+        assert new.verify().ok
+
+
+def test_a_store_of_schema_5_gains_the_rule_lineage_of_approvals(
+    where: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Schema 6 (issue 25 item 5): approvals name their rule's lineage. An approval stored
+    before has none (it is never spent after the upgrade), and the old rows still verify."""
+    backend = pg_schema if where.startswith("postgresql") else schema
+    with monkeypatch.context() as patched:
+        patched.setattr(backend, "MIGRATIONS", backend.MIGRATIONS[: len(backend.MIGRATIONS) - 1])
+        patched.setattr(backend, "SCHEMA_VERSION", 5)
+        with store.open_store(where) as old:
+            old.create_approval(approval_request("a1", NOW))
+            old.decide_approval("a1", "approved", "dana", ["dba"], None, now=NOW)
+    with store.open_store(where) as new:
+        with new._conn() as conn:
+            assert backend.schema_version(conn) == 6 == backend.SCHEMA_VERSION
+        before = new.approval("a1")
+        assert before is not None and before["state"] == "approved"
+        assert before.get("rule_lineage") is None
+        new.create_approval(approval_request("a2", NOW, rule_lineage="f" * 64))
+        after = new.approval("a2")
+        assert after is not None and after["rule_lineage"] == "f" * 64
         assert new.verify().ok

@@ -112,7 +112,8 @@ class FlowState:
     stream_session: str | None = None  # the legacy transport's session, from its endpoint
     # Recorder
     session: str | None = None  # the session its rows and flow file belong to, once known
-    session_kind: str | None = None  # "mcp" (a protocol session id) or "grouped" (Holdgate's)
+    # "mcp" (a protocol session id), "grouped" (Holdgate's) or "overflow" (a caller's shared one)
+    session_kind: str | None = None
     recorded: bool = False
     audit_lost: bool = False
     audit_error: str | None = None

@@ -48,6 +48,7 @@ from holdgate.protocol.mrtr import (
     without_request_state,
 )
 from holdgate.protocol.sessionless import (
+    GroupKey,
     SessionGrouper,
     client_of,
     describe_client,
@@ -434,6 +435,8 @@ class Recorder:
                 if invalid_traceparent(message.raw):
                     extra["traceparent_invalid"] = True  # sent, but never kept as if valid
             row = self._row(flow, config)
+            if st.session_kind == "overflow":  # shared by many clients: which one this was
+                extra["client"] = self._group_key(flow).client
             row.update(
                 traceparent=traceparent_of(message.raw) if message is not None else None,
                 direction="notification"
@@ -541,7 +544,6 @@ class Recorder:
         if st.session is not None or st.identity is None or st.upstream is None:
             return st.session
         found = session_key(flow)
-        first = st.decided[0].message.raw if st.decided else None
         pending = flow.request.method == "GET" or _initializes(st)
         if found is None and pending:
             if flow.response is None:
@@ -550,18 +552,29 @@ class Recorder:
         if found:
             st.session, st.session_kind = found, "mcp"
             return found
-        key = group_key(
+        key = self._group_key(flow)
+        grouped = self.grouper.resolve(
+            key, flow.request.timestamp_start, config.sessions.grouped_per_caller
+        )
+        st.session = grouped.session
+        st.session_kind = "overflow" if grouped.overflow else "grouped"
+        if grouped.is_new:
+            self._note_session(flow, config, grouped.session, key.client)
+        return grouped.session
+
+    @staticmethod
+    def _group_key(flow: http.HTTPFlow) -> GroupKey:
+        """What a flow without a session id is grouped by (its caller's client as sent)."""
+        st = state(flow)
+        assert st.identity is not None and st.upstream is not None
+        first = st.decided[0].message.raw if st.decided else None
+        return group_key(
             st.identity.user,
             st.upstream.name,
             client_of(first),
             flow.request.headers.get("user-agent"),
             st.client_addr,
         )
-        session, is_new = self.grouper.resolve(key, flow.request.timestamp_start)
-        st.session, st.session_kind = session, "grouped"
-        if is_new:
-            self._note_session(flow, config, session, key.client)
-        return session
 
     def _note_session(
         self, flow: http.HTTPFlow, config: GatewayConfig, session: str, client: str | None

@@ -20,6 +20,8 @@ Arguments and URIs are matched so that a value cannot slip past a condition:
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import re
 import string
 from collections import OrderedDict
@@ -50,6 +52,7 @@ RULE_KEYS = {
     "grant",
     "limit",
     "approval_via",
+    "valid_for",
 }
 # How an approve rule's call waits: held open, or (for MCP 2026-07-28 clients that declare
 # URL-mode elicitation) answered `input_required` and retried once decided.
@@ -161,6 +164,8 @@ class Rule:
     grant: float = 0.0
     limit: tuple[int, float] | None = None  # (count, per seconds)
     approval_via: str = "hold"
+    valid_for: float | None = None  # how long an approval may be spent; None: `timeout`
+    lineage: str = ""  # `rule_lineage` of the rule as written
 
 
 @dataclass(frozen=True)
@@ -183,6 +188,8 @@ class Decision:
     limit: tuple[int, float] | None = None
     rate_limited: bool = False
     approval_via: str = "hold"
+    valid_for: float | None = None
+    lineage: str = ""  # of the rule that decided (`rule_lineage`): approvals are bound to it
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"action": self.action, "rule": self.rule, "reason": self.reason}
@@ -332,7 +339,19 @@ def decision_for(rule: Rule) -> Decision:
         rule.grant,
         rule.limit,
         approval_via=rule.approval_via,
+        valid_for=rule.valid_for,
+        lineage=rule.lineage,
     )
+
+
+def rule_lineage(written: Any) -> str:
+    """A rule's identity across reloads: SHA-256 of its mapping as written in the config
+    (keys sorted), so a reload that edits any of its keys changes it, and one that only
+    moves it (its line) does not. Approvals are bound to it."""
+    text = json.dumps(
+        written, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
+    )
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _cheap_checks_hold(rule: Rule, caller: Caller, upstream: str) -> bool:
@@ -602,7 +621,7 @@ def _parse_rule(node: Node, warnings: list[str]) -> Rule:
     if action == "approve" and not approvers:
         raise node.child("action").error("an approve rule needs `approvers: [group, ...]`")
     if action != "approve":
-        for key in ("approvers", "timeout", "grant", "approval_via"):
+        for key in ("approvers", "timeout", "grant", "approval_via", "valid_for"):
             if node.has(key):
                 raise node.child(key).error(f"{key!r} only applies to rules with action: approve")
     default_reason = {"allow": "allowed", "deny": "denied by policy", "approve": "needs approval"}
@@ -625,7 +644,23 @@ def _parse_rule(node: Node, warnings: list[str]) -> Rule:
         grant=node.child("grant").duration(default=0.0),
         limit=_parse_limit(node.child("limit")),
         approval_via=node.child("approval_via").choice(APPROVAL_VIA, default="hold"),
+        valid_for=_valid_for(node.child("valid_for")),
+        lineage=rule_lineage(node.value),
     )
+
+
+def _valid_for(node: Node) -> float | None:
+    """`valid_for:` how long after its decision an approval may be spent (default: the
+    rule's `timeout`)."""
+    if node.missing:
+        return None
+    seconds = node.duration()
+    if seconds <= 0:
+        raise node.error(
+            f"expected a duration above zero like 30s or 10m; got {node.value!r} "
+            "(an approval must be spendable for some time after it is given)"
+        )
+    return seconds
 
 
 def _globs(node: Node) -> Globs | None:

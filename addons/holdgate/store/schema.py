@@ -155,9 +155,11 @@ CERTIFICATIONS: dict[str, type] = {
     "reviewer": str,
     "reason": str,
 }
+# v6: an approval names the lineage of the rule that asked for it (`rules.rule_lineage`):
+# it may be spent only while that rule is unchanged.
 COLUMNS: dict[str, dict[str, type]] = {
     **_V3,
-    "approvals": {**_V3["approvals"], "replica": str},
+    "approvals": {**_V3["approvals"], "replica": str, "rule_lineage": str},
     "recordings": RECORDINGS,
     "campaigns": CAMPAIGNS,
     "certifications": CERTIFICATIONS,
@@ -349,12 +351,24 @@ def _migrate_v5(db: Database) -> None:
     db["feed_cursors"].create(FEED_CURSORS, pk=SHARED_KEYS["feed_cursors"])  # type: ignore[union-attr]
 
 
+def _migrate_v6(db: Database) -> None:
+    """`approvals.rule_lineage` (NULL in older rows: such an approval is never spent after
+    its decision's hold), carried by `v_approvals`."""
+    db.execute("ALTER TABLE approvals ADD COLUMN rule_lineage TEXT")
+    db.execute("DROP VIEW v_approvals")
+    db.create_view(
+        "v_approvals",
+        _approvals_view(ANNOTATIONS, ", a.via, a.replica, a.rule_lineage").strip(),
+    )
+
+
 MIGRATIONS: list[Callable[[Database], None]] = [
     _migrate_v1,
     _migrate_v2,
     _migrate_v3,
     _migrate_v4,
     _migrate_v5,
+    _migrate_v6,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
