@@ -48,8 +48,10 @@ class CreatedTask:
 
 
 def task_key(upstream: str, task_id: str) -> str:
-    """What the store keys a task by: a digest (the raw id is a handle to the result)."""
-    return hashlib.sha256(f"{upstream}\0{task_id}".encode(errors="surrogatepass")).hexdigest()
+    """What the store keys a task by: a digest (the raw id is a handle to the result) of
+    the pair, written so no two pairs are the same text."""
+    pair = json.dumps([upstream, task_id], ensure_ascii=True)
+    return hashlib.sha256(pair.encode("ascii")).hexdigest()
 
 
 def requested_task_id(raw: dict[str, Any]) -> str | None:
