@@ -286,3 +286,21 @@ def test_the_2026_extension_form(hostile_gw: Gateway, hostile: FakeUpstream) -> 
         assert refused["error"] == unknown(task_id)["error"]
     mismatched = raw_post(url, get, {**ALICE, **MODERN, "Mcp-Name": "task-else"})
     assert mismatched.status == 400  # Mcp-Name must name the task the body names
+
+
+def test_a_task_is_its_creators_on_every_replica(
+    reports: TasksServer, gateway_factory: Any, pg_url: str
+) -> None:
+    """Two gateways on one PostgreSQL store: the task alice created through A is hers
+    through B, and nobody else's."""
+    shared = CONFIG.format(url=reports.url).replace(
+        "rules:\n", "hash_key: tasks-replicas-hash-key-7f3a\nrules:\n", 1
+    )
+    a, b = (gateway_factory(shared, reports.url, options={"holdgate_db": pg_url}) for _ in range(2))
+    created = run_client(a.url + "/mcp", ALICE, "create", "customer_report", '{"customer": "9"}')
+    task_id = created["task_id"]
+    assert run_client(b.url + "/mcp", BOB, "result", task_id) == unknown(task_id)
+    done = run_client(b.url + "/mcp", ALICE, "wait", task_id)
+    assert REPORT_EMAIL not in json.dumps(done) and done["status"] == "completed"
+    assert run_client(b.url + "/mcp", ALICE, "list")["task_ids"] == [task_id]
+    assert run_client(b.url + "/mcp", BOB, "list")["task_ids"] == []
