@@ -126,3 +126,15 @@ async def test_the_creating_answer_and_later_answers_are_linked_in_the_record(tc
     assert links[0]["tool"] == "report"
     request = store_rows(tmp_path, "SELECT * FROM events WHERE method = 'tasks/result'")[0]
     assert json.loads(request["extra"])["task"] == links[0]
+
+
+async def test_a_status_notification_right_after_the_creating_answer_reaches_its_owner(tctx):
+    message = call("report")
+    message["params"]["task"] = {"ttl": 60_000}
+    flow = await send(tctx, mcp_flow(message, ALICE))
+    await answer(tctx, flow, http.Response.make(200, b"", {"Content-Type": "text/event-stream"}))
+    created = result(1, {"task": {"taskId": "t-new", "status": "working"}})
+    sent = b""
+    for event in (created, status("t-new", f"mail {EMAIL}")):
+        sent += b"".join(flow.response.stream(f"data: {json.dumps(event)}\n\n".encode()))
+    assert sent.count(b"t-new") == 2 and EMAIL.encode() not in sent

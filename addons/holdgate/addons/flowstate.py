@@ -96,8 +96,9 @@ class FlowState:
     policy_checked: bool = False  # every message decided (or none to decide: GET, DELETE)
     awaiting_approval: bool = False
     hidden: int = 0  # listing entries withheld (PolicyEnforcer, then ToolPinning adds)
-    # TaskOwnership: the record of the task each tasks/* request names (by JSON-RPC id;
-    # None: no task of this upstream has that id), the caller's task keys for a tasks/list,
+    # TaskOwnership: the record of the task each tasks/* request names, or a call's answer
+    # created (by JSON-RPC id; None: no task of this upstream has that id), the caller's
+    # task keys for a tasks/list,
     # the ids of tasks/list requests whose cursor the gateway did not give this caller
     task_requests: dict[str, TaskRecord | None] = field(default_factory=dict)
     task_listing: frozenset[str] | None = None

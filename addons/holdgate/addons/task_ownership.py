@@ -178,7 +178,8 @@ class TaskOwnership:
             record = self._claim(flow, created, message["id"], answers[1])
             if record is None:
                 return _withheld(message, "the upstream answered with a task another caller holds")
-            context.task = record
+            # its status notifications may follow on this stream before the claim is stored
+            st.task_requests[message_key(message["id"])] = context.task = record
             return message
         if method in TASK_METHODS:
             return self._task_answer(flow, st, message, context)
