@@ -23,6 +23,7 @@ import pytest
 from helpers.approvals import wait_for_pending
 from helpers.clients import raw_post
 from helpers.configs import ALICE, BOB, DANA, identity
+from helpers.leaks import assert_nothing_leaked
 from helpers.mcp1 import TasksServer, client_command, run_client, start_tasks_server
 from helpers.processes import Gateway, holdgate_cli, stop
 from helpers.upstreams import PII_CARD, PII_EMAIL, TASK_SECRET, FakeUpstream
@@ -227,6 +228,7 @@ def test_a_task_id_handed_to_a_second_caller_stays_the_firsts(
     own = raw_post(url, rpc("tasks/result", {"taskId": "task-shared"}), BOB).json()
     text = own["result"]["content"][0]["text"]
     assert PII_EMAIL not in text and TASK_SECRET not in text and CARD_DIGITS not in text
+    assert_nothing_leaked(hostile_gw, PII_EMAIL, TASK_SECRET, PII_CARD, ALICE["X-API-Key"])
 
 
 def test_an_answer_about_another_task_is_withheld(hostile_gw: Gateway) -> None:
