@@ -26,7 +26,12 @@ from mitmproxy import http
 from holdgate.addons.flowstate import FlowState, MessageContext, session_key, state
 from holdgate.identity.identities import Identity
 from holdgate.policy.rules import Decision, Policy
-from holdgate.policy.tasks import FOREIGN_TASK, decide_task_request, is_task_request
+from holdgate.policy.tasks import (
+    FOREIGN_TASK,
+    INVALID_TASK_CURSOR,
+    decide_task_request,
+    is_task_request,
+)
 from holdgate.protocol.jsonrpc import INTERNAL_ERROR, Body, Message, error_object
 from holdgate.protocol.tasks import (
     LIST_METHOD,
@@ -50,7 +55,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("holdgate")
 
-INVALID_TASK_CURSOR = "invalid-task-cursor"
 # A task created through another replica may reach the store a moment after its creator
 # polls it here: a miss is looked up again after these pauses (seconds) before it is
 # refused as unknown (which also slows down whoever guesses ids).

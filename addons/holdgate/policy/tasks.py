@@ -13,6 +13,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from holdgate.policy.rules import DEFAULT_DENY, Caller, Decision, Policy
 from holdgate.protocol.jsonrpc import Message
 from holdgate.protocol.tasks import LIST_METHOD, TASK_METHODS
@@ -22,6 +24,8 @@ FOREIGN_TASK = "foreign-task"
 OWN_TASK = "own-task"
 OWN_TASKS = "own-tasks"
 TASK_TOOL_NOT_ALLOWED = "task-tool-not-allowed"
+# a tasks/list cursor the gateway did not give this caller (decided outside the rules)
+INVALID_TASK_CURSOR = "invalid-task-cursor"
 
 
 def is_task_request(message: Message) -> bool:
@@ -55,6 +59,17 @@ def decide_task_request(
         OWN_TASK,
         f"the caller's own task, created by a call of {task.tool!r}",
     )
+
+
+def recorded_task(row_rule: str, user: str, upstream: str, link: Any) -> TaskRecord | None:
+    """The task a recorded tasks/* decision row was about, as far as the row says (its
+    `extra.task`): for deciding it again (`holdgate replay`). None for a foreign task."""
+    if row_rule == FOREIGN_TASK or not isinstance(link, dict):
+        return None
+    tool, key = link.get("tool"), link.get("key")
+    if not isinstance(tool, str) or not isinstance(key, str):
+        return None
+    return TaskRecord(key, user, upstream, None, tool, "", "", 0.0, None)
 
 
 def _unless_no_rule(decision: Decision, rule: str, reason: str) -> Decision:
