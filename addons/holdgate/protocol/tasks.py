@@ -104,7 +104,8 @@ def answered_task_ids(result: Any) -> set[str]:
 
 
 def notified_task_id(message: dict[str, Any]) -> str | None:
-    """The task a status notification is about (None for other messages)."""
+    """The task a status notification is about; "" for one that names none (it can be
+    tied to nobody), None for other messages."""
     if message.get("method") not in STATUS_NOTIFICATIONS:
         return None
     params = message.get("params")
