@@ -67,6 +67,8 @@ def message_key(msg_id: Any) -> str:
 
 
 class TaskOwnership:
+    """Who owns each task, for the PolicyEnforcer (request side) and as a response stage."""
+
     def __init__(self, recorder: Recorder) -> None:
         self.recorder = recorder
         self.known: dict[str, TaskRecord] = {}  # confirmed by the store (bounded, oldest out)
@@ -86,7 +88,8 @@ class TaskOwnership:
         identity, upstream = st.identity, st.upstream
         if identity is None or upstream is None or st.config is None:
             raise RuntimeError("tasks looked up before routing and identity")
-        session = session_key(flow)
+        # On the legacy transport answers arrive on the stream's flow, not this one.
+        legacy = session_key(flow) if "mcp-session-id" not in flow.request.headers else None
         messages = list(body.messages)
         for index, message in enumerate(messages):
             if not is_task_request(message):
@@ -100,23 +103,26 @@ class TaskOwnership:
                 )
                 st.task_listing = owned
                 found: TaskRecord | frozenset[str] | None = owned
-                messages[index] = self._opened_cursor(st, identity, message)
+                messages[index] = self._opened_cursor(st, identity, upstream.name, message)
             else:
                 task_id = requested_task_id(message.raw)
                 record = None if task_id is None else await self.lookup(upstream.name, task_id)
                 st.task_requests[key] = found = record
-            if session is not None:
+            if legacy is not None:
                 if len(self.by_request) >= REMEMBERED:
                     self.by_request.pop(next(iter(self.by_request)))
-                self.by_request[(session, key)] = found
+                self.by_request[(legacy, key)] = found
         return Body(tuple(messages), body.is_batch)
 
-    def _opened_cursor(self, st: FlowState, identity: Identity, message: Message) -> Message:
+    def _opened_cursor(
+        self, st: FlowState, identity: Identity, upstream: str, message: Message
+    ) -> Message:
+        """The tasks/list request with the upstream's cursor in place of the sealed one; a
+        cursor that does not open for this caller is noted, to be refused."""
         params = message.raw.get("params")
         if not isinstance(params, dict) or "cursor" not in params:
             return message
-        assert st.upstream is not None and st.config is not None
-        opened = self.seal(st).open(identity.user, st.upstream.name, params["cursor"])
+        opened = self.seal(st).open(identity.user, upstream, params["cursor"])
         if opened is None:
             st.task_bad_cursors.add(message_key(message.id))
             return message
@@ -219,7 +225,8 @@ class TaskOwnership:
             found = self.by_request.pop((session, key), None) if session else None
             owned = found if isinstance(found, frozenset) else frozenset()
         upstream, identity = st.upstream, st.identity
-        assert upstream is not None and identity is not None
+        if upstream is None or identity is None:
+            raise RuntimeError("a task listing on a flow with no upstream or identity")
         kept, hidden = own_listing(
             result, lambda task_id: task_key(upstream.name, task_id) in owned
         )
