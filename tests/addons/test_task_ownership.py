@@ -138,3 +138,16 @@ async def test_a_status_notification_right_after_the_creating_answer_reaches_its
     for event in (created, status("t-new", f"mail {EMAIL}")):
         sent += b"".join(flow.response.stream(f"data: {json.dumps(event)}\n\n".encode()))
     assert sent.count(b"t-new") == 2 and EMAIL.encode() not in sent
+
+
+async def test_input_sent_to_a_task_is_recorded_masked_with_its_tools_profiles(tctx, tmp_path):
+    await created(tctx, ALICE, "t-1")
+    update = request_message(
+        "tasks/update", taskId="t-1", inputResponses={"mail": {"action": "accept", "to": EMAIL}}
+    )
+    flow = await send(tctx, mcp_flow(update, ALICE))
+    assert flow.response is None  # forwarded: alice's own task
+    await answer(tctx, flow, json_response(result(1, {"resultType": "complete"})))
+    finish(tctx)
+    (row,) = store_rows(tmp_path, "SELECT * FROM events WHERE method = 'tasks/update'")[:1]
+    assert EMAIL not in row["extra"] and "[REDACTED:email]" in row["extra"]

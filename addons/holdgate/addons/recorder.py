@@ -436,7 +436,8 @@ class Recorder:
             if task is not None:
                 extra["task"] = {"key": task.task_key, **task.link()}
             if message is not None:
-                self._note_retry(extra, message.raw, config, upstream, message.tool, strict)
+                tool = task.tool if task is not None else message.tool  # tasks/update's input
+                self._note_retry(extra, message.raw, config, upstream, tool, strict)
                 if invalid_traceparent(message.raw):
                     extra["traceparent_invalid"] = True  # sent, but never kept as if valid
             row = self._row(flow, config)
