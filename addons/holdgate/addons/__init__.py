@@ -9,7 +9,8 @@
 
 Request side: the Gate's last step is the Recorder's write-ahead (the decision rows
 committed, or the request refused). Responses runs each response message through the
-PolicyEnforcer (discovery filtering), ToolPinning, ResponseMasking and Recorder stages.
+PolicyEnforcer (discovery filtering), TaskOwnership, ToolPinning, ResponseMasking and
+Recorder stages. The PolicyEnforcer asks TaskOwnership who owns a task a request names.
 `flowstate` is the glue they share (per-flow state, refusals, failing closed); it is not
 an addon. mitmproxy itself sees one addon, `Pipeline`, which calls these in order
 (`gateway_addons()`).
@@ -31,6 +32,7 @@ from holdgate.addons.replicas import Replicas
 from holdgate.addons.response_masking import ResponseMasking
 from holdgate.addons.responses import Responses
 from holdgate.addons.router import Router
+from holdgate.addons.task_ownership import TaskOwnership
 from holdgate.addons.telemetry import Telemetry
 from holdgate.addons.tool_pinning import ToolPinning
 
@@ -39,7 +41,8 @@ def default_addons() -> list[object]:
     loader = ConfigLoader()
     recorder = Recorder(loader)
     pins = ToolPinning(loader, recorder)
-    policy = PolicyEnforcer(loader, recorder, pins)
+    tasks = TaskOwnership(recorder)
+    policy = PolicyEnforcer(loader, recorder, tasks, pins)
     replicas = Replicas(loader, recorder)
     holds = ApprovalHolds(loader, policy, recorder, replicas)
     return [
@@ -50,7 +53,7 @@ def default_addons() -> list[object]:
         policy,
         holds,
         Gate(recorder.write_ahead),
-        Responses(loader, stages=[policy, pins, ResponseMasking(), recorder]),
+        Responses(loader, stages=[policy, tasks, pins, ResponseMasking(), recorder]),
         recorder,
         Telemetry(loader, recorder, holds),  # after the recorder, whose writer it counts
         replicas,  # after the recorder, whose store it registers in
