@@ -227,7 +227,9 @@ class ApprovalHolds:
             message = decided.message
             digest_args = args_digest(self.recorder.key(config), message.arguments or {})
             upstream = st.upstream.name
-            key = grant_key(identity.user, upstream, message.target or "", digest_args or "")
+            key = grant_key(
+                identity.user, upstream, message.method, message.target or "", digest_args or ""
+            )
             if await self._granted(flow, decided, identity, key):
                 continue
             outcome = await self._hold(flow, message, decision, identity, digest_args, config)
@@ -482,7 +484,9 @@ class ApprovalHolds:
                 )
                 return
             digest_args = args_digest(key, message.arguments or {})
-            granted = grant_key(identity.user, upstream, message.target or "", digest_args or "")
+            granted = grant_key(
+                identity.user, upstream, message.method, message.target or "", digest_args or ""
+            )
             await self._grant(granted, approval_id, decision.grant)
             with contextlib.suppress(TypeError, json.JSONDecodeError):
                 self.last_approved[(identity.user, upstream, message.target or "")] = json.loads(
@@ -535,7 +539,13 @@ class ApprovalHolds:
         assert st.upstream is not None
         message, decision = decided.message, decided.decision
         digest_args = args_digest(self.recorder.key(config), message.arguments or {})
-        key = grant_key(identity.user, st.upstream.name, message.target or "", digest_args or "")
+        key = grant_key(
+            identity.user,
+            st.upstream.name,
+            message.method,
+            message.target or "",
+            digest_args or "",
+        )
         if await self._granted(flow, decided, identity, key):
             flow.request.content = dumps(elicitation.without_gateway_round(message.raw))
             st.approvals_settled = True
