@@ -288,3 +288,46 @@ def test_apply_refuses_a_tampered_store_and_another_config(tmp_path: Path) -> No
     tampered = run("apply", cid, "--out", out, "--config", str(config))
     assert tampered.exit_code == 1 and "hash chain is broken" in tampered.output
     assert not Path(out).exists()
+
+
+PIXEL = "![pixel](http://127.0.0.1:9/track.png?who=reviewer)"
+LINK = "[x](javascript:alert(1))"
+
+
+@pytest.mark.anyio
+async def test_a_hostile_client_name_and_tool_are_inert_in_every_report(
+    demo, gateway_factory, tmp_path
+) -> None:
+    """A client names itself with an image and a link, calls a tool named with Markdown and
+    HTML: the Markdown report (as GitHub renders it) and the HTML report (as Chromium builds
+    it) show them as text, with no image, link or heading of theirs."""
+    import cmarkgfm
+    from cmarkgfm.cmark import Options
+    from mcp.types import Implementation
+
+    gw = gateway_factory(CONFIG.format(url=demo.url), demo.url)
+    evil_tool = f"{LINK}\n# owned\n`` <img src=x> |"
+    info = Implementation(name=PIXEL, version=f"1 {LINK}")
+    async with connect(gw.url + "/mcp", ALICE, client_info=info) as client:
+        await client.call_tool("get_customer", {"customer_id": 1})
+        with pytest.raises(MCPError):
+            await client.call_tool(evil_tool, {"command": PIXEL})
+    with anyio.fail_after(15):
+        while not any(r["target"] == evil_tool for r in store.export_rows(gw.db)):
+            await anyio.sleep(0.1)
+    pages = {}
+    for fmt in ("md", "html", "json", "csv"):
+        out = tmp_path / f"review.{fmt}"
+        made = cli("review", "--format", fmt, "--as", "auditor", "--db", str(gw.db), "-o", str(out))
+        assert made.returncode == 0, made.stderr
+        pages[fmt] = out.read_text()
+    assert PIXEL in pages["md"]  # the client's name is in the report, as a code span
+    github = cmarkgfm.github_flavored_markdown_to_html(
+        pages["md"], options=Options.CMARK_OPT_UNSAFE
+    )
+    (tmp_path / "review-md.html").write_text(github)
+    for page in ("review-md.html", "review.html"):
+        dom = await anyio.to_thread.run_sync(dump_dom, (tmp_path / page).as_uri())
+        assert "track.png" in dom and "javascript:alert" in dom, page  # shown as text
+        assert "<img" not in dom and "<a " not in dom and "owned</h1>" not in dom, page
+    assert json.loads(pages["json"])["identities"][0]["clients"] == [f"{PIXEL}/1 {LINK}"]
