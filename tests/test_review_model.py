@@ -144,7 +144,7 @@ def test_masked_exposures_are_a_table_per_target_and_detector() -> None:
     text = render_markdown(review)
     assert (
         "| ` search_customers ` | ` email ` | 2 |" in text
-        and "masked exposures: ` email ` 2, ` iban ` 1" in text
+        and "masked exposures: email 2, iban 1" in text
     )
     assert '<td>search_customers</td><td>iban</td><td class="n">1</td>' in render_html(review)
 

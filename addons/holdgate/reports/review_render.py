@@ -50,6 +50,17 @@ def md(value: object, *, cell: bool = True) -> str:
     return f"{fence} {text} {fence}"
 
 
+# Characters a terminal acts on or that reorder what it shows: C0/C1 controls (ESC starts
+# sequences that move the cursor, set hyperlinks or the clipboard), DEL, line and paragraph
+# separators, and bidirectional overrides and isolates.
+_TERMINAL_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def terminal_text(value: object) -> str:
+    """`value` for a line of text output: what a terminal would act on is shown escaped."""
+    return _TERMINAL_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", str(value))
+
+
 def target_name(target: Target) -> str:
     upstream, kind, name = target
     return f"{upstream or '-'} {kind} {name}"
@@ -163,8 +174,8 @@ def _identity_markdown(p: IdentityReview) -> list[str]:
         totals[detector] = totals.get(detector, 0) + n
     out += [
         "",
-        "masked exposures: "
-        + (", ".join(f"{md(k, cell=False)} {v}" for k, v in sorted(totals.items())) or "none"),
+        # detector names are the config's (profiles), never a caller's
+        "masked exposures: " + (", ".join(f"{k} {v}" for k, v in sorted(totals.items())) or "none"),
     ]
     if p.masked:
         out += ["", "| target | detector | values masked |", "|---|---|---|"]
