@@ -53,6 +53,7 @@ from holdgate.approvals.approval_rules import (
     request_digest,
 )
 from holdgate.approvals.campaign_http import handle_campaigns
+from holdgate.approvals.refusal_budget import RefusalBudget
 from holdgate.config.gateway_config import GatewayConfig
 from holdgate.identity.identities import Identity
 from holdgate.policy.rules import Decision
@@ -137,6 +138,7 @@ class ApprovalHolds:
         self._tasks: list[asyncio.Task[Any]] = []
         self._server: asyncio.Server | None = None
         self.callers = AdminCallers()
+        self.refusals = RefusalBudget()  # refused certifications recorded one by one
         self._started = asyncio.Event()
         self._warned_no_link = False
         self.routes: dict[str, Handler] = {}  # other paths on the admin listener (/metrics)
@@ -822,6 +824,7 @@ class ApprovalHolds:
                 )
             return await handle_campaigns(
                 self._store(),
+                self.refusals,
                 config.review.reviewers,
                 reviewer.user,
                 reviewer.groups,
