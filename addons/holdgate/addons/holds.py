@@ -230,7 +230,11 @@ class ApprovalHolds:
             digest_args = args_digest(self.recorder.key(config), message.arguments or {})
             upstream = st.upstream.name
             key = grant_key(
-                identity.user, upstream, message.method, message.target or "", digest_args or ""
+                identity.user,
+                upstream,
+                message.method or "",
+                message.target or "",
+                digest_args or "",
             )
             if await self._granted(flow, decided, identity, key):
                 continue
@@ -487,7 +491,11 @@ class ApprovalHolds:
                 return
             digest_args = args_digest(key, message.arguments or {})
             granted = grant_key(
-                identity.user, upstream, message.method, message.target or "", digest_args or ""
+                identity.user,
+                upstream,
+                message.method or "",
+                message.target or "",
+                digest_args or "",
             )
             await self._grant(granted, approval_id, decision.grant)
             with contextlib.suppress(TypeError, json.JSONDecodeError):
@@ -544,7 +552,7 @@ class ApprovalHolds:
         key = grant_key(
             identity.user,
             st.upstream.name,
-            message.method,
+            message.method or "",
             message.target or "",
             digest_args or "",
         )
