@@ -27,7 +27,9 @@ logger = logging.getLogger(__name__)
 
 StateStep = Callable[..., Generator[Any, Any, None]]
 CLOSED_EARLY = "answered on the request's headers; the rest of the body was not read"
-_WRAPPED: set[StateStep] = set()  # the steps `answer_before_body` made
+# Marks a step `answer_before_body` made, on the function itself: a reload of the script
+# may import this module afresh, and must still find mitmproxy's step wrapped.
+WRAPPED_MARK = "holdgate_answers_before_body"
 
 
 def answer_before_body(step: StateStep) -> StateStep:
@@ -37,10 +39,13 @@ def answer_before_body(step: StateStep) -> StateStep:
     def wrapped(stream: HttpStream, event: Any) -> Generator[Any, Any, None]:
         yield from step(stream, event)
         flow = getattr(stream, "flow", None)
-        body_pending = stream.client_state == stream.state_consume_request_body
+        body_pending = (
+            not event.end_stream and stream.client_state == stream.state_consume_request_body
+        )
         if flow is None or flow.response is None or not body_pending or flow.error:
             return
-        flow.response.headers["Connection"] = "close"
+        if not (flow.request.is_http2 or flow.request.is_http3):  # no such header in h2/h3
+            flow.response.headers["Connection"] = "close"
         flow.response.timestamp_start = time.time()
         yield HttpResponseHeadersHook(flow)
         if (yield from stream.check_killed(True)):
@@ -53,14 +58,14 @@ def answer_before_body(step: StateStep) -> StateStep:
         )
         flow.live = False
 
-    _WRAPPED.add(wrapped)
+    wrapped.__dict__[WRAPPED_MARK] = True
     return wrapped
 
 
 def install() -> None:
     """Wrap mitmproxy's step once per process (a reload of the script finds it wrapped)."""
     current = HttpStream.state_wait_for_request_headers
-    if current in _WRAPPED:
+    if current.__dict__.get(WRAPPED_MARK):
         return
     HttpStream.state_wait_for_request_headers = answer_before_body(current)  # type: ignore[method-assign]
     logger.debug("holdgate: requests refused on their headers are answered before the body")
