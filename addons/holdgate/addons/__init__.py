@@ -3,8 +3,8 @@
 `default_addons()` builds them in the order they run for every flow, as mitmproxy's own
 `mitmproxy.addons.default_addons()` does:
 
-    ConnectionDeadlines -> ConfigLoader -> Router -> Authentication -> PolicyEnforcer
-    -> ApprovalHolds -> Gate -> Responses -> Recorder -> Telemetry -> Replicas
+    EarlyAnswers -> ConnectionDeadlines -> ConfigLoader -> Router -> Authentication
+    -> PolicyEnforcer -> ApprovalHolds -> Gate -> Responses -> Recorder -> Telemetry -> Replicas
     -> ToolPinning (then Checkpointer and Feeds, which have lifecycle hooks only)
 
 Request side: the Gate's last step is the Recorder's write-ahead (the decision rows
@@ -22,6 +22,7 @@ from holdgate.addons.authentication import Authentication
 from holdgate.addons.checkpointer import Checkpointer
 from holdgate.addons.config_loader import ConfigLoader
 from holdgate.addons.deadlines import ConnectionDeadlines
+from holdgate.addons.early_answers import EarlyAnswers
 from holdgate.addons.enforcement import PolicyEnforcer
 from holdgate.addons.feeds import Feeds
 from holdgate.addons.gate import Gate
@@ -46,6 +47,7 @@ def default_addons() -> list[object]:
     replicas = Replicas(loader, recorder)
     holds = ApprovalHolds(loader, policy, recorder, replicas)
     return [
+        EarlyAnswers(),  # load only: a request refused on its headers is answered at once
         ConnectionDeadlines(),
         loader,
         Router(loader),

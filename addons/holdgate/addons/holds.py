@@ -53,6 +53,7 @@ from holdgate.approvals.approval_rules import (
     request_digest,
 )
 from holdgate.approvals.campaign_http import handle_campaigns
+from holdgate.approvals.refusal_budget import RefusalBudget
 from holdgate.approvals.spendable import SpendRefusal, rule_in_force, spend_refusal
 from holdgate.config.gateway_config import GatewayConfig
 from holdgate.identity.identities import Identity
@@ -142,6 +143,7 @@ class ApprovalHolds:
         self._tasks: list[asyncio.Task[Any]] = []
         self._server: asyncio.Server | None = None
         self.callers = AdminCallers()
+        self.refusals = RefusalBudget()  # refused certifications recorded one by one
         self._started = asyncio.Event()
         self._warned_no_link = False
         self.routes: dict[str, Handler] = {}  # other paths on the admin listener (/metrics)
@@ -232,7 +234,13 @@ class ApprovalHolds:
             message = decided.message
             digest_args = args_digest(self.recorder.key(config), message.arguments or {})
             upstream = st.upstream.name
-            key = grant_key(identity.user, upstream, message.target or "", digest_args or "")
+            key = grant_key(
+                identity.user,
+                upstream,
+                message.method or "",
+                message.target or "",
+                digest_args or "",
+            )
             if await self._granted(flow, decided, identity, key):
                 continue
             outcome = await self._hold(flow, message, decision, identity, digest_args, config)
@@ -536,7 +544,13 @@ class ApprovalHolds:
                 )
                 return
             digest_args = args_digest(key, message.arguments or {})
-            granted = grant_key(identity.user, upstream, message.target or "", digest_args or "")
+            granted = grant_key(
+                identity.user,
+                upstream,
+                message.method or "",
+                message.target or "",
+                digest_args or "",
+            )
             await self._grant(granted, approval_id, decision.grant)
             with contextlib.suppress(TypeError, json.JSONDecodeError):
                 self.last_approved[(identity.user, upstream, message.target or "")] = json.loads(
@@ -589,7 +603,13 @@ class ApprovalHolds:
         assert st.upstream is not None
         message, decision = decided.message, decided.decision
         digest_args = args_digest(self.recorder.key(config), message.arguments or {})
-        key = grant_key(identity.user, st.upstream.name, message.target or "", digest_args or "")
+        key = grant_key(
+            identity.user,
+            st.upstream.name,
+            message.method or "",
+            message.target or "",
+            digest_args or "",
+        )
         if await self._granted(flow, decided, identity, key):
             flow.request.content = dumps(elicitation.without_gateway_round(message.raw))
             st.approvals_settled = True
@@ -864,6 +884,7 @@ class ApprovalHolds:
                 return AdminResponse(401, {"error": UNAUTHENTICATED_ADMIN})
             return await handle_campaigns(
                 self._store(),
+                self.refusals,
                 config.review.reviewers,
                 reviewer.user,
                 reviewer.groups,

@@ -182,9 +182,11 @@ class Store(Protocol):
         reason: str,
         reviewer_groups: Iterable[str] | None,
         allowed_groups: Iterable[str] = (),
+        note: str = "",
     ) -> Item:
         """A reviewer's keep/revoke under the campaign rules (`reviewer_groups=None`: the
-        trusted host operator); a refusal is recorded and raised as `CertificationRefused`."""
+        trusted host operator); a refusal is recorded (`note` after its reason) and raised
+        as `CertificationRefused`. Reasons are kept to their first 2,000 characters."""
 
     def campaign(self, campaign_id: str) -> Campaign | None:
         """A campaign with its events and each item's latest state."""

@@ -126,7 +126,12 @@ def _migrate_v7(conn: SqlConnection) -> None:
     conn.execute(f'CREATE INDEX "ix_task_owners_owner" ON "task_owners" ({names})')
 
 
-MIGRATIONS: list[Callable[[SqlConnection], None]] = [_create_v4, _migrate_v5, _migrate_v6, _migrate_v7]
+MIGRATIONS: list[Callable[[SqlConnection], None]] = [
+    _create_v4,
+    _migrate_v5,
+    _migrate_v6,
+    _migrate_v7,
+]
 SCHEMA_VERSION = FIRST_VERSION + len(MIGRATIONS) - 1
 
 

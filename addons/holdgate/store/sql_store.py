@@ -250,10 +250,11 @@ class SqlStore:
         reason: str,
         reviewer_groups: Iterable[str] | None,
         allowed_groups: Iterable[str] = (),
+        note: str = "",
     ) -> Item:
         with self._conn() as conn:
             return campaign_records.certify(
-                conn, item_id, verdict, reviewer, reason, reviewer_groups, allowed_groups
+                conn, item_id, verdict, reviewer, reason, reviewer_groups, allowed_groups, note
             )
 
     def campaign(self, campaign_id: str) -> Campaign | None:
