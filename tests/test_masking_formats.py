@@ -124,7 +124,8 @@ def test_a_key_that_does_not_name_a_secret_keeps_its_value(key: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "value", ["", "   ", "null", "None", "REDACTED", "***", "xxxx", "<hidden>", "${SECRET}"]
+    "value",
+    ["", "   ", "null", "None", "REDACTED", "***", "xxxx", "<hidden>", "${SECRET}", "Bearer ${T}"],
 )
 def test_placeholders_under_a_secret_key_are_kept(value: str) -> None:
     effect = policy_effect("generic_secret")

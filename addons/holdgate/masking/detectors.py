@@ -497,8 +497,25 @@ def _iban_length(candidate: str) -> int:
         if seen == expected:
             if end < len(candidate) and candidate[end] not in " -":
                 return 0
-            return end if mod97_valid(candidate[:end]) else 0
+            value = candidate[:end]
+            return end if _grouped_by_four(value) and mod97_valid(value) else 0
     return 0
+
+
+_IBAN_GROUPS = re.compile(r"[^ -]+(?:([ -])[^ -]{4})*(?:\1[^ -]{1,4})?")
+
+
+def _grouped_by_four(value: str) -> bool:
+    """Unseparated, or in groups of four after the first, all split by one separator
+    (`DE89 3704 …`; `ad99-43b3-a1ab-e4da2bcc…` from a UUID is not)."""
+    if " " not in value and "-" not in value:
+        return True
+    first = re.match(r"[^ -]+", value)
+    return (
+        first is not None
+        and len(first.group()) == 4
+        and _IBAN_GROUPS.fullmatch(value) is not None
+    )
 
 
 def _mixed_case(value: str) -> bool:
@@ -525,9 +542,16 @@ _NUMBER = re.compile(r"[+-]?[0-9]+(?:\.[0-9]+)?")
 _PLACEHOLDERS = frozenset({"true", "false", "null", "none", "undefined", "redacted", "changeme"})
 
 
+_AUTH_SCHEME = re.compile(r"(?i:bearer|basic|token|bot|digest)(?:[ \t]+|$)")
+
+
 def _secret_value_length(value: str) -> int:
-    """Accept a secret's value unless it is a placeholder, a number or already masked."""
+    """Accept a secret's value unless it is a placeholder, a number or already masked
+    (after an auth scheme: `Bearer ${TOKEN}` and a lone `Bearer` are placeholders too)."""
     stripped = value.strip()
+    scheme = _AUTH_SCHEME.match(stripped)
+    if scheme is not None:
+        stripped = stripped[scheme.end() :]
     if len(stripped) < 3 or stripped.lower() in _PLACEHOLDERS:
         return 0
     if stripped.startswith(("[REDACTED", "<", "${", "{{")) or set(stripped) <= {"*", "x", "X"}:
@@ -593,6 +617,33 @@ def _local_letter(char: str) -> bool:
     return not char.isascii() and unicodedata.category(char)[0] in "LMN"
 
 
+@dataclass(frozen=True, eq=False)
+class CardDetector(PatternDetector):
+    """Card numbers; one glued to a letter (`x4111…`) only if that word is not hex digits,
+    since hashes and trace ids (`cfed0b67…`) hold long digit runs that pass Luhn by chance."""
+
+    def spans(self, hay: Haystack) -> Iterator[Span]:
+        blob = hay.blob
+        for start, end in super().spans(hay):
+            if start and blob[start - 1].isalpha() and _in_hex_word(blob, start, end):
+                continue
+            yield start, end
+
+
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+def _in_hex_word(blob: str, start: int, end: int) -> bool:
+    """Whether the letters and digits around [start, end) are all hex digits."""
+    before = start
+    while before > 0 and blob[before - 1].isalnum():
+        before -= 1
+    after = end
+    while after < len(blob) and blob[after].isalnum():
+        after += 1
+    return _HEX.issuperset(blob[before:start]) and _HEX.issuperset(blob[end:after])
+
+
 def _pattern(name: str, kind: Kind, *patterns: str, **options: Any) -> PatternDetector:
     return PatternDetector(name, kind, tuple(re.compile(p) for p in patterns), **options)
 
@@ -611,9 +662,10 @@ _NUMBERS = ShapeScan(
     rb"(?P<credit_card>0{10,16}|0(?P<sep>[ ./-])0000(?P=sep)0000(?P=sep)0{1,4}(?:(?P=sep)000)?"
     rb"|0(?P<amex>[ ./-])000000(?P=amex)00000)(?![A0a-z_]|[-./]0)",
 )
-# IBANs in capitals or lower case, grouped by spaces or dashes.
+# IBANs in capitals or lower case, grouped by spaces or dashes (not after a dash: the
+# groups of a UUID are no IBAN).
 _IBANS = ShapeScan(
-    rb"00(?<=[Aa-z][Aa-z]00)(?<![A0a-z_][Aa-z][Aa-z]00)(?P<iban>(?:[ -]?[A0a-z]{4}){2,7}"
+    rb"00(?<=[Aa-z][Aa-z]00)(?<![-A0a-z_][Aa-z][Aa-z]00)(?P<iban>(?:[ -]?[A0a-z]{4}){2,7}"
     rb"(?:[ -]?[A0a-z]{1,3})?)(?![A0a-z_])",
     lead=2,
 )
@@ -688,6 +740,9 @@ def _keyed_secret_length(value: str) -> int:
     Digits alone are a secret here (a PIN), unlike after `token_count=` in text.
     """
     stripped = value.strip()
+    scheme = _AUTH_SCHEME.match(stripped)
+    if scheme is not None and scheme.end() < len(stripped):
+        stripped = stripped[scheme.end() :]
     if not stripped or stripped.lower() in _PLACEHOLDERS:
         return 0
     if stripped.startswith(("[REDACTED", "<", "${", "{{")) or set(stripped) <= {"*", "x", "X"}:
@@ -746,7 +801,8 @@ class NationalPhoneDetector(Detector):
                 yield match.span()
 
     def _valid(self, candidate: str) -> bool:
-        if not 9 <= sum(c.isdigit() for c in candidate) <= 13:
+        digits = _digits(candidate)
+        if not 9 <= len(digits) <= 13 or candidate in _DIGIT_ALPHABET:
             return False
         for region in self.regions:
             try:
@@ -771,6 +827,10 @@ def phone_regions_problem(region: str) -> str | None:
     return None
 
 
+# "0123456789" unseparated (as code writes the digits) is not read as a French number.
+_DIGIT_ALPHABET = "0123456789"
+
+
 @lru_cache(maxsize=64)
 def national_phones(regions: tuple[str, ...]) -> NationalPhoneDetector:
     """One detector per set of regions (a shared object keeps prefilters cached)."""
@@ -788,7 +848,7 @@ BUILTIN_DETECTORS: dict[str, Detector] = {
             accept=_phone_length,
             shared=_NUMBERS,
         ),
-        PatternDetector("credit_card", "card", accept=_card_length, shared=_NUMBERS),
+        CardDetector("credit_card", "card", accept=_card_length, shared=_NUMBERS),
         PatternDetector("iban", "iban", accept=_iban_length, shared=_IBANS),
         PatternDetector("us_ssn", "ssn", accept=_ssn_length, shared=_NUMBERS),
         _pattern(
