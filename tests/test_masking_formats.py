@@ -29,9 +29,9 @@ from holdgate.masking.detectors import (
 )
 from holdgate.masking.masker import (
     MaskingPolicy,
-    _shown,
     Profile,
     ProfilesInEffect,
+    _shown,
     mask_json,
     parse_masking,
 )
@@ -181,12 +181,7 @@ def test_bearer_in_prose_is_no_secret(text: str) -> None:
 
 
 def test_paths_names_match_keys_case_insensitively() -> None:
-    policy = parse_masking(
-        *(
-            lambda root: (root.child("masking"), root.child("detectors"))
-        )(parse_yaml('masking: [{name: s, paths: ["$..password"]}]', "t.yaml").root)
-    )
-    effect = policy.profiles_for("u", None, ())
+    effect = parse('masking: [{name: s, paths: ["$..password"]}]').profiles_for("u", None, ())
     doc = {"Password": "a", "PASSWORD": "b", "password": "c", "pass_word": "d"}
     assert mask_json(doc, effect).value == {
         "Password": "[REDACTED:$..password]",
@@ -329,7 +324,10 @@ def test_national_phones_only_with_phone_regions() -> None:
 
 PARTIAL_SAMPLES = [
     *(("email", v) for v in ("josé.garcía@example.com", "alice%40example.com", "x@bücher.example")),
-    *(("credit_card", v) for v in ("4111.1111.1111.1111", "4111/1111/1111/1111", "3782 822463 10005")),
+    *(
+        ("credit_card", v)
+        for v in ("4111.1111.1111.1111", "4111/1111/1111/1111", "3782 822463 10005")
+    ),
     *(("iban", v) for v in ("de89-3704-0044-0532-0130-00", "GB82 WEST 1234 5698 7654 32")),
     *(("us_ssn", v) for v in ("123-45-6789", "078 05 1120")),
     *(("phone", v) for v in ("+44 20 7946 0958", "(415) 555-0132")),

@@ -13,7 +13,12 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from holdgate.masking import prefilter
-from holdgate.masking.detectors import BUILTIN_DETECTORS, custom_detector
+from holdgate.masking.detectors import (
+    BUILTIN_DETECTORS,
+    KEYED_DETECTORS,
+    custom_detector,
+    national_phones,
+)
 from holdgate.masking.masker import (
     FieldRule,
     MaskingPolicy,
@@ -23,7 +28,6 @@ from holdgate.masking.masker import (
     mask_json,
     scan,
 )
-from holdgate.masking.detectors import KEYED_DETECTORS, national_phones
 from holdgate.masking.prefilter import TRIGGERS, prefilter_for
 
 # Every trigger, the built-ins' and those of the parts that read keys or national phones.

@@ -512,9 +512,7 @@ def _grouped_by_four(value: str) -> bool:
         return True
     first = re.match(r"[^ -]+", value)
     return (
-        first is not None
-        and len(first.group()) == 4
-        and _IBAN_GROUPS.fullmatch(value) is not None
+        first is not None and len(first.group()) == 4 and _IBAN_GROUPS.fullmatch(value) is not None
     )
 
 

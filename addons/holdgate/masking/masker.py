@@ -1024,7 +1024,9 @@ def _parse_profile(
     )
 
 
-def _secret_key_names(node: Node, chosen: Mapping[str, Detector], doubtful: bool) -> tuple[str, ...]:
+def _secret_key_names(
+    node: Node, chosen: Mapping[str, Detector], doubtful: bool
+) -> tuple[str, ...]:
     """`secret_keys:` more JSON key names whose values `generic_secret` masks whole."""
     names: list[str] = []
     for entry in _entries(node):

@@ -56,9 +56,10 @@ TRIGGERS: dict[str, str] = {
     + _NUMBER_START
     + r"[0-9]{3}[-. ][0-9]{3}[-. ][0-9]{4}",
     # A card may follow a letter or a dash: no boundary before it.
-    "credit_card": r"[0-9]{13}|[0-9]{4}(?:S[0-9]{4}S[0-9]{4}S[0-9]|S[0-9]{6}S[0-9]{5})|".replace(
-        "S", _CARD_SEPARATOR
-    )
+    # (An Amex-shaped group ends the number: "SUP-4411 100234 100234" in prose is not one.)
+    "credit_card": (
+        r"[0-9]{13}|[0-9]{4}(?:S[0-9]{4}S[0-9]{4}S[0-9]|S[0-9]{6}S[0-9]{5}(?:[^0-9]|$))|"
+    ).replace("S", _CARD_SEPARATOR)
     + _EXPONENT_NUMBER,
     # Lower case, or a letter before it: in JSON text `\nde89…` has an 'n' there.
     "iban": r"[A-Za-z]{2}[0-9]{2}(?:[ -]?[A-Za-z0-9]{4}){2}",
