@@ -294,10 +294,14 @@ class KeywordValueDetector(Detector):
             match = self.pattern.match(hay.blob, at)
             if match is None:
                 continue
-            start, end = _value_span(match, self.value_groups)
-            length = self.accept(hay.blob[start:end])
+            start, length = self._value(match)
             if length:
                 yield start, start + length
+
+    def _value(self, match: re.Match[str]) -> tuple[int, int]:
+        """Where the value of a match starts, and its accepted length (0: rejected)."""
+        start, end = _value_span(match, self.value_groups)
+        return start, self.accept(match.string[start:end])
 
 
 @dataclass(frozen=True, eq=False)
@@ -699,26 +703,11 @@ def _mixed_case_only(value: str) -> bool:
 class GenericSecretDetector(KeywordValueDetector):
     """`password=…`, `"secret": "…"` in text, `Authorization: Bearer …` and a bare `Bearer …`."""
 
-    def spans(self, hay: Haystack) -> Iterator[Span]:
-        lowered = hay.lowered
-        starts: set[int] = set()
-        for keyword in self.keywords:
-            at = lowered.find(keyword)
-            while at >= 0:
-                starts.add(at)
-                at = lowered.find(keyword, at + 1)
-        for at in sorted(starts):
-            match = self.pattern.match(hay.blob, at)
-            if match is None:
-                continue
-            if match.start(4) >= 0:
-                start, end = match.span(4)
-                length = _bearer_length(hay.blob[start:end])
-            else:
-                start, end = _value_span(match, self.value_groups)
-                length = self.accept(hay.blob[start:end])
-            if length:
-                yield start, start + length
+    def _value(self, match: re.Match[str]) -> tuple[int, int]:
+        if match.start(4) < 0:
+            return super()._value(match)
+        start, end = match.span(4)
+        return start, _bearer_length(match.string[start:end])
 
 
 SECRET_KEY_NAMES = (
