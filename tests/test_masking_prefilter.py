@@ -151,6 +151,7 @@ TEXT = st.builds(
 KEYS = st.sampled_from(
     ["notes", "aws", "password", "api_key", "x", "rows", "note", "id", "Client-Secret", "apiKey"]
     + ["SSN", "session_ref", "nextPageToken", "Password", "NOTE", "access.token"]
+    + ["PAßWORD", "ſecret", "\u212aey", "api\u212aey"]  # case mappings beyond ASCII
 )
 # JSON text as Python never writes it: numbers in exponent form, escaped characters.
 RAW_JSON = st.sampled_from(

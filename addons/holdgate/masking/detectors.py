@@ -358,9 +358,13 @@ _KEY_SEPARATORS = re.compile(r"[\s_.\-]+")
 
 @lru_cache(maxsize=4096)
 def key_name(key: str) -> str:
-    """A JSON key as names are compared: case-folded, `_ - .` and spaces dropped, so
-    `client_secret`, `Client-Secret` and `clientSecret` all read `clientsecret`."""
-    return _KEY_SEPARATORS.sub("", key).casefold()
+    """A JSON key as names are compared: lower-cased, `_ - .` and spaces dropped, so
+    `client_secret`, `Client-Secret` and `clientSecret` all read `clientsecret`.
+
+    `lower`, not `casefold`: `casefold` also maps `ß` to `ss`, which the prefilter's
+    case-insensitive RE2 triggers do not, so a key could match here yet not trigger there.
+    """
+    return _KEY_SEPARATORS.sub("", key).lower()
 
 
 @dataclass(frozen=True, eq=False)

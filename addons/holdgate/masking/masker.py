@@ -218,7 +218,7 @@ class _Plan:
             return rules[key]
         if len(rules) >= KEY_CACHE:
             rules.clear()
-        found = rules[key] = self.names.get(key.casefold())
+        found = rules[key] = self.names.get(key.lower())  # as RE2's (?i) reads it
         return found
 
     def reads_key(self, key: str) -> bool:
@@ -264,7 +264,7 @@ class ProfilesInEffect:
         names: dict[str, tuple[FieldRule, Strategy]] = {}
         for rule, strategy in rules.values():
             for name in rule.names or ():
-                name = name.casefold()
+                name = name.lower()
                 known = names.get(name)
                 if known is None or _STRENGTH[strategy] > _STRENGTH[known[1]]:
                     names[name] = (rule, strategy)

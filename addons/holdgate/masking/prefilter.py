@@ -96,8 +96,9 @@ _FOLDED = (
     r"&(?:#|[A-Za-z][A-Za-z0-9]{1,31};)",
     "[" + NFKC_STABLE_FOLDS + "]",
 )
-# What `key_name` drops between the letters of a key, as raw JSON text may write it.
-_KEY_GAP = r"(?:[\s_.-]|\\[ntrfb])*"
+# What `key_name` drops between the letters of a key, as raw JSON text (or JSON text in
+# JSON text, its backslashes doubled) may write it.
+_KEY_GAP = r"(?:[\s_.-]|\\+[ntrfb])*"
 # Characters JSON may write as a short escape: a name holding one may not appear as is.
 _ESCAPED_IN_JSON = frozenset('"\\/' + "".join(map(chr, range(0x20))))
 
