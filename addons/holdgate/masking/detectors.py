@@ -660,13 +660,14 @@ def _pattern(name: str, kind: Kind, *patterns: str, **options: Any) -> PatternDe
 # or a dash after a word (`card:x4111…`, `ref-4111…`; not a minus sign: `-4111…`) and be
 # grouped by ' ', '-', '.' or '/'.
 _NUMBERS = ShapeScan(
-    rb"000(?<![A0a-z_.]000)(?:"
-    rb"(?<!-000)(?P<us_ssn>(?P<ssn>[- ])00(?P=ssn)0000)(?![A0a-z_]|-0)"
-    rb"|(?<!\+0[ .-]000)(?P<phone>[-. ]000[-. ]0000)(?![A0a-z_]|[-.]0))",
-    rb"\(000\)(?<![A0a-z_.(]\(000\))(?P<phone> ?000[-. ]0000)(?![A0a-z_]|[-.]0)",
-    rb"000(?<![0.]000)(?<![^A0a-z]-000)(?<!^-000)"
+    rb"000(?:"
+    rb"(?<![0.]000)(?<![^A0a-z]-000)(?<!^-000)"
     rb"(?P<credit_card>0{10,16}|0(?P<sep>[ ./-])0000(?P=sep)0000(?P=sep)0{1,4}(?:(?P=sep)000)?"
-    rb"|0(?P<amex>[ ./-])000000(?P=amex)00000)(?![A0a-z_]|[-./]0)",
+    rb"|0(?P<amex>[ ./-])000000(?P=amex)00000)(?![A0a-z_]|[-./]0)"
+    rb"|(?<![A0a-z_.]000)(?:"
+    rb"(?<!-000)(?P<us_ssn>(?P<ssn>[- ])00(?P=ssn)0000)(?![A0a-z_]|-0)"
+    rb"|(?<!\+0[ .-]000)(?P<phone>[-. ]000[-. ]0000)(?![A0a-z_]|[-.]0)))",
+    rb"\(000\)(?<![A0a-z_.(]\(000\))(?P<phone> ?000[-. ]0000)(?![A0a-z_]|[-.]0)",
 )
 # IBANs in capitals or lower case, grouped by spaces or dashes (not after a dash: the
 # groups of a UUID are no IBAN).
