@@ -205,6 +205,8 @@ def hostile_answer(request: Request) -> Reply:
     """
     auth = request.headers.get("authorization", "")
     msg_id = first_id(request.body)
+    if request.path.startswith("/leaky"):  # secrets under JSON keys, realistic PII formats
+        return json_reply({"jsonrpc": "2.0", "id": msg_id, "result": leaky_result()})
     if request.path.startswith("/echo"):
         result = {
             "content": [{"type": "text", "text": f"you sent {auth}"}],
@@ -315,3 +317,44 @@ def hostile_tasks_answer(request: Request) -> Reply:
     if "id" not in message:
         return Reply(202)
     return result_for(request, {})
+
+
+# What `/leaky` returns (issue 25, items 2 and 3): secrets under JSON keys (at the top
+# level, nested, as numbers, and as JSON text in `content[].text`), and PII written as
+# people and systems write it. Every value here must be masked before it leaves the gateway.
+LEAKY_SECRETS = {
+    "client_secret": "q8ZrTlWm3vXyQ2sR",
+    "token": "Zk29pLmQ0aBcDeFg",
+    "Password": "hunter2hunter",
+    "apiKey": "k-7f3a9c21e4b5d6a7",
+}
+LEAKY_PII = {
+    "idn_email": "josé.garcía@example.com",
+    "url_email": "alice%40example.com",
+    "entity_email": "bob&#64;example.com",
+    "punycode_email": "carol@xn--bcher-kva.example",
+    "uk_phone": "020 7946 0958",
+    "fr_phone": "01 23 45 67 89",
+    "dotted_card": "4111.1111.1111.1111",
+    "card_after_letter": "x4111111111111111",
+    "iban": "de89-3704-0044-0532-0130-00",
+    "ssn": "219099999",
+    "header": "Authorization: Bearer opaque123token",
+    "google": "AIzaSyD-9tSrke72PouQMnMX-a7eZSW0jkFMBWY",
+    "gitlab": "glpat-xYz123abcDEF456ghiJk",
+}
+LEAKY_CLEAR = (
+    *LEAKY_SECRETS.values(),
+    "josé.garcía", "garcía@", "alice%40", "bob&#64;", "carol@", "7946 0958", "23 45 67",
+    "4111.1111", "4111111111111111", "3704-0044", "219099999", "opaque123token",
+    "AIzaSyD-9tSrke72", "glpat-xYz1", "8765432",
+)  # fmt: skip
+"""Fragments of LEAKY_SECRETS and LEAKY_PII that must appear nowhere once masked."""
+
+
+def leaky_result() -> dict[str, Any]:
+    nested = {"auth": {"Client-Secret": LEAKY_SECRETS["client_secret"]}, "pin_password": 8765432}
+    return {
+        "content": [{"type": "text", "text": json.dumps(LEAKY_SECRETS)}],
+        "structuredContent": {**LEAKY_SECRETS, **LEAKY_PII, "nested": nested},
+    }
