@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import unquote, urlsplit
@@ -33,6 +34,12 @@ from holdgate.config.metrics_config import MetricsConfig, parse_metrics
 from holdgate.identity.identities import IdentityConfig, parse_identity
 from holdgate.masking.masker import MaskingPolicy, parse_masking
 from holdgate.policy.rules import Action, Policy, parse_rules
+from holdgate.protocol.rebinding import (
+    HostPattern,
+    OriginPattern,
+    parse_host_pattern,
+    parse_origin_pattern,
+)
 
 TOP_KEYS = {
     "version",
@@ -51,6 +58,8 @@ TOP_KEYS = {
     "listing_ttl",
     "review",
     "metrics",
+    "allowed_hosts",
+    "allowed_origins",
 }
 UPSTREAM_KEYS = {"name", "prefix", "host", "url", "inject", "on_tool_change"}
 TOOL_CHANGE_KEYS = {"action", "approvers", "timeout"}
@@ -142,6 +151,9 @@ class GatewayConfig:
     # must not outlive a policy reload by much.
     listing_ttl: float = 60.0
     hash_key: bytes | None = None
+    # Names clients may reach the gateway by, beyond its own address (DNS rebinding).
+    allowed_hosts: tuple[HostPattern, ...] = ()
+    allowed_origins: tuple[OriginPattern, ...] = ()
     text: str = field(default="", repr=False)
     secret_warnings: tuple[str, ...] = ()  # with secrets=False: references that would fail
 
@@ -224,6 +236,8 @@ def build_config(
     listing_ttl = found.attempt(root.child("listing_ttl").duration, 60.0)
     review = found.attempt(_parse_review, root.child("review"))
     metrics = found.attempt(parse_metrics, root.child("metrics"), identity is not None)
+    allowed_hosts = _parse_patterns(root.child("allowed_hosts"), parse_host_pattern, found)
+    allowed_origins = _parse_patterns(root.child("allowed_origins"), parse_origin_pattern, found)
 
     def assemble() -> GatewayConfig:
         return GatewayConfig(
@@ -243,6 +257,8 @@ def build_config(
             metrics=metrics or MetricsConfig(),
             listing_ttl=60.0 if listing_ttl is None else listing_ttl,
             hash_key=hash_key,
+            allowed_hosts=allowed_hosts,
+            allowed_origins=allowed_origins,
             text=text,
             secret_warnings=()
             if secrets
@@ -378,6 +394,22 @@ def _parse_approvals(node: Node) -> ApprovalsConfig:
         webhook=node.child("webhook").optional_string(),
         public_url=node.child("public_url").optional_string(),
     )
+
+
+def _parse_patterns[T](node: Node, parse: Callable[[str], T], found: Problems) -> tuple[T, ...]:
+    """`allowed_hosts:` / `allowed_origins:`: a list of patterns, each checked on its own."""
+    if node.missing:
+        return ()
+    if found.attempt(node.strings) is None:
+        return ()
+    patterns: list[T] = []
+    for element in node.elements() if isinstance(node.value, list) else [node]:
+        text = element.string()
+        try:
+            patterns.append(parse(text))
+        except ValueError as exc:
+            found.add(element.error(f"{text!r}: {exc}"))
+    return tuple(patterns)
 
 
 def _parse_review(node: Node) -> ReviewConfig:

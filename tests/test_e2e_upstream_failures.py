@@ -1,0 +1,197 @@
+"""An upstream that is down or fails: a JSON-RPC 502 naming it and a row saying why; and no
+upstream connection before a request is decided (connection_strategy=lazy)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import sqlite3
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+from helpers.clients import raw_post
+from helpers.configs import ALICE, BOB, identity
+from helpers.processes import Gateway, free_port
+from helpers.raw_upstreams import RawUpstream, reset
+
+CONFIG = (
+    "version: 1\n"
+    + identity("alice", "bob")
+    + """
+upstreams:
+  - name: crm
+    url: {url}
+rules:
+  - name: no sql
+    match: {{tool: run_sql}}
+    action: deny
+  - name: lookups
+    match: {{groups: [support], method: [initialize, tools/call]}}
+    action: allow
+"""
+)
+
+
+def call(tool: str = "get_customer", msg_id: Any = 7) -> dict[str, Any]:
+    return {
+        "jsonrpc": "2.0",
+        "id": msg_id,
+        "method": "tools/call",
+        "params": {"name": tool, "arguments": {"customer_id": 1}},
+    }
+
+
+INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-06-18",
+        "capabilities": {},
+        "clientInfo": {"name": "t", "version": "1"},
+    },
+}
+
+
+def outcome_rows(gw: Gateway, expected: int = 1) -> list[dict[str, Any]]:
+    """The outcome rows, once `expected` of them are written (the writer is asynchronous)."""
+    deadline = time.monotonic() + 10
+    found: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        if gw.db.exists():
+            with sqlite3.connect(gw.db) as db:
+                db.row_factory = sqlite3.Row
+                found = [
+                    dict(r)
+                    for r in db.execute("SELECT * FROM events WHERE direction = 'outcome'")
+                ]
+            if len(found) >= expected:
+                return found
+        time.sleep(0.1)
+    return found
+
+
+def refused_connection_url() -> str:
+    """A loopback port nothing listens on."""
+    return f"http://127.0.0.1:{free_port()}"
+
+
+def test_a_down_upstream_is_401_for_the_unknown_and_a_json_rpc_502_naming_it(gateway_factory):
+    down = refused_connection_url()
+    gw = gateway_factory(CONFIG.format(url=down), down)
+    anonymous = raw_post(gw.url + "/mcp", INITIALIZE)
+    assert anonymous.status == 401, anonymous.body  # not an empty reply
+    answer = raw_post(gw.url + "/mcp", call(), ALICE)
+    assert answer.status == 502
+    assert answer.headers["Content-Type"] == "application/json"
+    error = answer.json()
+    assert error["id"] == 7 and error["error"]["code"] == -32603
+    message = error["error"]["message"]
+    assert f"upstream 'crm' ({down})" in message and "could not be reached" in message
+    assert "was not forwarded" in message
+    (row,) = [r for r in outcome_rows(gw) if r["user"] == "alice"]
+    assert row["status"] == 502 and row["target"] == "get_customer"
+    assert "could not be reached" in row["reason"]
+    assert json.loads(row["extra"])["refused"]["kind"] == "upstream-failed"
+
+
+def test_an_upstream_that_resets_mid_body_is_a_502_that_says_the_call_may_have_run(
+    gateway_factory,
+):
+    def cut(conn: socket.socket, request: bytes) -> None:
+        conn.sendall(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 400\r\n\r\n"
+            b'{"jsonrpc":"2.0","id":7,"result":{"content":[{"type":"text","text":"half'
+        )
+        time.sleep(0.2)
+        reset(conn)
+
+    with RawUpstream(cut) as upstream:
+        gw = gateway_factory(CONFIG.format(url=upstream.url), upstream.url)
+        answer = raw_post(gw.url + "/mcp", call(), ALICE)
+    assert answer.status == 502, answer.body
+    assert b"half" not in answer.body and b"<html" not in answer.body.lower()
+    message = answer.json()["error"]["message"]
+    assert "upstream 'crm'" in message and "may have run" in message
+    (row,) = outcome_rows(gw)
+    assert row["status"] == 502 and "may have run" in row["reason"]
+
+
+def test_an_upstream_that_resets_before_answering_is_a_502_too(gateway_factory):
+    with RawUpstream(lambda conn, request: reset(conn)) as upstream:
+        gw = gateway_factory(CONFIG.format(url=upstream.url), upstream.url)
+        answer = raw_post(gw.url + "/mcp", call(msg_id="abc"), ALICE)
+    assert answer.status == 502 and answer.json()["id"] == "abc"
+    assert "upstream 'crm'" in answer.json()["error"]["message"]
+
+
+def test_a_tls_failure_is_a_502_naming_the_upstream(gateway_factory):
+    def plain(conn: socket.socket, request: bytes) -> None:
+        conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+
+    with RawUpstream(plain) as upstream:
+        url = f"https://127.0.0.1:{upstream.port}"
+        gw = gateway_factory(CONFIG.format(url=url), url)
+        answer = raw_post(gw.url + "/mcp", call(), ALICE)
+    assert answer.status == 502, answer.body
+    message = answer.json()["error"]["message"]
+    assert f"upstream 'crm' ({url}) could not be reached" in message
+
+
+def test_a_stream_that_fails_midway_ends_with_an_error_for_the_pending_call(gateway_factory):
+    def stream_then_reset(conn: socket.socket, request: bytes) -> None:
+        progress = {"jsonrpc": "2.0", "method": "notifications/progress", "params": {"p": 1}}
+        event = f"event: message\ndata: {json.dumps(progress)}\n\n".encode()
+        conn.sendall(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n" + f"{len(event):x}\r\n".encode() + event + b"\r\n"
+        )
+        time.sleep(0.3)
+        reset(conn)
+
+    with RawUpstream(stream_then_reset) as upstream:
+        gw = gateway_factory(CONFIG.format(url=upstream.url), upstream.url)
+        with httpx.Client(timeout=20) as client:
+            response = client.post(
+                gw.url + "/mcp",
+                json=call(msg_id=11),
+                headers={**ALICE, "Accept": "application/json, text/event-stream"},
+            )
+    assert response.status_code == 200  # the headers had gone out before the failure
+    events = [
+        json.loads(line[len("data: ") :])
+        for line in response.text.splitlines()
+        if line.startswith("data: ")
+    ]
+    assert events[0]["method"] == "notifications/progress"
+    assert events[-1]["id"] == 11 and "upstream 'crm'" in events[-1]["error"]["message"]
+    (row,) = outcome_rows(gw)
+    assert row["status"] == 200 and "may have run" in row["reason"]
+    assert json.loads(row["extra"])["refused"]["kind"] == "upstream-failed"
+
+
+@pytest.mark.parametrize("strategy", [None, "eager"])
+def test_no_upstream_connection_before_a_request_is_decided(gateway_factory, strategy):
+    def answer(conn: socket.socket, request: bytes) -> None:
+        body = json.dumps({"jsonrpc": "2.0", "id": 7, "result": {"content": []}}).encode()
+        conn.sendall(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+            + body
+        )
+
+    with RawUpstream(answer) as upstream:
+        options = {"connection_strategy": strategy} if strategy else {}
+        gw = gateway_factory(CONFIG.format(url=upstream.url), upstream.url, options=options)
+        assert raw_post(gw.url + "/mcp", INITIALIZE).status == 401  # unauthenticated
+        denied = raw_post(gw.url + "/mcp", call("run_sql"), ALICE).json()
+        assert denied["error"]["code"] == -32003
+        not_his = raw_post(gw.url + "/mcp", call(), BOB).json()  # default-deny
+        assert not_his["error"]["code"] == -32003
+        assert raw_post(gw.url + "/nowhere/../mcp", call(), ALICE).status == 400  # malformed
+        assert upstream.connections == 0
+        assert raw_post(gw.url + "/mcp", call(), ALICE).status == 200  # decided: it goes
+        assert upstream.connections == 1
