@@ -105,6 +105,9 @@ class Router:
         if problem is not None:
             refuse(flow, 403, INVALID_REQUEST, problem, kind="host-refused")
             return
+        # Checked here, where the client's names are known; the upstream, which sees the
+        # gateway's request to its own address, would refuse an Origin it was never told of.
+        request.headers.pop("origin", None)
         if WELL_KNOWN in path:
             st.local = "resource-metadata"
             return
