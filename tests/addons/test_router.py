@@ -1,9 +1,12 @@
 """Router in process: which upstream a request is for, and what it refuses before routing."""
 
 import pytest
+from mitmproxy import exceptions
+from mitmproxy.addons.proxyserver import Proxyserver
 from mitmproxy.test import taddons
 
 from helpers.flows import UPSTREAM_URL, call, error_of, gateway, mcp_flow, send
+from holdgate.addons import http_seams
 from holdgate.addons.config_loader import ConfigLoader
 from holdgate.addons.router import Router
 
@@ -94,3 +97,26 @@ async def test_without_a_loaded_config_everything_is_503():
         flow = await send(tctx, mcp_flow(call("x")))
     status, _, message = error_of(flow)
     assert status == 503 and "no valid config" in message
+
+
+def test_connection_strategy_is_lazy_and_a_later_eager_is_refused(tmp_path):
+    router = Router(ConfigLoader())
+    with taddons.context(Proxyserver(), router) as tctx:
+        tctx.configure(router, connection_strategy="eager")  # as mitmproxy starts: its default
+        assert tctx.options.connection_strategy == "lazy"
+        with pytest.raises(exceptions.OptionsError, match="`lazy` only"):
+            tctx.options.update(connection_strategy="eager")
+        assert tctx.options.connection_strategy == "lazy"
+
+
+async def test_a_flow_whose_client_host_was_not_kept_is_refused_not_passed(tctx):
+    flow = mcp_flow(call("x"), path="/mcp")
+    http_seams._client_hosts.pop(flow)
+    await send(tctx, flow)
+    assert flow.response is not None and flow.response.status_code == 502
+
+
+async def test_a_rebound_host_is_403_in_reverse_mode(tctx):
+    flow = await send(tctx, mcp_flow(call("x"), path="/mcp", client_host="evil.example.com"))
+    assert flow.response is not None and flow.response.status_code == 403
+    assert "DNS rebinding" in error_of(flow)[2]

@@ -71,8 +71,14 @@ _client_hosts: weakref.WeakKeyDictionary[http.HTTPFlow, tuple[str, ...]] = (
 
 def client_hosts(flow: http.HTTPFlow) -> tuple[str, ...] | None:
     """Every Host header (or the HTTP/2 authority) the client sent, before mitmproxy
-    rewrote them; None for a flow that did not come through the proxy (tests)."""
+    rewrote them; None if the seam never saw the flow's headers."""
     return _client_hosts.get(flow)
+
+
+def note_client_hosts(flow: http.HTTPFlow, hosts: tuple[str, ...]) -> None:
+    """Keep the Host headers a client sent with its flow (the seam's job; tests that build
+    flows in process say it themselves)."""
+    _client_hosts[flow] = hosts
 
 
 def _keeping_client_host(step: Callable[..., Commands]) -> Callable[..., Commands]:
@@ -94,7 +100,7 @@ def _keeping_client_host(step: Callable[..., Commands]) -> Callable[..., Command
             except StopIteration as stop:
                 return stop.value
             if isinstance(command, HttpRequestHeadersHook):
-                _client_hosts[command.flow] = written
+                note_client_hosts(command.flow, written)
             reply = yield command
 
     return wrapper

@@ -93,10 +93,8 @@ class Router:
             return
         regular = flow.client_conn.proxy_mode.type_name != "reverse"
         written = http_seams.client_hosts(flow)
-        if written is None:  # not through the proxy's HTTP layer (in-process tests)
-            written = tuple(request.headers.get_all("host")) or (
-                (request.authority,) if request.authority else ()
-            )
+        if written is None:  # the seam is not in place (a mitmproxy it does not fit)
+            raise RuntimeError("the Host the client sent was not kept; it cannot be checked")
         problem = front_problem(
             written,
             request.headers.get_all("origin"),

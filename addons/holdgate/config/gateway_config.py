@@ -398,13 +398,13 @@ def _parse_approvals(node: Node) -> ApprovalsConfig:
 
 def _parse_patterns[T](node: Node, parse: Callable[[str], T], found: Problems) -> tuple[T, ...]:
     """`allowed_hosts:` / `allowed_origins:`: a list of patterns, each checked on its own."""
-    if node.missing:
-        return ()
-    if found.attempt(node.strings) is None:
+    if node.missing or node.value is None:
         return ()
     patterns: list[T] = []
     for element in node.elements() if isinstance(node.value, list) else [node]:
-        text = element.string()
+        text = found.attempt(element.string)
+        if text is None:
+            continue
         try:
             patterns.append(parse(text))
         except ValueError as exc:

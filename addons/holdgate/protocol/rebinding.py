@@ -60,7 +60,10 @@ def _split_authority(text: str) -> tuple[str, str | None]:
         if end < 0:
             raise ValueError("an IPv6 address opened with `[` is not closed with `]`")
         name, rest = text[1:end], text[end + 1 :]
-        ipaddress.IPv6Address(name)  # ValueError if it is not one
+        try:
+            ipaddress.IPv6Address(name)
+        except ValueError:
+            raise ValueError(f"[{name}] is not an IPv6 address") from None
         if rest and not rest.startswith(":"):
             raise ValueError("only `:port` may follow `[address]`")
         return name.lower(), (rest[1:] if rest else None)
