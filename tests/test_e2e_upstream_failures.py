@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import socket
 import sqlite3
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -195,3 +197,84 @@ def test_no_upstream_connection_before_a_request_is_decided(gateway_factory, str
         assert upstream.connections == 0
         assert raw_post(gw.url + "/mcp", call(), ALICE).status == 200  # decided: it goes
         assert upstream.connections == 1
+
+
+class SlowToAcceptUpstream(ThreadingHTTPServer):
+    """Takes its first connection at once and every later one only after ACCEPT_DELAY, as a
+    server across a network (or a busy one) does: a request on a kept-alive connection then
+    gets there before one that needed a new connection."""
+
+    ACCEPT_DELAY = 0.4
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _OrderHandler)
+        self.daemon_threads = True
+        self.seen: list[str] = []
+        self.accepted = 0
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        found = super().get_request()
+        self.accepted += 1
+        if self.accepted > 1:
+            time.sleep(self.ACCEPT_DELAY)
+        return found
+
+
+class _OrderHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: SlowToAcceptUpstream
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self.server.seen.append("GET stream")
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        self.wfile.write(b"d\r\n: stream open\n\r\n")
+        self.wfile.flush()
+        time.sleep(0.5)
+        self.wfile.write(b"0\r\n\r\n")
+
+    def do_POST(self) -> None:
+        message = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.server.seen.append(message["method"])
+        body = json.dumps({"jsonrpc": "2.0", "id": message["id"], "result": {}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Mcp-Session-Id", "session-1")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def test_a_call_never_overtakes_the_get_stream_its_client_opened_first(gateway_factory):
+    upstream = SlowToAcceptUpstream()
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{upstream.server_address[1]}"
+    try:
+        gw = gateway_factory(CONFIG.format(url=url), url)
+        accept = {"Accept": "application/json, text/event-stream"}
+        with httpx.Client(timeout=20, headers={**ALICE, **accept}) as client:
+            opened = client.post(gw.url + "/mcp", json=INITIALIZE)
+            session = {"Mcp-Session-Id": opened.headers["mcp-session-id"]}
+
+            def stream() -> None:
+                with httpx.Client(timeout=20, headers={**ALICE, **accept}) as other:
+                    with other.stream("GET", gw.url + "/mcp", headers=session) as response:
+                        response.read()
+
+            opener = threading.Thread(target=stream)
+            opener.start()
+            deadline = time.monotonic() + 10
+            while upstream.accepted < 2 and time.monotonic() < deadline:
+                time.sleep(0.005)  # the GET is on its way to the upstream: now call a tool
+            called = client.post(gw.url + "/mcp", json=call(), headers=session)
+            opener.join(timeout=20)
+        assert called.status_code == 200
+        assert upstream.seen == ["initialize", "GET stream", "tools/call"]
+    finally:
+        upstream.shutdown()
+        upstream.server_close()

@@ -11,6 +11,7 @@ be reached or fails is answered as a JSON-RPC error naming it (`http_seams`).
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -45,12 +46,58 @@ if TYPE_CHECKING:
 
 WELL_KNOWN = "/.well-known/oauth-protected-resource"
 BODYLESS = ("GET", "DELETE", "HEAD")
+# How long a POST waits for a GET stream of its session that reached the gateway first.
+STREAM_OPEN_WAIT = 1.0
+
+
+class StreamsOpening:
+    """The GET streams of each session on their way to the upstream, in arrival order.
+
+    A server sends requests that belong to no call (an `elicitation/create` from a tool
+    that does not tie it to its call) on the session's GET stream, and drops them while
+    none is open. A client that opens the stream and then calls a tool sends the GET first;
+    through the gateway the GET takes a new upstream connection while the call reuses one,
+    so the call could reach the server first and its question be lost. A POST of a session
+    therefore waits (at most STREAM_OPEN_WAIT, once per GET) until the GETs that arrived
+    before it have their response headers: the server sees them in the client's order.
+    """
+
+    def __init__(self) -> None:
+        self._opening: dict[str, dict[int, asyncio.Event]] = {}
+
+    def opening(self, session: str, flow_key: int) -> None:
+        self._opening.setdefault(session, {})[flow_key] = asyncio.Event()
+
+    def opened(self, session: str, flow_key: int) -> None:
+        waiting = self._opening.get(session)
+        if waiting is None:
+            return
+        event = waiting.pop(flow_key, None)
+        if event is not None:
+            event.set()
+        if not waiting:
+            del self._opening[session]
+
+    async def after_earlier_streams(self, session: str) -> None:
+        waiting = self._opening.get(session)
+        if not waiting:
+            return
+        earlier = list(waiting.items())
+        done, _ = await asyncio.wait(
+            [asyncio.ensure_future(event.wait()) for _, event in earlier],
+            timeout=STREAM_OPEN_WAIT,
+        )
+        if len(done) < len(earlier):  # a GET whose headers do not come: wait for it once only
+            for key, event in earlier:
+                if not event.is_set():
+                    self.opened(session, key)
 
 
 class Router:
     def __init__(self, loader: ConfigLoader) -> None:
         self.loader = loader
         self._lazy = False
+        self.streams = StreamsOpening()
 
     def load(self, loader: Any) -> None:
         http_seams.install()
@@ -143,6 +190,9 @@ class Router:
                 kind="malformed",
             )
             return
+        session = request.headers.get("mcp-session-id")
+        if request.method == "GET" and session:
+            self.streams.opening(session, id(flow))
         # Policy decides on the whole body, so it must never be streamed past us; bodies
         # over holdgate_max_body are cut while they are read (mitmproxy's body_size_limit).
         request.stream = False
@@ -155,9 +205,24 @@ class Router:
             base = target.path.rstrip("/")
             request.path = base + rest + (f"?{query}" if query else "")
 
+    @fail_closed
+    async def request(self, flow: http.HTTPFlow) -> None:
+        session = flow.request.headers.get("mcp-session-id")
+        if flow.request.method == "POST" and session:
+            await self.streams.after_earlier_streams(session)
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        self._stream_settled(flow)
+
+    def _stream_settled(self, flow: http.HTTPFlow) -> None:
+        session = flow.request.headers.get("mcp-session-id")
+        if flow.request.method == "GET" and session:
+            self.streams.opened(session, id(flow))
+
     def error(self, flow: http.HTTPFlow) -> None:
         """A body cut at the size limit, or an upstream that failed, is answered as a
         JSON-RPC error and put on record; never mitmproxy's HTML page or an empty reply."""
+        self._stream_settled(flow)
         st = state(flow)
         if flow.error is None or st.refused is not None:
             return
