@@ -278,3 +278,26 @@ def test_a_call_never_overtakes_the_get_stream_its_client_opened_first(gateway_f
     finally:
         upstream.shutdown()
         upstream.server_close()
+
+
+def test_a_get_stream_whose_upstream_fails_ends_cleanly_with_a_comment(gateway_factory):
+    def stream_then_reset(conn: socket.socket, request: bytes) -> None:
+        ping = {"jsonrpc": "2.0", "method": "notifications/message", "params": {"x": 1}}
+        event = f"event: message\ndata: {json.dumps(ping)}\n\n".encode()
+        conn.sendall(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nMcp-Session-Id: s1\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n" + f"{len(event):x}\r\n".encode() + event + b"\r\n"
+        )
+        time.sleep(0.3)
+        reset(conn)
+
+    with RawUpstream(stream_then_reset) as upstream:
+        gw = gateway_factory(CONFIG.format(url=upstream.url), upstream.url)
+        with httpx.Client(timeout=20) as client:
+            response = client.get(  # read to its end: no "incomplete chunked read"
+                gw.url + "/mcp", headers={**ALICE, "Accept": "text/event-stream"}
+            )
+    assert response.status_code == 200
+    lines = response.text.splitlines()
+    assert any(line.startswith("data: ") and "notifications/message" in line for line in lines)
+    assert lines[-1].startswith(": upstream 'crm'") and "may have run" in lines[-1]

@@ -38,7 +38,7 @@ from holdgate.protocol.jsonrpc import (
     shown,
 )
 from holdgate.protocol.rebinding import FrontNames, front_problem
-from holdgate.protocol.sse import SSEDecoder, SSEError, SSEEvent, encode_event
+from holdgate.protocol.sse import SSEDecoder, SSEError, SSEEvent, encode_comment, encode_event
 
 if TYPE_CHECKING:
     from holdgate.addons.config_loader import ConfigLoader
@@ -107,15 +107,16 @@ class Router:
         is decided (mitmproxy's default, eager, connects as a client connects). The first
         configure sets it (a `--set connection_strategy=eager` cannot be told from the
         default, so it is overridden); a later change to eager is refused and rolled back."""
-        if "connection_strategy" not in updated or ctx.options.connection_strategy == "lazy":
+        if "connection_strategy" not in updated:
             return
-        if self._lazy:
-            raise exceptions.OptionsError(
-                "connection_strategy: Holdgate runs with `lazy` only, so that no upstream is "
-                "connected to before its request is checked; leave the option unset"
-            )
+        if ctx.options.connection_strategy != "lazy":
+            if self._lazy:
+                raise exceptions.OptionsError(
+                    "connection_strategy: Holdgate runs with `lazy` only, so that no upstream "
+                    "is connected to before its request is checked; leave the option unset"
+                )
+            ctx.options.update(connection_strategy="lazy")
         self._lazy = True
-        ctx.options.update(connection_strategy="lazy")
 
     @fail_closed
     def requestheaders(self, flow: http.HTTPFlow) -> None:
@@ -251,13 +252,17 @@ class Router:
                 flow.response.status_code, INTERNAL_ERROR, message, "upstream-failed"
             )
             unanswered = [i for i in ids if not _answered(st, i)]
-            notice = [error_object(i, INTERNAL_ERROR, message) for i in unanswered] or [
-                error_object(None, INTERNAL_ERROR, message)
-            ]
+            # Each call still waiting gets its error; a stream that answered every call (or a
+            # GET stream, which answers none) ends with a comment, which clients skip.
             tail = b"".join(
-                encode_event(SSEEvent(data=dumps(n).decode("utf-8"), event="message"))
-                for n in notice
-            )
+                encode_event(
+                    SSEEvent(
+                        data=dumps(error_object(i, INTERNAL_ERROR, message)).decode("utf-8"),
+                        event="message",
+                    )
+                )
+                for i in unanswered
+            ) or encode_comment(message)
             st.keep_for_recording(tail)
             http_seams.end_stream(flow, tail)
             return
@@ -274,6 +279,7 @@ class Router:
 def failure_message(upstream: Upstream, error: str, reached: bool) -> str:
     """What a client and the record are told of an upstream that failed: which one, what
     happened, and whether the call can have run there."""
+    error = " ".join(error.split())[:300]  # one line, as it goes into an SSE comment too
     where = f"upstream {upstream.name!r}"
     if upstream.url:
         where += f" ({upstream.url})"
