@@ -301,3 +301,22 @@ def test_a_get_stream_whose_upstream_fails_ends_cleanly_with_a_comment(gateway_f
     lines = response.text.splitlines()
     assert any(line.startswith("data: ") and "notifications/message" in line for line in lines)
     assert lines[-1].startswith(": upstream 'crm'") and "may have run" in lines[-1]
+
+
+def test_an_unframed_answer_over_the_size_limit_is_a_json_rpc_502(gateway_factory):
+    def big(conn: socket.socket, request: bytes) -> None:
+        piece = b'{"jsonrpc":"2.0","id":7,"result":{"text":"' + b"x" * 4096 + b'"}}'
+        conn.sendall(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n"
+            + piece
+        )
+
+    with RawUpstream(big) as upstream:
+        gw = gateway_factory(
+            CONFIG.format(url=upstream.url), upstream.url, options={"holdgate_max_body": "1k"}
+        )
+        answer = raw_post(gw.url + "/mcp", call(), ALICE)
+    assert answer.status == 502 and b"xxxx" not in answer.body
+    assert "response is over holdgate_max_body" in answer.json()["error"]["message"]
+    (row,) = outcome_rows(gw)
+    assert row["status"] == 502

@@ -128,8 +128,11 @@ def _streaming(stream: HttpStream) -> bool:
     return bool(stream.server_state == stream.state_stream_response_body)
 
 
-def _answering(step: Callable[..., Commands]) -> Callable[..., Commands]:
-    """Wrap an HttpStream step: its error for the client becomes the registered answer."""
+def _answering(step: Callable[..., Commands], *, then_close: bool) -> Callable[..., Commands]:
+    """Wrap an HttpStream step: its error for the client becomes the registered answer.
+    `then_close`: for a request body cut at the size limit (`check_body_size(True)`) the
+    client may still be sending, so mitmproxy's error follows the answer: having answered
+    already, it only closes the connection."""
 
     @functools.wraps(step)
     def wrapper(stream: HttpStream, *args: Any) -> Commands:
@@ -141,6 +144,7 @@ def _answering(step: Callable[..., Commands]) -> Callable[..., Commands]:
                 reached=event.code != ErrorCode.CONNECT_FAILED,
                 streaming=_streaming(stream),
             )
+        closing = then_close and args == (True,)
         steps = step(stream, *args)
         reply: Any = None
         try:
@@ -150,9 +154,9 @@ def _answering(step: Callable[..., Commands]) -> Callable[..., Commands]:
                 except StopIteration as stop:
                     return stop.value
                 events = _answer_for(stream, command)
-                if events:
-                    for event in events:
-                        yield SendHttp(event, stream.context.client)
+                for event in events:
+                    yield SendHttp(event, stream.context.client)
+                if events and not closing:
                     reply = None
                     continue
                 reply = yield command
@@ -199,7 +203,11 @@ def install() -> None:
     if _installed:
         return
     _installed = True
-    for name in ("handle_protocol_error", "check_body_size"):
-        setattr(HttpStream, name, _answering(getattr(HttpStream, name)))
+    HttpStream.handle_protocol_error = _answering(  # type: ignore[method-assign]
+        HttpStream.handle_protocol_error, then_close=False
+    )
+    HttpStream.check_body_size = _answering(  # type: ignore[method-assign]
+        HttpStream.check_body_size, then_close=True
+    )
     step = HttpStream.state_wait_for_request_headers
     HttpStream.state_wait_for_request_headers = _keeping_client_host(step)  # type: ignore[method-assign]

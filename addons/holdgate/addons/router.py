@@ -225,11 +225,13 @@ class Router:
         JSON-RPC error and put on record; never mitmproxy's HTML page or an empty reply."""
         self._stream_settled(flow)
         st = state(flow)
-        if flow.error is None or st.refused is not None:
+        if flow.error is None:
             return
         if "body_size_limit" in flow.error.msg:
+            # Answered even if refused already: that answer never left (the body was still
+            # being read); the refusal on record stays the first one.
             request_cut = flow.error.msg.startswith("Request")
-            st.refused = Refusal(
+            cut = Refusal(
                 413 if request_cut else 502,
                 INVALID_REQUEST,
                 "the request body is over holdgate_max_body; it was cut while being read "
@@ -238,9 +240,14 @@ class Router:
                 else "the upstream's response is over holdgate_max_body; it was withheld",
                 "malformed" if request_cut else "upstream-failed",
             )
-            response = json_response(st.refused.status, error_object(None, *_code_message(st)))
+            st.refused = st.refused or cut
+            response = json_response(
+                cut.status, error_object(None, INVALID_REQUEST, cut.message), _closing(flow)
+            )
             http_seams.answer(flow, response)
             flow.response = response
+            return
+        if st.refused is not None:
             return
         failure = http_seams.upstream_failure(flow)
         if failure is None or st.upstream is None:
@@ -270,10 +277,15 @@ class Router:
         errors = [error_object(i, INTERNAL_ERROR, message) for i in ids] or [
             error_object(None, INTERNAL_ERROR, message)
         ]
-        headers = {"Connection": "close"} if flow.request.http_version.startswith("HTTP/1") else {}
-        response = json_response(502, errors if len(errors) > 1 else errors[0], headers)
+        response = json_response(502, errors if len(errors) > 1 else errors[0], _closing(flow))
         http_seams.answer(flow, response)
         flow.response = response
+
+
+def _closing(flow: http.HTTPFlow) -> dict[str, str]:
+    """HTTP/1: close the connection after an error answer (the request or the upstream's
+    answer was cut, so what is left on the wire is unknown)."""
+    return {"Connection": "close"} if flow.request.http_version.startswith("HTTP/1") else {}
 
 
 def failure_message(upstream: Upstream, error: str, reached: bool) -> str:
@@ -289,11 +301,6 @@ def failure_message(upstream: Upstream, error: str, reached: bool) -> str:
         f"{where} failed before its answer was complete ({error}); the request was "
         "forwarded and may have run"
     )
-
-
-def _code_message(st: FlowState) -> tuple[int, str]:
-    assert st.refused is not None
-    return (st.refused.code or INTERNAL_ERROR, st.refused.message)
 
 
 def _request_ids(st: FlowState) -> list[str | int]:
