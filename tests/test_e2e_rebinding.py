@@ -65,8 +65,9 @@ def test_a_rebound_host_and_origin_are_refused_before_anything_else(gateway, dem
     answer = raw_post(gateway.url + "/mcp", INITIALIZE, {**ALICE, **hostile})
     assert answer.status == 403
     error = answer.json()["error"]
-    assert error["code"] == -32600 and "'evil.example.com' is not a name of this gateway" in (
-        error["message"]
+    assert (
+        error["code"] == -32600
+        and "'evil.example.com' is not a name of this gateway" in (error["message"])
     )
     assert "allowed_hosts" in error["message"]
     assert demo.requests() == []  # never forwarded

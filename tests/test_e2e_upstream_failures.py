@@ -67,8 +67,7 @@ def outcome_rows(gw: Gateway, expected: int = 1) -> list[dict[str, Any]]:
             with sqlite3.connect(gw.db) as db:
                 db.row_factory = sqlite3.Row
                 found = [
-                    dict(r)
-                    for r in db.execute("SELECT * FROM events WHERE direction = 'outcome'")
+                    dict(r) for r in db.execute("SELECT * FROM events WHERE direction = 'outcome'")
                 ]
             if len(found) >= expected:
                 return found

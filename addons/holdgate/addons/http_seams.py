@@ -47,9 +47,8 @@ from mitmproxy.proxy.layers.http._hooks import HttpRequestHeadersHook
 
 @dataclass(frozen=True)
 class UpstreamFailure:
-    """What mitmproxy said went wrong on the server side of a flow."""
+    """Where the server side of a flow failed (what went wrong is `flow.error`)."""
 
-    message: str
     reached: bool  # a connection to the upstream was made (the request may have run)
     streaming: bool  # the response's headers had already gone to the client
 
@@ -140,7 +139,6 @@ def _answering(step: Callable[..., Commands], *, then_close: bool) -> Callable[.
         event = args[0] if args else None
         if flow is not None and isinstance(event, ResponseProtocolError):
             _failures[flow] = UpstreamFailure(
-                event.message,
                 reached=event.code != ErrorCode.CONNECT_FAILED,
                 streaming=_streaming(stream),
             )
