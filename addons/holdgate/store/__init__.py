@@ -23,7 +23,12 @@ One `Store` object owns the connections; all SQL lives in this package:
     errors.py            the exception tree
     sqlite_export.py     the export feed as a standalone SQLite file
     oneshot.py           one call on the store at a path, for callers without a Store
+
+`PostgresStore` is imported on first use of the name (psycopg behind it is heavy and only a
+PostgreSQL store needs it): `from holdgate.store import PostgresStore` works as ever.
 """
+
+from typing import TYPE_CHECKING, Any
 
 from holdgate.store.approval_records import Decision
 from holdgate.store.campaign_records import Campaign, Item, ItemSpec, Verdict
@@ -61,7 +66,6 @@ from holdgate.store.oneshot import (
     pending_approvals,
     tool_pin_rows,
 )
-from holdgate.store.postgres_store import PostgresStore
 from holdgate.store.purge import PurgeRecord, PurgeReport
 from holdgate.store.queries import EXPORT_FIELDS
 from holdgate.store.rows import (
@@ -80,6 +84,17 @@ from holdgate.store.schema import CHAINED, GENESIS, SCHEMA_VERSION, open_db, sch
 from holdgate.store.sqlite_export import write_sqlite_export
 from holdgate.store.sqlite_store import SqliteStore, open_store
 from holdgate.store.writer import AuditWriter
+
+if TYPE_CHECKING:
+    from holdgate.store.postgres_store import PostgresStore
+
+
+def __getattr__(name: str) -> Any:
+    if name == "PostgresStore":
+        from holdgate.store.postgres_store import PostgresStore
+
+        return PostgresStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "AlreadyCertified",
