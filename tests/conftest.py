@@ -1,10 +1,16 @@
 """Fixtures only; what they use lives in `tests/helpers` (see its docstring).
 
 Every process or server a fixture starts is stopped by that fixture, by its pid.
+
+The suite runs its files in parallel (pytest-xdist, `-n auto --dist loadfile` in
+pyproject.toml): a file's tests stay together on one worker, in order, so a module-scoped
+fixture is started once per file. Ports come from `helpers.processes.free_port`, which no
+two workers share; each worker has its own tmp folders and PostgreSQL cluster.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +20,22 @@ import pytest
 from helpers.postgres import PostgresServer, start_postgres, stop_postgres
 from helpers.processes import DemoServer, Gateway, start_demo, start_gateway, stop
 from helpers.upstreams import Answer, FakeUpstream, hostile_upstream
+
+# Workers for `-n auto`: most of a test's time is spent waiting on the gateway and servers
+# it starts, so more workers than cores (PYTEST_XDIST_AUTO_NUM_WORKERS=N overrides).
+WORKERS = 4
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    """As many workers as files named on the command line, up to WORKERS; none for one file
+    (no workers to start when a single file is run)."""
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return None  # pytest-xdist's own hook reads it
+    paths = [Path(str(arg).split("::")[0]) for arg in config.args]
+    if any(path.is_dir() for path in paths):
+        return WORKERS
+    files = len(set(paths))
+    return 0 if files <= 1 else min(WORKERS, files)
 
 
 @pytest.fixture

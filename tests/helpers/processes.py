@@ -6,12 +6,14 @@ started it (the fixtures in conftest.py); nothing else is touched.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from dataclasses import dataclass, field
@@ -26,10 +28,37 @@ GATEWAY_SCRIPT = str(ROOT / "addons" / "gateway.py")
 STARTUP_TIMEOUT = 30.0
 
 
+# A lock file per port handed out, in a folder every test process on the host shares.
+PORT_LOCKS = Path(tempfile.gettempdir()) / "holdgate-test-ports"
+PORT_RESERVED_FOR = 2 * STARTUP_TIMEOUT  # long enough for whatever was given it to bind it
+_reserved: list[tuple[float, int]] = []  # (when, the lock's file descriptor)
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port nothing listens on, and no other test process is handed for a while.
+
+    The kernel picks a free one (bind to port 0); an exclusive lock on PORT_LOCKS/PORT,
+    held by this process for PORT_RESERVED_FOR seconds, keeps every other `free_port` on
+    the host (pytest-xdist workers, another checkout's run) from handing out the same port
+    in the moment between this answer and the bind of the server it is meant for.
+    """
+    now = time.monotonic()
+    while _reserved and now - _reserved[0][0] > PORT_RESERVED_FOR:
+        os.close(_reserved.pop(0)[1])
+    PORT_LOCKS.mkdir(mode=0o1777, exist_ok=True)
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        lock = os.open(PORT_LOCKS / str(port), os.O_CREAT | os.O_RDWR, 0o666)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # another test process has just been given it
+            os.close(lock)
+            continue
+        _reserved.append((now, lock))
+        return port
+    raise RuntimeError(f"no free loopback port that is not reserved in {PORT_LOCKS}")
 
 
 def wait_for_port(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
