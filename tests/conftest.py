@@ -18,7 +18,15 @@ from typing import Any
 import pytest
 
 from helpers.postgres import PostgresServer, start_postgres, stop_postgres
-from helpers.processes import DemoServer, Gateway, start_demo, start_gateway, stop
+from helpers.processes import (
+    DemoServer,
+    Gateway,
+    SharedDemo,
+    start_demo,
+    start_gateway,
+    stop_soon,
+    wait_for_stops,
+)
 from helpers.upstreams import Answer, FakeUpstream, hostile_upstream
 
 # Workers for `-n auto`: most of a test's time is spent waiting on the gateway and servers
@@ -38,16 +46,39 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
     return 0 if files <= 1 else min(WORKERS, files)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _every_process_stopped() -> Iterator[None]:
+    """The fixtures below stop their processes in the background (`stop_soon`); the session
+    ends only once all have stopped."""
+    yield
+    wait_for_stops()
+
+
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
 
 
+@pytest.fixture(scope="module")
+def shared_demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SharedDemo]:
+    """The demo server of a module's tests (started on first use)."""
+    shared = SharedDemo(tmp_path_factory.mktemp("demo"))
+    yield shared
+    shared.stop()
+
+
 @pytest.fixture
-def demo(tmp_path: Path) -> Iterator[DemoServer]:
-    server = start_demo(tmp_path)
-    yield server
-    stop(server.proc)
+def demo(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DemoServer]:
+    """The demo MCP server, showing this test only its own requests: the module's shared
+    one (`shared_demo`), or a new one for this test when the module sets
+    `DEMO_PER_TEST = True` (its tests change the demo's data)."""
+    if getattr(request.module, "DEMO_PER_TEST", False):
+        server = start_demo(tmp_path)
+        yield server
+        stop_soon(server.proc)
+    else:
+        shared: SharedDemo = request.getfixturevalue("shared_demo")
+        yield shared.for_a_test()
 
 
 @pytest.fixture
@@ -62,7 +93,7 @@ def gateway_factory(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
 
     yield factory
     for gw in started:
-        stop(gw.proc)
+        stop_soon(gw.proc)
 
 
 @pytest.fixture
@@ -104,6 +135,7 @@ def postgres() -> Iterator[PostgresServer]:
     """One real PostgreSQL 15 server for the session (started on first use, by its pid)."""
     server = start_postgres()
     yield server
+    wait_for_stops()  # no gateway still connected
     stop_postgres(server)
 
 

@@ -15,8 +15,9 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,9 @@ MITMDUMP = str(BIN / "mitmdump")
 HOLDGATE = str(BIN / "holdgate")
 GATEWAY_SCRIPT = str(ROOT / "addons" / "gateway.py")
 STARTUP_TIMEOUT = 30.0
+# How often an in-process test server's serve_forever looks for shutdown(): socketserver's
+# default (0.5 s) is otherwise waited out, half of it on average, at every stop.
+SERVER_POLL = 0.05
 
 
 # A lock file per port handed out, in a folder every test process on the host shares.
@@ -85,6 +89,24 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(timeout=5)
 
 
+_stopping: list[threading.Thread] = []
+
+
+def stop_soon(proc: subprocess.Popen[bytes]) -> None:
+    """`stop` in a thread, for a fixture's teardown: the next test starts while a gateway
+    drains (its writers, its recordings process) instead of after. `wait_for_stops` joins
+    them; the session does at its end."""
+    thread = threading.Thread(target=stop, args=(proc,), name=f"stop-{proc.pid}")
+    thread.start()
+    _stopping.append(thread)
+
+
+def wait_for_stops() -> None:
+    """Wait until every process handed to `stop_soon` has stopped."""
+    while _stopping:
+        _stopping.pop().join()
+
+
 def holdgate_cli(
     *args: str, cwd: Path | None = None, env_store: str | None = None
 ) -> subprocess.CompletedProcess[str]:
@@ -102,16 +124,21 @@ class DemoServer:
     log: Path
     proc: subprocess.Popen[bytes]
     transport: str = "streamable-http"
+    since: int = 0  # where this test's part of the log starts (a server shared by a module)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def requests(self) -> list[dict[str, Any]]:
-        """Every HTTP request the server received, as logged by the demo server."""
+        """Every HTTP request the server received (since `since`), as logged by the demo
+        server."""
         if not self.log.exists():
             return []
-        return [json.loads(line) for line in self.log.read_text().splitlines() if line.strip()]
+        with self.log.open("rb") as log:
+            log.seek(self.since)
+            text = log.read().decode()
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
 
     def received_bodies(self) -> list[Any]:
         return [json.loads(r["body"]) for r in self.requests() if r.get("body")]
@@ -148,6 +175,27 @@ def start_demo(
     wait_for_port(port, proc, out)
     transport = "sse" if "sse" in args else "streamable-http"
     return DemoServer(port, log, proc, transport)
+
+
+class SharedDemo:
+    """One demo server for the tests of a module, each shown only the requests it made (the
+    log from where it stood when the test began). A test may stop it (an upstream outage):
+    the next test gets a new one. Its data is shared, so a module whose tests change the
+    demo's data sets `DEMO_PER_TEST = True` (see conftest.py's `demo`)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.server: DemoServer | None = None
+
+    def for_a_test(self) -> DemoServer:
+        if self.server is None or self.server.proc.poll() is not None:
+            self.server = start_demo(self.folder)
+        log = self.server.log
+        return replace(self.server, since=log.stat().st_size if log.exists() else 0)
+
+    def stop(self) -> None:
+        if self.server is not None:
+            stop_soon(self.server.proc)
 
 
 @dataclass
