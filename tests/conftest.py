@@ -78,7 +78,7 @@ def demo(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DemoServer]
         stop_soon(server.proc)
     else:
         shared: SharedDemo = request.getfixturevalue("shared_demo")
-        yield shared.for_a_test()
+        yield shared.for_a_test(tmp_path)
 
 
 @pytest.fixture

@@ -125,6 +125,7 @@ class DemoServer:
     proc: subprocess.Popen[bytes]
     transport: str = "streamable-http"
     since: int = 0  # where this test's part of the log starts (a server shared by a module)
+    db: Path | None = None  # its customer database
 
     @property
     def url(self) -> str:
@@ -174,7 +175,7 @@ def start_demo(
         )
     wait_for_port(port, proc, out)
     transport = "sse" if "sse" in args else "streamable-http"
-    return DemoServer(port, log, proc, transport)
+    return DemoServer(port, log, proc, transport, db=tmp / "demo.sqlite3")
 
 
 class SharedDemo:
@@ -187,9 +188,13 @@ class SharedDemo:
         self.folder = folder
         self.server: DemoServer | None = None
 
-    def for_a_test(self) -> DemoServer:
+    def for_a_test(self, tmp: Path) -> DemoServer:
+        """The server, for a test whose folder is `tmp`: its database is linked there as
+        `demo.sqlite3`, where a demo of the test's own would keep it."""
         if self.server is None or self.server.proc.poll() is not None:
             self.server = start_demo(self.folder)
+        if self.server.db is not None:
+            (tmp / "demo.sqlite3").symlink_to(self.server.db)
         log = self.server.log
         return replace(self.server, since=log.stat().st_size if log.exists() else 0)
 
