@@ -1,0 +1,361 @@
+"""The values the gateway injects towards an upstream, found in every form it may send back.
+
+An echo tool, an HTTP-dump tool or a careless upstream returns what it received, the
+gateway's `Authorization` included, and rarely as is: base64 of a whole request dump (the
+token at any byte offset of it), hex, upper-cased, percent-encoded, JSON-escaped, cut
+across two strings of one message or two events of a stream. `InjectedForms` is built once
+per set of secrets (per upstream and config) and finds all of those with two compiled RE2
+patterns; nothing is derived per response.
+
+What is searched, per message (`InjectedForms.scrub_value`):
+- each string (keys and values) on its own, for a whole form anywhere, the start of a
+  form (`PARTIAL_MIN` characters or more) at its end, the end of a form at its start:
+  a value cut in two, or truncated, leaves neither part;
+- the string values under one JSON key (`content[].text` side by side) joined in order,
+  for a whole form spanning them;
+- in a stream, each key's join behind the tail the previous messages left under that key
+  (`StreamTails`), as `StreamMasker` does: a value sent a few characters per event is
+  replaced from the event where `PARTIAL_MIN` characters of it have gone by.
+
+A hit is replaced by `SECRET_MARK`. An upstream that means to hand its credential out can
+always spell it some other way (reversed, enciphered, a character per key): the guard
+keeps out what an upstream reflects, it is not a boundary against the upstream itself.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import bisect
+import itertools
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Final
+from urllib.parse import quote, quote_plus
+
+import re2
+
+SECRET_MARK: Final = "[REDACTED:injected_credential]"
+# Forms derived from a secret (its token part, encodings) shorter than this are not
+# scrubbed: they would match ordinary text. The raw value itself always is.
+MIN_DERIVED_SECRET: Final = 6
+# The shortest start or end of a form replaced on its own (a value cut in two): 8
+# characters of a random token are 32 bits or more, never ordinary text.
+PARTIAL_MIN: Final = 8
+# The most keys a stream keeps a tail under (least recent dropped).
+STREAM_TAIL_KEYS: Final = 32
+# Joins strings for the per-string pass: a character no form holds, so no hit spans two.
+_SEPARATOR: Final = "\x00"
+
+
+@dataclass(frozen=True)
+class SecretForm:
+    """One spelling of a secret. `folded`: matched in any letter case (the encoding does
+    not fix it: hex, percent-escapes, the plain text). `core`: it spells the secret part
+    itself (the token, not `Bearer `), so a part of it is a hit too."""
+
+    text: str
+    folded: bool
+    core: bool
+
+
+def secret_forms(secrets: Iterable[str]) -> tuple[SecretForm, ...]:
+    """Every form of every secret, longest first: the raw values, their token part
+    (`Bearer X`, `Basic X` and the user:password and password in X), and those upper- and
+    lower-cased, JSON-escaped (short, `\\/` and `\\u00xx` escapes), percent-encoded, hex
+    and base64 at each of the three byte alignments in both alphabets (the characters
+    that depend on neighbouring bytes left off, so the form matches inside a longer blob)."""
+    found: dict[tuple[str, bool], SecretForm] = {}
+
+    def add(text: str, folded: bool, core: bool, raw: bool = False) -> None:
+        if not text or (len(text) < MIN_DERIVED_SECRET and not raw):
+            return
+        folded = folded and len(text) >= MIN_DERIVED_SECRET
+        key = (text.lower() if folded else text, folded)
+        known = found.get(key)
+        if known is None or (core and not known.core):
+            found[key] = SecretForm(text, folded, core)
+
+    for secret in secrets:
+        if not secret:
+            continue
+        scheme, _, token = secret.strip().partition(" ")
+        token = token.strip()
+        has_token = bool(token) and scheme.isalpha()
+        add(secret, folded=True, core=not has_token, raw=True)
+        bases = [(secret, not has_token)]
+        if has_token:
+            bases.append((token, True))
+            if scheme.lower() == "basic":
+                bases.extend(_basic_parts(token))
+        for base, core in bases:
+            for form, folded in _spellings(base):
+                add(form, folded, core)
+    return tuple(sorted(found.values(), key=lambda f: (-len(f.text), f.text)))
+
+
+def _spellings(base: str) -> Iterable[tuple[str, bool]]:
+    """(form, folded) for one base value."""
+    yield base, True
+    yield json.dumps(base)[1:-1], True
+    yield json.dumps(base, ensure_ascii=False)[1:-1], True
+    yield json.dumps(base)[1:-1].replace("/", "\\/"), True
+    yield "".join(_u_escape(char) for char in base), True
+    yield quote(base, safe="", errors="surrogatepass"), True
+    yield quote_plus(base, safe="/", errors="surrogatepass"), True
+    for cased in dict.fromkeys((base, base.upper(), base.lower())):
+        data = cased.encode("utf-8", "surrogatepass")
+        yield data.hex(), True
+        yield "".join(f"%{byte:02x}" for byte in data), True
+        for offset in range(3):
+            encoded = base64.b64encode(bytes(offset) + data).decode("ascii")
+            # Characters wholly made of the value's bits: the first after the offset's
+            # bits, up to the last before the padding's.
+            stable = encoded[-(-8 * offset // 6) : 8 * (offset + len(data)) // 6]
+            yield stable, False
+            yield stable.translate(_URLSAFE), False
+
+
+_URLSAFE: Final = str.maketrans("+/", "-_")
+
+
+def _u_escape(char: str) -> str:
+    code = ord(char)
+    if code <= 0xFFFF:
+        return f"\\u{code:04x}"
+    code -= 0x10000
+    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
+
+
+def _basic_parts(token: str) -> list[tuple[str, bool]]:
+    try:
+        decoded = base64.b64decode(token, validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return []
+    _, _, password = decoded.partition(":")
+    return [(decoded, False), (password, True)] if password else [(decoded, True)]
+
+
+def _literal(form: SecretForm, text: str | None = None) -> str:
+    escaped = re2.escape(form.text if text is None else text)
+    return f"(?i:{escaped})" if form.folded else escaped
+
+
+def _starts(form: SecretForm) -> str:
+    """A proper start of `form`, `PARTIAL_MIN` characters or more: `ab(?:c(?:d)?)?`."""
+    text = form.text
+    nested = ""
+    for char in reversed(text[PARTIAL_MIN : len(text) - 1]):
+        nested = f"(?:{_literal(form, char)}{nested})?"
+    return _literal(form, text[:PARTIAL_MIN]) + nested
+
+
+def _ends(form: SecretForm) -> str:
+    """A proper end of `form`, `PARTIAL_MIN` characters or more: `(?:(?:b)?c)?de`."""
+    text = form.text
+    nested = ""
+    for char in text[1 : len(text) - PARTIAL_MIN]:
+        nested = f"(?:{nested}{_literal(form, char)})?"
+    return nested + _literal(form, text[len(text) - PARTIAL_MIN :])
+
+
+@dataclass(frozen=True)
+class StreamTails:
+    """What the previous messages of one stream left at the end of each key's strings,
+    to find a value sent in pieces. One per stream, used in order."""
+
+    tails: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Leaf:
+    text: str
+    context: str | None  # the nearest key of a value; None for a key
+
+
+class InjectedForms:
+    """The compiled forms of a set of secrets. Falsy when there is nothing to find."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        self.forms = secret_forms(secrets)
+        partial = [f for f in self.forms if f.core and len(f.text) > PARTIAL_MIN]
+        whole = "|".join(map(_literal, self.forms))
+        self._whole = re2.compile(whole) if self.forms else None
+        edges = [whole] if whole else []
+        if partial:
+            edges.append(f"(?:{'|'.join(map(_starts, partial))}){_SEPARATOR}")
+            edges.append(f"{_SEPARATOR}(?:{'|'.join(map(_ends, partial))})")
+        self._edges = re2.compile("|".join(edges)) if edges else None
+        self._joined_stream = (
+            re2.compile(f"{whole}|(?:{'|'.join(map(_starts, partial))})\\z") if partial else None
+        )
+        self.longest = max((len(f.text) for f in self.forms if f.core), default=0)
+
+    def __bool__(self) -> bool:
+        return bool(self.forms)
+
+    def scrub_text(self, text: str, tails: StreamTails | None = None) -> tuple[str, int]:
+        """`text` with every injected value replaced, and how many runs were."""
+        scrubbed, count = self.scrub_value(text, tails)
+        return scrubbed, count
+
+    def scrub_value(self, value: Any, tails: StreamTails | None = None) -> tuple[Any, int]:
+        """A JSON-like value with every injected value replaced in its strings and keys
+        (containers copied only where something changed), and how many runs were.
+        `tails`: the value is the next message of that stream."""
+        if not self.forms:
+            return value, 0
+        leaves: list[_Leaf] = []
+        _collect(value, None, leaves)
+        if not leaves:
+            return value, 0
+        covered: dict[int, list[tuple[int, int]]] = {}
+        self._per_string(leaves, covered)
+        self._per_key(leaves, covered, tails)
+        if not covered:
+            return value, 0
+        replaced: dict[int, str] = {}
+        count = 0
+        for index, spans in covered.items():
+            replaced[index], runs = _replace(leaves[index].text, spans)
+            count += runs
+        return _rebuild(value, replaced, itertools.count()), count
+
+    def _per_string(self, leaves: list[_Leaf], covered: dict[int, list[tuple[int, int]]]) -> None:
+        """Whole forms in each string, a form's start at its end, a form's end at its start."""
+        assert self._edges is not None
+        texts = [leaf.text for leaf in leaves]
+        # Two separators between strings: a start of a form at the end of one and an end
+        # of a form at the start of the next each take one.
+        joined = _SEPARATOR + (2 * _SEPARATOR).join(texts) + _SEPARATOR
+        starts = _starts_of(texts, 1, 2)
+        for match in self._edges.finditer(joined):
+            _cover(covered, starts, texts, match.start(), match.end())
+
+    def _per_key(
+        self,
+        leaves: list[_Leaf],
+        covered: dict[int, list[tuple[int, int]]],
+        tails: StreamTails | None,
+    ) -> None:
+        """Whole forms across the strings under one key (behind the stream's tail)."""
+        by_key: dict[str, list[int]] = {}
+        for index, leaf in enumerate(leaves):
+            if leaf.context is not None:
+                by_key.setdefault(leaf.context, []).append(index)
+        keep = self.longest - 1
+        for key, indexes in by_key.items():
+            tail = tails.tails.get(key, "") if tails is not None else ""
+            if len(indexes) < 2 and not tail:
+                self._remember(tails, key, tail, leaves, indexes, keep)
+                continue
+            texts = [leaves[i].text for i in indexes]
+            joined = tail + "".join(texts)
+            pattern = self._joined_stream if tails is not None else self._whole
+            if pattern is not None:
+                starts = _starts_of(texts, len(tail), 0)
+                for match in pattern.finditer(joined):
+                    if match.end() > len(tail):
+                        _cover(covered, starts, texts, match.start(), match.end(), indexes)
+            self._remember(tails, key, tail, leaves, indexes, keep)
+
+    @staticmethod
+    def _remember(
+        tails: StreamTails | None,
+        key: str,
+        tail: str,
+        leaves: list[_Leaf],
+        indexes: list[int],
+        keep: int,
+    ) -> None:
+        if tails is None or keep <= 0:
+            return
+        joined = tail + "".join(leaves[i].text for i in indexes)
+        tails.tails.pop(key, None)
+        tails.tails[key] = joined[-keep:]
+        while len(tails.tails) > STREAM_TAIL_KEYS:
+            del tails.tails[next(iter(tails.tails))]
+
+
+def _collect(value: Any, context: str | None, leaves: list[_Leaf]) -> None:
+    kind = type(value)
+    if kind is str:
+        leaves.append(_Leaf(value, context if context is not None else ""))
+    elif kind is dict:
+        for key, item in value.items():
+            if type(key) is str:
+                leaves.append(_Leaf(key, None))
+                _collect(item, key, leaves)
+            else:
+                _collect(item, context, leaves)
+    elif kind is list:
+        for item in value:
+            _collect(item, context, leaves)
+
+
+def _rebuild(value: Any, replaced: dict[int, str], numbers: Iterator[int]) -> Any:
+    """`value` with the strings numbered in `replaced` (in `_collect`'s order) replaced."""
+    kind = type(value)
+    if kind is str:
+        return replaced.get(next(numbers), value)
+    if kind is dict:
+        out: dict[Any, Any] = {}
+        changed = False
+        for key, item in value.items():
+            new_key = replaced.get(next(numbers), key) if type(key) is str else key
+            new_item = _rebuild(item, replaced, numbers)
+            changed = changed or new_key is not key or new_item is not item
+            out[new_key] = new_item
+        return out if changed else value
+    if kind is list:
+        items = [_rebuild(item, replaced, numbers) for item in value]
+        return items if any(map(lambda a, b: a is not b, items, value)) else value
+    return value
+
+
+def _starts_of(texts: list[str], first: int, gap: int) -> list[int]:
+    """Where each text starts in their join (`first` before the first, `gap` between)."""
+    starts = []
+    at = first
+    for text in texts:
+        starts.append(at)
+        at += len(text) + gap
+    return starts
+
+
+def _cover(
+    covered: dict[int, list[tuple[int, int]]],
+    starts: list[int],
+    texts: list[str],
+    begin: int,
+    end: int,
+    indexes: list[int] | None = None,
+) -> None:
+    """Mark [begin, end) of a join on the texts it overlaps (their leaf numbers: `indexes`,
+    or their position)."""
+    position = max(bisect.bisect_right(starts, begin) - 1, 0)
+    while position < len(texts) and starts[position] < end:
+        lo = max(begin - starts[position], 0)
+        hi = min(end - starts[position], len(texts[position]))
+        if hi > lo:
+            leaf = indexes[position] if indexes is not None else position
+            covered.setdefault(leaf, []).append((lo, hi))
+        position += 1
+
+
+def _replace(text: str, spans: list[tuple[int, int]]) -> tuple[str, int]:
+    """`text` with each run of covered characters replaced by one mark; how many runs."""
+    runs: list[list[int]] = []
+    for lo, hi in sorted(spans):
+        if runs and lo <= runs[-1][1]:
+            runs[-1][1] = max(runs[-1][1], hi)
+        else:
+            runs.append([lo, hi])
+    out: list[str] = []
+    at = 0
+    for lo, hi in runs:
+        out += (text[at:lo], SECRET_MARK)
+        at = hi
+    out.append(text[at:])
+    return "".join(out), len(runs)
