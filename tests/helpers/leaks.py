@@ -28,7 +28,7 @@ def written_by(gateway: Gateway) -> list[Path]:
 
 def spellings(value: str) -> tuple[set[bytes], set[bytes]]:
     """(any-case spellings lower-cased, exact spellings) of `value`: itself, JSON-, \\u-
-    and percent-escaped, hex, and base64 at each byte alignment in both alphabets, the
+    and percent-escaped (every byte too), hex, and base64 at each byte alignment in both alphabets, the
     characters that depend on the neighbouring bytes left off."""
     data = value.encode()
     folded = {
@@ -40,6 +40,7 @@ def spellings(value: str) -> tuple[set[bytes], set[bytes]]:
     exact: set[bytes] = set()
     for cased in {data, data.upper(), data.lower()}:
         folded.add(cased.hex().encode())
+        folded.add("".join(f"%{byte:02x}" for byte in cased).encode())
         for pad in range(3):
             # The characters that come out the same whatever bytes surround the value.
             one = base64.b64encode(b"\x00" * pad + cased + b"\x00\x00")

@@ -9,8 +9,8 @@ patterns; nothing is derived per response.
 
 What is searched, per message (`InjectedForms.scrub_value`):
 - each string (keys and values) on its own, for a whole form anywhere, the start of a
-  form (`PARTIAL_MIN` characters or more) at its end, the end of a form at its start:
-  a value cut in two, or truncated, leaves neither part;
+  form of the secret itself (`PARTIAL_MIN` characters or more) at its end, the end of
+  one at its start: a value cut in two, or truncated, leaves neither part;
 - the string values under one JSON key (`content[].text` side by side) joined in order,
   for a whole form spanning them;
 - in a stream, each key's join behind the tail the previous messages left under that key
@@ -40,13 +40,15 @@ SECRET_MARK: Final = "[REDACTED:injected_credential]"
 # Forms derived from a secret (its token part, encodings) shorter than this are not
 # scrubbed: they would match ordinary text. The raw value itself always is.
 MIN_DERIVED_SECRET: Final = 6
-# The shortest start or end of a form replaced on its own (a value cut in two): 8
-# characters of a random token are 32 bits or more, never ordinary text.
-PARTIAL_MIN: Final = 8
+# The shortest start or end of a form replaced on its own (a value cut in two), matched
+# in the form's own case, upper or lower case only: ten characters of a token, never a
+# word at the end of ordinary text (`X-Upstream` against a token `upstream-7f3a...`).
+PARTIAL_MIN: Final = 10
 # The most keys a stream keeps a tail under (least recent dropped).
 STREAM_TAIL_KEYS: Final = 32
-# Joins strings for the per-string pass: a character no form holds, so no hit spans two.
-_SEPARATOR: Final = "\x00"
+# Joins strings for the per-string pass: a byte no form holds, so no hit spans two.
+_SEPARATOR: Final = b"\x00"
+_MARK: Final = SECRET_MARK.encode()
 
 
 @dataclass(frozen=True)
@@ -72,7 +74,7 @@ def secret_forms(secrets: Iterable[str]) -> tuple[SecretForm, ...]:
         if not text or (len(text) < MIN_DERIVED_SECRET and not raw):
             return
         folded = folded and len(text) >= MIN_DERIVED_SECRET
-        key = (text.lower() if folded else text, folded)
+        key = (text, folded)
         known = found.get(key)
         if known is None or (core and not known.core):
             found[key] = SecretForm(text, folded, core)
@@ -101,7 +103,8 @@ def _spellings(base: str) -> Iterable[tuple[str, bool]]:
     yield json.dumps(base)[1:-1], True
     yield json.dumps(base, ensure_ascii=False)[1:-1], True
     yield json.dumps(base)[1:-1].replace("/", "\\/"), True
-    yield "".join(_u_escape(char) for char in base), True
+    yield "".join(_u_escape(char, "{:04x}") for char in base), True
+    yield "".join(_u_escape(char, "{:04X}") for char in base), True
     yield quote(base, safe="", errors="surrogatepass"), True
     yield quote_plus(base, safe="/", errors="surrogatepass"), True
     for cased in dict.fromkeys((base, base.upper(), base.lower())):
@@ -120,12 +123,17 @@ def _spellings(base: str) -> Iterable[tuple[str, bool]]:
 _URLSAFE: Final = str.maketrans("+/", "-_")
 
 
-def _u_escape(char: str) -> str:
+def _u_escape(char: str, digits: str) -> str:
     code = ord(char)
     if code <= 0xFFFF:
-        return f"\\u{code:04x}"
+        return "\\u" + digits.format(code)
     code -= 0x10000
-    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
+    return (
+        "\\u"
+        + digits.format(0xD800 + (code >> 10))
+        + "\\u"
+        + digits.format(0xDC00 + (code & 0x3FF))
+    )
 
 
 def _basic_parts(token: str) -> list[tuple[str, bool]]:
@@ -137,27 +145,37 @@ def _basic_parts(token: str) -> list[tuple[str, bool]]:
     return [(decoded, False), (password, True)] if password else [(decoded, True)]
 
 
-def _literal(form: SecretForm, text: str | None = None) -> str:
-    escaped = re2.escape(form.text if text is None else text)
+def _escape(text: str) -> str:
+    return str(re2.escape(text))
+
+
+def _literal(form: SecretForm) -> str:
+    escaped = _escape(form.text)
     return f"(?i:{escaped})" if form.folded else escaped
 
 
-def _starts(form: SecretForm) -> str:
-    """A proper start of `form`, `PARTIAL_MIN` characters or more: `ab(?:c(?:d)?)?`."""
-    text = form.text
+def _starts(text: str) -> str:
+    """A proper start of `text`, `PARTIAL_MIN` characters or more: `ab(?:c(?:d)?)?`."""
     nested = ""
     for char in reversed(text[PARTIAL_MIN : len(text) - 1]):
-        nested = f"(?:{_literal(form, char)}{nested})?"
-    return _literal(form, text[:PARTIAL_MIN]) + nested
+        nested = f"(?:{_escape(char)}{nested})?"
+    return _escape(text[:PARTIAL_MIN]) + nested
 
 
-def _ends(form: SecretForm) -> str:
-    """A proper end of `form`, `PARTIAL_MIN` characters or more: `(?:(?:b)?c)?de`."""
-    text = form.text
+def _ends(text: str) -> str:
+    """A proper end of `text`, `PARTIAL_MIN` characters or more: `(?:(?:b)?c)?de`."""
     nested = ""
     for char in text[1 : len(text) - PARTIAL_MIN]:
-        nested = f"(?:{nested}{_literal(form, char)})?"
-    return nested + _literal(form, text[len(text) - PARTIAL_MIN :])
+        nested = f"(?:{nested}{_escape(char)})?"
+    return nested + _escape(text[len(text) - PARTIAL_MIN :])
+
+
+def _utf8(text: str) -> bytes:
+    return text.encode("utf-8", "surrogatepass")
+
+
+def _compile(pattern: str) -> re2._Regexp:
+    return re2.compile(_utf8(pattern))
 
 
 @dataclass(frozen=True)
@@ -165,12 +183,12 @@ class StreamTails:
     """What the previous messages of one stream left at the end of each key's strings,
     to find a value sent in pieces. One per stream, used in order."""
 
-    tails: dict[str, str] = field(default_factory=dict)
+    tails: dict[str, bytes] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class _Leaf:
-    text: str
+    data: bytes  # the string as UTF-8, lone surrogates kept (RE2 reads bytes)
     context: str | None  # the nearest key of a value; None for a key
 
 
@@ -179,18 +197,29 @@ class InjectedForms:
 
     def __init__(self, secrets: Iterable[str]) -> None:
         self.forms = secret_forms(secrets)
-        partial = [f for f in self.forms if f.core and len(f.text) > PARTIAL_MIN]
+        partial = sorted(
+            {
+                cased
+                for form in self.forms
+                if form.core and len(form.text) > PARTIAL_MIN
+                for cased in (
+                    (form.text, form.text.upper(), form.text.lower())
+                    if form.folded
+                    else (form.text,)
+                )
+            },
+            key=lambda text: (-len(text), text),
+        )
         whole = "|".join(map(_literal, self.forms))
-        self._whole = re2.compile(whole) if self.forms else None
+        starts = "|".join(map(_starts, partial))
+        ends = "|".join(map(_ends, partial))
+        self._whole = _compile(whole) if whole else None
         edges = [whole] if whole else []
         if partial:
-            edges.append(f"(?:{'|'.join(map(_starts, partial))}){_SEPARATOR}")
-            edges.append(f"{_SEPARATOR}(?:{'|'.join(map(_ends, partial))})")
-        self._edges = re2.compile("|".join(edges)) if edges else None
-        self._joined_stream = (
-            re2.compile(f"{whole}|(?:{'|'.join(map(_starts, partial))})\\z") if partial else None
-        )
-        self.longest = max((len(f.text) for f in self.forms if f.core), default=0)
+            edges += [f"(?:{starts})\\x00", f"\\x00(?:{ends})"]
+        self._edges = _compile("|".join(edges)) if edges else None
+        self._joined_stream = _compile(f"{whole}|(?:{starts})\\z") if partial else None
+        self.longest = max((len(_utf8(f.text)) for f in self.forms if f.core), default=0)
 
     def __bool__(self) -> bool:
         return bool(self.forms)
@@ -218,14 +247,15 @@ class InjectedForms:
         replaced: dict[int, str] = {}
         count = 0
         for index, spans in covered.items():
-            replaced[index], runs = _replace(leaves[index].text, spans)
+            data, runs = _replace(leaves[index].data, spans)
+            replaced[index] = data.decode("utf-8", "surrogatepass")
             count += runs
         return _rebuild(value, replaced, itertools.count()), count
 
     def _per_string(self, leaves: list[_Leaf], covered: dict[int, list[tuple[int, int]]]) -> None:
         """Whole forms in each string, a form's start at its end, a form's end at its start."""
         assert self._edges is not None
-        texts = [leaf.text for leaf in leaves]
+        texts = [leaf.data for leaf in leaves]
         # Two separators between strings: a start of a form at the end of one and an end
         # of a form at the start of the next each take one.
         joined = _SEPARATOR + (2 * _SEPARATOR).join(texts) + _SEPARATOR
@@ -246,12 +276,12 @@ class InjectedForms:
                 by_key.setdefault(leaf.context, []).append(index)
         keep = self.longest - 1
         for key, indexes in by_key.items():
-            tail = tails.tails.get(key, "") if tails is not None else ""
+            tail = tails.tails.get(key, b"") if tails is not None else b""
             if len(indexes) < 2 and not tail:
                 self._remember(tails, key, tail, leaves, indexes, keep)
                 continue
-            texts = [leaves[i].text for i in indexes]
-            joined = tail + "".join(texts)
+            texts = [leaves[i].data for i in indexes]
+            joined = tail + b"".join(texts)
             pattern = self._joined_stream if tails is not None else self._whole
             if pattern is not None:
                 starts = _starts_of(texts, len(tail), 0)
@@ -264,14 +294,14 @@ class InjectedForms:
     def _remember(
         tails: StreamTails | None,
         key: str,
-        tail: str,
+        tail: bytes,
         leaves: list[_Leaf],
         indexes: list[int],
         keep: int,
     ) -> None:
         if tails is None or keep <= 0:
             return
-        joined = tail + "".join(leaves[i].text for i in indexes)
+        joined = tail + b"".join(leaves[i].data for i in indexes)
         tails.tails.pop(key, None)
         tails.tails[key] = joined[-keep:]
         while len(tails.tails) > STREAM_TAIL_KEYS:
@@ -281,11 +311,11 @@ class InjectedForms:
 def _collect(value: Any, context: str | None, leaves: list[_Leaf]) -> None:
     kind = type(value)
     if kind is str:
-        leaves.append(_Leaf(value, context if context is not None else ""))
+        leaves.append(_Leaf(_utf8(value), context if context is not None else ""))
     elif kind is dict:
         for key, item in value.items():
             if type(key) is str:
-                leaves.append(_Leaf(key, None))
+                leaves.append(_Leaf(_utf8(key), None))
                 _collect(item, key, leaves)
             else:
                 _collect(item, context, leaves)
@@ -314,7 +344,7 @@ def _rebuild(value: Any, replaced: dict[int, str], numbers: Iterator[int]) -> An
     return value
 
 
-def _starts_of(texts: list[str], first: int, gap: int) -> list[int]:
+def _starts_of(texts: list[bytes], first: int, gap: int) -> list[int]:
     """Where each text starts in their join (`first` before the first, `gap` between)."""
     starts = []
     at = first
@@ -327,7 +357,7 @@ def _starts_of(texts: list[str], first: int, gap: int) -> list[int]:
 def _cover(
     covered: dict[int, list[tuple[int, int]]],
     starts: list[int],
-    texts: list[str],
+    texts: list[bytes],
     begin: int,
     end: int,
     indexes: list[int] | None = None,
@@ -344,7 +374,7 @@ def _cover(
         position += 1
 
 
-def _replace(text: str, spans: list[tuple[int, int]]) -> tuple[str, int]:
+def _replace(text: bytes, spans: list[tuple[int, int]]) -> tuple[bytes, int]:
     """`text` with each run of covered characters replaced by one mark; how many runs."""
     runs: list[list[int]] = []
     for lo, hi in sorted(spans):
@@ -352,10 +382,10 @@ def _replace(text: str, spans: list[tuple[int, int]]) -> tuple[str, int]:
             runs[-1][1] = max(runs[-1][1], hi)
         else:
             runs.append([lo, hi])
-    out: list[str] = []
+    out: list[bytes] = []
     at = 0
     for lo, hi in runs:
-        out += (text[at:lo], SECRET_MARK)
+        out += (text[at:lo], _MARK)
         at = hi
     out.append(text[at:])
-    return "".join(out), len(runs)
+    return b"".join(out), len(runs)
