@@ -28,8 +28,8 @@ def written_by(gateway: Gateway) -> list[Path]:
 
 def spellings(value: str) -> tuple[set[bytes], set[bytes]]:
     """(any-case spellings lower-cased, exact spellings) of `value`: itself, JSON-, \\u-
-    and percent-escaped (every byte too), hex, and base64 at each byte alignment in both alphabets, the
-    characters that depend on the neighbouring bytes left off."""
+    and percent-escaped (every byte too), hex, and base64 at each byte alignment in both
+    alphabets, the characters that depend on the neighbouring bytes left off."""
     data = value.encode()
     folded = {
         value.lower().encode(),

@@ -23,8 +23,8 @@ from holdgate.addons.flowstate import (
     state,
 )
 from holdgate.config.gateway_config import GatewayConfig, Upstream
-from holdgate.masking.masker import ProfilesInEffect, mask_text
 from holdgate.masking.injected import InjectedForms, StreamTails
+from holdgate.masking.masker import ProfilesInEffect, mask_text
 from holdgate.protocol.bodies import decode_bounded
 from holdgate.protocol.jsonrpc import (
     INTERNAL_ERROR,
