@@ -185,11 +185,34 @@ class StreamTails:
 
     tails: dict[str, bytes] = field(default_factory=dict)
 
+    def remember(self, key: str, tail: bytes) -> None:
+        """The key's new tail; the least recently used key goes past `STREAM_TAIL_KEYS`."""
+        self.tails.pop(key, None)
+        self.tails[key] = tail
+        while len(self.tails) > STREAM_TAIL_KEYS:
+            del self.tails[next(iter(self.tails))]
+
 
 @dataclass(frozen=True)
 class _Leaf:
     data: bytes  # the string as UTF-8, lone surrogates kept (RE2 reads bytes)
     context: str | None  # the nearest key of a value; None for a key
+
+
+@dataclass(frozen=True)
+class _Piece:
+    """A string, or its head or tail, placed in a joined text to search."""
+
+    leaf: int  # the string's number in `_collect` order
+    offset: int  # where the piece starts in the string
+    data: bytes
+
+
+@dataclass(frozen=True)
+class _Patterns:
+    whole: re2._Regexp  # any whole form
+    edges: re2._Regexp  # whole, or a form's start before a separator, or end after one
+    stream: re2._Regexp  # whole, or a form's start at the end of the text
 
 
 class InjectedForms:
@@ -210,16 +233,18 @@ class InjectedForms:
             },
             key=lambda text: (-len(text), text),
         )
-        whole = "|".join(map(_literal, self.forms))
-        starts = "|".join(map(_starts, partial))
-        ends = "|".join(map(_ends, partial))
-        self._whole = _compile(whole) if whole else None
-        edges = [whole] if whole else []
-        if partial:
-            edges += [f"(?:{starts})\\x00", f"\\x00(?:{ends})"]
-        self._edges = _compile("|".join(edges)) if edges else None
-        self._joined_stream = _compile(f"{whole}|(?:{starts})\\z") if partial else None
-        self.longest = max((len(_utf8(f.text)) for f in self.forms if f.core), default=0)
+        # The most bytes a start or end of a form can take at a string's edge.
+        self.edge = max((len(_utf8(text)) for text in partial), default=0)
+        self._patterns: _Patterns | None = None
+        if self.forms:
+            whole = "|".join(map(_literal, self.forms))
+            starts = "|".join(map(_starts, partial)) or "[^\\x00-\\x{10FFFF}]"
+            ends = "|".join(map(_ends, partial)) or "[^\\x00-\\x{10FFFF}]"
+            self._patterns = _Patterns(
+                _compile(whole),
+                _compile(f"{whole}|(?:{starts})\\x00|\\x00(?:{ends})"),
+                _compile(f"{whole}|(?:{starts})\\z"),
+            )
 
     def __bool__(self) -> bool:
         return bool(self.forms)
@@ -233,15 +258,16 @@ class InjectedForms:
         """A JSON-like value with every injected value replaced in its strings and keys
         (containers copied only where something changed), and how many runs were.
         `tails`: the value is the next message of that stream."""
-        if not self.forms:
+        patterns = self._patterns
+        if patterns is None:
             return value, 0
         leaves: list[_Leaf] = []
         _collect(value, None, leaves)
         if not leaves:
             return value, 0
         covered: dict[int, list[tuple[int, int]]] = {}
-        self._per_string(leaves, covered)
-        self._per_key(leaves, covered, tails)
+        self._per_key(patterns, leaves, covered, tails)
+        self._edges(patterns, leaves, covered)
         if not covered:
             return value, 0
         replaced: dict[int, str] = {}
@@ -252,60 +278,47 @@ class InjectedForms:
             count += runs
         return _rebuild(value, replaced, itertools.count()), count
 
-    def _per_string(self, leaves: list[_Leaf], covered: dict[int, list[tuple[int, int]]]) -> None:
-        """Whole forms in each string, a form's start at its end, a form's end at its start."""
-        assert self._edges is not None
-        texts = [leaf.data for leaf in leaves]
-        # Two separators between strings: a start of a form at the end of one and an end
-        # of a form at the start of the next each take one.
-        joined = _SEPARATOR + (2 * _SEPARATOR).join(texts) + _SEPARATOR
-        starts = _starts_of(texts, 1, 2)
-        for match in self._edges.finditer(joined):
-            _cover(covered, starts, texts, match.start(), match.end())
-
     def _per_key(
         self,
+        patterns: _Patterns,
         leaves: list[_Leaf],
         covered: dict[int, list[tuple[int, int]]],
         tails: StreamTails | None,
     ) -> None:
-        """Whole forms across the strings under one key (behind the stream's tail)."""
+        """Whole forms in the string values under each key, joined in order (behind the
+        stream's tail, where a form's start at the end counts too)."""
         by_key: dict[str, list[int]] = {}
         for index, leaf in enumerate(leaves):
             if leaf.context is not None:
                 by_key.setdefault(leaf.context, []).append(index)
-        keep = self.longest - 1
+        pattern = patterns.whole if tails is None else patterns.stream
         for key, indexes in by_key.items():
             tail = tails.tails.get(key, b"") if tails is not None else b""
-            if len(indexes) < 2 and not tail:
-                self._remember(tails, key, tail, leaves, indexes, keep)
-                continue
-            texts = [leaves[i].data for i in indexes]
-            joined = tail + b"".join(texts)
-            pattern = self._joined_stream if tails is not None else self._whole
-            if pattern is not None:
-                starts = _starts_of(texts, len(tail), 0)
-                for match in pattern.finditer(joined):
-                    if match.end() > len(tail):
-                        _cover(covered, starts, texts, match.start(), match.end(), indexes)
-            self._remember(tails, key, tail, leaves, indexes, keep)
+            pieces = [_Piece(-1, 0, tail)] if tail else []
+            pieces += [_Piece(i, 0, leaves[i].data) for i in indexes]
+            joined = b"".join(piece.data for piece in pieces)
+            _search(pattern, joined, pieces, 0, covered)
+            if tails is not None:
+                tails.remember(key, joined[-(self.edge - 1) :] if self.edge > 1 else b"")
 
-    @staticmethod
-    def _remember(
-        tails: StreamTails | None,
-        key: str,
-        tail: bytes,
-        leaves: list[_Leaf],
-        indexes: list[int],
-        keep: int,
+    def _edges(
+        self, patterns: _Patterns, leaves: list[_Leaf], covered: dict[int, list[tuple[int, int]]]
     ) -> None:
-        if tails is None or keep <= 0:
-            return
-        joined = tail + b"".join(leaves[i].data for i in indexes)
-        tails.tails.pop(key, None)
-        tails.tails[key] = joined[-keep:]
-        while len(tails.tails) > STREAM_TAIL_KEYS:
-            del tails.tails[next(iter(tails.tails))]
+        """Keys whole; the start of a form at a string's end, the end of one at its start
+        (only a string's head and tail are read for those)."""
+        reach = max(self.edge, 1)
+        pieces: list[_Piece] = []
+        for index, leaf in enumerate(leaves):
+            data = leaf.data
+            if leaf.context is None or len(data) <= 2 * reach:
+                pieces.append(_Piece(index, 0, data))
+            else:
+                pieces.append(_Piece(index, 0, data[:reach]))
+                pieces.append(_Piece(index, len(data) - reach, data[-reach:]))
+        # Two separators between pieces: a start of a form at the end of one and an end of
+        # a form at the start of the next each take one.
+        joined = _SEPARATOR + (2 * _SEPARATOR).join(piece.data for piece in pieces) + _SEPARATOR
+        _search(patterns.edges, joined, pieces, 2, covered, first=1)
 
 
 def _collect(value: Any, context: str | None, leaves: list[_Leaf]) -> None:
@@ -344,34 +357,33 @@ def _rebuild(value: Any, replaced: dict[int, str], numbers: Iterator[int]) -> An
     return value
 
 
-def _starts_of(texts: list[bytes], first: int, gap: int) -> list[int]:
-    """Where each text starts in their join (`first` before the first, `gap` between)."""
+def _search(
+    pattern: re2._Regexp,
+    joined: bytes,
+    pieces: list[_Piece],
+    gap: int,
+    covered: dict[int, list[tuple[int, int]]],
+    first: int = 0,
+) -> None:
+    """Mark what `pattern` finds in `joined` (the pieces, `first` bytes before the first
+    and `gap` between) on the strings the pieces come from; a piece of leaf -1 (a stream's
+    tail, already sent) takes no mark."""
     starts = []
     at = first
-    for text in texts:
+    for piece in pieces:
         starts.append(at)
-        at += len(text) + gap
-    return starts
-
-
-def _cover(
-    covered: dict[int, list[tuple[int, int]]],
-    starts: list[int],
-    texts: list[bytes],
-    begin: int,
-    end: int,
-    indexes: list[int] | None = None,
-) -> None:
-    """Mark [begin, end) of a join on the texts it overlaps (their leaf numbers: `indexes`,
-    or their position)."""
-    position = max(bisect.bisect_right(starts, begin) - 1, 0)
-    while position < len(texts) and starts[position] < end:
-        lo = max(begin - starts[position], 0)
-        hi = min(end - starts[position], len(texts[position]))
-        if hi > lo:
-            leaf = indexes[position] if indexes is not None else position
-            covered.setdefault(leaf, []).append((lo, hi))
-        position += 1
+        at += len(piece.data) + gap
+    for match in pattern.finditer(joined):
+        begin, end = match.start(), match.end()
+        position = max(bisect.bisect_right(starts, begin) - 1, 0)
+        while position < len(pieces) and starts[position] < end:
+            piece = pieces[position]
+            lo = max(begin - starts[position], 0)
+            hi = min(end - starts[position], len(piece.data))
+            if hi > lo and piece.leaf >= 0:
+                spans = covered.setdefault(piece.leaf, [])
+                spans.append((piece.offset + lo, piece.offset + hi))
+            position += 1
 
 
 def _replace(text: bytes, spans: list[tuple[int, int]]) -> tuple[bytes, int]:
