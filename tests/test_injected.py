@@ -15,7 +15,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from helpers.leaks import spellings
+from holdgate.config.configfile import ConfigErrors
+from holdgate.config.gateway_config import parse_config_text
 from holdgate.masking.injected import (
+    MAX_SECRET_BYTES,
     PARTIAL_MIN,
     SECRET_MARK,
     InjectedForms,
@@ -203,3 +206,37 @@ def test_a_base64_blob_holding_the_dump_never_keeps_it(before: str, after: str, 
     )
     scrubbed, count = FORMS.scrub_text(base64.b64encode(data).decode())
     assert count >= 1 and not visible(scrubbed)
+
+
+def test_a_long_credential_compiles_and_is_found_whole_and_cut() -> None:
+    # A JWT-sized token: its \u-escaped form alone is thousands of characters.
+    token = "eyJhbGciOiJSUzI1NiJ9." + "QWxpY2U" * 130 + ".c2lnbmF0dXJl"
+    forms = InjectedForms([f"Bearer {token}"])
+    assert forms.scrub_text(f"x {token.upper()} y")[1] == 1
+    message = {"content": [{"text": "a " + token[:400]}, {"text": token[400:] + " b"}]}
+    out, _ = forms.scrub_value(message)
+    assert out["content"][0]["text"] == f"a {SECRET_MARK}"
+    assert out["content"][1]["text"] == f"{SECRET_MARK} b"
+
+
+def test_a_repetitive_token_cut_at_the_end_is_found_at_the_earliest_start() -> None:
+    token = "abababababababababab-7f3a"
+    forms = InjectedForms([token])
+    out, count = forms.scrub_text("see ab" + token[:-3])
+    assert count == 1 and out == f"see ab{SECRET_MARK}"
+
+
+def test_an_injected_value_too_long_to_search_for_is_refused_at_config_load() -> None:
+    long = "x" * (MAX_SECRET_BYTES + 1)
+    text = (
+        "version: 1\nupstreams:\n  - name: crm\n    url: http://127.0.0.1:9\n"
+        f"    inject:\n      headers:\n        Authorization: Bearer {long}\nrules: []\n"
+    )
+    with pytest.raises(ConfigErrors) as caught:
+        parse_config_text(text, "gw.yaml")
+    report = caught.value.report()
+    assert "gw.yaml:7" in report
+    assert (
+        f"the value is {MAX_SECRET_BYTES + 8} bytes; an injected header may have at most" in report
+    )
+    assert long not in report

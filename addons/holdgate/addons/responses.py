@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
+import re2
 from mitmproxy import http
 
 from holdgate.addons.flowstate import (
@@ -23,7 +24,7 @@ from holdgate.addons.flowstate import (
     state,
 )
 from holdgate.config.gateway_config import GatewayConfig, Upstream
-from holdgate.masking.injected import InjectedForms, StreamTails
+from holdgate.masking.injected import InjectedForms, StreamTails, forms_for
 from holdgate.masking.masker import ProfilesInEffect, mask_text
 from holdgate.protocol.bodies import decode_bounded
 from holdgate.protocol.jsonrpc import (
@@ -58,6 +59,7 @@ class Responses:
         self.loader = loader
         self.stages = tuple(stages)
         self._guards: dict[Upstream, Guard] = {}
+        loader.checks.append(self.prepare_guards)
 
     def run_stages(self, flow: http.HTTPFlow, message: Any, transport: str) -> Any:
         """Each stage sees the previous one's output; a dropped message still reaches the last
@@ -73,16 +75,35 @@ class Responses:
             self.stages[-1].on_message(flow, message, context)
         return None if context.dropped else message
 
+    def prepare_guards(self, config: GatewayConfig) -> str | None:
+        """Compile each upstream's injected values once, as its config loads (a config
+        whose values cannot be compiled is refused)."""
+        guards = {}
+        for upstream in config.upstreams:
+            found = self._guards.get(upstream)
+            if found is None:
+                try:
+                    found = Guard(forms_for(upstream.secrets))
+                except re2.error as exc:
+                    return (
+                        f"upstream {upstream.name!r}: its injected headers cannot be searched "
+                        f"for in responses ({exc}); shorten them"
+                    )
+            guards[upstream] = found
+        # The previous config's guards stay for flows it routed (kept a few reloads).
+        if len(self._guards) > 64:
+            self._guards.clear()
+        self._guards.update(guards)
+        return None
+
     def guard(self, flow: http.HTTPFlow) -> Guard:
         """The injected values of this flow's upstream, to keep out of what the client gets."""
         upstream = state(flow).upstream
         if upstream is None:
             raise RuntimeError("a response on a flow that was never routed")
         found = self._guards.get(upstream)
-        if found is None:
-            if len(self._guards) > 64:  # configs reloaded many times
-                self._guards.clear()
-            found = self._guards[upstream] = Guard(InjectedForms(upstream.secrets))
+        if found is None:  # its config's guards were dropped after many reloads
+            found = self._guards[upstream] = Guard(forms_for(upstream.secrets))
         return found
 
     @fail_closed

@@ -27,6 +27,7 @@ from __future__ import annotations
 import base64
 import binascii
 import bisect
+import functools
 import itertools
 import json
 from collections.abc import Iterable, Iterator
@@ -44,9 +45,14 @@ MIN_DERIVED_SECRET: Final = 6
 # in the form's own case, upper or lower case only: ten characters of a token, never a
 # word at the end of ordinary text (`X-Upstream` against a token `upstream-7f3a...`).
 PARTIAL_MIN: Final = 10
+# The longest injected value the config accepts: its forms are some fifty times as long,
+# and searching every response for them gets slower with their length.
+MAX_SECRET_BYTES: Final = 4096
+# RE2's memory for the compiled forms (its default, 8 MiB, fails from about 8 KiB values).
+_RE2_MEMORY: Final = 64 << 20
 # The most keys a stream keeps a tail under (least recent dropped).
 STREAM_TAIL_KEYS: Final = 32
-# Joins strings for the per-string pass: a byte no form holds, so no hit spans two.
+# Joins keys for one search: a byte no form holds, so no hit spans two.
 _SEPARATOR: Final = b"\x00"
 _MARK: Final = SECRET_MARK.encode()
 
@@ -154,28 +160,15 @@ def _literal(form: SecretForm) -> str:
     return f"(?i:{escaped})" if form.folded else escaped
 
 
-def _starts(text: str) -> str:
-    """A proper start of `text`, `PARTIAL_MIN` characters or more: `ab(?:c(?:d)?)?`."""
-    nested = ""
-    for char in reversed(text[PARTIAL_MIN : len(text) - 1]):
-        nested = f"(?:{_escape(char)}{nested})?"
-    return _escape(text[:PARTIAL_MIN]) + nested
-
-
-def _ends(text: str) -> str:
-    """A proper end of `text`, `PARTIAL_MIN` characters or more: `(?:(?:b)?c)?de`."""
-    nested = ""
-    for char in text[1 : len(text) - PARTIAL_MIN]:
-        nested = f"(?:{nested}{_escape(char)})?"
-    return nested + _escape(text[len(text) - PARTIAL_MIN :])
-
-
 def _utf8(text: str) -> bytes:
     return text.encode("utf-8", "surrogatepass")
 
 
-def _compile(pattern: str) -> re2._Regexp:
-    return re2.compile(_utf8(pattern))
+def _compile(pattern: str | bytes) -> re2._Regexp:
+    options = re2.Options()
+    options.max_mem = _RE2_MEMORY
+    options.log_errors = False  # its log line would quote the pattern: the secret's forms
+    return re2.compile(_utf8(pattern) if isinstance(pattern, str) else pattern, options)
 
 
 @dataclass(frozen=True)
@@ -201,18 +194,63 @@ class _Leaf:
 
 @dataclass(frozen=True)
 class _Piece:
-    """A string, or its head or tail, placed in a joined text to search."""
+    """A string placed in a joined text to search."""
 
-    leaf: int  # the string's number in `_collect` order
-    offset: int  # where the piece starts in the string
+    leaf: int  # the string's number in `_collect` order; -1 for a stream's tail
     data: bytes
 
 
-@dataclass(frozen=True)
-class _Patterns:
-    whole: re2._Regexp  # any whole form
-    edges: re2._Regexp  # whole, or a form's start before a separator, or end after one
-    stream: re2._Regexp  # whole, or a form's start at the end of the text
+class _Partial:
+    """Finds a proper start of a form (`PARTIAL_MIN` bytes or more) at the end of a text,
+    and a proper end of one at its start: an RE2 pass finds where a form's first (or last)
+    `PARTIAL_MIN` bytes occur, then the form is compared from there to the text's edge."""
+
+    def __init__(self, forms: Iterable[bytes]) -> None:
+        self.by_start: dict[bytes, list[bytes]] = {}
+        self.by_end: dict[bytes, list[bytes]] = {}
+        for form in forms:
+            self.by_start.setdefault(form[:PARTIAL_MIN], []).append(form)
+            self.by_end.setdefault(form[-PARTIAL_MIN:], []).append(form)
+        self.reach = max((len(f) - 1 for group in self.by_start.values() for f in group), default=0)
+        self.head_re = _compile(_alternation(self.by_start)) if self.by_start else None
+        self.tail_re = _compile(_alternation(self.by_end)) if self.by_end else None
+
+    def start_at_end(self, data: bytes) -> int:
+        """How many bytes at the end of `data` are a proper start of a form (0: none)."""
+        if self.head_re is None:
+            return 0
+        window = data[-self.reach :]
+        at = 0
+        while (found := self.head_re.search(window, at)) is not None:
+            rest = window[found.start() :]
+            if any(len(rest) < len(f) and f.startswith(rest) for f in self.by_start[found.group()]):
+                return len(rest)  # the earliest start is the longest
+            at = found.start() + 1
+        return 0
+
+    def end_at_start(self, data: bytes) -> int:
+        """How many bytes at the start of `data` are a proper end of a form (0: none)."""
+        if self.tail_re is None:
+            return 0
+        window = data[: self.reach]
+        longest = at = 0
+        while (found := self.tail_re.search(window, at)) is not None:
+            head = window[: found.end()]
+            if any(len(head) < len(f) and f.endswith(head) for f in self.by_end[found.group()]):
+                longest = len(head)
+            at = found.start() + 1
+        return longest
+
+
+def _alternation(literals: Iterable[bytes]) -> bytes:
+    return b"|".join(re2.escape(literal) for literal in sorted(literals, key=len, reverse=True))
+
+
+@functools.lru_cache(maxsize=64)
+def forms_for(secrets: tuple[str, ...]) -> InjectedForms:
+    """The compiled forms of `secrets`, built once (the config loader builds them off the
+    proxy's event loop; the response guard and the record then find them here)."""
+    return InjectedForms(secrets)
 
 
 class InjectedForms:
@@ -220,31 +258,16 @@ class InjectedForms:
 
     def __init__(self, secrets: Iterable[str]) -> None:
         self.forms = secret_forms(secrets)
-        partial = sorted(
-            {
-                cased
-                for form in self.forms
-                if form.core and len(form.text) > PARTIAL_MIN
-                for cased in (
-                    (form.text, form.text.upper(), form.text.lower())
-                    if form.folded
-                    else (form.text,)
-                )
-            },
-            key=lambda text: (-len(text), text),
-        )
-        # The most bytes a start or end of a form can take at a string's edge.
-        self.edge = max((len(_utf8(text)) for text in partial), default=0)
-        self._patterns: _Patterns | None = None
-        if self.forms:
-            whole = "|".join(map(_literal, self.forms))
-            starts = "|".join(map(_starts, partial)) or "[^\\x00-\\x{10FFFF}]"
-            ends = "|".join(map(_ends, partial)) or "[^\\x00-\\x{10FFFF}]"
-            self._patterns = _Patterns(
-                _compile(whole),
-                _compile(f"{whole}|(?:{starts})\\x00|\\x00(?:{ends})"),
-                _compile(f"{whole}|(?:{starts})\\z"),
+        partial = {
+            _utf8(cased)
+            for form in self.forms
+            if form.core and len(_utf8(form.text)) > PARTIAL_MIN
+            for cased in (
+                (form.text, form.text.upper(), form.text.lower()) if form.folded else (form.text,)
             )
+        }
+        self._partial = _Partial(partial)
+        self._whole = _compile("|".join(map(_literal, self.forms))) if self.forms else None
 
     def __bool__(self) -> bool:
         return bool(self.forms)
@@ -258,16 +281,16 @@ class InjectedForms:
         """A JSON-like value with every injected value replaced in its strings and keys
         (containers copied only where something changed), and how many runs were.
         `tails`: the value is the next message of that stream."""
-        patterns = self._patterns
-        if patterns is None:
+        whole = self._whole
+        if whole is None:
             return value, 0
         leaves: list[_Leaf] = []
         _collect(value, None, leaves)
         if not leaves:
             return value, 0
         covered: dict[int, list[tuple[int, int]]] = {}
-        self._per_key(patterns, leaves, covered, tails)
-        self._edges(patterns, leaves, covered)
+        self._per_key(whole, leaves, covered, tails)
+        self._per_string(whole, leaves, covered)
         if not covered:
             return value, 0
         replaced: dict[int, str] = {}
@@ -280,45 +303,49 @@ class InjectedForms:
 
     def _per_key(
         self,
-        patterns: _Patterns,
+        whole: re2._Regexp,
         leaves: list[_Leaf],
         covered: dict[int, list[tuple[int, int]]],
         tails: StreamTails | None,
     ) -> None:
-        """Whole forms in the string values under each key, joined in order (behind the
-        stream's tail, where a form's start at the end counts too)."""
+        """Whole forms in the string values under each key, joined in order; in a stream,
+        behind the key's tail, where a form's start at the end counts too."""
         by_key: dict[str, list[int]] = {}
         for index, leaf in enumerate(leaves):
             if leaf.context is not None:
                 by_key.setdefault(leaf.context, []).append(index)
-        pattern = patterns.whole if tails is None else patterns.stream
         for key, indexes in by_key.items():
             tail = tails.tails.get(key, b"") if tails is not None else b""
-            pieces = [_Piece(-1, 0, tail)] if tail else []
-            pieces += [_Piece(i, 0, leaves[i].data) for i in indexes]
+            pieces = [_Piece(-1, tail)] if tail else []
+            pieces += [_Piece(i, leaves[i].data) for i in indexes]
             joined = b"".join(piece.data for piece in pieces)
-            _search(pattern, joined, pieces, 0, covered)
+            spans = [(m.start(), m.end()) for m in whole.finditer(joined)]
             if tails is not None:
-                tails.remember(key, joined[-(self.edge - 1) :] if self.edge > 1 else b"")
+                if started := self._partial.start_at_end(joined):
+                    spans.append((len(joined) - started, len(joined)))
+                tails.remember(key, joined[-self._partial.reach :] if self._partial.reach else b"")
+            _mark(spans, pieces, 0, covered)
 
-    def _edges(
-        self, patterns: _Patterns, leaves: list[_Leaf], covered: dict[int, list[tuple[int, int]]]
+    def _per_string(
+        self, whole: re2._Regexp, leaves: list[_Leaf], covered: dict[int, list[tuple[int, int]]]
     ) -> None:
-        """Keys whole; the start of a form at a string's end, the end of one at its start
-        (only a string's head and tail are read for those)."""
-        reach = max(self.edge, 1)
-        pieces: list[_Piece] = []
+        """Whole forms in each key; in every string, a form's start at its end and a form's
+        end at its start (a value cut in two, or truncated)."""
+        keys = [_Piece(i, leaf.data) for i, leaf in enumerate(leaves) if leaf.context is None]
+        if keys:
+            joined = _SEPARATOR.join(piece.data for piece in keys)
+            _mark([(m.start(), m.end()) for m in whole.finditer(joined)], keys, 1, covered)
+        partial = self._partial
+        if partial.head_re is None:
+            return
         for index, leaf in enumerate(leaves):
             data = leaf.data
-            if leaf.context is None or len(data) <= 2 * reach:
-                pieces.append(_Piece(index, 0, data))
-            else:
-                pieces.append(_Piece(index, 0, data[:reach]))
-                pieces.append(_Piece(index, len(data) - reach, data[-reach:]))
-        # Two separators between pieces: a start of a form at the end of one and an end of
-        # a form at the start of the next each take one.
-        joined = _SEPARATOR + (2 * _SEPARATOR).join(piece.data for piece in pieces) + _SEPARATOR
-        _search(patterns.edges, joined, pieces, 2, covered, first=1)
+            if len(data) < PARTIAL_MIN:
+                continue
+            if started := partial.start_at_end(data):
+                covered.setdefault(index, []).append((len(data) - started, len(data)))
+            if ended := partial.end_at_start(data):
+                covered.setdefault(index, []).append((0, ended))
 
 
 def _collect(value: Any, context: str | None, leaves: list[_Leaf]) -> None:
@@ -357,32 +384,29 @@ def _rebuild(value: Any, replaced: dict[int, str], numbers: Iterator[int]) -> An
     return value
 
 
-def _search(
-    pattern: re2._Regexp,
-    joined: bytes,
+def _mark(
+    spans: list[tuple[int, int]],
     pieces: list[_Piece],
     gap: int,
     covered: dict[int, list[tuple[int, int]]],
-    first: int = 0,
 ) -> None:
-    """Mark what `pattern` finds in `joined` (the pieces, `first` bytes before the first
-    and `gap` between) on the strings the pieces come from; a piece of leaf -1 (a stream's
-    tail, already sent) takes no mark."""
+    """Mark spans of the pieces' join (`gap` bytes between pieces) on the strings they come
+    from; a piece of leaf -1 (a stream's tail, already sent) takes no mark."""
+    if not spans:
+        return
     starts = []
-    at = first
+    at = 0
     for piece in pieces:
         starts.append(at)
         at += len(piece.data) + gap
-    for match in pattern.finditer(joined):
-        begin, end = match.start(), match.end()
+    for begin, end in spans:
         position = max(bisect.bisect_right(starts, begin) - 1, 0)
         while position < len(pieces) and starts[position] < end:
             piece = pieces[position]
             lo = max(begin - starts[position], 0)
             hi = min(end - starts[position], len(piece.data))
             if hi > lo and piece.leaf >= 0:
-                spans = covered.setdefault(piece.leaf, [])
-                spans.append((piece.offset + lo, piece.offset + hi))
+                covered.setdefault(piece.leaf, []).append((lo, hi))
             position += 1
 
 

@@ -33,7 +33,7 @@ from typing import Any, Final
 
 from holdgate.config.configfile import parse_yaml
 from holdgate.config.gateway_config import CREDENTIAL_HEADERS, GatewayConfig
-from holdgate.masking.injected import InjectedForms
+from holdgate.masking.injected import InjectedForms, forms_for
 from holdgate.masking.masker import (
     MaskingError,
     MaskingPolicy,
@@ -116,7 +116,7 @@ class RecordMasking:
     @cached_property
     def injected(self) -> InjectedForms:
         """Every form of every secret to scrub, compiled once."""
-        return InjectedForms(self.secrets)
+        return forms_for(self.secrets)
 
     def effect(self, upstream: str, tool: ToolHint) -> ProfilesInEffect:
         """The record's profiles: no groups, so no exemptions."""
