@@ -4,18 +4,18 @@ An echo tool, an HTTP-dump tool or a careless upstream returns what it received,
 gateway's `Authorization` included, and rarely as is: base64 of a whole request dump (the
 token at any byte offset of it), hex, upper-cased, percent-encoded, JSON-escaped, cut
 across two strings of one message or two events of a stream. `InjectedForms` is built once
-per set of secrets (per upstream and config) and finds all of those with two compiled RE2
-patterns; nothing is derived per response.
+per set of secrets (`forms_for`, when the config loads) and finds all of those with RE2
+patterns compiled then; nothing is derived per response.
 
 What is searched, per message (`InjectedForms.scrub_value`):
-- each string (keys and values) on its own, for a whole form anywhere, the start of a
-  form of the secret itself (`PARTIAL_MIN` characters or more) at its end, the end of
-  one at its start: a value cut in two, or truncated, leaves neither part;
-- the string values under one JSON key (`content[].text` side by side) joined in order,
-  for a whole form spanning them;
+- the string values under each JSON key joined in order (`content[].text` side by side),
+  for a whole form anywhere in them; each key on its own;
+- each string's edges: the start of a form of the secret itself (`PARTIAL_MIN` bytes or
+  more) at its end, the end of one at its start: a value cut in two (under two keys, or
+  two events) or truncated leaves neither part;
 - in a stream, each key's join behind the tail the previous messages left under that key
   (`StreamTails`), as `StreamMasker` does: a value sent a few characters per event is
-  replaced from the event where `PARTIAL_MIN` characters of it have gone by.
+  replaced from the event where `PARTIAL_MIN` bytes of it have gone by.
 
 A hit is replaced by `SECRET_MARK`. An upstream that means to hand its credential out can
 always spell it some other way (reversed, enciphered, a character per key): the guard
