@@ -173,7 +173,7 @@ def test_a_cp_copy_missing_rows_of_the_wal_fails_verify_with_a_witness(
 
 
 def test_verify_reads_the_witness_from_the_config(db: Path, tmp_path: Path) -> None:
-    witness = witnessed(tmp_path, db)
+    witnessed(tmp_path, db)  # checkpoints.log, beside the config
     key = tmp_path / "signing.pem"
     key.write_bytes(new_key_pair()[0])
     config = tmp_path / "holdgate.yaml"
