@@ -225,8 +225,65 @@ def test_unauthenticated_requests_create_no_session_and_no_flow_file(gateway, ho
     assert not gateway.recordings.exists() or not any(gateway.recordings.iterdir())
 
 
+def read_response(sock: socket.socket) -> bytes:
+    """Everything the gateway sends until it closes the connection (30 s at most)."""
+    sock.settimeout(30)
+    received = b""
+    while chunk := sock.recv(65536):
+        received += chunk
+    return received
+
+
+@pytest.mark.parametrize("credential", [b"", b"X-API-Key: wrong\r\n"], ids=["none", "wrong"])
+def test_a_body_without_a_valid_key_is_answered_401_before_it_is_sent(gateway, hostile, credential):
+    """Headers announcing an upload just under holdgate_max_body, and no body sent: the 401
+    comes at once on the headers and the connection is closed, so the gateway never reads
+    the body (before, it waited for all of it); the refusal is still recorded."""
+    sock = socket.create_connection(("127.0.0.1", gateway.port), timeout=10)
+    sock.sendall(
+        b"POST /mcp HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + credential
+        + b"Content-Length: 4000000\r\n\r\n"
+    )
+    answer = read_response(sock)  # nothing of the body was sent
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 401"), answer[:200]
+    assert b"connection: close" in head.lower() and b"www-authenticate: bearer" in head.lower()
+    assert json.loads(body)["error"]["code"] == -32001
+    with pytest.raises(OSError):  # closed: what the client still sends is refused
+        for _ in range(64):
+            sock.sendall(b" " * 65536)
+            time.sleep(0.01)
+    sock.close()
+    assert hostile.received == []
+    stop(gateway.proc)
+    assert rows(gateway, "select decision, reason from events") == [
+        (
+            "unauthenticated",
+            f"unauthorized: {'unknown API key' if credential else 'no credentials'}",
+        )
+    ]
+
+
+def test_a_body_with_a_valid_key_is_still_read_and_forwarded(gateway, hostile):
+    """Only an answer given on the headers closes early: a caller with a key is served."""
+    body = json.dumps(call()).encode()
+    sock = socket.create_connection(("127.0.0.1", gateway.port), timeout=10)
+    sock.sendall(
+        b"POST /mcp HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Accept: application/json, text/event-stream\r\nConnection: close\r\n"
+        + f"X-API-Key: {ALICE['X-API-Key']}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+    )
+    sock.sendall(body)
+    answer = read_response(sock)
+    sock.close()
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+    assert len(hostile.received) == 1
+
+
 def test_huge_chunked_body_is_cut_while_read_not_buffered(gateway, hostile):
-    """64 MB announced in chunks with a bad key: refused at the 4 MB limit, RSS stays low."""
+    """64 MB announced in chunks with a bad key: refused on its headers and closed (the 401
+    may be lost to the reset of a connection closed with unread data), RSS stays low."""
     sock = socket.create_connection(("127.0.0.1", gateway.port), timeout=10)
     sock.sendall(
         b"POST /mcp HTTP/1.1\r\nHost: x\r\nX-API-Key: wrong\r\n"
@@ -243,7 +300,7 @@ def test_huge_chunked_body_is_cut_while_read_not_buffered(gateway, hostile):
     answer = sock.recv(65536)
     sock.close()
     assert sent < 16 * 1024 * 1024
-    assert answer.startswith(b"HTTP/1.1 413") or answer == b""
+    assert answer.startswith(b"HTTP/1.1 401") or answer == b""
     rss_kb = int(
         next(
             line.split()[1]

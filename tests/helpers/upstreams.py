@@ -206,6 +206,7 @@ def hostile_answer(request: Request) -> Reply:
                    (base64 at each alignment, hex, upper case...) in one `content[]` text;
       `/reflect-parts/<form>`: the same cut in the middle into two `content[]` texts;
       `/reflect-sse/<form>`: the same cut in two events, a log notification then the result;
+    - `/tasks`   : tasks that are nobody's (`hostile_tasks_answer`);
     - anything else: a JSON-RPC result per request message (batches answered as batches).
     """
     auth = request.headers.get("authorization", "")
@@ -236,6 +237,8 @@ def hostile_answer(request: Request) -> Reply:
             stream = f"event: message\ndata: {message}\n\n".encode()
             return Reply(200, stream, [("Content-Type", "text/event-stream")])
         return Reply(200, message.encode(), [("Content-Type", "application/json")])
+    if request.path.startswith("/tasks"):
+        return hostile_tasks_answer(request)
     if request.path.startswith("/sse-cl"):
         result = {"content": [{"type": "text", "text": f"mail {PII_EMAIL} now"}]}
         message = json.dumps({"jsonrpc": "2.0", "id": msg_id, "result": result})
@@ -310,3 +313,62 @@ def reflected(path: str, auth: str, msg_id: Any) -> Reply:
 def hostile_upstream() -> FakeUpstream:
     """The hostile upstream of the attack tests, started."""
     return FakeUpstream(hostile_answer).start()
+
+
+TASK_SECRET = "ghp_" + "T4sk5ecretT4sk5ecretT4sk5ecretT4sk5e"
+TASK_PAYLOAD = f"report: mail {PII_EMAIL}, card {PII_CARD}, token {TASK_SECRET}"
+# tasks/list: every task of every caller, two pages, the first page's cursor a task id
+LISTED_PAGES = {
+    None: (["task-a1", "task-b1", "task-a2"], "task-a2"),
+    "task-a2": (["task-b2"], None),
+}
+
+
+def hostile_tasks_answer(request: Request) -> Reply:
+    """An upstream with tasks (MCP 2025-11-25, or the 2026-07-28 extension when the request
+    says `MCP-Protocol-Version: 2026-07-28`) that binds them to nobody:
+    - `tools/call` creates task `task-<arguments.ticket>` (`task-shared` by default: it
+      hands every caller the same id), as `{"task": {...}}` when `params.task` is sent,
+      else (2026) flat with `resultType: task`;
+    - `tasks/get` answers for any id: completed, with the result inlined (2026); for an id
+      starting `task-other` it answers about `task-elsewhere` instead;
+    - `tasks/result` answers `TASK_PAYLOAD` (PII and a token) for any id;
+    - `tasks/list` lists every caller's tasks (`LISTED_PAGES`), its cursor a task id;
+    - `tasks/cancel`, `tasks/update`: acknowledged.
+    """
+    message = request.json()
+    if not isinstance(message, dict):
+        return Reply(400)
+    method, params = message.get("method"), message.get("params") or {}
+    modern = request.headers.get("mcp-protocol-version") == "2026-07-28"
+    task_id = str(params.get("taskId", ""))
+    payload = {"content": [{"type": "text", "text": TASK_PAYLOAD}], "isError": False}
+    times = {"createdAt": "2026-12-07T01:00:00Z", "lastUpdatedAt": "2026-12-07T01:00:01Z"}
+    if method == "tools/call":
+        ticket = (params.get("arguments") or {}).get("ticket", "shared")
+        task = {"taskId": f"task-{ticket}", "status": "working", **times}
+        if "task" in params:
+            return result_for(request, {"task": {**task, "ttl": 60_000}})
+        return result_for(request, {"resultType": "task", **task, "ttlMs": 60_000})
+    if method == "tasks/get":
+        named = "task-elsewhere" if task_id.startswith("task-other") else task_id
+        task = {"taskId": named, "status": "completed", **times}
+        if modern:
+            return result_for(request, {"resultType": "complete", **task, "result": payload})
+        return result_for(request, task)
+    if method == "tasks/result":
+        meta = {"io.modelcontextprotocol/related-task": {"taskId": task_id}}
+        return result_for(request, {**payload, "_meta": meta})
+    if method == "tasks/list":
+        listed, cursor = LISTED_PAGES.get(params.get("cursor"), ([], None))
+        page: dict[str, Any] = {
+            "tasks": [{"taskId": t, "status": "working", **times} for t in listed]
+        }
+        if cursor is not None:
+            page["nextCursor"] = cursor
+        return result_for(request, page)
+    if method in ("tasks/cancel", "tasks/update"):
+        return result_for(request, {"resultType": "complete"})
+    if "id" not in message:
+        return Reply(202)
+    return result_for(request, {})

@@ -3,13 +3,14 @@
 `default_addons()` builds them in the order they run for every flow, as mitmproxy's own
 `mitmproxy.addons.default_addons()` does:
 
-    ConnectionDeadlines -> ConfigLoader -> Router -> Authentication -> PolicyEnforcer
-    -> ApprovalHolds -> Gate -> Responses -> Recorder -> Telemetry -> Replicas
+    EarlyAnswers -> ConnectionDeadlines -> ConfigLoader -> Router -> Authentication
+    -> PolicyEnforcer -> ApprovalHolds -> Gate -> Responses -> Recorder -> Telemetry -> Replicas
     -> ToolPinning (then Checkpointer and Feeds, which have lifecycle hooks only)
 
 Request side: the Gate's last step is the Recorder's write-ahead (the decision rows
 committed, or the request refused). Responses runs each response message through the
-PolicyEnforcer (discovery filtering), ToolPinning, ResponseMasking and Recorder stages.
+PolicyEnforcer (discovery filtering), TaskOwnership, ToolPinning, ResponseMasking and
+Recorder stages. The PolicyEnforcer asks TaskOwnership who owns a task a request names.
 `flowstate` is the glue they share (per-flow state, refusals, failing closed); it is not
 an addon. mitmproxy itself sees one addon, `Pipeline`, which calls these in order
 (`gateway_addons()`).
@@ -21,6 +22,7 @@ from holdgate.addons.authentication import Authentication
 from holdgate.addons.checkpointer import Checkpointer
 from holdgate.addons.config_loader import ConfigLoader
 from holdgate.addons.deadlines import ConnectionDeadlines
+from holdgate.addons.early_answers import EarlyAnswers
 from holdgate.addons.enforcement import PolicyEnforcer
 from holdgate.addons.feeds import Feeds
 from holdgate.addons.gate import Gate
@@ -31,6 +33,7 @@ from holdgate.addons.replicas import Replicas
 from holdgate.addons.response_masking import ResponseMasking
 from holdgate.addons.responses import Responses
 from holdgate.addons.router import Router
+from holdgate.addons.task_ownership import TaskOwnership
 from holdgate.addons.telemetry import Telemetry
 from holdgate.addons.tool_pinning import ToolPinning
 
@@ -39,10 +42,12 @@ def default_addons() -> list[object]:
     loader = ConfigLoader()
     recorder = Recorder(loader)
     pins = ToolPinning(loader, recorder)
-    policy = PolicyEnforcer(loader, recorder, pins)
+    tasks = TaskOwnership(recorder)
+    policy = PolicyEnforcer(loader, recorder, tasks, pins)
     replicas = Replicas(loader, recorder)
     holds = ApprovalHolds(loader, policy, recorder, replicas)
     return [
+        EarlyAnswers(),  # load only: a request refused on its headers is answered at once
         ConnectionDeadlines(),
         loader,
         Router(loader),
@@ -50,7 +55,7 @@ def default_addons() -> list[object]:
         policy,
         holds,
         Gate(recorder.write_ahead),
-        Responses(loader, stages=[policy, pins, ResponseMasking(), recorder]),
+        Responses(loader, stages=[policy, tasks, pins, ResponseMasking(), recorder]),
         recorder,
         Telemetry(loader, recorder, holds),  # after the recorder, whose writer it counts
         replicas,  # after the recorder, whose store it registers in

@@ -53,6 +53,8 @@ from holdgate.approvals.approval_rules import (
     request_digest,
 )
 from holdgate.approvals.campaign_http import handle_campaigns
+from holdgate.approvals.refusal_budget import RefusalBudget
+from holdgate.approvals.spendable import SpendRefusal, rule_in_force, spend_refusal
 from holdgate.config.gateway_config import GatewayConfig
 from holdgate.identity.identities import Identity
 from holdgate.policy.rules import Decision
@@ -86,6 +88,10 @@ OVERDUE_EVERY = 20  # sweeps between closing overdue elicitation approvals (5 s)
 LOST_EVERY = 8  # sweeps between closing holds of replicas that stopped heartbeating (2 s)
 UNRECORDED = "unrecorded"  # a hold that ended with a decision the store would not take
 MITMWEB = "mitmweb operator"
+UNAUTHENTICATED_ADMIN = (
+    "authenticate like an MCP client (JWT or API key); trusted headers count here only "
+    "with admin.trusted_header in the config"
+)
 WEBHOOK_ATTEMPTS = 4
 # How the approvals API answers the store's refusal of a decision.
 REFUSAL_STATUS: dict[type[store.ApprovalRefused], int] = {
@@ -137,6 +143,7 @@ class ApprovalHolds:
         self._tasks: list[asyncio.Task[Any]] = []
         self._server: asyncio.Server | None = None
         self.callers = AdminCallers()
+        self.refusals = RefusalBudget()  # refused certifications recorded one by one
         self._started = asyncio.Event()
         self._warned_no_link = False
         self.routes: dict[str, Handler] = {}  # other paths on the admin listener (/metrics)
@@ -227,14 +234,25 @@ class ApprovalHolds:
             message = decided.message
             digest_args = args_digest(self.recorder.key(config), message.arguments or {})
             upstream = st.upstream.name
-            key = grant_key(identity.user, upstream, message.target or "", digest_args or "")
+            key = grant_key(
+                identity.user,
+                upstream,
+                message.method or "",
+                message.target or "",
+                digest_args or "",
+            )
             if await self._granted(flow, decided, identity, key):
                 continue
             outcome = await self._hold(flow, message, decision, identity, digest_args, config)
             decided.approval_id = outcome.approval_id
             decided.approval = {"state": outcome.state, "decider": outcome.decider}
             if outcome.state == "approved":
-                await self._grant(key, outcome.approval_id, decision.grant)
+                void = await self._spend_refusal(outcome.approval_id, upstream, identity)
+                if void is None:
+                    await self._grant(key, outcome.approval_id, decision.grant)
+                    continue
+                decided.approval["void"] = void.kind
+                refused.append((index, f"{void.reason} (rule {decision.rule!r})"))
                 continue
             who = f" by {outcome.decider}" if outcome.decider else ""
             why = f": {outcome.reason}" if outcome.reason else ""
@@ -247,6 +265,27 @@ class ApprovalHolds:
             )
         self._release(flow, refused)
 
+    async def _spend_refusal(
+        self, approval_id: str, upstream: str, identity: Identity
+    ) -> SpendRefusal | None:
+        """Whether an approved approval may let its call through now (`spendable`), judged
+        on the store's record and the rule of that name in the config now in force; a
+        refusal is recorded against the approval."""
+        record = await asyncio.to_thread(self._store().approval, approval_id)
+        if record is None:
+            return SpendRefusal("approval-expired", f"approval {approval_id} is not in the store")
+        in_force = rule_in_force(self.loader.current, str(record.get("rule")), upstream)
+        void = spend_refusal(record, in_force, time.time())
+        if void is not None:
+            await asyncio.to_thread(
+                self._store().append_approval_state,
+                approval_id,
+                "refused_attempt",
+                identity.user,
+                f"not forwarded: {void.reason}",
+            )
+        return void
+
     async def _granted(
         self,
         flow: http.HTTPFlow,
@@ -254,11 +293,18 @@ class ApprovalHolds:
         identity: Identity,
         key: str,
     ) -> bool:
-        """An identical call approved within the grant window (on any replica) passes;
-        each use recorded."""
+        """An identical call approved within the grant window (on any replica) passes,
+        each use recorded, while the rule that asked for the approval is unchanged."""
         approval_id = await asyncio.to_thread(self._store().find_grant, key)
         if approval_id is None:
             return False
+        record = await asyncio.to_thread(self._store().approval, approval_id)
+        asking = decided.decision
+        if record is None or (record.get("rule"), record.get("rule_lineage")) != (
+            asking.rule,
+            asking.lineage or None,
+        ):
+            return False  # the rule changed since: asked for again
         decided.approval_id = approval_id
         decided.approval = {"granted_by": "grant window"}
         await asyncio.to_thread(
@@ -357,6 +403,7 @@ class ApprovalHolds:
             "flow_id": flow.id,
             "via": via,
             "replica": self._replica() if via == "hold" else None,
+            "rule_lineage": decision.lineage or None,
         }
         return row, masked_args
 
@@ -457,16 +504,31 @@ class ApprovalHolds:
             )
             return
         decided.approval_id = approval_id
-        if record.get("rule") != decision.rule:  # the policy changed: a new approval
+        current = record["state"]
+        if current != "approved" and (record.get("rule"), record.get("rule_lineage")) != (
+            decision.rule,
+            decision.lineage or None,
+        ):  # the policy changed before anyone said yes: a new approval under the new rule
             await self._ask(flow, decided, identity, config)
             return
-        current = record["state"]
         if current == "pending":
             current = await self._pending_answer(flow, decided, identity, record)
             if current == "pending":
                 return
             record = await asyncio.to_thread(self._store().approval, approval_id) or record
         if current == "approved":
+            void = spend_refusal(record, decision, time.time())
+            if void is not None:
+                await asyncio.to_thread(
+                    self._store().append_approval_state,
+                    approval_id,
+                    "refused_attempt",
+                    identity.user,
+                    f"not forwarded: {void.reason}",
+                )
+                decided.approval = {"state": "approved", "void": void.kind, "via": "elicitation"}
+                refuse(flow, 200, APPROVAL_REFUSED, void.reason, msg_id=message.id, kind=void.kind)
+                return
             redeemed = await asyncio.to_thread(
                 self._store().redeem_approval,
                 approval_id,
@@ -482,7 +544,13 @@ class ApprovalHolds:
                 )
                 return
             digest_args = args_digest(key, message.arguments or {})
-            granted = grant_key(identity.user, upstream, message.target or "", digest_args or "")
+            granted = grant_key(
+                identity.user,
+                upstream,
+                message.method or "",
+                message.target or "",
+                digest_args or "",
+            )
             await self._grant(granted, approval_id, decision.grant)
             with contextlib.suppress(TypeError, json.JSONDecodeError):
                 self.last_approved[(identity.user, upstream, message.target or "")] = json.loads(
@@ -535,7 +603,13 @@ class ApprovalHolds:
         assert st.upstream is not None
         message, decision = decided.message, decided.decision
         digest_args = args_digest(self.recorder.key(config), message.arguments or {})
-        key = grant_key(identity.user, st.upstream.name, message.target or "", digest_args or "")
+        key = grant_key(
+            identity.user,
+            st.upstream.name,
+            message.method or "",
+            message.target or "",
+            digest_args or "",
+        )
         if await self._granted(flow, decided, identity, key):
             flow.request.content = dumps(elicitation.without_gateway_round(message.raw))
             st.approvals_settled = True
@@ -807,11 +881,10 @@ class ApprovalHolds:
         if parts[:1] == ["campaigns"]:
             reviewer = await self.callers.identity(config, request)
             if reviewer is None:
-                return AdminResponse(
-                    401, {"error": "authenticate like an MCP client (JWT or API key)"}
-                )
+                return AdminResponse(401, {"error": UNAUTHENTICATED_ADMIN})
             return await handle_campaigns(
                 self._store(),
+                self.refusals,
                 config.review.reviewers,
                 reviewer.user,
                 reviewer.groups,
@@ -824,7 +897,7 @@ class ApprovalHolds:
             return await self._status_page(config, parts[1], request.path)
         approver = await self.callers.identity(config, request)
         if approver is None:
-            return AdminResponse(401, {"error": "authenticate like an MCP client (JWT or API key)"})
+            return AdminResponse(401, {"error": UNAUTHENTICATED_ADMIN})
         if len(parts) == 1 and request.method == "GET":
             pending = await asyncio.to_thread(self._store().approvals, pending_only=True)
             return AdminResponse(

@@ -29,6 +29,7 @@ from holdgate.addons.flowstate import (
     FlowState,
     MessageContext,
     annotate,
+    answered_tool,
     fail_closed,
     publish,
     refuse,
@@ -48,6 +49,7 @@ from holdgate.protocol.mrtr import (
     without_request_state,
 )
 from holdgate.protocol.sessionless import (
+    GroupKey,
     SessionGrouper,
     client_of,
     describe_client,
@@ -321,13 +323,15 @@ class Recorder:
             # An exempt caller saw cleartext, and a dropped message was never masked for the
             # client; the record never keeps either as is. (Others saw it masked with the
             # record's profiles; injected values are scrubbed in submit.)
-            tool = answers[1] if answers and answers[0] == "tools/call" else None
+            tool = answered_tool(context)
             stored = self.masked_for_record(message, config, st.upstream.name, tool).value
         # An opaque requestState is recorded only as its keyed digest (which links the retry
         # that sends it back to this row); never as given.
         extra: dict[str, Any] = {"transport": context.transport}
         if context.exemptions:
             extra["exempted"] = list(context.exemptions)
+        if context.task is not None:  # a task's answer: the result of the call that created it
+            extra["task"] = {"key": context.task.task_key, **context.task.link()}
         if is_input_required(message):
             extra["input_required"] = True
         state_given = request_state(message)
@@ -429,11 +433,17 @@ class Recorder:
                 extra["approval"] = decided.approval  # how a held call was released
             if traces:
                 extra["trace"] = traces[index]  # the gateway's span: the trace joins this row
+            task = st.task_requests.get(json.dumps(message.id)) if message is not None else None
+            if task is not None:
+                extra["task"] = {"key": task.task_key, **task.link()}
             if message is not None:
-                self._note_retry(extra, message.raw, config, upstream, message.tool, strict)
+                tool = task.tool if task is not None else message.tool  # tasks/update's input
+                self._note_retry(extra, message.raw, config, upstream, tool, strict)
                 if invalid_traceparent(message.raw):
                     extra["traceparent_invalid"] = True  # sent, but never kept as if valid
             row = self._row(flow, config)
+            if st.session_kind == "overflow":  # shared by many clients: which one this was
+                extra["client"] = self._group_key(flow).client
             row.update(
                 traceparent=traceparent_of(message.raw) if message is not None else None,
                 direction="notification"
@@ -541,7 +551,6 @@ class Recorder:
         if st.session is not None or st.identity is None or st.upstream is None:
             return st.session
         found = session_key(flow)
-        first = st.decided[0].message.raw if st.decided else None
         pending = flow.request.method == "GET" or _initializes(st)
         if found is None and pending:
             if flow.response is None:
@@ -550,18 +559,29 @@ class Recorder:
         if found:
             st.session, st.session_kind = found, "mcp"
             return found
-        key = group_key(
+        key = self._group_key(flow)
+        grouped = self.grouper.resolve(
+            key, flow.request.timestamp_start, config.sessions.grouped_per_caller
+        )
+        st.session = grouped.session
+        st.session_kind = "overflow" if grouped.overflow else "grouped"
+        if grouped.is_new:
+            self._note_session(flow, config, grouped.session, key.client)
+        return grouped.session
+
+    @staticmethod
+    def _group_key(flow: http.HTTPFlow) -> GroupKey:
+        """What a flow without a session id is grouped by (its caller's client as sent)."""
+        st = state(flow)
+        assert st.identity is not None and st.upstream is not None
+        first = st.decided[0].message.raw if st.decided else None
+        return group_key(
             st.identity.user,
             st.upstream.name,
             client_of(first),
             flow.request.headers.get("user-agent"),
             st.client_addr,
         )
-        session, is_new = self.grouper.resolve(key, flow.request.timestamp_start)
-        st.session, st.session_kind = session, "grouped"
-        if is_new:
-            self._note_session(flow, config, session, key.client)
-        return session
 
     def _note_session(
         self, flow: http.HTTPFlow, config: GatewayConfig, session: str, client: str | None

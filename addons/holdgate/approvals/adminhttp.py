@@ -7,13 +7,14 @@ framework in the data path. One request per connection, bodies capped, no keep-a
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from holdgate.identity.identities import Authenticator, Identity
+from holdgate.identity.identities import Authenticator, Identity, IdentityConfig
 
 if TYPE_CHECKING:
     from holdgate.config.gateway_config import GatewayConfig
@@ -38,21 +39,33 @@ class AdminRequest:
 
 
 class AdminCallers:
-    """Who sends an admin request (approvals API, /metrics), authenticated as MCP clients
-    are; one Authenticator per loaded config, so its caches last between requests."""
+    """Who sends an admin request (approvals API, /metrics): JWTs and API keys as for MCP
+    clients, trusted headers only as `admin.trusted_header` allows (the MCP listener's
+    `identity.trusted_header` never applies here); one Authenticator per loaded config, so
+    its caches last between requests."""
 
     def __init__(self) -> None:
         self._current: tuple[str, Authenticator] | None = None
 
     async def identity(self, config: GatewayConfig, request: AdminRequest) -> Identity | None:
-        """The caller's identity, None when the config has no identity section or the
-        credentials do not hold."""
-        if config.identity is None:
+        """The caller's identity, None when the config names no way to authenticate here or
+        the credentials do not hold."""
+        admin_identity = admin_identity_config(config)
+        if admin_identity is None:
             return None
         if self._current is None or self._current[0] != config.digest:
-            self._current = (config.digest, Authenticator(config.identity))
+            self._current = (config.digest, Authenticator(admin_identity))
         outcome = await self._current[1].authenticate(request.headers, request.client_ip)
         return outcome.identity
+
+
+def admin_identity_config(config: GatewayConfig) -> IdentityConfig | None:
+    """How the admin listener authenticates: the MCP listener's JWT issuers and API keys,
+    with the admin listener's own trusted header (none unless `admin.trusted_header`)."""
+    trusted = config.admin.trusted_header
+    if config.identity is None and trusted is None:
+        return None
+    return dataclasses.replace(config.identity or IdentityConfig(), trusted_header=trusted)
 
 
 # A page a person opens from a link: nothing loaded from elsewhere, nothing cached, the

@@ -30,10 +30,16 @@ from holdgate.config.configfile import (
 )
 from holdgate.config.feeds_config import FeedConfig, parse_feeds
 from holdgate.config.metrics_config import MetricsConfig, parse_metrics
-from holdgate.identity.identities import IdentityConfig, parse_identity
+from holdgate.identity.identities import (
+    IdentityConfig,
+    TrustedHeader,
+    parse_identity,
+    parse_trusted_header,
+)
 from holdgate.masking.injected import MAX_SECRET_BYTES, forms_for
 from holdgate.masking.masker import MaskingPolicy, parse_masking
 from holdgate.policy.rules import Action, Policy, parse_rules
+from holdgate.protocol.sessionless import GROUPED_PER_CALLER
 
 TOP_KEYS = {
     "version",
@@ -52,6 +58,8 @@ TOP_KEYS = {
     "listing_ttl",
     "review",
     "metrics",
+    "admin",
+    "sessions",
 }
 UPSTREAM_KEYS = {"name", "prefix", "host", "url", "inject", "on_tool_change"}
 TOOL_CHANGE_KEYS = {"action", "approvers", "timeout"}
@@ -117,6 +125,24 @@ class ApprovalsConfig:
 
 
 @dataclass(frozen=True)
+class AdminConfig:
+    """`admin:`: who the admin listener (approvals API, /metrics) trusts besides JWTs and API
+    keys. Its own `trusted_header`, off unless set: the MCP listener's trust in an auth proxy
+    never reaches the admin port, where no proxy stands in front."""
+
+    trusted_header: TrustedHeader | None = None
+
+
+@dataclass(frozen=True)
+class SessionsConfig:
+    """`sessions: {grouped_per_caller: N}`: how many sessions Holdgate groups for one
+    identity on one upstream from activity without a session id (open: active within the
+    idle split) before that caller's further clients share one overflow session."""
+
+    grouped_per_caller: int = GROUPED_PER_CALLER
+
+
+@dataclass(frozen=True)
 class ReviewConfig:
     """`review: {reviewers: [group, ...]}`: who may certify access over the approvals API."""
 
@@ -139,6 +165,8 @@ class GatewayConfig:
     feeds: tuple[FeedConfig, ...] = ()
     review: ReviewConfig = field(default_factory=ReviewConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
+    sessions: SessionsConfig = field(default_factory=SessionsConfig)
     # How long a client may cache a filtered listing (MCP 2026-07-28 `ttlMs`): a cached list
     # must not outlive a policy reload by much.
     listing_ttl: float = 60.0
@@ -225,6 +253,8 @@ def build_config(
     listing_ttl = found.attempt(root.child("listing_ttl").duration, 60.0)
     review = found.attempt(_parse_review, root.child("review"))
     metrics = found.attempt(parse_metrics, root.child("metrics"), identity is not None)
+    admin = found.attempt(_parse_admin, root.child("admin"))
+    sessions = found.attempt(_parse_sessions, root.child("sessions"))
 
     def assemble() -> GatewayConfig:
         return GatewayConfig(
@@ -242,6 +272,8 @@ def build_config(
             feeds=feeds,
             review=review or ReviewConfig(),
             metrics=metrics or MetricsConfig(),
+            admin=admin or AdminConfig(),
+            sessions=sessions or SessionsConfig(),
             listing_ttl=60.0 if listing_ttl is None else listing_ttl,
             hash_key=hash_key,
             text=text,
@@ -389,6 +421,42 @@ def _parse_approvals(node: Node) -> ApprovalsConfig:
         webhook=node.child("webhook").optional_string(),
         public_url=node.child("public_url").optional_string(),
     )
+
+
+def _parse_admin(node: Node) -> AdminConfig:
+    if node.missing:
+        return AdminConfig()
+    node.mapping({"trusted_header"})
+    trusted_node = node.child("trusted_header")
+    trusted = parse_trusted_header(trusted_node)
+    if trusted is not None and any(net.prefixlen == 0 for net in trusted.networks):
+        raise trusted_node.child("from").error(
+            "trusts every address: any process that reaches the admin listener could decide "
+            "approvals as any approver; name only your auth proxy's address "
+            "(e.g. `from: [127.0.0.1/32]` when it runs on this host)"
+        )
+    return AdminConfig(trusted)
+
+
+MAX_GROUPED_PER_CALLER = 10_000
+
+
+def _parse_sessions(node: Node) -> SessionsConfig:
+    if node.missing:
+        return SessionsConfig()
+    node.mapping({"grouped_per_caller"})
+    cap = node.child("grouped_per_caller")
+    if cap.missing:
+        return SessionsConfig()
+    value = cap.value
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise cap.error(f"expected a whole number of sessions like 16; got {value!r}")
+    if not 1 <= value <= MAX_GROUPED_PER_CALLER:
+        raise cap.error(
+            f"expected 1 to {MAX_GROUPED_PER_CALLER} (sessions one identity may have open "
+            f"on one upstream before its further clients share one); got {value}"
+        )
+    return SessionsConfig(value)
 
 
 def _parse_review(node: Node) -> ReviewConfig:

@@ -221,7 +221,7 @@ def _parse_identity(node: Node, problems: Problems) -> IdentityConfig | None:
         return None
     oidc = _each(node, "oidc", _parse_oidc, problems)
     keys = _each(node, "api_keys", _parse_api_key, problems)
-    trusted = problems.attempt(_parse_trusted, node.child("trusted_header"))
+    trusted = problems.attempt(parse_trusted_header, node.child("trusted_header"))
     if not oidc and not keys and trusted is None and len(problems.found) == before:
         problems.add(
             node.error(
@@ -290,7 +290,8 @@ def _parse_api_key(node: Node) -> ApiKey:
     )
 
 
-def _parse_trusted(node: Node) -> TrustedHeader | None:
+def parse_trusted_header(node: Node) -> TrustedHeader | None:
+    """A `trusted_header:` block (`from`, `user`, `groups`), None when it is absent."""
     if node.missing:
         return None
     node.mapping({"from", "user", "groups"}, required={"from", "user"})

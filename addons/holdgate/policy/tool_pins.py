@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from holdgate.config.gateway_config import ToolChangePolicy
-from holdgate.policy.rules import Decision
+from holdgate.policy.rules import Decision, rule_lineage
 
 TOOL_CHANGED = "tool-changed"  # the rule name decisions made here carry
 PinEvent = Literal["first-seen", "changed", "restored", "pinned"]
@@ -209,7 +209,22 @@ def review_call(
         return Decision("deny", TOOL_CHANGED, reason)
     if decision.action == "approve":
         return decision
-    return Decision("approve", TOOL_CHANGED, reason, on_change.approvers, on_change.timeout)
+    approve = tool_change_decision(upstream, on_change, reason)
+    return approve if approve is not None else decision
+
+
+def tool_change_decision(
+    upstream: str, on_change: ToolChangePolicy, reason: str
+) -> Decision | None:
+    """The approval `on_tool_change: {action: approve}` asks for (None for another action);
+    its lineage is the upstream's `on_tool_change` settings, so a reload that edits them
+    voids approvals not yet spent."""
+    if on_change.action != "approve":
+        return None
+    lineage = rule_lineage([upstream, on_change.approvers, on_change.timeout])
+    return Decision(
+        "approve", TOOL_CHANGED, reason, on_change.approvers, on_change.timeout, lineage=lineage
+    )
 
 
 def _dumps(definition: dict[str, Any]) -> str:

@@ -5,8 +5,10 @@ MCP 2026-07-28 has no `Mcp-Session-Id` (and 2025 clients of stateless servers ge
 Holdgate groups such activity itself: per (user, upstream, client, client address host),
 split after `IDLE_SPLIT` seconds idle. The client comes from
 `_meta["io.modelcontextprotocol/clientInfo"]`, which the client reports about itself: it
-groups evidence for a reviewer and is never a security decision. Everything read here is
-hostile input: bounded, stripped of control characters, validated.
+groups evidence for a reviewer and is never a security decision. Since a caller may name
+a new client on every request, the sessions one (user, upstream) has open (active within
+`IDLE_SPLIT`) are capped; past the cap its new clients share one overflow session. Everything
+read here is hostile input: bounded, stripped of control characters, validated.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ TRACEPARENT_META = "traceparent"
 
 IDLE_SPLIT = 30 * 60  # seconds idle after which the same key starts a new session
 GROUPED_KEYS = 100_000  # keys remembered; the least recently active one goes first
+GROUPED_PER_CALLER = 16  # open grouped sessions per (user, upstream) before the overflow one
 CLIENT_CHARS = 120  # the longest client string kept
 _PART_CHARS = 64  # of a clientInfo name or version
 UNKNOWN_CLIENT = "unknown client"
@@ -126,27 +129,81 @@ def is_grouped_id(session: str) -> bool:
     return session.startswith(GROUPED_PREFIX)
 
 
+class Grouped(NamedTuple):
+    """The grouped session a request belongs to."""
+
+    session: str
+    is_new: bool  # first seen now: it gets its `sessions` row
+    overflow: bool  # the caller's overflow session (its own sessions were at the cap)
+
+
+Caller = tuple[str, str]  # (user, upstream)
+
+
 class SessionGrouper:
     """Groups activity without a session id into sessions; bounded (least recently active
-    key evicted first). `now` is passed in (seconds), so tests need no clock."""
+    key evicted first), and at most `per_caller` open sessions of a caller's own (active
+    within `idle_split`) before its further clients share one overflow session. Clients in
+    the overflow session are not remembered one by one, so a flood of made-up client names
+    costs one entry per caller. `now` is passed in (seconds), so tests need no clock."""
 
     def __init__(self, limit: int = GROUPED_KEYS, idle_split: float = IDLE_SPLIT) -> None:
         self.limit = limit
         self.idle_split = idle_split
         self._open: OrderedDict[GroupKey, tuple[str, float]] = OrderedDict()
+        # per caller, its keys with a session of their own, least recently active first
+        self._own: dict[Caller, OrderedDict[GroupKey, float]] = {}
+        self._overflow: OrderedDict[Caller, tuple[str, float]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._open)
 
-    def resolve(self, key: GroupKey, now: float) -> tuple[str, bool]:
-        """(session id, is_new): the key's session, or a new one when it has none or has
-        been idle for `idle_split` seconds or more."""
+    def resolve(self, key: GroupKey, now: float, per_caller: int = GROUPED_PER_CALLER) -> Grouped:
+        """The key's session; a new one when it has none or it has been idle for
+        `idle_split` seconds or more; the caller's overflow session instead of a new one
+        when the caller already has `per_caller` open sessions of its own."""
+        caller = (key.user, key.upstream)
         found = self._open.pop(key, None)
+        own = self._own.setdefault(caller, OrderedDict())
+        own.pop(key, None)
         if found is not None and now - found[1] < self.idle_split:
             session, is_new, last = found[0], False, max(now, found[1])
-        else:
+        elif self._open_count(caller, now) < per_caller:
             session, is_new, last = new_session_id(), True, now
+        else:
+            if not own:
+                del self._own[caller]
+            return self._join_overflow(caller, now)
         self._open[key] = (session, last)  # re-inserted: now the most recently active
+        own[key] = last
         while len(self._open) > self.limit:
-            self._open.popitem(last=False)
-        return session, is_new
+            self._forget(self._open.popitem(last=False)[0])
+        return Grouped(session, is_new, False)
+
+    def _open_count(self, caller: Caller, now: float) -> int:
+        """The caller's open sessions of its own, forgetting those idle too long."""
+        own = self._own.get(caller)
+        while own and now - next(iter(own.values())) >= self.idle_split:
+            stale, _ = own.popitem(last=False)
+            self._open.pop(stale, None)
+        return len(own) if own else 0
+
+    def _join_overflow(self, caller: Caller, now: float) -> Grouped:
+        current = self._overflow.pop(caller, None)
+        if current is not None and now - current[1] < self.idle_split:
+            grouped = Grouped(current[0], False, True)
+            last = max(now, current[1])
+        else:
+            grouped, last = Grouped(new_session_id(), True, True), now
+        self._overflow[caller] = (grouped.session, last)
+        while len(self._overflow) > self.limit:
+            self._overflow.popitem(last=False)
+        return grouped
+
+    def _forget(self, key: GroupKey) -> None:
+        caller = (key.user, key.upstream)
+        own = self._own.get(caller)
+        if own is not None:
+            own.pop(key, None)
+            if not own:
+                del self._own[caller]

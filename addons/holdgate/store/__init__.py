@@ -16,6 +16,7 @@ One `Store` object owns the connections; all SQL lives in this package:
     purge.py             retention (keeping current pins, configs in use), a chained checkpoint
     checkpoints.py       signed checkpoints: keys, the witness line format, verify --witness
     replica_records.py   the replicas sharing the store: registration, heartbeats, leases
+    task_records.py      who owns each upstream task, and the call that created it
     pg_listen.py         PostgreSQL notifications of approval decisions (LISTEN/NOTIFY)
     writer.py            AuditWriter, the gateway's non-blocking writer thread
     digest_key.py        the argument-digest key kept beside the store
@@ -79,6 +80,7 @@ from holdgate.store.rows import (
 from holdgate.store.schema import CHAINED, GENESIS, SCHEMA_VERSION, open_db, schema_version
 from holdgate.store.sqlite_export import write_sqlite_export
 from holdgate.store.sqlite_store import SqliteStore, open_store
+from holdgate.store.task_records import TaskRecord
 from holdgate.store.writer import AuditWriter
 
 __all__ = [
@@ -122,6 +124,7 @@ __all__ = [
     "StoreNotSupported",
     "StoreUnavailable",
     "RecordingRow",
+    "TaskRecord",
     "ToolPinRow",
     "UnknownApproval",
     "VerifyReport",

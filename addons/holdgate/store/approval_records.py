@@ -60,6 +60,7 @@ _REQUEST_COLUMNS = (
     "flow_id",
     "via",
     "replica",
+    "rule_lineage",
 )
 
 

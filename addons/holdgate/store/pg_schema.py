@@ -21,6 +21,8 @@ from holdgate.store.schema import (
     INDEXES,
     SHARED_KEYS,
     SHARED_V4,
+    TASK_OWNERS,
+    TASK_OWNERS_INDEX,
 )
 from holdgate.store.sqlconn import SqlConnection, transaction
 
@@ -64,7 +66,7 @@ SELECT a.approval_id, a.state, a.requester, a.upstream, a.method, a.tool, a.rule
        a.approvers, a.decider, a.reason, a.created, a.expires,
        CASE WHEN a.state = 'pending' THEN NULL ELSE a.ts END AS decided,
        a.args_masked, a.args_digest, a.request_digest, a.changes, a.flow_id, a.seq, a.via,
-       a.replica
+       a.replica, a.rule_lineage
 FROM approvals AS a
 JOIN (SELECT approval_id, max(seq) AS seq FROM approvals
       WHERE state NOT IN {ANNOTATIONS!r} GROUP BY approval_id) AS latest
@@ -110,7 +112,26 @@ def _migrate_v5(conn: SqlConnection) -> None:
     _create_shared(conn, "feed_cursors", FEED_CURSORS)
 
 
-MIGRATIONS: list[Callable[[SqlConnection], None]] = [_create_v4, _migrate_v5]
+def _migrate_v6(conn: SqlConnection) -> None:
+    """`approvals.rule_lineage` and `v_approvals` carrying it, as SQLite's schema 6 (a
+    database created at this version already has both: `_create_v4` builds the newest)."""
+    conn.execute("ALTER TABLE approvals ADD COLUMN IF NOT EXISTS rule_lineage TEXT")
+    conn.execute(f'CREATE OR REPLACE VIEW "v_approvals" AS {_VIEWS["v_approvals"].strip()}')
+
+
+def _migrate_v7(conn: SqlConnection) -> None:
+    """`task_owners`, as SQLite's schema 7."""
+    _create_shared(conn, "task_owners", TASK_OWNERS)
+    names = ", ".join(f'"{c}"' for c in TASK_OWNERS_INDEX)
+    conn.execute(f'CREATE INDEX "ix_task_owners_owner" ON "task_owners" ({names})')
+
+
+MIGRATIONS: list[Callable[[SqlConnection], None]] = [
+    _create_v4,
+    _migrate_v5,
+    _migrate_v6,
+    _migrate_v7,
+]
 SCHEMA_VERSION = FIRST_VERSION + len(MIGRATIONS) - 1
 
 

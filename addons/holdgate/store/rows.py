@@ -50,7 +50,8 @@ class EventRow(TypedDict, total=False):
 class SessionSummary(TypedDict):
     """One session (the `v_sessions` view): who, where, when, how much was refused. `kind`:
     "mcp" for a protocol session id, "grouped" for activity without one that Holdgate
-    grouped; `client` is what the client reported about itself."""
+    grouped, "overflow" for the one a caller's further clients share once it has its cap of
+    grouped sessions open; `client` is what the (first) client reported about itself."""
 
     session_id: str
     user: str | None
@@ -89,6 +90,7 @@ class ApprovalRow(TypedDict, total=False):
     flow_id: str | None
     via: str | None
     replica: str | None
+    rule_lineage: str | None
     prev_hash: str
     row_hash: str
 
@@ -118,6 +120,7 @@ class ApprovalRecord(TypedDict, total=False):
     flow_id: str | None
     via: str | None  # "elicitation", or held ("hold" or NULL in rows before schema v3)
     replica: str | None  # the replica holding a held call (NULL before schema v4)
+    rule_lineage: str | None  # of the rule that asked (`rules.rule_lineage`; NULL before v6)
     history: list[ApprovalRow]
 
 

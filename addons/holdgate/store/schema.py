@@ -155,9 +155,11 @@ CERTIFICATIONS: dict[str, type] = {
     "reviewer": str,
     "reason": str,
 }
+# v6: an approval names the lineage of the rule that asked for it (`rules.rule_lineage`):
+# it may be spent only while that rule is unchanged.
 COLUMNS: dict[str, dict[str, type]] = {
     **_V3,
-    "approvals": {**_V3["approvals"], "replica": str},
+    "approvals": {**_V3["approvals"], "replica": str, "rule_lineage": str},
     "recordings": RECORDINGS,
     "campaigns": CAMPAIGNS,
     "certifications": CERTIFICATIONS,
@@ -192,14 +194,30 @@ FEED_CURSORS = {
     "lease_until": float,
     "last_error": str,
 }
-SHARED = {**SHARED_V4, "feed_cursors": FEED_CURSORS}
+# which identity each upstream task belongs to and the call that created it (schema 7;
+# keyed by a digest of upstream and task id; holdgate.store.task_records)
+TASK_OWNERS = {
+    "task_key": str,
+    "owner": str,
+    "upstream": str,
+    "session_id": str,
+    "tool": str,
+    "call_flow_id": str,
+    "call_jsonrpc_id": str,
+    "created": float,
+    "expires": float,
+}
+SHARED = {**SHARED_V4, "feed_cursors": FEED_CURSORS, "task_owners": TASK_OWNERS}
 SHARED_KEYS = {
     "replicas": "replica",
     "rate_counters": "bucket",
     "grants": "grant_key",
     "session_owners": "session_key",
     "feed_cursors": "feed",
+    "task_owners": "task_key",
 }
+# a caller's tasks are listed newest first (tasks/list filtering)
+TASK_OWNERS_INDEX = ["owner", "upstream", "created"]
 CHAINED = tuple(COLUMNS)
 TIME_COLUMN = {t: "first_seen" if t == "sessions" else "ts" for t in CHAINED}
 
@@ -349,12 +367,31 @@ def _migrate_v5(db: Database) -> None:
     db["feed_cursors"].create(FEED_CURSORS, pk=SHARED_KEYS["feed_cursors"])  # type: ignore[union-attr]
 
 
+def _migrate_v6(db: Database) -> None:
+    """`approvals.rule_lineage` (NULL in older rows: such an approval is never spent after
+    its decision's hold), carried by `v_approvals`."""
+    db.execute("ALTER TABLE approvals ADD COLUMN rule_lineage TEXT")
+    db.execute("DROP VIEW v_approvals")
+    db.create_view(
+        "v_approvals",
+        _approvals_view(ANNOTATIONS, ", a.via, a.replica, a.rule_lineage").strip(),
+    )
+
+
+def _migrate_v7(db: Database) -> None:
+    """`task_owners`: who owns each upstream task (not chained, shared by replicas)."""
+    db["task_owners"].create(TASK_OWNERS, pk=SHARED_KEYS["task_owners"])  # type: ignore[union-attr]
+    db["task_owners"].create_index(TASK_OWNERS_INDEX, index_name="ix_task_owners_owner")  # type: ignore[union-attr]
+
+
 MIGRATIONS: list[Callable[[Database], None]] = [
     _migrate_v1,
     _migrate_v2,
     _migrate_v3,
     _migrate_v4,
     _migrate_v5,
+    _migrate_v6,
+    _migrate_v7,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

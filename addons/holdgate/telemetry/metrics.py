@@ -76,6 +76,8 @@ REFUSAL_KINDS = frozenset(
         "no-upstream",
         "foreign-session",
         "approval-refused",
+        "approval-expired",
+        "rule-changed",
         "audit-unavailable",
         "unrecordable",
         "internal-error",
