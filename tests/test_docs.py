@@ -149,6 +149,13 @@ def test_every_option_is_documented(option: str) -> None:
     )
 
 
+def test_the_options_table_names_only_real_options() -> None:
+    text = (ROOT / "docs" / "operations.md").read_text()
+    section = text.split("## Options (`--set name=value`)", 1)[1].split("\n## ", 1)[0]
+    written = set(re.findall(r"^\| `(holdgate_\w+)` \|", section, re.M))
+    assert written == set(OPTIONS) | declared_options()
+
+
 @pytest.mark.parametrize("command", [" ".join(c) for c in cli_commands(main)])
 def test_every_cli_command_is_documented(command: str) -> None:
     assert documented_command(tuple(command.split()), documentation()), (
