@@ -150,7 +150,7 @@ class Signer:
         self.token = jwt.encode(claims, key, algorithm="RS256", headers={"kid": "bench"})
 
 
-# The profiles every gateway of the bench masks with (DESIGN.md's example).
+# The profiles every gateway of the bench masks with (docs/guide.md's masking example, trimmed).
 MASKING = """masking:
   - name: pii
     detectors: [email, phone, credit_card, iban, us_ssn]
@@ -1439,7 +1439,7 @@ def scenario_chain(quick: bool) -> dict:
 
 
 def haproxy_config(port: int, backends: list[int]) -> str:
-    """HAProxy in front of the replicas (the README's "Running replicas" shows this one):
+    """HAProxy in front of the replicas (docs/operations.md, "Running replicas", shows this one):
     a session's requests go to one replica (hashed on its Mcp-Session-Id; round robin for
     requests without one), a replica that stops accepting is taken out."""
     servers = "\n".join(

@@ -320,7 +320,7 @@ def test_national_phones_only_with_phone_regions() -> None:
     assert masked == "call *** **** 0958"
 
 
-# --- partial never shows more than the README says ------------------------------------------
+# --- partial never shows more than the user guide says -------------------------------------
 
 PARTIAL_SAMPLES = [
     *(("email", v) for v in ("josé.garcía@example.com", "alice%40example.com", "x@bücher.example")),
@@ -335,7 +335,7 @@ PARTIAL_SAMPLES = [
 
 
 def _allowed(kind: str, value: str, shown: str) -> bool:
-    """What the README says partial keeps: an e-mail's first letter and domain; the last
+    """What docs/guide.md says partial keeps: an e-mail's first letter and domain; the last
     four digits of a card, phone or SSN; an IBAN's country and last four; secrets nothing."""
     kept = set(shown) - set("*")
     if kind == "email":
