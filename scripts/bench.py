@@ -71,7 +71,7 @@ sys.path.insert(0, str(ROOT / "addons"))
 sys.path.insert(0, str(ROOT / "tests"))  # helpers.postgres: the suite's PostgreSQL, reused
 
 import bench_masking  # noqa: E402
-from holdgate.config.configfile import parse_yaml  # noqa: E402
+from holdgate.configfile import parse_yaml  # noqa: E402
 from holdgate.masking.masker import StreamMasker  # noqa: E402
 from holdgate.policy.rules import Policy, parse_rules  # noqa: E402
 from holdgate.protocol.jsonrpc import dumps, loads_strict_text, parse_body  # noqa: E402

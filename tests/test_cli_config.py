@@ -9,8 +9,8 @@ from click.testing import CliRunner
 
 from holdgate import store
 from holdgate.cli.main import main
-from holdgate.config.configfile import SECRET_PLACEHOLDER, ConfigError
 from holdgate.config.gateway_config import load_config
+from holdgate.configfile import SECRET_PLACEHOLDER, ConfigError
 
 CONFIG = """version: 1
 upstreams:

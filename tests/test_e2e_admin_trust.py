@@ -15,8 +15,8 @@ from helpers.clients import connect
 from helpers.configs import ALICE, DANA
 from helpers.processes import free_port
 from holdgate import store
-from holdgate.config.configfile import ConfigErrors
 from holdgate.config.gateway_config import parse_config_text
+from holdgate.configfile import ConfigErrors
 from test_e2e_approvals import api
 
 pytestmark = pytest.mark.anyio

@@ -24,7 +24,7 @@ from holdgate.addons.flowstate import (
     state,
 )
 from holdgate.config.gateway_config import Upstream
-from holdgate.identity.identities import Identity
+from holdgate.identity import Identity
 from holdgate.policy.policytest import format_explanation
 from holdgate.policy.quota import Hit, rate_bucket
 from holdgate.policy.rules import Decision, Policy

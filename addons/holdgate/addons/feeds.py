@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 
 from mitmproxy import ctx
 
-from holdgate.config.feeds_config import FeedConfig
 from holdgate.config.options import STORE_OPTIONS, replica_name, store_location
+from holdgate.feeds.feeds_config import FeedConfig
 from holdgate.feeds.runner import FeedRunner
 from holdgate.store import Store, open_store
 

@@ -56,7 +56,7 @@ from holdgate.approvals.campaign_http import handle_campaigns
 from holdgate.approvals.refusal_budget import RefusalBudget
 from holdgate.approvals.spendable import SpendRefusal, rule_in_force, spend_refusal
 from holdgate.config.gateway_config import GatewayConfig
-from holdgate.identity.identities import Identity
+from holdgate.identity import Identity
 from holdgate.policy.rules import Decision
 from holdgate.protocol.canonical_json import args_digest
 from holdgate.protocol.jsonrpc import (

@@ -14,8 +14,8 @@ from typing import Any
 
 import click
 
-from holdgate.config.configfile import ConfigError, parse_duration
 from holdgate.config.gateway_config import GatewayConfig, load_config
+from holdgate.configfile import ConfigError, parse_duration
 from holdgate.store import Store, StoreError, StoreNotFound, iso, open_store, parse_iso
 
 

@@ -19,7 +19,7 @@ from typing import Literal
 from urllib.parse import unquote, urlsplit
 
 from holdgate.config.checkpoints_config import CheckpointsConfig, parse_checkpoints
-from holdgate.config.configfile import (
+from holdgate.configfile import (
     ConfigError,
     ConfigErrors,
     Node,
@@ -28,9 +28,8 @@ from holdgate.config.configfile import (
     load_yaml_file,
     parse_yaml,
 )
-from holdgate.config.feeds_config import FeedConfig, parse_feeds
-from holdgate.config.metrics_config import MetricsConfig, parse_metrics
-from holdgate.identity.identities import (
+from holdgate.feeds.feeds_config import FeedConfig, parse_feeds
+from holdgate.identity import (
     IdentityConfig,
     TrustedHeader,
     parse_identity,
@@ -38,7 +37,9 @@ from holdgate.identity.identities import (
 )
 from holdgate.masking.masker import MaskingPolicy, parse_masking
 from holdgate.policy.rules import Action, Policy, parse_rules
+from holdgate.policy.tool_pins import ToolChangePolicy
 from holdgate.protocol.sessionless import GROUPED_PER_CALLER
+from holdgate.telemetry.metrics_config import MetricsConfig, parse_metrics
 
 TOP_KEYS = {
     "version",
@@ -63,17 +64,7 @@ TOP_KEYS = {
 UPSTREAM_KEYS = {"name", "prefix", "host", "url", "inject", "on_tool_change"}
 TOOL_CHANGE_KEYS = {"action", "approvers", "timeout"}
 INJECT_KEYS = {"headers", "pass_cookies"}
-CREDENTIAL_HEADERS = ("authorization", "x-api-key", "proxy-authorization")
 RESPONSE_HEADER_KEYS = {"drop", "mask"}
-
-
-@dataclass(frozen=True)
-class ToolChangePolicy:
-    """What applies to calls of a tool whose listed definition changed since it was pinned."""
-
-    action: Literal["deny", "approve", "alert"] = "deny"
-    approvers: tuple[str, ...] = ()
-    timeout: float = 600.0
 
 
 @dataclass(frozen=True)

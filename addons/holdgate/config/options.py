@@ -9,7 +9,6 @@ registers anything, so both stop the gateway instead.
 from __future__ import annotations
 
 import difflib
-import ipaddress
 import socket
 from collections.abc import Mapping
 
@@ -71,13 +70,3 @@ def replica_name(options: object) -> str:
         return named
     port = getattr(options, "listen_port", None) or 8080
     return f"{socket.gethostname()}:{port}"
-
-
-def is_loopback(host: str) -> bool:
-    """`localhost` or a loopback address; any other name may resolve to anything."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False

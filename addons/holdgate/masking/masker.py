@@ -62,7 +62,7 @@ from jsonpath_ng.ext.filter import Filter
 from jsonpath_ng.ext.parser import parse as parse_jsonpath
 from jsonpath_ng.jsonpath import Child, Descendants, Fields, Index, Root, Slice, This, Wildcard
 
-from holdgate.config.configfile import Node, Problems, collected, declared_names
+from holdgate.configfile import Node, Problems, collected, declared_names
 from holdgate.masking.detectors import (
     BUILTIN_DETECTORS,
     KEYED_DETECTORS,

@@ -39,7 +39,7 @@ from jsonpath_ng import JSONPath
 from jsonpath_ng.exceptions import JsonPathLexerError, JsonPathParserError
 from jsonpath_ng.ext.parser import parse as parse_jsonpath
 
-from holdgate.config.configfile import Node, Problems, collected
+from holdgate.configfile import Node, Problems, collected
 from holdgate.protocol.jsonrpc import NAME_PARAM, Message
 
 Action = Literal["allow", "deny", "approve"]

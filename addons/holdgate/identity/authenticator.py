@@ -15,331 +15,35 @@ same time share one in-flight fetch, and an issuer is fetched at most once per
 from __future__ import annotations
 
 import asyncio
-import collections
 import hashlib
 import hmac
 import http.client
 import ipaddress
-import json
 import logging
-import secrets
 import time
-import urllib.request
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import jwt
-from jwt import PyJWK, PyJWKSet
-from jwt.exceptions import PyJWKError, PyJWKSetError
+from jwt import PyJWK
 
-from holdgate.config.configfile import Node, Problems, collected
+from holdgate.identity.caller import AuthError, AuthOutcome, Identity
+from holdgate.identity.identity_config import ApiKey, IdentityConfig, OidcIssuer, TrustedHeader
+from holdgate.identity.jwks import (
+    JWKS_FETCHES,
+    JWKS_LONGEST_AGE,
+    Fetch,
+    JwksResponse,
+    fetch_url,
+    jwks_keys,
+    key_fits,
+    load_keys,
+)
 from holdgate.protocol.jsonrpc import shown
 
 logger = logging.getLogger("holdgate")
-ASYMMETRIC = (
-    "RS256",
-    "RS384",
-    "RS512",
-    "PS256",
-    "PS384",
-    "PS512",
-    "ES256",
-    "ES384",
-    "ES512",
-    "EdDSA",
-)
-IDENTITY_KEYS = {"oidc", "api_keys", "trusted_header"}
-OIDC_KEYS = {
-    "issuer",
-    "audience",
-    "jwks_uri",
-    "jwks_file",
-    "algorithms",
-    "user_claim",
-    "groups_claim",
-    "leeway",
-    "jwks_min_refresh",
-    "jwks_min_age",
-    "jwks_max_age",
-}
-# A key set is refreshed when its response's `Cache-Control: max-age` says, but never
-# sooner than the issuer's `jwks_min_age` nor later than this.
-JWKS_LONGEST_AGE = 86_400.0
-
-
-@dataclass(frozen=True)
-class Identity:
-    user: str
-    groups: tuple[str, ...]
-    method: str  # "oidc" | "api_key" | "trusted_header" | "anonymous"
-    issuer: str | None = None
-    key_id: str | None = None
-    name: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "user": self.user,
-            "groups": list(self.groups),
-            "method": self.method,
-        }
-        for key in ("issuer", "key_id", "name"):
-            if getattr(self, key) is not None:
-                out[key] = getattr(self, key)
-        return out
-
-
-ANONYMOUS = Identity("anonymous", (), "anonymous")
-
-
-@dataclass(frozen=True)
-class OidcIssuer:
-    issuer: str
-    audience: tuple[str, ...]
-    algorithms: tuple[str, ...]
-    user_claim: str = "sub"
-    groups_claim: str | None = None
-    leeway: float = 30.0
-    jwks_uri: str | None = None
-    jwks_file_keys: tuple[dict[str, Any], ...] | None = None
-    min_refresh: float = 2.0  # the fewest seconds between two fetches of the keys
-    min_age: float = 60.0  # a max-age below this is raised to it
-    max_age: float = 3600.0  # the refresh interval when the response names no max-age
-
-
-@dataclass(frozen=True)
-class ApiKey:
-    name: str
-    sha256: bytes
-    groups: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class TrustedHeader:
-    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
-    user_header: str
-    groups_header: str | None
-
-
-@dataclass(frozen=True)
-class IdentityConfig:
-    oidc: tuple[OidcIssuer, ...] = ()
-    api_keys: tuple[ApiKey, ...] = ()
-    trusted_header: TrustedHeader | None = None
-
-
-@dataclass(frozen=True)
-class AuthOutcome:
-    identity: Identity | None
-    error: str | None = None  # safe for a body: reason, and any request text via `shown`
-    spoofed_headers: tuple[str, ...] = ()
-    reason: str | None = None  # one of AUTH_REASONS: the only part a response header gets
-
-
-# Why a credential was refused, as the 401's `WWW-Authenticate` header may say it. A closed
-# set: the header never carries text from the request (a CRLF in a token's `kid` would set
-# response headers of the caller's choosing). The value that was wrong goes to the body only.
-AUTH_REASONS = frozenset(
-    {
-        "no credentials",
-        "multiple credentials",
-        "the Authorization header must be `Bearer <token>`",
-        "unknown API key",
-        "malformed token",
-        "unknown issuer",
-        "wrong issuer",
-        "wrong audience",
-        "algorithm not allowed",
-        "algorithm not allowed for this key",
-        "token has no kid and the issuer has several keys",
-        "unknown signing key",
-        "cannot fetch the issuer's keys",
-        "bad signature",
-        "token expired",
-        "token not yet valid",
-        "token lacks a required claim",
-        "token has no user claim",
-        "the groups claim is neither a list of strings nor a string",
-        "the trusted user header must appear exactly once",
-        "invalid token",
-    }
-)
-
-
-class AuthError(Exception):
-    """A credential was presented and is not acceptable.
-
-    `reason` is one of AUTH_REASONS; `detail` names what was wrong, with any request text
-    already passed through `shown`. `str()` of the error is safe for bodies and logs.
-    """
-
-    def __init__(self, reason: str, detail: str | None = None) -> None:
-        super().__init__(reason if detail is None else f"{reason} ({detail})")
-        self.reason = reason
-        self.detail = detail
-
-
-def challenge(metadata_url: str, reason: str | None) -> str:
-    """The 401's `WWW-Authenticate` value (RFC 6750, RFC 9728); nothing from a token in it.
-
-    A reason outside AUTH_REASONS becomes a generic one; the URL (which in regular proxy
-    mode comes from the client's Host header) is percent-encoded outside visible ASCII and
-    has its quotes and backslashes encoded, so it cannot leave its quoted-string.
-    """
-    url = "".join(
-        c if 0x21 <= ord(c) <= 0x7E and c not in '"\\' else _percent(c) for c in metadata_url
-    )
-    description = reason if reason in AUTH_REASONS else "invalid credentials"
-    return (
-        f'Bearer resource_metadata="{url}", error="invalid_token", '
-        f'error_description="{description}"'
-    )
-
-
-def _percent(char: str) -> str:
-    return "".join(f"%{b:02X}" for b in char.encode("utf-8", "surrogatepass"))
-
-
-# --- config ------------------------------------------------------------------------------
-
-
-def parse_identity(node: Node, problems: Problems | None = None) -> IdentityConfig | None:
-    """The `identity:` section. Each issuer, API key and the trusted header are checked on
-    their own: one with a mistake is recorded in `problems` and left out (without
-    `problems`, all mistakes are raised at the end)."""
-    return collected(lambda found: _parse_identity(node, found), problems)
-
-
-def _parse_identity(node: Node, problems: Problems) -> IdentityConfig | None:
-    if node.missing:
-        return None
-    before = len(problems.found)
-    problems.attempt(node.mapping, IDENTITY_KEYS)
-    if not isinstance(node.value, dict):
-        return None
-    oidc = _each(node, "oidc", _parse_oidc, problems)
-    keys = _each(node, "api_keys", _parse_api_key, problems)
-    trusted = problems.attempt(parse_trusted_header, node.child("trusted_header"))
-    if not oidc and not keys and trusted is None and len(problems.found) == before:
-        problems.add(
-            node.error(
-                "configure at least one of oidc, api_keys, trusted_header "
-                "(or remove `identity` to allow anonymous callers)"
-            )
-        )
-    return IdentityConfig(oidc, keys, trusted)
-
-
-def _each[T](node: Node, key: str, parse: Callable[[Node], T], problems: Problems) -> tuple[T, ...]:
-    if not node.has(key):
-        return ()
-    parsed = (problems.attempt(parse, item) for item in problems.elements(node.child(key)))
-    return tuple(item for item in parsed if item is not None)
-
-
-def _parse_oidc(node: Node) -> OidcIssuer:
-    node.mapping(OIDC_KEYS, required={"issuer", "audience"})
-    algorithms = node.child("algorithms").strings() or ("RS256", "ES256")
-    for alg in algorithms:
-        if alg not in ASYMMETRIC:
-            raise node.child("algorithms").error(
-                f"algorithm {alg!r} is not allowed: only asymmetric algorithms "
-                f"({', '.join(ASYMMETRIC)}); `none` and HMAC would allow forged tokens"
-            )
-    uri = node.child("jwks_uri").optional_string()
-    file_node = node.child("jwks_file")
-    if (uri is None) == file_node.missing:
-        raise node.error("give exactly one of jwks_uri or jwks_file")
-    file_keys = None
-    if not file_node.missing:
-        path = Path(file_node.string())
-        if not path.is_absolute():
-            path = Path(node.doc.file).parent / path
-        try:
-            file_keys = tuple(_jwks_keys(path.read_bytes()))
-        except OSError as exc:
-            raise file_node.error(f"cannot read {path} ({exc.strerror})") from None
-        except ValueError as exc:
-            raise file_node.error(f"{path} is not a JWKS: {exc}") from None
-    return OidcIssuer(
-        issuer=node.child("issuer").string(),
-        audience=node.child("audience").strings(),
-        algorithms=algorithms,
-        user_claim=node.child("user_claim").string(default="sub"),
-        groups_claim=node.child("groups_claim").optional_string(),
-        leeway=node.child("leeway").duration(default=30.0),
-        jwks_uri=uri,
-        jwks_file_keys=file_keys,
-        min_refresh=node.child("jwks_min_refresh").duration(default=2.0),
-        min_age=node.child("jwks_min_age").duration(default=60.0),
-        max_age=node.child("jwks_max_age").duration(default=3600.0),
-    )
-
-
-def _parse_api_key(node: Node) -> ApiKey:
-    node.mapping({"name", "sha256", "groups"}, required={"name", "sha256"})
-    digest = node.child("sha256").string().lower()
-    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
-        raise node.child("sha256").error(
-            "expected 64 hex digits; make one with `holdgate keys hash KEY`"
-        )
-    return ApiKey(
-        node.child("name").string(), bytes.fromhex(digest), node.child("groups").strings()
-    )
-
-
-def parse_trusted_header(node: Node) -> TrustedHeader | None:
-    """A `trusted_header:` block (`from`, `user`, `groups`), None when it is absent."""
-    if node.missing:
-        return None
-    node.mapping({"from", "user", "groups"}, required={"from", "user"})
-    networks = []
-    for item in (
-        node.child("from").elements()
-        if isinstance(node.value.get("from"), list)
-        else [node.child("from")]
-    ):
-        try:
-            networks.append(ipaddress.ip_network(item.string(), strict=False))
-        except ValueError:
-            raise item.error(f"{item.value!r} is not an address or CIDR range") from None
-    return TrustedHeader(
-        tuple(networks),
-        node.child("user").string().lower(),
-        (node.child("groups").optional_string() or "").lower() or None,
-    )
-
-
-def _jwks_keys(data: bytes) -> list[dict[str, Any]]:
-    try:
-        doc = json.loads(data)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"invalid JSON ({exc.msg})") from None
-    keys = doc.get("keys") if isinstance(doc, dict) else None
-    if not isinstance(keys, list) or not all(isinstance(k, dict) for k in keys):
-        raise ValueError('expected {"keys": [...]}')
-    for key in keys:
-        if key.get("kty") == "oct":
-            raise ValueError("symmetric (oct) keys are not accepted")
-    return keys
-
-
-def authorization_servers(config: IdentityConfig) -> list[str]:
-    return [issuer.issuer for issuer in config.oidc]
-
-
-def api_key_hash(key: str) -> str:
-    return hashlib.sha256(key.encode("utf-8")).hexdigest()
-
-
-def generate_api_key() -> tuple[str, str]:
-    key = "hg_" + secrets.token_urlsafe(32)
-    return key, api_key_hash(key)
-
-
-# --- claims ------------------------------------------------------------------------------
 
 
 def claim(claims: Mapping[str, Any], path: str) -> Any:
@@ -365,54 +69,6 @@ def group_list(value: Any) -> tuple[str, ...]:
     raise AuthError("the groups claim is neither a list of strings nor a string")
 
 
-# --- authentication ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class JwksResponse:
-    """A fetched key set: the body, and how long the IdP says it may be kept (seconds)."""
-
-    body: bytes
-    max_age: float | None = None
-
-
-# JWKS fetches in this process by result ("ok", "failed"), read by the metrics at scrape
-# time (a count, like a log line: every Authenticator adds to it).
-JWKS_FETCHES: collections.Counter[str] = collections.Counter()
-
-# The fetch seam: a URL's key set (bytes alone when the source gives no caching advice).
-Fetch = Callable[[str], Awaitable[JwksResponse | bytes]]
-
-
-async def fetch_url(url: str) -> JwksResponse:
-    """Fetch a JWKS without blocking the event loop."""
-
-    def get() -> JwksResponse:
-        request = urllib.request.Request(url, headers={"Accept": "application/json"})
-        with urllib.request.urlopen(request, timeout=5) as response:
-            body = bytes(response.read(1_048_576))
-            return JwksResponse(body, cache_max_age(response.headers.get("Cache-Control")))
-
-    return await asyncio.to_thread(get)
-
-
-def cache_max_age(cache_control: str | None) -> float | None:
-    """Seconds from a `Cache-Control` value (`max-age=N`; `no-cache`/`no-store` are 0),
-    or None when it says nothing usable."""
-    if not cache_control:
-        return None
-    for directive in cache_control.split(","):
-        name, _, value = directive.strip().partition("=")
-        name = name.strip().lower()
-        if name in ("no-cache", "no-store"):
-            return 0.0
-        if name == "max-age":
-            value = value.strip().strip('"')
-            if value.isdigit():
-                return float(value)
-    return None
-
-
 def refresh_interval(max_age: float | None, issuer: OidcIssuer) -> float:
     """How long a fetched key set is used before the background refresh fetches it again."""
     if max_age is None:
@@ -436,6 +92,8 @@ class _KeyCache:
 # RSA verification and JWT parsing are most of an authenticated call's cost. Expiry and
 # not-before are still checked on every use, and the signing key must still be known.
 VERIFIED_TTL = 60.0
+
+
 VERIFIED_MAX = 10_000
 
 
@@ -468,7 +126,7 @@ class Authenticator:
         for issuer in config.oidc:
             cache = _KeyCache()
             if issuer.jwks_file_keys is not None:
-                cache.keys = _load_keys(list(issuer.jwks_file_keys))
+                cache.keys = load_keys(list(issuer.jwks_file_keys))
                 cache.fetched_at = cache.refresh_at = float("inf")
             self._caches[issuer.issuer] = cache
 
@@ -590,7 +248,7 @@ class Authenticator:
             raise AuthError("algorithm not allowed", f"alg {shown(alg)}")
         kid = header.get("kid")
         key = await self._key(issuer, kid)
-        if not _key_fits(key, alg):
+        if not key_fits(key, alg):
             raise AuthError("algorithm not allowed for this key", f"alg {shown(alg)}")
         try:
             claims = jwt.decode(
@@ -655,7 +313,7 @@ class Authenticator:
         try:
             fetched = await self._fetch(uri)
             response = fetched if isinstance(fetched, JwksResponse) else JwksResponse(fetched)
-            keys = _load_keys(_jwks_keys(response.body))
+            keys = load_keys(jwks_keys(response.body))
         except (OSError, ValueError, http.client.HTTPException) as exc:
             JWKS_FETCHES["failed"] += 1
             cache.failure = type(exc).__name__
@@ -678,23 +336,6 @@ class Authenticator:
             cache.fetching = None
 
 
-def _load_keys(keys: list[dict[str, Any]]) -> dict[str, PyJWK]:
-    try:
-        keyset = PyJWKSet.from_dict({"keys": [k for k in keys if k.get("use", "sig") == "sig"]})
-    except (PyJWKSetError, PyJWKError) as exc:
-        raise ValueError(str(exc)) from None
-    return {k.key_id or "": k for k in keyset.keys if k.key_type != "oct"}
-
-
-def _key_fits(key: PyJWK, alg: str) -> bool:
-    """The algorithm family must match the key type (no RSA key used as an HMAC secret)."""
-    families = {"RSA": ("RS", "PS"), "EC": ("ES",), "OKP": ("EdDSA",)}
-    declared = key._jwk_data.get("alg")  # noqa: SLF001 - PyJWK keeps the JWK's own alg here
-    if declared is not None and declared != alg:
-        return False
-    return any(alg.startswith(prefix) for prefix in families.get(key.key_type or "", ()))
-
-
 def _bearer(value: str) -> str | None:
     scheme, _, token = value.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
@@ -710,33 +351,3 @@ def _address_in(client_ip: str, networks: Sequence[Any]) -> bool:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
     return any(address in network for network in networks)
-
-
-class SessionOwners:
-    """Which caller opened each MCP session, so nobody else can use or end it.
-
-    A session belongs to the first identity seen with it: the one whose `initialize`
-    answer carried the new `Mcp-Session-Id`, or, for a session no gateway has seen open,
-    the first caller that uses it. The store decides for every replica (first claim wins);
-    this is its bounded cache: a session's owner never changes while it lives.
-    """
-
-    def __init__(self, limit: int = 100_000) -> None:
-        self.limit = limit
-        self._owners: dict[str, str] = {}
-
-    @staticmethod
-    def key(upstream: str, session: str) -> str:
-        """The store's key for a session: a digest (the raw id is the upstream's secret)."""
-        return hashlib.sha256(f"{upstream}\0{session}".encode(errors="surrogatepass")).hexdigest()
-
-    def cached(self, key: str) -> str | None:
-        return self._owners.get(key)
-
-    def remember(self, key: str, owner: str) -> None:
-        if len(self._owners) >= self.limit:
-            self._owners.pop(next(iter(self._owners)))
-        self._owners[key] = owner
-
-    def forget(self, key: str) -> None:
-        self._owners.pop(key, None)
