@@ -210,7 +210,7 @@ class Proxy:
             path = tmp / f"gateway-{self.port}.yaml"
             path.write_text(config)
             cmd += ["-s", str(script), "--set", f"holdgate_config={path}"]
-            cmd += ["--set", f"holdgate_db={store or self.db}"]
+            cmd += ["--set", f"holdgate_store={store or self.db}"]
             if not any(option.startswith("holdgate_admin=") for option in options):
                 cmd += ["--set", "holdgate_admin="]
             cmd += ["--set", f"holdgate_recordings={tmp / f'rec-{self.port}'}"]

@@ -16,7 +16,6 @@ PREFIX = "holdgate_"
 OPTIONS = (
     "holdgate_config",
     "holdgate_store",
-    "holdgate_db",
     "holdgate_recordings",
     "holdgate_admin",
     "holdgate_max_body",
@@ -47,18 +46,7 @@ def option_problems(deferred: Mapping[str, object]) -> list[str]:
 
 
 DEFAULT_STORE = "holdgate.sqlite3"
-STORE_OPTIONS = frozenset({"holdgate_store", "holdgate_db"})
-
-
-def store_location(store: str, db: str) -> str:
-    """The store the options name: `holdgate_store` (a SQLite path or a postgresql:// URL),
-    or its older alias `holdgate_db`; naming two different stores is an error."""
-    if db and store != DEFAULT_STORE and db != store:
-        raise ValueError(
-            f"holdgate_store ({store!r}) and holdgate_db ({db!r}) name different stores; "
-            "set only holdgate_store (holdgate_db is its old name)"
-        )
-    return db or store
+STORE_OPTIONS = frozenset({"holdgate_store"})  # the options that name the audit store
 
 
 def replica_name(options: object) -> str:
