@@ -905,12 +905,8 @@ def _mask_whole(value: Any, path: str, strategy: Strategy, key: bytes | None) ->
 _DETECTOR_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 
-def parse_detectors(node: Node, problems: Problems | None = None) -> dict[str, Detector]:
-    """The top-level `detectors:` list: custom detectors `{name, regex, validator}`."""
-    return collected(lambda found: _parse_detector_list(node, found), problems)
-
-
 def _parse_detector_list(node: Node, problems: Problems) -> dict[str, Detector]:
+    """The top-level `detectors:` list: custom detectors `{name, regex, validator}`."""
     if node.missing:
         return {}
     out: dict[str, Detector] = {}

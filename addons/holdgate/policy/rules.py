@@ -207,13 +207,13 @@ def same_value(value: Any, named: Any) -> bool | None:
 
 
 def every_verdict(verdicts: Iterable[bool | None]) -> bool | None:
-    """False if one fails, else None if one is undecidable, else True."""
-    undecided = False
-    for verdict in verdicts:
-        if verdict is False:
-            return False
-        undecided = undecided or verdict is None
-    return None if undecided else True
+    """False if one fails, else None if one is undecidable, else True (`any_verdict` of
+    the negations, negated)."""
+    return _negated(any_verdict(_negated(verdict) for verdict in verdicts))
+
+
+def _negated(verdict: bool | None) -> bool | None:
+    return None if verdict is None else not verdict
 
 
 def as_double(number: float) -> float:
