@@ -19,7 +19,7 @@ import hmac
 import html
 from typing import Any
 
-from holdgate.protocol.jsonrpc import is_stateless_revision
+from holdgate.protocol.jsonrpc import PROTOCOL_VERSION_META, is_stateless_revision
 from holdgate.store.rows import ApprovalRecord
 
 # The key of the gateway's question among `inputRequests`, and of the client's answer.
@@ -28,7 +28,6 @@ STATE_PREFIX = "holdgate-approval.v1."
 # Methods a 2026-07-28 server may answer `input_required` (the client retries them).
 RETRIABLE = frozenset({"tools/call", "prompts/get", "resources/read"})
 _CAPABILITIES = "io.modelcontextprotocol/clientCapabilities"
-_VERSION = "io.modelcontextprotocol/protocolVersion"
 
 
 def _subkey(key: bytes, purpose: bytes) -> bytes:
@@ -89,7 +88,7 @@ def accepts_url_elicitation(message: dict[str, Any], header_version: str | None)
     if message.get("method") not in RETRIABLE or "id" not in message:
         return False
     meta = _meta(message)
-    version = meta.get(_VERSION, header_version)
+    version = meta.get(PROTOCOL_VERSION_META, header_version)
     if not is_stateless_revision(version):
         return False
     capabilities = meta.get(_CAPABILITIES)

@@ -252,7 +252,8 @@ PARAM_PREFIX = "mcp-param-"
 # headers, takes client capabilities per request (URL elicitation) and lets a client cache
 # listings (`ttlMs`, `cacheScope`).
 STATELESS_REVISION = "2026-07-28"
-_VERSION_META = "io.modelcontextprotocol/protocolVersion"
+# Where a 2026-07-28 request names its revision in `_meta` (besides the header).
+PROTOCOL_VERSION_META = "io.modelcontextprotocol/protocolVersion"
 
 
 def is_stateless_revision(version: object) -> bool:
@@ -300,11 +301,11 @@ def check_routing_headers(
     message = body.messages[0]
     params = message.raw.get("params")
     meta = params.get("_meta") if isinstance(params, dict) else None
-    declared_version = meta.get(_VERSION_META) if isinstance(meta, dict) else None
+    declared_version = meta.get(PROTOCOL_VERSION_META) if isinstance(meta, dict) else None
     if declared_version is not None and declared_version != version:
         raise _mismatch(
             f"MCP-Protocol-Version header {version!r} does not match the body's "
-            f"_meta {_VERSION_META} {shown(declared_version)}"
+            f"_meta {PROTOCOL_VERSION_META} {shown(declared_version)}"
         )
     if message.kind == "request" and method_header is None:
         raise _mismatch(f"the Mcp-Method header is required from MCP {STATELESS_REVISION} on")
