@@ -46,7 +46,6 @@ from holdgate.approvals.adminhttp import (
     serve,
 )
 from holdgate.approvals.approval_rules import (
-    approver_groups,
     argument_changes,
     grant_key,
     may_see,
@@ -73,6 +72,7 @@ from holdgate.protocol.mrtr import request_state
 from holdgate.store import Store
 from holdgate.store import iso as now_iso
 from holdgate.store.approval_records import Decision as Decided
+from holdgate.store.approval_records import approver_groups
 
 if TYPE_CHECKING:
     from holdgate.addons.config_loader import ConfigLoader
