@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 
+from helpers.processes import SERVER_POLL
+
 PII_EMAIL = "mallory.victim@example.com"
 PII_CARD = "4111 1111 1111 1111"
 MAX_CHUNKS = 100_000
@@ -90,7 +92,7 @@ class FakeUpstream:
     def start(self) -> FakeUpstream:
         server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
         server.daemon_threads = True
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+        threading.Thread(target=server.serve_forever, args=(SERVER_POLL,), daemon=True).start()
         self._server = server
         return self
 

@@ -380,6 +380,3 @@ def signing_new(out: str) -> None:
         f"public key:  {public} (key id {kid}; for "
         f"`holdgate verify --witness FILE --public-key {public}`)"
     )
-
-
-COMMANDS = (sessions, export, verify, purge)

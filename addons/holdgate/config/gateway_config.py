@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import unquote, urlsplit
@@ -38,6 +39,12 @@ from holdgate.identity import (
 from holdgate.masking.masker import MaskingPolicy, parse_masking
 from holdgate.policy.rules import Action, Policy, parse_rules
 from holdgate.policy.tool_pins import ToolChangePolicy
+from holdgate.protocol.rebinding import (
+    HostPattern,
+    OriginPattern,
+    parse_host_pattern,
+    parse_origin_pattern,
+)
 from holdgate.protocol.sessionless import GROUPED_PER_CALLER
 from holdgate.telemetry.metrics_config import MetricsConfig, parse_metrics
 
@@ -60,6 +67,8 @@ TOP_KEYS = {
     "metrics",
     "admin",
     "sessions",
+    "allowed_hosts",
+    "allowed_origins",
 }
 UPSTREAM_KEYS = {"name", "prefix", "host", "url", "inject", "on_tool_change"}
 TOOL_CHANGE_KEYS = {"action", "approvers", "timeout"}
@@ -161,6 +170,9 @@ class GatewayConfig:
     # must not outlive a policy reload by much.
     listing_ttl: float = 60.0
     hash_key: bytes | None = None
+    # Names clients may reach the gateway by, beyond its own address (DNS rebinding).
+    allowed_hosts: tuple[HostPattern, ...] = ()
+    allowed_origins: tuple[OriginPattern, ...] = ()
     text: str = field(default="", repr=False)
     secret_warnings: tuple[str, ...] = ()  # with secrets=False: references that would fail
 
@@ -245,6 +257,8 @@ def build_config(
     metrics = found.attempt(parse_metrics, root.child("metrics"), identity is not None)
     admin = found.attempt(_parse_admin, root.child("admin"))
     sessions = found.attempt(_parse_sessions, root.child("sessions"))
+    allowed_hosts = _parse_patterns(root.child("allowed_hosts"), parse_host_pattern, found)
+    allowed_origins = _parse_patterns(root.child("allowed_origins"), parse_origin_pattern, found)
 
     def assemble() -> GatewayConfig:
         return GatewayConfig(
@@ -266,6 +280,8 @@ def build_config(
             sessions=sessions or SessionsConfig(),
             listing_ttl=60.0 if listing_ttl is None else listing_ttl,
             hash_key=hash_key,
+            allowed_hosts=allowed_hosts,
+            allowed_origins=allowed_origins,
             text=text,
             secret_warnings=()
             if secrets
@@ -437,6 +453,22 @@ def _parse_sessions(node: Node) -> SessionsConfig:
             f"on one upstream before its further clients share one); got {value}"
         )
     return SessionsConfig(value)
+
+
+def _parse_patterns[T](node: Node, parse: Callable[[str], T], found: Problems) -> tuple[T, ...]:
+    """`allowed_hosts:` / `allowed_origins:`: a list of patterns, each checked on its own."""
+    if node.missing or node.value is None:
+        return ()
+    patterns: list[T] = []
+    for element in node.elements() if isinstance(node.value, list) else [node]:
+        text = found.attempt(element.string)
+        if text is None:
+            continue
+        try:
+            patterns.append(parse(text))
+        except ValueError as exc:
+            found.add(element.error(f"{text!r}: {exc}"))
+    return tuple(patterns)
 
 
 def _parse_review(node: Node) -> ReviewConfig:

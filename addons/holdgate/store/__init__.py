@@ -23,7 +23,12 @@ One `Store` object owns the connections; all SQL lives in this package:
     rows.py              the result shapes (TypedDicts) and the store's time format
     errors.py            the exception tree
     sqlite_export.py     the export feed as a standalone SQLite file
+
+`PostgresStore` is imported on first use of the name (psycopg behind it is heavy and only a
+PostgreSQL store needs it): `from holdgate.store import PostgresStore` works as ever.
 """
+
+from typing import TYPE_CHECKING, Any
 
 from holdgate.store.approval_records import Decision
 from holdgate.store.campaign_records import Campaign, Item, ItemSpec, Verdict
@@ -50,7 +55,6 @@ from holdgate.store.errors import (
     UnknownCampaign,
 )
 from holdgate.store.interface import Store
-from holdgate.store.postgres_store import PostgresStore
 from holdgate.store.purge import PurgeRecord, PurgeReport
 from holdgate.store.queries import EXPORT_FIELDS
 from holdgate.store.rows import (
@@ -70,6 +74,18 @@ from holdgate.store.sqlite_export import write_sqlite_export
 from holdgate.store.sqlite_store import SqliteStore, open_store
 from holdgate.store.task_records import TaskRecord
 from holdgate.store.writer import AuditWriter
+
+if TYPE_CHECKING:
+    from holdgate.store.postgres_store import PostgresStore
+
+
+def __getattr__(name: str) -> Any:
+    if name == "PostgresStore":
+        from holdgate.store.postgres_store import PostgresStore
+
+        return PostgresStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "AlreadyCertified",
