@@ -1,4 +1,5 @@
-"""Who is calling: OIDC JWTs, API keys, or headers from a trusted auth proxy.
+"""`Authenticator`: a request's credential (OIDC JWT, API key, or headers from a trusted
+auth proxy) to an `Identity`, or a refusal.
 
 Every check refuses rather than guesses: several credentials at once, an algorithm
 outside the issuer's allowlist, HMAC anything, `alg: none`. Errors say what was wrong
