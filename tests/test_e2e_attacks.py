@@ -21,9 +21,9 @@ import pytest
 
 from helpers.clients import raw_post
 from helpers.configs import ALICE, identity
-from helpers.leaks import assert_nothing_leaked
+from helpers.leaks import assert_nothing_leaked, spellings
 from helpers.processes import Gateway, free_port, gateway_command, stop
-from helpers.upstreams import PII_CARD, PII_EMAIL
+from helpers.upstreams import ECHO_FORMS, PII_CARD, PII_EMAIL
 
 TOKEN = "hg-upstream-secret-7f3a9c2e41"
 CONFIG = (
@@ -95,6 +95,44 @@ def test_a_credential_reflected_in_unicode_escapes_never_reaches_the_client(gate
     data = body.split("data: ", 1)[1] if path.endswith("sse") else body
     seen = json.loads(data)["result"]["seen"]
     assert TOKEN not in seen and "[REDACTED:injected_credential]" in seen
+    assert_nothing_leaked(gateway, *NEVER_RECORDED)
+
+
+def echoed_text(body: bytes) -> str:
+    """What an echo tool's answer says, as a client puts it back together: the `text` and
+    `data` strings of every message (JSON body or event stream), in order."""
+    datas = [line[6:] for line in body.decode().splitlines() if line.startswith("data: ")]
+    messages = [json.loads(data) for data in datas] if datas else [json.loads(body)]
+    return "".join(text for message in messages for text in _texts(message))
+
+
+def _texts(value, key: str = "") -> list[str]:
+    if isinstance(value, str):
+        return [value] if key in ("text", "data") else []
+    if isinstance(value, dict):
+        return [s for name, item in value.items() for s in _texts(item, name)]
+    if isinstance(value, list):
+        return [s for item in value for s in _texts(item, key)]
+    return []
+
+
+def test_every_spelling_of_a_reflected_credential_is_replaced(gateway, hostile):
+    # An echo or dump tool hands back the injected Authorization as base64 of a request
+    # dump (at each byte alignment, both alphabets), hex, another letter case, escaped,
+    # and cut in two content[] texts or two events of a stream.
+    folded, exact = spellings(TOKEN)
+    missed = []
+    for form in ECHO_FORMS:
+        for how in ("reflect", "reflect-parts", "reflect-sse"):
+            response = raw_post(f"{gateway.url}/{how}/{form}", call(), ALICE)
+            assert response.status == 200, (form, how, response.body)
+            text = echoed_text(response.body)
+            clear = [f for f in exact if f in text.encode()]
+            clear += [f for f in folded if f in text.lower().encode()]
+            if clear or "[REDACTED:injected_credential]" not in text:
+                missed.append((how, form, clear))
+    assert not missed
+    assert len(hostile.received) == 3 * len(ECHO_FORMS)
     assert_nothing_leaked(gateway, *NEVER_RECORDED)
 
 

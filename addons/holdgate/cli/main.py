@@ -19,6 +19,12 @@ COMMANDS = {
         "holdgate.cli.approvals_cli:approvals",
         "The approval queue: list, show, approve, deny, watch.",
     ),
+    "backup": LazyCommand(
+        "holdgate.cli.records_cli:backup",
+        "Copy a SQLite store to OUT while the gateway runs (SQLite's online backup: rows still "
+        "in the -wal file included, unlike cp), then check the copy's hash chain and say what "
+        "it holds.",
+    ),
     "export": LazyCommand(
         "holdgate.cli.records_cli:export",
         "The audit feed (fields: store.EXPORT_FIELDS, plus `table`) for a SIEM or governance "

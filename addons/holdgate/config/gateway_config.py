@@ -36,6 +36,7 @@ from holdgate.identity import (
     parse_identity,
     parse_trusted_header,
 )
+from holdgate.masking.injected import MAX_SECRET_BYTES, forms_for
 from holdgate.masking.masker import MaskingPolicy, parse_masking
 from holdgate.policy.rules import Action, Policy, parse_rules
 from holdgate.policy.tool_pins import ToolChangePolicy
@@ -367,10 +368,17 @@ def _parse_upstream(
     if not inject.missing:
         inject.mapping(INJECT_KEYS)
         for header, value in inject.child("headers").items() if inject.has("headers") else ():
-            headers.append((header, value.secret(resolve=secrets)))
+            resolved = value.secret(resolve=secrets)
+            size = len(resolved.encode("utf-8", "surrogatepass"))
+            if size > MAX_SECRET_BYTES:
+                raise value.error(
+                    f"the value is {size} bytes; an injected header may have at most "
+                    f"{MAX_SECRET_BYTES} (every response is searched for it in all its forms)"
+                )
+            headers.append((header, resolved))
             secret_nodes.append(value)
         pass_cookies = inject.child("pass_cookies").boolean(default=False)
-    return Upstream(
+    upstream = Upstream(
         name,
         url,
         prefix,
@@ -379,6 +387,9 @@ def _parse_upstream(
         pass_cookies,
         _parse_tool_change(item.child("on_tool_change")),
     )
+    if secrets:
+        forms_for(upstream.secrets)  # compiled here, off the proxy's loop on a reload
+    return upstream
 
 
 def _parse_tool_change(node: Node) -> ToolChangePolicy:
