@@ -32,6 +32,7 @@ run: $(STAMP)
 test: $(STAMP) $(MCP1_STAMP)
 	scripts/system-deps.sh
 	$(VENV)/bin/ruff check addons tests scripts
+	$(VENV)/bin/ruff format --check addons tests scripts
 	$(VENV)/bin/mypy
 	$(VENV)/bin/python -m pytest
 

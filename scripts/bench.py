@@ -74,7 +74,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # helpers.postgres: the suite's Postgre
 
 import bench_cli  # noqa: E402
 import bench_masking  # noqa: E402
-from holdgate.config.configfile import parse_yaml  # noqa: E402
+from holdgate.configfile import parse_yaml  # noqa: E402
 from holdgate.masking.masker import StreamMasker  # noqa: E402
 from holdgate.policy.rules import Policy, parse_rules  # noqa: E402
 from holdgate.protocol.jsonrpc import dumps, loads_strict_text, parse_body  # noqa: E402
@@ -213,7 +213,7 @@ class Proxy:
             path = tmp / f"gateway-{self.port}.yaml"
             path.write_text(config)
             cmd += ["-s", str(script), "--set", f"holdgate_config={path}"]
-            cmd += ["--set", f"holdgate_db={store or self.db}"]
+            cmd += ["--set", f"holdgate_store={store or self.db}"]
             if not any(option.startswith("holdgate_admin=") for option in options):
                 cmd += ["--set", "holdgate_admin="]
             cmd += ["--set", f"holdgate_recordings={tmp / f'rec-{self.port}'}"]

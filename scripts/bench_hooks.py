@@ -89,7 +89,7 @@ async def measure(args: argparse.Namespace) -> dict[str, object]:
     with tempfile.TemporaryDirectory() as tmp, taddons.context(*chain) as tctx:
         tctx.options.update(
             holdgate_config=str(args.config),
-            holdgate_db=str(Path(tmp) / "audit.sqlite3"),
+            holdgate_store=str(Path(tmp) / "audit.sqlite3"),
             holdgate_recordings=str(Path(tmp) / "rec"),
             holdgate_admin="",
         )

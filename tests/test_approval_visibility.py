@@ -2,7 +2,8 @@
 
 import pytest
 
-from holdgate.approvals.approval_rules import approver_groups, may_see
+from holdgate.approvals.approval_rules import may_see
+from holdgate.store.approval_records import approver_groups
 
 ROW = {"approval_id": "a1", "requester": "alice", "approvers": '["dba"]'}
 

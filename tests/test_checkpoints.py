@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from holdgate import store
 from holdgate.cli.main import main
-from holdgate.config.configfile import ConfigError
 from holdgate.config.gateway_config import parse_config_text
+from holdgate.configfile import ConfigError
 from holdgate.store.checkpoints import (
     Signer,
     append_line,

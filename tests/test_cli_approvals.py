@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
+from helpers import oneshot
 from holdgate import store
 from holdgate.cli.main import main
 
@@ -44,7 +45,7 @@ def run(*args: str) -> Result:
 
 
 def history(db: str, approval_id: str) -> list[tuple[str, str | None, str | None]]:
-    found = store.approval(db, approval_id)
+    found = oneshot.approval(db, approval_id)
     assert found is not None
     return [(h["state"], h.get("decider"), h.get("reason")) for h in found["history"]]
 

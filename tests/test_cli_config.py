@@ -9,8 +9,8 @@ from click.testing import CliRunner
 
 from holdgate import store
 from holdgate.cli.main import main
-from holdgate.config.configfile import SECRET_PLACEHOLDER, ConfigError
 from holdgate.config.gateway_config import load_config
+from holdgate.configfile import SECRET_PLACEHOLDER, ConfigError
 
 CONFIG = """version: 1
 upstreams:
@@ -95,4 +95,4 @@ def test_review_needs_no_secret(config: str, tmp_path: Path) -> None:
         main, ["review", "--db", str(db), "--config", config], catch_exceptions=False
     )
     assert result.exit_code == 0
-    assert "| demo tool get_customer | support | 1 |" in result.output
+    assert "| ` demo tool get_customer ` | ` support ` | 1 |" in result.output  # inert text

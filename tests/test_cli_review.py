@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from helpers import oneshot
 from helpers.clients import connect
 from helpers.configs import ALICE, identity
 from holdgate import store
@@ -80,7 +81,7 @@ async def test_a_search_through_the_gateway_is_counted_once(demo, gateway_factor
         await client.call_tool("search_customers", {"query": "a"})
     gw.proc.terminate()
     gw.proc.wait(timeout=10)
-    rows = store.export_rows(gw.db)
+    rows = oneshot.export_rows(gw.db)
     answered = sum(
         json.loads(r["masked"] or "{}").get("email", 0) for r in rows if r["direction"] != "request"
     )

@@ -8,9 +8,9 @@ import pytest
 from click.testing import CliRunner
 
 from holdgate.cli.main import main
-from holdgate.config.configfile import ConfigError, ConfigErrors, parse_yaml
 from holdgate.config.gateway_config import load_config, parse_config_text
-from holdgate.identity.identities import parse_identity
+from holdgate.configfile import ConfigError, ConfigErrors, parse_yaml
+from holdgate.identity import parse_identity
 from holdgate.masking.masker import parse_masking
 from holdgate.policy.rules import parse_rules
 

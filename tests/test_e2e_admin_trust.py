@@ -10,13 +10,13 @@ from __future__ import annotations
 import anyio
 import pytest
 
+from helpers import oneshot
 from helpers.approvals import APPROVALS_CONFIG, DELETE, sql_calls, wait_for_pending
 from helpers.clients import connect
 from helpers.configs import ALICE, DANA
 from helpers.processes import free_port
-from holdgate import store
-from holdgate.config.configfile import ConfigErrors
 from holdgate.config.gateway_config import parse_config_text
+from holdgate.configfile import ConfigErrors
 from test_e2e_approvals import api
 
 pytestmark = pytest.mark.anyio
@@ -65,7 +65,7 @@ async def test_mcp_listener_trust_never_decides_on_the_admin_port(demo, gateway_
         assert "admin.trusted_header" in body["error"]  # how to configure it, if meant
         assert api(gw.admin, path + "/approve", AS_DANA_ADMIN, {})[0] == 401
         # nothing was decided, not even recorded as an attempt by "dana"
-        history = store.approval(gw.db, pending["approval_id"])["history"]
+        history = oneshot.approval(gw.db, pending["approval_id"])["history"]
         assert [h["state"] for h in history] == ["pending"]
         assert sql_calls(demo) == []
         # an approver with an API key still decides
@@ -73,7 +73,7 @@ async def test_mcp_listener_trust_never_decides_on_the_admin_port(demo, gateway_
         assert status == 200, body
     assert not results[0].is_error
     assert sql_calls(demo) == [DELETE["query"]]
-    record = store.approval(gw.db, pending["approval_id"])
+    record = oneshot.approval(gw.db, pending["approval_id"])
     assert (record["state"], record["decider"]) == ("approved", "dana")
 
 
@@ -95,7 +95,7 @@ async def test_admin_trusted_header_from_loopback_decides(demo, gateway_factory)
         status, body = api(gw.admin, path + "/approve", AS_DANA_ADMIN, {"reason": "proxy"})
         assert status == 200, body
     assert not results[0].is_error
-    record = store.approval(gw.db, pending["approval_id"])
+    record = oneshot.approval(gw.db, pending["approval_id"])
     assert (record["state"], record["decider"], record["reason"]) == ("approved", "dana", "proxy")
 
 

@@ -16,6 +16,7 @@ import anyio
 import pytest
 from mcp import MCPError
 
+from helpers import oneshot
 from helpers.approvals import APPROVALS_CONFIG, DELETE, sql_calls, wait_for_pending
 from helpers.clients import connect
 from helpers.configs import ALICE
@@ -50,7 +51,7 @@ def _reloaded(gw, text: str) -> None:
 def _refused_kinds(db: Path, approval_id: str) -> list[str]:
     return [
         json.loads(e["extra"] or "{}").get("refused", {}).get("kind")
-        for e in store.export_rows(db)
+        for e in oneshot.export_rows(db)
         if e["approval_id"] == approval_id and e["direction"] == "request"
     ]
 
@@ -64,7 +65,7 @@ def _recorded_refusal(db: Path, approval_id: str, kind: str) -> bool:
 def _approve_now(gw, approval_id: str) -> None:
     """Dana approves at once, in-process: a CLI's start-up under load could outlast a
     short `timeout` and this test is about what happens after the decision."""
-    store.decide_approval(gw.db, approval_id, "approved", "dana", ["dba"])
+    oneshot.decide_approval(gw.db, approval_id, "approved", "dana", ["dba"])
 
 
 def _ask(gw) -> tuple[str, str]:
@@ -81,7 +82,7 @@ async def test_an_elicited_approval_spent_after_its_window_is_refused(demo, gate
     assert late["error"]["code"] == -32004, late
     assert "expired after its decision" in late["error"]["message"]
     assert sql_calls(demo) == []
-    record = store.approval(gw.db, approval_id)
+    record = oneshot.approval(gw.db, approval_id)
     assert [h["state"] for h in record["history"]] == ["pending", "approved", "refused_attempt"]
     assert "expired after its decision" in record["history"][-1]["reason"]
     assert _recorded_refusal(gw.db, approval_id, "approval-expired")
@@ -115,7 +116,7 @@ async def test_a_reload_that_changes_the_rule_voids_an_unspent_approval(demo, ga
     assert void["error"]["code"] == -32004, void
     assert "was changed by a config reload" in void["error"]["message"]
     assert sql_calls(demo) == []
-    history = store.approval(gw.db, approval_id)["history"]
+    history = oneshot.approval(gw.db, approval_id)["history"]
     assert [h["state"] for h in history] == ["pending", "approved", "refused_attempt"]
     assert _recorded_refusal(gw.db, approval_id, "rule-changed")
 
@@ -187,7 +188,7 @@ async def test_a_held_call_decided_after_its_rule_changed_is_refused(demo, gatew
     assert errors and errors[0].error.code == -32004
     assert "was changed by a config reload" in errors[0].error.message
     assert sql_calls(demo) == []
-    history = store.approval(gw.db, pending["approval_id"])["history"]
+    history = oneshot.approval(gw.db, pending["approval_id"])["history"]
     assert [h["state"] for h in history] == ["pending", "approved", "refused_attempt"]
 
 
@@ -207,7 +208,7 @@ async def test_a_grant_ends_when_its_rule_changes(demo, gateway_factory):
                 while True:  # the identical call is asked for again, not let through
                     pending = [
                         p
-                        for p in store.pending_approvals(gw.db)
+                        for p in oneshot.pending_approvals(gw.db)
                         if p["approval_id"] != first["approval_id"]
                     ]
                     if pending:
@@ -216,7 +217,7 @@ async def test_a_grant_ends_when_its_rule_changes(demo, gateway_factory):
             assert sql_calls(demo) == [DELETE["query"]]
             decide(gw, pending[0]["approval_id"])
     assert sql_calls(demo) == [DELETE["query"], DELETE["query"]]
-    history = store.approval(gw.db, first["approval_id"])["history"]
+    history = oneshot.approval(gw.db, first["approval_id"])["history"]
     assert [h["state"] for h in history] == ["pending", "approved"]  # no grant_used
 
 
@@ -228,7 +229,7 @@ async def test_replicas_on_one_store_judge_an_approval_alike(demo, gateway_facto
 
     def replica(name: str):
         options = {
-            "holdgate_db": pg_url,
+            "holdgate_store": pg_url,
             "holdgate_admin": f"127.0.0.1:{free_port()}",
             "holdgate_replica": name,
         }

@@ -11,6 +11,7 @@ import anyio
 import pytest
 from mcp import MCPError
 
+from helpers import oneshot
 from helpers.approvals import APPROVALS_CONFIG as CONFIG
 from helpers.approvals import DELETE, sql_calls, wait_for_pending
 from helpers.clients import connect
@@ -68,7 +69,7 @@ async def test_held_call_completes_after_cli_approval(demo, gateway_factory):
             assert done.returncode == 0, done.stderr
     assert not results[0].is_error
     assert sql_calls(demo) == [DELETE["query"]]
-    record = store.approval(gw.db, pending["approval_id"])
+    record = oneshot.approval(gw.db, pending["approval_id"])
     assert (record["state"], record["decider"], record["reason"]) == (
         "approved",
         "dana",
@@ -138,7 +139,7 @@ async def test_grant_window_lets_identical_calls_pass(demo, gateway_factory):
         again = await client.call_tool("run_sql", DELETE)
         assert not again.is_error
     assert sql_calls(demo) == [DELETE["query"], DELETE["query"]]
-    history = store.approval(gw.db, pending["approval_id"])["history"]
+    history = oneshot.approval(gw.db, pending["approval_id"])["history"]
     assert [h["state"] for h in history] == ["pending", "approved", "grant_used"]
 
 
@@ -178,7 +179,7 @@ async def test_http_api_enforces_groups_and_separation_of_duties(demo, gateway_f
             status, body = api(admin, path + "/approve", DANA, {"reason": "ok"})
             assert status == 200, body
     assert not results[0].is_error
-    history = store.approval(gw.db, pending["approval_id"])["history"]
+    history = oneshot.approval(gw.db, pending["approval_id"])["history"]
     assert [h["state"] for h in history] == [
         "pending",
         "refused_attempt",
@@ -230,7 +231,7 @@ async def test_http_api_shows_approvals_to_their_approvers_and_requester_only(
             assert api(admin, f"/approvals/{approval_id}/deny", DANA, {"reason": "no"})[0] == 200
     assert len(refusals) == 2 and all("denied by dana" in r for r in refusals)
     assert sql_calls(demo) == []
-    history = store.approval(gw.db, alices)["history"]
+    history = oneshot.approval(gw.db, alices)["history"]
     assert [h["state"] for h in history] == ["pending", "refused_attempt", "denied"]
     assert history[1]["decider"] == "bob"
 
@@ -245,7 +246,7 @@ async def test_shutdown_closes_held_requests_as_expired(demo, gateway_factory):
                 found.append(await wait_for_pending(gw.db))
                 await anyio.to_thread.run_sync(stop, gw.proc)
     pending = found[0]
-    record = store.approval(gw.db, pending["approval_id"])
+    record = oneshot.approval(gw.db, pending["approval_id"])
     assert record["state"] == "expired"
     assert "shut down" in record["reason"]
     assert sql_calls(demo) == []
@@ -260,9 +261,9 @@ async def test_client_disconnect_cancels_the_hold(demo, gateway_factory):
                 pending = await wait_for_pending(gw.db)
                 tg.cancel_scope.cancel()
     with anyio.fail_after(10):
-        while store.approval(gw.db, pending["approval_id"])["state"] == "pending":
+        while oneshot.approval(gw.db, pending["approval_id"])["state"] == "pending":
             await anyio.sleep(0.1)
-    assert store.approval(gw.db, pending["approval_id"])["state"] == "cancelled"
+    assert oneshot.approval(gw.db, pending["approval_id"])["state"] == "cancelled"
     assert sql_calls(demo) == []
 
 

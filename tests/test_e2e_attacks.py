@@ -389,7 +389,7 @@ def run_gateway(
         "--listen-port",
         str(free_port()),
         "--set",
-        f"holdgate_db={tmp_path / 'a.sqlite3'}",
+        f"holdgate_store={tmp_path / 'a.sqlite3'}",
         "--set",
         "holdgate_admin=",
         *[a.replace("CONFIG", str(path)) for a in args],
@@ -418,6 +418,10 @@ def run_gateway(
         (
             ["--set", "holdgate_config=CONFIG", "--set", "holdgate_max_bdy=1k"],
             "unknown option holdgate_max_bdy (did you mean holdgate_max_body?)",
+        ),
+        (  # the old name of holdgate_store, never released: unknown, not a second store
+            ["--set", "holdgate_config=CONFIG", "--set", "holdgate_db=other.sqlite3"],
+            "unknown option holdgate_db",
         ),
     ],
 )

@@ -44,7 +44,7 @@ def test_a_config_with_three_mistakes_stops_the_gateway_naming_all_three(tmp_pat
     config.write_text(THREE_MISTAKES.format(url=demo.url))
     cmd = gateway_command("--listen-host", "127.0.0.1", "--listen-port", str(free_port()))
     cmd += ["--set", f"holdgate_config={config}", "--set", "holdgate_admin="]
-    cmd += ["--set", f"holdgate_db={tmp_path / 'a.sqlite3'}"]
+    cmd += ["--set", f"holdgate_store={tmp_path / 'a.sqlite3'}"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=tmp_path)
     output = done.stdout + done.stderr
     assert done.returncode == 1, output

@@ -21,13 +21,13 @@ import mcp.types as types
 import pytest
 from mcp import MCPError
 
+from helpers import oneshot
 from helpers.approvals import APPROVALS_CONFIG, DELETE, sql_calls, wait_for_pending
 from helpers.browser import dump_dom
 from helpers.clients import META, MODERN, connect, raw_post
 from helpers.configs import ALICE, BOB
 from helpers.leaks import assert_nothing_leaked
 from helpers.processes import free_port, holdgate_cli, start_gateway, stop
-from holdgate import store
 from holdgate.approvals.elicitation import INPUT_KEY, STATE_PREFIX
 
 pytestmark = pytest.mark.anyio
@@ -108,14 +108,14 @@ async def test_sdk_client_follows_the_link_and_its_retry_runs_once_approved(demo
     first, second = follower.seen
     assert first.url == second.url and first.elicitation_id == second.elicitation_id
     approval_id = first.elicitation_id
-    record = store.approval(gw.db, approval_id)
+    record = oneshot.approval(gw.db, approval_id)
     assert record is not None and record["via"] == "elicitation"
     assert [h["state"] for h in record["history"]] == ["pending", "approved", "redeemed"]
     assert record["history"][-1]["decider"] == "alice"
     # the audit trail: every round carries the approval id; the last one is the call
     rounds = [
         json.loads(e["extra"] or "{}")
-        for e in store.export_rows(gw.db)
+        for e in oneshot.export_rows(gw.db)
         if e["approval_id"] == approval_id and e["direction"] == "request"
     ]
     assert [r.get("approval", {}).get("state") for r in rounds] == [
@@ -159,7 +159,7 @@ async def test_a_declined_link_cancels_the_approval(demo, gateway_factory):
             await client.call_tool("run_sql", DELETE)
     assert refused.value.error.code == -32004
     assert "cancelled by alice" in refused.value.error.message
-    assert store.approval(gw.db, follower.seen[0].elicitation_id)["state"] == "cancelled"
+    assert oneshot.approval(gw.db, follower.seen[0].elicitation_id)["state"] == "cancelled"
     assert sql_calls(demo) == []
 
 
@@ -203,7 +203,7 @@ async def test_hostile_retries_replayed_forged_or_borrowed_tokens_are_refused(
     assert "requestState" not in call["params"] and "inputResponses" not in call["params"]
     kinds = [
         json.loads(e["extra"] or "{}").get("refused", {}).get("kind")
-        for e in store.export_rows(gw.db)
+        for e in oneshot.export_rows(gw.db)
     ]
     assert kinds.count("tampered") == 3
     # the token is recorded as a digest only, here as in the flow files
@@ -221,7 +221,7 @@ async def test_an_approval_outlives_a_gateway_restart(demo, tmp_path: Path):
     second = start_gateway(tmp_path, text, demo.url, options=options)
     try:
         approval_id = asked["inputRequests"][INPUT_KEY]["params"]["elicitationId"]
-        assert store.approval(second.db, approval_id)["state"] == "pending"  # not expired
+        assert oneshot.approval(second.db, approval_id)["state"] == "pending"  # not expired
         decide(second, approval_id)
         answers = {INPUT_KEY: {"action": "accept"}}
         ran = raw_call(second, 2, requestState=asked["requestState"], inputResponses=answers)
@@ -236,7 +236,7 @@ async def test_an_unanswered_approval_expires(demo, gateway_factory):
     asked = raw_call(gw, 1)["result"]
     approval_id = asked["inputRequests"][INPUT_KEY]["params"]["elicitationId"]
     with anyio.fail_after(15):  # the watcher closes it (every 5 s) or the retry does
-        while store.approval(gw.db, approval_id)["state"] == "pending":
+        while oneshot.approval(gw.db, approval_id)["state"] == "pending":
             await anyio.sleep(0.2)
     late = raw_call(gw, 2, requestState=asked["requestState"])
     assert "approval expired" in late["error"]["message"]

@@ -96,7 +96,7 @@ async def test_the_webhook_sees_every_row_once_across_an_outage_and_a_restart(
 ):
     receiver = WebhookReceiver(SECRET).start()
     config = CONFIG.format(url=demo.url, feeds=webhook(receiver.url))
-    options = {"holdgate_db": location}
+    options = {"holdgate_store": location}
     try:
         gw = gateway_factory(config, demo.url, options=options, env=ENV)
         await calls(gw, 3)
@@ -196,7 +196,7 @@ async def test_datasette_serves_the_store_with_its_descriptions_and_queries(
 ):
     db = tmp_path / "holdgate.sqlite3"  # the default name, which the metadata describes
     no_feeds = CONFIG.format(url=demo.url, feeds="").replace("feeds:\n", "")
-    gw = gateway_factory(no_feeds, demo.url, options={"holdgate_db": str(db)})
+    gw = gateway_factory(no_feeds, demo.url, options={"holdgate_store": str(db)})
     await calls(gw, 2)
     with anyio.fail_after(60):
         async with connect(gw.url + "/mcp", BOB) as client:  # bob is not in support

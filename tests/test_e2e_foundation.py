@@ -198,7 +198,7 @@ def test_bad_config_stops_the_gateway_at_start(tmp_path, demo):
     )
     cmd = gateway_command("--listen-host", "127.0.0.1")
     cmd += ["--listen-port", str(free_port()), "--set", f"holdgate_config={config}"]
-    cmd += ["--set", f"holdgate_db={tmp_path / 'a.sqlite3'}", "--set", "holdgate_admin="]
+    cmd += ["--set", f"holdgate_store={tmp_path / 'a.sqlite3'}", "--set", "holdgate_admin="]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert done.returncode == 1
     assert "bad.yaml:5:13: rules[0].match.tol: unknown key 'tol'; did you mean 'tool'?" in (

@@ -16,11 +16,11 @@ import anyio
 import pytest
 from mcp import MCPError
 
+from helpers import oneshot
 from helpers.approvals import APPROVALS_CONFIG, DELETE, sql_calls, wait_for_pending
 from helpers.clients import connect
 from helpers.configs import ALICE
 from helpers.processes import BIN, free_port, gateway_command, stop, wait_for_port
-from holdgate import store
 from holdgate.cli.records_cli import timeline_line
 
 pytestmark = pytest.mark.anyio
@@ -74,7 +74,7 @@ def mitmweb(tmp_path, demo):
     cmd += ["--mode", f"reverse:{demo.url}", "--listen-host", "127.0.0.1"]
     cmd += ["--listen-port", str(port), "--web-host", "127.0.0.1", "--web-port", str(web_port)]
     cmd += ["--no-web-open-browser", "--set", f"web_password={WEB_PASSWORD}"]
-    cmd += ["--set", f"holdgate_config={config}", "--set", f"holdgate_db={tmp_path / 'a.db'}"]
+    cmd += ["--set", f"holdgate_config={config}", "--set", f"holdgate_store={tmp_path / 'a.db'}"]
     cmd += ["--set", f"holdgate_recordings={tmp_path / 'rec'}", "--set", "holdgate_admin="]
     with output.open("wb") as sink:
         proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, cwd=tmp_path)
@@ -113,7 +113,7 @@ async def test_mitmweb_buttons_decide_held_flows(mitmweb, demo, action):
         outcome, pending = await held_delete(client, db, press)
         # the session survives either way
         assert not (await client.call_tool("get_customer", {"customer_id": 1})).is_error
-    record = store.approval(db, pending["approval_id"])
+    record = oneshot.approval(db, pending["approval_id"])
     assert record["decider"] == "mitmweb operator"
     if action == "resume":
         assert record["state"] == "approved"
@@ -140,7 +140,7 @@ async def test_held_flow_edited_in_mitmweb_is_void_and_never_forwarded(mitmweb, 
         assert "approval void" in outcome.error.message
         assert not (await client.call_tool("get_customer", {"customer_id": 1})).is_error
     assert sql_calls(demo) == []
-    assert store.approval(db, pending["approval_id"])["state"] == "approved"
+    assert oneshot.approval(db, pending["approval_id"])["state"] == "approved"
     with sqlite3.connect(db) as conn:
         query = "SELECT * FROM events WHERE approval_id = ? AND direction = 'request'"
         conn.row_factory = sqlite3.Row

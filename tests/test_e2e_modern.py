@@ -18,11 +18,11 @@ import mcp.types as types
 import pytest
 from mcp import MCPError
 
+from helpers import oneshot
 from helpers.clients import META, MODERN, connect, raw_post
 from helpers.configs import ALICE, BOB, identity
 from helpers.leaks import assert_nothing_leaked
 from helpers.processes import stop
-from holdgate import store
 
 DEMO_PER_TEST = True  # approved calls change the demo's data: a fresh demo each test
 
@@ -76,7 +76,7 @@ class User:
 
 
 def events_of(gw) -> list[dict[str, Any]]:
-    return list(store.export_rows(gw.db))
+    return list(oneshot.export_rows(gw.db))
 
 
 @pytest.mark.parametrize("mode", ["auto", "legacy"])

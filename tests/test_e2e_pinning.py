@@ -9,10 +9,10 @@ import anyio
 import pytest
 from mcp import MCPError
 
+from helpers import oneshot
 from helpers.clients import connect
 from helpers.configs import ALICE, identity
 from helpers.processes import holdgate_cli, start_demo, stop
-from holdgate import store
 
 pytestmark = pytest.mark.anyio
 
@@ -47,7 +47,7 @@ async def listed_and_called(url: str) -> tuple[set[str], str]:
 
 
 def pin_rows(db: Path) -> list[tuple[str, str, str]]:
-    return [(r["tool"], r["event"], r["actor"]) for r in store.tool_pin_rows(db)]
+    return [(r["tool"], r["event"], r["actor"]) for r in oneshot.tool_pin_rows(db)]
 
 
 async def test_changed_tool_is_withheld_and_refused_until_repinned(tmp_path, gateway_factory):
@@ -116,7 +116,7 @@ async def test_changed_tool_is_withheld_and_refused_until_repinned(tmp_path, gat
     assert [r for r in rows if r[0] == "search_customers"] == [
         ("search_customers", "first-seen", "gateway")
     ]
-    refused = [e for e in store.export_rows(gw.db) if e["rule"] == "tool-changed"]
+    refused = [e for e in oneshot.export_rows(gw.db) if e["rule"] == "tool-changed"]
     assert refused and all(e["decision"] == "deny" for e in refused)
 
 
@@ -160,7 +160,7 @@ async def test_pins_survive_a_gateway_restart(tmp_path, gateway_factory):
     finally:
         stop(demo.proc)
     assert second.db == first.db
-    changed = [r for r in store.tool_pin_rows(second.db) if r["event"] == "changed"]
+    changed = [r for r in oneshot.tool_pin_rows(second.db) if r["event"] == "changed"]
     assert len(changed) == 1 and json.loads(changed[0]["definition"])["name"] == "get_customer"
 
 
@@ -183,9 +183,9 @@ async def test_approve_holds_calls_of_a_changed_tool_for_a_human(tmp_path, gatew
 
             tg.start_soon(list_and_call)
             with anyio.fail_after(15):
-                while not (gw.db.exists() and store.pending_approvals(gw.db)):
+                while not (gw.db.exists() and oneshot.pending_approvals(gw.db)):
                     await anyio.sleep(0.1)
-            pending = store.pending_approvals(gw.db)[0]
+            pending = oneshot.pending_approvals(gw.db)[0]
             assert (pending["rule"], pending["tool"]) == ("tool-changed", "get_customer")
             assert json.loads(pending["approvers"]) == ["security"]
             approved = cli(

@@ -70,7 +70,7 @@ async def recorded(pg_url: str, session: str, files: int) -> list[store.Recordin
 async def test_a_session_over_two_replicas_is_gathered_and_an_edited_file_shows(
     demo, gateway_factory, pg_url
 ):
-    options = {"holdgate_db": pg_url}
+    options = {"holdgate_store": pg_url}
     first = gateway_factory(CONFIG.format(url=demo.url), demo.url, options=options)
     second = gateway_factory(CONFIG.format(url=demo.url), demo.url, options=options)
     opened = raw_post(first.url + "/mcp", INITIALIZE, ALICE)
@@ -121,7 +121,7 @@ async def test_a_session_over_two_replicas_is_gathered_and_an_edited_file_shows(
 
 
 async def test_a_hostile_session_id_stays_in_the_recordings_folder(demo, gateway_factory, pg_url):
-    gw = gateway_factory(CONFIG.format(url=demo.url), demo.url, options={"holdgate_db": pg_url})
+    gw = gateway_factory(CONFIG.format(url=demo.url), demo.url, options={"holdgate_store": pg_url})
     hostile = "../../escaped+x/..%2f..\\evil"
     answered = raw_post(gw.url + "/mcp", call(1), {**ALICE, "Mcp-Session-Id": hostile})
     assert answered.status in (400, 404)  # the upstream does not know it; still recorded

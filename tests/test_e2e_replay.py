@@ -9,10 +9,10 @@ import time
 import pytest
 from mcp import MCPError
 
+from helpers import oneshot
 from helpers.clients import connect
 from helpers.configs import ALICE, identity
 from helpers.processes import holdgate_cli
-from holdgate import store
 
 pytestmark = pytest.mark.anyio
 
@@ -64,7 +64,7 @@ async def test_replay_reports_every_decision_the_candidate_would_change(
                 await client.call_tool("run_sql", {"query": "SELECT 1"})
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:  # the writer thread commits within a moment
-        calls = [r for r in store.export_rows(gw.db) if r["method"] == "tools/call"]
+        calls = [r for r in oneshot.export_rows(gw.db) if r["method"] == "tools/call"]
         if len(calls) == 5:
             break
         time.sleep(0.1)

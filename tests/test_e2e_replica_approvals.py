@@ -32,7 +32,7 @@ def config(demo, timeout: str = "60s") -> str:
 
 def start(gateway_factory, demo, pg_url: str, replica: str):
     options = {
-        "holdgate_db": pg_url,
+        "holdgate_store": pg_url,
         "holdgate_admin": f"127.0.0.1:{free_port()}",
         "holdgate_replica": replica,
     }

@@ -43,7 +43,7 @@ def config(demo, hash_key: str | None = HASH_KEY) -> str:
 
 
 async def test_a_gateway_records_into_postgresql(demo, gateway_factory, pg_url):
-    gw = gateway_factory(config(demo), demo.url, options={"holdgate_db": pg_url})
+    gw = gateway_factory(config(demo), demo.url, options={"holdgate_store": pg_url})
     async with connect(gw.url + "/mcp", ALICE) as client:
         result = await client.call_tool("get_customer", {"customer_id": 1})
     assert not result.is_error
@@ -80,13 +80,6 @@ def test_a_shared_store_without_hash_key_stops_the_gateway(tmp_path, demo, pg_ur
     assert "set `hash_key`" in output
 
 
-def test_two_different_stores_named_stop_the_gateway(tmp_path, demo, pg_url):
-    output = refused_start(
-        tmp_path, config(demo), f"holdgate_store={pg_url}", f"holdgate_db={tmp_path / 'x.db'}"
-    )
-    assert "holdgate_store" in output and "name different stores" in output
-
-
 def test_an_unreachable_postgresql_stops_the_gateway_without_its_password(tmp_path, demo):
     url = f"postgresql://holdgate:pw-never-shown@127.0.0.1:{free_port()}/holdgate"
     output = refused_start(tmp_path, config(demo), f"holdgate_store={url}")
@@ -104,7 +97,7 @@ async def test_concurrent_calls_through_two_replicas_make_one_chain(
         else str(tmp_path / "shared.sqlite3")
     )
     replicas = [
-        gateway_factory(config(demo), demo.url, options={"holdgate_db": where}) for _ in range(2)
+        gateway_factory(config(demo), demo.url, options={"holdgate_store": where}) for _ in range(2)
     ]
     calls = 40
 
@@ -143,7 +136,7 @@ async def test_a_gateway_refuses_while_postgresql_is_down_and_recovers_by_itself
     server = start_postgres()  # the test's own: it is stopped and started again
     try:
         gw = gateway_factory(
-            config(demo), demo.url, options={"holdgate_db": server.fresh_database()}
+            config(demo), demo.url, options={"holdgate_store": server.fresh_database()}
         )
         opening = {  # a call that needs no session: each one opens a new one
             "jsonrpc": "2.0",
@@ -177,7 +170,8 @@ async def test_a_session_opened_on_one_replica_is_its_owners_on_every_replica(
     demo, gateway_factory, pg_url
 ):
     a, b = (
-        gateway_factory(config(demo), demo.url, options={"holdgate_db": pg_url}) for _ in range(2)
+        gateway_factory(config(demo), demo.url, options={"holdgate_store": pg_url})
+        for _ in range(2)
     )
     opening = {
         "jsonrpc": "2.0",

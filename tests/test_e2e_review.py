@@ -17,6 +17,7 @@ import pytest
 from click.testing import CliRunner
 from mcp import MCPError
 
+from helpers import oneshot
 from helpers.approvals import DELETE, wait_for_pending
 from helpers.browser import dump_dom
 from helpers.clients import connect
@@ -105,7 +106,7 @@ async def traffic(gw) -> None:
             len(
                 [
                     r
-                    for r in store.export_rows(gw.db)
+                    for r in oneshot.export_rows(gw.db)
                     if r["method"] == "tools/call" and r["direction"] == "request"
                 ]
             )
@@ -314,7 +315,7 @@ async def test_a_hostile_client_name_and_tool_are_inert_in_every_report(
         with pytest.raises(MCPError):
             await client.call_tool(evil_tool, {"command": PIXEL})
     with anyio.fail_after(15):
-        while not any(r["target"] == evil_tool for r in store.export_rows(gw.db)):
+        while not any(r["target"] == evil_tool for r in oneshot.export_rows(gw.db)):
             await anyio.sleep(0.1)
     pages = {}
     for fmt in ("md", "html", "json", "csv"):

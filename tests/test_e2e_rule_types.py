@@ -12,11 +12,11 @@ import anyio
 import pytest
 from mcp import MCPError
 
+from helpers import oneshot
 from helpers.approvals import wait_for_pending
 from helpers.clients import connect, raw_post
 from helpers.configs import ALICE, identity
 from helpers.processes import holdgate_cli
-from holdgate import store
 
 pytestmark = pytest.mark.anyio
 
@@ -134,7 +134,7 @@ async def test_a_grant_on_a_tool_call_does_not_pass_a_prompt_of_the_same_name(ga
             tg.start_soon(prompt)
             with anyio.fail_after(15):
                 while True:
-                    waiting = [p for p in store.pending_approvals(gateway.db) if p is not first]
+                    waiting = [p for p in oneshot.pending_approvals(gateway.db) if p is not first]
                     second = [p for p in waiting if p["approval_id"] != first["approval_id"]]
                     if second:
                         break

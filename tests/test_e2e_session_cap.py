@@ -17,8 +17,8 @@ from helpers.clients import raw_post
 from helpers.configs import ALICE, BOB
 from helpers.processes import stop
 from helpers.recordings import read_every_file
-from holdgate.config.configfile import ConfigErrors
 from holdgate.config.gateway_config import parse_config_text
+from holdgate.configfile import ConfigErrors
 from test_e2e_sessionless import CALL_HEADERS, CONFIG, raw_call, rows
 
 pytestmark = pytest.mark.anyio

@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import anyio
 import pytest
 
+from helpers import oneshot
 from helpers.approvals import DELETE, sql_calls
 from helpers.clients import META, MODERN, connect, raw_post
 from helpers.configs import ALICE, identity
@@ -56,7 +57,7 @@ def replicas(gateway_factory, demo_url: str, pg_url: str) -> tuple:
     started = []
     for _ in range(2):
         admin = f"127.0.0.1:{free_port()}"
-        options = {"holdgate_db": pg_url, "holdgate_admin": admin}
+        options = {"holdgate_store": pg_url, "holdgate_admin": admin}
         started.append(gateway_factory(CONFIG.format(url=demo_url), demo_url, options=options))
         for _ in range(100):
             try:
@@ -117,7 +118,7 @@ async def test_a_grant_given_on_one_replica_lets_the_call_through_the_other(
         async with anyio.create_task_group() as tg:
             tg.start_soon(client.call_tool, "run_sql", DELETE)
             with anyio.fail_after(15):
-                while not (pending := store.pending_approvals(pg_url)):
+                while not (pending := oneshot.pending_approvals(pg_url)):
                     await anyio.sleep(0.1)
             approval_id = pending[0]["approval_id"]
             done = holdgate_cli(
@@ -128,9 +129,9 @@ async def test_a_grant_given_on_one_replica_lets_the_call_through_the_other(
         again = await client.call_tool("run_sql", DELETE)
     assert not again.is_error
     assert sql_calls(demo) == [DELETE["query"], DELETE["query"]]
-    history = store.approval(pg_url, approval_id)["history"]
+    history = oneshot.approval(pg_url, approval_id)["history"]
     assert [h["state"] for h in history] == ["pending", "approved", "grant_used"]
-    assert store.pending_approvals(pg_url) == []  # no second approval was asked for
+    assert oneshot.pending_approvals(pg_url) == []  # no second approval was asked for
 
 
 async def test_one_pin_per_new_tool_and_a_repin_reaches_the_other_replica(

@@ -298,7 +298,9 @@ def test_a_task_is_its_creators_on_every_replica(
     shared = CONFIG.format(url=reports.url).replace(
         "rules:\n", "hash_key: tasks-replicas-hash-key-7f3a\nrules:\n", 1
     )
-    a, b = (gateway_factory(shared, reports.url, options={"holdgate_db": pg_url}) for _ in range(2))
+    a, b = (
+        gateway_factory(shared, reports.url, options={"holdgate_store": pg_url}) for _ in range(2)
+    )
     created = run_client(a.url + "/mcp", ALICE, "create", "customer_report", '{"customer": "9"}')
     task_id = created["task_id"]
     assert run_client(b.url + "/mcp", BOB, "result", task_id) == unknown(task_id)

@@ -68,7 +68,7 @@ def start_gateway_group(tmp: Path, upstream_url: str, port: int) -> subprocess.P
     cmd += ["--listen-host", "127.0.0.1", "--listen-port", str(port)]
     for key, value in {
         "holdgate_config": str(config),
-        "holdgate_db": str(tmp / "audit.sqlite3"),
+        "holdgate_store": str(tmp / "audit.sqlite3"),
         "holdgate_recordings": "",
         "holdgate_admin": "",
     }.items():

@@ -14,7 +14,7 @@ import pytest
 from helpers.approvals import approval_request
 from holdgate import store
 from holdgate.approvals import elicitation as el
-from holdgate.config.configfile import ConfigError, parse_yaml
+from holdgate.configfile import ConfigError, parse_yaml
 from holdgate.policy.rules import parse_rules
 from holdgate.store import schema
 

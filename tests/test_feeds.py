@@ -19,9 +19,9 @@ import pytest
 from helpers.processes import HOLDGATE, free_port
 from helpers.receivers import SyslogReceiver, WebhookReceiver
 from holdgate import store
-from holdgate.config.configfile import ConfigErrors
-from holdgate.config.feeds_config import FeedConfig
 from holdgate.config.gateway_config import parse_config_text
+from holdgate.configfile import ConfigErrors
+from holdgate.feeds.feeds_config import FeedConfig
 from holdgate.feeds.records import feed_line, feed_record
 from holdgate.feeds.runner import BACKOFF_CAP, FeedRunner, next_backoff
 from holdgate.feeds.sinks import SinkDown, SyslogSink, WebhookSink, sign

@@ -15,8 +15,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from helpers.leaks import spellings
-from holdgate.config.configfile import ConfigErrors
 from holdgate.config.gateway_config import parse_config_text
+from holdgate.configfile import ConfigErrors
 from holdgate.masking.injected import (
     MAX_SECRET_BYTES,
     PARTIAL_MIN,

@@ -12,8 +12,8 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from holdgate.config.configfile import parse_yaml
-from holdgate.identity.identities import (
+from holdgate.configfile import parse_yaml
+from holdgate.identity import (
     JWKS_LONGEST_AGE,
     Authenticator,
     JwksResponse,

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from helpers.strategies import json_values
-from holdgate.config.configfile import ConfigError, parse_yaml
+from holdgate.configfile import ConfigError, parse_yaml
 from holdgate.masking import masker
 from holdgate.masking.detectors import BUILTIN_DETECTORS, Detector, custom_detector
 from holdgate.masking.masker import (

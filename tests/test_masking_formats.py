@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from holdgate.config.configfile import ConfigError, parse_yaml
+from holdgate.configfile import ConfigError, parse_yaml
 from holdgate.masking.detectors import (
     BUILTIN_DETECTORS,
     KEYED_DETECTORS,

@@ -10,10 +10,9 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from holdgate.config.configfile import ConfigErrors
 from holdgate.config.gateway_config import parse_config_text
-from holdgate.config.metrics_config import MetricsConfig
-from holdgate.identity.identities import Identity
+from holdgate.configfile import ConfigErrors
+from holdgate.identity import Identity
 from holdgate.telemetry.metrics import (
     GatewayMetrics,
     Snapshot,
@@ -22,6 +21,7 @@ from holdgate.telemetry.metrics import (
     method_label,
     scrape_refusal,
 )
+from holdgate.telemetry.metrics_config import MetricsConfig
 
 SNAPSHOT = Snapshot(
     queue_depth=3,

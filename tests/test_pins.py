@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from holdgate.config.configfile import ConfigError
 from holdgate.config.gateway_config import ToolChangePolicy, parse_config_text
+from holdgate.configfile import ConfigError
 from holdgate.policy.rules import Decision
 from holdgate.policy.tool_pins import (
     TOOL_CHANGED,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from holdgate.config.configfile import ConfigErrors
 from holdgate.config.gateway_config import parse_config_text
+from holdgate.configfile import ConfigErrors
 from holdgate.protocol.rebinding import (
     FrontNames,
     front_problem,

@@ -7,7 +7,7 @@ import json
 from holdgate.config.gateway_config import parse_config_text
 from holdgate.policy.replay import format_report, replay
 
-CANDIDATE = parse_config_text(
+CANDIDATE_CONFIG = parse_config_text(
     """version: 1
 upstreams:
   - name: db
@@ -21,6 +21,7 @@ rules:
     action: allow
 """
 )
+CANDIDATE = CANDIDATE_CONFIG.policy
 
 
 def row(seq: int, **fields: object) -> dict[str, object]:

@@ -64,7 +64,7 @@ def call(user, tool, decision, rule, ts="2026-01-05T10:00:00Z", **extra):
 
 def model(events, approvals=(), pins=(), versions=()):
     inputs = Inputs(events, approvals, (), pins, versions)
-    return build_review(inputs, parse_config_text(CONFIG), HEADER)
+    return build_review(inputs, parse_config_text(CONFIG).policy, HEADER)
 
 
 def test_denials_are_counted_apart_from_uses_with_their_rule_and_reason() -> None:
@@ -276,7 +276,9 @@ def _review_with(text: str):
         }
     ]
     sessions = [{"session_id": "s-evil", "client": f"{text} {text}/1.0"}]
-    return build_review(Inputs(events, approvals, sessions), parse_config_text(CONFIG), HEADER)
+    return build_review(
+        Inputs(events, approvals, sessions), parse_config_text(CONFIG).policy, HEADER
+    )
 
 
 def skeleton(page: str) -> list[str]:

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from holdgate.config.configfile import ConfigError, parse_yaml
+from holdgate.configfile import ConfigError, parse_yaml
 from holdgate.policy.rules import Policy, parse_rules
 from holdgate.protocol.jsonrpc import parse_body
 

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from jsonpath_ng.ext.parser import parse as parse_jsonpath
 
 from helpers.strategies import json_values
-from holdgate.config.configfile import ConfigError, parse_yaml
+from holdgate.configfile import ConfigError, parse_yaml
 from holdgate.policy.rules import ArgCondition, Policy, json_type, parse_rules
 from holdgate.protocol.jsonrpc import parse_body
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from holdgate.approvals.spendable import rule_in_force, spend_refusal
-from holdgate.config.configfile import ConfigErrors
 from holdgate.config.gateway_config import parse_config_text
+from holdgate.configfile import ConfigErrors
 from holdgate.policy.rules import Decision
 from holdgate.store.rows import iso, parse_iso
 

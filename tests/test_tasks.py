@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from holdgate.config.gateway_config import parse_config_text
-from holdgate.identity.identities import Identity
+from holdgate.identity import Identity
 from holdgate.policy.tasks import (
     FOREIGN_TASK,
     OWN_TASK,

@@ -144,7 +144,7 @@ async def test_a_reflected_injected_credential_never_reaches_a_row(tctx, tmp_pat
 def test_a_store_that_cannot_be_opened_stops_the_gateway(tctx, tmp_path):
     (tmp_path / "a-folder").mkdir()
     with pytest.raises(OptionsError, match="holdgate_store: cannot open the audit store"):
-        tctx.configure(find(tctx, Recorder), holdgate_db=str(tmp_path / "a-folder"))
+        tctx.configure(find(tctx, Recorder), holdgate_store=str(tmp_path / "a-folder"))
 
 
 # --- write-ahead: the decision is on record before the call leaves ---------------------

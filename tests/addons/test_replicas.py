@@ -82,7 +82,7 @@ async def test_the_store_going_away_mid_heartbeat_is_logged_and_retried(
     tmp_path, pg_url, caplog
 ) -> None:
     with gateway(
-        tmp_path, CONFIG, Recorder, Replicas, holdgate_replica="a", holdgate_db=pg_url
+        tmp_path, CONFIG, Recorder, Replicas, holdgate_replica="a", holdgate_store=pg_url
     ) as tctx:
         replicas = find(tctx, Replicas)
         await replicas.heartbeat()

@@ -11,6 +11,7 @@ from typing import Any
 
 import anyio
 
+from helpers import oneshot
 from helpers.configs import identity
 from helpers.processes import DemoServer
 from holdgate import store
@@ -49,7 +50,7 @@ async def wait_for_pending(db: Path, requester: str | None = None) -> dict[str, 
             if db.exists():
                 found = [
                     p
-                    for p in store.pending_approvals(db)
+                    for p in oneshot.pending_approvals(db)
                     if requester is None or p["requester"] == requester
                 ]
                 if found:

@@ -71,7 +71,7 @@ def gateway(
         chosen.insert(index, before[1])
     wanted = {
         "holdgate_config": write_config(folder, config_text),
-        "holdgate_db": str(folder / "audit.sqlite3"),
+        "holdgate_store": str(folder / "audit.sqlite3"),
         "holdgate_recordings": "",
         "holdgate_admin": "",
         **options,

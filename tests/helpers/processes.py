@@ -251,7 +251,7 @@ def start_gateway(
     output = tmp / f"mitmdump-{port}.out"
     opts = {
         "holdgate_config": str(config),
-        "holdgate_db": str(db),
+        "holdgate_store": str(db),
         "holdgate_recordings": str(recordings),
         "holdgate_admin": "",
         **(options or {}),

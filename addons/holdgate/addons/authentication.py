@@ -20,9 +20,10 @@ from holdgate.addons.flowstate import (
     session_key,
     state,
 )
-from holdgate.config.gateway_config import CREDENTIAL_HEADERS, GatewayConfig, Upstream
-from holdgate.identity.identities import (
+from holdgate.config.gateway_config import GatewayConfig, Upstream
+from holdgate.identity import (
     ANONYMOUS,
+    CREDENTIAL_HEADERS,
     Authenticator,
     SessionOwners,
     authorization_servers,

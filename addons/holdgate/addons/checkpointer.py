@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Protocol
 from mitmproxy import ctx
 
 from holdgate.config.checkpoints_config import CheckpointsConfig, Witness
-from holdgate.config.options import STORE_OPTIONS, store_location
+from holdgate.config.options import STORE_OPTIONS
 from holdgate.store import Store, StoreError, iso, open_store
 from holdgate.store.checkpoints import Checkpoint, Signer
 
@@ -153,8 +153,8 @@ class Checkpointer:
         self._failing = False
 
     def configure(self, updated: set[str]) -> None:
-        if STORE_OPTIONS & updated:  # the Recorder already refused a conflicting pair
-            self.store_path = store_location(ctx.options.holdgate_store, ctx.options.holdgate_db)
+        if STORE_OPTIONS & updated:
+            self.store_path = ctx.options.holdgate_store
 
     def running(self) -> None:
         self._thread = threading.Thread(target=self._run, name="holdgate-checkpoints", daemon=True)

@@ -17,8 +17,8 @@ from typing import Any
 from mitmproxy import ctx, exceptions
 from mitmproxy.utils import human
 
-from holdgate.config.configfile import ConfigError, parse_size
 from holdgate.config.gateway_config import GatewayConfig, load_config
+from holdgate.configfile import ConfigError, parse_size
 
 logger = logging.getLogger("holdgate")
 

@@ -24,7 +24,7 @@ from holdgate.addons.flowstate import (
     state,
 )
 from holdgate.config.gateway_config import Upstream
-from holdgate.identity.identities import Identity
+from holdgate.identity import Identity
 from holdgate.policy.policytest import format_explanation
 from holdgate.policy.quota import Hit, rate_bucket
 from holdgate.policy.rules import Decision, Policy
@@ -32,6 +32,7 @@ from holdgate.policy.tasks import is_task_request
 from holdgate.protocol.bodies import decode_bounded
 from holdgate.protocol.jsonrpc import (
     INTERNAL_ERROR,
+    INVALID_REQUEST,
     POLICY_DENIED,
     RATE_LIMITED,
     Body,
@@ -40,6 +41,7 @@ from holdgate.protocol.jsonrpc import (
     check_routing_headers,
     dumps,
     error_object,
+    is_stateless_revision,
     parse_body,
     single_valued,
 )
@@ -104,7 +106,7 @@ class PolicyEnforcer:
                 refuse(
                     flow,
                     400,
-                    -32600,
+                    INVALID_REQUEST,
                     f"an HTTP {method} carries no MCP message; send it without a body",
                     kind="malformed",
                 )
@@ -112,7 +114,9 @@ class PolicyEnforcer:
             st.policy_checked = True
             return
         if method != "POST":
-            refuse(flow, 405, -32600, f"HTTP {method} is not part of MCP", kind="malformed")
+            refuse(
+                flow, 405, INVALID_REQUEST, f"HTTP {method} is not part of MCP", kind="malformed"
+            )
             return
         try:
             content = decode_bounded(
@@ -434,10 +438,7 @@ def _denial_text(decision: Decision) -> str:
     return f"denied by rule {decision.rule!r}: {decision.reason}"
 
 
-MODERN = "2026-07-28"
-
-
 def _caches_listings(flow: http.HTTPFlow, result: dict[str, Any]) -> bool:
     """Whether the listing's client may cache it: MCP 2026-07-28 (`ttlMs`, `cacheScope`)."""
     version: str = flow.request.headers.get("mcp-protocol-version", "")
-    return version >= MODERN or "ttlMs" in result or "cacheScope" in result
+    return is_stateless_revision(version) or "ttlMs" in result or "cacheScope" in result

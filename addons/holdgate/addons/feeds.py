@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 
 from mitmproxy import ctx
 
-from holdgate.config.feeds_config import FeedConfig
-from holdgate.config.options import STORE_OPTIONS, replica_name, store_location
+from holdgate.config.options import STORE_OPTIONS, replica_name
+from holdgate.feeds.feeds_config import FeedConfig
 from holdgate.feeds.runner import FeedRunner
 from holdgate.store import Store, open_store
 
@@ -38,8 +38,8 @@ class Feeds:
         self._thread: threading.Thread | None = None
 
     def configure(self, updated: set[str]) -> None:
-        if STORE_OPTIONS & updated:  # the Recorder already refused a conflicting pair
-            self.store_path = store_location(ctx.options.holdgate_store, ctx.options.holdgate_db)
+        if STORE_OPTIONS & updated:
+            self.store_path = ctx.options.holdgate_store
 
     def running(self) -> None:
         # who sends, in feed_cursors.holder: the replica, and this process start

@@ -20,7 +20,7 @@ from mitmproxy import http
 
 from holdgate import STATE_KEY
 from holdgate.config.gateway_config import GatewayConfig, Upstream
-from holdgate.identity.identities import Identity
+from holdgate.identity import Identity
 from holdgate.masking.masker import StreamMasker
 from holdgate.policy.quota import Hit
 from holdgate.policy.rules import Decision

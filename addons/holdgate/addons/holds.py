@@ -46,7 +46,6 @@ from holdgate.approvals.adminhttp import (
     serve,
 )
 from holdgate.approvals.approval_rules import (
-    approver_groups,
     argument_changes,
     grant_key,
     may_see,
@@ -56,7 +55,7 @@ from holdgate.approvals.campaign_http import handle_campaigns
 from holdgate.approvals.refusal_budget import RefusalBudget
 from holdgate.approvals.spendable import SpendRefusal, rule_in_force, spend_refusal
 from holdgate.config.gateway_config import GatewayConfig
-from holdgate.identity.identities import Identity
+from holdgate.identity import Identity
 from holdgate.policy.rules import Decision
 from holdgate.protocol.canonical_json import args_digest
 from holdgate.protocol.jsonrpc import (
@@ -73,6 +72,7 @@ from holdgate.protocol.mrtr import request_state
 from holdgate.store import Store
 from holdgate.store import iso as now_iso
 from holdgate.store.approval_records import Decision as Decided
+from holdgate.store.approval_records import approver_groups
 
 if TYPE_CHECKING:
     from holdgate.addons.config_loader import ConfigLoader

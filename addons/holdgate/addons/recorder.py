@@ -37,7 +37,7 @@ from holdgate.addons.flowstate import (
     state,
 )
 from holdgate.config.gateway_config import GatewayConfig
-from holdgate.config.options import DEFAULT_STORE, STORE_OPTIONS, replica_name, store_location
+from holdgate.config.options import DEFAULT_STORE, STORE_OPTIONS, replica_name
 from holdgate.masking.masker import MaskingError, MaskOutcome
 from holdgate.masking.record_masking import RecordMasking, ToolHint, mask_for_record, scrub_row
 from holdgate.protocol.canonical_json import args_digest
@@ -94,7 +94,6 @@ class Recorder:
         # called before the store closes (shutdown, or another store named): the Replicas
         # addon marks itself gone while it still can
         self.before_close: list[Callable[[], None]] = []
-        self.unmaskable = 0  # values left out of store rows because they could not be masked
         self.telemetry: Telemetry | None = None  # sees each flow leave and end (spans, latency)
         self._record_masking: tuple[GatewayConfig, bytes, RecordMasking] | None = None
         # Flows whose decision rows went to the store before they left: their end writes an
@@ -119,7 +118,6 @@ class Recorder:
             "Holdgate's audit store: a SQLite path, or a postgresql:// URL shared by replicas "
             "(then the config needs hash_key).",
         )
-        loader.add_option("holdgate_db", str, "", "Old name of holdgate_store.")
         loader.add_option(
             "holdgate_recordings",
             str,
@@ -132,8 +130,7 @@ class Recorder:
         if STORE_OPTIONS & updated:
             self._close_store()
             try:
-                location = store_location(ctx.options.holdgate_store, ctx.options.holdgate_db)
-                self.store = open_store(location)
+                self.store = open_store(ctx.options.holdgate_store)
                 self.writer = self.store.writer()
             except ValueError as exc:
                 raise exceptions.OptionsError(str(exc)) from None
@@ -240,7 +237,6 @@ class Recorder:
         try:
             return mask_for_record(value, self.record_masking(config), upstream, tool)
         except _UNRECORDABLE as exc:
-            self.unmaskable += 1
             logger.error("holdgate: a value was left out of the audit row: %s", exc)
             return MaskOutcome(f"[holdgate: left out of the record: {exc}]", {"unmaskable": 1})
 
@@ -267,7 +263,6 @@ class Recorder:
                 for row in self._request_rows(flow, config, strict=True)
             ]
         except _UNRECORDABLE as exc:
-            self.unmaskable += 1
             error = f"{type(exc).__name__}: {exc}"
             logger.error("holdgate: a request could not be recorded, so not forwarded: %s", error)
             refuse(

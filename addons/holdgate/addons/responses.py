@@ -29,6 +29,7 @@ from holdgate.masking.masker import ProfilesInEffect, mask_text
 from holdgate.protocol.bodies import decode_bounded
 from holdgate.protocol.jsonrpc import (
     INTERNAL_ERROR,
+    INVALID_REQUEST,
     BodyError,
     dumps,
     error_object,
@@ -117,12 +118,17 @@ class Responses:
         response = flow.response
         encoding = response.headers.get("content-encoding", "").strip().lower()
         if encoding not in KNOWN_ENCODINGS:
-            refuse(flow, 502, -32600, f"upstream used unknown Content-Encoding {shown(encoding)}")
+            refuse(
+                flow,
+                502,
+                INVALID_REQUEST,
+                f"upstream used unknown Content-Encoding {shown(encoding)}",
+            )
             return
         self.clean_headers(flow, config)
         if _is_event_stream(response):
             if encoding not in ("", "identity"):
-                refuse(flow, 502, -32600, "upstream compressed an event stream; refused")
+                refuse(flow, 502, INVALID_REQUEST, "upstream compressed an event stream; refused")
                 return
             # Events are rewritten (masked), so the upstream's length no longer holds.
             response.headers.pop("content-length", None)
@@ -135,7 +141,10 @@ class Responses:
         length = response.headers.get("content-length", "")
         if length.isdigit() and int(length) > self.loader.max_body:
             refuse(
-                flow, 502, -32600, f"upstream response of {length} bytes is over holdgate_max_body"
+                flow,
+                502,
+                INVALID_REQUEST,
+                f"upstream response of {length} bytes is over holdgate_max_body",
             )
 
     @fail_closed
@@ -153,7 +162,7 @@ class Responses:
                 self.loader.max_body,
             )
         except BodyError as exc:
-            refuse(flow, 502, -32600, f"upstream response refused: {exc.message}")
+            refuse(flow, 502, INVALID_REQUEST, f"upstream response refused: {exc.message}")
             return
         ctype = flow.response.headers.get("content-type", "")
         accepted = flow.response.status_code == 202
@@ -173,7 +182,10 @@ class Responses:
                 and not accepted
             ):
                 refuse(
-                    flow, 502, -32600, f"upstream answered an MCP call with {ctype or 'no type'}"
+                    flow,
+                    502,
+                    INVALID_REQUEST,
+                    f"upstream answered an MCP call with {ctype or 'no type'}",
                 )
                 return
             # An error page (a proxy's 502, a stack trace) can carry data too: masked as text.
@@ -183,7 +195,7 @@ class Responses:
                 refuse(
                     flow,
                     502,
-                    -32600,
+                    INVALID_REQUEST,
                     f"upstream sent a {ctype or 'untyped'} body that is not "
                     "text, so it cannot be checked for sensitive data",
                 )

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from mitmproxy import http
 
 from holdgate.addons.flowstate import FlowState, MessageContext, session_key, state
-from holdgate.identity.identities import Identity
+from holdgate.identity import Identity
 from holdgate.policy.rules import Decision, Policy
 from holdgate.policy.tasks import (
     FOREIGN_TASK,

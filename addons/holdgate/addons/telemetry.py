@@ -22,8 +22,9 @@ from mitmproxy import ctx, http
 
 from holdgate.addons.flowstate import state
 from holdgate.approvals.adminhttp import AdminCallers, AdminRequest, AdminResponse, parse_listen
-from holdgate.config.options import STORE_OPTIONS, is_loopback
-from holdgate.identity.identities import JWKS_FETCHES
+from holdgate.config.options import STORE_OPTIONS
+from holdgate.configfile import is_loopback
+from holdgate.identity import JWKS_FETCHES
 from holdgate.masking.detectors import BUILTIN_DETECTORS
 from holdgate.protocol.sessionless import invalid_traceparent, traceparent_of
 from holdgate.telemetry.metrics import GatewayMetrics, Snapshot, method_label, scrape_refusal

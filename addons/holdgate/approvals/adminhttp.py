@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from holdgate.identity.identities import Authenticator, Identity, IdentityConfig
+from holdgate.identity import Authenticator, Identity, IdentityConfig
 
 if TYPE_CHECKING:
     from holdgate.config.gateway_config import GatewayConfig

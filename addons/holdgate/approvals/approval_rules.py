@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from holdgate.protocol.canonical_json import canonical
+from holdgate.store.approval_records import approver_groups
 
 
 def request_digest(
@@ -68,17 +69,6 @@ def grant_key(user: str, upstream: str, method: str, target: str, arguments_dige
         ["grant", user, upstream, method, target, arguments_digest], ensure_ascii=True
     )
     return hashlib.sha256(material.encode()).hexdigest()
-
-
-def approver_groups(row: Mapping[str, Any]) -> frozenset[str]:
-    """The groups that may decide an approval row; none when the row's list is unreadable."""
-    try:
-        groups = json.loads(row.get("approvers") or "[]")
-    except (TypeError, json.JSONDecodeError):
-        return frozenset()
-    if not isinstance(groups, list):
-        return frozenset()
-    return frozenset(g for g in groups if isinstance(g, str))
 
 
 def may_see(row: Mapping[str, Any], user: str, groups: Iterable[str]) -> bool:

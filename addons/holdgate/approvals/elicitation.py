@@ -19,6 +19,7 @@ import hmac
 import html
 from typing import Any
 
+from holdgate.protocol.jsonrpc import PROTOCOL_VERSION_META, is_stateless_revision
 from holdgate.store.rows import ApprovalRecord
 
 # The key of the gateway's question among `inputRequests`, and of the client's answer.
@@ -26,9 +27,7 @@ INPUT_KEY = "holdgate-approval"
 STATE_PREFIX = "holdgate-approval.v1."
 # Methods a 2026-07-28 server may answer `input_required` (the client retries them).
 RETRIABLE = frozenset({"tools/call", "prompts/get", "resources/read"})
-FIRST_VERSION = "2026-07-28"
 _CAPABILITIES = "io.modelcontextprotocol/clientCapabilities"
-_VERSION = "io.modelcontextprotocol/protocolVersion"
 
 
 def _subkey(key: bytes, purpose: bytes) -> bytes:
@@ -83,19 +82,14 @@ def _meta(message: dict[str, Any]) -> dict[str, Any]:
     return meta if isinstance(meta, dict) else {}
 
 
-def _at_least(version: Any, first: str) -> bool:
-    """Protocol versions are dates (YYYY-MM-DD): they compare as text."""
-    return isinstance(version, str) and len(version) == len(first) and version >= first
-
-
 def accepts_url_elicitation(message: dict[str, Any], header_version: str | None) -> bool:
     """A 2026-07-28 (or later) request whose client declares URL-mode elicitation for it
     (capabilities are per request in that revision), on a method the client retries."""
     if message.get("method") not in RETRIABLE or "id" not in message:
         return False
     meta = _meta(message)
-    version = meta.get(_VERSION, header_version)
-    if not _at_least(version, FIRST_VERSION):
+    version = meta.get(PROTOCOL_VERSION_META, header_version)
+    if not is_stateless_revision(version):
         return False
     capabilities = meta.get(_CAPABILITIES)
     elicitation = capabilities.get("elicitation") if isinstance(capabilities, dict) else None

@@ -14,13 +14,29 @@ only while both still hold:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Literal, NamedTuple
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, NamedTuple, Protocol
 
-from holdgate.config.gateway_config import GatewayConfig
-from holdgate.policy.rules import Decision, decision_for
-from holdgate.policy.tool_pins import TOOL_CHANGED, tool_change_decision
+from holdgate.policy.rules import Decision, Policy, decision_for
+from holdgate.policy.tool_pins import TOOL_CHANGED, ToolChangePolicy, tool_change_decision
 from holdgate.store.rows import parse_iso
+
+
+class PinnedUpstream(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def on_tool_change(self) -> ToolChangePolicy: ...
+
+
+class RulesInForce(Protocol):
+    """The rules an approval is checked against: a loaded gateway config (which is built
+    on top of this layer, so it is not imported here)."""
+
+    @property
+    def policy(self) -> Policy: ...
+    @property
+    def upstreams(self) -> Sequence[PinnedUpstream]: ...
 
 
 class SpendRefusal(NamedTuple):
@@ -72,7 +88,7 @@ def spend_refusal(
     return None
 
 
-def rule_in_force(config: GatewayConfig | None, rule: str, upstream: str) -> Decision | None:
+def rule_in_force(config: RulesInForce | None, rule: str, upstream: str) -> Decision | None:
     """The approve decision of the rule named `rule` in `config` (for `tool-changed`, the
     upstream's `on_tool_change`), or None when no such rule asks for approval."""
     if config is None:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from holdgate.config.configfile import ConfigError, parse_duration
+from holdgate.configfile import ConfigError, parse_duration
 from holdgate.store import Store, StoreError, StoreNotFound, iso, open_store, parse_iso
 
 if TYPE_CHECKING:

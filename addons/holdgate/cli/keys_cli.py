@@ -9,7 +9,7 @@ import sys
 import click
 
 from holdgate.cli.lazy_group import LazyCommand, LazyGroup
-from holdgate.identity.identities import api_key_hash, generate_api_key
+from holdgate.identity import api_key_hash, generate_api_key
 
 
 @click.group(

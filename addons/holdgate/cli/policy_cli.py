@@ -15,8 +15,8 @@ from holdgate.cli.common import (
     since_option,
     until_option,
 )
-from holdgate.config.configfile import ConfigError
 from holdgate.config.gateway_config import GatewayConfig, load_config
+from holdgate.configfile import ConfigError
 from holdgate.policy.policytest import (
     build_message,
     caller_for,
@@ -134,7 +134,7 @@ def policy_test(file: str, tests: str) -> None:
     """Run policy unit tests: each case's request and the decision it expects."""
     config = load_rules(file)
     try:
-        results = run_tests(config, tests)
+        results = run_tests(config.policy, [u.name for u in config.upstreams], tests)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
     failed = [r for r in results if not r.passed]
@@ -178,7 +178,7 @@ def policy_replay(
     config = load_rules(candidate)
     with opened(db) as store:
         rows = store.events(since, until)
-    report = replay(config, rows)
+    report = replay(config.policy, rows)
     if fmt == "json":
         click.echo(json.dumps({"candidate": candidate, **report.to_json()}, indent=2))
     else:

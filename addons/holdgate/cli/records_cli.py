@@ -24,7 +24,7 @@ from holdgate.cli.common import (
     until_option,
 )
 from holdgate.cli.feeds_cli import AFTER, MAX_POLL, follow_until_signalled, start_seq
-from holdgate.config.configfile import parse_duration
+from holdgate.configfile import parse_duration
 from holdgate.feeds.records import feed_line
 from holdgate.recording.flowfiles import recording_files, recording_name
 from holdgate.recording.segments import file_status

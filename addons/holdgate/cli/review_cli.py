@@ -26,8 +26,8 @@ from holdgate.cli.common import (
     store_errors,
     until_option,
 )
-from holdgate.config.configfile import ConfigError, parse_duration
 from holdgate.config.gateway_config import GatewayConfig, load_config
+from holdgate.configfile import ConfigError, parse_duration
 from holdgate.policy.policytest import build_message, caller_for
 from holdgate.reports.campaigns import (
     EXPORT_COLUMNS,
@@ -156,7 +156,7 @@ def build(
         tool_pins=store.tool_pin_rows(),
         config_versions=versions,
     )
-    return build_review(inputs, config, header)
+    return build_review(inputs, config.policy, header)
 
 
 def _emit(text: str, output: str | None, summary: str) -> None:

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from holdgate.config.configfile import Node
+from holdgate.configfile import Node
 from holdgate.store.checkpoints import BadKey, key_id, load_private_key
 
 CHECKPOINT_KEYS = {"key", "every", "witness"}

@@ -20,7 +20,7 @@ from typing import Literal
 from urllib.parse import unquote, urlsplit
 
 from holdgate.config.checkpoints_config import CheckpointsConfig, parse_checkpoints
-from holdgate.config.configfile import (
+from holdgate.configfile import (
     ConfigError,
     ConfigErrors,
     Node,
@@ -29,9 +29,8 @@ from holdgate.config.configfile import (
     load_yaml_file,
     parse_yaml,
 )
-from holdgate.config.feeds_config import FeedConfig, parse_feeds
-from holdgate.config.metrics_config import MetricsConfig, parse_metrics
-from holdgate.identity.identities import (
+from holdgate.feeds.feeds_config import FeedConfig, parse_feeds
+from holdgate.identity import (
     IdentityConfig,
     TrustedHeader,
     parse_identity,
@@ -40,6 +39,7 @@ from holdgate.identity.identities import (
 from holdgate.masking.injected import MAX_SECRET_BYTES, forms_for
 from holdgate.masking.masker import MaskingPolicy, parse_masking
 from holdgate.policy.rules import Action, Policy, parse_rules
+from holdgate.policy.tool_pins import ToolChangePolicy
 from holdgate.protocol.rebinding import (
     HostPattern,
     OriginPattern,
@@ -47,6 +47,7 @@ from holdgate.protocol.rebinding import (
     parse_origin_pattern,
 )
 from holdgate.protocol.sessionless import GROUPED_PER_CALLER
+from holdgate.telemetry.metrics_config import MetricsConfig, parse_metrics
 
 TOP_KEYS = {
     "version",
@@ -73,17 +74,7 @@ TOP_KEYS = {
 UPSTREAM_KEYS = {"name", "prefix", "host", "url", "inject", "on_tool_change"}
 TOOL_CHANGE_KEYS = {"action", "approvers", "timeout"}
 INJECT_KEYS = {"headers", "pass_cookies"}
-CREDENTIAL_HEADERS = ("authorization", "x-api-key", "proxy-authorization")
 RESPONSE_HEADER_KEYS = {"drop", "mask"}
-
-
-@dataclass(frozen=True)
-class ToolChangePolicy:
-    """What applies to calls of a tool whose listed definition changed since it was pinned."""
-
-    action: Literal["deny", "approve", "alert"] = "deny"
-    approvers: tuple[str, ...] = ()
-    timeout: float = 600.0
 
 
 @dataclass(frozen=True)

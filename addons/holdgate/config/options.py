@@ -9,7 +9,6 @@ registers anything, so both stop the gateway instead.
 from __future__ import annotations
 
 import difflib
-import ipaddress
 import socket
 from collections.abc import Mapping
 
@@ -17,7 +16,6 @@ PREFIX = "holdgate_"
 OPTIONS = (
     "holdgate_config",
     "holdgate_store",
-    "holdgate_db",
     "holdgate_recordings",
     "holdgate_admin",
     "holdgate_max_body",
@@ -48,18 +46,7 @@ def option_problems(deferred: Mapping[str, object]) -> list[str]:
 
 
 DEFAULT_STORE = "holdgate.sqlite3"
-STORE_OPTIONS = frozenset({"holdgate_store", "holdgate_db"})
-
-
-def store_location(store: str, db: str) -> str:
-    """The store the options name: `holdgate_store` (a SQLite path or a postgresql:// URL),
-    or its older alias `holdgate_db`; naming two different stores is an error."""
-    if db and store != DEFAULT_STORE and db != store:
-        raise ValueError(
-            f"holdgate_store ({store!r}) and holdgate_db ({db!r}) name different stores; "
-            "set only holdgate_store (holdgate_db is its old name)"
-        )
-    return db or store
+STORE_OPTIONS = frozenset({"holdgate_store"})  # the options that name the audit store
 
 
 def replica_name(options: object) -> str:
@@ -71,13 +58,3 @@ def replica_name(options: object) -> str:
         return named
     port = getattr(options, "listen_port", None) or 8080
     return f"{socket.gethostname()}:{port}"
-
-
-def is_loopback(host: str) -> bool:
-    """`localhost` or a loopback address; any other name may resolve to anything."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False

@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from holdgate.config.feeds_config import FeedConfig
+from holdgate.feeds.feeds_config import FeedConfig
 from holdgate.feeds.sinks import Sink, SinkDown, make_sink
 from holdgate.store import Store, StoreError
 

@@ -23,7 +23,7 @@ import ssl
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from holdgate.config.feeds_config import FeedConfig
+from holdgate.feeds.feeds_config import FeedConfig
 from holdgate.feeds.records import feed_line
 
 SYSLOG_PRI = 13 * 8 + 6  # facility 13 (log audit), severity 6 (informational)

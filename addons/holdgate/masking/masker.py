@@ -62,7 +62,7 @@ from jsonpath_ng.ext.filter import Filter
 from jsonpath_ng.ext.parser import parse as parse_jsonpath
 from jsonpath_ng.jsonpath import Child, Descendants, Fields, Index, Root, Slice, This, Wildcard
 
-from holdgate.config.configfile import Node, Problems, collected, declared_names
+from holdgate.configfile import Node, Problems, collected, declared_names
 from holdgate.masking.detectors import (
     BUILTIN_DETECTORS,
     KEYED_DETECTORS,
@@ -905,12 +905,8 @@ def _mask_whole(value: Any, path: str, strategy: Strategy, key: bytes | None) ->
 _DETECTOR_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 
-def parse_detectors(node: Node, problems: Problems | None = None) -> dict[str, Detector]:
-    """The top-level `detectors:` list: custom detectors `{name, regex, validator}`."""
-    return collected(lambda found: _parse_detector_list(node, found), problems)
-
-
 def _parse_detector_list(node: Node, problems: Problems) -> dict[str, Detector]:
+    """The top-level `detectors:` list: custom detectors `{name, regex, validator}`."""
     if node.missing:
         return {}
     out: dict[str, Detector] = {}

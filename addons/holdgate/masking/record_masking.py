@@ -29,10 +29,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from functools import cached_property
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
-from holdgate.config.configfile import parse_yaml
-from holdgate.config.gateway_config import CREDENTIAL_HEADERS, GatewayConfig
+from holdgate.configfile import parse_yaml
+from holdgate.identity.caller import CREDENTIAL_HEADERS
 from holdgate.masking.injected import InjectedForms, forms_for
 from holdgate.masking.masker import (
     MaskingError,
@@ -91,6 +91,22 @@ class PortableRecordMasking:
         return RecordMasking(policy, self.secrets, self.digest_key, self)
 
 
+class MaskingSource(Protocol):
+    """What a record masking is built from: a loaded gateway config (which this layer
+    does not import; the config is built on top of masking)."""
+
+    @property
+    def text(self) -> str: ...
+    @property
+    def file(self) -> str: ...
+    @property
+    def hash_key(self) -> bytes | None: ...
+    @property
+    def secrets(self) -> tuple[str, ...]: ...
+    @property
+    def masking(self) -> MaskingPolicy: ...
+
+
 @dataclass(frozen=True, eq=False)
 class RecordMasking:
     """The masking policy, the injected values and the digest key the record is kept with."""
@@ -102,7 +118,7 @@ class RecordMasking:
     _any_tool: dict[str, ProfilesInEffect] = field(default_factory=dict, init=False, repr=False)
 
     @classmethod
-    def from_config(cls, config: GatewayConfig, digest_key: bytes) -> RecordMasking:
+    def from_config(cls, config: MaskingSource, digest_key: bytes) -> RecordMasking:
         portable = PortableRecordMasking(
             config.text, config.file, config.hash_key, config.secrets, digest_key
         )

@@ -13,12 +13,12 @@ A tests file lists named cases, each a literal request and the decision expected
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from holdgate.config.configfile import Node, load_yaml_file
-from holdgate.config.gateway_config import GatewayConfig
-from holdgate.policy.rules import Check, Decision, Rule
+from holdgate.configfile import Node, load_yaml_file
+from holdgate.policy.rules import Check, Decision, Policy, Rule
 from holdgate.protocol.jsonrpc import NAME_PARAM, Message, parse_message
 
 CASE_KEYS = {"name", "identity", "upstream", "request", "expect"}
@@ -63,24 +63,26 @@ def caller_for(user: str | None, groups: tuple[str, ...]) -> ProbeCaller:
     return ProbeCaller(user, groups, "test")
 
 
-def run_tests(config: GatewayConfig, tests_path: str) -> list[CaseResult]:
+def run_tests(policy: Policy, upstreams: Sequence[str], tests_path: str) -> list[CaseResult]:
+    """Run the cases in `tests_path` against `policy`; `upstreams` are the config's names
+    (the first is a case's default)."""
     doc, _ = load_yaml_file(tests_path)
     root = doc.root.mapping({"tests"}, required={"tests"})
     results = []
     for case in root.child("tests").elements():
-        results.append(_run_case(config, case))
+        results.append(_run_case(policy, upstreams, case))
     return results
 
 
-def _run_case(config: GatewayConfig, case: Node) -> CaseResult:
+def _run_case(policy: Policy, upstreams: Sequence[str], case: Node) -> CaseResult:
     case.mapping(CASE_KEYS, required={"name", "request", "expect"})
     name = case.child("name").string()
     ident = case.child("identity")
     if not ident.missing:
         ident.mapping(IDENTITY_KEYS)
     caller = caller_for(ident.child("user").optional_string(), ident.child("groups").strings())
-    upstream = case.child("upstream").string(default=config.upstreams[0].name)
-    if upstream not in {u.name for u in config.upstreams}:
+    upstream = case.child("upstream").string(default=upstreams[0])
+    if upstream not in upstreams:
         raise case.child("upstream").error(f"no upstream named {upstream!r} in the policy")
     req = case.child("request").mapping(REQUEST_KEYS, required={"method"})
     method = req.child("method").string()
@@ -94,7 +96,7 @@ def _run_case(config: GatewayConfig, case: Node) -> CaseResult:
     expected = {"action": expect.child("action").choice(("allow", "deny", "approve"))}
     if expect.has("rule"):
         expected["rule"] = expect.child("rule").string()
-    got = config.policy.evaluate(caller, upstream, build_message(method, target, args))
+    got = policy.evaluate(caller, upstream, build_message(method, target, args))
     passed = got.action == expected["action"] and expected.get("rule", got.rule) == got.rule
     line = case.doc.marks.get(case.path, (0, 0))[0]
     return CaseResult(name, passed, expected, got, line)

@@ -16,9 +16,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from holdgate.config.gateway_config import GatewayConfig
 from holdgate.policy.policytest import ProbeCaller, build_message, caller_for
-from holdgate.policy.rules import Decision
+from holdgate.policy.rules import Decision, Policy
 from holdgate.policy.tasks import (
     INVALID_TASK_CURSOR,
     decide_task_request,
@@ -135,8 +134,8 @@ def rebuild(row: Mapping[str, Any]) -> tuple[ProbeCaller, Message]:
     return caller_for(row.get("user"), groups), message
 
 
-def replay(candidate: GatewayConfig, rows: Iterable[Mapping[str, Any]]) -> ReplayReport:
-    """Decide recorded `events` rows again with `candidate`'s policy."""
+def replay(candidate: Policy, rows: Iterable[Mapping[str, Any]]) -> ReplayReport:
+    """Decide recorded `events` rows again with the `candidate` policy."""
     report = ReplayReport()
     for row in rows:
         if row.get("direction") not in ("request", "notification"):
@@ -158,9 +157,9 @@ def replay(candidate: GatewayConfig, rows: Iterable[Mapping[str, Any]]) -> Repla
         upstream = row.get("upstream") or ""
         if is_task_request(message):  # decided by the task's owner, then the rules
             task = recorded_task(row["rule"], caller.user, upstream, extra.get("task"))
-            decision = decide_task_request(candidate.policy, caller, upstream, message, task)
+            decision = decide_task_request(candidate, caller, upstream, message, task)
         else:
-            decision = candidate.policy.evaluate(caller, upstream, message)
+            decision = candidate.evaluate(caller, upstream, message)
         report.considered += 1
         item = Replayed(
             seq=row["seq"],

@@ -16,7 +16,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from holdgate.config.gateway_config import ToolChangePolicy
 from holdgate.policy.rules import Decision, rule_lineage
 
 TOOL_CHANGED = "tool-changed"  # the rule name decisions made here carry
@@ -25,6 +24,15 @@ PinEvent = Literal["first-seen", "changed", "restored", "pinned"]
 # unknown keys are left out: servers may vary them per request without meaning.
 DEFINING_KEYS = ("name", "title", "description", "inputSchema", "outputSchema", "annotations")
 DEFINITION_LIMIT = 65_536
+
+
+@dataclass(frozen=True)
+class ToolChangePolicy:
+    """What applies to calls of a tool whose listed definition changed since it was pinned."""
+
+    action: Literal["deny", "approve", "alert"] = "deny"
+    approvers: tuple[str, ...] = ()
+    timeout: float = 600.0
 
 
 def tool_definition(tool: dict[str, Any]) -> dict[str, Any]:

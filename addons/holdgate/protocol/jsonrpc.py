@@ -248,15 +248,22 @@ HeaderParams = Mapping[str, tuple[str, ...]]
 PARAM_PREFIX = "mcp-param-"
 
 
-# The first protocol revision that defines (and validates) the routing headers.
-HEADERS_FROM = "2026-07-28"
-_VERSION_META = "io.modelcontextprotocol/protocolVersion"
+# The first protocol revision without sessions: it defines (and validates) the routing
+# headers, takes client capabilities per request (URL elicitation) and lets a client cache
+# listings (`ttlMs`, `cacheScope`).
+STATELESS_REVISION = "2026-07-28"
+# Where a 2026-07-28 request names its revision in `_meta` (besides the header).
+PROTOCOL_VERSION_META = "io.modelcontextprotocol/protocolVersion"
 
 
-def validates_headers(version: str | None) -> bool:
-    """Whether a declared protocol version defines the routing headers (versions are
-    YYYY-MM-DD dates, so they compare as text)."""
-    return version is not None and len(version) == len(HEADERS_FROM) and version >= HEADERS_FROM
+def is_stateless_revision(version: object) -> bool:
+    """Whether a declared protocol version is 2026-07-28 or later (versions are YYYY-MM-DD
+    dates, so they compare as text)."""
+    return (
+        isinstance(version, str)
+        and len(version) == len(STATELESS_REVISION)
+        and version >= STATELESS_REVISION
+    )
 
 
 def check_routing_headers(
@@ -276,15 +283,15 @@ def check_routing_headers(
     name_header = headers.get("mcp-name")
     param_headers = {k: v for k, v in headers.items() if k.startswith(PARAM_PREFIX)}
     routing = method_header is not None or name_header is not None or bool(param_headers)
-    if not validates_headers(version):
+    if not is_stateless_revision(version):
         if routing:
             declared = (
                 f"MCP-Protocol-Version {version[:32]!r}" if version else "no MCP-Protocol-Version"
             )
             raise BodyError(
                 f"routing headers (Mcp-Method, Mcp-Name, Mcp-Param-*) are defined from MCP "
-                f"{HEADERS_FROM} on, and this request declares {declared}, so nothing "
-                f"validated them: send MCP-Protocol-Version: {HEADERS_FROM} or drop them"
+                f"{STATELESS_REVISION} on, and this request declares {declared}, so nothing "
+                f"validated them: send MCP-Protocol-Version: {STATELESS_REVISION} or drop them"
             )
         return
     if body.is_batch:
@@ -294,14 +301,14 @@ def check_routing_headers(
     message = body.messages[0]
     params = message.raw.get("params")
     meta = params.get("_meta") if isinstance(params, dict) else None
-    declared_version = meta.get(_VERSION_META) if isinstance(meta, dict) else None
+    declared_version = meta.get(PROTOCOL_VERSION_META) if isinstance(meta, dict) else None
     if declared_version is not None and declared_version != version:
         raise _mismatch(
             f"MCP-Protocol-Version header {version!r} does not match the body's "
-            f"_meta {_VERSION_META} {shown(declared_version)}"
+            f"_meta {PROTOCOL_VERSION_META} {shown(declared_version)}"
         )
     if message.kind == "request" and method_header is None:
-        raise _mismatch(f"the Mcp-Method header is required from MCP {HEADERS_FROM} on")
+        raise _mismatch(f"the Mcp-Method header is required from MCP {STATELESS_REVISION} on")
     if method_header is not None and method_header != message.method:
         raise _mismatch(
             f"Mcp-Method header {method_header[:64]!r} does not match the body's method "

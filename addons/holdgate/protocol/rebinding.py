@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from holdgate.config.options import is_loopback
+from holdgate.configfile import is_loopback
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
 

@@ -19,8 +19,9 @@ import uuid
 from collections import OrderedDict
 from typing import Any, NamedTuple
 
+from holdgate.protocol.jsonrpc import PROTOCOL_VERSION_META
+
 CLIENT_INFO_META = "io.modelcontextprotocol/clientInfo"
-PROTOCOL_VERSION_META = "io.modelcontextprotocol/protocolVersion"
 TRACEPARENT_META = "traceparent"
 
 IDLE_SPLIT = 30 * 60  # seconds idle after which the same key starts a new session

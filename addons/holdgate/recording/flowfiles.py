@@ -31,15 +31,14 @@ from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, NamedTuple, TextIO
+from typing import Any, BinaryIO, NamedTuple, Protocol, TextIO
 from urllib.parse import urlsplit
 
 from mitmproxy.io import tnetstring
 from mitmproxy.net import encoding
 
 from holdgate import STATE_KEY
-from holdgate.config.configfile import ConfigError
-from holdgate.config.gateway_config import Upstream
+from holdgate.configfile import ConfigError
 from holdgate.masking.record_masking import (
     CALLER_CREDENTIALS,
     PortableRecordMasking,
@@ -69,7 +68,16 @@ class Redaction:
     route: tuple[str, str] | None = None  # (prefix, upstream path) to map the path back
 
 
-def route_back(upstream: Upstream | None) -> tuple[str, str] | None:
+class RoutedUpstream(Protocol):
+    """The parts of a configured upstream the Router maps a path with."""
+
+    @property
+    def url(self) -> str | None: ...
+    @property
+    def prefix(self) -> str | None: ...
+
+
+def route_back(upstream: RoutedUpstream | None) -> tuple[str, str] | None:
     """How the Router mapped the client's path onto the upstream's (`Redaction.route`):
     the prefix it removed and the upstream URL's path it put in front; None if unchanged."""
     if upstream is None or not upstream.url:

@@ -18,8 +18,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from holdgate.config.gateway_config import GatewayConfig
 from holdgate.policy.policytest import build_message, caller_for
+from holdgate.policy.rules import Policy
 from holdgate.store.campaign_records import Campaign, ItemSpec
 
 CALL_KINDS = {"tools/call": "tool", "resources/read": "resource", "prompts/get": "prompt"}
@@ -176,13 +176,13 @@ def _in_period(ts: str | None, header: Header) -> bool:
     return ts is not None and header.period_start <= ts < header.period_end
 
 
-def build_review(inputs: Inputs, config: GatewayConfig, header: Header) -> Review:
+def build_review(inputs: Inputs, policy: Policy, header: Header) -> Review:
     """The review of the period in `header`: `inputs.events` should already be that period's."""
     people: dict[str, IdentityReview] = {}
     seen: set[Target] = set()
     exceptions: list[Finding] = []
     approvals = {a["approval_id"]: a for a in inputs.approvals}
-    approve_rules = {r.name for r in config.policy.rules if r.action == "approve"}
+    approve_rules = {r.name for r in policy.rules if r.action == "approve"}
     for row in inputs.events:
         method = row.get("method") or ""
         upstream = row.get("upstream") or ""
@@ -243,7 +243,7 @@ def build_review(inputs: Inputs, config: GatewayConfig, header: Header) -> Revie
         caller = caller_for(person.user, tuple(sorted(person.groups)))
         for upstream, kind, name in sorted(seen):
             message = build_message(KIND_METHOD[kind], name, {})
-            decision = config.policy.evaluate(caller, upstream, message)
+            decision = policy.evaluate(caller, upstream, message)
             if decision.action != "deny":
                 person.granted[(upstream, kind, name)] = decision.rule
     exceptions += _pin_findings(inputs.tool_pins, header)

@@ -23,7 +23,6 @@ One `Store` object owns the connections; all SQL lives in this package:
     rows.py              the result shapes (TypedDicts) and the store's time format
     errors.py            the exception tree
     sqlite_export.py     the export feed as a standalone SQLite file
-    oneshot.py           one call on the store at a path, for callers without a Store
 
 `PostgresStore` is imported on first use of the name (psycopg behind it is heavy and only a
 PostgreSQL store needs it): `from holdgate.store import PostgresStore` works as ever.
@@ -56,17 +55,6 @@ from holdgate.store.errors import (
     UnknownCampaign,
 )
 from holdgate.store.interface import Store
-from holdgate.store.oneshot import (
-    append_approval_state,
-    approval,
-    approval_states,
-    create_approval,
-    decide_approval,
-    expire_pending,
-    export_rows,
-    pending_approvals,
-    tool_pin_rows,
-)
 from holdgate.store.purge import PurgeRecord, PurgeReport
 from holdgate.store.queries import EXPORT_FIELDS
 from holdgate.store.rows import (
@@ -144,21 +132,12 @@ __all__ = [
     "ToolPinRow",
     "UnknownApproval",
     "VerifyReport",
-    "append_approval_state",
-    "approval",
-    "approval_states",
     "chain_hash",
-    "create_approval",
-    "decide_approval",
-    "expire_pending",
-    "export_rows",
     "iso",
     "normalize_row",
     "open_db",
     "open_store",
     "parse_iso",
-    "pending_approvals",
     "schema_version",
-    "tool_pin_rows",
     "write_sqlite_export",
 ]

@@ -20,10 +20,10 @@ that records a decision, so the holding replica wakes at its commit.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from typing import Literal, cast
+import json
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Literal, cast
 
-from holdgate.approvals.approval_rules import approver_groups
 from holdgate.store import replica_records
 from holdgate.store.chain import append_rows, normalize_row
 from holdgate.store.errors import (
@@ -62,6 +62,17 @@ _REQUEST_COLUMNS = (
     "replica",
     "rule_lineage",
 )
+
+
+def approver_groups(row: Mapping[str, Any]) -> frozenset[str]:
+    """The groups that may decide an approval row; none when the row's list is unreadable."""
+    try:
+        groups = json.loads(row.get("approvers") or "[]")
+    except (TypeError, json.JSONDecodeError):
+        return frozenset()
+    if not isinstance(groups, list):
+        return frozenset()
+    return frozenset(g for g in groups if isinstance(g, str))
 
 
 def latest(conn: SqlConnection, approval_id: str) -> ApprovalRecord | None:

@@ -23,10 +23,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
-from holdgate.config.metrics_config import MetricsConfig
-from holdgate.identity.identities import Identity
+from holdgate.identity import Identity
 from holdgate.policy.rules import ACTIONS, DEFAULT_DENY
 from holdgate.store.rows import Row
+from holdgate.telemetry.metrics_config import MetricsConfig
 
 OTHER = "other"
 MCP_METHODS = frozenset(

@@ -20,8 +20,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import urlsplit
 
-from holdgate.config.configfile import Node, Problems
-from holdgate.config.options import is_loopback
+from holdgate.configfile import Node, Problems, is_loopback
 
 FEED_KEYS = {"name", "webhook", "syslog", "secret", "batch", "timeout"}
 MAX_BATCH = 10_000

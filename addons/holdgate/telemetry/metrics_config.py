@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from holdgate.config.configfile import Node
+from holdgate.configfile import Node
 
 METRICS_KEYS = {"auth", "groups"}
 MetricsAuth = Literal["loopback", "open", "identity"]

@@ -1,9 +1,8 @@
 """One call, one connection: the store named by a path, opened for a single call and closed.
 
-For callers that hold no `Store`: tests and scripts that inspect a running gateway's store
-from outside. The gateway itself uses the Recorder's `Store`; code that makes several
-calls opens a `Store`.
-Readers never create a store; writers create it, as the gateway does.
+For tests that inspect a running gateway's store from outside, without holding a `Store`
+(the package itself always holds one). Readers never create a store; writers create it,
+as the gateway does.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ Exceptions:
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator
@@ -430,3 +431,13 @@ def _lookup(match: re.Match[str], node: Node) -> str:
         return path.read_text("utf-8").strip()
     except OSError as exc:
         raise node.error(f"cannot read secret file {path} ({exc.strerror})") from None
+
+
+def is_loopback(host: str) -> bool:
+    """`localhost` or a loopback address; any other name may resolve to anything."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
