@@ -60,7 +60,6 @@ class Telemetry:
         ] = weakref.WeakKeyDictionary()
         self.callers = AdminCallers()
         recorder.telemetry = self
-        holds.routes["/metrics"] = self.handle_metrics
         loader.listeners.append(lambda _event: self._know(loader.current))
 
     def configure(self, updated: set[str]) -> None:
