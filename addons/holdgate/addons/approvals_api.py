@@ -74,7 +74,9 @@ class ApprovalsApi:
         approver = await self.callers.identity(config, request)
         if approver is None:
             return AdminResponse(401, {"error": UNAUTHENTICATED_ADMIN})
-        if len(parts) == 1 and request.method == "GET":
+        if len(parts) == 1:
+            if request.method != "GET":
+                return AdminResponse(405, {"error": "GET /approvals"})
             pending = await asyncio.to_thread(self.core.store().approvals, pending_only=True)
             return AdminResponse(
                 200, [row for row in pending if may_see(row, approver.user, approver.groups)]
