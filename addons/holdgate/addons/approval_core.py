@@ -128,6 +128,10 @@ class ApprovalCore:
             raise RuntimeError("the audit store is not open")
         return self.recorder.store
 
+    def key(self, config: GatewayConfig) -> bytes:
+        """The digest key of the store: argument digests, tokens and status links."""
+        return self.recorder.key(config)
+
     def replica(self) -> str | None:
         return self.replicas.replica if self.replicas is not None else None
 

@@ -132,7 +132,7 @@ class ApprovalsApi:
         """The page an elicitation sends the requester to. Its link is its credential (a
         browser carries no bearer token): without the right `t` it is a plain 404."""
         token = parse_qs(urlsplit(path).query).get("t", [""])[0]
-        key = self.core.recorder.key(config)
+        key = self.core.key(config)
         missing = AdminResponse(404, {"error": "no such approval page"})
         if not approval_id.isalnum() or not elicitation.status_token_holds(key, approval_id, token):
             return missing

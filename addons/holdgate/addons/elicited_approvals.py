@@ -93,7 +93,7 @@ class ElicitedApprovals:
         assert st.upstream is not None
         message, decision = decided.message, decided.decision
         upstream = st.upstream.name
-        key = self.core.recorder.key(config)
+        key = self.core.key(config)
         token = request_state(message.raw)
         if token is None or not elicitation.is_gateway_state(token):
             await self._ask(flow, decided, identity, config)
@@ -217,7 +217,7 @@ class ElicitedApprovals:
         st = state(flow)
         assert st.upstream is not None
         message, decision = decided.message, decided.decision
-        digest_args = args_digest(self.core.recorder.key(config), message.arguments or {})
+        digest_args = args_digest(self.core.key(config), message.arguments or {})
         key = grant_key(identity.user, st.upstream.name, message.target or "", digest_args or "")
         if await self.core.granted(flow, decided, identity, key):
             flow.request.content = dumps(elicitation.without_gateway_round(message.raw))
@@ -246,7 +246,7 @@ class ElicitedApprovals:
         config = st.config
         assert config is not None and st.identity is not None and st.upstream is not None
         approval_id = record["approval_id"]
-        key = self.core.recorder.key(config)
+        key = self.core.key(config)
         base = self._status_base()
         if base is None:
             raise RuntimeError("the approvals API is disabled (holdgate_admin is empty)")

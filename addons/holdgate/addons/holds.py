@@ -161,7 +161,7 @@ class ApprovalHolds:
             if decision.action != "approve":
                 continue
             message = decided.message
-            digest_args = args_digest(self.core.recorder.key(config), message.arguments or {})
+            digest_args = args_digest(self.core.key(config), message.arguments or {})
             upstream = st.upstream.name
             key = grant_key(identity.user, upstream, message.target or "", digest_args or "")
             if await self.core.granted(flow, decided, identity, key):
