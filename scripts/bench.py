@@ -32,6 +32,8 @@ Scenarios (all on loopback; every process is started and stopped here):
   masking  in-process masking MB/s on 1 MB and 10 MB tool results, PII-dense and clean, and
            the per-event cost of masking a stream of 1 KB SSE events
   policy   decision time for 10, 100 and 1,000 tool-name and argument rules
+  cli      the CPU `holdgate --help` and `holdgate approvals list` cost to start, best and
+           median of fresh processes (scripts/bench_cli.py, which also runs on its own)
 The upstream is scripts/bench_upstream.py in its own process. Prints tables and writes
 bench-results/<time>.json so runs can be compared across commits.
 """
@@ -70,6 +72,7 @@ BIN = Path(sys.executable).parent
 sys.path.insert(0, str(ROOT / "addons"))
 sys.path.insert(0, str(ROOT / "tests"))  # helpers.postgres: the suite's PostgreSQL, reused
 
+import bench_cli  # noqa: E402
 import bench_masking  # noqa: E402
 from holdgate.config.configfile import parse_yaml  # noqa: E402
 from holdgate.masking.masker import StreamMasker  # noqa: E402
@@ -1302,6 +1305,12 @@ def best_of(repeat: int, run) -> float:  # type: ignore[no-untyped-def]
     return min(times)
 
 
+def scenario_cli(quick: bool) -> dict:
+    results = bench_cli.measure(ROOT, 5 if quick else bench_cli.RUNS)
+    bench_cli.print_table(ROOT, results)
+    return results
+
+
 def scenario_policy(quick: bool) -> dict:
     out = {}
     call = parse_body(
@@ -1527,6 +1536,7 @@ SCENARIOS = {
     "masking": scenario_masking,
     "hooks": scenario_hooks,
     "policy": scenario_policy,
+    "cli": scenario_cli,
     "chain": scenario_chain,
     "replicas": scenario_replicas,
 }

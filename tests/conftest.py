@@ -1,10 +1,16 @@
 """Fixtures only; what they use lives in `tests/helpers` (see its docstring).
 
 Every process or server a fixture starts is stopped by that fixture, by its pid.
+
+The suite runs its files in parallel (pytest-xdist, `-n auto --dist loadfile` in
+pyproject.toml): a file's tests stay together on one worker, in order, so a module-scoped
+fixture is started once per file. Ports come from `helpers.processes.free_port`, which no
+two workers share; each worker has its own tmp folders and PostgreSQL cluster.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -12,8 +18,40 @@ from typing import Any
 import pytest
 
 from helpers.postgres import PostgresServer, start_postgres, stop_postgres
-from helpers.processes import DemoServer, Gateway, start_demo, start_gateway, stop
+from helpers.processes import (
+    DemoServer,
+    Gateway,
+    SharedDemo,
+    start_demo,
+    start_gateway,
+    stop_soon,
+    wait_for_stops,
+)
 from helpers.upstreams import Answer, FakeUpstream, hostile_upstream
+
+# Workers for `-n auto`: most of a test's time is spent waiting on the gateway and servers
+# it starts, so more workers than cores (PYTEST_XDIST_AUTO_NUM_WORKERS=N overrides).
+WORKERS = 4
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    """As many workers as files named on the command line, up to WORKERS; none for one file
+    (no workers to start when a single file is run)."""
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return None  # pytest-xdist's own hook reads it
+    paths = [Path(str(arg).split("::")[0]) for arg in config.args]
+    if any(path.is_dir() for path in paths):
+        return WORKERS
+    files = len(set(paths))
+    return 0 if files <= 1 else min(WORKERS, files)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _every_process_stopped() -> Iterator[None]:
+    """The fixtures below stop their processes in the background (`stop_soon`); the session
+    ends only once all have stopped."""
+    yield
+    wait_for_stops()
 
 
 @pytest.fixture
@@ -21,11 +59,26 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+@pytest.fixture(scope="module")
+def shared_demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SharedDemo]:
+    """The demo server of a module's tests (started on first use)."""
+    shared = SharedDemo(tmp_path_factory.mktemp("demo"))
+    yield shared
+    shared.stop()
+
+
 @pytest.fixture
-def demo(tmp_path: Path) -> Iterator[DemoServer]:
-    server = start_demo(tmp_path)
-    yield server
-    stop(server.proc)
+def demo(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DemoServer]:
+    """The demo MCP server, showing this test only its own requests: the module's shared
+    one (`shared_demo`), or a new one for this test when the module sets
+    `DEMO_PER_TEST = True` (its tests change the demo's data)."""
+    if getattr(request.module, "DEMO_PER_TEST", False):
+        server = start_demo(tmp_path)
+        yield server
+        stop_soon(server.proc)
+    else:
+        shared: SharedDemo = request.getfixturevalue("shared_demo")
+        yield shared.for_a_test(tmp_path)
 
 
 @pytest.fixture
@@ -40,7 +93,7 @@ def gateway_factory(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
 
     yield factory
     for gw in started:
-        stop(gw.proc)
+        stop_soon(gw.proc)
 
 
 @pytest.fixture
@@ -82,6 +135,7 @@ def postgres() -> Iterator[PostgresServer]:
     """One real PostgreSQL 15 server for the session (started on first use, by its pid)."""
     server = start_postgres()
     yield server
+    wait_for_stops()  # no gateway still connected
     stop_postgres(server)
 
 

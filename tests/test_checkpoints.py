@@ -122,7 +122,7 @@ def test_an_untouched_store_verifies_against_its_witness(
     assert result.exit_code == 0, result.output
     kid = key_id(load_private_key(keys[0].read_bytes()).public_key())
     lines = result.output.splitlines()
-    assert lines[0] == "ok: 9 rows, hash chain intact"
+    assert lines[0] == "ok: 9 rows, head #9, hash chain intact"
     assert lines[1].startswith(
         f"ok: 3 checkpoints in {setup.witness}, signatures good and every head reproduced "
         f"(key {kid}: #1..#3); the latest signs seq 9 at "

@@ -163,12 +163,12 @@ def test_export_sqlite_writes_a_standalone_file(db: str, tmp_path: Path) -> None
 
 
 def test_verify_and_purge(db: str, tmp_path: Path) -> None:
-    assert run("verify", "--db", db).output == "ok: 4 rows, hash chain intact\n"
+    assert run("verify", "--db", db).output == "ok: 4 rows, head #4, hash chain intact\n"
     purged = run("purge", "--db", db, "--older-than", "1d", "--recordings", str(tmp_path))
     assert purged.output == (
         "removed 3 events, 1 sessions (seq 1..4); 0 flow files; checkpoint seq 5\n"
     )
-    assert run("verify", "--db", db).output == "ok: 1 rows, hash chain intact\n"
+    assert run("verify", "--db", db).output == "ok: 1 rows, head #5, hash chain intact\n"
 
 
 def test_purge_removes_every_flow_file_of_a_purged_session(db: str, tmp_path: Path) -> None:
@@ -214,7 +214,7 @@ def test_a_postgresql_store_is_verified_like_any(pg_url: str) -> None:
         opened.append("events", {"ts": store.iso(), "user": "alice"})
     result = CliRunner().invoke(main, ["verify", "--db", pg_url])
     assert result.exit_code == 0, result.output
-    assert result.output == "ok: 1 rows, hash chain intact\n"
+    assert result.output == "ok: 1 rows, head #1, hash chain intact\n"
     with psycopg.connect(pg_url, autocommit=True) as conn:  # an edit made behind its back
         conn.execute("UPDATE events SET \"user\" = 'mallory'")
     tampered = CliRunner().invoke(main, ["verify", "--db", pg_url])

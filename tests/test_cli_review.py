@@ -104,7 +104,7 @@ def test_sessions_and_clients_per_identity_in_every_format(tmp_path: Path) -> No
                 "events",
                 {**call, "session_id": session, "direction": "request", "target": "get_customer"},
             )
-    assert "sessions: 3; clients: cli/1.0, ide/2 &lt;b&gt;\n" in review(db, config)
+    assert "sessions: 3; clients: ` cli/1.0, ide/2 <b> `\n" in review(db, config)
 
     def rendered(fmt: str) -> str:
         args = ["review", "--db", str(db), "--config", str(config), "--format", fmt]
@@ -113,3 +113,38 @@ def test_sessions_and_clients_per_identity_in_every_format(tmp_path: Path) -> No
     assert "sessions: 3; clients: cli/1.0, ide/2 &lt;b&gt;</p>" in rendered("html")
     header, row = rendered("csv").splitlines()[:2]
     assert header.endswith(",sessions,clients") and row.endswith(",3,cli/1.0 | ide/2 <b>")
+
+
+def test_campaign_status_shows_control_characters_escaped(tmp_path: Path) -> None:
+    """A reviewer's reason and a tool name reach a terminal: an escape sequence in them
+    (a hyperlink, a cursor move, a cleared line) is shown, never acted on."""
+    from holdgate.store.campaign_records import ItemSpec
+
+    db = tmp_path / "audit.sqlite3"
+    evil = "get\x1b]8;;http://127.0.0.1:9/x\x07click\x1b]8;;\x07\x1b[2K\u202e"
+    with store.SqliteStore(db) as opened:
+        spec = ItemSpec("alice", "demo", "tool", evil, "support", {"calls": 1})
+        period = ("2026-01-01T00:00:00Z", "2026-02-01T00:00:00Z")
+        cid = opened.start_campaign("rc-1", period, "h", "carol", {}, [spec]).campaign_id
+    certified = CliRunner().invoke(
+        main,
+        [
+            "review",
+            "certify",
+            f"{cid}.1",
+            "keep",
+            "--as",
+            "carol",
+            "--reason",
+            evil,
+            "--db",
+            str(db),
+        ],
+        catch_exceptions=False,
+    )
+    status = CliRunner().invoke(main, ["review", "status", cid, "--db", str(db)])
+    for result in (certified, status):
+        assert result.exit_code == 0, result.output
+        assert "\x1b" not in result.output and "\x07" not in result.output
+        assert "\u202e" not in result.output
+        assert "get\\u001b]8;;http://127.0.0.1:9/x\\u0007click" in result.output

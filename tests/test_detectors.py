@@ -167,7 +167,8 @@ def test_ordinary_text_has_nothing_sensitive(text: str) -> None:
 def test_builtin_names_and_docstring_table() -> None:
     expected = (
         "email phone credit_card iban us_ssn aws_access_key aws_secret_key github_token "
-        "slack_token stripe_key openai_key anthropic_key jwt private_key generic_secret"
+        "slack_token stripe_key openai_key anthropic_key jwt private_key generic_secret "
+        "google_api_key gitlab_token npm_token huggingface_token sendgrid_key azure_storage_key"
     ).split()
     assert list(BUILTIN_DETECTORS) == expected
     for name in expected:

@@ -19,6 +19,8 @@ from helpers.processes import free_port, holdgate_cli, stop
 from helpers.upstreams import Reply
 from holdgate import store
 
+DEMO_PER_TEST = True  # approved calls change the demo's data: a fresh demo each test
+
 pytestmark = pytest.mark.anyio
 
 

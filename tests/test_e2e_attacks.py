@@ -21,9 +21,9 @@ import pytest
 
 from helpers.clients import raw_post
 from helpers.configs import ALICE, identity
-from helpers.leaks import assert_nothing_leaked
+from helpers.leaks import assert_nothing_leaked, spellings
 from helpers.processes import Gateway, free_port, gateway_command, stop
-from helpers.upstreams import PII_CARD, PII_EMAIL
+from helpers.upstreams import ECHO_FORMS, PII_CARD, PII_EMAIL
 
 TOKEN = "hg-upstream-secret-7f3a9c2e41"
 CONFIG = (
@@ -95,6 +95,44 @@ def test_a_credential_reflected_in_unicode_escapes_never_reaches_the_client(gate
     data = body.split("data: ", 1)[1] if path.endswith("sse") else body
     seen = json.loads(data)["result"]["seen"]
     assert TOKEN not in seen and "[REDACTED:injected_credential]" in seen
+    assert_nothing_leaked(gateway, *NEVER_RECORDED)
+
+
+def echoed_text(body: bytes) -> str:
+    """What an echo tool's answer says, as a client puts it back together: the `text` and
+    `data` strings of every message (JSON body or event stream), in order."""
+    datas = [line[6:] for line in body.decode().splitlines() if line.startswith("data: ")]
+    messages = [json.loads(data) for data in datas] if datas else [json.loads(body)]
+    return "".join(text for message in messages for text in _texts(message))
+
+
+def _texts(value, key: str = "") -> list[str]:
+    if isinstance(value, str):
+        return [value] if key in ("text", "data") else []
+    if isinstance(value, dict):
+        return [s for name, item in value.items() for s in _texts(item, name)]
+    if isinstance(value, list):
+        return [s for item in value for s in _texts(item, key)]
+    return []
+
+
+def test_every_spelling_of_a_reflected_credential_is_replaced(gateway, hostile):
+    # An echo or dump tool hands back the injected Authorization as base64 of a request
+    # dump (at each byte alignment, both alphabets), hex, another letter case, escaped,
+    # and cut in two content[] texts or two events of a stream.
+    folded, exact = spellings(TOKEN)
+    missed = []
+    for form in ECHO_FORMS:
+        for how in ("reflect", "reflect-parts", "reflect-sse"):
+            response = raw_post(f"{gateway.url}/{how}/{form}", call(), ALICE)
+            assert response.status == 200, (form, how, response.body)
+            text = echoed_text(response.body)
+            clear = [f for f in exact if f in text.encode()]
+            clear += [f for f in folded if f in text.lower().encode()]
+            if clear or "[REDACTED:injected_credential]" not in text:
+                missed.append((how, form, clear))
+    assert not missed
+    assert len(hostile.received) == 3 * len(ECHO_FORMS)
     assert_nothing_leaked(gateway, *NEVER_RECORDED)
 
 
@@ -187,8 +225,65 @@ def test_unauthenticated_requests_create_no_session_and_no_flow_file(gateway, ho
     assert not gateway.recordings.exists() or not any(gateway.recordings.iterdir())
 
 
+def read_response(sock: socket.socket) -> bytes:
+    """Everything the gateway sends until it closes the connection (30 s at most)."""
+    sock.settimeout(30)
+    received = b""
+    while chunk := sock.recv(65536):
+        received += chunk
+    return received
+
+
+@pytest.mark.parametrize("credential", [b"", b"X-API-Key: wrong\r\n"], ids=["none", "wrong"])
+def test_a_body_without_a_valid_key_is_answered_401_before_it_is_sent(gateway, hostile, credential):
+    """Headers announcing an upload just under holdgate_max_body, and no body sent: the 401
+    comes at once on the headers and the connection is closed, so the gateway never reads
+    the body (before, it waited for all of it); the refusal is still recorded."""
+    sock = socket.create_connection(("127.0.0.1", gateway.port), timeout=10)
+    sock.sendall(
+        b"POST /mcp HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + credential
+        + b"Content-Length: 4000000\r\n\r\n"
+    )
+    answer = read_response(sock)  # nothing of the body was sent
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 401"), answer[:200]
+    assert b"connection: close" in head.lower() and b"www-authenticate: bearer" in head.lower()
+    assert json.loads(body)["error"]["code"] == -32001
+    with pytest.raises(OSError):  # closed: what the client still sends is refused
+        for _ in range(64):
+            sock.sendall(b" " * 65536)
+            time.sleep(0.01)
+    sock.close()
+    assert hostile.received == []
+    stop(gateway.proc)
+    assert rows(gateway, "select decision, reason from events") == [
+        (
+            "unauthenticated",
+            f"unauthorized: {'unknown API key' if credential else 'no credentials'}",
+        )
+    ]
+
+
+def test_a_body_with_a_valid_key_is_still_read_and_forwarded(gateway, hostile):
+    """Only an answer given on the headers closes early: a caller with a key is served."""
+    body = json.dumps(call()).encode()
+    sock = socket.create_connection(("127.0.0.1", gateway.port), timeout=10)
+    sock.sendall(
+        b"POST /mcp HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Accept: application/json, text/event-stream\r\nConnection: close\r\n"
+        + f"X-API-Key: {ALICE['X-API-Key']}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+    )
+    sock.sendall(body)
+    answer = read_response(sock)
+    sock.close()
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+    assert len(hostile.received) == 1
+
+
 def test_huge_chunked_body_is_cut_while_read_not_buffered(gateway, hostile):
-    """64 MB announced in chunks with a bad key: refused at the 4 MB limit, RSS stays low."""
+    """64 MB announced in chunks with a bad key: refused on its headers and closed (the 401
+    may be lost to the reset of a connection closed with unread data), RSS stays low."""
     sock = socket.create_connection(("127.0.0.1", gateway.port), timeout=10)
     sock.sendall(
         b"POST /mcp HTTP/1.1\r\nHost: x\r\nX-API-Key: wrong\r\n"
@@ -205,7 +300,7 @@ def test_huge_chunked_body_is_cut_while_read_not_buffered(gateway, hostile):
     answer = sock.recv(65536)
     sock.close()
     assert sent < 16 * 1024 * 1024
-    assert answer.startswith(b"HTTP/1.1 413") or answer == b""
+    assert answer.startswith(b"HTTP/1.1 401") or answer == b""
     rss_kb = int(
         next(
             line.split()[1]

@@ -17,6 +17,8 @@ from helpers.clients import connect, raw_post
 from helpers.configs import ALICE, identity
 from helpers.processes import holdgate_cli, stop
 
+DEMO_PER_TEST = True  # approved calls change the demo's data: a fresh demo each test
+
 pytestmark = pytest.mark.anyio
 
 MASKED_SQL = (

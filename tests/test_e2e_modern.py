@@ -24,6 +24,8 @@ from helpers.leaks import assert_nothing_leaked
 from helpers.processes import stop
 from holdgate import store
 
+DEMO_PER_TEST = True  # approved calls change the demo's data: a fresh demo each test
+
 pytestmark = pytest.mark.anyio
 
 CONFIG = (

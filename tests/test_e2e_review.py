@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import sqlite3
 import urllib.error
 import urllib.request
@@ -288,3 +289,100 @@ def test_apply_refuses_a_tampered_store_and_another_config(tmp_path: Path) -> No
     tampered = run("apply", cid, "--out", out, "--config", str(config))
     assert tampered.exit_code == 1 and "hash chain is broken" in tampered.output
     assert not Path(out).exists()
+
+
+PIXEL = "![pixel](http://127.0.0.1:9/track.png?who=reviewer)"
+LINK = "[x](javascript:alert(1))"
+
+
+@pytest.mark.anyio
+async def test_a_hostile_client_name_and_tool_are_inert_in_every_report(
+    demo, gateway_factory, tmp_path
+) -> None:
+    """A client names itself with an image and a link, calls a tool named with Markdown and
+    HTML: the Markdown report (as GitHub renders it) and the HTML report (as Chromium builds
+    it) show them as text, with no image, link or heading of theirs."""
+    import cmarkgfm
+    from cmarkgfm.cmark import Options
+    from mcp.types import Implementation
+
+    gw = gateway_factory(CONFIG.format(url=demo.url), demo.url)
+    evil_tool = f"{LINK}\n# owned\n`` <img src=x> |"
+    info = Implementation(name=PIXEL, version=f"1 {LINK}")
+    async with connect(gw.url + "/mcp", ALICE, client_info=info) as client:
+        await client.call_tool("get_customer", {"customer_id": 1})
+        with pytest.raises(MCPError):
+            await client.call_tool(evil_tool, {"command": PIXEL})
+    with anyio.fail_after(15):
+        while not any(r["target"] == evil_tool for r in store.export_rows(gw.db)):
+            await anyio.sleep(0.1)
+    pages = {}
+    for fmt in ("md", "html", "json", "csv"):
+        out = tmp_path / f"review.{fmt}"
+        made = cli("review", "--format", fmt, "--as", "auditor", "--db", str(gw.db), "-o", str(out))
+        assert made.returncode == 0, made.stderr
+        pages[fmt] = out.read_text()
+    assert PIXEL in pages["md"]  # the client's name is in the report, as a code span
+    github = cmarkgfm.github_flavored_markdown_to_html(
+        pages["md"], options=Options.CMARK_OPT_UNSAFE
+    )
+    (tmp_path / "review-md.html").write_text(github)
+    for page in ("review-md.html", "review.html"):
+        dom = await anyio.to_thread.run_sync(dump_dom, (tmp_path / page).as_uri())
+        assert "track.png" in dom and "javascript:alert" in dom, page  # shown as text
+        assert "<img" not in dom and "<a " not in dom and "owned</h1>" not in dom, page
+    assert json.loads(pages["json"])["identities"][0]["clients"] == [f"{PIXEL}/1 {LINK}"]
+
+
+def api_is_down(admin: str) -> bool:
+    host, _, port = admin.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=1).close()
+    except OSError:
+        return True
+    return False
+
+
+@pytest.mark.anyio
+async def test_refused_certifications_are_bounded_per_caller(demo, gateway_factory) -> None:
+    """A non-reviewer floods the certify API with 64 KiB reasons: every attempt is refused,
+    the first 10 a minute are recorded one by one, the rest counted into the caller's next
+    recorded refusal; no stored reason is longer than its bound."""
+    from holdgate.store.campaign_records import REASON_CHARS, ItemSpec
+
+    admin = f"127.0.0.1:{free_port()}"
+    gw = gateway_factory(CONFIG.format(url=demo.url), demo.url, options={"holdgate_admin": admin})
+    spec = ItemSpec("alice", "demo", "tool", "get_customer", "support reads customers", {})
+    period = ("2026-01-01T00:00:00Z", "2026-02-01T00:00:00Z")
+    with store.SqliteStore(gw.db) as opened:
+        cid = opened.start_campaign("rc-flood", period, "h", "carol", {}, [spec]).campaign_id
+    with anyio.fail_after(15):  # the approvals API listens once the gateway runs
+        while api_is_down(admin):
+            await anyio.sleep(0.1)
+    path = f"/campaigns/{cid}/items/{cid}.1/certify"
+    flood = {"decision": "keep", "reason": "x" * (60 * 1024)}
+
+    def refused_rows() -> list[dict]:
+        with store.SqliteStore(gw.db) as opened:
+            (item,) = opened.campaign(cid).items
+        return list(item.refused)
+
+    for _ in range(30):
+        status, body = await anyio.to_thread.run_sync(api, admin, path, BOB, flood)
+        assert status == 403 and "not in the reviewer groups" in body["error"]
+    assert len(refused_rows()) == 10
+    await anyio.sleep(6.5)  # one refusal's worth of budget back (10 a minute)
+    status, _ = await anyio.to_thread.run_sync(api, admin, path, BOB, flood)
+    assert status == 403
+    rows = refused_rows()
+    assert len(rows) == 11 and all(r["reviewer"] == "bob" for r in rows)
+    assert (
+        "20 refused attempts by this caller before this one were not recorded"
+        in (rows[-1]["reason"])
+    )
+    status, body = await anyio.to_thread.run_sync(api, admin, path, CAROL, flood)
+    assert status == 200 and body["state"] == "keep"
+    stored = body["reason"]
+    assert len(stored) < REASON_CHARS + 50 and stored.endswith(
+        f"[truncated: {60 * 1024} characters]"
+    )

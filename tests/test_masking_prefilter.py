@@ -13,7 +13,12 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from holdgate.masking import prefilter
-from holdgate.masking.detectors import BUILTIN_DETECTORS, custom_detector
+from holdgate.masking.detectors import (
+    BUILTIN_DETECTORS,
+    KEYED_DETECTORS,
+    custom_detector,
+    national_phones,
+)
 from holdgate.masking.masker import (
     FieldRule,
     MaskingPolicy,
@@ -24,6 +29,13 @@ from holdgate.masking.masker import (
     scan,
 )
 from holdgate.masking.prefilter import TRIGGERS, prefilter_for
+
+# Every trigger, the built-ins' and those of the parts that read keys or national phones.
+ALL_TRIGGERS = {
+    **TRIGGERS,
+    "national phone": prefilter._trigger(national_phones(("GB",))) or "",
+    **{f"{n} keys": prefilter._trigger(d) or "" for n, d in KEYED_DETECTORS.items()},
+}
 
 KEY = b"prefilter-test-key"
 ALL = tuple(BUILTIN_DETECTORS.values())
@@ -51,6 +63,17 @@ EFFECTS = {
     "near": MaskingPolicy(
         (Profile("n", (BUILTIN_DETECTORS["aws_secret_key"], BUILTIN_DETECTORS["email"])),)
     ).profiles_for("crm", None, ()),
+    "keyed": MaskingPolicy(
+        (
+            Profile(
+                "k",
+                tuple(BUILTIN_DETECTORS[n] for n in ("generic_secret", "us_ssn", "phone")),
+                (FieldRule.parse("$..Note"),),
+                secret_keys=("session_ref",),
+                phone_regions=("GB", "FR"),
+            ),
+        )
+    ).profiles_for("crm", None, ()),
     "tree": MaskingPolicy(
         (Profile("t", (BUILTIN_DETECTORS["email"],), (FieldRule.parse("$.rows[0].note"),)),)
     ).profiles_for("crm", None, ()),
@@ -77,6 +100,21 @@ PLANTED = [
     "-----BEGIN RSA PRIVATE KEY-----\nMIIE\n-----END RSA PRIVATE KEY-----",
     "password=hunter2",
     "EMP-1234",
+    "josé.garcía@bücher.example",
+    "b@xn--bcher-kva.xn--p1ai",
+    "020 7946 0958",
+    "01 23 45 67 89",
+    "4111.1111.1111.1111",
+    "ref-4111/1111/1111/1111",
+    "de89-3704-0044-0532-0130-00",
+    "123456789",
+    "Authorization: Bearer opaque123token",
+    "AIzaSyD-9tSrke72PouQMnMX-a7eZSW0jkFMBWY",
+    "glpat-xYz123abcDEF456ghiJk",
+    "npm_" + "a1B2" * 9,
+    "hf_" + "aBcDeFgHiJkLmNoPqRsTuVwXyZaBcDeFgH",
+    "SG." + "a1" * 11 + "." + "b2C" * 14 + "d",
+    "AccountKey=" + "Ab1+" * 21 + "xy==",
 ]
 
 
@@ -90,6 +128,10 @@ def disguised(value: str, how: int) -> str:
         return value[:3] + "\u200b" + value[3:]
     if how == 4:
         return value.replace("-", "\u2013")
+    if how == 5:
+        return value.replace("@", "%40").replace(" ", "%20")
+    if how == 6:
+        return value.replace("@", "&#64;").replace(".", "&period;")
     return value
 
 
@@ -103,10 +145,14 @@ TEXT = st.builds(
     lambda a, planted, how, b: a + disguised(planted, how) + b,
     NOISE,
     st.sampled_from(PLANTED),
-    st.integers(0, 4),
+    st.integers(0, 6),
     NOISE,
 ) | st.text(max_size=40)
-KEYS = st.sampled_from(["notes", "aws", "password", "api_key", "x", "rows", "note", "id"])
+KEYS = st.sampled_from(
+    ["notes", "aws", "password", "api_key", "x", "rows", "note", "id", "Client-Secret", "apiKey"]
+    + ["SSN", "session_ref", "nextPageToken", "Password", "NOTE", "access.token"]
+    + ["PAßWORD", "ſecret", "\u212aey", "api\u212aey"]  # case mappings beyond ASCII
+)
 # JSON text as Python never writes it: numbers in exponent form, escaped characters.
 RAW_JSON = st.sampled_from(
     [
@@ -117,6 +163,10 @@ RAW_JSON = st.sampled_from(
         '["jane\\u0040example.com"]',
         '{"a": "\\u0034111 1111 1111 1111"}',
         '["wJalrXUtnFEMI\\/K7MDENG\\/bPxRfiCYEXAMPLEKEY"]',
+        '{"Client\\u002dSecret": "q8Zr"}',
+        '{"client\\nsecret": "q8Zr", "S\\u0053N": 123456789}',
+        '{"ssn": 219099999, "x": {"sessionRef": 42}}',
+        '["alice%40example.com", "alice&#x40;example.com"]',
     ]
 )
 
@@ -167,6 +217,13 @@ def both(value: Any, name: str) -> tuple[MaskOutcome, MaskOutcome]:
 @example({"x": json.dumps({"aws": ["wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"]})}, "near")
 @example({"x": json.dumps({"e": "jane\\u0040example.com"})}, "design")
 @example({"x": json.dumps(["\uff14\uff11\uff11\uff11 1111 1111 1111"], ensure_ascii=False)}, "one")
+@example({"x": json.dumps({"Client-Secret": "q8Zr"})}, "keyed")
+@example({"x": '{"ssn": 219099999}'}, "keyed")
+@example({"client_secret": '["q8Zr"]', "ssn": "[219099999]"}, "keyed")
+@example({"x": json.dumps(["alice%40example.com", "bob&#64;example.com"])}, "design")
+@example({"x": json.dumps(["call\n020 7946 0958"])}, "keyed")
+@example({"x": json.dumps(["Authorization: Bearer opaque123token"])}, "design")
+@example({"x": json.dumps(["ref-4111/1111/1111/1111 de89-3704-0044-0532-0130-00"])}, "design")
 def test_prefiltered_masking_is_plain_masking(value: Any, name: str) -> None:
     plain, filtered = both(value, name)
     assert filtered == plain
@@ -201,21 +258,24 @@ def test_a_clean_tool_result_is_kept_as_sent() -> None:
 
 @settings(max_examples=300, deadline=None)
 @given(
-    st.sampled_from(sorted(TRIGGERS)),
+    st.sampled_from(sorted(ALL_TRIGGERS)),
     st.builds(
         lambda a, planted, b: a + planted + b,
         st.text(alphabet=st.sampled_from(list('a0 \n\t"\\/[:,')), max_size=8),
-        st.sampled_from([*PLANTED, "[\n4.1e15]", ": 1E20", "AWS", "Secret"]),
+        st.sampled_from(
+            [*PLANTED, "[\n4.1e15]", ": 1E20", "AWS", "Secret", "Client-Secret", "s s\nn"]
+        ),
         st.text(alphabet=st.sampled_from(list('a0 \n\t"\\/')), max_size=8),
     ),
 )
 def test_a_trigger_in_a_string_is_in_its_json_text(name: str, text: str) -> None:
     # What clean_json relies on: escaping a string (once, or as JSON text in JSON text)
     # never hides a trigger it holds.
-    if re2.search(TRIGGERS[name], text):
+    trigger = ALL_TRIGGERS[name]
+    if re2.search(trigger, text):
         once = json.dumps(text, ensure_ascii=False)
-        assert re2.search(TRIGGERS[name], once)
-        assert re2.search(TRIGGERS[name], json.dumps(once, ensure_ascii=False))
+        assert re2.search(trigger, once)
+        assert re2.search(trigger, json.dumps(once, ensure_ascii=False))
 
 
 def test_every_builtin_detector_has_a_trigger() -> None:

@@ -87,3 +87,20 @@ def test_text_report_limits_examples_unless_asked():
     short = format_report(report, 5)
     assert "… and 3 more" in "\n".join(short)
     assert sum("eve -> db" in line for line in format_report(report, None)) == 8
+
+
+def test_tasks_requests_are_replayed_by_their_owner_then_the_rules():
+    link = json.dumps({"task": {"key": "k", "tool": "run_sql"}})
+    other = json.dumps({"task": {"key": "k", "tool": "purge"}})
+    tasks = dict(method="tasks/get", target=None, args_masked=None)
+    rows = [
+        row(1, **tasks, rule="own-task", extra=link),  # still dana's, run_sql still allowed
+        row(2, **tasks, decision="deny", rule="foreign-task"),  # another caller's: still no
+        row(3, **tasks, rule="own-task", extra=other),  # the candidate no longer allows purge
+        row(4, method="tasks/list", target=None, args_masked=None, rule="own-tasks"),
+        row(5, **tasks, decision="deny", rule="invalid-task-cursor"),
+    ]
+    report = replay(CANDIDATE, rows)
+    assert report.considered == 4  # an invalid cursor is not the policy's decision
+    assert [(m.seq, m.candidate.rule) for m in report.changed] == [(3, "task-tool-not-allowed")]
+    assert report.unchanged == 3

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import html
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -77,7 +79,7 @@ def test_denials_are_counted_apart_from_uses_with_their_rule_and_reason() -> Non
     (denial,) = alice.denials.values()
     assert (denial.rule, denial.reason, denial.count) == ("default-deny", "no rule allows this", 1)
     text = render_markdown(review)
-    assert "| demo tool exec_shell | default-deny | 1 |" in text
+    assert "| ` demo tool exec_shell ` | ` default-deny ` | 1 |" in text
     assert "### Denials (1 refused calls)" in text
 
 
@@ -141,7 +143,8 @@ def test_masked_exposures_are_a_table_per_target_and_detector() -> None:
     )
     text = render_markdown(review)
     assert (
-        "| search_customers | email | 2 |" in text and "masked exposures: email 2, iban 1" in text
+        "| ` search_customers ` | ` email ` | 2 |" in text
+        and "masked exposures: email 2, iban 1" in text
     )
     assert '<td>search_customers</td><td>iban</td><td class="n">1</td>' in render_html(review)
 
@@ -152,7 +155,8 @@ def test_hostile_names_are_escaped_in_every_format() -> None:
     page = render_html(review)
     assert "<img" not in page and "&lt;img src=x onerror=alert(1)&gt;" in page
     text = render_markdown(review)
-    assert "<img" not in text and "\\|=cmd" in text
+    assert "` <img src=x onerror=alert(1)>\\|=cmd `" in text  # a code span: shown, not run
+    assert "<img" not in rendered_markdown(review)
     assert "'<img" not in render_csv(review)  # only a leading = + - @ is neutralised
     row = render_csv(model([call("=HYPERLINK(1)", "get_customer", "allow", "x")])).splitlines()[1]
     assert row.startswith("'=HYPERLINK(1)")
@@ -228,3 +232,71 @@ def test_narrowing_denies_exactly_the_revoked_grants(tools, revoked) -> None:
             after = candidate.policy.evaluate(caller, "demo", build_message("tools/call", tool, {}))
             gone = user == "u1" and tool in revoked
             assert after.action == ("deny" if gone else before.action)
+
+
+HOSTILE = (
+    "![pixel](http://127.0.0.1:9/track.png?who=reviewer)",
+    "[x](javascript:alert(1))",
+    "<img src=x>",
+    "a `code` b `` c ``` d",
+    "`",
+    "line\n# heading\n\n- item\n| a | b |\n|---|---|",
+    "x | y \\| z |",
+    "http://127.0.0.1:9/autolink www.example.com",
+    "*em* __strong__ ~~del~~ <b>bold</b> &lt;entity&gt; &#60;img&#62;",
+)
+
+
+def rendered_markdown(review) -> str:
+    """The Markdown report as GitHub renders it (cmark-gfm, raw HTML let through so any
+    that is not neutralised shows)."""
+    import cmarkgfm
+    from cmarkgfm.cmark import Options
+
+    return cmarkgfm.github_flavored_markdown_to_html(
+        render_markdown(review), options=Options.CMARK_OPT_UNSAFE
+    )
+
+
+def _review_with(text: str):
+    events = [
+        {**call(text, text, "deny", text, reason=text), "session_id": "s-evil"},
+        call(text, "run_sql", "approve", "destructive SQL", approval_id="a1"),
+    ]
+    approvals = [
+        {
+            "approval_id": "a1",
+            "decided": "2026-01-05T10:01:00Z",
+            "created": "2026-01-05T10:00:00Z",
+            "requester": text,
+            "tool": text,
+            "state": "denied",
+            "decider": text,
+            "reason": text,
+        }
+    ]
+    sessions = [{"session_id": "s-evil", "client": f"{text} {text}/1.0"}]
+    return build_review(Inputs(events, approvals, sessions), parse_config_text(CONFIG), HEADER)
+
+
+def skeleton(page: str) -> list[str]:
+    return re.findall(r"</?[a-z][a-z0-9]*", page)
+
+
+@pytest.mark.parametrize("evil", HOSTILE)
+def test_caller_text_in_the_markdown_report_is_inert(evil: str) -> None:
+    page = rendered_markdown(_review_with(evil))
+    assert "<img" not in page and "<a " not in page
+    # the same elements, in the same order, as for a harmless name: nothing added or split
+    assert skeleton(page) == skeleton(rendered_markdown(_review_with("plain")))
+    shown = " ".join(evil.split())
+    assert html.escape(shown, quote=False) in page
+
+
+def test_a_suggestion_with_backticks_and_newlines_stays_inside_its_yaml_block() -> None:
+    evil = "x\n```\n![pixel](http://127.0.0.1:9/t.png)\n```"
+    review = model([call("alice", evil, "allow", "support")])
+    page = rendered_markdown(review)
+    assert "<img" not in page
+    (block,) = [b for b in page.split("<pre") if 'lang="yaml"' in b[:40]]
+    assert "t.png" in block

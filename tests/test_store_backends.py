@@ -272,25 +272,30 @@ def test_a_connection_lost_inside_a_transaction_never_goes_on_outside_it(pg_url:
     conn.close()
 
 
-def test_a_store_of_schema_4_gains_the_feed_cursors_and_still_verifies(
-    where: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A store the previous release made (schema 4, before audit feeds) opens as schema 5:
-    `feed_cursors` is there, a feed can claim it, the old rows still verify."""
+def made_at_schema(where: str, version: int, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A store as an older release made it (schema `version`, one event in it); the
+    backend's schema module."""
     backend = pg_schema if where.startswith("postgresql") else schema
+    first = getattr(backend, "FIRST_VERSION", 1)
     with monkeypatch.context() as patched:
-        newer = backend.SCHEMA_VERSION - 4  # migrations after schema 4
-        patched.setattr(
-            backend, "MIGRATIONS", backend.MIGRATIONS[: len(backend.MIGRATIONS) - newer]
-        )
-        patched.setattr(backend, "SCHEMA_VERSION", 4)
+        patched.setattr(backend, "MIGRATIONS", backend.MIGRATIONS[: version - first + 1])
+        patched.setattr(backend, "SCHEMA_VERSION", version)
         with store.open_store(where) as old:
             old.append("events", event("alice", 1.0))
             with old._conn() as conn:
-                assert backend.schema_version(conn) == 4
+                assert backend.schema_version(conn) == version
+    return backend
+
+
+def test_a_store_of_schema_4_gains_the_feed_cursors_and_still_verifies(
+    where: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store the release before audit feeds made (schema 4) opens at the current schema:
+    `feed_cursors` is there, a feed can claim it, the old rows still verify."""
+    backend = made_at_schema(where, 4, monkeypatch)
     with store.open_store(where) as new:
         with new._conn() as conn:
-            assert backend.schema_version(conn) == backend.SCHEMA_VERSION >= 5
+            assert backend.schema_version(conn) == backend.SCHEMA_VERSION
         assert new.feed_cursors() == []
         assert new.feed_claim("siem", "gw-1", 10.0) is not None
         assert [c["feed"] for c in new.feed_cursors()] == ["siem"]
@@ -304,19 +309,33 @@ def test_a_store_of_schema_5_gains_the_rule_lineage_of_approvals(
     """Schema 6 (issue 25 item 5): approvals name their rule's lineage. An approval stored
     before has none (it is never spent after the upgrade), and the old rows still verify."""
     backend = pg_schema if where.startswith("postgresql") else schema
+    first = getattr(backend, "FIRST_VERSION", 1)
     with monkeypatch.context() as patched:
-        patched.setattr(backend, "MIGRATIONS", backend.MIGRATIONS[: len(backend.MIGRATIONS) - 1])
+        patched.setattr(backend, "MIGRATIONS", backend.MIGRATIONS[: 5 - first + 1])
         patched.setattr(backend, "SCHEMA_VERSION", 5)
         with store.open_store(where) as old:
             old.create_approval(approval_request("a1", NOW))
             old.decide_approval("a1", "approved", "dana", ["dba"], None, now=NOW)
     with store.open_store(where) as new:
         with new._conn() as conn:
-            assert backend.schema_version(conn) == 6 == backend.SCHEMA_VERSION
+            assert backend.schema_version(conn) == backend.SCHEMA_VERSION >= 6
         before = new.approval("a1")
         assert before is not None and before["state"] == "approved"
         assert before.get("rule_lineage") is None
         new.create_approval(approval_request("a2", NOW, rule_lineage="f" * 64))
         after = new.approval("a2")
         assert after is not None and after["rule_lineage"] == "f" * 64
+        assert new.verify().ok
+
+
+def test_a_store_of_schema_6_gains_task_owners_and_still_verifies(
+    where: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = made_at_schema(where, 6, monkeypatch)
+    with store.open_store(where) as new:
+        with new._conn() as conn:
+            assert backend.schema_version(conn) == 7 == backend.SCHEMA_VERSION
+        task = store.TaskRecord("k", "alice", "crm", None, "report", "f", "1", 1.0, None)
+        assert new.claim_task(task) == task
+        new.append("events", event("bob", 2.0))
         assert new.verify().ok

@@ -68,18 +68,18 @@ def test_odd_rule_and_user_names_make_distinct_bounded_buckets(
 
 
 def test_a_grant_is_found_until_it_expires(db: store.Store) -> None:
-    key = grant_key("alice", "db", "run_sql", "d1")
+    key = grant_key("alice", "db", "tools/call", "run_sql", "d1")
     assert db.find_grant(key, now=NOW) is None
     db.add_grant(key, "a1", 600.0, now=NOW)
     assert db.find_grant(key, now=NOW + 599) == "a1"
     assert db.find_grant(key, now=NOW + 600) is None  # over
-    assert db.find_grant(grant_key("bob", "db", "run_sql", "d1"), now=NOW) is None
-    db.add_grant(grant_key("bob", "db", "run_sql", "d1"), "a2", 10.0, now=NOW + 700)
+    assert db.find_grant(grant_key("bob", "db", "tools/call", "run_sql", "d1"), now=NOW) is None
+    db.add_grant(grant_key("bob", "db", "tools/call", "run_sql", "d1"), "a2", 10.0, now=NOW + 700)
     assert db.find_grant(key, now=NOW) is None  # deleted once over, when a grant was added
 
 
 def test_a_grant_by_the_database_clock(db: store.Store) -> None:
-    key = grant_key("alice", "db", "run_sql", "d1")
+    key = grant_key("alice", "db", "tools/call", "run_sql", "d1")
     db.add_grant(key, "a1", 600.0)
     assert db.find_grant(key) == "a1"
     assert db.find_grant(key, now=db.db_now() + 601) is None

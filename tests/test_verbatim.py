@@ -43,7 +43,7 @@ def test_bytes_that_could_say_more_than_was_checked_are_written_anew(raw: bytes)
 
 @given(st.text())
 def test_a_string_json_writes_without_ascii_escapes_and_slashes_may_go_as_is(text: str) -> None:
-    # The short escapes json.dumps writes are the guard's needles' forms too.
+    # The short escapes json.dumps writes may go as the upstream wrote them.
     data = json.dumps({"t": text}, ensure_ascii=False).encode("utf-8", "surrogatepass")
     if b"\\u" not in data and not any(c.isdigit() for c in text):
         assert verbatim(data, [MESSAGE], [MESSAGE])

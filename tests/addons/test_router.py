@@ -1,11 +1,15 @@
 """Router in process: which upstream a request is for, and what it refuses before routing."""
 
 import pytest
+from mitmproxy import exceptions
+from mitmproxy.addons.proxyserver import Proxyserver
 from mitmproxy.test import taddons
 
 from helpers.flows import UPSTREAM_URL, call, error_of, gateway, mcp_flow, send
+from holdgate.addons import http_seams
 from holdgate.addons.config_loader import ConfigLoader
-from holdgate.addons.router import Router
+from holdgate.addons.router import Router, failure_message
+from holdgate.config.gateway_config import Upstream
 
 pytestmark = pytest.mark.anyio
 
@@ -94,3 +98,37 @@ async def test_without_a_loaded_config_everything_is_503():
         flow = await send(tctx, mcp_flow(call("x")))
     status, _, message = error_of(flow)
     assert status == 503 and "no valid config" in message
+
+
+def test_connection_strategy_is_lazy_and_a_later_eager_is_refused(tmp_path):
+    router = Router(ConfigLoader())
+    with taddons.context(Proxyserver(), router) as tctx:
+        tctx.configure(router, connection_strategy="eager")  # as mitmproxy starts: its default
+        assert tctx.options.connection_strategy == "lazy"
+        with pytest.raises(exceptions.OptionsError, match="`lazy` only"):
+            tctx.options.update(connection_strategy="eager")
+        assert tctx.options.connection_strategy == "lazy"
+
+
+async def test_a_flow_whose_client_host_was_not_kept_is_refused_not_passed(tctx):
+    flow = mcp_flow(call("x"), path="/mcp")
+    http_seams._client_hosts.pop(flow)
+    await send(tctx, flow)
+    assert flow.response is not None and flow.response.status_code == 502
+
+
+async def test_a_rebound_host_is_403_in_reverse_mode(tctx):
+    flow = await send(tctx, mcp_flow(call("x"), path="/mcp", client_host="evil.example.com"))
+    assert flow.response is not None and flow.response.status_code == 403
+    assert "DNS rebinding" in error_of(flow)[2]
+
+
+def test_a_failed_upstream_is_named_and_whether_the_call_can_have_run_is_said():
+    crm = Upstream(name="crm", url="http://10.0.0.5:9000")
+    unreachable = failure_message(crm, "Connect call failed\n('10.0.0.5', 9000)", reached=False)
+    assert unreachable == (
+        "upstream 'crm' (http://10.0.0.5:9000) could not be reached (Connect call failed "
+        "('10.0.0.5', 9000)); the request was not forwarded"
+    )
+    assert "may have run" in failure_message(crm, "peer reset", reached=True)
+    assert "(" + "x" * 300 + ")" in failure_message(crm, "x" * 1000, reached=True)

@@ -34,7 +34,7 @@ from mitmproxy.proxy.layers.http import (
 from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow, tutils
 
-from holdgate.addons import default_addons
+from holdgate.addons import default_addons, http_seams
 from holdgate.addons.config_loader import ConfigLoader
 from holdgate.addons.pipeline import Pipeline
 from holdgate.protocol.jsonrpc import NAME_PARAM
@@ -143,8 +143,11 @@ def mcp_flow(
     port: int = UPSTREAM_PORT,
     mode: str = f"reverse:{UPSTREAM_URL}",
     host_header: str | None = None,
+    client_host: str | None = None,
 ) -> http.HTTPFlow:
-    """A client's request as mitmproxy hands it to the addons (`body`: JSON or bytes)."""
+    """A client's request as mitmproxy hands it to the addons (`body`: JSON or bytes).
+    `client_host`: the Host the client wrote ("" for none), in reverse mode replaced by
+    the upstream's before any hook runs."""
     content = (
         body if isinstance(body, bytes) else b"" if body is None else json.dumps(body).encode()
     )
@@ -168,6 +171,11 @@ def mcp_flow(
     flow.client_conn.proxy_mode = ProxyMode.parse(mode)
     flow.client_conn.sockname = GATEWAY_ADDRESS
     flow.client_conn.timestamp_tls_setup = None  # plain HTTP from the client
+    # mitmproxy has already put the upstream's address in the Host header; what the client
+    # wrote is kept beside the flow (the gateway's own address unless a test names one).
+    http_seams.note_client_hosts(
+        flow, (client_host or "{}:{}".format(*GATEWAY_ADDRESS),) if client_host != "" else ()
+    )
     return flow
 
 

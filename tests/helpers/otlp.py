@@ -13,6 +13,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
+from helpers.processes import SERVER_POLL
+
 
 @dataclass(frozen=True)
 class ReceivedSpan:
@@ -61,7 +63,9 @@ class OtlpReceiver:
                 pass
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        threading.Thread(
+            target=self._server.serve_forever, args=(SERVER_POLL,), daemon=True
+        ).start()
         return self
 
     def take(self, path: str, body: bytes) -> None:

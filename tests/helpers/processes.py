@@ -6,15 +6,18 @@ started it (the fixtures in conftest.py); nothing else is touched.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
+import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +27,42 @@ MITMDUMP = str(BIN / "mitmdump")
 HOLDGATE = str(BIN / "holdgate")
 GATEWAY_SCRIPT = str(ROOT / "addons" / "gateway.py")
 STARTUP_TIMEOUT = 30.0
+# How often an in-process test server's serve_forever looks for shutdown(): socketserver's
+# default (0.5 s) is otherwise waited out, half of it on average, at every stop.
+SERVER_POLL = 0.05
+
+
+# A lock file per port handed out, in a folder every test process on the host shares.
+PORT_LOCKS = Path(tempfile.gettempdir()) / "holdgate-test-ports"
+PORT_RESERVED_FOR = 2 * STARTUP_TIMEOUT  # long enough for whatever was given it to bind it
+_reserved: list[tuple[float, int]] = []  # (when, the lock's file descriptor)
 
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port nothing listens on, and no other test process is handed for a while.
+
+    The kernel picks a free one (bind to port 0); an exclusive lock on PORT_LOCKS/PORT,
+    held by this process for PORT_RESERVED_FOR seconds, keeps every other `free_port` on
+    the host (pytest-xdist workers, another checkout's run) from handing out the same port
+    in the moment between this answer and the bind of the server it is meant for.
+    """
+    now = time.monotonic()
+    while _reserved and now - _reserved[0][0] > PORT_RESERVED_FOR:
+        os.close(_reserved.pop(0)[1])
+    PORT_LOCKS.mkdir(mode=0o1777, exist_ok=True)
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        lock = os.open(PORT_LOCKS / str(port), os.O_CREAT | os.O_RDWR, 0o666)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # another test process has just been given it
+            os.close(lock)
+            continue
+        _reserved.append((now, lock))
+        return port
+    raise RuntimeError(f"no free loopback port that is not reserved in {PORT_LOCKS}")
 
 
 def wait_for_port(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
@@ -56,6 +89,24 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(timeout=5)
 
 
+_stopping: list[threading.Thread] = []
+
+
+def stop_soon(proc: subprocess.Popen[bytes]) -> None:
+    """`stop` in a thread, for a fixture's teardown: the next test starts while a gateway
+    drains (its writers, its recordings process) instead of after. `wait_for_stops` joins
+    them; the session does at its end."""
+    thread = threading.Thread(target=stop, args=(proc,), name=f"stop-{proc.pid}")
+    thread.start()
+    _stopping.append(thread)
+
+
+def wait_for_stops() -> None:
+    """Wait until every process handed to `stop_soon` has stopped."""
+    while _stopping:
+        _stopping.pop().join()
+
+
 def holdgate_cli(
     *args: str, cwd: Path | None = None, env_store: str | None = None
 ) -> subprocess.CompletedProcess[str]:
@@ -73,16 +124,22 @@ class DemoServer:
     log: Path
     proc: subprocess.Popen[bytes]
     transport: str = "streamable-http"
+    since: int = 0  # where this test's part of the log starts (a server shared by a module)
+    db: Path | None = None  # its customer database
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def requests(self) -> list[dict[str, Any]]:
-        """Every HTTP request the server received, as logged by the demo server."""
+        """Every HTTP request the server received (since `since`), as logged by the demo
+        server."""
         if not self.log.exists():
             return []
-        return [json.loads(line) for line in self.log.read_text().splitlines() if line.strip()]
+        with self.log.open("rb") as log:
+            log.seek(self.since)
+            text = log.read().decode()
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
 
     def received_bodies(self) -> list[Any]:
         return [json.loads(r["body"]) for r in self.requests() if r.get("body")]
@@ -118,7 +175,32 @@ def start_demo(
         )
     wait_for_port(port, proc, out)
     transport = "sse" if "sse" in args else "streamable-http"
-    return DemoServer(port, log, proc, transport)
+    return DemoServer(port, log, proc, transport, db=tmp / "demo.sqlite3")
+
+
+class SharedDemo:
+    """One demo server for the tests of a module, each shown only the requests it made (the
+    log from where it stood when the test began). A test may stop it (an upstream outage):
+    the next test gets a new one. Its data is shared, so a module whose tests change the
+    demo's data sets `DEMO_PER_TEST = True` (see conftest.py's `demo`)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.server: DemoServer | None = None
+
+    def for_a_test(self, tmp: Path) -> DemoServer:
+        """The server, for a test whose folder is `tmp`: its database is linked there as
+        `demo.sqlite3`, where a demo of the test's own would keep it."""
+        if self.server is None or self.server.proc.poll() is not None:
+            self.server = start_demo(self.folder)
+        if self.server.db is not None:
+            (tmp / "demo.sqlite3").symlink_to(self.server.db)
+        log = self.server.log
+        return replace(self.server, since=log.stat().st_size if log.exists() else 0)
+
+    def stop(self) -> None:
+        if self.server is not None:
+            stop_soon(self.server.proc)
 
 
 @dataclass

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 
-from helpers.processes import free_port
+from helpers.processes import SERVER_POLL, free_port
 
 Mode = Literal["ok", "fail", "hang", "garbage"]
 
@@ -89,7 +89,9 @@ class WebhookReceiver:
         self._release.clear()
         self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        threading.Thread(
+            target=self._server.serve_forever, args=(SERVER_POLL,), daemon=True
+        ).start()
         return self
 
     def stop(self) -> None:
@@ -159,7 +161,7 @@ class SyslogReceiver:
             server.max_packet_size = 65535
         self.port = server.server_address[1]  # type: ignore[index]
         self._server = server
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+        threading.Thread(target=server.serve_forever, args=(SERVER_POLL,), daemon=True).start()
         return self
 
     def stop(self) -> None:

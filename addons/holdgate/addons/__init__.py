@@ -3,13 +3,15 @@
 `default_addons()` builds them in the order they run for every flow, as mitmproxy's own
 `mitmproxy.addons.default_addons()` does:
 
-    ConnectionDeadlines -> ConfigLoader -> AdminApi -> Router -> Authentication -> PolicyEnforcer
-    -> ApprovalHolds -> Gate -> Responses -> Recorder -> Telemetry -> Replicas
+    EarlyAnswers -> ConnectionDeadlines -> ConfigLoader -> AdminApi -> Router
+    -> Authentication -> PolicyEnforcer -> ApprovalHolds -> Gate -> Responses -> Recorder
+    -> Telemetry -> Replicas
     -> ToolPinning (then Checkpointer and Feeds, which have lifecycle hooks only)
 
 Request side: the Gate's last step is the Recorder's write-ahead (the decision rows
 committed, or the request refused). Responses runs each response message through the
-PolicyEnforcer (discovery filtering), ToolPinning, ResponseMasking and Recorder stages.
+PolicyEnforcer (discovery filtering), TaskOwnership, ToolPinning, ResponseMasking and
+Recorder stages. The PolicyEnforcer asks TaskOwnership who owns a task a request names.
 The `AdminApi` owns the admin listener (`holdgate_admin`); the approvals API, campaigns
 and Telemetry's `/metrics` register their routes on it here. ApprovalHolds hands calls
 for URL elicitation to `ElicitedApprovals`; both write approvals through `ApprovalCore`.
@@ -27,6 +29,7 @@ from holdgate.addons.authentication import Authentication
 from holdgate.addons.checkpointer import Checkpointer
 from holdgate.addons.config_loader import ConfigLoader
 from holdgate.addons.deadlines import ConnectionDeadlines
+from holdgate.addons.early_answers import EarlyAnswers
 from holdgate.addons.elicited_approvals import ElicitedApprovals
 from holdgate.addons.enforcement import PolicyEnforcer
 from holdgate.addons.feeds import Feeds
@@ -38,6 +41,7 @@ from holdgate.addons.replicas import Replicas
 from holdgate.addons.response_masking import ResponseMasking
 from holdgate.addons.responses import Responses
 from holdgate.addons.router import Router
+from holdgate.addons.task_ownership import TaskOwnership
 from holdgate.addons.telemetry import Telemetry
 from holdgate.addons.tool_pinning import ToolPinning
 
@@ -46,8 +50,9 @@ def default_addons() -> list[object]:
     loader = ConfigLoader()
     recorder = Recorder(loader)
     pins = ToolPinning(loader, recorder)
+    tasks = TaskOwnership(recorder)
     legacy = LegacyPlaceholders()
-    policy = PolicyEnforcer(loader, recorder, pins, legacy)
+    policy = PolicyEnforcer(loader, recorder, tasks, pins, legacy)
     replicas = Replicas(loader, recorder)
     approvals = ApprovalCore(recorder, pins, replicas)
     holds = ApprovalHolds(loader, approvals, ElicitedApprovals(loader, approvals), legacy)
@@ -58,6 +63,7 @@ def default_addons() -> list[object]:
     admin.route("/campaigns/*", CampaignsApi(loader, approvals, admin.callers).handle)
     admin.route("/metrics", telemetry.handle_metrics)
     return [
+        EarlyAnswers(),  # load only: a request refused on its headers is answered at once
         ConnectionDeadlines(),
         loader,
         admin,
@@ -66,7 +72,7 @@ def default_addons() -> list[object]:
         policy,
         holds,
         Gate(recorder.write_ahead),
-        Responses(loader, stages=[policy, pins, ResponseMasking(), recorder]),
+        Responses(loader, stages=[policy, tasks, pins, ResponseMasking(), recorder]),
         recorder,
         telemetry,  # after the recorder, whose writer it counts
         replicas,  # after the recorder, whose store it registers in

@@ -23,6 +23,7 @@ from holdgate.approvals import elicitation
 from holdgate.approvals.adminhttp import AdminCallers, AdminRequest, AdminResponse
 from holdgate.approvals.approval_rules import approver_groups, may_see
 from holdgate.approvals.campaign_http import handle_campaigns
+from holdgate.approvals.refusal_budget import RefusalBudget
 from holdgate.config.gateway_config import GatewayConfig
 from holdgate.protocol.jsonrpc import shown
 from holdgate.store.approval_records import Decision as Decided
@@ -150,6 +151,7 @@ class CampaignsApi:
         self.loader = loader
         self.core = core
         self.callers = callers
+        self.refusals = RefusalBudget()  # refused certifications recorded one by one
 
     async def handle(self, request: AdminRequest) -> AdminResponse:
         """A request under /campaigns."""
@@ -162,6 +164,7 @@ class CampaignsApi:
         parts = [p for p in request.path.partition("?")[0].split("/") if p]
         return await handle_campaigns(
             self.core.store(),
+            self.refusals,
             config.review.reviewers,
             reviewer.user,
             reviewer.groups,

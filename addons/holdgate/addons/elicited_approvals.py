@@ -165,7 +165,13 @@ class ElicitedApprovals:
                 )
                 return
             digest_args = args_digest(key, message.arguments or {})
-            granted = grant_key(identity.user, upstream, message.target or "", digest_args or "")
+            granted = grant_key(
+                identity.user,
+                upstream,
+                message.method or "",
+                message.target or "",
+                digest_args or "",
+            )
             await self.core.grant(granted, approval_id, decision.grant)
             with contextlib.suppress(TypeError, json.JSONDecodeError):
                 self.core.last_approved[(identity.user, upstream, message.target or "")] = (
@@ -218,7 +224,13 @@ class ElicitedApprovals:
         assert st.upstream is not None
         message, decision = decided.message, decided.decision
         digest_args = args_digest(self.core.key(config), message.arguments or {})
-        key = grant_key(identity.user, st.upstream.name, message.target or "", digest_args or "")
+        key = grant_key(
+            identity.user,
+            st.upstream.name,
+            message.method or "",
+            message.target or "",
+            digest_args or "",
+        )
         if await self.core.granted(flow, decided, identity, key):
             flow.request.content = dumps(elicitation.without_gateway_round(message.raw))
             st.approvals_settled = True

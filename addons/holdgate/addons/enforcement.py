@@ -13,6 +13,7 @@ from holdgate.addons.approval_core import LegacyPlaceholders, forward_remaining
 from holdgate.addons.flowstate import (
     Correlator,
     DecidedMessage,
+    FlowState,
     MessageContext,
     Refusal,
     annotate,
@@ -27,6 +28,7 @@ from holdgate.identity.identities import Identity
 from holdgate.policy.policytest import format_explanation
 from holdgate.policy.quota import Hit, rate_bucket
 from holdgate.policy.rules import Decision, Policy
+from holdgate.policy.tasks import is_task_request
 from holdgate.protocol.bodies import decode_bounded
 from holdgate.protocol.jsonrpc import (
     INTERNAL_ERROR,
@@ -44,6 +46,7 @@ from holdgate.store import Store, StoreError
 if TYPE_CHECKING:
     from holdgate.addons.config_loader import ConfigLoader
     from holdgate.addons.recorder import Recorder
+    from holdgate.addons.task_ownership import TaskOwnership
     from holdgate.addons.tool_pinning import ToolPinning
 
 
@@ -72,11 +75,13 @@ class PolicyEnforcer:
         self,
         loader: ConfigLoader,
         recorder: Recorder,
+        tasks: TaskOwnership,
         pins: ToolPinning | None = None,
         legacy: LegacyPlaceholders | None = None,
     ) -> None:
         self.loader = loader
         self.recorder = recorder
+        self.tasks = tasks
         self.pins = pins
         self.correlator = Correlator()
         # refusals swapped in on the legacy SSE transport (shared with the approval holds)
@@ -121,13 +126,26 @@ class PolicyEnforcer:
         except BodyError as exc:
             refuse(flow, exc.status, exc.code, f"refused: {exc.message}", kind="malformed")
             return
+        try:
+            body = await self.tasks.resolve(flow, body)
+        except StoreError as exc:
+            refuse(
+                flow,
+                503,
+                INTERNAL_ERROR,
+                f"the task's owner cannot be checked: the audit store is unavailable ({exc}); "
+                "not forwarded",
+                kind="audit-unavailable",
+            )
+            st.audit_error = str(exc)
+            return
         st.body = body
         forwarded: list[Message] = []
         errors: list[dict[str, Any]] = []
         for index, message in enumerate(body.messages):
             try:
                 decision = await self.decide(
-                    config.policy, identity, upstream, message, st.rate_hits
+                    config.policy, identity, upstream, message, st.rate_hits, st
                 )
             except LimitUncheckable as exc:
                 # The whole request is refused; each message's row says why.
@@ -141,7 +159,10 @@ class PolicyEnforcer:
             if decision.action == "deny":
                 if message.kind == "request":
                     code = RATE_LIMITED if decision.rate_limited else POLICY_DENIED
-                    errors.append(error_object(message.id, code, _denial_text(decision)))
+                    errors.append(
+                        self.tasks.refusal(message, decision)
+                        or error_object(message.id, code, _denial_text(decision))
+                    )
                 continue
             forwarded.append(message)
         session = session_key(flow)
@@ -182,12 +203,20 @@ class PolicyEnforcer:
         upstream: Upstream,
         message: Message,
         hits: list[Hit] | None = None,
+        st: FlowState | None = None,
     ) -> Decision:
-        """The policy's decision for one message; an allowed call of a limited rule is
-        counted in the store (shared by replicas), or `LimitUncheckable` when it cannot be."""
+        """The policy's decision for one message (tasks/* requests: by their task's owner
+        too, `st` holding what `TaskOwnership.resolve` found); an allowed call of a limited
+        rule is counted in the store (shared by replicas), or `LimitUncheckable` when it
+        cannot be."""
         if message.kind == "response":
             return CLIENT_RESPONSE
-        decision = policy.evaluate(identity, upstream.name, message)
+        if is_task_request(message):
+            if st is None:
+                raise RuntimeError("a tasks/* request decided without its flow's task records")
+            decision = self.tasks.decide(st, policy, identity, upstream.name, message)
+        else:
+            decision = policy.evaluate(identity, upstream.name, message)
         if self.pins is not None:
             decision = self.pins.review(identity.user, upstream, message, decision)
         if decision.action == "allow" and decision.limit is not None:

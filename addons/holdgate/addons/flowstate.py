@@ -25,6 +25,7 @@ from holdgate.masking.masker import StreamMasker
 from holdgate.policy.quota import Hit
 from holdgate.policy.rules import Decision
 from holdgate.protocol.jsonrpc import INTERNAL_ERROR, Body, Message, error_object
+from holdgate.store.task_records import TaskRecord
 
 logger = logging.getLogger("holdgate")
 
@@ -95,6 +96,13 @@ class FlowState:
     policy_checked: bool = False  # every message decided (or none to decide: GET, DELETE)
     awaiting_approval: bool = False
     hidden: int = 0  # listing entries withheld (PolicyEnforcer, then ToolPinning adds)
+    # TaskOwnership: the record of the task each tasks/* request names, or a call's answer
+    # created (by JSON-RPC id; None: no task of this upstream has that id), the caller's
+    # task keys for a tasks/list,
+    # the ids of tasks/list requests whose cursor the gateway did not give this caller
+    task_requests: dict[str, TaskRecord | None] = field(default_factory=dict)
+    task_listing: frozenset[str] | None = None
+    task_bad_cursors: set[str] = field(default_factory=set)
     # ApprovalHolds
     held: str | None = None  # the approval id while the flow waits
     approvals_settled: bool = False
@@ -329,6 +337,16 @@ class MessageContext:
     findings: dict[str, int] = field(default_factory=dict)
     exemptions: tuple[str, ...] = ()
     dropped: str | None = None
+    task: TaskRecord | None = None  # the task the message is about (TaskOwnership)
+
+
+def answered_tool(context: MessageContext) -> str | None:
+    """The tool whose masking profiles apply to a message: the call it answers, or the
+    call that created the task it is about."""
+    if context.task is not None:
+        return context.task.tool
+    answers = context.answers
+    return answers[1] if answers and answers[0] == "tools/call" else None
 
 
 def session_key(flow: http.HTTPFlow) -> str | None:

@@ -163,7 +163,13 @@ class ApprovalHolds:
             message = decided.message
             digest_args = args_digest(self.core.key(config), message.arguments or {})
             upstream = st.upstream.name
-            key = grant_key(identity.user, upstream, message.target or "", digest_args or "")
+            key = grant_key(
+                identity.user,
+                upstream,
+                message.method or "",
+                message.target or "",
+                digest_args or "",
+            )
             if await self.core.granted(flow, decided, identity, key):
                 continue
             outcome = await self._hold(flow, message, decision, identity, digest_args, config)

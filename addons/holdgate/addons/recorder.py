@@ -29,6 +29,7 @@ from holdgate.addons.flowstate import (
     FlowState,
     MessageContext,
     annotate,
+    answered_tool,
     fail_closed,
     publish,
     refuse,
@@ -322,13 +323,15 @@ class Recorder:
             # An exempt caller saw cleartext, and a dropped message was never masked for the
             # client; the record never keeps either as is. (Others saw it masked with the
             # record's profiles; injected values are scrubbed in submit.)
-            tool = answers[1] if answers and answers[0] == "tools/call" else None
+            tool = answered_tool(context)
             stored = self.masked_for_record(message, config, st.upstream.name, tool).value
         # An opaque requestState is recorded only as its keyed digest (which links the retry
         # that sends it back to this row); never as given.
         extra: dict[str, Any] = {"transport": context.transport}
         if context.exemptions:
             extra["exempted"] = list(context.exemptions)
+        if context.task is not None:  # a task's answer: the result of the call that created it
+            extra["task"] = {"key": context.task.task_key, **context.task.link()}
         if is_input_required(message):
             extra["input_required"] = True
         state_given = request_state(message)
@@ -430,8 +433,12 @@ class Recorder:
                 extra["approval"] = decided.approval  # how a held call was released
             if traces:
                 extra["trace"] = traces[index]  # the gateway's span: the trace joins this row
+            task = st.task_requests.get(json.dumps(message.id)) if message is not None else None
+            if task is not None:
+                extra["task"] = {"key": task.task_key, **task.link()}
             if message is not None:
-                self._note_retry(extra, message.raw, config, upstream, message.tool, strict)
+                tool = task.tool if task is not None else message.tool  # tasks/update's input
+                self._note_retry(extra, message.raw, config, upstream, tool, strict)
                 if invalid_traceparent(message.raw):
                     extra["traceparent_invalid"] = True  # sent, but never kept as if valid
             row = self._row(flow, config)

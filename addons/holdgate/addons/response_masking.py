@@ -7,7 +7,7 @@ from typing import Any
 
 from mitmproxy import http
 
-from holdgate.addons.flowstate import FlowState, MessageContext, state
+from holdgate.addons.flowstate import FlowState, MessageContext, answered_tool, state
 from holdgate.masking.masker import MaskOutcome, ProfilesInEffect, StreamMasker, mask_json
 from holdgate.protocol.mrtr import request_state, restore_request_state, without_request_state
 
@@ -22,9 +22,7 @@ class ResponseMasking:
         if st.config is None or st.upstream is None:
             raise RuntimeError("a response stage on a flow that was never routed")
         groups = st.identity.groups if st.identity is not None else ()
-        answers = context.answers
-        tool = answers[1] if answers and answers[0] == "tools/call" else None
-        effect = st.config.masking.profiles_for(st.upstream.name, tool, groups)
+        effect = st.config.masking.profiles_for(st.upstream.name, answered_tool(context), groups)
         context.exemptions = effect.exemptions
         # Messages of one event stream also look behind, for values split between two.
         mask: Callable[[Any, ProfilesInEffect], MaskOutcome] = (

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
+import re2
 from mitmproxy import http
 
 from holdgate.addons.flowstate import (
@@ -23,8 +24,8 @@ from holdgate.addons.flowstate import (
     state,
 )
 from holdgate.config.gateway_config import GatewayConfig, Upstream
-from holdgate.masking.masker import MaskingPolicy, ProfilesInEffect, mask_text
-from holdgate.masking.record_masking import RecordMasking, scrub_value
+from holdgate.masking.injected import InjectedForms, StreamTails, forms_for
+from holdgate.masking.masker import ProfilesInEffect, mask_text
 from holdgate.protocol.bodies import decode_bounded
 from holdgate.protocol.jsonrpc import (
     INTERNAL_ERROR,
@@ -58,6 +59,7 @@ class Responses:
         self.loader = loader
         self.stages = tuple(stages)
         self._guards: dict[Upstream, Guard] = {}
+        loader.checks.append(self.prepare_guards)
 
     def run_stages(self, flow: http.HTTPFlow, message: Any, transport: str) -> Any:
         """Each stage sees the previous one's output; a dropped message still reaches the last
@@ -73,18 +75,35 @@ class Responses:
             self.stages[-1].on_message(flow, message, context)
         return None if context.dropped else message
 
+    def prepare_guards(self, config: GatewayConfig) -> str | None:
+        """Compile each upstream's injected values once, as its config loads (a config
+        whose values cannot be compiled is refused)."""
+        guards = {}
+        for upstream in config.upstreams:
+            found = self._guards.get(upstream)
+            if found is None:
+                try:
+                    found = Guard(forms_for(upstream.secrets))
+                except re2.error as exc:
+                    return (
+                        f"upstream {upstream.name!r}: its injected headers cannot be searched "
+                        f"for in responses ({exc}); shorten them"
+                    )
+            guards[upstream] = found
+        # The previous config's guards stay for flows it routed (kept a few reloads).
+        if len(self._guards) > 64:
+            self._guards.clear()
+        self._guards.update(guards)
+        return None
+
     def guard(self, flow: http.HTTPFlow) -> Guard:
         """The injected values of this flow's upstream, to keep out of what the client gets."""
         upstream = state(flow).upstream
         if upstream is None:
             raise RuntimeError("a response on a flow that was never routed")
         found = self._guards.get(upstream)
-        if found is None:
-            if len(self._guards) > 64:  # configs reloaded many times
-                self._guards.clear()
-            found = self._guards[upstream] = Guard(
-                RecordMasking(MaskingPolicy(()), upstream.secrets)
-            )
+        if found is None:  # its config's guards were dropped after many reloads
+            found = self._guards[upstream] = Guard(forms_for(upstream.secrets))
         return found
 
     @fail_closed
@@ -187,10 +206,10 @@ class Responses:
             flow.response.content = b""
             flow.response.status_code = 202
             return
-        if verbatim(content, items, out) and self.guard(flow).holds_none(content):
+        out = self.guard(flow).value(flow, out)
+        if verbatim(content, items, out):
             return  # nothing changed: the upstream's own bytes go out
-        data = dumps(out if batch or len(out) > 1 else out[0])
-        flow.response.content = self.guard(flow).data(flow, data)
+        flow.response.content = dumps(out if batch or len(out) > 1 else out[0])
 
     def clean_headers(self, flow: http.HTTPFlow, config: GatewayConfig) -> None:
         """What the client gets of the upstream's headers: no injected value, no cookie the
@@ -237,28 +256,25 @@ STRUCTURAL_HEADERS = frozenset(
 
 class Guard:
     """Keeps the values the gateway injected out of what the client gets (an upstream that
-    echoes its Authorization header would hand the caller the gateway's credential)."""
+    echoes its Authorization header would hand the caller the gateway's credential), in
+    every form `InjectedForms` knows; a hit is replaced, counted and logged."""
 
-    def __init__(self, record: RecordMasking) -> None:
-        self.record = record
-        self.needles = tuple(n.encode() for n in record.needles)
+    def __init__(self, forms: InjectedForms) -> None:
+        self.forms = forms
 
-    def holds_none(self, data: bytes) -> bool:
-        """No injected value in encoded JSON (its escapes checked by `verbatim`)."""
-        return not any(needle in data for needle in self.needles)
-
-    def data(self, flow: http.HTTPFlow, data: bytes) -> bytes:
-        """Encoded JSON with every injected value replaced (walked only when one is in it)."""
-        if self.holds_none(data):
-            return data
-        value, count = scrub_value(loads_strict(data), self.record)
+    def value(self, flow: http.HTTPFlow, value: Any, tails: StreamTails | None = None) -> Any:
+        """A parsed message (or list of them) with every injected value replaced; the very
+        object when none is in it. `tails`: the message is the next of that stream."""
+        if not self.forms:
+            return value
+        scrubbed, count = self.forms.scrub_value(value, tails)
         self._found(flow, count)
-        return dumps(value)
+        return scrubbed
 
-    def text(self, flow: http.HTTPFlow, text: str) -> str:
-        if not self.needles:
+    def text(self, flow: http.HTTPFlow, text: str, tails: StreamTails | None = None) -> str:
+        if not self.forms:
             return text
-        scrubbed, count = self.record.scrub(text)
+        scrubbed, count = self.forms.scrub_text(text, tails)
         self._found(flow, count)
         return scrubbed
 
@@ -296,6 +312,7 @@ class SSEPass:
         self.pending = list(state(flow).pending_errors)
         self.effect_checked = False
         self.effect: ProfilesInEffect | None = None
+        self.tails = StreamTails()
 
     def __call__(self, chunk: bytes) -> list[bytes]:
         """The bytes to send for one upstream chunk: none while an event is incomplete.
@@ -355,13 +372,13 @@ class SSEPass:
             return encode_event(SSEEvent(data=None, event=None, id=event_id, comments=("dropped",)))
         guard = self.streams.guard(self.flow)
         if isinstance(result, str):
-            data = guard.text(self.flow, result)
-        elif verbatim(raw := event.data.encode("utf-8"), (message,), (result,)) and (
-            guard.holds_none(raw)
-        ):
-            data = event.data  # nothing changed: the upstream's own text goes out
+            data = guard.text(self.flow, result, self.tails)
         else:
-            data = guard.data(self.flow, dumps(result)).decode("utf-8")
+            result = guard.value(self.flow, result, self.tails)
+            if verbatim(event.data.encode("utf-8"), (message,), (result,)):
+                data = event.data  # nothing changed: the upstream's own text goes out
+            else:
+                data = dumps(result).decode("utf-8")
         return encode_event(
             SSEEvent(data=data, event=self.field(event.event), id=event_id, retry=event.retry)
         )

@@ -3,18 +3,42 @@
 The route is chosen from where the request really goes (reverse target, absolute URL or
 CONNECT target), never from the Host header a client writes: credentials are injected
 for the upstream routed to, so they may only ever travel to the server the config names.
+The Host and Origin a client writes are checked before anything else (DNS rebinding:
+`holdgate.protocol.rebinding`), and no upstream connection is opened before a request
+is decided (`connection_strategy=lazy`, which the Router owns). An upstream that cannot
+be reached or fails is answered as a JSON-RPC error naming it (`http_seams`).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import asyncio
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from mitmproxy import http
+from mitmproxy import ctx, exceptions, http
 
-from holdgate.addons.flowstate import Refusal, fail_closed, refuse, state
-from holdgate.config.gateway_config import path_problem, route, split_host
-from holdgate.protocol.jsonrpc import INVALID_REQUEST, shown
+from holdgate.addons import http_seams
+from holdgate.addons.flowstate import (
+    RECORDED_STREAM_BYTES,
+    FlowState,
+    Refusal,
+    fail_closed,
+    json_response,
+    refuse,
+    state,
+)
+from holdgate.config.gateway_config import GatewayConfig, Upstream, path_problem, route, split_host
+from holdgate.protocol.jsonrpc import (
+    INTERNAL_ERROR,
+    INVALID_REQUEST,
+    BodyError,
+    dumps,
+    error_object,
+    loads_strict_text,
+    shown,
+)
+from holdgate.protocol.rebinding import FrontNames, front_problem
+from holdgate.protocol.sse import SSEDecoder, SSEError, SSEEvent, encode_comment, encode_event
 
 if TYPE_CHECKING:
     from holdgate.addons.config_loader import ConfigLoader
@@ -22,11 +46,77 @@ if TYPE_CHECKING:
 
 WELL_KNOWN = "/.well-known/oauth-protected-resource"
 BODYLESS = ("GET", "DELETE", "HEAD")
+# How long a POST waits for a GET stream of its session that reached the gateway first.
+STREAM_OPEN_WAIT = 1.0
+
+
+class StreamsOpening:
+    """The GET streams of each session on their way to the upstream, in arrival order.
+
+    A server sends requests that belong to no call (an `elicitation/create` from a tool
+    that does not tie it to its call) on the session's GET stream, and drops them while
+    none is open. A client that opens the stream and then calls a tool sends the GET first;
+    through the gateway the GET takes a new upstream connection while the call reuses one,
+    so the call could reach the server first and its question be lost. A POST of a session
+    therefore waits (at most STREAM_OPEN_WAIT, once per GET) until the GETs that arrived
+    before it have their response headers: the server sees them in the client's order.
+    """
+
+    def __init__(self) -> None:
+        self._opening: dict[str, dict[int, asyncio.Event]] = {}
+
+    def opening(self, session: str, flow_key: int) -> None:
+        self._opening.setdefault(session, {})[flow_key] = asyncio.Event()
+
+    def opened(self, session: str, flow_key: int) -> None:
+        waiting = self._opening.get(session)
+        if waiting is None:
+            return
+        event = waiting.pop(flow_key, None)
+        if event is not None:
+            event.set()
+        if not waiting:
+            del self._opening[session]
+
+    async def after_earlier_streams(self, session: str) -> None:
+        waiting = self._opening.get(session)
+        if not waiting:
+            return
+        earlier = list(waiting.items())
+        done, _ = await asyncio.wait(
+            [asyncio.ensure_future(event.wait()) for _, event in earlier],
+            timeout=STREAM_OPEN_WAIT,
+        )
+        if len(done) < len(earlier):  # a GET whose headers do not come: wait for it once only
+            for key, event in earlier:
+                if not event.is_set():
+                    self.opened(session, key)
 
 
 class Router:
     def __init__(self, loader: ConfigLoader) -> None:
         self.loader = loader
+        self._lazy = False
+        self.streams = StreamsOpening()
+
+    def load(self, loader: Any) -> None:
+        http_seams.install()
+
+    def configure(self, updated: set[str]) -> None:
+        """Own `connection_strategy`: lazy, so no upstream is connected to before a request
+        is decided (mitmproxy's default, eager, connects as a client connects). The first
+        configure sets it (a `--set connection_strategy=eager` cannot be told from the
+        default, so it is overridden); a later change to eager is refused and rolled back."""
+        if "connection_strategy" not in updated:
+            return
+        if ctx.options.connection_strategy != "lazy":
+            if self._lazy:
+                raise exceptions.OptionsError(
+                    "connection_strategy: Holdgate runs with `lazy` only, so that no upstream "
+                    "is connected to before its request is checked; leave the option unset"
+                )
+            ctx.options.update(connection_strategy="lazy")
+        self._lazy = True
 
     @fail_closed
     def requestheaders(self, flow: http.HTTPFlow) -> None:
@@ -49,10 +139,24 @@ class Router:
                 kind="malformed",
             )
             return
+        regular = flow.client_conn.proxy_mode.type_name != "reverse"
+        written = http_seams.client_hosts(flow)
+        if written is None:  # the seam is not in place (a mitmproxy it does not fit)
+            raise RuntimeError("the Host the client sent was not kept; it cannot be checked")
+        problem = front_problem(
+            written,
+            request.headers.get_all("origin"),
+            _front_names(flow, config, regular),
+        )
+        if problem is not None:
+            refuse(flow, 403, INVALID_REQUEST, problem, kind="host-refused")
+            return
+        # Checked here, where the client's names are known; the upstream, which sees the
+        # gateway's request to its own address, would refuse an Origin it was never told of.
+        request.headers.pop("origin", None)
         if WELL_KNOWN in path:
             st.local = "resource-metadata"
             return
-        regular = flow.client_conn.proxy_mode.type_name != "reverse"
         if regular and request.host_header is not None:
             named = split_host(request.host_header)[0]
             if named != request.host.lower():
@@ -87,6 +191,9 @@ class Router:
                 kind="malformed",
             )
             return
+        session = request.headers.get("mcp-session-id")
+        if request.method == "GET" and session:
+            self.streams.opening(session, id(flow))
         # Policy decides on the whole body, so it must never be streamed past us; bodies
         # over holdgate_max_body are cut while they are read (mitmproxy's body_size_limit).
         request.stream = False
@@ -99,17 +206,156 @@ class Router:
             base = target.path.rstrip("/")
             request.path = base + rest + (f"?{query}" if query else "")
 
+    @fail_closed
+    async def request(self, flow: http.HTTPFlow) -> None:
+        session = flow.request.headers.get("mcp-session-id")
+        if flow.request.method == "POST" and session:
+            await self.streams.after_earlier_streams(session)
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        self._stream_settled(flow)
+
+    def _stream_settled(self, flow: http.HTTPFlow) -> None:
+        session = flow.request.headers.get("mcp-session-id")
+        if flow.request.method == "GET" and session:
+            self.streams.opened(session, id(flow))
+
     def error(self, flow: http.HTTPFlow) -> None:
-        """A body cut at the size limit is a refusal on record, not a failed pass."""
+        """A body cut at the size limit, or an upstream that failed, is answered as a
+        JSON-RPC error and put on record; never mitmproxy's HTML page or an empty reply."""
+        self._stream_settled(flow)
         st = state(flow)
-        if flow.error is not None and "body_size_limit" in flow.error.msg and st.refused is None:
-            st.refused = Refusal(
-                413,
+        if flow.error is None:
+            return
+        if "body_size_limit" in flow.error.msg:
+            # Answered even if refused already: that answer never left (the body was still
+            # being read); the refusal on record stays the first one.
+            request_cut = flow.error.msg.startswith("Request")
+            cut = Refusal(
+                413 if request_cut else 502,
                 INVALID_REQUEST,
                 "the request body is over holdgate_max_body; it was cut while being read "
-                "and never forwarded",
-                "malformed",
+                "and never forwarded"
+                if request_cut
+                else "the upstream's response is over holdgate_max_body; it was withheld",
+                "malformed" if request_cut else "upstream-failed",
             )
+            st.refused = st.refused or cut
+            response = json_response(
+                cut.status, error_object(None, INVALID_REQUEST, cut.message), _closing(flow)
+            )
+            http_seams.answer(flow, response)
+            flow.response = response
+            return
+        if st.refused is not None:
+            return
+        failure = http_seams.upstream_failure(flow)
+        if failure is None or st.upstream is None:
+            return  # the client's side failed (gone, killed): nobody to answer
+        message = failure_message(st.upstream, flow.error.msg, failure.reached)
+        ids = _request_ids(st)
+        if failure.streaming and flow.response is not None:
+            st.refused = Refusal(
+                flow.response.status_code, INTERNAL_ERROR, message, "upstream-failed"
+            )
+            unanswered = [i for i in ids if not _answered(st, i)]
+            # Each call still waiting gets its error; a stream that answered every call (or a
+            # GET stream, which answers none) ends with a comment, which clients skip.
+            tail = b"".join(
+                encode_event(
+                    SSEEvent(
+                        data=dumps(error_object(i, INTERNAL_ERROR, message)).decode("utf-8"),
+                        event="message",
+                    )
+                )
+                for i in unanswered
+            ) or encode_comment(message)
+            st.keep_for_recording(tail)
+            http_seams.end_stream(flow, tail)
+            return
+        st.refused = Refusal(502, INTERNAL_ERROR, message, "upstream-failed")
+        errors = [error_object(i, INTERNAL_ERROR, message) for i in ids] or [
+            error_object(None, INTERNAL_ERROR, message)
+        ]
+        response = json_response(502, errors if len(errors) > 1 else errors[0], _closing(flow))
+        http_seams.answer(flow, response)
+        flow.response = response
+
+
+def _closing(flow: http.HTTPFlow) -> dict[str, str]:
+    """HTTP/1: close the connection after an error answer (the request or the upstream's
+    answer was cut, so what is left on the wire is unknown)."""
+    return {"Connection": "close"} if flow.request.http_version.startswith("HTTP/1") else {}
+
+
+def failure_message(upstream: Upstream, error: str, reached: bool) -> str:
+    """What a client and the record are told of an upstream that failed: which one, what
+    happened, and whether the call can have run there."""
+    error = " ".join(error.split())[:300]  # one line, as it goes into an SSE comment too
+    where = f"upstream {upstream.name!r}"
+    if upstream.url:
+        where += f" ({upstream.url})"
+    if not reached:
+        return f"{where} could not be reached ({error}); the request was not forwarded"
+    return (
+        f"{where} failed before its answer was complete ({error}); the request was "
+        "forwarded and may have run"
+    )
+
+
+def _request_ids(st: FlowState) -> list[str | int]:
+    """The ids of the requests (not notifications) of the flow's body, in order."""
+    return [
+        d.message.id for d in st.decided if d.message.kind == "request" and d.message.id is not None
+    ]
+
+
+def _answered(st: FlowState, msg_id: str | int) -> bool:
+    """Whether the stream the client got already carries the answer to `msg_id`. Past the
+    first RECORDED_STREAM_BYTES it cannot be told: taken as answered (never answer twice)."""
+    if len(st.streamed) >= RECORDED_STREAM_BYTES:
+        return True
+    decoder = SSEDecoder(max_event_bytes=RECORDED_STREAM_BYTES)
+    try:
+        events = decoder.feed(bytes(st.streamed))
+    except SSEError:
+        return True
+    for event in events:
+        try:
+            message = loads_strict_text(event.data or "")
+        except BodyError:
+            continue
+        for item in message if isinstance(message, list) else [message]:
+            if (
+                isinstance(item, dict)
+                and item.get("id") == msg_id
+                and ("result" in item or "error" in item)
+            ):
+                return True
+    return False
+
+
+def _front_names(flow: http.HTTPFlow, config: GatewayConfig, regular: bool) -> FrontNames:
+    """The names a client may use for this gateway: the socket it reached (the listen
+    address of its mode), `listen_host`, the approvals' public URL, the configured
+    `allowed_hosts`/`allowed_origins`; as a regular proxy, the server the request goes to."""
+    sock = flow.client_conn.sockname
+    own: list[tuple[str, int]] = []
+    if regular:
+        own.append((flow.request.host.lower(), flow.request.port))
+    elif sock:
+        own.append((str(sock[0]).lower(), int(sock[1])))
+        listen_host = getattr(ctx.options, "listen_host", "")
+        if listen_host:
+            own.append((listen_host.lower(), int(sock[1])))
+    return FrontNames.build(
+        own,
+        tls=flow.client_conn.tls_established,
+        check_host=not regular,
+        public_url=config.approvals.public_url,
+        allowed_hosts=config.allowed_hosts,
+        allowed_origins=config.allowed_origins,
+    )
 
 
 def _announces_body(headers: http.Headers) -> bool:

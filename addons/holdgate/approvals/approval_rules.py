@@ -59,11 +59,14 @@ def argument_changes(previous: Any, current: Any, path: str = "$") -> list[str]:
     return [] if previous == current else [f"{path} changed"]
 
 
-def grant_key(user: str, upstream: str, tool: str, arguments_digest: str) -> str:
-    """Which calls one grant lets pass: this user's, on this upstream and tool, with these
-    arguments (their keyed digest: `hash_key`, the same on every replica). A digest, so any
-    names make one distinct, bounded key in the store's shared `grants` table."""
-    material = json.dumps(["grant", user, upstream, tool, arguments_digest], ensure_ascii=True)
+def grant_key(user: str, upstream: str, method: str, target: str, arguments_digest: str) -> str:
+    """Which calls one grant lets pass: this user's, on this upstream, of this method and
+    target, with these arguments (their keyed digest: `hash_key`, the same on every
+    replica). The method is part of it: a tool and a prompt may share a name and arguments.
+    A digest, so any names make one distinct, bounded key in the store's `grants` table."""
+    material = json.dumps(
+        ["grant", user, upstream, method, target, arguments_digest], ensure_ascii=True
+    )
     return hashlib.sha256(material.encode()).hexdigest()
 
 

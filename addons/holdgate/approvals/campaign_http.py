@@ -5,7 +5,9 @@
     POST /campaigns/ID/items/ITEM/certify         {"decision": "keep"|"revoke", "reason": "..."}
 
 The caller is already authenticated (like an MCP client); reading needs a reviewer group,
-and deciding goes through the store's campaign rules, which record a refused decision.
+and deciding goes through the store's campaign rules, which record a refused decision. A
+caller outside the reviewer groups is refused before that; its refusals are recorded one
+by one within a `RefusalBudget`, and beyond it counted into its next recorded one.
 """
 
 from __future__ import annotations
@@ -13,10 +15,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
 from holdgate.approvals.adminhttp import AdminRequest, AdminResponse
+from holdgate.approvals.refusal_budget import RefusalBudget
 from holdgate.store import CertificationRefused, Store, UnknownCampaign
 
 
@@ -25,8 +30,12 @@ def _shown(text: str) -> str:
     return json.dumps(text[:80])
 
 
+logger = logging.getLogger(__name__)
+
+
 async def handle_campaigns(
     store: Store,
+    refusals: RefusalBudget,
     reviewers: Sequence[str],
     user: str,
     groups: Sequence[str],
@@ -42,7 +51,7 @@ async def handle_campaigns(
         and request.method == "POST"
     )
     if certifying:
-        return await _certify(store, reviewers, user, groups, request, parts[1], parts[3])
+        return await _certify(store, refusals, reviewers, user, groups, request, parts[1], parts[3])
     if not is_reviewer:
         configured = ", ".join(reviewers) or "none configured: add review.reviewers"
         return AdminResponse(403, {"error": f"{user} is not in the reviewer groups ({configured})"})
@@ -62,6 +71,7 @@ async def handle_campaigns(
 
 async def _certify(
     store: Store,
+    refusals: RefusalBudget,
     reviewers: Sequence[str],
     user: str,
     groups: Sequence[str],
@@ -81,10 +91,33 @@ async def _certify(
             400, {"error": 'send {"decision": "keep" or "revoke", "reason": "why"}'}
         )
     if not set(groups) & set(reviewers):  # recorded as a refused attempt, then one answer
-        with contextlib.suppress(CertificationRefused):
-            await asyncio.to_thread(
-                store.certify, item_id, decision, user, reason, tuple(groups), tuple(reviewers)
+        unrecorded = refusals.admit(user, time.monotonic())
+        if unrecorded is None:
+            if refusals.unrecorded(user) == 1:  # once per run of refusals over the budget
+                logger.warning(
+                    "holdgate: refused certifications by %s over %d a minute: counted, and "
+                    "recorded as a number with its next recorded refusal",
+                    _shown(user),
+                    refusals.burst,
+                )
+        else:
+            note = (
+                f" ({unrecorded} refused attempts by this caller before this one were not "
+                f"recorded one by one: over {refusals.burst} a minute)"
+                if unrecorded
+                else ""
             )
+            with contextlib.suppress(CertificationRefused):
+                await asyncio.to_thread(
+                    store.certify,
+                    item_id,
+                    decision,
+                    user,
+                    reason,
+                    tuple(groups),
+                    tuple(reviewers),
+                    note,
+                )
         configured = ", ".join(reviewers) or "none configured: add review.reviewers"
         return AdminResponse(403, {"error": f"{user} is not in the reviewer groups ({configured})"})
     if not item_id.startswith(campaign_id + "."):

@@ -10,13 +10,15 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from holdgate.config.configfile import ConfigError, parse_duration
-from holdgate.config.gateway_config import GatewayConfig, load_config
 from holdgate.store import Store, StoreError, StoreNotFound, iso, open_store, parse_iso
+
+if TYPE_CHECKING:
+    from holdgate.config.gateway_config import GatewayConfig
 
 
 class CheckFailed(click.ClickException):
@@ -99,7 +101,10 @@ def until_option(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def load_rules(path: str) -> GatewayConfig:
-    """A config read for its rules only: `${env:…}`/`${file:…}` values are not needed."""
+    """A config read for its rules only: `${env:…}`/`${file:…}` values are not needed.
+    (The config stack is imported here: the commands that read no config skip loading it.)"""
+    from holdgate.config.gateway_config import load_config
+
     try:
         return load_config(path, secrets=False)
     except ConfigError as exc:

@@ -1,5 +1,5 @@
-"""`holdgate sessions | export | verify | purge | keys signing`: the audit trail for
-people, and the key that signs its checkpoints.
+"""`holdgate sessions | export | backup | verify | purge | keys signing`: the audit trail
+for people, and the key that signs its checkpoints.
 
 Readers never create a store: a wrong `--db` says so instead of showing an empty one.
 """
@@ -17,8 +17,10 @@ import click
 from holdgate.cli.common import (
     CheckFailed,
     db_option,
+    load_rules,
     opened,
     since_option,
+    store_errors,
     until_option,
 )
 from holdgate.cli.feeds_cli import AFTER, MAX_POLL, follow_until_signalled, start_seq
@@ -27,8 +29,10 @@ from holdgate.feeds.records import feed_line
 from holdgate.recording.flowfiles import recording_files, recording_name
 from holdgate.recording.segments import file_status
 from holdgate.store import EXPORT_FIELDS, EventRow, iso, write_sqlite_export
+from holdgate.store.backup import backup_sqlite, pg_dump_command
 from holdgate.store.checkpoints import (
     BadKey,
+    WitnessLine,
     append_line,
     key_id,
     load_private_key,
@@ -36,6 +40,7 @@ from holdgate.store.checkpoints import (
     new_key_pair,
     read_witness,
     sign,
+    tail_problem,
     verify_witness,
 )
 
@@ -223,13 +228,56 @@ def export(
             sink.close()
 
 
+@click.command("backup")
+@db_option
+@click.argument("out", type=click.Path())
+@click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+def backup(db: str, out: str, force: bool) -> None:
+    """Copy a SQLite store to OUT while the gateway runs (SQLite's online backup: rows
+    still in the -wal file included, unlike cp), then check the copy's hash chain and say
+    what it holds. For a PostgreSQL store, prints the pg_dump command to use instead."""
+    scheme = db.partition("://")[0].lower() if "://" in db else ""
+    if scheme in ("postgresql", "postgres"):
+        raise CheckFailed(
+            "holdgate backup copies SQLite stores; copy a PostgreSQL store with pg_dump "
+            f"(the password from ~/.pgpass or PGPASSWORD):\n  {pg_dump_command(db, out)}\n"
+            "then restore it into an empty database (pg_restore --dbname=URL FILE) and run "
+            "holdgate verify --store URL on it"
+        )
+    source = db.partition("://")[2] or "." if scheme == "sqlite" else db
+    with store_errors():
+        report = backup_sqlite(source, out, force=force)
+    counts = ", ".join(f"{table} {count}" for table, count in report.rows.items() if count)
+    seq, digest = report.head
+    click.echo(
+        f"{out}: {report.total} rows ({counts or 'none'}), head #{seq} {digest[:16]}…, "
+        f"store {report.store_id}"
+    )
+    chain = report.chain
+    if not chain.ok:
+        where = f" at {chain.at[0]} seq {chain.at[1]}" if chain.at else ""
+        raise CheckFailed(
+            f"the copy was written, but its hash chain is broken{where}: {chain.problem} "
+            "(the store itself is: run holdgate verify on it)"
+        )
+    click.echo(f"ok: the copy's hash chain is intact up to head #{seq}")
+
+
 @click.command("verify")
 @db_option
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(exists=True, dir_okay=False),
+    help="The gateway's config: with checkpoints: and a file witness, fail when the store "
+    "ends before the latest checkpoint written there (a copy missing its tail).",
+)
 @click.option(
     "--witness",
     type=click.Path(exists=True, dir_okay=False),
     help="Also check the signed checkpoints in this witness file (the config's "
-    "checkpoints.witness) against the store.",
+    "checkpoints.witness) against the store: without --public-key, only that the store "
+    "reaches the latest one.",
 )
 @click.option(
     "--public-key",
@@ -239,21 +287,27 @@ def export(
     help="Public key of the checkpoint signing key (FILE.pub of `keys signing new`); "
     "repeat it for each key that signed, after a rotation.",
 )
-def verify(db: str, witness: str | None, public_keys: tuple[str, ...]) -> None:
-    """Check the hash chain: proves no row was edited, removed or inserted. With --witness,
-    also that every checkpoint is signed and that the store reproduces the head each one
-    signed: proves the chain was not recomputed, cut short or rolled back."""
-    if witness and not public_keys:
-        raise click.UsageError("--witness needs --public-key (one for each key that signed)")
-    if public_keys and not witness:
-        raise click.UsageError("--public-key is for --witness FILE")
+def verify(
+    db: str, config_path: str | None, witness: str | None, public_keys: tuple[str, ...]
+) -> None:
+    """Check the hash chain: proves no row was edited, removed or inserted. With the
+    checkpoints' witness (--witness, or the config's), also that the store reaches the
+    latest checkpoint; with --public-key, that every checkpoint is signed and that the
+    store reproduces the head each one signed: proves the chain was not recomputed, cut
+    short or rolled back."""
+    if public_keys and not (witness or config_path):
+        raise click.UsageError("--public-key is for --witness FILE (or --config)")
+    witness = witness or _config_witness(config_path)
     keys = []
     for path in public_keys:
         try:
             keys.append(load_public_key(Path(path).read_bytes()))
         except BadKey as exc:
             raise click.BadParameter(f"{path}: {exc}", param_hint="--public-key") from None
-    lines = read_witness(witness) if witness else []
+    try:
+        lines = read_witness(witness) if witness else []
+    except OSError as exc:
+        raise CheckFailed(f"cannot read the witness {witness}: {exc.strerror or exc}") from None
     with opened(db) as store:
         report = store.verify()
         if not report.ok:
@@ -262,9 +316,17 @@ def verify(db: str, witness: str | None, public_keys: tuple[str, ...]) -> None:
                 f"chain broken{where}: {report.problem} "
                 f"({report.rows_checked} rows checked before it)"
             )
-        checked = verify_witness(store, lines, keys) if witness else None
-    click.echo(f"ok: {report.rows_checked} rows, hash chain intact")
-    if checked is None or witness is None:
+        head, _ = store.chain_head()
+        # With keys the signed check names a cut tail too, after telling forged lines apart.
+        checked = verify_witness(store, lines, keys) if witness and keys else None
+        tail = tail_problem(store, lines) if witness and not keys else None
+    if tail is not None:
+        raise CheckFailed(f"{witness}: {tail}")
+    click.echo(f"ok: {report.rows_checked} rows, head #{head}, hash chain intact")
+    if witness is None:
+        return
+    if checked is None:
+        _unsigned_note(witness, lines)
         return
     if not checked.ok:
         where = f"checkpoint #{checked.at} ({witness} line {checked.line})" if checked.at else ""
@@ -278,6 +340,33 @@ def verify(db: str, witness: str | None, public_keys: tuple[str, ...]) -> None:
     )
     if checked.purge_note:
         click.echo(f"purged: {checked.purge_note}")
+
+
+def _config_witness(config_path: str | None) -> str | None:
+    """The config's file witness, if it has signed checkpoints (a note when not a file)."""
+    if config_path is None:
+        return None
+    checkpoints = load_rules(config_path).checkpoints
+    if checkpoints is None:
+        click.echo(f"note: {config_path} configures no signed checkpoints", err=True)
+        return None
+    if checkpoints.witness.kind != "file":
+        click.echo(
+            f"note: the checkpoints' witness is {checkpoints.witness.target}, not a file this "
+            "command can read: pass --witness FILE with what it received",
+            err=True,
+        )
+        return None
+    return checkpoints.witness.target
+
+
+def _unsigned_note(witness: str, lines: list[WitnessLine]) -> None:
+    latest = max((w.checkpoint.seq for w in lines if w.checkpoint), default=None)
+    reach = f"reaches the latest checkpoint (seq {latest})" if latest else "has no checkpoint yet"
+    click.echo(
+        f"ok: the store {reach} in {witness}; signatures not checked "
+        "(pass --public-key KEY.pub for each key that signed)"
+    )
 
 
 @click.command("purge")
@@ -380,6 +469,3 @@ def signing_new(out: str) -> None:
         f"public key:  {public} (key id {kid}; for "
         f"`holdgate verify --witness FILE --public-key {public}`)"
     )
-
-
-COMMANDS = (sessions, export, verify, purge)

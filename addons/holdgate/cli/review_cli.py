@@ -47,7 +47,13 @@ from holdgate.reports.review_model import (
     campaign_items,
     versions_in_force,
 )
-from holdgate.reports.review_render import csv_cell, render_csv, render_json, render_markdown
+from holdgate.reports.review_render import (
+    csv_cell,
+    render_csv,
+    render_json,
+    render_markdown,
+    terminal_text,
+)
 from holdgate.store import Campaign, Store, iso
 from holdgate.store.campaign_records import new_campaign_id
 from holdgate.store.checkpoints import BadKey, load_public_key, read_witness, verify_witness
@@ -298,7 +304,10 @@ def certify(db: str, item_id: str, decision: str, actor: str, reason: str) -> No
     with opened(db) as store:
         item = store.certify(item_id, decision, actor, reason, None)  # type: ignore[arg-type]
     click.echo(
-        f"{item.item_id}: {item.state} ({item.user} {item.target_kind} {item.target}) by {actor}"
+        terminal_text(
+            f"{item.item_id}: {item.state} ({item.user} {item.target_kind} {item.target}) "
+            f"by {actor}"
+        )
     )
 
 
@@ -321,8 +330,10 @@ def status(db: str, campaign_id: str | None) -> None:
             for i in c.items:
                 who = f" by {i.reviewer}: {i.reason}" if i.reviewer else ""
                 click.echo(
-                    f"  {i.item_id}  {i.state:<6} {i.user}  {i.upstream} {i.target_kind} "
-                    f"{i.target}  ({i.rule}; {i.usage.get('calls', 0)} calls){who}"
+                    terminal_text(
+                        f"  {i.item_id}  {i.state:<6} {i.user}  {i.upstream} {i.target_kind} "
+                        f"{i.target}  ({i.rule}; {i.usage.get('calls', 0)} calls){who}"
+                    )
                 )
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import unquote, urlsplit
@@ -36,8 +37,15 @@ from holdgate.identity.identities import (
     parse_identity,
     parse_trusted_header,
 )
+from holdgate.masking.injected import MAX_SECRET_BYTES, forms_for
 from holdgate.masking.masker import MaskingPolicy, parse_masking
 from holdgate.policy.rules import Action, Policy, parse_rules
+from holdgate.protocol.rebinding import (
+    HostPattern,
+    OriginPattern,
+    parse_host_pattern,
+    parse_origin_pattern,
+)
 from holdgate.protocol.sessionless import GROUPED_PER_CALLER
 
 TOP_KEYS = {
@@ -59,6 +67,8 @@ TOP_KEYS = {
     "metrics",
     "admin",
     "sessions",
+    "allowed_hosts",
+    "allowed_origins",
 }
 UPSTREAM_KEYS = {"name", "prefix", "host", "url", "inject", "on_tool_change"}
 TOOL_CHANGE_KEYS = {"action", "approvers", "timeout"}
@@ -170,6 +180,9 @@ class GatewayConfig:
     # must not outlive a policy reload by much.
     listing_ttl: float = 60.0
     hash_key: bytes | None = None
+    # Names clients may reach the gateway by, beyond its own address (DNS rebinding).
+    allowed_hosts: tuple[HostPattern, ...] = ()
+    allowed_origins: tuple[OriginPattern, ...] = ()
     text: str = field(default="", repr=False)
     secret_warnings: tuple[str, ...] = ()  # with secrets=False: references that would fail
 
@@ -254,6 +267,8 @@ def build_config(
     metrics = found.attempt(parse_metrics, root.child("metrics"), identity is not None)
     admin = found.attempt(_parse_admin, root.child("admin"))
     sessions = found.attempt(_parse_sessions, root.child("sessions"))
+    allowed_hosts = _parse_patterns(root.child("allowed_hosts"), parse_host_pattern, found)
+    allowed_origins = _parse_patterns(root.child("allowed_origins"), parse_origin_pattern, found)
 
     def assemble() -> GatewayConfig:
         return GatewayConfig(
@@ -275,6 +290,8 @@ def build_config(
             sessions=sessions or SessionsConfig(),
             listing_ttl=60.0 if listing_ttl is None else listing_ttl,
             hash_key=hash_key,
+            allowed_hosts=allowed_hosts,
+            allowed_origins=allowed_origins,
             text=text,
             secret_warnings=()
             if secrets
@@ -360,10 +377,17 @@ def _parse_upstream(
     if not inject.missing:
         inject.mapping(INJECT_KEYS)
         for header, value in inject.child("headers").items() if inject.has("headers") else ():
-            headers.append((header, value.secret(resolve=secrets)))
+            resolved = value.secret(resolve=secrets)
+            size = len(resolved.encode("utf-8", "surrogatepass"))
+            if size > MAX_SECRET_BYTES:
+                raise value.error(
+                    f"the value is {size} bytes; an injected header may have at most "
+                    f"{MAX_SECRET_BYTES} (every response is searched for it in all its forms)"
+                )
+            headers.append((header, resolved))
             secret_nodes.append(value)
         pass_cookies = inject.child("pass_cookies").boolean(default=False)
-    return Upstream(
+    upstream = Upstream(
         name,
         url,
         prefix,
@@ -372,6 +396,9 @@ def _parse_upstream(
         pass_cookies,
         _parse_tool_change(item.child("on_tool_change")),
     )
+    if secrets:
+        forms_for(upstream.secrets)  # compiled here, off the proxy's loop on a reload
+    return upstream
 
 
 def _parse_tool_change(node: Node) -> ToolChangePolicy:
@@ -446,6 +473,22 @@ def _parse_sessions(node: Node) -> SessionsConfig:
             f"on one upstream before its further clients share one); got {value}"
         )
     return SessionsConfig(value)
+
+
+def _parse_patterns[T](node: Node, parse: Callable[[str], T], found: Problems) -> tuple[T, ...]:
+    """`allowed_hosts:` / `allowed_origins:`: a list of patterns, each checked on its own."""
+    if node.missing or node.value is None:
+        return ()
+    patterns: list[T] = []
+    for element in node.elements() if isinstance(node.value, list) else [node]:
+        text = found.attempt(element.string)
+        if text is None:
+            continue
+        try:
+            patterns.append(parse(text))
+        except ValueError as exc:
+            found.add(element.error(f"{text!r}: {exc}"))
+    return tuple(patterns)
 
 
 def _parse_review(node: Node) -> ReviewConfig:

@@ -16,7 +16,8 @@ for cards, mod-97 and the per-country length for IBANs, the SSA's invalid ranges
 SSNs, a decodable `{"alg": …}` header for JWTs, mixed case for AWS secret keys.
 
 Disguised values are found too: `detect_folded` scans a folded copy of each text that holds
-a JSON/JS escape (`alice\\u0040example.com`), a compatibility form NFKC maps to ASCII
+a JSON/JS escape (`alice\\u0040example.com`), URL encoding (`alice%40example.com`), an HTML
+character reference (`alice&#64;example.com`), a compatibility form NFKC maps to ASCII
 (full-width `４１１１…`, `alice＠example.com`, a no-break space), a Unicode dash, or an
 invisible character (zero-width space/joiners, word joiner, BOM, soft hyphen) inside a
 value, and maps each hit back to the span of the original text. Texts with none of these
@@ -26,11 +27,11 @@ Built-in detectors (`BUILTIN_DETECTORS`), with an example each:
 
 | name             | finds                                | example                           |
 |------------------|--------------------------------------|-----------------------------------|
-| `email`          | e-mail addresses                     | `jane.doe@example.com`            |
+| `email`          | e-mail addresses, IDN domains too    | `josé.garcía@bücher.example`      |
 | `phone`          | `+` international, North American    | `+44 20 7946 0958`                |
 | `credit_card`    | 13-19 digits, Luhn and brand checked | `4111 1111 1111 1111`             |
 | `iban`           | IBANs, mod-97 and length checked     | `DE89 3704 0044 0532 0130 00`     |
-| `us_ssn`         | US SSNs in issuable ranges           | `123-45-6789`                     |
+| `us_ssn`         | US SSNs in issuable ranges           | `123-45-6789`, `{"ssn": …}`       |
 | `aws_access_key` | AWS access key ids                   | `AKIAIOSFODNN7EXAMPLE`            |
 | `aws_secret_key` | 40 chars near aws/secret (or key)    | `aws_secret: wJalrXUtnFEMI/K7…`   |
 | `github_token`   | GitHub tokens                        | `ghp_…, github_pat_…`             |
@@ -40,13 +41,26 @@ Built-in detectors (`BUILTIN_DETECTORS`), with an example each:
 | `anthropic_key`  | Anthropic keys                       | `sk-ant-api03-…`                  |
 | `jwt`            | JWS/JWE, header has "alg"            | `eyJhbGciOiJIUzI1NiJ9.eyJ….sig`   |
 | `private_key`    | PEM private keys, BEGIN to END       | `-----BEGIN RSA PRIVATE KEY-----` |
-| `generic_secret` | value after password/secret/token    | `password=hunter2`                |
+| `generic_secret` | value after password/secret/token    | `password=hunter2`, `Bearer …`    |
+| `google_api_key` | Google API keys                      | `AIzaSy…` (39 chars)              |
+| `gitlab_token`   | GitLab tokens                        | `glpat-…`, `glrt-…`               |
+| `npm_token`      | npm access tokens                    | `npm_…` (40 chars)                |
+| `huggingface_token` | Hugging Face tokens               | `hf_…` (37 chars)                 |
+| `sendgrid_key`   | SendGrid API keys                    | `SG.<22>.<43>`                    |
+| `azure_storage_key` | Azure storage account keys        | `AccountKey=…==`                  |
+
+Values under a JSON key that names them are found too (`KeyedDetector`): with
+`generic_secret`, the value of a key like `password`, `client_secret`, `apiKey` or
+`Authorization` (see `SECRET_KEY_NAMES`); with `us_ssn`, a bare `123456789` under `ssn`.
+National phone formats (`020 7946 0958`) are found by `NationalPhoneDetector` for the
+regions a profile names, with the `phonenumbers` library.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import html.entities
 import json
 import re
 import unicodedata
@@ -57,6 +71,8 @@ from functools import lru_cache
 from itertools import accumulate, compress, count
 from operator import add, not_
 from typing import Any, Literal, NamedTuple
+
+import phonenumbers
 
 Kind = Literal["email", "phone", "card", "iban", "ssn", "secret"]
 """What a value is, which decides how the `partial` strategy shows it."""
@@ -151,8 +167,9 @@ class ShapeScan:
     and the whole match is the candidate; detectors validate it against the real text.
     """
 
-    def __init__(self, *patterns: bytes) -> None:
+    def __init__(self, *patterns: bytes, lead: int = 0) -> None:
         self.patterns = tuple(re.compile(p) for p in patterns)
+        self.lead = lead  # characters before the match that belong to the candidate
 
     def spans(self, hay: Haystack, group: str) -> list[Span]:
         found = hay.shared.get(self)
@@ -160,7 +177,8 @@ class ShapeScan:
             found = {}
             for pattern in self.patterns:
                 for match in _overlapping(pattern, hay.shape):
-                    found.setdefault(match.lastgroup or "", []).append(match.span())
+                    span = (match.start() - self.lead, match.end())
+                    found.setdefault(match.lastgroup or "", []).append(span)
             hay.shared[self] = found
         return found.get(group, [])
 
@@ -276,10 +294,14 @@ class KeywordValueDetector(Detector):
             match = self.pattern.match(hay.blob, at)
             if match is None:
                 continue
-            start, end = _value_span(match, self.value_groups)
-            length = self.accept(hay.blob[start:end])
+            start, length = self._value(match)
             if length:
                 yield start, start + length
+
+    def _value(self, match: re.Match[str]) -> tuple[int, int]:
+        """Where the value of a match starts, and its accepted length (0: rejected)."""
+        start, end = _value_span(match, self.value_groups)
+        return start, self.accept(match.string[start:end])
 
 
 @dataclass(frozen=True, eq=False)
@@ -331,6 +353,55 @@ class NearKeywordDetector(Detector):
         return any(keyword in window for keyword in self.keywords)
 
 
+_KEY_SEPARATORS = re.compile(r"[\s_.\-]+")
+
+
+@lru_cache(maxsize=4096)
+def key_name(key: str) -> str:
+    """A JSON key as names are compared: lower-cased, `_ - .` and spaces dropped, so
+    `client_secret`, `Client-Secret` and `clientSecret` all read `clientsecret`.
+
+    `lower`, not `casefold`: `casefold` also maps `ß` to `ss`, which the prefilter's
+    case-insensitive RE2 triggers do not, so a key could match here yet not trigger there.
+    """
+    return _KEY_SEPARATORS.sub("", key).lower()
+
+
+@dataclass(frozen=True, eq=False)
+class KeyedDetector(Detector):
+    """The whole value of a string whose JSON key names what it holds (`"ssn": "…"`).
+
+    A key names it when its `key_name` ends with one of `names` (so `db_password` and
+    `x-api-key` do) and with none of `unless` (`nextPageToken` is a cursor, not a secret).
+    Keys are not in the haystack's text: this detector is never skipped by a prefilter
+    trigger, and gates itself on the keys instead.
+    """
+
+    name: str
+    kind: Kind
+    names: tuple[str, ...]
+    accept: Accept
+    unless: tuple[str, ...] = ()
+
+    def names_it(self, key: str) -> bool:
+        normal = key_name(key)
+        return normal.endswith(self.names) and not normal.endswith(self.unless or ("\x00",))
+
+    def spans(self, hay: Haystack) -> Iterator[Span]:
+        keys = hay.keys
+        if not keys:
+            return
+        named = {key for key in set(keys) if key and self.names_it(key)}
+        if not named:
+            return
+        for index, key in enumerate(keys):
+            if key in named:
+                length = self.accept(hay.texts[index])
+                if length:
+                    start = hay.start(index)
+                    yield start, start + length
+
+
 # --- validators ------------------------------------------------------------------------
 
 
@@ -360,12 +431,13 @@ def _digits(text: str) -> str:
     return "".join(c for c in text if "0" <= c <= "9")
 
 
+_CARD_SEPARATORS = str.maketrans(dict.fromkeys(" -./"))
 _CARD_BRAND = re.compile(r"4|5[0-5]|2[2-7]|3[04-9]|6")
 
 
 def _card_length(candidate: str) -> int:
     """Accept a card number; a 19-digit grouped form may be a 16-digit card plus more."""
-    digits = candidate.replace(" ", "").replace("-", "")
+    digits = candidate.translate(_CARD_SEPARATORS)
     if 13 <= len(digits) <= 19 and _CARD_BRAND.match(digits) and luhn_valid(digits):
         return len(candidate)
     if len(digits) == 19 and not candidate.isdigit():
@@ -420,20 +492,36 @@ def _iban_length(candidate: str) -> int:
     """Accept the IBAN at the start of a candidate, cut at its country's length.
 
     The pattern is greedy, so "ES91 2100 0418 4502 0005 1332 BIC" reaches into the
-    next word; the country length says where the IBAN really ends.
+    next word; the country length says where the IBAN really ends. Lower case and
+    dashes between groups are accepted (`de89-3704-…`).
     """
-    expected = IBAN_LENGTHS.get(candidate[:2])
+    expected = IBAN_LENGTHS.get(candidate[:2].upper())
     if expected is None:
         return 0
     seen = 0
     for end, char in enumerate(candidate, 1):
-        if char != " ":
+        if char not in " -":
             seen += 1
         if seen == expected:
-            if end < len(candidate) and candidate[end] != " ":
+            if end < len(candidate) and candidate[end] not in " -":
                 return 0
-            return end if mod97_valid(candidate[:end]) else 0
+            value = candidate[:end]
+            return end if _grouped_by_four(value) and mod97_valid(value) else 0
     return 0
+
+
+_IBAN_GROUPS = re.compile(r"[^ -]+(?:([ -])[^ -]{4})*(?:\1[^ -]{1,4})?")
+
+
+def _grouped_by_four(value: str) -> bool:
+    """Unseparated, or in groups of four after the first, all split by one separator
+    (`DE89 3704 …`; `ad99-43b3-a1ab-e4da2bcc…` from a UUID is not)."""
+    if " " not in value and "-" not in value:
+        return True
+    first = re.match(r"[^ -]+", value)
+    return (
+        first is not None and len(first.group()) == 4 and _IBAN_GROUPS.fullmatch(value) is not None
+    )
 
 
 def _mixed_case(value: str) -> bool:
@@ -460,9 +548,16 @@ _NUMBER = re.compile(r"[+-]?[0-9]+(?:\.[0-9]+)?")
 _PLACEHOLDERS = frozenset({"true", "false", "null", "none", "undefined", "redacted", "changeme"})
 
 
+_AUTH_SCHEME = re.compile(r"(?i:bearer|basic|token|bot|digest)(?:[ \t]+|$)")
+
+
 def _secret_value_length(value: str) -> int:
-    """Accept a secret's value unless it is a placeholder, a number or already masked."""
+    """Accept a secret's value unless it is a placeholder, a number or already masked
+    (after an auth scheme: `Bearer ${TOKEN}` and a lone `Bearer` are placeholders too)."""
     stripped = value.strip()
+    scheme = _AUTH_SCHEME.match(stripped)
+    if scheme is not None:
+        stripped = stripped[scheme.end() :]
     if len(stripped) < 3 or stripped.lower() in _PLACEHOLDERS:
         return 0
     if stripped.startswith(("[REDACTED", "<", "${", "{{")) or set(stripped) <= {"*", "x", "X"}:
@@ -493,14 +588,19 @@ _W = "A-Za-z0-9_"
 
 @dataclass(frozen=True, eq=False)
 class EmailDetector(Detector):
-    """E-mail addresses, found from each '@' outwards (a scan for the local part is slow)."""
+    """E-mail addresses, found from each '@' outwards (a scan for the local part is slow).
+
+    Internationalised addresses are found whole: letters of any script in the local part
+    (`josé.garcía@…`) and in domain labels (`bücher.example`), and punycode (`xn--…`)
+    labels and top-level domains.
+    """
 
     name: str = "email"
     kind: Kind = "email"
 
     _DOMAIN = re.compile(
-        r"@((?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63})"
-        r"(?![A-Za-z0-9-]|\.[A-Za-z0-9])"
+        r"@((?:[^\W_](?:[\w-]{0,61}[^\W_])?\.)+(?:[^\W\d_]{2,63}|xn--[A-Za-z0-9-]{1,59}))"
+        r"(?![\w-]|\.[^\W_])"
     )
     _LOCAL = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._%+-")
 
@@ -509,7 +609,7 @@ class EmailDetector(Detector):
         for match in self._DOMAIN.finditer(blob):
             at = start = match.start()
             floor = max(0, at - 64)  # a local part has at most 64 characters
-            while start > floor and blob[start - 1] in local:
+            while start > floor and (blob[start - 1] in local or _local_letter(blob[start - 1])):
                 start -= 1
             while start < at and blob[start] == ".":
                 start += 1
@@ -518,36 +618,216 @@ class EmailDetector(Detector):
             yield start, match.end()
 
 
+def _local_letter(char: str) -> bool:
+    """A letter, digit or combining mark of any script (RFC 6531 local parts)."""
+    return not char.isascii() and unicodedata.category(char)[0] in "LMN"
+
+
+@dataclass(frozen=True, eq=False)
+class CardDetector(PatternDetector):
+    """Card numbers; one glued to a letter (`x4111…`) only if that word is not hex digits,
+    since hashes and trace ids (`cfed0b67…`) hold long digit runs that pass Luhn by chance."""
+
+    def spans(self, hay: Haystack) -> Iterator[Span]:
+        blob = hay.blob
+        for start, end in super().spans(hay):
+            if start and blob[start - 1].isalpha() and _in_hex_word(blob, start, end):
+                continue
+            yield start, end
+
+
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+def _in_hex_word(blob: str, start: int, end: int) -> bool:
+    """Whether the letters and digits around [start, end) are all hex digits."""
+    before = start
+    while before > 0 and blob[before - 1].isalnum():
+        before -= 1
+    after = end
+    while after < len(blob) and blob[after].isalnum():
+        after += 1
+    return _HEX.issuperset(blob[before:start]) and _HEX.issuperset(blob[end:after])
+
+
 def _pattern(name: str, kind: Kind, *patterns: str, **options: Any) -> PatternDetector:
     return PatternDetector(name, kind, tuple(re.compile(p) for p in patterns), **options)
 
 
 # Over the shape: "0" is any digit, "A" any capital. A number starts at 3 digits not
-# inside a word, number or dotted sequence; card numbers and SSNs not after a dash;
-# "415 555 0132" not after "+1 " (the international form covers those).
+# inside a word, number or dotted sequence; SSNs not after a dash; "415 555 0132" not
+# after "+1 " (the international form covers those). A card number may follow a letter
+# or a dash after a word (`card:x4111…`, `ref-4111…`; not a minus sign: `-4111…`) and be
+# grouped by ' ', '-', '.' or '/'.
 _NUMBERS = ShapeScan(
-    rb"000(?<![A0a-z_.]000)(?:(?<!-000)(?:"
-    rb"(?P<credit_card>0{10,16}|0(?P<sep>[ -])0000(?P=sep)0000(?P=sep)0{1,4}(?:(?P=sep)000)?"
-    rb"|0(?P<amex>[ -])000000(?P=amex)00000)(?![A0a-z_]|[-.]0)"
-    rb"|(?P<us_ssn>(?P<ssn>[- ])00(?P=ssn)0000)(?![A0a-z_]|-0))"
-    rb"|(?<!\+0[ .-]000)(?P<phone>[-. ]000[-. ]0000)(?![A0a-z_]|[-.]0))",
+    rb"000(?:"
+    rb"(?<![0.]000)(?<![^A0a-z]-000)(?<!^-000)"
+    rb"(?P<credit_card>0{10,16}|0(?P<sep>[ ./-])0000(?P=sep)0000(?P=sep)0{1,4}(?:(?P=sep)000)?"
+    rb"|0(?P<amex>[ ./-])000000(?P=amex)00000)(?![A0a-z_]|[-./]0)"
+    rb"|(?<![A0a-z_.]000)(?:"
+    rb"(?<!-000)(?P<us_ssn>(?P<ssn>[- ])00(?P=ssn)0000)(?![A0a-z_]|-0)"
+    rb"|(?<!\+0[ .-]000)(?P<phone>[-. ]000[-. ]0000)(?![A0a-z_]|[-.]0)))",
     rb"\(000\)(?<![A0a-z_.(]\(000\))(?P<phone> ?000[-. ]0000)(?![A0a-z_]|[-.]0)",
 )
+# IBANs in capitals or lower case, grouped by spaces or dashes (not after a dash: the
+# groups of a UUID are no IBAN).
 _IBANS = ShapeScan(
-    rb"(?P<iban>AA00(?<![A0a-z_]AA00)(?: ?[A0]{4}){2,7}(?: ?[A0]{1,3})?)(?![A0a-z_])"
+    rb"00(?<=[Aa-z][Aa-z]00)(?<![-A0a-z_][Aa-z][Aa-z]00)(?P<iban>(?:[ -]?[A0a-z]{4}){2,7}"
+    rb"(?:[ -]?[A0a-z]{1,3})?)(?![A0a-z_])",
+    lead=2,
 )
 
 # The pattern starts with one of these; it is tried wherever one occurs (any case).
 _GENERIC_KEYWORDS = tuple(
-    word.encode() for word in "pass pwd secret api access private token credential".split()
+    word.encode()
+    for word in "pass pwd secret api access private token credential authorization bearer".split()
 )
 _GENERIC_SECRET = re.compile(
     r"(?i:passw(?:or)?d|passphrase|pwd|secret|api[_-]?key|access[_-]?key|private[_-]?key"
-    r"|token|credential)"
+    r"|token|credential|authorization)"
     r"(?:s?(?=[^A-Za-z])|[_.-][A-Za-z0-9_.-]*|[A-Z][A-Za-z0-9_.-]*)"  # not "secretary"
-    r"""\\?["']?[ \t]*[:=][ \t]*"""
+    r"""\\?["']?[ \t]*[:=][ \t]*(?:(?i:bearer|basic|token|bot)[ \t]+)?"""
     r"""(?:\\?"([^"\\\x00\n]{1,256})|'([^'\x00\n]{1,256})'|([^\s"'\\<>,;&(){}\[\]\x00]{1,256}))"""
+    r"|(?i:bearer)[ \t]+([A-Za-z0-9._~+/-]{8,512}=*)(?![A-Za-z0-9._~+/=-])"
 )
+
+
+def _bearer_length(value: str) -> int:
+    """A credential after `Bearer `: opaque tokens hold a digit, or are long and mixed-case
+    ("bearer instruments" in prose is neither)."""
+    if not any(c.isdigit() for c in value) and (len(value) < 20 or not _mixed_case_only(value)):
+        return 0
+    return _secret_value_length(value)
+
+
+def _mixed_case_only(value: str) -> bool:
+    return not value.isupper() and not value.islower()
+
+
+@dataclass(frozen=True, eq=False)
+class GenericSecretDetector(KeywordValueDetector):
+    """`password=…`, `"secret": "…"` in text, `Authorization: Bearer …` and a bare `Bearer …`."""
+
+    def _value(self, match: re.Match[str]) -> tuple[int, int]:
+        if match.start(4) < 0:
+            return super()._value(match)
+        start, end = match.span(4)
+        return start, _bearer_length(match.string[start:end])
+
+
+SECRET_KEY_NAMES = (
+    "password", "passwd", "pwd", "passphrase", "secret", "secrets", "token", "apikey",
+    "authorization", "privatekey", "secretkey", "accesskey", "credential", "credentials",
+    "cookie", "sessionid",
+)  # fmt: skip
+"""A JSON key names a secret when its `key_name` ends with one of these."""
+NOT_SECRET_KEY_NAMES = ("pagetoken", "nexttoken", "continuationtoken", "synctoken")
+"""Keys ending so are cursors that clients must read back, not secrets."""
+SSN_KEY_NAMES = ("ssn", "socialsecuritynumber", "socialsecurityno", "socialsecurity")
+
+
+def _keyed_secret_length(value: str) -> int:
+    """The whole value under a secret's key, unless it is empty or a placeholder.
+
+    Digits alone are a secret here (a PIN), unlike after `token_count=` in text.
+    """
+    stripped = value.strip()
+    scheme = _AUTH_SCHEME.match(stripped)
+    if scheme is not None and scheme.end() < len(stripped):
+        stripped = stripped[scheme.end() :]
+    if not stripped or stripped.lower() in _PLACEHOLDERS:
+        return 0
+    if stripped.startswith(("[REDACTED", "<", "${", "{{")) or set(stripped) <= {"*", "x", "X"}:
+        return 0
+    return len(value)
+
+
+def _bare_ssn_length(value: str) -> int:
+    """Nine digits (as text or a JSON number) in the SSA's issuable ranges."""
+    if len(value) != 9 or not value.isdigit() or not value.isascii():
+        return 0
+    return 9 if _ssn_length(f"{value[:3]}-{value[3:5]}-{value[5:]}") else 0
+
+
+@lru_cache(maxsize=64)
+def secret_keys(extra: tuple[str, ...] = ()) -> KeyedDetector:
+    """The `generic_secret` part that reads JSON keys, with a profile's extra names.
+
+    One object per set of names, so plans that use it share their compiled prefilter.
+    """
+    names = tuple(dict.fromkeys((*SECRET_KEY_NAMES, *map(key_name, extra))))
+    return KeyedDetector(
+        "generic_secret", "secret", names, _keyed_secret_length, NOT_SECRET_KEY_NAMES
+    )
+
+
+KEYED_DETECTORS: dict[str, KeyedDetector] = {
+    "generic_secret": secret_keys(),
+    "us_ssn": KeyedDetector("us_ssn", "ssn", SSN_KEY_NAMES, _bare_ssn_length),
+}
+"""The part of a built-in detector that reads the JSON key a value sits under; a profile
+naming the built-in gets it too."""
+
+
+@dataclass(frozen=True, eq=False)
+class NationalPhoneDetector(Detector):
+    """Phone numbers written the national way (`020 7946 0958`, `01 23 45 67 89`).
+
+    Candidates start with the trunk prefix 0 (`(0…)` too) and hold 9 to 13 digits in
+    groups; one is a phone when the `phonenumbers` library reads it as a valid number of
+    one of `regions` (ISO 3166 codes of countries whose national numbers begin with 0).
+    """
+
+    regions: tuple[str, ...]
+    name: str = "phone"
+    kind: Kind = "phone"
+
+    _CANDIDATE = re.compile(
+        r"(?:\((?<![\w+.,/:-]\()0[0-9]{1,4}\)|0(?<![\w+.,/:(-]0)[0-9]{1,4})"
+        r"(?:[ .-]?[0-9]{2,4}){1,5}(?![0-9A-Za-z_]|[.-][0-9])"
+    )
+
+    def spans(self, hay: Haystack) -> Iterator[Span]:
+        for match in self._CANDIDATE.finditer(hay.blob):
+            if self._valid(match.group()):
+                yield match.span()
+
+    def _valid(self, candidate: str) -> bool:
+        digits = _digits(candidate)
+        if not 9 <= len(digits) <= 13 or candidate in _DIGIT_ALPHABET:
+            return False
+        for region in self.regions:
+            try:
+                number = phonenumbers.parse(candidate, region)
+            except phonenumbers.NumberParseException:
+                continue
+            if phonenumbers.is_valid_number_for_region(number, region):
+                return True
+        return False
+
+
+def phone_regions_problem(region: str) -> str | None:
+    """Why a region cannot be a `phone_regions` entry, or None when it can."""
+    if region not in phonenumbers.SUPPORTED_REGIONS:
+        return f"unknown region {region!r}; use an ISO 3166 code such as GB, FR or DE"
+    metadata = phonenumbers.PhoneMetadata.metadata_for_region(region)
+    if metadata is None or metadata.national_prefix != "0":
+        return (
+            f"national numbers of {region} do not start with a trunk 0, so they cannot be "
+            "told apart from other numbers; they are found in international form (+…)"
+        )
+    return None
+
+
+# "0123456789" unseparated (as code writes the digits) is not read as a French number.
+_DIGIT_ALPHABET = "0123456789"
+
+
+@lru_cache(maxsize=64)
+def national_phones(regions: tuple[str, ...]) -> NationalPhoneDetector:
+    """One detector per set of regions (a shared object keeps prefilters cached)."""
+    return NationalPhoneDetector(regions)
+
 
 BUILTIN_DETECTORS: dict[str, Detector] = {
     d.name: d
@@ -560,7 +840,7 @@ BUILTIN_DETECTORS: dict[str, Detector] = {
             accept=_phone_length,
             shared=_NUMBERS,
         ),
-        PatternDetector("credit_card", "card", accept=_card_length, shared=_NUMBERS),
+        CardDetector("credit_card", "card", accept=_card_length, shared=_NUMBERS),
         PatternDetector("iban", "iban", accept=_iban_length, shared=_IBANS),
         PatternDetector("us_ssn", "ssn", accept=_ssn_length, shared=_NUMBERS),
         _pattern(
@@ -612,13 +892,42 @@ BUILTIN_DETECTORS: dict[str, Detector] = {
             r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----"
             r"(?:[^\x00]*?-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----|[^\x00]*)",
         ),
-        KeywordValueDetector(
+        GenericSecretDetector(
             "generic_secret",
             "secret",
             _GENERIC_SECRET,
             _GENERIC_KEYWORDS,
             (1, 2, 3),
             _secret_value_length,
+        ),
+        _pattern(
+            "google_api_key", "secret", rf"AIza(?<![{_W}-]AIza)[A-Za-z0-9_-]{{35}}(?![{_W}-])"
+        ),
+        _pattern(
+            "gitlab_token",
+            "secret",
+            rf"gl(?<![{_W}-]gl)(?:pat|dt|ft|soat|rt|imt|ptt|agent|oas|cbt)-"
+            rf"[A-Za-z0-9_-]{{20,1024}}(?![{_W}-])",
+            needles=(b"gl",),
+        ),
+        _pattern("npm_token", "secret", rf"npm_(?<![{_W}]npm_)[A-Za-z0-9]{{36}}(?![{_W}])"),
+        _pattern(
+            "huggingface_token",
+            "secret",
+            rf"hf_(?<![{_W}]hf_)[A-Za-z0-9]{{34}}(?![{_W}])",
+            accept=_whole(_mixed_case_only),
+        ),
+        _pattern(
+            "sendgrid_key",
+            "secret",
+            r"SG\.(?<![A-Za-z0-9_.-]SG\.)[A-Za-z0-9_-]{22}\.[A-Za-z0-9_-]{43}(?![A-Za-z0-9_-])",
+        ),
+        _pattern(
+            "azure_storage_key",
+            "secret",
+            r"(?i:accountkey)[ \t]*=[ \t]*([A-Za-z0-9+/]{86}==)(?![A-Za-z0-9+/=])",
+            value_groups=(1,),
+            needles=(b"accountkey",),
         ),
     )
 }
@@ -711,7 +1020,13 @@ NFKC_STABLE_FOLDS = _INVISIBLE + _DASHES
 """The characters of FOLDS that an NFKC-normalised text may still hold."""
 # Every other character of FOLDS makes a text not NFKC-normalised, which C checks fast.
 _FOLDABLE_IN_NFKC = re.compile(f"[{_char_class(NFKC_STABLE_FOLDS)}]")
-_ESCAPE = re.compile(r"\\(?:u([0-9A-Fa-f]{4})|x([0-9A-Fa-f]{2}))")
+# Text escapes (`\\u0040`, `\\x40`), URL encoding of ASCII (`%40`) and HTML character
+# references (`&#64;`, `&#x40;`, `&commat;`).
+_ESCAPE = re.compile(
+    r"\\(?:u([0-9A-Fa-f]{4})|x([0-9A-Fa-f]{2}))|%([0-7][0-9A-Fa-f])"
+    r"|&(#[0-9]{1,7}|#[xX][0-9A-Fa-f]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});"
+)
+_ESCAPE_LEADS = ("\\", "%", "&")
 # Escapes and every non-ASCII character (then looked up in FOLDS): a class of all of
 # FOLDS' characters would be several times slower to search.
 _FOLD = re.compile(f"{_ESCAPE.pattern}|[^\\x00-\\x7f]")
@@ -753,6 +1068,26 @@ def _unescape(code: str) -> str:
     return FOLDS.get(char, char)
 
 
+@lru_cache(maxsize=4096)
+def _unreference(reference: str) -> str | None:
+    """The character an HTML character reference names (`#64`, `#x40`, `commat`), folded;
+    None for a name HTML does not define or a number that is no character."""
+    if reference[0] == "#":
+        point = int(reference[2:], 16) if reference[1] in "xX" else int(reference[1:])
+        if point > 0x10FFFF or 0xD800 <= point <= 0xDFFF:
+            return None
+        char = chr(point)
+    else:
+        char = html.entities.html5.get(reference + ";", "")
+        if len(char) != 1:
+            return None
+    return FOLDS.get(char, char)
+
+
+def _has_escape(text: str) -> bool:
+    return any(lead in text for lead in _ESCAPE_LEADS) and _ESCAPE.search(text) is not None
+
+
 def has_foldable_chars(text: str) -> bool:
     """Whether a text holds a character folding replaces (full-width forms, invisible ones...)."""
     if text.isascii():
@@ -762,15 +1097,20 @@ def has_foldable_chars(text: str) -> bool:
 
 def fold(text: str) -> Folded | None:
     """The folded form of a text for detection, or None when folding changes nothing."""
-    if ("\\" not in text or _ESCAPE.search(text) is None) and not has_foldable_chars(text):
+    if not _has_escape(text) and not has_foldable_chars(text):
         return None
     parts: list[str] = []
     pieces: list[tuple[int, int, int, int]] = []
     last = length = 0
     for match in _FOLD.finditer(text):
-        code = match.group(1) or match.group(2)
+        code = match.group(1) or match.group(2) or match.group(3)
         if code is not None:
             replacement = _unescape(code)
+        elif match.group(4) is not None:
+            found = _unreference(match.group(4))
+            if found is None:
+                continue
+            replacement = found
         else:
             found = FOLDS.get(match.group())
             if found is None:
@@ -796,13 +1136,15 @@ def detect_folded(hay: Haystack, detectors: Sequence[Detector]) -> list[Hit]:
     apart (two cards either side of a zero-width space), so both are masked.
     """
     blob = hay.blob
-    if blob.isascii() and "\\" not in blob:
+    if blob.isascii() and not any(lead in blob for lead in _ESCAPE_LEADS):
         return []
     origins: list[int] = []
     views: list[Folded] = []
     texts = hay.texts
-    if "\\" in blob:
-        candidates: Iterable[int] = [i for i, t in enumerate(texts) if not t.isascii() or "\\" in t]
+    if any(lead in blob for lead in _ESCAPE_LEADS):
+        candidates: Iterable[int] = [
+            i for i, t in enumerate(texts) if not t.isascii() or any(c in t for c in _ESCAPE_LEADS)
+        ]
     else:  # the texts that are not ASCII, picked in C
         candidates = compress(count(), map(not_, map(str.isascii, texts)))
     for index in candidates:

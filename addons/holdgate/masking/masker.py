@@ -65,13 +65,20 @@ from jsonpath_ng.jsonpath import Child, Descendants, Fields, Index, Root, Slice,
 from holdgate.config.configfile import Node, Problems, collected, declared_names
 from holdgate.masking.detectors import (
     BUILTIN_DETECTORS,
+    KEYED_DETECTORS,
     VALIDATORS,
     Detector,
     Haystack,
+    KeyedDetector,
+    NationalPhoneDetector,
     custom_detector,
     detect,
     detect_folded,
     fold,
+    key_name,
+    national_phones,
+    phone_regions_problem,
+    secret_keys,
 )
 from holdgate.masking.prefilter import Prefilter, prefilter_for
 from holdgate.policy.rules import Globs
@@ -81,7 +88,10 @@ Strategy = Literal["redact", "partial", "hash"]
 STRATEGIES: tuple[Strategy, ...] = ("redact", "partial", "hash")
 _STRENGTH: dict[Strategy, int] = {"partial": 0, "hash": 1, "redact": 2}
 
-PROFILE_KEYS = {"name", "detectors", "paths", "strategy", "upstreams", "tools", "exempt_groups"}
+PROFILE_KEYS = {
+    "name", "detectors", "paths", "strategy", "upstreams", "tools", "exempt_groups",
+    "secret_keys", "phone_regions",
+}  # fmt: skip
 DETECTOR_KEYS = {"name", "regex", "validator"}
 
 Container = dict[str, Any] | list[Any]
@@ -93,6 +103,7 @@ EXACT_FLOAT = 2**53  # a float beyond this is not the number it was written as
 LOOK_BEHIND = 256  # characters of a stream's text kept per JSON key to catch split values
 LOOK_BEHIND_KEYS = 16
 PROFILE_CACHE = 1024  # (upstream, tool, groups) answers kept per policy
+KEY_CACHE = 4096  # per plan, answers for JSON keys (which come from upstreams)
 
 
 class MaskingError(Exception):
@@ -151,11 +162,29 @@ class Profile:
     upstreams: tuple[str, ...] = ()  # empty: every upstream
     tools: Globs | None = None  # None: every response; else only these tools' results
     exempt_groups: tuple[str, ...] = ()
+    secret_keys: tuple[str, ...] = ()  # more key names whose values generic_secret masks
+    phone_regions: tuple[str, ...] = ()  # regions whose national phone formats are found
 
     def applies_to(self, upstream: str, tool: str | None) -> bool:
         if self.upstreams and upstream not in self.upstreams:
             return False
         return self.tools is None or self.tools.match(tool)
+
+    @cached_property
+    def detectors_in_effect(self) -> tuple[Detector, ...]:
+        """The detectors, and the parts of built-ins that read JSON keys or national
+        phone formats (which come with the built-in of the same name)."""
+        out = list(self.detectors)
+        for detector in self.detectors:
+            if BUILTIN_DETECTORS.get(detector.name) is not detector:
+                continue
+            if detector.name == "generic_secret":
+                out.append(secret_keys(self.secret_keys))
+            elif detector.name in KEYED_DETECTORS:
+                out.append(KEYED_DETECTORS[detector.name])
+            elif detector.name == "phone" and self.phone_regions:
+                out.append(national_phones(self.phone_regions))
+        return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -168,10 +197,38 @@ class _Plan:
     trees: tuple[tuple[FieldRule, Strategy], ...]
     hash_key: bytes | None
     number_floor: int = CARD_NUMBER_FLOOR  # numbers below this are not scanned
+    _rules: dict[str, tuple[FieldRule, Strategy] | None] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+    _keyed: dict[str, bool] = field(default_factory=dict, compare=False, repr=False)
 
     @cached_property
     def prefilter(self) -> Prefilter:
         return prefilter_for(self.detectors, frozenset(self.names))
+
+    @cached_property
+    def keyed(self) -> tuple[KeyedDetector, ...]:
+        return tuple(d for d in self.detectors if isinstance(d, KeyedDetector))
+
+    def rule_for(self, key: str) -> tuple[FieldRule, Strategy] | None:
+        """The `$..name` rule for a JSON key: names match keys case-insensitively
+        (`$..password` masks `Password` too), since upstreams spell keys as they like."""
+        rules = self._rules
+        if key in rules:
+            return rules[key]
+        if len(rules) >= KEY_CACHE:
+            rules.clear()
+        found = rules[key] = self.names.get(key.lower())  # as RE2's (?i) reads it
+        return found
+
+    def reads_key(self, key: str) -> bool:
+        """Whether a keyed detector masks what sits under this key (numbers included)."""
+        known = self._keyed.get(key)
+        if known is None:
+            if len(self._keyed) >= KEY_CACHE:
+                self._keyed.clear()
+            known = self._keyed[key] = any(d.names_it(key) for d in self.keyed)
+        return known
 
 
 def _stronger(a: Strategy, b: Strategy) -> Strategy:
@@ -192,12 +249,12 @@ class ProfilesInEffect:
 
     @cached_property
     def _plan(self) -> _Plan:
-        detectors: dict[str, Detector] = {}
+        detectors: dict[int, Detector] = {}
         strategies: dict[str, Strategy] = {}
         rules: dict[str, tuple[FieldRule, Strategy]] = {}
         for profile in self.profiles:
-            for detector in profile.detectors:
-                detectors.setdefault(detector.name, detector)
+            for detector in profile.detectors_in_effect:
+                detectors.setdefault(id(detector), detector)
                 earlier = strategies.get(detector.name, profile.strategy)
                 strategies[detector.name] = _stronger(earlier, profile.strategy)
             for rule in profile.paths:
@@ -207,6 +264,7 @@ class ProfilesInEffect:
         names: dict[str, tuple[FieldRule, Strategy]] = {}
         for rule, strategy in rules.values():
             for name in rule.names or ():
+                name = name.lower()
                 known = names.get(name)
                 if known is None or _STRENGTH[strategy] > _STRENGTH[known[1]]:
                     names[name] = (rule, strategy)
@@ -489,13 +547,18 @@ def _hits(hay: Haystack, plan: _Plan) -> dict[int, list[_Found]]:
 
 
 def _number_floor(detectors: Iterable[Detector]) -> int:
-    builtin = all(BUILTIN_DETECTORS.get(d.name) is d for d in detectors)
+    """Numbers below the floor are not scanned: no built-in finds short bare digits in
+    text (keyed detectors get the numbers under their keys, see `_Plan.reads_key`)."""
+    builtin = all(
+        BUILTIN_DETECTORS.get(d.name) is d or isinstance(d, KeyedDetector | NationalPhoneDetector)
+        for d in detectors
+    )
     return CARD_NUMBER_FLOOR if builtin else 0
 
 
 def _shown(value: str) -> str:
     """A found value as its strategy should read it: escapes and look-alikes folded."""
-    if value.isascii() and "\\" not in value:
+    if value.isascii() and "\\" not in value and "%" not in value and "&" not in value:
         return value
     folded = fold(value)
     return value if folded is None else folded.text
@@ -538,7 +601,9 @@ class _Walk:
     def _collect(self, node: Container, context: str, doc: int) -> None:
         """Note every string under `node` and where it sits; `context` is the nearest key."""
         is_dict = type(node) is dict
-        names = self.plan.names if is_dict else None
+        plan = self.plan
+        rule_for = plan.rule_for if is_dict and plan.names else None
+        reads_key = plan.reads_key if plan.keyed else None
         targets, parents = self.targets, self.parents
         texts, key_texts, floor = self.texts, self.key_texts, self.plan.number_floor
         add_text, add_slot = texts.append, self.slots.append
@@ -557,7 +622,7 @@ class _Walk:
         for key, value in items:
             if is_dict:
                 context = str(key)
-            rule = names.get(context) if names else None
+            rule = rule_for(context) if rule_for else None
             if targets:
                 other = targets.get((id(node), key))
                 if other is not None and (rule is None or _STRENGTH[other[1]] > _STRENGTH[rule[1]]):
@@ -579,7 +644,9 @@ class _Walk:
                     parents.setdefault(id(value), []).append((node, key))
                 self._collect(value, context, doc)
             elif kind is int:
-                if not -floor < value < floor and -NUMBER_CEILING < value < NUMBER_CEILING:
+                if (
+                    not -floor < value < floor or (reads_key is not None and reads_key(context))
+                ) and -NUMBER_CEILING < value < NUMBER_CEILING:
                     self.numbers.add(len(texts))
                     add_text(str(value))
                     add_slot((node, key, doc, context))
@@ -952,7 +1019,38 @@ def _parse_profile(
         upstreams=item.child("upstreams").strings(),
         tools=Globs.of(tools.strings()) if not tools.missing else None,
         exempt_groups=item.child("exempt_groups").strings(),
+        secret_keys=_secret_key_names(item.child("secret_keys"), chosen, doubtful),
+        phone_regions=_phone_regions(item.child("phone_regions"), chosen, doubtful),
     )
+
+
+def _secret_key_names(
+    node: Node, chosen: Mapping[str, Detector], doubtful: bool
+) -> tuple[str, ...]:
+    """`secret_keys:` more JSON key names whose values `generic_secret` masks whole."""
+    names: list[str] = []
+    for entry in _entries(node):
+        text = entry.string()
+        if not key_name(text):
+            raise entry.error(f"{text!r} is no key name; write one like session_id")
+        names.append(text)
+    if names and "generic_secret" not in chosen and not doubtful:
+        raise node.error("secret_keys extends generic_secret; add it to this profile's detectors")
+    return tuple(names)
+
+
+def _phone_regions(node: Node, chosen: Mapping[str, Detector], doubtful: bool) -> tuple[str, ...]:
+    """`phone_regions:` the countries whose national phone formats `phone` finds."""
+    regions: list[str] = []
+    for entry in _entries(node):
+        region = entry.string()
+        problem = phone_regions_problem(region)
+        if problem is not None:
+            raise entry.error(problem)
+        regions.append(region)
+    if regions and "phone" not in chosen and not doubtful:
+        raise node.error("phone_regions configures the phone detector; add it to this profile")
+    return tuple(dict.fromkeys(regions))
 
 
 def _entries(node: Node) -> Iterable[Node]:

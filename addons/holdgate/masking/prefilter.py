@@ -34,6 +34,8 @@ from holdgate.masking.detectors import (
     BUILTIN_DETECTORS,
     NFKC_STABLE_FOLDS,
     Detector,
+    KeyedDetector,
+    NationalPhoneDetector,
     NearKeywordDetector,
 )
 
@@ -47,16 +49,20 @@ _EXPONENT_NUMBER = r"[\[:,][ \t\r\n\\nrt]*-?[0-9][0-9.]*[eE]"
 # Lower case is allowed before all of them: in JSON text `\n4111…` has an 'n' there.
 _NUMBER_START = r"(?:^|[^0-9A-Z_.])"
 _CARD_START = r"(?:^|[^0-9A-Z_.-])"
+_CARD_SEPARATOR = r"[ ./-]"
 TRIGGERS: dict[str, str] = {
     "email": r"@",
     "phone": r"\+[1-9]|\([0-9]{3}\) ?[0-9]{3}[-. ][0-9]{4}|"
     + _NUMBER_START
     + r"[0-9]{3}[-. ][0-9]{3}[-. ][0-9]{4}",
-    "credit_card": r"[0-9]{13}|"
-    + _CARD_START
-    + r"[0-9]{4}(?:[ -][0-9]{4}[ -][0-9]{4}[ -][0-9]|[ -][0-9]{6}[ -][0-9]{5})|"
+    # A card may follow a letter or a dash: no boundary before it.
+    # (An Amex-shaped group ends the number: "SUP-4411 100234 100234" in prose is not one.)
+    "credit_card": (
+        r"[0-9]{13}|[0-9]{4}(?:S[0-9]{4}S[0-9]{4}S[0-9]|S[0-9]{6}S[0-9]{5}(?:[^0-9]|$))|"
+    ).replace("S", _CARD_SEPARATOR)
     + _EXPONENT_NUMBER,
-    "iban": r"(?:^|[^A-Z0-9_])[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]{4}){2}",
+    # Lower case, or a letter before it: in JSON text `\nde89…` has an 'n' there.
+    "iban": r"[A-Za-z]{2}[0-9]{2}(?:[ -]?[A-Za-z0-9]{4}){2}",
     "us_ssn": _CARD_START + r"[0-9]{3}[- ][0-9]{2}[- ][0-9]{4}",
     "aws_access_key": r"A(?:KIA|SIA)",
     "aws_secret_key": r"(?i:aws|secret)",
@@ -67,13 +73,32 @@ TRIGGERS: dict[str, str] = {
     "anthropic_key": r"sk-ant-",
     "jwt": r"eyJ",
     "private_key": r"-----BEGIN ",
-    "generic_secret": r"(?i:pass|pwd|secret|api|access|private|token|credential)",
+    "generic_secret": r"(?i:pass|pwd|secret|api|access|private|token|credential|auth|bearer)",
+    "google_api_key": r"AIza",
+    "gitlab_token": r"gl(?:pat|dt|ft|soat|rt|imt|ptt|agent|oas|cbt)-",
+    "npm_token": r"npm_",
+    "huggingface_token": r"hf_",
+    "sendgrid_key": r"SG\.",
+    "azure_storage_key": r"(?i:accountkey)",
 }
 """Per built-in detector, a regex every candidate it finds contains."""
 
-# A JSON escape, or a text escape folding reads (`\u0040`, `\x40`), can spell any trigger;
-# invisible characters and Unicode dashes are folded away even in NFKC-normalised text.
-_FOLDED = (r"\\[ux]", "[" + NFKC_STABLE_FOLDS + "]")
+# National phone numbers start with a trunk 0 (the detector also wants no word character,
+# '+', '.', ',', '/', ':' or '-' before it; letters are allowed here, as for IBANs).
+NATIONAL_PHONE_TRIGGER = r"(?:^|[^0-9_+.,/:-])\(?0[0-9]{1,4}\)?[ .-]?[0-9]{2}"
+
+# A JSON escape, or a text escape folding reads (`\u0040`, `\x40`, `%40`, `&#64;`), can
+# spell any trigger; invisible characters and Unicode dashes are folded away even in
+# NFKC-normalised text.
+_FOLDED = (
+    r"\\[ux]",
+    r"%[0-7][0-9A-Fa-f]",
+    r"&(?:#|[A-Za-z][A-Za-z0-9]{1,31};)",
+    "[" + NFKC_STABLE_FOLDS + "]",
+)
+# What `key_name` drops between the letters of a key, as raw JSON text (or JSON text in
+# JSON text, its backslashes doubled) may write it.
+_KEY_GAP = r"(?:[\s_.-]|\\+[ntrfb])*"
 # Characters JSON may write as a short escape: a name holding one may not appear as is.
 _ESCAPED_IN_JSON = frozenset('"\\/' + "".join(map(chr, range(0x20))))
 
@@ -94,15 +119,17 @@ class Prefilter:
             trigger = _trigger(detector)
             if trigger is not None:
                 json_set.Add(trigger)
-            # Near-keyword detectors also read the JSON key a text sits under, which the
-            # haystack may not hold: they gate themselves, on keys and text both.
-            if trigger is None or isinstance(detector, NearKeywordDetector):
+            # Near-keyword and keyed detectors also read the JSON key a text sits under,
+            # which the haystack may not hold: they gate themselves, on keys and text both.
+            if trigger is None or isinstance(detector, NearKeywordDetector | KeyedDetector):
                 self._always.append(detector)
             else:
                 gate_set.Add(trigger)
                 self._gated.append(detector)
         self._near = tuple(d.keywords for d in self.detectors if isinstance(d, NearKeywordDetector))
-        for pattern in (*_FOLDED, *map(re2.escape, sorted(names))):
+        self._keyed = tuple(d for d in self.detectors if isinstance(d, KeyedDetector))
+        # `$..name` rules match keys case-insensitively.
+        for pattern in (*_FOLDED, *(f"(?i:{re2.escape(name)})" for name in sorted(names))):
             json_set.Add(pattern)
         json_set.Compile()
         self._gate = None
@@ -135,6 +162,8 @@ class Prefilter:
             lowered = context.lower().encode("latin-1", "replace")
             if any(k in lowered for keywords in self._near for k in keywords):
                 return False
+        if context and any(d.names_it(context) for d in self._keyed):
+            return False
         return _match(self._json, text) == []
 
 
@@ -158,7 +187,16 @@ def _match(patterns: re2.Set, text: str) -> list[int] | None:
 
 
 def _trigger(detector: Detector) -> str | None:
-    """The trigger of a built-in detector; None for any other (it is never skipped)."""
+    """The trigger of a built-in detector; None for any other (it is never skipped).
+
+    A keyed detector's trigger is its key names as raw JSON text may spell them (any
+    case, separators between letters): for `clean_json`, which sees the keys.
+    """
+    if isinstance(detector, KeyedDetector):
+        names = (_KEY_GAP.join(map(re2.escape, name)) for name in sorted(detector.names))
+        return "(?i:" + "|".join(names) + ")"
+    if isinstance(detector, NationalPhoneDetector):
+        return NATIONAL_PHONE_TRIGGER
     if BUILTIN_DETECTORS.get(detector.name) is not detector:
         return None
     return TRIGGERS.get(detector.name)

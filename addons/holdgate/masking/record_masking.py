@@ -21,8 +21,6 @@ the body helpers turn it into a placeholder instead of raising.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import hmac
 import json
@@ -32,10 +30,10 @@ from dataclasses import dataclass, field
 from enum import Enum
 from functools import cached_property
 from typing import Any, Final
-from urllib.parse import quote
 
 from holdgate.config.configfile import parse_yaml
 from holdgate.config.gateway_config import CREDENTIAL_HEADERS, GatewayConfig
+from holdgate.masking.injected import InjectedForms, forms_for
 from holdgate.masking.masker import (
     MaskingError,
     MaskingPolicy,
@@ -48,13 +46,9 @@ from holdgate.protocol.jsonrpc import BodyError, loads_strict_text
 from holdgate.protocol.mrtr import without_request_state
 from holdgate.protocol.sse import SSEDecoder, SSEError, SSEEvent, encode_event
 
-SECRET_MARK: Final = "[REDACTED:injected_credential]"
 SECRET_FINDING: Final = "injected_credential"
 CREDENTIAL_MARK: Final = b"[credential removed by holdgate]"
 INJECTED_MARK: Final = b"[injected by holdgate]"
-# Forms derived from a secret (its token part, encodings) shorter than this are not
-# scrubbed: they would match ordinary text. The raw value itself always is.
-MIN_DERIVED_SECRET: Final = 6
 
 # Header names whose values are credentials: replaced whole, never masked as text.
 _CREDENTIAL_NAME = re.compile(
@@ -120,9 +114,9 @@ class RecordMasking:
         return self.portable_form
 
     @cached_property
-    def needles(self) -> tuple[str, ...]:
-        """Every form of every secret to scrub, longest first."""
-        return secret_forms(self.secrets)
+    def injected(self) -> InjectedForms:
+        """Every form of every secret to scrub, compiled once."""
+        return forms_for(self.secrets)
 
     def effect(self, upstream: str, tool: ToolHint) -> ProfilesInEffect:
         """The record's profiles: no groups, so no exemptions."""
@@ -138,56 +132,10 @@ class RecordMasking:
 
     def scrub(self, text: str) -> tuple[str, int]:
         """`text` with every injected value replaced, and how many were."""
-        count = 0
-        for needle in self.needles:
-            if needle in text:
-                count += text.count(needle)
-                text = text.replace(needle, SECRET_MARK)
-        return text, count
+        return self.injected.scrub_text(text)
 
     def digest(self, data: bytes) -> str:
         return hmac.new(self.digest_key, data, hashlib.sha256).hexdigest()
-
-
-def secret_forms(secrets: Iterable[str]) -> tuple[str, ...]:
-    """The raw values, their token part (`Bearer X`, `Basic X` and the password in X),
-    and those as JSON-escaped, URL-encoded and base64 text."""
-    raw: set[str] = set()
-    derived: set[str] = set()
-    for secret in secrets:
-        if not secret:
-            continue
-        raw.add(secret)
-        bases = [secret]
-        scheme, _, token = secret.strip().partition(" ")
-        token = token.strip()
-        if token and scheme.isalpha():
-            bases.append(token)
-            if scheme.lower() == "basic":
-                bases.extend(_basic_parts(token))
-        for base in bases:
-            derived.add(base)
-            derived.add(json.dumps(base)[1:-1])
-            derived.add(json.dumps(base, ensure_ascii=False)[1:-1])
-            derived.add(_percent_encoded(base))
-            data = base.encode("utf-8", "surrogatepass")
-            derived.add(base64.b64encode(data).decode().rstrip("="))
-            derived.add(base64.urlsafe_b64encode(data).decode().rstrip("="))
-    forms = raw | {form for form in derived if len(form) >= MIN_DERIVED_SECRET}
-    return tuple(sorted(forms, key=lambda form: (-len(form), form)))
-
-
-def _basic_parts(token: str) -> list[str]:
-    try:
-        decoded = base64.b64decode(token, validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
-        return []
-    _, _, password = decoded.partition(":")
-    return [decoded, password] if password else [decoded]
-
-
-def _percent_encoded(text: str) -> str:
-    return quote(text, safe="", errors="surrogatepass")
 
 
 # --- the one function ------------------------------------------------------------------
@@ -203,9 +151,9 @@ def mask_for_record(
     it cannot be done safely (the caller must not record the value in clear).
     """
     scrubbed = 0
-    if record.needles:
+    if record.injected:
         try:
-            value, scrubbed = scrub_value(value, record)
+            value, scrubbed = record.injected.scrub_value(value)
         except RecursionError:
             raise MaskingError("the value is nested too deeply to mask") from None
     outcome = mask_json(value, record.effect(upstream, tool))
@@ -214,37 +162,12 @@ def mask_for_record(
     return MaskOutcome(outcome.value, {**outcome.findings, SECRET_FINDING: scrubbed})
 
 
-def scrub_value(value: Any, record: RecordMasking) -> tuple[Any, int]:
-    """Scrub strings and keys; containers are copied only where something changed."""
-    kind = type(value)
-    if kind is str:
-        return record.scrub(value)
-    if kind is dict:
-        total = 0
-        out: dict[Any, Any] = {}
-        for key, item in value.items():
-            new_key, found_key = record.scrub(key) if type(key) is str else (key, 0)
-            new_item, found = scrub_value(item, record)
-            out[new_key] = new_item
-            total += found_key + found
-        return (out, total) if total else (value, 0)
-    if kind is list:
-        total = 0
-        items = []
-        for item in value:
-            new_item, found = scrub_value(item, record)
-            items.append(new_item)
-            total += found
-        return (items, total) if total else (value, 0)
-    return value, 0
-
-
 def scrub_row(row: Mapping[str, Any], record: RecordMasking) -> dict[str, Any]:
     """An audit row with injected values scrubbed from its text columns (already masked
-    values, serialised JSON included: the JSON-escaped forms are among the needles)."""
+    values, serialised JSON included: the JSON-escaped forms are among the forms found)."""
     out = dict(row)
     for key, value in row.items():
-        if isinstance(value, str) and record.needles:
+        if isinstance(value, str) and record.injected:
             out[key] = record.scrub(value)[0]
     return out
 

@@ -19,13 +19,19 @@ from typing import Any
 from holdgate.config.gateway_config import GatewayConfig
 from holdgate.policy.policytest import ProbeCaller, build_message, caller_for
 from holdgate.policy.rules import Decision
+from holdgate.policy.tasks import (
+    INVALID_TASK_CURSOR,
+    decide_task_request,
+    is_task_request,
+    recorded_task,
+)
 from holdgate.policy.tool_pins import TOOL_CHANGED
 from holdgate.protocol.jsonrpc import Message
 
 # Recorded decisions the policy made; refusals before it (malformed, unauthenticated) and
 # answers passed through are not policy decisions.
 POLICY_ACTIONS = ("allow", "deny", "approve")
-NOT_POLICY_RULES = (TOOL_CHANGED, "client-response")
+NOT_POLICY_RULES = (TOOL_CHANGED, "client-response", INVALID_TASK_CURSOR)
 
 
 @dataclass(frozen=True)
@@ -149,7 +155,12 @@ def replay(candidate: GatewayConfig, rows: Iterable[Mapping[str, Any]]) -> Repla
         except NotReplayable as exc:
             report.skip(str(exc))
             continue
-        decision = candidate.policy.evaluate(caller, row.get("upstream") or "", message)
+        upstream = row.get("upstream") or ""
+        if is_task_request(message):  # decided by the task's owner, then the rules
+            task = recorded_task(row["rule"], caller.user, upstream, extra.get("task"))
+            decision = decide_task_request(candidate.policy, caller, upstream, message, task)
+        else:
+            decision = candidate.policy.evaluate(caller, upstream, message)
         report.considered += 1
         item = Replayed(
             seq=row["seq"],

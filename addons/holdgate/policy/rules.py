@@ -12,9 +12,14 @@ Arguments and URIs are matched so that a value cannot slip past a condition:
   characters) is denied before any rule (`ambiguous-uri`). In URI globs `*` and `?` stop
   at `/` and `**` crosses it.
 - A condition on several values (`$.paths[*]`) holds in an allow rule only if every value
-  passes, in a deny or approve rule if any value does; a value that cannot be decided
-  (`path_under` on a relative path or one with `..`) never passes an allow rule and always
-  fires a deny or approve rule.
+  passes, in a deny or approve rule if any value does.
+- A value that cannot be decided never passes an allow rule and always fires a deny or
+  approve rule: `path_under` on a relative path or one with `..`; a value of another JSON
+  type than the one `equals`/`in` names (`"1"` against `1`: lax upstreams coerce it); a
+  number equal to the named one once rounded to a double (JavaScript upstreams round
+  beyond 2**53); for `regex`/`search` anything but a string, except that a list or object
+  is searched through (every string in it) and is decided not to match when none of its
+  strings does and it holds nothing else; `exists` on a null.
 """
 
 from __future__ import annotations
@@ -22,10 +27,11 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import re
 import string
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -115,9 +121,12 @@ class ArgCondition:
     exists: bool | None = None
 
     def holds(self, arguments: dict[str, Any]) -> bool:
+        """Whether the condition holds for this rule's action: in an allow rule only when
+        every value passes for certain, in a deny or approve rule when any value passes or
+        cannot be decided."""
         values = [m.value for m in self.expr.find(arguments)]
         if self.exists is not None:
-            return bool(values) == self.exists
+            return self._settles(existence_verdict(values, self.exists))
         if not values:
             return False
         verdicts = (self.verdict(v) for v in values)
@@ -125,24 +134,133 @@ class ArgCondition:
             return all(v is True for v in verdicts)
         return any(v is not False for v in verdicts)
 
+    def _settles(self, verdict: bool | None) -> bool:
+        return verdict is True if self.grants else verdict is not False
+
     def verdict(self, value: Any) -> bool | None:
         """Whether one value passes; None when it cannot be decided (see the module doc)."""
         if self.regex is not None:
-            return isinstance(value, str) and self.regex.fullmatch(value) is not None
+            return text_verdict(value, self.regex.fullmatch)
         if self.search is not None:
-            return isinstance(value, str) and self.search.search(value) is not None
+            return text_verdict(value, self.search.search)
         if self.path_under is not None:
             return path_verdict(value, self.path_under)
         if self.has_equals:
-            return _same(value, self.equals)
+            return same_value(value, self.equals)
         if self.one_of is not None:
-            return any(_same(value, option) for option in self.one_of)
+            return any_verdict(same_value(value, option) for option in self.one_of)
         return False
 
 
-def _same(a: Any, b: Any) -> bool:
-    """Equality that does not treat True as 1 (JSON keeps them apart)."""
-    return type(a) is type(b) and a == b if isinstance(a, bool) or isinstance(b, bool) else a == b
+# --- values of another type ----------------------------------------------------------
+# An upstream reads a value its own way: pydantic in lax mode turns "1" into 1, a
+# JavaScript server rounds 2**53 + 1 to 2**53, a lenient one runs the first string of a
+# list. So a value a condition cannot compare as the upstream reads it is undecidable
+# (None): it fires a deny or approve rule and never passes an allow rule.
+
+JSON_TYPES: tuple[tuple[type | tuple[type, ...], str], ...] = (
+    (bool, "boolean"),  # before int: True is an int in Python, not in JSON
+    ((int, float), "number"),
+    (str, "string"),
+    (list, "array"),
+    (dict, "object"),
+    (type(None), "null"),
+)
+
+
+def json_type(value: Any) -> str | None:
+    """The JSON type of a decoded value; None for what JSON has not (a YAML date)."""
+    for python_type, name in JSON_TYPES:
+        if isinstance(value, python_type):
+            return name
+    return None
+
+
+def any_verdict(verdicts: Iterable[bool | None]) -> bool | None:
+    """True if one holds, else None if one is undecidable, else False."""
+    undecided = False
+    for verdict in verdicts:
+        if verdict is True:
+            return True
+        undecided = undecided or verdict is None
+    return None if undecided else False
+
+
+def same_value(value: Any, named: Any) -> bool | None:
+    """Whether `value` is the JSON value `named`: None when another JSON type (an upstream
+    may coerce it), or a number equal to it once both are rounded to doubles."""
+    kind = json_type(named)
+    if json_type(value) != kind:
+        return None
+    if kind == "number":
+        if value == named:
+            return True
+        return None if as_double(value) == as_double(named) else False
+    if kind == "array":
+        if len(value) != len(named):
+            return False
+        return every_verdict(same_value(a, b) for a, b in zip(value, named, strict=True))
+    if kind == "object":
+        if value.keys() != named.keys():
+            return False
+        return every_verdict(same_value(value[k], named[k]) for k in named)
+    return bool(value == named)
+
+
+def every_verdict(verdicts: Iterable[bool | None]) -> bool | None:
+    """False if one fails, else None if one is undecidable, else True."""
+    undecided = False
+    for verdict in verdicts:
+        if verdict is False:
+            return False
+        undecided = undecided or verdict is None
+    return None if undecided else True
+
+
+def as_double(number: float) -> float:
+    """The IEEE double a JavaScript (or any float-only) upstream reads the number as."""
+    try:
+        return float(number)
+    except OverflowError:
+        return math.copysign(math.inf, number)
+
+
+def text_verdict(value: Any, matches: Callable[[str], object]) -> bool | None:
+    """A text condition (`regex`, `search`) on one value. A string is decided; a list or
+    object is searched through — every string in it, keys included — and is undecidable
+    when one matches or when it holds anything but strings (never True: an allow rule
+    does not pass a container where it names text); any other type is undecidable."""
+    if isinstance(value, str):
+        return matches(value) is not None
+    if not isinstance(value, (list, dict)):
+        return None
+    for text in strings_within(value):
+        if text is None or matches(text) is not None:
+            return None
+    return False
+
+
+def strings_within(value: list[Any] | dict[str, Any]) -> Iterable[str | None]:
+    """Every string inside a container, keys included, and None for each other scalar.
+    Iterative, so nesting depth costs no stack."""
+    pending: list[Any] = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict):
+            yield from item.keys()
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+        else:
+            yield item if isinstance(item, str) else None
+
+
+def existence_verdict(values: list[Any], exists: bool) -> bool | None:
+    """`exists:` on the values found; a null is undecidable (many upstreams read a null
+    argument as one not given)."""
+    if any(v is None for v in values):
+        return None
+    return bool(values) == exists
 
 
 @dataclass(frozen=True)
@@ -739,13 +857,45 @@ def _parse_condition(
     if cond.has("path_under"):
         return ArgCondition(path, expr, grants, path_under=_path_base(cond.child("path_under")))
     if cond.has("equals"):
-        return ArgCondition(path, expr, grants, equals=cond.value["equals"], has_equals=True)
+        named = _json_value(cond.child("equals"))
+        return ArgCondition(path, expr, grants, equals=named, has_equals=True)
     if cond.has("in"):
         options = cond.value["in"]
         if not isinstance(options, list):
             raise cond.child("in").error("expected a list of values")
+        for i in range(len(options)):
+            _json_value(cond.child("in").child(i))
+        kinds = sorted({str(json_type(option)) for option in options})
+        if len(kinds) > 1:
+            warnings.append(
+                cond.child("in").warning(
+                    f"the values are of several JSON types ({', '.join(kinds)}); a value of "
+                    "another type than an option cannot be decided, so a deny or approve rule "
+                    "fires on it and an allow rule passes only the values listed exactly"
+                )
+            )
         return ArgCondition(path, expr, grants, one_of=tuple(options))
     return ArgCondition(path, expr, grants, exists=cond.child("exists").boolean(default=True))
+
+
+def _json_value(node: Node) -> Any:
+    """A value to compare arguments with: JSON only, as arguments are JSON."""
+    pending = [node.value]
+    while pending:
+        value = pending.pop()
+        kind = json_type(value)
+        if kind is None:
+            raise node.error(
+                f"{value!r} is not a JSON value (YAML read it as {type(value).__name__}); "
+                "quote it to compare with a string"
+            )
+        if isinstance(value, float) and not math.isfinite(value):
+            raise node.error(f"{value!r} is not a JSON number; no argument can equal it")
+        if isinstance(value, dict):
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
+    return node.value
 
 
 def _path_base(node: Node) -> str:

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
 
+from holdgate.protocol.tasks import TASK_METHODS, requested_task_id
+
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
 INTERNAL_ERROR = -32603
@@ -305,13 +307,22 @@ def check_routing_headers(
             f"Mcp-Method header {method_header[:64]!r} does not match the body's method "
             f"{message.method!r}"
         )
-    if message.kind == "request" and message.target is not None and name_header is None:
+    named = _header_name(message)
+    if message.kind == "request" and named is not None and name_header is None:
         raise _mismatch(f"the Mcp-Name header is required for {message.method}")
-    if name_header is not None or message.target is not None:
-        if decode_header_value(name_header) != message.target:
+    if name_header is not None or named is not None:
+        if decode_header_value(name_header) != named:
             raise _mismatch("Mcp-Name header does not match the name in the body")
     for header, value in param_headers.items():
         _check_param_header(header, value, message.arguments or {}, header_params)
+
+
+def _header_name(message: Message) -> str | None:
+    """What Mcp-Name must carry: the tool, prompt or URI, or (MCP 2026-07-28's tasks
+    extension) the task a tasks/* request names."""
+    if message.target is not None or message.method not in TASK_METHODS:
+        return message.target
+    return requested_task_id(message.raw)
 
 
 def _check_param_header(

@@ -6,10 +6,10 @@ when all of these hold:
 
 - every message is the very object the stages got (stages copy what they change, so a
   filtered listing, a masked value or a gateway error makes a new object);
-- the bytes hold no escape that could spell an injected credential a byte scan would
-  miss (`\\u0041`, `\\/`). The short escapes left (`\\"`, `\\\\`, `\\n`...) are written
-  exactly as `json.dumps` writes them, so the guard's scan of the bytes finds what its
-  scan of the re-serialised text would (its needles include the JSON-escaped forms);
+- the bytes hold no escape that could spell a value other than as written (`\\u0041`,
+  `\\/`): a reader of the raw bytes (a log, a byte filter downstream) sees what was
+  checked. (The injected-credential guard reads the parsed messages, escapes decoded.)
+  The short escapes left (`\\"`, `\\\\`, `\\n`...) are written as `json.dumps` writes them;
 - no number is written with more digits than a float keeps (16 or more, with a fraction
   or exponent): the gateway read it rounded and masked what it read, a client reading
   exact decimals would see the digits. Integers are read exactly.

@@ -1,8 +1,8 @@
 """The access review as Markdown, CSV and JSON (HTML: `review_html.py`).
 
 Every value that came from a client, an upstream or a reviewer (names, reasons) is
-escaped for its format: Markdown cells cannot break their table or carry HTML, and CSV
-cells cannot start a spreadsheet formula.
+inert in its format: in Markdown a code span (no link, image, HTML or emphasis; one line,
+so no new block; `|` escaped in tables), and CSV cells cannot start a spreadsheet formula.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from typing import Any
 
 from holdgate.reports.review_model import IdentityReview, Review, Target, Usage
@@ -32,11 +33,32 @@ CSV_FIELDS = (
 )
 
 
-def md(value: object) -> str:
-    """A Markdown table cell: no HTML, no `|`, one line."""
-    text = str(value) if value not in (None, "") else "-"
-    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    return " ".join(text.replace("|", "\\|").split())
+_BACKTICKS = re.compile(r"`+")
+
+
+def md(value: object, *, cell: bool = True) -> str:
+    """`value` as Markdown that shows it as text: a code span, whose content is never syntax
+    (links, images, HTML, emphasis), fenced by more backticks than the longest run in it
+    and padded with a space (stripped again by renderers), on one line so nothing in it
+    starts a block. In a table `cell`, `|` is escaped: GFM splits cells on it first."""
+    if value in (None, ""):
+        return "-"
+    text = " ".join(str(value).split())
+    fence = "`" * (1 + max((len(run) for run in _BACKTICKS.findall(text)), default=0))
+    if cell:
+        text = text.replace("|", "\\|")
+    return f"{fence} {text} {fence}"
+
+
+# Characters a terminal acts on or that reorder what it shows: C0/C1 controls (ESC starts
+# sequences that move the cursor, set hyperlinks or the clipboard), DEL, line and paragraph
+# separators, and bidirectional overrides and isolates.
+_TERMINAL_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def terminal_text(value: object) -> str:
+    """`value` for a line of text output: what a terminal would act on is shown escaped."""
+    return _TERMINAL_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", str(value))
 
 
 def target_name(target: Target) -> str:
@@ -75,7 +97,8 @@ def render_markdown(review: Review) -> str:
     if review.exceptions:
         out += ["| when | kind | subject | detail |", "|---|---|---|---|"]
         out += [
-            f"| {f.ts} | {f.kind} | {md(f.subject)} | {md(f.detail)} |" for f in review.exceptions
+            f"| {md(f.ts)} | {md(f.kind)} | {md(f.subject)} | {md(f.detail)} |"
+            for f in review.exceptions
         ]
     else:
         out.append("none")
@@ -84,7 +107,7 @@ def render_markdown(review: Review) -> str:
         progress = ", ".join(f"{n} {s}" for s, n in c.progress().items())
         out += [
             "",
-            f"## Certification campaign {c.campaign_id} ({c.state}; {progress})",
+            f"## Certification campaign {md(c.campaign_id, cell=False)} ({c.state}; {progress})",
             "",
             "| item | identity | grant | rule | decision | reviewer | when | reason |",
             "|---|---|---|---|---|---|---|---|",
@@ -92,13 +115,14 @@ def render_markdown(review: Review) -> str:
         for item in c.items:
             grant = f"{item.upstream} {item.target_kind} {item.target}"
             out.append(
-                f"| {item.item_id} | {md(item.user)} | {md(grant)} | {md(item.rule)} | "
-                f"{item.state} | {md(item.reviewer)} | {md(item.decided_at)} | {md(item.reason)} |"
+                f"| {md(item.item_id)} | {md(item.user)} | {md(grant)} | {md(item.rule)} | "
+                f"{md(item.state)} | {md(item.reviewer)} | {md(item.decided_at)} | "
+                f"{md(item.reason)} |"
             )
             for attempt in item.refused:
                 out.append(
-                    f"| {item.item_id} | | | | refused attempt | {md(attempt['reviewer'])} | "
-                    f"{attempt['ts']} | {md(attempt['reason'])} |"
+                    f"| {md(item.item_id)} | | | | refused attempt | {md(attempt['reviewer'])} | "
+                    f"{md(attempt['ts'])} | {md(attempt['reason'])} |"
                 )
     for p in review.identities:
         out += _identity_markdown(p)
@@ -108,10 +132,10 @@ def render_markdown(review: Review) -> str:
 def _identity_markdown(p: IdentityReview) -> list[str]:
     out = [
         "",
-        f"## {md(p.user)}",
+        f"## {md(p.user, cell=False)}",
         "",
-        f"groups (as seen in its credentials): {md(', '.join(sorted(p.groups)))}",
-        f"sessions: {len(p.sessions)}; clients: {md(', '.join(sorted(p.clients)))}",
+        f"groups (as seen in its credentials): {md(', '.join(sorted(p.groups)), cell=False)}",
+        f"sessions: {len(p.sessions)}; clients: {md(', '.join(sorted(p.clients)), cell=False)}",
         "",
         "### Grants and use",
         "",
@@ -130,8 +154,8 @@ def _identity_markdown(p: IdentityReview) -> list[str]:
         out += ["| REFUSED | rule | calls | first | last | reason |", "|---|---|---|---|---|---|"]
         for d in sorted(p.denials.values(), key=lambda d: (d.rule, d.target)):
             out.append(
-                f"| {md(target_name(d.target))} | {md(d.rule)} | {d.count} | {d.first} | "
-                f"{d.last} | {md(d.reason)} |"
+                f"| {md(target_name(d.target))} | {md(d.rule)} | {d.count} | {md(d.first)} | "
+                f"{md(d.last)} | {md(d.reason)} |"
             )
     else:
         out.append("none")
@@ -140,7 +164,7 @@ def _identity_markdown(p: IdentityReview) -> list[str]:
         out += ["| approval | tool | state | by | when | reason |", "|---|---|---|---|---|---|"]
         for a in p.approvals:
             out.append(
-                f"| {a.approval_id} | {md(a.tool)} | {a.state} | {md(a.decider)} | "
+                f"| {md(a.approval_id)} | {md(a.tool)} | {md(a.state)} | {md(a.decider)} | "
                 f"{md(a.decided_at)} | {md(a.reason)} |"
             )
     else:
@@ -150,6 +174,7 @@ def _identity_markdown(p: IdentityReview) -> list[str]:
         totals[detector] = totals.get(detector, 0) + n
     out += [
         "",
+        # detector names are the config's (profiles), never a caller's
         "masked exposures: " + (", ".join(f"{k} {v}" for k, v in sorted(totals.items())) or "none"),
     ]
     if p.masked:
@@ -159,7 +184,7 @@ def _identity_markdown(p: IdentityReview) -> list[str]:
         out += [
             "",
             "**Unused grants** (granted, never used): "
-            + ", ".join(md(target_name(t)) for t in p.unused),
+            + ", ".join(md(target_name(t), cell=False) for t in p.unused),
         ]
     out += ["", "Least-privilege suggestion:", "", "```yaml", p.suggestion(), "```"]
     return out

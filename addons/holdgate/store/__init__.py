@@ -16,6 +16,7 @@ One `Store` object owns the connections; all SQL lives in this package:
     purge.py             retention (keeping current pins, configs in use), a chained checkpoint
     checkpoints.py       signed checkpoints: keys, the witness line format, verify --witness
     replica_records.py   the replicas sharing the store: registration, heartbeats, leases
+    task_records.py      who owns each upstream task, and the call that created it
     pg_listen.py         PostgreSQL notifications of approval decisions (LISTEN/NOTIFY)
     writer.py            AuditWriter, the gateway's non-blocking writer thread
     digest_key.py        the argument-digest key kept beside the store
@@ -23,7 +24,12 @@ One `Store` object owns the connections; all SQL lives in this package:
     errors.py            the exception tree
     sqlite_export.py     the export feed as a standalone SQLite file
     oneshot.py           one call on the store at a path, for callers without a Store
+
+`PostgresStore` is imported on first use of the name (psycopg behind it is heavy and only a
+PostgreSQL store needs it): `from holdgate.store import PostgresStore` works as ever.
 """
+
+from typing import TYPE_CHECKING, Any
 
 from holdgate.store.approval_records import Decision
 from holdgate.store.campaign_records import Campaign, Item, ItemSpec, Verdict
@@ -61,7 +67,6 @@ from holdgate.store.oneshot import (
     pending_approvals,
     tool_pin_rows,
 )
-from holdgate.store.postgres_store import PostgresStore
 from holdgate.store.purge import PurgeRecord, PurgeReport
 from holdgate.store.queries import EXPORT_FIELDS
 from holdgate.store.rows import (
@@ -79,7 +84,20 @@ from holdgate.store.rows import (
 from holdgate.store.schema import CHAINED, GENESIS, SCHEMA_VERSION, open_db, schema_version
 from holdgate.store.sqlite_export import write_sqlite_export
 from holdgate.store.sqlite_store import SqliteStore, open_store
+from holdgate.store.task_records import TaskRecord
 from holdgate.store.writer import AuditWriter
+
+if TYPE_CHECKING:
+    from holdgate.store.postgres_store import PostgresStore
+
+
+def __getattr__(name: str) -> Any:
+    if name == "PostgresStore":
+        from holdgate.store.postgres_store import PostgresStore
+
+        return PostgresStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "AlreadyCertified",
@@ -122,6 +140,7 @@ __all__ = [
     "StoreNotSupported",
     "StoreUnavailable",
     "RecordingRow",
+    "TaskRecord",
     "ToolPinRow",
     "UnknownApproval",
     "VerifyReport",

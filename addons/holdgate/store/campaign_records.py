@@ -38,6 +38,9 @@ from holdgate.store.sqlconn import SqlConnection, select, transaction
 Verdict = Literal["keep", "revoke"]
 ITEM_STATES = ("open", "keep", "revoke")
 REFUSED = "refused_attempt"
+# The most of a reason (and of a refused caller's name) a certification row keeps: a reason
+# is for people to read, and the API takes bodies of up to 64 KiB from any caller.
+REASON_CHARS = 2000
 TARGET_KINDS = ("tool", "resource", "prompt")
 
 
@@ -296,6 +299,13 @@ def certification_refusal(
     return None
 
 
+def bounded(text: str, limit: int = REASON_CHARS) -> str:
+    """`text`, or its first `limit` characters and a marker saying how long it was."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… [truncated: {len(text)} characters]"
+
+
 def certify(
     conn: SqlConnection,
     item_id: str,
@@ -304,8 +314,10 @@ def certify(
     reason: str,
     reviewer_groups: Iterable[str] | None,
     allowed_groups: Iterable[str] = (),
+    note: str = "",
 ) -> Item:
-    """A reviewer's decision: recorded and returned, or recorded as refused and raised."""
+    """A reviewer's decision: recorded and returned, or recorded as refused (with `note`
+    after the refusal's reason) and raised. Reasons are kept to `REASON_CHARS`."""
     if verdict not in ("keep", "revoke"):
         raise BadRow(f"not a decision: {verdict!r} (keep or revoke)")
     if not reason.strip():
@@ -317,7 +329,9 @@ def certify(
         problem = certification_refusal(campaign, item, item_id, reviewer, groups, allowed_groups)
         if item is not None:
             state, why = (
-                (verdict, reason) if problem is None else (REFUSED, f"{verdict} refused: {problem}")
+                (verdict, reason)
+                if problem is None
+                else (REFUSED, f"{verdict} refused: {problem}{note}")
             )
             row = {
                 "campaign_id": item.campaign_id,
@@ -328,8 +342,8 @@ def certify(
                 "target": item.target,
                 "rule": item.rule,
                 "state": state,
-                "reviewer": reviewer,
-                "reason": why,
+                "reviewer": bounded(reviewer) if problem is not None else reviewer,
+                "reason": bounded(why),
             }
             append_rows(conn, [("certifications", normalize_row("certifications", row))])
         after = load(conn, campaign_of(item_id))

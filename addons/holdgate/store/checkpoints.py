@@ -370,6 +370,33 @@ def verify_witness(
     )
 
 
+def tail_problem(store: Store, lines: list[WitnessLine]) -> str | None:
+    """Why the store ends before the latest checkpoint of it in the witness, if it does
+    (a copy made without its `-wal`, a cut tail, an older copy restored). Needs no key: a
+    forged line can only make this fail, never pass; `verify_witness` checks signatures."""
+    own_id = store.store_id
+    signed = [(w.number, w.checkpoint) for w in lines if w.checkpoint is not None]
+    mine = [(number, cp) for number, cp in signed if cp.store == own_id]
+    if not mine:
+        if not signed:
+            return None
+        return (
+            f"no checkpoint in it is of this store ({own_id}): the witness of another store, "
+            "or the store was replaced by a new one"
+        )
+    line, cp = max(mine, key=lambda found: found[1].seq)
+    head_seq, _ = store.chain_head()
+    if cp.seq <= head_seq:
+        return None
+    gone = str(cp.seq) if cp.seq == head_seq + 1 else f"{head_seq + 1}..{cp.seq}"
+    return (
+        f"the store ends at seq {head_seq}, but line {line} is a checkpoint of seq "
+        f"{cp.seq} (signed {cp.time}): seq {gone} are missing from this store. A copy made "
+        "with cp misses the rows still in the -wal file (take copies with holdgate backup); "
+        "otherwise the tail was cut or an older copy restored"
+    )
+
+
 @dataclass
 class Signer:
     """Signs the head when it moved since the last checkpoint this signer made."""

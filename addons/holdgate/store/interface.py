@@ -25,6 +25,7 @@ from holdgate.store.rows import (
     SessionSummary,
     ToolPinRow,
 )
+from holdgate.store.task_records import TaskRecord
 from holdgate.store.writer import AuditWriter
 
 
@@ -89,6 +90,16 @@ class Store(Protocol):
 
     def end_session(self, session_key: str) -> None:
         """Forget a session's owner (the session was ended)."""
+
+    def claim_task(self, record: TaskRecord, now: float | None = None) -> TaskRecord:
+        """Record who owns an upstream task unless it has an owner: the record that holds
+        (first claim wins, across replicas). Expired records are deleted."""
+
+    def find_task(self, task_key: str, now: float | None = None) -> TaskRecord | None:
+        """The unexpired record of a task, if any."""
+
+    def task_keys_of(self, owner: str, upstream: str, now: float | None = None) -> set[str]:
+        """The keys of `owner`'s newest unexpired tasks on `upstream`."""
 
     # --- approvals ---
 
@@ -171,9 +182,11 @@ class Store(Protocol):
         reason: str,
         reviewer_groups: Iterable[str] | None,
         allowed_groups: Iterable[str] = (),
+        note: str = "",
     ) -> Item:
         """A reviewer's keep/revoke under the campaign rules (`reviewer_groups=None`: the
-        trusted host operator); a refusal is recorded and raised as `CertificationRefused`."""
+        trusted host operator); a refusal is recorded (`note` after its reason) and raised
+        as `CertificationRefused`. Reasons are kept to their first 2,000 characters."""
 
     def campaign(self, campaign_id: str) -> Campaign | None:
         """A campaign with its events and each item's latest state."""

@@ -21,6 +21,8 @@ from holdgate.store.schema import (
     INDEXES,
     SHARED_KEYS,
     SHARED_V4,
+    TASK_OWNERS,
+    TASK_OWNERS_INDEX,
 )
 from holdgate.store.sqlconn import SqlConnection, transaction
 
@@ -117,7 +119,19 @@ def _migrate_v6(conn: SqlConnection) -> None:
     conn.execute(f'CREATE OR REPLACE VIEW "v_approvals" AS {_VIEWS["v_approvals"].strip()}')
 
 
-MIGRATIONS: list[Callable[[SqlConnection], None]] = [_create_v4, _migrate_v5, _migrate_v6]
+def _migrate_v7(conn: SqlConnection) -> None:
+    """`task_owners`, as SQLite's schema 7."""
+    _create_shared(conn, "task_owners", TASK_OWNERS)
+    names = ", ".join(f'"{c}"' for c in TASK_OWNERS_INDEX)
+    conn.execute(f'CREATE INDEX "ix_task_owners_owner" ON "task_owners" ({names})')
+
+
+MIGRATIONS: list[Callable[[SqlConnection], None]] = [
+    _create_v4,
+    _migrate_v5,
+    _migrate_v6,
+    _migrate_v7,
+]
 SCHEMA_VERSION = FIRST_VERSION + len(MIGRATIONS) - 1
 
 

@@ -194,14 +194,30 @@ FEED_CURSORS = {
     "lease_until": float,
     "last_error": str,
 }
-SHARED = {**SHARED_V4, "feed_cursors": FEED_CURSORS}
+# which identity each upstream task belongs to and the call that created it (schema 7;
+# keyed by a digest of upstream and task id; holdgate.store.task_records)
+TASK_OWNERS = {
+    "task_key": str,
+    "owner": str,
+    "upstream": str,
+    "session_id": str,
+    "tool": str,
+    "call_flow_id": str,
+    "call_jsonrpc_id": str,
+    "created": float,
+    "expires": float,
+}
+SHARED = {**SHARED_V4, "feed_cursors": FEED_CURSORS, "task_owners": TASK_OWNERS}
 SHARED_KEYS = {
     "replicas": "replica",
     "rate_counters": "bucket",
     "grants": "grant_key",
     "session_owners": "session_key",
     "feed_cursors": "feed",
+    "task_owners": "task_key",
 }
+# a caller's tasks are listed newest first (tasks/list filtering)
+TASK_OWNERS_INDEX = ["owner", "upstream", "created"]
 CHAINED = tuple(COLUMNS)
 TIME_COLUMN = {t: "first_seen" if t == "sessions" else "ts" for t in CHAINED}
 
@@ -362,6 +378,12 @@ def _migrate_v6(db: Database) -> None:
     )
 
 
+def _migrate_v7(db: Database) -> None:
+    """`task_owners`: who owns each upstream task (not chained, shared by replicas)."""
+    db["task_owners"].create(TASK_OWNERS, pk=SHARED_KEYS["task_owners"])  # type: ignore[union-attr]
+    db["task_owners"].create_index(TASK_OWNERS_INDEX, index_name="ix_task_owners_owner")  # type: ignore[union-attr]
+
+
 MIGRATIONS: list[Callable[[Database], None]] = [
     _migrate_v1,
     _migrate_v2,
@@ -369,6 +391,7 @@ MIGRATIONS: list[Callable[[Database], None]] = [
     _migrate_v4,
     _migrate_v5,
     _migrate_v6,
+    _migrate_v7,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

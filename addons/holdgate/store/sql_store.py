@@ -21,6 +21,7 @@ from holdgate.store import (
     queries,
     replica_records,
     shared_state,
+    task_records,
 )
 from holdgate.store.approval_records import Decision
 from holdgate.store.campaign_records import Campaign, Item, ItemSpec, Verdict
@@ -41,6 +42,7 @@ from holdgate.store.rows import (
 )
 from holdgate.store.schema import CHAINED
 from holdgate.store.sqlconn import SqlConnection, transaction
+from holdgate.store.task_records import TaskRecord
 from holdgate.store.writer import Batch
 
 
@@ -126,6 +128,18 @@ class SqlStore:
     def end_session(self, session_key: str) -> None:
         with self._conn() as conn:
             shared_state.end_session(conn, session_key)
+
+    def claim_task(self, record: TaskRecord, now: float | None = None) -> TaskRecord:
+        with self._conn() as conn:
+            return task_records.claim_task(conn, record, self.clock_sql, now)
+
+    def find_task(self, task_key: str, now: float | None = None) -> TaskRecord | None:
+        with self._conn() as conn:
+            return task_records.find_task(conn, task_key, self.clock_sql, now)
+
+    def task_keys_of(self, owner: str, upstream: str, now: float | None = None) -> set[str]:
+        with self._conn() as conn:
+            return task_records.task_keys_of(conn, owner, upstream, self.clock_sql, now)
 
     # --- approvals ---
 
@@ -236,10 +250,11 @@ class SqlStore:
         reason: str,
         reviewer_groups: Iterable[str] | None,
         allowed_groups: Iterable[str] = (),
+        note: str = "",
     ) -> Item:
         with self._conn() as conn:
             return campaign_records.certify(
-                conn, item_id, verdict, reviewer, reason, reviewer_groups, allowed_groups
+                conn, item_id, verdict, reviewer, reason, reviewer_groups, allowed_groups, note
             )
 
     def campaign(self, campaign_id: str) -> Campaign | None:

@@ -17,9 +17,10 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import psycopg
+if TYPE_CHECKING:
+    import psycopg
 
 # The advisory lock every write transaction takes (any constant; "hg" in ASCII).
 CHAIN_LOCK = 0x6867
@@ -64,7 +65,9 @@ def to_pyformat(sql: str, named: bool) -> str:
 
 class PgConnection:
     """A psycopg connection in autocommit mode with sqlite3's execute shape (see above).
-    Reconnects on the next use after the server went away."""
+    Reconnects on the next use after the server went away. psycopg is imported here, on
+    use, not with the module: a SQLite-only process (most `holdgate` commands) never pays
+    for loading it."""
 
     def __init__(self, url: str, *, connect_timeout: float = 5.0) -> None:
         self.url = url
@@ -76,6 +79,8 @@ class PgConnection:
     def _connection(self, ending: bool = False) -> psycopg.Connection[Any]:
         """The live connection, a new one after a loss — never in the middle of a
         transaction, whose statements must not go on outside it (`ending`: its ROLLBACK)."""
+        import psycopg
+
         conn = self._conn
         if conn is None or conn.closed or conn.broken:
             if self._open and not ending:
@@ -90,11 +95,13 @@ class PgConnection:
 
     @property
     def in_transaction(self) -> bool:
+        from psycopg.pq import TransactionStatus
+
         conn = self._conn
         return self._open or (
             conn is not None
             and not conn.closed
-            and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
+            and conn.info.transaction_status != TransactionStatus.IDLE
         )
 
     def execute(self, sql: str, parameters: Any = (), /) -> Any:

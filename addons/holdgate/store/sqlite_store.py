@@ -19,7 +19,6 @@ from urllib.parse import urlsplit
 from holdgate.store.digest_key import load_or_create_key
 from holdgate.store.errors import StoreNotSupported, StoreUnavailable
 from holdgate.store.interface import Store
-from holdgate.store.postgres_store import PostgresStore
 from holdgate.store.schema import open_db
 from holdgate.store.sql_store import SqlStore
 from holdgate.store.writer import AuditWriter
@@ -86,6 +85,9 @@ def open_store(url_or_path: str | os.PathLike[str], *, create: bool = True) -> S
     if scheme == "sqlite":
         return SqliteStore(text.partition("://")[2] or ".", create=create)
     if scheme in ("postgresql", "postgres"):
+        # here, not at the top: psycopg loads only for a PostgreSQL store
+        from holdgate.store.postgres_store import PostgresStore
+
         return PostgresStore(text, create=create)
     raise StoreNotSupported(
         f"no audit store backend for {scheme}:// URLs; use a SQLite path such as "

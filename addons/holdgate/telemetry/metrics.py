@@ -81,6 +81,8 @@ REFUSAL_KINDS = frozenset(
         "audit-unavailable",
         "unrecordable",
         "internal-error",
+        "host-refused",
+        "upstream-failed",
     }
 )
 APPROVAL_OUTCOMES = frozenset({"approved", "denied", "expired", "cancelled", "granted"})

@@ -1,0 +1,189 @@
+"""`holdgate policy …`: write, check, explain, test and replay policies before they go live."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from holdgate.cli.common import (
+    CheckFailed,
+    db_option,
+    load_rules,
+    opened,
+    since_option,
+    until_option,
+)
+from holdgate.config.configfile import ConfigError
+from holdgate.config.gateway_config import GatewayConfig, load_config
+from holdgate.policy.policytest import (
+    build_message,
+    caller_for,
+    format_explanation,
+    parse_args_json,
+    run_tests,
+)
+from holdgate.policy.replay import NotReplayable, format_report, rebuild, replay
+
+
+@click.group()
+def policy() -> None:
+    """Write, check, explain and test policies."""
+
+
+@policy.command("check")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+def policy_check(file: str) -> None:
+    """Validate a config file; errors name the file, line, column and key (all of them).
+
+    Warnings (e.g. an allow rule's unanchored pattern, or a `${env:…}` secret not set
+    here) go to stderr and leave exit status 0: secrets are the gateway's, not needed here.
+    """
+    try:
+        config = load_config(file, secrets=False)
+    except ConfigError as exc:
+        raise CheckFailed(exc.report()) from None
+    for warning in (*config.secret_warnings, *config.policy.warnings):
+        click.echo(warning, err=True)
+    click.echo(
+        f"{file}: ok ({len(config.policy.rules)} rules, {len(config.upstreams)} upstreams, "
+        f"sha256 {config.digest[:12]})"
+    )
+
+
+@policy.command("explain")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--user", help="The caller's user name (omit for anonymous).")
+@click.option("--groups", default="", help="Comma-separated groups of the caller.")
+@click.option("--upstream", help="Upstream name (default: the first in the file).")
+@click.option("--method", default="tools/call", show_default=True, help="JSON-RPC method.")
+@click.option("--tool", help="Tool name (tools/call).")
+@click.option("--resource", help="Resource URI (resources/read).")
+@click.option("--prompt", help="Prompt name (prompts/get).")
+@click.option("--args", "args_json", help="Tool arguments as a JSON object.")
+@click.option(
+    "--event", type=int, help="Explain this recorded event (its seq) instead: needs --db."
+)
+@db_option
+def policy_explain(
+    file: str,
+    user: str | None,
+    groups: str,
+    upstream: str | None,
+    method: str,
+    tool: str | None,
+    resource: str | None,
+    prompt: str | None,
+    args_json: str | None,
+    event: int | None,
+    db: str,
+) -> None:
+    """Show every rule considered, why it did or did not match, and the decision."""
+    config = load_rules(file)
+    if event is not None:
+        _explain_recorded(config, db, event)
+        return
+    try:
+        args = parse_args_json(args_json)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--args") from None
+    target = tool or resource or prompt
+    caller = caller_for(user, tuple(g.strip() for g in groups.split(",") if g.strip()))
+    upstream_name = upstream or config.upstreams[0].name
+    if upstream_name not in {u.name for u in config.upstreams}:
+        raise click.BadParameter(f"no upstream named {upstream_name!r}", param_hint="--upstream")
+    try:
+        message = build_message(method, target, args)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    decision, trace = config.policy.explain(caller, upstream_name, message)
+    click.echo(f"request: {caller.user} {list(caller.groups)} -> {upstream_name} {method} {target}")
+    click.echo(format_explanation(decision, trace))
+
+
+def _explain_recorded(config: GatewayConfig, db: str, seq: int) -> None:
+    """A recorded decision, explained by FILE's rules, and whether FILE is what decided it."""
+    with opened(db) as store:
+        row = store.event(seq)
+    if row is None:
+        raise CheckFailed(f"no event with seq {seq} in {db}; see `holdgate sessions show`")
+    try:
+        caller, message = rebuild(row)
+    except NotReplayable as exc:
+        raise CheckFailed(f"event {seq} cannot be explained: {exc}") from None
+    upstream = row.get("upstream") or ""
+    decision, trace = config.policy.explain(caller, upstream, message)
+    click.echo(
+        f"event {seq} at {row['ts']}: {caller.user} {list(caller.groups)} -> {upstream} "
+        f"{row['method']} {row.get('target') or ''}".rstrip()
+    )
+    click.echo(f"recorded: {row['decision']} by {row['rule']!r} ({row['reason']})")
+    if row.get("config_hash") != config.digest:
+        click.echo(
+            f"note: recorded under config sha256 {str(row.get('config_hash'))[:12]}, this file "
+            f"is {config.digest[:12]} (the config_versions table keeps each version)"
+        )
+    click.echo(format_explanation(decision, trace))
+
+
+@policy.command("test")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.argument("tests", type=click.Path(exists=True, dir_okay=False))
+def policy_test(file: str, tests: str) -> None:
+    """Run policy unit tests: each case's request and the decision it expects."""
+    config = load_rules(file)
+    try:
+        results = run_tests(config, tests)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    failed = [r for r in results if not r.passed]
+    for r in results:
+        click.echo(f"{'PASS' if r.passed else 'FAIL'} {r.name}")
+        if not r.passed:
+            want = ", ".join(f"{k} {v!r}" for k, v in r.expected.items())
+            click.echo(f"     {tests}:{r.line}: expected {want}")
+            click.echo(f"     got action {r.got.action!r}, rule {r.got.rule!r} ({r.got.reason})")
+    click.echo(f"{len(results) - len(failed)} passed, {len(failed)} failed")
+    if failed:
+        sys.exit(1)
+
+
+@policy.command("replay")
+@click.argument("candidate", type=click.Path(exists=True, dir_okay=False))
+@db_option
+@since_option
+@until_option
+@click.option("--all", "show_all", is_flag=True, help="List every changed message.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="A text report, or JSON for scripts.",
+)
+@click.option("--fail-on-change", is_flag=True, help="Exit 1 when any decision would change.")
+def policy_replay(
+    candidate: str,
+    db: str,
+    since: str | None,
+    until: str | None,
+    show_all: bool,
+    fmt: str,
+    fail_on_change: bool,
+) -> None:
+    """Decide the recorded traffic with CANDIDATE and report every decision that would change,
+    grouped by rule: try a rule change on real traffic before it goes live."""
+    config = load_rules(candidate)
+    with opened(db) as store:
+        rows = store.events(since, until)
+    report = replay(config, rows)
+    if fmt == "json":
+        click.echo(json.dumps({"candidate": candidate, **report.to_json()}, indent=2))
+    else:
+        click.echo(f"candidate {candidate} (sha256 {config.digest[:12]}) on {db}")
+        for line in format_report(report, None if show_all else 5):
+            click.echo(line)
+    if fail_on_change and report.changed:
+        sys.exit(1)
