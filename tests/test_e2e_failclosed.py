@@ -53,7 +53,7 @@ def call(tool: str) -> dict:
             "get_customer",
         ),
         ("holdgate.addons.enforcement:parse_body", "PolicyEnforcer.request", "get_customer"),
-        ("holdgate.addons.holds:request_digest", "ApprovalHolds.request", "run_sql"),
+        ("holdgate.addons.approval_core:request_digest", "ApprovalHolds.request", "run_sql"),
         # the hold expires, but the store will not take the decision: refused, not released
         (
             "holdgate.store.sqlite_store:SqliteStore.append_approval_state",

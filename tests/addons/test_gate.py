@@ -21,6 +21,7 @@ from helpers.flows import (
     result,
     send,
 )
+from holdgate.addons.admin_api import AdminApi
 from holdgate.addons.authentication import Authentication
 from holdgate.addons.enforcement import PolicyEnforcer
 from holdgate.addons.gate import Gate
@@ -154,7 +155,7 @@ async def test_a_held_call_is_on_record_before_it_is_held_and_released(tmp_path)
         (pending,) = committed(tmp_path, "select * from approvals")
         assert (pending["state"], pending["flow_id"]) == ("pending", flow.id)
         assert committed(tmp_path, "select * from events where direction = 'request'") == []
-        decided = await holds.handle_admin(
+        decided = await find(tctx, AdminApi).handle(
             AdminRequest(
                 "POST",
                 f"/approvals/{pending['approval_id']}/approve",

@@ -8,6 +8,7 @@ import pytest
 
 from helpers.configs import ALICE, BOB, DANA, identity
 from helpers.flows import UPSTREAM_URL, call, find, gateway, mcp_flow, response_json, send
+from holdgate.addons.admin_api import AdminApi
 from holdgate.addons.holds import ApprovalHolds
 from holdgate.approvals.adminhttp import AdminRequest
 
@@ -36,10 +37,12 @@ def tctx(tmp_path):
         yield tctx
 
 
-async def admin(holds, method, path, who, body=None):
+async def admin(tctx, method, path, who, body=None):
+    """One request through the admin listener's route table, in process."""
     headers = {name.lower(): [value] for name, value in who.items()}
     data = json.dumps(body).encode() if body is not None else b""
-    return await holds.handle_admin(AdminRequest(method, path, headers, data, "127.0.0.1"))
+    api = find(tctx, AdminApi)
+    return await api.handle(AdminRequest(method, path, headers, data, "127.0.0.1"))
 
 
 async def run(holds):
@@ -58,7 +61,7 @@ async def held(tctx):
     flow = mcp_flow(call("run_sql", DELETE), ALICE)
     sending = asyncio.create_task(send(tctx, flow))
     for _ in range(200):  # 10 s at most
-        listing = await admin(holds, "GET", "/approvals", DANA)
+        listing = await admin(tctx, "GET", "/approvals", DANA)
         if listing.payload:
             return flow, sending, listing.payload[0]["approval_id"]
         await asyncio.sleep(0.05)
@@ -66,35 +69,32 @@ async def held(tctx):
 
 
 async def test_a_held_call_leaves_unchanged_once_an_approver_agrees(tctx):
-    holds = find(tctx, ApprovalHolds)
     flow, sending, approval = await held(tctx)
     assert flow.intercepted and flow.response is None and not sending.done()
-    approved = await admin(holds, "POST", f"/approvals/{approval}/approve", DANA, {})
+    approved = await admin(tctx, "POST", f"/approvals/{approval}/approve", DANA, {})
     assert approved.status == 200
     await asyncio.wait_for(sending, 10)
     assert flow.response is None and not flow.intercepted
     assert json.loads(flow.request.content) == call("run_sql", DELETE)
-    record = await admin(holds, "GET", f"/approvals/{approval}", DANA)
+    record = await admin(tctx, "GET", f"/approvals/{approval}", DANA)
     assert (record.payload["state"], record.payload["decider"]) == ("approved", "dana")
 
 
 async def test_the_requester_and_non_approvers_cannot_decide(tctx):
-    holds = find(tctx, ApprovalHolds)
     flow, sending, approval = await held(tctx)
-    own = await admin(holds, "POST", f"/approvals/{approval}/approve", ALICE, {})
+    own = await admin(tctx, "POST", f"/approvals/{approval}/approve", ALICE, {})
     assert own.status == 403 and "separation of duties" in own.payload["error"]
-    other = await admin(holds, "POST", f"/approvals/{approval}/approve", BOB, {})
+    other = await admin(tctx, "POST", f"/approvals/{approval}/approve", BOB, {})
     assert other.status == 404  # bob is no DBA: not even shown
-    assert (await admin(holds, "GET", "/approvals", {"X-API-Key": "nope"})).status == 401
+    assert (await admin(tctx, "GET", "/approvals", {"X-API-Key": "nope"})).status == 401
     assert not sending.done()  # still waiting
-    await admin(holds, "POST", f"/approvals/{approval}/deny", DANA, {"reason": "no"})
+    await admin(tctx, "POST", f"/approvals/{approval}/deny", DANA, {"reason": "no"})
     await asyncio.wait_for(sending, 10)
 
 
 async def test_a_denied_call_is_answered_32004_naming_who(tctx):
-    holds = find(tctx, ApprovalHolds)
     flow, sending, approval = await held(tctx)
-    await admin(holds, "POST", f"/approvals/{approval}/deny", DANA, {"reason": "not today"})
+    await admin(tctx, "POST", f"/approvals/{approval}/deny", DANA, {"reason": "not today"})
     await asyncio.wait_for(sending, 10)
     error = response_json(flow)["error"]
     assert error["code"] == -32004
@@ -102,10 +102,9 @@ async def test_a_denied_call_is_answered_32004_naming_who(tctx):
 
 
 async def test_a_request_edited_while_held_is_void(tctx):
-    holds = find(tctx, ApprovalHolds)
     flow, sending, approval = await held(tctx)
     flow.request.content = json.dumps(call("run_sql", {"query": "DELETE FROM orders"})).encode()
-    await admin(holds, "POST", f"/approvals/{approval}/approve", DANA, {})
+    await admin(tctx, "POST", f"/approvals/{approval}/approve", DANA, {})
     await asyncio.wait_for(sending, 10)
     error = response_json(flow)["error"]
     assert error["code"] == -32004 and "approval void" in error["message"]
@@ -113,23 +112,21 @@ async def test_a_request_edited_while_held_is_void(tctx):
 
 async def test_nobody_deciding_in_time_is_expiry(tmp_path):
     with gateway(tmp_path, CONFIG.replace("{timeout}", "1s")) as tctx:
-        holds = find(tctx, ApprovalHolds)
         flow, sending, approval = await held(tctx)
         await asyncio.wait_for(sending, 15)
         error = response_json(flow)["error"]
         assert error["code"] == -32004 and "expired" in error["message"]
-        record = await admin(holds, "GET", f"/approvals/{approval}", DANA)
+        record = await admin(tctx, "GET", f"/approvals/{approval}", DANA)
         assert record.payload["state"] == "expired"
 
 
 async def test_resuming_the_flow_in_mitmweb_approves_it(tmp_path):
     with gateway(tmp_path, CONFIG.replace("{timeout}", "30s")) as tctx:
-        holds = find(tctx, ApprovalHolds)
         flow, sending, approval = await held(tctx)
         flow.resume()  # mitmweb's Resume button
         await asyncio.wait_for(sending, 10)
         assert flow.response is None
-        record = await admin(holds, "GET", f"/approvals/{approval}", DANA)
+        record = await admin(tctx, "GET", f"/approvals/{approval}", DANA)
         assert (record.payload["state"], record.payload["decider"]) == (
             "approved",
             "mitmweb operator",

@@ -3,14 +3,18 @@
 `default_addons()` builds them in the order they run for every flow, as mitmproxy's own
 `mitmproxy.addons.default_addons()` does:
 
-    EarlyAnswers -> ConnectionDeadlines -> ConfigLoader -> Router -> Authentication
-    -> PolicyEnforcer -> ApprovalHolds -> Gate -> Responses -> Recorder -> Telemetry -> Replicas
+    EarlyAnswers -> ConnectionDeadlines -> ConfigLoader -> AdminApi -> Router
+    -> Authentication -> PolicyEnforcer -> ApprovalHolds -> Gate -> Responses -> Recorder
+    -> Telemetry -> Replicas
     -> ToolPinning (then Checkpointer and Feeds, which have lifecycle hooks only)
 
 Request side: the Gate's last step is the Recorder's write-ahead (the decision rows
 committed, or the request refused). Responses runs each response message through the
 PolicyEnforcer (discovery filtering), TaskOwnership, ToolPinning, ResponseMasking and
 Recorder stages. The PolicyEnforcer asks TaskOwnership who owns a task a request names.
+The `AdminApi` owns the admin listener (`holdgate_admin`); the approvals API, campaigns
+and Telemetry's `/metrics` register their routes on it here. ApprovalHolds hands calls
+for URL elicitation to `ElicitedApprovals`; both write approvals through `ApprovalCore`.
 `flowstate` is the glue they share (per-flow state, refusals, failing closed); it is not
 an addon. mitmproxy itself sees one addon, `Pipeline`, which calls these in order
 (`gateway_addons()`).
@@ -18,11 +22,15 @@ an addon. mitmproxy itself sees one addon, `Pipeline`, which calls these in orde
 
 from __future__ import annotations
 
+from holdgate.addons.admin_api import AdminApi
+from holdgate.addons.approval_core import ApprovalCore, LegacyPlaceholders
+from holdgate.addons.approvals_api import ApprovalsApi, CampaignsApi
 from holdgate.addons.authentication import Authentication
 from holdgate.addons.checkpointer import Checkpointer
 from holdgate.addons.config_loader import ConfigLoader
 from holdgate.addons.deadlines import ConnectionDeadlines
 from holdgate.addons.early_answers import EarlyAnswers
+from holdgate.addons.elicited_approvals import ElicitedApprovals
 from holdgate.addons.enforcement import PolicyEnforcer
 from holdgate.addons.feeds import Feeds
 from holdgate.addons.gate import Gate
@@ -43,13 +51,22 @@ def default_addons() -> list[object]:
     recorder = Recorder(loader)
     pins = ToolPinning(loader, recorder)
     tasks = TaskOwnership(recorder)
-    policy = PolicyEnforcer(loader, recorder, tasks, pins)
+    legacy = LegacyPlaceholders()
+    policy = PolicyEnforcer(loader, recorder, tasks, pins, legacy)
     replicas = Replicas(loader, recorder)
-    holds = ApprovalHolds(loader, policy, recorder, replicas)
+    approvals = ApprovalCore(recorder, pins, replicas)
+    holds = ApprovalHolds(loader, approvals, ElicitedApprovals(loader, approvals), legacy)
+    telemetry = Telemetry(loader, recorder, holds)
+    admin = AdminApi()
+    admin.serve_after(approvals.started)  # once a previous run's holds are closed
+    admin.route("/approvals/*", ApprovalsApi(loader, approvals, holds, admin.callers).handle)
+    admin.route("/campaigns/*", CampaignsApi(loader, approvals, admin.callers).handle)
+    admin.route("/metrics", telemetry.handle_metrics)
     return [
         EarlyAnswers(),  # load only: a request refused on its headers is answered at once
         ConnectionDeadlines(),
         loader,
+        admin,
         Router(loader),
         Authentication(loader, recorder),
         policy,
@@ -57,7 +74,7 @@ def default_addons() -> list[object]:
         Gate(recorder.write_ahead),
         Responses(loader, stages=[policy, tasks, pins, ResponseMasking(), recorder]),
         recorder,
-        Telemetry(loader, recorder, holds),  # after the recorder, whose writer it counts
+        telemetry,  # after the recorder, whose writer it counts
         replicas,  # after the recorder, whose store it registers in
         pins,  # after the recorder, which opens (or creates) the store the pins are read from
         Checkpointer(loader),  # signs the head after the recorder wrote its last rows

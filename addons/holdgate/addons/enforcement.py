@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from mitmproxy import command, flow, http
 
+from holdgate.addons.approval_core import LegacyPlaceholders, forward_remaining
 from holdgate.addons.flowstate import (
     Correlator,
     DecidedMessage,
@@ -35,11 +35,9 @@ from holdgate.protocol.jsonrpc import (
     INVALID_REQUEST,
     POLICY_DENIED,
     RATE_LIMITED,
-    Body,
     BodyError,
     Message,
     check_routing_headers,
-    dumps,
     error_object,
     is_stateless_revision,
     parse_body,
@@ -57,7 +55,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("holdgate")
 
 CLIENT_RESPONSE = Decision("allow", "client-response", "answers to server requests are passed")
-PLACEHOLDER = "holdgate/refused"
+EVERY_MESSAGE_DENIED = Refusal(200, None, "every message was denied", "denied")
 LISTINGS = {
     "tools/list": ("tools", "tools/call", "name"),
     "resources/list": ("resources", "resources/read", "uri"),
@@ -81,13 +79,15 @@ class PolicyEnforcer:
         recorder: Recorder,
         tasks: TaskOwnership,
         pins: ToolPinning | None = None,
+        legacy: LegacyPlaceholders | None = None,
     ) -> None:
         self.loader = loader
         self.recorder = recorder
         self.tasks = tasks
         self.pins = pins
         self.correlator = Correlator()
-        self.substituted: dict[tuple[str, str], dict[str, Any]] = {}
+        # refusals swapped in on the legacy SSE transport (shared with the approval holds)
+        self.legacy = legacy if legacy is not None else LegacyPlaceholders(self.correlator.limit)
 
     @fail_closed
     async def request(self, flow: http.HTTPFlow) -> None:
@@ -177,7 +177,7 @@ class PolicyEnforcer:
         st.policy_checked = True
         # Messages waiting for a human are settled by the ApprovalHolds addon, or never.
         st.awaiting_approval = any(d.decision.action == "approve" for d in st.decided)
-        self._apply(flow, body, forwarded, errors)
+        forward_remaining(flow, body, forwarded, errors, self.legacy, EVERY_MESSAGE_DENIED)
         annotate(flow)
 
     @command.command("holdgate.explain")
@@ -275,58 +275,6 @@ class PolicyEnforcer:
         except StoreError as exc:  # the calls stay counted: a limit errs on the safe side
             logger.error("holdgate: rate-limit quota not given back: %s", exc)
 
-    def _apply(
-        self,
-        flow: http.HTTPFlow,
-        body: Body,
-        forwarded: list[Message],
-        errors: list[dict[str, Any]],
-    ) -> None:
-        st = state(flow)
-        outgoing = [m.raw for m in forwarded]
-        placeholders = self.legacy_placeholders(flow, errors)
-        if placeholders:
-            outgoing += placeholders
-            errors = []
-        if not outgoing:
-            # Nothing left to send: answer for the upstream, keeping the client's session.
-            st.refused = Refusal(200, None, "every message was denied", "denied")
-            if not errors:
-                flow.response = http.Response.make(202, b"")
-            else:
-                payload = errors if body.is_batch else errors[0]
-                flow.response = http.Response.make(
-                    200, dumps(payload), {"Content-Type": "application/json"}
-                )
-            return
-        st.pending_errors = errors
-        # The upstream gets exactly the messages decided on, re-serialised from what we parsed.
-        decided = dumps(outgoing if body.is_batch else outgoing[0])
-        flow.request.content = decided
-        flow.request.headers["accept-encoding"] = "identity"
-        st.decided_request = (flow.request.url, decided)
-
-    def legacy_placeholders(
-        self, flow: http.HTTPFlow, errors: list[dict[str, Any]]
-    ) -> list[dict[str, Any]]:
-        """On the legacy HTTP+SSE transport answers travel on the GET stream, where the
-        gateway can only speak when the upstream does. So a refused request is replaced by
-        an empty placeholder call with the same id (the refused call itself never leaves);
-        the upstream's "method not found" answer is swapped for the refusal on the stream.
-        """
-        if not errors:  # the common case, before the query string is parsed
-            return []
-        session = flow.request.query.get("session_id")
-        if session is None or "mcp-session-id" in flow.request.headers:
-            return []
-        placeholders = []
-        for error in errors:
-            if len(self.substituted) >= self.correlator.limit:
-                self.substituted.pop(next(iter(self.substituted)))
-            self.substituted[(session, json.dumps(error["id"]))] = error
-            placeholders.append({"jsonrpc": "2.0", "id": error["id"], "method": PLACEHOLDER})
-        return placeholders
-
     def answered_request(self, flow: http.HTTPFlow, msg_id: Any) -> tuple[str, str | None] | None:
         """The (method, target) of the request a response message answers."""
         body = state(flow).body
@@ -347,7 +295,7 @@ class PolicyEnforcer:
             raise RuntimeError("a response stage on a flow that was never routed")
         session = session_key(flow)
         if "method" not in message and session is not None:
-            refusal = self.substituted.pop((session, json.dumps(message.get("id"))), None)
+            refusal = self.legacy.refusal_for(session, message.get("id"))
             if refusal is not None:
                 return refusal
         if "method" in message and "id" in message:

@@ -15,20 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
-import urllib.request
-import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, urlsplit
 
-from mitmproxy import connection, ctx, exceptions, http
+from mitmproxy import connection, http
 
 from holdgate import store
+from holdgate.addons.approval_core import forward_remaining
 from holdgate.addons.flowstate import (
-    DecidedMessage,
     Refusal,
     fail_closed,
     header_lists,
@@ -36,23 +32,7 @@ from holdgate.addons.flowstate import (
     refuse,
     state,
 )
-from holdgate.approvals import elicitation
-from holdgate.approvals.adminhttp import (
-    AdminCallers,
-    AdminRequest,
-    AdminResponse,
-    Handler,
-    parse_listen,
-    serve,
-)
-from holdgate.approvals.approval_rules import (
-    argument_changes,
-    grant_key,
-    may_see,
-    request_digest,
-)
-from holdgate.approvals.campaign_http import handle_campaigns
-from holdgate.approvals.refusal_budget import RefusalBudget
+from holdgate.approvals.approval_rules import grant_key
 from holdgate.approvals.spendable import SpendRefusal, rule_in_force, spend_refusal
 from holdgate.config.gateway_config import GatewayConfig
 from holdgate.identity import Identity
@@ -63,22 +43,14 @@ from holdgate.protocol.jsonrpc import (
     BodyError,
     Message,
     check_routing_headers,
-    dumps,
     error_object,
-    shown,
     single_valued,
 )
-from holdgate.protocol.mrtr import request_state
-from holdgate.store import Store
-from holdgate.store import iso as now_iso
-from holdgate.store.approval_records import Decision as Decided
-from holdgate.store.approval_records import approver_groups
 
 if TYPE_CHECKING:
+    from holdgate.addons.approval_core import ApprovalCore, LegacyPlaceholders
     from holdgate.addons.config_loader import ConfigLoader
-    from holdgate.addons.enforcement import PolicyEnforcer
-    from holdgate.addons.recorder import Recorder
-    from holdgate.addons.replicas import Replicas
+    from holdgate.addons.elicited_approvals import ElicitedApprovals
     from holdgate.store.interface import ApprovalListener
 
 logger = logging.getLogger("holdgate")
@@ -88,19 +60,6 @@ OVERDUE_EVERY = 20  # sweeps between closing overdue elicitation approvals (5 s)
 LOST_EVERY = 8  # sweeps between closing holds of replicas that stopped heartbeating (2 s)
 UNRECORDED = "unrecorded"  # a hold that ended with a decision the store would not take
 MITMWEB = "mitmweb operator"
-UNAUTHENTICATED_ADMIN = (
-    "authenticate like an MCP client (JWT or API key); trusted headers count here only "
-    "with admin.trusted_header in the config"
-)
-WEBHOOK_ATTEMPTS = 4
-# How the approvals API answers the store's refusal of a decision.
-REFUSAL_STATUS: dict[type[store.ApprovalRefused], int] = {
-    store.UnknownApproval: 404,
-    store.SelfApproval: 403,
-    store.NotAnApprover: 403,
-    store.ApprovalNotPending: 409,
-    store.ApprovalExpired: 409,
-}
 
 
 @dataclass
@@ -125,68 +84,43 @@ class Hold:
 
 
 class ApprovalHolds:
+    """The request stage of approvals: each call a rule sends to a human is held (or, for
+    `approval_via: elicitation`, handed to `elicited`) until decided; then the call leaves
+    with only what was approved."""
+
     def __init__(
         self,
         loader: ConfigLoader,
-        policy: PolicyEnforcer,
-        recorder: Recorder,
-        replicas: Replicas | None = None,
+        core: ApprovalCore,
+        elicited: ElicitedApprovals,
+        legacy: LegacyPlaceholders,
     ) -> None:
         self.loader = loader
-        self.policy = policy
-        self.recorder = recorder
-        self.replicas = replicas
+        self.core = core
+        self.elicited = elicited
+        self.legacy = legacy
         self._wake = asyncio.Event()  # a decision was noticed: sweep now
         self._listener: ApprovalListener | None = None
         self.holds: dict[str, Hold] = {}
-        self.last_approved: dict[tuple[str, str, str], Any] = {}
-        self._tasks: list[asyncio.Task[Any]] = []
-        self._server: asyncio.Server | None = None
-        self.callers = AdminCallers()
-        self.refusals = RefusalBudget()  # refused certifications recorded one by one
-        self._started = asyncio.Event()
-        self._warned_no_link = False
-        self.routes: dict[str, Handler] = {}  # other paths on the admin listener (/metrics)
-
-    def load(self, loader) -> None:  # type: ignore[no-untyped-def]
-        loader.add_option(
-            "holdgate_admin",
-            str,
-            "127.0.0.1:8181",
-            "Listen address (HOST:PORT) of Holdgate's approvals API; empty disables it.",
-        )
-
-    def configure(self, updated: set[str]) -> None:
-        if "holdgate_admin" in updated:
-            try:
-                parse_listen(ctx.options.holdgate_admin)
-            except ValueError as exc:
-                raise exceptions.OptionsError(f"holdgate_admin: {exc}") from None
+        self._tasks: list[asyncio.Task[Any]] = []  # the start-up first, then the watcher
 
     def running(self) -> None:
         # Never await here: later addons' running hooks (TLS set-up) wait for ours.
         self._tasks.append(asyncio.create_task(self._start()))
 
-    def _store(self) -> Store:
-        """The Recorder's store: one owner of the connection for the whole gateway."""
-        if self.recorder.store is None:
-            raise RuntimeError("the audit store is not open")
-        return self.recorder.store
-
-    def _replica(self) -> str | None:
-        return self.replicas.replica if self.replicas is not None else None
-
     async def _start(self) -> None:
-        replica = self._replica()
+        replica = self.core.replica()
         try:
             if replica is None:
-                closed = await asyncio.to_thread(self._store().expire_pending, "gateway restarted")
+                closed = await asyncio.to_thread(
+                    self.core.store().expire_pending, "gateway restarted"
+                )
             else:
                 closed = await asyncio.to_thread(
-                    self._store().expire_own_holds, replica, "gateway restarted"
+                    self.core.store().expire_own_holds, replica, "gateway restarted"
                 )
         finally:
-            self._started.set()  # holds wait for this, so none is expired as a leftover
+            self.core.started.set()  # holds wait for this, so none is expired as a leftover
         if closed:
             logger.warning("holdgate: %d approval(s) pending at shutdown closed as expired", closed)
         loop = asyncio.get_running_loop()
@@ -194,12 +128,8 @@ class ApprovalHolds:
         def wake(approval_id: str) -> None:  # on the listener's thread
             loop.call_soon_threadsafe(self._noticed, approval_id)
 
-        self._listener = self._store().approval_listener(wake)
+        self._listener = self.core.store().approval_listener(wake)
         self._tasks.append(asyncio.create_task(self._watch()))
-        listen = parse_listen(ctx.options.holdgate_admin)
-        if listen is not None:
-            self._server = await serve(listen[0], listen[1], self.handle_admin)
-            logger.info("holdgate: approvals API on http://%s:%d/approvals", *listen)
 
     def done(self) -> None:
         for hold in list(self.holds.values()):
@@ -207,8 +137,7 @@ class ApprovalHolds:
             self._record_state(hold, "expired", None, "the gateway shut down")
         for task in self._tasks:
             task.cancel()
-        if self._server is not None:
-            self._server.close()
+        self.core.cancel()
         if self._listener is not None:
             self._listener.close()
             self._listener = None
@@ -223,8 +152,8 @@ class ApprovalHolds:
         config, identity, body = st.config, st.identity, st.body
         if config is None or identity is None or body is None:
             raise RuntimeError("approval without a decided body")
-        if self._by_elicitation(flow):
-            await self._elicitation_round(flow, st.decided[0], identity, config)
+        if self.elicited.applies(flow):
+            await self.elicited.round(flow, st.decided[0], identity, config)
             return
         refused: list[tuple[int, str]] = []
         for index, decided in enumerate(st.decided):
@@ -232,7 +161,7 @@ class ApprovalHolds:
             if decision.action != "approve":
                 continue
             message = decided.message
-            digest_args = args_digest(self.recorder.key(config), message.arguments or {})
+            digest_args = args_digest(self.core.key(config), message.arguments or {})
             upstream = st.upstream.name
             key = grant_key(
                 identity.user,
@@ -241,7 +170,7 @@ class ApprovalHolds:
                 message.target or "",
                 digest_args or "",
             )
-            if await self._granted(flow, decided, identity, key):
+            if await self.core.granted(flow, decided, identity, key):
                 continue
             outcome = await self._hold(flow, message, decision, identity, digest_args, config)
             decided.approval_id = outcome.approval_id
@@ -249,7 +178,7 @@ class ApprovalHolds:
             if outcome.state == "approved":
                 void = await self._spend_refusal(outcome.approval_id, upstream, identity)
                 if void is None:
-                    await self._grant(key, outcome.approval_id, decision.grant)
+                    await self.core.grant(key, outcome.approval_id, decision.grant)
                     continue
                 decided.approval["void"] = void.kind
                 refused.append((index, f"{void.reason} (rule {decision.rule!r})"))
@@ -271,60 +200,20 @@ class ApprovalHolds:
         """Whether an approved approval may let its call through now (`spendable`), judged
         on the store's record and the rule of that name in the config now in force; a
         refusal is recorded against the approval."""
-        record = await asyncio.to_thread(self._store().approval, approval_id)
+        record = await asyncio.to_thread(self.core.store().approval, approval_id)
         if record is None:
             return SpendRefusal("approval-expired", f"approval {approval_id} is not in the store")
         in_force = rule_in_force(self.loader.current, str(record.get("rule")), upstream)
         void = spend_refusal(record, in_force, time.time())
         if void is not None:
             await asyncio.to_thread(
-                self._store().append_approval_state,
+                self.core.store().append_approval_state,
                 approval_id,
                 "refused_attempt",
                 identity.user,
                 f"not forwarded: {void.reason}",
             )
         return void
-
-    async def _granted(
-        self,
-        flow: http.HTTPFlow,
-        decided: DecidedMessage,
-        identity: Identity,
-        key: str,
-    ) -> bool:
-        """An identical call approved within the grant window (on any replica) passes,
-        each use recorded, while the rule that asked for the approval is unchanged."""
-        approval_id = await asyncio.to_thread(self._store().find_grant, key)
-        if approval_id is None:
-            return False
-        record = await asyncio.to_thread(self._store().approval, approval_id)
-        asking = decided.decision
-        if record is None or (record.get("rule"), record.get("rule_lineage")) != (
-            asking.rule,
-            asking.lineage or None,
-        ):
-            return False  # the rule changed since: asked for again
-        decided.approval_id = approval_id
-        decided.approval = {"granted_by": "grant window"}
-        await asyncio.to_thread(
-            self._store().append_approval_state,
-            approval_id,
-            "grant_used",
-            identity.user,
-            f"identical call within the grant ({flow.id})",
-        )
-        return True
-
-    async def _grant(self, key: str, approval_id: str, seconds: float) -> None:
-        """Open the grant window an approval gives (`grant:`), in the store every replica
-        reads; when it cannot be written, identical calls are asked for again."""
-        if seconds <= 0:
-            return
-        try:
-            await asyncio.to_thread(self._store().add_grant, key, approval_id, seconds)
-        except store.StoreError as exc:
-            logger.error("holdgate: grant of approval %s not kept: %s", approval_id, exc)
 
     async def _hold(
         self,
@@ -338,19 +227,18 @@ class ApprovalHolds:
         st = state(flow)
         assert st.upstream is not None
         hold_until = time.time() + decision.timeout
-        row, masked_args = self._approval_row(
+        row, masked_args = self.core.approval_row(
             flow, message, decision, identity, digest_args, config, hold_until
         )
         approval_id = row["approval_id"]
         changes_key = (identity.user, st.upstream.name, message.target or "")
         hold = Hold(approval_id, flow, decision.approvers, hold_until)
-        await self._started.wait()
-        await asyncio.to_thread(self._store().create_approval, row)
+        await self.core.started.wait()
+        await asyncio.to_thread(self.core.store().create_approval, row)
         self.holds[approval_id] = hold
         st.held = approval_id
         publish(flow)  # mitmweb shows the held flow with what was decided
-        if config.approvals.webhook:
-            self._tasks.append(asyncio.create_task(self._notify(config, row)))
+        self.core.notify(config, row)
         flow.intercept()
         try:
             await hold.decided.wait()  # set by the watcher, the API, mitmweb or shutdown
@@ -360,322 +248,16 @@ class ApprovalHolds:
         if hold.state == UNRECORDED:
             raise RuntimeError(f"approval {approval_id}: {hold.reason}")
         if hold.state == "approved":
-            self.last_approved[changes_key] = masked_args
+            self.core.last_approved[changes_key] = masked_args
         return hold
 
-    def _approval_row(
-        self,
-        flow: http.HTTPFlow,
-        message: Message,
-        decision: Decision,
-        identity: Identity,
-        digest_args: str | None,
-        config: GatewayConfig,
-        expires_at: float,
-        via: str = "hold",
-    ) -> tuple[dict[str, Any], Any]:
-        """The `pending` row of a new approval, and the arguments as it shows them."""
-        st = state(flow)
-        assert st.upstream is not None
-        upstream = st.upstream.name
-        # Masked as the store masks the call's own row: the approval shows no more.
-        masked_args = self.recorder.masked_for_record(
-            message.arguments or {}, config, upstream, message.tool
-        ).value
-        previous = self.last_approved.get((identity.user, upstream, message.target or ""))
-        row = {
-            "approval_id": uuid.uuid4().hex[:12],
-            "state": "pending",
-            "requester": identity.user,
-            "upstream": upstream,
-            "tool": message.target,
-            "method": message.method,
-            "args_masked": json.dumps(masked_args, ensure_ascii=False),
-            "args_digest": digest_args,
-            "request_digest": self._request_digest(upstream, identity, message),
-            "rule": decision.rule,
-            "approvers": json.dumps(list(decision.approvers)),
-            "created": now_iso(),
-            "expires": now_iso(expires_at),
-            "changes": json.dumps(argument_changes(previous, masked_args))
-            if previous is not None
-            else None,
-            "flow_id": flow.id,
-            "via": via,
-            "replica": self._replica() if via == "hold" else None,
-            "rule_lineage": decision.lineage or None,
-        }
-        return row, masked_args
-
-    def _request_digest(self, upstream: str, identity: Identity, message: Message) -> str:
-        pins = self.policy.pins
-        return request_digest(
-            upstream,
-            identity.user,
-            message.method or "",
-            message.target,
-            message.arguments or {},
-            pins.definition_digest(upstream, message.tool) if pins and message.tool else None,
-        )
-
-    # --- approvals through MCP elicitation (nothing held open) ---------------------------
-
-    def _by_elicitation(self, flow: http.HTTPFlow) -> bool:
-        """A single call that carries the gateway's own requestState (a retry), or whose
-        rule asks for elicitation and whose client can follow a link (else it is held)."""
-        st = state(flow)
-        body = st.body
-        if body is None or body.is_batch or len(st.decided) != 1:
-            return False
-        decided = st.decided[0]
-        if decided.decision.action != "approve":
-            return False
-        if elicitation.is_gateway_state(request_state(decided.message.raw)):
-            return True
-        if (
-            decided.decision.approval_via != "elicitation"
-            or not elicitation.accepts_url_elicitation(
-                decided.message.raw, flow.request.headers.get("mcp-protocol-version")
-            )
-        ):
-            return False
-        if self._status_base() is None:
-            if not self._warned_no_link:
-                self._warned_no_link = True
-                logger.warning(
-                    "holdgate: rule %r asks for approval_via: elicitation, but the approvals "
-                    "API is disabled (holdgate_admin is empty) and approvals.public_url is "
-                    "not set, so there is no page to link to: such calls are held instead",
-                    decided.decision.rule,
-                )
-            return False
-        return True
-
-    def _status_base(self) -> str | None:
-        """Where clients are sent to follow an approval: the approvals API's address."""
-        config = self.loader.current
-        if config is not None and config.approvals.public_url:
-            return config.approvals.public_url.rstrip("/")
-        listen = ctx.options.holdgate_admin
-        return f"http://{listen}" if listen.strip() else None
-
-    async def _elicitation_round(
-        self,
-        flow: http.HTTPFlow,
-        decided: DecidedMessage,
-        identity: Identity,
-        config: GatewayConfig,
-    ) -> None:
-        """First round: a new approval, answered `input_required`. A retry: its token
-        checked, then asked again (pending), forwarded once (approved) or refused."""
-        st = state(flow)
-        assert st.upstream is not None
-        message, decision = decided.message, decided.decision
-        upstream = st.upstream.name
-        key = self.recorder.key(config)
-        token = request_state(message.raw)
-        if token is None or not elicitation.is_gateway_state(token):
-            await self._ask(flow, decided, identity, config)
-            return
-        approval_id = elicitation.token_approval(token)
-        record = (
-            await asyncio.to_thread(self._store().approval, approval_id)
-            if approval_id is not None
-            else None
-        )
-        digest = self._request_digest(upstream, identity, message)
-        if (
-            approval_id is None
-            or record is None
-            or record.get("via") != "elicitation"
-            or record.get("requester") != identity.user
-            or record.get("upstream") != upstream
-            or record.get("request_digest") != digest
-            or not elicitation.token_holds(key, token, approval_id, identity.user, upstream, digest)
-        ):
-            refuse(
-                flow,
-                200,
-                APPROVAL_REFUSED,
-                "approval void: the requestState was not issued by this gateway for this "
-                "identity and this exact call; not forwarded (call again without it)",
-                msg_id=message.id,
-                kind="tampered",
-            )
-            return
-        decided.approval_id = approval_id
-        current = record["state"]
-        if current != "approved" and (record.get("rule"), record.get("rule_lineage")) != (
-            decision.rule,
-            decision.lineage or None,
-        ):  # the policy changed before anyone said yes: a new approval under the new rule
-            await self._ask(flow, decided, identity, config)
-            return
-        if current == "pending":
-            current = await self._pending_answer(flow, decided, identity, record)
-            if current == "pending":
-                return
-            record = await asyncio.to_thread(self._store().approval, approval_id) or record
-        if current == "approved":
-            void = spend_refusal(record, decision, time.time())
-            if void is not None:
-                await asyncio.to_thread(
-                    self._store().append_approval_state,
-                    approval_id,
-                    "refused_attempt",
-                    identity.user,
-                    f"not forwarded: {void.reason}",
-                )
-                decided.approval = {"state": "approved", "void": void.kind, "via": "elicitation"}
-                refuse(flow, 200, APPROVAL_REFUSED, void.reason, msg_id=message.id, kind=void.kind)
-                return
-            redeemed = await asyncio.to_thread(
-                self._store().redeem_approval,
-                approval_id,
-                identity.user,
-                f"call forwarded ({flow.id})",
-            )
-            if not redeemed:
-                self._refuse_elicited(
-                    flow,
-                    decided,
-                    f"approval {approval_id} was already used for one call; call again "
-                    "without its requestState to ask for a new approval",
-                )
-                return
-            digest_args = args_digest(key, message.arguments or {})
-            granted = grant_key(
-                identity.user,
-                upstream,
-                message.method or "",
-                message.target or "",
-                digest_args or "",
-            )
-            await self._grant(granted, approval_id, decision.grant)
-            with contextlib.suppress(TypeError, json.JSONDecodeError):
-                self.last_approved[(identity.user, upstream, message.target or "")] = json.loads(
-                    record.get("args_masked") or "null"
-                )
-            decided.approval = {
-                "state": "approved",
-                "decider": record.get("decider"),
-                "via": "elicitation",
-            }
-            flow.request.content = dumps(elicitation.without_gateway_round(message.raw))
-            st.approvals_settled = True
-            return
-        who = f" by {record['decider']}" if record.get("decider") else ""
-        why = f": {record['reason']}" if record.get("reason") else ""
-        self._refuse_elicited(
-            flow,
-            decided,
-            f"approval {current}{who}{why} (rule {decision.rule!r}, approval {approval_id})",
-        )
-
-    async def _pending_answer(
-        self, flow: http.HTTPFlow, decided: DecidedMessage, identity: Identity, record: Any
-    ) -> str:
-        """A retry while nobody has decided: the client's user may have declined (the
-        approval is cancelled), time may be up (expired); else it is asked again."""
-        approval_id = record["approval_id"]
-        answer = elicitation.client_answer(decided.message.raw)
-        closing: tuple[str, str | None, str] | None = None
-        if answer in ("decline", "cancel"):
-            closing = ("cancelled", identity.user, f"the requester chose {answer!r}")
-        elif record.get("expires") and time.time() >= store.parse_iso(record["expires"]):
-            closing = ("expired", None, "nobody decided in time")
-        if closing is None:
-            self._answer_input_required(flow, decided, record)
-            return "pending"
-        await asyncio.to_thread(self._store().append_approval_state, approval_id, *closing)
-        latest = await asyncio.to_thread(self._store().approval, approval_id)
-        return str(latest["state"]) if latest is not None else "expired"
-
-    async def _ask(
-        self,
-        flow: http.HTTPFlow,
-        decided: DecidedMessage,
-        identity: Identity,
-        config: GatewayConfig,
-    ) -> None:
-        """A new approval, created pending, and the client sent to its status page."""
-        st = state(flow)
-        assert st.upstream is not None
-        message, decision = decided.message, decided.decision
-        digest_args = args_digest(self.recorder.key(config), message.arguments or {})
-        key = grant_key(
-            identity.user,
-            st.upstream.name,
-            message.method or "",
-            message.target or "",
-            digest_args or "",
-        )
-        if await self._granted(flow, decided, identity, key):
-            flow.request.content = dumps(elicitation.without_gateway_round(message.raw))
-            st.approvals_settled = True
-            return
-        row, _ = self._approval_row(
-            flow,
-            message,
-            decision,
-            identity,
-            digest_args,
-            config,
-            time.time() + decision.timeout,
-            via="elicitation",
-        )
-        await self._started.wait()
-        await asyncio.to_thread(self._store().create_approval, row)
-        decided.approval_id = row["approval_id"]
-        if config.approvals.webhook:
-            self._tasks.append(asyncio.create_task(self._notify(config, row)))
-        self._answer_input_required(flow, decided, row)
-
-    def _answer_input_required(
-        self, flow: http.HTTPFlow, decided: DecidedMessage, record: Any
-    ) -> None:
-        st = state(flow)
-        config = st.config
-        assert config is not None and st.identity is not None and st.upstream is not None
-        approval_id = record["approval_id"]
-        key = self.recorder.key(config)
-        base = self._status_base()
-        if base is None:
-            raise RuntimeError("the approvals API is disabled (holdgate_admin is empty)")
-        url = (
-            f"{base}/approvals/{approval_id}/status?t={elicitation.status_token(key, approval_id)}"
-        )
-        token = elicitation.state_token(
-            key, approval_id, st.identity.user, st.upstream.name, record["request_digest"]
-        )
-        answer = elicitation.input_required(
-            decided.message.id,
-            approval_id,
-            url,
-            elicitation.prompt_text(record, "pending"),
-            token,
-        )
-        decided.approval = {"state": "pending", "via": "elicitation"}
-        flow.response = http.Response.make(200, dumps(answer), {"Content-Type": "application/json"})
-        st.refused = Refusal(
-            200,
-            None,
-            f"approval {approval_id} pending: answered input_required",
-            "approval-pending",
-        )
-
-    def _refuse_elicited(self, flow: http.HTTPFlow, decided: DecidedMessage, text: str) -> None:
-        refuse(
-            flow, 200, APPROVAL_REFUSED, text, msg_id=decided.message.id, kind="approval-refused"
-        )
-
     async def _expire_overdue(self) -> None:
-        closed = await asyncio.to_thread(self._store().expire_overdue, "nobody decided in time")
+        closed = await asyncio.to_thread(self.core.store().expire_overdue, "nobody decided in time")
         if closed:
             logger.info("holdgate: %d elicitation approval(s) expired", closed)
 
     async def _expire_lost(self) -> None:
-        closed = await asyncio.to_thread(self._store().expire_lost_holds)
+        closed = await asyncio.to_thread(self.core.store().expire_lost_holds)
         if closed:
             logger.warning(
                 "holdgate: %d approval(s) of replicas that stopped heartbeating closed as "
@@ -709,7 +291,7 @@ class ApprovalHolds:
     ) -> None:
         """Record a decision the gateway itself observed; a decision already stored wins."""
         ok = await asyncio.to_thread(
-            self._store().append_approval_state,
+            self.core.store().append_approval_state,
             hold.approval_id,
             new_state,
             decider,
@@ -718,7 +300,7 @@ class ApprovalHolds:
         if ok:
             hold.decide(new_state, decider, reason)
             return
-        current = await asyncio.to_thread(self._store().approval, hold.approval_id)
+        current = await asyncio.to_thread(self.core.store().approval, hold.approval_id)
         if current is None:
             hold.decide("expired", None, None)
         else:
@@ -740,7 +322,7 @@ class ApprovalHolds:
         # bytes, and routing headers that still agree with them (mitmweb can edit all three).
         decided_url, decided_body = st.decided_request
         try:
-            pins = self.policy.pins
+            pins = self.core.pins
             params = pins.header_params(upstream.name, body) if pins else None
             check_routing_headers(body, single_valued(header_lists(flow.request.headers)), params)
             unchanged = (flow.request.url, flow.request.content) == (decided_url, decided_body)
@@ -770,20 +352,9 @@ class ApprovalHolds:
             for i, m in enumerate(body.messages)
             if i not in gone and st.decided[i].decision.action != "deny"
         ]
-        placeholders = self.policy.legacy_placeholders(flow, errors)
-        if placeholders:
-            errors = []
-        st.pending_errors.extend(errors)
-        if not remaining and not placeholders:
-            payload = st.pending_errors if body.is_batch else st.pending_errors[0]
-            flow.response = http.Response.make(
-                200, dumps(payload), {"Content-Type": "application/json"}
-            )
-            st.refused = Refusal(200, None, "no approval was granted", "approval-refused")
-            return
-        outgoing = [m.raw for m in remaining] + placeholders
-        flow.request.content = dumps(outgoing if body.is_batch else outgoing[0])
-        st.approvals_settled = True
+        refusal = Refusal(200, None, "no approval was granted", "approval-refused")
+        if forward_remaining(flow, body, remaining, errors, self.legacy, refusal):
+            st.approvals_settled = True
 
     def client_disconnected(self, client: connection.Client) -> None:
         for hold in self.holds.values():
@@ -831,7 +402,7 @@ class ApprovalHolds:
         if not pending:
             return
         try:
-            states = await asyncio.to_thread(self._store().approval_states, pending)
+            states = await asyncio.to_thread(self.core.store().approval_states, pending)
         except store.StoreError as exc:
             logger.error("holdgate: cannot read approvals: %s", exc)
             return
@@ -842,130 +413,6 @@ class ApprovalHolds:
 
     def _record_state(self, hold: Hold, new_state: str, decider: str | None, reason: str) -> None:
         try:
-            self._store().append_approval_state(hold.approval_id, new_state, decider, reason)
+            self.core.store().append_approval_state(hold.approval_id, new_state, decider, reason)
         except store.StoreError as exc:
             logger.error("holdgate: cannot record approval %s: %s", hold.approval_id, exc)
-
-    async def _notify(self, config: Any, row: dict[str, Any]) -> None:
-        """POST a notice to the webhook, retrying with backoff; never blocks the hold."""
-        base = config.approvals.public_url or f"http://{ctx.options.holdgate_admin}"
-        notice = {
-            "type": "approval_requested",
-            "approval_id": row["approval_id"],
-            "requester": row["requester"],
-            "upstream": row["upstream"],
-            "tool": row["tool"],
-            "rule": row["rule"],
-            "approvers": json.loads(row["approvers"]),
-            "arguments": json.loads(row["args_masked"]),
-            "expires": row["expires"],
-            "link": f"{base}/approvals/{row['approval_id']}",
-        }
-        data = json.dumps(notice).encode()
-        for attempt in range(WEBHOOK_ATTEMPTS):
-            try:
-                await asyncio.to_thread(_post_json, config.approvals.webhook, data)
-                return
-            except OSError as exc:
-                logger.warning("holdgate: webhook attempt %d failed: %s", attempt + 1, exc)
-                await asyncio.sleep(0.5 * 2**attempt)
-        logger.error("holdgate: webhook gave up on approval %s", row["approval_id"])
-
-    async def handle_admin(self, request: AdminRequest) -> AdminResponse:
-        if (route := self.routes.get(request.path.partition("?")[0])) is not None:
-            return await route(request)
-        config = self.loader.current
-        if config is None:
-            return AdminResponse(500, {"error": "no config loaded"})
-        parts = [p for p in request.path.partition("?")[0].split("/") if p]
-        if parts[:1] == ["campaigns"]:
-            reviewer = await self.callers.identity(config, request)
-            if reviewer is None:
-                return AdminResponse(401, {"error": UNAUTHENTICATED_ADMIN})
-            return await handle_campaigns(
-                self._store(),
-                self.refusals,
-                config.review.reviewers,
-                reviewer.user,
-                reviewer.groups,
-                request,
-                parts,
-            )
-        if not parts or parts[0] != "approvals" or len(parts) > 3:
-            return AdminResponse(404, {"error": "see GET /approvals or GET /campaigns"})
-        if len(parts) == 3 and parts[2] == "status" and request.method == "GET":
-            return await self._status_page(config, parts[1], request.path)
-        approver = await self.callers.identity(config, request)
-        if approver is None:
-            return AdminResponse(401, {"error": UNAUTHENTICATED_ADMIN})
-        if len(parts) == 1 and request.method == "GET":
-            pending = await asyncio.to_thread(self._store().approvals, pending_only=True)
-            return AdminResponse(
-                200, [row for row in pending if may_see(row, approver.user, approver.groups)]
-            )
-        found = await asyncio.to_thread(self._store().approval, parts[1])
-        if found is None or not may_see(found, approver.user, approver.groups):
-            deciding = request.method == "POST" and parts[2:] in (["approve"], ["deny"])
-            if found is not None and deciding:  # still an attempt worth an audit row
-                attempted: Decided = "approved" if parts[2] == "approve" else "denied"
-                # neither approver nor requester: the store refuses it and records that
-                with contextlib.suppress(store.ApprovalRefused):
-                    await asyncio.to_thread(
-                        self._store().decide_approval,
-                        parts[1],
-                        attempted,
-                        approver.user,
-                        approver.groups,
-                    )
-            # One answer for "absent" and "not yours": the API is no oracle for either.
-            return AdminResponse(
-                404, {"error": f"no approval {shown(parts[1])} that {approver.user} may see"}
-            )
-        if len(parts) == 2 and request.method == "GET":
-            return AdminResponse(200, found)
-        if len(parts) != 3 or request.method != "POST" or parts[2] not in ("approve", "deny"):
-            return AdminResponse(404, {"error": "POST /approvals/ID/approve or /deny"})
-        try:
-            reason = request.json().get("reason")
-        except (json.JSONDecodeError, AttributeError):
-            return AdminResponse(400, {"error": "the body must be a JSON object"})
-        new_state: Decided = "approved" if parts[2] == "approve" else "denied"
-        try:
-            await asyncio.to_thread(
-                self._store().decide_approval,
-                parts[1],
-                new_state,
-                approver.user,
-                approver.groups,
-                reason,
-            )
-        except store.ApprovalRefused as exc:  # recorded by the store as a refused attempt
-            return AdminResponse(REFUSAL_STATUS.get(type(exc), 409), {"error": str(exc)})
-        hold = self.holds.get(parts[1])
-        if hold is not None:
-            hold.decide(new_state, approver.user, reason)
-        return AdminResponse(
-            200, {"approval_id": parts[1], "state": new_state, "decider": approver.user}
-        )
-
-    async def _status_page(
-        self, config: GatewayConfig, approval_id: str, path: str
-    ) -> AdminResponse:
-        """The page an elicitation sends the requester to. Its link is its credential (a
-        browser carries no bearer token): without the right `t` it is a plain 404."""
-        token = parse_qs(urlsplit(path).query).get("t", [""])[0]
-        key = self.recorder.key(config)
-        missing = AdminResponse(404, {"error": "no such approval page"})
-        if not approval_id.isalnum() or not elicitation.status_token_holds(key, approval_id, token):
-            return missing
-        found = await asyncio.to_thread(self._store().approval, approval_id)
-        if found is None:
-            return missing
-        page = elicitation.status_page(found, sorted(approver_groups(found)))
-        return AdminResponse(200, None, page=page)
-
-
-def _post_json(url: str, data: bytes) -> None:
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=5) as response:
-        response.read()

@@ -15,8 +15,9 @@ import logging
 import os
 import time
 import weakref
+from collections.abc import Mapping
 from importlib.metadata import PackageNotFoundError, version
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from mitmproxy import ctx, http
 
@@ -34,7 +35,6 @@ if TYPE_CHECKING:
     from opentelemetry.trace import Span
 
     from holdgate.addons.config_loader import ConfigLoader
-    from holdgate.addons.holds import ApprovalHolds
     from holdgate.addons.recorder import Recorder
     from holdgate.config.gateway_config import GatewayConfig
     from holdgate.telemetry.tracing import GatewayTracer, MessageFacts
@@ -49,8 +49,15 @@ except PackageNotFoundError:  # run from a checkout that was never installed
 _INVALID = "invalid"
 
 
+class HeldCalls(Protocol):
+    """What the metrics read of the approval holds (not an import of them: no circle)."""
+
+    @property
+    def holds(self) -> Mapping[str, object]: ...
+
+
 class Telemetry:
-    def __init__(self, loader: ConfigLoader, recorder: Recorder, holds: ApprovalHolds) -> None:
+    def __init__(self, loader: ConfigLoader, recorder: Recorder, holds: HeldCalls) -> None:
         self.loader = loader
         self.recorder = recorder
         self.holds = holds
@@ -61,7 +68,6 @@ class Telemetry:
         ] = weakref.WeakKeyDictionary()
         self.callers = AdminCallers()
         recorder.telemetry = self
-        holds.routes["/metrics"] = self.handle_metrics
         loader.listeners.append(lambda _event: self._know(loader.current))
 
     def configure(self, updated: set[str]) -> None:
