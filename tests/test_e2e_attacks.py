@@ -241,7 +241,8 @@ def test_a_body_without_a_valid_key_is_answered_401_before_it_is_sent(gateway, h
     the body (before, it waited for all of it); the refusal is still recorded."""
     sock = socket.create_connection(("127.0.0.1", gateway.port), timeout=10)
     sock.sendall(
-        b"POST /mcp HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n" % gateway.port
+        + b"Content-Type: application/json\r\n"
         + credential
         + b"Content-Length: 4000000\r\n\r\n"
     )
@@ -270,7 +271,9 @@ def test_a_body_with_a_valid_key_is_still_read_and_forwarded(gateway, hostile):
     body = json.dumps(call()).encode()
     sock = socket.create_connection(("127.0.0.1", gateway.port), timeout=10)
     sock.sendall(
-        b"POST /mcp HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n"
+        % gateway.port
+        + b"Content-Type: application/json\r\n"
         b"Accept: application/json, text/event-stream\r\nConnection: close\r\n"
         + f"X-API-Key: {ALICE['X-API-Key']}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
     )
@@ -286,7 +289,7 @@ def test_huge_chunked_body_is_cut_while_read_not_buffered(gateway, hostile):
     may be lost to the reset of a connection closed with unread data), RSS stays low."""
     sock = socket.create_connection(("127.0.0.1", gateway.port), timeout=10)
     sock.sendall(
-        b"POST /mcp HTTP/1.1\r\nHost: x\r\nX-API-Key: wrong\r\n"
+        b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n" % gateway.port + b"X-API-Key: wrong\r\n"
         b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
     )
     chunk = b"%x\r\n%s\r\n" % (65536, b" " * 65536)

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from holdgate.addons.config_loader import STARTED
+
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 MITMDUMP = str(BIN / "mitmdump")
@@ -63,6 +65,19 @@ def free_port() -> int:
         _reserved.append((now, lock))
         return port
     raise RuntimeError(f"no free loopback port that is not reserved in {PORT_LOCKS}")
+
+
+def wait_for_started(proc: subprocess.Popen[bytes], log: Path) -> None:
+    """Until the gateway says mitmproxy's start-up is over: mitmproxy exits on an error
+    logged before then, so a test whose first request is meant to fail waits for this."""
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while time.monotonic() < deadline:
+        if STARTED in log.read_text(errors="replace"):
+            return
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode}:\n{log.read_text()}")
+        time.sleep(0.05)
+    raise RuntimeError(f"no start-up line after {STARTUP_TIMEOUT}s:\n{log.read_text()}")
 
 
 def wait_for_port(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
@@ -269,7 +284,8 @@ def start_gateway(
             stdout=sink,
             stderr=subprocess.STDOUT,
             cwd=tmp,
-            env={**os.environ, **(env or {})},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         )
     wait_for_port(port, proc, output)
+    wait_for_started(proc, output)
     return Gateway(port, proc, config, db, recordings, output, tmp, opts)

@@ -23,6 +23,9 @@ from holdgate.configfile import ConfigError, parse_size
 logger = logging.getLogger("holdgate")
 
 RELOAD_INTERVAL = 1.0
+STARTED = "holdgate: started (mitmproxy's start-up is over)"
+# How long `announce_started` waits for mitmproxy's start-up to end, in polls of 50 ms.
+START_POLLS = 1200
 
 
 class ConfigLoader:
@@ -33,6 +36,7 @@ class ConfigLoader:
         self.max_body = 4 * 1024 * 1024
         self._mtime: tuple[float, int] | None = None
         self._watcher: asyncio.Task[None] | None = None
+        self._started: asyncio.Task[None] | None = None
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
         # What other addons require of a config (a reason to refuse it, or None).
         self.checks: list[Callable[[GatewayConfig], str | None]] = []
@@ -106,10 +110,12 @@ class ConfigLoader:
 
     def running(self) -> None:
         self._watcher = asyncio.get_running_loop().create_task(self._watch())
+        self._started = asyncio.get_running_loop().create_task(announce_started())
 
     def done(self) -> None:
-        if self._watcher:
-            self._watcher.cancel()
+        for task in (self._watcher, self._started):
+            if task is not None:
+                task.cancel()
 
     async def _watch(self) -> None:
         while True:
@@ -155,3 +161,19 @@ def _stamp(path: str) -> tuple[float, int] | None:
     except OSError:
         return None
     return (st.st_mtime, st.st_size)
+
+
+async def announce_started() -> None:
+    """Log `STARTED` once mitmproxy's start-up is over.
+
+    mitmproxy listens before its addons' `running` hooks have run, and exits if anything
+    logs an error before they are done (its `errorcheck` addon): a request refused with an
+    error in that window stops the gateway. Whoever starts the gateway (the tests, a probe)
+    waits for this line, logged once that check has ended (its log handler is gone)."""
+    errorcheck = ctx.master.addons.get("errorcheck")
+    handler = getattr(errorcheck, "logger", None)
+    for _ in range(START_POLLS):
+        if handler is None or handler not in logging.getLogger().handlers:
+            break
+        await asyncio.sleep(0.05)
+    logger.info(STARTED)
