@@ -27,7 +27,7 @@ from helpers.flows import (
     send,
     store_rows,
 )
-from holdgate.addons.recorder import Recorder
+from holdgate.addons.audit_store import AuditStore
 from holdgate.masking.masker import MaskingError
 from holdgate.store import AuditWriter, SqliteStore
 
@@ -144,7 +144,7 @@ async def test_a_reflected_injected_credential_never_reaches_a_row(tctx, tmp_pat
 def test_a_store_that_cannot_be_opened_stops_the_gateway(tctx, tmp_path):
     (tmp_path / "a-folder").mkdir()
     with pytest.raises(OptionsError, match="holdgate_store: cannot open the audit store"):
-        tctx.configure(find(tctx, Recorder), holdgate_db=str(tmp_path / "a-folder"))
+        tctx.configure(find(tctx, AuditStore), holdgate_db=str(tmp_path / "a-folder"))
 
 
 # --- write-ahead: the decision is on record before the call leaves ---------------------
@@ -164,10 +164,10 @@ def rows_now(tmp_path) -> list[dict[str, Any]]:
 
 
 def replace_writer(tctx, writer: AuditWriter) -> AuditWriter:
-    recorder = find(tctx, Recorder)
-    assert recorder.writer is not None
-    recorder.writer.close()
-    recorder.writer = writer
+    audit = find(tctx, AuditStore)
+    assert audit.writer is not None
+    audit.writer.close()
+    audit.writer = writer
     return writer
 
 

@@ -18,6 +18,7 @@ an addon. mitmproxy itself sees one addon, `Pipeline`, which calls these in orde
 
 from __future__ import annotations
 
+from holdgate.addons.audit_store import AuditStore
 from holdgate.addons.authentication import Authentication
 from holdgate.addons.checkpointer import Checkpointer
 from holdgate.addons.config_loader import ConfigLoader
@@ -39,29 +40,45 @@ from holdgate.addons.tool_pinning import ToolPinning
 
 
 def default_addons() -> list[object]:
+    # Services first: they own what every stage uses.
     loader = ConfigLoader()
-    recorder = Recorder(loader)
-    pins = ToolPinning(loader, recorder)
-    tasks = TaskOwnership(recorder)
-    policy = PolicyEnforcer(loader, recorder, tasks, pins)
-    replicas = Replicas(loader, recorder)
-    holds = ApprovalHolds(loader, policy, recorder, replicas)
+    audit = AuditStore(loader)
+    # Stages and observers, each given the services and collaborators it calls.
+    replicas = Replicas(loader, audit)
+    pins = ToolPinning(loader, audit)
+    tasks = TaskOwnership(audit)
+    policy = PolicyEnforcer(loader, audit, tasks, pins)
+    holds = ApprovalHolds(loader, policy, audit, replicas)
+    telemetry = Telemetry(loader, audit, approvals_pending=lambda: len(holds.holds))
+    recorder = Recorder(loader, audit, traces=telemetry.traces, finished=telemetry.finished)
+    checkpointer = Checkpointer(loader)
+    feeds = Feeds(loader)
+    # Every subscription, in one place.
+    loader.checks.append(audit.config_problem)
+    loader.listeners.append(recorder.note_config_version)
+    loader.listeners.append(telemetry.config_loaded)
+    audit.opened.extend([recorder.store_opened, checkpointer.use_store, feeds.use_store])
+    audit.rows_written.append(telemetry.metrics.count_rows)
+    audit.before_close.append(replicas.retire)  # marks itself gone while it still can
+    audit.after_shutdown.extend([checkpointer.shut_down, feeds.shut_down])  # the last rows
+    holds.routes["/metrics"] = telemetry.handle_metrics  # served on the admin listener
     return [
+        loader,
+        audit,  # opens the store before any stage configures; closes after every `done`
         EarlyAnswers(),  # load only: a request refused on its headers is answered at once
         ConnectionDeadlines(),
-        loader,
+        replicas,  # lifecycle only: registers at configure, heartbeats while running
+        telemetry,  # lifecycle only: metrics and traces, fed by the Recorder and the store
+        pins,  # lifecycle only: pins read at configure and polled; policy asks its review
         Router(loader),
-        Authentication(loader, recorder),
+        Authentication(loader, audit),
         policy,
         holds,
         Gate(recorder.write_ahead),
         Responses(loader, stages=[policy, tasks, pins, ResponseMasking(), recorder]),
         recorder,
-        Telemetry(loader, recorder, holds),  # after the recorder, whose writer it counts
-        replicas,  # after the recorder, whose store it registers in
-        pins,  # after the recorder, which opens (or creates) the store the pins are read from
-        Checkpointer(loader),  # signs the head after the recorder wrote its last rows
-        Feeds(loader),  # lifecycle only: sends the store's rows to the config's feeds
+        checkpointer,  # lifecycle only: signs the chain's head while running
+        feeds,  # lifecycle only: sends the store's rows to the config's feeds
     ]
 
 

@@ -75,9 +75,9 @@ from holdgate.store import iso as now_iso
 from holdgate.store.approval_records import Decision as Decided
 
 if TYPE_CHECKING:
+    from holdgate.addons.audit_store import AuditStore
     from holdgate.addons.config_loader import ConfigLoader
     from holdgate.addons.enforcement import PolicyEnforcer
-    from holdgate.addons.recorder import Recorder
     from holdgate.addons.replicas import Replicas
     from holdgate.store.interface import ApprovalListener
 
@@ -129,12 +129,12 @@ class ApprovalHolds:
         self,
         loader: ConfigLoader,
         policy: PolicyEnforcer,
-        recorder: Recorder,
+        audit: AuditStore,
         replicas: Replicas | None = None,
     ) -> None:
         self.loader = loader
         self.policy = policy
-        self.recorder = recorder
+        self.audit = audit
         self.replicas = replicas
         self._wake = asyncio.Event()  # a decision was noticed: sweep now
         self._listener: ApprovalListener | None = None
@@ -168,10 +168,8 @@ class ApprovalHolds:
         self._tasks.append(asyncio.create_task(self._start()))
 
     def _store(self) -> Store:
-        """The Recorder's store: one owner of the connection for the whole gateway."""
-        if self.recorder.store is None:
-            raise RuntimeError("the audit store is not open")
-        return self.recorder.store
+        """The AuditStore's: one owner of the connection for the whole gateway."""
+        return self.audit.store()
 
     def _replica(self) -> str | None:
         return self.replicas.replica if self.replicas is not None else None
@@ -232,7 +230,7 @@ class ApprovalHolds:
             if decision.action != "approve":
                 continue
             message = decided.message
-            digest_args = args_digest(self.recorder.key(config), message.arguments or {})
+            digest_args = args_digest(self.audit.key(config), message.arguments or {})
             upstream = st.upstream.name
             key = grant_key(
                 identity.user,
@@ -379,7 +377,7 @@ class ApprovalHolds:
         assert st.upstream is not None
         upstream = st.upstream.name
         # Masked as the store masks the call's own row: the approval shows no more.
-        masked_args = self.recorder.masked_for_record(
+        masked_args = self.audit.masked_for_record(
             message.arguments or {}, config, upstream, message.tool
         ).value
         previous = self.last_approved.get((identity.user, upstream, message.target or ""))
@@ -472,7 +470,7 @@ class ApprovalHolds:
         assert st.upstream is not None
         message, decision = decided.message, decided.decision
         upstream = st.upstream.name
-        key = self.recorder.key(config)
+        key = self.audit.key(config)
         token = request_state(message.raw)
         if token is None or not elicitation.is_gateway_state(token):
             await self._ask(flow, decided, identity, config)
@@ -602,7 +600,7 @@ class ApprovalHolds:
         st = state(flow)
         assert st.upstream is not None
         message, decision = decided.message, decided.decision
-        digest_args = args_digest(self.recorder.key(config), message.arguments or {})
+        digest_args = args_digest(self.audit.key(config), message.arguments or {})
         key = grant_key(
             identity.user,
             st.upstream.name,
@@ -638,7 +636,7 @@ class ApprovalHolds:
         config = st.config
         assert config is not None and st.identity is not None and st.upstream is not None
         approval_id = record["approval_id"]
-        key = self.recorder.key(config)
+        key = self.audit.key(config)
         base = self._status_base()
         if base is None:
             raise RuntimeError("the approvals API is disabled (holdgate_admin is empty)")
@@ -954,7 +952,7 @@ class ApprovalHolds:
         """The page an elicitation sends the requester to. Its link is its credential (a
         browser carries no bearer token): without the right `t` it is a plain 404."""
         token = parse_qs(urlsplit(path).query).get("t", [""])[0]
-        key = self.recorder.key(config)
+        key = self.audit.key(config)
         missing = AdminResponse(404, {"error": "no such approval page"})
         if not approval_id.isalnum() or not elicitation.status_token_holds(key, approval_id, token):
             return missing

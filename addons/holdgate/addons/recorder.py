@@ -20,10 +20,11 @@ import json
 import logging
 import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from mitmproxy import ctx, exceptions, http
+from mitmproxy import ctx, http
 
+from holdgate.addons.audit_store import UNRECORDABLE, AuditStore
 from holdgate.addons.flowstate import (
     DecidedMessage,
     FlowState,
@@ -37,9 +38,9 @@ from holdgate.addons.flowstate import (
     state,
 )
 from holdgate.config.gateway_config import GatewayConfig
-from holdgate.config.options import DEFAULT_STORE, STORE_OPTIONS, replica_name, store_location
-from holdgate.masking.masker import MaskingError, MaskOutcome
-from holdgate.masking.record_masking import RecordMasking, ToolHint, mask_for_record, scrub_row
+from holdgate.config.options import replica_name
+from holdgate.masking.masker import MaskOutcome
+from holdgate.masking.record_masking import ToolHint, mask_for_record, scrub_row
 from holdgate.protocol.canonical_json import args_digest
 from holdgate.protocol.jsonrpc import INTERNAL_ERROR
 from holdgate.protocol.mrtr import (
@@ -60,13 +61,16 @@ from holdgate.protocol.sessionless import (
 )
 from holdgate.recording.flowfiles import ClosedFile, RecordingWriter, Redaction, route_back
 from holdgate.recording.snapshots import Snapshots
-from holdgate.store import AuditWriter, PostgresStore, Store, StoreError, open_store
+from holdgate.store import StoreError
 from holdgate.store import iso as now_iso
 from holdgate.store.rows import Row
 
 if TYPE_CHECKING:
     from holdgate.addons.config_loader import ConfigLoader
-    from holdgate.addons.telemetry import Telemetry
+
+
+class Traces(Protocol):
+    def __call__(self, flow: http.HTTPFlow, *, leaving: bool) -> list[str] | None: ...
 
 
 logger = logging.getLogger("holdgate")
@@ -74,52 +78,50 @@ logger = logging.getLogger("holdgate")
 # How long a request waits for its decision rows to be committed before it is refused
 # (the writer's own busy timeout on a locked store is 5 s).
 WRITE_AHEAD_TIMEOUT = 10.0
-# What building a row from a call's arguments can raise: masking gave up, or the values
-# cannot be serialized (1e999 is inf, a deeply nested value exhausts the recursion).
-_UNRECORDABLE = (MaskingError, ValueError, OverflowError, RecursionError)
 
 
 class Recorder:
-    def __init__(self, loader: ConfigLoader) -> None:
+    def __init__(
+        self,
+        loader: ConfigLoader,
+        audit: AuditStore,
+        traces: Traces | None = None,
+        finished: Callable[[http.HTTPFlow], None] | None = None,
+    ) -> None:
         self.loader = loader
-        self.store: Store | None = None  # the gateway's store; the writer has its own connection
-        self.writer: AuditWriter | None = None
+        self.audit = audit
+        # Telemetry's, given in `default_addons()`: the gateway span of each message as
+        # its rows are built, and each flow's end once its rows are queued
+        self.traces = traces
+        self.finished = finished
         self.recordings: RecordingWriter | None = None
         self.snapshots = Snapshots()
         self.replica = ""
-        self.digest_key = b""
         self.sessions_seen: dict[str, None] = {}
         self.grouper = SessionGrouper()
         self.unwritten_versions: list[dict[str, Any]] = []
-        # called before the store closes (shutdown, or another store named): the Replicas
-        # addon marks itself gone while it still can
-        self.before_close: list[Callable[[], None]] = []
-        self.unmaskable = 0  # values left out of store rows because they could not be masked
-        self.telemetry: Telemetry | None = None  # sees each flow leave and end (spans, latency)
-        self._record_masking: tuple[GatewayConfig, bytes, RecordMasking] | None = None
         # Flows whose decision rows went to the store before they left: their end writes an
         # outcome row instead. (Beside the flow, like FlowState: never saved with it.)
         self._written_ahead: weakref.WeakSet[http.HTTPFlow] = weakref.WeakSet()
-        loader.listeners.append(self.note_config_version)
-        loader.checks.append(self.config_problem)
 
     def note_config_version(self, event: dict[str, Any]) -> None:
         """A config loaded, reloaded or rejected: a `config_versions` row."""
         row = {"ts": now_iso(), **event}
-        if self.writer is None:  # the first load happens before the store is opened
+        writer = self.audit.writer
+        if writer is None:  # a load before the store is opened: written once it is
             self.unwritten_versions.append(row)
-        elif not self.writer.submit("config_versions", row):
+        elif not writer.submit("config_versions", row):
             logger.error("holdgate: could not record config version %s", event["config_hash"])
 
+    def store_opened(self, _location: str) -> None:
+        """The store opened: the config versions announced before it go in."""
+        writer = self.audit.writer
+        if writer is not None:
+            for row in self.unwritten_versions:
+                writer.submit("config_versions", row)
+            self.unwritten_versions.clear()
+
     def load(self, loader) -> None:  # type: ignore[no-untyped-def]
-        loader.add_option(
-            "holdgate_store",
-            str,
-            DEFAULT_STORE,
-            "Holdgate's audit store: a SQLite path, or a postgresql:// URL shared by replicas "
-            "(then the config needs hash_key).",
-        )
-        loader.add_option("holdgate_db", str, "", "Old name of holdgate_store.")
         loader.add_option(
             "holdgate_recordings",
             str,
@@ -129,32 +131,8 @@ class Recorder:
         )
 
     def configure(self, updated: set[str]) -> None:
-        if STORE_OPTIONS & updated:
-            self._close_store()
-            try:
-                location = store_location(ctx.options.holdgate_store, ctx.options.holdgate_db)
-                self.store = open_store(location)
-                self.writer = self.store.writer()
-            except ValueError as exc:
-                raise exceptions.OptionsError(str(exc)) from None
-            except StoreError as exc:
-                raise exceptions.OptionsError(
-                    f"holdgate_store: cannot open the audit store ({exc}); check the path "
-                    "or URL and its permissions"
-                ) from None
-            if self.loader.current is not None and (
-                problem := self.config_problem(self.loader.current)
-            ):
-                raise exceptions.OptionsError(f"holdgate_config: {problem}")
-            self.digest_key = (
-                b"" if isinstance(self.store, PostgresStore) else self.store.digest_key
-            )
-            for row in self.unwritten_versions:
-                self.writer.submit("config_versions", row)
-            self.unwritten_versions.clear()
         if "holdgate_recordings" in updated:
-            if self.recordings is not None:
-                self.recordings.close()
+            self.close_recordings()
             folder = ctx.options.holdgate_recordings
             self.replica = replica_name(ctx.options)
             self.recordings = (
@@ -178,10 +156,10 @@ class Recorder:
             "bytes": closed.bytes,
             "sha256": closed.sha256,
         }
-        cached = self._record_masking  # read once: the loop may replace it meanwhile
-        if cached is not None:
-            row = scrub_row(row, cached[2])
-        writer = self.writer
+        masking = self.audit.cached_record_masking()
+        if masking is not None:
+            row = scrub_row(row, masking)
+        writer = self.audit.writer
         if writer is None or not writer.submit("recordings", row):
             logger.error(
                 "holdgate: the closed flow file %s was not recorded in the store", closed.file
@@ -189,67 +167,20 @@ class Recorder:
 
     def done(self) -> None:
         # The recordings process closes its files as it ends and reports each one; the
-        # store must still be open for their `recordings` rows.
+        # store is still open for their `recordings` rows (the AuditStore closes last).
+        self.close_recordings()
+
+    def close_recordings(self) -> None:
         if self.recordings is not None:
             self.recordings.close()
-        self._close_store()
-
-    def _close_store(self) -> None:
-        for callback in self.before_close:
-            callback()
-        if self.writer is not None:
-            self.writer.close()
-            logger.info(
-                "holdgate: audit writer closed: max queue depth %d, %d rows lost",
-                self.writer.max_queue_depth_seen,
-                self.writer.lost,
-            )
-            self.writer = None
-        if self.store is not None:
-            self.store.close()
-            self.store = None
-
-    def key(self, config: GatewayConfig) -> bytes:
-        key = config.hash_key or self.digest_key
-        if not key:  # a shared store with a config that slipped past `config_problem`
-            raise RuntimeError("no digest key: a PostgreSQL store needs hash_key in the config")
-        return key
-
-    def config_problem(self, config: GatewayConfig) -> str | None:
-        """Why this store cannot record under `config` (the loader refuses such a config)."""
-        if isinstance(self.store, PostgresStore) and config.hash_key is None:
-            return (
-                "a PostgreSQL store (holdgate_store) is shared by replicas, so arguments must "
-                "be digested with one key: set `hash_key` (e.g. hash_key: {env: "
-                "HOLDGATE_HASH_KEY}) in the config"
-            )
-        return None
-
-    def record_masking(self, config: GatewayConfig) -> RecordMasking:
-        """How the record is masked under this config (built once per config)."""
-        key = self.key(config)
-        cached = self._record_masking
-        if cached is None or cached[0] is not config or cached[1] != key:
-            cached = self._record_masking = (config, key, RecordMasking.from_config(config, key))
-        return cached[2]
-
-    def masked_for_record(
-        self, value: Any, config: GatewayConfig, upstream: str, tool: ToolHint
-    ) -> MaskOutcome:
-        """`value` masked for a store row; one that cannot be masked is left out (counted)."""
-        try:
-            return mask_for_record(value, self.record_masking(config), upstream, tool)
-        except _UNRECORDABLE as exc:
-            self.unmaskable += 1
-            logger.error("holdgate: a value was left out of the audit row: %s", exc)
-            return MaskOutcome(f"[holdgate: left out of the record: {exc}]", {"unmaskable": 1})
+            self.recordings = None
 
     async def write_ahead(self, flow: http.HTTPFlow) -> None:
         """The Gate's last step before a cleared request leaves: its decision rows (one per
         message: identity, decision, rule, masked arguments, config hash) are committed to
         the store, or the request is refused (audit: required). Never blocks the loop."""
         st = state(flow)
-        config, writer = st.config, self.writer
+        config, writer = st.config, self.audit.writer
         if config is None or writer is None:
             raise RuntimeError("recorder not configured")
         required = config.audit == "required"
@@ -263,11 +194,10 @@ class Recorder:
             return
         try:
             rows = [
-                ("events", scrub_row(row, self.record_masking(config)))
+                ("events", scrub_row(row, self.audit.record_masking(config)))
                 for row in self._request_rows(flow, config, strict=True)
             ]
-        except _UNRECORDABLE as exc:
-            self.unmaskable += 1
+        except UNRECORDABLE as exc:
             error = f"{type(exc).__name__}: {exc}"
             logger.error("holdgate: a request could not be recorded, so not forwarded: %s", error)
             refuse(
@@ -324,7 +254,7 @@ class Recorder:
             # client; the record never keeps either as is. (Others saw it masked with the
             # record's profiles; injected values are scrubbed in submit.)
             tool = answered_tool(context)
-            stored = self.masked_for_record(message, config, st.upstream.name, tool).value
+            stored = self.audit.masked_for_record(message, config, st.upstream.name, tool).value
         # An opaque requestState is recorded only as its keyed digest (which links the retry
         # that sends it back to this row); never as given.
         extra: dict[str, Any] = {"transport": context.transport}
@@ -336,7 +266,7 @@ class Recorder:
             extra["input_required"] = True
         state_given = request_state(message)
         if state_given is not None:
-            extra["request_state_digest"] = args_digest(self.key(config), state_given)
+            extra["request_state_digest"] = args_digest(self.audit.key(config), state_given)
             stored = without_request_state(stored)
         row = self._row(flow, config)
         row.update(
@@ -352,10 +282,10 @@ class Recorder:
             extra=json.dumps(extra),
             # scrubbed before the cut, so no part of an injected value is left at the end
             args_masked=_truncate(
-                self.record_masking(config).scrub(json.dumps(stored, ensure_ascii=False))[0]
+                self.audit.record_masking(config).scrub(json.dumps(stored, ensure_ascii=False))[0]
             ),
         )
-        self.submit(flow, config, "events", row)
+        self.audit.submit(flow, config, "events", row)
         return message
 
     @fail_closed
@@ -390,14 +320,16 @@ class Recorder:
             latency = round((flow.response.timestamp_end - flow.request.timestamp_start) * 1000, 2)
         status = flow.response.status_code if flow.response is not None else None
         if flow in self._written_ahead:
-            self.submit(flow, config, "events", self._outcome_row(flow, config, status, latency))
+            self.audit.submit(
+                flow, config, "events", self._outcome_row(flow, config, status, latency)
+            )
         else:
             rows = self._request_rows(flow, config, strict=False)
             for row in rows:
                 row.update(status=status, latency_ms=latency)
-            self.submit_all(flow, config, [("events", row) for row in rows])
-        if self.telemetry is not None:
-            self.telemetry.finished(flow)
+            self.audit.submit_all(flow, config, [("events", row) for row in rows])
+        if self.finished is not None:
+            self.finished(flow)
         if session is not None:
             self._write_recording(flow, config, session)
 
@@ -405,14 +337,14 @@ class Recorder:
         self, flow: http.HTTPFlow, config: GatewayConfig, *, strict: bool
     ) -> list[Row]:
         """One row per message of the request: who, what, the decision and its rule, the
-        arguments masked for the record. `strict`: raise (_UNRECORDABLE) when arguments
+        arguments masked for the record. `strict`: raise (UNRECORDABLE) when arguments
         cannot be masked, instead of leaving them out of the row."""
         st = state(flow)
         upstream = st.upstream.name if st.upstream is not None else ""
         refused = st.refused
         rows: list[Row] = []
         decided_messages: list[DecidedMessage | None] = [*st.decided] or [None]
-        traces = self.telemetry.traces(flow, leaving=strict) if self.telemetry else None
+        traces = self.traces(flow, leaving=strict) if self.traces is not None else None
         for index, decided in enumerate(decided_messages):
             message = decided.message if decided is not None else None
             decision = decided.decision if decided is not None else None
@@ -420,9 +352,11 @@ class Recorder:
             masked_args: MaskOutcome | None = None
             if message is not None and arguments is not None:
                 masked_args = (
-                    mask_for_record(arguments, self.record_masking(config), upstream, message.tool)
+                    mask_for_record(
+                        arguments, self.audit.record_masking(config), upstream, message.tool
+                    )
                     if strict
-                    else self.masked_for_record(arguments, config, upstream, message.tool)
+                    else self.audit.masked_for_record(arguments, config, upstream, message.tool)
                 )
             extra = _extra(st)
             if decision is not None and decision.rate_limited:
@@ -460,7 +394,7 @@ class Recorder:
                 reason=(decision.reason if decision is not None else None)
                 or (refused.message if refused is not None else None),
                 approval_id=decided.approval_id if decided is not None else None,
-                args_digest=_digest(self.key(config), arguments, strict),
+                args_digest=_digest(self.audit.key(config), arguments, strict),
                 args_masked=(
                     _truncate(json.dumps(masked_args.value, ensure_ascii=False))
                     if masked_args is not None
@@ -489,16 +423,16 @@ class Recorder:
         responses = input_responses(raw)
         if responses is not None:
             masked = (
-                mask_for_record(responses, self.record_masking(config), upstream, tool)
+                mask_for_record(responses, self.audit.record_masking(config), upstream, tool)
                 if strict
-                else self.masked_for_record(responses, config, upstream, tool)
+                else self.audit.masked_for_record(responses, config, upstream, tool)
             )
             extra["input_responses"] = masked.value
             if masked.findings:
                 extra["input_responses_findings"] = masked.findings
         state_given = request_state(raw)
         if state_given is not None:
-            extra["request_state_digest"] = args_digest(self.key(config), state_given)
+            extra["request_state_digest"] = args_digest(self.audit.key(config), state_given)
 
     def _outcome_row(
         self, flow: http.HTTPFlow, config: GatewayConfig, status: int | None, latency: float | None
@@ -599,7 +533,7 @@ class Recorder:
         client = (
             describe_client(_initialize_params(st).get("clientInfo")) or client or client_of(first)
         )
-        self.submit(
+        self.audit.submit(
             flow,
             config,
             "sessions",
@@ -616,26 +550,6 @@ class Recorder:
             },
         )
 
-    def submit(
-        self, flow: http.HTTPFlow, config: GatewayConfig, table: str, row: dict[str, Any]
-    ) -> None:
-        """Queue a row; no value the gateway injected is ever in it, however it got there."""
-        self.submit_all(flow, config, [(table, row)])
-
-    def submit_all(
-        self, flow: http.HTTPFlow, config: GatewayConfig, rows: list[tuple[str, Row]]
-    ) -> None:
-        """Queue rows to be written together, all or none (scrubbed as `submit` does)."""
-        writer = self.writer
-        masking = self.record_masking(config)
-        scrubbed = [(table, scrub_row(row, masking)) for table, row in rows]
-        if writer is None or not writer.submit_all(scrubbed):
-            # A response that cannot be recorded is withheld; a refusal was never served,
-            # so losing its row (counted by the writer) must not turn it into another error.
-            if config.audit == "required" and state(flow).refused is None:
-                raise RuntimeError("the audit store queue is full or failing")
-            state(flow).audit_lost = True
-
     def _write_recording(self, flow: http.HTTPFlow, config: GatewayConfig, session: str) -> None:
         """Into the session's own flow file. Only a state snapshot is taken here; the
         recordings process masks it for the record (bodies whole, headers, whatever the
@@ -651,7 +565,7 @@ class Recorder:
             route=route_back(st.upstream),
         )
         snapshot = self.snapshots.flow_state(flow)
-        self.recordings.submit(session, snapshot, redaction, self.record_masking(config))
+        self.recordings.submit(session, snapshot, redaction, self.audit.record_masking(config))
 
 
 def _extra(st: FlowState) -> dict[str, Any]:
@@ -704,7 +618,7 @@ def _digest(key: bytes, arguments: Any, strict: bool) -> str | None:
     """The arguments' keyed digest; None for ones that cannot be serialized, unless strict."""
     try:
         return args_digest(key, arguments)
-    except _UNRECORDABLE:
+    except UNRECORDABLE:
         if strict:
             raise
         return None

@@ -25,8 +25,8 @@ from holdgate.store import ReplicaNameTaken, Store, StoreError, iso
 from holdgate.store.replica_records import ReplicaInfo, quoted
 
 if TYPE_CHECKING:
+    from holdgate.addons.audit_store import AuditStore
     from holdgate.addons.config_loader import ConfigLoader
-    from holdgate.addons.recorder import Recorder
 
 logger = logging.getLogger("holdgate")
 
@@ -67,16 +67,15 @@ def exited_here(host: str | None, pid: int | None) -> bool:
 
 
 class Replicas:
-    def __init__(self, loader: ConfigLoader, recorder: Recorder) -> None:
+    def __init__(self, loader: ConfigLoader, audit: AuditStore) -> None:
         self.loader = loader
-        self.recorder = recorder
+        self.audit = audit
         self.instance = uuid.uuid4().hex
         # once registered; not `name`: mitmproxy finds addons by their `name` attribute
         self.replica: str | None = None
         self._store: Store | None = None
         self._task: asyncio.Task[None] | None = None
         self._taken_over = False
-        recorder.before_close.append(self.retire)
 
     def load(self, loader) -> None:  # type: ignore[no-untyped-def]
         loader.add_option(
@@ -93,8 +92,10 @@ class Replicas:
         name = replica_name(ctx.options.holdgate_replica, socket.gethostname(), _port())
         if problem := name_problem(name):
             raise exceptions.OptionsError(f"holdgate_replica: {problem}")
-        store = self.recorder.store
-        if store is None or (store is self._store and name == self.replica):
+        if not self.audit.is_open:
+            return
+        store = self.audit.store()
+        if store is self._store and name == self.replica:
             return
         self.retire()
         # At start (or when the option changes): the gateway must not run unregistered.
@@ -118,7 +119,7 @@ class Replicas:
             self._task.cancel()
 
     def retire(self) -> None:
-        """Mark this instance gone (the Recorder calls this before it closes the store)."""
+        """Mark this instance gone (subscribed to the AuditStore's `before_close`)."""
         store, name = self._store, self.replica
         self._store = self.replica = None
         if store is None or name is None:
