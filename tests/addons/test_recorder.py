@@ -255,7 +255,7 @@ async def test_arguments_that_cannot_be_masked_are_refused_not_forwarded(
     def cannot_mask(*args: Any, **kwargs: Any) -> Any:
         raise MaskingError("the value is nested too deeply to mask")
 
-    monkeypatch.setattr("holdgate.addons.recorder.mask_for_record", cannot_mask)
+    monkeypatch.setattr("holdgate.addons.decision_rows.mask_for_record", cannot_mask)
     flow = await send(tctx, mcp_flow(call("search", {"sql": EMAIL}), ALICE))
     status, code, message = error_of(flow)
     assert (status, code) == (502, -32603) and "cannot be masked for the audit record" in message

@@ -23,6 +23,7 @@ from holdgate.addons.authentication import Authentication
 from holdgate.addons.checkpointer import Checkpointer
 from holdgate.addons.config_loader import ConfigLoader
 from holdgate.addons.deadlines import ConnectionDeadlines
+from holdgate.addons.decision_rows import DecisionRows
 from holdgate.addons.early_answers import EarlyAnswers
 from holdgate.addons.enforcement import PolicyEnforcer
 from holdgate.addons.feeds import Feeds
@@ -50,7 +51,8 @@ def default_addons() -> list[object]:
     policy = PolicyEnforcer(loader, audit, tasks, pins)
     holds = ApprovalHolds(loader, policy, audit, replicas)
     telemetry = Telemetry(loader, audit, approvals_pending=lambda: len(holds.holds))
-    recorder = Recorder(loader, audit, traces=telemetry.traces, finished=telemetry.finished)
+    decisions = DecisionRows(audit, traces=telemetry.traces)
+    recorder = Recorder(loader, audit, decisions, finished=telemetry.finished)
     checkpointer = Checkpointer(loader)
     feeds = Feeds(loader)
     # Every subscription, in one place.
@@ -74,7 +76,7 @@ def default_addons() -> list[object]:
         Authentication(loader, audit),
         policy,
         holds,
-        Gate(recorder.write_ahead),
+        Gate(decisions.write_ahead),
         Responses(loader, stages=[policy, tasks, pins, ResponseMasking(), recorder]),
         recorder,
         checkpointer,  # lifecycle only: signs the chain's head while running
