@@ -136,14 +136,13 @@ class Replicas:
 
     async def heartbeat(self) -> None:
         """Renew the lease; a store that is away is logged and retried on the next beat."""
-        store, name = self._store, self.replica
-        if store is None or name is None:
+        name, instance = self.replica, self.instance
+        if self._store is None or name is None:
             return
         config = self.loader.current
+        digest = config.digest if config else None
         try:
-            ours = await asyncio.to_thread(
-                store.heartbeat, name, self.instance, config.digest if config else None
-            )
+            ours = await self.audit.run(lambda store: store.heartbeat(name, instance, digest))
         except StoreError as exc:
             logger.error(
                 "holdgate: replica %s cannot heartbeat (%s); retrying in %.0f s, and other "
