@@ -86,7 +86,12 @@ def test_the_installed_package_builds_the_gateway_outside_the_checkout(wheel, tm
     assert done.returncode == 0, done.stderr
     location, names = done.stdout.splitlines()
     assert Path(location).is_relative_to(site)
-    assert names.split()[:4] == ["EarlyAnswers", "ConnectionDeadlines", "ConfigLoader", "Router"]
+    assert names.split()[:4] == [
+        "ConfigLoader",
+        "AuditStore",
+        "EarlyAnswers",
+        "ConnectionDeadlines",
+    ]
     assert "Recorder" in names.split() and "ToolPinning" in names.split()
 
 

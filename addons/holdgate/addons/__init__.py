@@ -1,19 +1,29 @@
 """The mitmproxy side of Holdgate: one addon per module, glue over the pure library.
 
-`default_addons()` builds them in the order they run for every flow, as mitmproxy's own
-`mitmproxy.addons.default_addons()` does:
+`default_addons()` is the whole wiring: it builds the services, then the stages with the
+collaborators each one calls, subscribes the observers, and returns them in the order
+they run for every flow (mitmproxy sees one addon, `Pipeline`, which calls them in that
+order; `gateway_addons()`):
 
-    EarlyAnswers -> ConnectionDeadlines -> ConfigLoader -> Router -> Authentication
-    -> PolicyEnforcer -> ApprovalHolds -> Gate -> Responses -> Recorder -> Telemetry -> Replicas
-    -> ToolPinning (then Checkpointer and Feeds, which have lifecycle hooks only)
+    ConfigLoader, AuditStore                       services: configured first, closed last
+    -> EarlyAnswers -> ConnectionDeadlines
+    -> Replicas, Telemetry, ToolPinning            lifecycle only
+    -> Router -> Authentication -> PolicyEnforcer -> ApprovalHolds -> Gate   request stages
+    -> Responses -> Recorder                                                 response side
+    -> Checkpointer, Feeds                         lifecycle only
 
-Request side: the Gate's last step is the Recorder's write-ahead (the decision rows
-committed, or the request refused). Responses runs each response message through the
-PolicyEnforcer (discovery filtering), TaskOwnership, ToolPinning, ResponseMasking and
-Recorder stages. The PolicyEnforcer asks TaskOwnership who owns a task a request names.
-`flowstate` is the glue they share (per-flow state, refusals, failing closed); it is not
-an addon. mitmproxy itself sees one addon, `Pipeline`, which calls these in order
-(`gateway_addons()`).
+Calls go with that order, or to a service or a collaborator that is not an addon:
+PolicyEnforcer asks ToolPinning's `review` and TaskOwnership; ApprovalHolds asks the
+PolicyEnforcer and Replicas; the Gate's last step is DecisionRows' `write_ahead` (the
+decision rows committed, or the request refused); Responses runs each response message
+through the PolicyEnforcer, TaskOwnership, ToolPinning, ResponseMasking and the Recorder;
+DecisionRows and the Recorder call Telemetry's `traces` and `finished`. Everyone reaches
+the store through the AuditStore (its `run` does a store call off the event loop).
+Observers subscribe to the services: the Recorder and Telemetry to the ConfigLoader's
+loads, Telemetry to the AuditStore's committed rows, Replicas to its `before_close`,
+Checkpointer and Feeds to its opening and to `after_shutdown`. A stage that raises in a
+flow hook gets the flow refused by the Pipeline. `flowstate` is the glue they share
+(per-flow state, refusals, failing closed); it is not an addon.
 """
 
 from __future__ import annotations
