@@ -20,8 +20,9 @@ through the PolicyEnforcer, TaskOwnership, ToolPinning, ResponseMasking and the 
 DecisionRows and the Recorder call Telemetry's `traces` and `finished`. Everyone reaches
 the store through the AuditStore (its `run` does a store call off the event loop).
 Observers subscribe to the services: the Recorder and Telemetry to the ConfigLoader's
-loads, Telemetry to the AuditStore's committed rows, Replicas to its `before_close`,
-Checkpointer and Feeds to its opening and to `after_shutdown`. A stage that raises in a
+loads; Replicas, ToolPinning, Checkpointer and Feeds to the AuditStore's opening (so no
+one depends on configuring after it); Telemetry to its committed rows, Replicas to its
+`before_close`, Checkpointer and Feeds to its `after_shutdown`. A stage that raises in a
 flow hook gets the flow refused by the Pipeline. `flowstate` is the glue they share
 (per-flow state, refusals, failing closed); it is not an addon.
 """
@@ -69,7 +70,15 @@ def default_addons() -> list[object]:
     loader.checks.append(audit.config_problem)
     loader.listeners.append(recorder.note_config_version)
     loader.listeners.append(telemetry.config_loaded)
-    audit.opened.extend([recorder.store_opened, checkpointer.use_store, feeds.use_store])
+    audit.opened.extend(
+        [
+            recorder.store_opened,
+            replicas.store_opened,
+            pins.store_opened,
+            checkpointer.use_store,
+            feeds.use_store,
+        ]
+    )
     audit.rows_written.append(telemetry.metrics.count_rows)
     audit.before_close.append(replicas.retire)  # marks itself gone while it still can
     audit.after_shutdown.extend([checkpointer.shut_down, feeds.shut_down])  # the last rows

@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 
 from mitmproxy import ctx, exceptions
 
-from holdgate.config.options import STORE_OPTIONS
 from holdgate.store import ReplicaNameTaken, Store, StoreError, iso
 from holdgate.store.replica_records import ReplicaInfo, quoted
 
@@ -32,7 +31,7 @@ logger = logging.getLogger("holdgate")
 
 HEARTBEAT_EVERY = 2.0
 MAX_NAME = 100
-OWN_OPTIONS = frozenset({"holdgate_replica", "listen_host", "listen_port"}) | STORE_OPTIONS
+OWN_OPTIONS = frozenset({"holdgate_replica", "listen_host", "listen_port"})
 
 
 def replica_name(given: str, host: str, port: int | None) -> str:
@@ -87,8 +86,16 @@ class Replicas:
         )
 
     def configure(self, updated: set[str]) -> None:
-        if not OWN_OPTIONS & updated:
-            return
+        if OWN_OPTIONS & updated:
+            self.register()
+
+    def store_opened(self, _location: str) -> None:
+        """The AuditStore opened a store: this replica registers in it (subscribed in
+        `default_addons()`, so it does not matter which of us configures first)."""
+        self.register()
+
+    def register(self) -> None:
+        """Claim this replica's row in the open store, unless it holds it already."""
         name = replica_name(ctx.options.holdgate_replica, socket.gethostname(), _port())
         if problem := name_problem(name):
             raise exceptions.OptionsError(f"holdgate_replica: {problem}")

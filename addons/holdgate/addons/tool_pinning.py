@@ -19,7 +19,6 @@ from mitmproxy import exceptions, http
 
 from holdgate.addons.flowstate import MessageContext, state
 from holdgate.config.gateway_config import Upstream
-from holdgate.config.options import STORE_OPTIONS
 from holdgate.policy.rules import Decision
 from holdgate.policy.tool_pins import PinBook, review_call
 from holdgate.protocol.jsonrpc import Body, HeaderParams, Message
@@ -42,18 +41,18 @@ class ToolPinning:
         self.book = PinBook()
         self._poller: asyncio.Task[None] | None = None
 
-    def configure(self, updated: set[str]) -> None:
-        if STORE_OPTIONS & updated:
-            # Once, at start (before any flow): calls must be judged against every pin.
-            book = PinBook()
-            try:
-                for row in self.audit.store().tool_pin_rows():
-                    book.apply(row)
-            except StoreError as exc:
-                raise exceptions.OptionsError(
-                    f"holdgate_store: cannot read the tool pins ({exc}); check the store"
-                ) from None
-            self.book = book
+    def store_opened(self, _location: str) -> None:
+        """The AuditStore opened a store (subscribed in `default_addons()`): its pins are
+        read now, before any flow, since calls must be judged against every pin."""
+        book = PinBook()
+        try:
+            for row in self.audit.store().tool_pin_rows():
+                book.apply(row)
+        except StoreError as exc:
+            raise exceptions.OptionsError(
+                f"holdgate_store: cannot read the tool pins ({exc}); check the store"
+            ) from None
+        self.book = book
 
     def running(self) -> None:
         self._poller = asyncio.get_running_loop().create_task(self._poll())
