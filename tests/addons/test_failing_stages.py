@@ -1,6 +1,7 @@
-"""A request stage that raises, whichever it is, ends in a refusal and an audit row: the
-Pipeline guarantees it, not each hook's own `fail_closed`. The cases are every request-phase
-hook `default_addons()` implements, so a stage added later is covered too."""
+"""A request stage that raises, whichever it is, ends in a refusal and an audit row, and a
+response stage that raises withholds the answer: the Pipeline guarantees it, not each
+hook's own `fail_closed`. The cases are every such hook `default_addons()` implements, so
+a stage added later is covered too."""
 
 from __future__ import annotations
 
@@ -13,11 +14,14 @@ from mitmproxy import hooks
 from helpers.configs import ALICE, identity
 from helpers.flows import (
     UPSTREAM_URL,
+    answer,
     call,
     error_of,
     finish,
     gateway,
+    json_response,
     mcp_flow,
+    result,
     send,
     store_rows,
 )
@@ -42,6 +46,7 @@ rules:
 """
 )
 REQUEST_PHASE = ("requestheaders", "request")
+RESPONSE_PHASE = ("responseheaders", "response")
 
 
 def flow_hooks() -> set[str]:
@@ -96,3 +101,26 @@ async def test_a_request_stage_that_raises_refuses_the_call_on_record(
     extra = json.loads(rows[-1]["extra"])
     assert extra["refused"]["kind"] == "internal-error"
     assert extra["error"] == {"where": where, "type": "RuntimeError"}
+
+
+@pytest.mark.parametrize(
+    ("kind", "hook"),
+    implemented(RESPONSE_PHASE),
+    ids=lambda value: value.__name__ if isinstance(value, type) else value,
+)
+async def test_a_response_stage_that_raises_withholds_the_answer(
+    tmp_path, monkeypatch, kind: type, hook: str
+) -> None:
+    def broken(self: object, flow: object) -> None:
+        raise RuntimeError("the stage broke")
+
+    monkeypatch.setattr(kind, hook, broken)
+    where = f"{kind.__name__}.{hook}"
+    with gateway(tmp_path, CONFIG) as tctx:
+        flow = await send(tctx, mcp_flow(call("get_customer"), ALICE))
+        assert flow.response is None  # cleared: it left
+        await answer(tctx, flow, json_response(result(1, {"secret": "upstream-answer-5f1e"})))
+        status, code, message = error_of(flow)
+        assert (status, code) == (502, -32603)
+        assert f"internal error in the gateway ({where}); the response was withheld" in message
+        assert "upstream-answer-5f1e" not in flow.response.text
