@@ -31,7 +31,7 @@ def settings(witness: Witness, key: Ed25519PrivateKey = KEY) -> CheckpointsConfi
 def checkpointer(path: Path, witness: Witness) -> Checkpointer:
     loader = SimpleNamespace(current=SimpleNamespace(checkpoints=settings(witness)))
     addon = Checkpointer(loader)  # type: ignore[arg-type]
-    addon.store_path = str(path)
+    addon.use_store(str(path))
     return addon
 
 
@@ -50,7 +50,7 @@ def test_a_file_witness_gets_one_line_per_moved_head(tmp_path: Path, db: store.S
     addon.tick()
     addon.tick()  # unmoved: nothing new
     db.append("events", {"user": "b"})
-    addon.done()  # at shutdown, the head moved: signed
+    addon.shut_down()  # at shutdown, the head moved: signed
     lines = read_witness(witness)
     assert [w.checkpoint.seq for w in lines if w.checkpoint] == [1, 2]
     assert verify_witness(db, lines, [KEY.public_key()]).ok
@@ -67,7 +67,7 @@ def test_a_rotated_key_in_a_reloaded_config_starts_a_new_run(
     new_key = Ed25519PrivateKey.generate()
     addon.loader.current.checkpoints = settings(witness, new_key)  # type: ignore[attr-defined]
     addon.tick()  # the head did not move, but the new key signs it: a new run starts
-    addon.done()
+    addon.shut_down()
     lines = read_witness(witness.target)
     assert [(w.checkpoint.seq, w.checkpoint.key) for w in lines if w.checkpoint] == [
         (1, key_id(KEY.public_key())),
@@ -88,7 +88,7 @@ def test_the_syslog_witness_sends_rfc5424_over_udp(tmp_path: Path, db: store.Sql
         db.append("events", {"user": "a"})
         addon.tick()
         message = server.recv(65536).decode()
-        addon.done()
+        addon.shut_down()
     header, _, body = message.partition(" - ")
     assert header.startswith("<110>1 ") and header.endswith(
         " holdgate " + header.split()[4] + " checkpoint"
@@ -136,7 +136,7 @@ def test_the_webhook_retries_with_backoff(tmp_path: Path, db: store.SqliteStore)
         db.append("events", {"user": "a"})
         addon.tick()  # 503, 503, then taken: within one delivery
         assert [c["seq"] for c in hook.received] == [1] and addon.failures == 0
-        addon.done()
+        addon.shut_down()
     finally:
         hook.close()
 
@@ -157,7 +157,7 @@ def test_a_witness_that_is_down_is_logged_counted_and_caught_up(
         assert len(errors) == 1 and "checkpoint witness failed (" in errors[0]
         addon.tick()  # back: the unsent ones go first, in order
         assert [c["seq"] for c in hook.received] == [1, 2] and not addon.unsent
-        addon.done()
+        addon.shut_down()
     finally:
         hook.close()
 
@@ -170,7 +170,7 @@ def test_an_unwritable_file_witness_fails_nothing(tmp_path: Path, db: store.Sqli
     (tmp_path / "no-such-dir").mkdir()
     addon.tick()
     assert addon.written == 1 and not addon.unsent
-    addon.done()
+    addon.shut_down()
 
 
 def test_the_thread_checkpoints_every_interval(tmp_path: Path, db: store.SqliteStore) -> None:
@@ -186,4 +186,4 @@ def test_the_thread_checkpoints_every_interval(tmp_path: Path, db: store.SqliteS
             deadline.wait(0.05)
         assert read_witness(witness)[0].checkpoint.seq == 1  # type: ignore[union-attr]
     finally:
-        addon.done()
+        addon.shut_down()

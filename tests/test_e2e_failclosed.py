@@ -62,7 +62,7 @@ def call(tool: str) -> dict:
         ),
         ("holdgate.addons.gate:state", "Gate.request", "get_customer"),
         # the write-ahead, the Gate's last step: the decision rows cannot be built, or queued
-        ("holdgate.addons.recorder:args_digest", "Gate.request", "get_customer"),
+        ("holdgate.addons.decision_rows:args_digest", "Gate.request", "get_customer"),
         ("holdgate.store.writer:AuditWriter.submit_durable", "Gate.request", "get_customer"),
     ],
 )

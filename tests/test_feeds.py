@@ -555,7 +555,7 @@ def test_the_addon_runs_exactly_the_configured_feeds(tmp_path: Path) -> None:
             assert addon.runners == {}
             assert writer.feed_cursors()[0]["seq"] == seqs[-1]
     finally:
-        addon.done()
+        addon.shut_down()
         first.stop()
         second.stop()
     assert first.seqs == seqs[:3] and second.seqs == seqs[3:]

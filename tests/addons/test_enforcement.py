@@ -26,6 +26,7 @@ from helpers.flows import (
     result,
     send,
 )
+from holdgate.addons.audit_store import AuditStore
 from holdgate.addons.authentication import Authentication
 from holdgate.addons.enforcement import PolicyEnforcer
 from holdgate.addons.recorder import Recorder
@@ -149,7 +150,7 @@ async def test_a_rate_limit_denies_the_call_over_it(tctx):
 
 
 async def test_a_store_that_cannot_count_refuses_limited_calls_only(tctx):
-    find(tctx, Recorder).store.close()  # the store is down: no statement runs on it
+    find(tctx, AuditStore).store().close()  # the store is down: no statement runs on it
     limited = await send(tctx, mcp_flow(call("search", msg_id=1), ALICE))
     status, code, message = error_of(limited)
     assert (status, code) == (503, -32603)

@@ -6,9 +6,10 @@ import asyncio
 import inspect
 
 import pytest
-from mitmproxy.test import taddons
+from mitmproxy.test import taddons, tflow
 
 from holdgate.addons import default_addons, gateway_addons
+from holdgate.addons.flowstate import state
 from holdgate.addons.pipeline import Pipeline, hook_names
 
 pytestmark = pytest.mark.anyio
@@ -58,9 +59,9 @@ def test_a_hook_no_stage_implements_is_absent() -> None:
     assert not hasattr(pipeline, "response") and not hasattr(pipeline, "error")
 
 
-def test_an_exception_stops_the_event_as_mitmproxy_would() -> None:
-    """Inside one addon, mitmproxy stops walking its children at an exception; the stages'
-    own `fail_closed` wrappers are what turn errors into refusals."""
+def test_a_stage_that_raises_refuses_the_flow_and_the_later_stages_still_run() -> None:
+    """mitmproxy would log the error and forward the flow unchecked; the Pipeline refuses
+    it, whether or not the stage carries its own `fail_closed`."""
     calls: list[str] = []
 
     class Broken(Stage):
@@ -68,9 +69,34 @@ def test_an_exception_stops_the_event_as_mitmproxy_would() -> None:
             raise RuntimeError("boom")
 
     pipeline = Pipeline([Stage("a", calls), Broken("b", calls), Stage("c", calls)])
-    with pytest.raises(RuntimeError):
-        pipeline.request(object())  # type: ignore[attr-defined]
-    assert calls == ["a.request"]
+    flow = tflow.tflow()
+    pipeline.request(flow)  # type: ignore[attr-defined]
+    assert calls == ["a.request", "c.request"]
+    assert flow.response is not None and flow.response.status_code == 502
+    assert "internal error in the gateway (Broken.request)" in flow.response.text
+    assert state(flow).refused is not None and state(flow).refused.kind == "internal-error"
+
+
+async def test_an_async_stage_that_raises_refuses_the_flow() -> None:
+    class Broken(Stage):
+        async def request(self, flow: object) -> None:
+            await _yield()
+            raise RuntimeError("boom")
+
+    flow = tflow.tflow()
+    await Pipeline([Broken("b", [])]).request(flow)  # type: ignore[attr-defined]
+    assert flow.response is not None and flow.response.status_code == 502
+
+
+def test_done_runs_in_reverse_so_the_services_close_last() -> None:
+    calls: list[str] = []
+
+    class Closing(Stage):
+        def done(self) -> None:
+            self.calls.append(f"{self.name}.done")
+
+    Pipeline([Closing("service", calls), Closing("stage", calls)]).done()  # type: ignore[attr-defined]
+    assert calls == ["stage.done", "service.done"]
 
 
 def test_every_hook_of_every_gateway_addon_is_in_the_pipeline() -> None:

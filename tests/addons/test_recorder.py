@@ -27,7 +27,7 @@ from helpers.flows import (
     send,
     store_rows,
 )
-from holdgate.addons.recorder import Recorder
+from holdgate.addons.audit_store import AuditStore
 from holdgate.masking.masker import MaskingError
 from holdgate.store import AuditWriter, SqliteStore
 
@@ -144,7 +144,7 @@ async def test_a_reflected_injected_credential_never_reaches_a_row(tctx, tmp_pat
 def test_a_store_that_cannot_be_opened_stops_the_gateway(tctx, tmp_path):
     (tmp_path / "a-folder").mkdir()
     with pytest.raises(OptionsError, match="holdgate_store: cannot open the audit store"):
-        tctx.configure(find(tctx, Recorder), holdgate_store=str(tmp_path / "a-folder"))
+        tctx.configure(find(tctx, AuditStore), holdgate_store=str(tmp_path / "a-folder"))
 
 
 # --- write-ahead: the decision is on record before the call leaves ---------------------
@@ -164,10 +164,10 @@ def rows_now(tmp_path) -> list[dict[str, Any]]:
 
 
 def replace_writer(tctx, writer: AuditWriter) -> AuditWriter:
-    recorder = find(tctx, Recorder)
-    assert recorder.writer is not None
-    recorder.writer.close()
-    recorder.writer = writer
+    audit = find(tctx, AuditStore)
+    assert audit.writer is not None
+    audit.writer.close()
+    audit.writer = writer
     return writer
 
 
@@ -255,7 +255,7 @@ async def test_arguments_that_cannot_be_masked_are_refused_not_forwarded(
     def cannot_mask(*args: Any, **kwargs: Any) -> Any:
         raise MaskingError("the value is nested too deeply to mask")
 
-    monkeypatch.setattr("holdgate.addons.recorder.mask_for_record", cannot_mask)
+    monkeypatch.setattr("holdgate.addons.decision_rows.mask_for_record", cannot_mask)
     flow = await send(tctx, mcp_flow(call("search", {"sql": EMAIL}), ALICE))
     status, code, message = error_of(flow)
     assert (status, code) == (502, -32603) and "cannot be masked for the audit record" in message

@@ -14,6 +14,7 @@ from mitmproxy.exceptions import OptionsError
 from helpers.configs import identity
 from helpers.flows import UPSTREAM_URL, find, gateway
 from holdgate import store
+from holdgate.addons.audit_store import AuditStore
 from holdgate.addons.recorder import Recorder
 from holdgate.addons.replicas import (
     MAX_NAME,
@@ -72,7 +73,7 @@ def test_registers_at_configure_and_is_gone_at_shutdown(tmp_path) -> None:
     with gateway(tmp_path, CONFIG, Recorder, Replicas, holdgate_replica="a") as tctx:
         replicas = find(tctx, Replicas)
         assert replicas.replica == "a"
-        [row] = find(tctx, Recorder).store.replicas()
+        [row] = find(tctx, AuditStore).store().replicas()
         assert row["alive"] and row["instance"] == replicas.instance
     with store.open_store(tmp_path / "audit.sqlite3") as db:
         assert db.replicas()[0]["gone"]
@@ -94,15 +95,15 @@ async def test_the_store_going_away_mid_heartbeat_is_logged_and_retried(
         with caplog.at_level(logging.ERROR, logger="holdgate"):
             await replicas.heartbeat()
         assert 'replica "a" cannot heartbeat' in caplog.text and "retrying" in caplog.text
-        before = find(tctx, Recorder).store.replicas()[0]["heartbeat"]
+        before = find(tctx, AuditStore).store().replicas()[0]["heartbeat"]
         await replicas.heartbeat()  # reconnected
-        assert find(tctx, Recorder).store.replicas()[0]["heartbeat"] > before
+        assert find(tctx, AuditStore).store().replicas()[0]["heartbeat"] > before
 
 
 async def test_a_name_taken_over_is_an_error(tmp_path, caplog) -> None:
     with gateway(tmp_path, CONFIG, Recorder, Replicas, holdgate_replica="a") as tctx:
         replicas = find(tctx, Replicas)
-        db = find(tctx, Recorder).store
+        db = find(tctx, AuditStore).store()
         db.register_replica(
             store.replica_records.ReplicaInfo("a", "other", "h", 1, "l", store.iso(), None, "1"),
             now=db.db_now() + 60,  # the other process's clock: our lease has lapsed for it

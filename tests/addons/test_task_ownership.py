@@ -24,8 +24,8 @@ from helpers.flows import (
     send,
     store_rows,
 )
+from holdgate.addons.audit_store import AuditStore
 from holdgate.addons.enforcement import PolicyEnforcer
-from holdgate.addons.recorder import Recorder
 
 pytestmark = pytest.mark.anyio
 
@@ -95,7 +95,7 @@ async def test_status_notifications_reach_only_the_tasks_owner_masked(tctx, tmp_
 async def test_a_task_whose_owner_cannot_be_looked_up_is_refused(tctx, tmp_path):
     await created(tctx, ALICE, "t-1")
     find(tctx, PolicyEnforcer).tasks.known.clear()  # another replica's task: only the store knows
-    find(tctx, Recorder).store.close()  # the store is down
+    find(tctx, AuditStore).store().close()  # the store is down
     flow = await send(tctx, mcp_flow(request_message("tasks/get", taskId="t-1"), ALICE))
     status_code, code, message = error_of(flow)
     assert (status_code, code) == (503, -32603)

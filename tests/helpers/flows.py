@@ -35,6 +35,7 @@ from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow, tutils
 
 from holdgate.addons import default_addons, http_seams
+from holdgate.addons.audit_store import AuditStore
 from holdgate.addons.config_loader import ConfigLoader
 from holdgate.addons.pipeline import Pipeline
 from holdgate.protocol.jsonrpc import NAME_PARAM
@@ -61,11 +62,12 @@ def gateway(
 ) -> Iterator[taddons.context]:
     """A `taddons.context` with the gateway's own addons (`default_addons()`, in its
     order, behind one `Pipeline` as in the gateway; only those of the classes given, if
-    any, and always the ConfigLoader), configured with `config_text`, a store in `folder`
-    and no approvals API. `before`: (class, addon) puts a test's own addon just before the
-    one of that class. The `done` hooks run on leaving (or at `finish`), which flushes the
-    store."""
-    chosen = [a for a in default_addons() if not kinds or isinstance(a, (ConfigLoader, *kinds))]
+    any, and always the services: ConfigLoader and AuditStore), configured with
+    `config_text`, a store in `folder` and no approvals API. `before`: (class, addon) puts
+    a test's own addon just before the one of that class. The `done` hooks run on leaving
+    (or at `finish`), which flushes the store."""
+    services = (ConfigLoader, AuditStore)
+    chosen = [a for a in default_addons() if not kinds or isinstance(a, (*services, *kinds))]
     if before is not None:
         index = next(i for i, a in enumerate(chosen) if isinstance(a, before[0]))
         chosen.insert(index, before[1])
@@ -85,7 +87,7 @@ def gateway(
 
 
 def finish(tctx: taddons.context) -> None:
-    """Run the addons' `done` hooks once (the Recorder closes and flushes the store)."""
+    """Run the addons' `done` hooks once (the AuditStore closes and flushes the store)."""
     if getattr(tctx, "finished", False):
         return
     tctx.finished = True  # type: ignore[attr-defined]

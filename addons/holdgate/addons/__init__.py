@@ -1,23 +1,34 @@
 """The mitmproxy side of Holdgate: one addon per module, glue over the pure library.
 
-`default_addons()` builds them in the order they run for every flow, as mitmproxy's own
-`mitmproxy.addons.default_addons()` does:
+`default_addons()` is the whole wiring: it builds the services, then the stages with the
+collaborators each one calls, subscribes the observers, and returns them in the order
+they run for every flow (mitmproxy sees one addon, `Pipeline`, which calls them in that
+order; `gateway_addons()`):
 
-    EarlyAnswers -> ConnectionDeadlines -> ConfigLoader -> AdminApi -> Router
-    -> Authentication -> PolicyEnforcer -> ApprovalHolds -> Gate -> Responses -> Recorder
-    -> Telemetry -> Replicas
-    -> ToolPinning (then Checkpointer and Feeds, which have lifecycle hooks only)
+    ConfigLoader, AuditStore, AdminApi             services: configured first, closed last
+    -> EarlyAnswers -> ConnectionDeadlines
+    -> Replicas, Telemetry, ToolPinning            lifecycle only
+    -> Router -> Authentication -> PolicyEnforcer -> ApprovalHolds -> Gate   request stages
+    -> Responses -> Recorder                                                 response side
+    -> Checkpointer, Feeds                         lifecycle only
 
-Request side: the Gate's last step is the Recorder's write-ahead (the decision rows
-committed, or the request refused). Responses runs each response message through the
-PolicyEnforcer (discovery filtering), TaskOwnership, ToolPinning, ResponseMasking and
-Recorder stages. The PolicyEnforcer asks TaskOwnership who owns a task a request names.
-The `AdminApi` owns the admin listener (`holdgate_admin`); the approvals API, campaigns
-and Telemetry's `/metrics` register their routes on it here. ApprovalHolds hands calls
-for URL elicitation to `ElicitedApprovals`; both write approvals through `ApprovalCore`.
-`flowstate` is the glue they share (per-flow state, refusals, failing closed); it is not
-an addon. mitmproxy itself sees one addon, `Pipeline`, which calls these in order
-(`gateway_addons()`).
+Calls go with that order, or to a service or a collaborator that is not an addon:
+PolicyEnforcer asks ToolPinning's `review` and TaskOwnership; ApprovalHolds hands calls
+for URL elicitation to ElicitedApprovals, and both write approvals through ApprovalCore
+(given the AuditStore, ToolPinning and Replicas); the Gate's last step is DecisionRows'
+`write_ahead` (the decision rows committed, or the request refused); Responses runs each
+response message through the PolicyEnforcer, TaskOwnership, ToolPinning, ResponseMasking
+and the Recorder; DecisionRows and the Recorder call Telemetry's `traces` and
+`finished`. Everyone reaches the store through the AuditStore (its `run` does a store
+call off the event loop). Observers subscribe to the services: the Recorder and
+Telemetry to the ConfigLoader's loads; Replicas, ToolPinning, Checkpointer and Feeds to
+the AuditStore's opening (so no one depends on configuring after it); Telemetry to its
+committed rows, Replicas to its `before_close`, Checkpointer and Feeds to its
+`after_shutdown`. The AdminApi owns the admin listener (`holdgate_admin`), opened once a
+previous run's holds are closed; the approvals API, campaigns and Telemetry's `/metrics`
+register their routes on it here. A stage that raises in a flow hook gets the flow
+refused by the Pipeline. `flowstate` is the glue they share (per-flow state, refusals,
+failing closed); it is not an addon.
 """
 
 from __future__ import annotations
@@ -25,10 +36,12 @@ from __future__ import annotations
 from holdgate.addons.admin_api import AdminApi
 from holdgate.addons.approval_core import ApprovalCore, LegacyPlaceholders
 from holdgate.addons.approvals_api import ApprovalsApi, CampaignsApi
+from holdgate.addons.audit_store import AuditStore
 from holdgate.addons.authentication import Authentication
 from holdgate.addons.checkpointer import Checkpointer
 from holdgate.addons.config_loader import ConfigLoader
 from holdgate.addons.deadlines import ConnectionDeadlines
+from holdgate.addons.decision_rows import DecisionRows
 from holdgate.addons.early_answers import EarlyAnswers
 from holdgate.addons.elicited_approvals import ElicitedApprovals
 from holdgate.addons.enforcement import PolicyEnforcer
@@ -47,38 +60,61 @@ from holdgate.addons.tool_pinning import ToolPinning
 
 
 def default_addons() -> list[object]:
+    # Services first: they own what every stage uses.
     loader = ConfigLoader()
-    recorder = Recorder(loader)
-    pins = ToolPinning(loader, recorder)
-    tasks = TaskOwnership(recorder)
-    legacy = LegacyPlaceholders()
-    policy = PolicyEnforcer(loader, recorder, tasks, pins, legacy)
-    replicas = Replicas(loader, recorder)
-    approvals = ApprovalCore(recorder, pins, replicas)
-    holds = ApprovalHolds(loader, approvals, ElicitedApprovals(loader, approvals), legacy)
-    telemetry = Telemetry(loader, recorder, holds)
+    audit = AuditStore(loader)
     admin = AdminApi()
+    # Stages and observers, each given the services and collaborators it calls.
+    replicas = Replicas(loader, audit)
+    pins = ToolPinning(loader, audit)
+    tasks = TaskOwnership(audit)
+    legacy = LegacyPlaceholders()
+    policy = PolicyEnforcer(loader, audit, tasks, pins, legacy)
+    approvals = ApprovalCore(audit, pins, replicas)
+    holds = ApprovalHolds(loader, approvals, ElicitedApprovals(loader, approvals), legacy)
+    telemetry = Telemetry(loader, audit, approvals_pending=lambda: len(holds.holds))
+    decisions = DecisionRows(audit, traces=telemetry.traces)
+    recorder = Recorder(loader, audit, decisions, finished=telemetry.finished)
+    checkpointer = Checkpointer(loader)
+    feeds = Feeds(loader)
+    # Every subscription and route, in one place.
+    loader.checks.append(audit.config_problem)
+    loader.listeners.append(recorder.note_config_version)
+    loader.listeners.append(telemetry.config_loaded)
+    audit.opened.extend(
+        [
+            recorder.store_opened,
+            replicas.store_opened,
+            pins.store_opened,
+            checkpointer.use_store,
+            feeds.use_store,
+        ]
+    )
+    audit.rows_written.append(telemetry.metrics.count_rows)
+    audit.before_close.append(replicas.retire)  # marks itself gone while it still can
+    audit.after_shutdown.extend([checkpointer.shut_down, feeds.shut_down])  # the last rows
     admin.serve_after(approvals.started)  # once a previous run's holds are closed
     admin.route("/approvals/*", ApprovalsApi(loader, approvals, holds, admin.callers).handle)
     admin.route("/campaigns/*", CampaignsApi(loader, approvals, admin.callers).handle)
     admin.route("/metrics", telemetry.handle_metrics)
     return [
+        loader,
+        audit,  # opens the store before any stage configures; closes after every `done`
+        admin,  # lifecycle only: the admin listener and its routes
         EarlyAnswers(),  # load only: a request refused on its headers is answered at once
         ConnectionDeadlines(),
-        loader,
-        admin,
+        replicas,  # lifecycle only: registers at configure, heartbeats while running
+        telemetry,  # lifecycle only: metrics and traces, fed by the Recorder and the store
+        pins,  # lifecycle only: pins read at configure and polled; policy asks its review
         Router(loader),
-        Authentication(loader, recorder),
+        Authentication(loader, audit),
         policy,
         holds,
-        Gate(recorder.write_ahead),
+        Gate(decisions.write_ahead),
         Responses(loader, stages=[policy, tasks, pins, ResponseMasking(), recorder]),
         recorder,
-        telemetry,  # after the recorder, whose writer it counts
-        replicas,  # after the recorder, whose store it registers in
-        pins,  # after the recorder, which opens (or creates) the store the pins are read from
-        Checkpointer(loader),  # signs the head after the recorder wrote its last rows
-        Feeds(loader),  # lifecycle only: sends the store's rows to the config's feeds
+        checkpointer,  # lifecycle only: signs the chain's head while running
+        feeds,  # lifecycle only: sends the store's rows to the config's feeds
     ]
 
 

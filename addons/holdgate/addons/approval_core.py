@@ -30,7 +30,7 @@ from holdgate.store import Store
 from holdgate.store import iso as now_iso
 
 if TYPE_CHECKING:
-    from holdgate.addons.recorder import Recorder
+    from holdgate.addons.audit_store import AuditStore
     from holdgate.addons.replicas import Replicas
     from holdgate.addons.tool_pinning import ToolPinning
 
@@ -112,9 +112,9 @@ class ApprovalCore:
     """The approval records of both protocols (held calls, elicited approvals)."""
 
     def __init__(
-        self, recorder: Recorder, pins: ToolPinning | None, replicas: Replicas | None
+        self, audit: AuditStore, pins: ToolPinning | None, replicas: Replicas | None
     ) -> None:
-        self.recorder = recorder
+        self.audit = audit
         self.pins = pins
         self.replicas = replicas
         # Set once a previous run's pending approvals are closed: none is created before.
@@ -123,14 +123,12 @@ class ApprovalCore:
         self.tasks: set[asyncio.Task[None]] = set()
 
     def store(self) -> Store:
-        """The Recorder's store: one owner of the connection for the whole gateway."""
-        if self.recorder.store is None:
-            raise RuntimeError("the audit store is not open")
-        return self.recorder.store
+        """The AuditStore's store: one owner of the connection for the whole gateway."""
+        return self.audit.store()
 
     def key(self, config: GatewayConfig) -> bytes:
         """The digest key of the store: argument digests, tokens and status links."""
-        return self.recorder.key(config)
+        return self.audit.key(config)
 
     def replica(self) -> str | None:
         return self.replicas.replica if self.replicas is not None else None
@@ -187,7 +185,7 @@ class ApprovalCore:
         assert st.upstream is not None
         upstream = st.upstream.name
         # Masked as the store masks the call's own row: the approval shows no more.
-        masked_args = self.recorder.masked_for_record(
+        masked_args = self.audit.masked_for_record(
             message.arguments or {}, config, upstream, message.tool
         ).value
         previous = self.last_approved.get((identity.user, upstream, message.target or ""))

@@ -6,7 +6,6 @@ read after a 401 to find where to sign in.
 
 from __future__ import annotations
 
-import asyncio
 from typing import TYPE_CHECKING
 
 from mitmproxy import http
@@ -34,8 +33,8 @@ from holdgate.protocol.sessionless import is_grouped_id
 from holdgate.store import StoreError
 
 if TYPE_CHECKING:
+    from holdgate.addons.audit_store import AuditStore
     from holdgate.addons.config_loader import ConfigLoader
-    from holdgate.addons.recorder import Recorder
 
 
 WELL_KNOWN = "/.well-known/oauth-protected-resource"
@@ -43,9 +42,9 @@ UNAUTHORIZED = -32001
 
 
 class Authentication:
-    def __init__(self, loader: ConfigLoader, recorder: Recorder) -> None:
+    def __init__(self, loader: ConfigLoader, audit: AuditStore) -> None:
         self.loader = loader
-        self.recorder = recorder
+        self.audit = audit
         self._authenticator: Authenticator | None = None
         self._built_for: str | None = None
         self.sessions = SessionOwners()
@@ -160,10 +159,9 @@ class Authentication:
         key = SessionOwners.key(upstream, session)
         owner = self.sessions.cached(key)
         if owner is None:
-            store = self.recorder.store
-            if store is None:
+            if not self.audit.is_open:
                 raise RuntimeError("session owners need the audit store, which is not open")
-            owner = await asyncio.to_thread(store.claim_session, key, user)
+            owner = await self.audit.run(lambda store: store.claim_session(key, user))
             self.sessions.remember(key, owner)
         return owner
 
@@ -183,11 +181,10 @@ class Authentication:
                 raise RuntimeError("the upstream issued a session id another caller holds")
         if flow.request.method == "DELETE" and 200 <= flow.response.status_code < 300:
             ended = session_key(flow)
-            store = self.recorder.store
-            if ended is not None and store is not None:
+            if ended is not None and self.audit.is_open:
                 key = SessionOwners.key(upstream, ended)
                 self.sessions.forget(key)
-                await asyncio.to_thread(store.end_session, key)
+                await self.audit.run(lambda store: store.end_session(key))
 
     def _unauthorized(
         self, flow: http.HTTPFlow, upstream: Upstream, error: str | None, reason: str | None

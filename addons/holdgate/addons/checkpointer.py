@@ -18,10 +18,7 @@ import urllib.error
 import urllib.request
 from typing import TYPE_CHECKING, Protocol
 
-from mitmproxy import ctx
-
 from holdgate.config.checkpoints_config import CheckpointsConfig, Witness
-from holdgate.config.options import STORE_OPTIONS
 from holdgate.store import Store, StoreError, iso, open_store
 from holdgate.store.checkpoints import Checkpoint, Signer
 
@@ -135,8 +132,9 @@ def make_sink(witness: Witness, stop: threading.Event) -> Sink:
 
 
 class Checkpointer:
-    """Runs after the Recorder (which creates the store) and closes after it (its last
-    rows are in the final checkpoint)."""
+    """Learns where the store is when the AuditStore opens it (`use_store`) and signs the
+    final checkpoint once the AuditStore has closed, so the last rows are in it
+    (`shut_down`); both subscribed in `default_addons()`."""
 
     def __init__(self, loader: ConfigLoader) -> None:
         self.loader = loader
@@ -152,15 +150,16 @@ class Checkpointer:
         self._thread: threading.Thread | None = None
         self._failing = False
 
-    def configure(self, updated: set[str]) -> None:
-        if STORE_OPTIONS & updated:
-            self.store_path = ctx.options.holdgate_store
+    def use_store(self, location: str) -> None:
+        """The AuditStore opened the store at `location`; checkpoints use a connection of
+        their own to it."""
+        self.store_path = location
 
     def running(self) -> None:
         self._thread = threading.Thread(target=self._run, name="holdgate-checkpoints", daemon=True)
         self._thread.start()
 
-    def done(self) -> None:
+    def shut_down(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(WEBHOOK_TIMEOUT * WEBHOOK_ATTEMPTS + 5)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -46,8 +45,8 @@ from holdgate.protocol.jsonrpc import (
 from holdgate.store import Store, StoreError
 
 if TYPE_CHECKING:
+    from holdgate.addons.audit_store import AuditStore
     from holdgate.addons.config_loader import ConfigLoader
-    from holdgate.addons.recorder import Recorder
     from holdgate.addons.task_ownership import TaskOwnership
     from holdgate.addons.tool_pinning import ToolPinning
 
@@ -76,13 +75,13 @@ class PolicyEnforcer:
     def __init__(
         self,
         loader: ConfigLoader,
-        recorder: Recorder,
+        audit: AuditStore,
         tasks: TaskOwnership,
         pins: ToolPinning | None = None,
         legacy: LegacyPlaceholders | None = None,
     ) -> None:
         self.loader = loader
-        self.recorder = recorder
+        self.audit = audit
         self.tasks = tasks
         self.pins = pins
         self.correlator = Correlator()
@@ -227,7 +226,9 @@ class PolicyEnforcer:
             count, per = decision.limit
             bucket = rate_bucket(decision.rule, identity.user)
             try:
-                taken, window_start = await asyncio.to_thread(self._store().take_rate, bucket, per)
+                taken, window_start = await self.audit.run(
+                    lambda store: store.take_rate(bucket, per)
+                )
             except StoreError as exc:
                 logger.error("holdgate: rate limit of rule %r not counted: %s", decision.rule, exc)
                 raise LimitUncheckable(
@@ -247,12 +248,6 @@ class PolicyEnforcer:
                 hits.append(Hit(bucket, window_start))
         return decision
 
-    def _store(self) -> Store:
-        """The Recorder's store, where every replica's calls are counted."""
-        if self.recorder.store is None:
-            raise StoreError("the audit store is not open")
-        return self.recorder.store
-
     @fail_closed
     async def responseheaders(self, flow: http.HTTPFlow) -> None:
         await self._settle_quota(flow)
@@ -270,8 +265,7 @@ class PolicyEnforcer:
         if st.refused is None or not hits:
             return
         try:
-            for hit in hits:
-                await asyncio.to_thread(self._store().give_back_rate, hit.bucket, hit.window_start)
+            await self.audit.run(lambda store: _give_back(store, hits))
         except StoreError as exc:  # the calls stay counted: a limit errs on the safe side
             logger.error("holdgate: rate-limit quota not given back: %s", exc)
 
@@ -390,3 +384,8 @@ def _caches_listings(flow: http.HTTPFlow, result: dict[str, Any]) -> bool:
     """Whether the listing's client may cache it: MCP 2026-07-28 (`ttlMs`, `cacheScope`)."""
     version: str = flow.request.headers.get("mcp-protocol-version", "")
     return is_stateless_revision(version) or "ttlMs" in result or "cacheScope" in result
+
+
+def _give_back(store: Store, hits: list[Hit]) -> None:
+    for hit in hits:
+        store.give_back_rate(hit.bucket, hit.window_start)

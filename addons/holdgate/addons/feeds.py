@@ -1,9 +1,10 @@
 """Feeds: sends the audit trail to the config's `feeds:` (webhooks, syslog), live.
 
-Lifecycle hooks only: no flow ever waits for a feed. A supervisor thread keeps one
-`FeedRunner` per configured feed, each with a store connection of its own; a reload that
-changes a feed restarts its runner, one that removes a feed stops it (its cursor row
-stays, so putting it back resumes where it stopped).
+Lifecycle hooks only: no flow ever waits for a feed. It learns where the store is, and
+stops at shutdown, from the AuditStore (subscribed in `default_addons()`). A supervisor
+thread keeps one `FeedRunner` per configured feed, each with a store connection of its
+own; a reload that changes a feed restarts its runner, one that removes a feed stops it
+(its cursor row stays, so putting it back resumes where it stopped).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from mitmproxy import ctx
 
-from holdgate.config.options import STORE_OPTIONS, replica_name
+from holdgate.config.options import replica_name
 from holdgate.feeds.feeds_config import FeedConfig
 from holdgate.feeds.runner import FeedRunner
 from holdgate.store import Store, open_store
@@ -37,9 +38,10 @@ class Feeds:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def configure(self, updated: set[str]) -> None:
-        if STORE_OPTIONS & updated:
-            self.store_path = ctx.options.holdgate_store
+    def use_store(self, location: str) -> None:
+        """The AuditStore opened the store at `location`; each runner opens its own
+        connection to it."""
+        self.store_path = location
 
     def running(self) -> None:
         # who sends, in feed_cursors.holder: the replica, and this process start
@@ -47,7 +49,8 @@ class Feeds:
         self._thread = threading.Thread(target=self._supervise, name="holdgate-feeds", daemon=True)
         self._thread.start()
 
-    def done(self) -> None:
+    def shut_down(self) -> None:
+        """Stop every runner (after the AuditStore closed: the last rows are written)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(SYNC_EVERY + 1)

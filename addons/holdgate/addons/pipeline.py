@@ -6,11 +6,19 @@ addon's children, looks the hook up by name, builds the hook's arguments and cal
 four events per request. The `Pipeline` looks each hook's implementations up once, at
 construction, and calls them in order with the arguments mitmproxy built once.
 
-Semantics are mitmproxy's own: the stages run one after another in `default_addons()`
-order, an awaitable result is awaited before the next stage runs, and a hook is sync
-where every stage's implementation is (mitmproxy calls `load` and `configure` without
-awaiting). Each stage keeps its own `fail_closed` wrapper. Commands a stage declares
-are registered at load, as mitmproxy would have.
+The stages run one after another in `default_addons()` order, an awaitable result is
+awaited before the next stage runs, and a hook is sync where every stage's implementation
+is (mitmproxy calls `load` and `configure` without awaiting). Commands a stage declares
+are registered at load, as mitmproxy would have. Two things differ from mitmproxy, on
+purpose:
+
+- A stage of a flow hook (`GUARDED`) that raises does not stop the event: the Pipeline
+  refuses the flow (`flowstate.refuse_internal`: a 502 the client sees, and the audit row
+  the Recorder writes for every refusal) and the later stages see a refused flow. mitmproxy
+  would log the error and forward the flow unchecked; here no stage can forget to fail
+  closed. (Stages keep their own `fail_closed` too: it also skips refused flows.)
+- `done` runs in reverse order, so the services built first (the AuditStore) close after
+  every stage that writes through them.
 """
 
 from __future__ import annotations
@@ -25,7 +33,13 @@ import mitmproxy.proxy.layers.http  # noqa: F401
 import mitmproxy.proxy.server_hooks  # noqa: F401
 from mitmproxy import addonmanager, hooks
 
+from holdgate.addons.flowstate import refuse_internal
+
 Hook = Callable[..., Any]
+
+# The flow hooks whose exception would let mitmproxy forward a request, or a response,
+# that was never checked.
+GUARDED = frozenset({"requestheaders", "request", "responseheaders", "response"})
 
 
 def hook_names() -> frozenset[str]:
@@ -51,11 +65,39 @@ def async_chain(implementations: tuple[Hook, ...]) -> Hook:
     return run
 
 
-def chain(implementations: tuple[Hook, ...]) -> Hook:
-    """One callable running the implementations in order; async only if one of them is."""
-    if any(inspect.iscoroutinefunction(impl) for impl in implementations):
-        return async_chain(implementations)
-    return sync_chain(implementations)
+def guarded_sync_chain(implementations: tuple[Hook, ...], names: tuple[str, ...]) -> Hook:
+    def run(flow: Any, *args: Any) -> None:
+        for implementation, where in zip(implementations, names, strict=True):
+            try:
+                implementation(flow, *args)
+            except Exception as exc:  # noqa: BLE001 - a failing stage refuses, never forwards
+                refuse_internal(flow, where, exc)
+
+    return run
+
+
+def guarded_async_chain(implementations: tuple[Hook, ...], names: tuple[str, ...]) -> Hook:
+    async def run(flow: Any, *args: Any) -> None:
+        for implementation, where in zip(implementations, names, strict=True):
+            try:
+                result = implementation(flow, *args)
+                if result is not None and inspect.isawaitable(result):
+                    await result
+            except Exception as exc:  # noqa: BLE001 - a failing stage refuses, never forwards
+                refuse_internal(flow, where, exc)
+
+    return run
+
+
+def chain(implementations: tuple[Hook, ...], names: tuple[str, ...] | None = None) -> Hook:
+    """One callable running the implementations in order; async only if one of them is.
+    With `names` (each one's `Stage.hook`), an exception refuses the flow (the first
+    argument) and the rest still run."""
+    is_async = any(inspect.iscoroutinefunction(impl) for impl in implementations)
+    if names is not None:
+        guarded = guarded_async_chain if is_async else guarded_sync_chain
+        return guarded(implementations, names)
+    return async_chain(implementations) if is_async else sync_chain(implementations)
 
 
 class Pipeline:
@@ -67,13 +109,14 @@ class Pipeline:
         self.stages = tuple(stages)
         self.hooks: dict[str, Hook] = {}
         for hook in sorted(hook_names()):
-            implementations = tuple(
-                getattr(stage, hook)
-                for stage in self.stages
-                if callable(getattr(stage, hook, None))
-            )
-            if implementations:
-                self.hooks[hook] = chain(implementations)
+            stages = [stage for stage in self.stages if callable(getattr(stage, hook, None))]
+            if hook == "done":
+                stages.reverse()
+            if not stages:
+                continue
+            implementations = tuple(getattr(stage, hook) for stage in stages)
+            names = tuple(f"{type(stage).__name__}.{hook}" for stage in stages)
+            self.hooks[hook] = chain(implementations, names if hook in GUARDED else None)
         for hook, run in self.hooks.items():
             if hook != "load":
                 setattr(self, hook, run)

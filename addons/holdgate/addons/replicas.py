@@ -20,19 +20,18 @@ from typing import TYPE_CHECKING, Any
 
 from mitmproxy import ctx, exceptions
 
-from holdgate.config.options import STORE_OPTIONS
 from holdgate.store import ReplicaNameTaken, Store, StoreError, iso
 from holdgate.store.replica_records import ReplicaInfo, quoted
 
 if TYPE_CHECKING:
+    from holdgate.addons.audit_store import AuditStore
     from holdgate.addons.config_loader import ConfigLoader
-    from holdgate.addons.recorder import Recorder
 
 logger = logging.getLogger("holdgate")
 
 HEARTBEAT_EVERY = 2.0
 MAX_NAME = 100
-OWN_OPTIONS = frozenset({"holdgate_replica", "listen_host", "listen_port"}) | STORE_OPTIONS
+OWN_OPTIONS = frozenset({"holdgate_replica", "listen_host", "listen_port"})
 
 
 def replica_name(given: str, host: str, port: int | None) -> str:
@@ -67,16 +66,15 @@ def exited_here(host: str | None, pid: int | None) -> bool:
 
 
 class Replicas:
-    def __init__(self, loader: ConfigLoader, recorder: Recorder) -> None:
+    def __init__(self, loader: ConfigLoader, audit: AuditStore) -> None:
         self.loader = loader
-        self.recorder = recorder
+        self.audit = audit
         self.instance = uuid.uuid4().hex
         # once registered; not `name`: mitmproxy finds addons by their `name` attribute
         self.replica: str | None = None
         self._store: Store | None = None
         self._task: asyncio.Task[None] | None = None
         self._taken_over = False
-        recorder.before_close.append(self.retire)
 
     def load(self, loader) -> None:  # type: ignore[no-untyped-def]
         loader.add_option(
@@ -88,13 +86,23 @@ class Replicas:
         )
 
     def configure(self, updated: set[str]) -> None:
-        if not OWN_OPTIONS & updated:
-            return
+        if OWN_OPTIONS & updated:
+            self.register()
+
+    def store_opened(self, _location: str) -> None:
+        """The AuditStore opened a store: this replica registers in it (subscribed in
+        `default_addons()`, so it does not matter which of us configures first)."""
+        self.register()
+
+    def register(self) -> None:
+        """Claim this replica's row in the open store, unless it holds it already."""
         name = replica_name(ctx.options.holdgate_replica, socket.gethostname(), _port())
         if problem := name_problem(name):
             raise exceptions.OptionsError(f"holdgate_replica: {problem}")
-        store = self.recorder.store
-        if store is None or (store is self._store and name == self.replica):
+        if not self.audit.is_open:
+            return
+        store = self.audit.store()
+        if store is self._store and name == self.replica:
             return
         self.retire()
         # At start (or when the option changes): the gateway must not run unregistered.
@@ -118,7 +126,7 @@ class Replicas:
             self._task.cancel()
 
     def retire(self) -> None:
-        """Mark this instance gone (the Recorder calls this before it closes the store)."""
+        """Mark this instance gone (subscribed to the AuditStore's `before_close`)."""
         store, name = self._store, self.replica
         self._store = self.replica = None
         if store is None or name is None:
@@ -135,14 +143,13 @@ class Replicas:
 
     async def heartbeat(self) -> None:
         """Renew the lease; a store that is away is logged and retried on the next beat."""
-        store, name = self._store, self.replica
-        if store is None or name is None:
+        name, instance = self.replica, self.instance
+        if self._store is None or name is None:
             return
         config = self.loader.current
+        digest = config.digest if config else None
         try:
-            ours = await asyncio.to_thread(
-                store.heartbeat, name, self.instance, config.digest if config else None
-            )
+            ours = await self.audit.run(lambda store: store.heartbeat(name, instance, digest))
         except StoreError as exc:
             logger.error(
                 "holdgate: replica %s cannot heartbeat (%s); retrying in %.0f s, and other "

@@ -48,10 +48,10 @@ from holdgate.protocol.tasks import (
     task_key,
     unknown_task,
 )
-from holdgate.store import Store, StoreError, TaskRecord
+from holdgate.store import StoreError, TaskRecord
 
 if TYPE_CHECKING:
-    from holdgate.addons.recorder import Recorder
+    from holdgate.addons.audit_store import AuditStore
 
 logger = logging.getLogger("holdgate")
 
@@ -69,8 +69,8 @@ def message_key(msg_id: Any) -> str:
 class TaskOwnership:
     """Who owns each task, for the PolicyEnforcer (request side) and as a response stage."""
 
-    def __init__(self, recorder: Recorder) -> None:
-        self.recorder = recorder
+    def __init__(self, audit: AuditStore) -> None:
+        self.audit = audit
         self.known: dict[str, TaskRecord] = {}  # confirmed by the store (bounded, oldest out)
         self.claims: dict[str, asyncio.Task[TaskRecord | None]] = {}
         # answers on the legacy transport arrive on another flow: (session, id) -> lookup
@@ -97,8 +97,8 @@ class TaskOwnership:
             key = message_key(message.id)
             if message.method == LIST_METHOD:
                 owned = frozenset(
-                    await asyncio.to_thread(
-                        self._store().task_keys_of, identity.user, upstream.name
+                    await self.audit.run(
+                        lambda store: store.task_keys_of(identity.user, upstream.name)
                     )
                 )
                 st.task_listing = owned
@@ -139,11 +139,10 @@ class TaskOwnership:
         found = self.known.get(key)
         if found is not None and (found.expires is None or found.expires > time.time()):
             return found
-        store = self._store()
         for pause in (0.0, *MISS_PAUSES):
             if pause:
                 await asyncio.sleep(pause)
-            record = await asyncio.to_thread(store.find_task, key)
+            record = await self.audit.run(lambda store: store.find_task(key))
             if record is not None:
                 self._remember(record)
                 return record
@@ -293,7 +292,7 @@ class TaskOwnership:
 
     async def _store_claim(self, record: TaskRecord) -> TaskRecord | None:
         try:
-            held = await asyncio.to_thread(self._store().claim_task, record)
+            held = await self.audit.run(lambda store: store.claim_task(record))
         except StoreError as exc:
             # Not recorded: the task is nobody's, so nobody gets at it through the gateway.
             logger.error("holdgate: the owner of a new task was not recorded: %s", exc)
@@ -318,17 +317,11 @@ class TaskOwnership:
             self.known.pop(next(iter(self.known)))
         self.known[record.task_key] = record
 
-    def _store(self) -> Store:
-        store = self.recorder.store
-        if store is None:
-            raise StoreError("the audit store is not open")
-        return store
-
     def seal(self, st: FlowState) -> CursorSeal:
         """The cursor seal under the config's digest key (shared by replicas)."""
         if st.config is None:
             raise RuntimeError("a tasks/list on a flow with no config")
-        key = self.recorder.key(st.config)
+        key = self.audit.key(st.config)
         if self._seal is None or self._seal[0] != key:
             self._seal = (key, CursorSeal(key))
         return self._seal[1]

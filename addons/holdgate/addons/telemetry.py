@@ -1,11 +1,11 @@
 """Telemetry: Prometheus metrics on the admin listener (`/metrics`) and, when the OTEL_*
 variables ask for it, OpenTelemetry traces.
 
-Lifecycle hooks only: the Recorder calls `traces` as a flow's request rows are built (on
-the way out, the upstream gets the gateway span's `traceparent` header) and `finished`
-once its rows are queued; the audit writer calls the metrics with each committed batch,
-on its own thread. With tracing off, a flow costs a None check and two histogram
-observations.
+Lifecycle hooks only. `default_addons()` gives the Recorder `traces`, which it calls as a
+flow's request rows are built (on the way out, the upstream gets the gateway span's
+`traceparent` header), and `finished`, once its rows are queued; and subscribes
+`metrics.count_rows` to the AuditStore's committed batches (on the writer's thread). With
+tracing off, a flow costs a None check and two histogram observations.
 """
 
 from __future__ import annotations
@@ -15,15 +15,14 @@ import logging
 import os
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from mitmproxy import ctx, http
 
 from holdgate.addons.flowstate import state
 from holdgate.approvals.adminhttp import AdminCallers, AdminRequest, AdminResponse, parse_listen
-from holdgate.config.options import STORE_OPTIONS
 from holdgate.configfile import is_loopback
 from holdgate.identity import JWKS_FETCHES
 from holdgate.masking.detectors import BUILTIN_DETECTORS
@@ -34,8 +33,8 @@ from holdgate.telemetry.tracing_env import tracing_wanted
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
 
+    from holdgate.addons.audit_store import AuditStore
     from holdgate.addons.config_loader import ConfigLoader
-    from holdgate.addons.recorder import Recorder
     from holdgate.config.gateway_config import GatewayConfig
     from holdgate.telemetry.tracing import GatewayTracer, MessageFacts
 
@@ -49,31 +48,25 @@ except PackageNotFoundError:  # run from a checkout that was never installed
 _INVALID = "invalid"
 
 
-class HeldCalls(Protocol):
-    """What the metrics read of the approval holds (not an import of them: no circle)."""
-
-    @property
-    def holds(self) -> Mapping[str, object]: ...
-
-
 class Telemetry:
-    def __init__(self, loader: ConfigLoader, recorder: Recorder, holds: HeldCalls) -> None:
+    def __init__(
+        self, loader: ConfigLoader, audit: AuditStore, approvals_pending: Callable[[], int]
+    ) -> None:
         self.loader = loader
-        self.recorder = recorder
-        self.holds = holds
+        self.audit = audit
+        self.approvals_pending = approvals_pending
         self.metrics = GatewayMetrics(self.snapshot, VERSION)
         self.tracer: GatewayTracer | None = None
         self._spans: weakref.WeakKeyDictionary[
             http.HTTPFlow, tuple[list[Span], list[MessageFacts]]
         ] = weakref.WeakKeyDictionary()
         self.callers = AdminCallers()
-        recorder.telemetry = self
-        loader.listeners.append(lambda _event: self._know(loader.current))
 
     def configure(self, updated: set[str]) -> None:
-        # after the Recorder's configure, which opens the store and its writer
-        if STORE_OPTIONS & updated and self.recorder.writer is not None:
-            self.recorder.writer.on_written = self.metrics.count_rows
+        self._know(self.loader.current)
+
+    def config_loaded(self, _event: dict[str, Any]) -> None:
+        """A config loaded or reloaded: its upstreams, rules and detectors are known."""
         self._know(self.loader.current)
 
     def running(self) -> None:
@@ -99,13 +92,13 @@ class Telemetry:
 
     def snapshot(self) -> Snapshot:
         """The gateway's current state, for a scrape (read on the scrape's thread)."""
-        writer = self.recorder.writer
+        writer = self.audit.writer
         config = self.loader.current
         return Snapshot(
             queue_depth=writer.queue_depth if writer is not None else 0,
             rows_lost=writer.lost if writer is not None else 0,
             store_healthy=writer is not None and writer.healthy,
-            approvals_pending=len(self.holds.holds),
+            approvals_pending=self.approvals_pending(),
             config_digest=config.digest if config is not None else "",
             jwks_fetches=dict(JWKS_FETCHES),
         )

@@ -19,15 +19,14 @@ from mitmproxy import exceptions, http
 
 from holdgate.addons.flowstate import MessageContext, state
 from holdgate.config.gateway_config import Upstream
-from holdgate.config.options import STORE_OPTIONS
 from holdgate.policy.rules import Decision
 from holdgate.policy.tool_pins import PinBook, review_call
 from holdgate.protocol.jsonrpc import Body, HeaderParams, Message
-from holdgate.store import Store, StoreError, iso
+from holdgate.store import StoreError, iso
 
 if TYPE_CHECKING:
+    from holdgate.addons.audit_store import AuditStore
     from holdgate.addons.config_loader import ConfigLoader
-    from holdgate.addons.recorder import Recorder
 
 
 logger = logging.getLogger("holdgate")
@@ -36,30 +35,24 @@ POLL_INTERVAL = 1.0
 
 
 class ToolPinning:
-    def __init__(self, loader: ConfigLoader, recorder: Recorder) -> None:
+    def __init__(self, loader: ConfigLoader, audit: AuditStore) -> None:
         self.loader = loader
-        self.recorder = recorder
+        self.audit = audit
         self.book = PinBook()
         self._poller: asyncio.Task[None] | None = None
 
-    def configure(self, updated: set[str]) -> None:
-        if STORE_OPTIONS & updated:
-            # Once, at start (before any flow): calls must be judged against every pin.
-            book = PinBook()
-            try:
-                for row in self._store().tool_pin_rows():
-                    book.apply(row)
-            except StoreError as exc:
-                raise exceptions.OptionsError(
-                    f"holdgate_store: cannot read the tool pins ({exc}); check the store"
-                ) from None
-            self.book = book
-
-    def _store(self) -> Store:
-        """The Recorder's store (opened first: the Recorder configures before us)."""
-        if self.recorder.store is None:
-            raise StoreError("the audit store is not open")
-        return self.recorder.store
+    def store_opened(self, _location: str) -> None:
+        """The AuditStore opened a store (subscribed in `default_addons()`): its pins are
+        read now, before any flow, since calls must be judged against every pin."""
+        book = PinBook()
+        try:
+            for row in self.audit.store().tool_pin_rows():
+                book.apply(row)
+        except StoreError as exc:
+            raise exceptions.OptionsError(
+                f"holdgate_store: cannot read the tool pins ({exc}); check the store"
+            ) from None
+        self.book = book
 
     def running(self) -> None:
         self._poller = asyncio.get_running_loop().create_task(self._poll())
@@ -76,7 +69,8 @@ class ToolPinning:
     async def refresh(self) -> None:
         """Fold in pin rows written since the last look (re-pins from the CLI)."""
         try:
-            rows = await asyncio.to_thread(self._store().tool_pin_rows, self.book.last_seq)
+            last_seq = self.book.last_seq
+            rows = await self.audit.run(lambda store: store.tool_pin_rows(last_seq))
         except StoreError as exc:
             logger.error("holdgate: cannot read tool pins, keeping the ones known: %s", exc)
             return
@@ -144,7 +138,7 @@ class ToolPinning:
                         row["detail"],
                         on_change.action,
                     )
-                self.recorder.submit(flow, config, "tool_pins", row)
+                self.audit.submit(flow, config, "tool_pins", row)
             name = tool.get("name")
             if on_change.action == "deny" and isinstance(name, str):
                 if self.book.changed(upstream, name) is not None:
