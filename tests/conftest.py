@@ -10,12 +10,14 @@ two workers share; each worker has its own tmp folders and PostgreSQL cluster.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from mitmproxy.log import LegacyLogEvents
 
 from helpers.postgres import PostgresServer, start_postgres, stop_postgres
 from helpers.processes import (
@@ -52,6 +54,17 @@ def _every_process_stopped() -> Iterator[None]:
     ends only once all have stopped."""
     yield
     wait_for_stops()
+
+
+@pytest.fixture(autouse=True)
+def _no_log_handler_of_a_closed_master() -> Iterator[None]:
+    """A `taddons.context` that made its own event loop closes it on exit but leaves its
+    master's log handler on the root logger; a later test in the same process that logs
+    from a thread would then fail on the closed loop. Remove such handlers after each test."""
+    yield
+    for handler in list(logging.getLogger().handlers):
+        if isinstance(handler, LegacyLogEvents) and handler.master.event_loop.is_closed():
+            handler.uninstall()
 
 
 @pytest.fixture

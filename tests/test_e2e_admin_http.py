@@ -12,11 +12,11 @@ import time
 import anyio
 import pytest
 
+from helpers import oneshot
 from helpers.approvals import APPROVALS_CONFIG, DELETE, sql_calls, wait_for_pending
 from helpers.clients import connect
 from helpers.configs import ALICE, DANA
 from helpers.processes import free_port
-from holdgate import store
 
 pytestmark = pytest.mark.anyio
 
@@ -95,7 +95,7 @@ async def test_a_decision_over_one_kept_alive_connection_with_a_chunked_body(dem
         conn.close()
     assert not results[0].is_error
     assert sql_calls(demo) == [DELETE["query"]]
-    record = store.approval(gw.db, approval)
+    record = oneshot.approval(gw.db, approval)
     assert (record["state"], record["reason"]) == ("approved", "checked the ticket")
 
 

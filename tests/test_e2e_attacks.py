@@ -463,6 +463,7 @@ def test_traffic_is_refused_if_the_bundle_is_dropped_after_start(
         hostile.url,
         env={"HOSTILE_TOKEN": TOKEN},
         extra_scripts=[str(dropper)],
+        wait_started=False,  # the bundle is dropped during start-up: it never says so
     )
     response = raw_post(gw.url + "/plain", call("exec_shell"), {"X-API-Key": "nobody"})
     assert response.status == 503

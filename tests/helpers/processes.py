@@ -256,8 +256,10 @@ def start_gateway(
     env: dict[str, str] | None = None,
     mode: str | None = None,
     extra_scripts: list[str] | None = None,
+    wait_started: bool = True,
 ) -> Gateway:
-    """A real gateway, started with `tmp` as its working folder (not the checkout)."""
+    """A real gateway, started with `tmp` as its working folder (not the checkout); with
+    `wait_started`, returned once it says mitmproxy's start-up is over."""
     port = free_port()
     config = tmp / "holdgate.yaml"
     config.write_text(textwrap.dedent(config_text))
@@ -287,5 +289,6 @@ def start_gateway(
             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         )
     wait_for_port(port, proc, output)
-    wait_for_started(proc, output)
+    if wait_started:
+        wait_for_started(proc, output)
     return Gateway(port, proc, config, db, recordings, output, tmp, opts)
