@@ -8,7 +8,6 @@ asked again (pending), or is refused. The `ApprovalHolds` stage hands such calls
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
@@ -100,7 +99,7 @@ class ElicitedApprovals:
             return
         approval_id = elicitation.token_approval(token)
         record = (
-            await asyncio.to_thread(self.core.store().approval, approval_id)
+            await self.core.audit.run(lambda store: store.approval(approval_id))
             if approval_id is not None
             else None
         )
@@ -136,25 +135,25 @@ class ElicitedApprovals:
             current = await self._pending_answer(flow, decided, identity, record)
             if current == "pending":
                 return
-            record = await asyncio.to_thread(self.core.store().approval, approval_id) or record
+            record = await self.core.audit.run(lambda store: store.approval(approval_id)) or record
         if current == "approved":
             void = spend_refusal(record, decision, time.time())
             if void is not None:
-                await asyncio.to_thread(
-                    self.core.store().append_approval_state,
-                    approval_id,
-                    "refused_attempt",
-                    identity.user,
-                    f"not forwarded: {void.reason}",
+                await self.core.audit.run(
+                    lambda store: store.append_approval_state(
+                        approval_id,
+                        "refused_attempt",
+                        identity.user,
+                        f"not forwarded: {void.reason}",
+                    )
                 )
                 decided.approval = {"state": "approved", "void": void.kind, "via": "elicitation"}
                 refuse(flow, 200, APPROVAL_REFUSED, void.reason, msg_id=message.id, kind=void.kind)
                 return
-            redeemed = await asyncio.to_thread(
-                self.core.store().redeem_approval,
-                approval_id,
-                identity.user,
-                f"call forwarded ({flow.id})",
+            redeemed = await self.core.audit.run(
+                lambda store: store.redeem_approval(
+                    approval_id, identity.user, f"call forwarded ({flow.id})"
+                )
             )
             if not redeemed:
                 self._refuse_elicited(
@@ -208,8 +207,8 @@ class ElicitedApprovals:
         if closing is None:
             self._answer_input_required(flow, decided, record)
             return "pending"
-        await asyncio.to_thread(self.core.store().append_approval_state, approval_id, *closing)
-        latest = await asyncio.to_thread(self.core.store().approval, approval_id)
+        await self.core.audit.run(lambda store: store.append_approval_state(approval_id, *closing))
+        latest = await self.core.audit.run(lambda store: store.approval(approval_id))
         return str(latest["state"]) if latest is not None else "expired"
 
     async def _ask(
@@ -246,7 +245,7 @@ class ElicitedApprovals:
             via="elicitation",
         )
         await self.core.started.wait()
-        await asyncio.to_thread(self.core.store().create_approval, row)
+        await self.core.audit.run(lambda store: store.create_approval(row))
         decided.approval_id = row["approval_id"]
         self.core.notify(config, row)
         self._answer_input_required(flow, decided, row)

@@ -112,12 +112,12 @@ class ApprovalHolds:
         replica = self.core.replica()
         try:
             if replica is None:
-                closed = await asyncio.to_thread(
-                    self.core.store().expire_pending, "gateway restarted"
+                closed = await self.core.audit.run(
+                    lambda store: store.expire_pending("gateway restarted")
                 )
             else:
-                closed = await asyncio.to_thread(
-                    self.core.store().expire_own_holds, replica, "gateway restarted"
+                closed = await self.core.audit.run(
+                    lambda store: store.expire_own_holds(replica, "gateway restarted")
                 )
         finally:
             self.core.started.set()  # holds wait for this, so none is expired as a leftover
@@ -200,18 +200,16 @@ class ApprovalHolds:
         """Whether an approved approval may let its call through now (`spendable`), judged
         on the store's record and the rule of that name in the config now in force; a
         refusal is recorded against the approval."""
-        record = await asyncio.to_thread(self.core.store().approval, approval_id)
+        record = await self.core.audit.run(lambda store: store.approval(approval_id))
         if record is None:
             return SpendRefusal("approval-expired", f"approval {approval_id} is not in the store")
         in_force = rule_in_force(self.loader.current, str(record.get("rule")), upstream)
         void = spend_refusal(record, in_force, time.time())
         if void is not None:
-            await asyncio.to_thread(
-                self.core.store().append_approval_state,
-                approval_id,
-                "refused_attempt",
-                identity.user,
-                f"not forwarded: {void.reason}",
+            await self.core.audit.run(
+                lambda store: store.append_approval_state(
+                    approval_id, "refused_attempt", identity.user, f"not forwarded: {void.reason}"
+                )
             )
         return void
 
@@ -234,7 +232,7 @@ class ApprovalHolds:
         changes_key = (identity.user, st.upstream.name, message.target or "")
         hold = Hold(approval_id, flow, decision.approvers, hold_until)
         await self.core.started.wait()
-        await asyncio.to_thread(self.core.store().create_approval, row)
+        await self.core.audit.run(lambda store: store.create_approval(row))
         self.holds[approval_id] = hold
         st.held = approval_id
         publish(flow)  # mitmweb shows the held flow with what was decided
@@ -252,12 +250,14 @@ class ApprovalHolds:
         return hold
 
     async def _expire_overdue(self) -> None:
-        closed = await asyncio.to_thread(self.core.store().expire_overdue, "nobody decided in time")
+        closed = await self.core.audit.run(
+            lambda store: store.expire_overdue("nobody decided in time")
+        )
         if closed:
             logger.info("holdgate: %d elicitation approval(s) expired", closed)
 
     async def _expire_lost(self) -> None:
-        closed = await asyncio.to_thread(self.core.store().expire_lost_holds)
+        closed = await self.core.audit.run(lambda store: store.expire_lost_holds())
         if closed:
             logger.warning(
                 "holdgate: %d approval(s) of replicas that stopped heartbeating closed as "
@@ -290,17 +290,13 @@ class ApprovalHolds:
         self, hold: Hold, new_state: str, decider: str | None, reason: str
     ) -> None:
         """Record a decision the gateway itself observed; a decision already stored wins."""
-        ok = await asyncio.to_thread(
-            self.core.store().append_approval_state,
-            hold.approval_id,
-            new_state,
-            decider,
-            reason,
+        ok = await self.core.audit.run(
+            lambda store: store.append_approval_state(hold.approval_id, new_state, decider, reason)
         )
         if ok:
             hold.decide(new_state, decider, reason)
             return
-        current = await asyncio.to_thread(self.core.store().approval, hold.approval_id)
+        current = await self.core.audit.run(lambda store: store.approval(hold.approval_id))
         if current is None:
             hold.decide("expired", None, None)
         else:
@@ -402,7 +398,7 @@ class ApprovalHolds:
         if not pending:
             return
         try:
-            states = await asyncio.to_thread(self.core.store().approval_states, pending)
+            states = await self.core.audit.run(lambda store: store.approval_states(pending))
         except store.StoreError as exc:
             logger.error("holdgate: cannot read approvals: %s", exc)
             return
