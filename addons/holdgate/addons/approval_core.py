@@ -182,9 +182,7 @@ class ApprovalCore:
         via: str = "hold",
     ) -> tuple[dict[str, Any], Any]:
         """The `pending` row of a new approval, and the arguments as it shows them."""
-        st = state(flow)
-        assert st.upstream is not None
-        upstream = st.upstream.name
+        upstream = state(flow).route.upstream.name
         # Masked as the store masks the call's own row: the approval shows no more.
         masked_args = self.audit.masked_for_record(
             message.arguments or {}, config, upstream, message.tool

@@ -89,9 +89,8 @@ class ElicitedApprovals:
         """First round: a new approval, answered `input_required`. A retry: its token
         checked, then asked again (pending), forwarded once (approved) or refused."""
         st = state(flow)
-        assert st.upstream is not None
         message, decision = decided.message, decided.decision
-        upstream = st.upstream.name
+        upstream = st.route.upstream.name
         key = self.core.key(config)
         token = request_state(message.raw)
         if token is None or not elicitation.is_gateway_state(token):
@@ -220,12 +219,11 @@ class ElicitedApprovals:
     ) -> None:
         """A new approval, created pending, and the client sent to its status page."""
         st = state(flow)
-        assert st.upstream is not None
         message, decision = decided.message, decided.decision
         digest_args = args_digest(self.core.key(config), message.arguments or {})
         key = grant_key(
             identity.user,
-            st.upstream.name,
+            st.route.upstream.name,
             message.method or "",
             message.target or "",
             digest_args or "",
@@ -254,8 +252,7 @@ class ElicitedApprovals:
         self, flow: http.HTTPFlow, decided: DecidedMessage, record: Any
     ) -> None:
         st = state(flow)
-        config = st.config
-        assert config is not None and st.identity is not None and st.upstream is not None
+        config = st.route.config
         approval_id = record["approval_id"]
         key = self.core.key(config)
         base = self._status_base()
@@ -265,7 +262,7 @@ class ElicitedApprovals:
             f"{base}/approvals/{approval_id}/status?t={elicitation.status_token(key, approval_id)}"
         )
         token = elicitation.state_token(
-            key, approval_id, st.identity.user, st.upstream.name, record["request_digest"]
+            key, approval_id, st.identity.user, st.route.upstream.name, record["request_digest"]
         )
         answer = elicitation.input_required(
             decided.message.id,

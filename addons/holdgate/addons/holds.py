@@ -147,10 +147,10 @@ class ApprovalHolds:
     @fail_closed
     async def request(self, flow: http.HTTPFlow) -> None:
         st = state(flow)
-        if st.upstream is None or not st.awaiting_approval or st.approvals_settled:
+        if not st.routed or not st.awaiting_approval or st.approvals_settled:
             return
-        config, identity, body = st.config, st.identity, st.body
-        if config is None or identity is None or body is None:
+        config, identity = st.route.config, st.identity
+        if st.body is None:
             raise RuntimeError("approval without a decided body")
         if self.elicited.applies(flow):
             await self.elicited.round(flow, st.decided[0], identity, config)
@@ -162,7 +162,7 @@ class ApprovalHolds:
                 continue
             message = decided.message
             digest_args = args_digest(self.core.key(config), message.arguments or {})
-            upstream = st.upstream.name
+            upstream = st.route.upstream.name
             key = grant_key(
                 identity.user,
                 upstream,
@@ -223,13 +223,12 @@ class ApprovalHolds:
         config: GatewayConfig,
     ) -> Hold:
         st = state(flow)
-        assert st.upstream is not None
         hold_until = time.time() + decision.timeout
         row, masked_args = self.core.approval_row(
             flow, message, decision, identity, digest_args, config, hold_until
         )
         approval_id = row["approval_id"]
-        changes_key = (identity.user, st.upstream.name, message.target or "")
+        changes_key = (identity.user, st.route.upstream.name, message.target or "")
         hold = Hold(approval_id, flow, decision.approvers, hold_until)
         await self.core.started.wait()
         await self.core.audit.run(lambda store: store.create_approval(row))
@@ -304,8 +303,8 @@ class ApprovalHolds:
 
     def _release(self, flow: http.HTTPFlow, refused: list[tuple[int, str]]) -> None:
         st = state(flow)
-        body, upstream = st.body, st.upstream
-        if body is None or upstream is None or st.decided_request is None:
+        body, upstream = st.body, st.route.upstream
+        if body is None or st.decided_request is None:
             raise RuntimeError("approval without a decided body")
         if flow.error is not None:
             # Killed in mitmweb: that is a denial, answered like any other (-32004) so the
