@@ -26,6 +26,7 @@ from helpers.flows import (
     store_rows,
 )
 from holdgate.addons import default_addons
+from holdgate.addons.authentication import Authentication
 from holdgate.addons.pipeline import GUARDED, hook_names
 
 pytestmark = pytest.mark.anyio
@@ -124,3 +125,26 @@ async def test_a_response_stage_that_raises_withholds_the_answer(
         assert (status, code) == (502, -32603)
         assert f"internal error in the gateway ({where}); the response was withheld" in message
         assert "upstream-answer-5f1e" not in flow.response.text
+
+
+async def test_a_flow_authentication_never_saw_is_refused_by_the_next_stage_on_record(
+    tmp_path, monkeypatch
+) -> None:
+    """The stages after Authentication read the caller through one accessor: a flow it
+    skipped is refused there, saying so, and never forwarded with no identity."""
+
+    def skipped(self: object, flow: object) -> None:
+        return None
+
+    monkeypatch.setattr(Authentication, "requestheaders", skipped)
+    with gateway(tmp_path, CONFIG) as tctx:
+        flow = await send(tctx, mcp_flow(call("get_customer"), ALICE))
+        status, code, message = error_of(flow)
+        assert (status, code) == (502, -32603)
+        assert "internal error in the gateway (PolicyEnforcer.request)" in message
+        assert flow.request.headers.get("Authorization") != f"Bearer {TOKEN}"
+        finish(tctx)
+    rows = [r for r in store_rows(tmp_path, "select * from events") if r["flow_id"] == flow.id]
+    assert rows, "no audit row for the refused call"
+    extra = json.loads(rows[-1]["extra"])
+    assert extra["error"] == {"where": "PolicyEnforcer.request", "type": "StageSkipped"}

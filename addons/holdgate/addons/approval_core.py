@@ -138,10 +138,10 @@ class ApprovalCore:
     ) -> bool:
         """An identical call approved within the grant window (on any replica) passes,
         each use recorded, while the rule that asked for the approval is unchanged."""
-        approval_id = await asyncio.to_thread(self.store().find_grant, key)
+        approval_id = await self.audit.run(lambda store: store.find_grant(key))
         if approval_id is None:
             return False
-        record = await asyncio.to_thread(self.store().approval, approval_id)
+        record = await self.audit.run(lambda store: store.approval(approval_id))
         asking = decided.decision
         if record is None or (record.get("rule"), record.get("rule_lineage")) != (
             asking.rule,
@@ -150,12 +150,13 @@ class ApprovalCore:
             return False  # the rule changed since: asked for again
         decided.approval_id = approval_id
         decided.approval = {"granted_by": "grant window"}
-        await asyncio.to_thread(
-            self.store().append_approval_state,
-            approval_id,
-            "grant_used",
-            identity.user,
-            f"identical call within the grant ({flow.id})",
+        await self.audit.run(
+            lambda store: store.append_approval_state(
+                approval_id,
+                "grant_used",
+                identity.user,
+                f"identical call within the grant ({flow.id})",
+            )
         )
         return True
 
@@ -165,7 +166,7 @@ class ApprovalCore:
         if seconds <= 0:
             return
         try:
-            await asyncio.to_thread(self.store().add_grant, key, approval_id, seconds)
+            await self.audit.run(lambda store: store.add_grant(key, approval_id, seconds))
         except store.StoreError as exc:
             logger.error("holdgate: grant of approval %s not kept: %s", approval_id, exc)
 
@@ -181,9 +182,7 @@ class ApprovalCore:
         via: str = "hold",
     ) -> tuple[dict[str, Any], Any]:
         """The `pending` row of a new approval, and the arguments as it shows them."""
-        st = state(flow)
-        assert st.upstream is not None
-        upstream = st.upstream.name
+        upstream = state(flow).route.upstream.name
         # Masked as the store masks the call's own row: the approval shows no more.
         masked_args = self.audit.masked_for_record(
             message.arguments or {}, config, upstream, message.tool

@@ -12,7 +12,6 @@ records every refused attempt.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 from typing import TYPE_CHECKING
@@ -79,23 +78,21 @@ class ApprovalsApi:
         if len(parts) == 1:
             if request.method != "GET":
                 return AdminResponse(405, {"error": "GET /approvals"})
-            pending = await asyncio.to_thread(self.core.store().approvals, pending_only=True)
+            pending = await self.core.audit.run(lambda store: store.approvals(pending_only=True))
             return AdminResponse(
                 200, [row for row in pending if may_see(row, approver.user, approver.groups)]
             )
-        found = await asyncio.to_thread(self.core.store().approval, parts[1])
+        found = await self.core.audit.run(lambda store: store.approval(parts[1]))
         if found is None or not may_see(found, approver.user, approver.groups):
             deciding = request.method == "POST" and parts[2:] in (["approve"], ["deny"])
             if found is not None and deciding:  # still an attempt worth an audit row
                 attempted: Decided = "approved" if parts[2] == "approve" else "denied"
                 # neither approver nor requester: the store refuses it and records that
                 with contextlib.suppress(store.ApprovalRefused):
-                    await asyncio.to_thread(
-                        self.core.store().decide_approval,
-                        parts[1],
-                        attempted,
-                        approver.user,
-                        approver.groups,
+                    await self.core.audit.run(
+                        lambda store: store.decide_approval(
+                            parts[1], attempted, approver.user, approver.groups
+                        )
                     )
             # One answer for "absent" and "not yours": the API is no oracle for either.
             return AdminResponse(
@@ -111,13 +108,10 @@ class ApprovalsApi:
             return AdminResponse(400, {"error": "the body must be a JSON object"})
         new_state: Decided = "approved" if parts[2] == "approve" else "denied"
         try:
-            await asyncio.to_thread(
-                self.core.store().decide_approval,
-                parts[1],
-                new_state,
-                approver.user,
-                approver.groups,
-                reason,
+            await self.core.audit.run(
+                lambda store: store.decide_approval(
+                    parts[1], new_state, approver.user, approver.groups, reason
+                )
             )
         except store.ApprovalRefused as exc:  # recorded by the store as a refused attempt
             return AdminResponse(REFUSAL_STATUS.get(type(exc), 409), {"error": str(exc)})
@@ -138,7 +132,7 @@ class ApprovalsApi:
         missing = AdminResponse(404, {"error": "no such approval page"})
         if not approval_id.isalnum() or not elicitation.status_token_holds(key, approval_id, token):
             return missing
-        found = await asyncio.to_thread(self.core.store().approval, approval_id)
+        found = await self.core.audit.run(lambda store: store.approval(approval_id))
         if found is None:
             return missing
         page = elicitation.status_page(found, sorted(approver_groups(found)))

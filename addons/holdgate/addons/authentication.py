@@ -100,9 +100,7 @@ class Authentication:
 
     async def _authenticate(self, flow: http.HTTPFlow) -> None:
         st = state(flow)
-        config, upstream = st.config, st.upstream
-        if config is None or upstream is None:
-            raise RuntimeError("authentication before routing")
+        config, upstream = st.route.config, st.route.upstream
         authenticator = self.authenticator(config)
         if authenticator is None:
             identity = ANONYMOUS
@@ -169,10 +167,9 @@ class Authentication:
     async def responseheaders(self, flow: http.HTTPFlow) -> None:
         """The session an upstream opens belongs to whoever opened it; a DELETE ends it."""
         st = state(flow)
-        identity = st.identity
-        if identity is None or st.upstream is None or flow.response is None or st.refused:
+        if not st.authenticated or flow.response is None or st.refused:
             return
-        upstream = st.upstream.name
+        identity, upstream = st.identity, st.route.upstream.name
         opened = flow.response.headers.get("mcp-session-id")
         if opened and opened != session_key(flow):
             if is_grouped_id(opened):

@@ -75,8 +75,8 @@ class DecisionRows:
         message: identity, decision, rule, masked arguments, config hash) are committed to
         the store, or the request is refused (audit: required). Never blocks the loop."""
         st = state(flow)
-        config, writer = st.config, self.audit.writer
-        if config is None or writer is None:
+        config, writer = st.route.config, self.audit.writer
+        if writer is None:
             raise RuntimeError("the write-ahead before the store is open")
         required = config.audit == "required"
         if required and not writer.healthy:
@@ -138,7 +138,7 @@ class DecisionRows:
         arguments masked for the record. `strict`: raise (UNRECORDABLE) when arguments
         cannot be masked, instead of leaving them out of the row."""
         st = state(flow)
-        upstream = st.upstream.name if st.upstream is not None else ""
+        upstream = st.route.upstream.name if st.routed else ""
         refused = st.refused
         rows: list[Row] = []
         decided_messages: list[DecidedMessage | None] = [*st.decided] or [None]
@@ -234,7 +234,8 @@ class DecisionRows:
 
     def row(self, flow: http.HTTPFlow, config: GatewayConfig) -> dict[str, Any]:
         st = state(flow)
-        identity = st.identity
+        identity = st.identity if st.authenticated else None
+        route = st.route if st.routed else None
         return {
             "ts": now_iso(),
             "flow_id": flow.id,
@@ -242,9 +243,9 @@ class DecisionRows:
             "user": identity.user if identity is not None else None,
             "groups": json.dumps(list(identity.groups) if identity is not None else []),
             "auth_method": identity.method if identity is not None else None,
-            "upstream": st.upstream.name if st.upstream is not None else None,
+            "upstream": route.upstream.name if route is not None else None,
             "config_hash": config.digest,
-            "client_addr": st.client_addr,
+            "client_addr": route.client_addr if route is not None else None,
         }
 
     def session_of(self, flow: http.HTTPFlow, config: GatewayConfig) -> str | None:
@@ -255,7 +256,7 @@ class DecisionRows:
         if the response brings none (a stateless server, a refusal) it is grouped. None for
         a flow without an identity: a client must not open sessions at will."""
         st = state(flow)
-        if st.session is not None or st.identity is None or st.upstream is None:
+        if st.session is not None or not st.authenticated:
             return st.session
         found = session_key(flow)
         pending = flow.request.method == "GET" or _initializes(st)
@@ -280,14 +281,13 @@ class DecisionRows:
     def _group_key(flow: http.HTTPFlow) -> GroupKey:
         """What a flow without a session id is grouped by (its caller's client as sent)."""
         st = state(flow)
-        assert st.identity is not None and st.upstream is not None
         first = st.decided[0].message.raw if st.decided else None
         return group_key(
             st.identity.user,
-            st.upstream.name,
+            st.route.upstream.name,
             client_of(first),
             flow.request.headers.get("user-agent"),
-            st.client_addr,
+            st.route.client_addr,
         )
 
     def note_session(
@@ -302,6 +302,7 @@ class DecisionRows:
             self.sessions_seen.pop(next(iter(self.sessions_seen)))
         self.sessions_seen[session] = None
         st = state(flow)
+        route = st.route if st.routed else None
         first = st.decided[0].message.raw if st.decided else None
         client = (
             describe_client(_initialize_params(st).get("clientInfo")) or client or client_of(first)
@@ -312,9 +313,9 @@ class DecisionRows:
             "sessions",
             {
                 "session_id": session,
-                "user": st.identity.user if st.identity is not None else None,
-                "upstream": st.upstream.name if st.upstream is not None else None,
-                "client_addr": st.client_addr,
+                "user": st.identity.user if st.authenticated else None,
+                "upstream": route.upstream.name if route is not None else None,
+                "client_addr": route.client_addr if route is not None else None,
                 "protocol_version": flow.request.headers.get("mcp-protocol-version")
                 or protocol_version_of(first),
                 "first_seen": now_iso(),

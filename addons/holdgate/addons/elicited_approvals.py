@@ -8,7 +8,6 @@ asked again (pending), or is refused. The `ApprovalHolds` stage hands such calls
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
@@ -90,9 +89,8 @@ class ElicitedApprovals:
         """First round: a new approval, answered `input_required`. A retry: its token
         checked, then asked again (pending), forwarded once (approved) or refused."""
         st = state(flow)
-        assert st.upstream is not None
         message, decision = decided.message, decided.decision
-        upstream = st.upstream.name
+        upstream = st.route.upstream.name
         key = self.core.key(config)
         token = request_state(message.raw)
         if token is None or not elicitation.is_gateway_state(token):
@@ -100,7 +98,7 @@ class ElicitedApprovals:
             return
         approval_id = elicitation.token_approval(token)
         record = (
-            await asyncio.to_thread(self.core.store().approval, approval_id)
+            await self.core.audit.run(lambda store: store.approval(approval_id))
             if approval_id is not None
             else None
         )
@@ -136,25 +134,25 @@ class ElicitedApprovals:
             current = await self._pending_answer(flow, decided, identity, record)
             if current == "pending":
                 return
-            record = await asyncio.to_thread(self.core.store().approval, approval_id) or record
+            record = await self.core.audit.run(lambda store: store.approval(approval_id)) or record
         if current == "approved":
             void = spend_refusal(record, decision, time.time())
             if void is not None:
-                await asyncio.to_thread(
-                    self.core.store().append_approval_state,
-                    approval_id,
-                    "refused_attempt",
-                    identity.user,
-                    f"not forwarded: {void.reason}",
+                await self.core.audit.run(
+                    lambda store: store.append_approval_state(
+                        approval_id,
+                        "refused_attempt",
+                        identity.user,
+                        f"not forwarded: {void.reason}",
+                    )
                 )
                 decided.approval = {"state": "approved", "void": void.kind, "via": "elicitation"}
                 refuse(flow, 200, APPROVAL_REFUSED, void.reason, msg_id=message.id, kind=void.kind)
                 return
-            redeemed = await asyncio.to_thread(
-                self.core.store().redeem_approval,
-                approval_id,
-                identity.user,
-                f"call forwarded ({flow.id})",
+            redeemed = await self.core.audit.run(
+                lambda store: store.redeem_approval(
+                    approval_id, identity.user, f"call forwarded ({flow.id})"
+                )
             )
             if not redeemed:
                 self._refuse_elicited(
@@ -208,8 +206,8 @@ class ElicitedApprovals:
         if closing is None:
             self._answer_input_required(flow, decided, record)
             return "pending"
-        await asyncio.to_thread(self.core.store().append_approval_state, approval_id, *closing)
-        latest = await asyncio.to_thread(self.core.store().approval, approval_id)
+        await self.core.audit.run(lambda store: store.append_approval_state(approval_id, *closing))
+        latest = await self.core.audit.run(lambda store: store.approval(approval_id))
         return str(latest["state"]) if latest is not None else "expired"
 
     async def _ask(
@@ -221,12 +219,11 @@ class ElicitedApprovals:
     ) -> None:
         """A new approval, created pending, and the client sent to its status page."""
         st = state(flow)
-        assert st.upstream is not None
         message, decision = decided.message, decided.decision
         digest_args = args_digest(self.core.key(config), message.arguments or {})
         key = grant_key(
             identity.user,
-            st.upstream.name,
+            st.route.upstream.name,
             message.method or "",
             message.target or "",
             digest_args or "",
@@ -246,7 +243,7 @@ class ElicitedApprovals:
             via="elicitation",
         )
         await self.core.started.wait()
-        await asyncio.to_thread(self.core.store().create_approval, row)
+        await self.core.audit.run(lambda store: store.create_approval(row))
         decided.approval_id = row["approval_id"]
         self.core.notify(config, row)
         self._answer_input_required(flow, decided, row)
@@ -255,8 +252,7 @@ class ElicitedApprovals:
         self, flow: http.HTTPFlow, decided: DecidedMessage, record: Any
     ) -> None:
         st = state(flow)
-        config = st.config
-        assert config is not None and st.identity is not None and st.upstream is not None
+        config = st.route.config
         approval_id = record["approval_id"]
         key = self.core.key(config)
         base = self._status_base()
@@ -266,7 +262,7 @@ class ElicitedApprovals:
             f"{base}/approvals/{approval_id}/status?t={elicitation.status_token(key, approval_id)}"
         )
         token = elicitation.state_token(
-            key, approval_id, st.identity.user, st.upstream.name, record["request_digest"]
+            key, approval_id, st.identity.user, st.route.upstream.name, record["request_digest"]
         )
         answer = elicitation.input_required(
             decided.message.id,

@@ -91,11 +91,9 @@ class PolicyEnforcer:
     @fail_closed
     async def request(self, flow: http.HTTPFlow) -> None:
         st = state(flow)
-        config, upstream, identity = st.config, st.upstream, st.identity
-        if upstream is None:
+        if not st.routed:
             return
-        if config is None or identity is None:
-            raise RuntimeError("a decision before routing and identity")
+        config, upstream, identity = st.route.config, st.route.upstream, st.identity
         method = flow.request.method
         if method in ("GET", "DELETE"):
             # Opening the server's event stream or ending a session carries no call;
@@ -184,13 +182,12 @@ class PolicyEnforcer:
         """Log, for each selected flow, every rule considered and why, and the decision."""
         for selected in flows:
             st = state(selected) if isinstance(selected, http.HTTPFlow) else None
-            if st is None or st.body is None or st.identity is None or st.upstream is None:
+            if st is None or st.body is None or not st.authenticated:
                 logger.warning("holdgate.explain: flow %s carries no decided MCP body", selected.id)
                 continue
-            config = st.config
-            assert config is not None
+            config, upstream = st.route.config, st.route.upstream.name
             for message in st.body.messages:
-                decision, trace = config.policy.explain(st.identity, st.upstream.name, message)
+                decision, trace = config.policy.explain(st.identity, upstream, message)
                 logger.warning(
                     "holdgate.explain %s %s %s:\n%s",
                     selected.id,
@@ -284,9 +281,7 @@ class PolicyEnforcer:
         if not isinstance(message, dict):
             return message
         st = state(flow)
-        config, identity = st.config, st.identity
-        if config is None or st.upstream is None:
-            raise RuntimeError("a response stage on a flow that was never routed")
+        config = st.route.config
         session = session_key(flow)
         if "method" not in message and session is not None:
             refusal = self.legacy.refusal_for(session, message.get("id"))
@@ -306,13 +301,12 @@ class PolicyEnforcer:
         result = message.get("result")
         if answered is None or answered[0] not in LISTINGS or not isinstance(result, dict):
             return message
-        if identity is None:
-            raise RuntimeError("a listing answers a request with no identity")
+        identity = st.identity
         key, use_method, name_key = LISTINGS[answered[0]]
         items = result.get(key)
         if not isinstance(items, list):
             return message
-        upstream = st.upstream.name
+        upstream = st.route.upstream.name
         kept = [
             item
             for item in items
@@ -343,11 +337,7 @@ class PolicyEnforcer:
         if not isinstance(params, dict) or not ("uri" in params or LISTED.intersection(params)):
             return message
         st = state(flow)
-        config, identity, upstream = st.config, st.identity, st.upstream
-        if config is None or upstream is None:
-            raise RuntimeError("a response stage on a flow that was never routed")
-        if identity is None:
-            raise RuntimeError("a server notification on a flow with no identity")
+        config, identity, upstream = st.route.config, st.identity, st.route.upstream
         if "uri" in params:  # notifications/resources/updated, and any other naming one
             uri = params["uri"]
             if not (

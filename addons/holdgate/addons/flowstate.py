@@ -69,6 +69,20 @@ class DecidedMessage:
         return out
 
 
+@dataclass(frozen=True)
+class Route:
+    """What the Router decided for a flow it sends on: the config that decided it, the
+    upstream it goes to, and the client's address."""
+
+    config: GatewayConfig
+    upstream: Upstream
+    client_addr: str | None
+
+
+class StageSkipped(RuntimeError):
+    """A stage read what an earlier stage sets, on a flow that stage never set it for."""
+
+
 @dataclass(eq=False)
 class FlowState:
     """What the gateway learns and decides about one flow, each field written by one addon.
@@ -77,14 +91,13 @@ class FlowState:
     view into `flow.metadata`, the one place mitmproxy saves and mitmweb shows it.
     """
 
-    # Router
-    config: GatewayConfig | None = None  # the config that routed and decided this flow
+    # Router: the config the flow arrived under (kept for refusals too), then its Route
+    config: GatewayConfig | None = None
     front: str | None = None  # the gateway's own base URL as the client addressed it
     local: str | None = None  # a document the gateway serves itself
-    upstream: Upstream | None = None
-    client_addr: str | None = None
-    # Authentication
-    identity: Identity | None = None
+    _route: Route | None = None
+    # Authentication: the caller's Identity, or why there is none
+    _identity: Identity | None = None
     auth_error: str | None = None
     spoofing: dict[str, Any] | None = None
     # PolicyEnforcer
@@ -130,6 +143,41 @@ class FlowState:
     error: dict[str, str] | None = None
 
     @property
+    def route(self) -> Route:
+        """The Router's decision; every stage after it reads the upstream and config here."""
+        if self._route is None:
+            raise StageSkipped("a stage after the Router on a flow it did not route")
+        return self._route
+
+    @route.setter
+    def route(self, route: Route) -> None:
+        if self._route is not None:
+            raise StageSkipped("the flow was routed twice")
+        self._route = route
+
+    @property
+    def routed(self) -> bool:
+        """Sent on to an upstream (observers also see flows refused or served locally)."""
+        return self._route is not None
+
+    @property
+    def identity(self) -> Identity:
+        """The caller, as Authentication settled it; every stage after it reads it here."""
+        if self._identity is None:
+            raise StageSkipped("a stage after Authentication on a flow it did not authenticate")
+        return self._identity
+
+    @identity.setter
+    def identity(self, identity: Identity) -> None:
+        if self._identity is not None:
+            raise StageSkipped("the flow was authenticated twice")
+        self._identity = identity
+
+    @property
+    def authenticated(self) -> bool:
+        return self._identity is not None
+
+    @property
     def cleared(self) -> bool:
         """Every message decided, and nothing waiting for a human any more."""
         return self.policy_checked and (not self.awaiting_approval or self.approvals_settled)
@@ -148,15 +196,17 @@ class FlowState:
         out: dict[str, Any] = {}
         if self.config is not None:
             out["config_hash"] = self.config.digest
-        if self.upstream is not None:
-            out["upstream"] = self.upstream.name
-        if self.identity is not None:
-            out["identity"] = self.identity.to_json()
+        if self._route is not None:
+            out["upstream"] = self._route.upstream.name
+            if self._route.client_addr is not None:
+                out["client_addr"] = self._route.client_addr
+        if self._identity is not None:
+            out["identity"] = self._identity.to_json()
         if self.decided:
             out["messages"] = [d.to_json() for d in self.decided]
         if self.refused is not None:
             out["refused"] = self.refused.to_json()
-        for name in ("local", "client_addr", "session", "auth_error", "spoofing", "held", "error"):
+        for name in ("local", "session", "auth_error", "spoofing", "held", "error"):
             value = getattr(self, name)
             if value is not None:
                 out[name] = value
@@ -220,7 +270,7 @@ def annotate(flow: http.HTTPFlow) -> None:
 
 def is_mcp(flow: http.HTTPFlow) -> bool:
     """Flows the gateway handles (routed to an upstream); others it refuses or serves itself."""
-    return state(flow).upstream is not None
+    return state(flow).routed
 
 
 def json_response(

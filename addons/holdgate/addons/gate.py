@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 from mitmproxy import http
 
-from holdgate.addons.flowstate import fail_closed, is_mcp, refuse, state
+from holdgate.addons.flowstate import fail_closed, refuse, state
 from holdgate.config.gateway_config import Upstream
 from holdgate.protocol.jsonrpc import INTERNAL_ERROR
 
@@ -33,8 +33,8 @@ class Gate:
         st = state(flow)
         if flow.response is not None:
             return
-        if st.upstream is None or not st.cleared or st.identity is None:
-            missing = "no upstream" if not is_mcp(flow) else "no identity or decision"
+        if not st.routed or not st.cleared or not st.authenticated:
+            missing = "no upstream" if not st.routed else "no identity or decision"
             refuse(
                 flow,
                 502,
@@ -44,7 +44,7 @@ class Gate:
                 kind="internal-error",
             )
             return
-        upstream = st.upstream
+        upstream = st.route.upstream
         reverse = flow.client_conn.proxy_mode.type_name == "reverse"
         if upstream.inject_headers and not goes_to(upstream, flow.request, reverse):
             refuse(

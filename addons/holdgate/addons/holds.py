@@ -112,12 +112,12 @@ class ApprovalHolds:
         replica = self.core.replica()
         try:
             if replica is None:
-                closed = await asyncio.to_thread(
-                    self.core.store().expire_pending, "gateway restarted"
+                closed = await self.core.audit.run(
+                    lambda store: store.expire_pending("gateway restarted")
                 )
             else:
-                closed = await asyncio.to_thread(
-                    self.core.store().expire_own_holds, replica, "gateway restarted"
+                closed = await self.core.audit.run(
+                    lambda store: store.expire_own_holds(replica, "gateway restarted")
                 )
         finally:
             self.core.started.set()  # holds wait for this, so none is expired as a leftover
@@ -147,10 +147,10 @@ class ApprovalHolds:
     @fail_closed
     async def request(self, flow: http.HTTPFlow) -> None:
         st = state(flow)
-        if st.upstream is None or not st.awaiting_approval or st.approvals_settled:
+        if not st.routed or not st.awaiting_approval or st.approvals_settled:
             return
-        config, identity, body = st.config, st.identity, st.body
-        if config is None or identity is None or body is None:
+        config, identity = st.route.config, st.identity
+        if st.body is None:
             raise RuntimeError("approval without a decided body")
         if self.elicited.applies(flow):
             await self.elicited.round(flow, st.decided[0], identity, config)
@@ -162,7 +162,7 @@ class ApprovalHolds:
                 continue
             message = decided.message
             digest_args = args_digest(self.core.key(config), message.arguments or {})
-            upstream = st.upstream.name
+            upstream = st.route.upstream.name
             key = grant_key(
                 identity.user,
                 upstream,
@@ -200,18 +200,16 @@ class ApprovalHolds:
         """Whether an approved approval may let its call through now (`spendable`), judged
         on the store's record and the rule of that name in the config now in force; a
         refusal is recorded against the approval."""
-        record = await asyncio.to_thread(self.core.store().approval, approval_id)
+        record = await self.core.audit.run(lambda store: store.approval(approval_id))
         if record is None:
             return SpendRefusal("approval-expired", f"approval {approval_id} is not in the store")
         in_force = rule_in_force(self.loader.current, str(record.get("rule")), upstream)
         void = spend_refusal(record, in_force, time.time())
         if void is not None:
-            await asyncio.to_thread(
-                self.core.store().append_approval_state,
-                approval_id,
-                "refused_attempt",
-                identity.user,
-                f"not forwarded: {void.reason}",
+            await self.core.audit.run(
+                lambda store: store.append_approval_state(
+                    approval_id, "refused_attempt", identity.user, f"not forwarded: {void.reason}"
+                )
             )
         return void
 
@@ -225,16 +223,15 @@ class ApprovalHolds:
         config: GatewayConfig,
     ) -> Hold:
         st = state(flow)
-        assert st.upstream is not None
         hold_until = time.time() + decision.timeout
         row, masked_args = self.core.approval_row(
             flow, message, decision, identity, digest_args, config, hold_until
         )
         approval_id = row["approval_id"]
-        changes_key = (identity.user, st.upstream.name, message.target or "")
+        changes_key = (identity.user, st.route.upstream.name, message.target or "")
         hold = Hold(approval_id, flow, decision.approvers, hold_until)
         await self.core.started.wait()
-        await asyncio.to_thread(self.core.store().create_approval, row)
+        await self.core.audit.run(lambda store: store.create_approval(row))
         self.holds[approval_id] = hold
         st.held = approval_id
         publish(flow)  # mitmweb shows the held flow with what was decided
@@ -252,12 +249,14 @@ class ApprovalHolds:
         return hold
 
     async def _expire_overdue(self) -> None:
-        closed = await asyncio.to_thread(self.core.store().expire_overdue, "nobody decided in time")
+        closed = await self.core.audit.run(
+            lambda store: store.expire_overdue("nobody decided in time")
+        )
         if closed:
             logger.info("holdgate: %d elicitation approval(s) expired", closed)
 
     async def _expire_lost(self) -> None:
-        closed = await asyncio.to_thread(self.core.store().expire_lost_holds)
+        closed = await self.core.audit.run(lambda store: store.expire_lost_holds())
         if closed:
             logger.warning(
                 "holdgate: %d approval(s) of replicas that stopped heartbeating closed as "
@@ -290,17 +289,13 @@ class ApprovalHolds:
         self, hold: Hold, new_state: str, decider: str | None, reason: str
     ) -> None:
         """Record a decision the gateway itself observed; a decision already stored wins."""
-        ok = await asyncio.to_thread(
-            self.core.store().append_approval_state,
-            hold.approval_id,
-            new_state,
-            decider,
-            reason,
+        ok = await self.core.audit.run(
+            lambda store: store.append_approval_state(hold.approval_id, new_state, decider, reason)
         )
         if ok:
             hold.decide(new_state, decider, reason)
             return
-        current = await asyncio.to_thread(self.core.store().approval, hold.approval_id)
+        current = await self.core.audit.run(lambda store: store.approval(hold.approval_id))
         if current is None:
             hold.decide("expired", None, None)
         else:
@@ -308,8 +303,8 @@ class ApprovalHolds:
 
     def _release(self, flow: http.HTTPFlow, refused: list[tuple[int, str]]) -> None:
         st = state(flow)
-        body, upstream = st.body, st.upstream
-        if body is None or upstream is None or st.decided_request is None:
+        body, upstream = st.body, st.route.upstream
+        if body is None or st.decided_request is None:
             raise RuntimeError("approval without a decided body")
         if flow.error is not None:
             # Killed in mitmweb: that is a denial, answered like any other (-32004) so the
@@ -402,7 +397,7 @@ class ApprovalHolds:
         if not pending:
             return
         try:
-            states = await asyncio.to_thread(self.core.store().approval_states, pending)
+            states = await self.core.audit.run(lambda store: store.approval_states(pending))
         except store.StoreError as exc:
             logger.error("holdgate: cannot read approvals: %s", exc)
             return

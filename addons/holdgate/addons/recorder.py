@@ -137,9 +137,7 @@ class Recorder:
     def on_message(self, flow: http.HTTPFlow, message: Any, context: MessageContext) -> Any:
         """Response side: one event row per message, masked as the client saw it."""
         st = state(flow)
-        config = st.config
-        if config is None or st.upstream is None:
-            raise RuntimeError("a response stage on a flow that was never routed")
+        config, upstream = st.route.config, st.route.upstream.name
         method = message.get("method") if isinstance(message, dict) else None
         if isinstance(message, dict) and method is not None:
             direction = "server_request" if "id" in message else "server_notification"
@@ -152,7 +150,7 @@ class Recorder:
             # client; the record never keeps either as is. (Others saw it masked with the
             # record's profiles; injected values are scrubbed in submit.)
             tool = answered_tool(context)
-            stored = self.audit.masked_for_record(message, config, st.upstream.name, tool).value
+            stored = self.audit.masked_for_record(message, config, upstream, tool).value
         # An opaque requestState is recorded only as its keyed digest (which links the retry
         # that sends it back to this row); never as given.
         extra: dict[str, Any] = {"transport": context.transport}
@@ -192,7 +190,7 @@ class Recorder:
 
     def error(self, flow: http.HTTPFlow) -> None:
         st = state(flow)
-        if st.upstream is not None or st.refused is not None:
+        if st.routed or st.refused is not None:
             self._finish(flow)
 
     def _finish(self, flow: http.HTTPFlow) -> None:
@@ -204,13 +202,13 @@ class Recorder:
         if config is None or st.recorded:
             return
         st.recorded = True
-        if st.upstream is None and st.refused is None:
+        if not st.routed and st.refused is None:
             return
         annotate(flow)
         publish(flow)
         # An unauthenticated request gets its refusal row, nothing more: no session row,
         # no flow file (a client would otherwise create them at will).
-        session = self.rows.session_of(flow, config) if st.identity is not None else None
+        session = self.rows.session_of(flow, config) if st.authenticated else None
         if session is not None:
             self.rows.note_session(flow, config, session, None)
         latency = None
@@ -264,11 +262,12 @@ class Recorder:
             return
         st = state(flow)
         streamed = flow.response is not None and bool(flow.response.stream)
+        upstream = st.route.upstream if st.routed else None
         redaction = Redaction(
             injected=st.injected,
             streamed=bytes(st.streamed) if streamed else None,
-            upstream=st.upstream.name if st.upstream is not None else "",
-            route=route_back(st.upstream),
+            upstream=upstream.name if upstream is not None else "",
+            route=route_back(upstream),
         )
         snapshot = self.snapshots.flow_state(flow)
         self.recordings.submit(session, snapshot, redaction, self.audit.record_masking(config))

@@ -19,10 +19,11 @@ class ResponseMasking:
 
     def on_message(self, flow: http.HTTPFlow, message: Any, context: MessageContext) -> Any:
         st = state(flow)
-        if st.config is None or st.upstream is None:
-            raise RuntimeError("a response stage on a flow that was never routed")
-        groups = st.identity.groups if st.identity is not None else ()
-        effect = st.config.masking.profiles_for(st.upstream.name, answered_tool(context), groups)
+        route = st.route
+        groups = st.identity.groups if st.authenticated else ()
+        effect = route.config.masking.profiles_for(
+            route.upstream.name, answered_tool(context), groups
+        )
         context.exemptions = effect.exemptions
         # Messages of one event stream also look behind, for values split between two.
         mask: Callable[[Any, ProfilesInEffect], MaskOutcome] = (

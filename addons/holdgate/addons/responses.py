@@ -99,9 +99,7 @@ class Responses:
 
     def guard(self, flow: http.HTTPFlow) -> Guard:
         """The injected values of this flow's upstream, to keep out of what the client gets."""
-        upstream = state(flow).upstream
-        if upstream is None:
-            raise RuntimeError("a response on a flow that was never routed")
+        upstream = state(flow).route.upstream
         found = self._guards.get(upstream)
         if found is None:  # its config's guards were dropped after many reloads
             found = self._guards[upstream] = Guard(forms_for(upstream.secrets))
@@ -110,11 +108,9 @@ class Responses:
     @fail_closed
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         st = state(flow)
-        if st.upstream is None or flow.response is None or st.refused is not None:
+        if not st.routed or flow.response is None or st.refused is not None:
             return
-        config = st.config
-        if config is None:
-            raise RuntimeError("a routed flow without its config")
+        config = st.route.config
         response = flow.response
         encoding = response.headers.get("content-encoding", "").strip().lower()
         if encoding not in KNOWN_ENCODINGS:
@@ -150,7 +146,7 @@ class Responses:
     @fail_closed
     def response(self, flow: http.HTTPFlow) -> None:
         st = state(flow)
-        if st.upstream is None or flow.response is None or st.refused is not None:
+        if not st.routed or flow.response is None or st.refused is not None:
             return
         if flow.response.stream:
             return
@@ -229,13 +225,12 @@ class Responses:
         response = flow.response
         assert response is not None
         st = state(flow)
-        upstream = st.upstream
-        assert upstream is not None
+        upstream = st.route.upstream
         guard = self.guard(flow)
         rules = config.response_headers
         effect = None
         if rules.mask:
-            groups = st.identity.groups if st.identity is not None else ()
+            groups = st.identity.groups if st.authenticated else ()
             effect = config.masking.profiles_for(upstream.name, None, groups)
         for name in list(response.headers.keys()):
             key = name.lower()
@@ -296,7 +291,7 @@ class Guard:
             st.reflected_secret += count
             logger.error(
                 "holdgate: upstream %s sent back a credential the gateway injected; replaced",
-                st.upstream.name if st.upstream else "?",
+                st.route.upstream.name if st.routed else "?",
             )
 
 
@@ -402,10 +397,9 @@ class SSEPass:
         if not self.effect_checked:
             self.effect_checked = True
             st = state(self.flow)
-            if st.config is None or st.upstream is None:
-                raise RuntimeError("a stream on a flow that was never routed")
-            groups = st.identity.groups if st.identity is not None else ()
-            self.effect = st.config.masking.profiles_for(st.upstream.name, None, groups)
+            route = st.route
+            groups = st.identity.groups if st.authenticated else ()
+            self.effect = route.config.masking.profiles_for(route.upstream.name, None, groups)
         value = self.streams.guard(self.flow).text(self.flow, value)
         return _masked_text(self.flow, value, self.effect) if self.effect else value
 

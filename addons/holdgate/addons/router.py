@@ -22,6 +22,7 @@ from holdgate.addons.flowstate import (
     RECORDED_STREAM_BYTES,
     FlowState,
     Refusal,
+    Route,
     fail_closed,
     json_response,
     refuse,
@@ -180,8 +181,8 @@ class Router:
             )
             return
         upstream, rest = found
-        st.upstream = upstream
-        st.client_addr = flow.client_conn.peername[0] if flow.client_conn.peername else None
+        client_addr = flow.client_conn.peername[0] if flow.client_conn.peername else None
+        st.route = Route(config, upstream, client_addr)
         if request.method in BODYLESS and _announces_body(request.headers):
             refuse(
                 flow,
@@ -250,9 +251,9 @@ class Router:
         if st.refused is not None:
             return
         failure = http_seams.upstream_failure(flow)
-        if failure is None or st.upstream is None:
+        if failure is None or not st.routed:
             return  # the client's side failed (gone, killed): nobody to answer
-        message = failure_message(st.upstream, flow.error.msg, failure.reached)
+        message = failure_message(st.route.upstream, flow.error.msg, failure.reached)
         ids = _request_ids(st)
         if failure.streaming and flow.response is not None:
             st.refused = Refusal(

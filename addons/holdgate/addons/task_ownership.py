@@ -85,9 +85,7 @@ class TaskOwnership:
         if not any(is_task_request(m) for m in body.messages):
             return body
         st = state(flow)
-        identity, upstream = st.identity, st.upstream
-        if identity is None or upstream is None or st.config is None:
-            raise RuntimeError("tasks looked up before routing and identity")
+        identity, upstream = st.identity, st.route.upstream
         # On the legacy transport answers arrive on the stream's flow, not this one.
         legacy = session_key(flow) if "mcp-session-id" not in flow.request.headers else None
         messages = list(body.messages)
@@ -205,7 +203,7 @@ class TaskOwnership:
             session = session_key(flow)
             found = self.by_request.pop((session, key), None) if session else None
             record = found if isinstance(found, TaskRecord) else None
-        if record is None or st.identity is None or record.owner != st.identity.user:
+        if record is None or not st.authenticated or record.owner != st.identity.user:
             return _withheld(message, "the gateway cannot tie this answer to a task of the caller")
         named = answered_task_ids(message.get("result"))
         if any(task_key(record.upstream, task_id) != record.task_key for task_id in named):
@@ -223,9 +221,7 @@ class TaskOwnership:
             key = message_key(message["id"])
             found = self.by_request.pop((session, key), None) if session else None
             owned = found if isinstance(found, frozenset) else frozenset()
-        upstream, identity = st.upstream, st.identity
-        if upstream is None or identity is None:
-            raise RuntimeError("a task listing on a flow with no upstream or identity")
+        upstream, identity = st.route.upstream, st.identity
         kept, hidden = own_listing(
             result, lambda task_id: task_key(upstream.name, task_id) in owned
         )
@@ -242,10 +238,10 @@ class TaskOwnership:
         if task_id is None:
             return message
         record = None
-        if st.upstream is not None and st.identity is not None:
-            record = self.known.get(task_key(st.upstream.name, task_id))
+        if st.authenticated:
+            record = self.known.get(task_key(st.route.upstream.name, task_id))
             if record is None:  # the flow's own tasks/* request named it
-                key = task_key(st.upstream.name, task_id)
+                key = task_key(st.route.upstream.name, task_id)
                 record = next(
                     (r for r in st.task_requests.values() if r and r.task_key == key), None
                 )
@@ -263,22 +259,21 @@ class TaskOwnership:
         """The caller's record of a task its call created, its store claim under way; None
         when the task is known to be another caller's."""
         st = state(flow)
-        if st.identity is None or st.upstream is None:
-            raise RuntimeError("a task created on a flow with no identity")
-        key = task_key(st.upstream.name, created.task_id)
+        identity, upstream = st.identity, st.route.upstream.name
+        key = task_key(upstream, created.task_id)
         held = self.known.get(key)
-        if held is not None and held.owner != st.identity.user:
+        if held is not None and held.owner != identity.user:
             logger.error(
                 "holdgate: upstream %s gave %s a task id another caller holds; withheld",
-                st.upstream.name,
-                st.identity.user,
+                upstream,
+                identity.user,
             )
             return None
         now = time.time()
         record = TaskRecord(
             task_key=key,
-            owner=st.identity.user,
-            upstream=st.upstream.name,
+            owner=identity.user,
+            upstream=upstream,
             session_id=st.session,
             tool=tool,
             call_flow_id=flow.id,
@@ -319,9 +314,7 @@ class TaskOwnership:
 
     def seal(self, st: FlowState) -> CursorSeal:
         """The cursor seal under the config's digest key (shared by replicas)."""
-        if st.config is None:
-            raise RuntimeError("a tasks/list on a flow with no config")
-        key = self.audit.key(st.config)
+        key = self.audit.key(st.route.config)
         if self._seal is None or self._seal[0] != key:
             self._seal = (key, CursorSeal(key))
         return self._seal[1]

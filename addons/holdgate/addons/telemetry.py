@@ -132,7 +132,9 @@ class Telemetry:
             if st.refused is None and request.timestamp_end and response.timestamp_start:
                 wait = max(0.0, response.timestamp_start - request.timestamp_end)
         method = method_label([d.message.method for d in st.decided], request.method)
-        self.metrics.observe_flow(st.upstream.name if st.upstream else None, method, total, wait)
+        self.metrics.observe_flow(
+            st.route.upstream.name if st.routed else None, method, total, wait
+        )
         found = self._spans.pop(flow, None) if self.tracer is not None else None
         if found is not None:
             from holdgate.telemetry.tracing import Ending, end
@@ -199,11 +201,12 @@ def _flow_facts(flow: http.HTTPFlow) -> Any:
     from holdgate.telemetry.tracing import FlowFacts
 
     st = state(flow)
+    route = st.route if st.routed else None
     return FlowFacts(
         header_traceparent=flow.request.headers.get("traceparent"),
-        upstream=st.upstream.name if st.upstream is not None else None,
-        upstream_url=st.upstream.url if st.upstream is not None else None,
+        upstream=route.upstream.name if route is not None else None,
+        upstream_url=route.upstream.url if route is not None else None,
         protocol_version=flow.request.headers.get("mcp-protocol-version"),
-        client_address=st.client_addr,
+        client_address=route.client_addr if route is not None else None,
         start_ns=int(flow.request.timestamp_start * 1e9),
     )

@@ -118,11 +118,11 @@ class ToolPinning:
             return message
         tools = result.get("tools")
         st = state(flow)
-        config = st.config
-        if not isinstance(tools, list) or config is None or st.upstream is None:
+        if not isinstance(tools, list):
             return message
-        upstream = st.upstream.name
-        on_change = st.upstream.on_tool_change
+        config = st.route.config
+        upstream = st.route.upstream.name
+        on_change = st.route.upstream.on_tool_change
         now = iso()
         kept, withheld = [], []
         for tool in tools:
