@@ -129,6 +129,9 @@ def test_the_pg_dump_command_drops_every_password() -> None:
     assert pg_dump_command("postgres://u@[::1]/db?password=x&application_name=a", "o d") == (
         "pg_dump --format=custom --file='o d' 'postgres://u@[::1]/db?application_name=a'"
     )
+    # libpq's sslpassword (the client key's passphrase) is a secret too
+    shown = pg_dump_command("postgresql://u:pw@h/db?sslpassword=k3y&sslmode=verify-full", "o")
+    assert "k3y" not in shown and "pw" not in shown and "sslmode=verify-full" in shown
 
 
 # --- verify on a copy that misses its tail ------------------------------------------------

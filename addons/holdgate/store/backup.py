@@ -132,13 +132,13 @@ def _fsync(path: Path) -> None:
 
 def pg_dump_command(dsn: str, out: str) -> str:
     """The pg_dump command that copies the database `dsn` names to `out` (custom format),
-    the password left out of the DSN it shows."""
+    every password (`password`, `sslpassword`) left out of the DSN it shows."""
     parts = urlsplit(dsn)
     host = parts.hostname or ""
     if ":" in host:
         host = f"[{host}]"
     user = quote(parts.username or "", safe="") + "@" if parts.username else ""
     port = f":{parts.port}" if parts.port else ""
-    query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k.lower() != "password"])
+    query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if "password" not in k.lower()])
     safe = urlunsplit((parts.scheme, f"{user}{host}{port}", parts.path, query, ""))
     return f"pg_dump --format=custom --file={shlex.quote(out)} {shlex.quote(safe)}"
