@@ -132,6 +132,10 @@ def test_the_pg_dump_command_drops_every_password() -> None:
     # libpq's sslpassword (the client key's passphrase) is a secret too
     shown = pg_dump_command("postgresql://u:pw@h/db?sslpassword=k3y&sslmode=verify-full", "o")
     assert "k3y" not in shown and "pw" not in shown and "sslmode=verify-full" in shown
+    # a password with an unescaped '/' splits the URL in the wrong place: nothing is shown
+    for dsn in ("postgresql://u:1234/ab@h/x", "postgresql://u:s3cr/t@db.example/x"):
+        shown = pg_dump_command(dsn, "o")
+        assert "ab@" not in shown and "s3cr" not in shown and "$HOLDGATE_STORE" in shown
 
 
 # --- verify on a copy that misses its tail ------------------------------------------------

@@ -134,11 +134,17 @@ def pg_dump_command(dsn: str, out: str) -> str:
     """The pg_dump command that copies the database `dsn` names to `out` (custom format),
     every password (`password`, `sslpassword`) left out of the DSN it shows."""
     parts = urlsplit(dsn)
-    host = parts.hostname or ""
+    try:
+        host, port_number = parts.hostname or "", parts.port
+    except ValueError:  # e.g. a password with an unescaped '/' read as a port
+        host, port_number = "", None
+    if not host or "@" in parts.path + parts.query + parts.fragment:
+        # the user info was not split where it ends: the DSN cannot be shown safely
+        return f'pg_dump --format=custom --file={shlex.quote(out)} "$HOLDGATE_STORE"'
     if ":" in host:
         host = f"[{host}]"
     user = quote(parts.username or "", safe="") + "@" if parts.username else ""
-    port = f":{parts.port}" if parts.port else ""
+    port = f":{port_number}" if port_number else ""
     query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if "password" not in k.lower()])
     safe = urlunsplit((parts.scheme, f"{user}{host}{port}", parts.path, query, ""))
     return f"pg_dump --format=custom --file={shlex.quote(out)} {shlex.quote(safe)}"
