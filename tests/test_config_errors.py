@@ -220,3 +220,11 @@ def test_policy_check_prints_every_error_and_exits_1(tmp_path):
 def test_load_config_raises_config_errors_for_an_unreadable_file(tmp_path):
     with pytest.raises(ConfigErrors, match="cannot read the file"):
         load_config(tmp_path / "absent.yaml")
+
+
+def test_a_credential_in_an_upstream_url_is_refused():
+    """It would be shown wherever the upstream is named (a 502 naming it, the record)."""
+    text = "version: 1\nupstreams: [{name: d, url: 'https://svc:T0ken@mcp.internal/mcp'}]\n"
+    (error,) = errors_of(text)
+    assert error.startswith("f.yaml:2:23: upstreams[0].url: a user or password in the URL")
+    assert "T0ken" not in error

@@ -352,6 +352,11 @@ def _parse_upstream(
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise item.child("url").error("expected an http:// or https:// URL with a host")
+        if parts.username is not None or parts.password is not None:
+            raise item.child("url").error(
+                "a user or password in the URL would be shown wherever the upstream is named "
+                "(logs, the record, error answers); give the credential in `inject:` instead"
+            )
     prefix = item.child("prefix").optional_string()
     if prefix is not None and (not prefix.startswith("/") or prefix.endswith("/")):
         raise item.child("prefix").error("a prefix starts with '/' and has no trailing '/'")
