@@ -129,6 +129,25 @@ def test_an_upstream_that_resets_before_answering_is_a_502_too(gateway_factory):
     assert "upstream 'crm'" in answer.json()["error"]["message"]
 
 
+def test_a_refusal_on_the_upstreams_headers_never_carries_its_body(gateway_factory):
+    """Refused on its headers (an encoding the gateway cannot read, so it cannot be masked):
+    the client gets the refusal, not the upstream's unread body under the refusal's status."""
+    secret = b'{"jsonrpc":"2.0","id":7,"result":{"secret":"SECRET-UPSTREAM-BODY"}}'
+
+    def weird(conn: socket.socket, request: bytes) -> None:
+        conn.sendall(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            b"Content-Encoding: x-weird\r\nContent-Length: %d\r\n\r\n" % len(secret) + secret
+        )
+
+    with RawUpstream(weird) as upstream:
+        gw = gateway_factory(CONFIG.format(url=upstream.url), upstream.url)
+        answer = raw_post(gw.url + "/mcp", call(), ALICE)
+    assert answer.status == 502, answer.body
+    assert b"SECRET-UPSTREAM-BODY" not in answer.body
+    assert answer.json()["error"]["code"] == -32600
+
+
 def test_a_tls_failure_is_a_502_naming_the_upstream(gateway_factory):
     def plain(conn: socket.socket, request: bytes) -> None:
         conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")

@@ -140,6 +140,7 @@ class FlowState:
     audit_error: str | None = None
     # any addon, through refuse() / fail_closed
     refused: Refusal | None = None
+    refusal_body: bytes | None = None  # what the client is told, kept by refuse()
     error: dict[str, str] | None = None
 
     @property
@@ -292,7 +293,20 @@ def refuse(
 ) -> None:
     """Answer the client ourselves; the request never reaches the upstream."""
     flow.response = json_response(status, error_object(msg_id, code, message), headers)
-    state(flow).refused = Refusal(status, code, message, kind)
+    st = state(flow)
+    st.refused = Refusal(status, code, message, kind)
+    st.refusal_body = flow.response.content
+
+
+def keep_refusal_body(flow: http.HTTPFlow) -> None:
+    """A refusal made once the upstream answered (at `responseheaders`) replaces the
+    response, but mitmproxy still reads the upstream's body into the replacement: put the
+    refusal's own body back before anything is sent or recorded."""
+    st = state(flow)
+    if st.refusal_body is None or flow.response is None:
+        return
+    if flow.response.content != st.refusal_body:
+        flow.response.content = st.refusal_body
 
 
 RESPONSE_HOOKS = frozenset({"responseheaders", "response"})

@@ -20,6 +20,7 @@ from mitmproxy import http
 from holdgate.addons.flowstate import (
     MessageContext,
     fail_closed,
+    keep_refusal_body,
     refuse,
     state,
 )
@@ -146,7 +147,10 @@ class Responses:
     @fail_closed
     def response(self, flow: http.HTTPFlow) -> None:
         st = state(flow)
-        if not st.routed or flow.response is None or st.refused is not None:
+        if st.refused is not None:
+            keep_refusal_body(flow)  # never the upstream's body under a refusal's headers
+            return
+        if not st.routed or flow.response is None:
             return
         if flow.response.stream:
             return
