@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -18,7 +19,7 @@ from mcp import MCPError
 
 from helpers import oneshot
 from helpers.approvals import APPROVALS_CONFIG, DELETE, sql_calls, wait_for_pending
-from helpers.clients import connect
+from helpers.clients import connect, raw_post
 from helpers.configs import ALICE
 from helpers.processes import free_port, holdgate_cli, start_gateway, stop
 from holdgate import store
@@ -258,3 +259,42 @@ async def test_replicas_on_one_store_judge_an_approval_alike(demo, gateway_facto
         record = opened.approval(second_id)
     assert record is not None
     assert [h["state"] for h in record["history"]] == ["pending", "approved", "refused_attempt"]
+
+
+async def test_an_approval_in_a_batch_is_judged_when_the_batch_leaves(demo, gateway_factory):
+    """A batch of two held calls: the first approved, then its rule edited while the second
+    waited. The first approval is judged when the batch leaves, not when it was decided, so
+    the reload voids it as it would a call of its own."""
+    gw = _start(gateway_factory, demo, APPROVALS_CONFIG, timeout="60s")
+    batch = [
+        {
+            "jsonrpc": "2.0",
+            "id": n,
+            "method": "tools/call",
+            "params": {
+                "name": "run_sql",
+                "arguments": {"query": f"DELETE FROM orders WHERE id = {n}"},
+            },
+        }
+        for n in (1, 2)
+    ]
+    answers: list[Any] = []
+    async with anyio.create_task_group() as tg:
+
+        async def send() -> None:
+            answers.append(await anyio.to_thread.run_sync(raw_post, gw.url + "/mcp", batch, ALICE))
+
+        tg.start_soon(send)
+        first = await wait_for_pending(gw.db)
+        _approve_now(gw, first["approval_id"])
+        with anyio.fail_after(15):
+            while (second := await wait_for_pending(gw.db))["approval_id"] == first["approval_id"]:
+                await anyio.sleep(0.1)
+        edited = APPROVALS_CONFIG.replace("approvers: [dba]", "approvers: [dba, sre]")
+        _reloaded(gw, edited.format(url=demo.url, timeout="60s", grant="0s"))
+        _approve_now(gw, second["approval_id"])
+    (answer,) = answers
+    by_id = {a["id"]: a for a in answer.json()}
+    assert all(by_id[n]["error"]["code"] == -32004 for n in (1, 2)), by_id
+    assert all("was changed by a config reload" in by_id[n]["error"]["message"] for n in (1, 2))
+    assert sql_calls(demo) == []

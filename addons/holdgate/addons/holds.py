@@ -25,6 +25,7 @@ from mitmproxy import connection, http
 from holdgate import store
 from holdgate.addons.approval_core import forward_remaining
 from holdgate.addons.flowstate import (
+    DecidedMessage,
     Refusal,
     fail_closed,
     header_lists,
@@ -156,6 +157,7 @@ class ApprovalHolds:
             await self.elicited.round(flow, st.decided[0], identity, config)
             return
         refused: list[tuple[int, str]] = []
+        approved: list[tuple[int, DecidedMessage, str, str]] = []
         for index, decided in enumerate(st.decided):
             decision = decided.decision
             if decision.action != "approve":
@@ -176,12 +178,7 @@ class ApprovalHolds:
             decided.approval_id = outcome.approval_id
             decided.approval = {"state": outcome.state, "decider": outcome.decider}
             if outcome.state == "approved":
-                void = await self._spend_refusal(outcome.approval_id, upstream, identity)
-                if void is None:
-                    await self.core.grant(key, outcome.approval_id, decision.grant)
-                    continue
-                decided.approval["void"] = void.kind
-                refused.append((index, f"{void.reason} (rule {decision.rule!r})"))
+                approved.append((index, decided, key, outcome.approval_id))
                 continue
             who = f" by {outcome.decider}" if outcome.decider else ""
             why = f": {outcome.reason}" if outcome.reason else ""
@@ -192,6 +189,17 @@ class ApprovalHolds:
                     f"(rule {decision.rule!r}, approval {outcome.approval_id})",
                 )
             )
+        # Spendable is judged once every hold of the batch has settled, just before the
+        # call leaves: a later message's wait must not stretch an earlier approval's window,
+        # nor outlive a reload that changed its rule.
+        for index, decided, key, approval_id in approved:
+            void = await self._spend_refusal(approval_id, st.route.upstream.name, identity)
+            if void is None:
+                await self.core.grant(key, approval_id, decided.decision.grant)
+                continue
+            decided.approval = {**(decided.approval or {}), "void": void.kind}
+            refused.append((index, f"{void.reason} (rule {decided.decision.rule!r})"))
+        refused.sort()
         self._release(flow, refused)
 
     async def _spend_refusal(
