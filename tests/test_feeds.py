@@ -455,12 +455,16 @@ def test_export_follow_resumes_after_the_last_seq_without_gap_or_repeat(where: s
         try:
             first = follow_process(where)
             got = read_lines(first, 20)
+            # communicate drains what the follower still prints: with the pipe full, its
+            # write would block and it could never see the signal
             first.send_signal(signal.SIGTERM)
-            assert first.wait(30) == 0, first.stderr.read() if first.stderr else ""
+            _, err = first.communicate(timeout=30)
+            assert first.returncode == 0, err
             resumed = follow_process(where, "--after", str(got[-1]["seq"]))
             got += read_lines(resumed, 20)
             resumed.send_signal(signal.SIGINT)
-            assert resumed.wait(30) == 0
+            resumed.communicate(timeout=30)
+            assert resumed.returncode == 0
         finally:
             stop_writing.set()
             background.join(30)
