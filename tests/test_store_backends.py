@@ -328,13 +328,49 @@ def test_a_store_of_schema_5_gains_the_rule_lineage_of_approvals(
         assert new.verify().ok
 
 
+def test_a_store_of_schema_7_gains_decision_channels_and_config_roles(
+    where: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Schema 8: approvals name their channel and the decider as authenticated; config
+    versions their role and replica. Rows written before read NULL; the chain verifies."""
+    backend = made_at_schema(where, 7, monkeypatch)
+    with store.open_store(where) as new:
+        with new._conn() as conn:
+            assert backend.schema_version(conn) == backend.SCHEMA_VERSION
+        new.append(
+            "approvals",
+            {
+                "ts": "t",
+                "approval_id": "a1",
+                "state": "approved",
+                "channel": "cli",
+                "decided_as": '{"user": "dana"}',
+            },
+        )
+        new.append(
+            "config_versions",
+            {
+                "ts": "t",
+                "config_hash": "h",
+                "source": "s",
+                "outcome": "loaded",
+                "role": "candidate",
+                "replica": "gw-1",
+            },
+        )
+        found = new.approval("a1")
+        assert found is not None
+        assert (found["channel"], found["decided_as"]) == ("cli", '{"user": "dana"}')
+        assert new.verify().ok
+
+
 def test_a_store_of_schema_6_gains_task_owners_and_still_verifies(
     where: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     backend = made_at_schema(where, 6, monkeypatch)
     with store.open_store(where) as new:
         with new._conn() as conn:
-            assert backend.schema_version(conn) == 7 == backend.SCHEMA_VERSION
+            assert backend.schema_version(conn) == backend.SCHEMA_VERSION
         task = store.TaskRecord("k", "alice", "crm", None, "report", "f", "1", 1.0, None)
         assert new.claim_task(task) == task
         new.append("events", event("bob", 2.0))

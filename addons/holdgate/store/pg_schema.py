@@ -66,7 +66,7 @@ SELECT a.approval_id, a.state, a.requester, a.upstream, a.method, a.tool, a.rule
        a.approvers, a.decider, a.reason, a.created, a.expires,
        CASE WHEN a.state = 'pending' THEN NULL ELSE a.ts END AS decided,
        a.args_masked, a.args_digest, a.request_digest, a.changes, a.flow_id, a.seq, a.via,
-       a.replica, a.rule_lineage
+       a.replica, a.rule_lineage, a.channel, a.decided_as
 FROM approvals AS a
 JOIN (SELECT approval_id, max(seq) AS seq FROM approvals
       WHERE state NOT IN {ANNOTATIONS!r} GROUP BY approval_id) AS latest
@@ -126,11 +126,25 @@ def _migrate_v7(conn: SqlConnection) -> None:
     conn.execute(f'CREATE INDEX "ix_task_owners_owner" ON "task_owners" ({names})')
 
 
+def _migrate_v8(conn: SqlConnection) -> None:
+    """`approvals.channel`, `approvals.decided_as`, `config_versions.role` and
+    `config_versions.replica`, as SQLite's schema 8."""
+    for table, column in (
+        ("approvals", "channel"),
+        ("approvals", "decided_as"),
+        ("config_versions", "role"),
+        ("config_versions", "replica"),
+    ):
+        conn.execute(f'ALTER TABLE "{table}" ADD COLUMN IF NOT EXISTS "{column}" TEXT')
+    conn.execute(f'CREATE OR REPLACE VIEW "v_approvals" AS {_VIEWS["v_approvals"].strip()}')
+
+
 MIGRATIONS: list[Callable[[SqlConnection], None]] = [
     _create_v4,
     _migrate_v5,
     _migrate_v6,
     _migrate_v7,
+    _migrate_v8,
 ]
 SCHEMA_VERSION = FIRST_VERSION + len(MIGRATIONS) - 1
 

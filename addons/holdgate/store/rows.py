@@ -91,6 +91,8 @@ class ApprovalRow(TypedDict, total=False):
     via: str | None
     replica: str | None
     rule_lineage: str | None
+    channel: str | None
+    decided_as: str | None
     prev_hash: str
     row_hash: str
 
@@ -121,6 +123,8 @@ class ApprovalRecord(TypedDict, total=False):
     via: str | None  # "elicitation", or held ("hold" or NULL in rows before schema v3)
     replica: str | None  # the replica holding a held call (NULL before schema v4)
     rule_lineage: str | None  # of the rule that asked (`rules.rule_lineage`; NULL before v6)
+    channel: str | None  # how the decision was made (api, cli, inbox, …; NULL before v8)
+    decided_as: str | None  # JSON: the decider as authenticated (NULL before v8)
     history: list[ApprovalRow]
 
 

@@ -157,9 +157,20 @@ CERTIFICATIONS: dict[str, type] = {
 }
 # v6: an approval names the lineage of the rule that asked for it (`rules.rule_lineage`):
 # it may be spent only while that rule is unchanged.
+# v8: a decision names its channel (api, cli, inbox, elicitation, mitmweb, break-glass)
+# and the identity that made it as authenticated (`decided_as`, JSON); a config version
+# names its role (active, candidate: a shadow policy; NULL before v8: active) and the
+# replica that loaded it.
 COLUMNS: dict[str, dict[str, type]] = {
     **_V3,
-    "approvals": {**_V3["approvals"], "replica": str, "rule_lineage": str},
+    "approvals": {
+        **_V3["approvals"],
+        "replica": str,
+        "rule_lineage": str,
+        "channel": str,
+        "decided_as": str,
+    },
+    "config_versions": {**_V3["config_versions"], "role": str, "replica": str},
     "recordings": RECORDINGS,
     "campaigns": CAMPAIGNS,
     "certifications": CERTIFICATIONS,
@@ -384,6 +395,22 @@ def _migrate_v7(db: Database) -> None:
     db["task_owners"].create_index(TASK_OWNERS_INDEX, index_name="ix_task_owners_owner")  # type: ignore[union-attr]
 
 
+def _migrate_v8(db: Database) -> None:
+    """`approvals.channel` and `approvals.decided_as` (carried by `v_approvals`),
+    `config_versions.role` and `config_versions.replica`."""
+    db.execute("ALTER TABLE approvals ADD COLUMN channel TEXT")
+    db.execute("ALTER TABLE approvals ADD COLUMN decided_as TEXT")
+    db.execute("ALTER TABLE config_versions ADD COLUMN role TEXT")
+    db.execute("ALTER TABLE config_versions ADD COLUMN replica TEXT")
+    db.execute("DROP VIEW v_approvals")
+    db.create_view(
+        "v_approvals",
+        _approvals_view(
+            ANNOTATIONS, ", a.via, a.replica, a.rule_lineage, a.channel, a.decided_as"
+        ).strip(),
+    )
+
+
 MIGRATIONS: list[Callable[[Database], None]] = [
     _migrate_v1,
     _migrate_v2,
@@ -392,6 +419,7 @@ MIGRATIONS: list[Callable[[Database], None]] = [
     _migrate_v5,
     _migrate_v6,
     _migrate_v7,
+    _migrate_v8,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
