@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -134,3 +135,53 @@ def test_the_digest_key_lives_beside_the_store(tmp_path: Path) -> None:
     assert len(key) == 32 and (tmp_path / "a.sqlite3.key").stat().st_mode & 0o777 == 0o600
     with store.SqliteStore(path) as again:
         assert again.digest_key == key
+
+
+def test_a_decision_names_its_channel_and_the_decider_as_authenticated(
+    db: store.SqliteStore,
+) -> None:
+    """Schema 8: the row says how the decision came (channel) and who made it as the
+    gateway authenticated them, with the approver group that qualified them."""
+    decided = db.decide_approval(
+        "a1",
+        "approved",
+        "dana",
+        ["eng", "dba"],
+        "ticket 42",
+        NOW + 1,
+        channel="cli",
+        identity={"via": "jwt", "issuer": "https://idp.example"},
+    )
+    assert decided["channel"] == "cli"
+    assert json.loads(decided["decided_as"] or "") == {
+        "via": "jwt",
+        "issuer": "https://idp.example",
+        "user": "dana",
+        "groups": ["dba", "eng"],
+        "qualified_by": "dba",
+    }
+    assert db.verify().ok
+
+
+def test_a_refused_attempt_names_its_channel_too(db: store.SqliteStore) -> None:
+    with pytest.raises(store.NotAnApprover):
+        db.decide_approval("a1", "approved", "bob", ["eng"], None, NOW + 1, channel="inbox")
+    found = db.approval("a1")
+    assert found is not None
+    attempt = found["history"][-1]
+    assert (attempt["state"], attempt["channel"]) == ("refused_attempt", "inbox")
+    assert json.loads(attempt["decided_as"] or "")["qualified_by"] is None
+
+
+def test_break_glass_records_no_groups_and_no_qualifying_group(db: store.SqliteStore) -> None:
+    decided = db.decide_approval(
+        "a1", "denied", "ops-oncall", None, "pager 9", NOW + 1, channel="break-glass"
+    )
+    assert decided["channel"] == "break-glass"
+    seen = json.loads(decided["decided_as"] or "")
+    assert (seen["groups"], seen["qualified_by"]) == (None, None)
+
+
+def test_an_unknown_channel_is_refused(db: store.SqliteStore) -> None:
+    with pytest.raises(store.BadRow):
+        db.decide_approval("a1", "approved", "dana", ["dba"], None, NOW + 1, channel="fax")  # type: ignore[arg-type]

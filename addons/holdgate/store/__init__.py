@@ -30,7 +30,7 @@ PostgreSQL store needs it): `from holdgate.store import PostgresStore` works as 
 
 from typing import TYPE_CHECKING, Any
 
-from holdgate.store.approval_records import Decision
+from holdgate.store.approval_records import CHANNELS, Channel, Decision
 from holdgate.store.campaign_records import Campaign, Item, ItemSpec, Verdict
 from holdgate.store.chain import VerifyReport, chain_hash, normalize_row
 from holdgate.store.errors import (
@@ -109,6 +109,8 @@ __all__ = [
     "ApprovalRow",
     "AuditWriter",
     "BadRow",
+    "CHANNELS",
+    "Channel",
     "Decision",
     "EventRow",
     "NotAnApprover",

@@ -40,6 +40,9 @@ from holdgate.store.schema import APPROVAL_STATES, DECISIONS
 from holdgate.store.sqlconn import SqlConnection, select, transaction
 
 Decision = Literal["approved", "denied"]
+# How a decision reached the store (`approvals.channel`, schema 8).
+Channel = Literal["api", "cli", "inbox", "elicitation", "mitmweb", "break-glass"]
+CHANNELS: tuple[Channel, ...] = ("api", "cli", "inbox", "elicitation", "mitmweb", "break-glass")
 # Called inside the transaction that changed an approval's state (its id).
 Notify = Callable[[SqlConnection, str], None]
 
@@ -159,10 +162,46 @@ def decision_refusal(
     return None
 
 
-def _state_row(current: ApprovalRecord, state: str, decider: str | None, reason: str | None) -> Row:
+def _state_row(
+    current: ApprovalRecord,
+    state: str,
+    decider: str | None,
+    reason: str | None,
+    channel: Channel | None = None,
+    decided_as: str | None = None,
+) -> Row:
     row: Row = {k: current.get(k) for k in _REQUEST_COLUMNS}
-    row.update(approval_id=current["approval_id"], state=state, decider=decider, reason=reason)
+    row.update(
+        approval_id=current["approval_id"],
+        state=state,
+        decider=decider,
+        reason=reason,
+        channel=channel,
+        decided_as=decided_as,
+    )
     return normalize_row("approvals", row)
+
+
+def decided_as_json(
+    current: ApprovalRecord | None,
+    decider: str,
+    groups: tuple[str, ...] | None,
+    identity: Mapping[str, Any] | None,
+) -> str:
+    """`approvals.decided_as`: the decider as authenticated (`identity`: how, e.g.
+    `{"via": "jwt", "issuer": …}` or `{"via": "api_key", "key": …}`), the groups seen, and
+    the approver group that qualified them (none for break-glass, or when none did)."""
+    approvers = approver_groups(current) if current is not None else frozenset()
+    qualifying = sorted(set(groups or ()) & approvers)
+    return json.dumps(
+        {
+            **(identity or {}),
+            "user": decider,
+            "groups": None if groups is None else sorted(groups),
+            "qualified_by": qualifying[0] if qualifying else None,
+        },
+        sort_keys=True,
+    )
 
 
 def append_state(
@@ -196,12 +235,17 @@ def decide(
     now: float,
     db_now: float | None = None,
     notify: Notify | None = None,
+    channel: Channel = "api",
+    identity: Mapping[str, Any] | None = None,
 ) -> ApprovalRecord:
     """A person's decision: recorded and returned, or recorded as refused and raised. With
     `db_now` (the database clock) a held approval whose holder's lease lapsed is closed as
-    expired instead: nobody could release the call."""
+    expired instead: nobody could release the call. The row (a refused attempt's too)
+    names the `channel` and the decider as authenticated (`decided_as_json`)."""
     if decision not in ("approved", "denied"):
         raise BadRow(f"not a decision: {decision!r}")
+    if channel not in CHANNELS:
+        raise BadRow(f"not a decision channel: {channel!r}")
     groups = None if decider_groups is None else tuple(decider_groups)
     with transaction(conn):
         current = latest(conn, approval_id)
@@ -222,7 +266,11 @@ def decide(
                     if problem is None
                     else ("refused_attempt", f"{decision} refused: {problem}")
                 )
-                append_rows(conn, [("approvals", _state_row(current, state, decider, why))])
+                who = decided_as_json(current, decider, groups, identity)
+                append_rows(
+                    conn,
+                    [("approvals", _state_row(current, state, decider, why, channel, who))],
+                )
                 if problem is None and notify is not None:
                     notify(conn, approval_id)
         decided = latest(conn, approval_id)

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Literal, Protocol, Self
 
-from holdgate.store.approval_records import Decision
+from holdgate.store.approval_records import Channel, Decision
 from holdgate.store.campaign_records import Campaign, Item, ItemSpec, Verdict
 from holdgate.store.chain import VerifyReport
 from holdgate.store.purge import PurgeRecord, PurgeReport
@@ -114,11 +114,16 @@ class Store(Protocol):
         decider_groups: Iterable[str] | None,
         reason: str | None = None,
         now: float | None = None,
+        *,
+        channel: Channel = "api",
+        identity: Mapping[str, Any] | None = None,
     ) -> ApprovalRecord:
         """A person's decision under the approval rules (`decider_groups=None`: the
-        trusted host operator); a refusal is recorded and raised as `ApprovalRefused`. A
-        held approval whose replica stopped heartbeating is closed as expired ("holder
-        lost") and raised as `ApprovalExpired`."""
+        break-glass operator: no group is checked); a refusal is recorded and raised as
+        `ApprovalRefused`. A held approval whose replica stopped heartbeating is closed as
+        expired ("holder lost") and raised as `ApprovalExpired`. The row names the
+        `channel` and the decider as authenticated (`identity`: how, e.g. `{"via": "jwt",
+        "issuer": …}`), with the approver group that qualified them."""
 
     def append_approval_state(
         self, approval_id: str, state: str, decider: str | None = None, reason: str | None = None

@@ -23,7 +23,7 @@ from holdgate.store import (
     shared_state,
     task_records,
 )
-from holdgate.store.approval_records import Decision
+from holdgate.store.approval_records import Channel, Decision
 from holdgate.store.campaign_records import Campaign, Item, ItemSpec, Verdict
 from holdgate.store.chain import VerifyReport, append_rows, normalize_row, verify_chain
 from holdgate.store.errors import BadRow, StoreUnavailable
@@ -155,6 +155,9 @@ class SqlStore:
         decider_groups: Iterable[str] | None,
         reason: str | None = None,
         now: float | None = None,
+        *,
+        channel: Channel = "api",
+        identity: Mapping[str, Any] | None = None,
     ) -> ApprovalRecord:
         moment = time.time() if now is None else now
         db_now = self.db_now()
@@ -169,6 +172,8 @@ class SqlStore:
                 moment,
                 db_now,
                 self._approval_changed,
+                channel,
+                identity,
             )
 
     def append_approval_state(
