@@ -120,14 +120,50 @@ async def test_nobody_deciding_in_time_is_expiry(tmp_path):
         assert record.payload["state"] == "expired"
 
 
-async def test_resuming_the_flow_in_mitmweb_approves_it(tmp_path):
-    with gateway(tmp_path, CONFIG.replace("{timeout}", "30s")) as tctx:
+async def test_resuming_the_flow_in_mitmweb_is_the_named_operators_decision(tmp_path):
+    config = CONFIG.replace("{timeout}", "30s")
+    with gateway(tmp_path, config, holdgate_mitmweb_operator="dana") as tctx:
         flow, sending, approval = await held(tctx)
         flow.resume()  # mitmweb's Resume button
         await asyncio.wait_for(sending, 10)
         assert flow.response is None
         record = await admin(tctx, "GET", f"/approvals/{approval}", DANA)
-        assert (record.payload["state"], record.payload["decider"]) == (
-            "approved",
-            "mitmweb operator",
-        )
+        assert (record.payload["state"], record.payload["decider"]) == ("approved", "dana")
+        assert record.payload["channel"] == "mitmweb"
+        assert record.payload["decided_as"] == {
+            "via": "console",
+            "user": "dana",
+            "groups": ["dba", "engineering"],
+            "qualified_by": "dba",
+        }
+
+
+@pytest.mark.parametrize(
+    ("operator", "why"),
+    [
+        ("", "holdgate_mitmweb_operator is not set"),
+        ("mallory", "names no API key"),
+        ("bob", "bob is not in the approver groups"),
+        ("alice", "separation of duties"),
+    ],
+)
+@pytest.mark.parametrize("button", ["resume", "kill"])
+async def test_a_mitmweb_button_without_a_permitted_operator_leaves_the_call_held(
+    tmp_path, caplog, operator, why, button
+):
+    config = CONFIG.replace("{timeout}", "30s")
+    with gateway(tmp_path, config, holdgate_mitmweb_operator=operator) as tctx:
+        flow, sending, approval = await held(tctx)
+        getattr(flow, button)()
+        for _ in range(100):  # the sweep sees the button and puts the flow back on hold
+            await asyncio.sleep(0.05)
+            if flow.intercepted and why in caplog.text:
+                break
+        assert flow.intercepted and flow.error is None and not sending.done()
+        assert f"holdgate approvals approve|deny {approval}" in caplog.text
+        record = await admin(tctx, "GET", f"/approvals/{approval}", DANA)
+        assert record.payload["state"] == "pending"
+        # still decidable the proper way, and the call then leaves
+        await admin(tctx, "POST", f"/approvals/{approval}/approve", DANA, {})
+        await asyncio.wait_for(sending, 10)
+        assert flow.response is None and not flow.intercepted
