@@ -54,8 +54,11 @@ class AdminCallers:
         says it: the reason, never the credential)."""
         admin_identity = admin_identity_config(config)
         if admin_identity is None:
-            return AuthOutcome(None, "the config names no identity (no api_keys, oidc or "
-                               "admin.trusted_header): nobody can authenticate here")
+            return AuthOutcome(
+                None,
+                "the config names no identity (no api_keys, oidc or "
+                "admin.trusted_header): nobody can authenticate here",
+            )
         if self._current is None or self._current[0] != config.digest:
             self._current = (config.digest, Authenticator(admin_identity))
         return await self._current[1].authenticate(request.headers, request.client_ip)
@@ -76,7 +79,9 @@ UNAUTHENTICATED = (
 
 def unauthenticated(error: str | None) -> AdminResponse:
     """401 naming what was wrong with the credentials (already safe to show) and the fix."""
-    return AdminResponse(401, {"error": f"unauthorized: {error or 'no credentials'}; {UNAUTHENTICATED}"})
+    return AdminResponse(
+        401, {"error": f"unauthorized: {error or 'no credentials'}; {UNAUTHENTICATED}"}
+    )
 
 
 # Channels a client may name for its decision (`X-Holdgate-Channel`); the inbox, mitmweb,
