@@ -6,10 +6,9 @@ separation of duties is what stops her) asks, bob (engineering) may not decide.
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 from typing import Any
-
-import subprocess
 
 import anyio
 

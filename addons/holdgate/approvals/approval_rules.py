@@ -13,8 +13,8 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from holdgate.protocol.canonical_json import canonical
 from holdgate.config.gateway_config import GatewayConfig
+from holdgate.protocol.canonical_json import canonical
 from holdgate.store.approval_records import approver_groups
 
 
