@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -38,7 +37,11 @@ from holdgate.addons.flowstate import (
     refuse,
     state,
 )
-from holdgate.approvals.approval_rules import console_operator_groups, grant_key
+from holdgate.approvals.approval_rules import (
+    console_operator_groups,
+    decision_record,
+    grant_key,
+)
 from holdgate.approvals.spendable import SpendRefusal, rule_in_force, spend_refusal
 from holdgate.config.gateway_config import GatewayConfig
 from holdgate.identity import Identity
@@ -99,15 +102,12 @@ class Hold:
             self.decided.set()
 
     def release_record(self) -> dict[str, Any]:
-        """How the held call was released, for its event row: state, decider, channel and
-        the decider as authenticated (an object, so the export carries it as one)."""
-        out: dict[str, Any] = {"state": self.state, "decider": self.decider}
-        if self.channel is not None:
-            out["channel"] = self.channel
-        if self.decided_as is not None:
-            with contextlib.suppress(ValueError):
-                out["decided_as"] = json.loads(self.decided_as)
-        return out
+        """How the held call was released, for its event row."""
+        return {
+            "state": self.state,
+            "decider": self.decider,
+            **decision_record({"channel": self.channel, "decided_as": self.decided_as}),
+        }
 
 
 @dataclass(frozen=True)

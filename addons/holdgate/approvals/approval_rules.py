@@ -93,3 +93,18 @@ def console_operator_groups(config: GatewayConfig, operator: str) -> tuple[str, 
         if key.name == operator:
             return key.groups
     return None
+
+
+def decision_record(row: Mapping[str, Any]) -> dict[str, Any]:
+    """How an approval was decided, for the event row of the call it released: the channel
+    and the decider as authenticated (an object, so the export carries it as one)."""
+    out: dict[str, Any] = {}
+    if row.get("channel"):
+        out["channel"] = row["channel"]
+    try:
+        decided_as = json.loads(row.get("decided_as") or "null")
+    except (TypeError, json.JSONDecodeError):
+        decided_as = None
+    if decided_as is not None:
+        out["decided_as"] = decided_as
+    return out
