@@ -28,12 +28,15 @@ from holdgate.approvals.adminhttp import (
     claimed_channel,
 )
 from holdgate.approvals.approval_rules import may_see
-from holdgate.approvals.campaign_http import handle_campaigns
+from holdgate.approvals.campaign_http import CampaignCaller, handle_campaigns
 from holdgate.approvals.refusal_budget import RefusalBudget
 from holdgate.config.gateway_config import GatewayConfig
 from holdgate.protocol.jsonrpc import shown
+from holdgate.reports.review_build import build
+from holdgate.reports.review_model import campaign_items
 from holdgate.store.approval_records import Decision as Decided
 from holdgate.store.approval_records import approver_groups
+from holdgate.store.campaign_records import ItemSpec
 
 if TYPE_CHECKING:
     from holdgate.addons.approval_core import ApprovalCore
@@ -190,14 +193,29 @@ class CampaignsApi:
         if reviewer is None:
             return await self.callers.refusal(config, request)
         parts = [p for p in request.path.partition("?")[0].split("/") if p]
+        how = {
+            "channel": claimed_channel(request),
+            "decided_as": {
+                **authenticated_as(reviewer, config),
+                "user": reviewer.user,
+                "groups": sorted(reviewer.groups),
+            },
+        }
+        store_now = self.core.store()
+
+        def items_for(window: tuple[str, str]) -> tuple[list[ItemSpec], str, str]:
+            # off the event loop: the review of the window, on this gateway's store and config
+            model = build(store_now, config, window, reviewer.user)
+            return campaign_items(model), config.digest, config.file
+
         return await handle_campaigns(
-            self.core.store(),
+            store_now,
             self.refusals,
             config.review.reviewers,
-            reviewer.user,
-            reviewer.groups,
+            CampaignCaller(reviewer.user, reviewer.groups, how),
             request,
             parts,
+            items_for,
         )
 
 

@@ -142,10 +142,10 @@ def break_glass_problems(break_glass: bool, user: str | None, reason: str | None
     if not break_glass:
         if user is not None:
             return (
-                "--as is for break-glass only. Decide as yourself through the gateway with "
-                "--token (or $HOLDGATE_TOKEN): your identity is checked against the rule's "
-                "approvers. In an emergency, without the gateway: --break-glass --as NAME "
-                "--reason TEXT"
+                "--as is for break-glass only. Act as yourself through the gateway with "
+                "--token (or $HOLDGATE_TOKEN): the gateway checks that identity against the "
+                "rule's approvers (or review.reviewers). In an emergency, without the "
+                "gateway: --break-glass --as NAME --reason TEXT"
             )
         return None
     missing = [
