@@ -1,4 +1,5 @@
-"""Held flows decided in a real mitmweb: resume approves, kill denies, both on record."""
+"""Held flows decided in a real mitmweb: resume approves, kill denies, both on record as
+the console operator's (`holdgate_mitmweb_operator`); without one, both are refused."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import sqlite3
 import subprocess
 import textwrap
+import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +19,7 @@ import pytest
 from mcp import MCPError
 
 from helpers import oneshot
-from helpers.approvals import APPROVALS_CONFIG, DELETE, sql_calls, wait_for_pending
+from helpers.approvals import APPROVALS_CONFIG, DELETE, break_glass, sql_calls, wait_for_pending
 from helpers.clients import connect
 from helpers.configs import ALICE
 from helpers.processes import BIN, free_port, gateway_command, stop, wait_for_port
@@ -63,7 +65,10 @@ class MitmwebAPI:
 
 
 @pytest.fixture
-def mitmweb(tmp_path, demo):
+def mitmweb(tmp_path, demo, request):
+    """mitmweb with the gateway; the console operator is dana (a DBA) unless the test
+    parametrizes it (indirectly) with another name, or "" for none."""
+    operator = getattr(request, "param", "dana")
     port, web_port = free_port(), free_port()
     config = tmp_path / "holdgate.yaml"
     config.write_text(
@@ -76,6 +81,8 @@ def mitmweb(tmp_path, demo):
     cmd += ["--no-web-open-browser", "--set", f"web_password={WEB_PASSWORD}"]
     cmd += ["--set", f"holdgate_config={config}", "--set", f"holdgate_store={tmp_path / 'a.db'}"]
     cmd += ["--set", f"holdgate_recordings={tmp_path / 'rec'}", "--set", "holdgate_admin="]
+    if operator:
+        cmd += ["--set", f"holdgate_mitmweb_operator={operator}"]
     with output.open("wb") as sink:
         proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, cwd=tmp_path)
     wait_for_port(port, proc, output)
@@ -114,7 +121,13 @@ async def test_mitmweb_buttons_decide_held_flows(mitmweb, demo, action):
         # the session survives either way
         assert not (await client.call_tool("get_customer", {"customer_id": 1})).is_error
     record = oneshot.approval(db, pending["approval_id"])
-    assert record["decider"] == "mitmweb operator"
+    assert (record["decider"], record["channel"]) == ("dana", "mitmweb")
+    assert json.loads(record["decided_as"]) == {
+        "via": "console",
+        "user": "dana",
+        "groups": ["dba", "engineering"],
+        "qualified_by": "dba",
+    }
     if action == "resume":
         assert record["state"] == "approved"
         assert not outcome.is_error
@@ -123,6 +136,49 @@ async def test_mitmweb_buttons_decide_held_flows(mitmweb, demo, action):
         assert record["state"] == "denied"
         assert isinstance(outcome, MCPError) and outcome.code == -32004
         assert sql_calls(demo) == []
+
+
+@pytest.mark.parametrize("mitmweb", [""], indirect=True)
+@pytest.mark.parametrize("action", ["resume", "kill"])
+async def test_without_a_console_operator_a_button_leaves_the_call_held(
+    mitmweb, demo, tmp_path, action
+):
+    """Issue 27: mitmweb's Resume decided any held call as a shared "mitmweb operator"."""
+    url, api, db = mitmweb
+    held_again: list[dict] = []
+
+    def press_then_decide_properly(flow_id: str, approval_id: str) -> None:
+        assert api.post(f"/flows/{flow_id}/{action}") == 200
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and not held_again:
+            time.sleep(0.2)  # the sweep sees the button, then holds the flow again
+            shown = [f for f in json.loads(api.get("/flows")) if f["id"] == flow_id]
+            if shown and shown[0]["intercepted"] and not shown[0].get("error"):
+                held_again.append(shown[0])
+        assert oneshot.approval(db, approval_id)["state"] == "pending"
+        done = break_glass("approve", approval_id, db)
+        assert done.returncode == 0, done.stderr
+
+    async with connect(url + "/mcp", ALICE) as client:
+        async with anyio.create_task_group() as tg:
+            outcome: list = []
+
+            async def call():
+                outcome.append(await client.call_tool("run_sql", DELETE))
+
+            tg.start_soon(call)
+            pending = await wait_for_pending(db)
+            await anyio.to_thread.run_sync(
+                press_then_decide_properly, pending["flow_id"], pending["approval_id"]
+            )
+    assert held_again, "the flow was not held again after the button"
+    assert not outcome[0].is_error
+    assert sql_calls(demo) == [DELETE["query"]]
+    record = oneshot.approval(db, pending["approval_id"])
+    assert (record["decider"], record["channel"]) == ("dana", "break-glass")
+    log = (tmp_path / "mitmweb.out").read_text(errors="replace")
+    assert "holdgate_mitmweb_operator is not set: mitmweb decisions are off" in log
+    assert f"holdgate approvals approve|deny {pending['approval_id']}" in log
 
 
 async def test_held_flow_edited_in_mitmweb_is_void_and_never_forwarded(mitmweb, demo, tmp_path):
