@@ -78,6 +78,12 @@ async def test_a_held_call_leaves_unchanged_once_an_approver_agrees(tctx):
     assert json.loads(flow.request.content) == call("run_sql", DELETE)
     record = await admin(tctx, "GET", f"/approvals/{approval}", DANA)
     assert (record.payload["state"], record.payload["decider"]) == ("approved", "dana")
+    # JSON columns as JSON, not strings inside JSON
+    assert record.payload["approvers"] == ["dba"]
+    assert record.payload["args_masked"] == DELETE
+    assert record.payload["channel"] == "api"
+    assert record.payload["decided_as"]["key"] == "dana"
+    assert record.payload["history"][0]["approvers"] == ["dba"]
 
 
 async def test_the_requester_and_non_approvers_cannot_decide(tctx):
@@ -86,7 +92,11 @@ async def test_the_requester_and_non_approvers_cannot_decide(tctx):
     assert own.status == 403 and "separation of duties" in own.payload["error"]
     other = await admin(tctx, "POST", f"/approvals/{approval}/approve", BOB, {})
     assert other.status == 404  # bob is no DBA: not even shown
-    assert (await admin(tctx, "GET", "/approvals", {"X-API-Key": "nope"})).status == 401
+    wrong_key = await admin(tctx, "GET", "/approvals", {"X-API-Key": "nope"})
+    assert wrong_key.status == 401  # as clear as the MCP endpoint's answer
+    assert wrong_key.payload["error"].startswith("unauthorized: unknown API key; authenticate")
+    no_key = await admin(tctx, "GET", "/approvals", {})
+    assert no_key.payload["error"].startswith("unauthorized: no credentials; authenticate")
     assert not sending.done()  # still waiting
     await admin(tctx, "POST", f"/approvals/{approval}/deny", DANA, {"reason": "no"})
     await asyncio.wait_for(sending, 10)
