@@ -101,6 +101,20 @@ async def test_cli_decides_through_the_gateway_as_the_tokens_identity(demo, gate
     assert (refused_bob["decider"], refused_bob["channel"]) == ("bob", "cli")
     assert json.loads(refused_bob["decided_as"])["qualified_by"] is None
     assert (refused_alice["decider"], refused_alice["channel"]) == ("alice", "cli")
+    with anyio.fail_after(15):  # the writer thread commits the call's rows within a moment
+        while True:
+            exported = cli("export", "--db", str(gw.db)).stdout.splitlines()
+            released = [
+                r
+                for r in map(json.loads, exported)
+                if r["approval_id"] == pending["approval_id"] and "approval" in (r["extra"] or {})
+            ]
+            if released:
+                break
+            await anyio.sleep(0.2)
+    released = released[0]
+    assert released["extra"]["approval"]["channel"] == "cli"
+    assert released["extra"]["approval"]["decided_as"]["qualified_by"] == "dba"  # an object
     shown = cli("approvals", "show", pending["approval_id"], "--db", str(gw.db)).stdout
     assert "approved by dana (ticket 42)  [via cli; API key dana; groups dba, engineering; " in (
         shown
