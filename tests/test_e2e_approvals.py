@@ -38,7 +38,8 @@ cli = holdgate_cli
 async def test_cli_decides_through_the_gateway_as_the_tokens_identity(demo, gateway_factory):
     """Issue 27: `--as alice` approved a DBA-only DELETE. Now the CLI decides through the
     admin API as its token's identity, checked against the rule's approvers."""
-    gw = start(gateway_factory, demo, admin=True)
+    # six CLI runs before the decision: time enough for them on a loaded machine
+    gw = start(gateway_factory, demo, timeout="120s", admin=True)
     gateway = f"http://{gw.admin}"
 
     def decide(verb: str, *args: str):

@@ -225,6 +225,7 @@ async def test_a_campaign_from_real_traffic_to_a_replayed_candidate(
     detail = json.loads(close_event["detail"])
     assert (detail["channel"], detail["undecided"], detail["forced"]) == ("cli", 0, False)
     assert detail["decided_as"]["via"] == "api_key"
+    assert detail["decided_as"]["qualified_by"] == "compliance"
     glass_item = next(i for i in campaign.items if i.item_id == own)
     assert glass_item.decided_how["channel"] == "break-glass"
     assert glass_item.decided_how["decided_as"]["groups"] is None

@@ -193,12 +193,14 @@ class CampaignsApi:
         if reviewer is None:
             return await self.callers.refusal(config, request)
         parts = [p for p in request.path.partition("?")[0].split("/") if p]
+        qualifying = sorted(set(reviewer.groups) & set(config.review.reviewers))
         how = {
             "channel": claimed_channel(request),
             "decided_as": {
                 **authenticated_as(reviewer, config),
                 "user": reviewer.user,
                 "groups": sorted(reviewer.groups),
+                "qualified_by": qualifying[0] if qualifying else None,
             },
         }
         store_now = self.core.store()

@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from mitmproxy import connection, ctx, http
+from mitmproxy import connection, ctx, hooks, http
 
 from holdgate import store
 from holdgate.addons.approval_core import forward_remaining
@@ -403,6 +403,7 @@ class ApprovalHolds:
             flow.error = None
         flow.intercept()
         publish(flow)
+        ctx.master.addons.trigger(hooks.UpdateHook([flow]))  # mitmweb shows it held again
         hold.settling = False
         logger.warning(
             "holdgate: mitmweb Resume/Abort on approval %s refused (%s); the call stays "
