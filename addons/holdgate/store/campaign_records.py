@@ -7,7 +7,7 @@ item's state is its latest `open|keep|revoke` row; rows are never updated.
 
 A decision must pass `certification_refusal`: the campaign is not closed, the reviewer is
 not the identity under review (separation of duties), the reviewer is in a reviewer group
-(unless `reviewer_groups=None`: the trusted host operator, the CLI's `--as`), and the item
+(unless `reviewer_groups=None`: break-glass, the CLI's `--break-glass --as`), and the item
 is still open. Re-certification within a campaign is refused: a decision is final, and a
 changed mind is a new campaign. A refused decision is recorded as a `refused_attempt` row
 and raised as a typed error, like a refused approval.

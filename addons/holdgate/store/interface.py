@@ -191,7 +191,7 @@ class Store(Protocol):
         how: Mapping[str, Any] | None = None,
     ) -> Item:
         """A reviewer's keep/revoke under the campaign rules (`reviewer_groups=None`: the
-        trusted host operator); a refusal is recorded (`note` after its reason) and raised
+        break-glass operator); a refusal is recorded (`note` after its reason) and raised
         as `CertificationRefused`. Reasons are kept to their first 2,000 characters.
         `how`: {channel, decided_as}, how the decision was made."""
 
