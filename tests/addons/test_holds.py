@@ -5,6 +5,7 @@ import asyncio
 import json
 
 import pytest
+from mitmproxy.flow import Error
 
 from helpers.configs import ALICE, BOB, DANA, identity
 from helpers.flows import UPSTREAM_URL, call, find, gateway, mcp_flow, response_json, send
@@ -177,3 +178,14 @@ async def test_a_mitmweb_button_without_a_permitted_operator_leaves_the_call_hel
         await admin(tctx, "POST", f"/approvals/{approval}/approve", DANA, {})
         await asyncio.wait_for(sending, 10)
         assert flow.response is None and not flow.intercepted
+
+
+async def test_a_flow_failing_while_held_is_never_the_operators_decision(tmp_path):
+    config = CONFIG.replace("{timeout}", "30s")
+    with gateway(tmp_path, config, holdgate_mitmweb_operator="dana") as tctx:
+        flow, sending, approval = await held(tctx)
+        flow.error = Error("connection closed")  # not mitmweb's Kill
+        await asyncio.wait_for(sending, 10)
+        record = await admin(tctx, "GET", f"/approvals/{approval}", DANA)
+        assert (record.payload["state"], record.payload["decider"]) == ("cancelled", None)
+        assert record.payload["reason"] == "the flow failed: connection closed"

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from mitmproxy import connection, ctx, hooks, http
+from mitmproxy.flow import Error
 
 from holdgate import store
 from holdgate.addons.approval_core import forward_remaining
@@ -328,9 +329,11 @@ class ApprovalHolds:
         button pressed in mitmweb (a person's decision, still to be checked), or a state
         the gateway observed."""
         flow = hold.flow
-        if flow.error is not None:
+        if flow.error is not None and flow.error.msg == Error.KILLED_MESSAGE:
             # mitmweb's Kill does not wake wait_for_resume (mitmproxy #8045): look instead.
             return ConsoleAction("denied", "flow killed in mitmweb")
+        if flow.error is not None:  # not a person's decision: never attributed to one
+            return "cancelled", None, f"the flow failed: {flow.error.msg}"
         if not flow.intercepted:
             return ConsoleAction("approved", "flow resumed in mitmweb")
         if hold.client_gone:
