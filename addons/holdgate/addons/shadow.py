@@ -30,6 +30,7 @@ from holdgate.policy.rules import Decision, Policy
 from holdgate.policy.shadow import (
     ROLE,
     SUMMARY,
+    ShadowAllowance,
     ShadowBudget,
     ShadowRateWindows,
     ShadowTally,
@@ -52,6 +53,7 @@ class ShadowPolicy:
         self.tally = ShadowTally()
         self.windows = ShadowRateWindows()
         self.budget_seconds = ShadowBudget().seconds
+        self.allowance = ShadowAllowance()
         # the Recorder's `note_config_version`, subscribed in `default_addons()`
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
         self._mtime: tuple[float, int] | None = None
@@ -106,10 +108,10 @@ class ShadowPolicy:
         candidate = self.candidate
         if candidate is None:
             return None
-        if budget.exhausted:
+        started = time.perf_counter()
+        if budget.exhausted or not self.allowance.available(started):
             self.tally.skipped += 1
             return None
-        started = time.perf_counter()
         try:
             decision = self._limited(deciding(candidate.policy), user)
         # Whatever the candidate raises is its own failure, never the call's: counted by
@@ -118,7 +120,9 @@ class ShadowPolicy:
             self.tally.failed(exc)
             return None
         finally:
-            budget.spent += time.perf_counter() - started
+            spent = time.perf_counter() - started
+            budget.spent += spent
+            self.allowance.spend(spent)
         kind = difference_kind(active, decision)
         self.tally.decided(decision, kind)
         return None if kind is None else shadow_record(decision, candidate.digest, kind)

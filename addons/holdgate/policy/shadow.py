@@ -25,6 +25,11 @@ KINDS: tuple[Kind, ...] = ("loosen", "tighten", "rule-only")  # the order a repo
 STRICTNESS: dict[Action, int] = {"allow": 0, "approve": 1, "deny": 2}
 # The most time the candidate may take on one request's messages; the rest are skipped.
 BUDGET_SECONDS = 0.002
+# The share of the event loop's time the candidate may take overall, and how much of it
+# may be spent at once: a candidate slower than the budget on every call is then
+# evaluated on some calls only (the rest skipped and counted), never on all of them.
+SHARE = 0.1
+BURST_SECONDS = 0.1
 # Rate-limit windows the candidate keeps per process; the oldest go first beyond it.
 MAX_WINDOWS = 100_000
 
@@ -83,6 +88,26 @@ class ShadowBudget:
     @property
     def exhausted(self) -> bool:
         return self.spent >= self.seconds
+
+
+@dataclass
+class ShadowAllowance:
+    """The candidate's time over all requests: a bucket of seconds refilled at `share` of
+    the clock's and holding at most `burst`. Evaluations spend it; an empty bucket skips."""
+
+    share: float = SHARE
+    burst: float = BURST_SECONDS
+    left: float = BURST_SECONDS
+    at: float | None = None
+
+    def available(self, now: float) -> bool:
+        if self.at is not None:
+            self.left = min(self.burst, self.left + (now - self.at) * self.share)
+        self.at = now
+        return self.left > 0
+
+    def spend(self, seconds: float) -> None:
+        self.left -= seconds
 
 
 @dataclass

@@ -7,6 +7,7 @@ import pytest
 
 from holdgate.policy.rules import Decision
 from holdgate.policy.shadow import (
+    ShadowAllowance,
     ShadowRateWindows,
     ShadowTally,
     difference_kind,
@@ -140,3 +141,12 @@ def test_report_groups_by_rule_pair_with_loosening_first_and_sums_coverage():
 def test_report_of_no_rows_says_so():
     text = render_text(build_report([], []))
     assert "no differences" in text and "no summary rows" in text
+
+
+def test_allowance_refills_at_its_share_of_the_clock_up_to_its_burst():
+    allowance = ShadowAllowance(share=0.1, burst=0.05, left=0.05)
+    assert allowance.available(0.0)
+    allowance.spend(0.08)  # one slow evaluation overdraws it
+    assert not allowance.available(0.2)  # -0.03 + 0.02
+    assert allowance.available(0.4)  # -0.03 + 0.04
+    assert allowance.available(100.0) and allowance.left == 0.05  # never beyond the burst
