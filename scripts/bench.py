@@ -30,9 +30,9 @@ Scenarios (all on loopback; every process is started and stopped here):
   tracing  c16 req/s, p50 and CPU per request with tracing off and on (every span exported
            over OTLP/HTTP to a local sink that accepts them), interleaved round by round
   shadow   the shadow policy's cost: c16 req/s, p50 and CPU per request with no candidate,
-           a candidate of 100 tool-name rules, one of 100 argument rules and one that
-           differs on every call, interleaved round by round; and in-process, the
-           candidate's own decision time per call
+           candidates with 10 more tool-name rules, 10 or 100 more argument rules, and one
+           that differs on every call, interleaved round by round; the candidate's own
+           decision time per call (in-process) and the calls it evaluated and skipped
   masking  in-process masking MB/s on 1 MB and 10 MB tool results, PII-dense and clean, and
            the per-event cost of masking a stream of 1 KB SSE events
   policy   decision time for 10, 100 and 1,000 tool-name and argument rules
@@ -1160,24 +1160,45 @@ def scenario_tracing(quick: bool) -> dict:
 
 
 def shadow_candidates(upstream_url: str, jwks: Path) -> dict[str, str]:
-    """Candidate configs for the shadow scenario: each decides the bench call after rules
-    that must all be checked (the caller's group matches them, the tool or argument not)."""
-    tool_rules = "".join(
-        f"  - name: shadow tool {i}\n    match: {{groups: [bench], tool: [other_{i}_*]}}\n"
-        "    action: deny\n"
-        for i in range(100)
-    )
-    arg_rules = "".join(
-        f"  - name: shadow args {i}\n    match: {{groups: [bench], tool: get_customer, "
-        f"args: {{'$.customer_id': {{equals: {i + 2}}}}}}}\n    action: deny\n"
-        for i in range(100)
-    )
+    """Candidate configs for the shadow scenario: the bench config with N more rules ahead
+    of the one that decides the bench call, each of which must be checked (the caller's
+    group matches it, its tool glob or argument condition does not); and one that denies
+    every bench call (every row then carries `extra.shadow`)."""
+
+    def tool_rules(n: int) -> str:
+        return "".join(
+            f"  - name: shadow tool {i}\n    match: {{groups: [bench], tool: [other_{i}_*]}}\n"
+            "    action: deny\n"
+            for i in range(n)
+        )
+
+    def arg_rules(n: int) -> str:
+        return "".join(
+            f"  - name: shadow args {i}\n    match: {{groups: [bench], tool: get_customer, "
+            f"args: {{'$.customer_id': {{equals: {i + 2}}}}}}}\n    action: deny\n"
+            for i in range(n)
+        )
+
     differs = "  - name: shadow denies\n    match: {tool: get_customer}\n    action: deny\n"
     return {
-        "100 tool-name rules": gateway_config(upstream_url, jwks, tool_rules),
-        "100 argument rules": gateway_config(upstream_url, jwks, arg_rules),
+        "10 tool-name rules": gateway_config(upstream_url, jwks, tool_rules(10)),
+        "10 argument rules": gateway_config(upstream_url, jwks, arg_rules(10)),
+        "100 argument rules": gateway_config(upstream_url, jwks, arg_rules(100)),
         "differs on every call": gateway_config(upstream_url, jwks, differs),
     }
+
+
+def shadow_counts(db: Path) -> dict[str, int]:
+    """The candidate's summary rows summed: evaluated, changed, skipped, errors."""
+    counts = dict.fromkeys(("evaluated", "changed", "skipped", "errors"), 0)
+    with sqlite3.connect(db) as conn:
+        for (detail,) in conn.execute(
+            "SELECT detail FROM config_versions WHERE role = 'candidate' AND outcome = 'summary'"
+        ):
+            summary = json.loads(detail)
+            for key in counts:
+                counts[key] += summary[key]
+    return counts
 
 
 def scenario_shadow(quick: bool) -> dict:
@@ -1195,6 +1216,7 @@ def scenario_shadow(quick: bool) -> dict:
             path.write_text(text)
             gateways[name] = Proxy(tmp, up, config, f"holdgate_shadow={path}")
         runs: dict[str, list[dict]] = {name: [] for name in gateways}
+        counts: dict[str, dict[str, int]] = {}
         try:
             for gateway in gateways.values():
                 drive(gateway.port, 16, 160, 10, auth)
@@ -1207,14 +1229,18 @@ def scenario_shadow(quick: bool) -> dict:
                     )
                     runs[name].append(run)
         finally:
-            for gateway in gateways.values():
-                gateway.stop()
+            for name, gateway in gateways.items():
+                gateway.stop()  # writes the candidate's last summary row
+                if name != "no candidate":
+                    counts[name] = shadow_counts(gateway.db)
     summary: dict = {name: median_runs(r) for name, r in runs.items()}
     base = summary["no candidate"]
     rows = []
     for name, result in runs_summary(summary):
         result["rps_change"] = result["rps"] / base["rps"] - 1
         result["decision_us"] = decision_us.get(name)
+        result["candidate"] = counts.get(name)
+        seen = counts.get(name)
         rows.append(
             [
                 name,
@@ -1222,13 +1248,14 @@ def scenario_shadow(quick: bool) -> dict:
                 f"{result['rps_change']:+.1%}",
                 result["p50_ms"],
                 result["cpu_ms_per_request"],
-                "" if result["decision_us"] is None else f"{result['decision_us']:.1f}",
+                "" if name not in decision_us else f"{decision_us[name]:.0f}",
+                "" if seen is None else f"{seen['evaluated']}/{seen['skipped']}",
             ]
         )
     table(
         "shadow: tools/call at concurrency 16 with a candidate decided beside the policy",
         rows,
-        ["candidate", "req/s", "change", "p50 ms", "cpu ms/req", "its decision µs"],
+        ["candidate", "req/s", "change", "p50 ms", "cpu ms/req", "decision µs", "evaluated/skip"],
     )
     return summary
 

@@ -8,6 +8,7 @@ import json
 import logging
 
 import pytest
+from mitmproxy import exceptions
 
 from helpers.configs import ALICE, identity
 from helpers.flows import (
@@ -120,3 +121,19 @@ async def test_messages_beyond_the_budget_are_skipped_and_counted(tctx, tmp_path
         tmp_path, "SELECT detail FROM config_versions WHERE outcome = 'summary'"
     )
     assert json.loads(summary["detail"])["skipped"] == 2
+
+
+async def test_a_broken_candidate_set_while_running_is_refused_and_the_last_one_kept(
+    tctx, tmp_path
+):
+    shadow = find(tctx, ShadowPolicy)
+    kept = shadow.candidate
+    broken = write_config(tmp_path, CANDIDATE.replace("action: deny", "action: nope"), "b.yaml")
+    with pytest.raises(exceptions.OptionsError, match=r"holdgate_shadow: .*b\.yaml:\d+"):
+        tctx.options.update(holdgate_shadow=broken)
+    assert shadow.candidate is not None and shadow.candidate.digest == kept.digest
+    flow = await send(tctx, mcp_flow(call("get_customer", {"id": 1}), ALICE))
+    assert "shadow tighten" in flow.comment
+    tctx.options.update(holdgate_shadow="")  # off: nothing decided beside
+    flow = await send(tctx, mcp_flow(call("get_customer", {"id": 1}), ALICE))
+    assert "shadow" not in flow.comment and shadow.candidate is None

@@ -74,16 +74,18 @@ class ShadowPolicy:
         if "holdgate_shadow" not in updated:
             return
         path = ctx.options.holdgate_shadow
-        self._mtime = file_stamp(path) if path else None
         if not path:
+            self.write_summary()
             self.candidate = None
             return
+        # At start a candidate that cannot load stops the gateway, as a broken config does;
+        # set later (mitmweb's options), mitmproxy keeps the option and candidate it had.
         try:
             fresh = load_config(path, secrets=False)
         except ConfigError as exc:
-            self.candidate = None
             raise exceptions.OptionsError(f"holdgate_shadow: {exc.report()}") from None
-        self._put_in_place(fresh, "loaded", "loaded at start")
+        self._mtime = file_stamp(path)
+        self._put_in_place(fresh, "loaded", f"holdgate_shadow set to {path}")
 
     def running(self) -> None:
         loop = asyncio.get_running_loop()
