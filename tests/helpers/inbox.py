@@ -75,6 +75,7 @@ class AuthProxy:
     groups_header: str = "X-Admin-Groups"
     port: int = field(default_factory=free_port)
     posts: list[tuple[str, dict[str, str]]] = field(default_factory=list)
+    own_pages: dict[str, str] = field(default_factory=dict)  # path: HTML the proxy serves
     _server: ThreadingHTTPServer | None = None
 
     @property
@@ -86,6 +87,14 @@ class AuthProxy:
 
         class Handler(BaseHTTPRequestHandler):
             def _forward(self) -> None:
+                if self.command == "GET" and self.path in proxy.own_pages:
+                    own = proxy.own_pages[self.path].encode()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/html; charset=utf-8")
+                    self.send_header("Content-Length", str(len(own)))
+                    self.end_headers()
+                    self.wfile.write(own)
+                    return
                 length = int(self.headers.get("Content-Length", 0) or 0)
                 body = self.rfile.read(length) if length else None
                 headers = {
