@@ -17,7 +17,7 @@ import urllib.request
 from typing import Any
 from urllib.parse import urlsplit
 
-from holdgate.approvals.webhook_config import WebhookFormat
+from holdgate.config.webhook_config import WebhookFormat
 
 logger = logging.getLogger("holdgate")
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import unquote, urlsplit
 
-from holdgate.approvals.webhook_config import WebhookConfig, parse_webhook
 from holdgate.config.checkpoints_config import CheckpointsConfig, parse_checkpoints
+from holdgate.config.webhook_config import WebhookConfig, parse_webhook
 from holdgate.configfile import (
     ConfigError,
     ConfigErrors,
