@@ -184,5 +184,14 @@ async def test_the_inbox_needs_a_person(demo, gateway_factory):
     assert answer.headers["cache-control"] == "no-store"
     wrong = page(gw.admin, {"X-API-Key": "not-a-key"})
     assert wrong.status == 401 and "not-a-key" not in wrong.body
+    malformed = request(
+        gw.admin,
+        "POST",
+        "/inbox/abc",
+        {**DANA, "Sec-Fetch-Site": "same-origin", "Content-Type": "application/json"},
+        b'{"decision": "approve"}',
+    )
+    assert malformed.status == 400 and "expected a form post" in malformed.body
+    assert request(gw.admin, "POST", "/inbox", DANA, b"").status == 405
     assert request(gw.admin, "GET", "/inbox/a/b", DANA).status == 404
     assert request(gw.admin, "GET", "/inbox/abc", DANA).headers["location"] == "../inbox#abc"

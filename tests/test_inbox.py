@@ -100,6 +100,7 @@ def test_a_post_from_the_inbox_itself_passes(headers):
     [
         ({"sec-fetch-site": ["cross-site"], "origin": ["https://evil.example"]}, "another site"),
         ({"sec-fetch-site": ["same-site"]}, "another site"),
+        ({"sec-fetch-site": ["evil\u202e<b>"]}, "(Sec-Fetch-Site: an unknown value)"),
         ({"origin": ["https://evil.example"], "host": ["127.0.0.1:8181"]}, "another origin"),
         ({"origin": ["null"], "host": ["127.0.0.1:8181"]}, "names no origin"),
         ({"host": ["127.0.0.1:8181"]}, "names no origin"),

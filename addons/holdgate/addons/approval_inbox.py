@@ -100,14 +100,16 @@ class ApprovalInbox:
     async def _decide(
         self, config: GatewayConfig, viewer: inbox.Viewer, approval_id: str, request: AdminRequest
     ) -> AdminResponse:
+        problem = inbox.cross_origin_problem(request.headers, config.approvals.public_url)
+        if problem is not None:
+            await self._record_refusal(viewer, approval_id, "a decision", problem)
+            return _problem(403, "Refused", f"Nothing was decided: {problem}.")
         content_type = request.headers.get("content-type", [None])[0]
         try:
             form = inbox.parse_decision_form(content_type, request.body)
         except inbox.FormError as exc:
             return _problem(400, "The form could not be read", f"{exc}.")
-        problem = inbox.cross_origin_problem(request.headers, config.approvals.public_url)
-        if problem is None:
-            problem = inbox.csrf_problem(self.core.key(config), viewer, form.csrf, time.time())
+        problem = inbox.csrf_problem(self.core.key(config), viewer, form.csrf, time.time())
         if problem is not None:
             await self._record_refusal(viewer, approval_id, form.decision, problem)
             return _problem(403, "Refused", f"Nothing was decided: {problem}.")

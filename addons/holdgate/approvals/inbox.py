@@ -36,6 +36,7 @@ MAX_REASON = 1000
 MAX_OWN_REQUESTS = 50
 APPROVAL_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 DECISIONS = {"approve": "approved", "deny": "denied"}
+FETCH_SITES = ("cross-site", "same-site", "same-origin", "none")  # echoed only from this list
 
 _STYLE = (
     "body{font:15px/1.45 system-ui,sans-serif;margin:2rem auto;max-width:60rem;padding:0 1rem;"
@@ -134,7 +135,8 @@ def cross_origin_problem(
     if fetch_site is not None:
         if fetch_site == "same-origin":
             return None
-        return f"the browser says the form came from another site (Sec-Fetch-Site: {fetch_site})"
+        said = fetch_site if fetch_site in FETCH_SITES else "an unknown value"
+        return f"the browser says the form came from another site (Sec-Fetch-Site: {said})"
     origin = _one(headers, "origin")
     if origin is None or origin == "null":
         return (
