@@ -46,7 +46,7 @@ _STYLE = (
     "dl{display:grid;grid-template-columns:max-content 1fr;gap:.2rem 1rem;margin:.5rem 0}"
     "dt{font-weight:600}dd{margin:0}"
     "pre{background:#f4f4f4;padding:.6rem;overflow:auto;white-space:pre-wrap}"
-    "textarea{width:100%;min-height:3rem}"
+    "textarea{width:100%;box-sizing:border-box;min-height:3rem}"
     "button{margin:.5rem .5rem 0 0;padding:.3rem 1rem}"
     "table{border-collapse:collapse;width:100%}td,th{border-bottom:1px solid #ddd;"
     "padding:.3rem;text-align:left;vertical-align:top}"
