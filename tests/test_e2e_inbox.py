@@ -6,6 +6,7 @@ recorded, and the call stays held."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 
@@ -195,3 +196,24 @@ async def test_the_inbox_needs_a_person(demo, gateway_factory):
     assert request(gw.admin, "POST", "/inbox", DANA, b"").status == 405
     assert request(gw.admin, "GET", "/inbox/a/b", DANA).status == 404
     assert request(gw.admin, "GET", "/inbox/abc", DANA).headers["location"] == "../inbox#abc"
+
+
+async def test_a_flood_of_forged_posts_is_recorded_within_a_budget(demo, gateway_factory):
+    gw = start(gateway_factory, demo)
+    async with connect(gw.url + "/mcp", ALICE) as client, anyio.create_task_group() as tg:
+
+        async def call():
+            with contextlib.suppress(MCPError):  # denied at the end
+                await client.call_tool("run_sql", DELETE)
+
+        tg.start_soon(call)
+        pending = await wait_for_pending(gw.db)
+        approval_id = pending["approval_id"]
+        for _ in range(15):
+            assert post(gw.admin, approval_id, BOB, {"decision": "approve"}).status == 403
+        refused = [r for r in history(gw, approval_id) if r["state"] == "refused_attempt"]
+        assert len(refused) == 10  # ten a minute per person; the rest counted, logged
+        assert gw.log_text().count(f"inbox post by bob on approval {approval_id} refused") == 15
+        token = csrf_of(page(gw.admin, DANA).body)
+        post(gw.admin, approval_id, DANA, {"csrf": token, "decision": "deny"})
+    assert oneshot.approval(gw.db, approval_id)["state"] == "denied"
