@@ -26,16 +26,17 @@ Telemetry to the ConfigLoader's loads, the Recorder to the ShadowPolicy's too; R
 ToolPinning, Checkpointer and Feeds to the AuditStore's opening (so no one depends on
 configuring after it); Telemetry to its committed rows, Replicas to its `before_close`,
 Checkpointer and Feeds to its `after_shutdown`. The AdminApi owns the admin listener
-(`holdgate_admin`), opened once a previous run's holds are closed; the approvals API,
-campaigns and Telemetry's `/metrics` register their routes on it here. A stage that
-raises in a flow hook gets the flow refused by the Pipeline. `flowstate` is the glue they
-share (per-flow state, refusals, failing closed); it is not an addon.
+(`holdgate_admin`), opened once a previous run's holds are closed; the approvals API, the
+approval inbox, campaigns and Telemetry's `/metrics` register their routes on it here. A
+stage that raises in a flow hook gets the flow refused by the Pipeline. `flowstate` is the
+glue they share (per-flow state, refusals, failing closed); it is not an addon.
 """
 
 from __future__ import annotations
 
 from holdgate.addons.admin_api import AdminApi
 from holdgate.addons.approval_core import ApprovalCore, LegacyPlaceholders
+from holdgate.addons.approval_inbox import ApprovalInbox
 from holdgate.addons.approvals_api import ApprovalsApi, CampaignsApi
 from holdgate.addons.audit_store import AuditStore
 from holdgate.addons.authentication import Authentication
@@ -99,6 +100,7 @@ def default_addons() -> list[object]:
     audit.after_shutdown.extend([checkpointer.shut_down, feeds.shut_down])  # the last rows
     admin.serve_after(approvals.started)  # once a previous run's holds are closed
     admin.route("/approvals/*", ApprovalsApi(loader, approvals, holds, admin.callers).handle)
+    admin.route("/inbox/*", ApprovalInbox(loader, approvals, holds, admin.callers).handle)
     admin.route("/campaigns/*", CampaignsApi(loader, approvals, admin.callers).handle)
     admin.route("/metrics", telemetry.handle_metrics)
     return [

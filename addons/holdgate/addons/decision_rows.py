@@ -192,7 +192,7 @@ class DecisionRows:
                 or "pass",
                 rule=decision.rule if decision is not None else None,
                 reason=(decision.reason if decision is not None else None)
-                or (refused.message if refused is not None else None),
+                or (refused.recorded if refused is not None else None),
                 approval_id=decided.approval_id if decided is not None else None,
                 args_digest=_digest(self.audit.key(config), arguments, strict),
                 args_masked=(
@@ -347,6 +347,8 @@ def extra_of(st: FlowState) -> dict[str, Any]:
             "code": st.refused.code,
             "message": st.refused.message,
         }
+        if st.refused.detail:
+            extra["refused"]["detail"] = st.refused.detail
     return extra
 
 

@@ -34,20 +34,31 @@ RECORDED_STREAM_BYTES = 1024 * 1024
 
 @dataclass(frozen=True)
 class Refusal:
-    """The gateway answered the client itself: what it said, and why (`kind`)."""
+    """The gateway answered the client itself: what it said, and why (`kind`). `detail`
+    is what the record says beyond the client's `message` (the operator's view: an
+    upstream's address, the network error), never sent to the client."""
 
     status: int
     code: int | None
     message: str
     kind: str
+    detail: str | None = None
+
+    @property
+    def recorded(self) -> str:
+        """The reason the record keeps."""
+        return self.detail or self.message
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "status": self.status,
             "code": self.code,
             "message": self.message,
             "kind": self.kind,
         }
+        if self.detail:
+            out["detail"] = self.detail
+        return out
 
 
 @dataclass
@@ -263,7 +274,7 @@ def annotate(flow: http.HTTPFlow) -> None:
         for d in st.decided
     ]
     if st.refused is not None:
-        parts.append(f"refused ({st.refused.kind}): {st.refused.message}")
+        parts.append(f"refused ({st.refused.kind}): {st.refused.recorded}")
     if st.masked:
         parts.append("masked: " + ", ".join(f"{k}={v}" for k, v in st.masked.items()))
     shadowed = [d for d in st.decided if d.shadow is not None]
