@@ -21,6 +21,7 @@ from mcp import MCPError
 from helpers.clients import connect
 from helpers.configs import ALICE, identity
 from helpers.processes import holdgate_cli, stop
+from helpers.recordings import read_every_file
 
 pytestmark = pytest.mark.anyio
 
@@ -159,6 +160,12 @@ async def test_the_candidate_is_recorded_beside_the_policy_in_force_and_reported
         "config": digest,
         "kind": "loosen",
     }
+    assert EMAIL not in gw.log_text()  # nor is any argument in the gateway's log
+    # mitmweb (and the recording) shows the difference on the flow
+    recorded = [f for flows in read_every_file(gw.recordings).values() for f in flows]
+    (shown,) = [f for f in recorded if "exec_shell" in (f.comment or "")]
+    assert shown.marked == ":crystal_ball:"
+    assert "shadow loosen: exec_shell would be allow by 'support runs shell'" in shown.comment
     # The candidate's limit never counted in the shared table the policy in force uses.
     assert rows(gw.db, "SELECT * FROM rate_counters") == []
 
