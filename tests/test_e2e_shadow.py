@@ -190,6 +190,7 @@ async def test_the_candidate_is_recorded_beside_the_policy_in_force_and_reported
         ("tighten", "support reads customers", "no searches by email"),
         ("tighten", "support reads customers", "support reads customers"),
     ]
+    assert found["differences"][0]["configs"] == [digest]
     loosened = found["differences"][0]["calls"]
     assert [(c["user"], c["tool"], c["arguments"]) for c in loosened] == [
         ("alice", "exec_shell", {"command": "id"})
@@ -203,7 +204,10 @@ async def test_the_candidate_is_recorded_beside_the_policy_in_force_and_reported
 
     gate = holdgate_cli("shadow", "report", "--store", str(gw.db), "--fail-on-loosen")
     assert gate.returncode == 1
-    assert "LOOSEN  deny by 'no shell' -> allow by 'support runs shell'" in gate.stdout
+    assert (
+        "LOOSEN  deny by 'no shell' -> allow by 'support runs shell'  (1 call; "
+        f"candidate {digest[:12]})"
+    ) in gate.stdout
     assert "loosens 1 call(s)" in gate.stderr
 
 

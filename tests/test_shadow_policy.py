@@ -127,6 +127,7 @@ def test_report_groups_by_rule_pair_with_loosening_first_and_sums_coverage():
         ("tighten", "sql", "no sql", 2),
     ]
     assert report.pairs[1].calls[0].arguments == {"query": "DROP TABLE [masked]"}
+    assert report.to_json()["differences"][1]["configs"] == ["c1"]
     assert report.loosened == 1
     (coverage,) = report.coverage
     assert coverage.counts["evaluated"] == 4 and coverage.counts["same"] == 1

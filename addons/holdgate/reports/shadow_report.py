@@ -51,12 +51,14 @@ class RulePair:
     candidate_action: str
     candidate_rule: str
     calls: list[ShadowCall] = field(default_factory=list)
+    configs: dict[str, None] = field(default_factory=dict)  # the candidates' hashes, in order
 
     def to_json(self) -> dict[str, Any]:
         return {
             "kind": self.kind,
             "active": {"action": self.active_action, "rule": self.active_rule},
             "candidate": {"action": self.candidate_action, "rule": self.candidate_rule},
+            "configs": list(self.configs),
             "count": len(self.calls),
             "calls": [c.to_json() for c in self.calls],
         }
@@ -122,6 +124,7 @@ def build_report(
         pair = pairs.get(key)
         if pair is None:
             pair = pairs[key] = RulePair(*key)
+        pair.configs[str(shadow.get("config"))] = None
         pair.calls.append(
             ShadowCall(
                 int(row["seq"]),
@@ -189,9 +192,11 @@ def render_text(report: ShadowReport) -> str:
     if not report.pairs:
         lines.append("no differences: the candidate decided every call as the policy in force")
     for pair in report.pairs:
+        configs = ", ".join(config[:12] for config in pair.configs)
         lines.append(
             f"{pair.kind.upper()}  {pair.active_action} by {pair.active_rule!r} -> "
-            f"{pair.candidate_action} by {pair.candidate_rule!r}  ({len(pair.calls)} calls)"
+            f"{pair.candidate_action} by {pair.candidate_rule!r}  "
+            f"({len(pair.calls)} call{'' if len(pair.calls) == 1 else 's'}; candidate {configs})"
         )
         for call in pair.calls:
             arguments = json.dumps(call.arguments, ensure_ascii=False)
