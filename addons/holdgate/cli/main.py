@@ -63,8 +63,7 @@ COMMANDS = {
     ),
     "shadow": LazyCommand(
         "holdgate.cli.shadow_cli:shadow",
-        "The shadow policy: a candidate config decided beside the one in force, never "
-        "enforced.",
+        "The shadow policy: a candidate config decided beside the one in force, never enforced.",
     ),
     "tools": LazyCommand(
         "holdgate.cli.tools_cli:tools",
