@@ -163,6 +163,8 @@ class DecisionRows:
                 extra["args_findings"] = masked_args.findings  # replay must know
             if decided is not None and decided.approval is not None:
                 extra["approval"] = decided.approval  # how a held call was released
+            if decided is not None and decided.shadow is not None:
+                extra["shadow"] = decided.shadow  # where the shadow policy differs
             if traces:
                 extra["trace"] = traces[index]  # the gateway's span: the trace joins this row
             task = st.task_requests.get(json.dumps(message.id)) if message is not None else None

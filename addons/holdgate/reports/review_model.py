@@ -31,6 +31,7 @@ LIST_KINDS = {
     "resources/list": ("resource", "resources", "uri"),
 }
 LOADED = ("loaded", "reloaded")  # config_versions outcomes that put a config in force
+ACTIVE_ROLES = (None, "active")  # config_versions roles of the config in force (not a shadow)
 FIRST_PIN = "first-seen"
 
 Target = tuple[str, str, str]  # (upstream, kind, name)
@@ -321,6 +322,8 @@ def _config_findings(rows: Iterable[Mapping[str, Any]], header: Header) -> list[
     out = []
     previous: str | None = None
     for row in rows:
+        if row.get("role") not in ACTIVE_ROLES:
+            continue  # a shadow policy's load or summary changed nothing in force
         if row.get("outcome") not in LOADED:
             if _in_period(row.get("ts"), header):
                 out.append(
@@ -354,7 +357,7 @@ def versions_in_force(
 ) -> list[dict[str, Any]]:
     """The config versions in force at some time in [start, end): the last one put in force
     before `start`, then each one put in force in the period."""
-    loaded = [r for r in rows if r.get("outcome") in LOADED]
+    loaded = [r for r in rows if r.get("outcome") in LOADED and r.get("role") in ACTIVE_ROLES]
     before = [r for r in loaded if r["ts"] < start]
     during = [r for r in loaded if start <= r["ts"] < end]
     return [
