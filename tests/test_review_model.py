@@ -297,7 +297,9 @@ def test_caller_text_in_the_markdown_report_is_inert(evil: str) -> None:
 
 def test_a_suggestion_with_backticks_and_newlines_stays_inside_its_yaml_block() -> None:
     evil = "x\n```\n![pixel](http://127.0.0.1:9/t.png)\n```"
-    review = model([call("alice", evil, "allow", "support")])
+    config = CONFIG.replace("search_customers, run_sql]", 'search_customers, run_sql, "x*"]')
+    inputs = Inputs([call("alice", evil, "allow", "support")])
+    review = build_review(inputs, parse_config_text(config).policy, HEADER)
     page = rendered_markdown(review)
     assert "<img" not in page
     (block,) = [b for b in page.split("<pre") if 'lang="yaml"' in b[:40]]

@@ -13,13 +13,14 @@ approval denied, expired or cancelled. They are counted apart and drawn apart.
 from __future__ import annotations
 
 import json
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from holdgate.policy.policytest import build_message, caller_for
 from holdgate.policy.rules import Policy
+from holdgate.reports.least_privilege import Use, suggest, suggestion_yaml
 from holdgate.store.campaign_records import Campaign, ItemSpec
 
 CALL_KINDS = {"tools/call": "tool", "resources/read": "resource", "prompts/get": "prompt"}
@@ -105,6 +106,8 @@ class IdentityReview:
     sessions: set[str] = field(default_factory=set)
     clients: set[str] = field(default_factory=set)  # self-reported: evidence, not identity
     days: Counter[str] = field(default_factory=Counter)  # YYYY-MM-DD -> uses
+    grants_used: set[Use] = field(default_factory=set)  # each used target and its rule
+    suggested: list[dict[str, Any]] = field(default_factory=list)  # `least_privilege.suggest`
 
     @property
     def unused(self) -> list[Target]:
@@ -115,20 +118,9 @@ class IdentityReview:
         return sum(d.count for d in self.denials.values())
 
     def suggestion(self) -> str:
-        """The narrowest rules that would have allowed exactly what this identity used."""
-        grouped: dict[tuple[str, str], list[str]] = defaultdict(list)
-        for upstream, kind, name in sorted(self.used):
-            grouped[(upstream, kind)].append(name)
-        lines = []
-        for (upstream, kind), names in grouped.items():
-            where = f", upstream: {json.dumps(upstream)}" if upstream else ""
-            user = json.dumps(self.user)
-            lines += [
-                f"- name: {json.dumps(f'{self.user} {kind}s on {upstream or "any upstream"}')}",
-                f"  match: {{users: [{user}]{where}, {kind}: {json.dumps(names)}}}",
-                "  action: allow",
-            ]
-        return "\n".join(lines) or "# nothing used: remove every grant"
+        """The narrowest rules that grant what this identity used, as the policy in force
+        grants it (`least_privilege`): YAML to paste under `rules:`."""
+        return suggestion_yaml(self.user, self.suggested)
 
 
 @dataclass(frozen=True)
@@ -246,6 +238,7 @@ def build_review(inputs: Inputs, policy: Policy, header: Header) -> Review:
             decision = policy.evaluate(caller, upstream, message)
             if decision.action != "deny":
                 person.granted[(upstream, kind, name)] = decision.rule
+        person.suggested = suggest(person.user, person.groups, person.grants_used, policy)
     exceptions += _pin_findings(inputs.tool_pins, header)
     exceptions += _config_findings(inputs.config_versions, header)
     exceptions += [
@@ -285,6 +278,7 @@ def _count_call(
             decision, reason = "deny", f"approval {approval.get('state')}: {reason}".strip(": ")
     if decision == "allow":
         person.used.setdefault(target, Usage()).add(row["ts"], row.get("session_id"))
+        person.grants_used.add(Use(target, rule))
         person.days[row["ts"][:10]] += 1
         return
     denial = person.denials.setdefault((rule, reason, target), Denial(rule, reason, target))

@@ -186,7 +186,10 @@ def _identity_markdown(p: IdentityReview) -> list[str]:
             "**Unused grants** (granted, never used): "
             + ", ".join(md(target_name(t), cell=False) for t in p.unused),
         ]
-    out += ["", "Least-privilege suggestion:", "", "```yaml", p.suggestion(), "```"]
+    suggestion = p.suggestion()
+    # a fence longer than any run of backticks in the block: nothing in it can close it
+    fence = "`" * max(3, 1 + max((len(r) for r in _BACKTICKS.findall(suggestion)), default=0))
+    out += ["", "Least-privilege suggestion:", "", f"{fence}yaml", suggestion, fence]
     return out
 
 
@@ -279,6 +282,7 @@ def review_json(review: Review) -> dict[str, Any]:
                     {"upstream": t[0], "kind": t[1], "target": t[2]} for t in p.unused
                 ],
                 "suggestion": p.suggestion(),
+                "suggested_rules": p.suggested,
             }
             for p in review.identities
         ],
