@@ -100,6 +100,17 @@ def test_exceptions_name_anonymous_calls_missing_approvals_tool_changes_and_conf
                 "state": "approved",
                 "decider": "dana",
                 "reason": "ticket 7",
+                "approvers": '["dba"]',
+                "channel": "api",  # an authenticated approver's decision: no exception
+                "decided_as": json.dumps(
+                    {
+                        "via": "api_key",
+                        "key": "dana",
+                        "user": "dana",
+                        "groups": ["dba"],
+                        "qualified_by": "dba",
+                    }
+                ),
             }
         ],
         pins=[

@@ -16,10 +16,17 @@ import json
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from holdgate.policy.policytest import build_message, caller_for
 from holdgate.policy.rules import Policy
+from holdgate.reports.decision_findings import (
+    Deciders,
+    Finding,
+    approval_findings,
+    campaign_findings,
+)
 from holdgate.reports.least_privilege import Use, suggest, suggestion_yaml
 from holdgate.store.campaign_records import Campaign, ItemSpec
 
@@ -82,16 +89,6 @@ class ApprovalLine:
     decider: str | None
     decided_at: str | None
     reason: str | None
-
-
-@dataclass(frozen=True)
-class Finding:
-    """One exception: something the auditor must look at before the per-identity pages."""
-
-    kind: str  # no-identity | no-approval-record | tool-changed | config-changed | evidence
-    ts: str
-    subject: str
-    detail: str
 
 
 @dataclass
@@ -162,14 +159,18 @@ class Inputs:
     sessions: Sequence[Mapping[str, Any]] = ()
     tool_pins: Sequence[Mapping[str, Any]] = ()
     config_versions: Sequence[Mapping[str, Any]] = ()
+    campaigns: Sequence[Campaign] = ()
 
 
 def _in_period(ts: str | None, header: Header) -> bool:
     return ts is not None and header.period_start <= ts < header.period_end
 
 
-def build_review(inputs: Inputs, policy: Policy, header: Header) -> Review:
-    """The review of the period in `header`: `inputs.events` should already be that period's."""
+def build_review(
+    inputs: Inputs, policy: Policy, header: Header, deciders: Deciders | None = None
+) -> Review:
+    """The review of the period in `header`: `inputs.events` should already be that period's.
+    `deciders` (the config's reviewer groups and API keys' groups) tell reviewers apart."""
     people: dict[str, IdentityReview] = {}
     seen: set[Target] = set()
     exceptions: list[Finding] = []
@@ -241,6 +242,12 @@ def build_review(inputs: Inputs, policy: Policy, header: Header) -> Review:
         person.suggested = suggest(person.user, person.groups, person.grants_used, policy)
     exceptions += _pin_findings(inputs.tool_pins, header)
     exceptions += _config_findings(inputs.config_versions, header)
+    in_period = partial(_in_period, header=header)
+    exceptions += approval_findings(inputs.approvals, in_period)
+    groups_seen = {p.user: p.groups for p in people.values()}
+    exceptions += campaign_findings(
+        inputs.campaigns, deciders or Deciders(), groups_seen, in_period
+    )
     exceptions += [
         Finding("evidence", header.generated_at, "audit store", p) for p in header.evidence.problems
     ]

@@ -13,6 +13,7 @@ import json
 import re
 from typing import Any
 
+from holdgate.reports.decision_findings import WHY
 from holdgate.reports.review_model import IdentityReview, Review, Target, Usage
 
 CSV_FIELDS = (
@@ -75,6 +76,12 @@ def rows_of(person: IdentityReview) -> list[tuple[Target, str | None, Usage, int
     return [(k, person.granted.get(k), person.used.get(k, Usage()), denied.get(k, 0)) for k in keys]
 
 
+def kinds_of(review: Review) -> list[str]:
+    """The kinds of exception the review has, in the order `WHY` explains them."""
+    found = {f.kind for f in review.exceptions}
+    return [kind for kind in WHY if kind in found]
+
+
 def header_lines(review: Review) -> list[tuple[str, str]]:
     h = review.header
     versions = "; ".join(
@@ -100,6 +107,8 @@ def render_markdown(review: Review) -> str:
             f"| {md(f.ts)} | {md(f.kind)} | {md(f.subject)} | {md(f.detail)} |"
             for f in review.exceptions
         ]
+        out += ["", "Why each kind matters:", ""]
+        out += [f"- {md(kind, cell=False)}: {WHY[kind]}" for kind in kinds_of(review)]
     else:
         out.append("none")
     if review.campaign is not None:
@@ -244,7 +253,7 @@ def review_json(review: Review) -> dict[str, Any]:
             },
             "config_versions": list(h.config_versions),
         },
-        "exceptions": [vars(f) for f in review.exceptions],
+        "exceptions": [{**vars(f), "why": WHY[f.kind]} for f in review.exceptions],
         "campaign": review.campaign.to_json() if review.campaign else None,
         "identities": [
             {
