@@ -10,6 +10,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from helpers.decisions import looser
 from holdgate.config.gateway_config import parse_config_text
 from holdgate.policy.policytest import build_message, caller_for
 from holdgate.policy.rules import Decision, Policy
@@ -28,28 +29,6 @@ def suggested_policy(user: str, groups: tuple[str, ...], uses: list[Use], active
     return parse_config_text(
         HEAD + "rules:\n" + "\n".join(f"  {line}" for line in text.splitlines())
     )
-
-
-RANK = {"deny": 0, "approve": 1, "allow": 2}
-
-
-def looser(suggested: Decision, active: Decision) -> str | None:
-    """How `suggested` decides more loosely than `active`, or None."""
-    if RANK[suggested.action] != RANK[active.action]:
-        return "action" if RANK[suggested.action] > RANK[active.action] else None
-    if suggested.action == "allow" and active.limit is not None:
-        if suggested.limit is None:
-            return "no limit"
-        if suggested.limit[0] / suggested.limit[1] > active.limit[0] / active.limit[1]:
-            return "higher limit"
-    if suggested.action == "approve":
-        if not set(suggested.approvers) <= set(active.approvers):
-            return "other approvers"
-        if suggested.grant > active.grant or suggested.timeout > active.timeout:
-            return "longer grant or timeout"
-        if (suggested.valid_for or suggested.timeout) > (active.valid_for or active.timeout):
-            return "longer valid_for"
-    return None
 
 
 def decide(policy: Policy, user: str, groups: tuple[str, ...], call: tuple[str, dict]) -> Decision:
