@@ -190,7 +190,7 @@ ARGS = st.sampled_from(
 CALLS = st.tuples(st.sampled_from([*TOOLS, "zz"]), ARGS)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(
     written=rules(),
     groups=st.lists(st.sampled_from(GROUPS), unique=True).map(tuple),

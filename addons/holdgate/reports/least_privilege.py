@@ -79,21 +79,23 @@ def suggest(
         return []
     last = max(i for i, rule in enumerate(policy.rules) if rule.name in used)
     out: list[dict[str, Any]] = []
-    for rule in policy.rules[: last + 1]:
+    for index, rule in enumerate(policy.rules[: last + 1]):
         if rule.users and user not in rule.users:
             continue  # never matches this user's calls
         copies = _copies(rule, user, used.get(rule.name, set()))
         out += copies
         if rule.action == "deny":
             out.append(as_written(rule))
-        elif (rule.action == "approve" or rule.limit is not None) and not _covers(
-            rule, copies, user
+        elif (
+            index < last
+            and (rule.action == "approve" or rule.limit is not None)
+            and not _covers(rule, copies)
         ):
             rest = as_written(rule, action="deny")
             rest["name"] = f"{user}: the rest of {rule.name}"
             rest["match"]["users"] = [user]
             rest["reason"] = f"not used by {user} in the review period (rule {rule.name!r})"
-            out.append(rest)
+            out.append(_ordered(rest))
     return _unique_names(out)
 
 
@@ -146,8 +148,8 @@ def _narrowed(rule: Rule, kind: str, names: list[str]) -> list[str]:
     return sorted(set(out))
 
 
-def _covers(rule: Rule, copies: list[dict[str, Any]], user: str) -> bool:
-    """Whether the copies match every call of `user` that `rule` matches: one copy whose
+def _covers(rule: Rule, copies: list[dict[str, Any]]) -> bool:
+    """Whether the copies match every call of their user that `rule` matches: one copy whose
     names are all of the rule's (literal) names of one kind, and no upstream narrowing."""
     if len(copies) != 1:
         return False
@@ -260,5 +262,12 @@ def suggestion_yaml(user: str, rules: list[dict[str, Any]]) -> str:
     """The suggested rules as YAML to paste under `rules:`."""
     if not rules:
         return f"# nothing used by {user!r}: remove every grant"
-    text: str = yaml.dump(rules, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=1 << 30)
+    text: str = yaml.dump(
+        rules,
+        Dumper=_Dumper,
+        sort_keys=False,
+        allow_unicode=True,
+        width=1 << 30,
+        default_flow_style=None,  # a list of names on one line: `tool: [a, b]`
+    )
     return text.rstrip("\n")
