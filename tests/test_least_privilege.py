@@ -16,7 +16,10 @@ from holdgate.policy.policytest import build_message, caller_for
 from holdgate.policy.rules import Decision, Policy
 from holdgate.reports.least_privilege import Use, suggest, suggestion_yaml
 
-HEAD = "version: 1\nupstreams:\n  - {name: demo, url: 'http://127.0.0.1:9'}\n"
+HEAD = (
+    "version: 1\nupstreams:\n  - {name: demo, url: 'http://127.0.0.1:9'}\n"
+    "  - {name: db, url: 'http://127.0.0.1:9/db', prefix: /db}\n"
+)
 
 
 def policy_of(rules: list[dict[str, Any]]) -> Policy:
@@ -127,6 +130,37 @@ def test_a_name_holding_a_wildcard_keeps_the_rules_own_glob_never_a_wider_one() 
     assert rules[0]["match"]["tool"] == ["a?"]  # `a*` as a glob would grant `abc`
 
 
+def test_a_rule_used_for_resources_and_prompts_is_copied_per_kind() -> None:
+    active = policy_of(
+        [
+            {
+                "name": "schema and prompts",
+                "match": {"method": ["resources/read", "prompts/get"]},
+                "action": "allow",
+            }
+        ]
+    )
+    uses = [
+        Use(("demo", "resource", "db://schema/customers"), "schema and prompts"),
+        Use(("demo", "prompt", "summarise"), "schema and prompts"),
+    ]
+    rules = suggest("u", (), uses, active)
+    assert [r["match"].get("resource") or r["match"].get("prompt") for r in rules] == [
+        ["summarise"],
+        ["db://schema/customers"],
+    ]
+    suggested = suggested_policy("u", (), uses, active).policy
+    caller = caller_for("u", ())
+
+    def read(method: str, target: str) -> str:
+        return suggested.evaluate(caller, "demo", build_message(method, target)).action
+
+    assert read("resources/read", "db://schema/customers") == "allow"
+    assert read("resources/read", "db://schema/secrets") == "deny"
+    assert read("prompts/get", "summarise") == "allow"
+    assert read("prompts/get", "other") == "deny"
+
+
 def test_a_use_no_rule_grants_any_more_is_not_suggested() -> None:
     active = policy_of([{"name": "x", "match": {"tool": "x"}, "action": "allow"}])
     rules = suggest("u", (), [Use(("demo", "tool", "gone"), "old rule")], active)
@@ -134,16 +168,18 @@ def test_a_use_no_rule_grants_any_more_is_not_suggested() -> None:
 
 
 def test_control_characters_and_line_breaks_stay_escaped_on_one_line() -> None:
-    name = "x\n```\n\x1b]8;;http://evil\x07"
+    name = "x\n```\n\x1b]8;;http://evil\x07 \u202egnp.exe"
     active = policy_of([{"name": "any", "match": {"tool": "*"}, "action": "allow"}])
     text = suggestion_yaml("u", suggest("u", (), [Use(("demo", "tool", name), "any")], active))
-    assert "\x1b" not in text and "\n```" not in text
+    assert "\x1b" not in text and "\u202e" not in text and "\n```" not in text
     assert yaml.safe_load(text)[0]["match"]["tool"] == [name]
 
 
 # --- the property ----------------------------------------------------------------------
 
 TOOLS = ["a", "b", "c", "run_sql"]
+METHODS = ["tools/call", "prompts/get"]
+KINDS = {"tools/call": "tool", "prompts/get": "prompt"}
 GROUPS = ["g1", "g2"]
 CONDITIONS = st.sampled_from(
     [
@@ -162,10 +198,14 @@ def rules(draw: st.DrawFn) -> list[dict[str, Any]]:
     for n in range(draw(st.integers(1, 6))):
         action = draw(st.sampled_from(["allow", "allow", "deny", "approve"]))
         match: dict[str, Any] = {}
-        if draw(st.booleans()):
-            match["tool"] = draw(
-                st.lists(st.sampled_from([*TOOLS, "*", "r*", "?"]), min_size=1, unique=True)
-            )
+        names = st.lists(st.sampled_from([*TOOLS, "*", "r*", "?"]), min_size=1, unique=True)
+        target = draw(st.sampled_from(["tool", "prompt", None, None]))
+        if target is not None:
+            match[target] = draw(names)
+        elif draw(st.booleans()):
+            match["method"] = draw(st.lists(st.sampled_from(METHODS), min_size=1, unique=True))
+        if draw(st.integers(0, 3)) == 0:
+            match["upstream"] = draw(st.sampled_from(["demo", "db"]))
         if draw(st.booleans()):
             match["groups"] = draw(st.lists(st.sampled_from(GROUPS), min_size=1, unique=True))
         if draw(st.integers(0, 4)) == 0:
@@ -187,7 +227,14 @@ def rules(draw: st.DrawFn) -> list[dict[str, Any]]:
 ARGS = st.sampled_from(
     [{}, {"x": 1}, {"x": 2}, {"x": 3}, {"q": "select abc"}, {"q": "drop table"}, {"q": "x"}]
 )
-CALLS = st.tuples(st.sampled_from([*TOOLS, "zz"]), ARGS)
+CALLS = st.tuples(
+    st.sampled_from(["demo", "db"]), st.sampled_from(METHODS), st.sampled_from([*TOOLS, "zz"]), ARGS
+)
+
+
+def decide_call(policy: Policy, user: str, groups: tuple[str, ...], call: tuple) -> Decision:
+    upstream, method, name, args = call
+    return policy.evaluate(caller_for(user, groups), upstream, build_message(method, name, args))
 
 
 @settings(max_examples=200, deadline=None)
@@ -207,12 +254,13 @@ def test_a_suggestion_never_decides_a_call_more_loosely(
     active = policy_of(written)
     uses = []
     for call in traffic:
-        decision = decide(active, "u1", groups, call)
+        decision = decide_call(active, "u1", groups, call)
         if decision.action != "deny":  # allowed, or approved by an approver
-            uses.append((call, decision, Use(("demo", "tool", call[0]), decision.rule)))
+            target = (call[0], KINDS[call[1]], call[2])
+            uses.append((call, decision, Use(target, decision.rule)))
     suggested = suggested_policy("u1", groups, [u for _, _, u in uses], active).policy
     for call, before, _ in uses:
-        after = decide(suggested, "u1", groups, call)
+        after = decide_call(suggested, "u1", groups, call)
         assert (after.action, after.limit, after.approvers) == (
             before.action,
             before.limit,
@@ -220,5 +268,7 @@ def test_a_suggestion_never_decides_a_call_more_loosely(
         ), (call, json.dumps(written))
     for who in (groups, other_groups):
         for call in [c for c, _, _ in uses] + others:
-            problem = looser(decide(suggested, "u1", who, call), decide(active, "u1", who, call))
+            problem = looser(
+                decide_call(suggested, "u1", who, call), decide_call(active, "u1", who, call)
+            )
             assert problem is None, (problem, call, who, json.dumps(written))

@@ -144,7 +144,8 @@ def _narrowed(rule: Rule, kind: str, names: list[str]) -> list[str]:
             out.append("**" if kind == "resource" else "*")
         else:
             segments = kind == "resource"
-            out += [p for p in own.patterns if Globs.of([p], segments=segments).match(literal)]
+            matching = [p for p in own.patterns if Globs.of([p], segments=segments).match(literal)]
+            out += matching or own.patterns
     return sorted(set(out))
 
 
@@ -262,12 +263,19 @@ def suggestion_yaml(user: str, rules: list[dict[str, Any]]) -> str:
     """The suggested rules as YAML to paste under `rules:`."""
     if not rules:
         return f"# nothing used by {user!r}: remove every grant"
+    text = _dump(rules, allow_unicode=True)
+    if _UNPRINTABLE.search(text):  # YAML prints bidirectional overrides as they are
+        text = _dump(rules, allow_unicode=False)
+    return text.rstrip("\n")
+
+
+def _dump(rules: list[dict[str, Any]], *, allow_unicode: bool) -> str:
     text: str = yaml.dump(
         rules,
         Dumper=_Dumper,
         sort_keys=False,
-        allow_unicode=True,
+        allow_unicode=allow_unicode,
         width=1 << 30,
         default_flow_style=None,  # a list of names on one line: `tool: [a, b]`
     )
-    return text.rstrip("\n")
+    return text
