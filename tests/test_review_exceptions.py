@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from helpers.configs import identity
 from holdgate import store
 from holdgate.cli.main import main
-from holdgate.reports.decision_findings import Deciders, campaign_findings
+from holdgate.reports.decision_findings import Deciders, approval_findings, campaign_findings
 from holdgate.store.campaign_records import Campaign, Item, ItemSpec
 
 CONFIG = (
@@ -267,4 +267,45 @@ def test_a_decision_outside_the_period_is_not_an_exception_of_it(tmp_path: Path)
     assert result.exit_code == 0, result.output
     assert not [
         f for f in json.loads(result.output)["exceptions"] if re.match("appr", f["subject"])
+    ]
+
+
+def test_a_decision_record_that_does_not_add_up_is_an_exception() -> None:
+    """Groups with braces (a token's claim), a qualifying group the groups seen do not hold,
+    a decided_as that is not JSON: each said, none taken for an approver's decision."""
+
+    def row(n: int, decided_as: object) -> dict[str, Any]:
+        return {
+            "approval_id": f"a{n}",
+            "state": "approved",
+            "decided": "2026-01-10T00:00:00Z",
+            "decider": "mallory",
+            "requester": "bob",
+            "tool": "run_sql",
+            "approvers": '["dba"]',
+            "channel": "api",
+            "decided_as": decided_as,
+        }
+
+    rows = [
+        row(1, json.dumps({"user": "mallory", "groups": ["{0}", "{x}"], "qualified_by": None})),
+        row(2, json.dumps({"user": "mallory", "groups": ["support"], "qualified_by": "dba"})),
+        row(3, "{not json"),
+        row(4, json.dumps({"user": "dana", "groups": ["dba"], "qualified_by": "dba"})),
+    ]
+    found = [(f.subject.split(":")[0], f.detail) for f in approval_findings(rows, bool)]
+    assert found == [
+        (
+            "approval a1",
+            "approved by mallory via api: groups {0}, {x} are not in the approvers (dba)",
+        ),
+        (
+            "approval a2",
+            "approved by mallory via api: groups support are not in the approvers (dba)",
+        ),
+        (
+            "approval a3",
+            "approved by mallory via api: how the decider authenticated is unreadable, so no "
+            "approver group is shown",
+        ),
     ]

@@ -119,31 +119,27 @@ def approval_findings(approvals: Iterable[Mapping[str, Any]], in_period: InPerio
             continue
         if channel == "mitmweb":
             out.append(Finding("mitmweb-decision", ts, subject, f"{said} at the mitmweb console"))
-        problem = _approver_problem(_json_object(row.get("decided_as")), row.get("decided_as"))
-        if problem is None:
-            continue
-        out.append(
-            Finding(
-                "decider-not-approver",
-                ts,
-                subject,
-                f"{said} via {channel}: {problem.format(approvers=_names(approvers))}",
+        problem = _approver_problem(row.get("decided_as"), approvers)
+        if problem is not None:
+            out.append(
+                Finding("decider-not-approver", ts, subject, f"{said} via {channel}: {problem}")
             )
-        )
     return out
 
 
-def _approver_problem(decided_as: dict[str, Any] | None, raw: Any) -> str | None:
-    """Why the record does not show the decider in the approvers (a template naming
-    `{approvers}`), or None when it does."""
+def _approver_problem(recorded: Any, approvers: frozenset[str]) -> str | None:
+    """Why the record of a decision (`decided_as`) does not show the decider in the rule's
+    approvers, or None when it does: a qualifying group named, and among the groups seen."""
+    decided_as = _json_object(recorded)
     if decided_as is None:
-        what = "not recorded" if raw is None else "unreadable"
+        what = "not recorded" if recorded is None else "unreadable"
         return f"how the decider authenticated is {what}, so no approver group is shown"
     groups = decided_as.get("groups")
     if not isinstance(groups, list):
-        return "no group of the decider was checked (approvers: {approvers})"
-    if decided_as.get("qualified_by") is None:
-        return f"groups {_names(map(str, groups))} are not in the approvers ({{approvers}})"
+        return f"no group of the decider was checked (approvers: {_names(approvers)})"
+    seen = {str(g) for g in groups}
+    if decided_as.get("qualified_by") is None or not seen & approvers:
+        return f"groups {_names(seen)} are not in the approvers ({_names(approvers)})"
     return None
 
 
