@@ -139,6 +139,8 @@ def test_exceptions_name_anonymous_calls_missing_approvals_tool_changes_and_conf
     assert alice.used[("demo", "tool", "run_sql")].calls == 2  # both reached the upstream
     (line,) = alice.approvals
     assert (line.state, line.decider, line.reason) == ("approved", "dana", "ticket 7")
+    assert line.decided_by == "dana via api"
+    assert "| ` dana via api ` |" in render_markdown(review)
 
 
 def test_masked_exposures_are_a_table_per_target_and_detector() -> None:

@@ -188,7 +188,7 @@ def _identity_html(p: IdentityReview, review: Review) -> str:
                         _e(a.approval_id),
                         _e(a.tool),
                         _e(a.state),
-                        _e(a.decider),
+                        _e(a.decided_by),
                         _e(a.decided_at),
                         _e(a.reason),
                     ]

@@ -89,6 +89,14 @@ class ApprovalLine:
     decider: str | None
     decided_at: str | None
     reason: str | None
+    channel: str | None = None  # how it was decided (`approvals.channel`; None before schema 8)
+
+    @property
+    def decided_by(self) -> str | None:
+        """The decider and the channel they decided through, as a reviewer reads it."""
+        if self.decider is None:
+            return None
+        return f"{self.decider} via {self.channel or 'a channel not recorded'}"
 
 
 @dataclass
@@ -230,6 +238,7 @@ def build_review(
                     approval.get("decider"),
                     approval.get("decided"),
                     approval.get("reason"),
+                    approval.get("channel"),
                 )
             )
     for person in people.values():

@@ -173,7 +173,7 @@ def _identity_markdown(p: IdentityReview) -> list[str]:
         out += ["| approval | tool | state | by | when | reason |", "|---|---|---|---|---|---|"]
         for a in p.approvals:
             out.append(
-                f"| {md(a.approval_id)} | {md(a.tool)} | {md(a.state)} | {md(a.decider)} | "
+                f"| {md(a.approval_id)} | {md(a.tool)} | {md(a.state)} | {md(a.decided_by)} | "
                 f"{md(a.decided_at)} | {md(a.reason)} |"
             )
     else:
