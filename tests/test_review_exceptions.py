@@ -237,6 +237,11 @@ def test_certifications_are_judged_by_the_groups_their_record_shows() -> None:
         ("rc-9.4", "break-glass"),
         ("rc-9.4", "certifier-not-reviewer"),
     ]
+    unconfigured = campaign_findings([campaign], Deciders(), {}, in_january)
+    assert unconfigured[0].detail == (
+        "keep by carol, whose groups (compliance; authenticated via api) are not among the "
+        "reviewer groups (none configured: add `review: {reviewers: [GROUP]}` to the config)"
+    )
     later = (item(5, "zed", {}),)
     outside = Campaign("rc-9", "started", "", "", "h", "carol", "", (), later)
     assert campaign_findings([outside], deciders, {}, lambda ts: False) == []

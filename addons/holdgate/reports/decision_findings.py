@@ -182,7 +182,11 @@ def _certification_findings(
         f"{item.target_kind} {item.target} on {item.upstream or '-'}"
     )
     said = f"{item.state} by {reviewer}"
-    reviewers = _names(deciders.reviewers)
+    reviewers = (
+        _names(deciders.reviewers)
+        if deciders.reviewers
+        else "none configured: add `review: {reviewers: [GROUP]}` to the config"
+    )
     out = []
     if channel is None:
         out.append(
@@ -218,7 +222,7 @@ def _certification_findings(
                 ts,
                 subject,
                 f"{said}, whose groups ({_names(groups)}; {source}) are not among the "
-                f"reviewer groups ({reviewers or 'none configured: review.reviewers'})",
+                f"reviewer groups ({reviewers})",
             )
         )
     return out
