@@ -51,18 +51,15 @@ def granting_rule(
     upstream, kind, name = use.target
     caller = caller_for(user, caller_groups)
     probe = build_message(KIND_METHOD[kind], name, {})
-    candidates = [
-        rule
-        for rule in policy.rules
-        if rule.action != "deny"
-        and all(
-            c.held
-            for c in rule_checks(rule, caller, upstream, probe, lazy=False)
-            if c.key != "args"
-        )
-    ]
-    recorded = next((r for r in candidates if r.name == use.rule), None)
-    return recorded or (candidates[0] if candidates else None)
+
+    def could_grant(rule: Rule) -> bool:
+        checks = rule_checks(rule, caller, upstream, probe, lazy=False)
+        return rule.action != "deny" and all(c.held for c in checks if c.key != "args")
+
+    recorded = next((r for r in policy.rules if r.name == use.rule), None)
+    if recorded is not None and could_grant(recorded):
+        return recorded
+    return next((r for r in policy.rules if could_grant(r)), None)
 
 
 def suggest(
