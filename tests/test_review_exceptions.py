@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -313,4 +313,27 @@ def test_a_decision_record_that_does_not_add_up_is_an_exception() -> None:
             "approved by mallory via api: how the decider authenticated is unreadable, so no "
             "approver group is shown",
         ),
+    ]
+
+
+def test_a_close_whose_detail_is_unreadable_is_counted_from_its_items() -> None:
+    items = (item(1, "carol", {}), replace(item(2, "carol", {}), state="open", reviewer=None))
+    events = (
+        {"ts": "2026-01-11T00:00:00Z", "event": "closed", "actor": "dana", "detail": "{oops"},
+        {
+            "ts": "2026-01-12T00:00:00Z",
+            "event": "closed",
+            "actor": "erin",
+            "detail": '{"undecided": true}',
+        },
+    )
+    campaign = Campaign("rc-9", "closed", "", "", "h", "carol", "", events, items)
+    closes = [
+        f.detail
+        for f in campaign_findings([campaign], Deciders(("compliance",)), {}, bool)
+        if f.kind == "closed-undecided"
+    ]
+    assert closes == [
+        "closed by dana with 1 of 2 items undecided (counted from its items)",
+        "closed by erin with 1 of 2 items undecided (counted from its items)",
     ]
