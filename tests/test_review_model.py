@@ -107,6 +107,17 @@ def test_exceptions_name_anonymous_calls_missing_approvals_tool_changes_and_conf
                 "state": "approved",
                 "decider": "dana",
                 "reason": "ticket 7",
+                "approvers": '["dba"]',
+                "channel": "api",  # an authenticated approver's decision: no exception
+                "decided_as": json.dumps(
+                    {
+                        "via": "api_key",
+                        "key": "dana",
+                        "user": "dana",
+                        "groups": ["dba"],
+                        "qualified_by": "dba",
+                    }
+                ),
             }
         ],
         pins=[
@@ -135,6 +146,8 @@ def test_exceptions_name_anonymous_calls_missing_approvals_tool_changes_and_conf
     assert alice.used[("demo", "tool", "run_sql")].calls == 2  # both reached the upstream
     (line,) = alice.approvals
     assert (line.state, line.decider, line.reason) == ("approved", "dana", "ticket 7")
+    assert line.decided_by == "dana via api"
+    assert "| ` dana via api ` |" in render_markdown(review)
 
 
 def test_a_shadow_candidates_rows_are_no_config_change_and_never_in_force() -> None:
@@ -318,7 +331,9 @@ def test_caller_text_in_the_markdown_report_is_inert(evil: str) -> None:
 
 def test_a_suggestion_with_backticks_and_newlines_stays_inside_its_yaml_block() -> None:
     evil = "x\n```\n![pixel](http://127.0.0.1:9/t.png)\n```"
-    review = model([call("alice", evil, "allow", "support")])
+    config = CONFIG.replace("search_customers, run_sql]", 'search_customers, run_sql, "x*"]')
+    inputs = Inputs([call("alice", evil, "allow", "support")])
+    review = build_review(inputs, parse_config_text(config).policy, HEADER)
     page = rendered_markdown(review)
     assert "<img" not in page
     (block,) = [b for b in page.split("<pre") if 'lang="yaml"' in b[:40]]
