@@ -101,7 +101,7 @@ class ConfigLoader:
             if problem := self._problem(self.current):
                 self.current = None
                 raise exceptions.OptionsError(f"holdgate_config: {path}: {problem}")
-            self._mtime = _stamp(path)
+            self._mtime = file_stamp(path)
             logger.info("holdgate: loaded %s (sha256 %s)", path, self.current.digest[:12])
             self._announce("loaded", self.current, "loaded at start")
 
@@ -125,7 +125,7 @@ class ConfigLoader:
     async def reload_if_changed(self) -> None:
         """Re-read the file off the event loop; a bad version is logged and ignored."""
         path = ctx.options.holdgate_config
-        stamp = await asyncio.to_thread(_stamp, path)
+        stamp = await asyncio.to_thread(file_stamp, path)
         if stamp == self._mtime:
             return
         self._mtime = stamp
@@ -135,7 +135,7 @@ class ConfigLoader:
             logger.error(
                 "holdgate: reload rejected, keeping the last good config: %s", exc.report()
             )
-            self._announce("rejected", await asyncio.to_thread(_file_digest, path), str(exc))
+            self._announce("rejected", await asyncio.to_thread(file_digest, path), str(exc))
             return
         if problem := self._problem(fresh):
             logger.error("holdgate: reload rejected, keeping the last good config: %s", problem)
@@ -148,14 +148,14 @@ class ConfigLoader:
             self._announce("reloaded", fresh, f"replaces sha256 {previous}")
 
 
-def _file_digest(path: str) -> str | None:
+def file_digest(path: str) -> str | None:
     try:
         return hashlib.sha256(Path(path).read_bytes()).hexdigest()
     except OSError:
         return None
 
 
-def _stamp(path: str) -> tuple[float, int] | None:
+def file_stamp(path: str) -> tuple[float, int] | None:
     try:
         st = os.stat(Path(path))
     except OSError:

@@ -247,7 +247,7 @@ class Recorder:
             method=(only.method if only is not None else None) or f"HTTP {flow.request.method}",
             target=only.target if only is not None else None,
             jsonrpc_id=json.dumps(only.id) if only is not None else None,
-            reason=st.refused.message if st.refused is not None else None,
+            reason=st.refused.recorded if st.refused is not None else None,
             status=status,
             latency_ms=latency,
             extra=json.dumps(extra),

@@ -61,6 +61,10 @@ COMMANDS = {
     "sessions": LazyCommand(
         "holdgate.cli.records_cli:sessions", "Who did what, in order, per MCP session."
     ),
+    "shadow": LazyCommand(
+        "holdgate.cli.shadow_cli:shadow",
+        "The shadow policy: a candidate config decided beside the one in force, never enforced.",
+    ),
     "tools": LazyCommand(
         "holdgate.cli.tools_cli:tools",
         "Tool pins: the definitions tools had when first seen, and the changes since.",

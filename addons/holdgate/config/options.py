@@ -21,6 +21,7 @@ OPTIONS = (
     "holdgate_max_body",
     "holdgate_replica",
     "holdgate_mitmweb_operator",
+    "holdgate_shadow",
 )
 
 

@@ -8,6 +8,7 @@ import getpass
 from pathlib import Path
 
 from holdgate.config.gateway_config import GatewayConfig
+from holdgate.reports.decision_findings import deciders_of
 from holdgate.reports.review_model import (
     Evidence,
     Header,
@@ -86,5 +87,6 @@ def build(
         sessions=store.sessions(since),
         tool_pins=store.tool_pin_rows(),
         config_versions=versions,
+        campaigns=store.campaigns(),
     )
-    return build_review(inputs, config.policy, header)
+    return build_review(inputs, config.policy, header, deciders_of(config))
