@@ -32,9 +32,9 @@ COMMANDS = {
     ),
     "feeds": LazyCommand(
         "holdgate.cli.feeds_cli:feeds",
-        "Each feed's cursor (the last seq its receiver took), the store's head, the lag (rows "
-        "still to send), who sends it (a lease by the database clock) and its latest delivery "
-        "error.",
+        "Each feed's cursor (the last seq its receiver took), its head (the last event's seq), "
+        "the lag (events still to send), who sends it (a lease by the database clock) and its "
+        "latest delivery error.",
     ),
     "keys": LazyCommand(
         "holdgate.cli.keys_cli:keys",
