@@ -57,7 +57,9 @@ class ConfigLoader:
             event = {"config_hash": config.digest, "content": config.redacted_text()}
         else:
             event = {"config_hash": config}
-        event.update(source=ctx.options.holdgate_config, outcome=outcome, detail=detail)
+        event.update(
+            source=ctx.options.holdgate_config, outcome=outcome, detail=detail, role="active"
+        )
         for listener in self.listeners:
             listener(event)
 
@@ -162,7 +164,6 @@ class ConfigLoader:
             self.current, self.path, self.loaded_at = fresh, path, iso()
             logger.warning("holdgate: reloaded %s (sha256 %s)", path, fresh.digest[:12])
             self._announce("reloaded", fresh, f"replaces sha256 {previous}")
-
 
     def _rejected(self, error: str) -> None:
         self.reload_failures += 1

@@ -65,6 +65,12 @@ COMMANDS = {
         "holdgate.cli.shadow_cli:shadow",
         "The shadow policy: a candidate config decided beside the one in force, never enforced.",
     ),
+    "status": LazyCommand(
+        "holdgate.cli.status_cli:status",
+        "A running gateway's state through its admin API: the config in force against the "
+        "file on disk, the last rejected reload, store health, replica, pending approvals and "
+        "the feeds' lag.",
+    ),
     "tools": LazyCommand(
         "holdgate.cli.tools_cli:tools",
         "Tool pins: the definitions tools had when first seen, and the changes since.",
