@@ -33,6 +33,7 @@ CONFIG = (
 )
 ALICE_TOKEN = DEMO_KEYS["alice"].key
 BOB_TOKEN = DEMO_KEYS["bob"].key
+PG_PASSWORD = "pg-password-never-shown-7d1f"
 
 
 def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
@@ -95,7 +96,8 @@ def test_the_probes_answer_without_credentials_and_ready_only_once_started(demo,
 def test_ready_is_503_while_postgresql_is_down_and_200_once_it_is_back(demo, gateway_factory):
     server = start_postgres()  # the test's own: it is stopped and started again
     try:
-        url = server.fresh_database()
+        # trust authentication ignores the password: it is there to be looked for
+        url = server.fresh_database().replace("holdgate@", f"holdgate:{PG_PASSWORD}@")
         gw, admin = start(
             gateway_factory,
             demo.url,
@@ -114,6 +116,12 @@ def test_ready_is_503_while_postgresql_is_down_and_200_once_it_is_back(demo, gat
         assert json.loads(body)["reason"] in (STORE_FAILING, LEASE_LOST)
         assert str(server.port) not in body and "postgresql" not in body
         assert get(admin + "/healthz")[0] == 200  # the process still serves
+        down = holdgate_cli("status", "--gateway", admin, "--token", ALICE_TOKEN)
+        assert down.returncode == 0, down.stderr
+        assert "NOT READY: the audit store" in down.stdout, down.stdout
+        assert "cannot read the store" in down.stdout
+        for said in (down.stdout, body, gw.log_text()):
+            assert PG_PASSWORD not in said
         start_again(server)
         wait_until(lambda: get(admin + "/readyz")[0] == 200, "ready again", seconds=45)
         assert gw.proc.poll() is None  # the same gateway, never restarted
@@ -174,13 +182,20 @@ def test_a_rejected_reload_moves_the_metrics_and_status_and_a_good_file_fixes_bo
     assert "NOT IN FORCE" in text and f"{gw.config}:{line}:" in text, text
     assert "alow" in text  # what is wrong, as the log says it
 
-    time.sleep(1.1)
+    gw.config.unlink()  # the careless operator: the file is gone
+    found = wait_until(
+        lambda: (m := metrics(admin))["holdgate_config_reload_failures_total"] == 2 and m,
+        "the missing file to count as a rejected reload",
+    )
+    assert found["holdgate_config_file_in_force"] == 0
+    assert "(sha256 unreadable) is not the config in force" in status(admin)
+
     gw.config.write_text(good)
     found = wait_until(
         lambda: (m := metrics(admin))["holdgate_config_file_in_force"] == 1 and m,
         "file_in_force 1",
     )
-    assert found["holdgate_config_reload_failures_total"] == 1  # a counter: it stays
+    assert found["holdgate_config_reload_failures_total"] == 2  # a counter: it stays
     report = json.loads(status(admin, "--format", "json"))
     assert report["config"]["file_in_force"] is True
     assert "the file on disk is the config in force" in status(admin)

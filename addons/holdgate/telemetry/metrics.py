@@ -152,9 +152,9 @@ class Snapshot:
     approvals_pending: int
     config_digest: str
     jwks_fetches: dict[str, int]
-    config_reload_failures: int = 0
+    config_reload_failures: int
     # Whether the config file on disk now is the config in force (same sha256).
-    config_file_in_force: bool = True
+    config_file_in_force: bool
 
 
 class StateCollector(Collector):
