@@ -1632,7 +1632,10 @@ def scenario_replicas(quick: bool) -> dict:
             tmp = Path(tmp_name)
             signer = Signer(tmp)
             auth = {"Authorization": f"Bearer {signer.token}"}
-            config = gateway_config(up, signer.jwks) + "hash_key: bench-shared-hash-key\n"
+            # the clients name HAProxy's address in `Host`, which is not the gateways' own
+            config = gateway_config(up, signer.jwks) + (
+                "hash_key: bench-shared-hash-key\nallowed_hosts: ['127.0.0.1:*']\n"
+            )
             url = server.fresh_database()
             admins = [free_port() for _ in range(2)]
             gateways = [
