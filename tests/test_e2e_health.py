@@ -86,6 +86,13 @@ def test_the_probes_answer_without_credentials_and_ready_only_once_started(demo,
         _, body = get(admin + probe)
         for secret in (str(gw.config), str(gw.db), "holdgate.yaml", "sqlite", "version"):
             assert secret not in body, (probe, body)
+    for path in ("/healthz", "/readyz", "/status"):  # only GET
+        refused = urllib.request.Request(admin + path, data=b"{}", method="POST")
+        try:
+            urllib.request.urlopen(refused, timeout=10)
+            raise AssertionError(f"POST {path} was served")
+        except urllib.error.HTTPError as err:
+            assert err.code == 405 and f"GET {path}" in err.read().decode()
     # /status is not for anyone who reaches the listener
     status, body = get(admin + "/status")
     assert status == 401 and "authenticate" in json.loads(body)["error"]
