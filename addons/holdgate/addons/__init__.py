@@ -27,9 +27,13 @@ ToolPinning, Checkpointer and Feeds to the AuditStore's opening (so no one depen
 configuring after it); Telemetry to its committed rows, Replicas to its `before_close`,
 Checkpointer and Feeds to its `after_shutdown`. The AdminApi owns the admin listener
 (`holdgate_admin`), opened once a previous run's holds are closed; the approvals API, the
-approval inbox, campaigns and Telemetry's `/metrics` register their routes on it here. A
-stage that raises in a flow hook gets the flow refused by the Pipeline. `flowstate` is the
-glue they share (per-flow state, refusals, failing closed); it is not an addon.
+approval inbox, campaigns, Telemetry's `/metrics` and the health and status routes
+(`/healthz`, `/readyz`, `/status`, read from the services and Replicas) register their
+routes on it here. `/readyz` says ready only once the ConfigLoader has seen mitmproxy's
+start-up end, with a config in force, the AuditStore's writer healthy and Replicas' lease
+taken by the store. A stage that raises in a flow hook gets the flow refused by the
+Pipeline. `flowstate` is the glue they share (per-flow state, refusals, failing closed);
+it is not an addon.
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ from holdgate.addons.response_masking import ResponseMasking
 from holdgate.addons.responses import Responses
 from holdgate.addons.router import Router
 from holdgate.addons.shadow import ShadowPolicy
+from holdgate.addons.status_api import HealthApi, StatusApi
 from holdgate.addons.task_ownership import TaskOwnership
 from holdgate.addons.telemetry import Telemetry
 from holdgate.addons.tool_pinning import ToolPinning
@@ -78,7 +83,13 @@ def default_addons() -> list[object]:
     holds = ApprovalHolds(loader, approvals, ElicitedApprovals(loader, approvals), legacy)
     telemetry = Telemetry(loader, audit, approvals_pending=lambda: len(holds.holds))
     decisions = DecisionRows(audit, traces=telemetry.traces)
-    recorder = Recorder(loader, audit, decisions, finished=telemetry.finished)
+    recorder = Recorder(
+        loader,
+        audit,
+        decisions,
+        finished=telemetry.finished,
+        registered_replica=lambda: replicas.replica,
+    )
     checkpointer = Checkpointer(loader)
     feeds = Feeds(loader)
     # Every subscription and route, in one place.
@@ -88,8 +99,8 @@ def default_addons() -> list[object]:
     shadow.listeners.append(recorder.note_config_version)
     audit.opened.extend(
         [
+            replicas.store_opened,  # registers first: the Recorder's rows name the replica
             recorder.store_opened,
-            replicas.store_opened,
             pins.store_opened,
             checkpointer.use_store,
             feeds.use_store,
@@ -103,6 +114,10 @@ def default_addons() -> list[object]:
     admin.route("/inbox/*", ApprovalInbox(loader, approvals, holds, admin.callers).handle)
     admin.route("/campaigns/*", CampaignsApi(loader, approvals, admin.callers).handle)
     admin.route("/metrics", telemetry.handle_metrics)
+    health = HealthApi(loader, audit, replicas)
+    admin.route("/healthz", health.healthz)
+    admin.route("/readyz", health.readyz)
+    admin.route("/status", StatusApi(health, admin.callers, lambda: len(holds.holds)).handle)
     return [
         loader,
         audit,  # opens the store before any stage configures; closes after every `done`
