@@ -36,7 +36,7 @@ from holdgate.reports.campaigns import (
     export_rows,
     narrowed_policy,
 )
-from holdgate.reports.decision_findings import deciders_of
+from holdgate.reports.decision_findings import Deciders
 from holdgate.reports.review_html import render_html
 from holdgate.reports.review_model import (
     KIND_METHOD,
@@ -159,6 +159,12 @@ def build(
         campaigns=store.campaigns(),
     )
     return build_review(inputs, config.policy, header, deciders_of(config))
+
+
+def deciders_of(config: GatewayConfig) -> Deciders:
+    """What the config says of the people who decide, for the review's exceptions."""
+    keys = config.identity.api_keys if config.identity is not None else ()
+    return Deciders(config.review.reviewers, {key.name: key.groups for key in keys})
 
 
 def _emit(text: str, output: str | None, summary: str) -> None:
