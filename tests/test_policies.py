@@ -40,7 +40,7 @@ def test_check_names_file_line_and_key_and_suggests(tmp_path):
     )
     result = CliRunner().invoke(main, ["policy", "check", str(bad)])
     assert result.exit_code == 1
-    assert f"{bad}:5:13: rules[0].match.tols: unknown key 'tols'; did you mean 'tool'?" in (
+    assert f"{bad}:5:13: rules['r'].match.tols: unknown key 'tols'; did you mean 'tool'?" in (
         result.output
     )
 
@@ -59,11 +59,11 @@ def test_check_warns_about_unanchored_patterns_and_still_passes(tmp_path):
     assert result.exit_code == 0
     lines = result.output.splitlines()
     assert lines[0].startswith(
-        f"{risky}:7:23: rules[0].match.args.$.service.search: warning: search: finds the "
+        f"{risky}:7:23: rules['front ends'].match.args.$.service.search: warning: search: finds the "
         "pattern anywhere, so this allow rule passes any value that contains a match"
     )
     assert lines[1].startswith(
-        f"{risky}:12:21: rules[1].match.args.$.query.regex: warning: regex: must match the "
+        f"{risky}:12:21: rules['writes'].match.args.$.query.regex: warning: regex: must match the "
         "whole value; to find the pattern anywhere in it (what a deny or approve rule"
     )
     assert lines[2].startswith(f"{risky}: ok (2 rules")

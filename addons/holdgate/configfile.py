@@ -27,6 +27,8 @@ from typing import Any
 import yaml
 
 KeyPath = tuple[str | int, ...]
+# Top-level lists whose items errors name by their `name` rather than their position.
+NAMED_SECTIONS = ("rules", "masking")
 
 
 class ConfigError(Exception):
@@ -152,9 +154,21 @@ class Document:
 
     def error(self, path: KeyPath, message: str) -> ConfigError:
         line, column = self._nearest_mark(path)
-        return ConfigError(
-            message, file=self.file, line=line, column=column, key=format_keypath(path)
-        )
+        return ConfigError(message, file=self.file, line=line, column=column, key=self.key(path))
+
+    def key(self, path: KeyPath) -> str:
+        """The key path as a person reads it: a rule or masking profile by its `name`
+        (`rules['no shell']`), not its position, which shifts as items are added; by
+        position when it has none."""
+        if len(path) >= 2 and path[0] in NAMED_SECTIONS and isinstance(path[1], int):
+            items = self.data.get(path[0]) if isinstance(self.data, dict) else None
+            item = items[path[1]] if isinstance(items, list) and path[1] < len(items) else None
+            name = item.get("name") if isinstance(item, dict) else None
+            if isinstance(name, str) and name:
+                rest = format_keypath(path[2:])
+                named = f"{path[0]}[{name!r}]"
+                return named + (rest if rest[:1] in ("", "[") else f".{rest}")
+        return format_keypath(path)
 
     def _nearest_mark(self, path: KeyPath) -> tuple[int, int]:
         for end in range(len(path), -1, -1):

@@ -232,7 +232,7 @@ def build_config(
     secret_nodes: list[Node] = []
     upstreams = _parse_upstreams(root.child("upstreams"), secrets, secret_nodes, found)
     policy = parse_rules(root.child("rules"), found)
-    _check_rule_upstreams(root, policy, upstreams, found)
+    _check_rule_upstreams(root, upstreams, found)
     hash_key_node = root.child("hash_key")
     hash_key = None
     masking_key = None
@@ -297,30 +297,29 @@ def build_config(
     return config
 
 
-def _check_rule_upstreams(
-    root: Node, policy: Policy, upstreams: tuple[Upstream, ...], problems: Problems
-) -> None:
-    """Every upstream a rule names exists. A name of an upstream that failed to parse is
-    not reported again (its own mistake is), nor any when the list could not be read."""
+def _check_rule_upstreams(root: Node, upstreams: tuple[Upstream, ...], problems: Problems) -> None:
+    """Every upstream a rule names exists, in every rule (one with other mistakes too). A
+    name of an upstream that failed to parse is not reported again (its own mistake is),
+    nor any when the list could not be read."""
     declared = declared_names(root.child("upstreams"))
     if declared is None:
         return
     known = {u.name for u in upstreams}
-    items = root.child("rules").value if isinstance(root.child("rules").value, list) else []
-    index: dict[str, int] = {}
-    for i, item in enumerate(items):
-        if isinstance(item, dict) and isinstance(item.get("name"), str):
-            index.setdefault(item["name"], i)
-    for rule in policy.rules:
-        for name in rule.upstreams:
-            if name in known or name in declared:
-                continue
-            node = root.child("rules").child(index[rule.name]).child("match").child("upstream")
-            problems.add(
-                node.error(
-                    f"no upstream named {name!r}; known: {', '.join(sorted(known)) or 'none'}"
+    rules = root.child("rules")
+    count = len(rules.value) if isinstance(rules.value, list) else 0
+    for i in range(count):
+        node = rules.child(i).child("match").child("upstream")
+        try:
+            names = node.strings()
+        except ConfigError:
+            continue  # the rule's own mistake, reported with the rule
+        for name in names:
+            if name not in known and name not in declared:
+                problems.add(
+                    node.error(
+                        f"no upstream named {name!r}; known: {', '.join(sorted(known)) or 'none'}"
+                    )
                 )
-            )
 
 
 def _parse_upstreams(
