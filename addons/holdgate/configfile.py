@@ -374,16 +374,6 @@ class Node:
         text = self.string()
         return resolve_secrets(text, self) if resolve else SECRET_PLACEHOLDER
 
-    def unresolved_secrets(self) -> list[str]:
-        """A warning for each reference in this string that cannot be resolved now."""
-        warnings = []
-        for match in _SECRET_REF.finditer(self.string()):
-            try:
-                _lookup(match, self)
-            except ConfigError as exc:
-                warnings.append(self.warning(exc.message))
-        return warnings
-
 
 def _kind(value: Any) -> str:
     if value is None:

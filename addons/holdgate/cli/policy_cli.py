@@ -34,17 +34,23 @@ def policy() -> None:
 
 @policy.command("check")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
-def policy_check(file: str) -> None:
+@click.option(
+    "--secrets",
+    is_flag=True,
+    help="Also read every `${env:…}`/`${file:…}` secret, as the gateway does at start: one "
+    "that cannot be read is an error (run it where the gateway runs).",
+)
+def policy_check(file: str, secrets: bool) -> None:
     """Validate a config file; errors name the file, line, column and key (all of them).
 
-    Warnings (e.g. an allow rule's unanchored pattern, or a `${env:…}` secret not set
-    here) go to stderr and leave exit status 0: secrets are the gateway's, not needed here.
+    Rules are checked without the gateway's secrets (none is read unless --secrets).
+    Warnings (e.g. an allow rule's unanchored pattern) go to stderr and leave exit status 0.
     """
     try:
-        config = load_config(file, secrets=False)
+        config = load_config(file, secrets=secrets)
     except ConfigError as exc:
         raise CheckFailed(exc.report()) from None
-    for warning in (*config.secret_warnings, *config.policy.warnings):
+    for warning in config.policy.warnings:
         click.echo(warning, err=True)
     click.echo(
         f"{file}: ok ({len(config.policy.rules)} rules, {len(config.upstreams)} upstreams, "

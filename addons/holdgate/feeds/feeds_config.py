@@ -50,11 +50,8 @@ class FeedConfig:
         return f"{self.transport}://{host}{port}{path}"
 
 
-def parse_feeds(
-    node: Node, problems: Problems, secrets: bool = True, secret_nodes: list[Node] | None = None
-) -> tuple[FeedConfig, ...]:
-    """Every feed that parsed; each one's mistakes are recorded in `problems`, and each
-    secret's node is added to `secret_nodes` (for the warnings of a rules-only load)."""
+def parse_feeds(node: Node, problems: Problems, secrets: bool = True) -> tuple[FeedConfig, ...]:
+    """Every feed that parsed; each one's mistakes are recorded in `problems`."""
     if node.missing:
         return ()
     feeds: list[FeedConfig] = []
@@ -63,8 +60,6 @@ def parse_feeds(
         feed = problems.attempt(_parse_feed, item, secrets)
         if feed is None:
             continue
-        if secret_nodes is not None and feed.kind == "webhook":
-            secret_nodes.append(item.child("secret"))
         if feed.name in names:
             problems.add(item.child("name").error(f"a second feed named {feed.name!r}"))
             continue
