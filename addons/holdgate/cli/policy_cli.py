@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import Any
 
 import click
 
@@ -17,14 +18,17 @@ from holdgate.cli.common import (
 )
 from holdgate.config.gateway_config import GatewayConfig, load_config
 from holdgate.configfile import ConfigError
+from holdgate.masking.masker import MaskingError, mask_json
 from holdgate.policy.policytest import (
     build_message,
     caller_for,
     format_explanation,
+    masked_values,
     parse_args_json,
     run_tests,
 )
 from holdgate.policy.replay import NotReplayable, format_report, rebuild, replay
+from holdgate.protocol.jsonrpc import Message
 
 
 @click.group()
@@ -104,8 +108,20 @@ def policy_explain(
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
     decision, trace = config.policy.explain(caller, upstream_name, message)
+    shown = masked_values(_masked_arguments(config, upstream_name, message))
     click.echo(f"request: {caller.user} {list(caller.groups)} -> {upstream_name} {method} {target}")
-    click.echo(format_explanation(decision, trace))
+    click.echo(format_explanation(decision, trace, shown))
+
+
+def _masked_arguments(config: GatewayConfig, upstream: str, message: Message) -> Any:
+    """The call's arguments as the record would keep them (every profile that applies,
+    exemptions ignored): what an explanation shows of them."""
+    tool = message.target if message.method == "tools/call" else None
+    try:
+        effect = config.masking.profiles_for(upstream, tool, ())
+        return mask_json(message.arguments or {}, effect).value
+    except MaskingError as exc:
+        raise CheckFailed(f"the arguments cannot be masked for showing: {exc}") from None
 
 
 def _explain_recorded(config: GatewayConfig, db: str, seq: int) -> None:
@@ -130,7 +146,7 @@ def _explain_recorded(config: GatewayConfig, db: str, seq: int) -> None:
             f"note: recorded under config sha256 {str(row.get('config_hash'))[:12]}, this file "
             f"is {config.digest[:12]} (the config_versions table keeps each version)"
         )
-    click.echo(format_explanation(decision, trace))
+    click.echo(format_explanation(decision, trace))  # recorded arguments: already masked
 
 
 @policy.command("test")

@@ -47,6 +47,7 @@ class Replayed:
     recorded_rule: str
     candidate: Decision
     args_were_masked: bool
+    args_masked: Any = None  # the arguments as recorded (masked); None when it had none
 
     @property
     def action_changed(self) -> bool:
@@ -67,6 +68,7 @@ class Replayed:
             "recorded": {"action": self.recorded_action, "rule": self.recorded_rule},
             "candidate": self.candidate.to_json(),
             "args_were_masked": self.args_were_masked,
+            "args_masked": self.args_masked,
         }
 
 
@@ -172,6 +174,7 @@ def replay(candidate: Policy, rows: Iterable[Mapping[str, Any]]) -> ReplayReport
             recorded_rule=row["rule"],
             candidate=decision,
             args_were_masked=bool(extra.get("args_findings")),
+            args_masked=message.arguments or None,
         )
         if item.action_changed:
             report.changed.append(item)
@@ -199,6 +202,8 @@ def format_report(report: ReplayReport, shown: int | None = 5) -> list[str]:
                     f"    {m.ts}  seq {m.seq}  {m.user} -> {m.upstream} {m.method} "
                     f"{m.target or ''}{mark}".rstrip()
                 )
+                if m.args_masked is not None:
+                    lines.append(f"      args {shown_arguments(m.args_masked)}")
             if shown is not None and len(members) > shown:
                 lines.append(f"    … and {len(members) - shown} more (--all shows every one)")
     if any(m.args_were_masked for m in report.changed + report.rerouted):
@@ -207,6 +212,17 @@ def format_report(report: ReplayReport, shown: int | None = 5) -> list[str]:
     for reason, count in report.skipped.items():
         lines.append(f"skipped {count}: {reason}")
     return lines
+
+
+SHOWN_ARGUMENT_CHARS = 160
+
+
+def shown_arguments(arguments: Any) -> str:
+    """Recorded (masked) arguments on one line, cut at SHOWN_ARGUMENT_CHARS."""
+    text = json.dumps(arguments, ensure_ascii=False, sort_keys=True)
+    if len(text) <= SHOWN_ARGUMENT_CHARS:
+        return text
+    return text[: SHOWN_ARGUMENT_CHARS - 1] + "…"
 
 
 def _json(text: Any) -> Any:

@@ -136,6 +136,39 @@ class ArgCondition:
     def _settles(self, verdict: bool | None) -> bool:
         return verdict is True if self.grants else verdict is not False
 
+    @property
+    def written(self) -> str:
+        """The condition as written in the config: `regex '^SELECT'`."""
+        if self.regex is not None:
+            return f"regex {self.regex.pattern!r}"
+        if self.search is not None:
+            return f"search {self.search.pattern!r}"
+        if self.path_under is not None:
+            return f"path_under {self.path_under!r}"
+        if self.has_equals:
+            return f"equals {json.dumps(self.equals, ensure_ascii=False)}"
+        if self.one_of is not None:
+            return f"in {json.dumps(list(self.one_of), ensure_ascii=False)}"
+        return f"exists {'true' if self.exists else 'false'}"
+
+    def judged(self, value: Any) -> str:
+        """What the condition makes of one value, for a person: `does not match regex '…'`."""
+        verdict = self.verdict(value)
+        if verdict is None:
+            return f"cannot be decided against {self.written} (a value of another type)"
+        if self.regex is not None:
+            verb = "matches" if verdict else "does not match"
+        elif self.search is not None:
+            verb = "has a match of" if verdict else "has no match of"
+        elif self.path_under is not None:
+            return f"{'is' if verdict else 'is not'} under {self.path_under!r}"
+        elif self.has_equals:
+            verb = "equals" if verdict else "does not equal"
+            return f"{verb} {json.dumps(self.equals, ensure_ascii=False)}"
+        else:
+            return f"{'is' if verdict else 'is not'} {self.written}"
+        return f"{verb} {self.written}"
+
     def verdict(self, value: Any) -> bool | None:
         """Whether one value passes; None when it cannot be decided (see the module doc)."""
         if self.regex is not None:
@@ -287,11 +320,15 @@ class Rule:
 
 @dataclass(frozen=True)
 class Check:
-    """One line of an explanation: which condition of a rule held or failed."""
+    """One line of an explanation: which condition of a rule held or failed. For an
+    argument condition, the condition and the values it was tried on (explanations only:
+    shown masked, never recorded)."""
 
     key: str
     held: bool
     detail: str
+    condition: ArgCondition | None = None
+    values: tuple[Any, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -514,7 +551,8 @@ def rule_checks(
         arguments = message.arguments or {}
         for condition in rule.args:
             held = condition.holds(arguments)
-            yield Check("args", held, f"args {condition.path}")
+            found = () if lazy else tuple(m.value for m in condition.expr.find(arguments))
+            yield Check("args", held, f"args {condition.path}", condition, found)
             if lazy and not held:
                 return
 
