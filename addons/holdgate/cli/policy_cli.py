@@ -19,6 +19,7 @@ from holdgate.cli.common import (
 from holdgate.config.gateway_config import GatewayConfig, load_config
 from holdgate.configfile import ConfigError
 from holdgate.masking.masker import MaskingError, mask_json
+from holdgate.policy.diff import diff_policies, format_diff
 from holdgate.policy.policytest import (
     build_message,
     caller_for,
@@ -209,3 +210,65 @@ def policy_replay(
             click.echo(line)
     if fail_on_change and report.changed:
         sys.exit(1)
+
+
+@policy.command("diff")
+@click.argument("old", type=click.Path(exists=True, dir_okay=False))
+@click.argument("new", type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--store",
+    "--db",
+    "db",
+    envvar="HOLDGATE_STORE",
+    show_envvar=True,
+    help="Also decide the store's recorded traffic with both and list each decision that "
+    "would change (a SQLite path or a postgresql:// URL).",
+)
+@since_option
+@until_option
+@click.option("--all", "show_all", is_flag=True, help="List every changed decision.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="A text report, or JSON for scripts.",
+)
+def policy_diff(
+    old: str,
+    new: str,
+    db: str | None,
+    since: str | None,
+    until: str | None,
+    show_all: bool,
+    fmt: str,
+) -> None:
+    """Show the rules NEW adds, removes and changes against OLD (by rule name: action,
+    approvers, conditions, limits, order) and, with --store, the recorded decisions that
+    would change."""
+    before, after = load_rules(old), load_rules(new)
+    changes = diff_policies(before.policy, after.policy)
+    report = None
+    if db is not None:
+        with opened(db) as store:
+            rows = store.events(since, until)
+        report = replay(after.policy, rows, baseline=before.policy)
+    if fmt == "json":
+        out: dict[str, Any] = {
+            "old": {"file": old, "sha256": before.digest},
+            "new": {"file": new, "sha256": after.digest},
+            "rules": changes.to_json(),
+        }
+        if report is not None:
+            out["decisions"] = report.to_json()
+        click.echo(json.dumps(out, indent=2, ensure_ascii=False))
+        return
+    click.echo(f"{old} (sha256 {before.digest[:12]}) -> {new} (sha256 {after.digest[:12]})")
+    for line in format_diff(changes):
+        click.echo(line)
+    if report is not None:
+        click.echo("")
+        click.echo(f"recorded traffic in {db}, decided by both:")
+        for line in format_report(report, None if show_all else 5):
+            click.echo(line)

@@ -136,8 +136,12 @@ def rebuild(row: Mapping[str, Any]) -> tuple[ProbeCaller, Message]:
     return caller_for(row.get("user"), groups), message
 
 
-def replay(candidate: Policy, rows: Iterable[Mapping[str, Any]]) -> ReplayReport:
-    """Decide recorded `events` rows again with the `candidate` policy."""
+def replay(
+    candidate: Policy, rows: Iterable[Mapping[str, Any]], baseline: Policy | None = None
+) -> ReplayReport:
+    """Decide recorded `events` rows again with the `candidate` policy, and compare with
+    what was recorded; with `baseline`, with what `baseline` decides of the same rows
+    instead (`policy diff`: two versions of a file on the same traffic)."""
     report = ReplayReport()
     for row in rows:
         if row.get("direction") not in ("request", "notification"):
@@ -156,12 +160,11 @@ def replay(candidate: Policy, rows: Iterable[Mapping[str, Any]]) -> ReplayReport
         except NotReplayable as exc:
             report.skip(str(exc))
             continue
-        upstream = row.get("upstream") or ""
-        if is_task_request(message):  # decided by the task's owner, then the rules
-            task = recorded_task(row["rule"], caller.user, upstream, extra.get("task"))
-            decision = decide_task_request(candidate, caller, upstream, message, task)
-        else:
-            decision = candidate.evaluate(caller, upstream, message)
+        decision = _decide(candidate, caller, message, row, extra)
+        was_action, was_rule = row["decision"], row["rule"]
+        if baseline is not None:
+            was = _decide(baseline, caller, message, row, extra)
+            was_action, was_rule = was.action, was.rule
         report.considered += 1
         item = Replayed(
             seq=row["seq"],
@@ -170,8 +173,8 @@ def replay(candidate: Policy, rows: Iterable[Mapping[str, Any]]) -> ReplayReport
             upstream=row.get("upstream") or "",
             method=row["method"],
             target=row.get("target"),
-            recorded_action=row["decision"],
-            recorded_rule=row["rule"],
+            recorded_action=was_action,
+            recorded_rule=was_rule,
             candidate=decision,
             args_were_masked=bool(extra.get("args_findings")),
             args_masked=message.arguments or None,
@@ -181,6 +184,20 @@ def replay(candidate: Policy, rows: Iterable[Mapping[str, Any]]) -> ReplayReport
         elif item.rule_changed:
             report.rerouted.append(item)
     return report
+
+
+def _decide(
+    policy: Policy,
+    caller: ProbeCaller,
+    message: Message,
+    row: Mapping[str, Any],
+    extra: Mapping[str, Any],
+) -> Decision:
+    upstream = row.get("upstream") or ""
+    if is_task_request(message):  # decided by the task's owner, then the rules
+        task = recorded_task(row["rule"], caller.user, upstream, extra.get("task"))
+        return decide_task_request(policy, caller, upstream, message, task)
+    return policy.evaluate(caller, upstream, message)
 
 
 def format_report(report: ReplayReport, shown: int | None = 5) -> list[str]:
