@@ -81,10 +81,12 @@ def test_a_reload_with_two_mistakes_logs_both_and_keeps_the_last_good(demo, gate
     log = gw.log_text()
     assert "reload rejected, keeping the last good config: 2 errors:" in log, log
     first = log.index(
-        f"{gw.config}:11:5: rules['writes'].action: expected one of allow, deny, approve; got 'alow'"
+        f"{gw.config}:11:5: rules['writes'].action: expected one of allow, deny, approve; "
+        "got 'alow'"
     )
     second = log.index(
-        f"{gw.config}:13:13: rules['other'].match.upstream: no upstream named 'nowhere'; known: demo"
+        f"{gw.config}:13:13: rules['other'].match.upstream: no upstream named 'nowhere'; "
+        "known: demo"
     )
     assert first < second
     assert call(gw) == "allowed"  # the last good config is still in force

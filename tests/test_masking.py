@@ -418,7 +418,8 @@ def test_parse_masking_config() -> None:
     [
         (
             "masking:\n  - name: p\n    detectors: [email, mail]\n",
-            "t.yaml:3:24: masking['p'].detectors[1]: unknown detector 'mail'; valid: anthropic_key,",
+            "t.yaml:3:24: masking['p'].detectors[1]: unknown detector 'mail'; "
+            "valid: anthropic_key,",
         ),
         (
             "masking:\n  - name: p\n    paths: ['$..[']\n",

@@ -55,8 +55,8 @@ def test_check_warns_about_unanchored_patterns_and_still_passes(tmp_path):
     assert result.exit_code == 0
     lines = result.output.splitlines()
     assert lines[0].startswith(
-        f"{risky}:7:23: rules['front ends'].match.args.$.service.search: warning: search: finds the "
-        "pattern anywhere, so this allow rule passes any value that contains a match"
+        f"{risky}:7:23: rules['front ends'].match.args.$.service.search: warning: search: "
+        "finds the pattern anywhere, so this allow rule passes any value that contains a match"
     )
     assert lines[1].startswith(
         f"{risky}:12:21: rules['writes'].match.args.$.query.regex: warning: regex: must match the "

@@ -25,8 +25,9 @@ Telemetry to the ConfigLoader's loads; Replicas, ToolPinning, Checkpointer and F
 the AuditStore's opening (so no one depends on configuring after it); Telemetry to its
 committed rows, Replicas to its `before_close`, Checkpointer and Feeds to its
 `after_shutdown`. The AdminApi owns the admin listener (`holdgate_admin`), opened once a
-previous run's holds are closed; the approvals API, campaigns and Telemetry's `/metrics`
-register their routes on it here. A stage that raises in a flow hook gets the flow
+previous run's holds are closed; the approvals API, campaigns, Telemetry's `/metrics` and
+ConfigApi's `/config/hash` (the config in force, for `policy apply`) register their routes
+on it here. A stage that raises in a flow hook gets the flow
 refused by the Pipeline. `flowstate` is the glue they share (per-flow state, refusals,
 failing closed); it is not an addon.
 """
@@ -39,6 +40,7 @@ from holdgate.addons.approvals_api import ApprovalsApi, CampaignsApi
 from holdgate.addons.audit_store import AuditStore
 from holdgate.addons.authentication import Authentication
 from holdgate.addons.checkpointer import Checkpointer
+from holdgate.addons.config_api import ConfigApi
 from holdgate.addons.config_loader import ConfigLoader
 from holdgate.addons.deadlines import ConnectionDeadlines
 from holdgate.addons.decision_rows import DecisionRows
@@ -77,10 +79,12 @@ def default_addons() -> list[object]:
     recorder = Recorder(loader, audit, decisions, finished=telemetry.finished)
     checkpointer = Checkpointer(loader)
     feeds = Feeds(loader)
+    config_api = ConfigApi(loader, admin.callers)
     # Every subscription and route, in one place.
     loader.checks.append(audit.config_problem)
     loader.listeners.append(recorder.note_config_version)
     loader.listeners.append(telemetry.config_loaded)
+    loader.listeners.append(config_api.config_event)
     audit.opened.extend(
         [
             recorder.store_opened,
@@ -97,6 +101,7 @@ def default_addons() -> list[object]:
     admin.route("/approvals/*", ApprovalsApi(loader, approvals, holds, admin.callers).handle)
     admin.route("/campaigns/*", CampaignsApi(loader, approvals, admin.callers).handle)
     admin.route("/metrics", telemetry.handle_metrics)
+    admin.route("/config/hash", config_api.handle)
     return [
         loader,
         audit,  # opens the store before any stage configures; closes after every `done`

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
 import click
 
 from holdgate.cli.common import (
+    TIME,
     CheckFailed,
     db_option,
     load_rules,
@@ -16,6 +19,8 @@ from holdgate.cli.common import (
     since_option,
     until_option,
 )
+from holdgate.cli.gateway_client import GatewayClient, gateway_options, gateway_url
+from holdgate.cli.policy_apply import Rejected, in_force, replace_atomically, wait_in_force
 from holdgate.config.gateway_config import GatewayConfig, load_config
 from holdgate.configfile import ConfigError
 from holdgate.masking.masker import MaskingError, mask_json
@@ -272,3 +277,91 @@ def policy_diff(
         click.echo(f"recorded traffic in {db}, decided by both:")
         for line in format_report(report, None if show_all else 5):
             click.echo(line)
+
+
+@policy.command("apply")
+@click.argument("candidate", type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--config",
+    "watched",
+    required=True,
+    envvar="HOLDGATE_CONFIG",
+    show_envvar=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="The config file the gateway watches (its holdgate_config), replaced by CANDIDATE.",
+)
+@gateway_options
+@click.option(
+    "--store",
+    "--db",
+    "db",
+    envvar="HOLDGATE_STORE",
+    show_envvar=True,
+    help="The gateway's audit store: CANDIDATE is replayed on its recorded traffic first, "
+    "and every live replica sharing it must confirm the new config.",
+)
+@click.option(
+    "--since",
+    type=TIME,
+    default="7d",
+    show_default=True,
+    help="Replay the traffic recorded since this ISO time, or this long ago (7d, 12h, 30m).",
+)
+@click.option(
+    "--timeout",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="Seconds to wait for the gateway(s) to confirm the new config.",
+)
+def policy_apply(
+    candidate: str,
+    watched: str,
+    gateway: str | None,
+    token: str | None,
+    db: str | None,
+    since: str,
+    timeout: float,
+) -> None:
+    """Check CANDIDATE, show its replay on recorded traffic, put it in place of the watched
+    config file atomically and wait until the gateway confirms it is in force.
+
+    A CANDIDATE with a mistake, or a gateway that cannot be asked, leaves the watched file
+    untouched. A reload the gateway rejects is reported with its reason and the old file is
+    put back; without an answer by --timeout the command says which config still runs.
+    """
+    try:
+        config = load_config(candidate, secrets=False)
+    except ConfigError as exc:
+        raise CheckFailed(f"{exc.report()}\n{watched} was not replaced") from None
+    new_bytes = Path(candidate).read_bytes()
+    old_bytes = Path(watched).read_bytes()
+    client = GatewayClient(gateway_url(gateway, watched), token)
+    before = in_force(client)  # unreachable or refused: nothing replaced
+    click.echo(f"{candidate}: ok ({len(config.policy.rules)} rules, sha256 {config.digest[:12]})")
+    with ExitStack() as stack:
+        store = stack.enter_context(opened(db)) if db is not None else None
+        if store is not None:
+            report = replay(config.policy, store.events(since, None))
+            for line in format_report(report, 3):
+                click.echo(line)
+        if before.config_hash == config.digest and old_bytes == new_bytes:
+            click.echo(f"already in force: sha256 {config.digest[:12]}")
+            return
+        replace_atomically(Path(watched), new_bytes)
+        click.echo(f"replaced {watched}; waiting for the gateway (up to {timeout:g}s)")
+        try:
+            waiting = wait_in_force(client, config.digest, timeout, store)
+        except Rejected as exc:
+            replace_atomically(Path(watched), old_bytes)
+            raise CheckFailed(
+                f"the gateway rejected sha256 {config.digest[:12]} and keeps "
+                f"{before.config_hash[:12]}: {exc}\n{watched} was put back as it was"
+            ) from None
+    if waiting is not None:
+        raise CheckFailed(
+            f"not confirmed after {timeout:g}s: {waiting}; the gateway keeps its old config "
+            f"until it reloads {watched} (is that the file it watches?)"
+        )
+    replicas = " and every live replica" if db is not None else ""
+    click.echo(f"in force: the gateway{replicas} runs sha256 {config.digest[:12]}")
