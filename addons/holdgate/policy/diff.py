@@ -100,7 +100,7 @@ def changed_keys(old: Rule, new: Rule) -> list[tuple[str, str, str]]:
     was, now = written(old), written(new)
     return [
         (key, was.get(key, "-"), now.get(key, "-"))
-        for key in dict.fromkeys([*was, *now])
+        for key in dict.fromkeys([*now, *was])
         if was.get(key) != now.get(key)
     ]
 
