@@ -230,3 +230,39 @@ def test_a_credential_in_an_upstream_url_is_refused():
     (error,) = errors_of(text)
     assert error.startswith("f.yaml:2:23: upstreams[0].url: a user or password in the URL")
     assert "T0ken" not in error
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "version: 1\nupstreams:\n  - name: d\n    prefx: /d\n    url: ftp://x\n",
+            [
+                "f.yaml:4:5: upstreams[0].prefx: unknown key 'prefx'; did you mean 'prefix'?",
+                "f.yaml:5:5: upstreams[0].url: expected an http:// or https:// URL with a host",
+            ],
+        ),
+        (
+            "version: 1\nupstreams: [{name: d}]\nidentity:\n  api_keys:\n"
+            "    - {name: a, sha256: abc, group: [x]}\n",
+            [
+                "f.yaml:5:17: identity.api_keys[0].sha256: expected 64 hex digits; "
+                "make one with `holdgate keys hash KEY`",
+                "f.yaml:5:30: identity.api_keys[0].group: unknown key 'group'; "
+                "did you mean 'groups'?",
+            ],
+        ),
+        (
+            "version: 1\nupstreams: [{name: d}]\nfeeds:\n"
+            "  - {name: s, webhook: 'https://x.example/', secrt: x, batch: 0}\n",
+            [
+                "f.yaml:4:46: feeds[0].secrt: unknown key 'secrt'; did you mean 'secret'?",
+                "f.yaml:4:56: feeds[0].batch: expected a number of rows from 1 to 10000, e.g. 100",
+            ],
+        ),
+    ],
+    ids=["upstream", "api_key", "feed"],
+)
+def test_an_unknown_key_does_not_hide_a_bad_value_in_the_same_item(text, expected):
+    """The key check stopped the item: `prefx:` hid the bad `url:` beside it."""
+    assert errors_of(text) == expected

@@ -120,6 +120,25 @@ def collected[T](parse: Callable[[Problems], T], problems: Problems | None) -> T
     return result
 
 
+def keys_then[T](
+    node: Node, allowed: set[str], required: set[str] | frozenset[str], parse: Callable[[], T]
+) -> T:
+    """`parse()` of a mapping whose key check does not stop it: an unknown key is reported
+    together with the mistake `parse` finds in the item's other keys, so a typo never hides
+    a bad value beside it. A mapping that lacks a required key reports its keys alone."""
+    try:
+        node.mapping(allowed, required)
+    except ConfigError as keys:
+        if not isinstance(node.value, dict) or any(key not in node.value for key in required):
+            raise
+        try:
+            parse()
+        except ConfigError as other:
+            raise ConfigErrors([keys, other]) from None
+        raise
+    return parse()
+
+
 def declared_names(node: Node) -> set[str] | None:
     """The `name` written in each item of a list, parsed or not; None when some item's name
     cannot be read. A reference to a declared item that failed to parse is not a mistake of

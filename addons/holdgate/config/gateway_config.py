@@ -26,6 +26,7 @@ from holdgate.configfile import (
     Node,
     Problems,
     declared_names,
+    keys_then,
     load_yaml_file,
     parse_yaml,
 )
@@ -332,7 +333,10 @@ def _parse_upstreams(node: Node, secrets: bool, problems: Problems) -> tuple[Ups
 
 
 def _parse_upstream(item: Node, secrets: bool, before: list[Upstream]) -> Upstream:
-    item.mapping(UPSTREAM_KEYS, required={"name"})
+    return keys_then(item, UPSTREAM_KEYS, {"name"}, lambda: _upstream_fields(item, secrets, before))
+
+
+def _upstream_fields(item: Node, secrets: bool, before: list[Upstream]) -> Upstream:
     name = item.child("name").string()
     if any(u.name == name for u in before):
         raise item.child("name").error(f"upstream {name!r} is defined twice")

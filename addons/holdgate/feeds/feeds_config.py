@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import urlsplit
 
-from holdgate.configfile import Node, Problems, is_loopback
+from holdgate.configfile import Node, Problems, is_loopback, keys_then
 
 FEED_KEYS = {"name", "webhook", "syslog", "secret", "batch", "timeout"}
 MAX_BATCH = 10_000
@@ -69,7 +69,10 @@ def parse_feeds(node: Node, problems: Problems, secrets: bool = True) -> tuple[F
 
 
 def _parse_feed(node: Node, secrets: bool) -> FeedConfig:
-    node.mapping(FEED_KEYS, required={"name"})
+    return keys_then(node, FEED_KEYS, {"name"}, lambda: _feed_fields(node, secrets))
+
+
+def _feed_fields(node: Node, secrets: bool) -> FeedConfig:
     name_node = node.child("name")
     name = name_node.string()
     if not _NAME.match(name):
