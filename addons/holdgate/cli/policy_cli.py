@@ -152,7 +152,8 @@ def _explain_recorded(config: GatewayConfig, db: str, seq: int) -> None:
             f"note: recorded under config sha256 {str(row.get('config_hash'))[:12]}, this file "
             f"is {config.digest[:12]} (the config_versions table keeps each version)"
         )
-    click.echo(format_explanation(decision, trace))  # recorded arguments: already masked
+    # recorded arguments are masked already
+    click.echo(format_explanation(decision, trace, masked_values(message.arguments or {})))
 
 
 @policy.command("test")

@@ -105,10 +105,11 @@ def _run_case(policy: Policy, upstreams: Sequence[str], case: Node) -> CaseResul
 def format_explanation(
     decision: Decision,
     trace: list[tuple[Rule, list[Check]]],
-    shown: ShownValues | None = None,
+    shown: ShownValues,
 ) -> str:
     """The trace for a person; an argument condition's line gives each value it was tried
-    on, as `shown` gives them (the CLI masks them as the record would), and the condition."""
+    on, as `shown` gives them (`masked_values`: as the record keeps them, never in clear),
+    and what the condition made of it."""
     lines = []
     for rule, checks in trace:
         matched = all(c.held for c in checks)
@@ -131,7 +132,7 @@ def format_explanation(
 SHOWN_CHARS = 80
 
 
-def _judged(check: Check, shown: ShownValues | None) -> list[str]:
+def _judged(check: Check, shown: ShownValues) -> list[str]:
     """For an argument condition, one line per value: the value (as `shown` gives it) and
     what the condition made of it; nothing for other checks."""
     condition = check.condition
@@ -142,7 +143,7 @@ def _judged(check: Check, shown: ShownValues | None) -> list[str]:
             f"{'absent' if condition.exists is not None else 'no value there'} "
             f"({condition.written})"
         ]
-    texts = [_text(v) for v in (shown(condition, check.values) if shown else check.values)]
+    texts = [_text(v) for v in shown(condition, check.values)]
     if condition.exists is not None:
         return [f"{text} is present ({condition.written})" for text in texts]
     return [f"{text} {condition.judged(v)}" for text, v in zip(texts, check.values, strict=True)]
