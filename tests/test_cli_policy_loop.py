@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from holdgate import store
 from holdgate.cli.main import main
-from holdgate.cli.policy_apply import replace_atomically
+from holdgate.cli.policy_apply import Rejected, replace_atomically, wait_in_force
 
 MULTI_MISTAKES = """\
 version: 1
@@ -297,3 +297,63 @@ def test_atomic_replacement_keeps_the_mode_and_replaces_a_link_s_target(tmp_path
     assert link.is_symlink() and real.read_text() == "new\n"
     assert stat.S_IMODE(real.stat().st_mode) == 0o600
     assert sorted(p.name for p in real.parent.iterdir()) == ["holdgate.yaml"]  # no temp left
+
+
+class FakeGateway:
+    """Answers GET /config/hash from a list of states, one per call (the last repeats)."""
+
+    def __init__(self, *states: dict[str, object]) -> None:
+        self.states = list(states)
+
+    def call(self, method: str, path: str, body: object = None) -> dict[str, object]:
+        assert (method, path) == ("GET", "/config/hash")
+        return self.states.pop(0) if len(self.states) > 1 else self.states[0]
+
+
+class FakeReplicas:
+    """A store whose live replicas catch up with NEW one heartbeat at a time."""
+
+    def __init__(self, *rows: list[tuple[str, str, bool]]) -> None:
+        self.rows = list(rows)
+
+    def replicas(self) -> list[dict[str, object]]:
+        now = self.rows.pop(0) if len(self.rows) > 1 else self.rows[0]
+        return [{"replica": r, "config_hash": h, "alive": alive} for r, h, alive in now]
+
+
+OLD_HASH, NEW_HASH = "a" * 64, "b" * 64
+
+
+def state(digest: str, rejected: str | None = None) -> dict[str, object]:
+    refused = {"config_hash": rejected, "detail": "f.yaml:3:1: bad"} if rejected else None
+    return {"config_hash": digest, "file": "/etc/holdgate.yaml", "rejected": refused}
+
+
+def waited(client, store=None, timeout=10.0):
+    ticks = iter(range(1000))
+    return wait_in_force(
+        client, NEW_HASH, timeout, store, clock=lambda: float(next(ticks)), sleep=lambda s: None
+    )
+
+
+def test_apply_waits_for_every_live_replica_in_the_store():
+    replicas = FakeReplicas(
+        [("gw-a", NEW_HASH, True), ("gw-b", OLD_HASH, True), ("gw-c", OLD_HASH, False)],
+        [("gw-a", NEW_HASH, True), ("gw-b", NEW_HASH, True), ("gw-c", OLD_HASH, False)],
+    )
+    client = FakeGateway(state(OLD_HASH), state(NEW_HASH))
+    assert waited(client, replicas) is None  # gw-c is not alive: not waited for
+    stuck = FakeReplicas([("gw-a", NEW_HASH, True), ("gw-b", OLD_HASH, True)])
+    assert waited(FakeGateway(state(NEW_HASH)), stuck, timeout=3) == (
+        f"live replicas still on another config: gw-b (sha256 {OLD_HASH[:12]})"
+    )
+
+
+def test_apply_stops_waiting_at_a_rejection_of_the_new_hash_only():
+    older = FakeGateway(state(OLD_HASH, rejected="c" * 64), state(NEW_HASH))
+    assert waited(older) is None  # an earlier rejection of another file is not this one
+    with pytest.raises(Rejected, match="f.yaml:3:1: bad"):
+        waited(FakeGateway(state(OLD_HASH, rejected=NEW_HASH)))
+    assert waited(FakeGateway(state(OLD_HASH)), timeout=2) == (
+        f"the gateway still runs sha256 {OLD_HASH[:12]} (its file: /etc/holdgate.yaml)"
+    )
