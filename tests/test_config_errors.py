@@ -260,8 +260,18 @@ def test_a_credential_in_an_upstream_url_is_refused():
                 "f.yaml:4:56: feeds[0].batch: expected a number of rows from 1 to 10000, e.g. 100",
             ],
         ),
+        (
+            'version: 1\nupstreams: [{name: d}]\ndetectors:\n  - {name: t, regex: "TK-([", '
+            "placeholdr: x}\n",
+            [
+                "f.yaml:4:15: detectors[0].regex: invalid regular expression: unterminated "
+                "character set at position 4",
+                "f.yaml:4:31: detectors[0].placeholdr: unknown key 'placeholdr'; valid keys: "
+                "name, regex, validator",
+            ],
+        ),
     ],
-    ids=["upstream", "api_key", "feed"],
+    ids=["upstream", "api_key", "feed", "detector"],
 )
 def test_an_unknown_key_does_not_hide_a_bad_value_in_the_same_item(text, expected):
     """The key check stopped the item: `prefx:` hid the bad `url:` beside it."""

@@ -62,7 +62,14 @@ from jsonpath_ng.ext.filter import Filter
 from jsonpath_ng.ext.parser import parse as parse_jsonpath
 from jsonpath_ng.jsonpath import Child, Descendants, Fields, Index, Root, Slice, This, Wildcard
 
-from holdgate.configfile import ConfigError, Node, Problems, collected, declared_names
+from holdgate.configfile import (
+    ConfigError,
+    Node,
+    Problems,
+    collected,
+    declared_names,
+    keys_then,
+)
 from holdgate.masking.detectors import (
     BUILTIN_DETECTORS,
     KEYED_DETECTORS,
@@ -918,7 +925,10 @@ def _parse_detector_list(node: Node, problems: Problems) -> dict[str, Detector]:
 
 
 def _parse_detector(item: Node, known: Mapping[str, Detector]) -> Detector:
-    item.mapping(DETECTOR_KEYS, required={"name", "regex"})
+    return keys_then(item, DETECTOR_KEYS, {"name", "regex"}, lambda: _detector_fields(item, known))
+
+
+def _detector_fields(item: Node, known: Mapping[str, Detector]) -> Detector:
     name_node = item.child("name")
     name = name_node.string()
     if not _DETECTOR_NAME.fullmatch(name):
