@@ -13,8 +13,14 @@ import pytest
 from click.testing import CliRunner
 
 from holdgate import store
+from holdgate.cli.common import CheckFailed
 from holdgate.cli.main import main
-from holdgate.cli.policy_apply import Rejected, replace_atomically, wait_in_force
+from holdgate.cli.policy_apply import (
+    Rejected,
+    replace_atomically,
+    wait_in_force,
+    write_in_place,
+)
 
 MULTI_MISTAKES = """\
 version: 1
@@ -357,3 +363,21 @@ def test_apply_stops_waiting_at_a_rejection_of_the_new_hash_only():
     assert waited(FakeGateway(state(OLD_HASH)), timeout=2) == (
         f"the gateway still runs sha256 {OLD_HASH[:12]} (its file: /etc/holdgate.yaml)"
     )
+
+
+def test_a_file_that_cannot_be_replaced_is_a_message_and_stays_whole(tmp_path, monkeypatch):
+    watched = tmp_path / "holdgate.yaml"
+    watched.write_text("old\n")
+
+    def refused(src: object, dst: object) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("holdgate.cli.policy_apply.os.replace", refused)
+    with pytest.raises(CheckFailed) as failed:
+        write_in_place(watched, b"new\n")
+    assert failed.value.message == (
+        f"cannot write {watched} (Permission denied); nothing was replaced: check that its "
+        "folder is writable by you"
+    )
+    assert watched.read_text() == "old\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["holdgate.yaml"]  # no temp left

@@ -50,6 +50,17 @@ def replace_atomically(path: Path, data: bytes) -> None:
         os.close(folder)
 
 
+def write_in_place(path: Path, data: bytes, otherwise: str = "nothing was replaced") -> None:
+    """`replace_atomically`, a failure being a message that says what stays as it was."""
+    try:
+        replace_atomically(path, data)
+    except OSError as exc:
+        raise CheckFailed(
+            f"cannot write {path} ({exc.strerror}); {otherwise}: check that its folder is "
+            "writable by you"
+        ) from None
+
+
 @dataclass(frozen=True)
 class InForce:
     """What a gateway said of its config: the hash in force, the last reload it rejected."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from contextlib import ExitStack
@@ -20,7 +21,7 @@ from holdgate.cli.common import (
     until_option,
 )
 from holdgate.cli.gateway_client import GatewayClient, gateway_options, gateway_url
-from holdgate.cli.policy_apply import Rejected, in_force, replace_atomically, wait_in_force
+from holdgate.cli.policy_apply import Rejected, in_force, wait_in_force, write_in_place
 from holdgate.config.gateway_config import GatewayConfig, load_config
 from holdgate.configfile import ConfigError
 from holdgate.masking.masker import MaskingError, mask_json
@@ -335,8 +336,9 @@ def policy_apply(
         config = load_config(candidate, secrets=False)
     except ConfigError as exc:
         raise CheckFailed(f"{exc.report()}\n{watched} was not replaced") from None
-    new_bytes = Path(candidate).read_bytes()
-    old_bytes = Path(watched).read_bytes()
+    new_bytes, old_bytes = Path(candidate).read_bytes(), Path(watched).read_bytes()
+    if hashlib.sha256(new_bytes).hexdigest() != config.digest:
+        raise CheckFailed(f"{candidate} changed while it was checked; run it again")
     client = GatewayClient(gateway_url(gateway, watched), token)
     before = in_force(client)  # unreachable or refused: nothing replaced
     click.echo(f"{candidate}: ok ({len(config.policy.rules)} rules, sha256 {config.digest[:12]})")
@@ -349,12 +351,12 @@ def policy_apply(
         if before.config_hash == config.digest and old_bytes == new_bytes:
             click.echo(f"already in force: sha256 {config.digest[:12]}")
             return
-        replace_atomically(Path(watched), new_bytes)
+        write_in_place(Path(watched), new_bytes)
         click.echo(f"replaced {watched}; waiting for the gateway (up to {timeout:g}s)")
         try:
             waiting = wait_in_force(client, config.digest, timeout, store)
         except Rejected as exc:
-            replace_atomically(Path(watched), old_bytes)
+            write_in_place(Path(watched), old_bytes, "the rejected file stays in its place")
             raise CheckFailed(
                 f"the gateway rejected sha256 {config.digest[:12]} and keeps "
                 f"{before.config_hash[:12]}: {exc}\n{watched} was put back as it was"
