@@ -1,6 +1,7 @@
 """`holdgate policy apply` on a running mitmdump: the new config confirmed in force through
-the admin API; a broken candidate, a wrong credential and a reload the gateway rejects
-leave (or put back) the watched file as it was; an unwatched file times out, named."""
+the admin API (by two replicas sharing a PostgreSQL store too); a broken candidate, a wrong
+credential and a reload the gateway rejects leave (or put back) the watched file as it was;
+an unwatched file times out, named."""
 
 from __future__ import annotations
 
@@ -178,3 +179,33 @@ def test_config_hash_route_needs_a_credential(gw):
         "rejected": None,
     }
     assert json.dumps(answer.json()).count(TOKEN) == 0
+
+
+def test_apply_waits_for_every_replica_sharing_the_store(demo, gateway_factory, pg_url, tmp_path):
+    """Two gateways watch one file and share one PostgreSQL store: both must confirm."""
+    shared = "hash_key: apply-test-shared-hash-key\n"
+    gateways = [
+        gateway_factory(
+            BASE.format(url=demo.url, action="allow") + shared,
+            demo.url,
+            options={
+                "holdgate_store": pg_url,
+                "holdgate_replica": name,
+                "holdgate_admin": f"127.0.0.1:{free_port()}",
+            },
+        )
+        for name in ("gw-a", "gw-b")
+    ]
+    assert gateways[0].config == gateways[1].config  # one file, watched by both
+    wait_listening(gateways[0].admin)
+    candidate = tmp_path / "candidate.yaml"
+    candidate.write_text(BASE.format(url=demo.url, action="deny") + shared)
+    done = apply(gateways[0], candidate, "--store", pg_url, "--timeout", "60")
+    assert done.returncode == 0, done.stdout + done.stderr
+    digest = sha256(candidate)
+    assert done.stdout.splitlines()[-1] == (
+        f"in force: the gateway and every live replica runs sha256 {digest[:12]}"
+    )
+    listed = holdgate_cli("replicas", "--store", pg_url).stdout
+    assert listed.count(f"config {digest[:12]}") == 2, listed
+    assert [decision(gw) for gw in gateways] == ["denied", "denied"]
