@@ -657,7 +657,7 @@ def _parse_rule(node: Node, warnings: list[str]) -> Rule:
                 found.add(
                     node.child(key).error(f"{key!r} only applies to rules with action: approve")
                 )
-    written: dict[str, Any] = {
+    parsed: dict[str, Any] = {  # each None if it had a mistake (raised below)
         "upstreams": found.attempt(match.child("upstream").strings),
         "users": found.attempt(match.child("users").strings),
         "groups": found.attempt(match.child("groups").strings),
@@ -685,7 +685,7 @@ def _parse_rule(node: Node, warnings: list[str]) -> Rule:
         args=args,
         approvers=approvers,
         lineage=rule_lineage(node.value),
-        **written,
+        **parsed,
     )
 
 
