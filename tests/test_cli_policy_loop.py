@@ -147,6 +147,8 @@ def test_explain_says_when_a_value_cannot_be_decided_or_is_missing(tmp_path):
         '        FAIL args: args $.limit: "10" cannot be decided against in [10, 100] '
         "(a value of another type)"
     )
+    tagged = run("policy", "explain", str(path), "--tool", "run_sql", "--args", '{"tag": null}')
+    assert "ok   args: args $.tag: null cannot be decided (null) (exists true)" in tagged.output
     result = run("policy", "explain", str(path), "--tool", "run_sql", "--args", "{}")
     assert "FAIL args: args $.query: no value there (regex '(?i)select\\\\b[^;]*')" in (
         result.output

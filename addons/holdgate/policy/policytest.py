@@ -144,8 +144,12 @@ def _judged(check: Check, shown: ShownValues) -> list[str]:
             f"({condition.written})"
         ]
     texts = [_text(v) for v in shown(condition, check.values)]
-    if condition.exists is not None:
-        return [f"{text} is present ({condition.written})" for text in texts]
+    if condition.exists is not None:  # a null: many upstreams read it as absent
+        return [
+            f"{text} {'cannot be decided (null)' if v is None else 'is present'} "
+            f"({condition.written})"
+            for text, v in zip(texts, check.values, strict=True)
+        ]
     return [f"{text} {condition.judged(v)}" for text, v in zip(texts, check.values, strict=True)]
 
 
