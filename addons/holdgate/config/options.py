@@ -20,6 +20,7 @@ OPTIONS = (
     "holdgate_admin",
     "holdgate_max_body",
     "holdgate_replica",
+    "holdgate_shadow",
 )
 
 
