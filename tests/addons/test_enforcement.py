@@ -191,6 +191,38 @@ async def test_explain_logs_every_rule_considered(tctx, caplog):
     assert "decision: allow by 'support reads'" in caplog.text
 
 
+EXPLAINED = (
+    "version: 1\n"
+    + identity("alice")
+    + f"""upstreams:
+  - name: crm
+    url: {UPSTREAM_URL}
+rules:
+  - name: reads by email
+    match: {{tool: find, args: {{"$.email": {{regex: "[a-z]+@example[.]org"}}}}}}
+    action: allow
+masking:
+  - name: pii
+    detectors: [email]
+    exempt_groups: [support]
+"""
+)
+
+
+async def test_explain_logs_argument_values_only_as_the_record_keeps_them(tmp_path, caplog):
+    """The log is no place for a clear value, exempt caller or not: the value is shown masked
+    with the condition it failed."""
+    with gateway(tmp_path, EXPLAINED, Router, Authentication, PolicyEnforcer, Recorder) as tctx:
+        flow = await send(tctx, mcp_flow(call("find", {"email": "ann@example.com"}), ALICE))
+        with caplog.at_level(logging.WARNING, logger="holdgate"):
+            find(tctx, PolicyEnforcer).explain([flow])
+    assert "ann@example.com" not in caplog.text
+    assert (
+        'FAIL args: args $.email: "[REDACTED:email]" does not match regex '
+        "'[a-z]+@example[.]org'" in caplog.text
+    )
+
+
 @pytest.fixture
 def sync_tctx(tmp_path):
     with gateway(tmp_path, CONFIG, Router, Authentication, PolicyEnforcer) as tctx:

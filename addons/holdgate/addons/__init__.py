@@ -27,13 +27,13 @@ ToolPinning, Checkpointer and Feeds to the AuditStore's opening (so no one depen
 configuring after it); Telemetry to its committed rows, Replicas to its `before_close`,
 Checkpointer and Feeds to its `after_shutdown`. The AdminApi owns the admin listener
 (`holdgate_admin`), opened once a previous run's holds are closed; the approvals API, the
-approval inbox, campaigns, Telemetry's `/metrics` and the health and status routes
-(`/healthz`, `/readyz`, `/status`, read from the services and Replicas) register their
-routes on it here. `/readyz` says ready only once the ConfigLoader has seen mitmproxy's
-start-up end, with a config in force, the AuditStore's writer healthy and Replicas' lease
-taken by the store. A stage that raises in a flow hook gets the flow refused by the
-Pipeline. `flowstate` is the glue they share (per-flow state, refusals, failing closed);
-it is not an addon.
+approval inbox, campaigns, Telemetry's `/metrics`, the health and status routes
+(`/healthz`, `/readyz`, `/status`, read from the services and Replicas) and ConfigApi's
+`/config/hash` (the config in force, for `policy apply`) register their routes on it here.
+`/readyz` says ready only once the ConfigLoader has seen mitmproxy's start-up end, with a
+config in force, the AuditStore's writer healthy and Replicas' lease taken by the store. A
+stage that raises in a flow hook gets the flow refused by the Pipeline. `flowstate` is the
+glue they share (per-flow state, refusals, failing closed); it is not an addon.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ from holdgate.addons.approvals_api import ApprovalsApi, CampaignsApi
 from holdgate.addons.audit_store import AuditStore
 from holdgate.addons.authentication import Authentication
 from holdgate.addons.checkpointer import Checkpointer
+from holdgate.addons.config_api import ConfigApi
 from holdgate.addons.config_loader import ConfigLoader
 from holdgate.addons.deadlines import ConnectionDeadlines
 from holdgate.addons.decision_rows import DecisionRows
@@ -92,10 +93,12 @@ def default_addons() -> list[object]:
     )
     checkpointer = Checkpointer(loader)
     feeds = Feeds(loader)
+    config_api = ConfigApi(loader, admin.callers)
     # Every subscription and route, in one place.
     loader.checks.append(audit.config_problem)
     loader.listeners.append(recorder.note_config_version)
     loader.listeners.append(telemetry.config_loaded)
+    loader.listeners.append(config_api.config_event)
     shadow.listeners.append(recorder.note_config_version)
     audit.opened.extend(
         [
@@ -118,6 +121,7 @@ def default_addons() -> list[object]:
     admin.route("/healthz", health.healthz)
     admin.route("/readyz", health.readyz)
     admin.route("/status", StatusApi(health, admin.callers, lambda: len(holds.holds)).handle)
+    admin.route("/config/hash", config_api.handle)
     return [
         loader,
         audit,  # opens the store before any stage configures; closes after every `done`

@@ -25,7 +25,7 @@ from holdgate.addons.flowstate import (
 )
 from holdgate.config.gateway_config import Upstream
 from holdgate.identity import Identity
-from holdgate.policy.policytest import format_explanation
+from holdgate.policy.policytest import format_explanation, masked_values
 from holdgate.policy.quota import Hit, rate_bucket
 from holdgate.policy.rules import Decision, Policy
 from holdgate.policy.tasks import is_task_request
@@ -201,12 +201,15 @@ class PolicyEnforcer:
             config, upstream = st.route.config, st.route.upstream.name
             for message in st.body.messages:
                 decision, trace = config.policy.explain(st.identity, upstream, message)
+                masked = self.audit.masked_for_record(
+                    message.arguments or {}, config, upstream, message.tool
+                )
                 logger.warning(
                     "holdgate.explain %s %s %s:\n%s",
                     selected.id,
                     message.method,
                     message.target or "",
-                    format_explanation(decision, trace),
+                    format_explanation(decision, trace, masked_values(masked.value)),
                 )
 
     async def decide(

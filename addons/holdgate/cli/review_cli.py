@@ -399,7 +399,9 @@ def apply(db: str, config_path: str, campaign_id: str, out: str, actor: str | No
         )
     click.echo(
         f"{out}: {len(added)} deny rules for {c.progress()['revoke']} revoked grants "
-        f"(sha256 {digest[:12]}); try it: holdgate policy replay {out} --db {db}"
+        f"(sha256 {digest[:12]}); try it on recorded traffic (holdgate policy replay {out} "
+        f"--db {db}) or live as the shadow policy (--set holdgate_shadow={out}), then put "
+        f"it in force with holdgate policy apply {out} --config {config_path}"
     )
 
 
