@@ -10,7 +10,7 @@ from mitmproxy.test import taddons, tflow
 
 from holdgate.addons import default_addons, gateway_addons
 from holdgate.addons.flowstate import state
-from holdgate.addons.pipeline import Pipeline, hook_names
+from holdgate.addons.pipeline import OWN_HOOKS, Pipeline, hook_names
 
 pytestmark = pytest.mark.anyio
 
@@ -108,7 +108,8 @@ def test_every_hook_of_every_gateway_addon_is_in_the_pipeline() -> None:
         name for stage in stages for name in hook_names() if callable(getattr(stage, name, None))
     }
     assert {"requestheaders", "request", "responseheaders", "response", "error"} <= implemented
-    assert implemented - {"load"} <= set(vars(pipeline))
+    assert implemented - OWN_HOOKS <= set(vars(pipeline))
+    assert all(callable(getattr(Pipeline, name)) for name in OWN_HOOKS)
     assert set(pipeline.hooks) == implemented
 
 

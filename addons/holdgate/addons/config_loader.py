@@ -1,7 +1,8 @@
 """ConfigLoader: loads `holdgate_config`, reloads it on change, keeps the last good one.
 
 Every load, reload and rejected reload is announced to `listeners` (the Recorder writes
-them to the store's `config_versions`), so the record says which policy was in force.
+them to the store's `config_versions`), so the record says which policy was in force. The
+load at start is announced once the gateway runs: a start that fails records no version.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class ConfigLoader:
         self._mtime: tuple[float, int] | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._started: asyncio.Task[None] | None = None
+        self._running = False
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
         # What other addons require of a config (a reason to refuse it, or None).
         self.checks: list[Callable[[GatewayConfig], str | None]] = []
@@ -103,12 +105,22 @@ class ConfigLoader:
                 raise exceptions.OptionsError(f"holdgate_config: {path}: {problem}")
             self._mtime = _stamp(path)
             logger.info("holdgate: loaded %s (sha256 %s)", path, self.current.digest[:12])
+            if self._running:
+                self._announce("loaded", self.current, "loaded by an option change")
+
+    def announce_start(self) -> None:
+        """The gateway runs: the config it started with is announced (once)."""
+        if self._running:
+            return
+        self._running = True
+        if self.current is not None:
             self._announce("loaded", self.current, "loaded at start")
 
     def _problem(self, config: GatewayConfig) -> str | None:
         return next((found for check in self.checks if (found := check(config))), None)
 
     def running(self) -> None:
+        self.announce_start()
         self._watcher = asyncio.get_running_loop().create_task(self._watch())
         self._started = asyncio.get_running_loop().create_task(announce_started())
 
