@@ -16,13 +16,13 @@ from helpers.flows import UPSTREAM_URL, find, gateway
 from holdgate import store
 from holdgate.addons.audit_store import AuditStore
 from holdgate.addons.recorder import Recorder
-from holdgate.config.options import listen_addresses
 from holdgate.addons.replicas import (
     MAX_NAME,
     Replicas,
     exited_here,
     name_problem,
 )
+from holdgate.config.options import listen_addresses
 
 pytestmark = pytest.mark.anyio
 

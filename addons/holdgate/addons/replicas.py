@@ -1,10 +1,11 @@
 """Replicas: this gateway's name and lease among the gateways sharing one store.
 
 At start the replica claims its row in the store (`holdgate_replica`, default
-HOST:ADDRESS, where the proxy listens, with a random instance id per process start); a second live process under the
-same name refuses to start. Every `HEARTBEAT_EVERY` seconds, off the event loop, it renews
-its lease (judged by the database clock); at shutdown it marks itself gone. Holds name
-their replica, so the others can tell when nobody holds a call any more.
+HOST:ADDRESS, the address its modes listen on, with a random instance id per process
+start); a second live process under the same name refuses to start. Every
+`HEARTBEAT_EVERY` seconds, off the event loop, it renews its lease (judged by the
+database clock); at shutdown it marks itself gone. Holds name their replica, so the
+others can tell when nobody holds a call any more.
 """
 
 from __future__ import annotations
