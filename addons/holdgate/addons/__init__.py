@@ -7,12 +7,13 @@ order; `gateway_addons()`):
 
     ConfigLoader, AuditStore, AdminApi             services: configured first, closed last
     -> EarlyAnswers -> ConnectionDeadlines
-    -> Replicas, Telemetry, ToolPinning            lifecycle only
+    -> Replicas, Telemetry, DecisionLog, ToolPinning   lifecycle only
     -> Router -> Authentication -> PolicyEnforcer -> ApprovalHolds -> Gate   request stages
     -> Responses -> Recorder                                                 response side
     -> Checkpointer, Feeds                         lifecycle only
 
 Calls go with that order, or to a service or a collaborator that is not an addon:
+PolicyEnforcer and ApprovalHolds log each decision through DecisionLog;
 PolicyEnforcer asks ToolPinning's `review` and TaskOwnership; ApprovalHolds hands calls
 for URL elicitation to ElicitedApprovals, and both write approvals through ApprovalCore
 (given the AuditStore, ToolPinning and Replicas); the Gate's last step is DecisionRows'
@@ -41,6 +42,7 @@ from holdgate.addons.authentication import Authentication
 from holdgate.addons.checkpointer import Checkpointer
 from holdgate.addons.config_loader import ConfigLoader
 from holdgate.addons.deadlines import ConnectionDeadlines
+from holdgate.addons.decision_log import DecisionLog
 from holdgate.addons.decision_rows import DecisionRows
 from holdgate.addons.early_answers import EarlyAnswers
 from holdgate.addons.elicited_approvals import ElicitedApprovals
@@ -69,9 +71,11 @@ def default_addons() -> list[object]:
     pins = ToolPinning(loader, audit)
     tasks = TaskOwnership(audit)
     legacy = LegacyPlaceholders()
-    policy = PolicyEnforcer(loader, audit, tasks, pins, legacy)
+    decision_log = DecisionLog()
+    policy = PolicyEnforcer(loader, audit, tasks, pins, legacy, decision_log)
     approvals = ApprovalCore(audit, pins, replicas)
-    holds = ApprovalHolds(loader, approvals, ElicitedApprovals(loader, approvals), legacy)
+    elicited = ElicitedApprovals(loader, approvals)
+    holds = ApprovalHolds(loader, approvals, elicited, legacy, decision_log)
     telemetry = Telemetry(loader, audit, approvals_pending=lambda: len(holds.holds))
     decisions = DecisionRows(audit, traces=telemetry.traces)
     recorder = Recorder(loader, audit, decisions, finished=telemetry.finished)
@@ -105,6 +109,7 @@ def default_addons() -> list[object]:
         ConnectionDeadlines(),
         replicas,  # lifecycle only: registers at configure, heartbeats while running
         telemetry,  # lifecycle only: metrics and traces, fed by the Recorder and the store
+        decision_log,  # lifecycle only: its option; the policy and the holds log through it
         pins,  # lifecycle only: pins read at configure and polled; policy asks its review
         Router(loader),
         Authentication(loader, audit),
