@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
-from mitmproxy import ctx, http
+from mitmproxy import ctx, exceptions, http
 
 from holdgate.addons.flowstate import DecidedMessage, decision_text, state
 
@@ -39,7 +39,13 @@ class DecisionLog:
 
     def configure(self, updated: set[str]) -> None:
         if "holdgate_decision_log" in updated:
-            self.level = LEVELS[ctx.options.holdgate_decision_log]
+            chosen = ctx.options.holdgate_decision_log
+            if chosen not in LEVELS:
+                raise exceptions.OptionsError(
+                    f"holdgate_decision_log: {chosen!r} is not a level; use one of "
+                    f"{', '.join(LEVELS)}"
+                )
+            self.level = LEVELS[chosen]
         if not self._columns_chosen and "web_columns" in ctx.options:  # mitmweb only
             self._columns_chosen = True
             columns = with_comment_column(
