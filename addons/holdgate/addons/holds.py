@@ -161,6 +161,9 @@ class ApprovalHolds:
             raise RuntimeError("approval without a decided body")
         if self.elicited.applies(flow):
             await self.elicited.round(flow, st.decided[0], identity, config)
+            annotate(flow)
+            if st.decided[0].approval is not None:  # else refused before any approval
+                self._log(flow, st.decided[0])
             return
         refused: list[tuple[int, str]] = []
         approved: list[tuple[int, DecidedMessage, str, str]] = []
