@@ -36,6 +36,7 @@ from holdgate.cli.records_cli import timeline_line
 pytestmark = pytest.mark.anyio
 
 WEB_PASSWORD = "mitmweb-test-password"
+WAIT_FOR_UI = "--virtual-time-budget=5000"  # mitmweb fills its list from a WebSocket
 
 
 class MitmwebAPI:
@@ -214,13 +215,13 @@ async def test_the_flow_list_shows_each_decision_in_its_comment_column(mitmweb, 
             held = await wait_for_pending(db)
             with anyio.fail_after(30):
                 while True:  # the UI fills the list over its WebSocket
-                    dom = await anyio.to_thread.run_sync(lambda: dump_dom(page, wait_ms=5000))
+                    dom = await anyio.to_thread.run_sync(lambda: dump_dom(page, WAIT_FOR_UI))
                     cells = [c for c in comment_cells(dom) if "tools/call" in c]
                     if len(cells) == 3:
                         break
                     await anyio.sleep(0.5)
             await anyio.to_thread.run_sync(
-                lambda: screenshot(page, tmp_path / "mitmweb-list.png", wait_ms=5000)
+                lambda: screenshot(page, str(tmp_path / "mitmweb-list.png"), WAIT_FOR_UI)
             )
             assert api.post(f"/flows/{held['flow_id']}/kill") == 200  # Abort: denied
     assert refused[0].code == -32004

@@ -6,7 +6,6 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tempfile
-from pathlib import Path
 
 FLAGS = (
     "--headless",
@@ -20,29 +19,24 @@ FLAGS = (
 )
 
 
-def dump_dom(url: str, wait_ms: int | None = None) -> str:
-    """The document as Chromium built it from `url` (scripts run, styles applied);
-    `wait_ms`: the page's scripts get that much (virtual) time first, e.g. for an app
-    that fills the page from a WebSocket."""
-    return _chromium(url, "--dump-dom", *_waiting(wait_ms))
+def dump_dom(url: str, *extra: str) -> str:
+    """The document as Chromium built it from `url` (scripts run, styles applied); `extra`
+    flags, e.g. `--virtual-time-budget=5000` to follow a page that submits a form."""
+    return _run(url, "--dump-dom", *extra)
 
 
-def screenshot(url: str, path: Path, wait_ms: int | None = None) -> None:
-    """A PNG of the page as Chromium shows it, 1600 pixels wide."""
-    _chromium(url, f"--screenshot={path}", "--window-size=1600,900", *_waiting(wait_ms))
+def screenshot(url: str, path: str, *extra: str) -> None:
+    """A PNG of the page at `url`, saved to `path`; `extra` flags as for `dump_dom`."""
+    _run(url, f"--screenshot={path}", "--window-size=1200,1400", "--hide-scrollbars", *extra)
 
 
-def _waiting(wait_ms: int | None) -> tuple[str, ...]:
-    return (f"--virtual-time-budget={wait_ms}",) if wait_ms else ()
-
-
-def _chromium(url: str, *args: str) -> str:
+def _run(url: str, *flags: str) -> str:
     chromium = shutil.which("chromium")
     if chromium is None:
         raise RuntimeError("chromium is missing: run scripts/system-deps.sh (make test does)")
     with tempfile.TemporaryDirectory(prefix="holdgate-chromium-") as profile:
         done = subprocess.run(
-            [chromium, *FLAGS, f"--user-data-dir={profile}", *args, url],
+            [chromium, *FLAGS, f"--user-data-dir={profile}", *flags, url],
             capture_output=True,
             text=True,
             timeout=60,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from mitmproxy import command, flow, http
@@ -48,6 +49,7 @@ if TYPE_CHECKING:
     from holdgate.addons.audit_store import AuditStore
     from holdgate.addons.config_loader import ConfigLoader
     from holdgate.addons.decision_log import DecisionLog
+    from holdgate.addons.shadow import ShadowPolicy
     from holdgate.addons.task_ownership import TaskOwnership
     from holdgate.addons.tool_pinning import ToolPinning
 
@@ -80,6 +82,7 @@ class PolicyEnforcer:
         tasks: TaskOwnership,
         pins: ToolPinning | None = None,
         legacy: LegacyPlaceholders | None = None,
+        shadow: ShadowPolicy | None = None,
         decision_log: DecisionLog | None = None,
     ) -> None:
         self.loader = loader
@@ -87,6 +90,7 @@ class PolicyEnforcer:
         self.audit = audit
         self.tasks = tasks
         self.pins = pins
+        self.shadow = shadow  # decides each message again by a candidate, never enforced
         self.correlator = Correlator()
         # refusals swapped in on the legacy SSE transport (shared with the approval holds)
         self.legacy = legacy if legacy is not None else LegacyPlaceholders(self.correlator.limit)
@@ -146,6 +150,7 @@ class PolicyEnforcer:
         st.body = body
         forwarded: list[Message] = []
         errors: list[dict[str, Any]] = []
+        shadow_budget = self.shadow.budget() if self.shadow is not None else None
         for index, message in enumerate(body.messages):
             try:
                 decision = await self.decide(
@@ -160,7 +165,15 @@ class PolicyEnforcer:
                 st.policy_checked = True
                 self._log_decided(flow)
                 return
-            st.decided.append(DecidedMessage(message, decision))
+            shadow = None
+            if self.shadow is not None and shadow_budget is not None and message.kind != "response":
+                deciding = partial(
+                    self.ruled, identity=identity, upstream=upstream, message=message, st=st
+                )
+                shadow = self.shadow.decide_beside(
+                    decision, partial(deciding, quiet=True), identity.user, shadow_budget
+                )
+            st.decided.append(DecidedMessage(message, decision, shadow=shadow))
             if decision.action == "deny":
                 if message.kind == "request":
                     code = RATE_LIMITED if decision.rate_limited else POLICY_DENIED
@@ -223,14 +236,7 @@ class PolicyEnforcer:
         cannot be."""
         if message.kind == "response":
             return CLIENT_RESPONSE
-        if is_task_request(message):
-            if st is None:
-                raise RuntimeError("a tasks/* request decided without its flow's task records")
-            decision = self.tasks.decide(st, policy, identity, upstream.name, message)
-        else:
-            decision = policy.evaluate(identity, upstream.name, message)
-        if self.pins is not None:
-            decision = self.pins.review(identity.user, upstream, message, decision)
+        decision = self.ruled(policy, identity, upstream, message, st)
         if decision.action == "allow" and decision.limit is not None:
             count, per = decision.limit
             bucket = rate_bucket(decision.rule, identity.user)
@@ -255,6 +261,29 @@ class PolicyEnforcer:
                 )
             if hits is not None:
                 hits.append(Hit(bucket, window_start))
+        return decision
+
+    def ruled(
+        self,
+        policy: Policy,
+        identity: Identity,
+        upstream: Upstream,
+        message: Message,
+        st: FlowState | None,
+        *,
+        quiet: bool = False,
+    ) -> Decision:
+        """The decision of `policy`'s rules for one request or notification, as task
+        ownership and tool pins review it; before any rate limit is counted. `quiet`: no
+        tool-change alert logged (the shadow policy's second look at a call)."""
+        if is_task_request(message):
+            if st is None:
+                raise RuntimeError("a tasks/* request decided without its flow's task records")
+            decision = self.tasks.decide(st, policy, identity, upstream.name, message)
+        else:
+            decision = policy.evaluate(identity, upstream.name, message)
+        if self.pins is not None:
+            decision = self.pins.review(identity.user, upstream, message, decision, alert=not quiet)
         return decision
 
     @fail_closed

@@ -35,20 +35,31 @@ RECORDED_STREAM_BYTES = 1024 * 1024
 
 @dataclass(frozen=True)
 class Refusal:
-    """The gateway answered the client itself: what it said, and why (`kind`)."""
+    """The gateway answered the client itself: what it said, and why (`kind`). `detail`
+    is what the record says beyond the client's `message` (the operator's view: an
+    upstream's address, the network error), never sent to the client."""
 
     status: int
     code: int | None
     message: str
     kind: str
+    detail: str | None = None
+
+    @property
+    def recorded(self) -> str:
+        """The reason the record keeps."""
+        return self.detail or self.message
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "status": self.status,
             "code": self.code,
             "message": self.message,
             "kind": self.kind,
         }
+        if self.detail:
+            out["detail"] = self.detail
+        return out
 
 
 @dataclass
@@ -60,6 +71,7 @@ class DecidedMessage:
     decision: Decision
     approval_id: str | None = None  # ApprovalHolds
     approval: dict[str, Any] | None = None  # ApprovalHolds: {state, decider} or {granted_by}
+    shadow: dict[str, Any] | None = None  # ShadowPolicy: the candidate's, where it differs
     # ApprovalHolds, for the comment and the console line (not in the rows): the hold's
     # expiry, and how its decider decided
     expires: float | None = None
@@ -71,6 +83,8 @@ class DecidedMessage:
             out["approval_id"] = self.approval_id
         if self.approval is not None:
             out["approval"] = self.approval
+        if self.shadow is not None:
+            out["shadow"] = self.shadow
         return out
 
 
@@ -282,6 +296,10 @@ def decision_text(st: FlowState, decided: DecidedMessage) -> DecisionText:
     )
 
 
+# mitmweb's marker of a flow the shadow policy would decide differently
+SHADOW_MARKER = ":crystal_ball:"
+
+
 def annotate(flow: http.HTTPFlow) -> None:
     """The flow's comment and marker in mitmweb (and in its recording): its decisions (the
     words of the console's decision lines), any refusal and what was masked. The one place
@@ -289,12 +307,21 @@ def annotate(flow: http.HTTPFlow) -> None:
     st = state(flow)
     parts = [str(decision_text(st, d)) for d in st.decided]
     if st.refused is not None:
-        parts.append(f"refused ({st.refused.kind}): {st.refused.message}")
+        parts.append(f"refused ({st.refused.kind}): {st.refused.recorded}")
     if st.masked:
         parts.append("masked: " + ", ".join(f"{k}={v}" for k, v in st.masked.items()))
+    shadowed = [d for d in st.decided if d.shadow is not None]
+    parts += [
+        f"shadow {d.shadow['kind']}: {d.message.target or d.message.method} would be "
+        f"{d.shadow['action']} by {d.shadow['rule']!r}"
+        for d in shadowed
+        if d.shadow is not None
+    ]
     flow.comment = "holdgate: " + "; ".join(parts)
     actions = {d.decision.action for d in st.decided}
-    if st.refused is not None or "deny" in actions:
+    if shadowed and st.held is None:  # what a shadow run is watched for; a hold stays shown
+        flow.marked = SHADOW_MARKER
+    elif st.refused is not None or "deny" in actions:
         flow.marked = ":no_entry:"
     elif st.held is not None or ("approve" in actions and not st.approvals_settled):
         flow.marked = ":hourglass:"

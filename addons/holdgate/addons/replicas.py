@@ -14,6 +14,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 import unicodedata
 import uuid
 from importlib.metadata import version
@@ -72,6 +73,9 @@ class Replicas:
         self._store: Store | None = None
         self._task: asyncio.Task[None] | None = None
         self._taken_over = False
+        # When the store last took this replica's lease (registration or a heartbeat, both
+        # writes), by the monotonic clock; None while the last attempt failed.
+        self.lease_written: float | None = None
 
     def load(self, loader) -> None:  # type: ignore[no-untyped-def]
         loader.add_option(
@@ -113,6 +117,7 @@ class Replicas:
                 f"store ({exc})"
             ) from None
         self.replica, self._store, self._taken_over = name, store, False
+        self.lease_written = time.monotonic()
         logger.info("holdgate: replica %s (instance %s)", quoted(name), self.instance[:8])
 
     def running(self) -> None:
@@ -126,6 +131,7 @@ class Replicas:
         """Mark this instance gone (subscribed to the AuditStore's `before_close`)."""
         store, name = self._store, self.replica
         self._store = self.replica = None
+        self.lease_written = None
         if store is None or name is None:
             return
         try:
@@ -148,6 +154,7 @@ class Replicas:
         try:
             ours = await self.audit.run(lambda store: store.heartbeat(name, instance, digest))
         except StoreError as exc:
+            self.lease_written = None
             logger.error(
                 "holdgate: replica %s cannot heartbeat (%s); retrying in %.0f s, and other "
                 "replicas close its holds once the lease lapses",
@@ -165,6 +172,13 @@ class Replicas:
                 quoted(name),
             )
         self._taken_over = not ours
+        self.lease_written = time.monotonic() if ours else None
+
+    def lease_age(self) -> float | None:
+        """Seconds since the store last took this replica's lease; None when it is not
+        registered, was taken over, or its last heartbeat failed."""
+        written = self.lease_written
+        return None if written is None else time.monotonic() - written
 
     def _info(self, name: str) -> ReplicaInfo:
         config = self.loader.current

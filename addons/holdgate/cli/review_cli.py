@@ -36,6 +36,7 @@ from holdgate.reports.campaigns import (
     export_rows,
     narrowed_policy,
 )
+from holdgate.reports.decision_findings import deciders_of
 from holdgate.reports.review_html import render_html
 from holdgate.reports.review_model import (
     KIND_METHOD,
@@ -155,8 +156,9 @@ def build(
         sessions=store.sessions(since),
         tool_pins=store.tool_pin_rows(),
         config_versions=versions,
+        campaigns=store.campaigns(),
     )
-    return build_review(inputs, config.policy, header)
+    return build_review(inputs, config.policy, header, deciders_of(config))
 
 
 def _emit(text: str, output: str | None, summary: str) -> None:

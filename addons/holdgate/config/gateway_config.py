@@ -20,6 +20,7 @@ from typing import Literal
 from urllib.parse import unquote, urlsplit
 
 from holdgate.config.checkpoints_config import CheckpointsConfig, parse_checkpoints
+from holdgate.config.webhook_config import WebhookConfig, parse_webhook
 from holdgate.configfile import (
     ConfigError,
     ConfigErrors,
@@ -120,7 +121,7 @@ class ResponseHeaders:
 
 @dataclass(frozen=True)
 class ApprovalsConfig:
-    webhook: str | None = None
+    webhook: WebhookConfig | None = None
     public_url: str | None = None
 
 
@@ -181,7 +182,9 @@ class GatewayConfig:
     def secrets(self) -> tuple[str, ...]:
         """Values that must never be written anywhere (injected credentials, keys)."""
         feeds = tuple(f.secret for f in self.feeds if f.secret)
-        return (*(s for up in self.upstreams for s in up.secrets if s), *feeds)
+        hook = self.approvals.webhook
+        webhook = (hook.url,) if hook is not None and hook.referenced else ()
+        return (*(s for up in self.upstreams for s in up.secrets if s), *feeds, *webhook)
 
     def redacted_text(self) -> str:
         """The file as written, with any secret written into it literally blanked out."""
@@ -249,7 +252,7 @@ def build_config(
     server_requests = found.attempt(
         root.child("server_requests").choice, ("allow", "deny"), "allow"
     )
-    approvals = found.attempt(_parse_approvals, root.child("approvals"))
+    approvals = found.attempt(_parse_approvals, root.child("approvals"), secrets, secret_nodes)
     response_headers = found.attempt(_parse_response_headers, root.child("response_headers"))
     checkpoints = found.attempt(parse_checkpoints, root.child("checkpoints"), secrets)
     feeds = parse_feeds(root.child("feeds"), found, secrets, secret_nodes)
@@ -425,12 +428,12 @@ def _parse_tool_change(node: Node) -> ToolChangePolicy:
     )
 
 
-def _parse_approvals(node: Node) -> ApprovalsConfig:
+def _parse_approvals(node: Node, secrets: bool, secret_nodes: list[Node]) -> ApprovalsConfig:
     if node.missing:
         return ApprovalsConfig()
     node.mapping({"webhook", "public_url"})
     return ApprovalsConfig(
-        webhook=node.child("webhook").optional_string(),
+        webhook=parse_webhook(node.child("webhook"), secrets, secret_nodes),
         public_url=node.child("public_url").optional_string(),
     )
 
