@@ -75,7 +75,7 @@ async def test_an_allowed_call_leaves_as_decided_with_comment_and_marker(tctx):
     assert flow.response is None
     assert json.loads(flow.request.content) == call("get_customer", {"id": 1})
     assert flow.request.headers["accept-encoding"] == "identity"
-    assert flow.comment == "holdgate: tools/call get_customer: allow by 'support reads'"
+    assert flow.comment == "holdgate: alice tools/call get_customer: allow (rule 'support reads')"
     assert flow.marked == ":white_check_mark:"
 
 
@@ -98,7 +98,7 @@ async def test_a_call_needing_approval_is_marked_and_not_cleared(tctx):
     flow = await send(tctx, mcp_flow(call("run_sql", {"query": "DELETE"}), ALICE))
     assert flow.response is None  # the ApprovalHolds decide; without them the Gate refuses
     assert flow.marked == ":hourglass:"
-    assert "approve by 'sql needs a dba'" in flow.comment
+    assert "tools/call run_sql: hold (rule 'sql needs a dba'" in flow.comment
 
 
 async def test_a_batch_leaves_without_its_denied_message_whose_error_joins_the_answer(tctx):
@@ -107,7 +107,7 @@ async def test_a_batch_leaves_without_its_denied_message_whose_error_joins_the_a
     assert flow.response is None
     assert json.loads(flow.request.content) == [batch[0]]  # exec_shell never leaves
     assert flow.marked == ":no_entry:"
-    assert "tools/call exec_shell: deny by 'no shell'" in flow.comment
+    assert "tools/call exec_shell: deny (rule 'no shell')" in flow.comment
 
 
 async def test_a_batch_whose_requests_share_an_id_is_400(tctx):

@@ -7,12 +7,13 @@ order; `gateway_addons()`):
 
     ConfigLoader, AuditStore, AdminApi             services: configured first, closed last
     -> EarlyAnswers -> ConnectionDeadlines
-    -> Replicas, Telemetry, ToolPinning, ShadowPolicy   lifecycle only
+    -> Replicas, Telemetry, DecisionLog, ToolPinning, ShadowPolicy   lifecycle only
     -> Router -> Authentication -> PolicyEnforcer -> ApprovalHolds -> Gate   request stages
     -> Responses -> Recorder                                                 response side
     -> Checkpointer, Feeds                         lifecycle only
 
 Calls go with that order, or to a service or a collaborator that is not an addon:
+PolicyEnforcer and ApprovalHolds log each decision through DecisionLog;
 PolicyEnforcer asks ToolPinning's `review`, TaskOwnership and ShadowPolicy (a candidate
 config decided again, never enforced); ApprovalHolds hands calls for URL elicitation to
 ElicitedApprovals, and both write approvals through ApprovalCore
@@ -48,6 +49,7 @@ from holdgate.addons.checkpointer import Checkpointer
 from holdgate.addons.config_api import ConfigApi
 from holdgate.addons.config_loader import ConfigLoader
 from holdgate.addons.deadlines import ConnectionDeadlines
+from holdgate.addons.decision_log import DecisionLog
 from holdgate.addons.decision_rows import DecisionRows
 from holdgate.addons.early_answers import EarlyAnswers
 from holdgate.addons.elicited_approvals import ElicitedApprovals
@@ -78,10 +80,12 @@ def default_addons() -> list[object]:
     pins = ToolPinning(loader, audit)
     tasks = TaskOwnership(audit)
     legacy = LegacyPlaceholders()
+    decision_log = DecisionLog()
     shadow = ShadowPolicy()
-    policy = PolicyEnforcer(loader, audit, tasks, pins, legacy, shadow)
+    policy = PolicyEnforcer(loader, audit, tasks, pins, legacy, shadow, decision_log)
     approvals = ApprovalCore(audit, pins, replicas)
-    holds = ApprovalHolds(loader, approvals, ElicitedApprovals(loader, approvals), legacy)
+    elicited = ElicitedApprovals(loader, approvals)
+    holds = ApprovalHolds(loader, approvals, elicited, legacy, decision_log)
     telemetry = Telemetry(loader, audit, approvals_pending=lambda: len(holds.holds))
     decisions = DecisionRows(audit, traces=telemetry.traces)
     recorder = Recorder(
@@ -130,6 +134,7 @@ def default_addons() -> list[object]:
         ConnectionDeadlines(),
         replicas,  # lifecycle only: registers at configure, heartbeats while running
         telemetry,  # lifecycle only: metrics and traces, fed by the Recorder and the store
+        decision_log,  # lifecycle only: its option; the policy and the holds log through it
         pins,  # lifecycle only: pins read at configure and polled; policy asks its review
         shadow,  # lifecycle only: the candidate loaded and watched; policy asks it too
         Router(loader),

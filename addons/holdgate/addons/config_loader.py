@@ -1,9 +1,10 @@
 """ConfigLoader: loads `holdgate_config`, reloads it on change, keeps the last good one.
 
 Every load, reload and rejected reload is announced to `listeners` (the Recorder writes
-them to the store's `config_versions`), so the record says which policy was in force. It
-keeps what an operator asks about later (`/status`, the metrics): when the config in force
-was loaded, how many reloads were rejected and the last one's error.
+them to the store's `config_versions`), so the record says which policy was in force. The
+load at start is announced once the gateway runs: a start that fails records no version.
+It keeps what an operator asks about later (`/status`, the metrics): when the config in
+force was loaded, how many reloads were rejected and the last one's error.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class ConfigLoader:
         self._mtime: tuple[float, int] | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._started: asyncio.Task[None] | None = None
+        self._running = False
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
         # What other addons require of a config (a reason to refuse it, or None).
         self.checks: list[Callable[[GatewayConfig], str | None]] = []
@@ -115,12 +117,22 @@ class ConfigLoader:
             self._mtime = file_stamp(path)
             self.path, self.loaded_at = path, iso()
             logger.info("holdgate: loaded %s (sha256 %s)", path, self.current.digest[:12])
+            if self._running:
+                self._announce("loaded", self.current, "loaded by an option change")
+
+    def announce_start(self) -> None:
+        """The gateway runs: the config it started with is announced (once)."""
+        if self._running:
+            return
+        self._running = True
+        if self.current is not None:
             self._announce("loaded", self.current, "loaded at start")
 
     def _problem(self, config: GatewayConfig) -> str | None:
         return next((found for check in self.checks if (found := check(config))), None)
 
     def running(self) -> None:
+        self.announce_start()
         self._watcher = asyncio.get_running_loop().create_task(self._watch())
         self._started = asyncio.get_running_loop().create_task(self._announce_started())
 

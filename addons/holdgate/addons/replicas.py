@@ -1,10 +1,11 @@
 """Replicas: this gateway's name and lease among the gateways sharing one store.
 
 At start the replica claims its row in the store (`holdgate_replica`, default
-HOST:PORT, with a random instance id per process start); a second live process under the
-same name refuses to start. Every `HEARTBEAT_EVERY` seconds, off the event loop, it renews
-its lease (judged by the database clock); at shutdown it marks itself gone. Holds name
-their replica, so the others can tell when nobody holds a call any more.
+HOST:ADDRESS, the address its modes listen on, with a random instance id per process
+start); a second live process under the same name refuses to start. Every
+`HEARTBEAT_EVERY` seconds, off the event loop, it renews its lease (judged by the
+database clock); at shutdown it marks itself gone. Holds name their replica, so the
+others can tell when nobody holds a call any more.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ import time
 import unicodedata
 import uuid
 from importlib.metadata import version
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from mitmproxy import ctx, exceptions
 
+from holdgate.config.options import listen_addresses, replica_name
 from holdgate.store import ReplicaNameTaken, Store, StoreError, iso
 from holdgate.store.replica_records import ReplicaInfo, quoted
 
@@ -32,12 +34,7 @@ logger = logging.getLogger("holdgate")
 
 HEARTBEAT_EVERY = 2.0
 MAX_NAME = 100
-OWN_OPTIONS = frozenset({"holdgate_replica", "listen_host", "listen_port"})
-
-
-def replica_name(given: str, host: str, port: int | None) -> str:
-    """The option's value, or HOST:PORT (mitmproxy's default port when none is set)."""
-    return given if given else f"{host}:{port or 8080}"
+OWN_OPTIONS = frozenset({"holdgate_replica", "mode", "listen_host", "listen_port"})
 
 
 def name_problem(name: str) -> str | None:
@@ -86,7 +83,7 @@ class Replicas:
             str,
             "",
             "This gateway's name among the replicas sharing the audit store (default "
-            "HOST:PORT); each live gateway needs its own.",
+            "HOST:ADDRESS, the address each mode listens on); each live gateway needs its own.",
         )
 
     def configure(self, updated: set[str]) -> None:
@@ -100,7 +97,7 @@ class Replicas:
 
     def register(self) -> None:
         """Claim this replica's row in the open store, unless it holds it already."""
-        name = replica_name(ctx.options.holdgate_replica, socket.gethostname(), _port())
+        name = replica_name(ctx.options)
         if problem := name_problem(name):
             raise exceptions.OptionsError(f"holdgate_replica: {problem}")
         if not self.audit.is_open:
@@ -190,13 +187,10 @@ class Replicas:
             instance=self.instance,
             host=socket.gethostname(),
             pid=os.getpid(),
-            listen=f"{ctx.options.listen_host or '*'}:{_port() or 8080}",
+            listen=listen_addresses(
+                ctx.options.mode, ctx.options.listen_host, ctx.options.listen_port
+            ),
             started=iso(),
             config_hash=config.digest if config else None,
             version=version("holdgate"),
         )
-
-
-def _port() -> int | None:
-    port: Any = ctx.options.listen_port
-    return int(port) if port else None
