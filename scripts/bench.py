@@ -115,6 +115,18 @@ def wait_for_port(port: int, proc: subprocess.Popen, seconds: float = 30) -> Non
     raise RuntimeError(f"port {port} not ready after {seconds}s: {proc.args}")
 
 
+def wait_until_ready(admin_port: int, seconds: float = 60) -> None:
+    """Wait for a gateway's `/readyz` on its admin port to answer 200."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/readyz", timeout=2):
+                return
+        except OSError:  # not listening yet, or 503 (urllib's HTTPError is an OSError)
+            time.sleep(0.1)
+    raise RuntimeError(f"the gateway on admin port {admin_port} not ready after {seconds}s")
+
+
 def stop(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGINT)
@@ -1564,13 +1576,14 @@ def scenario_chain(quick: bool) -> dict:
     return result
 
 
-def haproxy_config(port: int, backends: list[int]) -> str:
+def haproxy_config(port: int, backends: list[tuple[int, int]]) -> str:
     """HAProxy in front of the replicas (docs/operations.md, "Running replicas", shows this one):
     a session's requests go to one replica (hashed on its Mcp-Session-Id; round robin for
-    requests without one), a replica that stops accepting is taken out."""
+    requests without one), only while its `/readyz` (on its admin port) answers 200.
+    `backends`: each replica's proxy port and admin port."""
     servers = "\n".join(
-        f"    server gw{n} 127.0.0.1:{backend} check inter 2s"
-        for n, backend in enumerate(backends, 1)
+        f"    server gw{n} 127.0.0.1:{backend} check port {admin} inter 2s"
+        for n, (backend, admin) in enumerate(backends, 1)
     )
     return f"""global
     maxconn 4096
@@ -1586,12 +1599,14 @@ frontend mcp
 backend holdgate
     balance hdr(Mcp-Session-Id)
     hash-type consistent
+    option httpchk GET /readyz
+    http-check expect status 200
 {servers}
 """
 
 
 @contextmanager
-def haproxy(tmp: Path, backends: list[int]) -> Iterator[int]:
+def haproxy(tmp: Path, backends: list[tuple[int, int]]) -> Iterator[int]:
     """HAProxy in the foreground on a loopback port; stopped (by its pid) at the end."""
     binary = shutil.which("haproxy")
     if binary is None:
@@ -1617,14 +1632,24 @@ def scenario_replicas(quick: bool) -> dict:
             tmp = Path(tmp_name)
             signer = Signer(tmp)
             auth = {"Authorization": f"Bearer {signer.token}"}
-            config = gateway_config(up, signer.jwks) + "hash_key: bench-shared-hash-key\n"
+            # the clients name HAProxy's address in `Host`, which is not the gateways' own
+            config = gateway_config(up, signer.jwks) + (
+                "hash_key: bench-shared-hash-key\nallowed_hosts: ['127.0.0.1:*']\n"
+            )
             url = server.fresh_database()
-            gateways = [Proxy(tmp, up, config, store=url) for _ in range(2)]
+            admins = [free_port() for _ in range(2)]
+            gateways = [
+                Proxy(tmp, up, config, f"holdgate_admin=127.0.0.1:{admin}", store=url)
+                for admin in admins
+            ]
             for gateway in gateways:
                 stack.callback(gateway.stop)
+            backends = [(g.port, admin) for g, admin in zip(gateways, admins, strict=True)]
+            for _, admin in backends:
+                wait_until_ready(admin)
             fronts = {
-                "1 replica": stack.enter_context(haproxy(tmp, [gateways[0].port])),
-                "2 replicas": stack.enter_context(haproxy(tmp, [g.port for g in gateways])),
+                "1 replica": stack.enter_context(haproxy(tmp, backends[:1])),
+                "2 replicas": stack.enter_context(haproxy(tmp, backends)),
             }
             for port in fronts.values():
                 drive(port, 16, 64, 20, auth)  # warm-up

@@ -78,7 +78,7 @@ async def test_a_difference_is_shown_on_the_flow_and_never_enforced(tctx):
     flow = await send(tctx, mcp_flow(call("get_customer", {"id": 1}), ALICE))
     assert flow.response is None  # allowed by the policy in force: it leaves
     assert flow.comment == (
-        "holdgate: tools/call get_customer: allow by 'support reads'; "
+        "holdgate: alice tools/call get_customer: allow (rule 'support reads'); "
         "shadow tighten: get_customer would be deny by 'no customer reads'"
     )
     assert flow.marked == ":crystal_ball:"

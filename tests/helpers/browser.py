@@ -25,9 +25,9 @@ def dump_dom(url: str, *extra: str) -> str:
     return _run(url, "--dump-dom", *extra)
 
 
-def screenshot(url: str, path: str) -> None:
-    """A PNG of the page at `url`, saved to `path`."""
-    _run(url, f"--screenshot={path}", "--window-size=1200,1400", "--hide-scrollbars")
+def screenshot(url: str, path: str, *extra: str) -> None:
+    """A PNG of the page at `url`, saved to `path`; `extra` flags as for `dump_dom`."""
+    _run(url, f"--screenshot={path}", "--window-size=1200,1400", "--hide-scrollbars", *extra)
 
 
 def _run(url: str, *flags: str) -> str:

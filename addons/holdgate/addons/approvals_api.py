@@ -30,9 +30,9 @@ from holdgate.approvals.adminhttp import (
 from holdgate.approvals.approval_rules import may_see
 from holdgate.approvals.campaign_http import CampaignCaller, handle_campaigns
 from holdgate.approvals.refusal_budget import RefusalBudget
+from holdgate.approvals.review_inputs import build
 from holdgate.config.gateway_config import GatewayConfig
 from holdgate.protocol.jsonrpc import shown
-from holdgate.reports.review_build import build
 from holdgate.reports.review_model import campaign_items
 from holdgate.store.approval_records import Decision as Decided
 from holdgate.store.approval_records import approver_groups

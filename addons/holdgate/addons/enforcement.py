@@ -25,7 +25,7 @@ from holdgate.addons.flowstate import (
 )
 from holdgate.config.gateway_config import Upstream
 from holdgate.identity import Identity
-from holdgate.policy.policytest import format_explanation
+from holdgate.policy.policytest import format_explanation, masked_values
 from holdgate.policy.quota import Hit, rate_bucket
 from holdgate.policy.rules import Decision, Policy
 from holdgate.policy.tasks import is_task_request
@@ -48,6 +48,7 @@ from holdgate.store import Store, StoreError
 if TYPE_CHECKING:
     from holdgate.addons.audit_store import AuditStore
     from holdgate.addons.config_loader import ConfigLoader
+    from holdgate.addons.decision_log import DecisionLog
     from holdgate.addons.shadow import ShadowPolicy
     from holdgate.addons.task_ownership import TaskOwnership
     from holdgate.addons.tool_pinning import ToolPinning
@@ -82,8 +83,10 @@ class PolicyEnforcer:
         pins: ToolPinning | None = None,
         legacy: LegacyPlaceholders | None = None,
         shadow: ShadowPolicy | None = None,
+        decision_log: DecisionLog | None = None,
     ) -> None:
         self.loader = loader
+        self.decision_log = decision_log
         self.audit = audit
         self.tasks = tasks
         self.pins = pins
@@ -160,6 +163,7 @@ class PolicyEnforcer:
                 refuse(flow, 503, INTERNAL_ERROR, str(exc), kind="audit-unavailable")
                 st.audit_error = str(exc.__cause__)
                 st.policy_checked = True
+                self._log_decided(flow)
                 return
             shadow = None
             if self.shadow is not None and shadow_budget is not None and message.kind != "response":
@@ -189,6 +193,14 @@ class PolicyEnforcer:
         st.awaiting_approval = any(d.decision.action == "approve" for d in st.decided)
         forward_remaining(flow, body, forwarded, errors, self.legacy, EVERY_MESSAGE_DENIED)
         annotate(flow)
+        self._log_decided(flow)
+
+    def _log_decided(self, flow: http.HTTPFlow) -> None:
+        """The console lines of what the policy decided; a held message's line comes with
+        its approval (ApprovalHolds)."""
+        if self.decision_log is not None:
+            decided = state(flow).decided
+            self.decision_log.decided(flow, [d for d in decided if d.decision.action != "approve"])
 
     @command.command("holdgate.explain")
     def explain(self, flows: Sequence[flow.Flow]) -> None:
@@ -201,12 +213,15 @@ class PolicyEnforcer:
             config, upstream = st.route.config, st.route.upstream.name
             for message in st.body.messages:
                 decision, trace = config.policy.explain(st.identity, upstream, message)
+                masked = self.audit.masked_for_record(
+                    message.arguments or {}, config, upstream, message.tool
+                )
                 logger.warning(
                     "holdgate.explain %s %s %s:\n%s",
                     selected.id,
                     message.method,
                     message.target or "",
-                    format_explanation(decision, trace),
+                    format_explanation(decision, trace, masked_values(masked.value)),
                 )
 
     async def decide(

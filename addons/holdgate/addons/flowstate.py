@@ -22,6 +22,7 @@ from holdgate import STATE_KEY
 from holdgate.config.gateway_config import GatewayConfig, Upstream
 from holdgate.identity import Identity
 from holdgate.masking.masker import StreamMasker
+from holdgate.policy.decision_text import DecisionText, held_outcome
 from holdgate.policy.quota import Hit
 from holdgate.policy.rules import Decision
 from holdgate.protocol.jsonrpc import INTERNAL_ERROR, Body, Message, error_object
@@ -71,6 +72,10 @@ class DecidedMessage:
     approval_id: str | None = None  # ApprovalHolds
     approval: dict[str, Any] | None = None  # ApprovalHolds: {state, decider} or {granted_by}
     shadow: dict[str, Any] | None = None  # ShadowPolicy: the candidate's, where it differs
+    # ApprovalHolds, for the comment and the console line (not in the rows): the hold's
+    # expiry, and how its decider decided
+    expires: float | None = None
+    channel: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         out = {**self.message.summary(), "decision": self.decision.to_json()}
@@ -259,20 +264,48 @@ def publish(flow: http.HTTPFlow) -> None:
     flow.metadata[STATE_KEY] = state(flow).to_json()
 
 
+def decision_text(st: FlowState, decided: DecidedMessage) -> DecisionText:
+    """One message's decision in words (`policy.decision_text`), as far as it has gone."""
+    decision, approval = decided.decision, decided.approval or {}
+    outcome: str
+    if decision.action in ("allow", "deny"):
+        outcome = decision.action
+    elif "granted_by" in approval:
+        outcome = "approved"
+    else:
+        outcome = held_outcome(approval.get("state"))
+    if approval.get("void"):
+        note: str | None = f"void: {approval['void']}"
+    elif decision.rate_limited:
+        note = "rate limited"
+    else:
+        note = approval.get("granted_by")
+    held = outcome == "hold"
+    return DecisionText(
+        user=st.identity.user if st.authenticated else None,
+        method=decided.message.method,
+        target=decided.message.target,
+        outcome=outcome,
+        rule=decision.rule,
+        approval_id=decided.approval_id,
+        approvers=decision.approvers if held else (),
+        expires=decided.expires if held else None,
+        decider=approval.get("decider"),
+        channel=decided.channel,
+        note=note,
+    )
+
+
 # mitmweb's marker of a flow the shadow policy would decide differently
 SHADOW_MARKER = ":crystal_ball:"
 
 
 def annotate(flow: http.HTTPFlow) -> None:
-    """The flow's comment and marker in mitmweb (and in its recording): its decisions, any
-    refusal and what was masked. The one place they are written, so the live flow and the
-    recorded one never disagree."""
+    """The flow's comment and marker in mitmweb (and in its recording): its decisions (the
+    words of the console's decision lines), any refusal and what was masked. The one place
+    they are written, so the live flow and the recorded one never disagree."""
     st = state(flow)
-    parts = [
-        " ".join(p for p in (d.message.method, d.message.target) if p)
-        + f": {d.decision.action} by {d.decision.rule!r}"
-        for d in st.decided
-    ]
+    parts = [str(decision_text(st, d)) for d in st.decided]
     if st.refused is not None:
         parts.append(f"refused ({st.refused.kind}): {st.refused.recorded}")
     if st.masked:

@@ -2,7 +2,7 @@
 
 Decisions come from the approvals API on `holdgate_admin` of any replica sharing the
 store (the CLI goes through it), from break-glass writes to the store (polled off the event
-loop), or from mitmweb (resume approves, kill denies) only when `holdgate_mitmweb_operator`
+loop), or from mitmweb (Resume approves, Abort denies) only when `holdgate_mitmweb_operator`
 names the person at the console: that name must be an API key's in the config, whose
 groups are then checked against the rule's approvers like anyone's. Without it a Resume or
 Kill is refused and the flow is held again. Every decision is recorded with who made it and
@@ -32,6 +32,7 @@ from holdgate.addons.approval_core import forward_remaining
 from holdgate.addons.flowstate import (
     DecidedMessage,
     Refusal,
+    annotate,
     fail_closed,
     header_lists,
     publish,
@@ -46,12 +47,10 @@ from holdgate.approvals.approval_rules import (
 from holdgate.approvals.spendable import SpendRefusal, rule_in_force, spend_refusal
 from holdgate.config.gateway_config import GatewayConfig
 from holdgate.identity import Identity
-from holdgate.policy.rules import Decision
 from holdgate.protocol.canonical_json import args_digest
 from holdgate.protocol.jsonrpc import (
     APPROVAL_REFUSED,
     BodyError,
-    Message,
     check_routing_headers,
     error_object,
     single_valued,
@@ -60,6 +59,7 @@ from holdgate.protocol.jsonrpc import (
 if TYPE_CHECKING:
     from holdgate.addons.approval_core import ApprovalCore, LegacyPlaceholders
     from holdgate.addons.config_loader import ConfigLoader
+    from holdgate.addons.decision_log import DecisionLog
     from holdgate.addons.elicited_approvals import ElicitedApprovals
     from holdgate.store.interface import ApprovalListener
 
@@ -130,8 +130,10 @@ class ApprovalHolds:
         core: ApprovalCore,
         elicited: ElicitedApprovals,
         legacy: LegacyPlaceholders,
+        decision_log: DecisionLog | None = None,
     ) -> None:
         self.loader = loader
+        self.decision_log = decision_log
         self.core = core
         self.elicited = elicited
         self.legacy = legacy
@@ -206,6 +208,9 @@ class ApprovalHolds:
             raise RuntimeError("approval without a decided body")
         if self.elicited.applies(flow):
             await self.elicited.round(flow, st.decided[0], identity, config)
+            annotate(flow)
+            if st.decided[0].approval is not None:  # else refused before any approval
+                self._log(flow, st.decided[0])
             return
         refused: list[tuple[int, str]] = []
         approved: list[tuple[int, DecidedMessage, str, str]] = []
@@ -224,10 +229,13 @@ class ApprovalHolds:
                 digest_args or "",
             )
             if await self.core.granted(flow, decided, identity, key):
+                self._log(flow, decided)
                 continue
-            outcome = await self._hold(flow, message, decision, identity, digest_args, config)
-            decided.approval_id = outcome.approval_id
+            outcome = await self._hold(flow, decided, identity, digest_args, config)
             decided.approval = outcome.release_record()
+            decided.channel = outcome.channel
+            annotate(flow)
+            self._log(flow, decided)
             if outcome.state == "approved":
                 approved.append((index, decided, key, outcome.approval_id))
                 continue
@@ -249,6 +257,7 @@ class ApprovalHolds:
                 await self.core.grant(key, approval_id, decided.decision.grant)
                 continue
             decided.approval = {**(decided.approval or {}), "void": void.kind}
+            self._log(flow, decided)
             refused.append((index, f"{void.reason} (rule {decided.decision.rule!r})"))
         refused.sort()
         self._release(flow, refused)
@@ -272,16 +281,20 @@ class ApprovalHolds:
             )
         return void
 
+    def _log(self, flow: http.HTTPFlow, decided: DecidedMessage) -> None:
+        if self.decision_log is not None:
+            self.decision_log.decided(flow, [decided])
+
     async def _hold(
         self,
         flow: http.HTTPFlow,
-        message: Message,
-        decision: Decision,
+        decided: DecidedMessage,
         identity: Identity,
         digest_args: str | None,
         config: GatewayConfig,
     ) -> Hold:
         st = state(flow)
+        message, decision = decided.message, decided.decision
         hold_until = time.time() + decision.timeout
         row, masked_args = self.core.approval_row(
             flow, message, decision, identity, digest_args, config, hold_until
@@ -293,7 +306,10 @@ class ApprovalHolds:
         await self.core.audit.run(lambda store: store.create_approval(row))
         self.holds[approval_id] = hold
         st.held = approval_id
-        publish(flow)  # mitmweb shows the held flow with what was decided
+        decided.approval_id, decided.expires = approval_id, hold_until
+        annotate(flow)  # mitmweb shows the held flow: requester, approval, approvers, expiry
+        publish(flow)
+        self._log(flow, decided)
         self.core.notify(config, row)
         flow.intercept()
         try:
@@ -331,7 +347,7 @@ class ApprovalHolds:
         flow = hold.flow
         if flow.error is not None and flow.error.msg == Error.KILLED_MESSAGE:
             # mitmweb's Kill does not wake wait_for_resume (mitmproxy #8045): look instead.
-            return ConsoleAction("denied", "flow killed in mitmweb")
+            return ConsoleAction("denied", "flow aborted in mitmweb")
         if flow.error is not None:  # not a person's decision: never attributed to one
             return "cancelled", None, f"the flow failed: {flow.error.msg}"
         if not flow.intercepted:

@@ -18,6 +18,7 @@ from urllib.parse import quote
 
 import click
 
+from holdgate.approvals.review_inputs import build
 from holdgate.cli.approvals_cli import break_glass_problems
 from holdgate.cli.common import (
     CheckFailed,
@@ -39,7 +40,6 @@ from holdgate.reports.campaigns import (
     export_rows,
     narrowed_policy,
 )
-from holdgate.reports.review_build import build
 from holdgate.reports.review_html import render_html
 from holdgate.reports.review_model import (
     KIND_METHOD,
@@ -475,7 +475,9 @@ def apply(db: str, config_path: str, campaign_id: str, out: str, actor: str | No
         )
     click.echo(
         f"{out}: {len(added)} deny rules for {c.progress()['revoke']} revoked grants "
-        f"(sha256 {digest[:12]}); try it: holdgate policy replay {out} --db {db}"
+        f"(sha256 {digest[:12]}); try it on recorded traffic (holdgate policy replay {out} "
+        f"--db {db}) or live as the shadow policy (--set holdgate_shadow={out}), then put "
+        f"it in force with holdgate policy apply {out} --config {config_path}"
     )
 
 

@@ -6,8 +6,8 @@ several mistakes gets them all in one `ConfigErrors`, in file order.
 Secrets (`${env:…}`, `${file:…}`) are resolved here, at load, so a missing one stops
 the gateway at start rather than failing a request later. Commands that read a config
 only for its rules (review, policy check/explain/test/replay) load it with
-`secrets=False`: no secret is read, each becomes a placeholder, and a reference that
-could not be resolved is a warning in `secret_warnings`.
+`secrets=False`: no secret is read and each becomes a placeholder, so rules can be
+checked where the gateway's secrets are not (`policy check --secrets` reads them too).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from holdgate.configfile import (
     Node,
     Problems,
     declared_names,
+    keys_then,
     load_yaml_file,
     parse_yaml,
 )
@@ -176,7 +177,6 @@ class GatewayConfig:
     allowed_hosts: tuple[HostPattern, ...] = ()
     allowed_origins: tuple[OriginPattern, ...] = ()
     text: str = field(default="", repr=False)
-    secret_warnings: tuple[str, ...] = ()  # with secrets=False: references that would fail
 
     @property
     def secrets(self) -> tuple[str, ...]:
@@ -232,15 +232,13 @@ def build_config(
     found.attempt(root.mapping, TOP_KEYS, {"version"})
     if root.has("version") and root.child("version").value != 1:
         found.add(root.child("version").error("only `version: 1` is supported"))
-    secret_nodes: list[Node] = []
-    upstreams = _parse_upstreams(root.child("upstreams"), secrets, secret_nodes, found)
+    upstreams = _parse_upstreams(root.child("upstreams"), secrets, found)
     policy = parse_rules(root.child("rules"), found)
-    _check_rule_upstreams(root, policy, upstreams, found)
+    _check_rule_upstreams(root, upstreams, found)
     hash_key_node = root.child("hash_key")
     hash_key = None
     masking_key = None
     if not hash_key_node.missing:
-        secret_nodes.append(hash_key_node)
         hash_key = found.attempt(lambda: hash_key_node.secret(resolve=secrets).encode())
         # A hash_key that failed is reported; profiles with `strategy: hash` are not blamed.
         masking_key = hash_key if hash_key is not None else b"unavailable"
@@ -252,10 +250,10 @@ def build_config(
     server_requests = found.attempt(
         root.child("server_requests").choice, ("allow", "deny"), "allow"
     )
-    approvals = found.attempt(_parse_approvals, root.child("approvals"), secrets, secret_nodes)
+    approvals = found.attempt(_parse_approvals, root.child("approvals"), secrets)
     response_headers = found.attempt(_parse_response_headers, root.child("response_headers"))
     checkpoints = found.attempt(parse_checkpoints, root.child("checkpoints"), secrets)
-    feeds = parse_feeds(root.child("feeds"), found, secrets, secret_nodes)
+    feeds = parse_feeds(root.child("feeds"), found, secrets)
     listing_ttl = found.attempt(root.child("listing_ttl").duration, 60.0)
     review = found.attempt(_parse_review, root.child("review"))
     metrics = found.attempt(parse_metrics, root.child("metrics"), identity is not None)
@@ -287,9 +285,6 @@ def build_config(
             allowed_hosts=allowed_hosts,
             allowed_origins=allowed_origins,
             text=text,
-            secret_warnings=()
-            if secrets
-            else tuple(w for node in secret_nodes for w in node.unresolved_secrets()),
         )
 
     # Sections parsed in the call itself are collected too; none is used if any failed.
@@ -300,42 +295,39 @@ def build_config(
     return config
 
 
-def _check_rule_upstreams(
-    root: Node, policy: Policy, upstreams: tuple[Upstream, ...], problems: Problems
-) -> None:
-    """Every upstream a rule names exists. A name of an upstream that failed to parse is
-    not reported again (its own mistake is), nor any when the list could not be read."""
+def _check_rule_upstreams(root: Node, upstreams: tuple[Upstream, ...], problems: Problems) -> None:
+    """Every upstream a rule names exists, in every rule (one with other mistakes too). A
+    name of an upstream that failed to parse is not reported again (its own mistake is),
+    nor any when the list could not be read."""
     declared = declared_names(root.child("upstreams"))
     if declared is None:
         return
     known = {u.name for u in upstreams}
-    items = root.child("rules").value if isinstance(root.child("rules").value, list) else []
-    index: dict[str, int] = {}
-    for i, item in enumerate(items):
-        if isinstance(item, dict) and isinstance(item.get("name"), str):
-            index.setdefault(item["name"], i)
-    for rule in policy.rules:
-        for name in rule.upstreams:
-            if name in known or name in declared:
-                continue
-            node = root.child("rules").child(index[rule.name]).child("match").child("upstream")
-            problems.add(
-                node.error(
-                    f"no upstream named {name!r}; known: {', '.join(sorted(known)) or 'none'}"
+    rules = root.child("rules")
+    count = len(rules.value) if isinstance(rules.value, list) else 0
+    for i in range(count):
+        node = rules.child(i).child("match").child("upstream")
+        try:
+            names = node.strings()
+        except ConfigError:
+            continue  # the rule's own mistake, reported with the rule
+        for name in names:
+            if name not in known and name not in declared:
+                problems.add(
+                    node.error(
+                        f"no upstream named {name!r}; known: {', '.join(sorted(known)) or 'none'}"
+                    )
                 )
-            )
 
 
-def _parse_upstreams(
-    node: Node, secrets: bool, secret_nodes: list[Node], problems: Problems
-) -> tuple[Upstream, ...]:
+def _parse_upstreams(node: Node, secrets: bool, problems: Problems) -> tuple[Upstream, ...]:
     if node.missing:
         problems.add(node.error("missing `upstreams`: list at least one MCP server to protect"))
         return ()
     out: list[Upstream] = []
     items = problems.elements(node)
     for item in items:
-        upstream = problems.attempt(_parse_upstream, item, secrets, secret_nodes, out)
+        upstream = problems.attempt(_parse_upstream, item, secrets, out)
         if upstream is not None:
             out.append(upstream)
     if not items and isinstance(node.value, list):
@@ -343,10 +335,11 @@ def _parse_upstreams(
     return tuple(out)
 
 
-def _parse_upstream(
-    item: Node, secrets: bool, secret_nodes: list[Node], before: list[Upstream]
-) -> Upstream:
-    item.mapping(UPSTREAM_KEYS, required={"name"})
+def _parse_upstream(item: Node, secrets: bool, before: list[Upstream]) -> Upstream:
+    return keys_then(item, UPSTREAM_KEYS, {"name"}, lambda: _upstream_fields(item, secrets, before))
+
+
+def _upstream_fields(item: Node, secrets: bool, before: list[Upstream]) -> Upstream:
     name = item.child("name").string()
     if any(u.name == name for u in before):
         raise item.child("name").error(f"upstream {name!r} is defined twice")
@@ -384,7 +377,6 @@ def _parse_upstream(
                     f"{MAX_SECRET_BYTES} (every response is searched for it in all its forms)"
                 )
             headers.append((header, resolved))
-            secret_nodes.append(value)
         pass_cookies = inject.child("pass_cookies").boolean(default=False)
     upstream = Upstream(
         name,
@@ -428,12 +420,12 @@ def _parse_tool_change(node: Node) -> ToolChangePolicy:
     )
 
 
-def _parse_approvals(node: Node, secrets: bool, secret_nodes: list[Node]) -> ApprovalsConfig:
+def _parse_approvals(node: Node, secrets: bool) -> ApprovalsConfig:
     if node.missing:
         return ApprovalsConfig()
     node.mapping({"webhook", "public_url"})
     return ApprovalsConfig(
-        webhook=parse_webhook(node.child("webhook"), secrets, secret_nodes),
+        webhook=parse_webhook(node.child("webhook"), secrets),
         public_url=node.child("public_url").optional_string(),
     )
 

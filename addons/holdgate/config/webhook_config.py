@@ -36,7 +36,7 @@ class WebhookConfig:
     referenced: bool = False  # the URL came from ${env:}/${file:}: a secret, never recorded
 
 
-def parse_webhook(node: Node, secrets: bool, secret_nodes: list[Node]) -> WebhookConfig | None:
+def parse_webhook(node: Node, secrets: bool) -> WebhookConfig | None:
     """The webhook of `approvals.webhook` (a URL, or `{url, format}`), None when absent."""
     if node.missing:
         return None
@@ -55,8 +55,6 @@ def parse_webhook(node: Node, secrets: bool, secret_nodes: list[Node]) -> Webhoo
         )
     if form == "slack" and not referenced:
         raise url_node.error(f"a Slack webhook's URL is a secret; {NAME_IT}")
-    if referenced:
-        secret_nodes.append(url_node)
     url = url_node.secret(resolve=secrets) if referenced else written
     if secrets or not referenced:
         problem = _url_problem(url)

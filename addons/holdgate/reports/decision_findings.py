@@ -15,7 +15,6 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from holdgate.config.gateway_config import GatewayConfig
 from holdgate.store.approval_records import approver_groups
 from holdgate.store.campaign_records import Campaign, Item
 
@@ -57,11 +56,6 @@ class Deciders:
 
     reviewers: tuple[str, ...] = ()
     groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-
-
-def deciders_of(config: GatewayConfig) -> Deciders:
-    keys = config.identity.api_keys if config.identity is not None else ()
-    return Deciders(config.review.reviewers, {key.name: key.groups for key in keys})
 
 
 def _json_object(value: Any) -> dict[str, Any] | None:

@@ -1,6 +1,7 @@
-"""A review's inputs read from the store: the evidence (hash chain, signed checkpoints)
-and the model of one period. Shared by `holdgate review` and the campaigns API, which
-starts a campaign on the gateway's own store and config."""
+"""A review's inputs read from the store and the config: the evidence (hash chain, signed
+checkpoints), the people who decide, and the model of one period. Shared by `holdgate
+review` and the campaigns API, which starts a campaign on the gateway's own store and the
+config in force. (Here, not in `reports`: the reports never import the composed config.)"""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import getpass
 from pathlib import Path
 
 from holdgate.config.gateway_config import GatewayConfig
-from holdgate.reports.decision_findings import deciders_of
+from holdgate.reports.decision_findings import Deciders
 from holdgate.reports.review_model import (
     Evidence,
     Header,
@@ -90,3 +91,9 @@ def build(
         campaigns=store.campaigns(),
     )
     return build_review(inputs, config.policy, header, deciders_of(config))
+
+
+def deciders_of(config: GatewayConfig) -> Deciders:
+    """What the config says of the people who decide, for the review's exceptions."""
+    keys = config.identity.api_keys if config.identity is not None else ()
+    return Deciders(config.review.reviewers, {key.name: key.groups for key in keys})
