@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import getpass
+import json
 import threading
 from pathlib import Path
 
@@ -54,7 +56,8 @@ def test_list_and_show(db: str) -> None:
     line = (
         f"a1  pending   alice -> db/run_sql  rule 'sql needs a dba'  approvers dba  expires {LATER}"
     )
-    assert run("approvals", "list", "--db", db).output.splitlines()[0] == line
+    listed = run("approvals", "list", "--db", db).output.splitlines()
+    assert listed[:2] == [line, '    arguments: {"query":"DELETE FROM orders"}']
     assert run("approvals", "show", "a1", "--db", db).output == (
         f"{line}\n"
         'arguments: {"query":"DELETE FROM orders"}\n'
@@ -62,27 +65,86 @@ def test_list_and_show(db: str) -> None:
     )
 
 
-def test_approve_and_deny(db: str) -> None:
-    result = run("approvals", "approve", "a1", "--as", "dana", "--reason", "ticket 42", "--db", db)
-    assert result.output == "a1 approved by dana\n"
+BREAK_GLASS = ("--break-glass", "--reason")
+
+
+def test_break_glass_decides_in_the_store_and_is_recorded_as_such(db: str) -> None:
+    result = run(
+        "approvals", "approve", "a1", "--as", "dana", *BREAK_GLASS, "ticket 42", "--db", db
+    )
+    assert result.output.startswith("a1 approved by dana  [BREAK-GLASS: written to the store")
     assert history(db, "a1")[-1] == ("approved", "dana", "ticket 42")
-    assert run("approvals", "list", "--db", db).output.count("\n") == 1  # a2 is left
+    found = oneshot.approval(db, "a1")
+    assert found is not None and found["channel"] == "break-glass"
+    decided_as = json.loads(found["decided_as"] or "{}")
+    assert (decided_as["via"], decided_as["groups"]) == ("break-glass", None)
+    assert decided_as["os_user"] == getpass.getuser()
+    assert run("approvals", "list", "--db", db).output.count("\n") == 2  # a2 is left
+    shown = run("approvals", "show", "a1", "--db", db).output
+    assert "approved by dana (ticket 42)  [via break-glass; written to the store by OS user" in (
+        shown
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--as", "dana"], "--as is for break-glass only"),
+        (["--as", "dana", "--reason", "x"], "--as is for break-glass only"),
+        (["--break-glass"], "--break-glass needs --as NAME and --reason TEXT"),
+        (["--break-glass", "--as", "dana"], "--break-glass needs --reason TEXT (who"),
+        (["--break-glass", "--reason", "x"], "--break-glass needs --as NAME (who"),
+        ([], "no credential: pass your own with --token or $HOLDGATE_TOKEN"),
+    ],
+)
+@pytest.mark.parametrize("verb", ["approve", "deny"])
+def test_deciding_without_a_credential_or_full_break_glass_is_a_usage_error(
+    db: str, verb: str, args: list[str], message: str
+) -> None:
+    unset = {"HOLDGATE_TOKEN": None, "HOLDGATE_GATEWAY": None}  # the person's shell's
+    result = CliRunner(env=unset).invoke(main, ["approvals", verb, "a1", *args, "--db", db])
+    assert result.exit_code == 2
+    assert message in result.output
+    assert history(db, "a1") == [("pending", None, None)]  # nothing written
+
+
+def test_a_token_goes_to_the_gateway_never_the_store(db: str) -> None:
+    """Without a gateway to answer, a decision with a token fails: it is never written to
+    the store as the CLI's own word."""
+    result = CliRunner().invoke(
+        main,
+        [
+            "approvals",
+            "approve",
+            "a1",
+            "--token",
+            "k",
+            "--gateway",
+            "http://127.0.0.1:9",
+            "--db",
+            db,
+        ],
+    )
+    assert (
+        result.exit_code == 1 and "cannot reach the gateway at http://127.0.0.1:9" in result.output
+    )
+    assert history(db, "a1") == [("pending", None, None)]
 
 
 @pytest.mark.parametrize(
     ("args", "message", "recorded"),
     [
         (
-            ["approve", "a1", "--as", "alice"],
+            ["approve", "a1", "--as", "alice", *BREAK_GLASS, "x"],
             "alice requested this call and cannot decide it (separation of duties)",
             True,
         ),
         (
-            ["deny", "a2", "--as", "dana"],
+            ["deny", "a2", "--as", "dana", *BREAK_GLASS, "x"],
             "approval a2 expired at 2001-01-01T00:00:00.000Z; the decision came too late",
             True,
         ),
-        (["approve", "zz", "--as", "dana"], "no approval zz", False),
+        (["approve", "zz", "--as", "dana", *BREAK_GLASS, "x"], "no approval zz", False),
     ],
 )
 def test_refusals_are_messages_with_exit_status_1(
@@ -101,8 +163,10 @@ def test_refusals_are_messages_with_exit_status_1(
 
 
 def test_a_second_decision_is_refused(db: str) -> None:
-    run("approvals", "deny", "a1", "--as", "dana", "--db", db)
-    result = CliRunner().invoke(main, ["approvals", "approve", "a1", "--as", "erin", "--db", db])
+    run("approvals", "deny", "a1", "--as", "dana", *BREAK_GLASS, "x", "--db", db)
+    result = CliRunner().invoke(
+        main, ["approvals", "approve", "a1", "--as", "erin", *BREAK_GLASS, "x", "--db", db]
+    )
     assert result.exit_code == 1
     assert result.output == "Error: approval a1 is denied (by dana)\n"
 

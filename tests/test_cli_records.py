@@ -97,6 +97,54 @@ def test_sessions_show(db: str) -> None:
     ]
 
 
+def test_sessions_show_takes_a_unique_prefix(db: str) -> None:
+    with store.SqliteStore(db) as opened:
+        for session in ("s1-other", "t9-abc"):
+            opened.append("sessions", {"session_id": session, "user": "bob", "upstream": "demo"})
+            opened.append("events", event(7, T0 + 7, session_id=session, user="bob"))
+    assert run("sessions", "show", "t9", "--db", db).output.split()[2] == "bob"
+    ambiguous = CliRunner().invoke(main, ["sessions", "show", "s", "--db", db])
+    assert ambiguous.exit_code == 1
+    assert ambiguous.output == (
+        "Error: session prefix 's' matches 2 sessions; give more of the id:\n  s1\n  s1-other\n"
+    )
+    assert run("sessions", "show", "s1", "--db", db).output.count("\n") == 3  # exact id wins
+    nothing = CliRunner().invoke(main, ["sessions", "show", "zz", "--db", db])
+    assert nothing.exit_code == 1 and "no events for session 'zz'" in nothing.output
+
+
+def test_sessions_show_says_when_a_call_was_asked_and_who_decided_how(db: str) -> None:
+    with store.SqliteStore(db) as opened:
+        opened.create_approval(
+            {
+                "approval_id": "a1",
+                "requester": "alice",
+                "upstream": "demo",
+                "tool": "run_sql",
+                "rule": "sql",
+                "approvers": '["dba"]',
+                "created": store.iso(T0 + 4),
+                "expires": "2999-01-01T00:00:00.000Z",
+            }
+        )
+        opened.decide_approval(
+            "a1",
+            "approved",
+            "dana",
+            ("dba",),
+            "ok",
+            channel="cli",
+            identity={"via": "api_key", "key": "dana"},
+        )
+        opened.append("events", event(5, T0 + 5, target="run_sql", approval_id="a1"))
+    lines = run("sessions", "show", "s1", "--db", db).output.splitlines()
+    assert lines[-2].endswith("approval a1 [200]")
+    assert lines[-1].startswith(
+        "    approval a1: asked 2023-11-14T22:13:24.000Z, approved by dana at "
+    )
+    assert lines[-1].endswith("[via cli; API key dana; groups dba; qualified by dba]")
+
+
 def test_sessions_list_since_a_duration(db: str, tmp_path: Path) -> None:
     with store.SqliteStore(db) as opened:
         opened.append("events", event(9, time.time() - 60, session_id="s2", user="bob"))

@@ -90,7 +90,19 @@ def test_approving_a_hold_whose_holder_is_lost_exits_1(tmp_path: Path) -> None:
             }
         )
     result = CliRunner().invoke(
-        main, ["approvals", "approve", "lost1", "--as", "dana", "--store", where]
+        main,
+        [
+            "approvals",
+            "approve",
+            "lost1",
+            "--as",
+            "dana",
+            "--break-glass",
+            "--reason",
+            "in a test",
+            "--store",
+            where,
+        ],
     )
     assert result.exit_code == 1
     assert 'approval lost1 expired: holder lost: replica "a" stopped heartbeating' in result.output

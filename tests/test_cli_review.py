@@ -134,6 +134,7 @@ def test_campaign_status_shows_control_characters_escaped(tmp_path: Path) -> Non
             "certify",
             f"{cid}.1",
             "keep",
+            "--break-glass",
             "--as",
             "carol",
             "--reason",

@@ -90,6 +90,14 @@ async def test_a_decision_over_one_kept_alive_connection_with_a_chunked_body(dem
             "approval_id": approval,
             "state": "approved",
             "decider": "dana",
+            "channel": "api",
+            "decided_as": {
+                "via": "api_key",
+                "key": "dana",
+                "user": "dana",
+                "groups": ["dba", "engineering"],
+                "qualified_by": "dba",
+            },
         }
         assert conn.sock is kept  # three answers, one connection
         conn.close()

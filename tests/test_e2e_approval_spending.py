@@ -183,7 +183,16 @@ async def test_a_held_call_decided_after_its_rule_changed_is_refused(demo, gatew
         edited = APPROVALS_CONFIG.replace("approvers: [dba]", "approvers: [dba, sre]")
         _reloaded(gw, edited.format(url=demo.url, timeout="60s", grant="0s"))
         done = holdgate_cli(
-            "approvals", "approve", pending["approval_id"], "--as", "dana", "--db", str(gw.db)
+            "approvals",
+            "approve",
+            pending["approval_id"],
+            "--as",
+            "dana",
+            "--break-glass",
+            "--reason",
+            "in a test",
+            "--db",
+            str(gw.db),
         )
         assert done.returncode == 0, done.stderr
     assert errors and errors[0].error.code == -32004

@@ -13,9 +13,9 @@ from mcp import MCPError
 
 from helpers import oneshot
 from helpers.approvals import APPROVALS_CONFIG as CONFIG
-from helpers.approvals import DELETE, sql_calls, wait_for_pending
+from helpers.approvals import DELETE, break_glass, sql_calls, wait_for_pending
 from helpers.clients import connect
-from helpers.configs import ALICE, BOB, DANA
+from helpers.configs import ALICE, BOB, DANA, DEMO_KEYS
 from helpers.processes import free_port, holdgate_cli, stop
 from helpers.upstreams import Reply
 from holdgate import store
@@ -35,8 +35,16 @@ def start(gateway_factory, demo, timeout="20s", grant="0s", admin=False):
 cli = holdgate_cli
 
 
-async def test_held_call_completes_after_cli_approval(demo, gateway_factory):
-    gw = start(gateway_factory, demo)
+async def test_cli_decides_through_the_gateway_as_the_tokens_identity(demo, gateway_factory):
+    """Issue 27: `--as alice` approved a DBA-only DELETE. Now the CLI decides through the
+    admin API as its token's identity, checked against the rule's approvers."""
+    # six CLI runs before the decision: time enough for them on a loaded machine
+    gw = start(gateway_factory, demo, timeout="120s", admin=True)
+    gateway = f"http://{gw.admin}"
+
+    def decide(verb: str, *args: str):
+        return cli("approvals", verb, pending["approval_id"], "--gateway", gateway, *args)
+
     async with connect(gw.url + "/mcp", ALICE) as client:
         async with anyio.create_task_group() as tg:
             results = []
@@ -47,26 +55,26 @@ async def test_held_call_completes_after_cli_approval(demo, gateway_factory):
             tg.start_soon(call)
             pending = await wait_for_pending(gw.db)
             assert sql_calls(demo) == []  # held: the upstream has not seen it
-            assert pending["requester"] == "alice"
             listed = cli("approvals", "list", "--db", str(gw.db))
             assert pending["approval_id"] in listed.stdout
-            selfish = cli(
-                "approvals", "approve", pending["approval_id"], "--as", "alice", "--db", str(gw.db)
-            )
+            assert '"DELETE FROM orders WHERE id = 1"' in listed.stdout  # what is approved
+            taken_at_word = decide("approve", "--as", "dana", "--db", str(gw.db))
+            assert taken_at_word.returncode == 2
+            assert "--as is for break-glass only" in taken_at_word.stderr
+            no_token = decide("approve")
+            assert no_token.returncode == 2 and "--token" in no_token.stderr
+            wrong_key = decide("approve", "--token", "not-a-key")
+            assert wrong_key.returncode == 1 and "unknown API key" in wrong_key.stderr
+            not_a_dba = decide("approve", "--token", DEMO_KEYS["bob"].key)
+            assert not_a_dba.returncode == 1
+            assert "that bob may see" in not_a_dba.stderr and "approver groups" in not_a_dba.stderr
+            selfish = decide("approve", "--token", DEMO_KEYS["alice"].key)
             assert selfish.returncode == 1
             assert "separation of duties" in selfish.stderr
-            done = cli(
-                "approvals",
-                "approve",
-                pending["approval_id"],
-                "--as",
-                "dana",
-                "--reason",
-                "ticket 42",
-                "--db",
-                str(gw.db),
-            )
+            done = decide("approve", "--token", DEMO_KEYS["dana"].key, "--reason", "ticket 42")
             assert done.returncode == 0, done.stderr
+            assert "approved by dana" in done.stdout and "via cli" in done.stdout
+            assert "qualified by dba" in done.stdout
     assert not results[0].is_error
     assert sql_calls(demo) == [DELETE["query"]]
     record = oneshot.approval(gw.db, pending["approval_id"])
@@ -75,7 +83,69 @@ async def test_held_call_completes_after_cli_approval(demo, gateway_factory):
         "dana",
         "ticket 42",
     )
-    assert [h["state"] for h in record["history"]] == ["pending", "refused_attempt", "approved"]
+    assert record["channel"] == "cli"
+    assert json.loads(record["decided_as"]) == {
+        "via": "api_key",
+        "key": "dana",
+        "user": "dana",
+        "groups": ["dba", "engineering"],
+        "qualified_by": "dba",
+    }
+    history = record["history"]
+    assert [h["state"] for h in history] == [
+        "pending",
+        "refused_attempt",
+        "refused_attempt",
+        "approved",
+    ]
+    refused_bob, refused_alice = history[1], history[2]
+    assert (refused_bob["decider"], refused_bob["channel"]) == ("bob", "cli")
+    assert json.loads(refused_bob["decided_as"])["qualified_by"] is None
+    assert (refused_alice["decider"], refused_alice["channel"]) == ("alice", "cli")
+    with anyio.fail_after(15):  # the writer thread commits the call's rows within a moment
+        while True:
+            exported = cli("export", "--db", str(gw.db)).stdout.splitlines()
+            released = [
+                r
+                for r in map(json.loads, exported)
+                if r["approval_id"] == pending["approval_id"] and "approval" in (r["extra"] or {})
+            ]
+            if released:
+                break
+            await anyio.sleep(0.2)
+    released = released[0]
+    assert released["extra"]["approval"]["channel"] == "cli"
+    assert released["extra"]["approval"]["decided_as"]["qualified_by"] == "dba"  # an object
+    shown = cli("approvals", "show", pending["approval_id"], "--db", str(gw.db)).stdout
+    assert "approved by dana (ticket 42)  [via cli; API key dana; groups dba, engineering; " in (
+        shown
+    )
+    assert DEMO_KEYS["dana"].key not in shown
+
+
+async def test_break_glass_writes_the_store_and_says_so(demo, gateway_factory):
+    gw = start(gateway_factory, demo)
+    async with connect(gw.url + "/mcp", ALICE) as client:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(client.call_tool, "run_sql", DELETE)
+            pending = await wait_for_pending(gw.db)
+            ask = ("approvals", "approve", pending["approval_id"], "--db", str(gw.db))
+            incomplete = cli(*ask, "--break-glass")
+            assert incomplete.returncode == 2
+            assert "--break-glass needs --as NAME and --reason TEXT" in incomplete.stderr
+            done = cli(*ask, "--break-glass", "--as", "erin", "--reason", "DBA unreachable")
+            assert done.returncode == 0, done.stderr
+            assert "approved by erin  [BREAK-GLASS" in done.stdout
+    assert sql_calls(demo) == [DELETE["query"]]
+    record = oneshot.approval(gw.db, pending["approval_id"])
+    assert (record["state"], record["decider"], record["channel"]) == (
+        "approved",
+        "erin",
+        "break-glass",
+    )
+    decided_as = json.loads(record["decided_as"])
+    assert decided_as["via"] == "break-glass" and decided_as["groups"] is None
+    assert decided_as["os_user"]
 
 
 async def test_denied_by_cli_is_32004_naming_who(demo, gateway_factory):
@@ -92,17 +162,7 @@ async def test_denied_by_cli_is_32004_naming_who(demo, gateway_factory):
 
             tg.start_soon(call)
             pending = await wait_for_pending(gw.db)
-            done = cli(
-                "approvals",
-                "deny",
-                pending["approval_id"],
-                "--as",
-                "dana",
-                "--reason",
-                "not today",
-                "--db",
-                str(gw.db),
-            )
+            done = break_glass("deny", pending["approval_id"], gw.db, "dana", "not today")
             assert done.returncode == 0, done.stderr
     assert errors[0].code == -32004
     assert "denied by dana" in errors[0].message and "not today" in errors[0].message
@@ -117,7 +177,7 @@ async def test_timeout_is_32004_expired(demo, gateway_factory):
     assert info.value.code == -32004
     assert "expired" in info.value.message
     assert sql_calls(demo) == []
-    late = cli("approvals", "approve", _only_approval(gw.db), "--as", "dana", "--db", str(gw.db))
+    late = break_glass("approve", _only_approval(gw.db), gw.db)
     assert late.returncode == 1
 
 
@@ -135,7 +195,7 @@ async def test_grant_window_lets_identical_calls_pass(demo, gateway_factory):
         async with anyio.create_task_group() as tg:
             tg.start_soon(client.call_tool, "run_sql", DELETE)
             pending = await wait_for_pending(gw.db)
-            cli("approvals", "approve", pending["approval_id"], "--as", "dana", "--db", str(gw.db))
+            break_glass("approve", pending["approval_id"], gw.db)
         again = await client.call_tool("run_sql", DELETE)
         assert not again.is_error
     assert sql_calls(demo) == [DELETE["query"], DELETE["query"]]
@@ -280,7 +340,7 @@ async def test_webhook_is_told_of_each_request(demo, gateway_factory, fake_upstr
             with anyio.fail_after(10):
                 while not hook.received:
                     await anyio.sleep(0.1)
-            cli("approvals", "approve", pending["approval_id"], "--as", "dana", "--db", str(gw.db))
+            break_glass("approve", pending["approval_id"], gw.db)
     notice = hook.received[0].json()
     assert notice["approval_id"] == pending["approval_id"]
     assert notice["requester"] == "alice" and notice["tool"] == "run_sql"

@@ -11,11 +11,10 @@ import anyio
 import pytest
 from mcp import MCPError
 
-from helpers.approvals import wait_for_pending
+from helpers.approvals import break_glass, wait_for_pending
 from helpers.clients import connect
 from helpers.configs import ALICE, identity
 from helpers.leaks import assert_nothing_leaked
-from helpers.processes import holdgate_cli
 from helpers.recordings import read_every_file
 from helpers.upstreams import PII_CARD, PII_EMAIL
 
@@ -85,9 +84,7 @@ async def test_denied_held_approved_and_expired_calls_each_have_their_line_and_c
 
             tg.start_soon(call)
             pending = await wait_for_pending(gw.db)
-            approved = holdgate_cli(
-                "approvals", "approve", pending["approval_id"], "--as", "dana", "--db", str(gw.db)
-            )
+            approved = break_glass("approve", pending["approval_id"], gw.db)
             assert approved.returncode == 0, approved.stderr
     assert not results[0].is_error
     assert_nothing_leaked(gw, TOKEN, ALICE["X-API-Key"], PII_EMAIL, PII_CARD)
@@ -103,7 +100,7 @@ async def test_denied_held_approved_and_expired_calls_each_have_their_line_and_c
     ), held
     assert any(
         re.fullmatch(
-            rf"alice tools/call run_sql: approved by dana( via \w+)? \(rule 'destructive SQL "
+            rf"alice tools/call run_sql: approved by dana( via [\w-]+)? \(rule 'destructive SQL "
             rf"needs a DBA'; approval {approval}\)",
             line,
         )

@@ -47,7 +47,16 @@ async def test_an_approval_masks_arguments_as_the_events_do(demo, gateway_factor
             assert "victim.one@example.com" not in pending["args_masked"]
             assert "[REDACTED:email]" in pending["args_masked"]
             done = holdgate_cli(
-                "approvals", "deny", pending["approval_id"], "--as", "dana", "--db", str(gw.db)
+                "approvals",
+                "deny",
+                pending["approval_id"],
+                "--as",
+                "dana",
+                "--break-glass",
+                "--reason",
+                "in a test",
+                "--db",
+                str(gw.db),
             )
             assert done.returncode == 0, done.stderr
     stop(gw.proc)
@@ -116,7 +125,16 @@ async def test_the_record_names_the_config_that_decided_not_the_one_loaded_later
                 while sqlite_one(gw.db, "select count(*) from config_versions") < 2:
                     await anyio.sleep(0.1)
             done = holdgate_cli(
-                "approvals", "approve", pending["approval_id"], "--as", "dana", "--db", str(gw.db)
+                "approvals",
+                "approve",
+                pending["approval_id"],
+                "--as",
+                "dana",
+                "--break-glass",
+                "--reason",
+                "in a test",
+                "--db",
+                str(gw.db),
             )
             assert done.returncode == 0, done.stderr
     stop(gw.proc)

@@ -25,7 +25,7 @@ from helpers import oneshot
 from helpers.approvals import APPROVALS_CONFIG, DELETE, sql_calls, wait_for_pending
 from helpers.browser import dump_dom
 from helpers.clients import META, MODERN, connect, raw_post
-from helpers.configs import ALICE, BOB
+from helpers.configs import ALICE, BOB, DEMO_KEYS
 from helpers.leaks import assert_nothing_leaked
 from helpers.processes import free_port, holdgate_cli, start_gateway, stop
 from holdgate.approvals.elicitation import INPUT_KEY, STATE_PREFIX
@@ -50,7 +50,13 @@ def start(gateway_factory, demo, timeout="60s", grant="0s"):
 
 
 def decide(gw, approval_id: str, verb: str = "approve", who: str = "dana") -> None:
-    done = holdgate_cli("approvals", verb, approval_id, "--as", who, "--db", str(gw.db))
+    """Through the gateway's admin API with the approver's own key, as people decide (or
+    break-glass, for a gateway without an admin listener)."""
+    if gw.admin:
+        how = ("--gateway", f"http://{gw.admin}", "--token", DEMO_KEYS[who].key)
+    else:
+        how = ("--break-glass", "--as", who, "--reason", "no admin listener", "--db", str(gw.db))
+    done = holdgate_cli("approvals", verb, approval_id, *how)
     assert done.returncode == 0, done.stderr
 
 

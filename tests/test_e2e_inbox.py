@@ -92,6 +92,16 @@ async def test_a_dba_approves_from_the_inbox_and_the_held_call_runs(demo, gatewa
         "groups": ["dba", "engineering"],
         "qualified_by": "dba",
     }
+    with anyio.fail_after(15):  # the released call's row says how it was decided
+        while not (
+            released := [
+                json.loads(r["extra"])["approval"]
+                for r in oneshot.export_rows(gw.db)
+                if r["approval_id"] == approval_id and '"approval"' in (r["extra"] or "")
+            ]
+        ):
+            await anyio.sleep(0.1)
+    assert released[0]["channel"] == "inbox" and released[0]["decided_as"]["key"] == "dana"
     after = request(gw.admin, "GET", f"/inbox?decided={approval_id}", DANA)
     assert f"Your decision on approval {approval_id} is recorded." in after.body
     assert f'id="{approval_id}"' not in after.body  # nothing left to decide

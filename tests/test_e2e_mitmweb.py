@@ -1,4 +1,5 @@
-"""Held flows decided in a real mitmweb: resume approves, kill denies, both on record."""
+"""Held flows decided in a real mitmweb: resume approves, kill denies, both on record as
+the console operator's (`holdgate_mitmweb_operator`); without one, both are refused."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import re
 import sqlite3
 import subprocess
 import textwrap
+import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +21,7 @@ import pytest
 from mcp import MCPError
 
 from helpers import oneshot
-from helpers.approvals import APPROVALS_CONFIG, DELETE, sql_calls, wait_for_pending
+from helpers.approvals import APPROVALS_CONFIG, DELETE, break_glass, sql_calls, wait_for_pending
 from helpers.browser import dump_dom, screenshot
 from helpers.clients import connect
 from helpers.configs import ALICE
@@ -74,8 +76,12 @@ class MitmwebAPI:
 
 
 @pytest.fixture
-def mitmweb(tmp_path, demo):
-    proc, url, api, db = start_mitmweb(tmp_path, demo)
+def mitmweb(tmp_path, demo, request):
+    """mitmweb with the gateway; the console operator is dana (a DBA) unless the test
+    parametrizes it (indirectly) with another name, or "" for none."""
+    operator = getattr(request, "param", "dana")
+    options = (f"holdgate_mitmweb_operator={operator}",) if operator else ()
+    proc, url, api, db = start_mitmweb(tmp_path, demo, *options)
     yield url, api, db
     stop(proc)
 
@@ -134,7 +140,13 @@ async def test_mitmweb_buttons_decide_held_flows(mitmweb, demo, action):
         # the session survives either way
         assert not (await client.call_tool("get_customer", {"customer_id": 1})).is_error
     record = oneshot.approval(db, pending["approval_id"])
-    assert record["decider"] == "mitmweb operator"
+    assert (record["decider"], record["channel"]) == ("dana", "mitmweb")
+    assert json.loads(record["decided_as"]) == {
+        "via": "console",
+        "user": "dana",
+        "groups": ["dba", "engineering"],
+        "qualified_by": "dba",
+    }
     if action == "resume":
         assert record["state"] == "approved"
         assert not outcome.is_error
@@ -143,6 +155,49 @@ async def test_mitmweb_buttons_decide_held_flows(mitmweb, demo, action):
         assert record["state"] == "denied"
         assert isinstance(outcome, MCPError) and outcome.code == -32004
         assert sql_calls(demo) == []
+
+
+@pytest.mark.parametrize("mitmweb", [""], indirect=True)
+@pytest.mark.parametrize("action", ["resume", "kill"])
+async def test_without_a_console_operator_a_button_leaves_the_call_held(
+    mitmweb, demo, tmp_path, action
+):
+    """Issue 27: mitmweb's Resume decided any held call as a shared "mitmweb operator"."""
+    url, api, db = mitmweb
+    held_again: list[dict] = []
+
+    def press_then_decide_properly(flow_id: str, approval_id: str) -> None:
+        assert api.post(f"/flows/{flow_id}/{action}") == 200
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and not held_again:
+            time.sleep(0.2)  # the sweep sees the button, then holds the flow again
+            shown = [f for f in json.loads(api.get("/flows")) if f["id"] == flow_id]
+            if shown and shown[0]["intercepted"] and not shown[0].get("error"):
+                held_again.append(shown[0])
+        assert oneshot.approval(db, approval_id)["state"] == "pending"
+        done = break_glass("approve", approval_id, db)
+        assert done.returncode == 0, done.stderr
+
+    async with connect(url + "/mcp", ALICE) as client:
+        async with anyio.create_task_group() as tg:
+            outcome: list = []
+
+            async def call():
+                outcome.append(await client.call_tool("run_sql", DELETE))
+
+            tg.start_soon(call)
+            pending = await wait_for_pending(db)
+            await anyio.to_thread.run_sync(
+                press_then_decide_properly, pending["flow_id"], pending["approval_id"]
+            )
+    assert held_again, "the flow was not held again after the button"
+    assert not outcome[0].is_error
+    assert sql_calls(demo) == [DELETE["query"]]
+    record = oneshot.approval(db, pending["approval_id"])
+    assert (record["decider"], record["channel"]) == ("dana", "break-glass")
+    log = (tmp_path / "mitmweb.out").read_text(errors="replace")
+    assert "holdgate_mitmweb_operator is not set: mitmweb decisions are off" in log
+    assert f"holdgate approvals approve|deny {pending['approval_id']}" in log
 
 
 async def test_held_flow_edited_in_mitmweb_is_void_and_never_forwarded(mitmweb, demo, tmp_path):
@@ -231,9 +286,7 @@ async def test_the_flow_list_shows_each_decision_in_its_comment_column(mitmweb, 
     assert denied.startswith("holdgate: alice tools/call exec_shell: deny (rule 'default-deny')")
     approved = [c for c in cells if "run_sql: approved" in c]
     assert len(approved) == 1
-    assert approved[0].startswith(
-        "holdgate: alice tools/call run_sql: approved by mitmweb operator"
-    )
+    assert approved[0].startswith("holdgate: alice tools/call run_sql: approved by dana")
     waiting = [c for c in cells if "run_sql: hold" in c]
     assert len(waiting) == 1
     assert f"approval {held['approval_id']}; approvers dba; expires " in waiting[0]

@@ -189,7 +189,16 @@ async def test_approve_holds_calls_of_a_changed_tool_for_a_human(tmp_path, gatew
             assert (pending["rule"], pending["tool"]) == ("tool-changed", "get_customer")
             assert json.loads(pending["approvers"]) == ["security"]
             approved = cli(
-                "approvals", "approve", pending["approval_id"], "--as", "sec", "--db", str(gw.db)
+                "approvals",
+                "approve",
+                pending["approval_id"],
+                "--as",
+                "sec",
+                "--break-glass",
+                "--reason",
+                "in a test",
+                "--db",
+                str(gw.db),
             )
             assert approved.returncode == 0, approved.stderr
     finally:

@@ -21,7 +21,7 @@ from helpers import oneshot
 from helpers.approvals import DELETE, wait_for_pending
 from helpers.browser import dump_dom
 from helpers.clients import connect
-from helpers.configs import ALICE, BOB, CAROL, identity
+from helpers.configs import ALICE, BOB, CAROL, DEMO_KEYS, identity
 from helpers.processes import free_port, holdgate_cli
 from holdgate import store
 from holdgate.cli.main import main
@@ -93,6 +93,7 @@ async def traffic(gw) -> None:
                 "approvals",
                 "approve",
                 pending["approval_id"],
+                "--break-glass",
                 "--as",
                 "dana",
                 "--reason",
@@ -135,41 +136,33 @@ async def test_a_campaign_from_real_traffic_to_a_replayed_candidate(
             },
         )
 
-    started = cli(
-        "review",
-        "campaign",
-        "start",
-        "--period",
-        "1d",
-        "--config",
-        str(gw.config),
-        "--as",
-        "carol",
-        "--db",
-        db,
-    )
+    # Issue 27 item 7: from a folder without policies/default.yaml; the gateway's config
+    # is the one in force, the people are their tokens
+    gateway = ("--gateway", f"http://{admin}")
+
+    def as_person(who: str, *args: str):
+        return holdgate_cli(*args, *gateway, "--token", DEMO_KEYS[who].key, cwd=tmp_path)
+
+    started = as_person("carol", "review", "campaign", "start", "--period", "1d")
     assert started.returncode == 0, started.stderr
-    cid = re.search(r"campaign (rc-\S+) started", started.stdout).group(1)
+    cid = re.search(r"campaign (rc-\S+) started by carol", started.stdout).group(1)
     with store.SqliteStore(gw.db) as opened:
         campaign = opened.campaign(cid)
+    assert json.loads(campaign.events[0]["detail"])["channel"] == "cli"
     items = {(i.user, i.target): i for i in campaign.items}
     assert items[("alice", "search_customers")].usage["calls"] == 1
     assert ("alice", "exec_shell") not in items  # a denial is no grant
     assert items[("bob", "run_sql")].rule == "engineering SQL"
     revoked = items[("alice", "search_customers")]
+    certify = ("review", "certify")
 
-    selfish = cli(
-        "review",
-        "certify",
-        items[("alice", "get_customer")].item_id,
-        "keep",
-        "--as",
-        "alice",
-        "--reason",
-        "I need it",
-        "--db",
-        db,
-    )
+    not_a_reviewer = as_person("bob", *certify, revoked.item_id, "keep", "--reason", "mine")
+    assert not_a_reviewer.returncode == 1
+    assert "not in the reviewer groups (compliance)" in not_a_reviewer.stderr
+    taken_at_word = cli(*certify, revoked.item_id, "keep", "--as", "mallory", "--reason", "x")
+    assert taken_at_word.returncode == 2 and "--as is for break-glass only" in taken_at_word.stderr
+    own = items[("carol", "get_customer")].item_id
+    selfish = as_person("carol", *certify, own, "keep", "--reason", "I need it")
     assert selfish.returncode == 1 and "separation of duties" in selfish.stderr
 
     # over the API: reviewers only, decisions through the same rules
@@ -186,30 +179,57 @@ async def test_a_campaign_from_real_traffic_to_a_replayed_candidate(
     assert status == 404
     status, body = api(admin, path, CAROL, {"decision": "revoke", "reason": EVIL_REASON})
     assert status == 200 and body["state"] == "revoke" and body["reviewer"] == "carol"
+    assert body["decided_how"]["channel"] == "api"
+    assert body["decided_how"]["decided_as"]["key"] == "carol"
+    refused = body["refused_attempts"]
+    assert [(r["reviewer"], r["channel"]) for r in refused] == [("bob", "cli"), ("bob", "api")]
     status, body = api(admin, path, CAROL, {"decision": "keep", "reason": "changed my mind"})
     assert status == 409 and "decided already" in body["error"]
     status, listed = api(admin, f"/campaigns/{cid}", CAROL)
     assert status == 200 and listed["progress"]["revoke"] == 1
 
+    carols = [i.item_id for i in campaign.items if i.user == "carol"]
     for item in campaign.items:
-        if item.item_id != revoked.item_id:
-            reviewer = "dana" if item.user == "carol" else "carol"
-            done = cli(
-                "review",
-                "certify",
-                item.item_id,
-                "keep",
-                "--as",
-                reviewer,
-                "--reason",
-                "in use",
-                "--db",
-                db,
-            )
-            assert done.returncode == 0, done.stderr
+        if item.item_id == revoked.item_id or item.item_id in carols:
+            continue
+        done = as_person("carol", *certify, item.item_id, "keep", "--reason", "in use")
+        assert done.returncode == 0, done.stderr
+    close = ("review", "campaign", "close", cid)
+    early = as_person("carol", *close)
+    assert early.returncode == 1
+    assert f"{len(carols)} of {len(campaign.items)} items undecided" in early.stderr
+    assert "--force" in early.stderr
+    # carol cannot certify her own access: break-glass, recorded as such
+    for item_id in carols:
+        glass = cli(
+            *certify,
+            item_id,
+            "keep",
+            "--break-glass",
+            "--as",
+            "dana",
+            "--reason",
+            "on call",
+            "--db",
+            db,
+        )
+        assert glass.returncode == 0, glass.stderr
+        assert "BREAK-GLASS" in glass.stdout
     status_text = cli("review", "status", cid, "--db", db).stdout
     assert f"{len(campaign.items) - 1} keep, 1 revoke" in status_text
-    assert cli("review", "campaign", "close", cid, "--as", "carol", "--db", db).returncode == 0
+    closed = as_person("carol", *close)
+    assert closed.returncode == 0, closed.stderr
+    with store.SqliteStore(gw.db) as opened:
+        campaign = opened.campaign(cid)
+    close_event = campaign.events[-1]
+    assert (close_event["event"], close_event["actor"]) == ("closed", "carol")
+    detail = json.loads(close_event["detail"])
+    assert (detail["channel"], detail["undecided"], detail["forced"]) == ("cli", 0, False)
+    assert detail["decided_as"]["via"] == "api_key"
+    assert detail["decided_as"]["qualified_by"] == "compliance"
+    glass_item = next(i for i in campaign.items if i.item_id == own)
+    assert glass_item.decided_how["channel"] == "break-glass"
+    assert glass_item.decided_how["decided_as"]["groups"] is None
 
     candidate = tmp_path / "candidate.yaml"
     applied = cli(
@@ -275,13 +295,19 @@ def test_apply_refuses_a_tampered_store_and_another_config(tmp_path: Path) -> No
     def run(*args: str):
         return CliRunner().invoke(main, ["review", *args, "--db", str(db)], catch_exceptions=False)
 
-    started = run("campaign", "start", "--config", str(config), "--as", "carol")
+    glass = ("--break-glass", "--as", "carol", "--reason", "IdP down")
+    started = run("campaign", "start", "--config", str(config), *glass)
     cid = re.search(r"campaign (rc-\S+) started", started.output).group(1)
-    assert run("certify", f"{cid}.1", "revoke", "--as", "carol", "--reason", "gone").exit_code == 0
+    assert (
+        run(
+            "certify", f"{cid}.1", "revoke", "--break-glass", "--as", "carol", "--reason", "gone"
+        ).exit_code
+        == 0
+    )
     out = str(tmp_path / "candidate.yaml")
     still_open = run("apply", cid, "--out", out, "--config", str(config))
     assert still_open.exit_code == 1 and "still open: close it first" in still_open.output
-    assert run("campaign", "close", cid).exit_code == 0
+    assert run("campaign", "close", cid, *glass).exit_code == 0
     other = tmp_path / "other.yaml"
     other.write_text(config.read_text() + "\n# edited\n")
     moved = run("apply", cid, "--out", out, "--config", str(other))
@@ -291,6 +317,53 @@ def test_apply_refuses_a_tampered_store_and_another_config(tmp_path: Path) -> No
     tampered = run("apply", cid, "--out", out, "--config", str(config))
     assert tampered.exit_code == 1 and "hash chain is broken" in tampered.output
     assert not Path(out).exists()
+
+
+def test_closing_with_undecided_items_needs_force_and_records_it(
+    tmp_path: Path, monkeypatch
+) -> None:
+    config = tmp_path / "holdgate.yaml"
+    config.write_text(CONFIG.format(url="http://127.0.0.1:9"))
+    db = tmp_path / "audit.sqlite3"
+    with store.SqliteStore(db) as opened:
+        for user, group, tool, rule in (
+            ("alice", "support", "get_customer", "support reads customers"),
+            ("bob", "engineering", "run_sql", "engineering SQL"),
+        ):
+            opened.append(
+                "events",
+                {
+                    "user": user,
+                    "groups": [group],
+                    "upstream": "demo",
+                    "method": "tools/call",
+                    "target": tool,
+                    "direction": "request",
+                    "decision": "allow",
+                    "rule": rule,
+                },
+            )
+    monkeypatch.chdir(tmp_path)  # no policies/default.yaml here
+
+    def run(*args: str):
+        return CliRunner().invoke(main, ["review", *args, "--db", str(db)])
+
+    glass = ("--break-glass", "--as", "carol", "--reason", "IdP down")
+    started = run("campaign", "start", "--config", str(config), *glass)
+    assert started.exit_code == 0, started.output
+    cid = re.search(r"campaign (rc-\S+) started", started.output).group(1)
+    refused = run("campaign", "close", cid, *glass)
+    assert refused.exit_code == 1
+    assert "2 of 2 items undecided: certify them, or close it anyway with --force" in (
+        refused.output
+    )
+    forced = run("campaign", "close", cid, "--force", *glass)
+    assert forced.exit_code == 0 and "2 left undecided" in forced.output
+    with store.SqliteStore(db) as opened:
+        event = opened.campaign(cid).events[-1]
+    detail = json.loads(event["detail"])
+    assert (event["actor"], detail["undecided"], detail["forced"]) == ("carol", 2, True)
+    assert (detail["channel"], detail["reason"]) == ("break-glass", "IdP down")
 
 
 PIXEL = "![pixel](http://127.0.0.1:9/track.png?who=reviewer)"

@@ -107,7 +107,16 @@ async def test_a_delete_wrapped_in_a_list_or_object_waits_for_a_dba(gateway, dem
             pending = await wait_for_pending(gateway.db)
             assert pending["rule"] == "deletes need a DBA"
             denied = holdgate_cli(
-                "approvals", "deny", pending["approval_id"], "--as", "dana", "--db", str(gateway.db)
+                "approvals",
+                "deny",
+                pending["approval_id"],
+                "--as",
+                "dana",
+                "--break-glass",
+                "--reason",
+                "in a test",
+                "--db",
+                str(gateway.db),
             )
             assert denied.returncode == 0, denied.stderr
     assert errors and errors[0].code == -32004
@@ -121,7 +130,18 @@ async def test_a_grant_on_a_tool_call_does_not_pass_a_prompt_of_the_same_name(ga
         async with anyio.create_task_group() as tg:
             tg.start_soon(client.call_tool, "summarize_customer", args)
             first = await wait_for_pending(gateway.db)
-            holdgate_cli("approvals", "approve", first["approval_id"], "--as", "dana", "--db", db)
+            holdgate_cli(
+                "approvals",
+                "approve",
+                first["approval_id"],
+                "--as",
+                "dana",
+                "--break-glass",
+                "--reason",
+                "in a test",
+                "--db",
+                db,
+            )
         errors: list[MCPError] = []
         async with anyio.create_task_group() as tg:
 
@@ -139,7 +159,18 @@ async def test_a_grant_on_a_tool_call_does_not_pass_a_prompt_of_the_same_name(ga
                     if second:
                         break
                     await anyio.sleep(0.1)
-            holdgate_cli("approvals", "deny", second[0]["approval_id"], "--as", "dana", "--db", db)
+            holdgate_cli(
+                "approvals",
+                "deny",
+                second[0]["approval_id"],
+                "--as",
+                "dana",
+                "--break-glass",
+                "--reason",
+                "in a test",
+                "--db",
+                db,
+            )
     assert errors and errors[0].code == -32004
     got = [m for m in demo.messages() if m.get("method") == "prompts/get"]
     assert got == []

@@ -122,7 +122,16 @@ async def test_a_grant_given_on_one_replica_lets_the_call_through_the_other(
                     await anyio.sleep(0.1)
             approval_id = pending[0]["approval_id"]
             done = holdgate_cli(
-                "approvals", "approve", approval_id, "--as", "dana", "--store", pg_url
+                "approvals",
+                "approve",
+                approval_id,
+                "--as",
+                "dana",
+                "--break-glass",
+                "--reason",
+                "in a test",
+                "--store",
+                pg_url,
             )
             assert done.returncode == 0, done.stderr
     async with connect(b.url + "/mcp", ALICE) as client:

@@ -164,7 +164,16 @@ async def test_a_task_augmented_call_of_an_approve_rule_tool_is_held(
             assert client.poll() is None  # still waiting for a DBA
             assert not [m for m in reports.received() if m.get("method") == "tools/call"]
             decided = holdgate_cli(
-                "approvals", "approve", pending["approval_id"], "--as", "dana", "--db", str(gw.db)
+                "approvals",
+                "approve",
+                pending["approval_id"],
+                "--as",
+                "dana",
+                "--break-glass",
+                "--reason",
+                "in a test",
+                "--db",
+                str(gw.db),
             )
             assert decided.returncode == 0, decided.stderr
             out, _ = client.communicate(timeout=30)

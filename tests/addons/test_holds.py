@@ -5,6 +5,7 @@ import asyncio
 import json
 
 import pytest
+from mitmproxy.flow import Error
 
 from helpers.configs import ALICE, BOB, DANA, identity
 from helpers.flows import UPSTREAM_URL, call, find, gateway, mcp_flow, response_json, send
@@ -78,6 +79,12 @@ async def test_a_held_call_leaves_unchanged_once_an_approver_agrees(tctx):
     assert json.loads(flow.request.content) == call("run_sql", DELETE)
     record = await admin(tctx, "GET", f"/approvals/{approval}", DANA)
     assert (record.payload["state"], record.payload["decider"]) == ("approved", "dana")
+    # JSON columns as JSON, not strings inside JSON
+    assert record.payload["approvers"] == ["dba"]
+    assert record.payload["args_masked"] == DELETE
+    assert record.payload["channel"] == "api"
+    assert record.payload["decided_as"]["key"] == "dana"
+    assert record.payload["history"][0]["approvers"] == ["dba"]
 
 
 async def test_the_requester_and_non_approvers_cannot_decide(tctx):
@@ -86,7 +93,11 @@ async def test_the_requester_and_non_approvers_cannot_decide(tctx):
     assert own.status == 403 and "separation of duties" in own.payload["error"]
     other = await admin(tctx, "POST", f"/approvals/{approval}/approve", BOB, {})
     assert other.status == 404  # bob is no DBA: not even shown
-    assert (await admin(tctx, "GET", "/approvals", {"X-API-Key": "nope"})).status == 401
+    wrong_key = await admin(tctx, "GET", "/approvals", {"X-API-Key": "nope"})
+    assert wrong_key.status == 401  # as clear as the MCP endpoint's answer
+    assert wrong_key.payload["error"].startswith("unauthorized: unknown API key; authenticate")
+    no_key = await admin(tctx, "GET", "/approvals", {})
+    assert no_key.payload["error"].startswith("unauthorized: no credentials; authenticate")
     assert not sending.done()  # still waiting
     await admin(tctx, "POST", f"/approvals/{approval}/deny", DANA, {"reason": "no"})
     await asyncio.wait_for(sending, 10)
@@ -120,14 +131,61 @@ async def test_nobody_deciding_in_time_is_expiry(tmp_path):
         assert record.payload["state"] == "expired"
 
 
-async def test_resuming_the_flow_in_mitmweb_approves_it(tmp_path):
-    with gateway(tmp_path, CONFIG.replace("{timeout}", "30s")) as tctx:
+async def test_resuming_the_flow_in_mitmweb_is_the_named_operators_decision(tmp_path):
+    config = CONFIG.replace("{timeout}", "30s")
+    with gateway(tmp_path, config, holdgate_mitmweb_operator="dana") as tctx:
         flow, sending, approval = await held(tctx)
         flow.resume()  # mitmweb's Resume button
         await asyncio.wait_for(sending, 10)
         assert flow.response is None
         record = await admin(tctx, "GET", f"/approvals/{approval}", DANA)
-        assert (record.payload["state"], record.payload["decider"]) == (
-            "approved",
-            "mitmweb operator",
-        )
+        assert (record.payload["state"], record.payload["decider"]) == ("approved", "dana")
+        assert record.payload["channel"] == "mitmweb"
+        assert record.payload["decided_as"] == {
+            "via": "console",
+            "user": "dana",
+            "groups": ["dba", "engineering"],
+            "qualified_by": "dba",
+        }
+
+
+@pytest.mark.parametrize(
+    ("operator", "why"),
+    [
+        ("", "holdgate_mitmweb_operator is not set"),
+        ("mallory", "names no API key"),
+        ("bob", "bob is not in the approver groups"),
+        ("alice", "separation of duties"),
+    ],
+)
+@pytest.mark.parametrize("button", ["resume", "kill"])
+async def test_a_mitmweb_button_without_a_permitted_operator_leaves_the_call_held(
+    tmp_path, caplog, operator, why, button
+):
+    config = CONFIG.replace("{timeout}", "30s")
+    with gateway(tmp_path, config, holdgate_mitmweb_operator=operator) as tctx:
+        flow, sending, approval = await held(tctx)
+        getattr(flow, button)()
+        for _ in range(100):  # the sweep sees the button and puts the flow back on hold
+            await asyncio.sleep(0.05)
+            if flow.intercepted and why in caplog.text:
+                break
+        assert flow.intercepted and flow.error is None and not sending.done()
+        assert f"holdgate approvals approve|deny {approval}" in caplog.text
+        record = await admin(tctx, "GET", f"/approvals/{approval}", DANA)
+        assert record.payload["state"] == "pending"
+        # still decidable the proper way, and the call then leaves
+        await admin(tctx, "POST", f"/approvals/{approval}/approve", DANA, {})
+        await asyncio.wait_for(sending, 10)
+        assert flow.response is None and not flow.intercepted
+
+
+async def test_a_flow_failing_while_held_is_never_the_operators_decision(tmp_path):
+    config = CONFIG.replace("{timeout}", "30s")
+    with gateway(tmp_path, config, holdgate_mitmweb_operator="dana") as tctx:
+        flow, sending, approval = await held(tctx)
+        flow.error = Error("connection closed")  # not mitmweb's Kill
+        await asyncio.wait_for(sending, 10)
+        record = await admin(tctx, "GET", f"/approvals/{approval}", DANA)
+        assert (record.payload["state"], record.payload["decider"]) == ("cancelled", None)
+        assert record.payload["reason"] == "the flow failed: connection closed"

@@ -6,6 +6,7 @@ separation of duties is what stops her) asks, bob (engineering) may not decide.
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import anyio
 
 from helpers import oneshot
 from helpers.configs import identity
-from helpers.processes import DemoServer
+from helpers.processes import DemoServer, holdgate_cli
 from holdgate import store
 
 APPROVALS_CONFIG = (
@@ -78,3 +79,22 @@ def approval_request(approval_id: str, now: float, **columns: Any) -> dict[str, 
         "expires": store.iso(now + 300),
         **columns,
     }
+
+
+def break_glass(
+    verb: str, approval_id: str, db: Path | str, who: str = "dana", reason: str = "in a test"
+) -> subprocess.CompletedProcess[str]:
+    """`holdgate approvals approve|deny` writing the store directly, for tests about what a
+    decision does rather than who may make it."""
+    return holdgate_cli(
+        "approvals",
+        verb,
+        approval_id,
+        "--break-glass",
+        "--as",
+        who,
+        "--reason",
+        reason,
+        "--db",
+        str(db),
+    )

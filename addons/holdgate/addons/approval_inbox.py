@@ -122,7 +122,7 @@ class ApprovalInbox:
         found = await self.core.audit.run(lambda store: store.approval(approval_id))
         visible = found is not None and may_see(found, viewer.user, viewer.groups)
         try:
-            await self.core.audit.run(
+            decided = await self.core.audit.run(
                 lambda store: store.decide_approval(
                     approval_id,
                     decision,
@@ -146,7 +146,8 @@ class ApprovalInbox:
             return _problem(status, "Refused", f"Nothing was decided: {exc}.")
         hold = self.holds.holds.get(approval_id)
         if hold is not None:
-            hold.decide(decision, viewer.user, form.reason)
+            # the released call's event row says how it was decided, as the store does
+            hold.decide(decision, viewer.user, form.reason, "inbox", decided.get("decided_as"))
         return _page(303, "", ("Location", f"../inbox?decided={approval_id}#{approval_id}"))
 
     async def _record_refusal(

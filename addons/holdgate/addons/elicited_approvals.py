@@ -19,7 +19,7 @@ from mitmproxy import ctx, http
 from holdgate import store
 from holdgate.addons.flowstate import DecidedMessage, Refusal, refuse, state
 from holdgate.approvals import elicitation
-from holdgate.approvals.approval_rules import grant_key
+from holdgate.approvals.approval_rules import decision_record, grant_key
 from holdgate.approvals.spendable import spend_refusal
 from holdgate.config.gateway_config import GatewayConfig
 from holdgate.identity import Identity
@@ -179,6 +179,7 @@ class ElicitedApprovals:
                 "state": "approved",
                 "decider": record.get("decider"),
                 "via": "elicitation",
+                **decision_record(record),
             }
             decided.channel = record.get("channel")
             flow.request.content = dumps(elicitation.without_gateway_round(message.raw))

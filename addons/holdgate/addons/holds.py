@@ -1,9 +1,13 @@
 """ApprovalHolds: hold a call a rule says needs a human, until someone decides or time runs out.
 
-Decisions come from the CLI (through the store, polled off the event loop), the HTTP
-approvals API on `holdgate_admin` of any replica sharing the store, or mitmweb (resume
-approves, Abort denies). Every decision is recorded with who made it; a held request that
-was edited while waiting is refused, never forwarded.
+Decisions come from the approvals API on `holdgate_admin` of any replica sharing the
+store (the CLI goes through it), from break-glass writes to the store (polled off the event
+loop), or from mitmweb (Resume approves, Abort denies) only when `holdgate_mitmweb_operator`
+names the person at the console: that name must be an API key's in the config, whose
+groups are then checked against the rule's approvers like anyone's. Without it a Resume or
+Kill is refused and the flow is held again. Every decision is recorded with who made it and
+through which channel; a held request that was edited while waiting is refused, never
+forwarded.
 
 Across replicas: each hold names its replica. At start a replica expires only its own
 previous instance's holds; its watcher closes the holds of replicas that stopped
@@ -20,7 +24,8 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from mitmproxy import connection, http
+from mitmproxy import connection, ctx, hooks, http
+from mitmproxy.flow import Error
 
 from holdgate import store
 from holdgate.addons.approval_core import forward_remaining
@@ -34,7 +39,11 @@ from holdgate.addons.flowstate import (
     refuse,
     state,
 )
-from holdgate.approvals.approval_rules import grant_key
+from holdgate.approvals.approval_rules import (
+    console_operator_groups,
+    decision_record,
+    grant_key,
+)
 from holdgate.approvals.spendable import SpendRefusal, rule_in_force, spend_refusal
 from holdgate.config.gateway_config import GatewayConfig
 from holdgate.identity import Identity
@@ -60,7 +69,7 @@ POLL_INTERVAL = 0.25
 OVERDUE_EVERY = 20  # sweeps between closing overdue elicitation approvals (5 s)
 LOST_EVERY = 8  # sweeps between closing holds of replicas that stopped heartbeating (2 s)
 UNRECORDED = "unrecorded"  # a hold that ended with a decision the store would not take
-MITMWEB = "mitmweb operator"
+MITMWEB_OPERATOR = "holdgate_mitmweb_operator"
 
 
 @dataclass
@@ -75,17 +84,39 @@ class Hold:
     state: str = "pending"
     decider: str | None = None
     reason: str | None = None
-    channel: str | None = None  # how the decider decided (api, cli, mitmweb, ...)
     client_gone: bool = False
     settling: bool = False  # a decision seen on the flow is being recorded
+    channel: str | None = None  # how the decision was made (api, cli, mitmweb, ...)
+    decided_as: str | None = None  # JSON: the decider as authenticated
 
     def decide(
-        self, new_state: str, decider: str | None, reason: str | None, channel: str | None = None
+        self,
+        new_state: str,
+        decider: str | None,
+        reason: str | None,
+        channel: str | None = None,
+        decided_as: str | None = None,
     ) -> None:
         if not self.decided.is_set():
             self.state, self.decider, self.reason = new_state, decider, reason
-            self.channel = channel
+            self.channel, self.decided_as = channel, decided_as
             self.decided.set()
+
+    def release_record(self) -> dict[str, Any]:
+        """How the held call was released, for its event row."""
+        return {
+            "state": self.state,
+            "decider": self.decider,
+            **decision_record({"channel": self.channel, "decided_as": self.decided_as}),
+        }
+
+
+@dataclass(frozen=True)
+class ConsoleAction:
+    """A Resume (approve) or Kill (deny) pressed on a held flow in mitmweb."""
+
+    decision: store.Decision
+    reason: str
 
 
 class ApprovalHolds:
@@ -110,6 +141,22 @@ class ApprovalHolds:
         self._listener: ApprovalListener | None = None
         self.holds: dict[str, Hold] = {}
         self._tasks: list[asyncio.Task[Any]] = []  # the start-up first, then the watcher
+        self.operator = ""  # holdgate_mitmweb_operator: who sits at the mitmweb console
+
+    def load(self, loader: Any) -> None:
+        loader.add_option(
+            MITMWEB_OPERATOR,
+            str,
+            "",
+            "The person at the mitmweb console: the name of an API key in the config's "
+            "identity.api_keys, whose groups are checked against each rule's approvers. "
+            "Empty (the default): Resume/Abort on a held call is refused and the call stays "
+            "held; decide through the admin API, `holdgate approvals`, or the inbox.",
+        )
+
+    def configure(self, updated: set[str]) -> None:
+        if MITMWEB_OPERATOR in updated:
+            self.operator = str(getattr(ctx.options, MITMWEB_OPERATOR, "") or "").strip()
 
     def running(self) -> None:
         # Never await here: later addons' running hooks (TLS set-up) wait for ours.
@@ -185,7 +232,7 @@ class ApprovalHolds:
                 self._log(flow, decided)
                 continue
             outcome = await self._hold(flow, decided, identity, digest_args, config)
-            decided.approval = {"state": outcome.state, "decider": outcome.decider}
+            decided.approval = outcome.release_record()
             decided.channel = outcome.channel
             annotate(flow)
             self._log(flow, decided)
@@ -293,25 +340,100 @@ class ApprovalHolds:
             )
 
     @staticmethod
-    def _observed(hold: Hold) -> tuple[str, str | None, str] | None:
-        """A decision the gateway can see on the flow itself, if there is one yet."""
+    def _observed(hold: Hold) -> ConsoleAction | tuple[str, str | None, str] | None:
+        """A decision the gateway can see on the flow itself, if there is one yet: a
+        button pressed in mitmweb (a person's decision, still to be checked), or a state
+        the gateway observed."""
         flow = hold.flow
-        if flow.error is not None:
+        if flow.error is not None and flow.error.msg == Error.KILLED_MESSAGE:
             # mitmweb's Kill does not wake wait_for_resume (mitmproxy #8045): look instead.
-            return "denied", MITMWEB, "flow aborted in mitmweb"
+            return ConsoleAction("denied", "flow aborted in mitmweb")
+        if flow.error is not None:  # not a person's decision: never attributed to one
+            return "cancelled", None, f"the flow failed: {flow.error.msg}"
         if not flow.intercepted:
-            return "approved", MITMWEB, "flow resumed in mitmweb"
+            return ConsoleAction("approved", "flow resumed in mitmweb")
         if hold.client_gone:
             return "cancelled", None, "the client disconnected"
         if time.time() >= hold.expires_at:
             return "expired", None, "nobody decided in time"
         return None
 
-    async def _settle(self, hold: Hold, observed: tuple[str, str | None, str]) -> None:
+    async def _settle(
+        self, hold: Hold, observed: ConsoleAction | tuple[str, str | None, str]
+    ) -> None:
         try:
-            await self._decide_locally(hold, *observed)
+            if isinstance(observed, ConsoleAction):
+                await self._decide_at_console(hold, observed)
+            else:
+                await self._decide_locally(hold, *observed)
         except Exception as exc:  # the decision cannot be recorded: the hold must still end
-            hold.decide(UNRECORDED, None, f"{observed[0]}, not recorded: {exc}")
+            what = observed.decision if isinstance(observed, ConsoleAction) else observed[0]
+            hold.decide(UNRECORDED, None, f"{what}, not recorded: {exc}")
+
+    async def _decide_at_console(self, hold: Hold, action: ConsoleAction) -> None:
+        """A mitmweb button: the named console operator's decision under the approval
+        rules, or refused with the flow held again and a log line saying how to decide."""
+        config = self.loader.current
+        groups = console_operator_groups(config, self.operator) if config else None
+        if not self.operator or groups is None:
+            why = (
+                f"{MITMWEB_OPERATOR} is not set: mitmweb decisions are off"
+                if not self.operator
+                else f"{MITMWEB_OPERATOR}={self.operator!r} names no API key in the config's "
+                "identity.api_keys, so the operator's groups are unknown"
+            )
+            self._hold_again(hold, why)
+            return
+        operator = self.operator
+        try:
+            record = await self.core.audit.run(
+                lambda store: store.decide_approval(
+                    hold.approval_id,
+                    action.decision,
+                    operator,
+                    groups,
+                    action.reason,
+                    channel="mitmweb",
+                    identity={"via": "console"},
+                )
+            )
+        except (store.NotAnApprover, store.SelfApproval) as exc:  # recorded as refused
+            self._hold_again(hold, str(exc))
+            return
+        except store.ApprovalRefused:  # decided elsewhere first, or too late: the store's word
+            current = await self.core.audit.run(lambda store: store.approval(hold.approval_id))
+            if current is None:
+                hold.decide("expired", None, None)
+                return
+            record = current
+        hold.decide(
+            record["state"],
+            record.get("decider"),
+            record.get("reason"),
+            record.get("channel"),
+            record.get("decided_as"),
+        )
+
+    def _hold_again(self, hold: Hold, why: str) -> None:
+        """Undo a refused Resume/Kill: the flow is held again, and the log says how to
+        decide instead."""
+        flow = hold.flow
+        if flow.error is not None:
+            flow.error = None
+        flow.intercept()
+        publish(flow)
+        ctx.master.addons.trigger(hooks.UpdateHook([flow]))  # mitmweb shows it held again
+        hold.settling = False
+        logger.warning(
+            "holdgate: mitmweb Resume/Abort on approval %s refused (%s); the call stays "
+            "held. Decide with `holdgate approvals approve|deny %s`, the admin API or the "
+            "inbox, or start the gateway with --set %s=NAME (NAME: your API key's name in "
+            "identity.api_keys)",
+            hold.approval_id,
+            why,
+            hold.approval_id,
+            MITMWEB_OPERATOR,
+        )
 
     async def _decide_locally(
         self, hold: Hold, new_state: str, decider: str | None, reason: str
@@ -321,7 +443,7 @@ class ApprovalHolds:
             lambda store: store.append_approval_state(hold.approval_id, new_state, decider, reason)
         )
         if ok:
-            hold.decide(new_state, decider, reason, "mitmweb" if decider == MITMWEB else None)
+            hold.decide(new_state, decider, reason)
             return
         current = await self.core.audit.run(lambda store: store.approval(hold.approval_id))
         if current is None:
@@ -332,6 +454,7 @@ class ApprovalHolds:
                 current.get("decider"),
                 current.get("reason"),
                 current.get("channel"),
+                current.get("decided_as"),
             )
 
     def _release(self, flow: http.HTTPFlow, refused: list[tuple[int, str]]) -> None:
@@ -437,7 +560,13 @@ class ApprovalHolds:
         for approval_id, row in states.items():
             held = self.holds.get(approval_id)
             if held is not None and row["state"] != "pending":
-                held.decide(row["state"], row.get("decider"), row.get("reason"), row.get("channel"))
+                held.decide(
+                    row["state"],
+                    row.get("decider"),
+                    row.get("reason"),
+                    row.get("channel"),
+                    row.get("decided_as"),
+                )
 
     def _record_state(self, hold: Hold, new_state: str, decider: str | None, reason: str) -> None:
         try:

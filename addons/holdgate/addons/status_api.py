@@ -17,7 +17,6 @@ import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from holdgate.addons.approvals_api import UNAUTHENTICATED_ADMIN
 from holdgate.addons.config_loader import file_digest
 from holdgate.approvals.adminhttp import AdminCallers, AdminRequest, AdminResponse
 from holdgate.store import PostgresStore, Store, StoreError
@@ -89,7 +88,7 @@ class StatusApi:
             return AdminResponse(405, {"error": "GET /status"})
         caller = await self.callers.identity(config, request)
         if caller is None:
-            return AdminResponse(401, {"error": UNAUTHENTICATED_ADMIN})
+            return await self.callers.refusal(config, request)
         allowed = config.metrics.groups
         if allowed and not set(allowed) & set(caller.groups):
             return AdminResponse(

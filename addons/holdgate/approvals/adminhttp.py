@@ -11,9 +11,10 @@ import dataclasses
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from holdgate.identity import Authenticator, Identity, IdentityConfig
+from holdgate.identity.caller import AuthOutcome
 
 if TYPE_CHECKING:
     from holdgate.config.gateway_config import GatewayConfig
@@ -46,13 +47,66 @@ class AdminCallers:
     async def identity(self, config: GatewayConfig, request: AdminRequest) -> Identity | None:
         """The caller's identity, None when the config names no way to authenticate here or
         the credentials do not hold."""
+        return (await self.authenticate(config, request)).identity
+
+    async def authenticate(self, config: GatewayConfig, request: AdminRequest) -> AuthOutcome:
+        """The caller's identity, or why the credentials do not hold (as the MCP endpoint
+        says it: the reason, never the credential)."""
         admin_identity = admin_identity_config(config)
         if admin_identity is None:
-            return None
+            return AuthOutcome(
+                None,
+                "the config names no identity (no api_keys, oidc or "
+                "admin.trusted_header): nobody can authenticate here",
+            )
         if self._current is None or self._current[0] != config.digest:
             self._current = (config.digest, Authenticator(admin_identity))
-        outcome = await self._current[1].authenticate(request.headers, request.client_ip)
-        return outcome.identity
+        return await self._current[1].authenticate(request.headers, request.client_ip)
+
+    async def refusal(self, config: GatewayConfig, request: AdminRequest) -> AdminResponse:
+        """The 401 for a caller whose credentials do not hold: what was wrong and how to
+        authenticate."""
+        outcome = await self.authenticate(config, request)
+        return unauthenticated(outcome.error)
+
+
+UNAUTHENTICATED = (
+    "authenticate like an MCP client (a JWT from the IdP or an API key, as "
+    "`Authorization: Bearer …` or `X-API-Key`); trusted headers count here only with "
+    "admin.trusted_header in the config"
+)
+
+
+def unauthenticated(error: str | None) -> AdminResponse:
+    """401 naming what was wrong with the credentials (already safe to show) and the fix."""
+    return AdminResponse(
+        401, {"error": f"unauthorized: {error or 'no credentials'}; {UNAUTHENTICATED}"}
+    )
+
+
+# Channels a client may name for its decision (`X-Holdgate-Channel`); the inbox, mitmweb,
+# elicitation and break-glass are never claimed by a header: they are set where they happen.
+CHANNEL_HEADER = "x-holdgate-channel"
+
+
+def claimed_channel(request: AdminRequest) -> Literal["api", "cli"]:
+    """`cli` when the request says it comes from `holdgate` (one header, exactly `cli`);
+    anything else is the plain API."""
+    values = request.headers.get(CHANNEL_HEADER, [])
+    return "cli" if len(values) == 1 and values[0].strip().lower() == "cli" else "api"
+
+
+def authenticated_as(identity: Identity, config: GatewayConfig) -> dict[str, str]:
+    """How the caller proved who they are, as a decision row records it (`decided_as`): the
+    JWT's issuer, the API key's name, or the trusted header the auth proxy set."""
+    if identity.method == "oidc":
+        return {"via": "jwt", "issuer": identity.issuer or ""}
+    if identity.method == "api_key":
+        return {"via": "api_key", "key": identity.name or identity.user}
+    if identity.method == "trusted_header":
+        trusted = config.admin.trusted_header
+        return {"via": "trusted_header", "header": trusted.user_header if trusted else ""}
+    return {"via": identity.method}
 
 
 def admin_identity_config(config: GatewayConfig) -> IdentityConfig | None:

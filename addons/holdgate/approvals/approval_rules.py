@@ -13,6 +13,7 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from holdgate.config.gateway_config import GatewayConfig
 from holdgate.protocol.canonical_json import canonical
 from holdgate.store.approval_records import approver_groups
 
@@ -79,3 +80,31 @@ def may_see(row: Mapping[str, Any], user: str, groups: Iterable[str]) -> bool:
     it exists, what it asks for, or who may approve it.
     """
     return user == row.get("requester") or bool(approver_groups(row) & set(groups))
+
+
+def console_operator_groups(config: GatewayConfig, operator: str) -> tuple[str, ...] | None:
+    """The groups of the person named at the mitmweb console (`holdgate_mitmweb_operator`):
+    those of the config's API key of that name. None when no key has it: a console has no
+    token to read groups from, and a decision by someone whose groups are unknown is refused
+    rather than trusted."""
+    if not operator or config.identity is None:
+        return None
+    for key in config.identity.api_keys:
+        if key.name == operator:
+            return key.groups
+    return None
+
+
+def decision_record(row: Mapping[str, Any]) -> dict[str, Any]:
+    """How an approval was decided, for the event row of the call it released: the channel
+    and the decider as authenticated (an object, so the export carries it as one)."""
+    out: dict[str, Any] = {}
+    if row.get("channel"):
+        out["channel"] = row["channel"]
+    try:
+        decided_as = json.loads(row.get("decided_as") or "null")
+    except (TypeError, json.JSONDecodeError):
+        decided_as = None
+    if decided_as is not None:
+        out["decided_as"] = decided_as
+    return out

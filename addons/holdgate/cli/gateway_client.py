@@ -104,7 +104,8 @@ class GatewayClient:
         message naming the gateway and what to check."""
         import httpx  # only the commands that talk to a gateway pay for it
 
-        headers = {"Accept": "application/json"}
+        # The admin API records a decision made here as the `cli` channel's.
+        headers = {"Accept": "application/json", "X-Holdgate-Channel": "cli"}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         try:

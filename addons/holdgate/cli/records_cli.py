@@ -14,6 +14,7 @@ from pathlib import Path
 
 import click
 
+from holdgate.cli.approvals_cli import decided_how
 from holdgate.cli.common import (
     CheckFailed,
     db_option,
@@ -28,7 +29,13 @@ from holdgate.configfile import parse_duration
 from holdgate.feeds.records import feed_line
 from holdgate.recording.flowfiles import recording_files, recording_name
 from holdgate.recording.segments import file_status
-from holdgate.store import EXPORT_FIELDS, EventRow, iso, write_sqlite_export
+from holdgate.store import (
+    EXPORT_FIELDS,
+    ApprovalRecord,
+    EventRow,
+    iso,
+    write_sqlite_export,
+)
 from holdgate.store.backup import backup_sqlite, pg_dump_command
 from holdgate.store.checkpoints import (
     BadKey,
@@ -86,18 +93,33 @@ def sessions_list(db: str, since: str | None) -> None:
 )
 @click.argument("session_id")
 def sessions_show(db: str, recordings: str | None, session_id: str) -> None:
-    """A session's timeline: time, identity, method/tool, decision and rule, approval, masking."""
+    """A session's timeline: time, identity, method/tool, decision and rule, approval (when
+    it was asked, who decided, through which channel), masking. SESSION_ID may be a unique
+    prefix of the id."""
     with opened(db) as store:
         rows = store.session_events(session_id)
+        if not rows:
+            session_id = unique_session(session_id, [s["session_id"] for s in store.sessions()])
+            rows = store.session_events(session_id)
         files = (
             store.session_recordings(sorted({session_id, recording_name(session_id)}))
             if recordings is not None
             else []
         )
+        asked = {
+            approval_id: found
+            for approval_id in {str(r["approval_id"]) for r in rows if r.get("approval_id")}
+            if (found := store.approval(approval_id)) is not None
+        }
     if not rows and not files:
         raise CheckFailed(f"no events for session {session_id!r}; see `holdgate sessions list`")
+    shown: set[str] = set()
     for row in rows:
         click.echo(timeline_line(row))
+        approval = asked.get(row.get("approval_id") or "")
+        if approval is not None and approval["approval_id"] not in shown:
+            shown.add(approval["approval_id"])
+            click.echo("    " + approval_line(approval))
     if recordings is None:
         return
     click.echo(f"flow files ({len(files)}), checked in {recordings}:")
@@ -116,6 +138,35 @@ def sessions_show(db: str, recordings: str | None, session_id: str) -> None:
             "recorded (changed since they were closed, or named oddly in the store): do not "
             "trust them; the store's rows say what each held"
         )
+
+
+def unique_session(prefix: str, session_ids: list[str]) -> str:
+    """The one session id starting with `prefix`; the prefix itself when none does (the
+    caller says nothing was found), an error listing the candidates when several do."""
+    found = sorted({s for s in session_ids if s and s.startswith(prefix)})
+    if len(found) > 1:
+        listed = "\n  ".join(found[:10]) + ("\n  …" if len(found) > 10 else "")
+        raise CheckFailed(
+            f"session prefix {prefix!r} matches {len(found)} sessions; give more of the id:"
+            f"\n  {listed}"
+        )
+    return found[0] if found else prefix
+
+
+def approval_line(row: ApprovalRecord) -> str:
+    """An approval in a session's timeline: when the call was asked, and who decided it,
+    when and how (channel, and the decider as authenticated)."""
+    text = f"approval {row['approval_id']}: asked {row.get('created')}, {row['state']}"
+    if row.get("decider"):
+        text += f" by {row['decider']}"
+    if row.get("decided") and row["state"] != "pending":
+        text += f" at {row['decided']}"
+    try:
+        decided_as = json.loads(row.get("decided_as") or "null")
+    except (TypeError, ValueError):
+        decided_as = None
+    how = decided_how(row.get("channel"), decided_as)
+    return text + (f" [{how}]" if how else "")
 
 
 def timeline_line(row: EventRow) -> str:

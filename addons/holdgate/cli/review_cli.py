@@ -14,9 +14,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import click
 
+from holdgate.approvals.review_inputs import build
+from holdgate.cli.approvals_cli import break_glass_problems
 from holdgate.cli.common import (
     CheckFailed,
     db_option,
@@ -26,7 +29,8 @@ from holdgate.cli.common import (
     store_errors,
     until_option,
 )
-from holdgate.config.gateway_config import GatewayConfig, load_config
+from holdgate.cli.gateway_client import GatewayClient, gateway_options, gateway_url
+from holdgate.config.gateway_config import load_config
 from holdgate.configfile import ConfigError, parse_duration
 from holdgate.policy.policytest import build_message, caller_for
 from holdgate.reports.campaigns import (
@@ -36,17 +40,11 @@ from holdgate.reports.campaigns import (
     export_rows,
     narrowed_policy,
 )
-from holdgate.reports.decision_findings import Deciders
 from holdgate.reports.review_html import render_html
 from holdgate.reports.review_model import (
     KIND_METHOD,
-    Evidence,
-    Header,
-    Inputs,
     Review,
-    build_review,
     campaign_items,
-    versions_in_force,
 )
 from holdgate.reports.review_render import (
     csv_cell,
@@ -56,8 +54,7 @@ from holdgate.reports.review_render import (
     terminal_text,
 )
 from holdgate.store import Campaign, Store, iso
-from holdgate.store.campaign_records import new_campaign_id
-from holdgate.store.checkpoints import BadKey, load_public_key, read_witness, verify_witness
+from holdgate.store.campaign_records import campaign_of, new_campaign_id
 
 DEFAULT_PERIOD = 90 * 86400.0
 RENDERERS: dict[str, Callable[[Review], str]] = {
@@ -69,10 +66,13 @@ RENDERERS: dict[str, Callable[[Review], str]] = {
 
 
 def config_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    # Not `exists=True`: click checks a group's default before its subcommand runs, so a
+    # folder without policies/default.yaml failed every subcommand, --config given or not.
+    # load_rules names a missing file when the command reads it.
     return click.option(
         "--config",
         "config_path",
-        type=click.Path(exists=True, dir_okay=False),
+        type=click.Path(dir_okay=False),
         default="policies/default.yaml",
         show_default=True,
         help="The policy in force, to show what each identity is granted (its secrets are "
@@ -88,83 +88,6 @@ def actor_option(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]
 
 def _actor(actor: str | None) -> str:
     return actor or getpass.getuser()
-
-
-def evidence(
-    store: Store, config: GatewayConfig, witness: str | None, public_keys: tuple[str, ...]
-) -> Evidence:
-    """The store's `verify()`, and the signed checkpoints when keys to check them are given."""
-    report = store.verify()
-    problems = []
-    if report.ok:
-        chain = f"hash chain intact ({report.rows_checked} rows)"
-    else:
-        where = f" at {report.at[0]} seq {report.at[1]}" if report.at else ""
-        chain = f"hash chain BROKEN{where}: {report.problem}"
-        problems.append(chain)
-    source = witness
-    if source is None and config.checkpoints is not None:
-        source = (
-            config.checkpoints.witness.target if config.checkpoints.witness.kind == "file" else None
-        )
-    if config.checkpoints is None and witness is None:
-        checkpoints = "signed checkpoints: not configured"
-    elif source is None or not public_keys:
-        checkpoints = (
-            f"signed checkpoints configured ({source or 'not a file witness'}), not checked "
-            "here: pass --witness FILE --public-key KEY.pub"
-        )
-    else:
-        try:
-            keys = [load_public_key(Path(p).read_bytes()) for p in public_keys]
-            checked = verify_witness(store, read_witness(source), keys)
-        except (OSError, BadKey) as exc:
-            checked = None
-            checkpoints = f"signed checkpoints NOT verified: {exc}"
-            problems.append(checkpoints)
-        if checked is not None and checked.ok:
-            checkpoints = f"{checked.checked} signed checkpoints verified in {source}"
-        elif checked is not None:
-            checkpoints = f"signed checkpoints FAIL in {source}: {checked.problem}"
-            problems.append(checkpoints)
-    return Evidence(report.ok, chain, checkpoints, tuple(problems))
-
-
-def build(
-    store: Store,
-    config: GatewayConfig,
-    period: tuple[str, str],
-    actor: str | None,
-    witness: str | None = None,
-    public_keys: tuple[str, ...] = (),
-) -> Review:
-    since, until = period
-    versions = store.config_versions()
-    header = Header(
-        period_start=since,
-        period_end=until,
-        generated_at=iso(),
-        generated_by=_actor(actor),
-        store=store.name,
-        config_file=f"{config.file} (sha256 {config.digest[:12]})",
-        evidence=evidence(store, config, witness, public_keys),
-        config_versions=tuple(versions_in_force(versions, since, until)),
-    )
-    inputs = Inputs(
-        events=store.events(since, until),
-        approvals=store.approvals(),
-        sessions=store.sessions(since),
-        tool_pins=store.tool_pin_rows(),
-        config_versions=versions,
-        campaigns=store.campaigns(),
-    )
-    return build_review(inputs, config.policy, header, deciders_of(config))
-
-
-def deciders_of(config: GatewayConfig) -> Deciders:
-    """What the config says of the people who decide, for the review's exceptions."""
-    keys = config.identity.api_keys if config.identity is not None else ()
-    return Deciders(config.review.reviewers, {key.name: key.groups for key in keys})
 
 
 def _emit(text: str, output: str | None, summary: str) -> None:
@@ -244,22 +167,101 @@ def review(
 
 @review.group()
 def campaign() -> None:
-    """Certification campaigns: start one over a period, close it."""
+    """Certification campaigns: start one over a period, close it (through the gateway)."""
+
+
+def through_gateway(func: Callable[..., Any]) -> Callable[..., Any]:
+    """The gateway and credential of a command that acts through the admin API, with
+    break-glass (writing --store directly) as the only other way."""
+    for option in reversed(
+        [
+            click.option(
+                "--config",
+                "config_path",
+                type=click.Path(dir_okay=False),
+                help="The config: approvals.public_url is the default --gateway; with "
+                "--break-glass, the policy the campaign reviews.",
+            ),
+            click.option(
+                "--break-glass",
+                is_flag=True,
+                help="Write the store directly (--store), without the gateway: needs --as "
+                "and --reason; recorded as break-glass, an exception in the access review.",
+            ),
+            click.option("--as", "actor", help="Who acts (with --break-glass only)."),
+        ]
+    ):
+        func = option(func)
+    return db_option(gateway_options(func))
+
+
+def _client(
+    break_glass: bool,
+    actor: str | None,
+    reason: str | None,
+    gateway: str | None,
+    token: str | None,
+    config_path: str | None,
+) -> GatewayClient | None:
+    """The admin API client to act through, or None for a (complete) break-glass."""
+    problem = break_glass_problems(break_glass, actor, reason)
+    if problem is not None:
+        raise click.UsageError(problem)
+    if break_glass:
+        return None
+    if not token:
+        raise click.UsageError(
+            "no credential: pass your own with --token or $HOLDGATE_TOKEN (a JWT from your "
+            "IdP, or your API key); the gateway acts as that identity"
+        )
+    return GatewayClient(gateway_url(gateway, config_path), token)
+
+
+def _break_glass_how() -> dict[str, Any]:
+    """How a break-glass action is recorded: the channel, and the OS account that wrote it."""
+    return {
+        "channel": "break-glass",
+        "decided_as": {"via": "break-glass", "os_user": getpass.getuser(), "groups": None},
+    }
+
+
+BREAK_GLASS_NOTE = (
+    "  [BREAK-GLASS: written to the store directly, no reviewer group checked; an exception "
+    "in the access review]"
+)
 
 
 @campaign.command("start")
-@db_option
-@config_option
+@through_gateway
 @click.option(
     "--period", default="90d", show_default=True, help="How far back the use is taken from."
 )
-@actor_option("starts the campaign")
-def campaign_start(db: str, config_path: str, period: str, actor: str | None) -> None:
-    """Start a campaign: one open item per (identity, grant) with its use in the period."""
+@click.option("--reason", help="Why (recorded; required with --break-glass).")
+def campaign_start(
+    db: str,
+    gateway: str | None,
+    token: str | None,
+    config_path: str | None,
+    break_glass: bool,
+    actor: str | None,
+    period: str,
+    reason: str | None,
+) -> None:
+    """Start a campaign on the gateway's store and the config in force: one open item per
+    (identity, grant) with its use in the period. You must be in review.reviewers."""
     seconds = parse_duration(period)
     if seconds is None:
         raise click.BadParameter("expected a duration like 90d or 12h", param_hint="--period")
-    config = load_rules(config_path)
+    client = _client(break_glass, actor, reason, gateway, token, config_path)
+    if client is not None:
+        started = client.call("POST", "/campaigns", {"period": period})
+        click.echo(
+            f"campaign {started['campaign_id']} started by {started['started_by']}: "
+            f"{started['progress']['open']} items, period {started['period_start']} .. "
+            f"{started['period_end']}"
+        )
+        return
+    config = load_rules(config_path or "policies/default.yaml")
     now = time.time()
     window = (iso(now - seconds), iso(now))
     with opened(db) as store:
@@ -270,52 +272,126 @@ def campaign_start(db: str, config_path: str, period: str, actor: str | None) ->
                 f"no identity had a grant in use or on offer in {window[0]} .. {window[1]}"
             )
         with store_errors():
-            started = store.start_campaign(
+            begun = store.start_campaign(
                 new_campaign_id(now),
                 window,
                 config.digest,
                 _actor(actor),
-                {"config_file": config.file, "period": period},
+                {
+                    "config_file": config.file,
+                    "period": period,
+                    "reason": reason,
+                    **_break_glass_how(),
+                },
                 items,
             )
     click.echo(
-        f"campaign {started.campaign_id} started: {len(started.items)} items for "
-        f"{len({i.user for i in started.items})} identities, period {window[0]} .. {window[1]}"
+        f"campaign {begun.campaign_id} started: {len(begun.items)} items for "
+        f"{len({i.user for i in begun.items})} identities, period {window[0]} .. {window[1]}"
+        + BREAK_GLASS_NOTE
     )
 
 
 @campaign.command("close")
-@db_option
+@through_gateway
 @click.argument("campaign_id")
-@actor_option("closes it")
-def campaign_close(db: str, campaign_id: str, actor: str | None) -> None:
-    """Close a campaign: no more decisions; open items stay undecided in the record."""
+@click.option(
+    "--force", is_flag=True, help="Close it even with items undecided (recorded, with how many)."
+)
+@click.option("--reason", help="Why (recorded; required with --break-glass).")
+def campaign_close(
+    db: str,
+    gateway: str | None,
+    token: str | None,
+    config_path: str | None,
+    break_glass: bool,
+    actor: str | None,
+    campaign_id: str,
+    force: bool,
+    reason: str | None,
+) -> None:
+    """Close a campaign: no more decisions. With items undecided it needs --force; the
+    closer and the undecided count are recorded."""
+    client = _client(break_glass, actor, reason, gateway, token, config_path)
+    if client is not None:
+        closed = client.call(
+            "POST",
+            f"/campaigns/{quote(campaign_id, safe='')}/close",
+            {"force": force, "reason": reason},
+        )
+        progress = closed["progress"]
+        click.echo(
+            f"campaign {campaign_id} closed: {progress['keep']} kept, {progress['revoke']} "
+            f"revoked, {progress['open']} left undecided"
+        )
+        return
     with opened(db) as store:
-        closed = store.campaign_event(campaign_id, "closed", _actor(actor), {})
-    progress = closed.progress()
+        found = _campaign(store, campaign_id)
+        undecided = found.progress()["open"]
+        if undecided and not force:
+            raise CheckFailed(
+                f"campaign {campaign_id} has {undecided} of {len(found.items)} items "
+                "undecided: certify them, or close it anyway with --force"
+            )
+        detail = {
+            "undecided": undecided,
+            "forced": bool(undecided),
+            "reason": reason,
+            **_break_glass_how(),
+        }
+        done = store.campaign_event(campaign_id, "closed", _actor(actor), detail)
+    progress = done.progress()
     click.echo(
         f"campaign {campaign_id} closed: {progress['keep']} kept, {progress['revoke']} revoked, "
-        f"{progress['open']} left undecided"
+        f"{progress['open']} left undecided" + BREAK_GLASS_NOTE
     )
 
 
 @review.command("certify")
-@db_option
+@through_gateway
 @click.argument("item_id")
 @click.argument("decision", type=click.Choice(["keep", "revoke"]))
-@click.option(
-    "--as", "actor", required=True, help="The reviewer (recorded; never the identity reviewed)."
-)
 @click.option("--reason", required=True, help="Why (recorded with the decision).")
-def certify(db: str, item_id: str, decision: str, actor: str, reason: str) -> None:
-    """Keep or revoke one item. Final: an item decided once is refused a second decision."""
+def certify(
+    db: str,
+    gateway: str | None,
+    token: str | None,
+    config_path: str | None,
+    break_glass: bool,
+    actor: str | None,
+    item_id: str,
+    decision: str,
+    reason: str,
+) -> None:
+    """Keep or revoke one item, as your token's identity (in review.reviewers, never the
+    identity reviewed). Final: an item decided once is refused a second decision."""
+    client = _client(break_glass, actor, reason, gateway, token, config_path)
+    if client is not None:
+        campaign_id = campaign_of(item_id)
+        path = f"/campaigns/{quote(campaign_id, safe='')}/items/{quote(item_id, safe='')}/certify"
+        done = client.call("POST", path, {"decision": decision, "reason": reason})
+        click.echo(
+            terminal_text(
+                f"{done['item_id']}: {done['state']} ({done['user']} {done['target_kind']} "
+                f"{done['target']}) by {done['reviewer']}"
+            )
+        )
+        return
     with opened(db) as store:
-        item = store.certify(item_id, decision, actor, reason, None)  # type: ignore[arg-type]
+        item = store.certify(
+            item_id,
+            "keep" if decision == "keep" else "revoke",
+            actor or "",
+            reason,
+            None,
+            how=_break_glass_how(),
+        )
     click.echo(
         terminal_text(
             f"{item.item_id}: {item.state} ({item.user} {item.target_kind} {item.target}) "
             f"by {actor}"
         )
+        + BREAK_GLASS_NOTE
     )
 
 

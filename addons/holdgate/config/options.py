@@ -22,6 +22,7 @@ OPTIONS = (
     "holdgate_admin",
     "holdgate_max_body",
     "holdgate_replica",
+    "holdgate_mitmweb_operator",
     "holdgate_shadow",
     "holdgate_decision_log",
 )

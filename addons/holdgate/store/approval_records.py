@@ -7,7 +7,7 @@ the latest state and appends, so of two racing deciders exactly one wins.
 
 A person's decision (`decide`: CLI or approvals API) must also pass `decision_refusal`:
 not after `expires`, never by the requester (separation of duties), and, unless the
-decider is the trusted host operator (`decider_groups=None`, the CLI's `--as`), only by a
+decider is break-glass (`decider_groups=None`: the CLI's `--break-glass --as`), only by a
 member of the approval's approver groups. A refused decision is recorded as a
 `refused_attempt` and raised as a typed error.
 
@@ -136,7 +136,7 @@ def decision_refusal(
     now: float,
 ) -> ApprovalRefused | None:
     """The rules for a person's decision: the state machine, then expiry, separation of
-    duties and approver groups (`decider_groups=None`: the trusted host operator)."""
+    duties and approver groups (`decider_groups=None`: break-glass)."""
     problem = transition_refusal(current, approval_id, decision)
     if problem is not None or current is None:
         return problem

@@ -7,7 +7,7 @@ item's state is its latest `open|keep|revoke` row; rows are never updated.
 
 A decision must pass `certification_refusal`: the campaign is not closed, the reviewer is
 not the identity under review (separation of duties), the reviewer is in a reviewer group
-(unless `reviewer_groups=None`: the trusted host operator, the CLI's `--as`), and the item
+(unless `reviewer_groups=None`: break-glass, the CLI's `--break-glass --as`), and the item
 is still open. Re-certification within a campaign is refused: a decision is final, and a
 changed mind is a new campaign. A refused decision is recorded as a `refused_attempt` row
 and raised as a typed error, like a refused approval.
@@ -71,6 +71,9 @@ class Item:
     reason: str | None = None
     decided_at: str | None = None
     refused: tuple[dict[str, Any], ...] = ()
+    # How the decision was made: {channel, decided_as} (from the decision row's `usage`
+    # column, which an open row uses for the grant's use; empty before issue 27).
+    decided_how: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -86,6 +89,7 @@ class Item:
             "reviewer": self.reviewer,
             "reason": self.reason,
             "decided_at": self.decided_at,
+            "decided_how": self.decided_how,
             "refused_attempts": list(self.refused),
         }
 
@@ -206,7 +210,12 @@ def _items(rows: Iterable[Mapping[str, Any]]) -> list[Item]:
         firsts.setdefault(item_id, row)
         if row["state"] == REFUSED:
             refused.setdefault(item_id, []).append(
-                {"ts": row["ts"], "reviewer": row.get("reviewer"), "reason": row.get("reason")}
+                {
+                    "ts": row["ts"],
+                    "reviewer": row.get("reviewer"),
+                    "reason": row.get("reason"),
+                    **_how(row),
+                }
             )
         else:
             latest[item_id] = row
@@ -229,9 +238,19 @@ def _items(rows: Iterable[Mapping[str, Any]]) -> list[Item]:
                 reason=now.get("reason") if decided else None,
                 decided_at=now["ts"] if decided else None,
                 refused=tuple(refused.get(item_id, ())),
+                decided_how=_how(now) if decided else {},
             )
         )
     return out
+
+
+def _how(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A decision row's {channel, decided_as}, kept in its `usage` column."""
+    try:
+        how = json.loads(row.get("usage") or "{}")
+    except (TypeError, json.JSONDecodeError):
+        return {}
+    return how if isinstance(how, dict) else {}
 
 
 def load(conn: SqlConnection, campaign_id: str) -> Campaign | None:
@@ -315,9 +334,12 @@ def certify(
     reviewer_groups: Iterable[str] | None,
     allowed_groups: Iterable[str] = (),
     note: str = "",
+    how: Mapping[str, Any] | None = None,
 ) -> Item:
     """A reviewer's decision: recorded and returned, or recorded as refused (with `note`
-    after the refusal's reason) and raised. Reasons are kept to `REASON_CHARS`."""
+    after the refusal's reason) and raised. Reasons are kept to `REASON_CHARS`. `how`
+    ({channel, decided_as}: how it was made) goes in the row's `usage` column, which only
+    an open row uses otherwise."""
     if verdict not in ("keep", "revoke"):
         raise BadRow(f"not a decision: {verdict!r} (keep or revoke)")
     if not reason.strip():
@@ -344,6 +366,7 @@ def certify(
                 "state": state,
                 "reviewer": bounded(reviewer) if problem is not None else reviewer,
                 "reason": bounded(why),
+                "usage": json.dumps(dict(how), sort_keys=True) if how else None,
             }
             append_rows(conn, [("certifications", normalize_row("certifications", row))])
         after = load(conn, campaign_of(item_id))

@@ -188,10 +188,12 @@ class Store(Protocol):
         reviewer_groups: Iterable[str] | None,
         allowed_groups: Iterable[str] = (),
         note: str = "",
+        how: Mapping[str, Any] | None = None,
     ) -> Item:
         """A reviewer's keep/revoke under the campaign rules (`reviewer_groups=None`: the
-        trusted host operator); a refusal is recorded (`note` after its reason) and raised
-        as `CertificationRefused`. Reasons are kept to their first 2,000 characters."""
+        break-glass operator); a refusal is recorded (`note` after its reason) and raised
+        as `CertificationRefused`. Reasons are kept to their first 2,000 characters.
+        `how`: {channel, decided_as}, how the decision was made."""
 
     def campaign(self, campaign_id: str) -> Campaign | None:
         """A campaign with its events and each item's latest state."""

@@ -256,10 +256,19 @@ class SqlStore:
         reviewer_groups: Iterable[str] | None,
         allowed_groups: Iterable[str] = (),
         note: str = "",
+        how: Mapping[str, Any] | None = None,
     ) -> Item:
         with self._conn() as conn:
             return campaign_records.certify(
-                conn, item_id, verdict, reviewer, reason, reviewer_groups, allowed_groups, note
+                conn,
+                item_id,
+                verdict,
+                reviewer,
+                reason,
+                reviewer_groups,
+                allowed_groups,
+                note,
+                how,
             )
 
     def campaign(self, campaign_id: str) -> Campaign | None:
