@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -190,15 +190,8 @@ def test_the_exceptions_say_why_in_every_format(tmp_path: Path) -> None:
     assert finding["kind"] == "break-glass" and "no group was checked" in finding["why"]
 
 
-@dataclass(frozen=True)
-class RecordedItem(Item):
-    """An item as the store gives it since decisions say how they were made (#27)."""
-
-    decided_how: dict[str, Any] = field(default_factory=dict)
-
-
-def item(n: int, reviewer: str, how: dict[str, Any]) -> RecordedItem:
-    return RecordedItem(
+def item(n: int, reviewer: str, how: dict[str, Any]) -> Item:
+    return Item(
         "rc-9",
         f"rc-9.{n}",
         "alice",

@@ -167,7 +167,7 @@ def _certification_findings(
     seen_groups: Mapping[str, Iterable[str]],
 ) -> list[Finding]:
     # `decided_how` ({channel, decided_as}) is recorded with each certification since #27
-    how = _json_object(getattr(item, "decided_how", None)) or {}
+    how = _json_object(item.decided_how) or {}
     channel = how.get("channel")
     reviewer = item.reviewer or "-"
     ts = str(item.decided_at)
