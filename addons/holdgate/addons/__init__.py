@@ -57,6 +57,7 @@ from holdgate.addons.router import Router
 from holdgate.addons.task_ownership import TaskOwnership
 from holdgate.addons.telemetry import Telemetry
 from holdgate.addons.tool_pinning import ToolPinning
+from holdgate.credentials import CredentialBroker
 
 
 def default_addons() -> list[object]:
@@ -110,7 +111,7 @@ def default_addons() -> list[object]:
         Authentication(loader, audit),
         policy,
         holds,
-        Gate(decisions.write_ahead),
+        Gate(decisions.write_ahead, CredentialBroker(), audit.key),
         Responses(loader, stages=[policy, tasks, pins, ResponseMasking(), recorder]),
         recorder,
         checkpointer,  # lifecycle only: signs the chain's head while running

@@ -29,6 +29,12 @@ from holdgate.configfile import (
     load_yaml_file,
     parse_yaml,
 )
+from holdgate.credentials import (
+    CredentialProvider,
+    UpstreamCredentials,
+    parse_credential_providers,
+    parse_upstream_credentials,
+)
 from holdgate.feeds.feeds_config import FeedConfig, parse_feeds
 from holdgate.identity import (
     IdentityConfig,
@@ -70,8 +76,9 @@ TOP_KEYS = {
     "sessions",
     "allowed_hosts",
     "allowed_origins",
+    "credential_providers",
 }
-UPSTREAM_KEYS = {"name", "prefix", "host", "url", "inject", "on_tool_change"}
+UPSTREAM_KEYS = {"name", "prefix", "host", "url", "inject", "on_tool_change", "credentials"}
 TOOL_CHANGE_KEYS = {"action", "approvers", "timeout"}
 INJECT_KEYS = {"headers", "pass_cookies"}
 RESPONSE_HEADER_KEYS = {"drop", "mask"}
@@ -86,10 +93,18 @@ class Upstream:
     inject_headers: tuple[tuple[str, str], ...] = ()
     pass_cookies: bool = False
     on_tool_change: ToolChangePolicy = field(default_factory=ToolChangePolicy)
+    credentials: UpstreamCredentials | None = None
 
     @property
     def secrets(self) -> tuple[str, ...]:
-        return tuple(value for _, value in self.inject_headers)
+        """Its injected values and its credential provider's client secret or key."""
+        provider = self.credentials.provider.secrets if self.credentials else ()
+        return (*(value for _, value in self.inject_headers), *provider)
+
+    @property
+    def sends_credentials(self) -> bool:
+        """The gateway puts a credential of its own in what it forwards to this upstream."""
+        return bool(self.inject_headers) or self.credentials is not None
 
     @property
     def open_destination(self) -> bool:
@@ -157,6 +172,7 @@ class GatewayConfig:
     upstreams: tuple[Upstream, ...]
     policy: Policy
     masking: MaskingPolicy
+    credential_providers: tuple[CredentialProvider, ...] = ()
     audit: Literal["required", "best_effort"] = "required"
     server_requests: Action = "allow"
     approvals: ApprovalsConfig = field(default_factory=ApprovalsConfig)
@@ -181,7 +197,9 @@ class GatewayConfig:
     def secrets(self) -> tuple[str, ...]:
         """Values that must never be written anywhere (injected credentials, keys)."""
         feeds = tuple(f.secret for f in self.feeds if f.secret)
-        return (*(s for up in self.upstreams for s in up.secrets if s), *feeds)
+        providers = tuple(s for p in self.credential_providers for s in p.secrets)
+        found = (*(s for up in self.upstreams for s in up.secrets if s), *feeds, *providers)
+        return tuple(dict.fromkeys(found))
 
     def redacted_text(self) -> str:
         """The file as written, with any secret written into it literally blanked out."""
@@ -230,7 +248,12 @@ def build_config(
     if root.has("version") and root.child("version").value != 1:
         found.add(root.child("version").error("only `version: 1` is supported"))
     secret_nodes: list[Node] = []
-    upstreams = _parse_upstreams(root.child("upstreams"), secrets, secret_nodes, found)
+    providers_node = root.child("credential_providers")
+    providers = parse_credential_providers(providers_node, found, secrets, secret_nodes)
+    known_providers = (providers, declared_names(providers_node))
+    upstreams = _parse_upstreams(
+        root.child("upstreams"), secrets, secret_nodes, known_providers, found
+    )
     policy = parse_rules(root.child("rules"), found)
     _check_rule_upstreams(root, policy, upstreams, found)
     hash_key_node = root.child("hash_key")
@@ -269,6 +292,7 @@ def build_config(
             upstreams=upstreams,
             policy=policy,
             masking=masking,
+            credential_providers=providers,
             audit=audit or "required",  # type: ignore[arg-type]
             server_requests=server_requests or "allow",  # type: ignore[arg-type]
             approvals=approvals or ApprovalsConfig(),
@@ -323,8 +347,15 @@ def _check_rule_upstreams(
             )
 
 
+KnownProviders = tuple[tuple[CredentialProvider, ...], set[str] | None]
+
+
 def _parse_upstreams(
-    node: Node, secrets: bool, secret_nodes: list[Node], problems: Problems
+    node: Node,
+    secrets: bool,
+    secret_nodes: list[Node],
+    providers: KnownProviders,
+    problems: Problems,
 ) -> tuple[Upstream, ...]:
     if node.missing:
         problems.add(node.error("missing `upstreams`: list at least one MCP server to protect"))
@@ -332,7 +363,7 @@ def _parse_upstreams(
     out: list[Upstream] = []
     items = problems.elements(node)
     for item in items:
-        upstream = problems.attempt(_parse_upstream, item, secrets, secret_nodes, out)
+        upstream = problems.attempt(_parse_upstream, item, secrets, secret_nodes, providers, out)
         if upstream is not None:
             out.append(upstream)
     if not items and isinstance(node.value, list):
@@ -341,7 +372,11 @@ def _parse_upstreams(
 
 
 def _parse_upstream(
-    item: Node, secrets: bool, secret_nodes: list[Node], before: list[Upstream]
+    item: Node,
+    secrets: bool,
+    secret_nodes: list[Node],
+    providers: KnownProviders,
+    before: list[Upstream],
 ) -> Upstream:
     item.mapping(UPSTREAM_KEYS, required={"name"})
     name = item.child("name").string()
@@ -383,6 +418,11 @@ def _parse_upstream(
             headers.append((header, resolved))
             secret_nodes.append(value)
         pass_cookies = inject.child("pass_cookies").boolean(default=False)
+    credentials = parse_upstream_credentials(
+        item.child("credentials"),
+        *providers,
+        any(header.lower() == "authorization" for header, _ in headers),
+    )
     upstream = Upstream(
         name,
         url,
@@ -391,6 +431,7 @@ def _parse_upstream(
         tuple(headers),
         pass_cookies,
         _parse_tool_change(item.child("on_tool_change")),
+        credentials,
     )
     if secrets:
         forms_for(upstream.secrets)  # compiled here, off the proxy's loop on a reload
