@@ -65,8 +65,7 @@ SECRET_AUTH = '    client_secret: "${env:HOLDGATE_TX_SECRET}"\n'
 RFC8693_TARGET = "      audience: hr-mcp\n      scopes: [hr.read]\n"
 STATIC_TOKEN = "static-upstream-9b3e1d77c2"
 STATIC_INJECT = (
-    "    inject:\n      headers:\n"
-    '        Authorization: "Bearer ${env:STATIC_UPSTREAM_TOKEN}"\n'
+    '    inject:\n      headers:\n        Authorization: "Bearer ${env:STATIC_UPSTREAM_TOKEN}"\n'
 )
 
 
@@ -284,9 +283,7 @@ def test_a_token_that_is_not_a_bearer_access_token_is_refused(demo, gateway_fact
     assert_nothing_leaked(gw, alice, *idp.issued, CLIENT_SECRET)
 
 
-def test_an_api_key_caller_is_refused_when_service_identities_deny(
-    demo, gateway_factory, idp
-):
+def test_an_api_key_caller_is_refused_when_service_identities_deny(demo, gateway_factory, idp):
     gw = start(gateway_factory, idp, demo.url)
     response = call(gw, "whoami", DANA)
     assert response.status == 403
@@ -297,9 +294,7 @@ def test_an_api_key_caller_is_refused_when_service_identities_deny(
 def test_an_api_key_caller_gets_the_static_credential_when_service_identities_static(
     demo, gateway_factory, idp
 ):
-    gw = start(
-        gateway_factory, idp, demo.url, service_identities="static", inject=STATIC_INJECT
-    )
+    gw = start(gateway_factory, idp, demo.url, service_identities="static", inject=STATIC_INJECT)
     assert call(gw, "whoami", DANA).status == 200
     alice = idp.user_token("alice")
     assert whoami(gw, alice)["sub"] == "alice"  # an OIDC caller still gets their own
@@ -397,9 +392,7 @@ def test_an_upstream_401_evicts_the_token_and_is_never_replayed(
     assert auth == [f"Bearer {idp.issued[0]}", f"Bearer {idp.issued[1]}"]
 
 
-def test_entra_on_behalf_of_with_a_signed_client_assertion(
-    demo, gateway_factory, idp, tmp_path
-):
+def test_entra_on_behalf_of_with_a_signed_client_assertion(demo, gateway_factory, idp, tmp_path):
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     idp.client_key = key
     (tmp_path / "tx-key.pem").write_bytes(
