@@ -171,6 +171,26 @@ def test_alice_and_bob_reach_the_upstream_as_themselves(demo, gateway_factory, i
     assert rows[0]["token_ref"].startswith("hmac-sha256:")
     assert rows[0]["token_ref"] != rows[1]["token_ref"]
     assert_nothing_leaked(gw, alice, bob, *idp.issued, CLIENT_SECRET)
+    review = holdgate_cli(
+        "review", "--format", "json", "--config", str(gw.config), "--db", str(gw.db)
+    )
+    assert review.returncode == 0, review.stderr
+    seen = {p["user"]: p["upstream_credentials"] for p in json.loads(review.stdout)["identities"]}
+    assert seen == {
+        user: [
+            {
+                "upstream": "demo",
+                "mode": "exchange",
+                "subject": user,
+                "audience": "hr-mcp",
+                "calls": 1,
+            }
+        ]
+        for user in ("alice", "bob")
+    }
+    markdown = holdgate_cli("review", "--config", str(gw.config), "--db", str(gw.db)).stdout
+    assert "### Upstream credentials" in markdown
+    assert "| ` demo ` | ` alice ` | ` hr-mcp ` | ` exchange ` | 1 |" in markdown
 
 
 def test_an_upstream_echoing_the_exchanged_token_gives_it_to_nobody(
