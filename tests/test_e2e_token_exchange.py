@@ -321,7 +321,7 @@ def test_an_api_key_caller_gets_the_static_credential_when_service_identities_st
     sent = [r["headers"].get("authorization") for r in demo.requests()]
     assert sent == [f"Bearer {STATIC_TOKEN}", f"Bearer {idp.issued[0]}"]
     rows = wait_for_rows(gw.db, 2, "whoami")
-    assert rows[0] == {"mode": "static", "caller": "api_key"}
+    assert rows[0] == {"mode": "static", "caller": "api_key", "headers": ["Authorization"]}
     assert rows[1]["mode"] == "exchange"
     assert_nothing_leaked(gw, alice, STATIC_TOKEN, *idp.issued, CLIENT_SECRET)
 

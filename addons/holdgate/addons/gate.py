@@ -85,6 +85,12 @@ class Gate:
                 return
             if exchanged:
                 headers = [(n, v) for n, v in headers if n.lower() != "authorization"]
+        if headers and st.delegation is None:
+            # the shared credential: the record says so, and which headers carried it
+            st.upstream_credential = {
+                **(st.upstream_credential or {"mode": "static"}),
+                "headers": [name for name, _ in headers],
+            }
         # Every decision is final here: the record of them is made before anything leaves,
         # and before the upstream's credentials are in the flow.
         await self.write_ahead(flow)
