@@ -178,7 +178,6 @@ async def test_concurrent_calls_share_one_exchange_and_later_ones_hit_the_cache(
     assert again.evidence["cache"] == "hit" and again.token == got[0].token
     assert got[0].evidence["sub"] == "alice" and got[0].evidence["aud"] == "hr-mcp"
     assert got[0].token not in json.dumps(got[0].evidence)
-    await broker.close()
 
 
 async def test_a_token_is_used_until_the_subject_or_it_ends_less_the_skew():
@@ -193,7 +192,6 @@ async def test_a_token_is_used_until_the_subject_or_it_ends_less_the_skew():
     now[0] += 2
     await broker.delegate(HR, "subject-a", subject_ends, "alice", KEY)
     assert endpoint.calls == 2
-    await broker.close()
 
 
 async def test_a_failure_is_remembered_for_a_short_while():
@@ -208,7 +206,6 @@ async def test_a_failure_is_remembered_for_a_short_while():
     with pytest.raises(IdpUnavailable):
         await broker.delegate(HR, "subject-a", now[0] + 3600, "alice", KEY)
     assert endpoint.calls == 2
-    await broker.close()
 
 
 async def test_the_cache_is_bounded_least_recently_used_first(monkeypatch):
@@ -219,7 +216,6 @@ async def test_the_cache_is_bounded_least_recently_used_first(monkeypatch):
     for subject in ("subject-a", "subject-b", "subject-c", "subject-a"):
         await broker.delegate(HR, subject, far, "x", KEY)
     assert endpoint.calls == 4  # a was dropped when c came
-    await broker.close()
 
 
 async def test_an_evicted_token_is_exchanged_again():
@@ -230,7 +226,6 @@ async def test_an_evicted_token_is_exchanged_again():
     broker.evict(first.cache_key)
     second = await broker.delegate(HR, "subject-a", far, "alice", KEY)
     assert endpoint.calls == 2 and second.token != first.token
-    await broker.close()
 
 
 async def test_a_slow_endpoint_times_out_as_unavailable():
@@ -243,4 +238,3 @@ async def test_a_slow_endpoint_times_out_as_unavailable():
         await broker.delegate(
             UpstreamCredentials(provider, "hr-mcp"), "subject-a", time.time() + 60, "a", KEY
         )
-    await broker.close()

@@ -204,9 +204,6 @@ class Gate:
             kind="credential-rejected",
         )
 
-    async def done(self) -> None:
-        await self.broker.close()
-
     def error(self, flow: http.HTTPFlow) -> None:
         self._redact_injected(flow)
 

@@ -119,7 +119,6 @@ class CredentialBroker:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._client_factory = client_factory
-        self._client: httpx.AsyncClient | None = None
         self._clock = clock
         self._cache: OrderedDict[bytes, _Cached] = OrderedDict()
         self._failures: OrderedDict[bytes, tuple[ExchangeFailed, float]] = OrderedDict()
@@ -180,12 +179,13 @@ class CredentialBroker:
         key: bytes,
         ckey: bytes,
     ) -> _Cached:
-        if self._client is None:
-            self._client = self._client_factory()
         self.exchanges += 1
         now = self._clock()
         try:
-            issued = await post_exchange(self._client, credentials, subject_token, now)
+            # A client per exchange: exchanges are rare (cached), and nothing is left open
+            # for the gateway's shutdown to close.
+            async with self._client_factory() as client:
+                issued = await post_exchange(client, credentials, subject_token, now)
         except ExchangeFailed as exc:
             logger.warning(
                 "holdgate: token exchange at %s failed (%s%s)",
@@ -213,8 +213,3 @@ class CredentialBroker:
     def evict(self, ckey: bytes) -> None:
         """Forget a token its upstream refused: the next call exchanges again."""
         self._cache.pop(ckey, None)
-
-    async def close(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            await client.aclose()
