@@ -40,13 +40,10 @@ DigestKey = Callable[[GatewayConfig], bytes]
 
 class Gate:
     def __init__(
-        self,
-        write_ahead: WriteAhead,
-        broker: CredentialBroker | None = None,
-        digest_key: DigestKey | None = None,
+        self, write_ahead: WriteAhead, broker: CredentialBroker, digest_key: DigestKey
     ) -> None:
         self.write_ahead = write_ahead
-        self.broker = broker or CredentialBroker()
+        self.broker = broker
         self.digest_key = digest_key
 
     @fail_closed
@@ -130,10 +127,13 @@ class Gate:
             # Valid when it arrived; a held call may have waited past its expiry.
             self._unauthorized(flow, upstream, "token expired", "token expired")
             return None
-        key = self.digest_key(st.route.config) if self.digest_key else b""
         try:
             st.delegation = await self.broker.delegate(
-                credentials, subject.token, subject.expires, identity.user, key
+                credentials,
+                subject.token,
+                subject.expires,
+                identity.user,
+                self.digest_key(st.route.config),
             )
         except ExchangeFailed as exc:
             st.upstream_credential = {

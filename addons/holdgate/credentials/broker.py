@@ -65,11 +65,16 @@ class _Cached:
 
 
 def cache_key(key: bytes, credentials: UpstreamCredentials, subject_token: str) -> bytes:
-    """HMAC of the subject token's digest and everything the exchange asks for."""
+    """HMAC of the subject token's digest and everything the exchange asks for (the
+    provider's endpoint and client too: a reload that changes them starts afresh)."""
     subject = hashlib.sha256(subject_token.encode("utf-8", "surrogatepass")).hexdigest()
+    provider = credentials.provider
     parts = (
         subject,
-        credentials.provider.name,
+        provider.name,
+        provider.token_url,
+        provider.client_id,
+        provider.profile,
         credentials.audience or "",
         credentials.resource or "",
         " ".join(sorted(credentials.scopes)),
