@@ -241,7 +241,8 @@ async def post_exchange(
     """POST one exchange (on the event loop, never blocking it), bounded by the provider's
     timeout end to end; raises an ExchangeFailed."""
     provider = credentials.provider
-    form, headers = exchange_form(credentials, subject_token, now)
+    # off the loop: a signed client assertion is an RSA or ECDSA signature
+    form, headers = await asyncio.to_thread(exchange_form, credentials, subject_token, now)
 
     async def post() -> tuple[int, bytes]:
         async with client.stream("POST", provider.token_url, data=form, headers=headers) as answer:
