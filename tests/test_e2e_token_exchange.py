@@ -356,6 +356,32 @@ async def test_a_held_then_denied_call_mints_nothing(demo, gateway_factory, idp)
     assert idp.requests == 0 and demo.requests() == []
 
 
+async def test_a_held_call_is_exchanged_for_only_once_approved(demo, gateway_factory, idp):
+    gw = start(gateway_factory, idp, demo.url)
+    alice = idp.user_token("alice")
+    async with anyio.create_task_group() as tg:
+        answers = []
+
+        async def held() -> None:
+            answers.append(
+                await anyio.to_thread.run_sync(
+                    lambda: call(gw, "run_sql", bearer(alice), {"query": "SELECT 1"})
+                )
+            )
+
+        tg.start_soon(held)
+        pending = await wait_for_pending(gw.db)
+        assert idp.requests == 0  # held: nothing minted yet
+        approved = holdgate_cli(
+            "approvals", "approve", pending["approval_id"], "--as", "dana", "--db", str(gw.db)
+        )
+        assert approved.returncode == 0, approved.stderr
+    assert answers[0].status == 200 and "result" in answers[0].json()
+    assert idp.requests == 1
+    sent = [r["headers"].get("authorization") for r in demo.requests()]
+    assert sent == [f"Bearer {idp.issued[0]}"]
+
+
 async def test_a_held_call_whose_token_expired_meanwhile_is_401_when_released(
     demo, gateway_factory, idp
 ):
