@@ -5,7 +5,14 @@ STAMP := $(VENV)/.installed-stamp
 MCP1_VENV := .venv-mcp1
 MCP1_STAMP := $(MCP1_VENV)/.installed-stamp
 
-.PHONY: run test lint bench clean
+# `make run PORT=8090 UPSTREAM_PORT=9010 ADMIN_PORT=8191` when the default ports are taken.
+PORT ?= 8080
+UPSTREAM_PORT ?= 9000
+ADMIN_PORT ?= 8181
+WEB_PORT ?= 8081
+DEMO_PORTS = --port $(PORT) --upstream-port $(UPSTREAM_PORT) --admin-port $(ADMIN_PORT)
+
+.PHONY: run web test lint bench clean
 
 $(STAMP): pyproject.toml
 	@if [ ! -x $(VENV)/bin/python ]; then \
@@ -27,7 +34,11 @@ $(MCP1_STAMP): scripts/mcp1-requirements.txt
 	@touch $(MCP1_STAMP)
 
 run: $(STAMP)
-	$(VENV)/bin/python scripts/run_demo.py
+	$(VENV)/bin/python scripts/run_demo.py $(DEMO_PORTS)
+
+# The same demo in mitmweb: the flows, their decisions, Resume/Abort on held calls.
+web: $(STAMP)
+	$(VENV)/bin/python scripts/run_demo.py --web $(DEMO_PORTS) --web-port $(WEB_PORT)
 
 test: $(STAMP) $(MCP1_STAMP)
 	scripts/system-deps.sh

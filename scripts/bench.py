@@ -29,6 +29,10 @@ Scenarios (all on loopback; every process is started and stopped here):
            and without a scraper hitting it every second, interleaved round by round
   tracing  c16 req/s, p50 and CPU per request with tracing off and on (every span exported
            over OTLP/HTTP to a local sink that accepts them), interleaved round by round
+  shadow   the shadow policy's cost: c16 req/s, p50 and CPU per request with no candidate,
+           candidates with 10 more tool-name rules, 10 or 100 more argument rules, and one
+           that differs on every call, interleaved round by round; the candidate's own
+           decision time per call (in-process) and the calls it evaluated and skipped
   masking  in-process masking MB/s on 1 MB and 10 MB tool results, PII-dense and clean, and
            the per-event cost of masking a stream of 1 KB SSE events
   policy   decision time for 10, 100 and 1,000 tool-name and argument rules
@@ -74,6 +78,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # helpers.postgres: the suite's Postgre
 
 import bench_cli  # noqa: E402
 import bench_masking  # noqa: E402
+from holdgate.config.gateway_config import parse_config_text  # noqa: E402
 from holdgate.configfile import parse_yaml  # noqa: E402
 from holdgate.masking.masker import StreamMasker  # noqa: E402
 from holdgate.policy.rules import Policy, parse_rules  # noqa: E402
@@ -108,6 +113,18 @@ def wait_for_port(port: int, proc: subprocess.Popen, seconds: float = 30) -> Non
         except OSError:
             time.sleep(0.05)
     raise RuntimeError(f"port {port} not ready after {seconds}s: {proc.args}")
+
+
+def wait_until_ready(admin_port: int, seconds: float = 60) -> None:
+    """Wait for a gateway's `/readyz` on its admin port to answer 200."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/readyz", timeout=2):
+                return
+        except OSError:  # not listening yet, or 503 (urllib's HTTPError is an OSError)
+            time.sleep(0.1)
+    raise RuntimeError(f"the gateway on admin port {admin_port} not ready after {seconds}s")
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -1154,6 +1171,127 @@ def scenario_tracing(quick: bool) -> dict:
     return summary
 
 
+def shadow_candidates(upstream_url: str, jwks: Path) -> dict[str, str]:
+    """Candidate configs for the shadow scenario: the bench config with N more rules ahead
+    of the one that decides the bench call, each of which must be checked (the caller's
+    group matches it, its tool glob or argument condition does not); and one that denies
+    every bench call (every row then carries `extra.shadow`)."""
+
+    def tool_rules(n: int) -> str:
+        return "".join(
+            f"  - name: shadow tool {i}\n    match: {{groups: [bench], tool: [other_{i}_*]}}\n"
+            "    action: deny\n"
+            for i in range(n)
+        )
+
+    def arg_rules(n: int) -> str:
+        return "".join(
+            f"  - name: shadow args {i}\n    match: {{groups: [bench], tool: get_customer, "
+            f"args: {{'$.customer_id': {{equals: {i + 2}}}}}}}\n    action: deny\n"
+            for i in range(n)
+        )
+
+    differs = "  - name: shadow denies\n    match: {tool: get_customer}\n    action: deny\n"
+    return {
+        "10 tool-name rules": gateway_config(upstream_url, jwks, tool_rules(10)),
+        "10 argument rules": gateway_config(upstream_url, jwks, arg_rules(10)),
+        "100 argument rules": gateway_config(upstream_url, jwks, arg_rules(100)),
+        "differs on every call": gateway_config(upstream_url, jwks, differs),
+    }
+
+
+def shadow_counts(db: Path) -> dict[str, int]:
+    """The candidate's summary rows summed: evaluated, changed, skipped, errors."""
+    counts = dict.fromkeys(("evaluated", "changed", "skipped", "errors"), 0)
+    with sqlite3.connect(db) as conn:
+        for (detail,) in conn.execute(
+            "SELECT detail FROM config_versions WHERE role = 'candidate' AND outcome = 'summary'"
+        ):
+            summary = json.loads(detail)
+            for key in counts:
+                counts[key] += summary[key]
+    return counts
+
+
+def scenario_shadow(quick: bool) -> dict:
+    count = 1000 if quick else 4000
+    with tempfile.TemporaryDirectory() as tmp_name, upstream() as up:
+        tmp = Path(tmp_name)
+        signer = Signer(tmp)
+        auth = {"Authorization": f"Bearer {signer.token}"}
+        config = gateway_config(up, signer.jwks)
+        candidates = shadow_candidates(up, signer.jwks)
+        decision_us = shadow_decision_us(candidates, quick)
+        gateways = {"no candidate": Proxy(tmp, up, config)}
+        for name, text in candidates.items():
+            path = tmp / f"candidate-{len(gateways)}.yaml"
+            path.write_text(text)
+            gateways[name] = Proxy(tmp, up, config, f"holdgate_shadow={path}")
+        runs: dict[str, list[dict]] = {name: [] for name in gateways}
+        counts: dict[str, dict[str, int]] = {}
+        try:
+            for gateway in gateways.values():
+                drive(gateway.port, 16, 160, 10, auth)
+            for _ in range(1 if quick else 3):  # interleaved
+                for name, gateway in gateways.items():
+                    before = gateway.cpu_seconds()
+                    run = drive(gateway.port, 16, count, 60, auth)
+                    run["cpu_ms_per_request"] = (
+                        1000 * (gateway.cpu_seconds() - before) / run["requests"]
+                    )
+                    runs[name].append(run)
+        finally:
+            for name, gateway in gateways.items():
+                gateway.stop()  # writes the candidate's last summary row
+                if name != "no candidate":
+                    counts[name] = shadow_counts(gateway.db)
+    summary: dict = {name: median_runs(r) for name, r in runs.items()}
+    base = summary["no candidate"]
+    rows = []
+    for name, result in runs_summary(summary):
+        result["rps_change"] = result["rps"] / base["rps"] - 1
+        result["decision_us"] = decision_us.get(name)
+        result["candidate"] = counts.get(name)
+        seen = counts.get(name)
+        rows.append(
+            [
+                name,
+                result["rps"],
+                f"{result['rps_change']:+.1%}",
+                result["p50_ms"],
+                result["cpu_ms_per_request"],
+                "" if name not in decision_us else f"{decision_us[name]:.0f}",
+                "" if seen is None else f"{seen['evaluated']}/{seen['skipped']}",
+            ]
+        )
+    table(
+        "shadow: tools/call at concurrency 16 with a candidate decided beside the policy",
+        rows,
+        ["candidate", "req/s", "change", "p50 ms", "cpu ms/req", "decision µs", "evaluated/skip"],
+    )
+    return summary
+
+
+def shadow_decision_us(candidates: dict[str, str], quick: bool) -> dict[str, float]:
+    """In-process: one candidate decision of the bench call, best of rounds."""
+    call = parse_body(json.dumps(CALL).encode(), max_bytes=1 << 20).messages[0]
+
+    class Caller:
+        user, groups, method = "bench-user", ("bench",), "jwt"
+
+    out = {}
+    repeats = 200 if quick else 2000
+    for name, text in candidates.items():
+        policy = parse_config_text(text).policy
+
+        def decide(p: Policy = policy) -> None:
+            for _ in range(repeats):
+                p.evaluate(Caller(), "fast", call)
+
+        out[name] = 1e6 * best_of(3 if quick else 7, decide) / repeats
+    return out
+
+
 class TokenEndpoint:
     """Answers every token exchange at once with one signed token for `bench-user` (the
     gateway's cache keeps it warm: the bench measures the calls, not the IdP)."""
@@ -1543,13 +1681,14 @@ def scenario_chain(quick: bool) -> dict:
     return result
 
 
-def haproxy_config(port: int, backends: list[int]) -> str:
+def haproxy_config(port: int, backends: list[tuple[int, int]]) -> str:
     """HAProxy in front of the replicas (docs/operations.md, "Running replicas", shows this one):
     a session's requests go to one replica (hashed on its Mcp-Session-Id; round robin for
-    requests without one), a replica that stops accepting is taken out."""
+    requests without one), only while its `/readyz` (on its admin port) answers 200.
+    `backends`: each replica's proxy port and admin port."""
     servers = "\n".join(
-        f"    server gw{n} 127.0.0.1:{backend} check inter 2s"
-        for n, backend in enumerate(backends, 1)
+        f"    server gw{n} 127.0.0.1:{backend} check port {admin} inter 2s"
+        for n, (backend, admin) in enumerate(backends, 1)
     )
     return f"""global
     maxconn 4096
@@ -1565,12 +1704,14 @@ frontend mcp
 backend holdgate
     balance hdr(Mcp-Session-Id)
     hash-type consistent
+    option httpchk GET /readyz
+    http-check expect status 200
 {servers}
 """
 
 
 @contextmanager
-def haproxy(tmp: Path, backends: list[int]) -> Iterator[int]:
+def haproxy(tmp: Path, backends: list[tuple[int, int]]) -> Iterator[int]:
     """HAProxy in the foreground on a loopback port; stopped (by its pid) at the end."""
     binary = shutil.which("haproxy")
     if binary is None:
@@ -1596,14 +1737,24 @@ def scenario_replicas(quick: bool) -> dict:
             tmp = Path(tmp_name)
             signer = Signer(tmp)
             auth = {"Authorization": f"Bearer {signer.token}"}
-            config = gateway_config(up, signer.jwks) + "hash_key: bench-shared-hash-key\n"
+            # the clients name HAProxy's address in `Host`, which is not the gateways' own
+            config = gateway_config(up, signer.jwks) + (
+                "hash_key: bench-shared-hash-key\nallowed_hosts: ['127.0.0.1:*']\n"
+            )
             url = server.fresh_database()
-            gateways = [Proxy(tmp, up, config, store=url) for _ in range(2)]
+            admins = [free_port() for _ in range(2)]
+            gateways = [
+                Proxy(tmp, up, config, f"holdgate_admin=127.0.0.1:{admin}", store=url)
+                for admin in admins
+            ]
             for gateway in gateways:
                 stack.callback(gateway.stop)
+            backends = [(g.port, admin) for g, admin in zip(gateways, admins, strict=True)]
+            for _, admin in backends:
+                wait_until_ready(admin)
             fronts = {
-                "1 replica": stack.enter_context(haproxy(tmp, [gateways[0].port])),
-                "2 replicas": stack.enter_context(haproxy(tmp, [g.port for g in gateways])),
+                "1 replica": stack.enter_context(haproxy(tmp, backends[:1])),
+                "2 replicas": stack.enter_context(haproxy(tmp, backends)),
             }
             for port in fronts.values():
                 drive(port, 16, 64, 20, auth)  # warm-up
@@ -1639,6 +1790,7 @@ SCENARIOS = {
     "metrics": scenario_metrics,
     "exchange": scenario_exchange,
     "tracing": scenario_tracing,
+    "shadow": scenario_shadow,
     "masking": scenario_masking,
     "hooks": scenario_hooks,
     "policy": scenario_policy,

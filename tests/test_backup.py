@@ -15,6 +15,7 @@ from holdgate import store
 from holdgate.cli.main import main
 from holdgate.store.backup import pg_dump_command
 from holdgate.store.checkpoints import Signer, append_line, load_private_key, new_key_pair
+from holdgate.store.dsn import safe_dsn, shown_dsn
 
 
 def run(*args: str) -> Result:
@@ -210,3 +211,24 @@ def test_a_witness_of_another_store_fails(db: Path, tmp_path: Path) -> None:
     witness = witnessed(tmp_path, other)
     result = run("verify", "--db", str(db), "--witness", str(witness))
     assert result.exit_code == 1 and "no checkpoint in it is of this store" in result.output
+
+
+@pytest.mark.parametrize(
+    ("dsn", "shown"),
+    [
+        ("postgresql://u:pw@db.example:5433/audit", "postgresql://u@db.example:5433/audit"),
+        (
+            "postgresql://u@h/db?password=s3cret&sslmode=require",
+            "postgresql://u@h/db?sslmode=require",
+        ),
+        ("postgresql://u@h/db?sslpassword=k3y", "postgresql://u@h/db"),
+        ("postgresql://u:p/w@h/db", None),  # '/' in the password: the host is not where it seems
+        ("postgresql://u:p@ss@h/db", "postgresql://u@h/db"),  # the last '@' ends the user info
+    ],
+)
+def test_a_dsn_is_shown_without_any_password(dsn: str, shown: str | None) -> None:
+    """Messages and logs (`PostgresStore`'s errors, `holdgate backup`) show a DSN through
+    one helper: no password from the user info or the query, or nothing at all."""
+    assert safe_dsn(dsn) == shown
+    assert "s3cret" not in shown_dsn(dsn) and "k3y" not in shown_dsn(dsn)
+    assert "pw" not in shown_dsn(dsn) and "p@ss" not in shown_dsn(dsn)

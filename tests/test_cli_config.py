@@ -42,17 +42,29 @@ def test_the_gateway_still_needs_every_secret(config: str) -> None:
 def test_rules_only_loading_reads_no_secret(config: str) -> None:
     loaded = load_config(config, secrets=False)
     assert loaded.upstreams[0].inject_headers == (("Authorization", SECRET_PLACEHOLDER),)
-    assert loaded.secret_warnings == (
-        f"{config}:7:9: upstreams[0].inject.headers.Authorization: warning: environment "
-        "variable HOLDGATE_TEST_UNSET_TOKEN is not set; export it before start",
-    )
 
 
-def test_policy_check_warns_about_a_missing_secret_and_passes(config: str) -> None:
+def test_policy_check_needs_no_secret_and_says_nothing_of_it(config: str) -> None:
+    """It warned about the unset secret on every run: rules are checked without secrets."""
     result = CliRunner().invoke(main, ["policy", "check", config], catch_exceptions=False)
     assert result.exit_code == 0
-    assert "HOLDGATE_TEST_UNSET_TOKEN is not set" in result.stderr
+    assert result.stderr == ""
     assert result.stdout.startswith(f"{config}: ok (1 rules, 1 upstreams, sha256 ")
+
+
+def test_policy_check_with_secrets_reads_them_as_the_gateway_does(
+    config: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    result = CliRunner().invoke(main, ["policy", "check", "--secrets", config])
+    assert result.exit_code == 1
+    assert result.stderr.strip() == (
+        f"Error: {config}:7:9: upstreams[0].inject.headers.Authorization: environment "
+        "variable HOLDGATE_TEST_UNSET_TOKEN is not set; export it before start"
+    )
+    monkeypatch.setenv("HOLDGATE_TEST_UNSET_TOKEN", "set-here")
+    result = CliRunner().invoke(main, ["policy", "check", "--secrets", config])
+    assert result.exit_code == 0, result.output
+    assert "set-here" not in result.output
 
 
 def test_policy_explain_needs_no_secret(config: str) -> None:

@@ -60,11 +60,11 @@ EXPECTED = [
     "f.yaml:5:7: identity.api_keys[0].sha256: expected 64 hex digits; "
     "make one with `holdgate keys hash KEY`",
     "f.yaml:10:5: upstreams[0].url: expected an http:// or https:// URL with a host",
-    "f.yaml:16:28: rules[0].match.tol: unknown key 'tol'; did you mean 'tool'?",
-    "f.yaml:20:5: rules[1].action: expected one of allow, deny, approve; got 'alow'",
-    "f.yaml:25:13: rules[3].match.upstream: no upstream named 'billing'; known: docs",
+    "f.yaml:16:28: rules['reads'].match.tol: unknown key 'tol'; did you mean 'tool'?",
+    "f.yaml:20:5: rules['docs'].action: expected one of allow, deny, approve; got 'alow'",
+    "f.yaml:25:13: rules['billing'].match.upstream: no upstream named 'billing'; known: docs",
     "f.yaml:29:5: detectors[0].regex: invalid regular expression:",
-    "f.yaml:34:24: masking[1].detectors[1]: unknown detector 'phonee'; valid:",
+    "f.yaml:34:24: masking['more'].detectors[1]: unknown detector 'phonee'; valid:",
 ]
 
 
@@ -104,7 +104,7 @@ def test_a_single_mistake_reads_exactly_as_before():
     text += "rules:\n  - name: x\n    match: {tol: y}\n    action: allow\n"
     with pytest.raises(ConfigErrors) as info:
         parse_config_text(text, "bad.yaml")
-    message = "bad.yaml:5:13: rules[0].match.tol: unknown key 'tol'; did you mean 'tool'?"
+    message = "bad.yaml:5:13: rules['x'].match.tol: unknown key 'tol'; did you mean 'tool'?"
     assert str(info.value) == message
     assert info.value.report() == message
 
@@ -115,14 +115,16 @@ def test_several_unknown_keys_of_one_mapping_and_a_missing_one_are_all_named():
     assert errors_of(text) == [
         "f.yaml:4:5: rules[0].nam: unknown key 'nam'; did you mean 'name'?",
         "f.yaml:4:5: rules[0]: missing required key 'name'",
+        "f.yaml:5:13: rules[0].match.tol: unknown key 'tol'; did you mean 'tool'?",
+        "f.yaml:5:21: rules[0].match.metod: unknown key 'metod'; did you mean 'method'?",
     ]
     text = (
         "version: 1\nupstreams: [{name: d}]\nrules:\n  - name: x\n    match: {tol: y, metod: z}\n"
     )
     text += "    action: allow\n"
     assert errors_of(text) == [
-        "f.yaml:5:13: rules[0].match.tol: unknown key 'tol'; did you mean 'tool'?",
-        "f.yaml:5:21: rules[0].match.metod: unknown key 'metod'; did you mean 'method'?",
+        "f.yaml:5:13: rules['x'].match.tol: unknown key 'tol'; did you mean 'tool'?",
+        "f.yaml:5:21: rules['x'].match.metod: unknown key 'metod'; did you mean 'method'?",
     ]
 
 
@@ -228,3 +230,49 @@ def test_a_credential_in_an_upstream_url_is_refused():
     (error,) = errors_of(text)
     assert error.startswith("f.yaml:2:23: upstreams[0].url: a user or password in the URL")
     assert "T0ken" not in error
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "version: 1\nupstreams:\n  - name: d\n    prefx: /d\n    url: ftp://x\n",
+            [
+                "f.yaml:4:5: upstreams[0].prefx: unknown key 'prefx'; did you mean 'prefix'?",
+                "f.yaml:5:5: upstreams[0].url: expected an http:// or https:// URL with a host",
+            ],
+        ),
+        (
+            "version: 1\nupstreams: [{name: d}]\nidentity:\n  api_keys:\n"
+            "    - {name: a, sha256: abc, group: [x]}\n",
+            [
+                "f.yaml:5:17: identity.api_keys[0].sha256: expected 64 hex digits; "
+                "make one with `holdgate keys hash KEY`",
+                "f.yaml:5:30: identity.api_keys[0].group: unknown key 'group'; "
+                "did you mean 'groups'?",
+            ],
+        ),
+        (
+            "version: 1\nupstreams: [{name: d}]\nfeeds:\n"
+            "  - {name: s, webhook: 'https://x.example/', secrt: x, batch: 0}\n",
+            [
+                "f.yaml:4:46: feeds[0].secrt: unknown key 'secrt'; did you mean 'secret'?",
+                "f.yaml:4:56: feeds[0].batch: expected a number of rows from 1 to 10000, e.g. 100",
+            ],
+        ),
+        (
+            'version: 1\nupstreams: [{name: d}]\ndetectors:\n  - {name: t, regex: "TK-([", '
+            "placeholdr: x}\n",
+            [
+                "f.yaml:4:15: detectors[0].regex: invalid regular expression: unterminated "
+                "character set at position 4",
+                "f.yaml:4:31: detectors[0].placeholdr: unknown key 'placeholdr'; valid keys: "
+                "name, regex, validator",
+            ],
+        ),
+    ],
+    ids=["upstream", "api_key", "feed", "detector"],
+)
+def test_an_unknown_key_does_not_hide_a_bad_value_in_the_same_item(text, expected):
+    """The key check stopped the item: `prefx:` hid the bad `url:` beside it."""
+    assert errors_of(text) == expected

@@ -112,6 +112,8 @@ def metric_names() -> set[str]:
         approvals_pending=0,
         config_digest="d",
         jwks_fetches={},
+        config_reload_failures=0,
+        config_file_in_force=True,
     )
     metrics = GatewayMetrics(lambda: snapshot, "0")
     metrics.know(["crm"], ["reads"], ["email"])

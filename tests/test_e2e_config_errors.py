@@ -51,8 +51,8 @@ def test_a_config_with_three_mistakes_stops_the_gateway_naming_all_three(tmp_pat
     assert "holdgate_config: 3 errors:" in output
     expected = [
         f"{config}:5:5: upstreams[0].prefx: unknown key 'prefx'; did you mean 'prefix'?",
-        f"{config}:8:13: rules[0].match.tol: unknown key 'tol'; did you mean 'tool'?",
-        f"{config}:12:17: masking[0].detectors[0]: unknown detector 'emial'; valid: ",
+        f"{config}:8:13: rules['reads'].match.tol: unknown key 'tol'; did you mean 'tool'?",
+        f"{config}:12:17: masking['pii'].detectors[0]: unknown detector 'emial'; valid: ",
     ]
     positions = [output.index(line) for line in expected]  # each named, in file order
     assert positions == sorted(positions), output
@@ -81,10 +81,12 @@ def test_a_reload_with_two_mistakes_logs_both_and_keeps_the_last_good(demo, gate
     log = gw.log_text()
     assert "reload rejected, keeping the last good config: 2 errors:" in log, log
     first = log.index(
-        f"{gw.config}:11:5: rules[1].action: expected one of allow, deny, approve; got 'alow'"
+        f"{gw.config}:11:5: rules['writes'].action: expected one of allow, deny, approve; "
+        "got 'alow'"
     )
     second = log.index(
-        f"{gw.config}:13:13: rules[2].match.upstream: no upstream named 'nowhere'; known: demo"
+        f"{gw.config}:13:13: rules['other'].match.upstream: no upstream named 'nowhere'; "
+        "known: demo"
     )
     assert first < second
     assert call(gw) == "allowed"  # the last good config is still in force

@@ -98,8 +98,8 @@ def test_a_partly_denied_batch_is_marked_denied_in_its_recording(demo, gateway_f
     with path.open("rb") as fh:
         (flow,) = list(FlowReader(fh).stream())
     assert flow.marked == ":no_entry:"
-    assert "tools/call exec_shell: deny by 'default-deny'" in flow.comment
-    assert "tools/call get_customer: allow by 'support reads'" in flow.comment
+    assert "tools/call exec_shell: deny (rule 'default-deny')" in flow.comment
+    assert "tools/call get_customer: allow (rule 'support reads')" in flow.comment
 
 
 async def test_the_record_names_the_config_that_decided_not_the_one_loaded_later(

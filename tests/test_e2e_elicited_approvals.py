@@ -172,6 +172,14 @@ async def test_a_denial_is_32004_naming_the_approver(demo, gateway_factory):
     assert refused.value.error.code == -32004
     assert "approval denied by dana" in refused.value.error.message
     assert sql_calls(demo) == []
+    lines = [line for line in gw.log_text().splitlines() if "holdgate decision: " in line]
+    approval = follower.seen[0].elicitation_id
+    held = (
+        f"alice tools/call run_sql: hold (rule 'destructive SQL needs a DBA'; approval {approval}"
+    )
+    assert any(held in line and "; approvers dba; expires " in line for line in lines), lines
+    denied = "alice tools/call run_sql: denied by dana"
+    assert any(denied in line and f"approval {approval})" in line for line in lines), lines
 
 
 async def test_hostile_retries_replayed_forged_or_borrowed_tokens_are_refused(

@@ -201,7 +201,7 @@ def test_bad_config_stops_the_gateway_at_start(tmp_path, demo):
     cmd += ["--set", f"holdgate_store={tmp_path / 'a.sqlite3'}", "--set", "holdgate_admin="]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert done.returncode == 1
-    assert "bad.yaml:5:13: rules[0].match.tol: unknown key 'tol'; did you mean 'tool'?" in (
+    assert "bad.yaml:5:13: rules['x'].match.tol: unknown key 'tol'; did you mean 'tool'?" in (
         done.stdout + done.stderr
     )
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import html
 import http.cookiejar
 import json
+import re
 import sqlite3
 import subprocess
 import textwrap
@@ -18,14 +20,23 @@ from mcp import MCPError
 
 from helpers import oneshot
 from helpers.approvals import APPROVALS_CONFIG, DELETE, sql_calls, wait_for_pending
+from helpers.browser import dump_dom, screenshot
 from helpers.clients import connect
 from helpers.configs import ALICE
-from helpers.processes import BIN, free_port, gateway_command, stop, wait_for_port
+from helpers.processes import (
+    BIN,
+    free_port,
+    gateway_command,
+    stop,
+    wait_for_port,
+    wait_for_started,
+)
 from holdgate.cli.records_cli import timeline_line
 
 pytestmark = pytest.mark.anyio
 
 WEB_PASSWORD = "mitmweb-test-password"
+WAIT_FOR_UI = "--virtual-time-budget=5000"  # mitmweb fills its list from a WebSocket
 
 
 class MitmwebAPI:
@@ -64,6 +75,14 @@ class MitmwebAPI:
 
 @pytest.fixture
 def mitmweb(tmp_path, demo):
+    proc, url, api, db = start_mitmweb(tmp_path, demo)
+    yield url, api, db
+    stop(proc)
+
+
+def start_mitmweb(
+    tmp_path: Path, demo, *options: str
+) -> tuple[subprocess.Popen[bytes], str, MitmwebAPI, Path]:
     port, web_port = free_port(), free_port()
     config = tmp_path / "holdgate.yaml"
     config.write_text(
@@ -76,12 +95,13 @@ def mitmweb(tmp_path, demo):
     cmd += ["--no-web-open-browser", "--set", f"web_password={WEB_PASSWORD}"]
     cmd += ["--set", f"holdgate_config={config}", "--set", f"holdgate_store={tmp_path / 'a.db'}"]
     cmd += ["--set", f"holdgate_recordings={tmp_path / 'rec'}", "--set", "holdgate_admin="]
+    for option in options:
+        cmd += ["--set", option]
     with output.open("wb") as sink:
         proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, cwd=tmp_path)
     wait_for_port(port, proc, output)
     wait_for_port(web_port, proc, output)
-    yield f"http://127.0.0.1:{port}", MitmwebAPI(web_port), tmp_path / "a.db"
-    stop(proc)
+    return proc, f"http://127.0.0.1:{port}", MitmwebAPI(web_port), tmp_path / "a.db"
 
 
 async def held_delete(client, db: Path, act: Callable[[str], None]) -> tuple[Any, dict]:
@@ -159,3 +179,79 @@ async def recorded_flow(folder: Path, flow_id: str) -> bytes:
         while flow_id.encode() not in (found := b"".join(map(Path.read_bytes, folder.glob("*")))):
             await anyio.sleep(0.1)
     return found
+
+
+def comment_cells(dom: str) -> list[str]:
+    """The text of each row's comment cell in mitmweb's flow list."""
+    return [html.unescape(cell) for cell in re.findall(r'<td class="col-comment">([^<]*)', dom)]
+
+
+async def test_the_flow_list_shows_each_decision_in_its_comment_column(mitmweb, demo, tmp_path):
+    """A denied, an approved and a held call, as mitmweb's list shows them in Chromium
+    (#28): the comment column is there without the operator asking, each row naming the
+    caller, the tool and the decision."""
+    url, api, db = mitmweb
+    page = f"{api.base}/?token={WEB_PASSWORD}"
+    second = {"query": "DELETE FROM orders WHERE id = 2"}
+
+    def approve(flow_path: str) -> None:
+        assert api.post(f"{flow_path}/resume") == 200
+
+    async with connect(url + "/mcp", ALICE) as client:
+        with pytest.raises(MCPError):
+            await client.call_tool("exec_shell", {"command": "id"})
+        outcome, _ = await held_delete(client, db, approve)
+        assert not outcome.is_error
+        refused: list[MCPError] = []
+
+        async def call_held() -> None:
+            try:
+                await client.call_tool("run_sql", second)
+            except MCPError as exc:
+                refused.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(call_held)
+            held = await wait_for_pending(db)
+            with anyio.fail_after(30):
+                while True:  # the UI fills the list over its WebSocket
+                    dom = await anyio.to_thread.run_sync(lambda: dump_dom(page, WAIT_FOR_UI))
+                    cells = [c for c in comment_cells(dom) if "tools/call" in c]
+                    if len(cells) == 3:
+                        break
+                    await anyio.sleep(0.5)
+            await anyio.to_thread.run_sync(
+                lambda: screenshot(page, str(tmp_path / "mitmweb-list.png"), WAIT_FOR_UI)
+            )
+            assert api.post(f"/flows/{held['flow_id']}/kill") == 200  # Abort: denied
+    assert refused[0].code == -32004
+    assert (tmp_path / "mitmweb-list.png").read_bytes().startswith(b"\x89PNG")
+    assert '<th class="col-comment"' in dom
+    denied = next(c for c in cells if "exec_shell" in c)
+    assert denied.startswith("holdgate: alice tools/call exec_shell: deny (rule 'default-deny')")
+    approved = [c for c in cells if "run_sql: approved" in c]
+    assert len(approved) == 1
+    assert approved[0].startswith(
+        "holdgate: alice tools/call run_sql: approved by mitmweb operator"
+    )
+    waiting = [c for c in cells if "run_sql: hold" in c]
+    assert len(waiting) == 1
+    assert f"approval {held['approval_id']}; approvers dba; expires " in waiting[0]
+
+
+@pytest.mark.parametrize(
+    ("options", "columns"),
+    [
+        ((), ["tls", "icon", "path", "method", "status", "size", "time", "comment"]),
+        (("web_columns=path", "web_columns=status"), ["path", "status"]),  # the operator's
+    ],
+)
+def test_the_comment_column_is_added_unless_the_operator_chose_columns(
+    tmp_path, demo, options, columns
+):
+    proc, _, api, _ = start_mitmweb(tmp_path, demo, *options)
+    try:
+        wait_for_started(proc, tmp_path / "mitmweb.out")
+        assert json.loads(api.get("/options.json"))["web_columns"]["value"] == columns
+    finally:
+        stop(proc)

@@ -83,7 +83,7 @@ async def test_a_session_over_two_replicas_is_gathered_and_an_edited_file_shows(
 
     rows = await recorded(pg_url, session, 2)
     host = socket.gethostname()
-    replicas = {f"{host}:{first.port}", f"{host}:{second.port}"}
+    replicas = {f"{host}:127.0.0.1:{first.port}", f"{host}:127.0.0.1:{second.port}"}
     assert {row["replica"] for row in rows} == replicas
     folder = first.recordings  # both replicas write into one folder here
     files = recording_files(folder, session)

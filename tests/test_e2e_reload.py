@@ -63,6 +63,10 @@ def test_good_reload_takes_effect_and_bad_reload_keeps_the_last_good(demo, gatew
     assert rows[1]["detail"] == f"replaces sha256 {rows[0]['config_hash']}"
     assert "unknown key 'tol'" in rows[2]["detail"] and rows[2]["content"] is None
     assert all(r["source"] == str(gw.config) for r in rows)
+    with sqlite3.connect(gw.db) as conn:  # each row names the replica that loaded it
+        registered = [r[0] for r in conn.execute("SELECT replica FROM replicas")]
+    assert len(registered) == 1
+    assert [(r["replica"], r["role"]) for r in rows] == [(registered[0], "active")] * 3
     assert "get_customer" in rows[1]["content"]
     assert "[secret]" in rows[0]["content"]
     for part in gw.db.parent.glob(gw.db.name + "*"):  # the store and its WAL

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 
 import anyio
@@ -195,3 +196,28 @@ async def test_a_session_opened_on_one_replica_is_its_owners_on_every_replica(
         owners = conn.execute("SELECT session_key, owner FROM session_owners").fetchall()
     assert [owner for _, owner in owners] == ["alice"]
     assert all(session not in key for key, _ in owners)
+
+
+def test_two_gateways_on_one_host_listening_by_their_mode_spec_both_start(
+    demo, gateway_factory, pg_url
+):
+    """Each names itself by the address its mode listens on, not by `listen_port` (#28)."""
+    gateways = [
+        gateway_factory(
+            config(demo), demo.url, options={"holdgate_store": pg_url}, listen_in_mode=True
+        )
+        for _ in range(2)
+    ]
+    for gw in gateways:
+        assert raw_post(gw.url + "/mcp", {"jsonrpc": "2.0", "id": 1, "method": "ping"}).status in (
+            200,
+            401,
+        )
+        assert gw.proc.poll() is None
+    listed = holdgate_cli("replicas", "--store", pg_url)
+    assert listed.returncode == 0, listed.stderr
+    host = socket.gethostname()
+    for gw in gateways:
+        name = f"{host}:127.0.0.1:{gw.port}"
+        line = next(line for line in listed.stdout.splitlines() if f'"{name}"' in line)
+        assert "alive" in line and f'listen "127.0.0.1:{gw.port}"' in line

@@ -43,6 +43,7 @@ rules:
   - name: support reads customers
     match: {{groups: [support], tool: [get_customer, search_customers]}}
     action: allow
+    limit: 120/min
   - name: engineering SQL
     match: {{groups: [engineering], tool: run_sql}}
     action: allow
@@ -387,3 +388,61 @@ async def test_refused_certifications_are_bounded_per_caller(demo, gateway_facto
     assert len(stored) < REASON_CHARS + 50 and stored.endswith(
         f"[truncated: {60 * 1024} characters]"
     )
+
+
+@pytest.mark.anyio
+async def test_suggestions_keep_approvals_and_limits_and_replay_no_looser(
+    demo, gateway_factory
+) -> None:
+    """Bob's DELETE went through the DBA approval: his suggestion still asks a DBA. Alice's
+    grant had a limit: hers keeps it. Every call recorded, replayed against each identity's
+    suggestion (pasted as an operator would), is decided no more loosely than by the policy
+    in force, and each use as it was. Bob's approval, decided by a name taken at its word,
+    is an exception of the review."""
+    import textwrap
+
+    from helpers.decisions import looser
+    from holdgate.config.gateway_config import load_config, parse_config_text
+    from holdgate.policy.policytest import build_message, caller_for
+
+    gw = gateway_factory(CONFIG.format(url=demo.url), demo.url)
+    await traffic(gw)
+    made = cli("review", "--format", "json", "--config", str(gw.config), "--db", str(gw.db))
+    assert made.returncode == 0, made.stderr
+    review = json.loads(made.stdout)
+    people = {p["user"]: p for p in review["identities"]}
+    bob = people["bob"]["suggested_rules"]
+    (held,) = [r for r in bob if r["action"] == "approve"]
+    assert held["match"]["users"] == ["bob"] and held["match"]["tool"] == ["run_sql"]
+    assert held["approvers"] == ["dba"] and held["timeout"] == "20s"
+    assert held["match"]["args"] == {"$.query": {"search": "(?i)delete"}}
+    assert "action: approve" in people["bob"]["suggestion"]
+    (alice,) = [r for r in people["alice"]["suggested_rules"] if r["action"] == "allow"]
+    assert alice["limit"] == "120/min"
+    assert alice["match"]["tool"] == ["get_customer", "search_customers"]
+
+    active = load_config(str(gw.config), secrets=False).policy
+    head = "version: 1\nupstreams:\n  - {name: demo, url: 'http://127.0.0.1:9'}\nrules:\n"
+    calls = [
+        r
+        for r in oneshot.export_rows(gw.db)
+        if r["direction"] == "request" and r["method"] == "tools/call" and r["user"]
+    ]
+    assert {r["user"] for r in calls} == {"alice", "bob", "carol"}
+    for row in calls:
+        text = people[row["user"]]["suggestion"]
+        suggested = parse_config_text(head + textwrap.indent(text, "  ")).policy
+        caller = caller_for(row["user"], tuple(json.loads(row["groups"])))
+        args = json.loads(row["args_masked"] or "{}")
+        message = build_message("tools/call", row["target"], args)
+        before = active.evaluate(caller, "demo", message)
+        after = suggested.evaluate(caller, "demo", message)
+        assert looser(after, before) is None, (row["user"], row["target"], after, before)
+        if before.action != "deny":  # a use: decided as it was
+            assert (after.action, after.limit, after.approvers) == (
+                before.action,
+                before.limit,
+                before.approvers,
+            )
+    bob_approval = [f for f in review["exceptions"] if f["subject"].endswith("run_sql for bob")]
+    assert {f["kind"] for f in bob_approval} & {"decider-not-approver", "break-glass"}

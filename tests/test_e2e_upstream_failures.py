@@ -91,11 +91,13 @@ def test_a_down_upstream_is_401_for_the_unknown_and_a_json_rpc_502_naming_it(gat
     error = answer.json()
     assert error["id"] == 7 and error["error"]["code"] == -32603
     message = error["error"]["message"]
-    assert f"upstream 'crm' ({down})" in message and "could not be reached" in message
+    assert "upstream 'crm' could not be reached (the connection" in message
     assert "was not forwarded" in message
+    # the address is the operator's: in the record, never in the client's answer
+    assert down.split("//")[1] not in answer.body.decode()
     (row,) = [r for r in outcome_rows(gw) if r["user"] == "alice"]
     assert row["status"] == 502 and row["target"] == "get_customer"
-    assert "could not be reached" in row["reason"]
+    assert "could not be reached" in row["reason"] and down in row["reason"]
     assert json.loads(row["extra"])["refused"]["kind"] == "upstream-failed"
 
 
@@ -158,7 +160,8 @@ def test_a_tls_failure_is_a_502_naming_the_upstream(gateway_factory):
         answer = raw_post(gw.url + "/mcp", call(), ALICE)
     assert answer.status == 502, answer.body
     message = answer.json()["error"]["message"]
-    assert f"upstream 'crm' ({url}) could not be reached" in message
+    assert "upstream 'crm' could not be reached" in message
+    assert url.rsplit(":", 1)[1] not in answer.body.decode()
 
 
 def test_a_stream_that_fails_midway_ends_with_an_error_for_the_pending_call(gateway_factory):

@@ -574,19 +574,48 @@ def test_holdgate_feeds_shows_cursor_lag_holder_and_error(tmp_path: Path) -> Non
     with store.open_store(path) as opened:
         empty = CliRunner().invoke(main, ["feeds", "--db", path], catch_exceptions=False)
         assert "no feed has run against this store" in empty.output
-        append_events(opened, 4)
+        seqs = append_events(opened, 4)
         opened.feed_claim("siem", "gw-a/1", lease=60)
-        opened.feed_advance("siem", "gw-a/1", 2, lease=60)
+        opened.feed_advance("siem", "gw-a/1", seqs[1], lease=60)
         opened.feed_error("siem", "gw-a/1", "http://127.0.0.1:9/x: HTTP 500")
-        head = opened.chain_head()[0]
     result = CliRunner().invoke(main, ["feeds", "--db", path], catch_exceptions=False)
     assert result.exit_code == 0
     line = result.output.strip()
-    assert line.startswith(f"siem  seq 2  head {head}  lag 2 rows  held by gw-a/1")
+    assert line.startswith(f"siem  seq {seqs[1]}  head {seqs[3]}  lag 2 events  held by gw-a/1")
     assert line.endswith("last error: http://127.0.0.1:9/x: HTTP 500")
 
 
-def test_a_rules_only_load_warns_of_a_feed_secret_it_could_not_read(tmp_path: Path) -> None:
+def test_holdgate_feeds_head_and_lag_count_the_same_rows(where: str) -> None:
+    """A feed sends events only: with other chained rows after the last event, a feed that
+    has taken every event is at the head with lag 0 (the chain's head is further on)."""
+    from click.testing import CliRunner
+
+    from holdgate.cli.main import main
+
+    with store.open_store(where) as opened:
+        seqs = append_events(opened, 3)
+        opened.append(
+            "config_versions",
+            {
+                "ts": "2026-12-07T00:00:00Z",
+                "config_hash": "c0ffee",
+                "source": "x.yaml",
+                "outcome": "reloaded",
+                "detail": "",
+                "content": "",
+                "role": "active",
+            },
+        )
+        opened.feed_claim("siem", "gw-a/1", lease=60)
+        opened.feed_advance("siem", "gw-a/1", seqs[-1], lease=60)
+        assert opened.chain_head()[0] > seqs[-1]
+        assert opened.feed_head() == seqs[-1]
+    result = CliRunner().invoke(main, ["feeds", "--db", where], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert f"seq {seqs[-1]}  head {seqs[-1]}  lag 0 events" in result.output
+
+
+def test_a_rules_only_load_reads_no_feed_secret(tmp_path: Path) -> None:
     from holdgate.config.gateway_config import load_config
 
     os.environ.pop("HOLDGATE_FEED_SECRET")
@@ -598,8 +627,6 @@ def test_a_rules_only_load_warns_of_a_feed_secret_it_could_not_read(tmp_path: Pa
     )
     config = load_config(path, secrets=False)
     assert config.feeds[0].secret is None and config.secrets == ()
-    (warning,) = config.secret_warnings
-    assert "gw.yaml:8:" in warning and "HOLDGATE_FEED_SECRET is not set" in warning
 
 
 def test_a_runner_takes_over_from_a_holder_that_died(tmp_path: Path) -> None:

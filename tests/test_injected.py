@@ -240,3 +240,24 @@ def test_an_injected_value_too_long_to_search_for_is_refused_at_config_load() ->
         f"the value is {MAX_SECRET_BYTES + 8} bytes; an injected header may have at most" in report
     )
     assert long not in report
+
+
+def test_a_digits_only_credential_echoed_as_a_json_number_is_replaced() -> None:
+    """An injected `X-Account-Pin: 8675309123` echoed back as a number, not a string."""
+    forms = InjectedForms(["8675309123"])
+    value = {"pin": 8675309123, "nested": [{"n": 8675309123.0}], "other": 42, "flag": True}
+    scrubbed, count = forms.scrub_value(value)
+    assert scrubbed == {
+        "pin": SECRET_MARK,
+        "nested": [{"n": SECRET_MARK}],
+        "other": 42,
+        "flag": True,
+    }
+    assert count == 2
+    assert "8675309123" not in json.dumps(scrubbed)
+
+
+def test_numbers_are_left_alone_when_no_secret_could_be_one() -> None:
+    value = {"count": 8675309123, "items": [1, 2.5]}
+    scrubbed, count = FORMS.scrub_value(value)
+    assert (scrubbed, count) == (value, 0) and scrubbed is value

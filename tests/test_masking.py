@@ -418,11 +418,12 @@ def test_parse_masking_config() -> None:
     [
         (
             "masking:\n  - name: p\n    detectors: [email, mail]\n",
-            "t.yaml:3:24: masking[0].detectors[1]: unknown detector 'mail'; valid: anthropic_key,",
+            "t.yaml:3:24: masking['p'].detectors[1]: unknown detector 'mail'; "
+            "valid: anthropic_key,",
         ),
         (
             "masking:\n  - name: p\n    paths: ['$..[']\n",
-            "t.yaml:3:13: masking[0].paths[0]: invalid JSONPath",
+            "t.yaml:3:13: masking['p'].paths[0]: invalid JSONPath",
         ),
         (
             "masking:\n  - name: p\n    paths: ['$.a.`len`']\n",

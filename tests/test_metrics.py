@@ -30,6 +30,8 @@ SNAPSHOT = Snapshot(
     approvals_pending=1,
     config_digest="abc123",
     jwks_fetches={"ok": 5},
+    config_reload_failures=4,
+    config_file_in_force=False,
 )
 
 
@@ -128,6 +130,8 @@ def test_the_collector_reads_state_at_scrape_time():
     assert got[("holdgate_approvals_pending", frozenset())] == 1
     assert got[("holdgate_jwks_fetches_total", frozenset({("result", "ok")}))] == 5
     assert got[("holdgate_jwks_fetches_total", frozenset({("result", "failed")}))] == 0
+    assert got[("holdgate_config_reload_failures_total", frozenset())] == 4
+    assert got[("holdgate_config_file_in_force", frozenset())] == 0
 
 
 def test_a_hostile_mix_of_names_makes_no_new_series():

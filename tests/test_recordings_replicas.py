@@ -120,14 +120,20 @@ def test_a_recorded_file_is_checked_against_its_sha256(tmp_path: Path) -> None:
         assert file_status(tmp_path, name, good) == "not a flow file name"
 
 
-def test_the_replica_name_is_the_option_or_the_host_and_listen_port() -> None:
+def test_the_replica_name_is_the_option_or_the_host_and_listen_address() -> None:
     class Options:
         listen_port = 8443
+        listen_host = ""
+        mode = ["reverse:http://up"]
 
     class Named(Options):
         holdgate_replica = "gw-a"
 
+    class InTheMode(Options):
+        mode = ["reverse:http://up@127.0.0.1:9101"]
+
     assert replica_name(Options()) == f"{socket.gethostname()}:8443"
+    assert replica_name(InTheMode()) == f"{socket.gethostname()}:127.0.0.1:9101"
     assert replica_name(Named()) == "gw-a"
 
 

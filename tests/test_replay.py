@@ -105,3 +105,17 @@ def test_tasks_requests_are_replayed_by_their_owner_then_the_rules():
     assert report.considered == 4  # an invalid cursor is not the policy's decision
     assert [(m.seq, m.candidate.rule) for m in report.changed] == [(3, "task-tool-not-allowed")]
     assert report.unchanged == 3
+
+
+def test_each_flipped_decision_shows_its_recorded_masked_arguments():
+    """Which SQL flips: the report named the call but not its arguments."""
+    masked = {"query": "DELETE FROM t WHERE email = 'a***@example.com'"}
+    report = replay(CANDIDATE, [row(1), row(2, args_masked=json.dumps(masked))])
+    (flipped,) = report.changed
+    assert flipped.to_json()["args_masked"] == masked
+    lines = format_report(report)
+    at = next(i for i, line in enumerate(lines) if "seq 2" in line)
+    assert lines[at + 1] == (
+        '      args {"query": "DELETE FROM t WHERE email = \'a***@example.com\'"}'
+    )
+    assert not any("SELECT 1" in line for line in lines)  # only flipped ones are listed

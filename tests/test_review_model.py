@@ -16,7 +16,14 @@ from holdgate.config.gateway_config import parse_config_text
 from holdgate.policy.policytest import build_message, caller_for
 from holdgate.reports.campaigns import export_rows, narrowed_policy
 from holdgate.reports.review_html import render_html
-from holdgate.reports.review_model import Evidence, Header, Inputs, build_review, campaign_items
+from holdgate.reports.review_model import (
+    Evidence,
+    Header,
+    Inputs,
+    build_review,
+    campaign_items,
+    versions_in_force,
+)
 from holdgate.reports.review_render import render_csv, render_markdown
 from holdgate.store.campaign_records import ItemSpec
 
@@ -100,6 +107,17 @@ def test_exceptions_name_anonymous_calls_missing_approvals_tool_changes_and_conf
                 "state": "approved",
                 "decider": "dana",
                 "reason": "ticket 7",
+                "approvers": '["dba"]',
+                "channel": "api",  # an authenticated approver's decision: no exception
+                "decided_as": json.dumps(
+                    {
+                        "via": "api_key",
+                        "key": "dana",
+                        "user": "dana",
+                        "groups": ["dba"],
+                        "qualified_by": "dba",
+                    }
+                ),
             }
         ],
         pins=[
@@ -128,6 +146,22 @@ def test_exceptions_name_anonymous_calls_missing_approvals_tool_changes_and_conf
     assert alice.used[("demo", "tool", "run_sql")].calls == 2  # both reached the upstream
     (line,) = alice.approvals
     assert (line.state, line.decider, line.reason) == ("approved", "dana", "ticket 7")
+    assert line.decided_by == "dana via api"
+    assert "| ` dana via api ` |" in render_markdown(review)
+
+
+def test_a_shadow_candidates_rows_are_no_config_change_and_never_in_force() -> None:
+    candidate = {"config_hash": "c" * 64, "role": "candidate"}
+    versions = [
+        {"ts": "2025-12-01T00:00:00Z", "config_hash": "a" * 64, "outcome": "loaded"},
+        {**candidate, "ts": "2026-01-02T00:00:00Z", "outcome": "loaded"},
+        {**candidate, "ts": "2026-01-03T00:00:00Z", "outcome": "summary", "detail": "{}"},
+        {**candidate, "ts": "2026-01-04T00:00:00Z", "outcome": "rejected"},
+    ]
+    review = model([], versions=versions)
+    assert [f.kind for f in review.exceptions] == []
+    in_force = versions_in_force(versions, "2026-01-01T00:00:00Z", "2026-02-01T00:00:00Z")
+    assert [v["config_hash"] for v in in_force] == ["a" * 64]
 
 
 def test_masked_exposures_are_a_table_per_target_and_detector() -> None:
@@ -297,7 +331,9 @@ def test_caller_text_in_the_markdown_report_is_inert(evil: str) -> None:
 
 def test_a_suggestion_with_backticks_and_newlines_stays_inside_its_yaml_block() -> None:
     evil = "x\n```\n![pixel](http://127.0.0.1:9/t.png)\n```"
-    review = model([call("alice", evil, "allow", "support")])
+    config = CONFIG.replace("search_customers, run_sql]", 'search_customers, run_sql, "x*"]')
+    inputs = Inputs([call("alice", evil, "allow", "support")])
+    review = build_review(inputs, parse_config_text(config).policy, HEADER)
     page = rendered_markdown(review)
     assert "<img" not in page
     (block,) = [b for b in page.split("<pre") if 'lang="yaml"' in b[:40]]

@@ -383,7 +383,7 @@ def warnings_of(action: str, condition: str) -> tuple[str, ...]:
 )
 def test_risky_patterns_warn_with_file_line_and_key(action, condition, fragment):
     (warning,) = warnings_of(action, condition)
-    assert warning.startswith("t.yaml:5:17: rules[0].match.args.$.q.")
+    assert warning.startswith("t.yaml:5:17: rules['r'].match.args.$.q.")
     assert ": warning: " in warning and fragment in warning
 
 

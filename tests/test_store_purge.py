@@ -113,6 +113,15 @@ def config_row(digest: str, ts: str, outcome: str = "loaded") -> dict[str, Any]:
     return {"ts": ts, "config_hash": digest, "outcome": outcome, "content": f"rules of {digest}"}
 
 
+def test_a_shadow_candidate_loaded_last_is_not_the_config_in_force(
+    path: Path, db: store.SqliteStore
+) -> None:
+    db.append("config_versions", config_row("c", OLDER))  # 1: in force
+    db.append("config_versions", {**config_row("s", OLD), "role": "candidate"})  # 2
+    db.purge(90 * DAY, now=NOW)
+    assert tables(path, "config_versions") == [1]  # the candidate's old load goes
+
+
 def test_config_versions_in_force_or_named_by_kept_events_survive(
     path: Path, db: store.SqliteStore
 ) -> None:

@@ -224,3 +224,24 @@ def test_durable_calls_from_many_threads_all_land_once(path: Path) -> None:
     writer.close()
     assert results == [None] * 160
     assert sorted(flows(path)) == sorted(f"t{n}-{i}" for n in range(8) for i in range(20))
+
+
+def test_rows_whose_caller_gave_up_before_they_were_taken_are_never_written(
+    path: Path,
+) -> None:
+    """A write-ahead timeout cancels the wait and refuses the request, recording that
+    itself: the rows it withdrew must not land later saying the request went ahead."""
+    writer = writer_for(path, busy_timeout=30)
+    lock = sqlite3.connect(path, isolation_level=None)
+    lock.execute("BEGIN EXCLUSIVE")
+    in_hand = writer.submit_durable([event("in-hand")])  # taken by the thread, waiting
+    assert writer.flush(0.2) is False
+    withdrawn = writer.submit_durable([event("withdrawn")])
+    assert withdrawn.cancel()  # still queued: the caller's timeout cancels it
+    later = writer.submit_durable([event("later")])
+    lock.execute("ROLLBACK")
+    lock.close()
+    assert error_of(in_hand) is None and error_of(later) is None
+    writer.close()
+    assert flows(path) == ["in-hand", "later"]
+    assert writer.lost == 0

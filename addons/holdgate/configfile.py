@@ -27,6 +27,8 @@ from typing import Any
 import yaml
 
 KeyPath = tuple[str | int, ...]
+# Top-level lists whose items errors name by their `name` rather than their position.
+NAMED_SECTIONS = ("rules", "masking")
 
 
 class ConfigError(Exception):
@@ -118,6 +120,25 @@ def collected[T](parse: Callable[[Problems], T], problems: Problems | None) -> T
     return result
 
 
+def keys_then[T](
+    node: Node, allowed: set[str], required: set[str] | frozenset[str], parse: Callable[[], T]
+) -> T:
+    """`parse()` of a mapping whose key check does not stop it: an unknown key is reported
+    together with the mistake `parse` finds in the item's other keys, so a typo never hides
+    a bad value beside it. A mapping that lacks a required key reports its keys alone."""
+    try:
+        node.mapping(allowed, required)
+    except ConfigError as keys:
+        if not isinstance(node.value, dict) or any(key not in node.value for key in required):
+            raise
+        try:
+            parse()
+        except ConfigError as other:
+            raise ConfigErrors([keys, other]) from None
+        raise
+    return parse()
+
+
 def declared_names(node: Node) -> set[str] | None:
     """The `name` written in each item of a list, parsed or not; None when some item's name
     cannot be read. A reference to a declared item that failed to parse is not a mistake of
@@ -152,9 +173,21 @@ class Document:
 
     def error(self, path: KeyPath, message: str) -> ConfigError:
         line, column = self._nearest_mark(path)
-        return ConfigError(
-            message, file=self.file, line=line, column=column, key=format_keypath(path)
-        )
+        return ConfigError(message, file=self.file, line=line, column=column, key=self.key(path))
+
+    def key(self, path: KeyPath) -> str:
+        """The key path as a person reads it: a rule or masking profile by its `name`
+        (`rules['no shell']`), not its position, which shifts as items are added; by
+        position when it has none."""
+        if len(path) >= 2 and path[0] in NAMED_SECTIONS and isinstance(path[1], int):
+            items = self.data.get(path[0]) if isinstance(self.data, dict) else None
+            item = items[path[1]] if isinstance(items, list) and path[1] < len(items) else None
+            name = item.get("name") if isinstance(item, dict) else None
+            if isinstance(name, str) and name:
+                rest = format_keypath(path[2:])
+                named = f"{path[0]}[{name!r}]"
+                return named + (rest if rest[:1] in ("", "[") else f".{rest}")
+        return format_keypath(path)
 
     def _nearest_mark(self, path: KeyPath) -> tuple[int, int]:
         for end in range(len(path), -1, -1):
@@ -359,16 +392,6 @@ class Node:
         `resolve=False` (a command that reads only the rules) SECRET_PLACEHOLDER instead."""
         text = self.string()
         return resolve_secrets(text, self) if resolve else SECRET_PLACEHOLDER
-
-    def unresolved_secrets(self) -> list[str]:
-        """A warning for each reference in this string that cannot be resolved now."""
-        warnings = []
-        for match in _SECRET_REF.finditer(self.string()):
-            try:
-                _lookup(match, self)
-            except ConfigError as exc:
-                warnings.append(self.warning(exc.message))
-        return warnings
 
 
 def _kind(value: Any) -> str:

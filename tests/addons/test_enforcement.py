@@ -75,7 +75,7 @@ async def test_an_allowed_call_leaves_as_decided_with_comment_and_marker(tctx):
     assert flow.response is None
     assert json.loads(flow.request.content) == call("get_customer", {"id": 1})
     assert flow.request.headers["accept-encoding"] == "identity"
-    assert flow.comment == "holdgate: tools/call get_customer: allow by 'support reads'"
+    assert flow.comment == "holdgate: alice tools/call get_customer: allow (rule 'support reads')"
     assert flow.marked == ":white_check_mark:"
 
 
@@ -98,7 +98,7 @@ async def test_a_call_needing_approval_is_marked_and_not_cleared(tctx):
     flow = await send(tctx, mcp_flow(call("run_sql", {"query": "DELETE"}), ALICE))
     assert flow.response is None  # the ApprovalHolds decide; without them the Gate refuses
     assert flow.marked == ":hourglass:"
-    assert "approve by 'sql needs a dba'" in flow.comment
+    assert "tools/call run_sql: hold (rule 'sql needs a dba'" in flow.comment
 
 
 async def test_a_batch_leaves_without_its_denied_message_whose_error_joins_the_answer(tctx):
@@ -107,7 +107,7 @@ async def test_a_batch_leaves_without_its_denied_message_whose_error_joins_the_a
     assert flow.response is None
     assert json.loads(flow.request.content) == [batch[0]]  # exec_shell never leaves
     assert flow.marked == ":no_entry:"
-    assert "tools/call exec_shell: deny by 'no shell'" in flow.comment
+    assert "tools/call exec_shell: deny (rule 'no shell')" in flow.comment
 
 
 async def test_a_batch_whose_requests_share_an_id_is_400(tctx):
@@ -189,6 +189,38 @@ async def test_explain_logs_every_rule_considered(tctx, caplog):
     assert "skip  rule 'no shell'" in caplog.text
     assert "MATCH rule 'support reads'" in caplog.text
     assert "decision: allow by 'support reads'" in caplog.text
+
+
+EXPLAINED = (
+    "version: 1\n"
+    + identity("alice")
+    + f"""upstreams:
+  - name: crm
+    url: {UPSTREAM_URL}
+rules:
+  - name: reads by email
+    match: {{tool: find, args: {{"$.email": {{regex: "[a-z]+@example[.]org"}}}}}}
+    action: allow
+masking:
+  - name: pii
+    detectors: [email]
+    exempt_groups: [support]
+"""
+)
+
+
+async def test_explain_logs_argument_values_only_as_the_record_keeps_them(tmp_path, caplog):
+    """The log is no place for a clear value, exempt caller or not: the value is shown masked
+    with the condition it failed."""
+    with gateway(tmp_path, EXPLAINED, Router, Authentication, PolicyEnforcer, Recorder) as tctx:
+        flow = await send(tctx, mcp_flow(call("find", {"email": "ann@example.com"}), ALICE))
+        with caplog.at_level(logging.WARNING, logger="holdgate"):
+            find(tctx, PolicyEnforcer).explain([flow])
+    assert "ann@example.com" not in caplog.text
+    assert (
+        'FAIL args: args $.email: "[REDACTED:email]" does not match regex '
+        "'[a-z]+@example[.]org'" in caplog.text
+    )
 
 
 @pytest.fixture

@@ -80,7 +80,7 @@ async def test_a_listen_is_allowed_by_its_rule_and_leaves_as_sent(tctx):
     assert flow.response is None
     assert json.loads(flow.request.content) == listen()
     assert "subscriptions/listen" in flow.comment
-    assert "allow by 'support listens'" in flow.comment
+    assert "allow (rule 'support listens')" in flow.comment
 
 
 @pytest.mark.parametrize(

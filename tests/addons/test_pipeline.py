@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 
 import pytest
+from mitmproxy.exceptions import OptionsError
 from mitmproxy.test import taddons, tflow
 
 from holdgate.addons import default_addons, gateway_addons
 from holdgate.addons.flowstate import state
-from holdgate.addons.pipeline import Pipeline, hook_names
+from holdgate.addons.pipeline import OWN_HOOKS, Pipeline, hook_names
 
 pytestmark = pytest.mark.anyio
 
@@ -108,7 +110,8 @@ def test_every_hook_of_every_gateway_addon_is_in_the_pipeline() -> None:
         name for stage in stages for name in hook_names() if callable(getattr(stage, name, None))
     }
     assert {"requestheaders", "request", "responseheaders", "response", "error"} <= implemented
-    assert implemented - {"load"} <= set(vars(pipeline))
+    assert implemented - OWN_HOOKS <= set(vars(pipeline))
+    assert all(callable(getattr(Pipeline, name)) for name in OWN_HOOKS)
     assert set(pipeline.hooks) == implemented
 
 
@@ -117,3 +120,45 @@ def test_the_stages_commands_are_registered() -> None:
     with taddons.context(pipeline) as tctx:
         assert "holdgate.explain" in tctx.master.commands.commands
         assert "holdgate_config" in tctx.options  # the stages' options, added at load
+
+
+class Refusing(Stage):
+    def configure(self, updated: set[str]) -> None:
+        self.calls.append(f"{self.name}.configure")
+        raise OptionsError("holdgate_config: nowhere.yaml: cannot read the file; check the path")
+
+    def running(self) -> None:
+        self.calls.append(f"{self.name}.running")
+
+
+def test_an_option_refused_at_start_is_one_line_and_every_request_is_refused(caplog) -> None:
+    calls: list[str] = []
+    pipeline = Pipeline([Refusing("a", calls), Stage("b", calls)])
+    with taddons.context(pipeline) as tctx:
+        every = set(tctx.options.keys())
+        pipeline.configure(every)  # as mitmproxy's script loader does once it loaded us
+        assert pipeline.cannot_start is not None
+        (line,) = [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert line.getMessage() == (
+            "holdgate cannot start: holdgate_config: nowhere.yaml: cannot read the file; "
+            "check the path"
+        )
+        assert line.exc_info is None  # no traceback
+        assert pipeline.running() is None
+        flow = tflow.tflow()
+        pipeline.requestheaders(flow)  # type: ignore[attr-defined]
+        pipeline.request(flow)  # type: ignore[attr-defined]
+        assert flow.response is not None and flow.response.status_code == 503
+        assert calls == ["a.configure"]  # no stage ran again: not b, not running, not request
+
+
+def test_after_start_a_refused_option_goes_back_to_mitmproxy() -> None:
+    calls: list[str] = []
+    pipeline = Pipeline([Refusing("a", calls)])
+    with taddons.context(pipeline) as tctx:
+        with pytest.raises(OptionsError):
+            pipeline.configure({"holdgate_config"})  # an option change: mitmproxy rolls back
+        pipeline.started = True
+        with pytest.raises(OptionsError):
+            pipeline.configure(set(tctx.options.keys()))
+        assert pipeline.cannot_start is None

@@ -21,8 +21,8 @@ from holdgate.addons.replicas import (
     Replicas,
     exited_here,
     name_problem,
-    replica_name,
 )
+from holdgate.config.options import listen_addresses
 
 pytestmark = pytest.mark.anyio
 
@@ -38,10 +38,22 @@ rules: []
 )
 
 
-def test_the_default_name_is_host_and_port() -> None:
-    assert replica_name("", "gw1", 8443) == "gw1:8443"
-    assert replica_name("", "gw1", None) == "gw1:8080"
-    assert replica_name("east-1", "gw1", 8443) == "east-1"
+@pytest.mark.parametrize(
+    ("modes", "host", "port", "shown"),
+    [
+        (["regular"], "", None, "8080"),
+        (["regular"], "", 8443, "8443"),
+        (["reverse:http://up"], "127.0.0.1", 8443, "127.0.0.1:8443"),
+        # the address in the mode spec wins over listen_host/listen_port (#28)
+        (["reverse:http://up@9101"], "", 8080, "9101"),
+        (["reverse:http://up@127.0.0.1:9101"], "", None, "127.0.0.1:9101"),
+        (["reverse:http://up@[::1]:9101"], "", None, "[::1]:9101"),
+        (["reverse:http://a@9101", "reverse:http://b@9102"], "", None, "9101,9102"),
+        (["local"], "", None, "local"),
+    ],
+)
+def test_the_listen_address_is_each_modes_own(modes, host, port, shown) -> None:
+    assert listen_addresses(modes, host, port) == shown
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ from mitmproxy.test import taddons
 from helpers.flows import UPSTREAM_URL, call, error_of, gateway, mcp_flow, send
 from holdgate.addons import http_seams
 from holdgate.addons.config_loader import ConfigLoader
-from holdgate.addons.router import Router, failure_message
+from holdgate.addons.router import Router, failure_category, failure_message
 from holdgate.config.gateway_config import Upstream
 
 pytestmark = pytest.mark.anyio
@@ -123,12 +123,34 @@ async def test_a_rebound_host_is_403_in_reverse_mode(tctx):
     assert "DNS rebinding" in error_of(flow)[2]
 
 
-def test_a_failed_upstream_is_named_and_whether_the_call_can_have_run_is_said():
+def test_a_failed_upstream_is_named_to_the_client_by_name_and_kind_only():
+    """The client learns which upstream and what kind of failure; the address and the
+    network layer's words (a map of the internal network) stay in the record."""
     crm = Upstream(name="crm", url="http://10.0.0.5:9000")
-    unreachable = failure_message(crm, "Connect call failed\n('10.0.0.5', 9000)", reached=False)
-    assert unreachable == (
-        "upstream 'crm' (http://10.0.0.5:9000) could not be reached (Connect call failed "
-        "('10.0.0.5', 9000)); the request was not forwarded"
+    told, recorded = failure_message(crm, "Connect call failed\n('10.0.0.5', 9000)", reached=False)
+    assert told == (
+        "upstream 'crm' could not be reached (the connection failed); the request was not forwarded"
     )
-    assert "may have run" in failure_message(crm, "peer reset", reached=True)
-    assert "(" + "x" * 300 + ")" in failure_message(crm, "x" * 1000, reached=True)
+    assert "10.0.0.5" not in told
+    assert recorded == (
+        f"{told} [upstream 'crm' at http://10.0.0.5:9000: Connect call failed ('10.0.0.5', 9000)]"
+    )
+    told, recorded = failure_message(crm, "peer reset", reached=True)
+    assert "may have run" in told and "(the connection was reset)" in told
+    assert "(" + "x" * 300 + ")" not in failure_message(crm, "x" * 1000, reached=True)[0]
+    assert ": " + "x" * 300 + "]" in failure_message(crm, "x" * 1000, reached=True)[1]
+
+
+@pytest.mark.parametrize(
+    ("error", "category"),
+    [
+        ("[Errno 111] Connection refused", "the connection was refused"),
+        ("TimeoutError: timed out", "it timed out"),
+        ("TLS handshake failed: certificate verify failed", "the TLS handshake failed"),
+        ("[Errno -2] Name or service not known", "its name did not resolve"),
+        ("Connection reset by peer", "the connection was reset"),
+        ("something else entirely", "the connection failed"),
+    ],
+)
+def test_failure_categories(error: str, category: str) -> None:
+    assert failure_category(error) == category

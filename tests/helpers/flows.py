@@ -80,6 +80,7 @@ def gateway(
     }
     with taddons.context(Pipeline(chosen)) as tctx:
         tctx.options.update(**{k: v for k, v in wanted.items() if k in tctx.options})
+        find(tctx, ConfigLoader).announce_start()  # as its `running` hook does
         try:
             yield tctx
         finally:

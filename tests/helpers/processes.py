@@ -257,9 +257,11 @@ def start_gateway(
     mode: str | None = None,
     extra_scripts: list[str] | None = None,
     wait_started: bool = True,
+    listen_in_mode: bool = False,
 ) -> Gateway:
     """A real gateway, started with `tmp` as its working folder (not the checkout); with
-    `wait_started`, returned once it says mitmproxy's start-up is over."""
+    `wait_started`, returned once it says mitmproxy's start-up is over. `listen_in_mode`:
+    its address given in the mode spec (`reverse:URL@127.0.0.1:PORT`), not as options."""
     port = free_port()
     config = tmp / "holdgate.yaml"
     config.write_text(textwrap.dedent(config_text))
@@ -276,8 +278,12 @@ def start_gateway(
     cmd = gateway_command("--set", "flow_detail=0")
     for script in extra_scripts or []:
         cmd += ["-s", script]
-    cmd += ["--mode", mode or f"reverse:{upstream_url}", "--listen-host", "127.0.0.1"]
-    cmd += ["--listen-port", str(port), "--set", "termlog_verbosity=info"]
+    spec = mode or f"reverse:{upstream_url}"
+    if listen_in_mode:
+        cmd += ["--mode", f"{spec}@127.0.0.1:{port}"]
+    else:
+        cmd += ["--mode", spec, "--listen-host", "127.0.0.1", "--listen-port", str(port)]
+    cmd += ["--set", "termlog_verbosity=info"]
     for key, value in opts.items():
         cmd += ["--set", f"{key}={value}"]
     with output.open("wb") as sink:

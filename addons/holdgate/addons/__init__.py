@@ -7,40 +7,49 @@ order; `gateway_addons()`):
 
     ConfigLoader, AuditStore, AdminApi             services: configured first, closed last
     -> EarlyAnswers -> ConnectionDeadlines
-    -> Replicas, Telemetry, ToolPinning            lifecycle only
+    -> Replicas, Telemetry, DecisionLog, ToolPinning, ShadowPolicy   lifecycle only
     -> Router -> Authentication -> PolicyEnforcer -> ApprovalHolds -> Gate   request stages
     -> Responses -> Recorder                                                 response side
     -> Checkpointer, Feeds                         lifecycle only
 
 Calls go with that order, or to a service or a collaborator that is not an addon:
-PolicyEnforcer asks ToolPinning's `review` and TaskOwnership; ApprovalHolds hands calls
-for URL elicitation to ElicitedApprovals, and both write approvals through ApprovalCore
+PolicyEnforcer and ApprovalHolds log each decision through DecisionLog;
+PolicyEnforcer asks ToolPinning's `review`, TaskOwnership and ShadowPolicy (a candidate
+config decided again, never enforced); ApprovalHolds hands calls for URL elicitation to
+ElicitedApprovals, and both write approvals through ApprovalCore
 (given the AuditStore, ToolPinning and Replicas); the Gate's last step is DecisionRows'
 `write_ahead` (the decision rows committed, or the request refused); Responses runs each
 response message through the PolicyEnforcer, TaskOwnership, ToolPinning, ResponseMasking
 and the Recorder; DecisionRows and the Recorder call Telemetry's `traces` and
 `finished`. Everyone reaches the store through the AuditStore (its `run` does a store
 call off the event loop). Observers subscribe to the services: the Recorder and
-Telemetry to the ConfigLoader's loads; Replicas, ToolPinning, Checkpointer and Feeds to
-the AuditStore's opening (so no one depends on configuring after it); Telemetry to its
-committed rows, Replicas to its `before_close`, Checkpointer and Feeds to its
-`after_shutdown`. The AdminApi owns the admin listener (`holdgate_admin`), opened once a
-previous run's holds are closed; the approvals API, campaigns and Telemetry's `/metrics`
-register their routes on it here. A stage that raises in a flow hook gets the flow
-refused by the Pipeline. `flowstate` is the glue they share (per-flow state, refusals,
-failing closed); it is not an addon.
+Telemetry to the ConfigLoader's loads, the Recorder to the ShadowPolicy's too; Replicas,
+ToolPinning, Checkpointer and Feeds to the AuditStore's opening (so no one depends on
+configuring after it); Telemetry to its committed rows, Replicas to its `before_close`,
+Checkpointer and Feeds to its `after_shutdown`. The AdminApi owns the admin listener
+(`holdgate_admin`), opened once a previous run's holds are closed; the approvals API, the
+approval inbox, campaigns, Telemetry's `/metrics`, the health and status routes
+(`/healthz`, `/readyz`, `/status`, read from the services and Replicas) and ConfigApi's
+`/config/hash` (the config in force, for `policy apply`) register their routes on it here.
+`/readyz` says ready only once the ConfigLoader has seen mitmproxy's start-up end, with a
+config in force, the AuditStore's writer healthy and Replicas' lease taken by the store. A
+stage that raises in a flow hook gets the flow refused by the Pipeline. `flowstate` is the
+glue they share (per-flow state, refusals, failing closed); it is not an addon.
 """
 
 from __future__ import annotations
 
 from holdgate.addons.admin_api import AdminApi
 from holdgate.addons.approval_core import ApprovalCore, LegacyPlaceholders
+from holdgate.addons.approval_inbox import ApprovalInbox
 from holdgate.addons.approvals_api import ApprovalsApi, CampaignsApi
 from holdgate.addons.audit_store import AuditStore
 from holdgate.addons.authentication import Authentication
 from holdgate.addons.checkpointer import Checkpointer
+from holdgate.addons.config_api import ConfigApi
 from holdgate.addons.config_loader import ConfigLoader
 from holdgate.addons.deadlines import ConnectionDeadlines
+from holdgate.addons.decision_log import DecisionLog
 from holdgate.addons.decision_rows import DecisionRows
 from holdgate.addons.early_answers import EarlyAnswers
 from holdgate.addons.elicited_approvals import ElicitedApprovals
@@ -54,6 +63,8 @@ from holdgate.addons.replicas import Replicas
 from holdgate.addons.response_masking import ResponseMasking
 from holdgate.addons.responses import Responses
 from holdgate.addons.router import Router
+from holdgate.addons.shadow import ShadowPolicy
+from holdgate.addons.status_api import HealthApi, StatusApi
 from holdgate.addons.task_ownership import TaskOwnership
 from holdgate.addons.telemetry import Telemetry
 from holdgate.addons.tool_pinning import ToolPinning
@@ -70,22 +81,34 @@ def default_addons() -> list[object]:
     pins = ToolPinning(loader, audit)
     tasks = TaskOwnership(audit)
     legacy = LegacyPlaceholders()
-    policy = PolicyEnforcer(loader, audit, tasks, pins, legacy)
+    decision_log = DecisionLog()
+    shadow = ShadowPolicy()
+    policy = PolicyEnforcer(loader, audit, tasks, pins, legacy, shadow, decision_log)
     approvals = ApprovalCore(audit, pins, replicas)
-    holds = ApprovalHolds(loader, approvals, ElicitedApprovals(loader, approvals), legacy)
+    elicited = ElicitedApprovals(loader, approvals)
+    holds = ApprovalHolds(loader, approvals, elicited, legacy, decision_log)
     telemetry = Telemetry(loader, audit, approvals_pending=lambda: len(holds.holds))
     decisions = DecisionRows(audit, traces=telemetry.traces)
-    recorder = Recorder(loader, audit, decisions, finished=telemetry.finished)
+    recorder = Recorder(
+        loader,
+        audit,
+        decisions,
+        finished=telemetry.finished,
+        registered_replica=lambda: replicas.replica,
+    )
     checkpointer = Checkpointer(loader)
     feeds = Feeds(loader)
+    config_api = ConfigApi(loader, admin.callers)
     # Every subscription and route, in one place.
     loader.checks.append(audit.config_problem)
     loader.listeners.append(recorder.note_config_version)
     loader.listeners.append(telemetry.config_loaded)
+    loader.listeners.append(config_api.config_event)
+    shadow.listeners.append(recorder.note_config_version)
     audit.opened.extend(
         [
+            replicas.store_opened,  # registers first: the Recorder's rows name the replica
             recorder.store_opened,
-            replicas.store_opened,
             pins.store_opened,
             checkpointer.use_store,
             feeds.use_store,
@@ -96,8 +119,14 @@ def default_addons() -> list[object]:
     audit.after_shutdown.extend([checkpointer.shut_down, feeds.shut_down])  # the last rows
     admin.serve_after(approvals.started)  # once a previous run's holds are closed
     admin.route("/approvals/*", ApprovalsApi(loader, approvals, holds, admin.callers).handle)
+    admin.route("/inbox/*", ApprovalInbox(loader, approvals, holds, admin.callers).handle)
     admin.route("/campaigns/*", CampaignsApi(loader, approvals, admin.callers).handle)
     admin.route("/metrics", telemetry.handle_metrics)
+    health = HealthApi(loader, audit, replicas)
+    admin.route("/healthz", health.healthz)
+    admin.route("/readyz", health.readyz)
+    admin.route("/status", StatusApi(health, admin.callers, lambda: len(holds.holds)).handle)
+    admin.route("/config/hash", config_api.handle)
     return [
         loader,
         audit,  # opens the store before any stage configures; closes after every `done`
@@ -106,7 +135,9 @@ def default_addons() -> list[object]:
         ConnectionDeadlines(),
         replicas,  # lifecycle only: registers at configure, heartbeats while running
         telemetry,  # lifecycle only: metrics and traces, fed by the Recorder and the store
+        decision_log,  # lifecycle only: its option; the policy and the holds log through it
         pins,  # lifecycle only: pins read at configure and polled; policy asks its review
+        shadow,  # lifecycle only: the candidate loaded and watched; policy asks it too
         Router(loader),
         Authentication(loader, audit),
         policy,

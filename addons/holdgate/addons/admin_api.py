@@ -1,5 +1,6 @@
 """AdminApi: the admin listener (`holdgate_admin`) and the route table the approvals API,
-campaigns, approval status pages and `/metrics` register on (in `default_addons()`).
+campaigns, approval status pages, `/metrics` and health and status register on (in
+`default_addons()`).
 
 Served by tornado, which mitmproxy already depends on and runs mitmweb on, on the proxy's
 own event loop: HTTP/1.1 keep-alive, chunked request bodies and the request parsing are
@@ -61,7 +62,8 @@ class AdminApi:
             "holdgate_admin",
             str,
             "127.0.0.1:8181",
-            "Listen address (HOST:PORT) of Holdgate's approvals API; empty disables it.",
+            "Listen address (HOST:PORT) of Holdgate's admin listener: the approvals API, "
+            "/metrics, /healthz, /readyz, /status; empty disables it.",
         )
 
     def configure(self, updated: set[str]) -> None:

@@ -225,11 +225,12 @@ class ApprovalCore:
 
     def notify(self, config: GatewayConfig, row: dict[str, Any]) -> None:
         """Tell the config's webhook of a new approval, in the background."""
-        url = config.approvals.webhook
-        if not url:
+        hook = config.approvals.webhook
+        if hook is None:
             return
         base = config.approvals.public_url or f"http://{ctx.options.holdgate_admin}"
-        task = asyncio.create_task(webhook.notify(url, webhook.approval_notice(row, base)))
+        body = webhook.webhook_body(hook.format, row, base)
+        task = asyncio.create_task(webhook.notify(hook.url, body, row["approval_id"]))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 

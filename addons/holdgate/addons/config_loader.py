@@ -1,7 +1,10 @@
 """ConfigLoader: loads `holdgate_config`, reloads it on change, keeps the last good one.
 
 Every load, reload and rejected reload is announced to `listeners` (the Recorder writes
-them to the store's `config_versions`), so the record says which policy was in force.
+them to the store's `config_versions`), so the record says which policy was in force. The
+load at start is announced once the gateway runs: a start that fails records no version.
+It keeps what an operator asks about later (`/status`, the metrics): when the config in
+force was loaded, how many reloads were rejected and the last one's error.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import hashlib
 import logging
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +23,7 @@ from mitmproxy.utils import human
 
 from holdgate.config.gateway_config import GatewayConfig, load_config
 from holdgate.configfile import ConfigError, parse_size
+from holdgate.store import iso
 
 logger = logging.getLogger("holdgate")
 
@@ -33,10 +38,16 @@ class ConfigLoader:
 
     def __init__(self) -> None:
         self.current: GatewayConfig | None = None
+        self.path = ""  # the file `current` was loaded from (holdgate_config)
+        self.loaded_at = ""  # when `current` came into force (ISO time)
+        self.reload_failures = 0  # reloads rejected since start
+        self.last_reload_error: ReloadError | None = None
+        self.started = False  # mitmproxy's start-up is over (`announce_started` logged)
         self.max_body = 4 * 1024 * 1024
         self._mtime: tuple[float, int] | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._started: asyncio.Task[None] | None = None
+        self._running = False
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
         # What other addons require of a config (a reason to refuse it, or None).
         self.checks: list[Callable[[GatewayConfig], str | None]] = []
@@ -48,7 +59,9 @@ class ConfigLoader:
             event = {"config_hash": config.digest, "content": config.redacted_text()}
         else:
             event = {"config_hash": config}
-        event.update(source=ctx.options.holdgate_config, outcome=outcome, detail=detail)
+        event.update(
+            source=ctx.options.holdgate_config, outcome=outcome, detail=detail, role="active"
+        )
         for listener in self.listeners:
             listener(event)
 
@@ -101,16 +114,31 @@ class ConfigLoader:
             if problem := self._problem(self.current):
                 self.current = None
                 raise exceptions.OptionsError(f"holdgate_config: {path}: {problem}")
-            self._mtime = _stamp(path)
+            self._mtime = file_stamp(path)
+            self.path, self.loaded_at = path, iso()
             logger.info("holdgate: loaded %s (sha256 %s)", path, self.current.digest[:12])
+            if self._running:
+                self._announce("loaded", self.current, "loaded by an option change")
+
+    def announce_start(self) -> None:
+        """The gateway runs: the config it started with is announced (once)."""
+        if self._running:
+            return
+        self._running = True
+        if self.current is not None:
             self._announce("loaded", self.current, "loaded at start")
 
     def _problem(self, config: GatewayConfig) -> str | None:
         return next((found for check in self.checks if (found := check(config))), None)
 
     def running(self) -> None:
+        self.announce_start()
         self._watcher = asyncio.get_running_loop().create_task(self._watch())
-        self._started = asyncio.get_running_loop().create_task(announce_started())
+        self._started = asyncio.get_running_loop().create_task(self._announce_started())
+
+    async def _announce_started(self) -> None:
+        await announce_started()
+        self.started = True
 
     def done(self) -> None:
         for task in (self._watcher, self._started):
@@ -125,7 +153,7 @@ class ConfigLoader:
     async def reload_if_changed(self) -> None:
         """Re-read the file off the event loop; a bad version is logged and ignored."""
         path = ctx.options.holdgate_config
-        stamp = await asyncio.to_thread(_stamp, path)
+        stamp = await asyncio.to_thread(file_stamp, path)
         if stamp == self._mtime:
             return
         self._mtime = stamp
@@ -135,27 +163,43 @@ class ConfigLoader:
             logger.error(
                 "holdgate: reload rejected, keeping the last good config: %s", exc.report()
             )
-            self._announce("rejected", await asyncio.to_thread(_file_digest, path), str(exc))
+            self._rejected(exc.report())
+            self._announce("rejected", await asyncio.to_thread(file_digest, path), str(exc))
             return
         if problem := self._problem(fresh):
             logger.error("holdgate: reload rejected, keeping the last good config: %s", problem)
+            self._rejected(f"{path}: {problem}")
             self._announce("rejected", fresh.digest, problem)
             return
         if self.current is None or fresh.digest != self.current.digest:
             previous = self.current.digest if self.current is not None else None
-            self.current = fresh
+            self.current, self.path, self.loaded_at = fresh, path, iso()
             logger.warning("holdgate: reloaded %s (sha256 %s)", path, fresh.digest[:12])
             self._announce("reloaded", fresh, f"replaces sha256 {previous}")
 
+    def _rejected(self, error: str) -> None:
+        self.reload_failures += 1
+        self.last_reload_error = ReloadError(iso(), error)
 
-def _file_digest(path: str) -> str | None:
+
+@dataclass(frozen=True)
+class ReloadError:
+    """A rejected reload: when, and the error as logged (file:line: what is wrong)."""
+
+    at: str
+    error: str
+
+
+def file_digest(path: str) -> str | None:
+    """The sha256 of the file's bytes (a config's `digest` when it is the config loaded),
+    None when it cannot be read. Blocking: call it off the event loop."""
     try:
         return hashlib.sha256(Path(path).read_bytes()).hexdigest()
     except OSError:
         return None
 
 
-def _stamp(path: str) -> tuple[float, int] | None:
+def file_stamp(path: str) -> tuple[float, int] | None:
     try:
         st = os.stat(Path(path))
     except OSError:

@@ -163,6 +163,8 @@ class DecisionRows:
                 extra["args_findings"] = masked_args.findings  # replay must know
             if decided is not None and decided.approval is not None:
                 extra["approval"] = decided.approval  # how a held call was released
+            if decided is not None and decided.shadow is not None:
+                extra["shadow"] = decided.shadow  # where the shadow policy differs
             if traces:
                 extra["trace"] = traces[index]  # the gateway's span: the trace joins this row
             task = st.task_requests.get(json.dumps(message.id)) if message is not None else None
@@ -190,7 +192,7 @@ class DecisionRows:
                 or "pass",
                 rule=decision.rule if decision is not None else None,
                 reason=(decision.reason if decision is not None else None)
-                or (refused.message if refused is not None else None),
+                or (refused.recorded if refused is not None else None),
                 approval_id=decided.approval_id if decided is not None else None,
                 args_digest=_digest(self.audit.key(config), arguments, strict),
                 args_masked=(
@@ -346,6 +348,8 @@ def extra_of(st: FlowState) -> dict[str, Any]:
             "code": st.refused.code,
             "message": st.refused.message,
         }
+        if st.refused.detail:
+            extra["refused"]["detail"] = st.refused.detail
     return extra
 
 

@@ -180,11 +180,18 @@ class ElicitedApprovals:
                 "decider": record.get("decider"),
                 "via": "elicitation",
             }
+            decided.channel = record.get("channel")
             flow.request.content = dumps(elicitation.without_gateway_round(message.raw))
             st.approvals_settled = True
             return
         who = f" by {record['decider']}" if record.get("decider") else ""
         why = f": {record['reason']}" if record.get("reason") else ""
+        decided.approval = {
+            "state": current,
+            "decider": record.get("decider"),
+            "via": "elicitation",
+        }
+        decided.channel = record.get("channel")
         self._refuse_elicited(
             flow,
             decided,
@@ -272,6 +279,8 @@ class ElicitedApprovals:
             token,
         )
         decided.approval = {"state": "pending", "via": "elicitation"}
+        if record.get("expires"):
+            decided.expires = store.parse_iso(record["expires"])
         flow.response = http.Response.make(200, dumps(answer), {"Content-Type": "application/json"})
         st.refused = Refusal(
             200,

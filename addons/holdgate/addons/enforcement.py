@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from mitmproxy import command, flow, http
@@ -24,7 +25,7 @@ from holdgate.addons.flowstate import (
 )
 from holdgate.config.gateway_config import Upstream
 from holdgate.identity import Identity
-from holdgate.policy.policytest import format_explanation
+from holdgate.policy.policytest import format_explanation, masked_values
 from holdgate.policy.quota import Hit, rate_bucket
 from holdgate.policy.rules import Decision, Policy
 from holdgate.policy.tasks import is_task_request
@@ -47,6 +48,8 @@ from holdgate.store import Store, StoreError
 if TYPE_CHECKING:
     from holdgate.addons.audit_store import AuditStore
     from holdgate.addons.config_loader import ConfigLoader
+    from holdgate.addons.decision_log import DecisionLog
+    from holdgate.addons.shadow import ShadowPolicy
     from holdgate.addons.task_ownership import TaskOwnership
     from holdgate.addons.tool_pinning import ToolPinning
 
@@ -79,11 +82,15 @@ class PolicyEnforcer:
         tasks: TaskOwnership,
         pins: ToolPinning | None = None,
         legacy: LegacyPlaceholders | None = None,
+        shadow: ShadowPolicy | None = None,
+        decision_log: DecisionLog | None = None,
     ) -> None:
         self.loader = loader
+        self.decision_log = decision_log
         self.audit = audit
         self.tasks = tasks
         self.pins = pins
+        self.shadow = shadow  # decides each message again by a candidate, never enforced
         self.correlator = Correlator()
         # refusals swapped in on the legacy SSE transport (shared with the approval holds)
         self.legacy = legacy if legacy is not None else LegacyPlaceholders(self.correlator.limit)
@@ -143,6 +150,7 @@ class PolicyEnforcer:
         st.body = body
         forwarded: list[Message] = []
         errors: list[dict[str, Any]] = []
+        shadow_budget = self.shadow.budget() if self.shadow is not None else None
         for index, message in enumerate(body.messages):
             try:
                 decision = await self.decide(
@@ -155,8 +163,17 @@ class PolicyEnforcer:
                 refuse(flow, 503, INTERNAL_ERROR, str(exc), kind="audit-unavailable")
                 st.audit_error = str(exc.__cause__)
                 st.policy_checked = True
+                self._log_decided(flow)
                 return
-            st.decided.append(DecidedMessage(message, decision))
+            shadow = None
+            if self.shadow is not None and shadow_budget is not None and message.kind != "response":
+                deciding = partial(
+                    self.ruled, identity=identity, upstream=upstream, message=message, st=st
+                )
+                shadow = self.shadow.decide_beside(
+                    decision, partial(deciding, quiet=True), identity.user, shadow_budget
+                )
+            st.decided.append(DecidedMessage(message, decision, shadow=shadow))
             if decision.action == "deny":
                 if message.kind == "request":
                     code = RATE_LIMITED if decision.rate_limited else POLICY_DENIED
@@ -176,6 +193,14 @@ class PolicyEnforcer:
         st.awaiting_approval = any(d.decision.action == "approve" for d in st.decided)
         forward_remaining(flow, body, forwarded, errors, self.legacy, EVERY_MESSAGE_DENIED)
         annotate(flow)
+        self._log_decided(flow)
+
+    def _log_decided(self, flow: http.HTTPFlow) -> None:
+        """The console lines of what the policy decided; a held message's line comes with
+        its approval (ApprovalHolds)."""
+        if self.decision_log is not None:
+            decided = state(flow).decided
+            self.decision_log.decided(flow, [d for d in decided if d.decision.action != "approve"])
 
     @command.command("holdgate.explain")
     def explain(self, flows: Sequence[flow.Flow]) -> None:
@@ -188,12 +213,15 @@ class PolicyEnforcer:
             config, upstream = st.route.config, st.route.upstream.name
             for message in st.body.messages:
                 decision, trace = config.policy.explain(st.identity, upstream, message)
+                masked = self.audit.masked_for_record(
+                    message.arguments or {}, config, upstream, message.tool
+                )
                 logger.warning(
                     "holdgate.explain %s %s %s:\n%s",
                     selected.id,
                     message.method,
                     message.target or "",
-                    format_explanation(decision, trace),
+                    format_explanation(decision, trace, masked_values(masked.value)),
                 )
 
     async def decide(
@@ -211,14 +239,7 @@ class PolicyEnforcer:
         cannot be."""
         if message.kind == "response":
             return CLIENT_RESPONSE
-        if is_task_request(message):
-            if st is None:
-                raise RuntimeError("a tasks/* request decided without its flow's task records")
-            decision = self.tasks.decide(st, policy, identity, upstream.name, message)
-        else:
-            decision = policy.evaluate(identity, upstream.name, message)
-        if self.pins is not None:
-            decision = self.pins.review(identity.user, upstream, message, decision)
+        decision = self.ruled(policy, identity, upstream, message, st)
         if decision.action == "allow" and decision.limit is not None:
             count, per = decision.limit
             bucket = rate_bucket(decision.rule, identity.user)
@@ -243,6 +264,29 @@ class PolicyEnforcer:
                 )
             if hits is not None:
                 hits.append(Hit(bucket, window_start))
+        return decision
+
+    def ruled(
+        self,
+        policy: Policy,
+        identity: Identity,
+        upstream: Upstream,
+        message: Message,
+        st: FlowState | None,
+        *,
+        quiet: bool = False,
+    ) -> Decision:
+        """The decision of `policy`'s rules for one request or notification, as task
+        ownership and tool pins review it; before any rate limit is counted. `quiet`: no
+        tool-change alert logged (the shadow policy's second look at a call)."""
+        if is_task_request(message):
+            if st is None:
+                raise RuntimeError("a tasks/* request decided without its flow's task records")
+            decision = self.tasks.decide(st, policy, identity, upstream.name, message)
+        else:
+            decision = policy.evaluate(identity, upstream.name, message)
+        if self.pins is not None:
+            decision = self.pins.review(identity.user, upstream, message, decision, alert=not quiet)
         return decision
 
     @fail_closed

@@ -23,6 +23,7 @@ from holdgate.config.gateway_config import GatewayConfig, Upstream
 from holdgate.credentials import Delegation
 from holdgate.identity import Identity, SubjectToken
 from holdgate.masking.masker import StreamMasker
+from holdgate.policy.decision_text import DecisionText, held_outcome
 from holdgate.policy.quota import Hit
 from holdgate.policy.rules import Decision
 from holdgate.protocol.jsonrpc import INTERNAL_ERROR, Body, Message, error_object
@@ -35,20 +36,31 @@ RECORDED_STREAM_BYTES = 1024 * 1024
 
 @dataclass(frozen=True)
 class Refusal:
-    """The gateway answered the client itself: what it said, and why (`kind`)."""
+    """The gateway answered the client itself: what it said, and why (`kind`). `detail`
+    is what the record says beyond the client's `message` (the operator's view: an
+    upstream's address, the network error), never sent to the client."""
 
     status: int
     code: int | None
     message: str
     kind: str
+    detail: str | None = None
+
+    @property
+    def recorded(self) -> str:
+        """The reason the record keeps."""
+        return self.detail or self.message
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "status": self.status,
             "code": self.code,
             "message": self.message,
             "kind": self.kind,
         }
+        if self.detail:
+            out["detail"] = self.detail
+        return out
 
 
 @dataclass
@@ -60,6 +72,11 @@ class DecidedMessage:
     decision: Decision
     approval_id: str | None = None  # ApprovalHolds
     approval: dict[str, Any] | None = None  # ApprovalHolds: {state, decider} or {granted_by}
+    shadow: dict[str, Any] | None = None  # ShadowPolicy: the candidate's, where it differs
+    # ApprovalHolds, for the comment and the console line (not in the rows): the hold's
+    # expiry, and how its decider decided
+    expires: float | None = None
+    channel: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         out = {**self.message.summary(), "decision": self.decision.to_json()}
@@ -67,6 +84,8 @@ class DecidedMessage:
             out["approval_id"] = self.approval_id
         if self.approval is not None:
             out["approval"] = self.approval
+        if self.shadow is not None:
+            out["shadow"] = self.shadow
         return out
 
 
@@ -257,23 +276,64 @@ def publish(flow: http.HTTPFlow) -> None:
     flow.metadata[STATE_KEY] = state(flow).to_json()
 
 
+def decision_text(st: FlowState, decided: DecidedMessage) -> DecisionText:
+    """One message's decision in words (`policy.decision_text`), as far as it has gone."""
+    decision, approval = decided.decision, decided.approval or {}
+    outcome: str
+    if decision.action in ("allow", "deny"):
+        outcome = decision.action
+    elif "granted_by" in approval:
+        outcome = "approved"
+    else:
+        outcome = held_outcome(approval.get("state"))
+    if approval.get("void"):
+        note: str | None = f"void: {approval['void']}"
+    elif decision.rate_limited:
+        note = "rate limited"
+    else:
+        note = approval.get("granted_by")
+    held = outcome == "hold"
+    return DecisionText(
+        user=st.identity.user if st.authenticated else None,
+        method=decided.message.method,
+        target=decided.message.target,
+        outcome=outcome,
+        rule=decision.rule,
+        approval_id=decided.approval_id,
+        approvers=decision.approvers if held else (),
+        expires=decided.expires if held else None,
+        decider=approval.get("decider"),
+        channel=decided.channel,
+        note=note,
+    )
+
+
+# mitmweb's marker of a flow the shadow policy would decide differently
+SHADOW_MARKER = ":crystal_ball:"
+
+
 def annotate(flow: http.HTTPFlow) -> None:
-    """The flow's comment and marker in mitmweb (and in its recording): its decisions, any
-    refusal and what was masked. The one place they are written, so the live flow and the
-    recorded one never disagree."""
+    """The flow's comment and marker in mitmweb (and in its recording): its decisions (the
+    words of the console's decision lines), any refusal and what was masked. The one place
+    they are written, so the live flow and the recorded one never disagree."""
     st = state(flow)
-    parts = [
-        " ".join(p for p in (d.message.method, d.message.target) if p)
-        + f": {d.decision.action} by {d.decision.rule!r}"
-        for d in st.decided
-    ]
+    parts = [str(decision_text(st, d)) for d in st.decided]
     if st.refused is not None:
-        parts.append(f"refused ({st.refused.kind}): {st.refused.message}")
+        parts.append(f"refused ({st.refused.kind}): {st.refused.recorded}")
     if st.masked:
         parts.append("masked: " + ", ".join(f"{k}={v}" for k, v in st.masked.items()))
+    shadowed = [d for d in st.decided if d.shadow is not None]
+    parts += [
+        f"shadow {d.shadow['kind']}: {d.message.target or d.message.method} would be "
+        f"{d.shadow['action']} by {d.shadow['rule']!r}"
+        for d in shadowed
+        if d.shadow is not None
+    ]
     flow.comment = "holdgate: " + "; ".join(parts)
     actions = {d.decision.action for d in st.decided}
-    if st.refused is not None or "deny" in actions:
+    if shadowed and st.held is None:  # what a shadow run is watched for; a hold stays shown
+        flow.marked = SHADOW_MARKER
+    elif st.refused is not None or "deny" in actions:
         flow.marked = ":no_entry:"
     elif st.held is not None or ("approve" in actions and not st.approvals_settled):
         flow.marked = ":hourglass:"

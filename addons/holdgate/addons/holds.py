@@ -2,7 +2,7 @@
 
 Decisions come from the CLI (through the store, polled off the event loop), the HTTP
 approvals API on `holdgate_admin` of any replica sharing the store, or mitmweb (resume
-approves, kill denies). Every decision is recorded with who made it; a held request that
+approves, Abort denies). Every decision is recorded with who made it; a held request that
 was edited while waiting is refused, never forwarded.
 
 Across replicas: each hold names its replica. At start a replica expires only its own
@@ -27,6 +27,7 @@ from holdgate.addons.approval_core import forward_remaining
 from holdgate.addons.flowstate import (
     DecidedMessage,
     Refusal,
+    annotate,
     fail_closed,
     header_lists,
     publish,
@@ -37,12 +38,10 @@ from holdgate.approvals.approval_rules import grant_key
 from holdgate.approvals.spendable import SpendRefusal, rule_in_force, spend_refusal
 from holdgate.config.gateway_config import GatewayConfig
 from holdgate.identity import Identity
-from holdgate.policy.rules import Decision
 from holdgate.protocol.canonical_json import args_digest
 from holdgate.protocol.jsonrpc import (
     APPROVAL_REFUSED,
     BodyError,
-    Message,
     check_routing_headers,
     error_object,
     single_valued,
@@ -51,6 +50,7 @@ from holdgate.protocol.jsonrpc import (
 if TYPE_CHECKING:
     from holdgate.addons.approval_core import ApprovalCore, LegacyPlaceholders
     from holdgate.addons.config_loader import ConfigLoader
+    from holdgate.addons.decision_log import DecisionLog
     from holdgate.addons.elicited_approvals import ElicitedApprovals
     from holdgate.store.interface import ApprovalListener
 
@@ -75,12 +75,16 @@ class Hold:
     state: str = "pending"
     decider: str | None = None
     reason: str | None = None
+    channel: str | None = None  # how the decider decided (api, cli, mitmweb, ...)
     client_gone: bool = False
     settling: bool = False  # a decision seen on the flow is being recorded
 
-    def decide(self, new_state: str, decider: str | None, reason: str | None) -> None:
+    def decide(
+        self, new_state: str, decider: str | None, reason: str | None, channel: str | None = None
+    ) -> None:
         if not self.decided.is_set():
             self.state, self.decider, self.reason = new_state, decider, reason
+            self.channel = channel
             self.decided.set()
 
 
@@ -95,8 +99,10 @@ class ApprovalHolds:
         core: ApprovalCore,
         elicited: ElicitedApprovals,
         legacy: LegacyPlaceholders,
+        decision_log: DecisionLog | None = None,
     ) -> None:
         self.loader = loader
+        self.decision_log = decision_log
         self.core = core
         self.elicited = elicited
         self.legacy = legacy
@@ -155,6 +161,9 @@ class ApprovalHolds:
             raise RuntimeError("approval without a decided body")
         if self.elicited.applies(flow):
             await self.elicited.round(flow, st.decided[0], identity, config)
+            annotate(flow)
+            if st.decided[0].approval is not None:  # else refused before any approval
+                self._log(flow, st.decided[0])
             return
         refused: list[tuple[int, str]] = []
         approved: list[tuple[int, DecidedMessage, str, str]] = []
@@ -173,10 +182,13 @@ class ApprovalHolds:
                 digest_args or "",
             )
             if await self.core.granted(flow, decided, identity, key):
+                self._log(flow, decided)
                 continue
-            outcome = await self._hold(flow, message, decision, identity, digest_args, config)
-            decided.approval_id = outcome.approval_id
+            outcome = await self._hold(flow, decided, identity, digest_args, config)
             decided.approval = {"state": outcome.state, "decider": outcome.decider}
+            decided.channel = outcome.channel
+            annotate(flow)
+            self._log(flow, decided)
             if outcome.state == "approved":
                 approved.append((index, decided, key, outcome.approval_id))
                 continue
@@ -198,6 +210,7 @@ class ApprovalHolds:
                 await self.core.grant(key, approval_id, decided.decision.grant)
                 continue
             decided.approval = {**(decided.approval or {}), "void": void.kind}
+            self._log(flow, decided)
             refused.append((index, f"{void.reason} (rule {decided.decision.rule!r})"))
         refused.sort()
         self._release(flow, refused)
@@ -221,16 +234,20 @@ class ApprovalHolds:
             )
         return void
 
+    def _log(self, flow: http.HTTPFlow, decided: DecidedMessage) -> None:
+        if self.decision_log is not None:
+            self.decision_log.decided(flow, [decided])
+
     async def _hold(
         self,
         flow: http.HTTPFlow,
-        message: Message,
-        decision: Decision,
+        decided: DecidedMessage,
         identity: Identity,
         digest_args: str | None,
         config: GatewayConfig,
     ) -> Hold:
         st = state(flow)
+        message, decision = decided.message, decided.decision
         hold_until = time.time() + decision.timeout
         row, masked_args = self.core.approval_row(
             flow, message, decision, identity, digest_args, config, hold_until
@@ -242,7 +259,10 @@ class ApprovalHolds:
         await self.core.audit.run(lambda store: store.create_approval(row))
         self.holds[approval_id] = hold
         st.held = approval_id
-        publish(flow)  # mitmweb shows the held flow with what was decided
+        decided.approval_id, decided.expires = approval_id, hold_until
+        annotate(flow)  # mitmweb shows the held flow: requester, approval, approvers, expiry
+        publish(flow)
+        self._log(flow, decided)
         self.core.notify(config, row)
         flow.intercept()
         try:
@@ -278,7 +298,7 @@ class ApprovalHolds:
         flow = hold.flow
         if flow.error is not None:
             # mitmweb's Kill does not wake wait_for_resume (mitmproxy #8045): look instead.
-            return "denied", MITMWEB, "flow killed in mitmweb"
+            return "denied", MITMWEB, "flow aborted in mitmweb"
         if not flow.intercepted:
             return "approved", MITMWEB, "flow resumed in mitmweb"
         if hold.client_gone:
@@ -301,13 +321,18 @@ class ApprovalHolds:
             lambda store: store.append_approval_state(hold.approval_id, new_state, decider, reason)
         )
         if ok:
-            hold.decide(new_state, decider, reason)
+            hold.decide(new_state, decider, reason, "mitmweb" if decider == MITMWEB else None)
             return
         current = await self.core.audit.run(lambda store: store.approval(hold.approval_id))
         if current is None:
             hold.decide("expired", None, None)
         else:
-            hold.decide(current["state"], current.get("decider"), current.get("reason"))
+            hold.decide(
+                current["state"],
+                current.get("decider"),
+                current.get("reason"),
+                current.get("channel"),
+            )
 
     def _release(self, flow: http.HTTPFlow, refused: list[tuple[int, str]]) -> None:
         st = state(flow)
@@ -412,7 +437,7 @@ class ApprovalHolds:
         for approval_id, row in states.items():
             held = self.holds.get(approval_id)
             if held is not None and row["state"] != "pending":
-                held.decide(row["state"], row.get("decider"), row.get("reason"))
+                held.decide(row["state"], row.get("decider"), row.get("reason"), row.get("channel"))
 
     def _record_state(self, hold: Hold, new_state: str, decider: str | None, reason: str) -> None:
         try:

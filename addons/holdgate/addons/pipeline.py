@@ -19,11 +19,18 @@ purpose:
   closed. (Stages keep their own `fail_closed` too: it also skips refused flows.)
 - `done` runs in reverse order, so the services built first (the AuditStore) close after
   every stage that writes through them.
+- A stage refusing an option at start (`OptionsError` in the configure that mitmproxy's
+  script loader sends with every option: a config file that cannot be read, a replica
+  name in use) is logged as one line, without the traceback mitmproxy's script
+  loader would print, and the gateway does not start: no stage runs again and every request
+  is refused. The error stops mitmproxy (its start-up check exits on an error logged). After
+  start, an `OptionsError` goes back to mitmproxy, which keeps the option's old value.
 """
 
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -31,15 +38,20 @@ from typing import Any
 import mitmproxy.proxy.layers  # noqa: F401
 import mitmproxy.proxy.layers.http  # noqa: F401
 import mitmproxy.proxy.server_hooks  # noqa: F401
-from mitmproxy import addonmanager, hooks
+from mitmproxy import addonmanager, exceptions, hooks, http
 
-from holdgate.addons.flowstate import refuse_internal
+from holdgate.addons.flowstate import json_response, refuse_internal
+from holdgate.protocol.jsonrpc import INTERNAL_ERROR, error_object
+
+logger = logging.getLogger("holdgate")
 
 Hook = Callable[..., Any]
 
 # The flow hooks whose exception would let mitmproxy forward a request, or a response,
 # that was never checked.
 GUARDED = frozenset({"requestheaders", "request", "responseheaders", "response"})
+# Hooks the Pipeline answers itself (start-up is judged there), around the stages' chain.
+OWN_HOOKS = frozenset({"load", "configure", "running"})
 
 
 def hook_names() -> frozenset[str]:
@@ -118,8 +130,11 @@ class Pipeline:
             names = tuple(f"{type(stage).__name__}.{hook}" for stage in stages)
             self.hooks[hook] = chain(implementations, names if hook in GUARDED else None)
         for hook, run in self.hooks.items():
-            if hook != "load":
+            if hook not in OWN_HOOKS:
                 setattr(self, hook, run)
+        self.started = False
+        self.cannot_start: str | None = None
+        self._every_option: set[str] = set()  # after load: how the start's configure looks
 
     def load(self, loader: addonmanager.Loader) -> None:
         run = self.hooks.get("load")
@@ -127,3 +142,44 @@ class Pipeline:
             run(loader)
         for stage in self.stages:
             loader.master.commands.collect_commands(stage)
+        self._every_option = set(loader.master.options.keys())
+
+    def configure(self, updated: set[str]) -> None:
+        run = self.hooks.get("configure")
+        if run is None or self.cannot_start is not None:
+            return
+        if self.started or not self._every_option or not updated >= self._every_option:
+            run(updated)
+            return
+        # mitmproxy's script loader configures a script it just loaded with every option
+        # at once: the gateway's start.
+        try:
+            run(updated)
+        except exceptions.OptionsError as exc:
+            self.stop_starting(str(exc))
+
+    def running(self) -> Any:
+        if self.cannot_start is not None:
+            return None
+        self.started = True
+        run = self.hooks.get("running")
+        return run() if run is not None else None
+
+    def stop_starting(self, reason: str) -> None:
+        """The gateway cannot start: say why once, run no stage again (but `done`), and
+        refuse every request until mitmproxy exits."""
+        self.cannot_start = reason
+        logger.error("holdgate cannot start: %s", reason)
+        for hook in self.hooks:
+            if hook not in OWN_HOOKS and hook != "done":
+                setattr(self, hook, _ignore)
+        setattr(self, "requestheaders", _refuse_not_started)  # noqa: B010 - a hook, by name
+
+
+def _ignore(*_args: Any) -> None:
+    """A hook of a gateway that did not start."""
+
+
+def _refuse_not_started(flow: http.HTTPFlow) -> None:
+    body = error_object(None, INTERNAL_ERROR, "the gateway did not start; not forwarded")
+    flow.response = json_response(503, body)

@@ -52,10 +52,14 @@ class Recorder:
         audit: AuditStore,
         rows: DecisionRows,
         finished: Callable[[http.HTTPFlow], None] | None = None,
+        registered_replica: Callable[[], str | None] = lambda: None,
     ) -> None:
         self.loader = loader
         self.audit = audit
         self.rows = rows
+        # Replicas', given in `default_addons()`: the name this gateway registered under,
+        # which each config version row names (None before it registers)
+        self.registered_replica = registered_replica
         # Telemetry's, given in `default_addons()`: each flow's end once its rows are queued
         self.finished = finished
         self.recordings: RecordingWriter | None = None
@@ -64,21 +68,27 @@ class Recorder:
         self.unwritten_versions: list[dict[str, Any]] = []
 
     def note_config_version(self, event: dict[str, Any]) -> None:
-        """A config loaded, reloaded or rejected: a `config_versions` row."""
+        """A config loaded, reloaded or rejected (the config in force's, role `active`, or
+        the shadow policy's candidate's): a `config_versions` row, naming the replica that
+        loaded it (the one registered, unless the event names it)."""
         row = {"ts": now_iso(), **event}
         writer = self.audit.writer
         if writer is None:  # a load before the store is opened: written once it is
             self.unwritten_versions.append(row)
-        elif not writer.submit("config_versions", row):
+        elif not writer.submit("config_versions", self._named(row)):
             logger.error("holdgate: could not record config version %s", event["config_hash"])
 
     def store_opened(self, _location: str) -> None:
-        """The store opened: the config versions announced before it go in."""
+        """The store opened and this replica registered in it (subscribed after Replicas):
+        the config versions announced before it go in."""
         writer = self.audit.writer
         if writer is not None:
             for row in self.unwritten_versions:
-                writer.submit("config_versions", row)
+                writer.submit("config_versions", self._named(row))
             self.unwritten_versions.clear()
+
+    def _named(self, row: dict[str, Any]) -> dict[str, Any]:
+        return {"replica": self.registered_replica(), **row}
 
     def load(self, loader) -> None:  # type: ignore[no-untyped-def]
         loader.add_option(
@@ -247,7 +257,7 @@ class Recorder:
             method=(only.method if only is not None else None) or f"HTTP {flow.request.method}",
             target=only.target if only is not None else None,
             jsonrpc_id=json.dumps(only.id) if only is not None else None,
-            reason=st.refused.message if st.refused is not None else None,
+            reason=st.refused.recorded if st.refused is not None else None,
             status=status,
             latency_ms=latency,
             extra=json.dumps(extra),

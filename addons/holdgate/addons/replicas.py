@@ -1,10 +1,11 @@
 """Replicas: this gateway's name and lease among the gateways sharing one store.
 
 At start the replica claims its row in the store (`holdgate_replica`, default
-HOST:PORT, with a random instance id per process start); a second live process under the
-same name refuses to start. Every `HEARTBEAT_EVERY` seconds, off the event loop, it renews
-its lease (judged by the database clock); at shutdown it marks itself gone. Holds name
-their replica, so the others can tell when nobody holds a call any more.
+HOST:ADDRESS, the address its modes listen on, with a random instance id per process
+start); a second live process under the same name refuses to start. Every
+`HEARTBEAT_EVERY` seconds, off the event loop, it renews its lease (judged by the
+database clock); at shutdown it marks itself gone. Holds name their replica, so the
+others can tell when nobody holds a call any more.
 """
 
 from __future__ import annotations
@@ -13,13 +14,15 @@ import asyncio
 import logging
 import os
 import socket
+import time
 import unicodedata
 import uuid
 from importlib.metadata import version
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from mitmproxy import ctx, exceptions
 
+from holdgate.config.options import listen_addresses, replica_name
 from holdgate.store import ReplicaNameTaken, Store, StoreError, iso
 from holdgate.store.replica_records import ReplicaInfo, quoted
 
@@ -31,12 +34,7 @@ logger = logging.getLogger("holdgate")
 
 HEARTBEAT_EVERY = 2.0
 MAX_NAME = 100
-OWN_OPTIONS = frozenset({"holdgate_replica", "listen_host", "listen_port"})
-
-
-def replica_name(given: str, host: str, port: int | None) -> str:
-    """The option's value, or HOST:PORT (mitmproxy's default port when none is set)."""
-    return given if given else f"{host}:{port or 8080}"
+OWN_OPTIONS = frozenset({"holdgate_replica", "mode", "listen_host", "listen_port"})
 
 
 def name_problem(name: str) -> str | None:
@@ -75,6 +73,9 @@ class Replicas:
         self._store: Store | None = None
         self._task: asyncio.Task[None] | None = None
         self._taken_over = False
+        # When the store last took this replica's lease (registration or a heartbeat, both
+        # writes), by the monotonic clock; None while the last attempt failed.
+        self.lease_written: float | None = None
 
     def load(self, loader) -> None:  # type: ignore[no-untyped-def]
         loader.add_option(
@@ -82,7 +83,7 @@ class Replicas:
             str,
             "",
             "This gateway's name among the replicas sharing the audit store (default "
-            "HOST:PORT); each live gateway needs its own.",
+            "HOST:ADDRESS, the address each mode listens on); each live gateway needs its own.",
         )
 
     def configure(self, updated: set[str]) -> None:
@@ -96,7 +97,7 @@ class Replicas:
 
     def register(self) -> None:
         """Claim this replica's row in the open store, unless it holds it already."""
-        name = replica_name(ctx.options.holdgate_replica, socket.gethostname(), _port())
+        name = replica_name(ctx.options)
         if problem := name_problem(name):
             raise exceptions.OptionsError(f"holdgate_replica: {problem}")
         if not self.audit.is_open:
@@ -116,6 +117,7 @@ class Replicas:
                 f"store ({exc})"
             ) from None
         self.replica, self._store, self._taken_over = name, store, False
+        self.lease_written = time.monotonic()
         logger.info("holdgate: replica %s (instance %s)", quoted(name), self.instance[:8])
 
     def running(self) -> None:
@@ -129,6 +131,7 @@ class Replicas:
         """Mark this instance gone (subscribed to the AuditStore's `before_close`)."""
         store, name = self._store, self.replica
         self._store = self.replica = None
+        self.lease_written = None
         if store is None or name is None:
             return
         try:
@@ -151,6 +154,7 @@ class Replicas:
         try:
             ours = await self.audit.run(lambda store: store.heartbeat(name, instance, digest))
         except StoreError as exc:
+            self.lease_written = None
             logger.error(
                 "holdgate: replica %s cannot heartbeat (%s); retrying in %.0f s, and other "
                 "replicas close its holds once the lease lapses",
@@ -168,6 +172,13 @@ class Replicas:
                 quoted(name),
             )
         self._taken_over = not ours
+        self.lease_written = time.monotonic() if ours else None
+
+    def lease_age(self) -> float | None:
+        """Seconds since the store last took this replica's lease; None when it is not
+        registered, was taken over, or its last heartbeat failed."""
+        written = self.lease_written
+        return None if written is None else time.monotonic() - written
 
     def _info(self, name: str) -> ReplicaInfo:
         config = self.loader.current
@@ -176,13 +187,10 @@ class Replicas:
             instance=self.instance,
             host=socket.gethostname(),
             pid=os.getpid(),
-            listen=f"{ctx.options.listen_host or '*'}:{_port() or 8080}",
+            listen=listen_addresses(
+                ctx.options.mode, ctx.options.listen_host, ctx.options.listen_port
+            ),
             started=iso(),
             config_hash=config.digest if config else None,
             version=version("holdgate"),
         )
-
-
-def _port() -> int | None:
-    port: Any = ctx.options.listen_port
-    return int(port) if port else None

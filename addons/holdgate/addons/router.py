@@ -253,11 +253,11 @@ class Router:
         failure = http_seams.upstream_failure(flow)
         if failure is None or not st.routed:
             return  # the client's side failed (gone, killed): nobody to answer
-        message = failure_message(st.route.upstream, flow.error.msg, failure.reached)
+        message, detail = failure_message(st.route.upstream, flow.error.msg, failure.reached)
         ids = _request_ids(st)
         if failure.streaming and flow.response is not None:
             st.refused = Refusal(
-                flow.response.status_code, INTERNAL_ERROR, message, "upstream-failed"
+                flow.response.status_code, INTERNAL_ERROR, message, "upstream-failed", detail
             )
             unanswered = [i for i in ids if not _answered(st, i)]
             # Each call still waiting gets its error; a stream that answered every call (or a
@@ -274,7 +274,7 @@ class Router:
             st.keep_for_recording(tail)
             http_seams.end_stream(flow, tail)
             return
-        st.refused = Refusal(502, INTERNAL_ERROR, message, "upstream-failed")
+        st.refused = Refusal(502, INTERNAL_ERROR, message, "upstream-failed", detail)
         errors = [error_object(i, INTERNAL_ERROR, message) for i in ids] or [
             error_object(None, INTERNAL_ERROR, message)
         ]
@@ -289,19 +289,48 @@ def _closing(flow: http.HTTPFlow) -> dict[str, str]:
     return {"Connection": "close"} if flow.request.http_version.startswith("HTTP/1") else {}
 
 
-def failure_message(upstream: Upstream, error: str, reached: bool) -> str:
-    """What a client and the record are told of an upstream that failed: which one, what
-    happened, and whether the call can have run there."""
+# What a client may learn of an upstream's failure: a category, never the address or the
+# network library's words (they map the internal network for whoever calls).
+_FAILURE_CATEGORIES = (
+    ("refused", "the connection was refused"),
+    ("timed out", "it timed out"),
+    ("timeout", "it timed out"),
+    ("tls", "the TLS handshake failed"),
+    ("ssl", "the TLS handshake failed"),
+    ("certificate", "the TLS handshake failed"),
+    ("name or service", "its name did not resolve"),
+    ("getaddrinfo", "its name did not resolve"),
+    ("resolve", "its name did not resolve"),
+    ("reset", "the connection was reset"),
+    ("closed", "the connection was closed"),
+)
+
+
+def failure_category(error: str) -> str:
+    """The kind of a network failure, in words a client may read."""
+    lowered = error.lower()
+    for needle, category in _FAILURE_CATEGORIES:
+        if needle in lowered:
+            return category
+    return "the connection failed"
+
+
+def failure_message(upstream: Upstream, error: str, reached: bool) -> tuple[str, str]:
+    """What a client is told of an upstream that failed (which one, what kind of failure,
+    whether the call can have run there), and what the record keeps besides (its
+    address and the error as the network layer put it)."""
     error = " ".join(error.split())[:300]  # one line, as it goes into an SSE comment too
+    category = failure_category(error)
     where = f"upstream {upstream.name!r}"
-    if upstream.url:
-        where += f" ({upstream.url})"
     if not reached:
-        return f"{where} could not be reached ({error}); the request was not forwarded"
-    return (
-        f"{where} failed before its answer was complete ({error}); the request was "
-        "forwarded and may have run"
-    )
+        told = f"{where} could not be reached ({category}); the request was not forwarded"
+    else:
+        told = (
+            f"{where} failed before its answer was complete ({category}); the request was "
+            "forwarded and may have run"
+        )
+    address = f" at {upstream.url}" if upstream.url else ""
+    return told, f"{told} [{where}{address}: {error}]"
 
 
 def _request_ids(st: FlowState) -> list[str | int]:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from mitmproxy import ctx, http
 
+from holdgate.addons.config_loader import file_digest
 from holdgate.addons.flowstate import state
 from holdgate.approvals.adminhttp import AdminCallers, AdminRequest, AdminResponse, parse_listen
 from holdgate.configfile import is_loopback
@@ -91,9 +92,11 @@ class Telemetry:
             )
 
     def snapshot(self) -> Snapshot:
-        """The gateway's current state, for a scrape (read on the scrape's thread)."""
+        """The gateway's current state, for a scrape (read on the scrape's thread, never
+        the event loop's: it reads the config file to compare it with the one in force)."""
         writer = self.audit.writer
         config = self.loader.current
+        on_disk = file_digest(self.loader.path) if config is not None else None
         return Snapshot(
             queue_depth=writer.queue_depth if writer is not None else 0,
             rows_lost=writer.lost if writer is not None else 0,
@@ -101,6 +104,8 @@ class Telemetry:
             approvals_pending=self.approvals_pending(),
             config_digest=config.digest if config is not None else "",
             jwks_fetches=dict(JWKS_FETCHES),
+            config_reload_failures=self.loader.reload_failures,
+            config_file_in_force=config is not None and on_disk == config.digest,
         )
 
     def traces(self, flow: http.HTTPFlow, *, leaving: bool) -> list[str] | None:

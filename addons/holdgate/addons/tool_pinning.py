@@ -78,16 +78,23 @@ class ToolPinning:
             self.book.apply(row)
 
     def review(
-        self, user: str, upstream: Upstream, message: Message, decision: Decision
+        self,
+        user: str,
+        upstream: Upstream,
+        message: Message,
+        decision: Decision,
+        *,
+        alert: bool = True,
     ) -> Decision:
-        """Policy's decision for a call, tightened when the tool changed since pinned."""
+        """Policy's decision for a call, tightened when the tool changed since pinned.
+        `alert`: log a changed tool's call when its upstream says `on_tool_change: alert`."""
         if message.method != "tools/call" or message.tool is None:
             return decision
         pin = self.book.changed(upstream.name, message.tool)
         if pin is None:
             return decision
         on_change = upstream.on_tool_change
-        if on_change.action == "alert":
+        if on_change.action == "alert" and alert:
             logger.warning(
                 "holdgate: %s calls %r on %s, changed since pinned (%s); on_tool_change: alert",
                 user,

@@ -77,17 +77,22 @@ PAGE_HEADERS = (
 @dataclass(frozen=True)
 class AdminResponse:
     """A JSON answer, an HTML page for a person (`page`), or a body of its own type
-    (`raw`: content type and bytes, e.g. the Prometheus exposition)."""
+    (`raw`: content type and bytes, e.g. the Prometheus exposition); `headers` are added
+    to a raw body's, replacing any of the same name (the inbox's own policy, a redirect)."""
 
     status: int
     payload: Any
     page: str | None = None
     raw: tuple[str, bytes] | None = None
+    headers: tuple[tuple[str, str], ...] = ()
 
     def content(self) -> tuple[list[tuple[str, str]], bytes]:
         """The answer's headers and body bytes."""
         if self.raw is not None:
-            return [("Content-Type", self.raw[0]), ("Cache-Control", "no-store")], self.raw[1]
+            given = {name.lower() for name, _ in self.headers}
+            base = [("Content-Type", self.raw[0]), ("Cache-Control", "no-store")]
+            kept = [(name, value) for name, value in base if name.lower() not in given]
+            return [*kept, *self.headers], self.raw[1]
         if self.page is not None:
             headers = [("Content-Type", "text/html; charset=utf-8"), *PAGE_HEADERS]
             return headers, self.page.encode("utf-8")

@@ -90,12 +90,16 @@ def follow_until_signalled(db: str, after: int, out: TextIO, *, poll: float, fla
 @click.command("feeds")
 @db_option
 def feeds(db: str) -> None:
-    """Each feed's cursor (the last seq its receiver took), the store's head, the lag (rows
-    still to send), who sends it (a lease by the database clock) and its latest delivery
-    error."""
+    """Each feed's cursor (the last seq its receiver took), its head (the last event's
+    seq), the lag (events still to send), who sends it (a lease by the database clock) and
+    its latest delivery error.
+
+    A feed sends the `events` table only, so its head is the last event, not the chain's
+    head (approvals, config versions and pins are chained too): a feed that is up to date
+    has seq equal to head and lag 0."""
     with opened(db) as store:
         rows = store.feed_cursors()
-        head = store.chain_head()[0]
+        head = store.feed_head()
         now = store.db_now()
         lags = {row["feed"]: store.feed_pending(int(row["seq"] or 0)) for row in rows}
     if not rows:
@@ -110,6 +114,6 @@ def feeds(db: str) -> None:
         )
         error = f"  last error: {row['last_error']}" if row["last_error"] else ""
         click.echo(
-            f"{row['feed']}  seq {row['seq']}  head {head}  lag {lags[row['feed']]} rows  "
+            f"{row['feed']}  seq {row['seq']}  head {head}  lag {lags[row['feed']]} events  "
             f"{held}{error}"
         )

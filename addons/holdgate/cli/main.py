@@ -32,9 +32,9 @@ COMMANDS = {
     ),
     "feeds": LazyCommand(
         "holdgate.cli.feeds_cli:feeds",
-        "Each feed's cursor (the last seq its receiver took), the store's head, the lag (rows "
-        "still to send), who sends it (a lease by the database clock) and its latest delivery "
-        "error.",
+        "Each feed's cursor (the last seq its receiver took), its head (the last event's seq), "
+        "the lag (events still to send), who sends it (a lease by the database clock) and its "
+        "latest delivery error.",
     ),
     "keys": LazyCommand(
         "holdgate.cli.keys_cli:keys",
@@ -60,6 +60,16 @@ COMMANDS = {
     ),
     "sessions": LazyCommand(
         "holdgate.cli.records_cli:sessions", "Who did what, in order, per MCP session."
+    ),
+    "shadow": LazyCommand(
+        "holdgate.cli.shadow_cli:shadow",
+        "The shadow policy: a candidate config decided beside the one in force, never enforced.",
+    ),
+    "status": LazyCommand(
+        "holdgate.cli.status_cli:status",
+        "A running gateway's state through its admin API: the config in force against the "
+        "file on disk, the last rejected reload, store health, replica, pending approvals and "
+        "the feeds' lag.",
     ),
     "tools": LazyCommand(
         "holdgate.cli.tools_cli:tools",

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
 
 import click
 
 from holdgate.cli.common import (
+    TIME,
     CheckFailed,
     db_option,
     load_rules,
@@ -15,16 +20,22 @@ from holdgate.cli.common import (
     since_option,
     until_option,
 )
+from holdgate.cli.gateway_client import GatewayClient, gateway_options, gateway_url
+from holdgate.cli.policy_apply import Rejected, in_force, wait_in_force, write_in_place
 from holdgate.config.gateway_config import GatewayConfig, load_config
 from holdgate.configfile import ConfigError
+from holdgate.masking.masker import MaskingError, mask_json
+from holdgate.policy.diff import diff_policies, format_diff
 from holdgate.policy.policytest import (
     build_message,
     caller_for,
     format_explanation,
+    masked_values,
     parse_args_json,
     run_tests,
 )
 from holdgate.policy.replay import NotReplayable, format_report, rebuild, replay
+from holdgate.protocol.jsonrpc import Message
 
 
 @click.group()
@@ -34,17 +45,23 @@ def policy() -> None:
 
 @policy.command("check")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
-def policy_check(file: str) -> None:
+@click.option(
+    "--secrets",
+    is_flag=True,
+    help="Also read every `${env:…}`/`${file:…}` secret, as the gateway does at start: one "
+    "that cannot be read is an error (run it where the gateway runs).",
+)
+def policy_check(file: str, secrets: bool) -> None:
     """Validate a config file; errors name the file, line, column and key (all of them).
 
-    Warnings (e.g. an allow rule's unanchored pattern, or a `${env:…}` secret not set
-    here) go to stderr and leave exit status 0: secrets are the gateway's, not needed here.
+    Rules are checked without the gateway's secrets (none is read unless --secrets).
+    Warnings (e.g. an allow rule's unanchored pattern) go to stderr and leave exit status 0.
     """
     try:
-        config = load_config(file, secrets=False)
+        config = load_config(file, secrets=secrets)
     except ConfigError as exc:
         raise CheckFailed(exc.report()) from None
-    for warning in (*config.secret_warnings, *config.policy.warnings):
+    for warning in config.policy.warnings:
         click.echo(warning, err=True)
     click.echo(
         f"{file}: ok ({len(config.policy.rules)} rules, {len(config.upstreams)} upstreams, "
@@ -98,8 +115,20 @@ def policy_explain(
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
     decision, trace = config.policy.explain(caller, upstream_name, message)
+    shown = masked_values(_masked_arguments(config, upstream_name, message))
     click.echo(f"request: {caller.user} {list(caller.groups)} -> {upstream_name} {method} {target}")
-    click.echo(format_explanation(decision, trace))
+    click.echo(format_explanation(decision, trace, shown))
+
+
+def _masked_arguments(config: GatewayConfig, upstream: str, message: Message) -> Any:
+    """The call's arguments as the record would keep them (every profile that applies,
+    exemptions ignored): what an explanation shows of them."""
+    tool = message.target if message.method == "tools/call" else None
+    try:
+        effect = config.masking.profiles_for(upstream, tool, ())
+        return mask_json(message.arguments or {}, effect).value
+    except MaskingError as exc:
+        raise CheckFailed(f"the arguments cannot be masked for showing: {exc}") from None
 
 
 def _explain_recorded(config: GatewayConfig, db: str, seq: int) -> None:
@@ -124,7 +153,8 @@ def _explain_recorded(config: GatewayConfig, db: str, seq: int) -> None:
             f"note: recorded under config sha256 {str(row.get('config_hash'))[:12]}, this file "
             f"is {config.digest[:12]} (the config_versions table keeps each version)"
         )
-    click.echo(format_explanation(decision, trace))
+    # recorded arguments are masked already
+    click.echo(format_explanation(decision, trace, masked_values(message.arguments or {})))
 
 
 @policy.command("test")
@@ -187,3 +217,154 @@ def policy_replay(
             click.echo(line)
     if fail_on_change and report.changed:
         sys.exit(1)
+
+
+@policy.command("diff")
+@click.argument("old", type=click.Path(exists=True, dir_okay=False))
+@click.argument("new", type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--store",
+    "--db",
+    "db",
+    envvar="HOLDGATE_STORE",
+    show_envvar=True,
+    help="Also decide the store's recorded traffic with both and list each decision that "
+    "would change (a SQLite path or a postgresql:// URL).",
+)
+@since_option
+@until_option
+@click.option("--all", "show_all", is_flag=True, help="List every changed decision.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="A text report, or JSON for scripts.",
+)
+def policy_diff(
+    old: str,
+    new: str,
+    db: str | None,
+    since: str | None,
+    until: str | None,
+    show_all: bool,
+    fmt: str,
+) -> None:
+    """Show the rules NEW adds, removes and changes against OLD (by rule name: action,
+    approvers, conditions, limits, order) and, with --store, the recorded decisions that
+    would change."""
+    before, after = load_rules(old), load_rules(new)
+    changes = diff_policies(before.policy, after.policy)
+    report = None
+    if db is not None:
+        with opened(db) as store:
+            rows = store.events(since, until)
+        report = replay(after.policy, rows, baseline=before.policy)
+    if fmt == "json":
+        out: dict[str, Any] = {
+            "old": {"file": old, "sha256": before.digest},
+            "new": {"file": new, "sha256": after.digest},
+            "rules": changes.to_json(),
+        }
+        if report is not None:
+            out["decisions"] = report.to_json()
+        click.echo(json.dumps(out, indent=2, ensure_ascii=False))
+        return
+    click.echo(f"{old} (sha256 {before.digest[:12]}) -> {new} (sha256 {after.digest[:12]})")
+    for line in format_diff(changes):
+        click.echo(line)
+    if report is not None:
+        click.echo("")
+        click.echo(f"recorded traffic in {db}, decided by both:")
+        for line in format_report(report, None if show_all else 5):
+            click.echo(line)
+
+
+@policy.command("apply")
+@click.argument("candidate", type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--config",
+    "watched",
+    required=True,
+    envvar="HOLDGATE_CONFIG",
+    show_envvar=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="The config file the gateway watches (its holdgate_config), replaced by CANDIDATE.",
+)
+@gateway_options
+@click.option(
+    "--store",
+    "--db",
+    "db",
+    envvar="HOLDGATE_STORE",
+    show_envvar=True,
+    help="The gateway's audit store: CANDIDATE is replayed on its recorded traffic first, "
+    "and every live replica sharing it must confirm the new config.",
+)
+@click.option(
+    "--since",
+    type=TIME,
+    default="7d",
+    show_default=True,
+    help="Replay the traffic recorded since this ISO time, or this long ago (7d, 12h, 30m).",
+)
+@click.option(
+    "--timeout",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="Seconds to wait for the gateway(s) to confirm the new config.",
+)
+def policy_apply(
+    candidate: str,
+    watched: str,
+    gateway: str | None,
+    token: str | None,
+    db: str | None,
+    since: str,
+    timeout: float,
+) -> None:
+    """Check CANDIDATE, show its replay on recorded traffic, put it in place of the watched
+    config file atomically and wait until the gateway confirms it is in force.
+
+    A CANDIDATE with a mistake, or a gateway that cannot be asked, leaves the watched file
+    untouched. A reload the gateway rejects is reported with its reason and the old file is
+    put back; without an answer by --timeout the command says which config still runs.
+    """
+    try:
+        config = load_config(candidate, secrets=False)
+    except ConfigError as exc:
+        raise CheckFailed(f"{exc.report()}\n{watched} was not replaced") from None
+    new_bytes, old_bytes = Path(candidate).read_bytes(), Path(watched).read_bytes()
+    if hashlib.sha256(new_bytes).hexdigest() != config.digest:
+        raise CheckFailed(f"{candidate} changed while it was checked; run it again")
+    client = GatewayClient(gateway_url(gateway, watched), token)
+    before = in_force(client)  # unreachable or refused: nothing replaced
+    click.echo(f"{candidate}: ok ({len(config.policy.rules)} rules, sha256 {config.digest[:12]})")
+    with ExitStack() as stack:
+        store = stack.enter_context(opened(db)) if db is not None else None
+        if store is not None:
+            report = replay(config.policy, store.events(since, None))
+            for line in format_report(report, 3):
+                click.echo(line)
+        if before.config_hash == config.digest and old_bytes == new_bytes:
+            click.echo(f"already in force: sha256 {config.digest[:12]}")
+            return
+        write_in_place(Path(watched), new_bytes)
+        click.echo(f"replaced {watched}; waiting for the gateway (up to {timeout:g}s)")
+        try:
+            waiting = wait_in_force(client, config.digest, timeout, store)
+        except Rejected as exc:
+            write_in_place(Path(watched), old_bytes, "the rejected file stays in its place")
+            raise CheckFailed(
+                f"the gateway rejected sha256 {config.digest[:12]} and keeps "
+                f"{before.config_hash[:12]}: {exc}\n{watched} was put back as it was"
+            ) from None
+    if waiting is not None:
+        raise CheckFailed(
+            f"not confirmed after {timeout:g}s: {waiting}; the gateway keeps its old config "
+            f"until it reloads {watched} (is that the file it watches?)"
+        )
+    replicas = " and every live replica" if db is not None else ""
+    click.echo(f"in force: the gateway{replicas} runs sha256 {config.digest[:12]}")

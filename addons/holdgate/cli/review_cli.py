@@ -36,6 +36,7 @@ from holdgate.reports.campaigns import (
     export_rows,
     narrowed_policy,
 )
+from holdgate.reports.decision_findings import Deciders
 from holdgate.reports.review_html import render_html
 from holdgate.reports.review_model import (
     KIND_METHOD,
@@ -155,8 +156,15 @@ def build(
         sessions=store.sessions(since),
         tool_pins=store.tool_pin_rows(),
         config_versions=versions,
+        campaigns=store.campaigns(),
     )
-    return build_review(inputs, config.policy, header)
+    return build_review(inputs, config.policy, header, deciders_of(config))
+
+
+def deciders_of(config: GatewayConfig) -> Deciders:
+    """What the config says of the people who decide, for the review's exceptions."""
+    keys = config.identity.api_keys if config.identity is not None else ()
+    return Deciders(config.review.reviewers, {key.name: key.groups for key in keys})
 
 
 def _emit(text: str, output: str | None, summary: str) -> None:
@@ -391,7 +399,9 @@ def apply(db: str, config_path: str, campaign_id: str, out: str, actor: str | No
         )
     click.echo(
         f"{out}: {len(added)} deny rules for {c.progress()['revoke']} revoked grants "
-        f"(sha256 {digest[:12]}); try it: holdgate policy replay {out} --db {db}"
+        f"(sha256 {digest[:12]}); try it on recorded traffic (holdgate policy replay {out} "
+        f"--db {db}) or live as the shadow policy (--set holdgate_shadow={out}), then put "
+        f"it in force with holdgate policy apply {out} --config {config_path}"
     )
 
 

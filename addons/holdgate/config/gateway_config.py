@@ -6,8 +6,8 @@ several mistakes gets them all in one `ConfigErrors`, in file order.
 Secrets (`${env:…}`, `${file:…}`) are resolved here, at load, so a missing one stops
 the gateway at start rather than failing a request later. Commands that read a config
 only for its rules (review, policy check/explain/test/replay) load it with
-`secrets=False`: no secret is read, each becomes a placeholder, and a reference that
-could not be resolved is a warning in `secret_warnings`.
+`secrets=False`: no secret is read and each becomes a placeholder, so rules can be
+checked where the gateway's secrets are not (`policy check --secrets` reads them too).
 """
 
 from __future__ import annotations
@@ -20,12 +20,14 @@ from typing import Literal
 from urllib.parse import unquote, urlsplit
 
 from holdgate.config.checkpoints_config import CheckpointsConfig, parse_checkpoints
+from holdgate.config.webhook_config import WebhookConfig, parse_webhook
 from holdgate.configfile import (
     ConfigError,
     ConfigErrors,
     Node,
     Problems,
     declared_names,
+    keys_then,
     load_yaml_file,
     parse_yaml,
 )
@@ -97,7 +99,7 @@ class Upstream:
 
     @property
     def secrets(self) -> tuple[str, ...]:
-        """Its injected values and its credential provider's client secret or key."""
+        """Its injected values and its credential provider's client secret."""
         provider = self.credentials.provider.secrets if self.credentials else ()
         return (*(value for _, value in self.inject_headers), *provider)
 
@@ -135,7 +137,7 @@ class ResponseHeaders:
 
 @dataclass(frozen=True)
 class ApprovalsConfig:
-    webhook: str | None = None
+    webhook: WebhookConfig | None = None
     public_url: str | None = None
 
 
@@ -191,14 +193,20 @@ class GatewayConfig:
     allowed_hosts: tuple[HostPattern, ...] = ()
     allowed_origins: tuple[OriginPattern, ...] = ()
     text: str = field(default="", repr=False)
-    secret_warnings: tuple[str, ...] = ()  # with secrets=False: references that would fail
 
     @property
     def secrets(self) -> tuple[str, ...]:
         """Values that must never be written anywhere (injected credentials, keys)."""
         feeds = tuple(f.secret for f in self.feeds if f.secret)
+        hook = self.approvals.webhook
+        webhook = (hook.url,) if hook is not None and hook.referenced else ()
         providers = tuple(s for p in self.credential_providers for s in p.secrets)
-        found = (*(s for up in self.upstreams for s in up.secrets if s), *feeds, *providers)
+        found = (
+            *(s for up in self.upstreams for s in up.secrets if s),
+            *feeds,
+            *webhook,
+            *providers,
+        )
         return tuple(dict.fromkeys(found))
 
     def redacted_text(self) -> str:
@@ -247,20 +255,16 @@ def build_config(
     found.attempt(root.mapping, TOP_KEYS, {"version"})
     if root.has("version") and root.child("version").value != 1:
         found.add(root.child("version").error("only `version: 1` is supported"))
-    secret_nodes: list[Node] = []
     providers_node = root.child("credential_providers")
-    providers = parse_credential_providers(providers_node, found, secrets, secret_nodes)
+    providers = parse_credential_providers(providers_node, found, secrets)
     known_providers = (providers, declared_names(providers_node))
-    upstreams = _parse_upstreams(
-        root.child("upstreams"), secrets, secret_nodes, known_providers, found
-    )
+    upstreams = _parse_upstreams(root.child("upstreams"), secrets, known_providers, found)
     policy = parse_rules(root.child("rules"), found)
-    _check_rule_upstreams(root, policy, upstreams, found)
+    _check_rule_upstreams(root, upstreams, found)
     hash_key_node = root.child("hash_key")
     hash_key = None
     masking_key = None
     if not hash_key_node.missing:
-        secret_nodes.append(hash_key_node)
         hash_key = found.attempt(lambda: hash_key_node.secret(resolve=secrets).encode())
         # A hash_key that failed is reported; profiles with `strategy: hash` are not blamed.
         masking_key = hash_key if hash_key is not None else b"unavailable"
@@ -272,10 +276,10 @@ def build_config(
     server_requests = found.attempt(
         root.child("server_requests").choice, ("allow", "deny"), "allow"
     )
-    approvals = found.attempt(_parse_approvals, root.child("approvals"))
+    approvals = found.attempt(_parse_approvals, root.child("approvals"), secrets)
     response_headers = found.attempt(_parse_response_headers, root.child("response_headers"))
     checkpoints = found.attempt(parse_checkpoints, root.child("checkpoints"), secrets)
-    feeds = parse_feeds(root.child("feeds"), found, secrets, secret_nodes)
+    feeds = parse_feeds(root.child("feeds"), found, secrets)
     listing_ttl = found.attempt(root.child("listing_ttl").duration, 60.0)
     review = found.attempt(_parse_review, root.child("review"))
     metrics = found.attempt(parse_metrics, root.child("metrics"), identity is not None)
@@ -308,9 +312,6 @@ def build_config(
             allowed_hosts=allowed_hosts,
             allowed_origins=allowed_origins,
             text=text,
-            secret_warnings=()
-            if secrets
-            else tuple(w for node in secret_nodes for w in node.unresolved_secrets()),
         )
 
     # Sections parsed in the call itself are collected too; none is used if any failed.
@@ -321,41 +322,36 @@ def build_config(
     return config
 
 
-def _check_rule_upstreams(
-    root: Node, policy: Policy, upstreams: tuple[Upstream, ...], problems: Problems
-) -> None:
-    """Every upstream a rule names exists. A name of an upstream that failed to parse is
-    not reported again (its own mistake is), nor any when the list could not be read."""
+def _check_rule_upstreams(root: Node, upstreams: tuple[Upstream, ...], problems: Problems) -> None:
+    """Every upstream a rule names exists, in every rule (one with other mistakes too). A
+    name of an upstream that failed to parse is not reported again (its own mistake is),
+    nor any when the list could not be read."""
     declared = declared_names(root.child("upstreams"))
     if declared is None:
         return
     known = {u.name for u in upstreams}
-    items = root.child("rules").value if isinstance(root.child("rules").value, list) else []
-    index: dict[str, int] = {}
-    for i, item in enumerate(items):
-        if isinstance(item, dict) and isinstance(item.get("name"), str):
-            index.setdefault(item["name"], i)
-    for rule in policy.rules:
-        for name in rule.upstreams:
-            if name in known or name in declared:
-                continue
-            node = root.child("rules").child(index[rule.name]).child("match").child("upstream")
-            problems.add(
-                node.error(
-                    f"no upstream named {name!r}; known: {', '.join(sorted(known)) or 'none'}"
+    rules = root.child("rules")
+    count = len(rules.value) if isinstance(rules.value, list) else 0
+    for i in range(count):
+        node = rules.child(i).child("match").child("upstream")
+        try:
+            names = node.strings()
+        except ConfigError:
+            continue  # the rule's own mistake, reported with the rule
+        for name in names:
+            if name not in known and name not in declared:
+                problems.add(
+                    node.error(
+                        f"no upstream named {name!r}; known: {', '.join(sorted(known)) or 'none'}"
+                    )
                 )
-            )
 
 
 KnownProviders = tuple[tuple[CredentialProvider, ...], set[str] | None]
 
 
 def _parse_upstreams(
-    node: Node,
-    secrets: bool,
-    secret_nodes: list[Node],
-    providers: KnownProviders,
-    problems: Problems,
+    node: Node, secrets: bool, providers: KnownProviders, problems: Problems
 ) -> tuple[Upstream, ...]:
     if node.missing:
         problems.add(node.error("missing `upstreams`: list at least one MCP server to protect"))
@@ -363,7 +359,7 @@ def _parse_upstreams(
     out: list[Upstream] = []
     items = problems.elements(node)
     for item in items:
-        upstream = problems.attempt(_parse_upstream, item, secrets, secret_nodes, providers, out)
+        upstream = problems.attempt(_parse_upstream, item, secrets, providers, out)
         if upstream is not None:
             out.append(upstream)
     if not items and isinstance(node.value, list):
@@ -372,13 +368,16 @@ def _parse_upstreams(
 
 
 def _parse_upstream(
-    item: Node,
-    secrets: bool,
-    secret_nodes: list[Node],
-    providers: KnownProviders,
-    before: list[Upstream],
+    item: Node, secrets: bool, providers: KnownProviders, before: list[Upstream]
 ) -> Upstream:
-    item.mapping(UPSTREAM_KEYS, required={"name"})
+    return keys_then(
+        item, UPSTREAM_KEYS, {"name"}, lambda: _upstream_fields(item, secrets, providers, before)
+    )
+
+
+def _upstream_fields(
+    item: Node, secrets: bool, providers: KnownProviders, before: list[Upstream]
+) -> Upstream:
     name = item.child("name").string()
     if any(u.name == name for u in before):
         raise item.child("name").error(f"upstream {name!r} is defined twice")
@@ -416,7 +415,6 @@ def _parse_upstream(
                     f"{MAX_SECRET_BYTES} (every response is searched for it in all its forms)"
                 )
             headers.append((header, resolved))
-            secret_nodes.append(value)
         pass_cookies = inject.child("pass_cookies").boolean(default=False)
     credentials = parse_upstream_credentials(
         item.child("credentials"),
@@ -466,12 +464,12 @@ def _parse_tool_change(node: Node) -> ToolChangePolicy:
     )
 
 
-def _parse_approvals(node: Node) -> ApprovalsConfig:
+def _parse_approvals(node: Node, secrets: bool) -> ApprovalsConfig:
     if node.missing:
         return ApprovalsConfig()
     node.mapping({"webhook", "public_url"})
     return ApprovalsConfig(
-        webhook=node.child("webhook").optional_string(),
+        webhook=parse_webhook(node.child("webhook"), secrets),
         public_url=node.child("public_url").optional_string(),
     )
 

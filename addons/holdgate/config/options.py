@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import difflib
 import socket
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+
+from mitmproxy.proxy.mode_specs import ProxyMode
 
 PREFIX = "holdgate_"
 OPTIONS = (
@@ -20,6 +22,8 @@ OPTIONS = (
     "holdgate_admin",
     "holdgate_max_body",
     "holdgate_replica",
+    "holdgate_shadow",
+    "holdgate_decision_log",
 )
 
 
@@ -49,12 +53,34 @@ DEFAULT_STORE = "holdgate.sqlite3"
 STORE_OPTIONS = frozenset({"holdgate_store"})  # the options that name the audit store
 
 
+def listen_addresses(modes: Sequence[str], listen_host: str, listen_port: int | None) -> str:
+    """Where the gateway listens, as mitmproxy binds it: each mode's own host and port (a
+    `reverse:URL@HOST:PORT` spec names them; else `listen_host`/`listen_port`, else the
+    mode's default), joined with `,` when there are several. A mode that binds no port
+    (`local`) is named by its spec."""
+    shown = []
+    for spec in modes or ("regular",):
+        mode = ProxyMode.parse(spec)
+        port = mode.listen_port(listen_port or None)
+        if port is None:
+            shown.append(mode.full_spec)
+            continue
+        host = mode.listen_host(listen_host or None)
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        shown.append(f"{host}:{port}" if host else str(port))
+    return ",".join(shown)
+
+
 def replica_name(options: object) -> str:
     """This gateway's name among replicas (in its flow files' names and its store rows):
     the `holdgate_replica` option where it exists and is set, else `<hostname>:<listen
-    port>`, which no two replicas share. The one place that decides it."""
+    address>` (`listen_addresses`), which no two gateways on one host share. The one place
+    that decides it."""
     named = getattr(options, "holdgate_replica", "")
     if isinstance(named, str) and named:
         return named
-    port = getattr(options, "listen_port", None) or 8080
-    return f"{socket.gethostname()}:{port}"
+    modes = getattr(options, "mode", None) or ["regular"]
+    host = getattr(options, "listen_host", "") or ""
+    port = getattr(options, "listen_port", None)
+    return f"{socket.gethostname()}:{listen_addresses(modes, host, port)}"

@@ -101,24 +101,21 @@ class UpstreamCredentials:
 
 
 def parse_credential_providers(
-    node: Node, problems: Problems, secrets: bool = True, secret_nodes: list[Node] | None = None
+    node: Node, problems: Problems, secrets: bool = True
 ) -> tuple[CredentialProvider, ...]:
     """Every provider that parsed; each one's mistakes are recorded in `problems`."""
     if node.missing:
         return ()
     out: list[CredentialProvider] = []
     for item in problems.elements(node):
-        provider = problems.attempt(_parse_provider, item, secrets, secret_nodes, out)
+        provider = problems.attempt(_parse_provider, item, secrets, out)
         if provider is not None:
             out.append(provider)
     return tuple(out)
 
 
 def _parse_provider(
-    node: Node,
-    secrets: bool,
-    secret_nodes: list[Node] | None,
-    before: list[CredentialProvider],
+    node: Node, secrets: bool, before: list[CredentialProvider]
 ) -> CredentialProvider:
     node.mapping(PROVIDER_KEYS, required={"name", "token_url", "client_id"})
     name_node = node.child("name")
@@ -164,8 +161,6 @@ def _parse_provider(
                 'name the secret, do not write it here: client_secret: "${env:HOLDGATE_TX_SECRET}"'
                 ' or "${file:tx-secret.txt}" (the config text is stored with each version)'
             )
-        if secret_nodes is not None:
-            secret_nodes.append(secret_node)
         secret = secret_node.secret(resolve=secrets)
         if len(secret.encode("utf-8", "surrogatepass")) > MAX_SECRET_BYTES:
             raise secret_node.error(

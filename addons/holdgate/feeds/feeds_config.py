@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import urlsplit
 
-from holdgate.configfile import Node, Problems, is_loopback
+from holdgate.configfile import Node, Problems, is_loopback, keys_then
 
 FEED_KEYS = {"name", "webhook", "syslog", "secret", "batch", "timeout"}
 MAX_BATCH = 10_000
@@ -50,11 +50,8 @@ class FeedConfig:
         return f"{self.transport}://{host}{port}{path}"
 
 
-def parse_feeds(
-    node: Node, problems: Problems, secrets: bool = True, secret_nodes: list[Node] | None = None
-) -> tuple[FeedConfig, ...]:
-    """Every feed that parsed; each one's mistakes are recorded in `problems`, and each
-    secret's node is added to `secret_nodes` (for the warnings of a rules-only load)."""
+def parse_feeds(node: Node, problems: Problems, secrets: bool = True) -> tuple[FeedConfig, ...]:
+    """Every feed that parsed; each one's mistakes are recorded in `problems`."""
     if node.missing:
         return ()
     feeds: list[FeedConfig] = []
@@ -63,8 +60,6 @@ def parse_feeds(
         feed = problems.attempt(_parse_feed, item, secrets)
         if feed is None:
             continue
-        if secret_nodes is not None and feed.kind == "webhook":
-            secret_nodes.append(item.child("secret"))
         if feed.name in names:
             problems.add(item.child("name").error(f"a second feed named {feed.name!r}"))
             continue
@@ -74,7 +69,10 @@ def parse_feeds(
 
 
 def _parse_feed(node: Node, secrets: bool) -> FeedConfig:
-    node.mapping(FEED_KEYS, required={"name"})
+    return keys_then(node, FEED_KEYS, {"name"}, lambda: _feed_fields(node, secrets))
+
+
+def _feed_fields(node: Node, secrets: bool) -> FeedConfig:
     name_node = node.child("name")
     name = name_node.string()
     if not _NAME.match(name):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from holdgate.configfile import Node, Problems, collected
+from holdgate.configfile import Node, Problems, collected, keys_then
 from holdgate.identity.jwks import jwks_keys
 
 ASYMMETRIC = (
@@ -120,7 +120,10 @@ def _each[T](node: Node, key: str, parse: Callable[[Node], T], problems: Problem
 
 
 def _parse_oidc(node: Node) -> OidcIssuer:
-    node.mapping(OIDC_KEYS, required={"issuer", "audience"})
+    return keys_then(node, OIDC_KEYS, {"issuer", "audience"}, lambda: _oidc_fields(node))
+
+
+def _oidc_fields(node: Node) -> OidcIssuer:
     algorithms = node.child("algorithms").strings() or ("RS256", "ES256")
     for alg in algorithms:
         if alg not in ASYMMETRIC:
@@ -159,7 +162,11 @@ def _parse_oidc(node: Node) -> OidcIssuer:
 
 
 def _parse_api_key(node: Node) -> ApiKey:
-    node.mapping({"name", "sha256", "groups"}, required={"name", "sha256"})
+    keys = {"name", "sha256", "groups"}
+    return keys_then(node, keys, {"name", "sha256"}, lambda: _api_key_fields(node))
+
+
+def _api_key_fields(node: Node) -> ApiKey:
     digest = node.child("sha256").string().lower()
     if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
         raise node.child("sha256").error(

@@ -30,6 +30,7 @@ import bisect
 import functools
 import itertools
 import json
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -55,6 +56,8 @@ STREAM_TAIL_KEYS: Final = 32
 # Joins keys for one search: a byte no form holds, so no hit spans two.
 _SEPARATOR: Final = b"\x00"
 _MARK: Final = SECRET_MARK.encode()
+# The characters of a JSON number's text.
+_NUMBER_TEXT: Final = re.compile(r"[0-9eE.+-]+")
 
 
 @dataclass(frozen=True)
@@ -268,6 +271,9 @@ class InjectedForms:
         }
         self._partial = _Partial(partial)
         self._whole = _compile("|".join(map(_literal, self.forms))) if self.forms else None
+        # A secret a JSON number can spell (digits only, say) may come back as a number:
+        # numbers are searched too (as their JSON text), only then.
+        self._numbers = any(_NUMBER_TEXT.fullmatch(form.text) for form in self.forms)
 
     def __bool__(self) -> bool:
         return bool(self.forms)
@@ -285,7 +291,7 @@ class InjectedForms:
         if whole is None:
             return value, 0
         leaves: list[_Leaf] = []
-        _collect(value, None, leaves)
+        _collect(value, None, leaves, self._numbers)
         if not leaves:
             return value, 0
         covered: dict[int, list[tuple[int, int]]] = {}
@@ -299,7 +305,7 @@ class InjectedForms:
             data, runs = _replace(leaves[index].data, spans)
             replaced[index] = data.decode("utf-8", "surrogatepass")
             count += runs
-        return _rebuild(value, replaced, itertools.count()), count
+        return _rebuild(value, replaced, itertools.count(), self._numbers), count
 
     def _per_key(
         self,
@@ -348,38 +354,43 @@ class InjectedForms:
                 covered.setdefault(index, []).append((0, ended))
 
 
-def _collect(value: Any, context: str | None, leaves: list[_Leaf]) -> None:
+def _collect(value: Any, context: str | None, leaves: list[_Leaf], numbers: bool) -> None:
     kind = type(value)
     if kind is str:
         leaves.append(_Leaf(_utf8(value), context if context is not None else ""))
+    elif numbers and (kind is int or kind is float):
+        leaves.append(_Leaf(_utf8(json.dumps(value)), context if context is not None else ""))
     elif kind is dict:
         for key, item in value.items():
             if type(key) is str:
                 leaves.append(_Leaf(_utf8(key), None))
-                _collect(item, key, leaves)
+                _collect(item, key, leaves, numbers)
             else:
-                _collect(item, context, leaves)
+                _collect(item, context, leaves, numbers)
     elif kind is list:
         for item in value:
-            _collect(item, context, leaves)
+            _collect(item, context, leaves, numbers)
 
 
-def _rebuild(value: Any, replaced: dict[int, str], numbers: Iterator[int]) -> Any:
-    """`value` with the strings numbered in `replaced` (in `_collect`'s order) replaced."""
+def _rebuild(value: Any, replaced: dict[int, str], order: Iterator[int], numbers: bool) -> Any:
+    """`value` with the leaves numbered in `replaced` (in `_collect`'s order) replaced: a
+    number that spelled a secret becomes the marked string."""
     kind = type(value)
     if kind is str:
-        return replaced.get(next(numbers), value)
+        return replaced.get(next(order), value)
+    if numbers and (kind is int or kind is float):
+        return SECRET_MARK if next(order) in replaced else value  # never half a number
     if kind is dict:
         out: dict[Any, Any] = {}
         changed = False
         for key, item in value.items():
-            new_key = replaced.get(next(numbers), key) if type(key) is str else key
-            new_item = _rebuild(item, replaced, numbers)
+            new_key = replaced.get(next(order), key) if type(key) is str else key
+            new_item = _rebuild(item, replaced, order, numbers)
             changed = changed or new_key is not key or new_item is not item
             out[new_key] = new_item
         return out if changed else value
     if kind is list:
-        items = [_rebuild(item, replaced, numbers) for item in value]
+        items = [_rebuild(item, replaced, order, numbers) for item in value]
         return items if any(map(lambda a, b: a is not b, items, value)) else value
     return value
 

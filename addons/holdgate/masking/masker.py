@@ -53,7 +53,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import orjson
 from jsonpath_ng import JSONPath
@@ -62,7 +62,14 @@ from jsonpath_ng.ext.filter import Filter
 from jsonpath_ng.ext.parser import parse as parse_jsonpath
 from jsonpath_ng.jsonpath import Child, Descendants, Fields, Index, Root, Slice, This, Wildcard
 
-from holdgate.configfile import Node, Problems, collected, declared_names
+from holdgate.configfile import (
+    ConfigError,
+    Node,
+    Problems,
+    collected,
+    declared_names,
+    keys_then,
+)
 from holdgate.masking.detectors import (
     BUILTIN_DETECTORS,
     KEYED_DETECTORS,
@@ -918,7 +925,10 @@ def _parse_detector_list(node: Node, problems: Problems) -> dict[str, Detector]:
 
 
 def _parse_detector(item: Node, known: Mapping[str, Detector]) -> Detector:
-    item.mapping(DETECTOR_KEYS, required={"name", "regex"})
+    return keys_then(item, DETECTOR_KEYS, {"name", "regex"}, lambda: _detector_fields(item, known))
+
+
+def _detector_fields(item: Node, known: Mapping[str, Detector]) -> Detector:
     name_node = item.child("name")
     name = name_node.string()
     if not _DETECTOR_NAME.fullmatch(name):
@@ -977,46 +987,68 @@ def _parse_profile(
     hash_key: bytes | None,
     profiles: Sequence[Profile],
 ) -> Profile:
-    item.mapping(PROFILE_KEYS, required={"name"})
-    name = item.child("name").string()
-    if any(p.name == name for p in profiles):
-        raise item.child("name").error(f"masking profile {name!r} is defined twice")
+    """One profile, every mistake in it reported: an unknown key or a bad value of one key
+    never hides a mistake in another."""
+    if not isinstance(item.value, dict):
+        item.mapping(PROFILE_KEYS)  # raises: not a mapping
+    found = Problems()
+    found.attempt(item.mapping, PROFILE_KEYS, {"name"})
+    name = found.attempt(item.child("name").string) if item.has("name") else None
+    if name is not None and any(p.name == name for p in profiles):
+        found.add(item.child("name").error(f"masking profile {name!r} is defined twice"))
     chosen: dict[str, Detector] = {}
     doubtful = False
-    for entry in _entries(item.child("detectors")):
-        detector_name = entry.string()
-        if detector_name not in known:
-            if failed is None or detector_name in failed:
-                doubtful = True
-                continue
-            valid = ", ".join(sorted(known))
-            raise entry.error(f"unknown detector {detector_name!r}; valid: {valid}")
-        chosen.setdefault(detector_name, known[detector_name])
+    for entry in found.attempt(lambda: list(_entries(item.child("detectors")))) or ():
+        detector_name = found.attempt(entry.string)
+        if detector_name is None:
+            doubtful = True
+        elif detector_name not in known:
+            doubtful = True
+            if failed is not None and detector_name not in failed:
+                valid = ", ".join(sorted(known))
+                found.add(entry.error(f"unknown detector {detector_name!r}; valid: {valid}"))
+        else:
+            chosen.setdefault(detector_name, known[detector_name])
     paths: list[FieldRule] = []
-    for entry in _entries(item.child("paths")):
+    for entry in found.attempt(lambda: list(_entries(item.child("paths")))) or ():
         try:
             paths.append(FieldRule.parse(entry.string()))
         except ValueError as exc:
-            raise entry.error(str(exc)) from None
+            doubtful = True
+            found.add(entry.error(str(exc)))
+        except ConfigError as exc:
+            doubtful = True
+            found.add(exc)
     if not chosen and not paths and not doubtful:
-        raise item.error("a masking profile needs `detectors` or `paths`; this masks nothing")
+        found.add(item.error("a masking profile needs `detectors` or `paths`; this masks nothing"))
     strategy_node = item.child("strategy")
-    strategy: Strategy = strategy_node.choice(STRATEGIES, default="redact")  # type: ignore[assignment]
+    strategy = found.attempt(strategy_node.choice, STRATEGIES, "redact")
     if strategy == "hash" and not hash_key:
-        raise strategy_node.error(
-            "strategy hash needs a top-level `hash_key` (e.g. hash_key: ${env:HOLDGATE_HASH_KEY})"
+        found.add(
+            strategy_node.error(
+                "strategy hash needs a top-level `hash_key` "
+                "(e.g. hash_key: ${env:HOLDGATE_HASH_KEY})"
+            )
         )
-    tools = item.child("tools")
+    tools_node = item.child("tools")
+    tools = found.attempt(tools_node.strings)
+    upstreams = found.attempt(item.child("upstreams").strings)
+    exempt_groups = found.attempt(item.child("exempt_groups").strings)
+    secret_keys = found.attempt(_secret_key_names, item.child("secret_keys"), chosen, doubtful)
+    phone_regions = found.attempt(_phone_regions, item.child("phone_regions"), chosen, doubtful)
+    found.raise_if_any()
+    if name is None or strategy is None:  # cannot happen: recorded above
+        raise item.error("the masking profile could not be read")
     return Profile(
         name=name,
         detectors=tuple(chosen.values()),
         paths=tuple(paths),
-        strategy=strategy,
-        upstreams=item.child("upstreams").strings(),
-        tools=Globs.of(tools.strings()) if not tools.missing else None,
-        exempt_groups=item.child("exempt_groups").strings(),
-        secret_keys=_secret_key_names(item.child("secret_keys"), chosen, doubtful),
-        phone_regions=_phone_regions(item.child("phone_regions"), chosen, doubtful),
+        strategy=cast(Strategy, strategy),
+        upstreams=upstreams or (),
+        tools=Globs.of(tools) if tools is not None and not tools_node.missing else None,
+        exempt_groups=exempt_groups or (),
+        secret_keys=secret_keys or (),
+        phone_regions=phone_regions or (),
     )
 
 

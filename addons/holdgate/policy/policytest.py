@@ -13,12 +13,12 @@ A tests file lists named cases, each a literal request and the decision expected
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from holdgate.configfile import Node, load_yaml_file
-from holdgate.policy.rules import Check, Decision, Policy, Rule
+from holdgate.policy.rules import ArgCondition, Check, Decision, Policy, Rule
 from holdgate.protocol.jsonrpc import NAME_PARAM, Message, parse_message
 
 CASE_KEYS = {"name", "identity", "upstream", "request", "expect"}
@@ -102,18 +102,80 @@ def _run_case(policy: Policy, upstreams: Sequence[str], case: Node) -> CaseResul
     return CaseResult(name, passed, expected, got, line)
 
 
-def format_explanation(decision: Decision, trace: list[tuple[Rule, list[Check]]]) -> str:
+def format_explanation(
+    decision: Decision,
+    trace: list[tuple[Rule, list[Check]]],
+    shown: ShownValues,
+) -> str:
+    """The trace for a person; an argument condition's line gives each value it was tried
+    on, as `shown` gives them (`masked_values`: as the record keeps them, never in clear),
+    and what the condition made of it."""
     lines = []
     for rule, checks in trace:
         matched = all(c.held for c in checks)
         mark = "MATCH" if matched else "skip "
         lines.append(f"{mark} rule {rule.name!r} (line {rule.line}, action {rule.action})")
         for check in checks:
-            lines.append(f"        {'ok  ' if check.held else 'FAIL'} {check.key}: {check.detail}")
+            status = "ok  " if check.held else "FAIL"
+            judged = _judged(check, shown)
+            if len(judged) == 1:
+                lines.append(f"        {status} {check.key}: {check.detail}: {judged[0]}")
+                continue
+            lines.append(f"        {status} {check.key}: {check.detail}")
+            lines.extend(f"               {line}" for line in judged)
     if decision.rule == "default-deny":
         lines.append("no rule matched -> default-deny")
     lines.append(f"decision: {decision.action} by {decision.rule!r} ({decision.reason})")
     return "\n".join(lines)
+
+
+SHOWN_CHARS = 80
+
+
+def _judged(check: Check, shown: ShownValues) -> list[str]:
+    """For an argument condition, one line per value: the value (as `shown` gives it) and
+    what the condition made of it; nothing for other checks."""
+    condition = check.condition
+    if condition is None:
+        return []
+    if not check.values:
+        return [
+            f"{'absent' if condition.exists is not None else 'no value there'} "
+            f"({condition.written})"
+        ]
+    texts = [_text(v) for v in shown(condition, check.values)]
+    if condition.exists is not None:  # a null: many upstreams read it as absent
+        return [
+            f"{text} {'cannot be decided (null)' if v is None else 'is present'} "
+            f"({condition.written})"
+            for text, v in zip(texts, check.values, strict=True)
+        ]
+    return [f"{text} {condition.judged(v)}" for text, v in zip(texts, check.values, strict=True)]
+
+
+# The values of an argument condition as a person may see them: the arguments masked as
+# the record would keep them, at the same places (`masked_values`).
+ShownValues = Callable[[ArgCondition, tuple[Any, ...]], tuple[Any, ...]]
+
+
+def masked_values(masked_arguments: Any) -> ShownValues:
+    """`ShownValues` from the masked copy of the arguments: each value is read at the same
+    path there. Masking keeps the shape of the arguments, except that a masked subtree is
+    one string; when the path then finds other values, each is shown as `[masked]`."""
+
+    def shown(condition: ArgCondition, values: tuple[Any, ...]) -> tuple[Any, ...]:
+        found = tuple(m.value for m in condition.expr.find(masked_arguments))
+        return found if len(found) == len(values) else tuple(MASKED for _ in values)
+
+    return shown
+
+
+MASKED = "[masked]"
+
+
+def _text(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= SHOWN_CHARS else text[: SHOWN_CHARS - 1] + "…"
 
 
 def parse_args_json(text: str | None) -> dict[str, Any] | None:

@@ -47,6 +47,7 @@ class Replayed:
     recorded_rule: str
     candidate: Decision
     args_were_masked: bool
+    args_masked: Any = None  # the arguments as recorded (masked); None when it had none
 
     @property
     def action_changed(self) -> bool:
@@ -67,6 +68,7 @@ class Replayed:
             "recorded": {"action": self.recorded_action, "rule": self.recorded_rule},
             "candidate": self.candidate.to_json(),
             "args_were_masked": self.args_were_masked,
+            "args_masked": self.args_masked,
         }
 
 
@@ -134,8 +136,12 @@ def rebuild(row: Mapping[str, Any]) -> tuple[ProbeCaller, Message]:
     return caller_for(row.get("user"), groups), message
 
 
-def replay(candidate: Policy, rows: Iterable[Mapping[str, Any]]) -> ReplayReport:
-    """Decide recorded `events` rows again with the `candidate` policy."""
+def replay(
+    candidate: Policy, rows: Iterable[Mapping[str, Any]], baseline: Policy | None = None
+) -> ReplayReport:
+    """Decide recorded `events` rows again with the `candidate` policy, and compare with
+    what was recorded; with `baseline`, with what `baseline` decides of the same rows
+    instead (`policy diff`: two versions of a file on the same traffic)."""
     report = ReplayReport()
     for row in rows:
         if row.get("direction") not in ("request", "notification"):
@@ -154,12 +160,11 @@ def replay(candidate: Policy, rows: Iterable[Mapping[str, Any]]) -> ReplayReport
         except NotReplayable as exc:
             report.skip(str(exc))
             continue
-        upstream = row.get("upstream") or ""
-        if is_task_request(message):  # decided by the task's owner, then the rules
-            task = recorded_task(row["rule"], caller.user, upstream, extra.get("task"))
-            decision = decide_task_request(candidate, caller, upstream, message, task)
-        else:
-            decision = candidate.evaluate(caller, upstream, message)
+        decision = _decide(candidate, caller, message, row, extra)
+        was_action, was_rule = row["decision"], row["rule"]
+        if baseline is not None:
+            was = _decide(baseline, caller, message, row, extra)
+            was_action, was_rule = was.action, was.rule
         report.considered += 1
         item = Replayed(
             seq=row["seq"],
@@ -168,16 +173,31 @@ def replay(candidate: Policy, rows: Iterable[Mapping[str, Any]]) -> ReplayReport
             upstream=row.get("upstream") or "",
             method=row["method"],
             target=row.get("target"),
-            recorded_action=row["decision"],
-            recorded_rule=row["rule"],
+            recorded_action=was_action,
+            recorded_rule=was_rule,
             candidate=decision,
             args_were_masked=bool(extra.get("args_findings")),
+            args_masked=message.arguments or None,
         )
         if item.action_changed:
             report.changed.append(item)
         elif item.rule_changed:
             report.rerouted.append(item)
     return report
+
+
+def _decide(
+    policy: Policy,
+    caller: ProbeCaller,
+    message: Message,
+    row: Mapping[str, Any],
+    extra: Mapping[str, Any],
+) -> Decision:
+    upstream = row.get("upstream") or ""
+    if is_task_request(message):  # decided by the task's owner, then the rules
+        task = recorded_task(row["rule"], caller.user, upstream, extra.get("task"))
+        return decide_task_request(policy, caller, upstream, message, task)
+    return policy.evaluate(caller, upstream, message)
 
 
 def format_report(report: ReplayReport, shown: int | None = 5) -> list[str]:
@@ -199,6 +219,8 @@ def format_report(report: ReplayReport, shown: int | None = 5) -> list[str]:
                     f"    {m.ts}  seq {m.seq}  {m.user} -> {m.upstream} {m.method} "
                     f"{m.target or ''}{mark}".rstrip()
                 )
+                if m.args_masked is not None:
+                    lines.append(f"      args {shown_arguments(m.args_masked)}")
             if shown is not None and len(members) > shown:
                 lines.append(f"    … and {len(members) - shown} more (--all shows every one)")
     if any(m.args_were_masked for m in report.changed + report.rerouted):
@@ -207,6 +229,17 @@ def format_report(report: ReplayReport, shown: int | None = 5) -> list[str]:
     for reason, count in report.skipped.items():
         lines.append(f"skipped {count}: {reason}")
     return lines
+
+
+SHOWN_ARGUMENT_CHARS = 160
+
+
+def shown_arguments(arguments: Any) -> str:
+    """Recorded (masked) arguments on one line, cut at SHOWN_ARGUMENT_CHARS."""
+    text = json.dumps(arguments, ensure_ascii=False, sort_keys=True)
+    if len(text) <= SHOWN_ARGUMENT_CHARS:
+        return text
+    return text[: SHOWN_ARGUMENT_CHARS - 1] + "…"
 
 
 def _json(text: Any) -> Any:

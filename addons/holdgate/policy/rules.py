@@ -31,7 +31,7 @@ import re
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, cast
 
 from jsonpath_ng import JSONPath
 from jsonpath_ng.exceptions import JsonPathLexerError, JsonPathParserError
@@ -135,6 +135,39 @@ class ArgCondition:
 
     def _settles(self, verdict: bool | None) -> bool:
         return verdict is True if self.grants else verdict is not False
+
+    @property
+    def written(self) -> str:
+        """The condition as written in the config: `regex '^SELECT'`."""
+        if self.regex is not None:
+            return f"regex {self.regex.pattern!r}"
+        if self.search is not None:
+            return f"search {self.search.pattern!r}"
+        if self.path_under is not None:
+            return f"path_under {self.path_under!r}"
+        if self.has_equals:
+            return f"equals {json.dumps(self.equals, ensure_ascii=False)}"
+        if self.one_of is not None:
+            return f"in {json.dumps(list(self.one_of), ensure_ascii=False)}"
+        return f"exists {'true' if self.exists else 'false'}"
+
+    def judged(self, value: Any) -> str:
+        """What the condition makes of one value, for a person: `does not match regex '…'`."""
+        verdict = self.verdict(value)
+        if verdict is None:
+            return f"cannot be decided against {self.written} (a value of another type)"
+        if self.regex is not None:
+            verb = "matches" if verdict else "does not match"
+        elif self.search is not None:
+            verb = "has a match of" if verdict else "has no match of"
+        elif self.path_under is not None:
+            return f"{'is' if verdict else 'is not'} under {self.path_under!r}"
+        elif self.has_equals:
+            verb = "equals" if verdict else "does not equal"
+            return f"{verb} {json.dumps(self.equals, ensure_ascii=False)}"
+        else:
+            return f"{'is' if verdict else 'is not'} {self.written}"
+        return f"{verb} {self.written}"
 
     def verdict(self, value: Any) -> bool | None:
         """Whether one value passes; None when it cannot be decided (see the module doc)."""
@@ -287,11 +320,15 @@ class Rule:
 
 @dataclass(frozen=True)
 class Check:
-    """One line of an explanation: which condition of a rule held or failed."""
+    """One line of an explanation: which condition of a rule held or failed. For an
+    argument condition, the condition and the values it was tried on (explanations only:
+    shown masked, never recorded)."""
 
     key: str
     held: bool
     detail: str
+    condition: ArgCondition | None = None
+    values: tuple[Any, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -514,7 +551,8 @@ def rule_checks(
         arguments = message.arguments or {}
         for condition in rule.args:
             held = condition.holds(arguments)
-            yield Check("args", held, f"args {condition.path}")
+            found = () if lazy else tuple(m.value for m in condition.expr.find(arguments))
+            yield Check("args", held, f"args {condition.path}", condition, found)
             if lazy and not held:
                 return
 
@@ -591,44 +629,63 @@ def _discovery_warning(rules: list[Rule]) -> str | None:
 
 
 def _parse_rule(node: Node, warnings: list[str]) -> Rule:
-    node.mapping(RULE_KEYS, required={"name", "action"})
-    name = node.child("name").string()
+    """One rule, every mistake in it reported: an unknown key or a bad value of one key
+    never hides a mistake in another (each key is checked on its own)."""
+    if not isinstance(node.value, dict):
+        node.mapping(RULE_KEYS)  # raises: not a mapping
+    found = Problems()
+    found.attempt(node.mapping, RULE_KEYS, {"name", "action"})
+    name = found.attempt(node.child("name").string) if node.has("name") else None
     if name in (DEFAULT_DENY, AMBIGUOUS_URI):
-        raise node.child("name").error(f"{name!r} is reserved; choose another name")
-    action: Action = node.child("action").choice(ACTIONS)  # type: ignore[assignment]
+        found.add(node.child("name").error(f"{name!r} is reserved; choose another name"))
+    action: Action | None = (
+        cast(Action | None, found.attempt(node.child("action").choice, ACTIONS))
+        if node.has("action")
+        else None
+    )
     match = node.child("match")
     if match.missing:
-        raise node.error("missing required key 'match' (use `match: {}` to match everything)")
-    match.mapping(MATCH_KEYS)
-    approvers = node.child("approvers").strings()
-    if action == "approve" and not approvers:
-        raise node.child("action").error("an approve rule needs `approvers: [group, ...]`")
-    if action != "approve":
+        found.add(node.error("missing required key 'match' (use `match: {}` to match everything)"))
+    else:
+        found.attempt(match.mapping, MATCH_KEYS)
+    approvers = found.attempt(node.child("approvers").strings)
+    if action == "approve" and approvers == ():
+        found.add(node.child("action").error("an approve rule needs `approvers: [group, ...]`"))
+    if action in ("allow", "deny"):
         for key in ("approvers", "timeout", "grant", "approval_via", "valid_for"):
             if node.has(key):
-                raise node.child(key).error(f"{key!r} only applies to rules with action: approve")
+                found.add(
+                    node.child(key).error(f"{key!r} only applies to rules with action: approve")
+                )
+    parsed: dict[str, Any] = {  # each None if it had a mistake (raised below)
+        "upstreams": found.attempt(match.child("upstream").strings),
+        "users": found.attempt(match.child("users").strings),
+        "groups": found.attempt(match.child("groups").strings),
+        "methods": found.attempt(_globs, match.child("method")),
+        "tools": found.attempt(_globs, match.child("tool")),
+        "resources": found.attempt(_uri_globs, match.child("resource")),
+        "prompts": found.attempt(_globs, match.child("prompt")),
+        "timeout": found.attempt(node.child("timeout").duration, 600.0),
+        "grant": found.attempt(node.child("grant").duration, 0.0),
+        "limit": found.attempt(_parse_limit, node.child("limit")),
+        "approval_via": found.attempt(node.child("approval_via").choice, APPROVAL_VIA, "hold"),
+        "valid_for": found.attempt(_valid_for, node.child("valid_for")),
+    }
+    reason = found.attempt(node.child("reason").optional_string)
+    args = _parse_args(match.child("args"), action or "deny", warnings, found)
+    found.raise_if_any()
+    if name is None or action is None or approvers is None:  # cannot happen: recorded above
+        raise node.error("the rule could not be read")
     default_reason = {"allow": "allowed", "deny": "denied by policy", "approve": "needs approval"}
-    line = node.doc.marks.get(node.path, (0, 0))[0]
     return Rule(
         name=name,
         action=action,
-        reason=node.child("reason").string(default=f"{default_reason[action]} by rule {name!r}"),
-        line=line,
-        upstreams=match.child("upstream").strings(),
-        users=match.child("users").strings(),
-        groups=match.child("groups").strings(),
-        methods=_globs(match.child("method")),
-        tools=_globs(match.child("tool")),
-        resources=_uri_globs(match.child("resource")),
-        prompts=_globs(match.child("prompt")),
-        args=_parse_args(match.child("args"), action, warnings),
+        reason=reason or f"{default_reason[action]} by rule {name!r}",
+        line=node.doc.marks.get(node.path, (0, 0))[0],
+        args=args,
         approvers=approvers,
-        timeout=node.child("timeout").duration(default=600.0),
-        grant=node.child("grant").duration(default=0.0),
-        limit=_parse_limit(node.child("limit")),
-        approval_via=node.child("approval_via").choice(APPROVAL_VIA, default="hold"),
-        valid_for=_valid_for(node.child("valid_for")),
         lineage=rule_lineage(node.value),
+        **parsed,
     )
 
 
@@ -686,20 +743,31 @@ def _parse_limit(node: Node) -> tuple[int, float] | None:
     return int(match.group(1)), float(_PERIODS[match.group(2)])
 
 
-def _parse_args(node: Node, action: Action, warnings: list[str]) -> tuple[ArgCondition, ...]:
+def _parse_args(
+    node: Node, action: Action, warnings: list[str], found: Problems
+) -> tuple[ArgCondition, ...]:
+    """The `args:` conditions, each checked on its own (its mistakes recorded in `found`)."""
     if node.missing:
         return ()
     conditions = []
-    for path, cond in node.items():
-        try:
-            expr = parse_jsonpath(path)
-        except (JsonPathLexerError, JsonPathParserError, ValueError, TypeError) as exc:
-            raise cond.error(f"invalid JSONPath {path!r}: {exc}") from None
-        cond.mapping(CONDITION_KEYS)
-        if len(cond.value) != 1:
-            raise cond.error(f"give exactly one of {', '.join(sorted(CONDITION_KEYS))}")
-        conditions.append(_parse_condition(path, expr, cond, action, warnings))
+    for path, cond in found.attempt(lambda: list(node.items())) or ():
+        condition = found.attempt(_parse_arg_condition, path, cond, action, warnings)
+        if condition is not None:
+            conditions.append(condition)
     return tuple(conditions)
+
+
+def _parse_arg_condition(
+    path: str, cond: Node, action: Action, warnings: list[str]
+) -> ArgCondition:
+    try:
+        expr = parse_jsonpath(path)
+    except (JsonPathLexerError, JsonPathParserError, ValueError, TypeError) as exc:
+        raise cond.error(f"invalid JSONPath {path!r}: {exc}") from None
+    cond.mapping(CONDITION_KEYS)
+    if len(cond.value) != 1:
+        raise cond.error(f"give exactly one of {', '.join(sorted(CONDITION_KEYS))}")
+    return _parse_condition(path, expr, cond, action, warnings)
 
 
 def _parse_condition(

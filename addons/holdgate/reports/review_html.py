@@ -10,8 +10,9 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 from html import escape
 
+from holdgate.reports.decision_findings import WHY
 from holdgate.reports.review_model import IdentityReview, Review
-from holdgate.reports.review_render import header_lines, rows_of, target_name
+from holdgate.reports.review_render import header_lines, kinds_of, rows_of, target_name
 
 STYLE = """
 @page { size: A4; margin: 15mm; }
@@ -27,6 +28,8 @@ th { background: #eee; } td.n { text-align: right; }
 .denied th { background: #fbe3e3; } .denied .tag { color: #c22; font-weight: bold; }
 .unused { color: #b30; }
 .exceptions th { background: #fff0c2; }
+dl.why dt { font-weight: bold; float: left; clear: left; width: 14em; }
+dl.why dd { margin-left: 14em; }
 .ok { color: #2a7; font-weight: bold; } .bad { color: #c22; font-weight: bold; }
 section.identity { break-before: page; page-break-before: always; }
 pre { background: #f4f4f4; padding: .5em; white-space: pre-wrap; }
@@ -74,6 +77,11 @@ def render_html(review: Review) -> str:
                 ["when", "kind", "subject", "detail"],
                 [[_e(f.ts), _e(f.kind), _e(f.subject), _e(f.detail)] for f in review.exceptions],
             )
+        )
+        parts.append(
+            '<dl class="why">'
+            + "".join(f"<dt>{_e(kind)}</dt><dd>{_e(WHY[kind])}</dd>" for kind in kinds_of(review))
+            + "</dl>"
         )
     else:
         parts.append("<p>none</p>")
@@ -180,7 +188,7 @@ def _identity_html(p: IdentityReview, review: Review) -> str:
                         _e(a.approval_id),
                         _e(a.tool),
                         _e(a.state),
-                        _e(a.decider),
+                        _e(a.decided_by),
                         _e(a.decided_at),
                         _e(a.reason),
                     ]

@@ -13,13 +13,21 @@ approval denied, expired or cancelled. They are counted apart and drawn apart.
 from __future__ import annotations
 
 import json
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from holdgate.policy.policytest import build_message, caller_for
 from holdgate.policy.rules import Policy
+from holdgate.reports.decision_findings import (
+    Deciders,
+    Finding,
+    approval_findings,
+    campaign_findings,
+)
+from holdgate.reports.least_privilege import Use, suggest, suggestion_yaml
 from holdgate.store.campaign_records import Campaign, ItemSpec
 
 CALL_KINDS = {"tools/call": "tool", "resources/read": "resource", "prompts/get": "prompt"}
@@ -31,6 +39,7 @@ LIST_KINDS = {
     "resources/list": ("resource", "resources", "uri"),
 }
 LOADED = ("loaded", "reloaded")  # config_versions outcomes that put a config in force
+ACTIVE_ROLES = (None, "active")  # config_versions roles of the config in force (not a shadow)
 FIRST_PIN = "first-seen"
 
 Target = tuple[str, str, str]  # (upstream, kind, name)
@@ -81,16 +90,14 @@ class ApprovalLine:
     decider: str | None
     decided_at: str | None
     reason: str | None
+    channel: str | None = None  # how it was decided (`approvals.channel`; None before schema 8)
 
-
-@dataclass(frozen=True)
-class Finding:
-    """One exception: something the auditor must look at before the per-identity pages."""
-
-    kind: str  # no-identity | no-approval-record | tool-changed | config-changed | evidence
-    ts: str
-    subject: str
-    detail: str
+    @property
+    def decided_by(self) -> str | None:
+        """The decider and the channel they decided through, as a reviewer reads it."""
+        if self.decider is None:
+            return None
+        return f"{self.decider} via {self.channel or 'a channel not recorded'}"
 
 
 @dataclass(frozen=True, order=True)
@@ -116,6 +123,8 @@ class IdentityReview:
     sessions: set[str] = field(default_factory=set)
     clients: set[str] = field(default_factory=set)  # self-reported: evidence, not identity
     days: Counter[str] = field(default_factory=Counter)  # YYYY-MM-DD -> uses
+    grants_used: set[Use] = field(default_factory=set)  # each used target and its rule
+    suggested: list[dict[str, Any]] = field(default_factory=list)  # `least_privilege.suggest`
     # per-user upstream credentials: whom each upstream saw calling, and how often
     delegated: Counter[Delegated] = field(default_factory=Counter)
 
@@ -128,20 +137,9 @@ class IdentityReview:
         return sum(d.count for d in self.denials.values())
 
     def suggestion(self) -> str:
-        """The narrowest rules that would have allowed exactly what this identity used."""
-        grouped: dict[tuple[str, str], list[str]] = defaultdict(list)
-        for upstream, kind, name in sorted(self.used):
-            grouped[(upstream, kind)].append(name)
-        lines = []
-        for (upstream, kind), names in grouped.items():
-            where = f", upstream: {json.dumps(upstream)}" if upstream else ""
-            user = json.dumps(self.user)
-            lines += [
-                f"- name: {json.dumps(f'{self.user} {kind}s on {upstream or "any upstream"}')}",
-                f"  match: {{users: [{user}]{where}, {kind}: {json.dumps(names)}}}",
-                "  action: allow",
-            ]
-        return "\n".join(lines) or "# nothing used: remove every grant"
+        """The narrowest rules that grant what this identity used, as the policy in force
+        grants it (`least_privilege`): YAML to paste under `rules:`."""
+        return suggestion_yaml(self.user, self.suggested)
 
 
 @dataclass(frozen=True)
@@ -183,14 +181,18 @@ class Inputs:
     sessions: Sequence[Mapping[str, Any]] = ()
     tool_pins: Sequence[Mapping[str, Any]] = ()
     config_versions: Sequence[Mapping[str, Any]] = ()
+    campaigns: Sequence[Campaign] = ()
 
 
 def _in_period(ts: str | None, header: Header) -> bool:
     return ts is not None and header.period_start <= ts < header.period_end
 
 
-def build_review(inputs: Inputs, policy: Policy, header: Header) -> Review:
-    """The review of the period in `header`: `inputs.events` should already be that period's."""
+def build_review(
+    inputs: Inputs, policy: Policy, header: Header, deciders: Deciders | None = None
+) -> Review:
+    """The review of the period in `header`: `inputs.events` should already be that period's.
+    `deciders` (the config's reviewer groups and API keys' groups) tell reviewers apart."""
     people: dict[str, IdentityReview] = {}
     seen: set[Target] = set()
     exceptions: list[Finding] = []
@@ -251,6 +253,7 @@ def build_review(inputs: Inputs, policy: Policy, header: Header) -> Review:
                     approval.get("decider"),
                     approval.get("decided"),
                     approval.get("reason"),
+                    approval.get("channel"),
                 )
             )
     for person in people.values():
@@ -260,8 +263,15 @@ def build_review(inputs: Inputs, policy: Policy, header: Header) -> Review:
             decision = policy.evaluate(caller, upstream, message)
             if decision.action != "deny":
                 person.granted[(upstream, kind, name)] = decision.rule
+        person.suggested = suggest(person.user, person.groups, person.grants_used, policy)
     exceptions += _pin_findings(inputs.tool_pins, header)
     exceptions += _config_findings(inputs.config_versions, header)
+    in_period = partial(_in_period, header=header)
+    exceptions += approval_findings(inputs.approvals, in_period)
+    groups_seen = {p.user: p.groups for p in people.values()}
+    exceptions += campaign_findings(
+        inputs.campaigns, deciders or Deciders(), groups_seen, in_period
+    )
     exceptions += [
         Finding("evidence", header.generated_at, "audit store", p) for p in header.evidence.problems
     ]
@@ -317,6 +327,7 @@ def _count_call(
             decision, reason = "deny", f"approval {approval.get('state')}: {reason}".strip(": ")
     if decision == "allow":
         person.used.setdefault(target, Usage()).add(row["ts"], row.get("session_id"))
+        person.grants_used.add(Use(target, rule))
         person.days[row["ts"][:10]] += 1
         return
     denial = person.denials.setdefault((rule, reason, target), Denial(rule, reason, target))
@@ -353,6 +364,8 @@ def _config_findings(rows: Iterable[Mapping[str, Any]], header: Header) -> list[
     out = []
     previous: str | None = None
     for row in rows:
+        if row.get("role") not in ACTIVE_ROLES:
+            continue  # a shadow policy's load or summary changed nothing in force
         if row.get("outcome") not in LOADED:
             if _in_period(row.get("ts"), header):
                 out.append(
@@ -386,7 +399,7 @@ def versions_in_force(
 ) -> list[dict[str, Any]]:
     """The config versions in force at some time in [start, end): the last one put in force
     before `start`, then each one put in force in the period."""
-    loaded = [r for r in rows if r.get("outcome") in LOADED]
+    loaded = [r for r in rows if r.get("outcome") in LOADED and r.get("role") in ACTIVE_ROLES]
     before = [r for r in loaded if r["ts"] < start]
     during = [r for r in loaded if start <= r["ts"] < end]
     return [

@@ -13,6 +13,7 @@ import json
 import re
 from typing import Any
 
+from holdgate.reports.decision_findings import WHY
 from holdgate.reports.review_model import IdentityReview, Review, Target, Usage
 
 CSV_FIELDS = (
@@ -75,6 +76,12 @@ def rows_of(person: IdentityReview) -> list[tuple[Target, str | None, Usage, int
     return [(k, person.granted.get(k), person.used.get(k, Usage()), denied.get(k, 0)) for k in keys]
 
 
+def kinds_of(review: Review) -> list[str]:
+    """The kinds of exception the review has, in the order `WHY` explains them."""
+    found = {f.kind for f in review.exceptions}
+    return [kind for kind in WHY if kind in found]
+
+
 def header_lines(review: Review) -> list[tuple[str, str]]:
     h = review.header
     versions = "; ".join(
@@ -100,6 +107,8 @@ def render_markdown(review: Review) -> str:
             f"| {md(f.ts)} | {md(f.kind)} | {md(f.subject)} | {md(f.detail)} |"
             for f in review.exceptions
         ]
+        out += ["", "Why each kind matters:", ""]
+        out += [f"- {md(kind, cell=False)}: {WHY[kind]}" for kind in kinds_of(review)]
     else:
         out.append("none")
     if review.campaign is not None:
@@ -164,7 +173,7 @@ def _identity_markdown(p: IdentityReview) -> list[str]:
         out += ["| approval | tool | state | by | when | reason |", "|---|---|---|---|---|---|"]
         for a in p.approvals:
             out.append(
-                f"| {md(a.approval_id)} | {md(a.tool)} | {md(a.state)} | {md(a.decider)} | "
+                f"| {md(a.approval_id)} | {md(a.tool)} | {md(a.state)} | {md(a.decided_by)} | "
                 f"{md(a.decided_at)} | {md(a.reason)} |"
             )
     else:
@@ -187,7 +196,10 @@ def _identity_markdown(p: IdentityReview) -> list[str]:
             "**Unused grants** (granted, never used): "
             + ", ".join(md(target_name(t), cell=False) for t in p.unused),
         ]
-    out += ["", "Least-privilege suggestion:", "", "```yaml", p.suggestion(), "```"]
+    suggestion = p.suggestion()
+    # a fence longer than any run of backticks in the block: nothing in it can close it
+    fence = "`" * max(3, 1 + max((len(r) for r in _BACKTICKS.findall(suggestion)), default=0))
+    out += ["", "Least-privilege suggestion:", "", f"{fence}yaml", suggestion, fence]
     return out
 
 
@@ -273,7 +285,7 @@ def review_json(review: Review) -> dict[str, Any]:
             },
             "config_versions": list(h.config_versions),
         },
-        "exceptions": [vars(f) for f in review.exceptions],
+        "exceptions": [{**vars(f), "why": WHY[f.kind]} for f in review.exceptions],
         "campaign": review.campaign.to_json() if review.campaign else None,
         "identities": [
             {
@@ -311,6 +323,7 @@ def review_json(review: Review) -> dict[str, Any]:
                     {"upstream": t[0], "kind": t[1], "target": t[2]} for t in p.unused
                 ],
                 "suggestion": p.suggestion(),
+                "suggested_rules": p.suggested,
                 "upstream_credentials": delegated_json(p),
             }
             for p in review.identities

@@ -23,10 +23,11 @@ import shlex
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit
 
 from holdgate.store.chain import VerifyReport, verify_chain
 from holdgate.store.checkpoints import chain_head, store_id
+from holdgate.store.dsn import safe_dsn
 from holdgate.store.errors import StoreError, StoreUnavailable
 from holdgate.store.schema import CHAINED, open_db
 
@@ -133,18 +134,7 @@ def _fsync(path: Path) -> None:
 def pg_dump_command(dsn: str, out: str) -> str:
     """The pg_dump command that copies the database `dsn` names to `out` (custom format),
     every password (`password`, `sslpassword`) left out of the DSN it shows."""
-    parts = urlsplit(dsn)
-    try:
-        host, port_number = parts.hostname or "", parts.port
-    except ValueError:  # e.g. a password with an unescaped '/' read as a port
-        host, port_number = "", None
-    if not host or "@" in parts.path + parts.query + parts.fragment:
-        # the user info was not split where it ends: the DSN cannot be shown safely
+    safe = safe_dsn(dsn)
+    if safe is None or not urlsplit(safe).hostname:
         return f'pg_dump --format=custom --file={shlex.quote(out)} "$HOLDGATE_STORE"'
-    if ":" in host:
-        host = f"[{host}]"
-    user = quote(parts.username or "", safe="") + "@" if parts.username else ""
-    port = f":{port_number}" if port_number else ""
-    query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if "password" not in k.lower()])
-    safe = urlunsplit((parts.scheme, f"{user}{host}{port}", parts.path, query, ""))
     return f"pg_dump --format=custom --file={shlex.quote(out)} {shlex.quote(safe)}"

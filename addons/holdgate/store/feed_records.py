@@ -32,6 +32,13 @@ def rows_after(conn: SqlConnection, after: int, limit: int) -> list[EventRow]:
     return cast(list[EventRow], rows)
 
 
+def head(conn: SqlConnection) -> int:
+    """The seq of the last row a feed sends (0 when there is none): feeds send `events`
+    only, so the chain's head (any chained table) would overstate what is left to send."""
+    found = conn.execute("SELECT max(seq) FROM events").fetchone()[0]
+    return int(found or 0)
+
+
 def pending(conn: SqlConnection, after: int) -> int:
     """How many export rows a feed at `after` has still to send (its lag)."""
     return int(conn.execute("SELECT count(*) FROM events WHERE seq > ?", [after]).fetchone()[0])

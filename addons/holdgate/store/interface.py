@@ -256,6 +256,9 @@ class Store(Protocol):
         """Up to `limit` export rows with seq > `after`, in seq order (gap-free once
         committed)."""
 
+    def feed_head(self) -> int:
+        """The seq of the last export row (what a feed that is up to date has taken)."""
+
     def feed_pending(self, after: int) -> int:
         """How many export rows come after `after` (a feed's lag)."""
 

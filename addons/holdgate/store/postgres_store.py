@@ -15,27 +15,16 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 
+from holdgate.store.dsn import shown_dsn
 from holdgate.store.errors import StoreError, StoreNotFound, StoreUnavailable
 from holdgate.store.pg_listen import ApprovalNotices, notify
 from holdgate.store.pg_schema import migrate, schema_version
 from holdgate.store.sql_store import SqlStore
 from holdgate.store.sqlconn import PgConnection, SqlConnection
 from holdgate.store.writer import AuditWriter
-
-
-def shown_url(url: str) -> str:
-    """The URL without its password, for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rpartition("@")
-    user = parts.username or ""
-    host = netloc[2]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 class PostgresStore(SqlStore):
@@ -53,14 +42,14 @@ class PostgresStore(SqlStore):
             self._db = PgConnection(url, connect_timeout=connect_timeout)
             if not create and schema_version(self._db) == 0:
                 self._db.close()
-                raise StoreNotFound(f"no audit store in {shown_url(url)}")
-            migrate(self._db, shown_url(url))
+                raise StoreNotFound(f"no audit store in {shown_dsn(url)}")
+            migrate(self._db, shown_dsn(url))
         except psycopg.Error as exc:
-            raise StoreUnavailable(f"{shown_url(url)}: {_reason(exc)}") from exc
+            raise StoreUnavailable(f"{shown_dsn(url)}: {_reason(exc)}") from exc
 
     @property
     def name(self) -> str:
-        return shown_url(self.url)
+        return shown_dsn(self.url)
 
     @property
     def digest_key(self) -> bytes:

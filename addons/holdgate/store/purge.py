@@ -78,7 +78,8 @@ def _pins_to_keep(conn: SqlConnection, boundary: int) -> set[int]:
 
 
 def _configs_to_keep(conn: SqlConnection, boundary: int) -> set[int]:
-    loaded = f"outcome IN {_LOADED!r}"
+    # a shadow policy's rows (role "candidate") never put a config in force
+    loaded = f"outcome IN {_LOADED!r} AND (role IS NULL OR role = 'active')"
     in_force = conn.execute(
         f"SELECT config_hash FROM config_versions WHERE {loaded} ORDER BY seq DESC LIMIT 1"
     ).fetchone()

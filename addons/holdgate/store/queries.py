@@ -102,8 +102,10 @@ def tool_pin_rows(conn: SqlConnection, after: int) -> list[ToolPinRow]:
 
 
 def config_versions(conn: SqlConnection) -> list[dict[str, Any]]:
-    """Every config version row (without its text), in store order."""
+    """Every config version row (without its text), in store order; `role` is
+    "candidate" for a shadow policy's rows, None or "active" for the config in force."""
     return select(
         conn,
-        "SELECT seq, ts, config_hash, source, outcome, detail FROM config_versions ORDER BY seq",
+        "SELECT seq, ts, config_hash, source, outcome, detail, role, replica "
+        "FROM config_versions ORDER BY seq",
     )

@@ -340,6 +340,10 @@ class SqlStore:
         with self._conn() as conn:
             return feed_records.rows_after(conn, after, limit)
 
+    def feed_head(self) -> int:
+        with self._conn() as conn:
+            return feed_records.head(conn)
+
     def feed_pending(self, after: int) -> int:
         with self._conn() as conn:
             return feed_records.pending(conn, after)

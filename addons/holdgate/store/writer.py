@@ -147,6 +147,8 @@ class AuditWriter:
     def submit_durable(self, rows: Batch) -> Future[None]:
         """Queue rows to be committed together; the future is done once they are durable.
 
+        Cancelling the future before the writer takes the rows withdraws them (none is
+        written); once taken, they are committed whatever the caller does.
         It fails (and none of the rows is written) with BadRow for a row that does not fit
         the schema or that the store refuses, AuditQueueFull when the queue cannot take all
         of them, WriterClosed, or StoreUnavailable when the store cannot be written.
@@ -233,7 +235,10 @@ class AuditWriter:
         with self._lock:
             self._queued -= len(item.rows)
         if item.durable is not None and not item.durable.set_running_or_notify_cancel():
-            item.durable = None  # its caller gave up waiting; the rows are still written
+            # Its caller gave up waiting (a write-ahead timeout) and refused the request,
+            # which it records itself: written now, these rows would say it went ahead.
+            item.durable = None
+            item.rows = []
         return item
 
     def _run(self) -> None:

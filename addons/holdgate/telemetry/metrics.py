@@ -4,8 +4,9 @@ so reloads and in-process tests start clean).
 Counts come from the audit rows as the writer commits them (`count_rows`, on the writer
 thread): what the metrics say was decided is what the store says. Latencies come from the
 flow's timestamps when it ends (`observe_flow`). Current values (queue depth, store
-health, pending approvals, config version, JWKS fetches) are read at scrape time by a
-collector, so the hot path pays nothing for them.
+health, pending approvals, config version, rejected reloads, whether the file on disk is in
+force, JWKS fetches) are read at scrape time by a collector, so the hot path pays nothing
+for them.
 
 Every label value is bounded: upstreams and rules by the loaded config, methods by the MCP
 methods known here, refusal kinds and approval outcomes by fixed sets; anything else is
@@ -151,6 +152,9 @@ class Snapshot:
     approvals_pending: int
     config_digest: str
     jwks_fetches: dict[str, int]
+    config_reload_failures: int
+    # Whether the config file on disk now is the config in force (same sha256).
+    config_file_in_force: bool
 
 
 class StateCollector(Collector):
@@ -172,6 +176,16 @@ class StateCollector(Collector):
         )
         config.add_metric([now.config_digest], 1)
         yield config
+        yield CounterMetricFamily(
+            "holdgate_config_reload_failures",
+            "Reloads of the config file rejected (the last good config stays in force).",
+            value=now.config_reload_failures,
+        )
+        yield GaugeMetricFamily(
+            "holdgate_config_file_in_force",
+            "1 when the config file on disk is the config in force, 0 otherwise.",
+            value=1 if now.config_file_in_force else 0,
+        )
         yield GaugeMetricFamily(
             "holdgate_audit_queue_depth",
             "Audit rows queued for the store, not yet written.",

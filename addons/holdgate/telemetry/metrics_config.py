@@ -7,6 +7,7 @@
 
 `loopback` serves it only while the admin listener (`holdgate_admin`) is bound to a
 loopback address; on any other address it is refused until one of the others is chosen.
+`groups` also limits who may read `/status` (which always needs a credential).
 """
 
 from __future__ import annotations
