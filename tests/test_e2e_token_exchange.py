@@ -309,6 +309,8 @@ def test_an_api_key_caller_is_refused_when_service_identities_deny(demo, gateway
     assert response.status == 403
     assert "no OIDC token" in response.json()["error"]["message"]
     assert demo.requests() == [] and idp.requests == 0
+    (row,) = wait_for_rows(gw.db, 1)
+    assert row["error"] == {"kind": "no-subject-token", "caller": "api_key"}
 
 
 def test_an_api_key_caller_gets_the_static_credential_when_service_identities_static(

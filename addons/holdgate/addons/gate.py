@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 from mitmproxy import http
@@ -121,11 +122,14 @@ class Gate:
                 "`service_identities: static` for this upstream",
                 kind="no-delegable-identity",
             )
-            st.upstream_credential = {"mode": "exchange", "provider": provider, "refused": True}
+            st.upstream_credential = exchange_error(
+                credentials, {"kind": "no-subject-token", "caller": identity.method}
+            )
             return None
         if subject.expires <= time.time():
             # Valid when it arrived; a held call may have waited past its expiry.
             self._unauthorized(flow, upstream, "token expired", "token expired")
+            st.upstream_credential = exchange_error(credentials, {"kind": "subject-expired"})
             return None
         try:
             st.delegation = await self.broker.delegate(
@@ -136,12 +140,7 @@ class Gate:
                 self.digest_key(st.route.config),
             )
         except ExchangeFailed as exc:
-            st.upstream_credential = {
-                "mode": "exchange",
-                "provider": provider,
-                "aud": credentials.audience,
-                "error": exc.evidence(),
-            }
+            st.upstream_credential = exchange_error(credentials, exc.evidence())
             self._exchange_failed(flow, upstream, provider, exc)
             return None
         st.upstream_credential = st.delegation.evidence
@@ -211,6 +210,16 @@ class Gate:
         for name in state(flow).injected:
             if name in flow.request.headers:
                 flow.request.headers[name] = INJECTED_MARK
+
+
+def exchange_error(credentials: UpstreamCredentials, error: dict[str, Any]) -> dict[str, Any]:
+    """`extra.upstream_credential` of a call that got no token (nothing was forwarded)."""
+    return {
+        "mode": "exchange",
+        "provider": credentials.provider.name,
+        "aud": credentials.audience,
+        "error": error,
+    }
 
 
 def goes_to(upstream: Upstream, request: http.Request, reverse: bool) -> bool:
