@@ -1292,6 +1292,111 @@ def shadow_decision_us(candidates: dict[str, str], quick: bool) -> dict[str, flo
     return out
 
 
+class TokenEndpoint:
+    """Answers every token exchange at once with one signed token for `bench-user` (the
+    gateway's cache keeps it warm: the bench measures the calls, not the IdP)."""
+
+    def __init__(self) -> None:
+        endpoint = self
+        self.exchanges = 0
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        claims = {"sub": "bench-user", "aud": "bench-mcp", "exp": int(time.time()) + 7200}
+        body = json.dumps(
+            {
+                "access_token": jwt.encode(claims, key, algorithm="RS256"),
+                "token_type": "Bearer",
+                "issued_token_type": "urn:ietf:params:oauth:token-type:access_token",
+                "expires_in": 7200,
+            }
+        ).encode()
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                endpoint.exchanges += 1
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/token"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def scenario_exchange(quick: bool) -> dict:
+    """c16 `tools/call` with a per-user token exchanged (cache warm) against the static
+    `inject:` credential, the same gateway otherwise."""
+    count = 1000 if quick else 4000
+    idp = TokenEndpoint()
+    with tempfile.TemporaryDirectory() as tmp_name, upstream() as up:
+        tmp = Path(tmp_name)
+        signer = Signer(tmp)
+        auth = {"Authorization": f"Bearer {signer.token}"}
+        base = gateway_config(up, signer.jwks)
+        block = f"upstreams:\n  - name: fast\n    url: {up}\n"
+        static = base.replace(
+            block,
+            block
+            + '    inject:\n      headers:\n        Authorization: "Bearer ${env:BENCH_TOKEN}"\n',
+        )
+        exchange = base.replace(
+            block,
+            "credential_providers:\n  - name: bench-sso\n"
+            f"    token_url: {idp.url}\n    client_id: holdgate\n"
+            '    client_secret: "${env:BENCH_TOKEN}"\n'
+            + block
+            + "    credentials:\n      exchange: bench-sso\n      audience: bench-mcp\n",
+        )
+        env = {"BENCH_TOKEN": "bench-static-credential-0123456789"}
+        gateways = {
+            "static injection": Proxy(tmp, up, static, env=env),
+            "exchange, cache warm": Proxy(tmp, up, exchange, env=env),
+        }
+        runs: dict[str, list[dict]] = {name: [] for name in gateways}
+        try:
+            for gateway in gateways.values():
+                drive(gateway.port, 16, 160, 10, auth)  # warms the cache (one exchange)
+            for _ in range(1 if quick else 3):  # interleaved
+                for name, gateway in gateways.items():
+                    before = gateway.cpu_seconds()
+                    run = drive(gateway.port, 16, count, 60, auth)
+                    run["cpu_ms_per_request"] = (
+                        1000 * (gateway.cpu_seconds() - before) / run["requests"]
+                    )
+                    runs[name].append(run)
+        finally:
+            for gateway in gateways.values():
+                gateway.stop()
+            idp.close()
+    summary: dict = {name: median_runs(r) for name, r in runs.items()}
+    summary["exchanges"] = idp.exchanges
+    summary["rps_change"] = (
+        summary["exchange, cache warm"]["rps"] / summary["static injection"]["rps"] - 1
+    )
+    table(
+        "exchange: tools/call at concurrency 16, per-user token (cache warm) vs static",
+        [
+            [n, r["rps"], r["p50_ms"], r["p99_ms"], r["cpu_ms_per_request"]]
+            for n, r in runs_summary(summary)
+        ]
+        + [
+            ["req/s change", f"{summary['rps_change']:+.1%}", "", "", ""],
+            ["exchanges asked of the IdP", idp.exchanges, "", "", ""],
+        ],
+        ["condition", "req/s", "p50 ms", "p99 ms", "cpu ms/req"],
+    )
+    return summary
+
+
 def scenario_masking(quick: bool) -> dict:
     """bench_masking.py's tool results (PII-dense and clean) as the response path handles them
     (strict parse, mask, the upstream's bytes when nothing changed), as JSON and as one SSE
@@ -1683,6 +1788,7 @@ SCENARIOS = {
     "writeahead": scenario_writeahead,
     "holds": scenario_holds,
     "metrics": scenario_metrics,
+    "exchange": scenario_exchange,
     "tracing": scenario_tracing,
     "shadow": scenario_shadow,
     "masking": scenario_masking,

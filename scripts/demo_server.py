@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import ipaddress
 import json
 import os
@@ -424,6 +425,22 @@ def build_server(db_path: Path, variant: str | None = None) -> MCPServer:
             await ctx.info(f"report step {step} of {count} done")
             await anyio.sleep(0.02)
         return f"report complete: {count} steps"
+
+    @mcp.tool(description="Report whom the bearer token this server received names.")
+    def whoami(ctx: Context) -> dict[str, Any]:
+        # A demo: the token's claims are read WITHOUT checking its signature, only to show
+        # which person and audience the gateway's per-user credential named. A real server
+        # verifies the token against its issuer's keys before believing any of it.
+        headers = ctx.headers or {}
+        scheme, _, token = (headers.get("authorization") or "").partition(" ")
+        if scheme.lower() != "bearer" or token.count(".") != 2:
+            return {"sub": None, "aud": None, "bearer": bool(token)}
+        try:
+            payload = token.split(".")[1]
+            claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        except (ValueError, UnicodeDecodeError):
+            return {"sub": None, "aud": None, "bearer": True}
+        return {"sub": claims.get("sub"), "aud": claims.get("aud"), "bearer": True}
 
     @mcp.resource("customers://schema", mime_type="text/plain", description="The DB schema.")
     def customers_schema() -> str:

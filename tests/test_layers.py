@@ -12,7 +12,16 @@ import holdgate
 
 PACKAGE = Path(holdgate.__file__).parent
 # Library packages that stand below the config they are part of.
-DOMAIN = ("protocol", "policy", "identity", "masking", "store", "feeds", "telemetry")
+DOMAIN = (
+    "protocol",
+    "policy",
+    "identity",
+    "masking",
+    "store",
+    "feeds",
+    "telemetry",
+    "credentials",
+)
 ABOVE_DOMAIN = ("recording", "reports")
 
 

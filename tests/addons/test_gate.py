@@ -29,6 +29,7 @@ from holdgate.addons.holds import ApprovalHolds
 from holdgate.addons.recorder import Recorder
 from holdgate.addons.router import Router
 from holdgate.approvals.adminhttp import AdminRequest
+from holdgate.credentials import CredentialBroker
 
 pytestmark = pytest.mark.anyio
 
@@ -129,7 +130,7 @@ class FailingWriteAhead:
 
 
 async def test_a_request_whose_record_fails_is_refused_without_its_credential(tmp_path):
-    gate = Gate(FailingWriteAhead().write_ahead)
+    gate = Gate(FailingWriteAhead().write_ahead, CredentialBroker(), lambda config: b"k" * 32)
     with gateway(tmp_path, CONFIG, Router, Authentication, PolicyEnforcer) as tctx:
         tctx.master.addons.add(gate)
         flow = await send(tctx, mcp_flow(call("get_customer"), ALICE))

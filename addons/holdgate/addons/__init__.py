@@ -68,6 +68,7 @@ from holdgate.addons.status_api import HealthApi, StatusApi
 from holdgate.addons.task_ownership import TaskOwnership
 from holdgate.addons.telemetry import Telemetry
 from holdgate.addons.tool_pinning import ToolPinning
+from holdgate.credentials import CredentialBroker
 
 
 def default_addons() -> list[object]:
@@ -141,7 +142,7 @@ def default_addons() -> list[object]:
         Authentication(loader, audit),
         policy,
         holds,
-        Gate(decisions.write_ahead),
+        Gate(decisions.write_ahead, CredentialBroker(), audit.key),
         Responses(loader, stages=[policy, tasks, pins, ResponseMasking(), recorder]),
         recorder,
         checkpointer,  # lifecycle only: signs the chain's head while running

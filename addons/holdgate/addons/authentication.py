@@ -120,6 +120,7 @@ class Authentication:
                 self._unauthorized(flow, upstream, outcome.error, outcome.reason)
                 return
             identity = outcome.identity
+            st.subject = outcome.subject
         strip_credentials(flow.request, upstream)
         st.identity = identity
         session = session_key(flow)

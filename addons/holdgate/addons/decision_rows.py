@@ -339,6 +339,7 @@ def extra_of(st: FlowState) -> dict[str, Any]:
         "exempted",
         "audit_error",
         "reflected_secret",
+        "upstream_credential",
     )
     extra = {k: published[k] for k in keys if k in published}
     if st.refused is not None:  # what the client got, when it is not what the rule decided

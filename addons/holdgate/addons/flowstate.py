@@ -20,7 +20,8 @@ from mitmproxy import http
 
 from holdgate import STATE_KEY
 from holdgate.config.gateway_config import GatewayConfig, Upstream
-from holdgate.identity import Identity
+from holdgate.credentials import Delegation
+from holdgate.identity import Identity, SubjectToken
 from holdgate.masking.masker import StreamMasker
 from holdgate.policy.decision_text import DecisionText, held_outcome
 from holdgate.policy.quota import Hit
@@ -119,6 +120,7 @@ class FlowState:
     _identity: Identity | None = None
     auth_error: str | None = None
     spoofing: dict[str, Any] | None = None
+    subject: SubjectToken | None = field(default=None, repr=False)  # never published
     # PolicyEnforcer
     body: Body | None = None
     decided: list[DecidedMessage] = field(default_factory=list)
@@ -142,6 +144,8 @@ class FlowState:
     tools_changed: list[str] = field(default_factory=list)
     # Gate
     injected: tuple[str, ...] = ()
+    delegation: Delegation | None = field(default=None, repr=False)  # the exchanged token
+    upstream_credential: dict[str, Any] | None = None  # what the record says of the credential
     # Responses / ResponseMasking
     masked: dict[str, int] = field(default_factory=dict)
     exempted: tuple[str, ...] = ()
@@ -226,7 +230,15 @@ class FlowState:
             out["messages"] = [d.to_json() for d in self.decided]
         if self.refused is not None:
             out["refused"] = self.refused.to_json()
-        for name in ("local", "session", "auth_error", "spoofing", "held", "error"):
+        for name in (
+            "local",
+            "session",
+            "auth_error",
+            "spoofing",
+            "held",
+            "error",
+            "upstream_credential",
+        ):
             value = getattr(self, name)
             if value is not None:
                 out[name] = value

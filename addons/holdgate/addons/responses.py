@@ -63,9 +63,13 @@ class Responses:
         self._guards: dict[Upstream, Guard] = {}
         loader.checks.append(self.prepare_guards)
 
-    def run_stages(self, flow: http.HTTPFlow, message: Any, transport: str) -> Any:
+    def run_stages(
+        self, flow: http.HTTPFlow, message: Any, transport: str, tails: StreamTails | None = None
+    ) -> Any:
         """Each stage sees the previous one's output; a dropped message still reaches the last
-        stage (the recorder) so the drop is on record."""
+        stage (the recorder) so the drop is on record. A token exchanged for this caller is
+        scrubbed first, so not even the record sees it echoed (`tails`: of the stream)."""
+        message = delegated_guard(flow).value(flow, message, tails)
         context = MessageContext(transport)
         for stage in self.stages[:-1]:
             passed = stage.on_message(flow, message, context)
@@ -244,7 +248,8 @@ class Responses:
             if key in STRUCTURAL_HEADERS:
                 continue
             values = response.headers.get_all(name)
-            cleaned = [guard.text(flow, value) for value in values]
+            delegated = delegated_guard(flow)
+            cleaned = [delegated.text(flow, guard.text(flow, value)) for value in values]
             if effect is not None:
                 cleaned = [_masked_text(flow, value, effect) for value in cleaned]
             if cleaned != values:
@@ -299,6 +304,16 @@ class Guard:
             )
 
 
+_NO_FORMS = InjectedForms(())
+
+
+def delegated_guard(flow: http.HTTPFlow) -> Guard:
+    """The guard of the token exchanged for this flow's caller (compiled with the token)."""
+    delegation = state(flow).delegation
+    forms = delegation.forms if delegation is not None else None
+    return Guard(forms if forms is not None else _NO_FORMS)
+
+
 def _masked_text(flow: http.HTTPFlow, value: str, effect: ProfilesInEffect) -> str:
     outcome = mask_text(value, effect)
     if not outcome.findings:
@@ -324,6 +339,7 @@ class SSEPass:
         self.effect_checked = False
         self.effect: ProfilesInEffect | None = None
         self.tails = StreamTails()
+        self.delegated_tails = StreamTails()
 
     def __call__(self, chunk: bytes) -> list[bytes]:
         """The bytes to send for one upstream chunk: none while an event is incomplete.
@@ -377,7 +393,7 @@ class SSEPass:
                 found = parse_qs(urlsplit(event.data).query).get("session_id")
                 if found:
                     state(self.flow).stream_session = found[0]
-        result = self.streams.run_stages(self.flow, message, "sse")
+        result = self.streams.run_stages(self.flow, message, "sse", self.delegated_tails)
         event_id = self.field(event.id)
         if result is None:
             return encode_event(SSEEvent(data=None, event=None, id=event_id, comments=("dropped",)))
@@ -405,6 +421,7 @@ class SSEPass:
             groups = st.identity.groups if st.authenticated else ()
             self.effect = route.config.masking.profiles_for(route.upstream.name, None, groups)
         value = self.streams.guard(self.flow).text(self.flow, value)
+        value = delegated_guard(self.flow).text(self.flow, value)
         return _masked_text(self.flow, value, self.effect) if self.effect else value
 
     def _cut(self, exc: BaseException) -> bytes:

@@ -31,6 +31,12 @@ from holdgate.configfile import (
     load_yaml_file,
     parse_yaml,
 )
+from holdgate.credentials import (
+    CredentialProvider,
+    UpstreamCredentials,
+    parse_credential_providers,
+    parse_upstream_credentials,
+)
 from holdgate.feeds.feeds_config import FeedConfig, parse_feeds
 from holdgate.identity import (
     IdentityConfig,
@@ -72,8 +78,9 @@ TOP_KEYS = {
     "sessions",
     "allowed_hosts",
     "allowed_origins",
+    "credential_providers",
 }
-UPSTREAM_KEYS = {"name", "prefix", "host", "url", "inject", "on_tool_change"}
+UPSTREAM_KEYS = {"name", "prefix", "host", "url", "inject", "on_tool_change", "credentials"}
 TOOL_CHANGE_KEYS = {"action", "approvers", "timeout"}
 INJECT_KEYS = {"headers", "pass_cookies"}
 RESPONSE_HEADER_KEYS = {"drop", "mask"}
@@ -88,10 +95,18 @@ class Upstream:
     inject_headers: tuple[tuple[str, str], ...] = ()
     pass_cookies: bool = False
     on_tool_change: ToolChangePolicy = field(default_factory=ToolChangePolicy)
+    credentials: UpstreamCredentials | None = None
 
     @property
     def secrets(self) -> tuple[str, ...]:
-        return tuple(value for _, value in self.inject_headers)
+        """Its injected values and its credential provider's client secret."""
+        provider = self.credentials.provider.secrets if self.credentials else ()
+        return (*(value for _, value in self.inject_headers), *provider)
+
+    @property
+    def sends_credentials(self) -> bool:
+        """The gateway puts a credential of its own in what it forwards to this upstream."""
+        return bool(self.inject_headers) or self.credentials is not None
 
     @property
     def open_destination(self) -> bool:
@@ -159,6 +174,7 @@ class GatewayConfig:
     upstreams: tuple[Upstream, ...]
     policy: Policy
     masking: MaskingPolicy
+    credential_providers: tuple[CredentialProvider, ...] = ()
     audit: Literal["required", "best_effort"] = "required"
     server_requests: Action = "allow"
     approvals: ApprovalsConfig = field(default_factory=ApprovalsConfig)
@@ -184,7 +200,14 @@ class GatewayConfig:
         feeds = tuple(f.secret for f in self.feeds if f.secret)
         hook = self.approvals.webhook
         webhook = (hook.url,) if hook is not None and hook.referenced else ()
-        return (*(s for up in self.upstreams for s in up.secrets if s), *feeds, *webhook)
+        providers = tuple(s for p in self.credential_providers for s in p.secrets)
+        found = (
+            *(s for up in self.upstreams for s in up.secrets if s),
+            *feeds,
+            *webhook,
+            *providers,
+        )
+        return tuple(dict.fromkeys(found))
 
     def redacted_text(self) -> str:
         """The file as written, with any secret written into it literally blanked out."""
@@ -232,7 +255,10 @@ def build_config(
     found.attempt(root.mapping, TOP_KEYS, {"version"})
     if root.has("version") and root.child("version").value != 1:
         found.add(root.child("version").error("only `version: 1` is supported"))
-    upstreams = _parse_upstreams(root.child("upstreams"), secrets, found)
+    providers_node = root.child("credential_providers")
+    providers = parse_credential_providers(providers_node, found, secrets)
+    known_providers = (providers, declared_names(providers_node))
+    upstreams = _parse_upstreams(root.child("upstreams"), secrets, known_providers, found)
     policy = parse_rules(root.child("rules"), found)
     _check_rule_upstreams(root, upstreams, found)
     hash_key_node = root.child("hash_key")
@@ -270,6 +296,7 @@ def build_config(
             upstreams=upstreams,
             policy=policy,
             masking=masking,
+            credential_providers=providers,
             audit=audit or "required",  # type: ignore[arg-type]
             server_requests=server_requests or "allow",  # type: ignore[arg-type]
             approvals=approvals or ApprovalsConfig(),
@@ -320,14 +347,19 @@ def _check_rule_upstreams(root: Node, upstreams: tuple[Upstream, ...], problems:
                 )
 
 
-def _parse_upstreams(node: Node, secrets: bool, problems: Problems) -> tuple[Upstream, ...]:
+KnownProviders = tuple[tuple[CredentialProvider, ...], set[str] | None]
+
+
+def _parse_upstreams(
+    node: Node, secrets: bool, providers: KnownProviders, problems: Problems
+) -> tuple[Upstream, ...]:
     if node.missing:
         problems.add(node.error("missing `upstreams`: list at least one MCP server to protect"))
         return ()
     out: list[Upstream] = []
     items = problems.elements(node)
     for item in items:
-        upstream = problems.attempt(_parse_upstream, item, secrets, out)
+        upstream = problems.attempt(_parse_upstream, item, secrets, providers, out)
         if upstream is not None:
             out.append(upstream)
     if not items and isinstance(node.value, list):
@@ -335,11 +367,17 @@ def _parse_upstreams(node: Node, secrets: bool, problems: Problems) -> tuple[Ups
     return tuple(out)
 
 
-def _parse_upstream(item: Node, secrets: bool, before: list[Upstream]) -> Upstream:
-    return keys_then(item, UPSTREAM_KEYS, {"name"}, lambda: _upstream_fields(item, secrets, before))
+def _parse_upstream(
+    item: Node, secrets: bool, providers: KnownProviders, before: list[Upstream]
+) -> Upstream:
+    return keys_then(
+        item, UPSTREAM_KEYS, {"name"}, lambda: _upstream_fields(item, secrets, providers, before)
+    )
 
 
-def _upstream_fields(item: Node, secrets: bool, before: list[Upstream]) -> Upstream:
+def _upstream_fields(
+    item: Node, secrets: bool, providers: KnownProviders, before: list[Upstream]
+) -> Upstream:
     name = item.child("name").string()
     if any(u.name == name for u in before):
         raise item.child("name").error(f"upstream {name!r} is defined twice")
@@ -378,6 +416,11 @@ def _upstream_fields(item: Node, secrets: bool, before: list[Upstream]) -> Upstr
                 )
             headers.append((header, resolved))
         pass_cookies = inject.child("pass_cookies").boolean(default=False)
+    credentials = parse_upstream_credentials(
+        item.child("credentials"),
+        *providers,
+        any(header.lower() == "authorization" for header, _ in headers),
+    )
     upstream = Upstream(
         name,
         url,
@@ -386,6 +429,7 @@ def _upstream_fields(item: Node, secrets: bool, before: list[Upstream]) -> Upstr
         tuple(headers),
         pass_cookies,
         _parse_tool_change(item.child("on_tool_change")),
+        credentials,
     )
     if secrets:
         forms_for(upstream.secrets)  # compiled here, off the proxy's loop on a reload

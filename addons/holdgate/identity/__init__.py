@@ -21,6 +21,7 @@ from holdgate.identity.caller import (
     AuthError,
     AuthOutcome,
     Identity,
+    SubjectToken,
     challenge,
 )
 from holdgate.identity.identity_config import (
@@ -54,6 +55,7 @@ __all__ = [
     "ApiKey",
     "AuthError",
     "AuthOutcome",
+    "SubjectToken",
     "Authenticator",
     "Fetch",
     "Identity",

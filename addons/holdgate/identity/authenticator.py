@@ -30,7 +30,7 @@ from typing import Any
 import jwt
 from jwt import PyJWK
 
-from holdgate.identity.caller import AuthError, AuthOutcome, Identity
+from holdgate.identity.caller import AuthError, AuthOutcome, Identity, SubjectToken
 from holdgate.identity.identity_config import ApiKey, IdentityConfig, OidcIssuer, TrustedHeader
 from holdgate.identity.jwks import (
     JWKS_FETCHES,
@@ -105,6 +105,7 @@ class _Verified:
     not_before: float  # wall clock, leeway applied
     expires: float
     cached_at: float  # self._clock
+    exp: float  # the token's own `exp`
 
 
 class Authenticator:
@@ -169,6 +170,7 @@ class Authenticator:
                 spoofed = present
         auth = headers.get("authorization", [])
         api = headers.get("x-api-key", [])
+        subject: SubjectToken | None = None
         try:
             if len(auth) > 1 or len(api) > 1:
                 raise AuthError("multiple credentials")
@@ -179,12 +181,13 @@ class Authenticator:
             if credential is None:
                 raise AuthError("no credentials")
             if bearer is not None and credential.count(".") == 2 and self.config.oidc:
-                identity = await self._jwt(credential)
+                identity, expires = await self._jwt(credential)
+                subject = SubjectToken(credential, expires)
             else:
                 identity = self._api_key(credential)
         except AuthError as exc:
             return AuthOutcome(None, str(exc), spoofed, reason=exc.reason)
-        return AuthOutcome(identity, None, spoofed)
+        return AuthOutcome(identity, None, spoofed, subject=subject)
 
     def _trusted(self, headers: Mapping[str, Sequence[str]], trusted: TrustedHeader) -> AuthOutcome:
         users = headers.get(trusted.user_header, [])
@@ -205,26 +208,30 @@ class Authenticator:
             raise AuthError("unknown API key")
         return Identity(found.name, found.groups, "api_key", name=found.name)
 
-    async def _jwt(self, token: str) -> Identity:
+    async def _jwt(self, token: str) -> tuple[Identity, float]:
+        """The token's identity and its `exp`."""
         digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
         hit = self._verified.get(digest)
         if hit is not None:
             if self._still_valid(hit):
-                return hit.identity
+                return hit.identity, hit.exp
             del self._verified[digest]
         identity, claims, leeway = await self._verify_jwt(token)
-        if isinstance(claims.get("exp"), int | float):
-            nbf = claims.get("nbf")
-            self._verified[digest] = _Verified(
-                identity,
-                identity.issuer or "",
-                (nbf - leeway) if isinstance(nbf, int | float) else float("-inf"),
-                claims["exp"] + leeway,
-                self._clock(),
-            )
-            if len(self._verified) > VERIFIED_MAX:
-                self._verified.popitem(last=False)
-        return identity
+        exp = claims.get("exp")
+        if not isinstance(exp, int | float) or isinstance(exp, bool):
+            raise AuthError("invalid token")  # PyJWT checked it is there and a number
+        nbf = claims.get("nbf")
+        self._verified[digest] = _Verified(
+            identity,
+            identity.issuer or "",
+            (nbf - leeway) if isinstance(nbf, int | float) else float("-inf"),
+            exp + leeway,
+            self._clock(),
+            float(exp),
+        )
+        if len(self._verified) > VERIFIED_MAX:
+            self._verified.popitem(last=False)
+        return identity, float(exp)
 
     def _still_valid(self, hit: _Verified) -> bool:
         now = self._wall_clock()

@@ -3,7 +3,7 @@ reason that never echoes the credential), and the `WWW-Authenticate` challenge s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 # Request headers a caller's credential travels in: never forwarded as sent, never recorded.
@@ -35,11 +35,21 @@ ANONYMOUS = Identity("anonymous", (), "anonymous")
 
 
 @dataclass(frozen=True)
+class SubjectToken:
+    """The caller's verified OIDC token: kept beside the flow only to exchange it for an
+    upstream's own token (per-user credentials); never forwarded, recorded or shown."""
+
+    token: str = field(repr=False)
+    expires: float  # its `exp` (wall clock)
+
+
+@dataclass(frozen=True)
 class AuthOutcome:
     identity: Identity | None
     error: str | None = None  # safe for a body: reason, and any request text via `shown`
     spoofed_headers: tuple[str, ...] = ()
     reason: str | None = None  # one of AUTH_REASONS: the only part a response header gets
+    subject: SubjectToken | None = field(default=None, repr=False)  # with an OIDC identity
 
 
 # Why a credential was refused, as the 401's `WWW-Authenticate` header may say it. A closed
@@ -68,6 +78,7 @@ AUTH_REASONS = frozenset(
         "the groups claim is neither a list of strings nor a string",
         "the trusted user header must appear exactly once",
         "invalid token",
+        "the identity provider refused to exchange the token",
     }
 )
 

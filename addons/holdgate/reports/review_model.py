@@ -100,6 +100,17 @@ class ApprovalLine:
         return f"{self.decider} via {self.channel or 'a channel not recorded'}"
 
 
+@dataclass(frozen=True, order=True)
+class Delegated:
+    """Who an upstream saw when this identity called it: the `sub` and `aud` of the token
+    exchanged for it (`mode: exchange`), or the upstream's static credential."""
+
+    upstream: str
+    mode: str  # exchange | static
+    subject: str
+    audience: str
+
+
 @dataclass
 class IdentityReview:
     user: str
@@ -114,6 +125,8 @@ class IdentityReview:
     days: Counter[str] = field(default_factory=Counter)  # YYYY-MM-DD -> uses
     grants_used: set[Use] = field(default_factory=set)  # each used target and its rule
     suggested: list[dict[str, Any]] = field(default_factory=list)  # `least_privilege.suggest`
+    # per-user upstream credentials: whom each upstream saw calling, and how often
+    delegated: Counter[Delegated] = field(default_factory=Counter)
 
     @property
     def unused(self) -> list[Target]:
@@ -208,6 +221,7 @@ def build_review(
                 )
             continue
         person = people.setdefault(user, IdentityReview(user))
+        _count_delegation(person, upstream, row)
         person.groups.update(json.loads(row.get("groups") or "[]"))
         if row.get("session_id"):
             person.sessions.add(row["session_id"])
@@ -263,6 +277,24 @@ def build_review(
     ]
     exceptions.sort(key=lambda f: (f.ts, f.kind))
     return Review(header, sorted(people.values(), key=lambda p: p.user), exceptions)
+
+
+def _count_delegation(person: IdentityReview, upstream: str, row: Mapping[str, Any]) -> None:
+    """A forwarded call's `extra.upstream_credential`: whom the upstream saw (a refused
+    exchange sent nothing, so it names no one)."""
+    try:
+        credential = json.loads(row.get("extra") or "{}").get("upstream_credential")
+    except (ValueError, AttributeError):
+        return
+    if not isinstance(credential, dict) or "error" in credential:
+        return
+    mode = credential.get("mode")
+    if mode == "static":
+        person.delegated[Delegated(upstream, "static", "(static credential)", "-")] += 1
+    elif mode == "exchange" and credential.get("sub") is not None:
+        audience = credential.get("aud")
+        shown = " ".join(audience) if isinstance(audience, list) else str(audience or "-")
+        person.delegated[Delegated(upstream, "exchange", str(credential["sub"]), shown)] += 1
 
 
 def _count_call(

@@ -189,6 +189,7 @@ def _identity_markdown(p: IdentityReview) -> list[str]:
     if p.masked:
         out += ["", "| target | detector | values masked |", "|---|---|---|"]
         out += [f"| {md(t)} | {md(d)} | {n} |" for (t, d), n in sorted(p.masked.items())]
+    out += _delegated_markdown(p)
     if p.unused:
         out += [
             "",
@@ -200,6 +201,37 @@ def _identity_markdown(p: IdentityReview) -> list[str]:
     fence = "`" * max(3, 1 + max((len(r) for r in _BACKTICKS.findall(suggestion)), default=0))
     out += ["", "Least-privilege suggestion:", "", f"{fence}yaml", suggestion, fence]
     return out
+
+
+def _delegated_markdown(p: IdentityReview) -> list[str]:
+    """Per upstream, whom it saw calling for this identity (per-user credentials)."""
+    if not p.delegated:
+        return []
+    out = [
+        "",
+        "### Upstream credentials",
+        "",
+        "| upstream | seen as | audience | credential | calls |",
+        "|---|---|---|---|---|",
+    ]
+    for d, calls in sorted(p.delegated.items()):
+        out.append(
+            f"| {md(d.upstream)} | {md(d.subject)} | {md(d.audience)} | {md(d.mode)} | {calls} |"
+        )
+    return out
+
+
+def delegated_json(p: IdentityReview) -> list[dict[str, Any]]:
+    return [
+        {
+            "upstream": d.upstream,
+            "mode": d.mode,
+            "subject": d.subject,
+            "audience": d.audience,
+            "calls": calls,
+        }
+        for d, calls in sorted(p.delegated.items())
+    ]
 
 
 def csv_cell(value: object) -> object:
@@ -292,6 +324,7 @@ def review_json(review: Review) -> dict[str, Any]:
                 ],
                 "suggestion": p.suggestion(),
                 "suggested_rules": p.suggested,
+                "upstream_credentials": delegated_json(p),
             }
             for p in review.identities
         ],
