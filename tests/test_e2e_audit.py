@@ -137,7 +137,7 @@ async def test_a_session_is_recorded_in_order_and_replayable(session):
     )
     unused = next(line for line in review.output.splitlines() if "Unused grants" in line)
     assert "demo tool search_customers" in unused and "get_customer" not in unused
-    assert 'tool: ["get_customer"]' in review.output  # the least-privilege suggestion
+    assert "tool: [get_customer]" in review.output  # the least-privilege suggestion
     db.execute("update events set decision = 'allow' where target = 'exec_shell'")
     db.commit()
     broken = runner.invoke(main, ["verify", "--db", str(gw.db)])
