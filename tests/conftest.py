@@ -21,11 +21,6 @@ from hypothesis import settings
 from mitmproxy.log import LegacyLogEvents
 
 from helpers.postgres import PostgresServer, start_postgres, stop_postgres
-
-# Hypothesis's per-example deadline is a timed assertion: on a loaded CI machine it fails
-# correct code. Speed is measured by the benchmarks instead.
-settings.register_profile("holdgate", deadline=None)
-settings.load_profile("holdgate")
 from helpers.processes import (
     DemoServer,
     Gateway,
@@ -36,6 +31,11 @@ from helpers.processes import (
     wait_for_stops,
 )
 from helpers.upstreams import Answer, FakeUpstream, hostile_upstream
+
+# Hypothesis's per-example deadline is a timed assertion: on a loaded CI machine it fails
+# correct code. Speed is measured by the benchmarks instead.
+settings.register_profile("holdgate", deadline=None)
+settings.load_profile("holdgate")
 
 # Workers for `-n auto`: most of a test's time is spent waiting on the gateway and servers
 # it starts, so more workers than cores (PYTEST_XDIST_AUTO_NUM_WORKERS=N overrides).
