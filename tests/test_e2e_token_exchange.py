@@ -191,6 +191,14 @@ def test_alice_and_bob_reach_the_upstream_as_themselves(demo, gateway_factory, i
     markdown = holdgate_cli("review", "--config", str(gw.config), "--db", str(gw.db)).stdout
     assert "### Upstream credentials" in markdown
     assert "| ` demo ` | ` alice ` | ` hr-mcp ` | ` exchange ` | 1 |" in markdown
+    page = holdgate_cli(
+        "review", "--format", "html", "--config", str(gw.config), "--db", str(gw.db)
+    ).stdout
+    assert "<h3>Upstream credentials</h3>" in page
+    assert (
+        "<tr><td>demo</td><td>bob</td><td>hr-mcp</td><td>exchange</td>"
+        '<td class="n">1</td></tr>' in page
+    )
 
 
 def test_an_upstream_echoing_the_exchanged_token_gives_it_to_nobody(

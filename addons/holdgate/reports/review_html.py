@@ -215,6 +215,18 @@ def _identity_html(p: IdentityReview, review: Review) -> str:
             + _e(", ".join(target_name(t) for t in p.unused))
             + "</p>"
         )
+    if p.delegated:
+        out.append("<h3>Upstream credentials</h3>")
+        out.append(
+            _table(
+                "delegated",
+                ["upstream", "seen as", "audience", "credential", "calls"],
+                [
+                    [_e(d.upstream), _e(d.subject), _e(d.audience), _e(d.mode), f"n:{calls}"]
+                    for d, calls in sorted(p.delegated.items())
+                ],
+            )
+        )
     out.append(f"<h3>Least-privilege suggestion</h3><pre>{escape(p.suggestion())}</pre>")
     return "".join(out) + "</section>"
 
