@@ -88,6 +88,20 @@ class TimeBound(click.ParamType[str]):
 TIME = TimeBound()
 
 
+def format_option(
+    help: str = "text for a person, json for a script.",
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """`--format text|json` (the value as `fmt`)."""
+    return click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(["text", "json"]),
+        default="text",
+        show_default=True,
+        help=help,
+    )
+
+
 def since_option(func: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "--since", type=TIME, help="From this ISO time, or this long ago (7d, 12h, 30m)."

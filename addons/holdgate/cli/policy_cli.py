@@ -15,6 +15,7 @@ from holdgate.cli.common import (
     TIME,
     CheckFailed,
     db_option,
+    format_option,
     load_rules,
     opened,
     since_option,
@@ -185,14 +186,7 @@ def policy_test(file: str, tests: str) -> None:
 @since_option
 @until_option
 @click.option("--all", "show_all", is_flag=True, help="List every changed message.")
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["text", "json"]),
-    default="text",
-    show_default=True,
-    help="A text report, or JSON for scripts.",
-)
+@format_option("A text report, or JSON for scripts.")
 @click.option("--fail-on-change", is_flag=True, help="Exit 1 when any decision would change.")
 def policy_replay(
     candidate: str,
@@ -234,14 +228,7 @@ def policy_replay(
 @since_option
 @until_option
 @click.option("--all", "show_all", is_flag=True, help="List every changed decision.")
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["text", "json"]),
-    default="text",
-    show_default=True,
-    help="A text report, or JSON for scripts.",
-)
+@format_option("A text report, or JSON for scripts.")
 def policy_diff(
     old: str,
     new: str,

@@ -10,7 +10,14 @@ import json
 
 import click
 
-from holdgate.cli.common import CheckFailed, db_option, opened, since_option, until_option
+from holdgate.cli.common import (
+    CheckFailed,
+    db_option,
+    format_option,
+    opened,
+    since_option,
+    until_option,
+)
 from holdgate.reports.shadow_report import build_report, render_text
 
 
@@ -23,14 +30,7 @@ def shadow() -> None:
 @db_option
 @since_option
 @until_option
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["text", "json"]),
-    default="text",
-    show_default=True,
-    help="text for a person, json for a script.",
-)
+@format_option()
 @click.option(
     "--fail-on-loosen",
     is_flag=True,

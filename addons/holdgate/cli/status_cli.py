@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from holdgate.cli.common import format_option
 from holdgate.cli.gateway_client import GatewayClient, gateway_options, gateway_url
 
 SHORT_HASH = 12
@@ -80,14 +81,7 @@ def status_lines(report: dict[str, Any]) -> list[str]:
     type=click.Path(dir_okay=False),
     help="The gateway's config, to find its admin API (approvals.public_url).",
 )
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["text", "json"]),
-    default="text",
-    show_default=True,
-    help="text for a person, json for a script (the admin API's answer as it is).",
-)
+@format_option("text for a person, json for a script (the admin API's answer as it is).")
 def status(gateway: str | None, token: str | None, config_path: str | None, fmt: str) -> None:
     """A running gateway's state through its admin API: the config in force against the
     file on disk, the last rejected reload, store health, replica, pending approvals and
