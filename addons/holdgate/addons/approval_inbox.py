@@ -122,16 +122,8 @@ class ApprovalInbox:
         found = await self.core.audit.run(lambda store: store.approval(approval_id))
         visible = found is not None and may_see(found, viewer.user, viewer.groups)
         try:
-            decided = await self.core.audit.run(
-                lambda store: store.decide_approval(
-                    approval_id,
-                    decision,
-                    viewer.user,
-                    viewer.groups,
-                    form.reason,
-                    channel="inbox",
-                    identity=viewer.how,
-                )
+            await self.holds.decide(
+                approval_id, decision, viewer.user, viewer.groups, form.reason, "inbox", viewer.how
             )
         except store.ApprovalRefused as exc:  # the store recorded it as a refused attempt
             if not visible:  # one answer for "absent" and "not yours": no oracle for either
@@ -144,10 +136,6 @@ class ApprovalInbox:
                 409 if isinstance(exc, store.ApprovalNotPending | store.ApprovalExpired) else 403
             )
             return _problem(status, "Refused", f"Nothing was decided: {exc}.")
-        hold = self.holds.holds.get(approval_id)
-        if hold is not None:
-            # the released call's event row says how it was decided, as the store does
-            hold.decide(decision, viewer.user, form.reason, "inbox", decided.get("decided_as"))
         return _page(303, "", ("Location", f"../inbox?decided={approval_id}#{approval_id}"))
 
     async def _record_refusal(

@@ -130,22 +130,11 @@ class ApprovalsApi:
         if reason is not None and not isinstance(reason, str):
             return AdminResponse(400, {"error": '"reason" must be a string'})
         try:
-            decided = await self.core.audit.run(
-                lambda store: store.decide_approval(
-                    parts[1],
-                    new_state,
-                    approver.user,
-                    approver.groups,
-                    reason,
-                    channel=channel,
-                    identity=how,
-                )
+            decided = await self.holds.decide(
+                parts[1], new_state, approver.user, approver.groups, reason, channel, how
             )
         except store.ApprovalRefused as exc:  # recorded by the store as a refused attempt
             return AdminResponse(REFUSAL_STATUS.get(type(exc), 409), {"error": str(exc)})
-        hold = self.holds.holds.get(parts[1])
-        if hold is not None:
-            hold.decide(new_state, approver.user, reason, channel, decided.get("decided_as"))
         shown_row = approval_json(decided)
         return AdminResponse(
             200,

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -142,6 +143,35 @@ class ApprovalHolds:
         self.holds: dict[str, Hold] = {}
         self._tasks: list[asyncio.Task[Any]] = []  # the start-up first, then the watcher
         self.operator = ""  # holdgate_mitmweb_operator: who sits at the mitmweb console
+
+    async def decide(
+        self,
+        approval_id: str,
+        decision: store.Decision,
+        user: str,
+        groups: Iterable[str],
+        reason: str | None,
+        channel: store.Channel,
+        how: Mapping[str, Any],
+    ) -> store.ApprovalRecord:
+        """A person's decision (API, CLI, inbox): the store applies the approval rules and
+        records it, or records the refusal and raises `ApprovalRefused`; a call this
+        replica holds wakes at once (others notice it through the store)."""
+        decided = await self.core.audit.run(
+            lambda opened: opened.decide_approval(
+                approval_id,
+                decision,
+                user,
+                groups,
+                reason,
+                channel=channel,
+                identity=how,
+            )
+        )
+        hold = self.holds.get(approval_id)
+        if hold is not None:  # its event row says how it was decided, as the store does
+            hold.decide(decision, user, reason, channel, decided.get("decided_as"))
+        return decided
 
     def load(self, loader: Any) -> None:
         loader.add_option(
