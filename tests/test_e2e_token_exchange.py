@@ -68,6 +68,9 @@ STATIC_INJECT = (
     '    inject:\n      headers:\n        Authorization: "Bearer ${env:STATIC_UPSTREAM_TOKEN}"\n'
 )
 
+# who decides is not what these tests are about: the store is written directly
+BREAK_GLASS = ("--break-glass", "--as", "dana", "--reason", "token exchange test")
+
 
 @pytest.fixture
 def idp(fake_upstream) -> IdentityProvider:
@@ -359,7 +362,7 @@ async def test_a_held_then_denied_call_mints_nothing(demo, gateway_factory, idp)
         tg.start_soon(held)
         pending = await wait_for_pending(gw.db)
         denied = holdgate_cli(
-            "approvals", "deny", pending["approval_id"], "--as", "dana", "--db", str(gw.db)
+            "approvals", "deny", pending["approval_id"], *BREAK_GLASS, "--db", str(gw.db)
         )
         assert denied.returncode == 0, denied.stderr
     assert "error" in answers[0].json()
@@ -383,7 +386,7 @@ async def test_a_held_call_is_exchanged_for_only_once_approved(demo, gateway_fac
         pending = await wait_for_pending(gw.db)
         assert idp.requests == 0  # held: nothing minted yet
         approved = holdgate_cli(
-            "approvals", "approve", pending["approval_id"], "--as", "dana", "--db", str(gw.db)
+            "approvals", "approve", pending["approval_id"], *BREAK_GLASS, "--db", str(gw.db)
         )
         assert approved.returncode == 0, approved.stderr
     assert answers[0].status == 200 and "result" in answers[0].json()
@@ -411,7 +414,7 @@ async def test_a_held_call_whose_token_expired_meanwhile_is_401_when_released(
         pending = await wait_for_pending(gw.db)
         await anyio.sleep(max(0.0, pending_deadline(alice) - time.time()) + 0.5)
         approved = holdgate_cli(
-            "approvals", "approve", pending["approval_id"], "--as", "dana", "--db", str(gw.db)
+            "approvals", "approve", pending["approval_id"], *BREAK_GLASS, "--db", str(gw.db)
         )
         assert approved.returncode == 0, approved.stderr
     assert answers[0].status == 401

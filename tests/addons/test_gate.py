@@ -170,4 +170,10 @@ async def test_a_held_call_is_on_record_before_it_is_held_and_released(tmp_path)
         assert flow.response is None  # it leaves now, and its release is already on record
         (row,) = committed(tmp_path, "select * from events where direction = 'request'")
         assert (row["decision"], row["approval_id"]) == ("approve", pending["approval_id"])
-        assert json.loads(row["extra"])["approval"] == {"state": "approved", "decider": "dana"}
+        approval = json.loads(row["extra"])["approval"]
+        assert (approval["state"], approval["decider"], approval["channel"]) == (
+            "approved",
+            "dana",
+            "api",
+        )
+        assert approval["decided_as"]["qualified_by"] == "dba"
