@@ -41,8 +41,9 @@ from holdgate.store.sqlconn import SqlConnection, select, transaction
 
 Decision = Literal["approved", "denied"]
 # How a decision reached the store (`approvals.channel`, schema 8).
-Channel = Literal["api", "cli", "inbox", "elicitation", "mitmweb", "break-glass"]
-CHANNELS: tuple[Channel, ...] = ("api", "cli", "inbox", "elicitation", "mitmweb", "break-glass")
+# (An approval waiting through URL-mode elicitation is decided through one of these too.)
+Channel = Literal["api", "cli", "inbox", "mitmweb", "break-glass"]
+CHANNELS: tuple[Channel, ...] = ("api", "cli", "inbox", "mitmweb", "break-glass")
 # Called inside the transaction that changed an approval's state (its id).
 Notify = Callable[[SqlConnection, str], None]
 

@@ -157,7 +157,7 @@ CERTIFICATIONS: dict[str, type] = {
 }
 # v6: an approval names the lineage of the rule that asked for it (`rules.rule_lineage`):
 # it may be spent only while that rule is unchanged.
-# v8: a decision names its channel (api, cli, inbox, elicitation, mitmweb, break-glass)
+# v8: a decision names its channel (api, cli, inbox, mitmweb, break-glass)
 # and the identity that made it as authenticated (`decided_as`, JSON); a config version
 # names its role (active, candidate: a shadow policy; NULL before v8: active) and the
 # replica that loaded it.
