@@ -21,7 +21,13 @@ import time
 from pathlib import Path
 
 from helpers.configs import ALICE, identity
-from helpers.processes import free_port, gateway_command, holdgate_cli, wait_for_port
+from helpers.processes import (
+    free_port,
+    gateway_command,
+    holdgate_cli,
+    wait_for_port,
+    wait_for_started,
+)
 from helpers.upstreams import FakeUpstream, Reply, Request, json_reply
 
 TOOL_TIME = 0.2  # each tool call takes this long at the upstream
@@ -60,8 +66,12 @@ class SlowUpstream:
         return json_reply({"jsonrpc": "2.0", "id": first.get("id"), "result": {"content": []}})
 
 
-def start_gateway_group(tmp: Path, upstream_url: str, port: int) -> subprocess.Popen[bytes]:
-    """A real gateway on `port` (the same store every time), leader of its own group."""
+def start_gateway_group(
+    tmp: Path, upstream_url: str, port: int, round_: int
+) -> subprocess.Popen[bytes]:
+    """A real gateway on `port` (the same store every time), leader of its own group,
+    once its start-up is over (mitmproxy listens before that: a kill then would find no
+    store, and nothing forwarded)."""
     config = tmp / "holdgate.yaml"
     config.write_text(CONFIG.format(url=upstream_url))
     cmd = gateway_command("--set", "flow_detail=0", "--mode", f"reverse:{upstream_url}")
@@ -73,12 +83,13 @@ def start_gateway_group(tmp: Path, upstream_url: str, port: int) -> subprocess.P
         "holdgate_admin": "",
     }.items():
         cmd += ["--set", f"{key}={value}"]
-    log = tmp / "mitmdump.out"
+    log = tmp / f"mitmdump.{round_}.out"
     with log.open("ab") as sink:
         proc = subprocess.Popen(
             cmd, stdout=sink, stderr=subprocess.STDOUT, cwd=tmp, start_new_session=True
         )
     wait_for_port(port, proc, log)
+    wait_for_started(proc, log)
     return proc
 
 
@@ -128,7 +139,7 @@ def test_no_call_reaches_the_upstream_without_its_decision_row_across_kills(tmp_
     kills = 0
     with FakeUpstream(upstream.answer) as server:
         for round_ in range(KILLS):
-            proc = start_gateway_group(tmp_path, server.url, port)
+            proc = start_gateway_group(tmp_path, server.url, port, round_)
             pgid = os.getpgid(proc.pid)
             assert pgid == proc.pid  # ours alone: the kill reaches nothing else
             stop = threading.Event()
