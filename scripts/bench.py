@@ -395,6 +395,21 @@ def median_runs(runs: list[dict]) -> dict:
     return {k: statistics.median(r[k] for r in runs) for k in runs[0] if runs[0][k] is not None}
 
 
+def interleaved_c16(gateways: dict, auth: dict[str, str], count: int, quick: bool) -> dict:
+    """Each gateway warmed, then driven at c16 in interleaved rounds (machine noise falls
+    on all alike): per gateway, the median run with its CPU per request."""
+    runs: dict[str, list[dict]] = {name: [] for name in gateways}
+    for gateway in gateways.values():
+        drive(gateway.port, 16, 160, 10, auth)
+    for _ in range(1 if quick else 3):
+        for name, gateway in gateways.items():
+            before = gateway.cpu_seconds()
+            run = drive(gateway.port, 16, count, 60, auth)
+            run["cpu_ms_per_request"] = 1000 * (gateway.cpu_seconds() - before) / run["requests"]
+            runs[name].append(run)
+    return {name: median_runs(r) for name, r in runs.items()}
+
+
 # --- scenarios ------------------------------------------------------------------------------
 
 
@@ -1140,23 +1155,12 @@ def scenario_tracing(quick: bool) -> dict:
                 tmp, up, config, env={"OTEL_EXPORTER_OTLP_ENDPOINT": sink.endpoint}
             ),
         }
-        runs: dict[str, list[dict]] = {name: [] for name in gateways}
         try:
-            for gateway in gateways.values():
-                drive(gateway.port, 16, 160, 10, auth)
-            for _ in range(1 if quick else 3):  # interleaved
-                for name, gateway in gateways.items():
-                    before = gateway.cpu_seconds()
-                    run = drive(gateway.port, 16, count, 60, auth)
-                    run["cpu_ms_per_request"] = (
-                        1000 * (gateway.cpu_seconds() - before) / run["requests"]
-                    )
-                    runs[name].append(run)
+            summary: dict = interleaved_c16(gateways, auth, count, quick)
         finally:
             for gateway in gateways.values():
                 gateway.stop()
             sink.close()
-    summary: dict = {name: median_runs(r) for name, r in runs.items()}
     summary["exports"] = sink.exports
     summary["rps_change"] = summary["tracing on"]["rps"] / summary["tracing off"]["rps"] - 1
     table(
@@ -1227,25 +1231,14 @@ def scenario_shadow(quick: bool) -> dict:
             path = tmp / f"candidate-{len(gateways)}.yaml"
             path.write_text(text)
             gateways[name] = Proxy(tmp, up, config, f"holdgate_shadow={path}")
-        runs: dict[str, list[dict]] = {name: [] for name in gateways}
         counts: dict[str, dict[str, int]] = {}
         try:
-            for gateway in gateways.values():
-                drive(gateway.port, 16, 160, 10, auth)
-            for _ in range(1 if quick else 3):  # interleaved
-                for name, gateway in gateways.items():
-                    before = gateway.cpu_seconds()
-                    run = drive(gateway.port, 16, count, 60, auth)
-                    run["cpu_ms_per_request"] = (
-                        1000 * (gateway.cpu_seconds() - before) / run["requests"]
-                    )
-                    runs[name].append(run)
+            summary: dict = interleaved_c16(gateways, auth, count, quick)
         finally:
             for name, gateway in gateways.items():
                 gateway.stop()  # writes the candidate's last summary row
                 if name != "no candidate":
                     counts[name] = shadow_counts(gateway.db)
-    summary: dict = {name: median_runs(r) for name, r in runs.items()}
     base = summary["no candidate"]
     rows = []
     for name, result in runs_summary(summary):
@@ -1361,23 +1354,14 @@ def scenario_exchange(quick: bool) -> dict:
             "static injection": Proxy(tmp, up, static, env=env),
             "exchange, cache warm": Proxy(tmp, up, exchange, env=env),
         }
-        runs: dict[str, list[dict]] = {name: [] for name in gateways}
         try:
-            for gateway in gateways.values():
-                drive(gateway.port, 16, 160, 10, auth)  # warms the cache (one exchange)
-            for _ in range(1 if quick else 3):  # interleaved
-                for name, gateway in gateways.items():
-                    before = gateway.cpu_seconds()
-                    run = drive(gateway.port, 16, count, 60, auth)
-                    run["cpu_ms_per_request"] = (
-                        1000 * (gateway.cpu_seconds() - before) / run["requests"]
-                    )
-                    runs[name].append(run)
+            summary: dict = interleaved_c16(
+                gateways, auth, count, quick
+            )  # the warm-up makes the one exchange
         finally:
             for gateway in gateways.values():
                 gateway.stop()
             idp.close()
-    summary: dict = {name: median_runs(r) for name, r in runs.items()}
     summary["exchanges"] = idp.exchanges
     summary["rps_change"] = (
         summary["exchange, cache warm"]["rps"] / summary["static injection"]["rps"] - 1

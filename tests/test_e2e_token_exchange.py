@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -346,50 +347,53 @@ def test_a_denied_call_mints_nothing(demo, gateway_factory, idp):
     assert idp.requests == 0 and demo.requests() == []
 
 
-async def test_a_held_then_denied_call_mints_nothing(demo, gateway_factory, idp):
-    gw = start(gateway_factory, idp, demo.url)
-    alice = idp.user_token("alice")
+async def decided_while_held(
+    gw: Any,
+    token: str,
+    query: str,
+    decision: str,
+    meanwhile: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
+) -> Any:
+    """Alice's `run_sql` held for a DBA, `meanwhile` run on its pending approval, then
+    decided (`approve` or `deny`) by break-glass: the answer the held call got."""
+    answers = []
     async with anyio.create_task_group() as tg:
-        answers = []
 
         async def held() -> None:
             answers.append(
                 await anyio.to_thread.run_sync(
-                    lambda: call(gw, "run_sql", bearer(alice), {"query": "DELETE FROM x"})
+                    lambda: call(gw, "run_sql", bearer(token), {"query": query})
                 )
             )
 
         tg.start_soon(held)
         pending = await wait_for_pending(gw.db)
-        denied = holdgate_cli(
-            "approvals", "deny", pending["approval_id"], *BREAK_GLASS, "--db", str(gw.db)
+        if meanwhile is not None:
+            await meanwhile(pending)
+        decided = holdgate_cli(
+            "approvals", decision, pending["approval_id"], *BREAK_GLASS, "--db", str(gw.db)
         )
-        assert denied.returncode == 0, denied.stderr
-    assert "error" in answers[0].json()
+        assert decided.returncode == 0, decided.stderr
+    return answers[0]
+
+
+async def test_a_held_then_denied_call_mints_nothing(demo, gateway_factory, idp):
+    gw = start(gateway_factory, idp, demo.url)
+    answer = await decided_while_held(gw, idp.user_token("alice"), "DELETE FROM x", "deny")
+    assert "error" in answer.json()
     assert idp.requests == 0 and demo.requests() == []
 
 
 async def test_a_held_call_is_exchanged_for_only_once_approved(demo, gateway_factory, idp):
     gw = start(gateway_factory, idp, demo.url)
-    alice = idp.user_token("alice")
-    async with anyio.create_task_group() as tg:
-        answers = []
 
-        async def held() -> None:
-            answers.append(
-                await anyio.to_thread.run_sync(
-                    lambda: call(gw, "run_sql", bearer(alice), {"query": "SELECT 1"})
-                )
-            )
+    async def nothing_minted_yet(pending: dict[str, Any]) -> None:
+        assert idp.requests == 0
 
-        tg.start_soon(held)
-        pending = await wait_for_pending(gw.db)
-        assert idp.requests == 0  # held: nothing minted yet
-        approved = holdgate_cli(
-            "approvals", "approve", pending["approval_id"], *BREAK_GLASS, "--db", str(gw.db)
-        )
-        assert approved.returncode == 0, approved.stderr
-    assert answers[0].status == 200 and "result" in answers[0].json()
+    answer = await decided_while_held(
+        gw, idp.user_token("alice"), "SELECT 1", "approve", nothing_minted_yet
+    )
+    assert answer.status == 200 and "result" in answer.json()
     assert idp.requests == 1
     sent = [r["headers"].get("authorization") for r in demo.requests()]
     assert sent == [f"Bearer {idp.issued[0]}"]
@@ -400,25 +404,13 @@ async def test_a_held_call_whose_token_expired_meanwhile_is_401_when_released(
 ):
     gw = start(gateway_factory, idp, demo.url)
     alice = idp.user_token("alice", lifetime=3)
-    async with anyio.create_task_group() as tg:
-        answers = []
 
-        async def held() -> None:
-            answers.append(
-                await anyio.to_thread.run_sync(
-                    lambda: call(gw, "run_sql", bearer(alice), {"query": "SELECT 1"})
-                )
-            )
-
-        tg.start_soon(held)
-        pending = await wait_for_pending(gw.db)
+    async def until_it_expires(pending: dict[str, Any]) -> None:
         await anyio.sleep(max(0.0, pending_deadline(alice) - time.time()) + 0.5)
-        approved = holdgate_cli(
-            "approvals", "approve", pending["approval_id"], *BREAK_GLASS, "--db", str(gw.db)
-        )
-        assert approved.returncode == 0, approved.stderr
-    assert answers[0].status == 401
-    assert "token expired" in answers[0].json()["error"]["message"]
+
+    answer = await decided_while_held(gw, alice, "SELECT 1", "approve", until_it_expires)
+    assert answer.status == 401
+    assert "token expired" in answer.json()["error"]["message"]
     assert idp.requests == 0 and demo.requests() == []
 
 
