@@ -40,6 +40,12 @@ Scenarios (all on loopback; every process is started and stopped here):
            median of fresh processes (scripts/bench_cli.py, which also runs on its own)
 The upstream is scripts/bench_upstream.py in its own process. Prints tables and writes
 bench-results/<time>.json so runs can be compared across commits.
+
+CPU per request comes three ways: the proxy with its child processes (what the host pays),
+the proxy process alone (all its threads: they share one interpreter lock) and its main
+thread alone (mitmproxy's event loop: one core, a replica's ceiling). From the c16 figures a
+projection says what N cores would give with one replica per core's worth of loop (printed
+as projected: this 2-core machine cannot measure it). The run ends with the targets table.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import platform
 import re
@@ -265,6 +272,16 @@ class Proxy:
                 ticks += int(stats[pid][11]) + int(stats[pid][12])
         return ticks / os.sysconf("SC_CLK_TCK")
 
+    def loop_cpu_seconds(self) -> float:
+        """CPU of the proxy's main thread alone: mitmproxy's event loop, one core's ceiling
+        for a replica (child processes can use the other cores)."""
+        return _stat_cpu(Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/stat"))
+
+    def own_cpu_seconds(self) -> float:
+        """CPU of the proxy process, all its threads, no child: they share one interpreter
+        lock, so what its other threads do in Python the loop cannot do meanwhile."""
+        return _stat_cpu(Path(f"/proc/{self.proc.pid}/stat"))
+
     def rss_mb(self) -> float:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
@@ -274,6 +291,12 @@ class Proxy:
     def stop(self) -> str:
         stop(self.proc)
         return self.log.read_text(errors="replace")
+
+
+def _stat_cpu(stat_file: Path) -> float:
+    """utime + stime of a /proc stat file, in seconds."""
+    fields = stat_file.read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # --- the load generator: asyncio, raw HTTP/1.1 keep-alive (cheap next to threads) ---------
@@ -395,6 +418,24 @@ def median_runs(runs: list[dict]) -> dict:
     return {k: statistics.median(r[k] for r in runs) for k in runs[0] if runs[0][k] is not None}
 
 
+def cpu_split(proxy: Proxy) -> Callable[[int], dict[str, float]]:
+    """Call before a run; the returned function, called after it with the requests made,
+    gives the CPU ms per request of the process and its children, of the process alone,
+    and of its event loop thread alone."""
+    before = proxy.cpu_seconds(), proxy.own_cpu_seconds(), proxy.loop_cpu_seconds()
+
+    def per_request(requests: int) -> dict[str, float]:
+        after = proxy.cpu_seconds(), proxy.own_cpu_seconds(), proxy.loop_cpu_seconds()
+        ms = [1000 * (a - b) / max(1, requests) for a, b in zip(after, before, strict=True)]
+        return {
+            "cpu_ms_per_request": ms[0],
+            "own_cpu_ms_per_request": ms[1],
+            "loop_cpu_ms_per_request": ms[2],
+        }
+
+    return per_request
+
+
 def interleaved_c16(gateways: dict, auth: dict[str, str], count: int, quick: bool) -> dict:
     """Each gateway warmed, then driven at c16 in interleaved rounds (machine noise falls
     on all alike): per gateway, the median run with its CPU per request."""
@@ -403,10 +444,9 @@ def interleaved_c16(gateways: dict, auth: dict[str, str], count: int, quick: boo
         drive(gateway.port, 16, 160, 10, auth)
     for _ in range(1 if quick else 3):
         for name, gateway in gateways.items():
-            before = gateway.cpu_seconds()
+            spent = cpu_split(gateway)
             run = drive(gateway.port, 16, count, 60, auth)
-            run["cpu_ms_per_request"] = 1000 * (gateway.cpu_seconds() - before) / run["requests"]
-            runs[name].append(run)
+            runs[name].append({**run, **spent(run["requests"])})
     return {name: median_runs(r) for name, r in runs.items()}
 
 
@@ -540,11 +580,10 @@ def compare_proxies(
                 drive(port, concurrency, 2 * concurrency, 10, auth, messages)  # warm-up
             for _ in range(1 if quick else 3):  # interleaved to cancel machine noise
                 for name, (proxy, port) in targets.items():
-                    before = proxy.cpu_seconds() if proxy else 0.0
+                    spent = cpu_split(proxy) if proxy else None
                     run = drive(port, concurrency, count, 60, auth, messages)
-                    run["cpu_ms_per_request"] = (
-                        1000 * (proxy.cpu_seconds() - before) / run["requests"] if proxy else None
-                    )
+                    if spent is not None:
+                        run.update(spent(run["requests"]))
                     runs.setdefault(f"c{concurrency}", {}).setdefault(name, []).append(run)
     finally:
         for proxy in proxies:
@@ -584,6 +623,16 @@ TARGETS = (
         "%",
     ),
     Target(
+        "gateway loop-thread CPU per request vs mitmdump's at c16 (<= 1.18x, i.e. 85%)",
+        "proxy",
+        lambda r: _ratio(
+            _dig(r, "c16", "gateway", "loop_cpu_ms_per_request"),
+            _dig(r, "c16", "mitmdump", "loop_cpu_ms_per_request"),
+        ),
+        lambda v: v <= 1 / 0.85,
+        "x",
+    ),
+    Target(
         "p50 added at c1 (<= 1 ms)",
         "proxy",
         lambda r: _dig(r, "c1", "added_p50_ms"),
@@ -608,6 +657,13 @@ TARGETS = (
         "SSE: masked and recorded 1 KB events per gateway CPU-second (>= 5,000)",
         "sse",
         lambda r: _dig(r, "gateway", "events_per_cpu_second"),
+        lambda v: v >= 5000,
+        "events/s",
+    ),
+    Target(
+        "SSE: events per loop-thread CPU-second (>= 5,000)",
+        "sse",
+        lambda r: _dig(r, "gateway", "events_per_loop_cpu_second"),
         lambda v: v >= 5000,
         "events/s",
     ),
@@ -657,7 +713,7 @@ def print_targets(report: dict) -> dict:
         out[target.name] = {"value": value, "met": target.met(value)}
         rows.append([target.name, shown, verdict])
     if rows:
-        table("targets (issue #18)", rows, ["target", "this run", ""])
+        table("targets (issues #18 and #31)", rows, ["target", "this run", ""])
     return out
 
 
@@ -703,14 +759,67 @@ def summarise_comparison(title: str, runs: dict[str, dict[str, list[dict]]]) -> 
         for name, result in list(summary[level].items()):
             if isinstance(result, dict):
                 cpu = result.get("cpu_ms_per_request", "-")
-                rows.append([level, name, result["rps"], result["p50_ms"], result["p99_ms"], cpu])
+                row = [level, name, result["rps"], result["p50_ms"], result["p99_ms"], cpu]
+                rows.append([*row, _loop(result)])
         for name in gateways:
             suffix = name.removeprefix("gateway")
             ratio = f"{summary[level][f'ratio_rps_gateway{suffix}_vs_mitmdump']:.0%}"
             added = f"+{summary[level][f'added_p50_ms{suffix}']:.2f}"
-            rows.append([level, f"{name}/mitmdump", ratio, added, "", ""])
-    table(title, rows, ["level", "target", "req/s", "p50 ms", "p99 ms", "cpu ms/req"])
+            rows.append([level, f"{name}/mitmdump", ratio, added, "", "", ""])
+    table(
+        title,
+        rows,
+        ["level", "target", "req/s", "p50 ms", "p99 ms", "cpu ms/req", "loop / own ms/req"],
+    )
+    if "c16" in summary and "loop_cpu_ms_per_request" in summary["c16"].get("gateway", {}):
+        summary["projection"] = print_projection(summary["c16"])
     return summary
+
+
+def _loop(result: dict) -> object:
+    """The loop thread's CPU ms per request, and the process's own (all its threads)."""
+    loop, own = result.get("loop_cpu_ms_per_request"), result.get("own_cpu_ms_per_request")
+    return "-" if loop is None or own is None else f"{loop:.2f} / {own:.2f}"
+
+
+PROJECTED_CORES = (2, 4, 8, 16, 32)
+
+
+def print_projection(c16: dict) -> dict:
+    """What N cores would give, from this run's CPU per request: projected, not measured.
+
+    A replica's ceiling is its event loop: one core, 1000 / (loop ms per request) req/s.
+    The rest of its CPU (the audit writer, the recordings process, mitmproxy's threads) runs
+    on other cores. N cores then hold N / (process ms per request) * 1000 req/s, from
+    ceil(N * loop / process) replicas, before the load balancer, the upstream and the
+    store take their share (none of which is counted here).
+    """
+    out: dict = {}
+    rows = []
+    for name in ("mitmdump", "gateway"):
+        result = c16.get(name, {})
+        loop, own = result.get("loop_cpu_ms_per_request"), result.get("own_cpu_ms_per_request")
+        total = result.get("cpu_ms_per_request")
+        if not loop or not own or not total:
+            continue
+        # The loop's ceiling lies between 1000/own (the process's threads hold the
+        # interpreter lock while they run Python) and 1000/loop (they never do).
+        ceiling = (1000 / own, 1000 / loop)
+        out[name] = {"replica_ceiling_rps": ceiling, "by_cores": {}}
+        for cores in PROJECTED_CORES:
+            rps = cores * 1000 / total
+            replicas = max(1, math.ceil(cores * own / total))
+            out[name]["by_cores"][cores] = {"rps": rps, "replicas": replicas}
+            shown = f"{ceiling[0]:.0f}-{ceiling[1]:.0f}"
+            rows.append([name, cores, replicas, round(rps), shown])
+    if rows:
+        table(
+            "projection from c16 CPU per request (PROJECTED, not measured: one core per "
+            "replica's process; load balancer, upstream and store not counted)",
+            rows,
+            ["target", "cores", "replicas", "req/s projected", "per-replica ceiling"],
+        )
+    return out
 
 
 SSE_RATE = 1000  # the rate issue #18's latency target names
@@ -783,13 +892,18 @@ def scenario_sse(quick: bool, rate: int = SSE_RATE) -> dict:
 
             sampler = threading.Thread(target=sample)
             sampler.start()
-            cpu = gateway.cpu_seconds()
+            cpu, loop = gateway.cpu_seconds(), gateway.loop_cpu_seconds()
             try:
                 results["gateway"] = asyncio.run(read_stream(gateway.port, auth))
             finally:
                 done.set()
                 sampler.join()
             results["gateway"]["cpu_us_per_event"] = per_event(gateway, cpu, results["gateway"])
+            loop_spent = (gateway.loop_cpu_seconds() - loop) / max(1, results["gateway"]["events"])
+            results["gateway"]["loop_cpu_us_per_event"] = loop_spent * 1e6
+            results["gateway"]["events_per_loop_cpu_second"] = (
+                1 / loop_spent if loop_spent else None
+            )
             results["gateway"]["rss_before_mb"] = baseline
             results["gateway"]["rss_growth_mb"] = peak[0] - baseline
             # one core's worth: how many events the gateway's CPU per event makes a second
@@ -811,6 +925,7 @@ def scenario_sse(quick: bool, rate: int = SSE_RATE) -> dict:
             r.get("added_p99_ms", "-"),
             r.get("rss_growth_mb", "-"),
             r.get("cpu_us_per_event", "-"),
+            r.get("loop_cpu_us_per_event", "-"),
         ]
         for name, r in results.items()
     ]
@@ -827,6 +942,7 @@ def scenario_sse(quick: bool, rate: int = SSE_RATE) -> dict:
             "added p99",
             "RSS growth MB",
             "CPU us/event",
+            "loop us/event",
         ],
     )
     results["rate_per_s"] = rate
@@ -1166,11 +1282,11 @@ def scenario_tracing(quick: bool) -> dict:
     table(
         "tracing: tools/call at concurrency 16, spans exported over OTLP/HTTP",
         [
-            [n, r["rps"], r["p50_ms"], r["p99_ms"], r["cpu_ms_per_request"]]
+            [n, r["rps"], r["p50_ms"], r["p99_ms"], r["cpu_ms_per_request"], _loop(r)]
             for n, r in runs_summary(summary)
         ]
-        + [["req/s change", f"{summary['rps_change']:+.1%}", "", "", ""]],
-        ["condition", "req/s", "p50 ms", "p99 ms", "cpu ms/req"],
+        + [["req/s change", f"{summary['rps_change']:+.1%}", "", "", "", ""]],
+        ["condition", "req/s", "p50 ms", "p99 ms", "cpu ms/req", "loop / own ms/req"],
     )
     return summary
 
@@ -1253,6 +1369,7 @@ def scenario_shadow(quick: bool) -> dict:
                 f"{result['rps_change']:+.1%}",
                 result["p50_ms"],
                 result["cpu_ms_per_request"],
+                _loop(result),
                 "" if name not in decision_us else f"{decision_us[name]:.0f}",
                 "" if seen is None else f"{seen['evaluated']}/{seen['skipped']}",
             ]
@@ -1260,7 +1377,16 @@ def scenario_shadow(quick: bool) -> dict:
     table(
         "shadow: tools/call at concurrency 16 with a candidate decided beside the policy",
         rows,
-        ["candidate", "req/s", "change", "p50 ms", "cpu ms/req", "decision µs", "evaluated/skip"],
+        [
+            "candidate",
+            "req/s",
+            "change",
+            "p50 ms",
+            "cpu ms/req",
+            "loop / own ms/req",
+            "decision µs",
+            "evaluated/skip",
+        ],
     )
     return summary
 
@@ -1369,14 +1495,14 @@ def scenario_exchange(quick: bool) -> dict:
     table(
         "exchange: tools/call at concurrency 16, per-user token (cache warm) vs static",
         [
-            [n, r["rps"], r["p50_ms"], r["p99_ms"], r["cpu_ms_per_request"]]
+            [n, r["rps"], r["p50_ms"], r["p99_ms"], r["cpu_ms_per_request"], _loop(r)]
             for n, r in runs_summary(summary)
         ]
         + [
-            ["req/s change", f"{summary['rps_change']:+.1%}", "", "", ""],
-            ["exchanges asked of the IdP", idp.exchanges, "", "", ""],
+            ["req/s change", f"{summary['rps_change']:+.1%}", "", "", "", ""],
+            ["exchanges asked of the IdP", idp.exchanges, "", "", "", ""],
         ],
-        ["condition", "req/s", "p50 ms", "p99 ms", "cpu ms/req"],
+        ["condition", "req/s", "p50 ms", "p99 ms", "cpu ms/req", "loop / own ms/req"],
     )
     return summary
 
