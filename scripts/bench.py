@@ -453,12 +453,14 @@ def interleaved_c16(gateways: dict, auth: dict[str, str], count: int, quick: boo
 # --- scenarios ------------------------------------------------------------------------------
 
 
-def scenario_proxy(quick: bool, against: Baseline | None = None) -> dict:
+def scenario_proxy(
+    quick: bool, against: Baseline | None = None, levels: tuple[int, ...] = (1, 16, 64)
+) -> dict:
     with tempfile.TemporaryDirectory() as tmp_name, upstream() as up:
         tmp = Path(tmp_name)
         signer = Signer(tmp)
         config = gateway_config(up, signer.jwks)
-        runs = compare_proxies(tmp, up, config, signer, (1, 16, 64), quick, (CALL,), against)
+        runs = compare_proxies(tmp, up, config, signer, levels, quick, (CALL,), against)
     return summarise_comparison("proxy: tools/call to the minimal upstream", runs)
 
 
@@ -1928,7 +1930,17 @@ def main() -> None:
         help="proxy, mix and hooks: also run the gateway as it was at this git revision "
         "(before/after for a change, interleaved in the same run)",
     )
+    parser.add_argument(
+        "--levels",
+        default="1,16,64",
+        help="proxy: the concurrency levels, comma-separated (default 1,16,64; "
+        "`--levels 16` for a quicker before/after)",
+    )
     args = parser.parse_args()
+    try:
+        args.levels = tuple(int(level) for level in args.levels.split(","))
+    except ValueError:
+        parser.error(f"--levels: {args.levels!r} is not a comma-separated list of integers")
     with ExitStack() as stack:
         against = stack.enter_context(baseline(args.against)) if args.against else None
         run_scenarios(args, against)
@@ -1938,7 +1950,7 @@ def run_scenarios(args: argparse.Namespace, against: Baseline | None) -> None:
     scenarios = {
         **SCENARIOS,
         "sse": partial(scenario_sse, rate=args.sse_rate),
-        "proxy": partial(scenario_proxy, against=against),
+        "proxy": partial(scenario_proxy, against=against, levels=args.levels),
         "mix": partial(scenario_mix, against=against),
         "hooks": partial(scenario_hooks, against=against),
     }
