@@ -15,7 +15,7 @@ machine other work loads. `--addons PATH` measures another checkout's holdgate (
 worktree of an older commit) with this script, for before/after figures.
 
     .venv/bin/python scripts/bench_masking.py [--sizes 1,10] [--repeat 5] [--kinds pii,clean]
-                                              [--compare prefilter|orjson|verbatim|rawtext]
+                                              [--compare prefilter|orjson|verbatim]
                                               [--clock wall|cpu] [--addons PATH]
 """
 
@@ -180,16 +180,10 @@ def orjson_off() -> Any:
     )
 
 
-def rawtext_off() -> Any:
-    """JSON text parsed and walked whole, as before masking by its raw literals."""
-    return mock.patch.object(masker._Plan, "raw", property(lambda self: None))
-
-
 LEVERS: dict[str, Callable[[], Any]] = {
     "prefilter": prefilter_off,
     "orjson": orjson_off,
     "verbatim": verbatim_off,
-    "rawtext": rawtext_off,
 }
 """Each lever's "off" state, for --compare."""
 

@@ -49,16 +49,13 @@ import hmac
 import json
 import re
 import string
-import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from json.encoder import encode_basestring
 from typing import Any, Literal, cast
 
 import orjson
-import re2
 from jsonpath_ng import JSONPath
 from jsonpath_ng.exceptions import JSONPathError
 from jsonpath_ng.ext.filter import Filter
@@ -81,7 +78,6 @@ from holdgate.masking.detectors import (
     Haystack,
     KeyedDetector,
     NationalPhoneDetector,
-    NearKeywordDetector,
     custom_detector,
     detect,
     detect_folded,
@@ -92,17 +88,8 @@ from holdgate.masking.detectors import (
     secret_keys,
 )
 from holdgate.masking.prefilter import Prefilter, prefilter_for
-from holdgate.masking.rawtext import (
-    Quoted,
-    RawText,
-    countable,
-    decoded,
-    is_key,
-    patched,
-    value_after,
-)
 from holdgate.policy.rules import Globs
-from holdgate.protocol.jsonrpc import SURROGATE_ESCAPE, BodyError, loads_strict_text
+from holdgate.protocol.jsonrpc import BodyError, loads_strict_text
 
 Strategy = Literal["redact", "partial", "hash"]
 STRATEGIES: tuple[Strategy, ...] = ("redact", "partial", "hash")
@@ -225,21 +212,6 @@ class _Plan:
     @cached_property
     def prefilter(self) -> Prefilter:
         return prefilter_for(self.detectors, frozenset(self.names))
-
-    @cached_property
-    def raw(self) -> RawText | None:
-        """The locator of literals to mask in JSON text (`holdgate.masking.rawtext`); None
-        when a detector has no trigger, reads a neighbouring string (a keyword before an
-        AWS secret) or a path rule needs the parsed document: that JSON text is walked."""
-        patterns = self.prefilter.json_patterns
-        if patterns is None or self.trees:
-            return None
-        if any(isinstance(d, NearKeywordDetector) for d in self.detectors):
-            return None
-        try:
-            return RawText(patterns)
-        except re2.error:  # too large for RE2 (many rule names): walked
-            return None
 
     @cached_property
     def keyed(self) -> tuple[KeyedDetector, ...]:
@@ -386,7 +358,7 @@ def mask_json(value: Any, effect: ProfilesInEffect) -> MaskOutcome:
     plan = effect._plan
     if not plan.detectors and not plan.names and not plan.trees:
         return MaskOutcome(value, {})
-    walk = _Walk(plan, value, raw=True)
+    walk = _Walk(plan, value)
     try:
         walk.collect()
         return walk.finish()
@@ -607,13 +579,10 @@ class _Walk:
     once per distinct key; a masked key is renamed in every object that has it.
     """
 
-    def __init__(self, plan: _Plan, value: Any, *, stream: bool = False, raw: bool = False) -> None:
+    def __init__(self, plan: _Plan, value: Any, *, stream: bool = False) -> None:
         self.plan = plan
         # A stream keeps the tail of every string it walks, so it reads clean JSON too.
         self.prefilter = None if stream or plan.trees else plan.prefilter
-        # JSON text masked by its literals; not for a stream (as above) nor a scan (which
-        # counts what the walk finds).
-        self.raw = plan.raw if raw and self.prefilter is not None else None
         self.root: list[Any] = [value]
         self.texts: list[str] = []
         self.slots: list[tuple[Container, Key, int, str]] = []  # where, document, nearest key
@@ -703,10 +672,7 @@ class _Walk:
     def _embedded(self, text: str, container: Container, key: Key, context: str, doc: int) -> bool:
         """Walk the JSON document a string holds, if it holds one (or skip one that holds
         nothing to mask: kept as it is either way)."""
-        if self.raw is not None:  # it also keeps what `clean_json` would keep
-            if self._raw_masked(self.raw, text, container, key, context, doc):
-                return True
-        elif self.prefilter is not None and self.prefilter.clean_json(text, context):
+        if self.prefilter is not None and self.prefilter.clean_json(text, context):
             return True
         value = _parse_embedded(text)
         if value is None:
@@ -721,86 +687,6 @@ class _Walk:
             self.objects.append([])
             self._collect(value, context, len(self.docs) - 1)
         self.targets = outer_targets
-        return True
-
-    def _raw_masked(
-        self, raw: RawText, text: str, container: Container, key: Key, context: str, doc: int
-    ) -> bool:
-        """Mask JSON text by the literals that could hold something to mask, as walking
-        it would (see `holdgate.masking.rawtext`), or keep it when none could; False when
-        it must be walked instead: a key to mask (renamed in every object), a value that
-        is not a string under a key a rule or keyed detector reads, a string holding JSON
-        text itself, or text the locator or the parser will not vouch for."""
-        plan = self.plan
-        if context and plan.keyed and plan.reads_key(context):
-            return False  # every string of the document sits under that key
-        if not text.isascii() and not unicodedata.is_normalized("NFKC", text):
-            return False  # compatibility forms are folded: they may spell a trigger
-        if SURROGATE_ESCAPE.search(text) is not None:
-            return False  # the parser refuses lone surrogates: masked as plain text
-        try:
-            data = text.encode("utf-8")
-        except UnicodeEncodeError:
-            return False
-        counted = countable(data)
-        found = raw.literals(data, counted)
-        if found is None:
-            return False
-        if not found:
-            return True  # no trigger: nothing in it can be masked, JSON or not
-        findings: Counter[str] = Counter()
-        replacements: dict[Quoted, str] = {}
-        where: list[Quoted] = []
-        texts: list[str] = []
-        contexts: list[str] = []  # the key a text sits under, when a keyed detector reads it
-        done: set[Quoted] = set()  # values read with their key
-        try:
-            for literal in found:
-                if literal in done:
-                    continue
-                name = decoded(data, literal)
-                where.append(literal)
-                texts.append(name)
-                contexts.append("")
-                if name and name[0] in _JSON_LEAD and not is_key(counted, literal):
-                    return False  # maybe JSON text itself, which the walk parses
-                rule = plan.rule_for(name) if plan.names else None
-                if rule is None and not (plan.keyed and plan.reads_key(name)):
-                    continue
-                if not is_key(counted, literal):
-                    continue
-                value = value_after(counted, literal)
-                if value is None:
-                    return False  # not a string: walked, as what it is
-                done.add(value)
-                if rule is None:
-                    text_ = decoded(data, value)
-                    if text_ and text_[0] in _JSON_LEAD:
-                        return False
-                    where.append(value)
-                    texts.append(text_)
-                    contexts.append(name)
-                    continue
-                path, strategy = rule[0].path, rule[1]
-                masked = _mask_whole(decoded(data, value), path, strategy, plan.hash_key)
-                replacements[value] = encode_basestring(masked)
-                findings[f"path:{path}"] += 1
-        except ValueError:  # a literal JSON would not accept: the text is no JSON
-            return False
-        for index, spans in _hits(Haystack(texts, lambda: contexts), plan).items():
-            literal = where[index]
-            if is_key(counted, literal):
-                return False
-            replacements[literal] = encode_basestring(
-                self._mask_string(texts[index], spans, findings)
-            )
-        if not replacements:
-            return _parse_embedded(text) is not None
-        document = _parse_embedded(patched(data, replacements).decode("utf-8"))
-        if document is None:
-            return False
-        self.patches.append((container, key, doc, _serialise(document)))
-        self.findings.update(findings)
         return True
 
     def _tree_targets(self, value: Any) -> dict[tuple[int, Key], tuple[FieldRule, Strategy]]:

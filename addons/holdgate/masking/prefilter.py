@@ -98,9 +98,9 @@ _FOLDED = (
 )
 # What `key_name` drops between the letters of a key, as raw JSON text (or JSON text in
 # JSON text, its backslashes doubled) may write it: Python's `\s` is RE2's and the Unicode
-# spaces, which JSON writes as they are.
-UNICODE_SPACE = "\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
-_KEY_GAP = r"(?:[\s" + UNICODE_SPACE + r"_.-]|\\+[ntrfb])*"
+# spaces (`s\u2028sn` names an SSN), which JSON writes as they are.
+_UNICODE_SPACE = "\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+_KEY_GAP = r"(?:[\s" + _UNICODE_SPACE + r"_.-]|\\+[ntrfb])*"
 # Characters JSON may write as a short escape: a name holding one may not appear as is.
 _ESCAPED_IN_JSON = frozenset('"\\/' + "".join(map(chr, range(0x20))))
 
@@ -119,6 +119,8 @@ class Prefilter:
         )
         for detector in self.detectors:
             trigger = _trigger(detector)
+            if trigger is not None:
+                json_set.Add(trigger)
             # Near-keyword and keyed detectors also read the JSON key a text sits under,
             # which the haystack may not hold: they gate themselves, on keys and text both.
             if trigger is None or isinstance(detector, NearKeywordDetector | KeyedDetector):
@@ -129,14 +131,9 @@ class Prefilter:
         self._near = tuple(d.keywords for d in self.detectors if isinstance(d, NearKeywordDetector))
         self._keyed = tuple(d for d in self.detectors if isinstance(d, KeyedDetector))
         # `$..name` rules match keys case-insensitively.
-        patterns = [t for t in map(_trigger, self.detectors) if t is not None]
-        patterns += (*_FOLDED, *(f"(?i:{re2.escape(name)})" for name in sorted(names)))
-        for pattern in patterns:
+        for pattern in (*_FOLDED, *(f"(?i:{re2.escape(name)})" for name in sorted(names))):
             json_set.Add(pattern)
         json_set.Compile()
-        # What JSON text holds wherever something in it could be masked (None: a detector
-        # without a trigger, or a name JSON may escape: no text is known to be clean).
-        self.json_patterns = tuple(patterns) if json_ok else None
         self._gate = None
         if self._gated:
             gate_set.Compile()

@@ -103,7 +103,7 @@ _DECODER = json.JSONDecoder(
 )
 # A lone surrogate can only come from a \uD800-\uDFFF escape (the bytes were UTF-8):
 # only a text that has one is walked for them.
-SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 def _reject_lone_surrogates(value: Any) -> None:
@@ -152,7 +152,7 @@ def loads_strict_text(text: str) -> Any:
         ) from None
     except RecursionError:
         raise BodyError("JSON nested too deeply", code=PARSE_ERROR) from None
-    if SURROGATE_ESCAPE.search(text):
+    if _SURROGATE_ESCAPE.search(text):
         _reject_lone_surrogates(value)
     return value
 
