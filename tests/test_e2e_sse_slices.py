@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from helpers.configs import ALICE, identity
 from helpers.processes import stop
 from helpers.raw_upstreams import RawUpstream, reset
-from helpers.upstreams import Request, Reply, sse_reply
+from helpers.upstreams import Reply, Request, sse_reply
 from holdgate.cli.main import main
 from holdgate.store.event_slices import SLICE_EVENTS, recorded_messages
 
