@@ -832,7 +832,7 @@ async def read_stream(port: int, headers: dict[str, str]) -> dict:
     """One stream_tool call; per-event latency from the upstream's timestamps."""
     call = {**CALL, "params": {"name": "stream_tool", "arguments": {}}}
     reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 22)
-    writer.write(request_bytes(call, headers))
+    writer.write(request_bytes(call, headers, port))
     head = await reader.readuntil(b"\r\n\r\n")
     if b" 200 " not in head.split(b"\r\n")[0]:
         raise RuntimeError(f"stream refused: {head!r} {await reader.read(500)!r}")
