@@ -13,7 +13,7 @@ import pytest
 from mitmproxy import http
 from mitmproxy.proxy.layers.http import HttpResponseHook
 
-from helpers.configs import ALICE, identity
+from helpers.configs import ALICE, CAROL, identity
 from helpers.flows import (
     UPSTREAM_URL,
     answer,
@@ -36,7 +36,7 @@ TOKEN = "slice-test-token-4c1e"
 EMAIL = "grace.hopper@example.com"
 CONFIG = (
     "version: 1\n"
-    + identity("alice")
+    + identity("alice", "carol")
     + f"""upstreams:
   - name: crm
     url: {UPSTREAM_URL}
@@ -50,6 +50,7 @@ masking:
   - name: pii
     detectors: [email]
     strategy: redact
+    exempt_groups: [compliance]
 """
 )
 EVENTS = "select * from events order by seq"
@@ -67,9 +68,9 @@ def event(message: Any) -> bytes:
     return f"event: message\ndata: {json.dumps(message)}\n\n".encode()
 
 
-async def streaming(tctx) -> http.HTTPFlow:
+async def streaming(tctx, caller: dict[str, str] = ALICE) -> http.HTTPFlow:
     """A call answered by an event stream, its headers passed (events not yet)."""
-    flow = await send(tctx, mcp_flow(call("search", {"q": "x"}), ALICE))
+    flow = await send(tctx, mcp_flow(call("search", {"q": "x"}), caller))
     await answer(tctx, flow, http.Response.make(200, b"", {"Content-Type": "text/event-stream"}))
     assert callable(flow.response.stream)
     return flow
@@ -134,6 +135,21 @@ async def test_masked_and_injected_values_are_never_in_a_slice_row(tctx, tmp_pat
     messages = recorded_messages(batch)
     assert messages[0].masked == {"email": 1} and messages[2].masked == {"email": 2}
     assert "[REDACTED:email]" in messages[0].message["params"]["message"]
+
+
+async def test_an_exempt_callers_cleartext_is_masked_in_the_slice_row(tctx, tmp_path):
+    """Carol may see the email, the record never keeps it: not in the message, not in the
+    progress token its entry names."""
+    flow = await streaming(tctx, CAROL)
+    message = progress(0, message=f"mail {EMAIL}")
+    message["params"]["progressToken"] = f"job-for-{EMAIL}"
+    assert EMAIL.encode() in stream(flow, message)  # exempt: cleartext to her
+    await end(tctx, flow)
+    finish(tctx)
+    (batch,) = [r for r in stream_rows(tmp_path) if r["direction"] == "server_notification"]
+    assert EMAIL not in json.dumps(batch)
+    (recorded,) = recorded_messages(batch)
+    assert recorded.details["exempted"] and "[REDACTED:email]" in recorded.details["progress_token"]
 
 
 async def test_a_slice_is_written_at_its_time_limit_while_the_stream_goes_quiet(tctx, tmp_path):

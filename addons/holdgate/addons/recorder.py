@@ -191,8 +191,8 @@ class Recorder:
         if context.transport == "sse":
             st.stream_messages += 1
             n = st.stream_messages
-            if direction == "server_notification" and not context.dropped:
-                self._gather(flow, config, n, message, text, context.findings, extra)
+            if isinstance(method, str) and "id" not in message and not context.dropped:
+                self._gather(flow, config, n, method, stored, text, context.findings, extra)
                 return message
             self._flush(flow.id)  # the slice before it goes first: rows stay in order
             extra["n"] = n
@@ -219,7 +219,8 @@ class Recorder:
         flow: http.HTTPFlow,
         config: GatewayConfig,
         n: int,
-        message: Any,
+        method: str,
+        stored: Any,
         text: str,
         findings: dict[str, int],
         details: dict[str, Any],
@@ -234,11 +235,11 @@ class Recorder:
         gathering = self.slices.get(flow.id)
         if gathering is None:
             base = self.rows.row(flow, config)
-            base["traceparent"] = _traceparent_answered(state(flow), message)
+            base["traceparent"] = _traceparent_answered(state(flow), stored)
             gathering = self.slices[flow.id] = _Gathering(
                 flow, config, EventSlice(base, now), self._timer(flow.id)
             )
-        if gathering.slice.add(n, now, message, text, findings, details):
+        if gathering.slice.add(n, now, method, stored, text, findings, details):
             self._flush(flow.id)
 
     def _timer(self, flow_id: str) -> asyncio.TimerHandle | None:

@@ -12,15 +12,15 @@ The batch row: `direction` "server_notification", `method` the events' common me
 "notifications"), `masked` the counts summed, `args_masked` a JSON array of the events'
 messages as recorded (masked, injected values scrubbed), and `extra.events` one entry per
 event in the same order: `n` (its number among the stream's messages, from 1), `t` (ms
-after the row's `ts`), `method`, `progress_token`, `masked` (its counts) and whatever else
-its own row's `extra` would have said. It is hashed into the chain like any other row, so a
-change to any event in it fails `holdgate verify`. Rows of one message carry `extra.n` too.
+after the row's `ts`), `method`, `progress_token` (a string's first 200 characters),
+`masked` (its counts) and whatever else its own row's `extra` would have said. It is hashed
+into the chain like any other row, so a change to any event in it fails `holdgate verify`.
+Rows of one message carry `extra.n` too.
 """
 
 from __future__ import annotations
 
 import json
-from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +30,7 @@ from holdgate.store.rows import Row
 SLICE_SECONDS = 0.25
 SLICE_EVENTS = 500
 SLICE_BYTES = 512 * 1024
+TOKEN_CHARS = 200  # of a progress token, in its event's entry (the message has it whole)
 
 
 @dataclass
@@ -40,35 +41,36 @@ class EventSlice:
     started: float  # the first event's monotonic time, in seconds
     texts: list[str] = field(default_factory=list)
     entries: list[dict[str, Any]] = field(default_factory=list)
-    findings: Counter[str] = field(default_factory=Counter)
+    findings: dict[str, int] = field(default_factory=dict)
     size: int = 0
 
     def add(
         self,
         n: int,
         now: float,
-        message: Any,
+        method: str,
+        stored: Any,
         text: str,
         findings: Mapping[str, int],
         details: Mapping[str, Any],
     ) -> bool:
-        """Gather one event (`text`: its message as recorded, one JSON value); True when
-        the slice is full and must be written now."""
-        params = message.get("params") if isinstance(message, dict) else None
-        entry: dict[str, Any] = {
-            "n": n,
-            "t": round((now - self.started) * 1000, 1),
-            "method": message.get("method") if isinstance(message, dict) else None,
-        }
-        if isinstance(params, dict) and "progressToken" in params:
-            entry["progress_token"] = params["progressToken"]
+        """Gather one event (`stored`: its message as recorded, masked; `text`: that as one
+        JSON value); True when the slice is full and must be written now. Its bytes count
+        what the row will hold of it, so a hostile upstream cannot grow a slice unbounded."""
+        entry: dict[str, Any] = {"n": n, "t": round((now - self.started) * 1000, 1)}
+        entry["method"] = method
+        params = stored.get("params") if isinstance(stored, dict) else None
+        token = params.get("progressToken") if isinstance(params, dict) else None
+        if isinstance(token, str | int) and not isinstance(token, bool):
+            entry["progress_token"] = token if isinstance(token, int) else token[:TOKEN_CHARS]
         if findings:
             entry["masked"] = dict(findings)
-            self.findings.update(findings)
+            for name, count in findings.items():
+                self.findings[name] = self.findings.get(name, 0) + count
         entry.update(details)
         self.entries.append(entry)
         self.texts.append(text)
-        self.size += len(text)
+        self.size += len(text) + len(method)
         return len(self.entries) >= SLICE_EVENTS or self.size >= SLICE_BYTES
 
     def row(self, transport: str) -> Row:
@@ -80,7 +82,7 @@ class EventSlice:
             direction="server_notification",
             method=common if isinstance(common, str) else "notifications",
             decision="pass",
-            masked=json.dumps(dict(self.findings)) if self.findings else None,
+            masked=json.dumps(self.findings) if self.findings else None,
             extra=json.dumps({"transport": transport, "events": self.entries}),
             args_masked="[" + ",".join(self.texts) + "]",
         )
