@@ -122,6 +122,20 @@ def test_a_long_stream_is_recorded_in_slices_each_event_findable_and_chained(
     missing = runner.invoke(main, ["sessions", "event", session, str(COUNT + 5), *db])
     assert missing.exit_code == 1 and f"no stream message #{COUNT + 5}" in missing.output
 
+    # The export and its SQLite file carry each slice row whole: its events and messages.
+    exported = runner.invoke(main, ["export", *db], catch_exceptions=False)
+    lines = [json.loads(line) for line in exported.output.splitlines()]
+    batches = [line for line in lines if line["direction"] == "server_notification"]
+    assert [len(b["extra"]["events"]) for b in batches] == [len(b["args_masked"]) for b in batches]
+    assert sum(len(b["args_masked"]) for b in batches) == COUNT
+    copy = gw.db.parent / "export.sqlite3"
+    runner.invoke(main, ["export", *db, "--format", "sqlite", "-o", str(copy)])
+    with sqlite3.connect(copy) as conn:
+        texts = conn.execute(
+            "SELECT args_masked FROM events WHERE direction = 'server_notification'"
+        ).fetchall()
+    assert sum(len(json.loads(text)) for (text,) in texts) == COUNT
+
     ok = runner.invoke(main, ["verify", *db], catch_exceptions=False)
     assert ok.exit_code == 0 and "hash chain intact" in ok.output
     seq = recorded[600].seq  # one event deep inside a slice (the slices end by count or time)
