@@ -146,7 +146,7 @@ class Recorder:
         for flow_id in list(self.slices):
             try:
                 self._flush(flow_id)
-            except RuntimeError as exc:
+            except Exception as exc:  # noqa: BLE001 - the other streams' slices still go in
                 logger.error("holdgate: a stream's last events were not recorded: %s", exc)
         self.close_recordings()
 
@@ -262,14 +262,15 @@ class Recorder:
         self.audit.submit(gathering.flow, gathering.config, "events", row)
 
     def _flush_in_time(self, flow_id: str) -> None:
-        """A slice's time is up. If it cannot be recorded (audit: required, the store
-        failing) the stream is cut, as a row per message would have cut it."""
+        """A slice's time is up. If it cannot be recorded (audit: required and the store
+        failing, or a row the store refuses) the stream is cut, as a row per message would
+        have cut it."""
         gathering = self.slices.get(flow_id)
         if gathering is None:
             return
         try:
             self._flush(flow_id)
-        except RuntimeError as exc:
+        except Exception as exc:  # noqa: BLE001 - off the stream callable: cut it here
             logger.error("holdgate: event stream cut: its events cannot be recorded (%s)", exc)
             st = state(gathering.flow)
             st.stream_cut = {"type": type(exc).__name__, "message": str(exc)[:200]}
