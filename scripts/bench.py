@@ -832,7 +832,7 @@ async def read_stream(port: int, headers: dict[str, str]) -> dict:
     """One stream_tool call; per-event latency from the upstream's timestamps."""
     call = {**CALL, "params": {"name": "stream_tool", "arguments": {}}}
     reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 22)
-    writer.write(request_bytes(call, headers))
+    writer.write(request_bytes(call, headers, port))
     head = await reader.readuntil(b"\r\n\r\n")
     if b" 200 " not in head.split(b"\r\n")[0]:
         raise RuntimeError(f"stream refused: {head!r} {await reader.read(500)!r}")
@@ -862,7 +862,7 @@ async def read_stream(port: int, headers: dict[str, str]) -> dict:
     }
 
 
-def scenario_sse(quick: bool, rate: int = SSE_RATE) -> dict:
+def scenario_sse(quick: bool, rate: int = SSE_RATE, against: Baseline | None = None) -> dict:
     events = 10_000 if quick else 100_000
     # Paced below what one gateway core sustains with masking and a row per event (about
     # 4-5k events/s here), so latency shows the per-event cost, not a growing backlog.
@@ -881,39 +881,14 @@ def scenario_sse(quick: bool, rate: int = SSE_RATE) -> dict:
             results["mitmdump"]["cpu_us_per_event"] = per_event(plain, cpu, results["mitmdump"])
         finally:
             plain.stop()
-        gateway = Proxy(tmp, up, gateway_config(up, signer.jwks))
-        try:
-            drive(gateway.port, 1, 5, 10, auth)  # warm-up: imports, JWKS, store
-            baseline = gateway.rss_mb()
-            peak = [baseline]
-            done = threading.Event()
-
-            def sample() -> None:
-                while not done.wait(0.02):
-                    peak[0] = max(peak[0], gateway.rss_mb())
-
-            sampler = threading.Thread(target=sample)
-            sampler.start()
-            cpu, loop = gateway.cpu_seconds(), gateway.loop_cpu_seconds()
-            try:
-                results["gateway"] = asyncio.run(read_stream(gateway.port, auth))
-            finally:
-                done.set()
-                sampler.join()
-            results["gateway"]["cpu_us_per_event"] = per_event(gateway, cpu, results["gateway"])
-            loop_spent = (gateway.loop_cpu_seconds() - loop) / max(1, results["gateway"]["events"])
-            results["gateway"]["loop_cpu_us_per_event"] = loop_spent * 1e6
-            results["gateway"]["events_per_loop_cpu_second"] = (
-                1 / loop_spent if loop_spent else None
-            )
-            results["gateway"]["rss_before_mb"] = baseline
-            results["gateway"]["rss_growth_mb"] = peak[0] - baseline
-            # one core's worth: how many events the gateway's CPU per event makes a second
-            spent = results["gateway"]["cpu_us_per_event"]
-            results["gateway"]["events_per_cpu_second"] = 1e6 / spent if spent else None
-        finally:
-            gateway.stop()
-    for name in ("mitmdump", "gateway"):
+        config = gateway_config(up, signer.jwks)
+        results["gateway"] = sse_through_gateway(Proxy(tmp, up, config), auth)
+        if against is not None:  # the gateway at another revision, the same stream after
+            before = Proxy(tmp, up, config, script=against.script)
+            results[f"gateway@{against.revision}"] = sse_through_gateway(before, auth)
+    for name in results:
+        if name == "direct":
+            continue
         for key in ("p50_ms", "p99_ms"):
             results[name][f"added_{key}"] = results[name][key] - results["direct"][key]
     rows = [
@@ -928,6 +903,7 @@ def scenario_sse(quick: bool, rate: int = SSE_RATE) -> dict:
             r.get("rss_growth_mb", "-"),
             r.get("cpu_us_per_event", "-"),
             r.get("loop_cpu_us_per_event", "-"),
+            r.get("events_per_cpu_second", "-"),
         ]
         for name, r in results.items()
     ]
@@ -945,10 +921,45 @@ def scenario_sse(quick: bool, rate: int = SSE_RATE) -> dict:
             "RSS growth MB",
             "CPU us/event",
             "loop us/event",
+            "events/CPU-s",
         ],
     )
     results["rate_per_s"] = rate
     return results
+
+
+def sse_through_gateway(gateway: Proxy, auth: dict[str, str]) -> dict:
+    """One stream through a gateway: latency, RSS growth, CPU per event (stopped after)."""
+    try:
+        drive(gateway.port, 1, 5, 10, auth)  # warm-up: imports, JWKS, store
+        baseline = gateway.rss_mb()
+        peak = [baseline]
+        done = threading.Event()
+
+        def sample() -> None:
+            while not done.wait(0.02):
+                peak[0] = max(peak[0], gateway.rss_mb())
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        cpu, loop = gateway.cpu_seconds(), gateway.loop_cpu_seconds()
+        try:
+            result = asyncio.run(read_stream(gateway.port, auth))
+        finally:
+            done.set()
+            sampler.join()
+        result["cpu_us_per_event"] = per_event(gateway, cpu, result)
+        loop_spent = (gateway.loop_cpu_seconds() - loop) / max(1, result["events"])
+        result["loop_cpu_us_per_event"] = loop_spent * 1e6
+        result["events_per_loop_cpu_second"] = 1 / loop_spent if loop_spent else None
+        result["rss_before_mb"] = baseline
+        result["rss_growth_mb"] = peak[0] - baseline
+        # one core's worth: how many events the gateway's CPU per event makes a second
+        spent = result["cpu_us_per_event"]
+        result["events_per_cpu_second"] = 1e6 / spent if spent else None
+        return result
+    finally:
+        gateway.stop()
 
 
 def per_event(proxy: Proxy, cpu_before: float, result: dict) -> float:
@@ -1927,8 +1938,8 @@ def main() -> None:
     parser.add_argument(
         "--against",
         metavar="REV",
-        help="proxy, mix and hooks: also run the gateway as it was at this git revision "
-        "(before/after for a change, interleaved in the same run)",
+        help="proxy, mix, hooks and sse: also run the gateway as it was at this git revision "
+        "(before/after for a change; interleaved in the same run, sse: its stream after)",
     )
     parser.add_argument(
         "--levels",
@@ -1949,7 +1960,7 @@ def main() -> None:
 def run_scenarios(args: argparse.Namespace, against: Baseline | None) -> None:
     scenarios = {
         **SCENARIOS,
-        "sse": partial(scenario_sse, rate=args.sse_rate),
+        "sse": partial(scenario_sse, rate=args.sse_rate, against=against),
         "proxy": partial(scenario_proxy, against=against, levels=args.levels),
         "mix": partial(scenario_mix, against=against),
         "hooks": partial(scenario_hooks, against=against),

@@ -52,6 +52,7 @@ def test_the_tree_has_every_command() -> None:
         "policy test",
         "purge",
         "review",
+        "sessions event",
         "sessions list",
         "sessions show",
         "tools list",

@@ -24,6 +24,7 @@ from helpers.flows import (
     store_rows,
 )
 from helpers.processes import holdgate_cli
+from holdgate.store.event_slices import recorded_messages
 
 pytestmark = pytest.mark.anyio
 
@@ -111,7 +112,7 @@ def test_policy_explain_decides_listen_like_any_method(tmp_path):
     assert "default-deny" in denied.stdout
 
 
-async def test_a_listen_stream_is_masked_filtered_and_recorded_event_by_event(tctx, tmp_path):
+async def test_a_listen_stream_is_masked_filtered_and_every_event_recorded(tctx, tmp_path):
     flow = await send(tctx, mcp_flow(listen(), {**ALICE, **MODERN}))
     stream = http.Response.make(200, b"", {"Content-Type": "text/event-stream"})
     await answer(tctx, flow, stream)
@@ -147,13 +148,17 @@ async def test_a_listen_stream_is_masked_filtered_and_recorded_event_by_event(tc
     finish(tctx)
     rows = store_rows(
         tmp_path,
-        "SELECT direction, method, decision, reason, args_masked FROM events"
-        " WHERE direction IN ('server_notification', 'response') ORDER BY seq",
+        "SELECT seq, ts, flow_id, direction, method, decision, reason, args_masked, masked,"
+        " extra FROM events WHERE direction IN ('server_notification', 'response') ORDER BY seq",
     )
-    assert len(rows) == len(upstream_events)  # one row per event, dropped ones included
-    assert [r["decision"] for r in rows] == ["pass", "pass", "pass", "dropped", "pass", "dropped"]
-    assert rows[1]["method"] == "notifications/message"
-    assert "[REDACTED:email]" in rows[1]["args_masked"]
+    # The events that passed are gathered into slices; a dropped one has its own row, after
+    # the slice before it.
+    assert [r["decision"] for r in rows] == ["pass", "dropped", "pass", "dropped"]
+    assert rows[1]["reason"] == rows[3]["reason"] == "names a resource this identity may not read"
+    messages = [m for r in rows for m in recorded_messages(r)]
+    assert [m.n for m in messages] == [1, 2, 3, 4, 5, 6]  # each findable by its number
+    assert [m.method for m in messages] == [e["method"] for e in upstream_events]
+    assert messages[1].message["params"]["data"] == "new ticket from [REDACTED:email]"
+    assert messages[1].masked == {"email": 1}
     assert all(EMAIL not in (r["args_masked"] or "") for r in rows)
-    assert rows[3]["reason"] == "names a resource this identity may not read"
-    assert "exec_shell" not in rows[4]["args_masked"]
+    assert "exec_shell" not in json.dumps(messages[4].message)

@@ -172,6 +172,15 @@ class AuditStore:
         there."""
         self.submit_all(flow, config, [(table, row)])
 
+    def check_writable(self, flow: http.HTTPFlow, config: GatewayConfig) -> None:
+        """Raise as `submit` would if no row could be queued now: a row held back to be
+        written with others (a stream's slice) must end the stream as soon as the store
+        fails, as a row per message would."""
+        writer = self.writer
+        if config.audit == "required" and (writer is None or not writer.healthy):
+            if state(flow).refused is None:
+                raise RuntimeError("the audit store queue is full or failing")
+
     def submit_all(
         self, flow: http.HTTPFlow, config: GatewayConfig, rows: list[tuple[str, Row]]
     ) -> None:

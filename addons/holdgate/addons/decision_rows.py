@@ -376,5 +376,8 @@ def _digest(key: bytes, arguments: Any, strict: bool) -> str | None:
         return None
 
 
-def truncate(text: str, limit: int = 65_536) -> str:
+RECORDED_TEXT = 65_536  # characters of a message kept in its row (the rest is cut)
+
+
+def truncate(text: str, limit: int = RECORDED_TEXT) -> str:
     return text if len(text) <= limit else text[:limit] + "…[truncated]"

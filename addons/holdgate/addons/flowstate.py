@@ -159,6 +159,7 @@ class FlowState:
     # "mcp" (a protocol session id), "grouped" (Holdgate's) or "overflow" (a caller's shared one)
     session_kind: str | None = None
     recorded: bool = False
+    stream_messages: int = 0  # the messages of its event stream recorded so far
     audit_lost: bool = False
     audit_error: str | None = None
     # any addon, through refuse() / fail_closed

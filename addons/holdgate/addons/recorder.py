@@ -9,15 +9,18 @@ thread does the I/O.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from mitmproxy import ctx, http
 
 from holdgate.addons.audit_store import AuditStore
-from holdgate.addons.decision_rows import DecisionRows, extra_of, truncate
+from holdgate.addons.decision_rows import RECORDED_TEXT, DecisionRows, extra_of, truncate
 from holdgate.addons.flowstate import (
     FlowState,
     MessageContext,
@@ -36,6 +39,7 @@ from holdgate.protocol.sessionless import traceparent_of
 from holdgate.recording.flowfiles import ClosedFile, RecordingWriter, Redaction, route_back
 from holdgate.recording.snapshots import Snapshots
 from holdgate.store import iso as now_iso
+from holdgate.store.event_slices import SLICE_SECONDS, EventSlice
 from holdgate.store.rows import Row
 
 if TYPE_CHECKING:
@@ -66,6 +70,7 @@ class Recorder:
         self.snapshots = Snapshots()
         self.replica = ""
         self.unwritten_versions: list[dict[str, Any]] = []
+        self.slices: dict[str, _Gathering] = {}  # by flow id: streams with events unwritten
 
     def note_config_version(self, event: dict[str, Any]) -> None:
         """A config loaded, reloaded or rejected (the config in force's, role `active`, or
@@ -135,8 +140,14 @@ class Recorder:
             )
 
     def done(self) -> None:
-        # The recordings process closes its files as it ends and reports each one; the
-        # store is still open for their `recordings` rows (the AuditStore closes last).
+        # Streams still open at shutdown: their slices so far. The recordings process
+        # closes its files as it ends and reports each one; the store is still open for
+        # their `recordings` rows (the AuditStore closes last).
+        for flow_id in list(self.slices):
+            try:
+                self._flush(flow_id)
+            except Exception as exc:  # noqa: BLE001 - the other streams' slices still go in
+                logger.error("holdgate: a stream's last events were not recorded: %s", exc)
         self.close_recordings()
 
     def close_recordings(self) -> None:
@@ -145,7 +156,8 @@ class Recorder:
             self.recordings = None
 
     def on_message(self, flow: http.HTTPFlow, message: Any, context: MessageContext) -> Any:
-        """Response side: one event row per message, masked as the client saw it."""
+        """Response side: each message masked as the client saw it, into an events row of
+        its own, or (a stream's notification) into its stream's slice (`event_slices`)."""
         st = state(flow)
         config, upstream = st.route.config, st.route.upstream.name
         method = message.get("method") if isinstance(message, dict) else None
@@ -163,7 +175,7 @@ class Recorder:
             stored = self.audit.masked_for_record(message, config, upstream, tool).value
         # An opaque requestState is recorded only as its keyed digest (which links the retry
         # that sends it back to this row); never as given.
-        extra: dict[str, Any] = {"transport": context.transport}
+        extra: dict[str, Any] = {}
         if context.exemptions:
             extra["exempted"] = list(context.exemptions)
         if context.task is not None:  # a task's answer: the result of the call that created it
@@ -174,6 +186,16 @@ class Recorder:
         if state_given is not None:
             extra["request_state_digest"] = args_digest(self.audit.key(config), state_given)
             stored = without_request_state(stored)
+        text = json.dumps(stored, ensure_ascii=False)
+        n = None
+        if context.transport == "sse":
+            st.stream_messages += 1
+            n = st.stream_messages
+            if isinstance(method, str) and "id" not in message and not context.dropped:
+                self._gather(flow, config, n, method, stored, text, context.findings, extra)
+                return message
+            self._flush(flow.id)  # the slice before it goes first: rows stay in order
+            extra["n"] = n
         row = self.rows.row(flow, config)
         row.update(
             traceparent=_traceparent_answered(st, message),
@@ -185,14 +207,75 @@ class Recorder:
             reason=context.dropped,
             status=_error_code(message),
             masked=json.dumps(context.findings) if context.findings else None,
-            extra=json.dumps(extra),
+            extra=json.dumps({"transport": context.transport, **extra}),
             # scrubbed before the cut, so no part of an injected value is left at the end
-            args_masked=truncate(
-                self.audit.record_masking(config).scrub(json.dumps(stored, ensure_ascii=False))[0]
-            ),
+            args_masked=truncate(self.audit.record_masking(config).scrub(text)[0]),
         )
         self.audit.submit(flow, config, "events", row)
         return message
+
+    def _gather(
+        self,
+        flow: http.HTTPFlow,
+        config: GatewayConfig,
+        n: int,
+        method: str,
+        stored: Any,
+        text: str,
+        findings: dict[str, int],
+        details: dict[str, Any],
+    ) -> None:
+        """Into the stream's slice, written once full (or by its timer, or at the end). A
+        failing store ends the stream now, as a row of its own would."""
+        self.audit.check_writable(flow, config)
+        if len(text) > RECORDED_TEXT:  # scrubbed before the cut, kept as a JSON string
+            text = json.dumps(truncate(self.audit.record_masking(config).scrub(text)[0]))
+        # (otherwise scrubbed with the whole row in submit)
+        now = time.monotonic()
+        gathering = self.slices.get(flow.id)
+        if gathering is None:
+            base = self.rows.row(flow, config)
+            base["traceparent"] = _traceparent_answered(state(flow), stored)
+            gathering = self.slices[flow.id] = _Gathering(
+                flow, config, EventSlice(base, now), self._timer(flow.id)
+            )
+        if gathering.slice.add(n, now, method, stored, text, findings, details):
+            self._flush(flow.id)
+
+    def _timer(self, flow_id: str) -> asyncio.TimerHandle | None:
+        """The slice's time limit: written even if its stream goes quiet (none off a loop:
+        then it is written when full or at the stream's end)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return None
+        return loop.call_later(SLICE_SECONDS, self._flush_in_time, flow_id)
+
+    def _flush(self, flow_id: str) -> None:
+        """Write the flow's open slice, if any (raises as `AuditStore.submit` does)."""
+        gathering = self.slices.pop(flow_id, None)
+        if gathering is None:
+            return
+        if gathering.timer is not None:
+            gathering.timer.cancel()
+        row = gathering.slice.row("sse")
+        self.audit.submit(gathering.flow, gathering.config, "events", row)
+
+    def _flush_in_time(self, flow_id: str) -> None:
+        """A slice's time is up. If it cannot be recorded (audit: required and the store
+        failing, or a row the store refuses) the stream is cut, as a row per message would
+        have cut it."""
+        gathering = self.slices.get(flow_id)
+        if gathering is None:
+            return
+        try:
+            self._flush(flow_id)
+        except Exception as exc:  # noqa: BLE001 - off the stream callable: cut it here
+            logger.error("holdgate: event stream cut: its events cannot be recorded (%s)", exc)
+            st = state(gathering.flow)
+            st.stream_cut = {"type": type(exc).__name__, "message": str(exc)[:200]}
+            if gathering.flow.killable:
+                gathering.flow.kill()
 
     @fail_closed
     def response(self, flow: http.HTTPFlow) -> None:
@@ -206,6 +289,7 @@ class Recorder:
     def _finish(self, flow: http.HTTPFlow) -> None:
         """The outcome row (or, for a request that never left, its decision rows now) and
         the session's flow file."""
+        self._flush(flow.id)  # the stream's last slice, before its outcome row
         st = state(flow)
         # The config that decided the flow, not whichever is loaded when it ends.
         config = st.config or self.loader.current
@@ -281,6 +365,16 @@ class Recorder:
         )
         snapshot = self.snapshots.flow_state(flow)
         self.recordings.submit(session, snapshot, redaction, self.audit.record_masking(config))
+
+
+@dataclass
+class _Gathering:
+    """A stream's open slice: its flow, the config that routed it, its time limit."""
+
+    flow: http.HTTPFlow
+    config: GatewayConfig
+    slice: EventSlice
+    timer: asyncio.TimerHandle | None
 
 
 def _traceparent_answered(st: FlowState, message: Any) -> str | None:

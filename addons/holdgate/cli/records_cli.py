@@ -50,6 +50,7 @@ from holdgate.store.checkpoints import (
     tail_problem,
     verify_witness,
 )
+from holdgate.store.event_slices import find_message
 
 
 @click.group()
@@ -140,6 +141,49 @@ def sessions_show(db: str, recordings: str | None, session_id: str) -> None:
         )
 
 
+@sessions.command("event")
+@db_option
+@click.option("--flow", "flow_id", help="Only this flow's stream (its flow_id).")
+@click.argument("session_id")
+@click.argument("number", type=click.IntRange(min=1))
+def sessions_event(db: str, flow_id: str | None, session_id: str, number: int) -> None:
+    """One message of a session's event stream, by its number in the stream (from 1), as
+    recorded (masked): found in its own row or in the row of the slice that gathered it.
+    SESSION_ID may be a unique prefix of the id."""
+    with opened(db) as store:
+        rows = store.session_events(session_id)
+        if not rows:
+            session_id = unique_session(session_id, [s["session_id"] for s in store.sessions()])
+            rows = store.session_events(session_id)
+    try:
+        found = find_message(rows, number, flow_id)
+    except ValueError as exc:
+        raise CheckFailed(str(exc)) from None
+    if not found:
+        where = f"flow {flow_id!r} of session" if flow_id else "session"
+        raise CheckFailed(
+            f"no stream message #{number} in {where} {session_id!r}; `holdgate sessions show "
+            f"{session_id}` lists its rows (a batch row says which numbers it holds)"
+        )
+    if len(found) > 1:
+        flows = ", ".join(sorted({str(m.flow_id) for m in found}))
+        raise CheckFailed(
+            f"session {session_id!r} has {len(found)} streams with a message #{number}; "
+            f"choose one with --flow (one of: {flows})"
+        )
+    (message,) = found
+    offset = f" +{message.offset_ms} ms" if message.offset_ms is not None else ""
+    click.echo(
+        f"#{message.seq} {message.ts}{offset}  flow {message.flow_id}  message #{message.n}  "
+        f"{message.direction or '-'} {message.method or '-'}"
+    )
+    if message.masked:
+        click.echo("masked " + ", ".join(f"{k}={v}" for k, v in sorted(message.masked.items())))
+    if message.details:
+        click.echo("extra " + json.dumps(message.details, ensure_ascii=False))
+    click.echo(json.dumps(message.message, ensure_ascii=False, indent=2))
+
+
 def unique_session(prefix: str, session_ids: list[str]) -> str:
     """The one session id starting with `prefix`; the prefix itself when none does (the
     caller says nothing was found), an error listing the candidates when several do."""
@@ -174,8 +218,12 @@ def timeline_line(row: EventRow) -> str:
     rule = f" by {row['rule']!r}" if row.get("rule") else ""
     approval = f" approval {row['approval_id']}" if row.get("approval_id") else ""
     status = f" [{row['status']}]" if row.get("status") is not None else ""
-    refused = json.loads(row.get("extra") or "{}").get("refused", {}).get("kind")
+    extra = json.loads(row.get("extra") or "{}")
+    refused = extra.get("refused", {}).get("kind")
     status += f" refused: {refused}" if refused not in (None, "denied") else ""
+    events = extra.get("events")
+    if isinstance(events, list) and events:  # a stream's slice: `sessions event` shows one
+        status += f" {len(events)} events #{events[0].get('n')}-#{events[-1].get('n')}"
     masked = ""
     if row.get("masked"):
         counts = json.loads(row["masked"] or "{}")
