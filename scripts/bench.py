@@ -1141,7 +1141,7 @@ def scenario_holds(quick: bool) -> dict:
         auth = {"Authorization": f"Bearer {signer.token}"}
         gateway = Proxy(tmp, up, gateway_config(up, signer.jwks, HELD_RULE))
         runs: dict[str, list[dict]] = {"no holds": [], f"{holds} holds": []}
-        held_call = request_bytes({**CALL, "params": {"name": "held_tool"}}, auth)
+        held_call = request_bytes({**CALL, "params": {"name": "held_tool"}}, auth, gateway.port)
         try:
             drive(gateway.port, 16, 160, 10, auth)
 
