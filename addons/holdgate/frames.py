@@ -47,7 +47,7 @@ class Frames[T]:
             return [self.decode(self.stream.read(FRAME.unpack(header)[0]))]
         ready, _, _ = select.select([self._fd], [], [], timeout)
         if ready:
-            chunk = os.read(self._fd, 1 << 20)
+            chunk = os.read(self._fd, 1 << 16)  # a pipe holds 64 KiB
             if not chunk:
                 self.ended = True
             self._buffer += chunk
