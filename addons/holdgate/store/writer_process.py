@@ -9,10 +9,10 @@ group commit, retry and failure are one code.
 
 The loop only queues. A feeder thread sends what gathered as one frame (orjson, in
 `holdgate.frames`) on the child's stdin, woken once per linger as the writer's thread is;
-a reader thread takes the child's answers from its stdout: durable batches committed or
-failed (by id), rows written (the columns `on_written` listeners read) or lost, health,
-log lines. Where the store is, a password included, travels in the first frame, never in
-argv or the environment.
+a reader thread takes the child's answers from its stdout: each commit in one (its rows,
+with the columns `on_written` listeners read, and the durable batches it holds, by id),
+durable batches failed, rows lost, health, log lines. Where the store is, a password
+included, travels in the first frame, never in argv or the environment.
 
 Fail closed: when the child dies, `healthy` turns False, every durable batch it held fails
 (its request is refused), the other rows are counted lost, and a new child is started
@@ -201,7 +201,9 @@ class ProcessAuditWriter:
             done.set_exception(exc)
             return done
         problem: StoreError | None = None
-        if self._closing.is_set():
+        if not normalized:
+            done.set_result(None)  # nothing to write (the child answers commits of rows)
+        elif self._closing.is_set():
             problem = WriterClosed(f"{self.name}: the audit writer is closing")
         elif not self.healthy:
             problem = StoreUnavailable(f"{self.name}: {self.last_error}")
@@ -412,10 +414,28 @@ class ProcessAuditWriter:
         if not messages or process is None or process.stdin is None:
             return
         try:
-            process.stdin.write(framed(orjson.dumps(messages)))
+            payload = orjson.dumps(messages)
+        except orjson.JSONEncodeError as exc:  # normalized rows always encode: never seen
+            self._unsent(entries, f"audit rows could not be handed over: {exc}")
+            return
+        try:
+            process.stdin.write(framed(payload))
             process.stdin.flush()
         except (OSError, ValueError):
             pass  # the child is gone: the reader settles what it held
+
+    def _unsent(self, entries: list[_Entry], error: str) -> None:
+        """Entries that could not be sent: refused (durable) or lost, as bad rows are."""
+        logger.error("holdgate: %s", error)
+        with self._lock:
+            for entry in entries:
+                self._pending.pop(entry.id, None)
+                self._outstanding -= len(entry.rows)
+                if entry.durable is None:
+                    self.lost += len(entry.rows)
+        for entry in entries:
+            if entry.durable is not None:
+                _resolve(entry.durable, BadRow(error))
 
     def _read(self) -> None:
         """The child's answers, until it ends; then settle what it held and start another."""
@@ -426,9 +446,9 @@ class ProcessAuditWriter:
                 for payload in replies.read(None):
                     try:
                         self._answer(orjson.loads(payload))
-                    except (ValueError, TypeError, IndexError) as exc:
+                    except Exception as exc:  # noqa: BLE001 - a broken child, not a dead reader
                         logger.error("holdgate: unreadable answer from the audit writer: %s", exc)
-                        process.kill()
+                        process.kill()  # its end settles what it held
             self._ended(process.wait())
             while not self._closing.wait(self.retry_interval):
                 try:
@@ -438,6 +458,8 @@ class ProcessAuditWriter:
                     continue
                 with self._lock:
                     self._process, self._replies = started
+                if self._closing.is_set() and started[0].stdin is not None:
+                    started[0].stdin.close()  # closed while it started: it ends at once
                 logger.warning(
                     "holdgate: audit writer process restarted (%s)",
                     "store writable" if self.healthy else f"store failing: {self.last_error}",
@@ -448,8 +470,6 @@ class ProcessAuditWriter:
 
     def _answer(self, answer: list[Any]) -> None:
         match answer:
-            case ["ok", int(entry_id)]:
-                self._settle(entry_id, None)
             case ["err", int(entry_id), str(kind), str(text), refused]:
                 self._settle(entry_id, _FAILURES.get(kind, StoreUnavailable)(text))
                 if refused:
@@ -457,9 +477,11 @@ class ProcessAuditWriter:
                         self.refused += 1
             case ["cancelled", int(entry_id)]:
                 self._settle(entry_id, None, withdrawn=True)
-            case ["written", list(rows)]:
+            case ["written", list(rows), list(committed)]:
                 with self._lock:
                     self._outstanding -= len(rows)
+                for entry_id in committed:
+                    self._settle(int(entry_id), None)
                 self._written([(table, row) for table, row in rows])
             case ["lost", int(n)]:
                 with self._lock:
@@ -595,6 +617,8 @@ class _Serving:
         self.last_error: str | None = None
         self.next_try = 0.0
         self.waiting: dict[int, Future[None]] = {}
+        # Durable entries committed, told with their batch's rows (one answer per commit).
+        self.committed: list[int] = []
 
     def open(self, first: bool) -> bool:
         """Open the store (False: it is required and cannot be). Answers `ready` first."""
@@ -674,7 +698,7 @@ class _Serving:
         if future.cancelled():
             self.answers.send(["cancelled", entry_id])
         elif (error := future.exception()) is None:
-            self.answers.send(["ok", entry_id])
+            self.committed.append(entry_id)  # on the writer thread, before `_written`
         else:
             self.answers.send(["err", entry_id, type(error).__name__, str(error), refused])
 
@@ -694,7 +718,8 @@ class _Serving:
             (table, {k: row[k] for k in WRITTEN_COLUMNS if k in row} if table == "events" else {})
             for table, row in rows
         ]
-        self.answers.send(["written", sent])
+        committed, self.committed = self.committed, []
+        self.answers.send(["written", sent, committed])
 
     def close(self) -> None:
         if self.writer is not None:
@@ -707,7 +732,7 @@ def _checked(messages: Any) -> list[list[Any]]:
         raise ValueError("a frame is a list of messages")
     for message in messages:
         match message:
-            case ["e", int(), bool(), list(rows)] if all(_is_row(row) for row in rows):
+            case ["e", int(), bool(), list(rows)] if rows and all(_is_row(row) for row in rows):
                 pass
             case ["c", int()] | ["f", int(), int() | float()]:
                 pass
