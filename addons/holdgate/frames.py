@@ -25,9 +25,12 @@ class Frames[T]:
     """Frames from a stream, each payload passed through `decode`. From a pipe they are read
     without blocking past a deadline; any other stream is read one frame at a time."""
 
-    def __init__(self, stream: IO[bytes], decode: Callable[[bytes], T]) -> None:
+    def __init__(
+        self, stream: IO[bytes], decode: Callable[[bytes], T], chunk: int = 1 << 20
+    ) -> None:
         self.stream = stream
         self.decode = decode
+        self.chunk = chunk  # read at most this at once (a smaller one is cheaper to allocate)
         self.ended = False
         self._buffer = bytearray()
         try:
@@ -47,7 +50,7 @@ class Frames[T]:
             return [self.decode(self.stream.read(FRAME.unpack(header)[0]))]
         ready, _, _ = select.select([self._fd], [], [], timeout)
         if ready:
-            chunk = os.read(self._fd, 1 << 16)  # a pipe holds 64 KiB
+            chunk = os.read(self._fd, self.chunk)
             if not chunk:
                 self.ended = True
             self._buffer += chunk

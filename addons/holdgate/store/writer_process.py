@@ -65,6 +65,7 @@ _FAILURES: dict[str, type[StoreError]] = {
 START_TIMEOUT = 30.0  # for the child to answer whether it opened the store
 MALFORMED = 2  # the child's exit status after refusing a frame it could not read
 CHILD = "from holdgate.store.writer_process import main; main()"
+PIPE_SIZE = 1 << 16  # answers are read this much at once: what a pipe holds
 
 
 def open_target(target: Target, create: bool) -> BatchTarget:
@@ -269,7 +270,8 @@ class ProcessAuditWriter:
         """Room for all of the rows, in the running child's generation."""
         with self._lock:
             if self._process is None:
-                return StoreUnavailable(f"{self.name}: {self.last_error}")
+                why = self.last_error or "the audit writer process is starting"
+                return StoreUnavailable(f"{self.name}: {why}")
             depth = self._outstanding + len(rows)
             if depth > self.queue_size:
                 return AuditQueueFull(f"the audit queue is full ({self.queue_size} rows)")
@@ -304,7 +306,7 @@ class ProcessAuditWriter:
             error = f"{self.name}: cannot start the audit writer process: {exc}"
             raise StoreUnavailable(error) from exc
         assert process.stdin is not None and process.stdout is not None
-        replies = Frames(process.stdout, bytes)
+        replies = Frames(process.stdout, bytes, PIPE_SIZE)
         first = {
             "target": self._target,
             "name": self.name,
@@ -450,11 +452,14 @@ class ProcessAuditWriter:
                         logger.error("holdgate: unreadable answer from the audit writer: %s", exc)
                         process.kill()  # its end settles what it held
             self._ended(process.wait())
+            failed = ""
             while not self._closing.wait(self.retry_interval):
                 try:
                     started = self._start(required=False)
                 except StoreUnavailable as exc:
-                    logger.error("holdgate: %s", exc)
+                    if str(exc) != failed:  # once per kind of failure, not every retry
+                        logger.error("holdgate: %s", exc)
+                    failed = str(exc)
                     continue
                 with self._lock:
                     self._process, self._replies = started
