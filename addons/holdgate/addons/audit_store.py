@@ -71,6 +71,11 @@ class AuditStore:
     def configure(self, updated: set[str]) -> None:
         if not STORE_OPTIONS & updated:
             return
+        if ctx.options.holdgate_audit_writer not in AUDIT_WRITERS:
+            raise exceptions.OptionsError(
+                f"holdgate_audit_writer: {ctx.options.holdgate_audit_writer!r} is not a writer; "
+                "use process (the default) or thread"
+            )
         self.close()
         try:
             self.location = ctx.options.holdgate_store
