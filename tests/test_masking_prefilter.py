@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from typing import Any
 from unittest import mock
 
+import pytest
 import re2
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -254,6 +255,15 @@ def test_a_clean_tool_result_is_kept_as_sent() -> None:
     plain, filtered = both(message, "design")
     assert filtered == plain
     assert filtered.value is message and not filtered.findings
+
+
+@pytest.mark.parametrize("space", [c for c in map(chr, range(0x80, 0x3001)) if c.isspace()])
+def test_a_key_split_by_a_unicode_space_is_read_in_json_text(space: str) -> None:
+    # `key_name` drops what Python's `\s` matches; JSON writes these spaces as they are.
+    text = json.dumps({f"s{space}sn": "219099999"}, ensure_ascii=False)
+    plain, filtered = both({"x": text}, "keyed")
+    assert filtered == plain
+    assert filtered.findings == {"us_ssn": 1}
 
 
 @settings(max_examples=300, deadline=None)

@@ -97,8 +97,10 @@ _FOLDED = (
     "[" + NFKC_STABLE_FOLDS + "]",
 )
 # What `key_name` drops between the letters of a key, as raw JSON text (or JSON text in
-# JSON text, its backslashes doubled) may write it.
-_KEY_GAP = r"(?:[\s_.-]|\\+[ntrfb])*"
+# JSON text, its backslashes doubled) may write it: Python's `\s` is RE2's and the Unicode
+# spaces (`s\u2028sn` names an SSN), which JSON writes as they are.
+_UNICODE_SPACE = "\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+_KEY_GAP = r"(?:[\s" + _UNICODE_SPACE + r"_.-]|\\+[ntrfb])*"
 # Characters JSON may write as a short escape: a name holding one may not appear as is.
 _ESCAPED_IN_JSON = frozenset('"\\/' + "".join(map(chr, range(0x20))))
 
