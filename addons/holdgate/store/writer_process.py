@@ -258,7 +258,7 @@ class ProcessAuditWriter:
                 process.stdin.close()
         self._reader.join(timeout)
         if self._reader.is_alive() and process is not None:
-            logger.error("holdgate: the audit writer process did not finish in %ss", timeout)
+            _log(logging.ERROR, "holdgate: the audit writer process did not finish in %ss", timeout)
             process.kill()
             self._reader.join(5)
 
@@ -428,7 +428,7 @@ class ProcessAuditWriter:
 
     def _unsent(self, entries: list[_Entry], error: str) -> None:
         """Entries that could not be sent: refused (durable) or lost, as bad rows are."""
-        logger.error("holdgate: %s", error)
+        _log(logging.ERROR, "holdgate: %s", error)
         with self._lock:
             for entry in entries:
                 self._pending.pop(entry.id, None)
@@ -449,7 +449,7 @@ class ProcessAuditWriter:
                     try:
                         self._answer(orjson.loads(payload))
                     except Exception as exc:  # noqa: BLE001 - a broken child, not a dead reader
-                        logger.error("holdgate: unreadable answer from the audit writer: %s", exc)
+                        _log(logging.ERROR, "holdgate: unreadable audit writer answer: %s", exc)
                         process.kill()  # its end settles what it held
             self._ended(process.wait())
             failed = ""
@@ -458,14 +458,15 @@ class ProcessAuditWriter:
                     started = self._start(required=False)
                 except StoreUnavailable as exc:
                     if str(exc) != failed:  # once per kind of failure, not every retry
-                        logger.error("holdgate: %s", exc)
+                        _log(logging.ERROR, "holdgate: %s", exc)
                     failed = str(exc)
                     continue
                 with self._lock:
                     self._process, self._replies = started
                 if self._closing.is_set() and started[0].stdin is not None:
                     started[0].stdin.close()  # closed while it started: it ends at once
-                logger.warning(
+                _log(
+                    logging.WARNING,
                     "holdgate: audit writer process restarted (%s)",
                     "store writable" if self.healthy else f"store failing: {self.last_error}",
                 )
@@ -501,7 +502,7 @@ class ProcessAuditWriter:
                     waiting[1][0] = ok
                     waiting[0].set()
             case ["log", int(level), str(text)]:
-                logger.log(level, "%s", text)
+                _log(level, "%s", text)
             case _:
                 raise ValueError(f"unknown answer {str(answer)[:80]}")
 
@@ -523,7 +524,8 @@ class ProcessAuditWriter:
         try:
             self.on_written(rows)
         except Exception:  # counting must never stop the reader: the rows are written
-            logger.exception("holdgate: the metrics could not count a batch of audit rows")
+            text = "holdgate: the metrics could not count a batch of audit rows"
+            _log(logging.ERROR, text, exc_info=True)
 
     def _ended(self, status: int) -> None:
         """The child ended: what it held is settled (durable entries fail, the others are
@@ -553,7 +555,8 @@ class ProcessAuditWriter:
         for done, _ in flushes.values():
             done.set()
         if not closing:
-            logger.error(
+            _log(
+                logging.ERROR,
                 "holdgate: %s: %d waiting batches refused, %d rows lost; restarting it in %ss",
                 error,
                 len(pending),
@@ -561,11 +564,19 @@ class ProcessAuditWriter:
                 self.retry_interval,
             )
         elif lost or pending or status:
-            logger.error(
+            _log(
+                logging.ERROR,
                 "holdgate: the audit writer process closed (%s): %d rows not written",
                 how,
                 lost + sum(len(e.rows) for e in pending.values()),
             )
+
+
+def _log(level: int, text: str, *args: object, exc_info: bool = False) -> None:
+    """Log from the feeder or reader thread: a log handler that fails (one bound to an event
+    loop already closed, at shutdown) must not end the thread that fails what waits."""
+    with suppress(Exception):
+        logger.log(level, text, *args, exc_info=exc_info)
 
 
 def _resolve(future: Future[None], error: StoreError | None) -> None:
