@@ -467,14 +467,20 @@ def scenario_proxy(
 def scenario_hooks(quick: bool, against: Baseline | None = None) -> dict:
     """The gateway's own work per call without sockets: the proxy scenario's call driven
     through mitmproxy's addon manager in-process (`scripts/bench_hooks.py`, one process per
-    measurement), CPU per call. Steadier than req/s on a shared machine, so levers are
+    measurement), CPU per call: the process's, its event loop thread's, its children's
+    (best of rounds, each alone). Steadier than req/s on a shared machine, so levers are
     compared here first: the Pipeline against the same addons dispatched one by one by
-    mitmproxy, and (`--against`) the gateway at another revision; interleaved rounds."""
+    mitmproxy, the audit writer in a process against a thread, and (`--against`) the
+    gateway at another revision; interleaved rounds."""
     calls = 300 if quick else 3000
-    targets = {"pipeline": (ROOT, "pipeline"), "addons one by one": (ROOT, "addons")}
+    targets: dict[str, tuple[Path, str, str | None]] = {
+        "pipeline": (ROOT, "pipeline", None),
+        "pipeline, thread writer": (ROOT, "pipeline", "thread"),
+        "addons one by one": (ROOT, "addons", None),
+    }
     if against is not None:
-        targets[f"gateway@{against.revision}"] = (against.script.parent.parent, "pipeline")
-    results: dict[str, list[float]] = {name: [] for name in targets}
+        targets[f"gateway@{against.revision}"] = (against.script.parent.parent, "pipeline", None)
+    results: dict[str, list[dict]] = {name: [] for name in targets}
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         signer = Signer(tmp)
@@ -483,18 +489,26 @@ def scenario_hooks(quick: bool, against: Baseline | None = None) -> dict:
         token = tmp / "token"
         token.write_text(signer.token)
         for _ in range(1 if quick else 3):
-            for name, (tree, dispatch) in targets.items():
+            for name, (tree, dispatch, writer) in targets.items():
                 cmd = [sys.executable, str(ROOT / "scripts" / "bench_hooks.py")]
                 cmd += ["--tree", str(tree), "--config", str(config), "--token", str(token)]
                 cmd += ["--calls", str(calls), "--dispatch", dispatch]
+                cmd += ["--writer", writer] if writer else []
                 done = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=tmp)
-                results[name].append(json.loads(done.stdout.splitlines()[-1])["cpu_us_per_call"])
-    summary = {name: min(values) for name, values in results.items()}
-    rows = [[name, f"{value:.0f}"] for name, value in summary.items()]
+                results[name].append(json.loads(done.stdout.splitlines()[-1]))
+    keys = ("cpu_us_per_call", "loop_cpu_us_per_call", "children_cpu_us_per_call")
+    summary = {
+        name: {key: min(r[key] for r in runs if key in r) for key in keys if key in runs[0]}
+        for name, runs in results.items()
+    }
+    rows = [
+        [name, *(f"{value[key]:.0f}" if key in value else "-" for key in keys)]
+        for name, value in summary.items()
+    ]
     table(
         "hooks: one tools/call through the gateway's hooks, in-process",
         rows,
-        ["dispatch", "CPU µs/call (best of rounds)"],
+        ["dispatch", "process µs/call", "loop thread µs/call", "children µs/call"],
     )
     return summary
 

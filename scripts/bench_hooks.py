@@ -1,13 +1,15 @@
 """One measurement of the `hooks` bench scenario, in a process of its own.
 
     python scripts/bench_hooks.py --tree TREE --config FILE --token FILE --calls N
-        [--dispatch pipeline|addons]
+        [--dispatch pipeline|addons] [--writer process|thread]
 
 Imports Holdgate from TREE (this checkout, or another revision's worktree for `bench.py
 --against`), drives N `tools/call` flows through mitmproxy's addon manager in-process
-(requestheaders, request, responseheaders, response: no sockets) and prints the process
-CPU per call as JSON. `pipeline`: the addons behind the Pipeline (when TREE has one);
-`addons`: dispatched one by one by mitmproxy, as before the Pipeline.
+(requestheaders, request, responseheaders, response: no sockets) and prints as JSON the CPU
+per call of the process, of its event loop thread alone, and of its child processes (the
+audit writer's, with `--writer process`, and the recordings writer). `pipeline`: the addons
+behind the Pipeline (when TREE has one); `addons`: dispatched one by one by mitmproxy, as
+before the Pipeline. `--writer`: `holdgate_audit_writer` (TREE's default when not given).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import tempfile
 import time
@@ -28,6 +31,7 @@ def main() -> None:
     parser.add_argument("--token", type=Path, required=True)
     parser.add_argument("--calls", type=int, default=3000)
     parser.add_argument("--dispatch", choices=["pipeline", "addons"], default="pipeline")
+    parser.add_argument("--writer", choices=["process", "thread"])
     args = parser.parse_args()
     sys.path.insert(0, str(args.tree / "addons"))
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -74,6 +78,10 @@ async def measure(args: argparse.Namespace) -> dict[str, object]:
         (b"Content-Length", str(len(body)).encode()),
     ]
     mode = ProxyMode.parse("reverse:http://127.0.0.1:9")
+    try:
+        from holdgate.addons.http_seams import note_client_hosts
+    except ImportError:  # a revision from before the seam
+        note_client_hosts = None
 
     def new_flow() -> http.HTTPFlow:
         request = tutils.treq(
@@ -84,6 +92,8 @@ async def measure(args: argparse.Namespace) -> dict[str, object]:
         flow.client_conn.proxy_mode = mode
         flow.client_conn.sockname = ("127.0.0.1", 8080)
         flow.client_conn.timestamp_tls_setup = None
+        if note_client_hosts is not None:  # the Host the client wrote, as the seam keeps it
+            note_client_hosts(flow, ("127.0.0.1:8080",))
         return flow
 
     with tempfile.TemporaryDirectory() as tmp, taddons.context(*chain) as tctx:
@@ -93,11 +103,13 @@ async def measure(args: argparse.Namespace) -> dict[str, object]:
             holdgate_recordings=str(Path(tmp) / "rec"),
             holdgate_admin="",
         )
+        if args.writer is not None:
+            tctx.options.update(holdgate_audit_writer=args.writer)
         manager = tctx.master.addons
         for addon in manager.chain:
             manager.invoke_addon_sync(addon, hooks.RunningHook())
         flows = [new_flow() for _ in range(args.calls)]  # built before: not measured
-        started = time.process_time()
+        started = time.process_time(), time.thread_time(), children_cpu()
         for flow in flows:
             await manager.handle_lifecycle(HttpRequestHeadersHook(flow))
             await manager.handle_lifecycle(HttpRequestHook(flow))
@@ -106,10 +118,29 @@ async def measure(args: argparse.Namespace) -> dict[str, object]:
             flow.response = http.Response.make(200, RESULT, {"Content-Type": "application/json"})
             await manager.handle_lifecycle(HttpResponseHeadersHook(flow))
             await manager.handle_lifecycle(HttpResponseHook(flow))
-        spent = time.process_time() - started
+        ended = time.process_time(), time.thread_time(), children_cpu()
         for addon in manager.chain:
             manager.invoke_addon_sync(addon, hooks.DoneHook())
-    return {"dispatch": dispatch, "cpu_us_per_call": 1e6 * spent / args.calls}
+    spent = [1e6 * (b - a) / args.calls for a, b in zip(started, ended, strict=True)]
+    return {
+        "dispatch": dispatch,
+        "cpu_us_per_call": spent[0],
+        "loop_cpu_us_per_call": spent[1],
+        "children_cpu_us_per_call": spent[2],
+    }
+
+
+def children_cpu() -> float:
+    """CPU seconds of this process's children so far (read from /proc while they run)."""
+    ticks = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # a process that just ended
+        if int(fields[1]) == os.getpid():
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 if __name__ == "__main__":

@@ -63,7 +63,11 @@ def call(tool: str) -> dict:
         ("holdgate.addons.gate:state", "Gate.request", "get_customer"),
         # the write-ahead, the Gate's last step: the decision rows cannot be built, or queued
         ("holdgate.addons.decision_rows:args_digest", "Gate.request", "get_customer"),
-        ("holdgate.store.writer:AuditWriter.submit_durable", "Gate.request", "get_customer"),
+        (
+            "holdgate.store.writer_process:ProcessAuditWriter.submit_durable",
+            "Gate.request",
+            "get_customer",
+        ),
     ],
 )
 def test_fault_in_a_request_hook_refuses_and_forwards_nothing(

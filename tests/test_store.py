@@ -40,9 +40,18 @@ def db(path: Path) -> Iterator[store.SqliteStore]:
         yield opened
 
 
-def writer_for(path: Path, **options: Any) -> store.AuditWriter:
+@pytest.fixture(params=["thread", "process"])
+def kind(request: pytest.FixtureRequest) -> str:
+    """Which audit writer: the gateway's thread, or a process of its own."""
+    return str(request.param)
+
+
+def writer_for(path: Path, kind: str = "thread", **options: Any) -> store.Writer:
     """A writer whose connections are opened as the gateway's are (the first may create)."""
     busy_timeout = options.pop("busy_timeout", 5.0)
+    if kind == "process":
+        target = {"backend": "sqlite", "path": str(path), "busy_timeout": busy_timeout}
+        return store.ProcessAuditWriter(target, str(path), **options)
     return store.AuditWriter(
         lambda create: store.SqliteStore(path, create=create, busy_timeout=busy_timeout),
         str(path),
@@ -441,8 +450,8 @@ def test_writer_batches_and_flushes(
     assert db.verify().ok
 
 
-def test_full_queue_refuses_and_counts_lost(path: Path) -> None:
-    writer = writer_for(path, queue_size=5, busy_timeout=30)
+def test_full_queue_refuses_and_counts_lost(path: Path, kind: str) -> None:
+    writer = writer_for(path, kind, queue_size=5, busy_timeout=30)
     with write_locked(path):
         accepted = [writer.submit("events", event(i)) for i in range(20)]
     assert writer.flush(10)
@@ -452,8 +461,8 @@ def test_full_queue_refuses_and_counts_lost(path: Path) -> None:
     assert writer.max_queue_depth_seen == 5
 
 
-def test_close_writes_what_is_queued(path: Path) -> None:
-    writer = writer_for(path)
+def test_close_writes_what_is_queued(path: Path, kind: str) -> None:
+    writer = writer_for(path, kind)
     for i in range(100):
         writer.submit("events", event(i))
     writer.close()
@@ -462,8 +471,8 @@ def test_close_writes_what_is_queued(path: Path) -> None:
     assert not writer.submit("events", event()) and writer.lost == 1
 
 
-def test_submit_rejects_rows_that_do_not_fit(path: Path) -> None:
-    writer = writer_for(path)
+def test_submit_rejects_rows_that_do_not_fit(path: Path, kind: str) -> None:
+    writer = writer_for(path, kind)
     with pytest.raises(store.BadRow):
         writer.submit("events", {"token": "secret"})
     writer.close()
@@ -471,7 +480,7 @@ def test_submit_rejects_rows_that_do_not_fit(path: Path) -> None:
 
 def check_failure_and_recovery(
     path: Path,
-    writer: store.AuditWriter,
+    writer: store.Writer,
     break_it: Callable[[], Any],
     fix_it: Callable[[], Any],
     errors: tuple[str, ...],
@@ -498,8 +507,8 @@ def check_failure_and_recovery(
         assert db.verify().ok
 
 
-def test_store_locked_beyond_timeout_flips_healthy_and_recovers(path: Path) -> None:
-    writer = writer_for(path, busy_timeout=0.2, retry_interval=0.05)
+def test_store_locked_beyond_timeout_flips_healthy_and_recovers(path: Path, kind: str) -> None:
+    writer = writer_for(path, kind, busy_timeout=0.2, retry_interval=0.05)
     assert writer.submit("events", event(0)) and writer.flush(5)
     conn = raw(path)
     check_failure_and_recovery(
@@ -512,9 +521,9 @@ def test_store_locked_beyond_timeout_flips_healthy_and_recovers(path: Path) -> N
     conn.close()
 
 
-def test_immutable_store_files_flip_healthy_and_recover(path: Path) -> None:
+def test_immutable_store_files_flip_healthy_and_recover(path: Path, kind: str) -> None:
     """As root, chmod does not stop writes; the immutable attribute does."""
-    writer = writer_for(path, retry_interval=0.05)
+    writer = writer_for(path, kind, retry_interval=0.05)
     assert writer.submit("events", event(0)) and writer.flush(5)
     files = [str(path), f"{path}-wal"]
     if (
@@ -558,16 +567,16 @@ def test_lone_surrogates_are_stored_escaped(path: Path, db: store.SqliteStore) -
     assert db.verify().ok
 
 
-def test_required_store_that_cannot_be_opened_raises(tmp_path: Path) -> None:
+def test_required_store_that_cannot_be_opened_raises(tmp_path: Path, kind: str) -> None:
     (tmp_path / "blocker").write_text("a file where the folder should be")
     with pytest.raises(store.StoreUnavailable):
-        writer_for(tmp_path / "blocker" / "audit.sqlite3")
+        writer_for(tmp_path / "blocker" / "audit.sqlite3", kind)
 
 
-def test_best_effort_writer_starts_unhealthy_and_probes(tmp_path: Path) -> None:
+def test_best_effort_writer_starts_unhealthy_and_probes(tmp_path: Path, kind: str) -> None:
     blocker = tmp_path / "blocker"
     blocker.write_text("a file where the folder should be")
-    writer = writer_for(blocker / "audit.sqlite3", required=False, retry_interval=0.05)
+    writer = writer_for(blocker / "audit.sqlite3", kind, required=False, retry_interval=0.05)
     assert wait_until(lambda: not writer.healthy)
     assert not writer.submit("events", event())
     blocker.unlink()
@@ -579,8 +588,8 @@ def test_best_effort_writer_starts_unhealthy_and_probes(tmp_path: Path) -> None:
         assert db.verify().ok
 
 
-def test_writer_does_not_recreate_a_vanished_store(path: Path) -> None:
-    writer = writer_for(path, busy_timeout=0.2, retry_interval=0.05)
+def test_writer_does_not_recreate_a_vanished_store(path: Path, kind: str) -> None:
+    writer = writer_for(path, kind, busy_timeout=0.2, retry_interval=0.05)
     conn = raw(path)
     conn.execute("BEGIN EXCLUSIVE")
     assert writer.submit("events", event())
@@ -794,8 +803,8 @@ def test_writer_commits_rows_that_arrive_within_the_linger_together(
         writer.close()
 
 
-def test_flush_does_not_wait_out_the_linger(path: Path, db: store.SqliteStore) -> None:
-    writer = writer_for(path, linger=3600)
+def test_flush_does_not_wait_out_the_linger(path: Path, db: store.SqliteStore, kind: str) -> None:
+    writer = writer_for(path, kind, linger=3600)
     try:
         assert writer.submit("events", event(1))
         assert writer.flush(10)  # would time out if the writer waited the hour

@@ -98,8 +98,9 @@ def test_purge_keeps_the_chain_verifiable(db: store.Store) -> None:
     assert db.verify().ok and db.last_purge() is not None
 
 
-def test_the_writer_thread_appends(db: store.Store) -> None:
-    writer = db.writer()
+@pytest.mark.parametrize("process", [False, True], ids=["thread", "process"])
+def test_the_writer_appends(db: store.Store, process: bool) -> None:
+    writer = db.writer(process=process)
     try:
         assert writer.submit_all([("events", event("alice", NOW)), ("events", event("bob", NOW))])
         writer.flush(timeout=10)

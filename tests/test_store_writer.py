@@ -1,6 +1,7 @@
 """The writer's durable path: `submit_durable` resolves once its rows are committed, calls
 share commits, a batch goes in whole or not at all, and rows whose caller was told "no"
-never appear later."""
+never appear later. Each test runs with the thread writer and the process writer
+(`ProcessAuditWriter`), but those that patch the store in this process."""
 
 from __future__ import annotations
 
@@ -24,8 +25,16 @@ def path(tmp_path: Path) -> Path:
     return tmp_path / "audit.sqlite3"
 
 
-def writer_for(path: Path, **options: Any) -> store.AuditWriter:
+@pytest.fixture(params=["thread", "process"])
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def writer_for(path: Path, kind: str = "thread", **options: Any) -> store.Writer:
     busy_timeout = options.pop("busy_timeout", 5.0)
+    if kind == "process":
+        target = {"backend": "sqlite", "path": str(path), "busy_timeout": busy_timeout}
+        return store.ProcessAuditWriter(target, str(path), **options)
     return store.AuditWriter(
         lambda create: store.SqliteStore(path, create=create, busy_timeout=busy_timeout),
         str(path),
@@ -63,8 +72,8 @@ def error_of(future: Future[None]) -> BaseException | None:
     return future.exception(timeout=10)
 
 
-def test_a_durable_batch_is_committed_when_its_future_resolves(path: Path) -> None:
-    writer = writer_for(path)
+def test_a_durable_batch_is_committed_when_its_future_resolves(path: Path, kind: str) -> None:
+    writer = writer_for(path, kind)
     done = writer.submit_durable([event("a"), event("b")])
     assert error_of(done) is None
     assert flows(path) == ["a", "b"]  # visible to another connection: committed
@@ -87,10 +96,10 @@ def test_concurrent_callers_share_commits(path: Path, commits: list[int]) -> Non
     writer.close()
 
 
-def test_a_durable_call_does_not_wait_for_the_linger(path: Path) -> None:
+def test_a_durable_call_does_not_wait_for_the_linger(path: Path, kind: str) -> None:
     """Rows nobody waits for are queued without waking the writer; a durable call, a flush
     and closing wake it (each would otherwise wait out the 60 s linger)."""
-    writer = writer_for(path, linger=60.0)
+    writer = writer_for(path, kind, linger=60.0)
     assert writer.submit("events", event("queued")[1])  # would wait 60 s for company
     time.sleep(0.05)  # the writer took it and lingers
     done = writer.submit_durable([event("now")])
@@ -105,8 +114,8 @@ def test_a_durable_call_does_not_wait_for_the_linger(path: Path) -> None:
     assert time.monotonic() - began < 5 and flows(path)[-1] == "last"
 
 
-def test_a_batch_larger_than_the_queue_is_refused_whole(path: Path) -> None:
-    writer = writer_for(path, queue_size=3)
+def test_a_batch_larger_than_the_queue_is_refused_whole(path: Path, kind: str) -> None:
+    writer = writer_for(path, kind, queue_size=3)
     refused = writer.submit_durable([event(f"b{i}") for i in range(4)])
     assert isinstance(error_of(refused), AuditQueueFull)
     assert error_of(writer.submit_durable([event(f"ok{i}") for i in range(3)])) is None
@@ -114,8 +123,8 @@ def test_a_batch_larger_than_the_queue_is_refused_whole(path: Path) -> None:
     assert flows(path) == ["ok0", "ok1", "ok2"] and writer.refused == 1
 
 
-def test_a_full_queue_refuses_a_batch_that_does_not_fit(path: Path) -> None:
-    writer = writer_for(path, queue_size=4, busy_timeout=30)
+def test_a_full_queue_refuses_a_batch_that_does_not_fit(path: Path, kind: str) -> None:
+    writer = writer_for(path, kind, queue_size=4, busy_timeout=30)
     lock = sqlite3.connect(path, isolation_level=None)
     lock.execute("BEGIN EXCLUSIVE")
     first = writer.submit_durable([event("in-hand")])  # taken by the thread, waiting
@@ -132,8 +141,9 @@ def test_a_full_queue_refuses_a_batch_that_does_not_fit(path: Path) -> None:
 
 def test_a_failing_store_fails_the_waiting_calls_and_never_writes_their_rows(
     path: Path,
+    kind: str,
 ) -> None:
-    writer = writer_for(path, busy_timeout=0.2, retry_interval=0.05)
+    writer = writer_for(path, kind, busy_timeout=0.2, retry_interval=0.05)
     lock = sqlite3.connect(path, isolation_level=None)
     lock.execute("BEGIN EXCLUSIVE")
     kept = writer.submit("events", event("best-effort")[1])
@@ -179,22 +189,22 @@ def test_one_callers_bad_rows_do_not_sink_the_others(
     assert flows(path) == ["first", "good", "also-good"]
 
 
-def test_a_row_that_does_not_fit_the_schema_fails_the_call(path: Path) -> None:
-    writer = writer_for(path)
+def test_a_row_that_does_not_fit_the_schema_fails_the_call(path: Path, kind: str) -> None:
+    writer = writer_for(path, kind)
     done = writer.submit_durable([event("a"), ("events", {"token": "secret"})])
     assert isinstance(error_of(done), store.BadRow)
     writer.close()
     assert flows(path) == []
 
 
-def test_a_closed_writer_refuses_durable_rows(path: Path) -> None:
-    writer = writer_for(path)
+def test_a_closed_writer_refuses_durable_rows(path: Path, kind: str) -> None:
+    writer = writer_for(path, kind)
     writer.close()
     assert isinstance(error_of(writer.submit_durable([event("late")])), WriterClosed)
 
 
-def test_submit_all_takes_every_row_or_none(path: Path) -> None:
-    writer = writer_for(path, queue_size=3, busy_timeout=30)
+def test_submit_all_takes_every_row_or_none(path: Path, kind: str) -> None:
+    writer = writer_for(path, kind, queue_size=3, busy_timeout=30)
     lock = sqlite3.connect(path, isolation_level=None)
     lock.execute("BEGIN EXCLUSIVE")
     assert writer.submit_all([event("hand")])
@@ -208,8 +218,8 @@ def test_submit_all_takes_every_row_or_none(path: Path) -> None:
     assert flows(path) == ["hand", "a", "b"]
 
 
-def test_durable_calls_from_many_threads_all_land_once(path: Path) -> None:
-    writer = writer_for(path)
+def test_durable_calls_from_many_threads_all_land_once(path: Path, kind: str) -> None:
+    writer = writer_for(path, kind)
     results: list[BaseException | None] = []
 
     def caller(n: int) -> None:
@@ -228,10 +238,11 @@ def test_durable_calls_from_many_threads_all_land_once(path: Path) -> None:
 
 def test_rows_whose_caller_gave_up_before_they_were_taken_are_never_written(
     path: Path,
+    kind: str,
 ) -> None:
     """A write-ahead timeout cancels the wait and refuses the request, recording that
     itself: the rows it withdrew must not land later saying the request went ahead."""
-    writer = writer_for(path, busy_timeout=30)
+    writer = writer_for(path, kind, busy_timeout=30)
     lock = sqlite3.connect(path, isolation_level=None)
     lock.execute("BEGIN EXCLUSIVE")
     in_hand = writer.submit_durable([event("in-hand")])  # taken by the thread, waiting

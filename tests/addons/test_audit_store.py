@@ -3,6 +3,8 @@ opens (a subscription), not because of where it stands in `default_addons()`."""
 
 from __future__ import annotations
 
+import pytest
+from mitmproxy import exceptions
 from mitmproxy.test import taddons
 
 from helpers.configs import identity
@@ -49,3 +51,21 @@ def test_the_stages_that_read_the_store_at_start_get_it_whatever_their_order(tmp
         audit.close()  # the store closes: the replica marks itself gone first
     with store.open_store(tmp_path / "audit.sqlite3") as db:
         assert db.replicas()[0]["gone"]
+
+
+def test_the_audit_writer_is_a_process_unless_a_thread_is_chosen(tmp_path):
+    addons = default_addons()
+    (audit,) = [a for a in addons if isinstance(a, AuditStore)]
+    with taddons.context(Pipeline(addons)) as tctx:
+        tctx.options.update(
+            holdgate_config=write_config(tmp_path, CONFIG),
+            holdgate_store=str(tmp_path / "audit.sqlite3"),
+            holdgate_recordings="",
+            holdgate_admin="",
+        )
+        assert isinstance(audit.writer, store.ProcessAuditWriter) and audit.writer.healthy
+        tctx.options.update(holdgate_audit_writer="thread")  # the store is opened again
+        assert isinstance(audit.writer, store.AuditWriter) and audit.writer.healthy
+        with pytest.raises(exceptions.OptionsError, match="holdgate_audit_writer"):
+            tctx.options.update(holdgate_audit_writer="fork")
+        audit.close()

@@ -29,7 +29,7 @@ from helpers.flows import (
 )
 from holdgate.addons.audit_store import AuditStore
 from holdgate.masking.masker import MaskingError
-from holdgate.store import AuditWriter, SqliteStore
+from holdgate.store import AuditWriter, SqliteStore, Writer
 
 pytestmark = pytest.mark.anyio
 
@@ -163,7 +163,7 @@ def rows_now(tmp_path) -> list[dict[str, Any]]:
         return [dict(row) for row in db.execute(EVENTS)]
 
 
-def replace_writer(tctx, writer: AuditWriter) -> AuditWriter:
+def replace_writer(tctx, writer: Writer) -> Writer:
     audit = find(tctx, AuditStore)
     assert audit.writer is not None
     audit.writer.close()

@@ -21,10 +21,10 @@ from mitmproxy import ctx, exceptions, http
 
 from holdgate.addons.flowstate import state
 from holdgate.config.gateway_config import GatewayConfig
-from holdgate.config.options import DEFAULT_STORE, STORE_OPTIONS
+from holdgate.config.options import AUDIT_WRITERS, DEFAULT_STORE, STORE_OPTIONS
 from holdgate.masking.masker import MaskingError, MaskOutcome
 from holdgate.masking.record_masking import RecordMasking, ToolHint, mask_for_record, scrub_row
-from holdgate.store import AuditWriter, PostgresStore, Store, StoreError, open_store
+from holdgate.store import PostgresStore, Store, StoreError, Writer, open_store
 from holdgate.store.rows import Row
 from holdgate.store.writer import Batch
 
@@ -43,7 +43,7 @@ class AuditStore:
         self.loader = loader
         self.location = ""  # where the store is (a path or URL), once opened
         self._store: Store | None = None  # the gateway's store; the writer has its own
-        self.writer: AuditWriter | None = None
+        self.writer: Writer | None = None
         self.digest_key = b""
         self.opened: list[Callable[[str], None]] = []
         self.before_close: list[Callable[[], None]] = []
@@ -59,15 +59,28 @@ class AuditStore:
             "Holdgate's audit store: a SQLite path, or a postgresql:// URL shared by replicas "
             "(then the config needs hash_key).",
         )
+        loader.add_option(
+            "holdgate_audit_writer",
+            str,
+            AUDIT_WRITERS[0],
+            "Who writes the audit rows: a process of the gateway's own (process), so the event "
+            "loop only decides, or a thread of the gateway (thread).",
+            choices=AUDIT_WRITERS,
+        )
 
     def configure(self, updated: set[str]) -> None:
         if not STORE_OPTIONS & updated:
             return
+        if ctx.options.holdgate_audit_writer not in AUDIT_WRITERS:
+            raise exceptions.OptionsError(
+                f"holdgate_audit_writer: {ctx.options.holdgate_audit_writer!r} is not a writer; "
+                "use process (the default) or thread"
+            )
         self.close()
         try:
             self.location = ctx.options.holdgate_store
             self._store = open_store(self.location)
-            self.writer = self._store.writer()
+            self.writer = self._store.writer(process=ctx.options.holdgate_audit_writer == "process")
         except ValueError as exc:
             raise exceptions.OptionsError(str(exc)) from None
         except StoreError as exc:

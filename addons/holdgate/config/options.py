@@ -18,6 +18,7 @@ PREFIX = "holdgate_"
 OPTIONS = (
     "holdgate_config",
     "holdgate_store",
+    "holdgate_audit_writer",
     "holdgate_recordings",
     "holdgate_admin",
     "holdgate_max_body",
@@ -51,7 +52,9 @@ def option_problems(deferred: Mapping[str, object]) -> list[str]:
 
 
 DEFAULT_STORE = "holdgate.sqlite3"
-STORE_OPTIONS = frozenset({"holdgate_store"})  # the options that name the audit store
+# the options that name the audit store, or say how it is written
+STORE_OPTIONS = frozenset({"holdgate_store", "holdgate_audit_writer"})
+AUDIT_WRITERS = ("process", "thread")
 
 
 def listen_addresses(modes: Sequence[str], listen_host: str, listen_port: int | None) -> str:

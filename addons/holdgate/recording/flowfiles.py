@@ -13,16 +13,12 @@ recorded flow is decided by the gateway like any call (`replay_target`).
 
 from __future__ import annotations
 
-import io
 import itertools
 import json
 import logging
-import os
 import pickle
 import queue
-import select
 import signal
-import struct
 import subprocess
 import sys
 import threading
@@ -39,6 +35,7 @@ from mitmproxy.net import encoding
 
 from holdgate import STATE_KEY
 from holdgate.configfile import ConfigError
+from holdgate.frames import Frames, child_env, framed
 from holdgate.masking.record_masking import (
     CALLER_CREDENTIALS,
     PortableRecordMasking,
@@ -326,7 +323,7 @@ class RecordingWriter:
             [sys.executable, "-m", "holdgate.recording.flowfiles", str(self.folder), replica],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            env={**os.environ, "PYTHONPATH": os.pathsep.join([_PACKAGE_ROOT, *_pythonpath()])},
+            env=child_env(),
         )
         self._feeder = threading.Thread(target=self._feed, name="holdgate-recordings", daemon=True)
         self._reader = threading.Thread(
@@ -436,12 +433,12 @@ class RecordingWriter:
         with pipe:
             while (item := self._queue.get()) is not None:
                 try:
-                    frame = pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)
+                    payload = pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)
                 except Exception as exc:  # noqa: BLE001 - one odd flow must not stop the feeder
                     self._note_lost(f"cannot hand a flow over: {type(exc).__name__}: {exc}")
                     continue
                 try:
-                    pipe.write(_FRAME.pack(len(frame)) + frame)
+                    pipe.write(framed(payload))
                     pipe.flush()
                 except (BrokenPipeError, ValueError):
                     self._note_lost("the recordings process is not running")
@@ -500,12 +497,6 @@ class ClosedFile(NamedTuple):
 
 
 _Item = tuple[str, dict[str, Any], Redaction] | PortableRecordMasking | int | None
-_FRAME = struct.Struct(">I")
-_PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
-
-
-def _pythonpath() -> list[str]:
-    return [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
 
 
 def serve(folder: Path, frames: BinaryIO, replies: TextIO, replica: str = "") -> None:
@@ -522,7 +513,7 @@ def serve(folder: Path, frames: BinaryIO, replies: TextIO, replica: str = "") ->
     for path, cut in _repaired(segments, state):
         print("repaired", f"{path.name}\t{cut}", file=replies, flush=True)
     state.report_closed(segments)
-    source = _Frames(frames)
+    source: Frames[_Item] = Frames(frames, pickle.loads)
     unsynced = False
     while True:
         items = source.read(0.0 if unsynced else segments.next_due())
@@ -609,49 +600,6 @@ class _Serving:
         kind = f"{type(exc).__name__}: {why}" if isinstance(exc, OSError) else type(exc).__name__
         line = "\t".join((str(flows), kind, name, f"{type(exc).__name__}: {why}"))
         print("failed", line.replace("\n", " "), file=self.replies, flush=True)
-
-
-class _Frames:
-    """Frames from the gateway, read without blocking past a deadline when the input is a
-    pipe (so segments close on time); any other stream is read one frame at a time."""
-
-    def __init__(self, stream: BinaryIO) -> None:
-        self.stream = stream
-        self.ended = False
-        self._buffer = bytearray()
-        try:
-            self._fd: int | None = stream.fileno()
-        except (OSError, AttributeError, ValueError, io.UnsupportedOperation):
-            self._fd = None
-
-    def read(self, timeout: float | None) -> list[_Item]:
-        """The items that arrived, waiting up to `timeout` seconds (None: until one does)."""
-        if self.ended:
-            return []
-        if self._fd is None:
-            header = self.stream.read(_FRAME.size)
-            if len(header) < _FRAME.size:
-                self.ended = True
-                return []
-            return [pickle.loads(self.stream.read(_FRAME.unpack(header)[0]))]
-        ready, _, _ = select.select([self._fd], [], [], timeout)
-        if ready:
-            chunk = os.read(self._fd, 1 << 20)
-            if not chunk:
-                self.ended = True
-            self._buffer += chunk
-        items: list[_Item] = []
-        view = self._buffer
-        pos = 0
-        while len(view) - pos >= _FRAME.size:
-            size = _FRAME.unpack_from(view, pos)[0]
-            if len(view) - pos - _FRAME.size < size:
-                break
-            start = pos + _FRAME.size
-            items.append(pickle.loads(bytes(view[start : start + size])))
-            pos = start + size
-        del self._buffer[:pos]
-        return items
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ One `Store` object owns the connections; all SQL lives in this package:
     task_records.py      who owns each upstream task, and the call that created it
     pg_listen.py         PostgreSQL notifications of approval decisions (LISTEN/NOTIFY)
     writer.py            AuditWriter, the gateway's non-blocking writer thread
+    writer_process.py    ProcessAuditWriter: that writer in a process of its own
     digest_key.py        the argument-digest key kept beside the store
     rows.py              the result shapes (TypedDicts) and the store's time format
     errors.py            the exception tree
@@ -73,7 +74,8 @@ from holdgate.store.schema import CHAINED, GENESIS, SCHEMA_VERSION, open_db, sch
 from holdgate.store.sqlite_export import write_sqlite_export
 from holdgate.store.sqlite_store import SqliteStore, open_store
 from holdgate.store.task_records import TaskRecord
-from holdgate.store.writer import AuditWriter
+from holdgate.store.writer import AuditWriter, Writer
+from holdgate.store.writer_process import ProcessAuditWriter
 
 if TYPE_CHECKING:
     from holdgate.store.postgres_store import PostgresStore
@@ -115,6 +117,7 @@ __all__ = [
     "EventRow",
     "NotAnApprover",
     "PostgresStore",
+    "ProcessAuditWriter",
     "PurgeRecord",
     "PurgeReport",
     "ReplicaNameTaken",
@@ -134,6 +137,7 @@ __all__ = [
     "ToolPinRow",
     "UnknownApproval",
     "VerifyReport",
+    "Writer",
     "chain_hash",
     "iso",
     "normalize_row",

@@ -26,7 +26,7 @@ from holdgate.store.rows import (
     ToolPinRow,
 )
 from holdgate.store.task_records import TaskRecord
-from holdgate.store.writer import AuditWriter
+from holdgate.store.writer import Writer
 
 
 class ApprovalListener(Protocol):
@@ -65,8 +65,9 @@ class Store(Protocol):
     def append(self, table: str, row: Row) -> int:
         """Append one row synchronously in its own transaction; returns its seq."""
 
-    def writer(self, **options: Any) -> AuditWriter:
-        """The gateway's non-blocking writer, on a connection of its own."""
+    def writer(self, *, process: bool = False, **options: Any) -> Writer:
+        """The gateway's non-blocking writer, on a connection of its own: a thread
+        (`AuditWriter`), or with `process` a process of its own (`ProcessAuditWriter`)."""
 
     # --- shared state (not chained): rate limits, grants ---
 

@@ -24,7 +24,8 @@ from holdgate.store.pg_listen import ApprovalNotices, notify
 from holdgate.store.pg_schema import migrate, schema_version
 from holdgate.store.sql_store import SqlStore
 from holdgate.store.sqlconn import PgConnection, SqlConnection
-from holdgate.store.writer import AuditWriter
+from holdgate.store.writer import AuditWriter, Writer
+from holdgate.store.writer_process import ProcessAuditWriter
 
 
 class PostgresStore(SqlStore):
@@ -83,8 +84,15 @@ class PostgresStore(SqlStore):
     def approval_listener(self, wake: Callable[[str], None]) -> ApprovalNotices:
         return ApprovalNotices(self.url, self.name, wake, connect_timeout=self.connect_timeout)
 
-    def writer(self, **options: Any) -> AuditWriter:
+    def writer(self, *, process: bool = False, **options: Any) -> Writer:
         options.pop("busy_timeout", None)
+        if process:  # the URL, password included, reaches the child in its first frame
+            target = {
+                "backend": "postgresql",
+                "url": self.url,
+                "connect_timeout": self.connect_timeout,
+            }
+            return ProcessAuditWriter(target, self.name, **options)
 
         def open_target(create: bool) -> PostgresStore:
             return PostgresStore(self.url, create=create, connect_timeout=self.connect_timeout)

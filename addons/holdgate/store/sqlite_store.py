@@ -21,7 +21,8 @@ from holdgate.store.errors import StoreNotSupported, StoreUnavailable
 from holdgate.store.interface import Store
 from holdgate.store.schema import open_db
 from holdgate.store.sql_store import SqlStore
-from holdgate.store.writer import AuditWriter
+from holdgate.store.writer import AuditWriter, Writer
+from holdgate.store.writer_process import ProcessAuditWriter
 
 
 class SqliteStore(SqlStore):
@@ -66,8 +67,15 @@ class SqliteStore(SqlStore):
             except sqlite3.Error as exc:
                 raise StoreUnavailable(f"{self.path}: {exc}") from exc
 
-    def writer(self, **options: Any) -> AuditWriter:
+    def writer(self, *, process: bool = False, **options: Any) -> Writer:
         busy_timeout = options.pop("busy_timeout", self.busy_timeout)
+        if process:
+            target = {
+                "backend": "sqlite",
+                "path": os.path.abspath(self.path),
+                "busy_timeout": busy_timeout,
+            }
+            return ProcessAuditWriter(target, self.path, **options)
 
         def open_target(create: bool) -> SqliteStore:
             return SqliteStore(self.path, create=create, busy_timeout=busy_timeout)

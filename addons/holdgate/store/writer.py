@@ -61,6 +61,28 @@ class _Entry:
 _Item = _Entry | threading.Event | None
 
 
+class Writer(Protocol):
+    """What the gateway uses of an audit writer: this module's `AuditWriter` (a thread), or
+    `writer_process.ProcessAuditWriter` (a process of its own)."""
+
+    name: str
+    queue_size: int
+    healthy: bool
+    last_error: str | None
+    lost: int
+    refused: int
+    max_queue_depth_seen: int
+    on_written: Callable[[Batch], None] | None
+
+    @property
+    def queue_depth(self) -> int: ...
+    def submit(self, table: str, row: Row) -> bool: ...
+    def submit_all(self, rows: Batch) -> bool: ...
+    def submit_durable(self, rows: Batch) -> Future[None]: ...
+    def flush(self, timeout: float = 10.0) -> bool: ...
+    def close(self, timeout: float = 10.0) -> None: ...
+
+
 class AuditWriter:
     """Rows in, batches out: hooks `submit` without blocking; a daemon thread writes.
 
@@ -102,6 +124,10 @@ class AuditWriter:
         self.lost = 0
         # Called on the writer thread with each batch once it is committed (the metrics).
         self.on_written: Callable[[Batch], None] | None = None
+        # Called after each write attempt that found the store failing or working again,
+        # and with each number of rows lost (the process writer tells the gateway so).
+        self.on_health: Callable[[], None] | None = None
+        self.on_lost: Callable[[int], None] | None = None
         self.refused = 0  # durable batches refused (their callers were told, nothing lost)
         self.max_queue_depth_seen = 0
         self._open_target = open_target
@@ -225,6 +251,8 @@ class AuditWriter:
     def _count_lost(self, n: int) -> None:
         with self._lock:
             self.lost += n
+        if self.on_lost is not None and n:
+            self.on_lost(n)
 
     def _open(self) -> BatchTarget:
         target = self._open_target(not self._opened_once)
@@ -348,10 +376,14 @@ class AuditWriter:
                 logger.error("holdgate: audit store %s cannot be written: %s", self.name, error)
             self.last_error = error
             self.healthy = False
+            if self.on_health is not None:
+                self.on_health()
             raise StoreUnavailable(f"{self.name}: {error}") from exc
         if not self.healthy:
             logger.warning("holdgate: audit store %s writable again", self.name)
             self.healthy = True
+            if self.on_health is not None:
+                self.on_health()
 
     def _disconnect(self) -> None:
         if self._target is not None:
