@@ -58,6 +58,10 @@ async def measure(args: argparse.Namespace) -> dict[str, object]:
             pass
         else:
             chain, dispatch = [Pipeline(addons)], "pipeline"
+    try:
+        from holdgate.addons.http_seams import note_client_hosts
+    except ImportError:  # a revision from before the Host check
+        note_client_hosts = None
     token = args.token.read_text().strip()
     body = json.dumps(
         {
@@ -84,6 +88,8 @@ async def measure(args: argparse.Namespace) -> dict[str, object]:
         flow.client_conn.proxy_mode = mode
         flow.client_conn.sockname = ("127.0.0.1", 8080)
         flow.client_conn.timestamp_tls_setup = None
+        if note_client_hosts is not None:  # what the seam keeps when mitmproxy parses it
+            note_client_hosts(flow, ("127.0.0.1:8080",))
         return flow
 
     with tempfile.TemporaryDirectory() as tmp, taddons.context(*chain) as tctx:
