@@ -28,7 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 ADDONS = ROOT / "addons"
-MODULES = ("holdgate.protocol.sse",)
+MODULES = ("holdgate.policy.rules",)
 GROUP = "holdgate_compiled"  # the native library the modules share: holdgate_compiled__mypyc
 MANIFEST_VERSION = 1  # holdgate.compiled.MANIFEST_VERSION
 
@@ -57,7 +57,7 @@ def sources(modules: tuple[str, ...]) -> list[Path]:
     """The compiled modules' sources and every holdgate source they import, transitively:
     the compiled code was typed against all of them."""
     seen: dict[str, Path] = {}
-    todo = list(modules)
+    todo = [".".join(m.split(".")[:end]) for m in modules for end in range(1, m.count(".") + 2)]
     while todo and len(seen) < 10_000:
         name = todo.pop()
         if name in seen:
@@ -72,7 +72,7 @@ def sources(modules: tuple[str, ...]) -> list[Path]:
 
 
 def compiler_works(scratch: Path) -> str:
-    """"" when the C compiler Python builds extensions with compiles a file, else why not."""
+    """ "" when the C compiler Python builds extensions with compiles a file, else why not."""
     compiler = os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc"
     (scratch / "probe.c").write_text("int probe(void) { return 0; }\n")
     try:
