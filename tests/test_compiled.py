@@ -20,6 +20,7 @@ BUILD = ROOT / "build" / "compiled"
 BUILD_SCRIPT = ROOT / "scripts" / "build_compiled.py"
 sys.path.insert(0, str(ROOT / "scripts"))
 from build_compiled import MODULES  # noqa: E402
+from helpers.clients import META, MODERN, raw_post  # noqa: E402
 from helpers.processes import start_gateway, stop_soon  # noqa: E402
 
 # Who reports: a fresh interpreter, holdgate imported from `sys.argv[1]`'s package folder.
@@ -181,9 +182,15 @@ def test_the_gateway_started_from_another_folder_runs_and_logs_the_compiled_modu
     clean = {k: "" for k in os.environ if k.startswith("HOLDGATE_")}
     gw = start_gateway(tmp_path, GOOD.format(url=demo.url), demo.url, env=clean)
     try:
-        from test_e2e_config_errors import call
-
-        assert call(gw) == "allowed"  # a decision by the compiled policy rules
+        body = {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "tools/call",
+            "params": {"name": "get_customer", "arguments": {"customer_id": 1}, "_meta": META},
+        }
+        headers = {**MODERN, "Mcp-Method": "tools/call", "Mcp-Name": "get_customer"}
+        answer = raw_post(gw.url + "/mcp", body, headers).json()
+        assert "result" in answer, answer  # allowed by the compiled policy rules
         assert f"holdgate runs compiled (mypyc): {', '.join(MODULES)}" in gw.log_text()
     finally:
         stop_soon(gw.proc)
