@@ -119,7 +119,9 @@ def test_a_current_build_is_loaded_and_any_mismatch_is_not(tmp_path):
     folder.mkdir()
     fake_build(folder, package)
     status, files = compiled.check(folder, package)
-    assert status.compiled == ("holdgate.hot",) and files == {"holdgate.hot": folder / "hot.so"}
+    assert status.compiled == ("holdgate.hot",) and files == {
+        "holdgate.hot": str(folder / "hot.so")
+    }
 
     (package / "holdgate" / "hot.py").write_text("X = 2\n")
     status, files = compiled.check(folder, package)
