@@ -2,6 +2,7 @@
 
     .venv/bin/python scripts/bench.py [--quick] [--scenario NAME ...]     (or: make bench)
     .venv/bin/python scripts/bench.py --scenario proxy --against REV     (before/after a change)
+    .venv/bin/python scripts/bench.py --scenario policy --pure-vs-compiled   (mypyc: #31)
 
 Scenarios (all on loopback; every process is started and stopped here):
   proxy    tools/call through: direct to the upstream, plain mitmdump, and mitmdump + gateway

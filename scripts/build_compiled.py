@@ -144,7 +144,10 @@ def build(modules: tuple[str, ...], out: Path) -> str:
         scratch = Path(scratch_name)
         why = compiler_works(scratch)
         if why:
-            return f"{why}: holdgate runs its pure Python modules (install gcc to compile)"
+            return (
+                f"{why}: holdgate runs its pure Python modules (to compile them, install gcc "
+                "and run scripts/build_compiled.py)"
+            )
         lib = scratch / "lib"
         cmd = [sys.executable, __file__, "--child", str(lib), "--modules", ",".join(modules)]
         with log.open("wb") as sink:
@@ -155,7 +158,10 @@ def build(modules: tuple[str, ...], out: Path) -> str:
                 "Python modules"
             )
         (lib / "manifest.json").write_text(json.dumps(manifest(modules, lib, read), indent=2))
-        shutil.copytree(lib, out, ignore=shutil.ignore_patterns("*.c", "*.o"))
+        fresh = out.with_name(out.name + ".new")
+        shutil.rmtree(fresh, ignore_errors=True)
+        shutil.copytree(lib, fresh, ignore=shutil.ignore_patterns("*.c", "*.o"))
+        fresh.rename(out)  # whole: a gateway starting meanwhile sees no build, or all of it
     return ""
 
 

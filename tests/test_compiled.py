@@ -168,7 +168,7 @@ def test_without_a_working_c_compiler_the_build_says_so_and_builds_nothing(tmp_p
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == [
         "the C compiler (false) does not work: holdgate runs its pure Python modules "
-        "(install gcc to compile)"
+        "(to compile them, install gcc and run scripts/build_compiled.py)"
     ]
     assert not out.exists()
     assert (tmp_path / "compiled.stamp").exists()  # make does not retry it every time
