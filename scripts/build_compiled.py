@@ -31,6 +31,7 @@ ADDONS = ROOT / "addons"
 MODULES = ("holdgate.policy.rules",)
 GROUP = "holdgate_compiled"  # the native library the modules share: holdgate_compiled__mypyc
 MANIFEST_VERSION = 1  # holdgate.compiled.MANIFEST_VERSION
+BUILD_SECONDS = 1800  # mypyc and gcc, at most (16 s for rules.py here)
 
 
 def source_of(module: str) -> Path:
@@ -107,22 +108,28 @@ def compile_into(modules: tuple[str, ...], lib: Path, scratch: Path) -> None:
     )
 
 
-def manifest(modules: tuple[str, ...], lib: Path, read: list[Path]) -> dict[str, object]:
+def digests(read: list[Path]) -> dict[str, str]:
+    """Each source's SHA-256, taken before mypyc reads them: an edit during the build makes
+    the build stale, never a build that claims the edited source."""
+    return {
+        str(path.relative_to(ADDONS)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in read
+    }
+
+
+def manifest(modules: tuple[str, ...], lib: Path, sources: dict[str, str]) -> dict[str, object]:
     suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
     files = {m: str(Path(*m.split(".")).with_suffix(suffix)) for m in modules}
     files[f"{GROUP}__mypyc"] = f"{GROUP}__mypyc{suffix}"
     for name, rel in files.items():
         if not (lib / rel).is_file():
-            raise SystemExit(f"the build made no {rel} for {name}")
+            raise ValueError(f"the build made no {rel} for {name}")
     return {
         "version": MANIFEST_VERSION,
         "ext_suffix": suffix,
         "compiled": list(modules),
         "files": files,
-        "sources": {
-            str(path.relative_to(ADDONS)): hashlib.sha256(path.read_bytes()).hexdigest()
-            for path in read
-        },
+        "sources": sources,
     }
 
 
@@ -135,6 +142,7 @@ def depfile(out: Path, stamp: Path, read: list[Path]) -> None:
 def build(modules: tuple[str, ...], out: Path) -> str:
     """Build into a fresh folder and swap it in; "" when built, else the one-line notice."""
     read = sources(modules)
+    hashes = digests(read)
     out.parent.mkdir(parents=True, exist_ok=True)
     stamp = out.with_suffix(".stamp")
     depfile(out, stamp, read)
@@ -150,14 +158,17 @@ def build(modules: tuple[str, ...], out: Path) -> str:
             )
         lib = scratch / "lib"
         cmd = [sys.executable, __file__, "--child", str(lib), "--modules", ",".join(modules)]
-        with log.open("wb") as sink:
-            done = subprocess.run(cmd, stdout=sink, stderr=subprocess.STDOUT, cwd=scratch)
-        if done.returncode != 0:
-            return (
-                f"mypyc failed (exit {done.returncode}; see {log}): holdgate runs its pure "
-                "Python modules"
-            )
-        (lib / "manifest.json").write_text(json.dumps(manifest(modules, lib, read), indent=2))
+        try:
+            with log.open("wb") as sink:
+                done = subprocess.run(
+                    cmd, stdout=sink, stderr=subprocess.STDOUT, cwd=scratch, timeout=BUILD_SECONDS
+                )
+            if done.returncode != 0:
+                raise ValueError(f"exit {done.returncode}")
+            made = manifest(modules, lib, hashes)
+        except (subprocess.TimeoutExpired, ValueError) as exc:
+            return f"mypyc failed ({exc}; see {log}): holdgate runs its pure Python modules"
+        (lib / "manifest.json").write_text(json.dumps(made, indent=2))
         fresh = out.with_name(out.name + ".new")
         shutil.rmtree(fresh, ignore_errors=True)
         shutil.copytree(lib, fresh, ignore=shutil.ignore_patterns("*.c", "*.o"))

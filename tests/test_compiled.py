@@ -179,6 +179,24 @@ def test_without_a_working_c_compiler_the_build_says_so_and_builds_nothing(tmp_p
     )
 
 
+@pytest.mark.skipif(not compiler(), reason="no C compiler: the compiler check answers first")
+def test_when_mypyc_fails_the_build_says_where_to_look_and_builds_nothing(tmp_path):
+    out = tmp_path / "compiled"
+    done = subprocess.run(
+        [sys.executable, str(BUILD_SCRIPT), "--out", str(out), "--modules", "holdgate.nowhere"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    log = tmp_path / "compiled.log"
+    assert done.stdout.splitlines() == [
+        f"mypyc failed (exit 2; see {log}): holdgate runs its pure Python modules"
+    ]
+    assert not out.exists() and "nowhere" in log.read_text()
+
+
 @needs_build
 def test_the_gateway_started_from_another_folder_runs_and_logs_the_compiled_modules(tmp_path, demo):
     clean = {k: "" for k in os.environ if k.startswith("HOLDGATE_")}
