@@ -192,7 +192,7 @@ def test_when_mypyc_fails_the_build_says_where_to_look_and_builds_nothing(tmp_pa
     assert done.returncode == 0, done.stderr
     log = tmp_path / "compiled.log"
     assert done.stdout.splitlines() == [
-        f"mypyc failed (exit 2; see {log}): holdgate runs its pure Python modules"
+        f"mypyc failed (exit 1; see {log}): holdgate runs its pure Python modules"
     ]
     assert not out.exists() and "nowhere" in log.read_text()
 
