@@ -4,6 +4,11 @@ STAMP := $(VENV)/.installed-stamp
 # The MCP SDK 1.x (experimental tasks) for the task tests' peers: a venv of its own.
 MCP1_VENV := .venv-mcp1
 MCP1_STAMP := $(MCP1_VENV)/.installed-stamp
+# The hot modules compiled with mypyc (scripts/build_compiled.py; optional: without a C
+# compiler it says so and the pure modules run). build/compiled.d, written by the build,
+# makes the stamp depend on every source the compiled code was built from.
+COMPILED := build/compiled.stamp
+-include build/compiled.d
 
 # `make run PORT=8090 UPSTREAM_PORT=9010 ADMIN_PORT=8191` when the default ports are taken.
 PORT ?= 8080
@@ -21,7 +26,7 @@ $(STAMP): pyproject.toml
 	  "$$py" -m venv $(VENV); \
 	fi
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(VENV)/bin/python -m pip install --quiet -e '.[test]'
+	$(VENV)/bin/python -m pip install --quiet -e '.[test,compile]'
 	@touch $(STAMP)
 
 $(MCP1_STAMP): scripts/mcp1-requirements.txt
@@ -33,14 +38,17 @@ $(MCP1_STAMP): scripts/mcp1-requirements.txt
 	$(MCP1_VENV)/bin/python -m pip install --quiet -r scripts/mcp1-requirements.txt
 	@touch $(MCP1_STAMP)
 
-run: $(STAMP)
+$(COMPILED): $(STAMP) scripts/build_compiled.py
+	$(VENV)/bin/python scripts/build_compiled.py
+
+run: $(STAMP) $(COMPILED)
 	$(VENV)/bin/python scripts/run_demo.py $(DEMO_PORTS)
 
 # The same demo in mitmweb: the flows, their decisions, Resume/Abort on held calls.
-web: $(STAMP)
+web: $(STAMP) $(COMPILED)
 	$(VENV)/bin/python scripts/run_demo.py --web $(DEMO_PORTS) --web-port $(WEB_PORT)
 
-test: $(STAMP) $(MCP1_STAMP)
+test: $(STAMP) $(MCP1_STAMP) $(COMPILED)
 	scripts/system-deps.sh
 	$(VENV)/bin/ruff check addons tests scripts
 	$(VENV)/bin/ruff format --check addons tests scripts
@@ -51,7 +59,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check addons tests scripts
 	$(VENV)/bin/ruff format --check addons tests scripts
 
-bench: $(STAMP)
+bench: $(STAMP) $(COMPILED)
 	$(VENV)/bin/python scripts/bench.py
 
 clean:

@@ -2,6 +2,7 @@
 
     .venv/bin/python scripts/bench.py [--quick] [--scenario NAME ...]     (or: make bench)
     .venv/bin/python scripts/bench.py --scenario proxy --against REV     (before/after a change)
+    .venv/bin/python scripts/bench.py --scenario policy --pure-vs-compiled   (mypyc: #31)
 
 Scenarios (all on loopback; every process is started and stopped here):
   proxy    tools/call through: direct to the upstream, plain mitmdump, and mitmdump + gateway
@@ -1961,11 +1962,22 @@ def main() -> None:
         help="proxy: the concurrency levels, comma-separated (default 1,16,64; "
         "`--levels 16` for a quicker before/after)",
     )
+    parser.add_argument(
+        "--pure-vs-compiled",
+        action="store_true",
+        help="run each scenario in child processes with HOLDGATE_PURE_PYTHON=1 and without "
+        "(the mypyc build in build/compiled), interleaved round by round; every figure side "
+        "by side",
+    )
+    parser.add_argument("--report-to", type=Path, help=argparse.SUPPRESS)  # for those children
     args = parser.parse_args()
     try:
         args.levels = tuple(int(level) for level in args.levels.split(","))
     except ValueError:
         parser.error(f"--levels: {args.levels!r} is not a comma-separated list of integers")
+    if args.pure_vs_compiled:
+        pure_vs_compiled(args)
+        return
     with ExitStack() as stack:
         against = stack.enter_context(baseline(args.against)) if args.against else None
         run_scenarios(args, against)
@@ -1991,11 +2003,53 @@ def run_scenarios(args: argparse.Namespace, against: Baseline | None) -> None:
     for name in args.scenario or [name for name in SCENARIOS if name != "replicas"]:
         report[name] = scenarios[name](args.quick)
     report["targets"] = print_targets(report)
+    if args.report_to is not None:
+        args.report_to.write_text(json.dumps(report))
+        return
     folder = ROOT / "bench-results"
     folder.mkdir(exist_ok=True)
     path = folder / f"{report['when'].replace(':', '')}.json"
     path.write_text(json.dumps(report, indent=2))
     print(f"written to {path}")
+
+
+def pure_vs_compiled(args: argparse.Namespace) -> None:
+    """Each scenario run in a child with the pure modules and in one with the compiled ones
+    (`holdgate.compiled`), alternating; every figure's median of rounds, side by side."""
+    modes = {"pure": {"HOLDGATE_PURE_PYTHON": "1"}, "compiled": {"HOLDGATE_PURE_PYTHON": ""}}
+    for name in args.scenario or [name for name in SCENARIOS if name != "replicas"]:
+        figures: dict[str, dict[str, list[float]]] = {mode: {} for mode in modes}
+        with tempfile.TemporaryDirectory() as tmp:
+            for _ in range(1 if args.quick else 3):
+                for mode, env in modes.items():
+                    out = Path(tmp) / f"{mode}.json"
+                    cmd = [sys.executable, __file__, "--scenario", name, "--report-to", str(out)]
+                    cmd += ["--quick"] if args.quick else []
+                    subprocess.run(
+                        cmd, env={**os.environ, **env}, check=True, stdout=subprocess.DEVNULL
+                    )
+                    for key, value in _leaves(json.loads(out.read_text())[name]):
+                        figures[mode].setdefault(key, []).append(value)
+        rows = []
+        for key, pure in figures["pure"].items():
+            before = statistics.median(pure)
+            after = statistics.median(figures["compiled"].get(key, [before]))
+            change = f"{100 * (after - before) / before:+.0f}%" if before else "-"
+            rows.append([key, before, after, change])
+        table(
+            f"{name}: pure Python against compiled (mypyc)",
+            rows,
+            ["figure", "pure", "compiled", "change"],
+        )
+
+
+def _leaves(value: object, prefix: str = "") -> Iterator[tuple[str, float]]:
+    """The numbers in a scenario's summary, by their path of keys."""
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            yield from _leaves(inner, f"{prefix}{key} " if prefix or key else prefix)
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        yield prefix.strip(), float(value)
 
 
 def _cpu_model() -> str:

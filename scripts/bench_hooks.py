@@ -62,6 +62,10 @@ async def measure(args: argparse.Namespace) -> dict[str, object]:
             pass
         else:
             chain, dispatch = [Pipeline(addons)], "pipeline"
+    try:
+        from holdgate.addons.http_seams import note_client_hosts
+    except ImportError:  # a revision from before the Host check
+        note_client_hosts = None
     token = args.token.read_text().strip()
     body = json.dumps(
         {

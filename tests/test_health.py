@@ -102,6 +102,11 @@ def test_status_text_when_all_is_well() -> None:
     ]
 
 
+def test_status_text_says_which_modules_run_compiled() -> None:
+    described = "compiled (mypyc): holdgate.policy.rules"
+    assert status_lines({**report(), "code": described})[-1] == f"code       {described}"
+
+
 def test_status_text_names_a_file_not_in_force_and_its_error() -> None:
     lines = status_lines(
         report(

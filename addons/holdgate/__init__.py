@@ -3,3 +3,7 @@ the mitmproxy glue over it."""
 
 STATE_KEY = "holdgate"
 """The `flow.metadata` key under which the gateway keeps what it decided about a flow."""
+
+from holdgate import compiled  # noqa: E402  (after the constants; it imports nothing of ours)
+
+compiled.install()

@@ -6,6 +6,7 @@ nothing but its counts."""
 import dataclasses
 import json
 import logging
+from typing import Any
 
 import pytest
 from mitmproxy import exceptions
@@ -59,8 +60,15 @@ rules:
 """
 
 
-class RaisingPolicy(Policy):
-    """A candidate whose every decision fails, quoting the call's argument as it does."""
+class RaisingPolicy:
+    """A candidate whose every decision fails, quoting the call's argument as it does: a
+    stand-in for the candidate's Policy (which, compiled with mypyc, cannot be subclassed)."""
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.policy, name)
 
     def evaluate(self, caller, upstream, message):  # type: ignore[no-untyped-def]
         raise ValueError(f"cannot decide {message.arguments}")
@@ -89,7 +97,7 @@ async def test_a_difference_is_shown_on_the_flow_and_never_enforced(tctx):
 async def test_a_candidate_that_raises_changes_nothing_and_is_counted(tctx, tmp_path, caplog):
     shadow = find(tctx, ShadowPolicy)
     assert shadow.candidate is not None
-    failing = RaisingPolicy(shadow.candidate.policy.rules)
+    failing = RaisingPolicy(shadow.candidate.policy)
     shadow.candidate = dataclasses.replace(shadow.candidate, policy=failing)
     with caplog.at_level(logging.DEBUG, logger="holdgate"):
         allowed = await send(tctx, mcp_flow(call("get_customer", {"q": SECRET_ARGUMENT}), ALICE))

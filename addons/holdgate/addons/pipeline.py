@@ -40,6 +40,7 @@ import mitmproxy.proxy.layers.http  # noqa: F401
 import mitmproxy.proxy.server_hooks  # noqa: F401
 from mitmproxy import addonmanager, exceptions, hooks, http
 
+from holdgate import compiled
 from holdgate.addons.flowstate import json_response, refuse_internal
 from holdgate.protocol.jsonrpc import INTERNAL_ERROR, error_object
 
@@ -162,6 +163,7 @@ class Pipeline:
         if self.cannot_start is not None:
             return None
         self.started = True
+        logger.info("holdgate runs %s", compiled.status().describe())
         run = self.hooks.get("running")
         return run() if run is not None else None
 

@@ -17,6 +17,7 @@ import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from holdgate import compiled
 from holdgate.addons.config_loader import file_digest
 from holdgate.approvals.adminhttp import AdminCallers, AdminRequest, AdminResponse
 from holdgate.store import PostgresStore, Store, StoreError
@@ -112,6 +113,7 @@ class StatusApi:
             "store": self._store_health(),
             "approvals": {"held_here": self.held_here(), "pending": None},
             "feeds": None,
+            "code": compiled.status().describe(),
         }
         try:
             pending, feeds = await asyncio.wait_for(

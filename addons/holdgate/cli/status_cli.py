@@ -70,6 +70,8 @@ def status_lines(report: dict[str, Any]) -> list[str]:
             f"feed       {feed['feed']}: seq {feed['seq']}, head {feed['head']}, lag "
             f"{feed['lag']} events{error}"
         )
+    if report.get("code"):  # a gateway from before issue #31 does not say
+        lines.append(f"code       {report['code']}")
     return lines
 
 
