@@ -42,7 +42,7 @@ identity:
     token_url: {token_url}
     client_id: holdgate
 {client_auth}    profile: {profile}
-    timeout: 1s
+    timeout: 3s  # six times the slow IdP of the single-flight test: a loaded machine is slower
 upstreams:
   - name: demo
     url: {url}

@@ -40,7 +40,7 @@ TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token"
 CLIENT_ASSERTION = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
-HANG_SECONDS = 4.0  # longer than the gateway's timeout in the tests (1 s)
+HANG_SECONDS = 8.0  # longer than the gateway's timeout in the tests (3 s)
 
 
 def _jwk(key: rsa.RSAPrivateKey, kid: str) -> dict[str, Any]:
