@@ -476,7 +476,7 @@ def scenario_hooks(quick: bool, against: Baseline | None = None) -> dict:
     calls = 300 if quick else 3000
     targets: dict[str, tuple[Path, str, str | None]] = {
         "pipeline": (ROOT, "pipeline", None),
-        "pipeline, thread writer": (ROOT, "pipeline", "thread"),
+        "pipeline, process writer": (ROOT, "pipeline", "process"),
         "addons one by one": (ROOT, "addons", None),
     }
     if against is not None:

@@ -64,7 +64,7 @@ def call(tool: str) -> dict:
         # the write-ahead, the Gate's last step: the decision rows cannot be built, or queued
         ("holdgate.addons.decision_rows:args_digest", "Gate.request", "get_customer"),
         (
-            "holdgate.store.writer_process:ProcessAuditWriter.submit_durable",
+            "holdgate.store.writer:AuditWriter.submit_durable",
             "Gate.request",
             "get_customer",
         ),

@@ -63,9 +63,9 @@ def test_the_audit_writer_is_a_process_unless_a_thread_is_chosen(tmp_path):
             holdgate_recordings="",
             holdgate_admin="",
         )
-        assert isinstance(audit.writer, store.ProcessAuditWriter) and audit.writer.healthy
-        tctx.options.update(holdgate_audit_writer="thread")  # the store is opened again
         assert isinstance(audit.writer, store.AuditWriter) and audit.writer.healthy
+        tctx.options.update(holdgate_audit_writer="process")  # the store is opened again
+        assert isinstance(audit.writer, store.ProcessAuditWriter) and audit.writer.healthy
         with pytest.raises(exceptions.OptionsError, match="holdgate_audit_writer"):
             tctx.options.update(holdgate_audit_writer="fork")
         audit.close()

@@ -63,8 +63,9 @@ class AuditStore:
             "holdgate_audit_writer",
             str,
             AUDIT_WRITERS[0],
-            "Who writes the audit rows: a process of the gateway's own (process), so the event "
-            "loop only decides, or a thread of the gateway (thread).",
+            "Who writes the audit rows: a thread of the gateway (thread), or a process of the "
+            "gateway's own (process: its hashing and writing off the interpreter lock, at "
+            "the cost of two pipes and a process switch per commit).",
             choices=AUDIT_WRITERS,
         )
 
