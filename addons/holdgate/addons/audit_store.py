@@ -75,7 +75,7 @@ class AuditStore:
         if ctx.options.holdgate_audit_writer not in AUDIT_WRITERS:
             raise exceptions.OptionsError(
                 f"holdgate_audit_writer: {ctx.options.holdgate_audit_writer!r} is not a writer; "
-                "use process (the default) or thread"
+                "use thread (the default) or process"
             )
         self.close()
         try:
