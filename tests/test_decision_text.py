@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import calendar
 import logging
+import unicodedata
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from mitmproxy.exceptions import OptionsError
 from mitmproxy.test import taddons, tflow
 
@@ -66,6 +69,19 @@ def test_a_name_is_one_printable_line(raw: str, shown: str) -> None:
     assert one_line(raw) == shown
     line = str(DecisionText(raw, "tools/call", raw, "allow", raw))
     assert "\n" not in line and "\x1b" not in line
+
+
+UNSHOWN = ("Cc", "Cf", "Zl", "Zp")  # control, format (bidi), line and paragraph separators
+
+
+@given(st.text(max_size=40))
+def test_no_name_keeps_a_control_format_or_separator_character(raw: str) -> None:
+    """The printable fast path never lets one through: each is shown as its escape."""
+    shown = one_line(raw)
+    assert not any(unicodedata.category(c) in UNSHOWN for c in shown)
+    assert shown == "".join(
+        ascii(c)[1:-1] if unicodedata.category(c) in UNSHOWN else c for c in raw
+    )
 
 
 @pytest.mark.parametrize(

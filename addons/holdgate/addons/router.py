@@ -12,6 +12,7 @@ be reached or fails is answered as a JSON-RPC error naming it (`http_seams`).
 from __future__ import annotations
 
 import asyncio
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -38,7 +39,7 @@ from holdgate.protocol.jsonrpc import (
     loads_strict_text,
     shown,
 )
-from holdgate.protocol.rebinding import FrontNames, front_problem
+from holdgate.protocol.rebinding import FrontNames, HostPattern, OriginPattern, front_problem
 from holdgate.protocol.sse import SSEDecoder, SSEError, SSEEvent, encode_comment, encode_event
 
 if TYPE_CHECKING:
@@ -378,13 +379,34 @@ def _front_names(flow: http.HTTPFlow, config: GatewayConfig, regular: bool) -> F
         listen_host = getattr(ctx.options, "listen_host", "")
         if listen_host:
             own.append((listen_host.lower(), int(sock[1])))
+    return _built_front_names(
+        tuple(own),
+        flow.client_conn.tls_established,
+        not regular,
+        config.approvals.public_url,
+        config.allowed_hosts,
+        config.allowed_origins,
+    )
+
+
+@lru_cache(maxsize=256)
+def _built_front_names(
+    own: tuple[tuple[str, int], ...],
+    tls: bool,
+    check_host: bool,
+    public_url: str | None,
+    allowed_hosts: tuple[HostPattern, ...],
+    allowed_origins: tuple[OriginPattern, ...],
+) -> FrontNames:
+    """`FrontNames.build`, once per listener and config: every request on a listener asks
+    the same (bounded, as a regular proxy's `own` names whatever server was asked for)."""
     return FrontNames.build(
         own,
-        tls=flow.client_conn.tls_established,
-        check_host=not regular,
-        public_url=config.approvals.public_url,
-        allowed_hosts=config.allowed_hosts,
-        allowed_origins=config.allowed_origins,
+        tls=tls,
+        check_host=check_host,
+        public_url=public_url,
+        allowed_hosts=allowed_hosts,
+        allowed_origins=allowed_origins,
     )
 
 

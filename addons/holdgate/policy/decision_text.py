@@ -58,6 +58,8 @@ def one_line(text: str) -> str:
     """`text` as one printable line: control and format characters (newlines, ANSI escapes,
     bidi overrides) shown as escapes, so a caller cannot forge or hide a log line."""
     cut = text if len(text) <= MAX_NAME else text[:MAX_NAME] + "…"
+    if cut.isprintable():  # no Cc/Cf/Zl/Zp in it (they are all unprintable): most names
+        return cut
     return "".join(
         ascii(c)[1:-1] if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") else c for c in cut
     )
