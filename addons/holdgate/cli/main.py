@@ -13,6 +13,7 @@ from __future__ import annotations
 import click
 
 from holdgate.cli.lazy_group import LazyCommand, LazyGroup
+from holdgate.cli.terminal import guard_terminals
 
 COMMANDS = {
     "approvals": LazyCommand(
@@ -86,3 +87,4 @@ COMMANDS = {
 @click.version_option(package_name="holdgate")
 def main() -> None:
     """Holdgate: the MCP security gateway's command line."""
+    guard_terminals()  # what others wrote (tool names, arguments) cannot drive a terminal
