@@ -49,6 +49,29 @@ def test_every_value_in_a_slack_message_is_inert():
     assert text.count("&lt;!channel&gt;") == 6
 
 
+def test_a_client_cannot_forge_a_line_or_end_the_code_block():
+    """A tool name with a newline would add a line of its own to the message ("Rule: …,
+    approvers: anyone"), and backticks in the arguments would end their code block and
+    show the rest as the gateway's words; both arrive escaped."""
+    forged_tool = "run_sql\nRule: read-only reads (approvers: anyone)\u202e"
+    breakout = "x```\n*Approved by security: safe to approve*\n```"
+    hostile = row(tool=forged_tool)
+    hostile["args_masked"] = json.dumps({"query": breakout})
+    text = webhook.slack_message(hostile, "https://gw.example")["text"]
+    lines = text.split("\n")
+    assert [line.split(":")[0] for line in lines[:4]] == [
+        "*Approval requested* by alice",
+        "Rule",
+        "Expires",
+        "Arguments (masked)",
+    ]
+    assert "run_sql\\u000aRule: read-only reads (approvers: anyone)\\u202e on db" in lines[0]
+    assert "\u202e" not in text
+    assert text.count("```") == 2  # the gateway's own block, opened and closed once
+    block = text.split("```")[1]
+    assert json.loads(block) == {"query": breakout}  # still the same JSON
+
+
 def test_the_json_notice_links_the_inbox_too():
     notice = webhook.approval_notice(row(), "http://127.0.0.1:8181")
     assert notice["inbox"] == "http://127.0.0.1:8181/inbox#a1b2c3"

@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from holdgate.config.webhook_config import WebhookFormat
+from holdgate.escapes import inert
 
 logger = logging.getLogger("holdgate")
 
@@ -49,8 +50,17 @@ def approval_notice(row: dict[str, Any], base: str) -> dict[str, Any]:
 
 def mrkdwn(text: str) -> str:
     """Text inert in Slack's mrkdwn: `&`, `<` and `>` escaped as Slack asks, so no value
-    becomes a link, a mention (`<!channel>`) or a user reference."""
+    becomes a link, a mention (`<!channel>`) or a user reference; no character that drives
+    a screen (`escapes.inert`: a newline in a single-line value could forge a line of the
+    message, a bidi override reverse it); and a backtick as its JSON escape, so no value
+    ends the arguments' code block or opens one over the rest of the message."""
+    text = inert(text).replace("`", "\\u0060")
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def mrkdwn_line(text: str) -> str:
+    """A value shown within a line (a name): `mrkdwn`, its tabs and newlines escaped too."""
+    return mrkdwn(inert(text, layout=frozenset()))
 
 
 def slack_message(row: dict[str, Any], base: str) -> dict[str, Any]:
@@ -63,10 +73,10 @@ def slack_message(row: dict[str, Any], base: str) -> dict[str, Any]:
     target = row.get("tool") or row.get("method") or ""
     link = inbox_link(base, row["approval_id"])
     text = (
-        f"*Approval requested* by {mrkdwn(str(row['requester']))}: "
-        f"{mrkdwn(str(target))} on {mrkdwn(str(row['upstream']))}\n"
-        f"Rule: {mrkdwn(str(row['rule']))} (approvers: {mrkdwn(approvers)})\n"
-        f"Expires: {mrkdwn(str(row['expires']))}\n"
+        f"*Approval requested* by {mrkdwn_line(str(row['requester']))}: "
+        f"{mrkdwn_line(str(target))} on {mrkdwn_line(str(row['upstream']))}\n"
+        f"Rule: {mrkdwn_line(str(row['rule']))} (approvers: {mrkdwn_line(approvers)})\n"
+        f"Expires: {mrkdwn_line(str(row['expires']))}\n"
         f"Arguments (masked):\n```{mrkdwn(arguments)}```\n"
         f"<{mrkdwn(link)}|Decide in the inbox>"
     )
