@@ -197,6 +197,17 @@ def test_every_value_on_the_page_is_inert():
     assert '"query": "<script>alert(1)</script>' in text  # the arguments, as text
 
 
+def test_no_value_can_reorder_or_hide_what_the_approver_reads():
+    """A right-to-left override shows `DROP TABLE users` as what looks like something else,
+    a zero-width joiner or a line separator hides between letters: each is shown as its
+    escape, in names and in the arguments alike."""
+    reorder = "SELECT 1 -- \u202esresu ELBAT PORD\u200d\u2028"
+    rows = [row("a1", tool=reorder, args_masked=json.dumps({"query": reorder}))]
+    page = inbox.inbox_page(inbox.to_decide(rows, DANA, NOW), [], DANA, "t")
+    assert not any(char in page for char in "\u202e\u200d\u2028")
+    assert page.count("SELECT 1 -- \\u202esresu ELBAT PORD\\u200d\\u2028") == 2
+
+
 def test_the_page_style_matches_the_policys_hash():
     import base64
     import hashlib

@@ -196,6 +196,12 @@ def test_hostile_names_are_escaped_in_every_format() -> None:
     assert row.startswith("'=HYPERLINK(1)")
 
 
+def test_a_bidi_override_in_a_name_is_shown_not_obeyed_in_the_html_report() -> None:
+    reordered = "alice\u202enimda"  # reads "alice" + "admin" reversed on screen
+    page = render_html(model([call(reordered, "get_customer", "allow", "support")]))
+    assert "\u202e" not in page and "alice\\u202enimda" in page
+
+
 def _campaign_db(tmp_path: Path) -> tuple[store.Store, str]:
     opened = store.SqliteStore(tmp_path / "audit.sqlite3")
     specs = [

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from holdgate.escapes import inert
 from holdgate.identity import Identity
 from holdgate.store.approval_records import approver_groups
 from holdgate.store.rows import parse_iso
@@ -221,7 +222,9 @@ def own_requests(rows: Iterable[Mapping[str, Any]], viewer: Viewer) -> list[Mapp
 
 
 def _e(value: Any) -> str:
-    return html.escape("" if value is None else str(value), quote=True)
+    """A value on the page as text: no markup, and no bidi override or invisible format
+    character reordering or hiding what the approver reads (`escapes.inert`)."""
+    return html.escape(inert("" if value is None else str(value)), quote=True)
 
 
 def _arguments(row: Mapping[str, Any]) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 from html import escape
 
+from holdgate.escapes import inert
 from holdgate.reports.decision_findings import WHY
 from holdgate.reports.review_model import IdentityReview, Review
 from holdgate.reports.review_render import header_lines, kinds_of, rows_of, target_name
@@ -49,7 +50,8 @@ def _table(css: str, head: list[str], rows: list[list[str]]) -> str:
 
 
 def _e(value: object) -> str:
-    return escape(str(value)) if value not in (None, "") else "-"
+    """A value as text: no markup, no bidi override or invisible character (`escapes.inert`)."""
+    return escape(inert(str(value))) if value not in (None, "") else "-"
 
 
 def render_html(review: Review) -> str:
