@@ -39,6 +39,8 @@ Scenarios (all on loopback; every process is started and stopped here):
   policy   decision time for 10, 100 and 1,000 tool-name and argument rules
   cli      the CPU `holdgate --help` and `holdgate approvals list` cost to start, best and
            median of fresh processes (scripts/bench_cli.py, which also runs on its own)
+  approvals  reads from a SQLite store holding 20,000 approvals: the held calls' sweep of
+           10, the pending list, the whole list (scripts/bench_approvals.py; --against REV)
 The upstream is scripts/bench_upstream.py in its own process. Prints tables and writes
 bench-results/<time>.json so runs can be compared across commits.
 
@@ -1686,6 +1688,31 @@ def best_of(repeat: int, run) -> float:  # type: ignore[no-untyped-def]
     return min(times)
 
 
+def scenario_approvals(quick: bool, against: Baseline | None = None) -> dict:
+    """Reading approvals from a store that has seen many (`scripts/bench_approvals.py`, one
+    process per tree): the held calls' sweep of 10 approvals, the pending list and the whole
+    list, best of rounds; with `--against`, the same at REV on the same machine."""
+    count = 2_000 if quick else 20_000
+    trees = {"gateway": ROOT}
+    if against is not None:
+        trees[f"gateway@{against.revision}"] = against.script.parent.parent
+    out: dict = {}
+    for name, tree in trees.items():
+        cmd = [sys.executable, str(ROOT / "scripts" / "bench_approvals.py"), "--tree", str(tree)]
+        cmd += ["--approvals", str(count), "--repeat", "3" if quick else "7"]
+        done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        out[name] = json.loads(done.stdout.splitlines()[-1])
+    table(
+        f"approvals: reads from a SQLite store holding {count:,} approvals (best of rounds)",
+        [
+            [name, r["sweep_10_ms"], r["pending_ms"], r["all_ms"], r["inbox_ms"]]
+            for name, r in out.items()
+        ],
+        ["tree", "sweep of 10 ms", "pending list ms", "whole list ms", "inbox page ms"],
+    )
+    return out
+
+
 def scenario_cli(quick: bool) -> dict:
     results = bench_cli.measure(ROOT, 5 if quick else bench_cli.RUNS)
     bench_cli.print_table(ROOT, results)
@@ -1933,6 +1960,7 @@ SCENARIOS = {
     "hooks": scenario_hooks,
     "policy": scenario_policy,
     "cli": scenario_cli,
+    "approvals": scenario_approvals,
     "chain": scenario_chain,
     "replicas": scenario_replicas,
 }
@@ -1990,6 +2018,7 @@ def run_scenarios(args: argparse.Namespace, against: Baseline | None) -> None:
         "proxy": partial(scenario_proxy, against=against, levels=args.levels),
         "mix": partial(scenario_mix, against=against),
         "hooks": partial(scenario_hooks, against=against),
+        "approvals": partial(scenario_approvals, against=against),
     }
     report = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -335,6 +335,84 @@ def test_a_store_of_schema_5_gains_the_rule_lineage_of_approvals(
         assert new.verify().ok
 
 
+def test_approvals_read_by_requester_and_newest(db: store.Store) -> None:
+    """What the inbox reads: the pending ones, and one person's newest requests."""
+    for i in range(6):
+        db.create_approval(approval(f"a{i}", requester="alice" if i % 2 else "bob"))
+    denied = {"approval_id": "a1", "state": "denied", "ts": "t", "decider": "d"}
+    db.append("approvals", {**denied, "requester": "alice"})  # as decisions copy it
+    mine = db.approvals(requester="alice")
+    assert [(a["approval_id"], a["state"]) for a in mine] == [  # by their latest row
+        ("a3", "pending"),
+        ("a5", "pending"),
+        ("a1", "denied"),
+    ]
+    assert [a["approval_id"] for a in db.approvals(requester="alice", newest=2)] == ["a5", "a1"]
+    assert [a["approval_id"] for a in db.approvals(pending_only=True, requester="alice")] == [
+        "a3",
+        "a5",
+    ]
+    assert db.approvals(requester="mallory' OR '1'='1") == []
+    assert [a["approval_id"] for a in db.approvals(newest=1)] == ["a1"]  # decided last
+
+
+SCHEMA_8_APPROVALS_VIEW = f"""
+SELECT a.approval_id, a.state, a.requester, a.upstream, a.method, a.tool, a.rule,
+       a.approvers, a.decider, a.reason, a.created, a.expires,
+       CASE WHEN a.state = 'pending' THEN NULL ELSE a.ts END AS decided,
+       a.args_masked, a.args_digest, a.request_digest, a.changes, a.flow_id, a.seq, a.via,
+       a.replica, a.rule_lineage, a.channel, a.decided_as
+FROM approvals AS a
+JOIN (SELECT approval_id, max(seq) AS seq FROM approvals
+      WHERE state NOT IN {schema.ANNOTATIONS!r} GROUP BY approval_id) AS latest
+  ON a.seq = latest.seq"""
+
+
+def test_a_store_of_schema_8_reads_the_same_approvals_through_the_index(
+    where: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Schema 9: `v_approvals` finds each approval's latest row through the
+    (approval_id, seq) index. Approvals written before (decided, annotated, pending) read
+    the same afterwards; on SQLite, reading a few approvals scans no table."""
+    backend = pg_schema if where.startswith("postgresql") else schema
+    first = getattr(backend, "FIRST_VERSION", 1)
+    with monkeypatch.context() as patched:
+        patched.setattr(backend, "MIGRATIONS", backend.MIGRATIONS[: 8 - first + 1])
+        patched.setattr(backend, "SCHEMA_VERSION", 8)
+        with store.open_store(where) as old:
+            with old._conn() as conn:  # the view as schema 8 was released: a grouped join
+                conn.execute("DROP VIEW v_approvals")
+                conn.execute(f"CREATE VIEW v_approvals AS {SCHEMA_8_APPROVALS_VIEW}")
+            for approval_id in ("a1", "a2", "a3"):
+                old.create_approval(approval(approval_id))
+            decided = {"ts": "t", "decider": "dana", "channel": "api"}
+            old.append("approvals", {"approval_id": "a1", "state": "approved", **decided})
+            old.append("approvals", {"approval_id": "a1", "state": "grant_used", "ts": "t"})
+            old.append("approvals", {"approval_id": "a3", "state": "denied", **decided})
+            old.append("approvals", {"approval_id": "a3", "state": "refused_attempt", "ts": "t"})
+            before = (old.approvals(), old.approvals(pending_only=True))
+            states_before = old.approval_states(["a1", "a2", "a3", "nope"])
+    assert [(a["approval_id"], a["state"]) for a in before[0]] == [
+        ("a2", "pending"),
+        ("a1", "approved"),
+        ("a3", "denied"),
+    ]
+    with store.open_store(where) as new:
+        with new._conn() as conn:
+            assert backend.schema_version(conn) == backend.SCHEMA_VERSION >= 9
+        assert (new.approvals(), new.approvals(pending_only=True)) == before
+        assert new.approval_states(["a1", "a2", "a3", "nope"]) == states_before
+        assert new.verify().ok
+        if backend is schema:
+            with new._conn() as conn:
+                plan = conn.execute(
+                    "EXPLAIN QUERY PLAN SELECT * FROM v_approvals WHERE approval_id IN (?, ?)",
+                    ["a1", "a2"],
+                ).fetchall()
+            steps = [str(step[-1]) for step in plan]
+            assert not any(step.startswith("SCAN") for step in steps), steps
+
+
 def test_a_store_of_schema_7_gains_decision_channels_and_config_roles(
     where: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -90,10 +90,15 @@ class ApprovalInbox:
         return await self._decide(config, viewer, parts[1], request)
 
     async def _inbox(self, config: GatewayConfig, viewer: inbox.Viewer, path: str) -> AdminResponse:
-        rows = await self.core.audit.run(lambda store: store.approvals())
+        pending_rows, own_rows = await self.core.audit.run(
+            lambda store: (
+                store.approvals(pending_only=True),
+                store.approvals(requester=viewer.user, newest=inbox.MAX_OWN_REQUESTS),
+            )
+        )
         now = time.time()
-        pending = inbox.to_decide(rows, viewer, now)
-        own = inbox.own_requests(rows, viewer)
+        pending = inbox.to_decide(pending_rows, viewer, now)
+        own = inbox.own_requests(own_rows, viewer)
         token = inbox.csrf_token(self.core.key(config), viewer, now)
         return _page(200, inbox.inbox_page(pending, own, viewer, token, _notice(path)))
 

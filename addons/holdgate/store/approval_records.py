@@ -89,9 +89,29 @@ def history(conn: SqlConnection, approval_id: str) -> list[ApprovalRow]:
     return cast(list[ApprovalRow], rows)
 
 
-def listed(conn: SqlConnection, *, pending_only: bool) -> list[ApprovalRecord]:
-    where = "WHERE state = 'pending' " if pending_only else ""
-    rows = select(conn, f"SELECT * FROM v_approvals {where}ORDER BY seq")
+def listed(
+    conn: SqlConnection,
+    *,
+    pending_only: bool,
+    requester: str | None = None,
+    newest: int | None = None,
+) -> list[ApprovalRecord]:
+    """Approvals' latest states, oldest first (see `Store.approvals`)."""
+    terms: list[str] = []
+    params: list[object] = []
+    if pending_only:
+        terms.append("state = 'pending'")
+    if requester is not None:
+        terms.append("requester = ?")
+        params.append(requester)
+    where = f"WHERE {' AND '.join(terms)} " if terms else ""
+    if newest is None:
+        rows = select(conn, f"SELECT * FROM v_approvals {where}ORDER BY seq", params)
+    else:
+        rows = select(
+            conn, f"SELECT * FROM v_approvals {where}ORDER BY seq DESC LIMIT ?", [*params, newest]
+        )
+        rows.reverse()
     return cast(list[ApprovalRecord], rows)
 
 

@@ -152,8 +152,11 @@ class Store(Protocol):
     def approval(self, approval_id: str) -> ApprovalRecord | None:
         """The latest state of one approval with its `history`."""
 
-    def approvals(self, *, pending_only: bool = False) -> list[ApprovalRecord]:
-        """The latest state of each approval, oldest first."""
+    def approvals(
+        self, *, pending_only: bool = False, requester: str | None = None, newest: int | None = None
+    ) -> list[ApprovalRecord]:
+        """The latest state of each approval, oldest first; `requester`: theirs only;
+        `newest`: only the newest N of those."""
 
     def approval_states(self, approval_ids: Iterable[str]) -> dict[str, ApprovalRecord]:
         """The latest state of each of these approvals that exists."""

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from holdgate.store.errors import SchemaTooNew, StoreUnavailable
 from holdgate.store.schema import (
     ANNOTATIONS,
+    APPROVALS_V8_COLUMNS,
     COLUMNS,
     FEED_CURSORS,
     GENESIS,
@@ -23,6 +24,7 @@ from holdgate.store.schema import (
     SHARED_V4,
     TASK_OWNERS,
     TASK_OWNERS_INDEX,
+    approvals_view,
 )
 from holdgate.store.sqlconn import SqlConnection, transaction
 
@@ -61,16 +63,7 @@ SELECT ids.session_id,
 FROM (SELECT session_id FROM s UNION SELECT session_id FROM e) AS ids
 LEFT JOIN s ON s.session_id = ids.session_id
 LEFT JOIN e ON e.session_id = ids.session_id""",
-    "v_approvals": f"""
-SELECT a.approval_id, a.state, a.requester, a.upstream, a.method, a.tool, a.rule,
-       a.approvers, a.decider, a.reason, a.created, a.expires,
-       CASE WHEN a.state = 'pending' THEN NULL ELSE a.ts END AS decided,
-       a.args_masked, a.args_digest, a.request_digest, a.changes, a.flow_id, a.seq, a.via,
-       a.replica, a.rule_lineage, a.channel, a.decided_as
-FROM approvals AS a
-JOIN (SELECT approval_id, max(seq) AS seq FROM approvals
-      WHERE state NOT IN {ANNOTATIONS!r} GROUP BY approval_id) AS latest
-  ON a.seq = latest.seq""",
+    "v_approvals": approvals_view(ANNOTATIONS, APPROVALS_V8_COLUMNS),
     "v_calls_by_identity": f"""
 SELECT "user", upstream, method, target AS tool, count(*) AS "count", min(ts) AS "first",
        max(ts) AS "last", count(*) FILTER (WHERE decision NOT IN {_NOT_DENIED}) AS denials
@@ -139,12 +132,18 @@ def _migrate_v8(conn: SqlConnection) -> None:
     conn.execute(f'CREATE OR REPLACE VIEW "v_approvals" AS {_VIEWS["v_approvals"].strip()}')
 
 
+def _migrate_v9(conn: SqlConnection) -> None:
+    """`v_approvals` through the (approval_id, seq) index, as SQLite's schema 9."""
+    conn.execute(f'CREATE OR REPLACE VIEW "v_approvals" AS {_VIEWS["v_approvals"].strip()}')
+
+
 MIGRATIONS: list[Callable[[SqlConnection], None]] = [
     _create_v4,
     _migrate_v5,
     _migrate_v6,
     _migrate_v7,
     _migrate_v8,
+    _migrate_v9,
 ]
 SCHEMA_VERSION = FIRST_VERSION + len(MIGRATIONS) - 1
 

@@ -213,9 +213,13 @@ class SqlStore:
                 current["history"] = approval_records.history(conn, approval_id)
             return current
 
-    def approvals(self, *, pending_only: bool = False) -> list[ApprovalRecord]:
+    def approvals(
+        self, *, pending_only: bool = False, requester: str | None = None, newest: int | None = None
+    ) -> list[ApprovalRecord]:
         with self._conn() as conn:
-            return approval_records.listed(conn, pending_only=pending_only)
+            return approval_records.listed(
+                conn, pending_only=pending_only, requester=requester, newest=newest
+            )
 
     def approval_states(self, approval_ids: Iterable[str]) -> dict[str, ApprovalRecord]:
         with self._conn() as conn:
