@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -278,18 +279,32 @@ def test_a_connection_lost_inside_a_transaction_never_goes_on_outside_it(pg_url:
     conn.close()
 
 
-def made_at_schema(where: str, version: int, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """A store as an older release made it (schema `version`, one event in it); the
-    backend's schema module."""
-    backend = pg_schema if where.startswith("postgresql") else schema
+def backend_of(where: str) -> Any:
+    return pg_schema if where.startswith("postgresql") else schema
+
+
+@contextmanager
+def opened_at_schema(
+    where: str, version: int, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[store.Store]:
+    """The store opened as an older release would (its migrations up to `version`)."""
+    backend = backend_of(where)
     first = getattr(backend, "FIRST_VERSION", 1)
     with monkeypatch.context() as patched:
         patched.setattr(backend, "MIGRATIONS", backend.MIGRATIONS[: version - first + 1])
         patched.setattr(backend, "SCHEMA_VERSION", version)
         with store.open_store(where) as old:
-            old.append("events", event("alice", 1.0))
-            with old._conn() as conn:
-                assert backend.schema_version(conn) == version
+            yield old
+
+
+def made_at_schema(where: str, version: int, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A store as an older release made it (schema `version`, one event in it); the
+    backend's schema module."""
+    backend = backend_of(where)
+    with opened_at_schema(where, version, monkeypatch) as old:
+        old.append("events", event("alice", 1.0))
+        with old._conn() as conn:
+            assert backend.schema_version(conn) == version
     return backend
 
 
@@ -314,15 +329,11 @@ def test_a_store_of_schema_5_gains_the_rule_lineage_of_approvals(
 ) -> None:
     """Schema 6 (issue 25 item 5): approvals name their rule's lineage. An approval stored
     before has none (it is never spent after the upgrade), and the old rows still verify."""
-    backend = pg_schema if where.startswith("postgresql") else schema
-    first = getattr(backend, "FIRST_VERSION", 1)
-    with monkeypatch.context() as patched:
-        patched.setattr(backend, "MIGRATIONS", backend.MIGRATIONS[: 5 - first + 1])
-        patched.setattr(backend, "SCHEMA_VERSION", 5)
-        with store.open_store(where) as old:
-            old.create_approval(approval_request("a1", NOW))
-            # a decision as that release wrote it (today's names its channel: schema 8)
-            old.append("approvals", {"approval_id": "a1", "state": "approved", "decider": "dana"})
+    backend = backend_of(where)
+    with opened_at_schema(where, 5, monkeypatch) as old:
+        old.create_approval(approval_request("a1", NOW))
+        # a decision as that release wrote it (today's names its channel: schema 8)
+        old.append("approvals", {"approval_id": "a1", "state": "approved", "decider": "dana"})
     with store.open_store(where) as new:
         with new._conn() as conn:
             assert backend.schema_version(conn) == backend.SCHEMA_VERSION >= 6
@@ -374,24 +385,20 @@ def test_a_store_of_schema_8_reads_the_same_approvals_through_the_index(
     """Schema 9: `v_approvals` finds each approval's latest row through the
     (approval_id, seq) index. Approvals written before (decided, annotated, pending) read
     the same afterwards; on SQLite, reading a few approvals scans no table."""
-    backend = pg_schema if where.startswith("postgresql") else schema
-    first = getattr(backend, "FIRST_VERSION", 1)
-    with monkeypatch.context() as patched:
-        patched.setattr(backend, "MIGRATIONS", backend.MIGRATIONS[: 8 - first + 1])
-        patched.setattr(backend, "SCHEMA_VERSION", 8)
-        with store.open_store(where) as old:
-            with old._conn() as conn:  # the view as schema 8 was released: a grouped join
-                conn.execute("DROP VIEW v_approvals")
-                conn.execute(f"CREATE VIEW v_approvals AS {SCHEMA_8_APPROVALS_VIEW}")
-            for approval_id in ("a1", "a2", "a3"):
-                old.create_approval(approval(approval_id))
-            decided = {"ts": "t", "decider": "dana", "channel": "api"}
-            old.append("approvals", {"approval_id": "a1", "state": "approved", **decided})
-            old.append("approvals", {"approval_id": "a1", "state": "grant_used", "ts": "t"})
-            old.append("approvals", {"approval_id": "a3", "state": "denied", **decided})
-            old.append("approvals", {"approval_id": "a3", "state": "refused_attempt", "ts": "t"})
-            before = (old.approvals(), old.approvals(pending_only=True))
-            states_before = old.approval_states(["a1", "a2", "a3", "nope"])
+    backend = backend_of(where)
+    with opened_at_schema(where, 8, monkeypatch) as old:
+        with old._conn() as conn:  # the view as schema 8 was released: a grouped join
+            conn.execute("DROP VIEW v_approvals")
+            conn.execute(f"CREATE VIEW v_approvals AS {SCHEMA_8_APPROVALS_VIEW}")
+        for approval_id in ("a1", "a2", "a3"):
+            old.create_approval(approval(approval_id))
+        decided = {"ts": "t", "decider": "dana", "channel": "api"}
+        old.append("approvals", {"approval_id": "a1", "state": "approved", **decided})
+        old.append("approvals", {"approval_id": "a1", "state": "grant_used", "ts": "t"})
+        old.append("approvals", {"approval_id": "a3", "state": "denied", **decided})
+        old.append("approvals", {"approval_id": "a3", "state": "refused_attempt", "ts": "t"})
+        before = (old.approvals(), old.approvals(pending_only=True))
+        states_before = old.approval_states(["a1", "a2", "a3", "nope"])
     assert [(a["approval_id"], a["state"]) for a in before[0]] == [
         ("a2", "pending"),
         ("a1", "approved"),
