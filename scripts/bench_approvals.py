@@ -1,9 +1,10 @@
 """Reading approvals from a store that has seen many: the held calls' sweep and the inbox.
 
-    python scripts/bench_approvals.py --tree TREE [--approvals N] [--repeat R]
+    python scripts/bench_approvals.py --tree TREE [--approvals N] [--repeat R] [--store URL]
 
 Imports Holdgate from TREE (this checkout, or another revision's worktree for `bench.py
---scenario approvals --against REV`), writes N approvals to a new SQLite store (each
+--scenario approvals --against REV`), writes N approvals to a new SQLite store (or to
+`--store`, an empty PostgreSQL database's URL) (each
 decided but every 100th, which stays pending, and one annotation per decided one), then
 prints as JSON the best of R runs, in ms, of: `approval_states` for the 10 approvals a
 gateway holding 10 calls asks about four times a second (`sweep_10_ms`), and `approvals(
@@ -28,12 +29,13 @@ def main() -> None:
     parser.add_argument("--tree", type=Path, required=True)
     parser.add_argument("--approvals", type=int, default=20_000)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--store", help="an empty PostgreSQL database (default: SQLite)")
     args = parser.parse_args()
     sys.path.insert(0, str(args.tree / "addons"))
     from holdgate import store
 
     with tempfile.TemporaryDirectory() as tmp:
-        with store.SqliteStore(Path(tmp) / "audit.sqlite3") as opened:
+        with store.open_store(args.store or str(Path(tmp) / "audit.sqlite3")) as opened:
             held = fill(opened, args.approvals)
             print(
                 json.dumps(
