@@ -137,6 +137,8 @@ def test_a_current_build_is_loaded_and_any_mismatch_is_not(tmp_path):
         ({"ext_suffix": ".cpython-99-x.so"}, "built for .cpython-99-x.so, this Python loads"),
         ({"version": 0}, "is of another version: rebuild it"),
         ({"files": {"holdgate.hot": "gone.so"}}, "gone.so is missing"),
+        ({"sources": None}, "unreadable (no valid 'sources'): rebuild it"),
+        ({"compiled": "holdgate.hot"}, "unreadable (no valid 'compiled'): rebuild it"),
     ],
 )
 def test_a_build_for_another_python_or_incomplete_is_not_loaded(tmp_path, changes, reason):

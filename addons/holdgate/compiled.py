@@ -77,6 +77,10 @@ def check(
         return Status((), f"{manifest_path} is of another version: rebuild it"), {}
     if manifest.get("ext_suffix") != SUFFIX:
         return Status((), f"built for {manifest.get('ext_suffix')}, this Python loads {SUFFIX}"), {}
+    shapes = {"sources": dict, "files": dict, "compiled": list}
+    wrong = [key for key, kind in shapes.items() if not isinstance(manifest.get(key), kind)]
+    if wrong:
+        return Status((), f"{manifest_path} unreadable (no valid {wrong[0]!r}): rebuild it"), {}
     for source, digest in sorted(manifest["sources"].items()):
         path = os.path.join(package_root, source)
         try:

@@ -191,9 +191,8 @@ class AuditStore:
         written with others (a stream's slice) must end the stream as soon as the store
         fails, as a row per message would."""
         writer = self.writer
-        if config.audit == "required" and (writer is None or not writer.healthy):
-            if state(flow).refused is None:
-                raise RuntimeError("the audit store queue is full or failing")
+        if writer is None or not writer.healthy:
+            _raise_if_required(flow, config)
 
     def submit_all(
         self, flow: http.HTTPFlow, config: GatewayConfig, rows: list[tuple[str, Row]]
@@ -204,8 +203,12 @@ class AuditStore:
         masking = self.record_masking(config)
         scrubbed = [(table, scrub_row(row, masking)) for table, row in rows]
         if writer is None or not writer.submit_all(scrubbed):
-            # A response that cannot be recorded is withheld; a refusal was never served,
-            # so losing its row (counted by the writer) must not turn it into another error.
-            if config.audit == "required" and state(flow).refused is None:
-                raise RuntimeError("the audit store queue is full or failing")
+            _raise_if_required(flow, config)  # else the row is lost (the writer counts it)
             state(flow).audit_lost = True
+
+
+def _raise_if_required(flow: http.HTTPFlow, config: GatewayConfig) -> None:
+    """A flow's row cannot be recorded: with `audit: required` what it answers is withheld
+    (raised); a refusal was never served, so losing its row must not become another error."""
+    if config.audit == "required" and state(flow).refused is None:
+        raise RuntimeError("the audit store queue is full or failing")

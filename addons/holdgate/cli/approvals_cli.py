@@ -14,7 +14,6 @@ lists it as an exception.
 from __future__ import annotations
 
 import getpass
-import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -25,13 +24,7 @@ import click
 from holdgate.cli.common import CheckFailed, db_option, opened, store_errors
 from holdgate.cli.gateway_client import GatewayClient, GatewayRefused, gateway_options, gateway_url
 from holdgate.store import ApprovalRecord, Decision, Store, StoreNotFound, open_store
-
-
-def _json(text: str | None, default: Any) -> Any:
-    try:
-        return json.loads(text) if text else default
-    except (TypeError, ValueError):
-        return default
+from holdgate.store.rows import json_or
 
 
 def _line(row: ApprovalRecord) -> str:
@@ -39,7 +32,7 @@ def _line(row: ApprovalRecord) -> str:
         f"{row['approval_id']}  {row['state']:<9} {row.get('requester')} -> "
         f"{row.get('upstream')}/{row.get('tool') or row.get('method')}  "
         f"rule {row.get('rule')!r}  "
-        f"approvers {', '.join(_json(row.get('approvers'), []))}  "
+        f"approvers {', '.join(json_or(row.get('approvers'), []))}  "
         f"expires {row.get('expires')}"
         # the client was sent a link and retries; nothing is held open
         + ("  (via elicitation)" if row.get("via") == "elicitation" else "")
@@ -100,13 +93,13 @@ def approvals_show(db: str, approval_id: str) -> None:
         raise CheckFailed(f"no approval {approval_id!r}; see `holdgate approvals list --all`")
     click.echo(_line(row))
     click.echo(f"arguments: {row.get('args_masked')}")
-    changes = _json(row.get("changes"), None)
+    changes = json_or(row.get("changes"), None)
     if changes is not None:
         click.echo("changed since the last approved call: " + (", ".join(changes) or "nothing"))
     for step in row.get("history", []):
         who = f" by {step['decider']}" if step.get("decider") else ""
         why = f" ({step['reason']})" if step.get("reason") else ""
-        how = decided_how(step.get("channel"), _json(step.get("decided_as"), None))
+        how = decided_how(step.get("channel"), json_or(step.get("decided_as"), None))
         click.echo(f"  {step['ts']}  {step['state']}{who}{why}" + (f"  [{how}]" if how else ""))
 
 

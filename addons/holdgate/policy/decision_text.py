@@ -13,6 +13,8 @@ import time
 import unicodedata
 from dataclasses import dataclass
 
+from holdgate.escapes import UNSHOWN
+
 # What can happen to one message: the policy's allow / deny, a hold for a human, and how
 # the hold ended.
 OUTCOMES = ("allow", "deny", "hold", "approved", "denied", "expired", "cancelled")
@@ -60,9 +62,7 @@ def one_line(text: str) -> str:
     cut = text if len(text) <= MAX_NAME else text[:MAX_NAME] + "…"
     if cut.isprintable():  # no Cc/Cf/Zl/Zp in it (they are all unprintable): most names
         return cut
-    return "".join(
-        ascii(c)[1:-1] if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") else c for c in cut
-    )
+    return "".join(ascii(c)[1:-1] if unicodedata.category(c) in UNSHOWN else c for c in cut)
 
 
 def held_outcome(state: str | None) -> str:

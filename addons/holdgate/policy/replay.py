@@ -26,6 +26,7 @@ from holdgate.policy.tasks import (
 )
 from holdgate.policy.tool_pins import TOOL_CHANGED
 from holdgate.protocol.jsonrpc import Message
+from holdgate.store.rows import json_or
 
 # Recorded decisions the policy made; refusals before it (malformed, unauthenticated) and
 # answers passed through are not policy decisions.
@@ -125,14 +126,14 @@ class NotReplayable(Exception):
 
 def rebuild(row: Mapping[str, Any]) -> tuple[ProbeCaller, Message]:
     """The caller and message of a recorded `events` row (arguments as recorded: masked)."""
-    args = _json(row.get("args_masked")) if row.get("args_masked") else None
+    args = json_or(row.get("args_masked")) if row.get("args_masked") else None
     if row.get("args_masked") and not isinstance(args, dict):
         raise NotReplayable("arguments not recorded in full (too large)")
     try:
         message = build_message(row["method"], row.get("target"), args)
     except ValueError:
         raise NotReplayable("not a message the policy decides") from None
-    groups = tuple(_json(row.get("groups")) or ())
+    groups = tuple(json_or(row.get("groups")) or ())
     return caller_for(row.get("user"), groups), message
 
 
@@ -151,7 +152,7 @@ def replay(
         if row["rule"] in NOT_POLICY_RULES:
             report.skip("decided outside the policy (tool pin or client answer)")
             continue
-        extra = _json(row.get("extra")) or {}
+        extra = json_or(row.get("extra")) or {}
         if extra.get("rate_limited"):
             report.skip("refused by a rate limit, which depends on timing")
             continue
@@ -240,12 +241,3 @@ def shown_arguments(arguments: Any) -> str:
     if len(text) <= SHOWN_ARGUMENT_CHARS:
         return text
     return text[: SHOWN_ARGUMENT_CHARS - 1] + "…"
-
-
-def _json(text: Any) -> Any:
-    if not isinstance(text, str):
-        return None
-    try:
-        return json.loads(text)
-    except ValueError:
-        return None

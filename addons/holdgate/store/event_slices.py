@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from holdgate.store.rows import Row
+from holdgate.store.rows import Row, json_or
 
 SLICE_SECONDS = 0.25
 SLICE_EVENTS = 500
@@ -109,7 +109,7 @@ def recorded_messages(row: Mapping[str, Any]) -> list[RecordedMessage]:
     """The messages an events row records: each event of a batch row, else the row itself.
     Raises ValueError for a batch row whose messages and events do not pair up (changed
     since it was written: `holdgate verify` says where)."""
-    extra = _json(row.get("extra"), {})
+    extra = json_or(row.get("extra"), {})
     events = extra.pop("events", None) if isinstance(extra, dict) else None
     common = {"seq": row["seq"], "ts": row["ts"], "flow_id": row.get("flow_id")}
     if not isinstance(events, list):
@@ -121,12 +121,12 @@ def recorded_messages(row: Mapping[str, Any]) -> list[RecordedMessage]:
                 n=details.pop("n", None),
                 direction=row.get("direction"),
                 method=row.get("method"),
-                masked=_json(row.get("masked"), {}),
-                message=_json(row.get("args_masked"), row.get("args_masked")),
+                masked=json_or(row.get("masked"), {}),
+                message=json_or(row.get("args_masked"), row.get("args_masked")),
                 details=details,
             )
         ]
-    messages = _json(row.get("args_masked"), None)
+    messages = json_or(row.get("args_masked"), None)
     if not isinstance(messages, list) or len(messages) != len(events):
         raise ValueError(
             f"events row #{row['seq']}: its {len(events)} events and their messages do not "
@@ -161,12 +161,3 @@ def find_message(
         for message in recorded_messages(row)
         if message.n == n
     ]
-
-
-def _json(text: Any, default: Any) -> Any:
-    if not isinstance(text, str):
-        return default
-    try:
-        return json.loads(text)
-    except ValueError:
-        return default

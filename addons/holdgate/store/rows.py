@@ -6,6 +6,7 @@ API sends them as they are; export writes them out), while type checkers know th
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from datetime import UTC, datetime
@@ -204,3 +205,14 @@ class ReplicaRecord(TypedDict):
     alive: bool
     gone: bool
     age: float | None
+
+
+def json_or(text: Any, default: Any = None) -> Any:
+    """A column's JSON text parsed, or `default` when it holds none (NULL, empty, not
+    text, or text that is not JSON: a row written by hand or changed since)."""
+    if not isinstance(text, str):
+        return default
+    try:
+        return json.loads(text)
+    except ValueError:
+        return default
