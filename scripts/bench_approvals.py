@@ -57,25 +57,25 @@ def fill(opened: Any, count: int) -> list[str]:
     pending = []
     for i in range(count):
         approval_id = f"a{i:08d}"
-        opened.create_approval(
-            {
-                "approval_id": approval_id,
-                "requester": f"user{i % 50}",
-                "upstream": "db",
-                "method": "tools/call",
-                "tool": "run_sql",
-                "args_masked": json.dumps({"query": f"SELECT {i} FROM orders"}),
-                "rule": "sql needs a dba",
-                "approvers": '["dba"]',
-                "created": "2026-12-01T00:00:00.000Z",
-                "expires": "2999-01-01T00:00:00.000Z",
-                "ts": "2026-12-01T00:00:00.000Z",
-            }
-        )
+        request = {
+            "approval_id": approval_id,
+            "requester": f"user{i % 50}",
+            "upstream": "db",
+            "method": "tools/call",
+            "tool": "run_sql",
+            "args_masked": json.dumps({"query": f"SELECT {i} FROM orders"}),
+            "rule": "sql needs a dba",
+            "approvers": '["dba"]',
+            "created": "2026-12-01T00:00:00.000Z",
+            "expires": "2999-01-01T00:00:00.000Z",
+            "ts": "2026-12-01T00:00:00.000Z",
+        }
+        opened.create_approval(request)
         if i % 100 == 0:
             pending.append(approval_id)
             continue
-        decided = {"approval_id": approval_id, "ts": "2026-12-01T00:01:00.000Z"}
+        # each state row copies the request's columns, as the gateway's decisions do
+        decided = {**request, "ts": "2026-12-01T00:01:00.000Z"}
         opened.append("approvals", {**decided, "state": "approved", "decider": "dana"})
         opened.append("approvals", {**decided, "state": "grant_used"})
     return pending[-10:]
